@@ -1,0 +1,185 @@
+"""The interface every CRM connector implements. A third vendor is one new folder
+`connectors/<vendor>/` whose `__init__` exposes `CONNECTOR`, a `Connector` subclass.
+
+Connectors speak canonical field names at this boundary; turning them into vendor property
+names, types and API calls is theirs alone.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping as MappingABC, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, ClassVar
+
+from core.mapping import Mapping
+from core.models import Event
+
+
+class ConnectorError(Exception):
+    """A CRM call failed. Messages never contain secrets."""
+
+    def __init__(self, message: str, *, status: int | None = None, retriable: bool = False):
+        super().__init__(message)
+        self.status = status
+        self.retriable = retriable
+
+
+class AuthError(ConnectorError):
+    """The credentials were refused (invalid, expired, or missing a scope)."""
+
+
+class QuotaExhausted(ConnectorError):
+    """The vendor's daily allowance (or our reserve of it) is spent: stop now, resume later."""
+
+
+class WebhookRejected(Exception):
+    """A webhook request that must not be recorded. `status` is the HTTP status to answer."""
+
+    def __init__(self, status: int, reason: str, body: bytes | None = None,
+                 content_type: str = "application/json") -> None:  # fmt: skip
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.body = body
+        self.content_type = content_type
+
+
+@dataclass(frozen=True)
+class WebhookRequest:
+    """An HTTP request as received, before anything trusts it. Header names are lower-case."""
+
+    method: str
+    path: str
+    query: str
+    headers: MappingABC[str, str]
+    body: bytes
+    received_at: datetime
+
+
+@dataclass
+class WebhookResponse:
+    status: int = 200
+    body: bytes = b""
+    content_type: str = "application/json"
+
+
+@dataclass
+class WebhookIntake:
+    """Verified, parsed canonical events and the answer to give once they are durably stored."""
+
+    events: list[Event]
+    response: WebhookResponse = field(default_factory=WebhookResponse)
+    ignored: int = 0
+    """Notifications we do not act on (unknown subscription types, unmapped properties)."""
+
+
+@dataclass
+class CrmRecord:
+    """A contact as the CRM holds it: canonical values decoded from the mapped properties,
+    the raw values of signal properties, and what hand-off tasks need."""
+
+    contact_id: str
+    values: dict[str, Any]
+    signals: dict[str, str | None] = field(default_factory=dict)
+    owner_id: str | None = None
+    created_at: datetime | None = None
+
+
+@dataclass
+class HandoffTask:
+    key: str
+    """Stable per Engaged transition; the connector must not create two tasks for one key."""
+    contact_id: str
+    owner_id: str | None
+    subject: str
+    body: str
+    priority: str
+    due_at: datetime
+
+
+@dataclass
+class WriteResult:
+    written: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    """Permanent per-record failures, with the vendor's message."""
+
+
+@dataclass
+class PlanItem:
+    kind: str  # property, field, list, group, campaign, permission
+    name: str
+    action: str  # create, update, unchanged, drift
+    detail: str = ""
+
+
+@dataclass
+class ProvisionReport:
+    items: list[PlanItem]
+    dry_run: bool
+
+    @property
+    def changes(self) -> list[PlanItem]:
+        return [i for i in self.items if i.action in ("create", "update")]
+
+    @property
+    def drift(self) -> list[PlanItem]:
+        return [i for i in self.items if i.action == "drift"]
+
+
+@dataclass
+class CallStats:
+    """What the connector spent, for sync summaries and benchmarks."""
+
+    api_calls: int = 0
+    retries: int = 0
+    throttled: int = 0
+
+
+class Connector(ABC):
+    vendor: ClassVar[str]
+    webhook_paths: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, mapping: Mapping) -> None:
+        self.mapping = mapping
+        self.calls = CallStats()
+
+    @classmethod
+    @abstractmethod
+    def from_env(cls, mapping: Mapping, env: MappingABC[str, str]) -> Connector:
+        """Build from environment variables; raise `ConnectorError` naming what is missing."""
+
+    @abstractmethod
+    def provision(self, dry_run: bool = False) -> ProvisionReport: ...
+
+    @abstractmethod
+    def parse_webhook(self, request: WebhookRequest) -> WebhookIntake:
+        """Verify and parse; raise `WebhookRejected` for anything that must not be recorded."""
+
+    @abstractmethod
+    def read_records(self, contact_ids: Sequence[str]) -> dict[str, CrmRecord]:
+        """Current mapped values, in as few calls as the vendor allows. Missing ids are absent."""
+
+    @abstractmethod
+    def write_records(self, values: dict[str, dict[str, Any]]) -> WriteResult:
+        """Write canonical values (only the changed fields are given) in batches."""
+
+    @abstractmethod
+    def create_tasks(self, tasks: Sequence[HandoffTask]) -> WriteResult: ...
+
+    @abstractmethod
+    def find_due(self, now: datetime, after: str | None) -> Iterator[list[CrmRecord]]:
+        """Pages of contacts whose time rules can be due by `now`, in ascending id order,
+        starting after id `after` (a resumable cursor)."""
+
+    @abstractmethod
+    def find_engaged_since(
+        self, since: datetime | None, after: str | None
+    ) -> Iterator[list[CrmRecord]]:
+        """Pages of contacts whose signal properties changed since `since` (the poll path for
+        engagement that webhooks may not deliver), ascending id order, after id `after`."""
+
+    @abstractmethod
+    def iter_all(self, after: str | None) -> Iterator[list[CrmRecord]]:
+        """Every contact of the program's object (`sync --full`), ascending id order."""

@@ -1,0 +1,317 @@
+"""The `elasticity` command line. Thin: each command parses arguments and calls the same
+functions the Lambda handlers and the local server use."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from connectors.base import ConnectorError
+from core.mapping import Mapping, MappingError, load_mapping
+from core.store import StoreError
+
+app = typer.Typer(
+    help="Keep a CRM's email audience elastic: engagement in, dormancy out, reactivation back.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+experiments_app = typer.Typer(help="A/B experiments declared in a mapping file.", no_args_is_help=True)
+app.add_typer(experiments_app, name="experiments")
+
+out = Console()
+err = Console(stderr=True)
+
+MappingArg = Annotated[Path, typer.Argument(help="mapping file (YAML)", show_default=False)]
+DataDir = Annotated[
+    Path | None,
+    typer.Option("--data-dir", envvar="ELASTICITY_DATA_DIR", help="where the embedded store lives"),
+]
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _mapping(path: Path) -> Mapping:
+    try:
+        return load_mapping(path)
+    except MappingError as exc:
+        for problem in exc.problems:
+            err.print(problem, highlight=False, soft_wrap=True, markup=False)
+        err.print(f"{len(exc.problems)} problem(s); nothing was run.", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _data_dir(data_dir: Path | None) -> Path:
+    return data_dir if data_dir is not None else Path(os.environ.get("ELASTICITY_DATA_DIR", ".elasticity"))
+
+
+def _parse_time(value: str | None, option: str) -> datetime | None:
+    if value is None:
+        return None
+    from connectors.signals import parse_instant
+
+    parsed = parse_instant(value)
+    if parsed is None:
+        _fail(f"{option}: expected an ISO 8601 time such as 2026-03-01T00:00:00Z, got {value!r}", 2)
+    return parsed
+
+
+def progress_bar() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=err, transient=True, disable=not err.is_terminal,
+    )  # fmt: skip
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr)
+
+
+@app.command()
+def validate(mapping: MappingArg) -> None:
+    """Check a mapping file: exit 0, or 2 with every problem listed."""
+    loaded = _mapping(mapping)
+    out.print(
+        f"{mapping}: valid ({loaded.vendor}, {len(loaded.fields)} fields, "
+        f"{len(loaded.signals)} signals, {len(loaded.lists)} lists, "
+        f"policy version {loaded.policy.version})",
+        highlight=False,
+    )
+
+
+def _connected(mapping_path: Path, data_dir: Path | None):
+    from connectors.registry import load_connector
+    from connectors.runner import Runner
+    from core.sqlite_store import SQLiteStore
+
+    mapping = _mapping(mapping_path)
+    try:
+        connector = load_connector(mapping)
+        store = SQLiteStore.in_data_dir(_data_dir(data_dir))
+    except (ConnectorError, StoreError) as exc:
+        _fail(str(exc))
+    return Runner(connector, store)
+
+
+@app.command()
+def provision(
+    mapping: MappingArg,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan, change nothing")] = False,
+) -> None:
+    """Create or update the CRM properties/fields and dynamic lists; idempotent; reports drift."""
+    from connectors.registry import load_connector
+
+    loaded = _mapping(mapping)
+    try:
+        report = load_connector(loaded).provision(dry_run=dry_run)
+    except ConnectorError as exc:
+        _fail(str(exc))
+    table = Table("kind", "name", "action", "detail", title="provisioning plan" if dry_run else None)
+    for item in report.items:
+        colour = {"create": "green", "update": "yellow", "drift": "red"}.get(item.action, "dim")
+        table.add_row(item.kind, item.name, f"[{colour}]{item.action}[/{colour}]", item.detail)
+    out.print(table)
+    verb = "would change" if dry_run else "changed"
+    if report.changes:
+        out.print(f"{len(report.changes)} item(s) {verb}; {len(report.drift)} drift(s) reported.")
+    else:
+        out.print(f"nothing to change; {len(report.drift)} drift(s) reported.")
+
+
+@app.command()
+def sync(
+    mapping: MappingArg,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="decide but write nothing")] = False,
+    full: Annotated[bool, typer.Option("--full", help="reconcile every contact")] = False,
+    now: Annotated[str | None, typer.Option(help="evaluate as of this time (default: now)")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """One scheduled sync: poll engagement, fire due time rules and decay, write back changes."""
+    runner = _connected(mapping, data_dir)
+    at = _parse_time(now, "--now")
+    with progress_bar() as bar:
+        task = bar.add_task("syncing contacts", total=None)
+        try:
+            summary = runner.sync(at, full=full, dry_run=dry_run,
+                                  progress=lambda n: bar.advance(task, n))  # fmt: skip
+        except (ConnectorError, StoreError) as exc:
+            _fail(f"{exc} (progress is checkpointed; run sync again to resume)")
+    out.print_json(json.dumps(summary.as_dict()))
+    if summary.stopped:
+        raise typer.Exit(3)
+
+
+@app.command()
+def serve(
+    mappings: Annotated[list[Path], typer.Argument(help="one mapping file per vendor")],
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8080,
+    host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
+    data_dir: DataDir = None,
+) -> None:
+    """Local webhook server: POST /webhooks/hubspot, /webhooks/salesforce(/events)."""
+    from connectors.server import serve_forever
+
+    runners = [_connected(m, data_dir) for m in mappings]
+    paths = [p for r in runners for p in r.connector.webhook_paths]
+    out.print(f"listening on http://{host}:{port} for {', '.join(paths)}", highlight=False)
+    serve_forever(runners, host, port)
+
+
+@app.command()
+def replay(
+    mapping: MappingArg,
+    events: Annotated[Path, typer.Argument(help="JSON lines, one event a line")],
+    until: Annotated[str | None, typer.Option(help="apply time rules up to this time")] = None,
+    out_file: Annotated[Path | None, typer.Option("--out", help="write states here")] = None,
+    strict: Annotated[bool, typer.Option(help="fail on the first bad line")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Run events through the policy offline; print or write final states as JSON lines."""
+    from core.replay import BadLine, replay_file
+
+    loaded = _mapping(mapping)
+    if not events.is_file():
+        _fail(f"{events}: no such file", 2)
+    store_path = _data_dir(data_dir) / "replay.sqlite3"
+
+    def report_bad(bad: BadLine) -> None:
+        err.print(f"{events}:{bad.line}: {bad.problem}", highlight=False, markup=False)
+
+    with progress_bar() as bar:
+        task = bar.add_task("replaying events", total=events.stat().st_size)
+        try:
+            result = replay_file(
+                loaded, events, store_path, until=_parse_time(until, "--until"), strict=strict,
+                on_bad_line=report_bad, progress=lambda n: bar.update(task, completed=n),
+            )  # fmt: skip
+        except BadLine as exc:
+            report_bad(exc)
+            _fail("--strict: stopped at the first bad line; no states were printed", 2)
+    sink = out_file.open("w") if out_file else sys.stdout
+    try:
+        count = result.write_states(sink)
+    finally:
+        if out_file:
+            sink.close()
+    stats = result.stats
+    err.print(
+        f"{stats.applied} events applied, {stats.duplicates} duplicates, {result.bad_lines} bad "
+        f"lines, {stats.decisions} decisions; {count} contacts"
+        + (f" written to {out_file}" if out_file else ""),
+        highlight=False,
+    )
+
+
+@app.command()
+def simulate(
+    contacts: Annotated[int, typer.Option(min=1, help="population size")] = 10_000,
+    days: Annotated[int, typer.Option(min=1, help="days to simulate")] = 180,
+    seed: Annotated[int, typer.Option(help="random seed")] = 7,
+    mapping: Annotated[Path | None, typer.Option(help="policy from this mapping")] = None,
+    report: Annotated[Path | None, typer.Option(help="report folder")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Synthetic population on the embedded store, with a report and a plot."""
+    from core.policy import Policy
+    from core.simulate import SimulationConfig, run_simulation, write_report
+
+    policy = _mapping(mapping).policy if mapping else Policy()
+    directory = _data_dir(data_dir)
+    report_dir = report or directory / "simulation"
+    config = SimulationConfig(contacts=contacts, days=days, seed=seed)
+    with progress_bar() as bar:
+        task = bar.add_task("simulating days", total=days)
+        result = run_simulation(
+            config, policy, directory / "simulate.sqlite3",
+            progress=lambda n: bar.advance(task, n),
+        )  # fmt: skip
+    paths = write_report(result, report_dir)
+    out.print(result.markdown(), markup=False, highlight=False)
+    out.print(f"report: {', '.join(str(p) for p in paths)}", highlight=False)
+
+
+@app.command()
+def explain(
+    contact_id: Annotated[str, typer.Argument(help="contact id as the CRM knows it")],
+    store: Annotated[
+        str | None, typer.Option(help="main, replay, simulate or a path (default: all)")
+    ] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """The contact's decision history from the ledger: why it is where it is."""
+    from core.explain import explain_contact, store_paths
+
+    paths = store_paths(_data_dir(data_dir), store)
+    found = False
+    for name, path in paths:
+        text = explain_contact(path, contact_id)
+        if text is not None:
+            found = True
+            out.print(f"[bold]{name}[/bold] ({path})", highlight=False)
+            out.print(text, markup=False, highlight=False)
+    if not found:
+        where = ", ".join(str(p) for _, p in paths) or "no store in the data dir"
+        _fail(f"contact {contact_id!r} has no decisions in {where}")
+
+
+@app.command()
+def report(
+    store: Annotated[str, typer.Option(help="main, replay, simulate or a path")] = "main",
+    since: Annotated[str | None, typer.Option(help="only decisions at or after this time")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="md, html or json")] = "md",
+    out_path: Annotated[Path | None, typer.Option("--out", help="write here")] = None,
+    mapping: Annotated[Path | None, typer.Option(help="mapping for experiment tables")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Funnel, transitions by reason, reactivation rate, experiments, data quality."""
+    from core.explain import store_paths
+    from core.report import render_report
+
+    if fmt not in ("md", "html", "json"):
+        _fail(f"--format: expected md, html or json, got {fmt!r}", 2)
+    paths = store_paths(_data_dir(data_dir), store)
+    if not paths:
+        _fail(f"no store {store!r} in {_data_dir(data_dir)}; run simulate, replay or sync first")
+    loaded = _mapping(mapping) if mapping else None
+    text = render_report(paths[0][1], fmt, since=_parse_time(since, "--since"), mapping=loaded)
+    if out_path:
+        out_path.write_text(text)
+        out.print(f"report written to {out_path}", highlight=False)
+    else:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+
+@experiments_app.command("promote")
+def promote(
+    mapping: MappingArg,
+    name: Annotated[str, typer.Argument(help="experiment name")],
+    store: Annotated[str, typer.Option(help="main, replay, simulate or a path")] = "main",
+    data_dir: DataDir = None,
+) -> None:
+    """Write a significant winner into the mapping file as the experiment's default."""
+    from core.experiments import PromotionError, promote_winner
+    from core.explain import store_paths
+
+    loaded = _mapping(mapping)
+    paths = store_paths(_data_dir(data_dir), store)
+    if not paths:
+        _fail(f"no store {store!r} in {_data_dir(data_dir)}")
+    try:
+        message = promote_winner(mapping, loaded, name, paths[0][1])
+    except PromotionError as exc:
+        _fail(str(exc))
+    out.print(message, highlight=False)

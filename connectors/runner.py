@@ -1,0 +1,351 @@
+"""The connected pipeline every vendor shares: read the CRM, decide, commit, write back.
+
+Decisions and the CRM writes they owe are committed together (the store's outbox) before any
+write is attempted, so a crash or an unreachable CRM delays writes but never loses or repeats a
+decision. The same functions serve the local server, the Lambda worker, the scheduled syncs and
+the command line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from connectors.base import Connector, ConnectorError, CrmRecord, HandoffTask, QuotaExhausted
+from connectors.signals import events_from_changes, seen_key
+from core.models import ContactState, Decision, Event, Status
+from core.pipeline import Applied, Pipeline, RunStats
+from core.reconcile import state_from_crm
+from core.store import Batch, ConflictError, Store
+
+log = logging.getLogger(__name__)
+
+FIELDS, TASKS = "fields:", "task:"
+POLL_OVERLAP = timedelta(minutes=10)
+"""The poll window reaches back this far: CRM search indexes lag, and event ids absorb overlap."""
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class SyncSummary:
+    examined: int = 0
+    events_polled: int = 0
+    transitions: Counter = field(default_factory=Counter)
+    decisions: int = 0
+    writes_owed: int = 0
+    written: int = 0
+    write_failures: int = 0
+    tasks_created: int = 0
+    api_calls: int = 0
+    retries: int = 0
+    throttled: int = 0
+    seconds: float = 0.0
+    stopped: str | None = None
+    dry_run: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items() if k != "transitions"}
+        out["transitions"] = dict(self.transitions)
+        return out
+
+
+class Runner:
+    def __init__(
+        self,
+        connector: Connector,
+        store: Store,
+        clock: Callable[[], datetime] = utc_now,
+        write_page: int = 1000,
+    ) -> None:
+        self.connector = connector
+        self.store = store
+        self.mapping = connector.mapping
+        self.policy = self.mapping.policy
+        self.pipeline = Pipeline(store, self.policy)
+        self.clock = clock
+        self.write_page = write_page
+        self._writable = [n for n, f in self.mapping.fields.items() if not f.read_only]
+        self._dates = {n for n, f in self.mapping.fields.items() if f.type in ("datetime", "date")}
+
+    # ---- intake and event processing -------------------------------------------------------
+
+    def record(self, events: Sequence[Event]) -> int:
+        """Durably record webhook events; the caller may acknowledge once this returns."""
+        return self.store.inbox_put(events)
+
+    def drain_inbox(self, batch_size: int = 500) -> RunStats:
+        total = RunStats()
+        while events := self.store.inbox_take(batch_size):
+            total.add(self.process(events, inbox=True))
+        return total
+
+    def process(
+        self,
+        events: Sequence[Event],
+        inbox: bool = False,
+        cursors: dict[str, str] | None = None,
+        flush: bool = True,
+    ) -> RunStats:
+        """Decide a batch of events against the CRM's current values and owe the writes."""
+        # Owed writes go first: a CRM still behind them would read as a hand edit.
+        self.flush()
+        for attempt in (1, 2):
+            now = self.clock()
+            ids = sorted({e.contact_id for e in events})
+            states, records = self._reconciled(ids, now)
+            applied = self.pipeline.prepare_events(events, inbox=inbox, states=states)
+            self._owe(applied, records)
+            applied.batch.cursors.update(cursors or {})
+            try:
+                self.store.commit(applied.batch)
+            except ConflictError:
+                if attempt == 2:
+                    raise
+                continue
+            if flush:
+                self.flush()
+            return applied.stats
+        raise AssertionError("unreachable")
+
+    # ---- scheduled sync --------------------------------------------------------------------
+
+    def sync(
+        self,
+        now: datetime | None = None,
+        full: bool = False,
+        dry_run: bool = False,
+        progress: Callable[[int], None] | None = None,
+    ) -> SyncSummary:
+        """Poll engagement the webhooks may have missed, then fire due time rules; resumable."""
+        started = time.perf_counter()
+        now = now or self.clock()
+        summary = SyncSummary(dry_run=dry_run)
+        try:
+            if not dry_run:
+                self.flush()
+            self._poll(now, summary, dry_run, progress)
+            self._due(now, full, summary, dry_run, progress)
+            if not dry_run:
+                self.flush(summary)
+        except QuotaExhausted as exc:
+            summary.stopped = f"stopped, resumable: {exc}"
+        calls = self.connector.calls
+        summary.api_calls, summary.retries = calls.api_calls, calls.retries
+        summary.throttled = calls.throttled
+        summary.seconds = round(time.perf_counter() - started, 3)
+        return summary
+
+    def _poll(self, now: datetime, summary: SyncSummary, dry_run: bool, progress) -> None:
+        if not self.mapping.signals:
+            return
+        cursors = self.store.get_cursors(["poll:since", "poll:after"])
+        since = datetime.fromisoformat(cursors["poll:since"]) if cursors.get("poll:since") else None
+        after = cursors.get("poll:after") or None
+        for page in self.connector.find_engaged_since(since, after):
+            keys = [seen_key(r.contact_id, s.property) for r in page for s in self.mapping.signals]
+            last_seen = self.store.get_cursors(keys)
+            events: list[Event] = []
+            remember: dict[str, str] = {}
+            for record in page:
+                prior = {
+                    s.property: last_seen[seen_key(record.contact_id, s.property)]
+                    for s in self.mapping.signals
+                    if seen_key(record.contact_id, s.property) in last_seen
+                }
+                found, seen = events_from_changes(
+                    self.mapping, record.contact_id, record.signals, prior, now, "poll"
+                )
+                events += found
+                remember.update({seen_key(record.contact_id, p): v for p, v in seen.items()})
+            summary.examined += len(page)
+            summary.events_polled += len(events)
+            if progress:
+                progress(len(page))
+            if dry_run:
+                continue
+            remember["poll:after"] = page[-1].contact_id
+            stats = self.process(events, cursors=remember, flush=False) if events else None
+            if stats is None:
+                self.store.commit(Batch(cursors=remember))
+            else:
+                summary.decisions += stats.decisions
+                summary.transitions.update(stats.transitions)
+            self.flush(summary)
+        if not dry_run:
+            since_next = (now - POLL_OVERLAP).isoformat()
+            self.store.commit(Batch(cursors={"poll:since": since_next, "poll:after": ""}))
+
+    def _due(self, now: datetime, full: bool, summary, dry_run: bool, progress) -> None:
+        name = "full:after" if full else "due:after"
+        after = self.store.get_cursor(name) or None
+        pages = self.connector.iter_all(after) if full else self.connector.find_due(now, after)
+        for page in pages:
+            ids = [r.contact_id for r in page]
+            records = {r.contact_id: r for r in page}
+            states, snapshots = self._states_from(records, now)
+            applied = self.pipeline.prepare_tick(ids, now, states=states)
+            if full:
+                self._save_reconciled(applied, states, snapshots)
+            self._owe(applied, records)
+            applied.batch.cursors[name] = page[-1].contact_id
+            summary.examined += len(page)
+            summary.decisions += applied.stats.decisions
+            summary.transitions.update(applied.stats.transitions)
+            if progress:
+                progress(len(page))
+            if dry_run:
+                summary.writes_owed += sum(k.startswith(FIELDS) for k in applied.batch.outbox)
+                continue
+            self.store.commit(applied.batch)
+            self.flush(summary)
+        if not dry_run:
+            self.store.commit(Batch(cursors={name: ""}))
+
+    def _save_reconciled(self, applied: Applied, states: dict, snapshots: dict) -> None:
+        """`--full` also stores what it learnt from the CRM about contacts with no decision."""
+        for cid, state in states.items():
+            if cid not in applied.changed and state is not snapshots.get(cid):
+                applied.batch.contacts.append(state)
+                applied.batch.next_due.append(self.pipeline.due_at(state))
+
+    # ---- reading and reconciling -----------------------------------------------------------
+
+    def _reconciled(
+        self, ids: Sequence[str], now: datetime
+    ) -> tuple[dict[str, ContactState], dict[str, CrmRecord]]:
+        records = self.connector.read_records(ids) if ids else {}
+        states, _ = self._states_from(records, now, ids)
+        return states, records
+
+    def _states_from(
+        self, records: dict[str, CrmRecord], now: datetime, ids: Iterable[str] | None = None
+    ) -> tuple[dict[str, ContactState], dict[str, ContactState]]:
+        wanted = list(ids) if ids is not None else list(records)
+        snapshots = self.store.get_contacts(wanted)
+        states: dict[str, ContactState] = {}
+        for cid in wanted:
+            record, snapshot = records.get(cid), snapshots.get(cid)
+            values = record.values if record else {}
+            created = record.created_at if record else None
+            state = state_from_crm(cid, values, snapshot, self.policy, now, created)
+            if state is not None:
+                states[cid] = state
+        return states, snapshots
+
+    # ---- owing and flushing writes ---------------------------------------------------------
+
+    def _owe(self, applied: Applied, records: dict[str, CrmRecord]) -> None:
+        outbox = applied.batch.outbox
+        for cid, state in applied.changed.items():
+            values = state.canonical_values()
+            outbox[FIELDS + cid] = json.dumps(
+                {n: self._encode(values[n]) for n in self._writable}
+            )
+        if not self.mapping.handoff.enabled:
+            return
+        for decision in applied.decisions:
+            for action in decision.actions:
+                if action.kind == "handoff_task":
+                    record = records.get(decision.contact_id)
+                    outbox[self._task_key(decision)] = json.dumps(
+                        self._task(decision, record.owner_id if record else None)
+                    )
+
+    @staticmethod
+    def _task_key(decision: Decision) -> str:
+        return f"{TASKS}{decision.contact_id}:{decision.cause}:{decision.at.isoformat()}"
+
+    def _task(self, decision: Decision, owner_id: str | None) -> dict[str, Any]:
+        spec = self.mapping.handoff
+        score = decision.changes.get("engagement_score", (None, None))[1]
+        return {
+            "contact_id": decision.contact_id,
+            "owner_id": owner_id,
+            "subject": spec.subject,
+            "body": f"Reached an engagement score of {score} in program "
+            f"{self.mapping.program} ({decision.reason}).",
+            "priority": spec.priority,
+            "due_at": (decision.at + timedelta(days=spec.due_in_days)).isoformat(),
+        }
+
+    @staticmethod
+    def _encode(value: Any) -> Any:
+        if isinstance(value, datetime):
+            return value.astimezone(UTC).isoformat()
+        if isinstance(value, Status):
+            return value.value
+        return value.value if hasattr(value, "value") else value
+
+    def _decode(self, payload: str) -> dict[str, Any]:
+        values = json.loads(payload)
+        for name in self._dates.intersection(values):
+            if values[name] is not None:
+                values[name] = datetime.fromisoformat(values[name])
+        return values
+
+    def flush(self, summary: SyncSummary | None = None) -> None:
+        """Push owed writes to the CRM. A CRM that is down leaves them owed for next time."""
+        try:
+            self._flush_fields(summary)
+            self._flush_tasks(summary)
+        except QuotaExhausted:
+            raise
+        except ConnectorError as exc:
+            log.warning("CRM writes stay owed: %s", exc)
+            if summary is not None:
+                summary.stopped = f"writes owed, CRM unavailable: {exc}"
+
+    def _flush_fields(self, summary: SyncSummary | None) -> None:
+        while owed := self.store.outbox_take(self.write_page, FIELDS):
+            values = {key[len(FIELDS) :]: self._decode(payload) for key, payload in owed}
+            result = self.connector.write_records(values)
+            failures = self._failure_decisions(result.failed, {c: c for c in values}, "write_failed")
+            self.store.commit(Batch(outbox_done=[k for k, _ in owed], decisions=failures))
+            if summary is not None:
+                summary.written += len(result.written)
+                summary.write_failures += len(result.failed)
+
+    def _flush_tasks(self, summary: SyncSummary | None) -> None:
+        while owed := self.store.outbox_take(self.write_page, TASKS):
+            tasks = [self._task_from(key, json.loads(payload)) for key, payload in owed]
+            result = self.connector.create_tasks(tasks)
+            owners = {t.key: t.contact_id for t in tasks}
+            failures = self._failure_decisions(result.failed, owners, "task_failed")
+            self.store.commit(Batch(outbox_done=[k for k, _ in owed], decisions=failures))
+            if summary is not None:
+                summary.tasks_created += len(result.written)
+
+    @staticmethod
+    def _task_from(key: str, data: dict[str, Any]) -> HandoffTask:
+        return HandoffTask(
+            key=key, contact_id=data["contact_id"], owner_id=data["owner_id"],
+            subject=data["subject"], body=data["body"], priority=data["priority"],
+            due_at=datetime.fromisoformat(data["due_at"]),
+        )  # fmt: skip
+
+    def _failure_decisions(
+        self, failed: dict[str, str], contact_of: dict[str, str], reason: str
+    ) -> list[Decision]:
+        """Permanent failures go to the ledger with the vendor's message, not into a retry loop."""
+        if not failed:
+            return []
+        ids = [contact_of.get(key, key) for key in failed]
+        snapshots = self.store.get_contacts(ids)
+        now = self.clock()
+        decisions = []
+        for (key, message), cid in zip(failed.items(), ids, strict=True):
+            status = snapshots[cid].campaign_status if cid in snapshots else Status.ACTIVE
+            decisions.append(
+                Decision(cid, now, "write_back", reason, f"crm:{message[:500]}", status, status,
+                         {}, self.policy.version)  # fmt: skip
+            )
+        return decisions

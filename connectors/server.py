@@ -1,0 +1,125 @@
+"""`elasticity serve`: the webhook endpoints on a local HTTP server, an in-process worker that
+drains the store's inbox through the shared runner, and nothing else."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+from connectors.base import ConnectorError, WebhookRequest
+from connectors.intake import MAX_BODY_BYTES, HttpAnswer, _json, handle_webhook
+from connectors.runner import Runner
+from core.store import StoreError
+
+log = logging.getLogger(__name__)
+
+
+class InboxWorker(threading.Thread):
+    """Drains the inbox whenever woken (and every `idle_seconds`); a CRM outage only delays."""
+
+    def __init__(self, runners: list[Runner], idle_seconds: float = 5.0) -> None:
+        super().__init__(name="inbox-worker", daemon=True)
+        self.runners = runners
+        self.idle_seconds = idle_seconds
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+        self.lock = threading.Lock()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            self.wake.wait(self.idle_seconds)
+            self.wake.clear()
+            self.drain_once()
+
+    def drain_once(self) -> None:
+        with self.lock:
+            for runner in self.runners:
+                try:
+                    runner.drain_inbox()
+                except (ConnectorError, StoreError) as exc:
+                    log.warning("inbox stays queued for %s: %s", runner.connector.vendor, exc)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.wake.set()
+
+
+def make_handler(routes: dict[str, Runner], worker: InboxWorker | None):
+    class WebhookHandler(BaseHTTPRequestHandler):
+        server_version = "elasticity"
+
+        def _answer(self, answer: HttpAnswer) -> None:
+            self.send_response(answer.status)
+            self.send_header("Content-Type", answer.content_type)
+            self.send_header("Content-Length", str(len(answer.body)))
+            self.end_headers()
+            self.wfile.write(answer.body)
+
+        def _handle(self) -> None:
+            url = urlsplit(self.path)
+            if url.path == "/healthz":
+                self._answer(_json(200, status="ok"))
+                return
+            runner = routes.get(url.path.rstrip("/"))
+            if runner is None:
+                self._answer(_json(404, error=f"no webhook at {url.path}"))
+                return
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                self._answer(_json(400, error="bad Content-Length"))
+                return
+            if length > MAX_BODY_BYTES or length < 0:
+                self._answer(_json(413, error=f"body larger than {MAX_BODY_BYTES} bytes"))
+                self.close_connection = True
+                return
+            request = WebhookRequest(
+                method=self.command,
+                path=url.path,
+                query=url.query,
+                headers={k.lower(): v for k, v in self.headers.items()},
+                body=self.rfile.read(length),
+                received_at=datetime.now(UTC),
+            )
+            answer = handle_webhook(runner.connector, request, runner.record)
+            self._answer(answer)
+            if answer.recorded and worker is not None:
+                worker.wake.set()
+
+        do_POST = _handle  # noqa: N815 - http.server's naming
+        do_GET = _handle  # noqa: N815
+        do_PUT = _handle  # noqa: N815
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            log.info("%s %s", self.address_string(), format % args)
+
+    return WebhookHandler
+
+
+def build_server(
+    runners: list[Runner], host: str = "127.0.0.1", port: int = 8080, worker: bool = True
+) -> tuple[ThreadingHTTPServer, InboxWorker | None]:
+    routes = {}
+    for runner in runners:
+        for path in runner.connector.webhook_paths:
+            routes[path.rstrip("/")] = runner
+    inbox_worker = InboxWorker(runners) if worker else None
+    server = ThreadingHTTPServer((host, port), make_handler(routes, inbox_worker))
+    return server, inbox_worker
+
+
+def serve_forever(runners: list[Runner], host: str, port: int) -> None:
+    server, worker = build_server(runners, host, port)
+    if worker is not None:
+        worker.start()
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        if worker is not None:
+            worker.stop()

@@ -1,0 +1,1 @@
+"""Vendor-neutral elasticity logic: models, policy, engine, store. Never imports connectors."""

@@ -1,0 +1,244 @@
+"""The mapping file: which CRM property holds which canonical field, which vendor signal means
+which event, which lists exist, and the policy numbers. Validated on load; a bad file gets one
+message per problem naming the file, the key path and what was expected, and nothing runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from core.models import CANONICAL_FIELDS, Status
+from core.policy import Policy
+
+FieldType = Literal["enumeration", "datetime", "date", "number", "string", "bool"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FieldSpec(_Strict):
+    property: str = Field(min_length=1)
+    label: str | None = None
+    type: FieldType
+    read_only: bool = Field(False, description="a vendor-native property we read, never write")
+
+
+class Signal(_Strict):
+    """A vendor property whose change means a canonical event."""
+
+    property: str = Field(min_length=1)
+    event: str = Field(min_length=1)
+    patterns: list[str] = Field(default_factory=list, description="regexes the new value must match")
+    values: list[str] = Field(default_factory=list, description="values that count (e.g. 'true')")
+
+    @field_validator("patterns")
+    @classmethod
+    def _patterns_compile(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"'{pattern}' is not a valid regular expression: {exc}") from exc
+        return patterns
+
+    def matches(self, value: str | None) -> bool:
+        if value is None or value == "":
+            return False
+        if self.values and value.lower() not in {v.lower() for v in self.values}:
+            return False
+        return not self.patterns or any(re.search(p, value) for p in self.patterns)
+
+
+class ListSpec(_Strict):
+    """A dynamic list the CRM keeps itself, filtered on the status property."""
+
+    name: str = Field(min_length=1)
+    statuses: list[Status] = Field(min_length=1)
+    suppression_reasons: list[str] = Field(default_factory=list)
+    alternate_channel: bool = False
+
+
+class HandoffSpec(_Strict):
+    enabled: bool = True
+    subject: str = "Engaged contact: follow up"
+    priority: Literal["LOW", "MEDIUM", "HIGH"] = "HIGH"
+    due_in_days: float = Field(1, ge=0)
+
+
+class Variant(_Strict):
+    name: str = Field(min_length=1)
+    weight: float = Field(1, gt=0)
+
+
+class ExperimentSpec(_Strict):
+    name: str = Field(min_length=1)
+    element: str = Field(min_length=1)
+    property: str = Field(min_length=1, description="CRM property the templates branch on")
+    stage: Literal["main", "reactivation_1", "reactivation_2", "reactivation"] = "main"
+    metric: Literal["open", "click", "reactivation"] = "open"
+    variants: list[Variant] = Field(min_length=2)
+    default: str | None = None
+    salt: str = ""
+
+    @model_validator(mode="after")
+    def _default_is_a_variant(self) -> ExperimentSpec:
+        names = [v.name for v in self.variants]
+        if len(set(names)) != len(names):
+            raise ValueError("variant names must be unique")
+        if self.default is not None and self.default not in names:
+            raise ValueError(f"default '{self.default}' is not one of the variants {names}")
+        return self
+
+
+class HoldoutSpec(_Strict):
+    share: float = Field(0.10, ge=0, lt=1)
+    property: str | None = None
+    salt: str = "holdout"
+
+
+class SegmentSpec(_Strict):
+    """Policy overrides for contacts whose properties match `where` (markets, industries)."""
+
+    name: str = Field(min_length=1)
+    where: dict[str, str | list[str]] = Field(min_length=1)
+    policy: dict[str, Any] = Field(default_factory=dict)
+
+
+class FrequencyCap(_Strict):
+    max_sends: int = Field(ge=1)
+    window_days: float = Field(gt=0)
+
+
+class EligibilitySpec(_Strict):
+    consent_property: str | None = None
+    frequency_cap: FrequencyCap | None = None
+    priority: int = 0
+
+
+class Mapping(_Strict):
+    program: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    vendor: str = Field(min_length=1, pattern=r"^[a-z][a-z0-9_]*$")
+    object: Literal["contacts", "Contact", "Lead"]
+    fields: dict[str, FieldSpec]
+    signals: list[Signal] = Field(default_factory=list)
+    lists: list[ListSpec] = Field(default_factory=list)
+    policy: Policy = Field(default_factory=Policy)
+    handoff: HandoffSpec = Field(default_factory=HandoffSpec)
+    experiments: list[ExperimentSpec] = Field(default_factory=list)
+    holdout: HoldoutSpec | None = None
+    segments: list[SegmentSpec] = Field(default_factory=list)
+    eligibility: EligibilitySpec = Field(default_factory=EligibilitySpec)
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="vendor-specific settings, validated by the connector"
+    )
+
+    @field_validator("fields")
+    @classmethod
+    def _every_canonical_field(cls, fields: dict[str, FieldSpec]) -> dict[str, FieldSpec]:
+        unknown = sorted(set(fields) - set(CANONICAL_FIELDS))
+        if unknown:
+            raise ValueError(f"unknown canonical field(s) {unknown}; expected {CANONICAL_FIELDS}")
+        missing = [name for name in CANONICAL_FIELDS if name not in fields]
+        if missing:
+            raise ValueError(f"missing canonical field(s) {missing}")
+        return fields
+
+    @model_validator(mode="after")
+    def _signals_name_known_events(self) -> Mapping:
+        for i, signal in enumerate(self.signals):
+            if not self.policy.knows_event(signal.event):
+                raise ValueError(
+                    f"signals[{i}].event: unknown event type '{signal.event}'; expected a "
+                    "canonical event or an engagement type the policy gives points"
+                )
+        return self
+
+    def property_of(self, canonical: str) -> str:
+        return self.fields[canonical].property
+
+
+class MappingError(Exception):
+    """A mapping file that cannot run. `problems` holds one line per problem."""
+
+    def __init__(self, path: str, problems: list[str]) -> None:
+        self.path = path
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+def _key_path(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif item in ("function-after", "function-before") or str(item).startswith("function-"):
+            continue
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts) or "(top level)"
+
+
+def format_validation_error(path: str, error: ValidationError, prefix: tuple = ()) -> list[str]:
+    problems = []
+    for item in error.errors(include_url=False):
+        loc = prefix + tuple(item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (not part of the mapping schema)"
+        elif item["type"] == "missing":
+            message = "required key is missing"
+        elif "input" in item and item["type"] not in ("value_error",):
+            message = f"{message}, got {item['input']!r}"
+        # Cross-field validators name their own sub-path ("signals[0].event: ...").
+        match = re.match(r"^([\w.\[\]]+): (.*)$", message)
+        if match and not loc:
+            problems.append(f"{path}: {match.group(1)}: {match.group(2)}")
+        elif match and ("[" in match.group(1) or "." in match.group(1)):
+            problems.append(f"{path}: {match.group(1)}: {match.group(2)}")
+        else:
+            problems.append(f"{path}: {_key_path(loc)}: {message}")
+    return problems
+
+
+def load_mapping(path: str | Path) -> Mapping:
+    """Read, validate and version a mapping file, or raise `MappingError` listing every problem."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise MappingError(str(path), [f"{path}: cannot read the file: {exc.strerror}"]) from None
+    return parse_mapping(raw, str(path))
+
+
+def parse_mapping(raw: bytes, path: str) -> Mapping:
+    try:
+        data = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise MappingError(path, [f"{path}: {where}not valid YAML: {problem}"]) from None
+    if not isinstance(data, dict):
+        raise MappingError(path, [f"{path}: (top level): expected a mapping of keys, got {data!r}"])
+    version = policy_version(raw)
+    policy = data.get("policy")
+    if isinstance(policy, dict):
+        data = {**data, "policy": {**policy, "version": version}}
+    elif policy is None:
+        data = {**data, "policy": {"version": version}}
+    try:
+        return Mapping.model_validate(data)
+    except ValidationError as exc:
+        raise MappingError(path, format_validation_error(path, exc)) from None
+
+
+def policy_version(raw: bytes) -> str:
+    """A short content hash: the same file gives the same version on every machine."""
+    return hashlib.sha256(raw).hexdigest()[:12]

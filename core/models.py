@@ -1,0 +1,153 @@
+"""The canonical records every part of the program speaks: events, contact state, decisions.
+
+`Event` is a pydantic model because it crosses trust boundaries (webhooks, files). Contact
+state and decisions are slotted dataclasses validated by pydantic `TypeAdapter`s at the
+boundaries: the engine creates millions of them, and a validated model costs ten times more
+to build than the whole rule it records.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
+
+
+class Status(StrEnum):
+    ACTIVE = "Active"
+    ENGAGED = "Engaged"
+    DORMANT = "Dormant"
+    REACTIVATED = "Reactivated"
+    SUPPRESSED = "Suppressed"
+
+
+IN_SEND_STREAM = frozenset({Status.ACTIVE, Status.REACTIVATED})
+
+
+class SuppressionReason(StrEnum):
+    NO_RESPONSE = "no_response"
+    UNSUBSCRIBE = "unsubscribe"
+    HARD_BOUNCE = "hard_bounce"
+    SPAM_COMPLAINT = "spam_complaint"
+
+
+COMPLIANCE_REASONS = frozenset(
+    {SuppressionReason.UNSUBSCRIBE, SuppressionReason.HARD_BOUNCE, SuppressionReason.SPAM_COMPLAINT}
+)
+
+ENGAGEMENT_EVENTS = frozenset({"open", "click", "high_intent_visit"})
+DELIVERY_EVENTS = frozenset({"send"})
+COMPLIANCE_EVENTS = frozenset({"unsubscribe", "hard_bounce", "spam_complaint", "resubscribe"})
+LIFECYCLE_EVENTS = frozenset({"enroll"})
+NON_ENGAGEMENT_EVENTS = DELIVERY_EVENTS | COMPLIANCE_EVENTS | LIFECYCLE_EVENTS
+
+
+class Event(BaseModel):
+    """One canonical event. Custom engagement types are valid when the policy gives them points."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    event_id: str = Field(min_length=1, max_length=512)
+    contact_id: str = Field(min_length=1, max_length=256)
+    type: str = Field(min_length=1, max_length=64)
+    occurred_at: AwareDatetime
+    campaign: str | None = None
+    variant: str | None = None
+    url: str | None = None
+    source: str | None = None
+
+
+CANONICAL_FIELDS = (
+    "campaign_status",
+    "last_engagement_date",
+    "engagement_score",
+    "reactivation_cycle",
+    "status_changed_at",
+    "unanswered_sends",
+    "reactivation_step",
+    "suppression_reason",
+)
+"""Fields a mapping must place in the CRM. The first four are what the program is known by."""
+
+REQUIRED_CANONICAL_FIELDS = CANONICAL_FIELDS[:4]
+
+
+@dataclass(slots=True)
+class ContactState:
+    """Everything the rules need to know about one contact, as of `as_of`.
+
+    `base_score` is the score right after the last engagement; the visible
+    `engagement_score` is it decayed `decay_steps` times, each step due at a fixed offset from
+    the last engagement, so decay never depends on how often the scheduler ran. `stream_entered_at` is when silence started counting for a contact who
+    never engaged since (enrollment or resubscribe).
+    """
+
+    contact_id: str
+    campaign_status: Status
+    enrolled_at: datetime
+    as_of: datetime
+    status_changed_at: datetime
+    stream_entered_at: datetime
+    engagement_score: float = 0.0
+    base_score: float = 0.0
+    last_engagement_date: datetime | None = None
+    decay_steps: int = 0
+    reactivation_cycle: int = 0
+    reactivation_step: int = 0
+    reactivation_step_at: datetime | None = None
+    unanswered_sends: int = 0
+    suppression_reason: SuppressionReason | None = None
+    experiments: dict[str, str] = field(default_factory=dict)
+
+    def copy(self) -> ContactState:
+        return ContactState(
+            self.contact_id, self.campaign_status, self.enrolled_at, self.as_of,
+            self.status_changed_at, self.stream_entered_at, self.engagement_score,
+            self.base_score, self.last_engagement_date, self.decay_steps, self.reactivation_cycle,
+            self.reactivation_step, self.reactivation_step_at, self.unanswered_sends,
+            self.suppression_reason, dict(self.experiments),
+        )  # fmt: skip
+
+    def canonical_values(self) -> dict[str, Any]:
+        """The canonical fields as the CRM should hold them."""
+        return {name: getattr(self, name) for name in CANONICAL_FIELDS}
+
+
+@dataclass(slots=True)
+class Action:
+    """Something a connector must do beyond setting fields.
+
+    kinds: `reactivation_step_due` (step, format), `alternate_channel_add`,
+    `alternate_channel_remove`, `handoff_task` (sales hand-off on Engaged).
+    """
+
+    kind: str
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Decision:
+    """One rule applied to one contact: what changed, why, and under which policy."""
+
+    contact_id: str
+    at: datetime
+    rule: str
+    reason: str
+    cause: str
+    """The event id that caused it, or `time:<rule>@<due time>` for a time rule."""
+    from_status: Status | None
+    to_status: Status
+    changes: dict[str, tuple[Any, Any]]
+    policy_version: str
+    actions: list[Action] = field(default_factory=list)
+
+    @property
+    def status_changed(self) -> bool:
+        return self.from_status != self.to_status
+
+
+CONTACT_STATE = TypeAdapter(ContactState)
+DECISION = TypeAdapter(Decision)

@@ -1,0 +1,209 @@
+"""Events and time through the engine into the store, in atomic batches.
+
+Every path uses this: `replay`, `simulate`, the local webhook worker, the Lambda worker and the
+scheduled syncs. A batch claims its event keys, saves the contacts' new states and appends the
+decisions in one commit, so a crash mid-batch leaves no half-applied event and a redelivered
+event is absorbed.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from operator import attrgetter
+
+from core.engine import advance, apply_event, next_due
+from core.models import ContactState, Decision, Event
+from core.policy import Policy
+from core.store import Batch, ConflictError, Store
+
+_BY_TIME = attrgetter("occurred_at")
+
+
+@dataclass
+class RunStats:
+    events_in: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    decisions: int = 0
+    contacts_touched: int = 0
+    transitions: Counter = field(default_factory=Counter)
+    rejections: list[str] = field(default_factory=list)
+
+    def add(self, other: RunStats) -> None:
+        self.events_in += other.events_in
+        self.applied += other.applied
+        self.duplicates += other.duplicates
+        self.rejected += other.rejected
+        self.decisions += other.decisions
+        self.contacts_touched += other.contacts_touched
+        self.transitions.update(other.transitions)
+        self.rejections.extend(other.rejections)
+
+
+@dataclass
+class Applied:
+    """The result of one batch before it is committed: what changed, for connectors to write."""
+
+    changed: dict[str, ContactState]
+    decisions: list[Decision]
+    stats: RunStats
+    batch: Batch
+
+
+def count_transitions(decisions: Iterable[Decision], into: Counter) -> None:
+    for d in decisions:
+        if d.from_status is not None and d.from_status != d.to_status:
+            into[f"{d.from_status.value}->{d.to_status.value}"] += 1
+        elif d.from_status is None:
+            into["enrolled"] += 1
+
+
+class Pipeline:
+    """Applies events and time rules for one policy against one store."""
+
+    def __init__(self, store: Store, policy: Policy) -> None:
+        self.store = store
+        self.policy = policy
+
+    def prepare_events(
+        self,
+        events: Sequence[Event],
+        inbox: bool = False,
+        states: dict[str, ContactState] | None = None,
+    ) -> Applied:
+        """Decide a batch of events without committing it.
+
+        Duplicates (within the batch or already processed) are dropped; each contact's events
+        are applied in `occurred_at` order. `states` replaces the store's snapshots (a
+        connector passes what it reconciled with the CRM).
+        """
+        stats = RunStats(events_in=len(events))
+        policy = self.policy
+        fresh: list[Event] = []
+        seen: set[str] = set()
+        unseen = self.store.unseen([e.event_id for e in events])
+        for event in events:
+            key = event.event_id
+            if key in seen or key not in unseen:
+                stats.duplicates += 1
+                continue
+            seen.add(key)
+            if not policy.knows_event(event.type):
+                stats.rejected += 1
+                stats.rejections.append(f"{key}: unknown event type '{event.type}'")
+                continue
+            fresh.append(event)
+        fresh.sort(key=_BY_TIME)
+        if states is None:
+            states = self.store.get_contacts({e.contact_id for e in fresh})
+        else:
+            states = dict(states)
+        changed: dict[str, ContactState] = {}
+        decisions: list[Decision] = []
+        for event in fresh:
+            cid = event.contact_id
+            outcome = apply_event(states.get(cid), event, policy)
+            states[cid] = outcome.state
+            if outcome.decisions:
+                decisions += outcome.decisions
+                changed[cid] = outcome.state
+        stats.applied = len(fresh)
+        batch = self._batch(changed, decisions)
+        batch.event_keys = list(seen)
+        if inbox:
+            batch.inbox_done = [e.event_id for e in events]
+        return Applied(changed, decisions, self._finish(stats, changed, decisions), batch)
+
+    def prepare_tick(
+        self,
+        contact_ids: Iterable[str],
+        now: datetime,
+        states: dict[str, ContactState] | None = None,
+    ) -> Applied:
+        """Decide the time rules due by `now` for these contacts without committing."""
+        if states is None:
+            states = self.store.get_contacts(contact_ids)
+        changed: dict[str, ContactState] = {}
+        decisions: list[Decision] = []
+        for cid, state in states.items():
+            outcome = advance(state, now, self.policy)
+            if outcome.decisions:
+                changed[cid] = outcome.state
+                decisions += outcome.decisions
+        stats = RunStats()
+        return Applied(changed, decisions, self._finish(stats, changed, decisions),
+                       self._batch(changed, decisions))  # fmt: skip
+
+    def _batch(self, changed: dict[str, ContactState], decisions: list[Decision]) -> Batch:
+        contacts = list(changed.values())
+        due = [self.due_at(s) for s in contacts]
+        return Batch(contacts=contacts, next_due=due, decisions=decisions)
+
+    def due_at(self, state: ContactState) -> datetime | None:
+        due = next_due(state, self.policy)
+        return None if due is None else due.at
+
+    @staticmethod
+    def _finish(stats: RunStats, changed: dict, decisions: list[Decision]) -> RunStats:
+        stats.decisions = len(decisions)
+        stats.contacts_touched = len(changed)
+        count_transitions(decisions, stats.transitions)
+        return stats
+
+    def process(self, events: Sequence[Event], inbox: bool = False) -> RunStats:
+        """Decide and commit one batch; on a race with another writer, redo it once."""
+        for attempt in (1, 2):
+            applied = self.prepare_events(events, inbox=inbox)
+            try:
+                self.store.commit(applied.batch)
+            except ConflictError:
+                if attempt == 2:
+                    raise
+                continue
+            return applied.stats
+        raise AssertionError("unreachable")
+
+    def process_stream(
+        self,
+        events: Iterable[Event],
+        batch_size: int = 5000,
+        progress: Callable[[int], None] | None = None,
+    ) -> RunStats:
+        total = RunStats()
+        chunk: list[Event] = []
+        for event in events:
+            chunk.append(event)
+            if len(chunk) >= batch_size:
+                total.add(self.process(chunk))
+                if progress:
+                    progress(len(chunk))
+                chunk = []
+        if chunk:
+            total.add(self.process(chunk))
+            if progress:
+                progress(len(chunk))
+        return total
+
+    def tick(
+        self,
+        now: datetime,
+        page_size: int = 5000,
+        progress: Callable[[int], None] | None = None,
+    ) -> RunStats:
+        """Fire every time rule due by `now` for every contact in the store."""
+        total = RunStats()
+        after = ""
+        while True:
+            ids = self.store.due_contacts(now, after=after, limit=page_size)
+            if not ids:
+                return total
+            applied = self.prepare_tick(ids, now)
+            self.store.commit(applied.batch)
+            total.add(applied.stats)
+            if progress:
+                progress(len(ids))
+            after = ids[-1]

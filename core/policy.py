@@ -1,0 +1,85 @@
+"""The policy numbers of SPEC §2, every one set from the mapping file."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+
+from core.models import ENGAGEMENT_EVENTS, NON_ENGAGEMENT_EVENTS
+
+DEFAULT_POINTS = {"open": 5.0, "click": 10.0, "high_intent_visit": 15.0}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Decay(_Strict):
+    factor: float = Field(0.5, gt=0, le=1)
+    after_days: float = Field(30, ge=0)
+    every_days: float = Field(30, gt=0)
+    floor: float = Field(1.0, ge=0, description="a decayed score below this becomes 0")
+
+
+class Compiled:
+    """Policy numbers in the units the engine's hot path uses."""
+
+    __slots__ = (
+        "points", "threshold", "max_unanswered_sends", "dormant_after", "cooling",
+        "steps", "step_wait", "max_cycles", "decay_factor", "decay_after", "decay_every",
+        "decay_floor", "handoff",
+    )  # fmt: skip
+
+    def __init__(self, policy: Policy) -> None:
+        self.points = dict(policy.points)
+        self.threshold = policy.threshold
+        self.max_unanswered_sends = policy.max_unanswered_sends
+        self.dormant_after = timedelta(days=policy.dormant_after_days)
+        self.cooling = timedelta(days=policy.cooling_days)
+        self.steps = policy.reactivation_steps
+        self.step_wait = timedelta(days=policy.step_wait_days)
+        self.max_cycles = policy.max_reactivation_cycles
+        self.decay_factor = policy.decay.factor
+        self.decay_after = timedelta(days=policy.decay.after_days)
+        self.decay_every = timedelta(days=policy.decay.every_days)
+        self.decay_floor = policy.decay.floor
+        self.handoff = policy.handoff_on_engaged
+
+
+class Policy(_Strict):
+    points: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_POINTS))
+    threshold: float = Field(20, gt=0)
+    max_unanswered_sends: int = Field(3, ge=1)
+    dormant_after_days: float = Field(90, gt=0)
+    cooling_days: float = Field(30, ge=0)
+    reactivation_steps: int = Field(2, ge=1, le=5)
+    step_wait_days: float = Field(7, gt=0)
+    max_reactivation_cycles: int = Field(2, ge=0)
+    decay: Decay = Field(default_factory=Decay)
+    handoff_on_engaged: bool = True
+    version: str = Field("unversioned", description="content hash of the mapping it came from")
+
+    _compiled: Compiled | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _points_are_engagement(self) -> Policy:
+        for name, value in self.points.items():
+            if name in NON_ENGAGEMENT_EVENTS:
+                raise ValueError(f"points.{name}: '{name}' is not an engagement event")
+            if value < 0:
+                raise ValueError(f"points.{name}: expected a number >= 0, got {value}")
+        return self
+
+    @property
+    def compiled(self) -> Compiled:
+        if self._compiled is None:
+            self._compiled = Compiled(self)
+        return self._compiled
+
+    def knows_event(self, event_type: str) -> bool:
+        return (
+            event_type in self.points
+            or event_type in ENGAGEMENT_EVENTS
+            or event_type in NON_ENGAGEMENT_EVENTS
+        )

@@ -1,0 +1,280 @@
+"""The embedded store: one SQLite file in WAL mode under the data dir (or `:memory:`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from core.models import Action, ContactState, Decision, Event, Status, SuppressionReason
+from core.store import Batch, ConflictError, Store, StoreError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS processed_events (key TEXT PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS contacts (
+    contact_id TEXT PRIMARY KEY, campaign_status TEXT NOT NULL, enrolled_at TEXT NOT NULL,
+    as_of TEXT NOT NULL, status_changed_at TEXT NOT NULL, stream_entered_at TEXT NOT NULL,
+    engagement_score REAL NOT NULL, base_score REAL NOT NULL, last_engagement_date TEXT,
+    decay_steps INTEGER NOT NULL, reactivation_cycle INTEGER NOT NULL,
+    reactivation_step INTEGER NOT NULL, reactivation_step_at TEXT,
+    unanswered_sends INTEGER NOT NULL, suppression_reason TEXT, experiments TEXT,
+    next_due TEXT
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS contacts_next_due ON contacts (next_due) WHERE next_due IS NOT NULL;
+CREATE TABLE IF NOT EXISTS ledger (
+    seq INTEGER PRIMARY KEY, contact_id TEXT NOT NULL, at TEXT NOT NULL, rule TEXT NOT NULL,
+    reason TEXT NOT NULL, cause TEXT NOT NULL, from_status TEXT, to_status TEXT NOT NULL,
+    changes TEXT NOT NULL, actions TEXT, policy_version TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ledger_contact ON ledger (contact_id);
+CREATE TABLE IF NOT EXISTS cursors (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL UNIQUE, payload TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS inbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL UNIQUE, body TEXT NOT NULL
+);
+"""
+
+_CONTACT_COLUMNS = (
+    "contact_id, campaign_status, enrolled_at, as_of, status_changed_at, stream_entered_at, "
+    "engagement_score, base_score, last_engagement_date, decay_steps, reactivation_cycle, "
+    "reactivation_step, reactivation_step_at, unanswered_sends, suppression_reason, experiments"
+)
+_CHUNK = 500  # stays under SQLite's bound-parameter limit on every build
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("ELASTICITY_DATA_DIR", ".elasticity"))
+
+
+def _ts(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    return value.isoformat()
+
+
+def _dt(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+def _json_default(value: object) -> str:
+    if isinstance(value, datetime):
+        return _ts(value)  # type: ignore[return-value]
+    raise TypeError(f"cannot store {type(value).__name__} in the ledger")
+
+
+def _contact_row(s: ContactState, due: datetime | None) -> tuple:
+    return (
+        s.contact_id, s.campaign_status.value, _ts(s.enrolled_at), _ts(s.as_of),
+        _ts(s.status_changed_at), _ts(s.stream_entered_at), s.engagement_score, s.base_score,
+        _ts(s.last_engagement_date), s.decay_steps, s.reactivation_cycle, s.reactivation_step,
+        _ts(s.reactivation_step_at), s.unanswered_sends,
+        s.suppression_reason.value if s.suppression_reason else None,
+        json.dumps(s.experiments) if s.experiments else None, _ts(due),
+    )  # fmt: skip
+
+
+def _contact(row: sqlite3.Row | tuple) -> ContactState:
+    return ContactState(
+        row[0], Status(row[1]), _dt(row[2]), _dt(row[3]), _dt(row[4]), _dt(row[5]), row[6],
+        row[7], _dt(row[8]), row[9], row[10], row[11], _dt(row[12]), row[13],
+        SuppressionReason(row[14]) if row[14] else None, json.loads(row[15]) if row[15] else {},
+    )  # fmt: skip
+
+
+def decision_row(d: Decision) -> tuple:
+    actions = [[a.kind, a.detail] for a in d.actions] if d.actions else None
+    return (
+        d.contact_id, _ts(d.at), d.rule, d.reason, d.cause,
+        d.from_status.value if d.from_status else None, d.to_status.value,
+        json.dumps(d.changes, default=_json_default),
+        json.dumps(actions) if actions else None, d.policy_version,
+    )  # fmt: skip
+
+
+def _decision(row: tuple) -> Decision:
+    actions = [Action(kind, detail) for kind, detail in json.loads(row[8])] if row[8] else []
+    changes = {k: tuple(v) for k, v in json.loads(row[7]).items()}
+    return Decision(
+        row[0], _dt(row[1]), row[2], row[3], row[4], Status(row[5]) if row[5] else None,
+        Status(row[6]), changes, row[9], actions,
+    )  # fmt: skip
+
+
+def _chunks(items: Sequence, size: int = _CHUNK) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class SQLiteStore(Store):
+    def __init__(self, path: str | Path = ":memory:") -> None:
+        self.path = str(path)
+        # One connection shared by the local server's threads: transactions must not interleave.
+        self._lock = threading.RLock()
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the store at {self.path}: {exc}") from exc
+
+    @classmethod
+    def in_data_dir(cls, data_dir: str | Path | None = None) -> SQLiteStore:
+        directory = Path(data_dir) if data_dir is not None else default_data_dir()
+        return cls(directory / "elasticity.sqlite3")
+
+    def unseen(self, event_keys: Sequence[str]) -> set[str]:
+        wanted = set(event_keys)
+        keys = list(wanted)
+        for part in _chunks(keys):
+            marks = ",".join("?" * len(part))
+            sql = f"SELECT key FROM processed_events WHERE key IN ({marks})"  # noqa: S608
+            wanted.difference_update(row[0] for row in self._query(sql, part))
+        return wanted
+
+    def commit(self, batch: Batch) -> None:
+        if batch.is_empty():
+            return
+        db = self._db
+        try:
+            self._lock.acquire()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany(
+                    "INSERT INTO processed_events (key) VALUES (?)",
+                    [(k,) for k in batch.event_keys],
+                )
+                db.executemany(
+                    f"INSERT OR REPLACE INTO contacts ({_CONTACT_COLUMNS}, next_due) "  # noqa: S608
+                    f"VALUES ({','.join('?' * 17)})",
+                    map(_contact_row, batch.contacts, batch.next_due),
+                )
+                db.executemany(
+                    "INSERT INTO ledger (contact_id, at, rule, reason, cause, from_status, "
+                    "to_status, changes, actions, policy_version) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    map(decision_row, batch.decisions),
+                )
+                db.executemany(
+                    "INSERT OR REPLACE INTO cursors (name, value) VALUES (?, ?)",
+                    batch.cursors.items(),
+                )
+                db.executemany(
+                    "DELETE FROM inbox WHERE key = ?", [(k,) for k in batch.inbox_done]
+                )
+                db.executemany(
+                    "DELETE FROM outbox WHERE key = ?", [(k,) for k in batch.outbox_done]
+                )
+                # A newer write for the same key replaces the owed one and goes to the back.
+                db.executemany(
+                    "INSERT OR REPLACE INTO outbox (key, payload) VALUES (?, ?)",
+                    batch.outbox.items(),
+                )
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        except sqlite3.IntegrityError as exc:
+            raise ConflictError("an event in this batch was already processed") from exc
+        except sqlite3.Error as exc:
+            raise StoreError(f"could not commit a batch to {self.path}: {exc}") from exc
+        finally:
+            self._lock.release()
+
+    def get_contacts(self, contact_ids: Iterable[str]) -> dict[str, ContactState]:
+        found: dict[str, ContactState] = {}
+        for part in _chunks(list(contact_ids)):
+            marks = ",".join("?" * len(part))
+            sql = f"SELECT {_CONTACT_COLUMNS} FROM contacts WHERE contact_id IN ({marks})"  # noqa: S608
+            for row in self._query(sql, part):
+                found[row[0]] = _contact(row)
+        return found
+
+    def iter_contacts(self, page_size: int = 5000) -> Iterator[list[ContactState]]:
+        after = ""
+        while True:
+            rows = self._query(
+                f"SELECT {_CONTACT_COLUMNS} FROM contacts WHERE contact_id > ? "  # noqa: S608
+                "ORDER BY contact_id LIMIT ?",
+                (after, page_size),
+            )
+            if not rows:
+                return
+            yield [_contact(row) for row in rows]
+            after = rows[-1][0]
+
+    def due_contacts(self, now: datetime, after: str = "", limit: int = 5000) -> list[str]:
+        rows = self._query(
+            "SELECT contact_id FROM contacts WHERE next_due IS NOT NULL AND next_due <= ? "
+            "AND contact_id > ? ORDER BY contact_id LIMIT ?",
+            (_ts(now), after, limit),
+        )
+        return [row[0] for row in rows]
+
+    def count_contacts(self) -> int:
+        return self._query("SELECT COUNT(*) FROM contacts")[0][0]
+
+    def get_cursors(self, names: Iterable[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for part in _chunks(list(names)):
+            marks = ",".join("?" * len(part))
+            sql = f"SELECT name, value FROM cursors WHERE name IN ({marks})"  # noqa: S608
+            found.update(self._query(sql, part))
+        return found
+
+    def ledger_for(self, contact_id: str) -> list[Decision]:
+        rows = self._query(
+            "SELECT contact_id, at, rule, reason, cause, from_status, to_status, changes, "
+            "actions, policy_version FROM ledger WHERE contact_id = ? ORDER BY seq",
+            (contact_id,),
+        )
+        return [_decision(row) for row in rows]
+
+    def inbox_put(self, events: Sequence[Event]) -> int:
+        if not events:
+            return 0
+        new = self.unseen([e.event_id for e in events])
+        rows = [(e.event_id, e.model_dump_json()) for e in events if e.event_id in new]
+        try:
+            with self._lock, self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                before = self._db.total_changes
+                self._db.executemany("INSERT OR IGNORE INTO inbox (key, body) VALUES (?, ?)", rows)
+                return self._db.total_changes - before
+        except sqlite3.Error as exc:
+            raise StoreError(f"could not record events in {self.path}: {exc}") from exc
+
+    def inbox_take(self, limit: int) -> list[Event]:
+        rows = self._query("SELECT body FROM inbox ORDER BY seq LIMIT ?", (limit,))
+        return [Event.model_validate_json(row[0]) for row in rows]
+
+    def outbox_take(self, limit: int, prefix: str = "") -> list[tuple[str, str]]:
+        rows = self._query(
+            "SELECT key, payload FROM outbox WHERE substr(key, 1, ?) = ? ORDER BY seq LIMIT ?",
+            (len(prefix), prefix, limit),
+        )
+        return [(row[0], row[1]) for row in rows]
+
+    def execute(self, sql: str, params: Sequence = ()) -> list[tuple]:
+        """Read-only SQL for reports that aggregate in the database, not in Python lists."""
+        return self._query(sql, params)
+
+    def _query(self, sql: str, params: Sequence = ()) -> list[tuple]:
+        with self._lock:
+            try:
+                return self._db.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(f"could not read from {self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        self._db.close()

@@ -1,0 +1,103 @@
+"""The persistence port: every durable thing the program keeps goes through `Store`.
+
+Implementations: `core.sqlite_store.SQLiteStore` (embedded, local mode and tests) and the
+DynamoDB store of the serverless deployment. Both pass `tests/test_store_contract.py`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from core.models import ContactState, Decision, Event
+
+
+class StoreError(Exception):
+    """The store could not do what was asked; nothing of the failed call was written."""
+
+
+class ConflictError(StoreError):
+    """Another writer claimed one of the events or moved a cursor first; re-read and retry."""
+
+
+@dataclass
+class Batch:
+    """Everything one unit of work writes, committed all or nothing.
+
+    `next_due` holds, per contact in `contacts`, when its next time rule falls due (or None),
+    so a scheduled sync can find due contacts without evaluating everyone.
+    """
+
+    event_keys: list[str] = field(default_factory=list)
+    contacts: list[ContactState] = field(default_factory=list)
+    next_due: list[datetime | None] = field(default_factory=list)
+    decisions: list[Decision] = field(default_factory=list)
+    cursors: dict[str, str] = field(default_factory=dict)
+    inbox_done: list[str] = field(default_factory=list)
+    outbox: dict[str, str] = field(default_factory=dict)
+    """Writes owed to the CRM (key -> JSON payload), committed with the decisions that owe
+    them so a crash between deciding and writing loses nothing and repeats nothing."""
+    outbox_done: list[str] = field(default_factory=list)
+
+    def is_empty(self) -> bool:
+        return not (
+            self.event_keys or self.contacts or self.decisions or self.cursors
+            or self.inbox_done or self.outbox or self.outbox_done
+        )  # fmt: skip
+
+
+class Store(ABC):
+    """What the engine's pipeline needs from durable storage."""
+
+    @abstractmethod
+    def unseen(self, event_keys: Sequence[str]) -> set[str]:
+        """The keys among these that no committed batch has claimed yet."""
+
+    @abstractmethod
+    def commit(self, batch: Batch) -> None:
+        """Write the batch atomically. Raise `ConflictError` (writing nothing) if any of its
+        event keys was already claimed."""
+
+    @abstractmethod
+    def get_contacts(self, contact_ids: Iterable[str]) -> dict[str, ContactState]: ...
+
+    @abstractmethod
+    def iter_contacts(self, page_size: int = 5000) -> Iterator[list[ContactState]]:
+        """Every contact, in pages, ordered by contact id."""
+
+    @abstractmethod
+    def due_contacts(self, now: datetime, after: str = "", limit: int = 5000) -> list[str]:
+        """Ids (> `after`, ascending) of contacts with a time rule due at or before `now`."""
+
+    @abstractmethod
+    def count_contacts(self) -> int: ...
+
+    @abstractmethod
+    def get_cursors(self, names: Iterable[str]) -> dict[str, str]: ...
+
+    @abstractmethod
+    def ledger_for(self, contact_id: str) -> list[Decision]:
+        """The contact's decisions, oldest first."""
+
+    @abstractmethod
+    def inbox_put(self, events: Sequence[Event]) -> int:
+        """Durably record received events for later processing; return how many were new.
+        An event already in the inbox or already processed is not recorded again."""
+
+    @abstractmethod
+    def inbox_take(self, limit: int) -> list[Event]:
+        """The oldest recorded events not yet processed (they stay until a batch lists them
+        in `inbox_done`)."""
+
+    @abstractmethod
+    def outbox_take(self, limit: int, prefix: str = "") -> list[tuple[str, str]]:
+        """The oldest owed CRM writes (key, payload) whose key starts with `prefix`; they stay
+        until a batch lists them in `outbox_done`."""
+
+    def get_cursor(self, name: str) -> str | None:
+        return self.get_cursors([name]).get(name)
+
+    def close(self) -> None:  # noqa: B027 - optional for stores without resources
+        """Release connections."""
