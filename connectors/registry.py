@@ -9,8 +9,19 @@ from collections.abc import Mapping as MappingABC
 from connectors.base import Connector, ConnectorError
 from core.mapping import Mapping
 
+_REGISTERED: dict[str, type[Connector]] = {}
+"""Connectors that live outside `connectors/` (test fakes, private vendors)."""
+
+
+def register_connector(cls: type[Connector]) -> type[Connector]:
+    """Make `cls` the connector for `cls.vendor`; usable as a class decorator."""
+    _REGISTERED[cls.vendor] = cls
+    return cls
+
 
 def connector_class(vendor: str) -> type[Connector]:
+    if vendor in _REGISTERED:
+        return _REGISTERED[vendor]
     try:
         module = importlib.import_module(f"connectors.{vendor}")
     except ModuleNotFoundError as exc:
