@@ -1,0 +1,75 @@
+"""`elasticity explain`: why a contact is where it is, from the ledger."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from core.models import Decision
+from core.sqlite_store import SQLiteStore
+
+STORES = {"main": "elasticity.sqlite3", "replay": "replay.sqlite3", "simulate": "simulate.sqlite3"}
+
+
+def store_paths(data_dir: Path, name: str | None) -> list[tuple[str, Path]]:
+    """Existing stores in the data dir: all of them, the named one, or a path given outright."""
+    if name is None:
+        candidates = list(STORES.items())
+    elif name in STORES:
+        candidates = [(name, STORES[name])]
+    else:
+        path = Path(name)
+        return [(path.name, path)] if path.is_file() else []
+    return [(n, data_dir / f) for n, f in candidates if (data_dir / f).is_file()]
+
+
+def _value(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:g}"
+    text = str(value)
+    return text[:19].replace("T", " ") if len(text) >= 19 and text[4:5] == "-" else text
+
+
+def describe(decision: Decision) -> str:
+    when = decision.at.strftime("%Y-%m-%d %H:%M")
+    before = decision.from_status.value if decision.from_status else "(new)"
+    moved = before if before == decision.to_status.value else f"{before} -> {decision.to_status}"
+    changes = ", ".join(
+        f"{name} {_value(old)} -> {_value(new)}"
+        for name, (old, new) in decision.changes.items()
+        if name != "campaign_status"
+    )
+    actions = "; ".join(
+        a.kind + (f" {a.detail}" if a.detail else "") for a in decision.actions
+    )
+    line = f"{when}  {moved:<24} {decision.rule}/{decision.reason}"
+    line += f"\n    cause {decision.cause}  policy {decision.policy_version}"
+    if changes:
+        line += f"\n    {changes}"
+    if actions:
+        line += f"\n    actions: {actions}"
+    return line
+
+
+def explain_contact(path: Path, contact_id: str) -> str | None:
+    store = SQLiteStore(path)
+    try:
+        decisions = store.ledger_for(contact_id)
+        state = store.get_contacts([contact_id]).get(contact_id)
+    finally:
+        store.close()
+    if not decisions:
+        return None
+    lines = [describe(d) for d in decisions]
+    if state is not None:
+        now = (
+            f"now {state.campaign_status.value}, score {state.engagement_score:g}, "
+            f"cycle {state.reactivation_cycle}, step {state.reactivation_step}"
+        )
+        if state.suppression_reason:
+            now += f", suppressed for {state.suppression_reason.value}"
+        if state.experiments:
+            now += ", experiments " + ", ".join(f"{k}={v}" for k, v in state.experiments.items())
+        lines.append(now)
+    return "\n".join(lines)
