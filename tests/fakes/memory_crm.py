@@ -1,0 +1,203 @@
+"""An in-memory CRM behind the `Connector` interface, for tests of the shared pipeline and the
+deployed path. It keeps canonical values in dicts, counts every API call, and injects the
+faults a real CRM has: a poisoned record, throttling, an outage, per-record write failures.
+
+The CRM's data lives in a `MemoryCrm` found by name, so a connector built by the Lambda
+handlers through `load_connector` (vendor `memory`) sees what the test set up.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Iterator, Sequence
+from collections.abc import Mapping as MappingABC
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import ValidationError
+
+from connectors.base import (
+    Connector,
+    ConnectorError,
+    CrmRecord,
+    HandoffTask,
+    ProvisionReport,
+    WebhookIntake,
+    WebhookRejected,
+    WebhookRequest,
+    WebhookResponse,
+    WriteResult,
+)
+from connectors.registry import register_connector
+from core.mapping import Mapping, load_mapping
+from core.models import Event
+
+MAPPING_PATH = Path(__file__).with_name("memory.yaml")
+SECRET_HEADER = "x-memory-secret"
+
+
+def memory_mapping() -> Mapping:
+    return load_mapping(MAPPING_PATH)
+
+
+@dataclass
+class MemoryCrm:
+    """The vendor's side: records, tasks, call counts and the faults to inject."""
+
+    values: dict[str, dict[str, Any]] = field(default_factory=dict)
+    signals: dict[str, dict[str, str | None]] = field(default_factory=dict)
+    changed_at: dict[str, datetime] = field(default_factory=dict)
+    tasks: dict[str, HandoffTask] = field(default_factory=dict)
+    task_attempts: list[str] = field(default_factory=list)
+    calls: dict[str, int] = field(default_factory=dict)
+    write_log: list[dict[str, dict[str, Any]]] = field(default_factory=list)
+    # faults
+    poisoned: set[str] = field(default_factory=set)
+    """Contact ids whose read raises a permanent error (a record the CRM cannot serve)."""
+    throttle_next: int = 0
+    """The next N calls raise a retriable 429."""
+    down: bool = False
+    """Every call raises a retriable 503 while set."""
+    unavailable: set[str] = field(default_factory=set)
+    """Call names (read, write, tasks, find_due, ...) that raise a retriable 503 while listed."""
+    fail_at: set[tuple[str, int]] = field(default_factory=set)
+    """(call name, n): the n-th call of that name (counting from 1) raises a retriable 503."""
+    write_failures: dict[str, str] = field(default_factory=dict)
+    """contact id -> the vendor's message for a permanent per-record write failure."""
+
+    _named: ClassVar[dict[str, MemoryCrm]] = {}
+
+    @classmethod
+    def named(cls, name: str = "default") -> MemoryCrm:
+        return cls._named.setdefault(name, cls())
+
+    @classmethod
+    def reset(cls) -> None:
+        cls._named.clear()
+
+    @property
+    def total_calls(self) -> int:
+        return sum(self.calls.values())
+
+    def add_contact(self, contact_id: str, at: datetime, **signals: str | None) -> None:
+        self.values.setdefault(contact_id, {})
+        self.signals[contact_id] = dict(signals)
+        self.changed_at[contact_id] = at
+
+    def set_signal(self, contact_id: str, prop: str, value: str, at: datetime) -> None:
+        self.signals.setdefault(contact_id, {})[prop] = value
+        self.values.setdefault(contact_id, {})
+        self.changed_at[contact_id] = at
+
+
+@register_connector
+class MemoryConnector(Connector):
+    vendor = "memory"
+    webhook_paths = ("/webhooks/memory",)
+
+    def __init__(
+        self, mapping: Mapping, crm: MemoryCrm | None = None, secret: str | None = None,
+        page_size: int = 2,
+    ) -> None:  # fmt: skip
+        super().__init__(mapping)
+        self.crm = crm if crm is not None else MemoryCrm()
+        self.secret = secret
+        self.page_size = page_size
+
+    @classmethod
+    def from_env(cls, mapping: Mapping, env: MappingABC[str, str]) -> MemoryConnector:
+        secret = env.get("MEMORY_SECRET")
+        if secret is None:
+            raise ConnectorError("MEMORY_SECRET is not set")
+        return cls(mapping, MemoryCrm.named(env.get("MEMORY_CRM", "default")), secret)
+
+    # ---- the API surface, each call counted and fault-checked ---------------------------
+
+    def _call(self, name: str) -> None:
+        crm = self.crm
+        crm.calls[name] = crm.calls.get(name, 0) + 1
+        self.calls.api_calls += 1
+        if crm.down or name in crm.unavailable or (name, crm.calls[name]) in crm.fail_at:
+            raise ConnectorError("memory CRM unavailable", status=503, retriable=True)
+        if crm.throttle_next > 0:
+            crm.throttle_next -= 1
+            self.calls.throttled += 1
+            raise ConnectorError("memory CRM throttled", status=429, retriable=True)
+
+    def provision(self, dry_run: bool = False) -> ProvisionReport:
+        return ProvisionReport([], dry_run)
+
+    def parse_webhook(self, request: WebhookRequest) -> WebhookIntake:
+        """The body is a JSON list of canonical events (or `{"events": [...]}`)."""
+        given = request.headers.get(SECRET_HEADER, "")
+        if self.secret is not None and not hmac.compare_digest(given, self.secret):
+            raise WebhookRejected(401, "bad or missing secret")
+        try:
+            payload = json.loads(request.body)
+            items = payload["events"] if isinstance(payload, dict) else payload
+            events = [Event.model_validate(item) for item in items]
+        except (ValueError, KeyError, TypeError, ValidationError) as exc:
+            raise WebhookRejected(
+                400, f"not a list of canonical events: {type(exc).__name__}"
+            ) from None
+        return WebhookIntake(events, WebhookResponse(202))
+
+    def read_records(self, contact_ids: Sequence[str]) -> dict[str, CrmRecord]:
+        self._call("read")
+        crm = self.crm
+        poisoned = crm.poisoned.intersection(contact_ids)
+        if poisoned:
+            raise ConnectorError(f"cannot read record(s) {sorted(poisoned)}", status=400)
+        return {cid: self._record(cid) for cid in contact_ids if cid in crm.values}
+
+    def write_records(self, values: dict[str, dict[str, Any]]) -> WriteResult:
+        self._call("write")
+        result = WriteResult()
+        written: dict[str, dict[str, Any]] = {}
+        for cid, fields in values.items():
+            if cid in self.crm.write_failures:
+                result.failed[cid] = self.crm.write_failures[cid]
+                continue
+            self.crm.values.setdefault(cid, {}).update(fields)
+            written[cid] = dict(fields)
+            result.written.append(cid)
+        self.crm.write_log.append(written)
+        return result
+
+    def create_tasks(self, tasks: Sequence[HandoffTask]) -> WriteResult:
+        self._call("tasks")
+        result = WriteResult()
+        for task in tasks:
+            self.crm.task_attempts.append(task.key)
+            self.crm.tasks.setdefault(task.key, task)  # a key never makes a second task
+            result.written.append(task.key)
+        return result
+
+    def find_due(self, now: datetime, after: str | None) -> Iterator[list[CrmRecord]]:
+        return self._pages(sorted(self.crm.values), after, "find_due")
+
+    def find_engaged_since(
+        self, since: datetime | None, after: str | None
+    ) -> Iterator[list[CrmRecord]]:
+        ids = sorted(
+            cid for cid, at in self.crm.changed_at.items()
+            if since is None or at >= since and cid in self.crm.signals
+        )  # fmt: skip
+        return self._pages(ids, after, "find_engaged")
+
+    def iter_all(self, after: str | None) -> Iterator[list[CrmRecord]]:
+        return self._pages(sorted(self.crm.values), after, "iter_all")
+
+    # ---- helpers --------------------------------------------------------------------------
+
+    def _record(self, cid: str) -> CrmRecord:
+        return CrmRecord(cid, dict(self.crm.values[cid]), dict(self.crm.signals.get(cid, {})))
+
+    def _pages(self, ids: list[str], after: str | None, name: str) -> Iterator[list[CrmRecord]]:
+        ids = [cid for cid in ids if after is None or cid > after]
+        for start in range(0, len(ids), self.page_size):
+            self._call(name)
+            yield [self._record(cid) for cid in ids[start : start + self.page_size]]

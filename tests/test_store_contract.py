@@ -1,0 +1,203 @@
+"""The `Store` contract, run against every implementation: the embedded SQLite store and the
+DynamoDB store (under moto). A third store passes these before anything uses it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from core.dynamodb_store import DynamoDBStore
+from core.models import Action, ContactState, Decision, Event, Status, SuppressionReason
+from core.sqlite_store import SQLiteStore
+from core.store import Batch, ConflictError, Store
+
+T0 = datetime(2024, 3, 1, 9, 30, tzinfo=UTC)
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "eu-west-1",
+    }.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    with mock_aws():
+        yield
+
+
+def dynamodb_store(table: str = "state") -> DynamoDBStore:
+    store = DynamoDBStore(table, client=boto3.client("dynamodb", region_name="eu-west-1"))
+    return store
+
+
+@pytest.fixture(params=["sqlite", "dynamodb"])
+def stores(request: pytest.FixtureRequest) -> Iterator[Callable[[], Store]]:
+    """A factory: each call opens another handle on the same store (another 'worker')."""
+    if request.param == "sqlite":
+        store = SQLiteStore(":memory:")
+        yield lambda: store
+        store.close()
+        return
+    request.getfixturevalue("aws_env")
+    dynamodb_store().create_table()
+    yield dynamodb_store
+
+
+@pytest.fixture
+def store(stores: Callable[[], Store]) -> Store:
+    return stores()
+
+
+def contact(cid: str, **changes: object) -> ContactState:
+    state = ContactState(cid, Status.ACTIVE, T0, T0, T0, T0)
+    for name, value in changes.items():
+        setattr(state, name, value)
+    return state
+
+
+def decision(cid: str, cause: str, to: Status = Status.ACTIVE, at: datetime = T0) -> Decision:
+    return Decision(
+        cid, at, "engagement", "open +5", cause, None if to is Status.ACTIVE else Status.ACTIVE,
+        to, {"engagement_score": (0, 5)}, "v1", [Action("handoff_task", {"score": 25})],
+    )  # fmt: skip
+
+
+def event(eid: str, cid: str = "c1", minutes: int = 0) -> Event:
+    return Event(event_id=eid, contact_id=cid, type="open",
+                 occurred_at=T0 + timedelta(minutes=minutes))  # fmt: skip
+
+
+def test_claimed_event_keys_are_no_longer_unseen(store: Store) -> None:
+    assert store.unseen(["e1", "e2"]) == {"e1", "e2"}
+    store.commit(Batch(event_keys=["e1"]))
+    assert store.unseen(["e1", "e2", "e3"]) == {"e2", "e3"}
+
+
+def test_a_second_claim_of_an_event_raises_conflict_and_writes_nothing(
+    stores: Callable[[], Store],
+) -> None:
+    first, second = stores(), stores()
+    # Both workers saw e1 as unseen, then raced to commit it.
+    assert first.unseen(["e1"]) == second.unseen(["e1"]) == {"e1"}
+    first.commit(Batch(event_keys=["e1"], contacts=[contact("c1")], next_due=[None],
+                       decisions=[decision("c1", "e1")]))  # fmt: skip
+    loser = Batch(event_keys=["e1", "e2"], contacts=[contact("c2")], next_due=[None],
+                  decisions=[decision("c2", "e2")], outbox={"fields:c2": "{}"})  # fmt: skip
+    with pytest.raises(ConflictError):
+        second.commit(loser)
+    assert second.get_contacts(["c2"]) == {}
+    assert second.ledger_for("c2") == []
+    assert second.unseen(["e2"]) == {"e2"}
+    assert second.outbox_take(10) == []
+
+
+def test_contact_state_round_trips_every_field(store: Store) -> None:
+    state = contact(
+        "c1", campaign_status=Status.SUPPRESSED, engagement_score=12.5, base_score=25.0,
+        last_engagement_date=T0 + timedelta(days=3, microseconds=250), decay_steps=1,
+        reactivation_cycle=2, reactivation_step=1, reactivation_step_at=T0 + timedelta(days=9),
+        unanswered_sends=4, suppression_reason=SuppressionReason.NO_RESPONSE,
+        experiments={"subject_line": "Value"},
+    )  # fmt: skip
+    store.commit(Batch(contacts=[state, contact("c2")], next_due=[None, None]))
+    assert store.get_contacts(["c1", "c2", "missing"]) == {"c1": state, "c2": contact("c2")}
+    assert store.count_contacts() == 2
+
+
+def test_contacts_are_listed_in_id_order_in_pages(store: Store) -> None:
+    ids = [f"contact-{n:03d}" for n in range(23)]
+    store.commit(Batch(contacts=[contact(c) for c in reversed(ids)], next_due=[None] * 23))
+    pages = list(store.iter_contacts(page_size=5))
+    assert [len(p) for p in pages] == [5, 5, 5, 5, 3]
+    assert [s.contact_id for p in pages for s in p] == ids
+
+
+def test_due_contacts_are_those_due_by_now_after_the_cursor(store: Store) -> None:
+    dues = {"a": T0, "b": T0 + timedelta(hours=1), "c": T0 - timedelta(days=1), "d": None,
+            "e": T0 - timedelta(seconds=1), "f": T0 + timedelta(microseconds=1)}  # fmt: skip
+    store.commit(Batch(contacts=[contact(c) for c in dues], next_due=list(dues.values())))
+    assert store.due_contacts(T0) == ["a", "c", "e"]
+    assert store.due_contacts(T0, after="a") == ["c", "e"]
+    assert store.due_contacts(T0, limit=2) == ["a", "c"]
+    # A contact whose next due time moved out of reach leaves the due set.
+    store.commit(Batch(contacts=[contact("c")], next_due=[T0 + timedelta(days=30)]))
+    assert store.due_contacts(T0) == ["a", "e"]
+
+
+def test_cursors_are_set_and_read(store: Store) -> None:
+    assert store.get_cursor("due:after") is None
+    store.commit(Batch(cursors={"due:after": "c5", "poll:since": "2024-03-01"}))
+    store.commit(Batch(cursors={"due:after": "c9"}))
+    assert store.get_cursors(["due:after", "poll:since", "x"]) == {
+        "due:after": "c9",
+        "poll:since": "2024-03-01",
+    }
+
+
+def test_ledger_is_kept_in_commit_order(store: Store) -> None:
+    first = decision("c1", "e1", at=T0 + timedelta(days=2))
+    second = decision("c1", "e2", Status.ENGAGED, at=T0)  # earlier `at`, committed later
+    store.commit(Batch(event_keys=["e1"], decisions=[first]))
+    store.commit(Batch(event_keys=["e2"], decisions=[second, decision("c2", "e2b")]))
+    ledger = store.ledger_for("c1")
+    assert [d.cause for d in ledger] == ["e1", "e2"]
+    got = ledger[1]
+    assert (got.at, got.rule, got.reason, got.from_status, got.to_status, got.policy_version) == (
+        second.at,
+        "engagement",
+        "open +5",
+        Status.ACTIVE,
+        Status.ENGAGED,
+        "v1",
+    )
+    assert got.changes == {"engagement_score": (0, 5)}
+    assert [(a.kind, a.detail) for a in got.actions] == [("handoff_task", {"score": 25})]
+    assert [d.cause for d in store.ledger_for("c2")] == ["e2b"]
+
+
+def test_inbox_records_each_event_once_and_in_order(store: Store) -> None:
+    assert store.inbox_put([event("e1"), event("e2", minutes=1)]) == 2
+    assert store.inbox_put([event("e2", minutes=1), event("e3")]) == 1
+    store.commit(Batch(event_keys=["e9"]))
+    assert store.inbox_put([event("e9")]) == 0  # already processed
+    assert [e.event_id for e in store.inbox_take(10)] == ["e1", "e2", "e3"]
+    assert [e.event_id for e in store.inbox_take(2)] == ["e1", "e2"]
+    store.commit(Batch(event_keys=["e1", "e2"], inbox_done=["e1", "e2"]))
+    assert [e.event_id for e in store.inbox_take(10)] == ["e3"]
+    assert store.inbox_take(10)[0] == event("e3")
+
+
+def test_outbox_keeps_owed_writes_until_done_and_newest_last(store: Store) -> None:
+    store.commit(Batch(outbox={"fields:c1": '{"a": 1}', "task:c1:e1": "{}"}))
+    store.commit(Batch(outbox={"fields:c2": '{"b": 2}'}))
+    store.commit(Batch(outbox={"fields:c1": '{"a": 3}'}))  # replaces, goes to the back
+    assert store.outbox_take(10, "fields:") == [("fields:c2", '{"b": 2}'),
+                                                ("fields:c1", '{"a": 3}')]  # fmt: skip
+    assert store.outbox_take(1, "fields:") == [("fields:c2", '{"b": 2}')]
+    assert store.outbox_take(10, "task:") == [("task:c1:e1", "{}")]
+    assert len(store.outbox_take(10)) == 3
+    store.commit(Batch(outbox_done=["fields:c2", "task:c1:e1"]))
+    assert store.outbox_take(10) == [("fields:c1", '{"a": 3}')]
+
+
+def test_a_batch_larger_than_one_transaction_is_written_whole(store: Store) -> None:
+    ids = [f"c{n:03d}" for n in range(150)]
+    batch = Batch(
+        event_keys=[f"e-{c}" for c in ids] + ["e-orphan"],
+        contacts=[contact(c) for c in ids], next_due=[T0] * 150,
+        decisions=[decision(c, f"e-{c}") for c in ids],
+        outbox={f"fields:{c}": "{}" for c in ids}, cursors={"due:after": ids[-1]},
+    )  # fmt: skip
+    store.commit(batch)
+    assert store.unseen(batch.event_keys) == set()
+    assert len(store.get_contacts(ids)) == 150
+    assert len(store.outbox_take(500)) == 150
+    assert store.due_contacts(T0, limit=1000) == ids
+    assert store.get_cursor("due:after") == "c149"
+    assert [d.cause for d in store.ledger_for("c077")] == ["e-c077"]
