@@ -1,0 +1,152 @@
+"""The command line, run in-process as a user would call it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from connectors.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args: str, data_dir: Path | None = None):
+    env = {"ELASTICITY_DATA_DIR": str(data_dir)} if data_dir else {}
+    return runner.invoke(app, list(args), env=env)
+
+
+def write_events(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def event_line(event_id, contact, kind, when):
+    return json.dumps(
+        {"event_id": event_id, "contact_id": contact, "type": kind, "occurred_at": when}
+    )
+
+
+@pytest.mark.parametrize("mapping", ["mappings/hubspot.yaml", "mappings/salesforce.yaml"])
+def test_validate_accepts_the_shipped_mappings(mapping):
+    result = invoke("validate", mapping)
+    assert result.exit_code == 0, result.output
+    assert "valid" in result.output
+
+
+def test_validate_lists_every_problem_and_exits_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    text = Path("mappings/hubspot.yaml").read_text()
+    bad.write_text(text.replace("threshold: 20", "threshold: -20") + "\nsurprise: 1\n")
+    result = invoke("validate", str(bad))
+    assert result.exit_code == 2
+    assert f"{bad}: policy.threshold:" in result.output
+    assert f"{bad}: surprise: unknown key" in result.output
+    assert "2 problem(s)" in result.output
+
+
+def test_replay_prints_final_states_applying_time_rules_until(tmp_path):
+    events = write_events(tmp_path / "events.jsonl", [
+        event_line("1", "a", "open", "2026-01-01T00:00:00Z"),
+        event_line("2", "a", "click", "2026-01-02T00:00:00Z"),
+        event_line("3", "a", "high_intent_visit", "2026-01-03T00:00:00Z"),
+        event_line("4", "b", "enroll", "2026-01-01T00:00:00Z"),
+    ])  # fmt: skip
+    result = invoke("replay", "mappings/hubspot.yaml", str(events), "--until",
+                    "2026-05-01T00:00:00Z", data_dir=tmp_path)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    states = {s["contact_id"]: s for s in map(json.loads, result.stdout.strip().splitlines())}
+    assert states["a"]["campaign_status"] == "Active"  # decayed from Engaged on Feb 2
+    assert states["a"]["engagement_score"] == 3.75
+    assert states["b"]["campaign_status"] == "Dormant"  # 90 days of silence: Apr 1
+    for key in ("last_engagement_date", "reactivation_cycle", "reactivation_step",
+                "suppression_reason"):  # fmt: skip
+        assert key in states["a"]
+
+
+def test_replay_reports_bad_lines_with_numbers_and_skips_them(tmp_path):
+    events = write_events(tmp_path / "events.jsonl", [
+        event_line("1", "a", "open", "2026-01-01T00:00:00Z"),
+        "{not json",
+        event_line("2", "a", "teleport", "2026-01-01T00:00:00Z"),
+        json.dumps({"event_id": "3", "contact_id": "a", "type": "open",
+                    "occurred_at": "2026-01-01T00:00:00"}),  # naive time
+    ])  # fmt: skip
+    out = tmp_path / "states.jsonl"
+    result = invoke("replay", "mappings/hubspot.yaml", str(events), "--out", str(out),
+                    data_dir=tmp_path)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert f"{events}:2:" in result.stderr
+    assert f"{events}:3: type: unknown event type 'teleport'" in result.stderr
+    assert f"{events}:4: occurred_at:" in result.stderr
+    assert "3 bad lines" in result.stderr
+    assert [json.loads(line)["engagement_score"] for line in out.read_text().splitlines()] == [5]
+
+
+def test_replay_strict_fails_on_the_first_bad_line(tmp_path):
+    events = write_events(tmp_path / "events.jsonl", [
+        event_line("1", "a", "open", "2026-01-01T00:00:00Z"), "{oops",
+    ])  # fmt: skip
+    result = invoke("replay", "mappings/hubspot.yaml", str(events), "--strict", data_dir=tmp_path)
+    assert result.exit_code == 2
+    assert f"{events}:2:" in result.stderr
+    assert result.stdout == ""
+
+
+def test_replay_twice_gives_the_same_states(tmp_path):
+    events = write_events(tmp_path / "events.jsonl", [
+        event_line("1", "a", "open", "2026-01-01T00:00:00Z"),
+        event_line("2", "a", "send", "2026-01-05T00:00:00Z"),
+    ])  # fmt: skip
+    first = invoke("replay", "mappings/hubspot.yaml", str(events), data_dir=tmp_path)
+    second = invoke("replay", "mappings/hubspot.yaml", str(events), data_dir=tmp_path)
+    assert first.exit_code == second.exit_code == 0
+    assert first.stdout == second.stdout != ""
+
+
+def test_explain_shows_why_a_contact_is_where_it_is(tmp_path):
+    events = write_events(tmp_path / "events.jsonl", [
+        event_line("e-open", "a", "open", "2026-01-01T00:00:00Z"),
+        event_line("e-click", "a", "click", "2026-01-02T00:00:00Z"),
+        event_line("e-visit", "a", "high_intent_visit", "2026-01-03T00:00:00Z"),
+    ])  # fmt: skip
+    assert invoke("replay", "mappings/hubspot.yaml", str(events), data_dir=tmp_path).exit_code == 0
+    result = invoke("explain", "a", data_dir=tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "Active -> Engaged" in result.stdout
+    assert "engagement/score_reached_threshold" in result.stdout
+    assert "cause e-visit" in result.stdout
+    assert "handoff_task" in result.stdout
+
+
+def test_explain_unknown_contact_is_a_clear_error(tmp_path):
+    result = invoke("explain", "nobody", data_dir=tmp_path)
+    assert result.exit_code == 1
+    assert "has no decisions" in result.stderr
+
+
+def test_simulate_writes_summary_plot_and_markdown(tmp_path):
+    report = tmp_path / "report"
+    result = invoke("simulate", "--contacts", "300", "--days", "60", "--seed", "3",
+                    "--report", str(report), data_dir=tmp_path)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = json.loads((report / "summary.json").read_text())
+    assert summary["config"]["contacts"] == 300
+    assert len(summary["daily"]) == 60
+    assert sum(summary["final"][s] for s in
+               ("Active", "Engaged", "Dormant", "Reactivated", "Suppressed")) == 300  # fmt: skip
+    assert summary["sends_total"] < summary["static_list_sends"]
+    assert (report / "audience.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Sends made" in (report / "summary.md").read_text()
+
+
+def test_simulate_is_reproducible_with_a_seed(tmp_path):
+    runs = []
+    for name in ("one", "two"):
+        report = tmp_path / name
+        invoke("simulate", "--contacts", "200", "--days", "40", "--report", str(report),
+               data_dir=tmp_path / name)  # fmt: skip
+        runs.append(json.loads((report / "summary.json").read_text())["daily"])
+    assert runs[0] == runs[1]

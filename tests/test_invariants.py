@@ -1,0 +1,128 @@
+"""SPEC §2 invariants, property-tested over random event histories."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from core.engine import advance, apply_event
+from core.models import COMPLIANCE_REASONS, Event, Status
+from core.pipeline import Pipeline
+from core.policy import Policy
+from core.sqlite_store import SQLiteStore
+from tests.conftest import T0, days
+
+POLICY = Policy(version="prop")
+KINDS = ["open", "click", "high_intent_visit", "send", "send", "send", "unsubscribe",
+         "hard_bounce", "spam_complaint", "resubscribe", "enroll"]  # fmt: skip
+HORIZON = 420
+
+histories = st.lists(
+    st.tuples(st.sampled_from(KINDS), st.floats(0, 400, allow_nan=False)), min_size=1, max_size=40
+).map(lambda items: sorted(items, key=lambda item: item[1]))
+
+
+def to_events(history, contact="c1"):
+    return [
+        Event(event_id=f"{contact}-{i}", contact_id=contact, type=kind, occurred_at=T0 + days(day))
+        for i, (kind, day) in enumerate(history)
+    ]
+
+
+def run(events, tick_times=()):
+    """Apply events in time order, ticking at the given extra times, then advance to HORIZON."""
+    state, decisions = None, []
+    ticks = sorted(T0 + days(t) for t in tick_times)
+    for event in events:
+        while ticks and state is not None and ticks[0] < event.occurred_at:
+            state, fired = advance(state, ticks.pop(0), POLICY)
+            decisions += fired
+        state, fired = apply_event(state, event, POLICY)
+        decisions += fired
+    for tick in [*ticks, T0 + days(HORIZON)]:
+        state, fired = advance(state, tick, POLICY)
+        decisions += fired
+    return state, decisions
+
+
+def comparable(state):
+    return replace(state, as_of=T0)
+
+
+@given(histories)
+@settings(max_examples=150, deadline=None)
+def test_scheduler_frequency_does_not_change_outcomes(history):
+    events = to_events(history)
+    once_state, once = run(events)
+    daily_state, daily = run(events, tick_times=range(HORIZON))
+    hourly_state, hourly = run(events, tick_times=[h / 24 for h in range(0, 200 * 24, 7)])
+    assert comparable(once_state) == comparable(daily_state) == comparable(hourly_state)
+    assert once == daily == hourly
+
+
+@given(histories, st.floats(0, HORIZON))
+@settings(max_examples=100, deadline=None)
+def test_a_second_tick_at_the_same_now_changes_nothing(history, at):
+    state, _ = run(to_events(history))
+    now = T0 + days(max(at, HORIZON))
+    state, _ = advance(state, now, POLICY)
+    again, decisions = advance(state, now, POLICY)
+    assert decisions == [] and again == state
+
+
+@given(histories)
+@settings(max_examples=150, deadline=None)
+def test_score_is_never_negative_and_compliance_is_sticky(history):
+    state, decisions = None, []
+    for event in to_events(history):
+        state, fired = apply_event(state, event, POLICY)
+        assert state.engagement_score >= 0
+        decisions += fired
+    state, fired = advance(state, T0 + days(HORIZON), POLICY)
+    decisions += fired
+    # Replay the decision trail: once compliance-suppressed, only resubscribe may lift it.
+    locked = False
+    for d in decisions:
+        if locked and d.to_status is not Status.SUPPRESSED:
+            assert d.reason == "resubscribed"
+        if d.to_status is Status.SUPPRESSED and d.rule == "compliance":
+            locked = True
+        elif d.reason == "resubscribed":
+            locked = False
+    if locked:
+        assert state.campaign_status is Status.SUPPRESSED
+        assert state.suppression_reason in COMPLIANCE_REASONS
+
+
+@given(histories, st.data())
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_redelivered_events_change_nothing(history, data):
+    events = to_events(history)
+    store = SQLiteStore(":memory:")
+    pipeline = Pipeline(store, POLICY)
+    first = pipeline.process(events)
+    snapshot = store.get_contacts(["c1"])
+    ledger = store.ledger_for("c1")
+    again = data.draw(st.lists(st.sampled_from(events), min_size=1, max_size=len(events)))
+    second = pipeline.process(again)
+    assert second.applied == 0 and second.duplicates == len(again) and second.decisions == 0
+    assert store.get_contacts(["c1"]) == snapshot
+    assert store.ledger_for("c1") == ledger
+    assert first.applied == len({e.event_id for e in events})
+
+
+@given(histories)
+@settings(max_examples=40, deadline=None)
+def test_pipeline_ticks_are_idempotent_and_match_the_engine(history):
+    events = to_events(history)
+    store = SQLiteStore(":memory:")
+    pipeline = Pipeline(store, POLICY)
+    pipeline.process(events)
+    now = T0 + days(HORIZON)
+    pipeline.tick(now)
+    assert pipeline.tick(now).decisions == 0
+    expected, _ = run(events)
+    stored = store.get_contacts(["c1"])["c1"]
+    assert comparable(stored) == comparable(expected)

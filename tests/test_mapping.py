@@ -1,0 +1,102 @@
+"""Mapping files: the shipped ones are valid; a broken one gets one message per problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from core.mapping import MappingError, load_mapping, parse_mapping
+from core.models import CANONICAL_FIELDS
+
+SHIPPED = sorted(Path("mappings").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_shipped_mappings_are_valid_and_use_the_seed_defaults(path):
+    mapping = load_mapping(path)
+    p = mapping.policy
+    assert dict(p.points) == {"open": 5, "click": 10, "high_intent_visit": 15}
+    assert (p.threshold, p.max_unanswered_sends, p.dormant_after_days) == (20, 3, 90)
+    assert (p.cooling_days, p.reactivation_steps, p.step_wait_days) == (30, 2, 7)
+    assert p.max_reactivation_cycles == 2
+    assert (p.decay.factor, p.decay.after_days, p.decay.every_days) == (0.5, 30, 30)
+    assert set(mapping.fields) == set(CANONICAL_FIELDS)
+    assert len(p.version) == 12
+
+
+def test_salesforce_mapping_uses_custom_fields():
+    mapping = load_mapping("mappings/salesforce.yaml")
+    assert all(f.property.endswith("__c") for f in mapping.fields.values())
+
+
+def test_the_same_file_gets_the_same_policy_version(tmp_path):
+    text = Path("mappings/hubspot.yaml").read_bytes()
+    (tmp_path / "a.yaml").write_bytes(text)
+    (tmp_path / "b.yaml").write_bytes(text + b"\n# a comment changes the content\n")
+    a = load_mapping(tmp_path / "a.yaml").policy.version
+    assert a == load_mapping("mappings/hubspot.yaml").policy.version
+    assert a != load_mapping(tmp_path / "b.yaml").policy.version
+
+
+def broken(mutate) -> bytes:
+    data = yaml.safe_load(Path("mappings/hubspot.yaml").read_text())
+    mutate(data)
+    return yaml.safe_dump(data, allow_unicode=True).encode()
+
+
+def problems_of(raw: bytes) -> list[str]:
+    with pytest.raises(MappingError) as info:
+        parse_mapping(raw, "broken.yaml")
+    return info.value.problems
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda d: d.update(colour="blue"), "broken.yaml: colour: unknown key"),
+        (lambda d: d["policy"].update(threshold="high"), "broken.yaml: policy.threshold:"),
+        (lambda d: d["fields"].pop("engagement_score"), "missing canonical field(s) ['engagement_score']"),
+        (lambda d: d["policy"].update(cooling_days=-3), "broken.yaml: policy.cooling_days:"),
+        (lambda d: d["signals"][0].update(event="teleport"), "signals[0].event: unknown event type 'teleport'"),
+        (lambda d: d["policy"]["decay"].update(factor=0), "broken.yaml: policy.decay.factor:"),
+        (lambda d: d["fields"]["campaign_status"].update(type="colour"), "fields.campaign_status.type:"),
+        (lambda d: d.pop("object"), "broken.yaml: object: required key is missing"),
+        (lambda d: d["lists"][1].update(statuses=["Sleeping"]), "lists[1].statuses[0]:"),
+    ],
+    ids=["unknown-key", "wrong-type", "missing-field", "negative-wait", "unknown-event",
+         "zero-decay", "bad-field-type", "missing-key", "unknown-status"],  # fmt: skip
+)
+def test_each_problem_names_file_key_path_and_expectation(mutate, expected):
+    problems = problems_of(broken(mutate))
+    assert len(problems) == 1, problems
+    assert expected in problems[0]
+
+
+def test_every_problem_is_listed_at_once():
+    def many(d):
+        d["policy"]["threshold"] = -1
+        d["policy"]["step_wait_days"] = -7
+        d["surprise"] = True
+        d["fields"]["campaign_status"]["type"] = "colour"
+
+    problems = problems_of(broken(many))
+    assert len(problems) == 4
+    assert all(p.startswith("broken.yaml: ") for p in problems)
+
+
+def test_yaml_syntax_error_names_the_line():
+    problems = problems_of(b"program: x\nvendor: [unclosed\n")
+    assert problems[0].startswith("broken.yaml: line ")
+    assert "not valid YAML" in problems[0]
+
+
+def test_a_file_that_is_not_a_mapping_of_keys():
+    assert "expected a mapping of keys" in problems_of(b"- just\n- a list\n")[0]
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(MappingError) as info:
+        load_mapping(tmp_path / "nope.yaml")
+    assert "cannot read the file" in info.value.problems[0]
