@@ -315,3 +315,7 @@ def promote(
     except PromotionError as exc:
         _fail(str(exc))
     out.print(message, highlight=False)
+
+
+if __name__ == "__main__":
+    app()
