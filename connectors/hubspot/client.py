@@ -1,0 +1,308 @@
+"""The one door to HubSpot: rate limiting, retries, call counting and error classification.
+
+Every request goes through `HubSpotClient.call`, which asks the SDK for the raw response
+(`_preload_content=False`: we parse JSON ourselves, much faster than the SDK's models, and we
+see the rate-limit headers), always with a timeout, and retries with tenacity — never with
+urllib3's `Retry`, which skips POSTs and hides the 429 body.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import urllib3
+from hubspot import HubSpot
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
+
+from connectors.base import AuthError, CallStats, ConnectorError, QuotaExhausted
+from connectors.hubspot.config import HubSpotSettings
+from connectors.hubspot.limits import SlidingWindowLimiter
+
+# SDK attribute paths of the APIs we use, reached from a `HubSpot` client.
+APIS: dict[str, Callable[[HubSpot], Any]] = {
+    "contacts.batch": lambda c: c.crm.contacts.batch_api,
+    "contacts.search": lambda c: c.crm.contacts.search_api,
+    "contacts.basic": lambda c: c.crm.contacts.basic_api,
+    "tasks.batch": lambda c: c.crm.objects.tasks.batch_api,
+    "tasks.search": lambda c: c.crm.objects.tasks.search_api,
+    "properties.core": lambda c: c.crm.properties.core_api,
+    "properties.groups": lambda c: c.crm.properties.groups_api,
+    "lists": lambda c: c.crm.lists.lists_api,
+}
+
+SEARCH = "search"
+GENERAL = "general"
+RETRIABLE_STATUSES = frozenset({423, 477, 500, 502, 503, 504, 520, 521, 522, 523, 524})
+_SAFE_NETWORK_ERRORS = (
+    urllib3.exceptions.NewConnectionError,
+    urllib3.exceptions.ConnectTimeoutError,
+)
+"""The request never left: retrying cannot duplicate anything."""
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    data: Any
+
+
+class HubSpotError(ConnectorError):
+    """A request HubSpot answered with an error we do not retry (or stopped retrying)."""
+
+    def __init__(self, message: str, *, status: int | None = None, retriable: bool = False,
+                 category: str | None = None, body: Any = None) -> None:  # fmt: skip
+        super().__init__(message, status=status, retriable=retriable)
+        self.category = category
+        self.body = body
+
+
+class _Retry(Exception):
+    """Internal: this attempt failed in a way worth another try after `wait` seconds."""
+
+    def __init__(self, message: str, wait: float | None = None, status: int | None = None):
+        super().__init__(message)
+        self.wait = wait
+        self.status = status
+
+
+def _json_body(raw: Any) -> Any:
+    if raw is None or raw == b"" or raw == "":
+        return None
+    try:
+        return json.loads(raw)
+    except (ValueError, TypeError):
+        return None
+
+
+def _headers(raw: Any) -> dict[str, str]:
+    if raw is None:
+        return {}
+    return {str(k).lower(): str(v) for k, v in dict(raw).items()}
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def required_scopes(body: Any) -> list[str]:
+    """The scopes a 403 body names (`errors[].context.requiredGranularScopes` and kin)."""
+    found: list[str] = []
+    if not isinstance(body, dict):
+        return found
+    for detail in [body, *(body.get("errors") or [])]:
+        context = detail.get("context") if isinstance(detail, dict) else None
+        for key in ("requiredGranularScopes", "requiredScopes", "requiredScope"):
+            for scope in (context or {}).get(key) or []:
+                if scope not in found:
+                    found.append(scope)
+    return found
+
+
+class HubSpotClient:
+    def __init__(
+        self,
+        settings: HubSpotSettings,
+        calls: CallStats | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self.settings = settings
+        self.calls = calls if calls is not None else CallStats()
+        self._sleep = sleep
+        self._clock = clock
+        self._jitter = jitter
+        self.general = SlidingWindowLimiter(settings.requests_per_10s, 10.0, clock, sleep)
+        per_second = max(1, int(settings.search_per_second))
+        self.search = SlidingWindowLimiter(per_second, per_second / settings.search_per_second,
+                                           clock, sleep)  # fmt: skip
+        self._local = threading.local()
+        self._count_lock = threading.Lock()
+        self._daily_exhausted = False
+        self._timeout = (min(10.0, settings.timeout_seconds), settings.timeout_seconds)
+
+    # ---- SDK plumbing ----------------------------------------------------------------------
+
+    def api(self, name: str) -> Any:
+        """The SDK API object, one per thread: each owns a urllib3 pool we want to reuse."""
+        cache = getattr(self._local, "apis", None)
+        if cache is None:
+            sdk = HubSpot(
+                access_token=self.settings.access_token.get_secret_value(),
+                host=self.settings.base_url,
+                retry=False,  # urllib3 raises the real error; tenacity below decides
+            )
+            cache = self._local.apis = {"sdk": sdk}
+        if name not in cache:
+            cache[name] = APIS[name](cache["sdk"])
+        return cache[name]
+
+    # ---- the call ----------------------------------------------------------------------------
+
+    def call(
+        self,
+        api: str,
+        method: str,
+        *args: Any,
+        what: str,
+        scope: str,
+        budget: str = GENERAL,
+        idempotent: bool = True,
+        **kwargs: Any,
+    ) -> Response:
+        """One logical request with retries. `what` and `scope` make failures explainable."""
+        retrying = Retrying(
+            stop=stop_after_attempt(self.settings.max_attempts),
+            wait=self._wait,
+            retry=retry_if_exception_type(_Retry),
+            sleep=self._sleep,
+            before_sleep=self._count_retry,
+            reraise=True,
+        )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    return self._once(api, method, args, kwargs, what, scope, budget, idempotent)
+        except _Retry as exc:
+            raise HubSpotError(
+                f"{what}: gave up after {self.settings.max_attempts} attempts ({exc})",
+                status=exc.status, retriable=True,
+            ) from None  # fmt: skip
+        raise AssertionError("unreachable")
+
+    def _once(self, api, method, args, kwargs, what, scope, budget, idempotent) -> Response:
+        if self._daily_exhausted:
+            raise QuotaExhausted("HubSpot's daily API allowance (less our reserve) is spent")
+        limiter = self.search if budget == SEARCH else self.general
+        limiter.acquire()
+        self._count("api_calls")
+        fn = getattr(self.api(api), method)
+        try:
+            raw = fn(*args, _preload_content=False, _request_timeout=self._timeout, **kwargs)
+        except urllib3.exceptions.HTTPError as exc:
+            # Timeouts and dropped connections: only safe to repeat if nothing can double.
+            if idempotent or isinstance(exc, _SAFE_NETWORK_ERRORS):
+                raise _Retry(f"network error: {type(exc).__name__}") from None
+            raise HubSpotError(f"{what}: no answer ({type(exc).__name__}); will retry later",
+                               retriable=True) from None  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - every SDK package has its own ApiException
+            if not hasattr(exc, "status"):
+                raise
+            self._classify(exc, what, scope, budget, idempotent)
+        headers = _headers(raw.headers)
+        self._observe(headers, limiter if budget == GENERAL else None)
+        return Response(raw.status, headers, _json_body(raw.data))
+
+    def _observe(self, headers: dict[str, str], limiter: SlidingWindowLimiter | None) -> None:
+        daily_left = _int(headers.get("x-hubspot-ratelimit-daily-remaining"))
+        if daily_left is not None and daily_left <= self.settings.daily_reserve:
+            self._daily_exhausted = True
+        if limiter is not None:
+            limiter.observe(_int(headers.get("x-hubspot-ratelimit-remaining")),
+                            _int(headers.get("x-hubspot-ratelimit-max")))  # fmt: skip
+
+    def _classify(self, exc: Any, what: str, scope: str, budget: str, idempotent: bool) -> None:
+        """The only place that decides what a HubSpot error means. Always raises."""
+        status = int(getattr(exc, "status", 0) or 0)
+        headers = _headers(getattr(exc, "headers", None))
+        body = _json_body(getattr(exc, "body", None))
+        info = body if isinstance(body, dict) else {}
+        message = self._redact(str(info.get("message") or getattr(exc, "reason", "") or ""))
+        category = info.get("category") or info.get("errorType")
+        if status == 401:
+            raise AuthError(
+                f"{what}: HubSpot refused the access token (401): it is invalid, expired or "
+                "revoked. Check HUBSPOT_ACCESS_TOKEN (a private app token starts with 'pat-').",
+                status=401,
+            ) from None
+        if status == 403:
+            scopes = required_scopes(body) or [scope]
+            raise AuthError(
+                f"{what}: HubSpot denied the request (403): the app is missing the scope "
+                f"{', '.join(scopes)}. Add it to the private app's scopes and update the token.",
+                status=403,
+            ) from None
+        if status == 429:
+            self._count("throttled")
+            self._throttled(headers, info, message, budget)
+        retry_after = _retry_after(headers)
+        if status in RETRIABLE_STATUSES or status == 0:
+            if not idempotent and status not in (423, 477):
+                raise HubSpotError(f"{what}: HubSpot {status}; will retry later",
+                                   status=status, retriable=True) from None  # fmt: skip
+            wait = retry_after if retry_after is not None else (2.0 if status == 423 else None)
+            raise _Retry(f"HubSpot {status}", wait, status) from None
+        correlation = info.get("correlationId")
+        detail = f"HubSpot {status} {category or ''}: {message}".replace("  ", " ")
+        raise HubSpotError(
+            f"{what}: {detail}" + (f" (correlationId {correlation})" if correlation else ""),
+            status=status, category=category, body=body,
+        ) from None  # fmt: skip
+
+    def _throttled(self, headers: dict[str, str], info: dict, message: str, budget: str) -> None:
+        policy = str(info.get("policyName") or "")
+        if policy == "DAILY" or "daily" in message.lower():
+            self._daily_exhausted = True
+            raise QuotaExhausted(f"HubSpot's daily API limit is reached ({message})", status=429)
+        retry_after = _retry_after(headers)
+        secondly = budget == SEARCH or (
+            "secondly" in message.lower() and policy != "TEN_SECONDLY_ROLLING"
+        )
+        wait = retry_after if retry_after is not None else (1.0 if secondly else 10.0)
+        if wait > self.settings.max_wait_seconds:
+            raise HubSpotError(f"HubSpot asks us to wait {wait:.0f} s; stopping, resumable",
+                               status=429, retriable=True) from None  # fmt: skip
+        (self.search if budget == SEARCH else self.general).pause(wait)
+        raise _Retry(f"HubSpot 429 {policy or 'rate limit'}", wait, 429) from None
+
+    # ---- retry plumbing ----------------------------------------------------------------------
+
+    def _wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, _Retry) and exc.wait is not None:
+            if exc.status == 429:
+                return 0.0  # the limiter's pause already holds this thread back
+            return min(exc.wait, self.settings.max_wait_seconds)
+        backoff = min(self.settings.max_wait_seconds, 0.5 * 2 ** (state.attempt_number - 1))
+        return backoff * (0.5 + self._jitter() / 2)
+
+    def backoff(self, attempt: int) -> None:
+        """Wait before re-sending records a batch answer said failed for a passing reason."""
+        self._count("retries")
+        self._sleep(min(self.settings.max_wait_seconds, 0.5 * 2 ** (attempt - 1)))
+
+    def _count_retry(self, state: RetryCallState) -> None:
+        self._count("retries")
+
+    def _count(self, what: str) -> None:
+        with self._count_lock:
+            setattr(self.calls, what, getattr(self.calls, what) + 1)
+
+    def _redact(self, text: str) -> str:
+        secrets = [self.settings.access_token.get_secret_value()]
+        if self.settings.client_secret is not None:
+            secrets.append(self.settings.client_secret.get_secret_value())
+        for secret in secrets:
+            if secret:
+                text = text.replace(secret, "[redacted]")
+        return text[:1000]
+
+
+def _retry_after(headers: dict[str, str]) -> float | None:
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None

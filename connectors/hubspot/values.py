@@ -1,0 +1,97 @@
+"""Between HubSpot's property strings and canonical Python values, in both directions."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from connectors.base import CrmRecord
+from connectors.signals import parse_instant
+from core.mapping import FieldSpec, Mapping, Signal
+from core.models import Status
+
+_STATUS_BY_LOWER = {s.value.lower(): s.value for s in Status}
+
+
+def decode(spec: FieldSpec, raw: str | None) -> Any:
+    """A HubSpot property value as the canonical field's Python value (None when unset)."""
+    if raw is None or raw == "":
+        return None
+    if spec.type in ("datetime", "date"):
+        return parse_instant(raw)
+    if spec.type == "number":
+        try:
+            number = float(raw)
+        except ValueError:
+            return None
+        return int(number) if number.is_integer() else number
+    if spec.type == "bool":
+        return raw.strip().lower() == "true"
+    text = raw.strip()
+    # Someone may have provisioned lowercase option values; the engine speaks `Active`.
+    return _STATUS_BY_LOWER.get(text.lower(), text)
+
+
+def encode(spec: FieldSpec, value: Any) -> str:
+    """A canonical value as HubSpot accepts it; '' clears the property."""
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return iso_ms(value)
+    if spec.type in ("datetime", "date") and isinstance(value, str):
+        parsed = parse_instant(value)
+        return iso_ms(parsed) if parsed else value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(round(value, 6)).removesuffix(".0")
+    return str(getattr(value, "value", value))
+
+
+def iso_ms(value: datetime) -> str:
+    value = value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
+def epoch_ms(value: datetime) -> str:
+    return str(round(value.timestamp() * 1000))
+
+
+def normalize_signal(signal: Signal, value: Any) -> str | None:
+    """One spelling per signal value on every path (webhooks send epoch ms, search answers
+    ISO 8601), so the event id built from it is the same wherever it was seen."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = str(value).strip()
+    if not signal.patterns and not signal.values:
+        instant = parse_instant(text)
+        if instant is not None:
+            return epoch_ms(instant)
+    return text
+
+
+def record_from_properties(mapping: Mapping, contact_id: str, props: dict[str, Any]) -> CrmRecord:
+    values = {name: decode(spec, props.get(spec.property)) for name, spec in mapping.fields.items()
+              if spec.property in props}  # fmt: skip
+    signals: dict[str, str | None] = {}
+    for signal in mapping.signals:
+        if signal.property in props:
+            signals[signal.property] = normalize_signal(signal, props.get(signal.property))
+    owner = props.get("hubspot_owner_id") or None
+    return CrmRecord(
+        contact_id=str(contact_id),
+        values=values,
+        signals=signals,
+        owner_id=str(owner) if owner else None,
+        created_at=parse_instant(props.get("createdate")),
+    )
+
+
+def read_properties(mapping: Mapping, extra: list[str] | None = None) -> list[str]:
+    """Every property a record needs, requested once per call."""
+    names = [spec.property for spec in mapping.fields.values()]
+    names += [s.property for s in mapping.signals]
+    names += ["hubspot_owner_id", "createdate", *(extra or [])]
+    return list(dict.fromkeys(names))
