@@ -1,0 +1,8 @@
+"""Salesforce connector: custom fields and List Views, outbound-message and signed JSON
+webhooks, SOQL reads, composite and Bulk API 2.0 write-back (see issue 4)."""
+
+from connectors.salesforce.connector import SalesforceConnector
+
+CONNECTOR = SalesforceConnector
+
+__all__ = ["CONNECTOR", "SalesforceConnector"]

@@ -1,0 +1,279 @@
+"""Sessions and retries: one place that talks to simple-salesforce.
+
+The SDK is built in "direct" mode (a ready session id) so it never refreshes by itself: its
+own refresh recurses without bound in `SFType` and leaves `bulk2`/`mdapi` on the old token.
+Instead an expired session is re-granted here once and the whole client rebuilt. Every call
+runs under one tenacity policy whose sleep and jitter are injectable, so tests never wait.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import requests
+from simple_salesforce import Salesforce, SalesforceLogin
+from simple_salesforce.exceptions import SalesforceAuthenticationFailed, SalesforceError
+from simple_salesforce.format import format_soql
+from simple_salesforce.util import exception_handler
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
+
+from connectors.base import AuthError, CallStats, ConnectorError, QuotaExhausted
+from connectors.salesforce.config import Credentials, SalesforceOptions
+from connectors.salesforce.errors import SOAP_ERRORS, Verdict, classify, describe
+from connectors.salesforce.http import ApiUsage, SalesforceSession
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class _Again(Exception):
+    """An attempt failed in a way worth repeating after `base` seconds (times 2^n)."""
+
+    def __init__(self, cause: Exception, base: float, cap: float) -> None:
+        super().__init__(describe(cause))
+        self.cause, self.base, self.cap = cause, base, cap
+
+
+class SalesforceClient:
+    def __init__(
+        self,
+        credentials: Credentials,
+        options: SalesforceOptions,
+        stats: CallStats,
+        sleep: Callable[[float], None] = time.sleep,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self.credentials = credentials
+        self.options = options
+        self.stats = stats
+        self.sleep = sleep
+        self.jitter = jitter
+        self.session = SalesforceSession(
+            options.timeout_seconds, credentials.rewrite_to, on_api_call=self._count
+        )
+        self.grants = 0
+        self._sf: Salesforce | None = None
+
+    def _count(self) -> None:
+        self.stats.api_calls += 1
+
+    # ---- sessions --------------------------------------------------------------------------
+
+    @property
+    def sf(self) -> Salesforce:
+        if self._sf is None:
+            self._sf = self._connect()
+        return self._sf
+
+    def _connect(self) -> Salesforce:
+        token, instance = self._grant()
+        sf = Salesforce(
+            instance_url=f"https://{instance}",
+            session_id=token,
+            session=self.session,
+            version=self.options.api_version,
+        )
+        return sf
+
+    def _grant(self) -> tuple[str, str]:
+        c = self.credentials
+        if c.kind == "token":
+            assert c.access_token is not None
+            assert c.instance_url is not None
+            return c.access_token.get_secret_value(), urlsplit(c.instance_url).netloc
+        self.grants += 1
+        try:
+            if c.kind == "jwt":
+                return SalesforceLogin(
+                    username=c.username,
+                    consumer_key=c.consumer_key,
+                    domain=c.domain,
+                    privatekey_file=str(c.private_key_file),
+                    instance_url=c.my_domain_prefix,
+                    session=self.session,
+                    sf_version=self.options.api_version,
+                )
+            assert c.password is not None
+            assert c.security_token is not None
+            return SalesforceLogin(
+                username=c.username,
+                password=c.password.get_secret_value(),
+                security_token=c.security_token.get_secret_value(),
+                domain=c.domain,
+                session=self.session,
+                sf_version=self.options.api_version,
+            )
+        except SalesforceAuthenticationFailed as exc:
+            raise AuthError(
+                f"Salesforce refused the {c.kind} grant for {c.username}: "
+                f"{exc.code}: {exc.auth_message}",
+                status=401,
+            ) from None
+        except requests.RequestException as exc:
+            raise ConnectorError(
+                f"could not reach the Salesforce token endpoint: {type(exc).__name__}",
+                retriable=True,
+            ) from None
+
+    def _regrant(self) -> None:
+        if not self.credentials.can_regrant:
+            raise AuthError(
+                "SALESFORCE_ACCESS_TOKEN has expired or was revoked; set a new one, "
+                "or configure JWT bearer auth so sessions renew",
+                status=401,
+            )
+        log.info("Salesforce session expired; granting a new one")
+        self._sf = None
+        _ = self.sf
+
+    @property
+    def usage(self) -> ApiUsage | None:
+        return self.session.usage
+
+    # ---- calls -----------------------------------------------------------------------------
+
+    def call(self, what: str, fn: Callable[[Salesforce], T]) -> T:
+        """Run `fn(sf)` under the retry policy; raise ConnectorError/AuthError/QuotaExhausted."""
+        retrying = Retrying(
+            retry=retry_if_exception_type(_Again),
+            stop=stop_after_attempt(self.options.max_attempts),
+            wait=self._wait,
+            sleep=self.sleep,
+            before_sleep=self._before_sleep,
+            reraise=True,
+        )
+        try:
+            return retrying(self._attempt, what, fn)
+        except _Again as exc:
+            raise ConnectorError(
+                f"{what}: gave up after {self.options.max_attempts} attempts: {exc}", retriable=True
+            ) from None
+
+    def _attempt(self, what: str, fn: Callable[[Salesforce], T]) -> T:
+        regranted = False
+        while True:
+            self.check_reserve()
+            try:
+                return fn(self.sf)
+            except (SalesforceError, requests.RequestException, *SOAP_ERRORS) as exc:
+                verdict = classify(exc, self.usage)
+                if verdict is Verdict.LIMIT_UNKNOWN:
+                    self._read_limits()
+                    verdict = classify(exc, self.usage)
+                if verdict is Verdict.EXPIRED and not regranted:
+                    regranted = True
+                    self._regrant()
+                    continue
+                raise self._failure(what, exc, verdict) from None
+
+    def _failure(self, what: str, exc: Exception, verdict: Verdict) -> Exception:
+        status = getattr(exc, "status", None)
+        if verdict is Verdict.RETRY:
+            return _Again(exc, base=1.0, cap=30.0)
+        if verdict is Verdict.THROTTLE:
+            self.stats.throttled += 1
+            log.warning("Salesforce throttled %s (%s); backing off", what, self.usage)
+            return _Again(exc, base=5.0, cap=120.0)
+        if verdict is Verdict.DAILY_LIMIT:
+            return QuotaExhausted(
+                f"{what}: the org's daily API allowance is spent ({self.usage})", status=status
+            )
+        if verdict is Verdict.EXPIRED:
+            return AuthError(
+                f"{what}: Salesforce refused a freshly granted session: {describe(exc)}",
+                status=status,
+            )
+        return ConnectorError(f"{what}: {describe(exc)}", status=status)
+
+    def _wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        base, cap = (exc.base, exc.cap) if isinstance(exc, _Again) else (1.0, 30.0)
+        delay = min(cap, base * 2 ** (state.attempt_number - 1))
+        return delay * (0.5 + self.jitter() / 2)
+
+    def _before_sleep(self, state: RetryCallState) -> None:
+        self.stats.retries += 1
+
+    def check_reserve(self) -> None:
+        """Stop before the org's other integrations are starved of requests."""
+        usage = self.usage
+        if usage is None or usage.total <= 0:
+            return
+        reserve = usage.total * self.options.api_reserve_percent / 100
+        if usage.remaining < reserve:
+            raise QuotaExhausted(
+                f"stopping to keep {self.options.api_reserve_percent:g}% of the org's daily API "
+                f"allowance for other integrations ({usage})"
+            )
+
+    def _read_limits(self) -> None:
+        """`Sforce-Limit-Info` was missing; `/limits` tells the daily cap from concurrency."""
+        try:
+            limits = self.sf.limits()
+        except (SalesforceError, requests.RequestException):
+            return
+        daily = (limits or {}).get("DailyApiRequests") or {}
+        if "Max" in daily and "Remaining" in daily:
+            self.session.usage = ApiUsage(daily["Max"] - daily["Remaining"], daily["Max"])
+
+    def metadata(self, sf: Salesforce) -> Any:
+        """`sf.mdapi`, on our session: zeep makes its own `requests.Session` otherwise, with
+        no timeout and no loopback rewrite."""
+        mdapi = sf.mdapi
+        mdapi._client.transport.session = self.session  # noqa: SLF001 - the only seam zeep has
+        return mdapi
+
+    # ---- request shapes the SDK lacks ------------------------------------------------------
+
+    def raw(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """A request under the data API base URL, raising the SDK's exceptions on failure."""
+        sf = self.sf
+        headers = {**sf.headers, **kwargs.pop("headers", {})}
+        response = self.session.request(method, sf.base_url + path, headers=headers, **kwargs)
+        if response.status_code >= 300:
+            exception_handler(response, name=path)
+        return response
+
+    def lookup(self, what: str, soql: str, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        """A small query (one page) with its values quoted by `format_soql`."""
+        text = format_soql(soql, *args, **kwargs)
+        return list(self.query(what, lambda _: text, None))
+
+    def query(
+        self, what: str, soql_after: Callable[[str | None], str], after: str | None
+    ) -> Iterator[dict[str, Any]]:
+        """Records of an `ORDER BY Id` query through `query_all_iter` (paged by
+        `nextRecordsUrl`). A failed page re-issues the query from the last id seen, under the
+        retry policy, so no record is read twice or skipped."""
+        headers = {"Sforce-Query-Options": f"batchSize={self.options.page_size}"}
+        last = after
+        records: Iterator[dict[str, Any]] | None = None
+
+        def restart(sf: Salesforce) -> Any:
+            nonlocal records
+            records = sf.query_all_iter(soql_after(last), headers=headers)
+            return next(records, _END)
+
+        record: Any = self.call(what, restart)
+        while record is not _END:
+            last = record["Id"]
+            yield _plain(record)
+            self.check_reserve()
+            try:
+                record = next(records, _END)  # type: ignore[arg-type]
+            except (SalesforceError, requests.RequestException) as exc:
+                if classify(exc, self.usage) is Verdict.FATAL:
+                    raise self._failure(what, exc, Verdict.FATAL) from None
+                record = self.call(what, restart)
+
+
+_END = object()
+
+
+def _plain(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in record.items() if k != "attributes"}

@@ -1,0 +1,61 @@
+"""Salesforce facts the connector relies on, in one place.
+
+Sources: shared/research/salesforce.md (Salesforce docs and the simple-salesforce source)."""
+
+from __future__ import annotations
+
+COLLECTION_MAX = 200
+"""sObject Collections take at most 200 records a request."""
+
+QUERY_BATCH = 2000
+"""The largest SOQL page (`Sforce-Query-Options: batchSize`); also the default."""
+
+QUERY_IDS_PER_CALL = 500
+"""Ids per `Id IN (...)` query: 500 quoted 18-char ids keep a GET URL near 11 KB, well
+under the 16 KB Salesforce accepts."""
+
+METADATA_BATCH = 10
+"""Metadata CRUD calls take at most 10 components of one type."""
+
+BULK_MAX_BYTES = 90 * 1024 * 1024
+"""Bulk 2.0 refuses uploads over 100 MB; split jobs before that."""
+
+BULK_NULL = "#N/A"
+"""Bulk 2.0 ignores empty cells on update; this value nulls a field."""
+
+OUTBOUND_NS = "http://soap.sforce.com/2005/09/outbound"
+SOAP_ENV_NS = "http://schemas.xmlsoap.org/soap/envelope/"
+XSI_NS = "http://www.w3.org/2001/XMLSchema-instance"
+
+OUTBOUND_ACK = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n'
+    b'<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" '
+    b'xmlns:xsd="http://www.w3.org/2001/XMLSchema" '
+    b'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">\n'
+    b" <soapenv:Body>\n"
+    b'  <notificationsResponse xmlns="http://soap.sforce.com/2005/09/outbound">\n'
+    b"   <Ack>true</Ack>\n"
+    b"  </notificationsResponse>\n"
+    b" </soapenv:Body>\n"
+    b"</soapenv:Envelope>\n"
+)
+"""The acknowledgement the outbound-messaging WSDL defines; anything else is redelivered."""
+
+ORG_ID_SHORT = 15
+"""Org ids arrive as 15- or 18-character ids; the first 15 characters identify the org."""
+
+SIGNATURE_HEADER = "x-elasticity-signature"
+SIGNATURE_TOLERANCE_SECONDS = 300
+
+TASK_PRIORITY = {"HIGH": "High", "MEDIUM": "Normal", "LOW": "Low"}
+"""Our mapping's priorities -> the standard Task Priority picklist."""
+
+USER_ID_PREFIX = "005"
+"""A Lead can be owned by a queue (00G...), which cannot own a Task."""
+
+LOCK_ERROR = "UNABLE_TO_LOCK_ROW"
+LIMIT_ERROR = "REQUEST_LIMIT_EXCEEDED"
+SESSION_ERROR = "INVALID_SESSION_ID"
+
+NOT_API_CALLS = ("/services/oauth2/", "/services/Soap/u/")
+"""Login and token requests do not count against the org's daily API allowance."""
