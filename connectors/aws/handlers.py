@@ -1,0 +1,211 @@
+"""Lambda entry points named in serverless.yml: `webhook`, `worker` and `sync`.
+
+Thin on purpose: each turns the AWS event into the shared call (`handle_webhook` with an SQS
+recorder, `Runner.process` through the worker, `Runner.sync`) and reports logs and metrics.
+The connector, store and clients are built once per container (`container()`).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+from datetime import UTC, datetime
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
+
+from connectors.aws.container import Container
+from connectors.aws.worker import process_batch
+from connectors.base import AuthError, CallStats, WebhookRequest
+from connectors.intake import handle_webhook
+from core.pipeline import RunStats
+
+logger = Logger(service=os.environ.get("POWERTOOLS_SERVICE_NAME", "crm-elasticity"))
+metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "CrmElasticity"))
+app = APIGatewayHttpResolver()
+# The shared modules log through `logging`; give them the JSON format and correlation id.
+copy_config_to_registered_loggers(
+    source_logger=logger,
+    include={
+        "connectors.runner",
+        "connectors.intake",
+        "connectors.aws.worker",
+        "connectors.aws.secrets",
+    },  # fmt: skip
+)
+
+_container: Container | None = None
+
+
+def container() -> Container:
+    global _container
+    if _container is None:
+        _container = Container()
+    return _container
+
+
+def reset_container() -> None:
+    """Forget everything built (tests; a new deployment's settings)."""
+    global _container
+    _container = None
+
+
+# ---- webhooks ------------------------------------------------------------------------------
+
+
+def webhook_request(event: APIGatewayProxyEventV2) -> WebhookRequest:
+    """The raw request as the connector must verify it: exact body bytes, lower-case headers."""
+    body = event.body or ""
+    raw = base64.b64decode(body) if event.is_base64_encoded else body.encode()
+    epoch = event.request_context.time_epoch
+    return WebhookRequest(
+        method=event.request_context.http.method,
+        path=event.raw_path,
+        query=event.raw_query_string or "",
+        headers={k.lower(): v for k, v in (event.headers or {}).items()},
+        body=raw,
+        received_at=datetime.fromtimestamp(epoch / 1000, UTC) if epoch else datetime.now(UTC),
+    )
+
+
+@app.post("/webhooks/<vendor>")
+def _webhook(vendor: str) -> Response:
+    return _intake()
+
+
+@app.post("/webhooks/<vendor>/<kind>")
+def _webhook_kind(vendor: str, kind: str) -> Response:
+    return _intake()
+
+
+def _intake() -> Response:
+    event = app.current_event
+    connector = container().connector_for_path(event.raw_path)
+    if connector is None:
+        body = json.dumps({"error": f"no webhook at {event.raw_path}"})
+        return Response(404, "application/json", body)
+    metrics.add_dimension("vendor", connector.vendor)
+    answer = handle_webhook(
+        connector, webhook_request(event), container().queue.recorder(connector.vendor)
+    )
+    metrics.add_metric("EventsReceived", MetricUnit.Count, answer.recorded)
+    metrics.add_metric("SignalsIgnored", MetricUnit.Count, answer.ignored)
+    if answer.status >= 400:
+        metrics.add_metric("WebhooksRejected", MetricUnit.Count, 1)
+    logger.info(
+        "webhook answered",
+        extra={
+            "vendor": connector.vendor,
+            "status": answer.status,
+            "recorded": answer.recorded,
+            "ignored": answer.ignored,
+        },  # fmt: skip
+    )
+    return Response(answer.status, answer.content_type, answer.body.decode("utf-8", "replace"))
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_HTTP)
+@metrics.log_metrics(capture_cold_start_metric=True)
+def webhook(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    return app.resolve(event, context)
+
+
+# ---- the queue worker ----------------------------------------------------------------------
+
+
+@logger.inject_lambda_context
+@metrics.log_metrics(capture_cold_start_metric=True)
+def worker(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    box = container()
+    before = box_calls(box)
+    records = event.get("Records", [])
+    # One correlation id per batch: the first message id; every record's id is in the logs.
+    logger.set_correlation_id(records[0]["messageId"] if records else None)
+    response, outcome = process_batch(
+        event, context, box, max_receives=int(os.environ.get("MAX_RECEIVE_COUNT", "5"))
+    )
+    _count_run(outcome.stats)
+    _count_calls(box_calls(box), before)
+    metrics.add_metric("RecordsFailed", MetricUnit.Count, len(outcome.failed))
+    metrics.add_metric("DlqSends", MetricUnit.Count, outcome.dead_lettered)
+    logger.info(
+        "batch processed",
+        extra={"records": len(records), "mode": outcome.mode, "failed": outcome.failed,
+               "applied": outcome.stats.applied, "duplicates": outcome.stats.duplicates},
+    )  # fmt: skip
+    return response
+
+
+# ---- scheduled sync ------------------------------------------------------------------------
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.EVENT_BRIDGE)
+@metrics.log_metrics(capture_cold_start_metric=True)
+def sync(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Scheduled with `input: {vendor: ...}`; also invocable with `full` / `dry_run` flags."""
+    box = container()
+    vendor = event.get("vendor") or box.vendors[0]
+    metrics.add_dimension("vendor", vendor)
+    runner = box.runner(vendor)
+    before = box_calls(box)
+    try:
+        summary = runner.sync(full=bool(event.get("full")), dry_run=bool(event.get("dry_run")))
+    except AuthError:
+        box.forget_credentials()  # a rotated token is picked up by the next run
+        raise
+    finally:
+        _count_calls(box_calls(box), before)
+    metrics.add_metric("ContactsExamined", MetricUnit.Count, summary.examined)
+    metrics.add_metric("EventsPolled", MetricUnit.Count, summary.events_polled)
+    metrics.add_metric("WriteFailures", MetricUnit.Count, summary.write_failures)
+    for transition, count in summary.transitions.items():
+        metrics.add_metric(_transition_metric(transition), MetricUnit.Count, count)
+    result = summary.as_dict()
+    logger.info("sync finished", extra={"vendor": vendor, **result})
+    return result
+
+
+# ---- metrics helpers -----------------------------------------------------------------------
+
+
+def box_calls(box: Container) -> CallStats:
+    total = CallStats()
+    for connector in box.built_connectors():
+        total.api_calls += connector.calls.api_calls
+        total.retries += connector.calls.retries
+        total.throttled += connector.calls.throttled
+    return total
+
+
+def _count_calls(after: CallStats, before: CallStats) -> None:
+    metrics.add_metric("ApiCalls", MetricUnit.Count, after.api_calls - before.api_calls)
+    metrics.add_metric("Retries", MetricUnit.Count, after.retries - before.retries)
+    metrics.add_metric("Throttled", MetricUnit.Count, after.throttled - before.throttled)
+
+
+def _count_run(stats: RunStats) -> None:
+    metrics.add_metric("EventsProcessed", MetricUnit.Count, stats.applied)
+    metrics.add_metric("Duplicates", MetricUnit.Count, stats.duplicates)
+    metrics.add_metric("Rejected", MetricUnit.Count, stats.rejected)
+    for transition, count in stats.transitions.items():
+        metrics.add_metric(_transition_metric(transition), MetricUnit.Count, count)
+
+
+def _transition_metric(transition: str) -> str:
+    """`Active->Engaged` becomes `Transition_Active_Engaged` (CloudWatch-friendly names)."""
+    return "Transition_" + transition.replace("->", "_")
+
+
+if os.environ.get("AWS_LAMBDA_FUNCTION_NAME") and not os.environ.get("IS_LOCAL"):
+    # Build during the init phase (full CPU, not billed against the first request).
+    try:
+        container()
+    except Exception:  # noqa: BLE001 - the first invocation reports it with its context
+        logging.getLogger(__name__).exception("could not prepare the container at init")

@@ -1,0 +1,105 @@
+"""The work queue between the webhook functions and the worker: SQS FIFO.
+
+One message per canonical event. `MessageGroupId` is vendor + contact id, so one contact's
+events are handled in order and never by two workers at once; `MessageDeduplicationId` is the
+event id, so a redelivered webhook inside SQS's five-minute window is dropped by SQS itself
+(outside it, the store's event claims drop it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import boto3
+from botocore.exceptions import BotoCoreError, ClientError
+from pydantic import BaseModel, ConfigDict
+
+from core.models import Event
+from core.store import StoreError
+
+SEND_BATCH = 10  # SendMessageBatch's limit
+_SQS_ID = re.compile(r"^[!-~]{1,128}$")  # printable ASCII, no spaces, at most 128
+
+
+class QueueMessage(BaseModel):
+    """The body of one work-queue message."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    vendor: str
+    event: Event
+
+
+def sqs_id(text: str) -> str:
+    """`text` if SQS accepts it as a group or deduplication id, else a stable digest of it."""
+    if _SQS_ID.match(text):
+        return text
+    return "h:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def message_entry(vendor: str, event: Event, index: int) -> dict[str, Any]:
+    return {
+        "Id": str(index),
+        "MessageBody": QueueMessage(vendor=vendor, event=event).model_dump_json(),
+        "MessageGroupId": sqs_id(f"{vendor}:{event.contact_id}"),
+        "MessageDeduplicationId": sqs_id(event.event_id),
+    }
+
+
+def parse_message(body: str) -> QueueMessage:
+    return QueueMessage.model_validate_json(body)
+
+
+class WorkQueue:
+    def __init__(self, queue_name: str, client: Any = None, queue_url: str | None = None) -> None:
+        self.queue_name = queue_name
+        self.sqs = client if client is not None else boto3.client("sqs")
+        self._url = queue_url
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> WorkQueue:
+        if "WORK_QUEUE_NAME" not in env:
+            raise StoreError("WORK_QUEUE_NAME is not set: name the SQS FIFO work queue")
+        return cls(env["WORK_QUEUE_NAME"], queue_url=env.get("WORK_QUEUE_URL"))
+
+    @property
+    def url(self) -> str:
+        # Looked up once per container: a URL in the environment would need the account id at
+        # packaging time, which `osls package` cannot know without credentials.
+        if self._url is None:
+            try:
+                self._url = self.sqs.get_queue_url(QueueName=self.queue_name)["QueueUrl"]
+            except (ClientError, BotoCoreError) as exc:
+                raise StoreError(f"cannot find the work queue {self.queue_name}: {exc}") from exc
+        return self._url
+
+    def send(self, vendor: str, events: Sequence[Event]) -> int:
+        """Enqueue every event or raise `StoreError` (the webhook then answers 503 and the
+        vendor redelivers). Returns how many were sent; SQS cannot tell which were new."""
+        for start in range(0, len(events), SEND_BATCH):
+            chunk = events[start : start + SEND_BATCH]
+            entries = [message_entry(vendor, e, i) for i, e in enumerate(chunk)]
+            for _ in range(3):  # entries can fail alone (throttling): resend only those
+                failed = self._send_batch(entries)
+                if not failed:
+                    break
+                entries = [e for e in entries if e["Id"] in failed]
+            else:
+                codes = sorted({json.dumps(f) for f in failed.values()})
+                raise StoreError(f"SQS refused {len(entries)} message(s): {', '.join(codes)}")
+        return len(events)
+
+    def recorder(self, vendor: str) -> Callable[[Sequence[Event]], int]:
+        """The `record` callable `connectors.intake.handle_webhook` wants."""
+        return lambda events: self.send(vendor, events)
+
+    def _send_batch(self, entries: list[dict[str, Any]]) -> dict[str, str]:
+        try:
+            answer = self.sqs.send_message_batch(QueueUrl=self.url, Entries=entries)
+        except (ClientError, BotoCoreError) as exc:
+            raise StoreError(f"could not enqueue to {self.queue_name}: {exc}") from exc
+        return {f["Id"]: f.get("Code", "unknown") for f in answer.get("Failed", [])}

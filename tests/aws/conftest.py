@@ -1,0 +1,97 @@
+"""The deployed stack under moto: the DynamoDB table, the FIFO work queue with its dead-letter
+queue, the SSM secret, and the environment serverless.yml gives the functions."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+import pytest
+from aws_lambda_powertools.utilities import parameters
+from moto import mock_aws
+
+from connectors.aws import handlers
+from core.dynamodb_store import DynamoDBStore
+from tests.aws.harness import MAX_RECEIVES, Poller
+from tests.fakes.memory_crm import MAPPING_PATH, MemoryCrm
+
+REGION = "eu-west-1"
+PREFIX = "/crm-elasticity/test"
+SECRET = "s3cr3t-webhook-value"
+
+
+@dataclass
+class Stack:
+    sqs: Any
+    queue_url: str
+    queue_arn: str
+    dlq_url: str
+    store: DynamoDBStore
+    crm: MemoryCrm
+    poller: Poller
+
+    def queued(self, url: str | None = None) -> int:
+        attrs = self.sqs.get_queue_attributes(
+            QueueUrl=url or self.queue_url,
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )["Attributes"]
+        return int(attrs["ApproximateNumberOfMessages"]) + int(
+            attrs["ApproximateNumberOfMessagesNotVisible"]
+        )
+
+
+@pytest.fixture
+def stack(monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": REGION,
+        "STATE_TABLE": "crm-elasticity-test-state",
+        "WORK_QUEUE_NAME": "crm-elasticity-test-work.fifo",
+        "ELASTICITY_MAPPINGS": str(MAPPING_PATH), "SECRETS_PREFIX": PREFIX,
+        "SECRET_NAMES": "MEMORY_SECRET", "MEMORY_CRM": "deployed",
+        "MAX_RECEIVE_COUNT": str(MAX_RECEIVES), "POWERTOOLS_METRICS_NAMESPACE": "CrmElasticityTest",
+        "POWERTOOLS_SERVICE_NAME": "crm-elasticity",
+    }  # fmt: skip
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_LAMBDA_FUNCTION_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    MemoryCrm.reset()
+    handlers.reset_container()
+    parameters.clear_caches()
+    with mock_aws():
+        store = DynamoDBStore(
+            env["STATE_TABLE"], client=boto3.client("dynamodb", region_name=REGION)
+        )
+        store.create_table()
+        sqs = boto3.client("sqs", region_name=REGION)
+        dlq_url = sqs.create_queue(
+            QueueName="crm-elasticity-test-work-dlq.fifo", Attributes={"FifoQueue": "true"}
+        )["QueueUrl"]
+        dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])[
+            "Attributes"
+        ]["QueueArn"]
+        queue_url = sqs.create_queue(
+            QueueName=env["WORK_QUEUE_NAME"],
+            Attributes={
+                "FifoQueue": "true",
+                "VisibilityTimeout": "360",
+                "RedrivePolicy": json.dumps(
+                    {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": MAX_RECEIVES}
+                ),
+            },  # fmt: skip
+        )["QueueUrl"]
+        queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
+            "Attributes"
+        ]["QueueArn"]
+        boto3.client("ssm", region_name=REGION).put_parameter(
+            Name=f"{PREFIX}/MEMORY_SECRET", Value=SECRET, Type="SecureString"
+        )
+        poller = Poller(sqs, queue_url, queue_arn, handlers.worker)
+        yield Stack(sqs, queue_url, queue_arn, dlq_url, store, MemoryCrm.named("deployed"), poller)
+    handlers.reset_container()
+    parameters.clear_caches()
+    MemoryCrm.reset()
