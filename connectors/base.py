@@ -140,6 +140,9 @@ class CallStats:
 class Connector(ABC):
     vendor: ClassVar[str]
     webhook_paths: ClassVar[tuple[str, ...]] = ()
+    write_page: ClassVar[int] = 1000
+    """Owed writes per `write_records` call. A vendor with a bulk path asks for more, so a big
+    scheduled sync reaches it instead of being cut into small synchronous batches."""
 
     def __init__(self, mapping: Mapping) -> None:
         self.mapping = mapping

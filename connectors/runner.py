@@ -64,7 +64,7 @@ class Runner:
         connector: Connector,
         store: Store,
         clock: Callable[[], datetime] = utc_now,
-        write_page: int = 1000,
+        write_page: int | None = None,
     ) -> None:
         self.connector = connector
         self.store = store
@@ -72,7 +72,7 @@ class Runner:
         self.policy = self.mapping.policy
         self.pipeline = Pipeline(store, self.policy)
         self.clock = clock
-        self.write_page = write_page
+        self.write_page = write_page or connector.write_page
         self._writable = [n for n, f in self.mapping.fields.items() if not f.read_only]
         self._dates = {n for n, f in self.mapping.fields.items() if f.type in ("datetime", "date")}
 
@@ -188,6 +188,7 @@ class Runner:
         name = "full:after" if full else "due:after"
         after = self.store.get_cursor(name) or None
         pages = self.connector.iter_all(after) if full else self.connector.find_due(now, after)
+        owed = 0
         for page in pages:
             ids = [r.contact_id for r in page]
             records = {r.contact_id: r for r in page}
@@ -206,7 +207,12 @@ class Runner:
                 summary.writes_owed += sum(k.startswith(FIELDS) for k in applied.batch.outbox)
                 continue
             self.store.commit(applied.batch)
-            self.flush(summary)
+            # Pages are disjoint, so writes may wait (durably owed) until a write page is full:
+            # one large flush lets the connector use its bulk path. sync() flushes the rest.
+            owed += sum(k.startswith(FIELDS) for k in applied.batch.outbox)
+            if owed >= self.write_page:
+                self.flush(summary)
+                owed = 0
         if not dry_run:
             self.store.commit(Batch(cursors={name: ""}))
 
