@@ -248,7 +248,7 @@ class Provisioner:
     def _find_list(self, name: str) -> dict[str, Any] | None:
         try:
             data = self._call("lists", "get_by_name", name, CONTACT_OBJECT_TYPE_ID,
-                              include_filters=True, what=f"find list {name!r}",
+                              include_filters="true", what=f"find list {name!r}",
                               scope="crm.lists.read")  # fmt: skip
         except HubSpotError as exc:
             if exc.status == 404:

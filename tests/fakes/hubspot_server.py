@@ -1,0 +1,391 @@
+"""A stateful fake HubSpot on loopback, for the SDK's urllib3 (which `responses` cannot reach).
+
+It behaves like HubSpot where the connector depends on it: bearer auth and scopes, HubSpot's
+error JSON, unknown properties and invalid values rejected (a whole batch fails with 400
+VALIDATION_ERROR), batches over 100, search limits (page <= 200, never past 10,000, 5 groups x
+6 filters, 18 in all), `after` paging, PATCH replacing an enumeration's options, Lists v3
+filter shapes, rolling 10-second and per-second search rate limits with 429 `policyName`.
+Faults are injected on demand: a status for the next N matching requests, 207 per-record
+failures, slow answers.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import re
+import threading
+import time
+import uuid
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from tests.fakes.hubspot_search import DEFAULT_PROPERTIES, MAX_RESULTS, SearchError, typed
+
+TOKEN = "pat-na1-test-token-0000"
+BATCH_LIMIT = 100
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, category: str = "VALIDATION_ERROR",
+                 **extra: Any) -> None:  # fmt: skip
+        super().__init__(message)
+        self.status, self.category, self.extra = status, category, extra
+        self.headers: dict[str, str] = {}
+
+    def body(self) -> dict[str, Any]:
+        return {"status": "error", "message": str(self), "correlationId": str(uuid.uuid4()),
+                "category": self.category, **self.extra}  # fmt: skip
+
+
+@dataclass
+class Fault:
+    """Answer the next `times` requests matching `method` and `path` (regex) with `status`."""
+
+    path: str
+    status: int = 500
+    method: str | None = None
+    times: int = 1
+    body: dict[str, Any] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+    skip: int = 0
+    """Let this many matching requests through first."""
+
+
+@dataclass
+class RecordFailure:
+    """Batch updates of these ids fail (207) with `category` the next `times` times."""
+
+    ids: set[str]
+    category: str = "INTERNAL_ERROR"
+    message: str = "Internal error while updating the record"
+    times: int = 1
+
+
+def _prop(name: str, kind: str, field_type: str, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "label": name, "type": kind, "fieldType": field_type,
+            "groupName": "contactinformation", "options": extra.pop("options", []),
+            "hubspotDefined": True, **extra}  # fmt: skip
+
+
+def _enum_options(*values: str) -> list[dict[str, Any]]:
+    return [{"label": v, "value": v, "hidden": False, "displayOrder": i}
+            for i, v in enumerate(values)]  # fmt: skip
+
+
+def default_properties() -> dict[str, dict[str, dict[str, Any]]]:
+    calculated = {"modificationMetadata": {"readOnlyValue": True, "readOnlyDefinition": True}}
+    contacts = [
+        _prop("email", "string", "text"), _prop("firstname", "string", "text"),
+        _prop("lastname", "string", "text"),
+        _prop("hs_object_id", "number", "number", **calculated),
+        _prop("createdate", "datetime", "date", **calculated),
+        _prop("lastmodifieddate", "datetime", "date", **calculated),
+        _prop("hubspot_owner_id", "enumeration", "select"),
+        _prop("hs_email_last_open_date", "datetime", "date", **calculated),
+        _prop("hs_email_last_click_date", "datetime", "date", **calculated),
+        _prop("hs_email_last_send_date", "datetime", "date", **calculated),
+        _prop("hs_analytics_last_url", "string", "text", **calculated),
+        _prop("hs_analytics_last_timestamp", "datetime", "date", **calculated),
+        _prop("hs_email_optout", "bool", "booleancheckbox", **calculated),
+        _prop("hs_email_hard_bounce_reason_enum", "enumeration", "select", **calculated,
+              options=_enum_options("MAILBOX_FULL", "UNKNOWN_USER", "OTHER")),
+        _prop("hs_email_sends_since_last_engagement", "number", "number", **calculated),
+    ]  # fmt: skip
+    tasks = [
+        _prop("hs_task_subject", "string", "text"), _prop("hs_task_body", "string", "html"),
+        _prop("hs_task_priority", "enumeration", "select",
+              options=_enum_options("LOW", "MEDIUM", "HIGH")),
+        _prop("hs_task_status", "enumeration", "select",
+              options=_enum_options("NOT_STARTED", "COMPLETED")),
+        _prop("hs_task_type", "enumeration", "select",
+              options=_enum_options("TODO", "CALL", "EMAIL")),
+        _prop("hs_timestamp", "datetime", "date"),
+        _prop("hubspot_owner_id", "enumeration", "select"),
+        _prop("hs_object_id", "number", "number", **calculated),
+        _prop("createdate", "datetime", "date", **calculated),
+        _prop("lastmodifieddate", "datetime", "date", **calculated),
+    ]  # fmt: skip
+    return {"contacts": {p["name"]: p for p in contacts}, "tasks": {p["name"]: p for p in tasks}}
+
+
+class ObjectStore:
+    """One object type's records: raw strings as HubSpot returns them, typed values for search,
+    ids kept sorted."""
+
+    def __init__(self, kinds: Callable[[], dict[str, str]]) -> None:
+        self.raw: dict[int, dict[str, str | None]] = {}
+        self.typed: dict[int, dict[str, Any]] = {}
+        self.ids: list[int] = []
+        self.associations: dict[int, list[str]] = {}
+        self._kinds = kinds
+
+    def put(self, object_id: int, props: dict[str, str | None]) -> None:
+        if object_id not in self.raw:
+            bisect.insort(self.ids, object_id)
+            self.raw[object_id], self.typed[object_id] = {}, {}
+        kinds = self._kinds()
+        self.raw[object_id].update(props)
+        for name, value in props.items():
+            self.typed[object_id][name] = typed(kinds.get(name, "string"), value)
+
+
+class FakeHubSpot:
+    def __init__(
+        self,
+        token: str = TOKEN,
+        requests_per_10s: int | None = None,
+        search_per_second: int | None = None,
+        latency: float = 0.0,
+        daily_remaining: int | None = None,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.token = token
+        self.requests_per_10s = requests_per_10s
+        self.search_per_second = search_per_second
+        self.latency = latency
+        self.daily_remaining = daily_remaining
+        self.now = now
+        self.lock = threading.RLock()
+        self.properties = default_properties()
+        self.groups: dict[str, dict[str, dict[str, Any]]] = {
+            "contacts": {"contactinformation": {"name": "contactinformation", "label": "Contact"}},
+            "tasks": {"taskinformation": {"name": "taskinformation", "label": "Task"}},
+        }
+        self.objects = {t: ObjectStore(lambda t=t: self.kinds(t)) for t in ("contacts", "tasks")}
+        self.lists: dict[str, dict[str, Any]] = {}
+        self.faults: list[Fault] = []
+        self.record_failures: list[RecordFailure] = []
+        self.denied_scopes: dict[str, str] = {}
+        """Path regex -> the scope a 403 names."""
+        self.stats: Counter = Counter()
+        self.log: list[tuple[str, str, int]] = []
+        self._general: deque[float] = deque()
+        self._search: deque[float] = deque()
+        self._next_id = 1000
+        self.server: ThreadingHTTPServer | None = None
+
+    # ---- test-side helpers -----------------------------------------------------------------
+
+    def kinds(self, object_type: str) -> dict[str, str]:
+        return {n: p["type"] for n, p in self.properties[object_type].items()}
+
+    def new_id(self) -> int:
+        with self.lock:
+            self._next_id += 1
+            return self._next_id
+
+    def add_contact(
+        self, props: dict[str, Any] | None = None, contact_id: int | None = None
+    ) -> str:
+        """Create a contact as HubSpot would hold it (calculated properties included)."""
+        with self.lock:
+            cid = contact_id if contact_id is not None else self.new_id()
+            self._next_id = max(self._next_id, cid)
+            stamp = self.now().strftime("%Y-%m-%dT%H:%M:%S.000Z")
+            base = {"hs_object_id": str(cid), "createdate": stamp, "lastmodifieddate": stamp}
+            clean = {k: None if v is None else str(v) for k, v in (props or {}).items()}
+            self.objects["contacts"].put(cid, {**base, **clean})
+            return str(cid)
+
+    def set_contact(self, contact_id: str, props: dict[str, Any]) -> None:
+        """Change properties behind the API's back (HubSpot calculating, or a user editing)."""
+        with self.lock:
+            stamp = self.now().strftime("%Y-%m-%dT%H:%M:%S.000Z")
+            clean = {k: None if v is None else str(v) for k, v in props.items()}
+            self.objects["contacts"].put(int(contact_id), {**clean, "lastmodifieddate": stamp})
+
+    def contact(self, contact_id: str) -> dict[str, str | None]:
+        return dict(self.objects["contacts"].raw[int(contact_id)])
+
+    def tasks(self) -> list[dict[str, Any]]:
+        store = self.objects["tasks"]
+        return [{"id": str(i), **store.raw[i], "contacts": store.associations.get(i, [])}
+                for i in store.ids]  # fmt: skip
+
+    def inject(self, fault: Fault) -> Fault:
+        with self.lock:
+            self.faults.append(fault)
+        return fault
+
+    def fail_records(self, failure: RecordFailure) -> None:
+        with self.lock:
+            self.record_failures.append(failure)
+
+    def calls(self, pattern: str = "") -> int:
+        return sum(1 for _, path, _ in self.log if re.search(pattern, path))
+
+    # ---- serving ---------------------------------------------------------------------------
+
+    def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        self.server = ThreadingHTTPServer((host, port), _handler(self))
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return f"http://{host}:{self.server.server_address[1]}"
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+
+    def handle(self, method: str, path: str, query: dict[str, list[str]], headers: dict[str, str],
+               body: Any) -> tuple[int, Any, dict[str, str]]:  # fmt: skip
+        """One request: (status, JSON body, headers)."""
+        search = path.endswith("/search") and "/lists/" not in path
+        with self.lock:
+            self.log.append((method, path, 0))
+            fault = self._take_fault(method, path)
+        if fault is not None:
+            if fault.delay:
+                time.sleep(fault.delay)
+            if fault.status:
+                self.stats[f"fault_{fault.status}"] += 1
+                body = fault.body or ApiError(fault.status, "injected fault", "ERROR").body()
+                return fault.status, body, dict(fault.headers)
+        if headers.get("authorization") != f"Bearer {self.token}":
+            self.stats["401"] += 1
+            return (
+                401,
+                ApiError(
+                    401,
+                    "Authentication credentials not found. This API supports "
+                    "OAuth 2.0 authentication ...",
+                    "INVALID_AUTHENTICATION",
+                ).body(),
+                {},
+            )
+        for pattern, scope in self.denied_scopes.items():
+            if re.search(pattern, path):
+                return 403, ApiError(
+                    403, "This app hasn't been granted all required scopes to make this call.",
+                    "MISSING_SCOPES",
+                    errors=[{"message": "One or more of the following scopes are required.",
+                             "context": {"requiredGranularScopes": [scope]}}],
+                ).body(), {}  # fmt: skip
+        limited = self._rate_limit(search)
+        if limited is not None:
+            return limited
+        if self.latency:
+            time.sleep(self.latency)
+        rate_headers = {} if search else self._rate_headers()
+        try:
+            status, payload = self._route(method, path, query, body)
+        except ApiError as exc:
+            self.stats[f"error_{exc.status}"] += 1
+            return exc.status, exc.body(), {**rate_headers, **exc.headers}
+        except SearchError as exc:
+            self.stats["error_400"] += 1
+            return 400, ApiError(400, str(exc), exc.category).body(), rate_headers
+        return status, payload, rate_headers
+
+    def _take_fault(self, method: str, path: str) -> Fault | None:
+        for fault in self.faults:
+            if fault.times <= 0 or not re.search(fault.path, path):
+                continue
+            if fault.method and fault.method != method:
+                continue
+            if fault.skip > 0:
+                fault.skip -= 1
+                return None
+            fault.times -= 1
+            return fault
+        return None
+
+    def _rate_limit(self, search: bool) -> tuple[int, Any, dict[str, str]] | None:
+        now = time.monotonic()
+        with self.lock:
+            if search and self.search_per_second:
+                window, limit = self._search, self.search_per_second
+                while window and window[0] <= now - 1.0:
+                    window.popleft()
+                if len(window) >= limit:
+                    self.stats["429"] += 1
+                    return 429, ApiError(429, "You have reached your secondly limit.",
+                                         "RATE_LIMITS").body(), {}  # fmt: skip
+                window.append(now)
+            elif not search and self.requests_per_10s:
+                window, limit = self._general, self.requests_per_10s
+                while window and window[0] <= now - 10.0:
+                    window.popleft()
+                if len(window) >= limit:
+                    self.stats["429"] += 1
+                    body = ApiError(
+                        429,
+                        "You have reached your ten_secondly_rolling limit.",
+                        "RATE_LIMITS",
+                        policyName="TEN_SECONDLY_ROLLING",
+                    ).body()
+                    return 429, body, {**self._rate_headers(), "x-hubspot-ratelimit-remaining": "0"}
+                window.append(now)
+            if self.daily_remaining is not None and not search:
+                if self.daily_remaining <= 0:
+                    self.stats["429"] += 1
+                    return 429, ApiError(429, "You have reached your daily limit.", "RATE_LIMITS",
+                                         policyName="DAILY").body(), {}  # fmt: skip
+                self.daily_remaining -= 1
+        return None
+
+    def _rate_headers(self) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        if self.requests_per_10s:
+            used = len(self._general)
+            headers = {"x-hubspot-ratelimit-max": str(self.requests_per_10s),
+                       "x-hubspot-ratelimit-remaining": str(max(0, self.requests_per_10s - used)),
+                       "x-hubspot-ratelimit-interval-milliseconds": "10000"}  # fmt: skip
+        if self.daily_remaining is not None:
+            headers["x-hubspot-ratelimit-daily-remaining"] = str(self.daily_remaining)
+        return headers
+
+    # ---- routes ----------------------------------------------------------------------------
+
+    def _route(self, method: str, path: str, query: dict[str, list[str]], body: Any
+               ) -> tuple[int, Any]:  # fmt: skip
+        from tests.fakes import hubspot_routes
+
+        return hubspot_routes.route(self, method, path, query, body)
+
+
+def _handler(fake: FakeHubSpot) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _serve(self) -> None:
+            url = urlsplit(self.path)
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length else b""
+            try:
+                body = json.loads(raw) if raw else None
+            except ValueError:
+                self._send(400, ApiError(400, "Invalid input JSON", "VALIDATION_ERROR").body(), {})
+                return
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            status, payload, extra = fake.handle(self.command, unquote(url.path),
+                                                 parse_qs(url.query), headers, body)  # fmt: skip
+            self._send(status, payload, extra)
+
+        def _send(self, status: int, payload: Any, headers: dict[str, str]) -> None:
+            data = b"" if payload is None else json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json;charset=utf-8")
+            self.send_header("Content-Length", str(len(data)))
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _serve  # noqa: N815
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            pass
+
+    return Handler
+
+
+__all__ = ["MAX_RESULTS", "TOKEN", "ApiError", "FakeHubSpot", "Fault", "RecordFailure",
+           "DEFAULT_PROPERTIES"]  # fmt: skip

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from connectors.hubspot import HubSpotConnector
+from core.mapping import Mapping, load_mapping
+from tests.fakes.hubspot_server import FakeHubSpot
+from tests.hubspot.hubspot_helpers import MAPPING, FakeClock, make_connector
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeHubSpot]:
+    server = FakeHubSpot()
+    server.url = server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def mapping() -> Mapping:
+    return load_mapping(MAPPING)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def connector(fake, mapping, clock) -> HubSpotConnector:
+    return make_connector(fake, mapping, clock)
+
+
+@pytest.fixture
+def provisioned(fake, connector) -> HubSpotConnector:
+    connector.provision()
+    return connector
