@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -110,8 +111,7 @@ class SalesforceClient:
             )
         except SalesforceAuthenticationFailed as exc:
             raise AuthError(
-                f"Salesforce refused the {c.kind} grant for {c.username}: "
-                f"{exc.code}: {exc.auth_message}",
+                f"Salesforce refused the {c.kind} grant for {c.username}: {_auth_reason(exc)}",
                 status=401,
             ) from None
         except requests.RequestException as exc:
@@ -273,6 +273,13 @@ class SalesforceClient:
 
 
 _END = object()
+
+
+def _auth_reason(exc: SalesforceAuthenticationFailed) -> str:
+    """The token endpoint's `error: description`, or a SOAP login's faultstring."""
+    match = re.search(r"<faultstring>(.*?)</faultstring>", exc.auth_message or "", re.S)
+    reason = match.group(1) if match else exc.auth_message
+    return f"{exc.code}: {reason}" if exc.code else str(reason)[:300]
 
 
 def _plain(record: dict[str, Any]) -> dict[str, Any]:

@@ -40,28 +40,90 @@ MD_NS = "http://soap.sforce.com/2006/04/metadata"
 SOAP_NS = "http://schemas.xmlsoap.org/soap/envelope/"
 XSI = "http://www.w3.org/2001/XMLSchema-instance"
 
-PREFIX = {"Contact": "003", "Lead": "00Q", "Task": "00T", "Campaign": "701",
-          "CampaignMember": "00v", "CampaignMemberStatus": "01Y", "PermissionSet": "0PS",
-          "PermissionSetAssignment": "0Pa", "User": "005"}  # fmt: skip
+PREFIX = {
+    "Contact": "003",
+    "Lead": "00Q",
+    "Task": "00T",
+    "Campaign": "701",
+    "CampaignMember": "00v",
+    "CampaignMemberStatus": "01Y",
+    "PermissionSet": "0PS",
+    "PermissionSetAssignment": "0Pa",
+    "User": "005",
+}
 STANDARD = {
-    "Contact": ["Id", "OwnerId", "CreatedDate", "SystemModstamp", "FirstName", "LastName",
-                "Email", "HasOptedOutOfEmail", "EmailBouncedReason", "AccountId"],
-    "Lead": ["Id", "OwnerId", "CreatedDate", "SystemModstamp", "FirstName", "LastName",
-             "Email", "Company", "HasOptedOutOfEmail", "EmailBouncedReason"],
-    "Task": ["Id", "OwnerId", "CreatedDate", "SystemModstamp", "WhoId", "Subject",
-             "Description", "Priority", "Status", "ActivityDate"],
+    "Contact": [
+        "Id",
+        "OwnerId",
+        "CreatedDate",
+        "SystemModstamp",
+        "FirstName",
+        "LastName",
+        "Email",
+        "HasOptedOutOfEmail",
+        "EmailBouncedReason",
+        "AccountId",
+    ],
+    "Lead": [
+        "Id",
+        "OwnerId",
+        "CreatedDate",
+        "SystemModstamp",
+        "FirstName",
+        "LastName",
+        "Email",
+        "Company",
+        "HasOptedOutOfEmail",
+        "EmailBouncedReason",
+    ],
+    "Task": [
+        "Id",
+        "OwnerId",
+        "CreatedDate",
+        "SystemModstamp",
+        "WhoId",
+        "Subject",
+        "Description",
+        "Priority",
+        "Status",
+        "ActivityDate",
+    ],
     "Campaign": ["Id", "OwnerId", "CreatedDate", "SystemModstamp", "Name", "IsActive", "Type"],
-    "CampaignMember": ["Id", "CreatedDate", "SystemModstamp", "CampaignId", "ContactId",
-                       "LeadId", "Status"],
-    "CampaignMemberStatus": ["Id", "CreatedDate", "SystemModstamp", "CampaignId", "Label",
-                             "HasResponded", "SortOrder", "IsDefault"],
+    "CampaignMember": [
+        "Id",
+        "CreatedDate",
+        "SystemModstamp",
+        "CampaignId",
+        "ContactId",
+        "LeadId",
+        "Status",
+    ],
+    "CampaignMemberStatus": [
+        "Id",
+        "CreatedDate",
+        "SystemModstamp",
+        "CampaignId",
+        "Label",
+        "HasResponded",
+        "SortOrder",
+        "IsDefault",
+    ],
     "PermissionSet": ["Id", "CreatedDate", "SystemModstamp", "Name", "Label"],
-    "PermissionSetAssignment": ["Id", "CreatedDate", "SystemModstamp", "PermissionSetId",
-                                "AssigneeId"],
+    "PermissionSetAssignment": [
+        "Id",
+        "CreatedDate",
+        "SystemModstamp",
+        "PermissionSetId",
+        "AssigneeId",
+    ],
     "User": ["Id", "CreatedDate", "SystemModstamp", "Username"],
-}  # fmt: skip
-ORG_FIELDS = ["Last_Email_Open_Date__c", "Last_Email_Click_Date__c", "Last_Email_Send_Date__c",
-              "pi__url__c"]  # fmt: skip
+}
+ORG_FIELDS = [
+    "Last_Email_Open_Date__c",
+    "Last_Email_Click_Date__c",
+    "Last_Email_Send_Date__c",
+    "pi__url__c",
+]
 """Fields the org has before we provision anything (its own automation and packages)."""
 
 
@@ -92,8 +154,12 @@ class Job:
 
 
 class FakeSalesforce:
-    def __init__(self, provisioned: bool = True, daily_total: int = 100_000,
-                 bulk_rows_per_second: float = 1500.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        provisioned: bool = True,
+        daily_total: int = 100_000,
+        bulk_rows_per_second: float = 1500.0,
+    ) -> None:
         self.records: dict[str, dict[str, dict[str, Any]]] = {k: {} for k in PREFIX}
         self.fields: dict[str, dict[str, dict[str, Any]]] = {
             obj: {name: {"type": "standard"} for name in names} for obj, names in STANDARD.items()
@@ -113,7 +179,7 @@ class FakeSalesforce:
         self.bulk_rate = bulk_rows_per_second
         self.jobs: dict[str, Job] = {}
         self.cursors: dict[str, tuple[list[dict[str, Any]], int]] = {}
-        self.faults: list[tuple[Callable[[str, str], bool], tuple]] = []
+        self.faults: list[tuple[Callable[[str, str], bool], Any, bool]] = []
         self.locked: dict[str, int] = {}
         self.rejected: dict[str, tuple[str, str]] = {}
         self.jwt_public_key: bytes | None = None
@@ -135,7 +201,9 @@ class FakeSalesforce:
         if self.provisioned_all:
             self.granted.add(f"{sobject}.{name}")
 
-    def provision_mapping(self, mapping: Any, handoff_field: str = "Elastic_Handoff_Key__c") -> None:
+    def provision_mapping(
+        self, mapping: Any, handoff_field: str = "Elastic_Handoff_Key__c"
+    ) -> None:
         """Seed the org as if `elasticity provision` had run (fields exist and are granted)."""
         from connectors.salesforce.config import SalesforceOptions
         from connectors.salesforce.metadata_specs import wanted_fields
@@ -152,15 +220,25 @@ class FakeSalesforce:
     def add(self, sobject: str, **values: Any) -> str:
         record_id = values.pop("Id", None) or self.new_id(sobject)
         stamp = sf_time(values.pop("SystemModstamp", "2026-01-01T00:00:00Z"))
-        record = {"Id": record_id, "CreatedDate": sf_time(values.pop("CreatedDate", stamp)),
-                  "SystemModstamp": stamp, "OwnerId": USER_ID}  # fmt: skip
+        record = {
+            "Id": record_id,
+            "CreatedDate": sf_time(values.pop("CreatedDate", stamp)),
+            "SystemModstamp": stamp,
+            "OwnerId": USER_ID,
+        }
         record.update({k: sf_time(v) for k, v in values.items()})
         self.records[sobject][record_id] = record
         return record_id
 
-    def fail(self, times: int, response: tuple, when: Callable[[str, str], bool] | None = None):
+    def fail(
+        self,
+        times: int,
+        response: tuple | Exception,
+        when: Callable[[str, str], bool] | None = None,
+        usage_header: bool = True,
+    ) -> None:
         for _ in range(times):
-            self.faults.append((when or (lambda m, p: True), response))
+            self.faults.append((when or (lambda m, p: True), response, usage_header))
 
     def limit_exceeded(self, times: int = 1, daily: bool = False) -> None:
         if daily:
@@ -175,8 +253,12 @@ class FakeSalesforce:
         for record_id in ids:
             self.locked[record_id] = times
 
-    def reject(self, ids: list[str], code: str = "FIELD_CUSTOM_VALIDATION_EXCEPTION",
-               message: str = "Email programs need a valid address") -> None:  # fmt: skip
+    def reject(
+        self,
+        ids: list[str],
+        code: str = "FIELD_CUSTOM_VALIDATION_EXCEPTION",
+        message: str = "Email programs need a valid address",
+    ) -> None:
         for record_id in ids:
             self.rejected[record_id] = (code, message)
 
@@ -205,10 +287,12 @@ class FakeSalesforce:
         if path.endswith("/services/oauth2/userinfo"):
             return self.userinfo(request)
         self.api_calls.append((method, path))
-        for i, (when, response) in enumerate(self.faults):
+        for i, (when, response, usage_header) in enumerate(self.faults):
             if when(method, path):
                 del self.faults[i]
-                return self._with_usage(response)
+                if isinstance(response, Exception):
+                    raise response
+                return self._with_usage(response) if usage_header else response
         if "/services/Soap/m/" in path:
             return self.metadata_api(body)
         token = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
@@ -223,32 +307,52 @@ class FakeSalesforce:
 
     def _with_usage(self, response: tuple) -> tuple:
         status, headers, body = response
-        headers = {**headers, "Sforce-Limit-Info": f"api-usage={self.daily_used}/{self.daily_total}"}
+        headers = {
+            **headers,
+            "Sforce-Limit-Info": f"api-usage={self.daily_used}/{self.daily_total}",
+        }
         return status, headers, body
 
     def route(self, method: str, rel: str, query: str, body: bytes, headers: Any) -> tuple:
         if rel.startswith("query"):
             if rel.rstrip("/") == "query":
-                batch = int(re.search(r"batchSize=(\d+)", headers.get("Sforce-Query-Options", "")
-                                      or "batchSize=2000").group(1))  # fmt: skip
+                batch = int(
+                    re.search(
+                        r"batchSize=(\d+)",
+                        headers.get("Sforce-Query-Options", "") or "batchSize=2000",
+                    ).group(1)
+                )
                 return self.query(parse_qs(query)["q"][0], batch)
             return self.query_more(rel.split("/", 1)[1])
         if rel == "composite/sobjects":
             return self.collections(method, json.loads(body))
         if rel == "limits":
-            return self._json({"DailyApiRequests": {"Max": self.daily_total,
-                                                    "Remaining": self.daily_total - self.daily_used}})
+            return self._json(
+                {
+                    "DailyApiRequests": {
+                        "Max": self.daily_total,
+                        "Remaining": self.daily_total - self.daily_used,
+                    }
+                }
+            )
         if rel.startswith("jobs/ingest"):
             return self.bulk(method, rel, body)
         parts = rel.split("/")
         if parts[0] == "sobjects" and len(parts) == 3 and parts[2] == "describe":
-            fields = [{"name": n, "type": f["type"]} for n, f in self.fields[parts[1]].items()
-                      if self.visible(parts[1], n)]  # fmt: skip
+            fields = [
+                {"name": n, "type": f["type"]}
+                for n, f in self.fields[parts[1]].items()
+                if self.visible(parts[1], n)
+            ]
             return self._json({"name": parts[1], "fields": fields})
         if parts[0] == "sobjects" and method == "POST" and len(parts) == 2:
             result = self.save_one(parts[1], json.loads(body), create=True)
             if not result["success"]:
-                return 400, {}, json.dumps([{**e, "errorCode": e["statusCode"]} for e in result["errors"]])
+                return (
+                    400,
+                    {},
+                    json.dumps([{**e, "errorCode": e["statusCode"]} for e in result["errors"]]),
+                )
             return 201, {"Content-Type": "application/json"}, json.dumps(result)
         if parts[0] == "sobjects" and method == "PATCH" and len(parts) == 3:
             result = self.save_one(parts[1], {"id": parts[2], **json.loads(body)}, create=False)
@@ -272,8 +376,10 @@ class FakeSalesforce:
         return f"{meta_object}.{name}" in self.granted
 
     def schema(self) -> dict[str, dict[str, Any]]:
-        return {obj: {n: f for n, f in fields.items() if self.visible(obj, n)}
-                for obj, fields in self.fields.items()}  # fmt: skip
+        return {
+            obj: {n: f for n, f in fields.items() if self.visible(obj, n)}
+            for obj, fields in self.fields.items()
+        }
 
     # ---- auth ------------------------------------------------------------------------------
 
@@ -286,34 +392,59 @@ class FakeSalesforce:
     def token(self, body: bytes) -> tuple:
         form = {k: v[0] for k, v in parse_qs(body.decode()).items()}
         if form.get("grant_type") != "urn:ietf:params:oauth:grant-type:jwt-bearer":
-            return self._json({"error": "unsupported_grant_type", "error_description": "grant type not supported"}, 400)
+            return self._json(
+                {
+                    "error": "unsupported_grant_type",
+                    "error_description": "grant type not supported",
+                },
+                400,
+            )
         try:
             if self.jwt_public_key is None:
                 raise jwt.InvalidTokenError("no key registered")
-            claims = jwt.decode(form.get("assertion", ""), self.jwt_public_key, algorithms=["RS256"],
-                                audience=["https://login.salesforce.com", "https://test.salesforce.com"],
-                                options={"verify_exp": False})  # fmt: skip
+            claims = jwt.decode(
+                form.get("assertion", ""),
+                self.jwt_public_key,
+                algorithms=["RS256"],
+                audience=["https://login.salesforce.com", "https://test.salesforce.com"],
+                options={"verify_exp": False},
+            )
         except jwt.InvalidTokenError:
-            return self._json({"error": "invalid_grant", "error_description": "invalid assertion"}, 400)
+            return self._json(
+                {"error": "invalid_grant", "error_description": "invalid assertion"}, 400
+            )
         if claims.get("iss") != self.consumer_key or claims.get("sub") != self.username:
-            return self._json({"error": "invalid_client_id", "error_description": "client identifier invalid"}, 400)
-        return self._json({"access_token": self._issue(), "instance_url": f"https://{INSTANCE}",
-                           "id": f"https://login.salesforce.com/id/{ORG_ID}/{USER_ID}",
-                           "token_type": "Bearer", "scope": "api"})  # fmt: skip
+            return self._json(
+                {"error": "invalid_client_id", "error_description": "client identifier invalid"},
+                400,
+            )
+        return self._json(
+            {
+                "access_token": self._issue(),
+                "instance_url": f"https://{INSTANCE}",
+                "id": f"https://login.salesforce.com/id/{ORG_ID}/{USER_ID}",
+                "token_type": "Bearer",
+                "scope": "api",
+            }
+        )
 
     def soap_login(self, body: bytes) -> tuple:
         text = body.decode()
-        ok = f"<urn:username>{self.username}</urn:username>" in text and self.password in text
+        ok = f"username>{self.username}</" in text and f"password>{self.password}" in text
         if not ok:
-            fault = ("<soapenv:Envelope xmlns:soapenv=\"http://schemas.xmlsoap.org/soap/envelope/\">"
-                     "<soapenv:Body><soapenv:Fault><faultcode>INVALID_LOGIN</faultcode><faultstring>"
-                     "INVALID_LOGIN: Invalid username, password, security token; or user locked out."
-                     "</faultstring></soapenv:Fault></soapenv:Body></soapenv:Envelope>")  # fmt: skip
+            fault = (
+                '<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/">'
+                "<soapenv:Body><soapenv:Fault><faultcode>INVALID_LOGIN</faultcode><faultstring>"
+                "INVALID_LOGIN: Invalid username, password, security token; or user locked out."
+                "</faultstring></soapenv:Fault></soapenv:Body></soapenv:Envelope>"
+            )
             return 500, {"Content-Type": "text/xml"}, fault
         token = self._issue()
-        xml = (f"<soapenv:Envelope xmlns:soapenv=\"{SOAP_NS}\"><soapenv:Body><loginResponse><result>"
-               f"<serverUrl>https://{INSTANCE}/services/Soap/u/{VERSION}/{ORG_ID}</serverUrl>"
-               f"<sessionId>{token}</sessionId></result></loginResponse></soapenv:Body></soapenv:Envelope>")
+        xml = (
+            f'<soapenv:Envelope xmlns:soapenv="{SOAP_NS}"><soapenv:Body><loginResponse><result>'
+            f"<serverUrl>https://{INSTANCE}/services/Soap/u/{VERSION}/{ORG_ID}</serverUrl>"
+            f"<sessionId>{token}</sessionId></result></loginResponse></soapenv:Body></soapenv:Envelope>"
+        )
         return 200, {"Content-Type": "text/xml"}, xml
 
     def userinfo(self, request: Any) -> tuple:
@@ -331,7 +462,9 @@ class FakeSalesforce:
             rows.sort(key=lambda r: (r.get(q.order_by) is None, r.get(q.order_by)))
         if q.limit is not None:
             rows = rows[: q.limit]
-        selected = [{"attributes": {"type": q.sobject}, **{f: r.get(f) for f in q.fields}} for r in rows]
+        selected = [
+            {"attributes": {"type": q.sobject}, **{f: r.get(f) for f in q.fields}} for r in rows
+        ]
         cursor = f"01gFAKE{next(self.counter)}"
         self.cursors[cursor] = (selected, max(200, min(batch, 2000)))
         return self._page(cursor, 0)
@@ -345,8 +478,11 @@ class FakeSalesforce:
     def _page(self, cursor: str, offset: int) -> tuple:
         rows, batch = self.cursors[cursor]
         end = offset + batch
-        page: dict[str, Any] = {"totalSize": len(rows), "done": end >= len(rows),
-                                "records": rows[offset:end]}  # fmt: skip
+        page: dict[str, Any] = {
+            "totalSize": len(rows),
+            "done": end >= len(rows),
+            "records": rows[offset:end],
+        }
         if end < len(rows):
             page["nextRecordsUrl"] = f"/services/data/v{VERSION}/query/{cursor}-{end}"
         return self._json(page)
@@ -356,18 +492,26 @@ class FakeSalesforce:
     def collections(self, method: str, body: dict[str, Any]) -> tuple:
         records = body.get("records") or []
         if len(records) > 200:
-            return error(400, "EXCEEDED_ID_LIMIT", "record limit reached. cannot submit more "
-                         "than 200 records into this call")  # fmt: skip
+            return error(
+                400,
+                "EXCEEDED_ID_LIMIT",
+                "record limit reached. cannot submit more than 200 records into this call",
+            )
         for record in records:
             sobject = (record.get("attributes") or {}).get("type")
             if sobject not in self.fields:
                 return error(400, "INVALID_TYPE", f"sObject type '{sobject}' is not supported.")
             for name in record:
                 if name not in ("attributes", "id") and not self.visible(sobject, name):
-                    return error(400, "INVALID_FIELD",
-                                 f"No such column '{name}' on sobject of type {sobject}", [name])
-        results = [self.save_one(r["attributes"]["type"], r, create=method == "POST")
-                   for r in records]  # fmt: skip
+                    return error(
+                        400,
+                        "INVALID_FIELD",
+                        f"No such column '{name}' on sobject of type {sobject}",
+                        [name],
+                    )
+        results = [
+            self.save_one(r["attributes"]["type"], r, create=method == "POST") for r in records
+        ]
         return self._json(results)
 
     def save_one(self, sobject: str, record: dict[str, Any], create: bool) -> dict[str, Any]:
@@ -377,8 +521,11 @@ class FakeSalesforce:
             return _failure("ENTITY_IS_DELETED", "entity is deleted", record_id)
         if record_id in self.locked and self.locked[record_id] > 0:
             self.locked[record_id] -= 1
-            return _failure("UNABLE_TO_LOCK_ROW", "unable to obtain exclusive access to this "
-                            "record or 1 records: " + str(record_id), record_id)  # fmt: skip
+            return _failure(
+                "UNABLE_TO_LOCK_ROW",
+                "unable to obtain exclusive access to this record or 1 records: " + str(record_id),
+                record_id,
+            )
         if record_id in self.rejected:
             code, message = self.rejected[record_id]
             return _failure(code, message, record_id)
@@ -387,9 +534,12 @@ class FakeSalesforce:
                 return _failure("INVALID_FIELD", f"No such column '{name}'", record_id, [name])
             allowed = self.fields[sobject][name].get("values")
             if allowed and value is not None and value not in allowed:
-                return _failure("INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST",
-                                f"{name}: bad value for restricted picklist field: {value}",
-                                record_id, [name])  # fmt: skip
+                return _failure(
+                    "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST",
+                    f"{name}: bad value for restricted picklist field: {value}",
+                    record_id,
+                    [name],
+                )
         if create:
             record_id = self.add(sobject, **values)
             if sobject == "PermissionSetAssignment":
@@ -405,8 +555,11 @@ class FakeSalesforce:
         parts = rel.split("/")
         if method == "POST" and len(parts) == 2:
             spec = json.loads(body)
-            job = Job(id=f"750FAKE{next(self.counter):08d}AAA", sobject=spec["object"],
-                      operation=spec["operation"])  # fmt: skip
+            job = Job(
+                id=f"750FAKE{next(self.counter):08d}AAA",
+                sobject=spec["object"],
+                operation=spec["operation"],
+            )
             self.jobs[job.id] = job
             return self._json(self._job_info(job))
         job = self.jobs.get(parts[2])
@@ -429,10 +582,15 @@ class FakeSalesforce:
         return error(404, "NOT_FOUND", rel)
 
     def _job_info(self, job: Job) -> dict[str, Any]:
-        return {"id": job.id, "object": job.sobject, "operation": job.operation,
-                "state": job.state, "numberRecordsProcessed": job.processed,
-                "numberRecordsFailed": len(job.failed),
-                "errorMessage": job.error_message or None}  # fmt: skip
+        return {
+            "id": job.id,
+            "object": job.sobject,
+            "operation": job.operation,
+            "state": job.state,
+            "numberRecordsProcessed": job.processed,
+            "numberRecordsFailed": len(job.failed),
+            "errorMessage": job.error_message or None,
+        }
 
     def _progress(self, job: Job) -> None:
         if job.state != "UploadComplete":
@@ -455,21 +613,29 @@ class FakeSalesforce:
             for name, cell in row.items():
                 if name == "Id" or cell == "":
                     continue  # Bulk 2.0 ignores empty cells on update
-                values[name] = None if cell == "#N/A" else _typed(self.fields[job.sobject][name], cell)
+                values[name] = (
+                    None if cell == "#N/A" else _typed(self.fields[job.sobject][name], cell)
+                )
             result = self.save_one(job.sobject, values, create=False)
             job.processed += 1
             if not result["success"]:
                 e = result["errors"][0]
-                job.failed.append({"sf__Id": row["Id"],
-                                   "sf__Error": f"{e['statusCode']}:{e['message']}:--", **row})
+                job.failed.append(
+                    {
+                        "sf__Id": row["Id"],
+                        "sf__Error": f"{e['statusCode']}:{e['message']}:--",
+                        **row,
+                    }
+                )
         job.state = "JobComplete"
 
     def _failed_csv(self, job: Job) -> str:
         if not job.failed:
             return '"sf__Id","sf__Error"\n'
         out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=list(job.failed[0]), lineterminator="\n",
-                                quoting=csv.QUOTE_ALL)  # fmt: skip
+        writer = csv.DictWriter(
+            out, fieldnames=list(job.failed[0]), lineterminator="\n", quoting=csv.QUOTE_ALL
+        )
         writer.writeheader()
         for row in reversed(job.failed):  # Salesforce promises no order; neither do we
             writer.writerow(row)
@@ -481,7 +647,9 @@ class FakeSalesforce:
         root = ET.fromstring(body)  # noqa: S314 - our own client's request
         session = root.findtext(f".//{{{MD_NS}}}sessionId")
         if session not in self.tokens:
-            return self._soap_fault("sf:INVALID_SESSION_ID", "INVALID_SESSION_ID: Invalid Session ID")
+            return self._soap_fault(
+                "sf:INVALID_SESSION_ID", "INVALID_SESSION_ID: Invalid Session ID"
+            )
         self.daily_used += 1
         call = next(iter(root.find(f"{{{SOAP_NS}}}Body")))
         name = call.tag.split("}")[-1]
@@ -491,17 +659,22 @@ class FakeSalesforce:
             names = [e.text for e in call.findall(f"{{{MD_NS}}}fullNames")]
             return self._soap(name, self._read(kind, names))
         if name in ("createMetadata", "updateMetadata"):
-            results = [self._save(item, create=name == "createMetadata")
-                       for item in call.findall(f"{{{MD_NS}}}metadata")]  # fmt: skip
+            results = [
+                self._save(item, create=name == "createMetadata")
+                for item in call.findall(f"{{{MD_NS}}}metadata")
+            ]
             return self._soap(name, "".join(results))
         return self._soap_fault("sf:UNSUPPORTED", f"the fake does not implement {name}")
 
     def _read(self, kind: str, names: list[str]) -> str:
-        out = ['<result>']
+        out = ["<result>"]
         for full_name in names:
             element = self.metadata.get(kind, {}).get(full_name)
-            children = "" if element is None else "".join(
-                ET.tostring(child, encoding="unicode") for child in element)
+            children = (
+                ""
+                if element is None
+                else "".join(ET.tostring(child, encoding="unicode") for child in element)
+            )
             out.append(f'<records xmlns:tns="{MD_NS}" xsi:type="tns:{kind}">{children}</records>')
         return "".join(out) + "</result>"
 
@@ -510,8 +683,9 @@ class FakeSalesforce:
         full_name = item.findtext(f"{{{MD_NS}}}fullName") or ""
         store = self.metadata.setdefault(kind, {})
         if create and full_name in store:
-            return _save_result(full_name, "DUPLICATE_DEVELOPER_NAME",
-                                "There is already a field with that name")  # fmt: skip
+            return _save_result(
+                full_name, "DUPLICATE_DEVELOPER_NAME", "There is already a field with that name"
+            )
         if not create and full_name not in store:
             return _save_result(full_name, "INVALID_CROSS_REFERENCE_KEY", "no such component")
         if kind == "CustomField" and not create:
@@ -527,48 +701,65 @@ class FakeSalesforce:
             obj, name = full_name.split(".", 1)
             values = [v.text for v in item.iter(f"{{{MD_NS}}}fullName")][1:]
             sobject = "Task" if obj == "Activity" else obj
-            self.fields[sobject][name] = {"type": item.findtext(f"{{{MD_NS}}}type"),
-                                          "values": values or None}  # fmt: skip
+            self.fields[sobject][name] = {
+                "type": item.findtext(f"{{{MD_NS}}}type"),
+                "values": values or None,
+            }
         elif kind == "PermissionSet":
             if full_name not in {r["Name"] for r in self.records["PermissionSet"].values()}:
                 self.add("PermissionSet", Name=full_name, Label=full_name)
             self._refresh_grants()
 
     def _refresh_grants(self) -> None:
-        assigned = {r["PermissionSetId"] for r in self.records["PermissionSetAssignment"].values()
-                    if r["AssigneeId"] == self.user_id}  # fmt: skip
+        assigned = {
+            r["PermissionSetId"]
+            for r in self.records["PermissionSetAssignment"].values()
+            if r["AssigneeId"] == self.user_id
+        }
         names = {r["Name"] for pid, r in self.records["PermissionSet"].items() if pid in assigned}
         for name in names:
             element = self.metadata.get("PermissionSet", {}).get(name)
-            for perm in element.findall(f"{{{MD_NS}}}fieldPermissions") if element is not None else []:
+            for perm in (
+                element.findall(f"{{{MD_NS}}}fieldPermissions") if element is not None else []
+            ):
                 if perm.findtext(f"{{{MD_NS}}}readable") == "true":
                     self.granted.add(perm.findtext(f"{{{MD_NS}}}field") or "")
 
     def _soap(self, name: str, inner: str) -> tuple:
-        xml = (f'<soapenv:Envelope xmlns:soapenv="{SOAP_NS}" xmlns:xsi="{XSI}"><soapenv:Body>'
-               f'<{name}Response xmlns="{MD_NS}">{inner}</{name}Response>'
-               "</soapenv:Body></soapenv:Envelope>")  # fmt: skip
+        xml = (
+            f'<soapenv:Envelope xmlns:soapenv="{SOAP_NS}" xmlns:xsi="{XSI}"><soapenv:Body>'
+            f'<{name}Response xmlns="{MD_NS}">{inner}</{name}Response>'
+            "</soapenv:Body></soapenv:Envelope>"
+        )
         return 200, {"Content-Type": "text/xml; charset=utf-8"}, xml
 
     @staticmethod
     def _soap_fault(code: str, message: str) -> tuple:
-        xml = (f'<soapenv:Envelope xmlns:soapenv="{SOAP_NS}" xmlns:sf="{MD_NS}"><soapenv:Body>'
-               f"<soapenv:Fault><faultcode>{code}</faultcode><faultstring>{message}</faultstring>"
-               "</soapenv:Fault></soapenv:Body></soapenv:Envelope>")  # fmt: skip
+        xml = (
+            f'<soapenv:Envelope xmlns:soapenv="{SOAP_NS}" xmlns:sf="{MD_NS}"><soapenv:Body>'
+            f"<soapenv:Fault><faultcode>{code}</faultcode><faultstring>{message}</faultstring>"
+            "</soapenv:Fault></soapenv:Body></soapenv:Envelope>"
+        )
         return 500, {"Content-Type": "text/xml; charset=utf-8"}, xml
 
 
-def _failure(code: str, message: str, record_id: str | None,
-             fields: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
-    return {"id": record_id, "success": False,
-            "errors": [{"statusCode": code, "message": message, "fields": fields or []}]}
+def _failure(
+    code: str, message: str, record_id: str | None, fields: list[str] | None = None
+) -> dict[str, Any]:
+    return {
+        "id": record_id,
+        "success": False,
+        "errors": [{"statusCode": code, "message": message, "fields": fields or []}],
+    }
 
 
 def _save_result(full_name: str, code: str | None = None, message: str = "") -> str:
     if code is None:
         return f"<result><fullName>{full_name}</fullName><success>true</success></result>"
-    return (f"<result><errors><message>{message}</message><statusCode>{code}</statusCode>"
-            f"</errors><fullName>{full_name}</fullName><success>false</success></result>")
+    return (
+        f"<result><errors><message>{message}</message><statusCode>{code}</statusCode>"
+        f"</errors><fullName>{full_name}</fullName><success>false</success></result>"
+    )
 
 
 def _typed(spec: dict[str, Any], cell: str) -> Any:

@@ -47,7 +47,7 @@ def tokenize(text: str) -> list[tuple[str, str]]:
     while pos < len(text):
         match = TOKEN.match(text, pos)
         if not match or match.end() == pos:
-            raise SoqlError("MALFORMED_QUERY", f"unexpected token at: {text[pos:pos + 20]}")
+            raise SoqlError("MALFORMED_QUERY", f"unexpected token at: {text[pos : pos + 20]}")
         kind = match.lastgroup or ""
         tokens.append((kind, match.group(kind)))
         pos = match.end()
@@ -81,8 +81,7 @@ class Parser:
         if fields is None:
             raise SoqlError("INVALID_TYPE", f"sObject type '{self.sobject}' is not supported.")
         if name not in fields:
-            raise SoqlError("INVALID_FIELD",
-                            f"No such column '{name}' on entity '{self.sobject}'.")
+            raise SoqlError("INVALID_FIELD", f"No such column '{name}' on entity '{self.sobject}'.")
         return name
 
     def parse(self) -> Query:
@@ -187,10 +186,14 @@ def _compare(actual: Any, op: str, expected: Any) -> bool:
         actual = parse_instant(str(actual))
     actual = _norm(actual)
     return {
-        "=": actual == expected, "!=": actual != expected, "<>": actual != expected,
-        "<": actual < expected, "<=": actual <= expected,
-        ">": actual > expected, ">=": actual >= expected,
-    }[op]  # fmt: skip
+        "=": actual == expected,
+        "!=": actual != expected,
+        "<>": actual != expected,
+        "<": actual < expected,
+        "<=": actual <= expected,
+        ">": actual > expected,
+        ">=": actual >= expected,
+    }[op]
 
 
 def parse(text: str, schema: dict[str, dict[str, Any]]) -> Query:

@@ -21,10 +21,12 @@ SECRET = "whsec-test-0123456789"
 @pytest.fixture(scope="session")
 def rsa_key() -> tuple[bytes, bytes]:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())  # fmt: skip
-    public = key.public_key().public_bytes(serialization.Encoding.PEM,
-                                           serialization.PublicFormat.SubjectPublicKeyInfo)
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     return private, public
 
 
@@ -55,8 +57,9 @@ def env(tmp_path: Path, rsa_key: tuple[bytes, bytes], fake: FakeSalesforce) -> d
 
 
 def build(mapping: Mapping, env: dict[str, str], fake: FakeSalesforce) -> SalesforceConnector:
-    return SalesforceConnector(mapping, credentials_from_env(env), sleep=fake.sleep,
-                               jitter=lambda: 0.5)  # fmt: skip
+    return SalesforceConnector(
+        mapping, credentials_from_env(env), sleep=fake.sleep, jitter=lambda: 0.5
+    )
 
 
 @pytest.fixture

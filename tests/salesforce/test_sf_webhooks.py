@@ -1,0 +1,299 @@
+"""Outbound-message and signed JSON intake, through the shared `handle_webhook`."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from connectors.base import WebhookRequest
+from connectors.intake import handle_webhook
+from connectors.salesforce import SalesforceConnector
+from connectors.salesforce.outbound import same_org
+from connectors.salesforce.settings import OUTBOUND_ACK
+from connectors.salesforce.signature import sign
+from core.mapping import Mapping
+from core.sqlite_store import SQLiteStore
+from core.store import StoreError
+from tests.salesforce.conftest import FIXTURES, SECRET, build
+
+NOW = datetime(2026, 3, 4, 12, 0, tzinfo=UTC)
+XML = {"content-type": "text/xml; charset=utf-8"}
+
+
+def post(path: str, body: bytes, headers: dict[str, str], at: datetime = NOW) -> WebhookRequest:
+    return WebhookRequest("POST", path, "", headers, body, at)
+
+
+def outbound(name: str = "contact_notifications.xml", **headers: str) -> WebhookRequest:
+    return post("/webhooks/salesforce", (FIXTURES / name).read_bytes(), {**XML, **headers})
+
+
+def test_contact_notifications_become_events_and_get_the_exact_ack(
+    connector: SalesforceConnector,
+) -> None:
+    store = SQLiteStore(":memory:")
+    answer = handle_webhook(connector, outbound(), store.inbox_put)
+    assert answer.status == 200
+    assert answer.body == OUTBOUND_ACK
+    assert b"<notificationsResponse" in answer.body
+    assert b"<Ack>true</Ack>" in answer.body
+    assert answer.content_type.startswith("text/xml")
+    events = store.inbox_take(100)
+    kinds = sorted((e.contact_id[-6:], e.type) for e in events)
+    assert kinds == [
+        ("101AAA", "click"),
+        ("101AAA", "high_intent_visit"),
+        ("101AAA", "open"),
+        ("102AAA", "send"),
+        ("102AAA", "unsubscribe"),
+        ("103AAA", "hard_bounce"),
+    ]
+    opened = next(e for e in events if e.type == "open")
+    assert opened.occurred_at == datetime(2026, 3, 2, 9, 15, tzinfo=UTC)
+    # a blog visit is not high intent; the deleted record (no fields) produced nothing
+    assert answer.ignored == 1
+
+
+def test_redelivery_counts_once(connector: SalesforceConnector) -> None:
+    store = SQLiteStore(":memory:")
+    first = handle_webhook(connector, outbound(), store.inbox_put)
+    again = handle_webhook(connector, outbound(), store.inbox_put)
+    assert (first.recorded, again.recorded) == (6, 0)
+    assert again.body == OUTBOUND_ACK  # acknowledged, so Salesforce stops retrying
+
+
+def test_no_ack_when_the_store_cannot_record(connector: SalesforceConnector) -> None:
+    def broken(events):  # noqa: ANN001
+        raise StoreError("disk full")
+
+    answer = handle_webhook(connector, outbound(), broken)
+    assert answer.status == 503
+    assert b"<Ack>" not in answer.body
+
+
+def test_ack_only_after_the_events_are_in_the_store(connector: SalesforceConnector) -> None:
+    store = SQLiteStore(":memory:")
+    seen_at_record: list[int] = []
+
+    def record(events):  # noqa: ANN001
+        new = store.inbox_put(events)
+        seen_at_record.append(len(store.inbox_take(100)))
+        return new
+
+    answer = handle_webhook(connector, outbound(), record)
+    assert seen_at_record == [6]
+    assert answer.body == OUTBOUND_ACK
+
+
+def test_lead_notifications_for_a_lead_program(mapping: Mapping, env: dict[str, str], fake) -> None:  # noqa: ANN001
+    lead = build(mapping.model_copy(update={"object": "Lead"}), env, fake)
+    intake = lead.parse_webhook(outbound("lead_notifications.xml"))
+    assert sorted((e.contact_id, e.type) for e in intake.events) == [
+        ("00Q000000000201AAA", "high_intent_visit"),
+        ("00Q000000000201AAA", "open"),
+        ("00Q000000000202AAA", "click"),
+    ]
+
+
+def test_lead_notifications_are_ignored_by_a_contact_program(
+    connector: SalesforceConnector,
+) -> None:
+    intake = connector.parse_webhook(outbound("lead_notifications.xml"))
+    assert intake.events == []
+    assert intake.ignored == 2
+    assert intake.response.body == OUTBOUND_ACK
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status", "fault"),
+    [
+        ((FIXTURES / "malformed.xml").read_bytes(), XML, 400, "malformed XML"),
+        ((FIXTURES / "entity_expansion.xml").read_bytes(), XML, 400, "malformed XML"),
+        (b'{"not": "xml"}', XML, 400, "malformed XML"),
+        (b"<a/>", XML, 400, "not an outbound message"),
+        (
+            (FIXTURES / "contact_notifications.xml").read_bytes(),
+            {"content-type": "application/json"},
+            415,
+            "expected Content-Type text/xml",
+        ),
+        (
+            (FIXTURES / "contact_notifications.xml")
+            .read_bytes()
+            .replace(b"00D5g000004ABCD", b"00D5g000009WXYZ"),
+            XML,
+            403,
+            "OrganizationId does not match",
+        ),
+    ],
+    ids=[
+        "malformed",
+        "entity-expansion",
+        "json-body",
+        "no-notifications",
+        "content-type",
+        "wrong-org",
+    ],
+)
+def test_rejections_are_soap_faults_and_record_nothing(
+    connector: SalesforceConnector, body: bytes, headers: dict, status: int, fault: str
+) -> None:
+    store = SQLiteStore(":memory:")
+    answer = handle_webhook(connector, post("/webhooks/salesforce", body, headers), store.inbox_put)
+    assert answer.status == status
+    assert answer.content_type == "text/xml"
+    assert b"<soapenv:Fault>" in answer.body
+    assert fault.encode() in answer.body
+    assert b"<Ack>" not in answer.body
+    assert store.inbox_take(10) == []
+
+
+def test_without_an_org_id_configured_nothing_is_accepted(
+    mapping: Mapping, env: dict[str, str], fake
+) -> None:  # noqa: ANN001
+    env = {k: v for k, v in env.items() if k != "SALESFORCE_ORG_ID"}
+    answer = handle_webhook(
+        build(mapping, env, fake), outbound(), SQLiteStore(":memory:").inbox_put
+    )
+    assert answer.status == 403
+
+
+@pytest.mark.parametrize(
+    ("expected", "given", "same"),
+    [
+        ("00D5g000004ABCD", "00D5g000004ABCDEAA", True),
+        ("00D5g000004ABCDEAA", "00D5g000004ABCD", True),
+        ("00D5g000004ABCD", "00D5g000004abcdEAA", False),
+        ("00D5g000004ABCD", "00D5g", False),
+    ],
+    ids=["15-vs-18", "18-vs-15", "case-matters", "truncated"],
+)
+def test_org_ids_compare_on_15_characters(expected: str, given: str, same: bool) -> None:
+    assert same_org(expected, given) is same
+
+
+def envelope_of(n: int) -> bytes:
+    notes = "".join(
+        f'<Notification><Id>04l5g00000{i:08d}</Id><sObject xsi:type="sf:Contact" '
+        f'xmlns:sf="urn:sobject.enterprise.soap.sforce.com"><sf:Id>003{i:012d}AAA</sf:Id>'
+        f"<sf:Last_Email_Open_Date__c>2026-03-02T09:{i % 60:02d}:00.000Z"
+        "</sf:Last_Email_Open_Date__c>"
+        f"<sf:Last_Email_Click_Date__c>2026-03-02T10:{i % 60:02d}:00.000Z"
+        "</sf:Last_Email_Click_Date__c>"
+        "<sf:HasOptedOutOfEmail>false</sf:HasOptedOutOfEmail></sObject></Notification>"
+        for i in range(n)
+    )
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope '
+        'xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" '
+        'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body>'
+        '<notifications xmlns="http://soap.sforce.com/2005/09/outbound">'
+        "<OrganizationId>00D5g000004ABCDEAA</OrganizationId><ActionId>04k5g000000bmsHAAQ</ActionId>"
+        f"{notes}</notifications></soapenv:Body></soapenv:Envelope>"
+    ).encode()
+
+
+def test_100_notifications_parse_well_under_50ms(connector: SalesforceConnector) -> None:
+    request = post("/webhooks/salesforce", envelope_of(100), XML)
+    connector.parse_webhook(request)  # warm-up: imports, compiled regexes
+    best = min(_timed(connector, request) for _ in range(5))
+    assert best < 0.050, f"{best * 1000:.1f} ms"
+
+
+def _timed(connector: SalesforceConnector, request: WebhookRequest) -> float:
+    start = time.perf_counter()
+    intake = connector.parse_webhook(request)
+    elapsed = time.perf_counter() - start
+    assert len(intake.events) == 200
+    return elapsed
+
+
+# ---- signed JSON intake ----------------------------------------------------------------------
+
+
+def events_body(**overrides: object) -> bytes:
+    event = {
+        "event_id": "mc-1",
+        "contact_id": "003000000000101AAA",
+        "type": "open",
+        "occurred_at": "2026-03-04T11:59:00Z",
+        "campaign": "spring",
+    }
+    event.update(overrides)
+    return json.dumps({"events": [event]}).encode()
+
+
+def signed(body: bytes, at: datetime = NOW, secret: str = SECRET) -> dict[str, str]:
+    return {
+        "content-type": "application/json",
+        "x-elasticity-signature": sign(secret, body, int(at.timestamp())),
+    }
+
+
+def test_signed_events_are_accepted(connector: SalesforceConnector) -> None:
+    store = SQLiteStore(":memory:")
+    body = events_body()
+    answer = handle_webhook(
+        connector, post("/webhooks/salesforce/events", body, signed(body)), store.inbox_put
+    )
+    assert answer.status == 200
+    assert json.loads(answer.body) == {"received": 1, "new": 1, "ignored": 0}
+    (event,) = store.inbox_take(10)
+    assert (event.event_id, event.type, event.source) == ("mc-1", "open", "salesforce_json")
+
+
+@pytest.mark.parametrize(
+    ("headers", "reason"),
+    [
+        ({}, "missing X-Elasticity-Signature"),
+        ({"x-elasticity-signature": "sha256=abc"}, "malformed"),
+        ("wrong-secret", "does not match"),
+        ("tampered", "does not match"),
+        (NOW - timedelta(minutes=6), "outside the 300s window"),
+        (NOW + timedelta(minutes=6), "outside the 300s window"),
+    ],
+    ids=["missing", "malformed", "wrong-secret", "tampered-body", "stale", "future"],
+)
+def test_bad_signatures_are_refused(
+    connector: SalesforceConnector, headers: object, reason: str
+) -> None:
+    body = events_body()
+    if headers == "wrong-secret":
+        headers = signed(body, secret="not-the-secret")
+    elif headers == "tampered":
+        headers = signed(body)
+        body = events_body(type="click")
+    elif isinstance(headers, datetime):
+        headers = signed(body, at=headers)
+    store = SQLiteStore(":memory:")
+    answer = handle_webhook(
+        connector, post("/webhooks/salesforce/events", body, headers), store.inbox_put
+    )
+    assert answer.status == 401
+    assert reason in json.loads(answer.body)["error"]
+    assert store.inbox_take(10) == []
+
+
+def test_a_rotated_secret_can_be_sent_alongside(connector: SalesforceConnector) -> None:
+    body = events_body()
+    stamp = int(NOW.timestamp())
+    old = sign("old-secret", body, stamp).split(",")[1]
+    header = f"{sign(SECRET, body, stamp)},{old}"
+    intake = connector.parse_webhook(
+        post("/webhooks/salesforce/events", body, {"x-elasticity-signature": header})
+    )
+    assert len(intake.events) == 1
+
+
+def test_an_invalid_event_rejects_the_batch_naming_it(connector: SalesforceConnector) -> None:
+    body = events_body(occurred_at="2026-03-04T11:59:00")  # no timezone
+    answer = handle_webhook(
+        connector,
+        post("/webhooks/salesforce/events", body, signed(body)),
+        SQLiteStore(":memory:").inbox_put,
+    )
+    assert answer.status == 400
+    assert "events[0].occurred_at" in json.loads(answer.body)["error"]
