@@ -18,9 +18,10 @@ from connectors.salesforce.settings import BULK_MAX_BYTES, BULK_NULL, LOCK_ERROR
 log = logging.getLogger(__name__)
 
 DONE, FAILED, ABORTED = "JobComplete", "Failed", "Aborted"
-RATE_GUESS = 2000
-"""Rows a second we expect a plain field update to go at; the first poll waits for a job of
-this speed, then the gaps grow by half each time, so a slower job costs a few polls more."""
+START_GUESS, RATE_GUESS = 5.0, 2000
+"""Seconds before a job starts, and rows a second a plain field update goes at: the first
+poll waits for a job this fast; later polls come at 1.5 times the elapsed time, so a slower
+job costs a poll or two more, never a poll per few seconds."""
 
 
 @dataclass
@@ -67,9 +68,8 @@ def _new_buffer(columns: list[str]) -> tuple[io.StringIO, int]:
 
 
 def poll_delays(rows: int, timeout_seconds: float) -> Iterator[float]:
-    """Waits before each status poll: the first when a job of RATE_GUESS would be done, then
-    each 1.5 times the elapsed time, until `timeout_seconds` have passed."""
-    first = max(2.0, min(rows / RATE_GUESS, 120.0))
+    """Waits before each status poll, until `timeout_seconds` have passed."""
+    first = min(START_GUESS + rows / RATE_GUESS, 120.0)
     elapsed, delay = 0.0, first
     while elapsed + delay <= timeout_seconds:
         yield delay

@@ -9,7 +9,8 @@ only once a permission set granting them is assigned. Faults can be injected: lo
 permanent record errors, request-limit and 5xx answers, expired sessions.
 
 Time is simulated: `fake.sleep` (given to the connector) advances `fake.clock`, and Bulk 2.0
-jobs finish when enough simulated time has passed.
+jobs finish after 2 s plus 1,500 rows a second of simulated time (slower than the connector's
+first-poll guess on purpose, so the poll back-off is exercised).
 """
 
 from __future__ import annotations
@@ -593,7 +594,7 @@ class FakeSalesforce:
         }
 
     def _progress(self, job: Job) -> None:
-        if job.state != "UploadComplete":
+        if job.state not in ("UploadComplete", "InProgress"):
             return
         rows = list(csv.DictReader(io.StringIO(job.csv)))
         if self.clock < job.closed_at + 2 + len(rows) / self.bulk_rate:
