@@ -29,8 +29,8 @@ app = typer.Typer(
 experiments_app = typer.Typer(help="A/B experiments declared in a mapping file.", no_args_is_help=True)
 app.add_typer(experiments_app, name="experiments")
 
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 
 MappingArg = Annotated[Path, typer.Argument(help="mapping file (YAML)", show_default=False)]
 DataDir = Annotated[

@@ -55,11 +55,11 @@ def test_replay_prints_final_states_applying_time_rules_until(tmp_path):
         event_line("4", "b", "enroll", "2026-01-01T00:00:00Z"),
     ])  # fmt: skip
     result = invoke("replay", "mappings/hubspot.yaml", str(events), "--until",
-                    "2026-05-01T00:00:00Z", data_dir=tmp_path)  # fmt: skip
+                    "2026-04-02T00:00:00Z", data_dir=tmp_path)  # fmt: skip
     assert result.exit_code == 0, result.output
     states = {s["contact_id"]: s for s in map(json.loads, result.stdout.strip().splitlines())}
-    assert states["a"]["campaign_status"] == "Active"  # decayed from Engaged on Feb 2
-    assert states["a"]["engagement_score"] == 3.75
+    assert states["a"]["campaign_status"] == "Active"  # decayed out of Engaged on Feb 2
+    assert states["a"]["engagement_score"] == 7.5  # 30 halved on Feb 2 and Mar 4
     assert states["b"]["campaign_status"] == "Dormant"  # 90 days of silence: Apr 1
     for key in ("last_engagement_date", "reactivation_cycle", "reactivation_step",
                 "suppression_reason"):  # fmt: skip
