@@ -136,6 +136,8 @@ class Provisioner:
                 "field", want.full_name, "unchanged", f"{kind} ({len(have)} values)"
             ), None
         md = self.client.metadata(self.client.sf)
+        if definition.sorted is None:
+            definition.sorted = False  # required on update, sometimes absent on read
         definition.value = list(definition.value or []) + [
             md.CustomValue(fullName=v, default=False, label=v) for v in missing
         ]
