@@ -8,6 +8,7 @@ the rest as permanent failures with HubSpot's own message.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -95,11 +96,35 @@ class BatchWriter:
         if len(pending) == 1:
             failed[trace_key(pending[0])] = _message_of(exc)
             return
-        middle = len(pending) // 2
-        for half in (pending[:middle], pending[middle:]):
+        suspects, pair = culprits(pending, text)
+        if suspects and pair is not None:
+            # Every suspect holds the very value HubSpot names: fail them without more calls.
+            failed.update({trace_key(i): _message_of(exc) for i in suspects})
+            rest = [i for i in pending if i not in suspects]
+            halves = [rest] if rest else []
+        else:
+            middle = len(pending) // 2
+            halves = [pending[:middle], pending[middle:]]
+        for half in halves:
             ok, bad = self.write(half, send, what)
             written += ok
             failed.update(bad)
+
+
+def culprits(pending: list[Input], message: str) -> tuple[list[Input], tuple[str, str] | None]:
+    """The inputs holding the (property, value) a 400 message names, if it names exactly one
+    such pair; HubSpot's validation messages carry `"name":"<property>"` and the bad value."""
+    named = set(re.findall(r'"name"\s*:\s*\\?"(\w+)', message))
+    pairs: dict[tuple[str, str], list[Input]] = {}
+    for item in pending:
+        for prop in named:
+            value = str((item.get("properties") or {}).get(prop) or "")
+            if value and re.search(rf"(?<![\w-]){re.escape(value)}(?![\w-])", message):
+                pairs.setdefault((prop, value), []).append(item)
+    if len(pairs) != 1:
+        return [], None
+    ((pair, items),) = pairs.items()
+    return items, pair
 
 
 def _message_of(exc: HubSpotError) -> str:

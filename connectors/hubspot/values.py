@@ -45,7 +45,9 @@ def encode(spec: FieldSpec, value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, float):
         return repr(round(value, 6)).removesuffix(".0")
-    return str(getattr(value, "value", value))
+    text = str(getattr(value, "value", value))
+    # Option values are provisioned lowercase (search IN filters only match lowercase).
+    return text.lower() if spec.type == "enumeration" else text
 
 
 def iso_ms(value: datetime) -> str:
