@@ -1,0 +1,170 @@
+"""What only the DynamoDB store has to prove: racing workers, versioned cursors, key expiry, and
+a batch split over several transactions that is interrupted halfway."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from core.dynamodb_store import TRANSACTION_LIMIT, DynamoDBStore
+from core.models import ContactState, Decision, Status
+from core.store import Batch, ConflictError, StoreError
+
+T0 = datetime(2024, 3, 1, tzinfo=UTC)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def table(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": "eu-west-1"}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    with mock_aws():
+        open_store("state").create_table()
+        yield "state"
+
+
+def open_store(table: str, clock: Clock | None = None, client: Any = None) -> DynamoDBStore:
+    client = client or boto3.client("dynamodb", region_name="eu-west-1")
+    return DynamoDBStore(table, client=client, clock=clock or Clock())
+
+
+def engaged(cid: str, cause: str) -> tuple[ContactState, Decision]:
+    state = ContactState(cid, Status.ENGAGED, T0, T0, T0, T0, engagement_score=20)
+    decision = Decision(cid, T0, "engagement", "click", cause, Status.ACTIVE, Status.ENGAGED,
+                        {"engagement_score": (10, 20)}, "v1")  # fmt: skip
+    return state, decision
+
+
+def test_two_workers_racing_for_one_event_claim_it_once(table: str) -> None:
+    stores = [open_store(table), open_store(table)]
+    barrier = threading.Barrier(2)
+    outcomes: list[str] = []
+
+    def work(store: DynamoDBStore, cid: str) -> None:
+        state, decision = engaged(cid, "e1")
+        barrier.wait()
+        try:
+            store.commit(Batch(event_keys=["e1"], contacts=[state], next_due=[None],
+                               decisions=[decision]))  # fmt: skip
+            outcomes.append("won")
+        except ConflictError:
+            outcomes.append("lost")
+
+    threads = [threading.Thread(target=work, args=(s, f"c{i}")) for i, s in enumerate(stores)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["lost", "won"]
+    assert len(stores[0].get_contacts(["c0", "c1"])) == 1
+
+
+def test_a_cursor_moved_by_another_writer_is_a_conflict(table: str) -> None:
+    mine, theirs = open_store(table), open_store(table)
+    mine.commit(Batch(cursors={"due:after": "c1"}))
+    assert mine.get_cursor("due:after") == "c1"
+    assert theirs.get_cursor("due:after") == "c1"
+    theirs.commit(Batch(cursors={"due:after": "c5"}))
+    with pytest.raises(ConflictError):
+        mine.commit(Batch(cursors={"due:after": "c2"}))
+    assert mine.get_cursor("due:after") == "c5"
+    mine.commit(Batch(cursors={"due:after": "c6"}))  # after re-reading, it may move it
+    theirs.commit(Batch(cursors={}, event_keys=["x"]))
+    assert theirs.get_cursor("due:after") == "c6"
+
+
+def test_a_cursor_created_twice_concurrently_is_a_conflict(table: str) -> None:
+    first, second = open_store(table), open_store(table)
+    assert first.get_cursor("poll:since") is None
+    assert second.get_cursor("poll:since") is None
+    first.commit(Batch(cursors={"poll:since": "a"}))
+    with pytest.raises(ConflictError):
+        second.commit(Batch(cursors={"poll:since": "b"}))
+
+
+def test_an_expired_event_key_can_be_claimed_again(table: str, clock: Clock) -> None:
+    store = open_store(table, clock)
+    store.commit(Batch(event_keys=["e1"]))
+    clock.now = T0 + timedelta(days=89)
+    assert store.unseen(["e1"]) == set()
+    with pytest.raises(ConflictError):
+        store.commit(Batch(event_keys=["e1"]))
+    # DynamoDB's TTL sweep may lag by days; the store treats the key as gone at its expiry.
+    clock.now = T0 + timedelta(days=91)
+    assert store.unseen(["e1"]) == {"e1"}
+    store.commit(Batch(event_keys=["e1"]))
+    assert store.unseen(["e1"]) == set()
+
+
+class CrashAfter:
+    """A DynamoDB client whose process dies after `n` successful transactions."""
+
+    def __init__(self, client: Any, n: int) -> None:
+        self.client, self.left = client, n
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+    def transact_write_items(self, **kwargs: Any) -> Any:
+        if self.left == 0:
+            raise StoreError("process killed")
+        self.left -= 1
+        return self.client.transact_write_items(**kwargs)
+
+
+def test_an_interrupted_multi_transaction_batch_leaves_whole_contacts(table: str) -> None:
+    ids = [f"c{n:03d}" for n in range(120)]
+    pairs = [engaged(c, f"e-{c}") for c in ids]
+
+    def batch() -> Batch:
+        return Batch(
+            event_keys=[f"e-{c}" for c in ids], contacts=[s for s, _ in pairs],
+            next_due=[None] * len(ids), decisions=[d for _, d in pairs],
+            outbox={f"fields:{c}": "{}" for c in ids}, cursors={"due:after": ids[-1]},
+        )  # fmt: skip
+
+    assert 4 * len(ids) > TRANSACTION_LIMIT
+    client = boto3.client("dynamodb", region_name="eu-west-1")
+    with pytest.raises(StoreError):
+        open_store(table, client=CrashAfter(client, 2)).commit(batch())
+    store = open_store(table)
+    saved = store.get_contacts(ids)
+    claimed = {c for c in ids if f"e-{c}" not in store.unseen([f"e-{c}"])}
+    owed = {k.removeprefix("fields:") for k, _ in store.outbox_take(1000)}
+    assert 0 < len(saved) < len(ids)
+    assert set(saved) == claimed == owed  # a contact is either all there or not at all
+    assert all(len(store.ledger_for(c)) == 1 for c in saved)
+    assert store.get_cursor("due:after") is None  # the cursor moves last
+
+    # The retry: the already-done contacts' events are claimed, so they are left alone.
+    rest = [c for c in ids if c not in saved]
+    retry = Batch(
+        event_keys=[f"e-{c}" for c in rest],
+        contacts=[s for s, _ in pairs if s.contact_id in rest], next_due=[None] * len(rest),
+        decisions=[d for _, d in pairs if d.contact_id in rest],
+        outbox={f"fields:{c}": "{}" for c in rest}, cursors={"due:after": ids[-1]},
+    )  # fmt: skip
+    store.commit(retry)
+    assert len(store.get_contacts(ids)) == len(ids)
+    assert all(len(store.ledger_for(c)) == 1 for c in ids)
+    assert store.get_cursor("due:after") == ids[-1]
