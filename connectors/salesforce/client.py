@@ -30,6 +30,7 @@ from connectors.salesforce.http import ApiUsage, SalesforceSession
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+USAGE_STALE_SECONDS = 300.0
 
 
 class _Again(Exception):
@@ -205,11 +206,17 @@ class SalesforceClient:
         if usage is None or usage.total <= 0:
             return
         reserve = usage.total * self.options.api_reserve_percent / 100
+        if usage.remaining < reserve and self._stale():
+            self._read_limits()  # the rolling 24 hours may have freed requests since
+            usage = self.usage or usage
         if usage.remaining < reserve:
             raise QuotaExhausted(
                 f"stopping to keep {self.options.api_reserve_percent:g}% of the org's daily API "
                 f"allowance for other integrations ({usage})"
             )
+
+    def _stale(self) -> bool:
+        return time.monotonic() - self.session.usage_at > USAGE_STALE_SECONDS
 
     def _read_limits(self) -> None:
         """`Sforce-Limit-Info` was missing; `/limits` tells the daily cap from concurrency."""
@@ -220,6 +227,7 @@ class SalesforceClient:
         daily = (limits or {}).get("DailyApiRequests") or {}
         if "Max" in daily and "Remaining" in daily:
             self.session.usage = ApiUsage(daily["Max"] - daily["Remaining"], daily["Max"])
+            self.session.usage_at = time.monotonic()
 
     def metadata(self, sf: Salesforce) -> Any:
         """`sf.mdapi`, on our session: zeep makes its own `requests.Session` otherwise, with

@@ -9,6 +9,7 @@ this session sets one on every request. It also counts API calls and keeps the l
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
@@ -54,6 +55,8 @@ class SalesforceSession(requests.Session):
         self.rewrite_to = urlsplit(rewrite_to) if rewrite_to else None
         self.on_api_call = on_api_call
         self.usage: ApiUsage | None = None
+        self.usage_at = 0.0
+        """`time.monotonic()` of the reading: a long-running server must not trust yesterday's."""
 
     def request(self, method, url, *args, **kwargs):  # type: ignore[override]
         if kwargs.get("timeout") is None:
@@ -64,7 +67,7 @@ class SalesforceSession(requests.Session):
         response = super().request(method, url, *args, **kwargs)
         usage = parse_limit_info(response.headers.get("Sforce-Limit-Info"))
         if usage is not None:
-            self.usage = usage
+            self.usage, self.usage_at = usage, time.monotonic()
         return response
 
     def _rewritten(self, url: str) -> str:

@@ -197,3 +197,16 @@ def test_api_calls_are_counted_but_token_grants_are_not(
 
 def test_credentials_are_built_from_env(env: dict[str, str]) -> None:
     assert credentials_from_env(env).username == "integration@acme.example"
+
+
+def test_a_stale_reserve_reading_is_refreshed_from_limits(
+    connector: SalesforceConnector, fake: FakeSalesforce
+) -> None:
+    ids = contacts(fake)
+    fake.daily_used = int(fake.daily_total * 0.95)
+    with pytest.raises(QuotaExhausted):
+        connector.read_records(ids)
+    fake.daily_used = 10  # hours later, in a long-running server
+    connector.client.session.usage_at -= 3600
+    assert set(connector.read_records(ids)) == set(ids)
+    assert fake.count("GET", "/limits") == 1
