@@ -32,7 +32,12 @@ def mapping_paths(env: MappingABC[str, str]) -> list[Path]:
 
 
 class Container:
-    def __init__(self, env: MappingABC[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        env: MappingABC[str, str] | None = None,
+        store: Store | None = None,
+        queue: WorkQueue | None = None,
+    ) -> None:
         self.env = dict(os.environ if env is None else env)
         self.mappings: dict[str, Mapping] = {}
         for path in mapping_paths(self.env):
@@ -41,8 +46,8 @@ class Container:
         self._secrets: dict[str, str] | None = None
         self._connectors: dict[str, Connector] = {}
         self._runners: dict[str, Runner] = {}
-        self._store: Store | None = None
-        self._queue: WorkQueue | None = None
+        self._store = store
+        self._queue = queue
 
     @property
     def vendors(self) -> list[str]:

@@ -22,7 +22,6 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
 
 from connectors.aws.container import Container
-from connectors.aws.worker import process_batch
 from connectors.base import AuthError, CallStats, WebhookRequest
 from connectors.intake import handle_webhook
 from core.pipeline import RunStats
@@ -123,6 +122,9 @@ def webhook(event: dict[str, Any], context: Any) -> dict[str, Any]:
 @logger.inject_lambda_context
 @metrics.log_metrics(capture_cold_start_metric=True)
 def worker(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    # Imported here: the webhook and sync functions never need the batch utilities.
+    from connectors.aws.worker import process_batch
+
     box = container()
     before = box_calls(box)
     records = event.get("Records", [])

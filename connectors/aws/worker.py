@@ -8,11 +8,12 @@ A throttled CRM fails the batch without retrying record by record, which would o
 
 from __future__ import annotations
 
-import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.batch import (
     SqsFifoPartialProcessor,
     process_partial_response,
@@ -24,7 +25,8 @@ from connectors.aws.queue import QueueMessage, parse_message
 from connectors.base import AuthError, ConnectorError
 from core.pipeline import RunStats
 
-log = logging.getLogger(__name__)
+# A child of the handlers' logger: JSON lines with the batch's correlation id.
+log = Logger(service=os.environ.get("POWERTOOLS_SERVICE_NAME", "crm-elasticity"), child=True)
 
 
 class CrmUnavailable(Exception):

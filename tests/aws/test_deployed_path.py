@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 from datetime import UTC, datetime, timedelta
@@ -54,6 +55,16 @@ def test_webhook_enqueues_each_event_in_its_contact_group_and_answers_at_once(
     assert groups == {"memory:c1", "memory:c2"}
     assert dedupe == ["e1", "e2", "e3"]
     assert stack.crm.total_calls == 0  # the webhook never waits on the CRM
+
+
+def test_a_base64_encoded_body_is_verified_and_parsed_as_sent(stack: Stack) -> None:
+    raw = json.dumps([canonical("e1", "c1")]).encode()
+    event = api_event(
+        "/webhooks/memory", base64.b64encode(raw).decode(), {"x-memory-secret": SECRET}
+    )
+    event["isBase64Encoded"] = True
+    assert handlers.webhook(event, FakeContext())["statusCode"] == 202
+    assert stack.queued() == 1
 
 
 def test_webhook_with_a_bad_secret_is_refused_and_enqueues_nothing(stack: Stack) -> None:
