@@ -30,8 +30,9 @@ def existing_field(fake: FakeSalesforce, full_name: str, kind: str, values=()) -
     ET.SubElement(item, f"{{{MD_NS}}}label").text = "Theirs"
     ET.SubElement(item, f"{{{MD_NS}}}type").text = kind
     if values:
-        vs = ET.SubElement(ET.SubElement(item, f"{{{MD_NS}}}valueSet"),
-                           f"{{{MD_NS}}}valueSetDefinition")  # fmt: skip
+        vs = ET.SubElement(
+            ET.SubElement(item, f"{{{MD_NS}}}valueSet"), f"{{{MD_NS}}}valueSetDefinition"
+        )
         for value in values:
             v = ET.SubElement(vs, f"{{{MD_NS}}}value")
             ET.SubElement(v, f"{{{MD_NS}}}fullName").text = value
@@ -65,10 +66,14 @@ def test_provision_creates_then_is_idempotent(
         "values": ["Active", "Engaged", "Dormant", "Reactivated", "Suppressed"],
     }
     view = fake.metadata["ListView"]["Contact.Elastic_Suppressed_ads_audience"]
-    filters = [(f.findtext(f"{{{MD_NS}}}field"), f.findtext(f"{{{MD_NS}}}value"))
-               for f in view.findall(f"{{{MD_NS}}}filters")]  # fmt: skip
-    assert filters == [("Campaign_Status__c", "Suppressed"),
-                       ("Elastic_Suppression_Reason__c", "no_response")]  # fmt: skip
+    filters = [
+        (f.findtext(f"{{{MD_NS}}}field"), f.findtext(f"{{{MD_NS}}}value"))
+        for f in view.findall(f"{{{MD_NS}}}filters")
+    ]
+    assert filters == [
+        ("Campaign_Status__c", "Suppressed"),
+        ("Elastic_Suppression_Reason__c", "no_response"),
+    ]
     calls_before = list(fake.metadata_calls)
     second = fresh.provision()
     assert second.changes == []
@@ -111,7 +116,13 @@ def test_a_picklist_missing_values_gets_them_added_next_to_its_own(
     assert item.action == "update"
     assert item.detail == "add picklist values Engaged, Dormant, Reactivated, Suppressed"
     assert fake.fields["Contact"]["Campaign_Status__c"]["values"] == [
-        "Active", "VIP", "Engaged", "Dormant", "Reactivated", "Suppressed"]  # fmt: skip
+        "Active",
+        "VIP",
+        "Engaged",
+        "Dormant",
+        "Reactivated",
+        "Suppressed",
+    ]
 
 
 def test_an_edited_list_view_is_drift(fresh: SalesforceConnector, fake: FakeSalesforce) -> None:
@@ -156,8 +167,9 @@ def test_campaign_mirror_is_provisioned_once(
     connector.provision()
     (campaign,) = fake.records["Campaign"].values()
     assert campaign["Name"] == "elastic-newsletter"
-    responded = {s["Label"] for s in fake.records["CampaignMemberStatus"].values()
-                 if s["HasResponded"]}  # fmt: skip
+    responded = {
+        s["Label"] for s in fake.records["CampaignMemberStatus"].values() if s["HasResponded"]
+    }
     assert responded == {"Engaged", "Reactivated"}
     again = build(mirrored, env, fake).provision()
     assert [i for i in again.changes if i.kind == "campaign"] == []

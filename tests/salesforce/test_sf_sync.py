@@ -30,21 +30,35 @@ def silent_contacts(fake: FakeSalesforce, n: int, days: int = 120) -> list[str]:
     """Active contacts whose last engagement is `days` old: due to go Dormant at 90."""
     last = NOW - timedelta(days=days)
     return [
-        fake.add("Contact", LastName=f"s{i}", Campaign_Status__c="Active",
-                 Last_Engagement_Date__c=iso(last), Engagement_Score__c=0,
-                 Elastic_Status_Changed_At__c=iso(last), CreatedDate=iso(last - timedelta(days=9)))
+        fake.add(
+            "Contact",
+            LastName=f"s{i}",
+            Campaign_Status__c="Active",
+            Last_Engagement_Date__c=iso(last),
+            Engagement_Score__c=0,
+            Elastic_Status_Changed_At__c=iso(last),
+            CreatedDate=iso(last - timedelta(days=9)),
+        )
         for i in range(n)
-    ]  # fmt: skip
+    ]
 
 
 def test_sync_moves_silent_contacts_to_dormant_and_a_second_sync_writes_nothing(
     connector: SalesforceConnector, fake: FakeSalesforce
 ) -> None:
     silent = silent_contacts(fake, 5)
-    fresh = fake.add("Contact", LastName="f", Campaign_Status__c="Active",
-                     Last_Engagement_Date__c=iso(NOW - timedelta(days=3)))  # fmt: skip
-    suppressed = fake.add("Contact", LastName="x", Campaign_Status__c="Suppressed",
-                          Elastic_Suppression_Reason__c="unsubscribe")  # fmt: skip
+    fresh = fake.add(
+        "Contact",
+        LastName="f",
+        Campaign_Status__c="Active",
+        Last_Engagement_Date__c=iso(NOW - timedelta(days=3)),
+    )
+    suppressed = fake.add(
+        "Contact",
+        LastName="x",
+        Campaign_Status__c="Suppressed",
+        Elastic_Suppression_Reason__c="unsubscribe",
+    )
     runner = runner_for(connector)
     summary = runner.sync(NOW)
     assert summary.stopped is None
@@ -61,8 +75,12 @@ def test_due_query_skips_what_cannot_be_due(
     connector: SalesforceConnector, fake: FakeSalesforce
 ) -> None:
     silent = silent_contacts(fake, 2)
-    fake.add("Contact", LastName="f", Campaign_Status__c="Active",
-             Last_Engagement_Date__c=iso(NOW - timedelta(days=3)))  # fmt: skip
+    fake.add(
+        "Contact",
+        LastName="f",
+        Campaign_Status__c="Active",
+        Last_Engagement_Date__c=iso(NOW - timedelta(days=3)),
+    )
     fake.add("Contact", LastName="x", Campaign_Status__c="Suppressed")
     fake.add(
         "Contact",
@@ -77,17 +95,23 @@ def test_due_query_skips_what_cannot_be_due(
 def test_engagement_seen_by_outbound_message_and_by_poll_counts_once(
     connector: SalesforceConnector, fake: FakeSalesforce
 ) -> None:
-    cid = fake.add("Contact", Id="003000000000101AAA", LastName="Black",
-                   Campaign_Status__c="Active", Engagement_Score__c=0,
-                   Last_Email_Open_Date__c="2026-03-02T09:15:00.000Z",
-                   Last_Email_Click_Date__c="2026-03-02T09:16:30.000Z",
-                   pi__url__c="https://www.acme.example/pricing",
-                   SystemModstamp="2026-03-02T09:17:00Z")  # fmt: skip
+    cid = fake.add(
+        "Contact",
+        Id="003000000000101AAA",
+        LastName="Black",
+        Campaign_Status__c="Active",
+        Engagement_Score__c=0,
+        Last_Email_Open_Date__c="2026-03-02T09:15:00.000Z",
+        Last_Email_Click_Date__c="2026-03-02T09:16:30.000Z",
+        pi__url__c="https://www.acme.example/pricing",
+        SystemModstamp="2026-03-02T09:17:00Z",
+    )
     at = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
     runner = runner_for(connector, at)
     body = (FIXTURES / "contact_notifications.xml").read_bytes()
-    request = WebhookRequest("POST", "/webhooks/salesforce", "", {"content-type": "text/xml"},
-                             body, at)  # fmt: skip
+    request = WebhookRequest(
+        "POST", "/webhooks/salesforce", "", {"content-type": "text/xml"}, body, at
+    )
     answer = handle_webhook(connector, request, runner.record)
     assert answer.recorded == 6
     runner.drain_inbox()
@@ -104,9 +128,13 @@ def test_engagement_seen_by_outbound_message_and_by_poll_counts_once(
 def test_poll_path_turns_new_values_into_events(
     connector: SalesforceConnector, fake: FakeSalesforce
 ) -> None:
-    cid = fake.add("Contact", LastName="p", Campaign_Status__c="Active",
-                   Last_Email_Open_Date__c="2026-05-30T08:00:00Z",
-                   SystemModstamp="2026-05-30T08:00:00Z")  # fmt: skip
+    cid = fake.add(
+        "Contact",
+        LastName="p",
+        Campaign_Status__c="Active",
+        Last_Email_Open_Date__c="2026-05-30T08:00:00Z",
+        SystemModstamp="2026-05-30T08:00:00Z",
+    )
     runner = runner_for(connector)
     runner.sync(NOW)
     assert fake.records["Contact"][cid]["Engagement_Score__c"] == 5

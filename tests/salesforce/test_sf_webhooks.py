@@ -297,3 +297,43 @@ def test_an_invalid_event_rejects_the_batch_naming_it(connector: SalesforceConne
     )
     assert answer.status == 400
     assert "events[0].occurred_at" in json.loads(answer.body)["error"]
+
+
+def test_json_intake_without_a_configured_secret_is_refused(
+    mapping: Mapping, env: dict[str, str], fake
+) -> None:  # noqa: ANN001
+    env = {k: v for k, v in env.items() if k != "SALESFORCE_WEBHOOK_SECRET"}
+    body = events_body()
+    answer = handle_webhook(
+        build(mapping, env, fake),
+        post("/webhooks/salesforce/events", body, signed(body)),
+        SQLiteStore(":memory:").inbox_put,
+    )
+    assert answer.status == 403
+
+
+def test_outbound_message_over_the_local_server(connector: SalesforceConnector) -> None:
+    import threading
+    import urllib.request
+
+    from connectors.runner import Runner
+    from connectors.server import build_server
+
+    runner = Runner(connector, SQLiteStore(":memory:"), clock=lambda: NOW)
+    server, _ = build_server([runner], port=0, worker=False)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        port = server.server_address[1]
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/webhooks/salesforce",
+            data=(FIXTURES / "contact_notifications.xml").read_bytes(),
+            headers={"Content-Type": "text/xml; charset=utf-8", "SOAPAction": '""'},
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - loopback
+            assert response.status == 200
+            assert response.read() == OUTBOUND_ACK
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert len(runner.store.inbox_take(100)) == 6

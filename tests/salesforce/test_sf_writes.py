@@ -24,8 +24,15 @@ def seed(fake: FakeSalesforce, n: int) -> list[str]:
 
 
 def dormant(ids: list[str]) -> dict[str, dict]:
-    return {cid: {"campaign_status": "Dormant", "status_changed_at": AT, "engagement_score": 2.5,
-                  "suppression_reason": None} for cid in ids}  # fmt: skip
+    return {
+        cid: {
+            "campaign_status": "Dormant",
+            "status_changed_at": AT,
+            "engagement_score": 2.5,
+            "suppression_reason": None,
+        }
+        for cid in ids
+    }
 
 
 def with_threshold(mapping: Mapping, env: dict, fake: FakeSalesforce, threshold: int):
@@ -123,8 +130,13 @@ def test_bulk_csv_has_stable_columns_and_nulls_with_na(
     connector.write_records(dormant(ids))
     (job,) = fake.jobs.values()
     header = job.csv.splitlines()[0].split(",")
-    assert header == ["Id", "Campaign_Status__c", "Engagement_Score__c",
-                      "Elastic_Status_Changed_At__c", "Elastic_Suppression_Reason__c"]  # fmt: skip
+    assert header == [
+        "Id",
+        "Campaign_Status__c",
+        "Engagement_Score__c",
+        "Elastic_Status_Changed_At__c",
+        "Elastic_Suppression_Reason__c",
+    ]
     first = next(csv.DictReader(io.StringIO(job.csv)))
     assert first["Elastic_Suppression_Reason__c"] == "#N/A"
     assert fake.records["Contact"][ids[0]]["Elastic_Suppression_Reason__c"] is None
@@ -187,8 +199,15 @@ def test_poll_schedule_backs_off_and_ends() -> None:
 
 
 def task(key: str, contact: str, owner: str | None = "005000000000777AAA") -> HandoffTask:
-    return HandoffTask(key=key, contact_id=contact, owner_id=owner, subject="Follow up",
-                       body="Reached 25", priority="HIGH", due_at=AT)  # fmt: skip
+    return HandoffTask(
+        key=key,
+        contact_id=contact,
+        owner_id=owner,
+        subject="Follow up",
+        body="Reached 25",
+        priority="HIGH",
+        due_at=AT,
+    )
 
 
 def test_handoff_tasks_are_created_once_per_key(
