@@ -201,7 +201,15 @@ class HubSpotClient:
             self._classify(exc, what, scope, budget, idempotent)
         headers = _headers(raw.headers)
         self._observe(headers, limiter if budget == GENERAL else None)
-        return Response(raw.status, headers, _json_body(raw.data))
+        try:
+            # Unpreloaded: the body is read here, and a stall or cut-off can still happen.
+            data = raw.data
+        except urllib3.exceptions.HTTPError as exc:
+            if idempotent:
+                raise _Retry(f"network error reading the answer: {type(exc).__name__}") from None
+            raise HubSpotError(f"{what}: answer cut off ({type(exc).__name__}); will retry later",
+                               retriable=True) from None  # fmt: skip
+        return Response(raw.status, headers, _json_body(data))
 
     def _observe(self, headers: dict[str, str], limiter: SlidingWindowLimiter | None) -> None:
         daily_left = _int(headers.get("x-hubspot-ratelimit-daily-remaining"))

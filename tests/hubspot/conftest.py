@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 
@@ -12,7 +13,8 @@ from tests.hubspot.hubspot_helpers import MAPPING, FakeClock, make_connector
 
 @pytest.fixture
 def fake() -> Iterator[FakeHubSpot]:
-    server = FakeHubSpot()
+    # Contacts were created long before the tests' clock (2026): HubSpot stamps createdate.
+    server = FakeHubSpot(now=lambda: datetime(2025, 1, 1, tzinfo=UTC))
     server.url = server.start()
     yield server
     server.stop()
