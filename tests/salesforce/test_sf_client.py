@@ -210,3 +210,14 @@ def test_a_stale_reserve_reading_is_refreshed_from_limits(
     connector.client.session.usage_at -= 3600
     assert set(connector.read_records(ids)) == set(ids)
     assert fake.count("GET", "/limits") == 1
+
+
+def test_a_failed_page_resumes_after_the_last_record_read(
+    connector: SalesforceConnector, fake: FakeSalesforce
+) -> None:
+    ids = sorted(contacts(fake, 4500))
+    fake.fail(1, (503, {}, "Service Unavailable"), lambda m, p: "/query/01gFAKE" in p)
+    seen = [r.contact_id for page in connector.iter_all(None) for r in page]
+    assert seen == ids  # every record once, in order, despite the lost second page
+    queries = [p for m, p in fake.api_calls if m == "GET" and p.rstrip("/").endswith("/query")]
+    assert len(queries) == 2  # the first query, then one re-issued from the last id seen
