@@ -1,0 +1,201 @@
+"""What breaks in a chaos run, decided by one seeded generator so a run can be repeated.
+
+- `ChaosHubSpot`: the fake HubSpot answering a share of requests with 429 + Retry-After, 5xx,
+  or a timeout (the request is applied, the answer comes too late), and failing a share of
+  the records in batch updates (207, a retriable category).
+- `ChaosStore`: the store, killing the worker just before or just after a commit and dropping
+  its connection once.
+- `ChaosHubSpotConnector`: the connector, killing the worker before a read and after a write
+  or task creation reached the CRM (the acknowledgement is lost with the process).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from connectors.base import CrmRecord, HandoffTask, WriteResult
+from connectors.hubspot import HubSpotConnector
+from core.models import ContactState, Decision, Event
+from core.store import Batch, Store
+from tests.fakes.hubspot_server import ApiError, FakeHubSpot, RecordFailure
+
+CONTACT_UPDATE = re.compile(r"/crm/v3/objects/contacts/batch/update$")
+
+
+class Killed(BaseException):  # noqa: N818 - it is the process dying, not an error to handle
+    """The worker process died here. BaseException: no `except Exception` may survive it."""
+
+
+@dataclass
+class FaultPlan:
+    """Rates of each fault class; `counts` says how many of each actually happened."""
+
+    seed: int = 7
+    rate_429: float = 0.10
+    rate_5xx: float = 0.05
+    rate_timeout: float = 0.02
+    rate_partial: float = 0.05
+    kill_rate: float = 0.02
+    """Per commit / CRM call: the chance the worker dies right there."""
+    drop_connection_at: int | None = 40
+    """The store's connection is closed at this commit (once)."""
+    timeout_delay: float = 0.25
+    enabled: bool = True
+    counts: Counter = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+        self.lock = threading.Lock()
+
+    def roll(self, rate: float) -> bool:
+        if not self.enabled or rate <= 0:
+            return False
+        with self.lock:
+            return self.rng.random() < rate
+
+    def http_fault(self) -> str | None:
+        if not self.enabled:
+            return None
+        with self.lock:
+            x = self.rng.random()
+        for name, rate in (("429", self.rate_429), ("5xx", self.rate_5xx),
+                           ("timeout", self.rate_timeout)):  # fmt: skip
+            if x < rate:
+                return name
+            x -= rate
+        return None
+
+    def sample(self, items: Sequence[str], rate: float) -> set[str]:
+        with self.lock:
+            return {i for i in items if self.rng.random() < rate}
+
+    def count(self, name: str, n: int = 1) -> None:
+        with self.lock:
+            self.counts[name] += n
+
+    def kill(self, where: str) -> None:
+        if self.roll(self.kill_rate):
+            self.count("kills")
+            self.count(f"kill:{where}")
+            raise Killed(where)
+
+
+class ChaosHubSpot(FakeHubSpot):
+    def __init__(self, plan: FaultPlan, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.plan = plan
+
+    def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        url = super().start(host, port)
+        # A timed-out client has hung up: the late answer's broken pipe is expected noise.
+        self.server.handle_error = lambda request, address: None  # type: ignore[union-attr]
+        return url
+
+    def handle(self, method: str, path: str, query: dict, headers: dict, body: Any
+               ) -> tuple[int, Any, dict[str, str]]:  # fmt: skip
+        plan = self.plan
+        fault = plan.http_fault()
+        if fault == "429":
+            plan.count("http_429")
+            error = ApiError(429, "You have reached your ten_secondly_rolling limit.",
+                             "RATE_LIMITS", policyName="TEN_SECONDLY_ROLLING")  # fmt: skip
+            return 429, error.body(), {"Retry-After": "1"}
+        if fault == "5xx":
+            plan.count("http_5xx")
+            status = plan.rng.choice((500, 502, 503, 504))
+            return status, ApiError(status, "injected server error", "INTERNAL_ERROR").body(), {}
+        if method == "POST" and CONTACT_UPDATE.search(path) and isinstance(body, dict):
+            ids = [str(i.get("id")) for i in body.get("inputs") or []]
+            failing = plan.sample(ids, plan.rate_partial) if plan.enabled else set()
+            if failing:
+                plan.count("records_207", len(failing))
+                with self.lock:
+                    self.record_failures.append(RecordFailure(failing, "INTERNAL_ERROR"))
+        answer = super().handle(method, path, query, headers, body)
+        if fault == "timeout":
+            # Applied, but the answer arrives after the client gave up: the worst kind.
+            plan.count("http_timeout")
+            time.sleep(plan.timeout_delay)
+        return answer
+
+
+class ChaosHubSpotConnector(HubSpotConnector):
+    plan: FaultPlan
+
+    def read_records(self, contact_ids: Sequence[str]) -> dict[str, CrmRecord]:
+        self.plan.kill("before_read")
+        return super().read_records(contact_ids)
+
+    def write_records(self, values: dict[str, dict[str, Any]]) -> WriteResult:
+        result = super().write_records(values)
+        self.plan.kill("after_crm_write")
+        return result
+
+    def create_tasks(self, tasks: Sequence[HandoffTask]) -> WriteResult:
+        result = super().create_tasks(tasks)
+        self.plan.kill("after_task_create")
+        return result
+
+
+class ChaosStore(Store):
+    """Delegates to a real store; dies around commits and drops the connection once."""
+
+    def __init__(self, inner: Any, plan: FaultPlan) -> None:
+        self.inner = inner
+        self.plan = plan
+
+    def commit(self, batch: Batch) -> None:
+        plan = self.plan
+        plan.count("commits")
+        drop_at = plan.drop_connection_at
+        if plan.enabled and drop_at is not None and plan.counts["commits"] >= drop_at:
+            plan.drop_connection_at = None
+            plan.count("connection_drops")
+            self.inner._db.close()  # the next call on it fails with StoreError
+        plan.kill("before_commit")
+        self.inner.commit(batch)
+        plan.kill("after_commit")
+
+    def unseen(self, event_keys: Sequence[str]) -> set[str]:
+        return self.inner.unseen(event_keys)
+
+    def get_contacts(self, contact_ids: Iterable[str]) -> dict[str, ContactState]:
+        return self.inner.get_contacts(contact_ids)
+
+    def iter_contacts(self, page_size: int = 5000) -> Iterator[list[ContactState]]:
+        return self.inner.iter_contacts(page_size)
+
+    def due_contacts(self, now: datetime, after: str = "", limit: int = 5000) -> list[str]:
+        return self.inner.due_contacts(now, after, limit)
+
+    def count_contacts(self) -> int:
+        return self.inner.count_contacts()
+
+    def get_cursors(self, names: Iterable[str]) -> dict[str, str]:
+        return self.inner.get_cursors(names)
+
+    def ledger_for(self, contact_id: str) -> list[Decision]:
+        return self.inner.ledger_for(contact_id)
+
+    def inbox_put(self, events: Sequence[Event]) -> int:
+        return self.inner.inbox_put(events)
+
+    def inbox_take(self, limit: int) -> list[Event]:
+        return self.inner.inbox_take(limit)
+
+    def outbox_take(self, limit: int, prefix: str = "") -> list[tuple[str, str]]:
+        return self.inner.outbox_take(limit, prefix)
+
+    def close(self) -> None:
+        # Closing a dropped connection again is harmless.
+        with contextlib.suppress(Exception):
+            self.inner.close()

@@ -1,0 +1,348 @@
+"""One chaos run: a seeded stream through intake -> inbox -> worker (Runner) -> fake HubSpot,
+with a scheduled sync closing every daily window; and the field-by-field comparison of two runs.
+
+The worker is a `Runner` over a `SQLiteStore` file. When it dies (`Killed`) or its store
+connection fails (`StoreError`), the harness does what a supervisor does: it starts a fresh
+connector, store connection and runner on the same file and carries on.
+
+Deliveries in a chaos run are signed anew for each attempt, every one is delivered twice (the
+copy up to a window late), 20% are displaced within their window, and a refused delivery (5xx)
+is delivered again later, as HubSpot does. The worker drains each window's inbox as one batch
+before the window's sync: a late event cannot rewind rules already fired (engine rule), so
+displacement is bounded by the window, as a queue drained daily bounds it.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import astuple, dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from connectors.base import ConnectorError
+from connectors.hubspot.config import HubSpotSettings, load_options
+from connectors.intake import handle_webhook
+from connectors.runner import Runner
+from core.mapping import Mapping, load_mapping
+from core.sqlite_store import SQLiteStore
+from core.store import Batch, StoreError
+from tests.fakes.hubspot_server import TOKEN
+from tests.reliability.chaos_faults import (
+    ChaosHubSpot,
+    ChaosHubSpotConnector,
+    ChaosStore,
+    FaultPlan,
+    Killed,
+)
+from tests.reliability.chaos_stream import (
+    T0,
+    Change,
+    contact_ids,
+    generate,
+    requests_for,
+    signed_request,
+    window_end,
+)
+
+MAPPING = Path(__file__).resolve().parents[2] / "mappings" / "hubspot.yaml"
+SECRET = "chaos-client-secret-3f9a"
+MAX_RECEIVES = 3
+"""A worker batch failing this many times in a row is parked (dead-lettered) and replayed."""
+MAX_RESTARTS = 10_000
+
+
+class VirtualClock:
+    """The HubSpot client's monotonic clock: only sleeping moves it, so back-offs cost nothing."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.slept = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept += seconds
+        self.now += seconds
+
+
+@dataclass
+class RunReport:
+    events_in: int = 0
+    deliveries: int = 0
+    refused: int = 0
+    duplicates_absorbed: int = 0
+    applied: int = 0
+    restarts: int = 0
+    worker_failures: int = 0
+    dead_lettered: int = 0
+    replayed: int = 0
+    syncs: int = 0
+    api_calls: int = 0
+    retries: int = 0
+    virtual_wait_s: float = 0.0
+    faults: Counter = field(default_factory=Counter)
+
+
+class ChaosRun:
+    def __init__(self, workdir: Path, plan: FaultPlan, chaotic: bool, seed: int) -> None:
+        self.plan = plan
+        self.chaotic = chaotic
+        self.rng = random.Random(seed * 31 + 1)
+        self.mapping: Mapping = load_mapping(MAPPING)
+        self.options = load_options(self.mapping)
+        self.path = workdir / ("chaos.sqlite3" if chaotic else "clean.sqlite3")
+        self.now = T0
+        self.hubspot = ChaosHubSpot(plan, now=lambda: self.now)
+        self.url = self.hubspot.start()
+        self.clock = VirtualClock()
+        self.report = RunReport()
+        self.runner: Runner = self._boot()
+
+    # ---- the worker process ----------------------------------------------------------------
+
+    def _boot(self) -> Runner:
+        settings = HubSpotSettings(
+            access_token=TOKEN, client_secret=SECRET, base_url=self.url, timeout_seconds=0.1,
+            write_concurrency=1, requests_per_10s=1000,
+        )  # fmt: skip
+        connector = ChaosHubSpotConnector(self.mapping, settings, self.options,
+                                          sleep=self.clock.sleep, clock=self.clock,
+                                          prefetch_pages=0)  # fmt: skip
+        connector.plan = self.plan
+        store = ChaosStore(SQLiteStore(self.path), self.plan)
+        return Runner(connector, store, clock=lambda: self.now)
+
+    def _restart(self) -> None:
+        self._tally_calls()
+        self.runner.store.close()
+        self.report.restarts += 1
+        if self.report.restarts > MAX_RESTARTS:
+            raise RuntimeError("the worker keeps dying: no progress")
+        self.runner = self._boot()
+
+    def _tally_calls(self) -> None:
+        calls = self.runner.connector.calls
+        self.report.api_calls += calls.api_calls
+        self.report.retries += calls.retries
+        calls.api_calls = calls.retries = calls.throttled = 0
+
+    def survive(self, step: Callable[[], Any]) -> Any:
+        """Run `step` until it completes, restarting the worker whenever it dies."""
+        while True:
+            try:
+                return step()
+            except (Killed, StoreError):
+                self._restart()
+
+    # ---- the run ---------------------------------------------------------------------------
+
+    def setup(self, contacts: int) -> None:
+        plan_was, self.plan.enabled = self.plan.enabled, False
+        self.runner.connector.provision()
+        for cid in contact_ids(contacts):
+            self.hubspot.add_contact({"email": f"c{cid}@example.com"}, contact_id=int(cid))
+        self.plan.enabled = plan_was
+
+    def run(self, windows: list[list[Change]]) -> RunReport:
+        late: list[bytes] = []
+        for day, changes in enumerate(windows):
+            self.now = window_end(day) - timedelta(hours=1)
+            for change in changes:
+                self.hubspot.set_contact(change.contact_id, change.crm_properties())
+            self.report.events_in += len(changes)
+            late = self._deliver(changes, late)
+            self.now = window_end(day)
+            self._drain()
+            self.survive(lambda: self.runner.sync(now=self.now))
+            self.report.syncs += 1
+            self._flush_all()
+        self._deliver([], late)
+        self._drain()
+        self._flush_all()
+        self._tally_calls()
+        self.report.faults = Counter(self.plan.counts)
+        self.report.virtual_wait_s = round(self.clock.slept, 1)
+        return self.report
+
+    def _deliver(self, changes: list[Change], late: list[bytes]) -> list[bytes]:
+        """Deliver a window's requests; return the duplicates that arrive in the next one."""
+        ordered = list(changes)
+        if self.chaotic:
+            for i in range(len(ordered)):
+                if self.rng.random() < 0.2:
+                    j = self.rng.randrange(len(ordered))
+                    ordered[i], ordered[j] = ordered[j], ordered[i]
+        bodies = requests_for(ordered)
+        queue = late + bodies
+        next_late: list[bytes] = []
+        if self.chaotic:
+            for body in bodies:
+                if self.rng.random() < 0.5:
+                    queue.insert(self.rng.randrange(len(queue) + 1), body)
+                else:
+                    next_late.append(body)
+        sent_at = self.now
+        while queue:
+            body = queue.pop(0)
+            sent_at += timedelta(seconds=1)
+            request = signed_request(body, SECRET, sent_at)
+            self.report.deliveries += 1
+            answer = handle_webhook(self.runner.connector, request, self.runner.record)
+            if answer.status >= 500:
+                # The store behind the intake failed: restart it; HubSpot delivers again.
+                self.report.refused += 1
+                self._restart()
+                queue.append(body)
+            elif answer.status >= 300:
+                raise AssertionError(f"a genuine delivery was refused: {answer.status} "
+                                     f"{answer.body[:200]!r}")  # fmt: skip
+            else:
+                received = json.loads(answer.body)["received"]
+                self.report.duplicates_absorbed += received - answer.recorded
+        return next_late
+
+    def _drain(self) -> None:
+        failures = 0
+        while True:
+            try:
+                stats = self.runner.drain_inbox(batch_size=100_000)
+                self.report.applied += stats.applied
+                self.report.duplicates_absorbed += stats.duplicates
+                return
+            except (Killed, StoreError):
+                self._restart()
+            except ConnectorError:
+                self.report.worker_failures += 1
+                failures += 1
+                if failures >= MAX_RECEIVES:
+                    self._dead_letter_and_replay()
+                    failures = 0
+
+    def _dead_letter_and_replay(self) -> None:
+        """Park the failing batch as SQS would after `MAX_RECEIVES`, then redrive it."""
+        store = self.runner.store
+        parked = self.survive(lambda: store.inbox_take(100_000))
+        self.survive(lambda: self.runner.store.commit(
+            Batch(inbox_done=[e.event_id for e in parked])))  # fmt: skip
+        self.report.dead_lettered += len(parked)
+        self.survive(lambda: self.runner.record(parked))
+        self.report.replayed += len(parked)
+
+    def _flush_all(self) -> None:
+        """The next scheduled run retries owed writes; here we retry until none are owed."""
+        for _ in range(1000):
+            owed = self.survive(lambda: self.runner.store.outbox_take(1))
+            if not owed:
+                return
+            self.survive(self.runner.flush)
+        raise RuntimeError("owed CRM writes never went through")
+
+    def close(self) -> None:
+        self.runner.store.close()
+        self.hubspot.stop()
+
+
+# ---- comparison ------------------------------------------------------------------------------
+
+
+def crm_state(fake: ChaosHubSpot) -> dict[str, dict[str, Any]]:
+    out = {}
+    for oid, props in fake.objects["contacts"].raw.items():
+        out[str(oid)] = {k: v for k, v in props.items() if k != "lastmodifieddate"}
+    return out
+
+
+def crm_tasks(fake: ChaosHubSpot) -> Counter:
+    keep = ("hs_task_subject", "hs_task_body", "hs_timestamp", "elastic_handoff_key")
+    return Counter(
+        (tuple(t["contacts"]), *(t.get(k) for k in keep)) for t in fake.tasks()
+    )
+
+
+def ledger(store: SQLiteStore) -> dict[str, list[tuple]]:
+    out: dict[str, list[tuple]] = {}
+    for page in store.iter_contacts():
+        for state in page:
+            out[state.contact_id] = [
+                (d.at, d.rule, d.reason, d.cause, d.from_status, d.to_status,
+                 json.dumps(d.changes, default=str, sort_keys=True),
+                 json.dumps([(a.kind, a.detail) for a in d.actions], default=str),
+                 d.policy_version, d.event_type)
+                for d in store.ledger_for(state.contact_id)
+            ]  # fmt: skip
+    return out
+
+
+def snapshots(store: SQLiteStore) -> dict[str, tuple]:
+    return {s.contact_id: astuple(s) for page in store.iter_contacts() for s in page}
+
+
+def differences(clean: ChaosRun, chaos: ChaosRun) -> list[str]:
+    """Every field where the chaotic run's CRM, tasks, ledger or snapshots differ."""
+    diffs: list[str] = []
+    a, b = crm_state(clean.hubspot), crm_state(chaos.hubspot)
+    for cid in sorted(a.keys() | b.keys()):
+        pa, pb = a.get(cid, {}), b.get(cid, {})
+        diffs += [f"crm {cid}.{k}: {pa.get(k)!r} != {pb.get(k)!r}"
+                  for k in sorted(pa.keys() | pb.keys()) if pa.get(k) != pb.get(k)]  # fmt: skip
+    ta, tb = crm_tasks(clean.hubspot), crm_tasks(chaos.hubspot)
+    diffs += [f"task {t}: {ta[t]} != {tb[t]}" for t in sorted(ta.keys() | tb.keys(), key=str)
+              if ta[t] != tb[t]]  # fmt: skip
+    sa, sb = SQLiteStore(clean.path), SQLiteStore(chaos.path)
+    try:
+        la, lb = ledger(sa), ledger(sb)
+        for cid in sorted(la.keys() | lb.keys()):
+            da, db = la.get(cid, []), lb.get(cid, [])
+            if da != db:
+                first = next((i for i, (x, y) in enumerate(zip(da, db, strict=False)) if x != y),
+                             min(len(da), len(db)))  # fmt: skip
+                diffs.append(f"ledger {cid}: {len(da)} vs {len(db)} decisions, first "
+                             f"difference at #{first}: {da[first:first + 1]} != "
+                             f"{db[first:first + 1]}")  # fmt: skip
+        na, nb = snapshots(sa), snapshots(sb)
+        diffs += [f"snapshot {cid}: {na.get(cid)} != {nb.get(cid)}"
+                  for cid in sorted(na.keys() | nb.keys())
+                  if na.get(cid) != nb.get(cid)]  # fmt: skip
+    finally:
+        sa.close()
+        sb.close()
+    return diffs
+
+
+@dataclass
+class ChaosResult:
+    clean: RunReport
+    chaos: RunReport
+    differences: list[str]
+    ledger_entries: int
+    crm_records: int
+    tasks: int
+
+
+def run_chaos(workdir: Path, events: int, contacts: int, days: int, seed: int,
+              plan: FaultPlan | None = None) -> ChaosResult:  # fmt: skip
+    windows = generate(events, contacts, days, seed)
+    runs = []
+    for chaotic in (False, True):
+        fault_plan = plan if chaotic and plan is not None else FaultPlan(seed=seed)
+        fault_plan.enabled = chaotic
+        run = ChaosRun(workdir, fault_plan, chaotic, seed)
+        run.setup(contacts)
+        run.run(windows)
+        runs.append(run)
+    clean, chaos = runs
+    try:
+        diffs = differences(clean, chaos)
+        store = SQLiteStore(clean.path)
+        entries = sum(len(v) for v in ledger(store).values())
+        store.close()
+        return ChaosResult(clean.report, chaos.report, diffs, entries,
+                           len(crm_state(clean.hubspot)), sum(crm_tasks(clean.hubspot).values()))
+    finally:
+        for run in runs:
+            run.close()
