@@ -2,9 +2,9 @@
 
 HubSpot answers at most 200 records a page, never past the 10,000th result of one query, and
 takes at most 5 filter groups x 6 filters (18 in all). So every scan sorts by `hs_object_id`
-ascending with an `hs_object_id > last seen` filter in each group, restarts that query before
-the 10,000th result, splits filter groups over several queries when they do not fit one, and
-merges the queries' streams by id.
+ascending and asks each page afresh with `hs_object_id > last id seen` in every group (a query
+never reaches 10,000 results deep), splits filter groups over several queries when they do not
+fit one, and merges the queries' streams by id.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from typing import Any
 from connectors.hubspot.client import SEARCH, HubSpotClient
 
 PAGE_SIZE = 200
-RESULT_CAP = 10_000
 MAX_GROUPS, MAX_FILTERS_PER_GROUP, MAX_FILTERS = 5, 6, 18
 ID = "hs_object_id"
 
@@ -82,21 +81,19 @@ class Scanner:
                 yield record
 
     def _query(self, groups: list[Group], after: str | None) -> Iterator[dict[str, Any]]:
+        # Every page is a fresh query above the last id seen, never an `after` offset: offsets
+        # shift when our own writes move records out of the result set (a due contact we just
+        # made Dormant), which would silently skip records, and they stop at 10,000.
         cursor = after
         while True:
-            offset: str | None = None
-            while True:
-                page = self._page(groups, cursor, offset)
-                results = page.get("results") or []
-                yield from results
-                offset = ((page.get("paging") or {}).get("next") or {}).get("after")
-                if not offset or not results:
-                    return
-                if int(offset) + PAGE_SIZE > RESULT_CAP:
-                    break  # the next page would cross 10,000: restart above the last id
+            page = self._page(groups, cursor)
+            results = page.get("results") or []
+            yield from results
+            if len(results) < PAGE_SIZE or not (page.get("paging") or {}).get("next"):
+                return
             cursor = results[-1]["id"]
 
-    def _page(self, groups: list[Group], cursor: str | None, offset: str | None) -> dict:
+    def _page(self, groups: list[Group], cursor: str | None) -> dict:
         id_filter = [flt(ID, "GT", cursor)] if cursor else []
         filter_groups = [{"filters": group + id_filter} for group in groups]
         if not groups and id_filter:
@@ -107,8 +104,6 @@ class Scanner:
             "properties": self.properties,
             "limit": PAGE_SIZE,
         }
-        if offset:
-            body["after"] = offset
         response = self.client.call(self.api, "do_search", body, what=self.what,
                                     scope=self.scope, budget=SEARCH)  # fmt: skip
         return response.data or {}

@@ -50,8 +50,20 @@ def test_find_due_pages_past_the_10000_result_cap_without_losing_anyone(fake, pr
     assert found == due  # all of them, ascending, once
     assert fake.stats["error_400"] == 0  # never asked past 10,000 or over 200 a page
     assert (
-        fake.calls("/search") <= 53 + 1 + 1
+        fake.calls("/search") <= 53 + 1  # ceil(10450 / 200) pages + the second query's one
     )  # ceil(10450/200) pages + a window restart + 2nd query
+
+
+def test_writes_during_a_scan_do_not_make_it_skip_records(fake, provisioned):
+    due = silent(fake, 1000)
+    found = []
+    for page in provisioned.find_due(NOW, None):
+        found += [r.contact_id for r in page]
+        # the page's contacts stop matching the due filter, as after a real write-back
+        provisioned.write_records(
+            {r.contact_id: {"campaign_status": "Dormant", "status_changed_at": NOW} for r in page}
+        )
+    assert found == due
 
 
 def test_due_filters_cover_every_time_rule_and_skip_the_rest(fake, provisioned):
