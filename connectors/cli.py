@@ -26,7 +26,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-experiments_app = typer.Typer(help="A/B experiments declared in a mapping file.", no_args_is_help=True)
+experiments_app = typer.Typer(
+    help="A/B experiments declared in a mapping file.", no_args_is_help=True
+)
 app.add_typer(experiments_app, name="experiments")
 
 out = Console(soft_wrap=True)
@@ -55,7 +57,9 @@ def _mapping(path: Path) -> Mapping:
 
 
 def _data_dir(data_dir: Path | None) -> Path:
-    return data_dir if data_dir is not None else Path(os.environ.get("ELASTICITY_DATA_DIR", ".elasticity"))
+    if data_dir is not None:
+        return data_dir
+    return Path(os.environ.get("ELASTICITY_DATA_DIR", ".elasticity"))
 
 
 def _parse_time(value: str | None, option: str) -> datetime | None:
@@ -110,7 +114,9 @@ def _connected(mapping_path: Path, data_dir: Path | None):
 @app.command()
 def provision(
     mapping: MappingArg,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan, change nothing")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="print the plan, change nothing")
+    ] = False,
 ) -> None:
     """Create or update the CRM properties/fields and dynamic lists; idempotent; reports drift."""
     from connectors.registry import load_connector
@@ -120,7 +126,8 @@ def provision(
         report = load_connector(loaded).provision(dry_run=dry_run)
     except ConnectorError as exc:
         _fail(str(exc))
-    table = Table("kind", "name", "action", "detail", title="provisioning plan" if dry_run else None)
+    title = "provisioning plan" if dry_run else None
+    table = Table("kind", "name", "action", "detail", title=title)
     for item in report.items:
         colour = {"create": "green", "update": "yellow", "drift": "red"}.get(item.action, "dim")
         table.add_row(item.kind, item.name, f"[{colour}]{item.action}[/{colour}]", item.detail)
@@ -278,8 +285,9 @@ def report(
     data_dir: DataDir = None,
 ) -> None:
     """Funnel, transitions by reason, reactivation rate, experiments, data quality."""
-    from core.explain import store_paths
     from core.report import render_report
+
+    from core.explain import store_paths
 
     if fmt not in ("md", "html", "json"):
         _fail(f"--format: expected md, html or json, got {fmt!r}", 2)

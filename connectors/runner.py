@@ -314,7 +314,8 @@ class Runner:
         while owed := self.store.outbox_take(self.write_page, FIELDS):
             values = {key[len(FIELDS) :]: self._decode(payload) for key, payload in owed}
             result = self.connector.write_records(values)
-            failures = self._failure_decisions(result.failed, {c: c for c in values}, "write_failed")
+            by_contact = {c: c for c in values}
+            failures = self._failure_decisions(result.failed, by_contact, "write_failed")
             self.store.commit(Batch(outbox_done=[k for k, _ in owed], decisions=failures))
             if summary is not None:
                 summary.written += len(result.written)
@@ -348,7 +349,7 @@ class Runner:
         snapshots = self.store.get_contacts(ids)
         now = self.clock()
         decisions = []
-        for (key, message), cid in zip(failed.items(), ids, strict=True):
+        for message, cid in zip(failed.values(), ids, strict=True):
             status = snapshots[cid].campaign_status if cid in snapshots else Status.ACTIVE
             decisions.append(
                 Decision(cid, now, "write_back", reason, f"crm:{message[:500]}", status, status,

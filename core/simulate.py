@@ -116,7 +116,8 @@ class _Population:
         self.warm = np.where(self.warm, flip >= c.warm_to_cold, flip < c.cold_to_warm)
 
     def open_probability(self, idx: np.ndarray) -> np.ndarray:
-        return np.where(self.warm[idx], self.open_p[idx], self.open_p[idx] * self.config.cold_factor)
+        base = self.open_p[idx]
+        return np.where(self.warm[idx], base, base * self.config.cold_factor)
 
 
 class _Simulation:
@@ -222,7 +223,8 @@ class _Simulation:
         for day in range(c.days):
             day_start = START + timedelta(days=day)
             if day % c.send_every_days == 0 and day > 0:
-                self._mail(self._in_stream(), day_start + timedelta(hours=c.send_hour), "newsletter")
+                send_at = day_start + timedelta(hours=c.send_hour)
+                self._mail(self._in_stream(), send_at, "newsletter")
                 self.result.static_list_sends += self._not_compliance_suppressed()
             self._visits(day_start)
             self.people.drift()

@@ -57,11 +57,20 @@ def problems_of(raw: bytes) -> list[str]:
     [
         (lambda d: d.update(colour="blue"), "broken.yaml: colour: unknown key"),
         (lambda d: d["policy"].update(threshold="high"), "broken.yaml: policy.threshold:"),
-        (lambda d: d["fields"].pop("engagement_score"), "missing canonical field(s) ['engagement_score']"),
+        (
+            lambda d: d["fields"].pop("engagement_score"),
+            "missing canonical field(s) ['engagement_score']",
+        ),
         (lambda d: d["policy"].update(cooling_days=-3), "broken.yaml: policy.cooling_days:"),
-        (lambda d: d["signals"][0].update(event="teleport"), "signals[0].event: unknown event type 'teleport'"),
+        (
+            lambda d: d["signals"][0].update(event="teleport"),
+            "signals[0].event: unknown event type 'teleport'",
+        ),
         (lambda d: d["policy"]["decay"].update(factor=0), "broken.yaml: policy.decay.factor:"),
-        (lambda d: d["fields"]["campaign_status"].update(type="colour"), "fields.campaign_status.type:"),
+        (
+            lambda d: d["fields"]["campaign_status"].update(type="colour"),
+            "fields.campaign_status.type:",
+        ),
         (lambda d: d.pop("object"), "broken.yaml: object: required key is missing"),
         (lambda d: d["lists"][1].update(statuses=["Sleeping"]), "lists[1].statuses[0]:"),
     ],
