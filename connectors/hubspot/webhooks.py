@@ -46,6 +46,9 @@ def parse_body(body: bytes, mapping: Mapping, options: HubSpotOptions, received_
         payload = json.loads(body)
     except (UnicodeDecodeError, ValueError) as exc:
         raise _bad(f"body is not JSON: {exc}") from None
+    except RecursionError:
+        # json.loads recurses per nesting level: a deep body is the sender's fault, not a 500.
+        raise _bad("body is not JSON we accept: nested too deeply") from None
     if isinstance(payload, list):
         return parse_notifications(payload, mapping)
     if isinstance(payload, dict):

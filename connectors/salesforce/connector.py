@@ -130,7 +130,8 @@ class SalesforceConnector(Connector):
             raise WebhookRejected(401, str(exc)) from None
         try:
             payload = json.loads(request.body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            # RecursionError: json.loads recurses per nesting level; too deep is a client error.
             raise WebhookRejected(400, "body is not JSON") from None
         items = payload.get("events") if isinstance(payload, dict) else payload
         if not isinstance(items, list):
