@@ -64,9 +64,16 @@ def next_due(state: ContactState, policy: Policy) -> Due | None:
     elif status is _DORMANT:
         if state.reactivation_step == 0:
             due = Due(state.status_changed_at + c.cooling, "cooling_done")
+            sends = state.reactivation_cycle < c.max_cycles
         else:
-            rule = "next_step" if state.reactivation_step < c.steps else "no_response"
+            sends = state.reactivation_step < c.steps
+            rule = "next_step" if sends else "no_response"
             due = Due(state.reactivation_step_at + c.step_wait, rule)  # type: ignore[operator]
+        if sends and c.cap_max and len(state.send_times) >= c.cap_max:
+            # The frequency cap delays the step until the oldest counted send leaves the window.
+            free_at = state.send_times[-c.cap_max] + c.cap_window
+            if free_at > due.at:
+                due = Due(free_at, due.rule)
     else:
         return best
     # A decay due at the same instant goes first: it can turn Engaged into Active.
@@ -99,12 +106,34 @@ def apply_event(state: ContactState | None, event: Event, policy: Policy) -> Out
         raise UnknownEventType(f"event type '{kind}' is not known to the policy")
     at = event.occurred_at
     decisions: list[Decision] = []
+    program = policy.compiled.program
     if state is None:
         state = new_contact(event.contact_id, at)
+        changes: dict = {"campaign_status": (None, _ACTIVE)}
+        if program is not None:
+            state.segment = program.segment
+            state.experiments = program.assign(event.contact_id)
+            changes["experiments"] = (None, state.experiments)
+            if program.segment is not None:
+                changes["segment"] = (None, program.segment)
         decisions.append(
             Decision(
                 event.contact_id, at, "enroll", "enrolled", event.event_id, None, _ACTIVE,
-                {"campaign_status": (None, _ACTIVE)}, policy.version,
+                changes, policy.version, [], kind,
+            )
+        )  # fmt: skip
+        if kind == "enroll":
+            return Outcome(state, decisions)
+    elif program is not None and len(state.experiments) < program.n_keys:
+        # A contact the CRM had before the program (or before this experiment) joins it now.
+        state = state.copy()
+        old = state.experiments
+        state.experiments = program.assign(state.contact_id, old)
+        decisions.append(
+            Decision(
+                state.contact_id, at, "experiments", "assigned", event.event_id,
+                state.campaign_status, state.campaign_status,
+                {"experiments": (old or None, state.experiments)}, policy.version, [], kind,
             )
         )  # fmt: skip
         if kind == "enroll":
@@ -120,13 +149,19 @@ def apply_event(state: ContactState | None, event: Event, policy: Policy) -> Out
     actions: list[Action] = []
     if kind == "send":
         rule, reason = _send(state, at, c)
+        if c.cap_max:
+            # Only the latest `cap_max` sends can hold a step back.
+            times = sorted((*state.send_times, event.occurred_at))
+            state.send_times = tuple(times[-c.cap_max :])
     elif kind in _COMPLIANCE_EXITS:
         rule, reason = _compliance_exit(state, at, _COMPLIANCE_EXITS[kind], actions)
     elif kind == "resubscribe":
         rule, reason = _resubscribe(state, at)
     else:
         rule, reason = _engage(state, event, at, c, actions)
-    _record(state, before, at, rule, reason, event.event_id, policy.version, actions, decisions)
+    _record(
+        state, before, at, rule, reason, event.event_id, policy.version, actions, decisions, kind
+    )
     return Outcome(state, decisions)
 
 
@@ -144,6 +179,7 @@ def _record(
     version: str,
     actions: list[Action],
     decisions: list[Decision],
+    event_type: str | None = None,
 ) -> None:
     changes = {}
     for name, old in zip(_TRACKED, before, strict=True):
@@ -154,7 +190,7 @@ def _record(
         decisions.append(
             Decision(
                 state.contact_id, at, rule, reason, cause, before[0], state.campaign_status,
-                changes, version, actions,
+                changes, version, actions, event_type,
             )
         )  # fmt: skip
 
@@ -253,18 +289,40 @@ def _fire(
         actions.append(Action("alternate_channel_add"))
         reason = "reactivation_cycles_exhausted"
     elif rule in ("cooling_done", "next_step"):
+        planned = (
+            state.status_changed_at + c.cooling
+            if state.reactivation_step == 0
+            else state.reactivation_step_at + c.step_wait  # type: ignore[operator]
+        )
         if state.reactivation_step == 0:
             state.reactivation_cycle += 1
         state.reactivation_step += 1
         state.reactivation_step_at = at
-        step = {"step": state.reactivation_step, "cycle": state.reactivation_cycle}
-        actions.append(Action("reactivation_step_due", step))
+        actions.append(_step_action(state, c, planned, at))
         reason = f"reactivation_step_{state.reactivation_step}"
     else:  # no_response after the last step
         _suppress(state, at, SuppressionReason.NO_RESPONSE)
         actions.append(Action("alternate_channel_add"))
     cause = f"time:{rule}@{at.isoformat()}"
     _record(state, before, at, "time:" + rule, reason, cause, version, actions, decisions)
+
+
+def _step_action(state: ContactState, c: Compiled, planned: datetime, at: datetime) -> Action:
+    """The send a reactivation step triggers, or its withholding for a holdout contact (whose
+    timeline still advances, so its natural reactivation rate stays comparable)."""
+    program = c.program
+    if program is None:
+        step = state.reactivation_step
+        return Action("reactivation_step_due", {"step": step, "cycle": state.reactivation_cycle})
+    if program.n_keys and len(state.experiments) < program.n_keys:
+        state.experiments = program.assign(state.contact_id, state.experiments)
+    detail = program.step_detail(state, state.reactivation_step)
+    if at > planned:
+        detail["delayed_from"] = planned.isoformat()
+        detail["delay_reason"] = "frequency_cap"
+    if state.experiments.get("holdout") == "holdout":
+        return Action("reactivation_step_withheld", detail)
+    return Action("reactivation_step_due", detail)
 
 
 def _decay(state: ContactState, at: datetime, c: Compiled) -> str:

@@ -77,8 +77,12 @@ class Variant(_Strict):
     weight: float = Field(1, gt=0)
 
 
+RESERVED_ASSIGNMENT_KEYS = frozenset({"holdout"})
+"""Keys of `ContactState.experiments` that are not experiment names."""
+
+
 class ExperimentSpec(_Strict):
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     element: str = Field(min_length=1)
     property: str = Field(min_length=1, description="CRM property the templates branch on")
     stage: Literal["main", "reactivation_1", "reactivation_2", "reactivation"] = "main"
@@ -86,6 +90,17 @@ class ExperimentSpec(_Strict):
     variants: list[Variant] = Field(min_length=2)
     default: str | None = None
     salt: str = ""
+    significance: float = Field(
+        0.05, gt=0, lt=0.5, description="a winner needs a two-sided p-value below this"
+    )
+    min_sample: int = Field(1000, ge=1, description="exposures every variant needs first")
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, name: str) -> str:
+        if name in RESERVED_ASSIGNMENT_KEYS:
+            raise ValueError(f"'{name}' is reserved for the holdout group; choose another name")
+        return name
 
     @model_validator(mode="after")
     def _default_is_a_variant(self) -> ExperimentSpec:
@@ -98,9 +113,13 @@ class ExperimentSpec(_Strict):
 
 
 class HoldoutSpec(_Strict):
+    """Contacts held out of reactivation sends so the sends' lift over doing nothing shows."""
+
     share: float = Field(0.10, ge=0, lt=1)
     property: str | None = None
     salt: str = "holdout"
+    significance: float = Field(0.05, gt=0, lt=0.5)
+    min_sample: int = Field(200, ge=1, description="dormant contacts each group needs first")
 
 
 class SegmentSpec(_Strict):
@@ -118,8 +137,14 @@ class FrequencyCap(_Strict):
 
 class EligibilitySpec(_Strict):
     consent_property: str | None = None
+    consent_means: Literal["opt_out", "opt_in"] = Field(
+        "opt_out", description="opt_out: a true value forbids email; opt_in: only true allows it"
+    )
     frequency_cap: FrequencyCap | None = None
-    priority: int = 0
+    priority: int = Field(0, description="when a contact matches two programs, the higher wins")
+    audience: dict[str, str | list[str]] = Field(
+        default_factory=dict, description="contact properties a contact needs to be in scope"
+    )
 
 
 class Mapping(_Strict):
@@ -158,6 +183,22 @@ class Mapping(_Strict):
                     f"signals[{i}].event: unknown event type '{signal.event}'; expected a "
                     "canonical event or an engagement type the policy gives points"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _program_rules(self) -> Mapping:
+        names = [e.name for e in self.experiments]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise ValueError(f"experiments[{i}].name: '{name}' is declared twice")
+        segments = [s.name for s in self.segments]
+        for i, name in enumerate(segments):
+            if name in segments[:i]:
+                raise ValueError(f"segments[{i}].name: '{name}' is declared twice")
+        # Imported here: experiments compiles these rules and imports this module.
+        from core.experiments import attach_program
+
+        attach_program(self)
         return self
 
     def property_of(self, canonical: str) -> str:

@@ -101,6 +101,11 @@ class ContactState:
     unanswered_sends: int = 0
     suppression_reason: SuppressionReason | None = None
     experiments: dict[str, str] = field(default_factory=dict)
+    """Experiment name -> variant, plus `holdout` -> holdout/treated, fixed at enrollment."""
+    segment: str | None = None
+    """The mapping segment whose policy overrides apply, fixed at enrollment."""
+    send_times: tuple[datetime, ...] = ()
+    """The latest sends, as many as the frequency cap counts (empty without a cap)."""
 
     def copy(self) -> ContactState:
         return ContactState(
@@ -108,7 +113,7 @@ class ContactState:
             self.status_changed_at, self.stream_entered_at, self.engagement_score,
             self.base_score, self.last_engagement_date, self.decay_steps, self.reactivation_cycle,
             self.reactivation_step, self.reactivation_step_at, self.unanswered_sends,
-            self.suppression_reason, dict(self.experiments),
+            self.suppression_reason, dict(self.experiments), self.segment, self.send_times,
         )  # fmt: skip
 
     def canonical_values(self) -> dict[str, Any]:
@@ -120,7 +125,8 @@ class ContactState:
 class Action:
     """Something a connector must do beyond setting fields.
 
-    kinds: `reactivation_step_due` (step, format), `alternate_channel_add`,
+    kinds: `reactivation_step_due` (step, cycle, format, variants), `reactivation_step_withheld`
+    (the same detail, for a holdout contact: nothing may be sent), `alternate_channel_add`,
     `alternate_channel_remove`, `handoff_task` (sales hand-off on Engaged).
     """
 
@@ -143,6 +149,9 @@ class Decision:
     changes: dict[str, tuple[Any, Any]]
     policy_version: str
     actions: list[Action] = field(default_factory=list)
+    event_type: str | None = None
+    """The type of the event that caused it (None for time rules): reports count opens and
+    clicks per experiment variant from it."""
 
     @property
     def status_changed(self) -> bool:

@@ -8,6 +8,7 @@ event is absorbed.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,22 @@ from core.policy import Policy
 from core.store import Batch, ConflictError, Store
 
 _BY_TIME = attrgetter("occurred_at")
+VERSION_PREFIX = "policy:"
+
+
+def version_key(version: str) -> str:
+    return VERSION_PREFIX + version
+
+
+def policy_record(policy: Policy, first_decision_at: datetime) -> str:
+    """JSON of what a policy version decides by: its numbers and the mapping's program."""
+    program = policy.program
+    body = program.snapshot if program is not None else {
+        "policy": policy.model_dump(mode="json", exclude={"version"})
+    }
+    record = {"version": policy.version, "first_decision_at": first_decision_at.isoformat(),
+              "snapshot": body}  # fmt: skip
+    return json.dumps(record, sort_keys=True)
 
 
 @dataclass
@@ -68,18 +85,32 @@ class Pipeline:
     def __init__(self, store: Store, policy: Policy) -> None:
         self.store = store
         self.policy = policy
+        program = policy.program
+        # Segment name -> its policy; only consulted when the mapping declares segments.
+        self._policies = program.policies if program is not None and program.policies else {}
+        self._segmented = len(self._policies) > 1
+        self._version_recorded = False
+
+    def policy_for(self, state: ContactState | None, segment: str | None = None) -> Policy:
+        """The policy that governs this contact: its segment's, fixed when it enrolled."""
+        if not self._segmented:
+            return self.policy
+        name = state.segment if state is not None else segment
+        return self._policies.get(name, self.policy)
 
     def prepare_events(
         self,
         events: Sequence[Event],
         inbox: bool = False,
         states: dict[str, ContactState] | None = None,
+        segments: dict[str, str] | None = None,
     ) -> Applied:
         """Decide a batch of events without committing it.
 
         Duplicates (within the batch or already processed) are dropped; each contact's events
         are applied in `occurred_at` order. `states` replaces the store's snapshots (a
-        connector passes what it reconciled with the CRM).
+        connector passes what it reconciled with the CRM). `segments` names the segment of
+        contacts that may enroll in this batch (see `core.eligibility.segment_of`).
         """
         stats = RunStats(events_in=len(events))
         policy = self.policy
@@ -104,9 +135,14 @@ class Pipeline:
             states = dict(states)
         changed: dict[str, ContactState] = {}
         decisions: list[Decision] = []
+        segmented = self._segmented
+        segments = segments or {}
         for event in fresh:
             cid = event.contact_id
-            outcome = apply_event(states.get(cid), event, policy)
+            state = states.get(cid)
+            if segmented:
+                policy = self.policy_for(state, segments.get(cid))
+            outcome = apply_event(state, event, policy)
             states[cid] = outcome.state
             if outcome.decisions:
                 decisions += outcome.decisions
@@ -130,7 +166,7 @@ class Pipeline:
         changed: dict[str, ContactState] = {}
         decisions: list[Decision] = []
         for cid, state in states.items():
-            outcome = advance(state, now, self.policy)
+            outcome = advance(state, now, self.policy_for(state))
             if outcome.decisions:
                 changed[cid] = outcome.state
                 decisions += outcome.decisions
@@ -141,10 +177,22 @@ class Pipeline:
     def _batch(self, changed: dict[str, ContactState], decisions: list[Decision]) -> Batch:
         contacts = list(changed.values())
         due = [self.due_at(s) for s in contacts]
-        return Batch(contacts=contacts, next_due=due, decisions=decisions)
+        batch = Batch(contacts=contacts, next_due=due, decisions=decisions)
+        if decisions and not self._version_recorded:
+            self._record_version(batch)
+        return batch
+
+    def _record_version(self, batch: Batch) -> None:
+        """The first batch a policy version decides also stores what that version says, so
+        `report` can list what changed between versions."""
+        key = version_key(self.policy.version)
+        if self.store.get_cursor(key) is None:
+            first = min(d.at for d in batch.decisions)
+            batch.cursors[key] = policy_record(self.policy, first)
+        self._version_recorded = True
 
     def due_at(self, state: ContactState) -> datetime | None:
-        due = next_due(state, self.policy)
+        due = next_due(state, self.policy_for(state))
         return None if due is None else due.at
 
     @staticmethod

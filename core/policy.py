@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from functools import cached_property
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
@@ -28,7 +30,7 @@ class Compiled:
     __slots__ = (
         "points", "threshold", "max_unanswered_sends", "dormant_after", "cooling",
         "steps", "step_wait", "max_cycles", "decay_factor", "decay_after", "decay_every",
-        "decay_floor", "handoff",
+        "decay_floor", "handoff", "program", "cap_max", "cap_window",
     )  # fmt: skip
 
     def __init__(self, policy: Policy) -> None:
@@ -45,6 +47,11 @@ class Compiled:
         self.decay_every = timedelta(days=policy.decay.every_days)
         self.decay_floor = policy.decay.floor
         self.handoff = policy.handoff_on_engaged
+        # Experiments, holdout, segment and frequency cap of the mapping (core.experiments).
+        self.program = policy._program
+        cap = getattr(self.program, "frequency_cap", None)
+        self.cap_max = cap.max_sends if cap is not None else 0
+        self.cap_window = timedelta(days=cap.window_days) if cap is not None else timedelta(0)
 
 
 class Policy(_Strict):
@@ -60,7 +67,8 @@ class Policy(_Strict):
     handoff_on_engaged: bool = True
     version: str = Field("unversioned", description="content hash of the mapping it came from")
 
-    _compiled: Compiled | None = PrivateAttr(default=None)
+    _program: Any = PrivateAttr(default=None)
+    """`core.experiments.ProgramRules` attached by the mapping that declared this policy."""
 
     @model_validator(mode="after")
     def _points_are_engagement(self) -> Policy:
@@ -71,11 +79,23 @@ class Policy(_Strict):
                 raise ValueError(f"points.{name}: expected a number >= 0, got {value}")
         return self
 
-    @property
+    @cached_property
     def compiled(self) -> Compiled:
-        if self._compiled is None:
-            self._compiled = Compiled(self)
-        return self._compiled
+        return Compiled(self)
+
+    @property
+    def program(self) -> Any:
+        return self._program
+
+    def attach(self, program: Any) -> None:
+        """Give the engine the mapping's experiments, holdout, segment and frequency cap."""
+        self._program = program
+        self.__dict__.pop("compiled", None)
+
+    def model_copy(self, *, update: dict | None = None, deep: bool = False) -> Policy:
+        copied = super().model_copy(update=update, deep=deep)
+        copied.__dict__.pop("compiled", None)  # the numbers may differ: compile again
+        return copied
 
     def knows_event(self, event_type: str) -> bool:
         return (

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from core.models import Action, ContactState, Decision, Event, Status, SuppressionReason
+from core.rollup import UPSERT, ensure_rollup, rollup_rows
 from core.store import Batch, ConflictError, Store, StoreError
 
 _SCHEMA = """
@@ -22,13 +23,13 @@ CREATE TABLE IF NOT EXISTS contacts (
     decay_steps INTEGER NOT NULL, reactivation_cycle INTEGER NOT NULL,
     reactivation_step INTEGER NOT NULL, reactivation_step_at TEXT,
     unanswered_sends INTEGER NOT NULL, suppression_reason TEXT, experiments TEXT,
-    next_due TEXT
+    next_due TEXT, segment TEXT, send_times TEXT
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS contacts_next_due ON contacts (next_due) WHERE next_due IS NOT NULL;
 CREATE TABLE IF NOT EXISTS ledger (
     seq INTEGER PRIMARY KEY, contact_id TEXT NOT NULL, at TEXT NOT NULL, rule TEXT NOT NULL,
     reason TEXT NOT NULL, cause TEXT NOT NULL, from_status TEXT, to_status TEXT NOT NULL,
-    changes TEXT NOT NULL, actions TEXT, policy_version TEXT NOT NULL
+    changes TEXT NOT NULL, actions TEXT, policy_version TEXT NOT NULL, event_type TEXT
 );
 CREATE INDEX IF NOT EXISTS ledger_contact ON ledger (contact_id);
 CREATE TABLE IF NOT EXISTS cursors (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -43,8 +44,14 @@ CREATE TABLE IF NOT EXISTS inbox (
 _CONTACT_COLUMNS = (
     "contact_id, campaign_status, enrolled_at, as_of, status_changed_at, stream_entered_at, "
     "engagement_score, base_score, last_engagement_date, decay_steps, reactivation_cycle, "
-    "reactivation_step, reactivation_step_at, unanswered_sends, suppression_reason, experiments"
+    "reactivation_step, reactivation_step_at, unanswered_sends, suppression_reason, experiments, "
+    "segment, send_times"
 )
+_ADDED_COLUMNS = (
+    ("contacts", "segment", "TEXT"), ("contacts", "send_times", "TEXT"),
+    ("ledger", "event_type", "TEXT"),
+)  # fmt: skip
+"""Columns newer than the first release: added in place to a store that predates them."""
 _CHUNK = 500  # stays under SQLite's bound-parameter limit on every build
 
 
@@ -52,7 +59,7 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("ELASTICITY_DATA_DIR", ".elasticity"))
 
 
-def _ts(value: datetime | None) -> str | None:
+def iso_utc(value: datetime | None) -> str | None:
     if value is None:
         return None
     if value.tzinfo is not UTC:
@@ -66,18 +73,19 @@ def _dt(value: str | None) -> datetime | None:
 
 def _json_default(value: object) -> str:
     if isinstance(value, datetime):
-        return _ts(value)  # type: ignore[return-value]
+        return iso_utc(value)  # type: ignore[return-value]
     raise TypeError(f"cannot store {type(value).__name__} in the ledger")
 
 
 def _contact_row(s: ContactState, due: datetime | None) -> tuple:
     return (
-        s.contact_id, s.campaign_status.value, _ts(s.enrolled_at), _ts(s.as_of),
-        _ts(s.status_changed_at), _ts(s.stream_entered_at), s.engagement_score, s.base_score,
-        _ts(s.last_engagement_date), s.decay_steps, s.reactivation_cycle, s.reactivation_step,
-        _ts(s.reactivation_step_at), s.unanswered_sends,
+        s.contact_id, s.campaign_status.value, iso_utc(s.enrolled_at), iso_utc(s.as_of),
+        iso_utc(s.status_changed_at), iso_utc(s.stream_entered_at), s.engagement_score, s.base_score,
+        iso_utc(s.last_engagement_date), s.decay_steps, s.reactivation_cycle, s.reactivation_step,
+        iso_utc(s.reactivation_step_at), s.unanswered_sends,
         s.suppression_reason.value if s.suppression_reason else None,
-        json.dumps(s.experiments) if s.experiments else None, _ts(due),
+        json.dumps(s.experiments) if s.experiments else None, s.segment,
+        json.dumps([iso_utc(t) for t in s.send_times]) if s.send_times else None, iso_utc(due),
     )  # fmt: skip
 
 
@@ -86,16 +94,17 @@ def _contact(row: sqlite3.Row | tuple) -> ContactState:
         row[0], Status(row[1]), _dt(row[2]), _dt(row[3]), _dt(row[4]), _dt(row[5]), row[6],
         row[7], _dt(row[8]), row[9], row[10], row[11], _dt(row[12]), row[13],
         SuppressionReason(row[14]) if row[14] else None, json.loads(row[15]) if row[15] else {},
+        row[16], tuple(_dt(t) for t in json.loads(row[17])) if row[17] else (),
     )  # fmt: skip
 
 
 def decision_row(d: Decision) -> tuple:
     actions = [[a.kind, a.detail] for a in d.actions] if d.actions else None
     return (
-        d.contact_id, _ts(d.at), d.rule, d.reason, d.cause,
+        d.contact_id, iso_utc(d.at), d.rule, d.reason, d.cause,
         d.from_status.value if d.from_status else None, d.to_status.value,
         json.dumps(d.changes, default=_json_default),
-        json.dumps(actions) if actions else None, d.policy_version,
+        json.dumps(actions) if actions else None, d.policy_version, d.event_type,
     )  # fmt: skip
 
 
@@ -104,7 +113,7 @@ def _decision(row: tuple) -> Decision:
     changes = {k: tuple(v) for k, v in json.loads(row[7]).items()}
     return Decision(
         row[0], _dt(row[1]), row[2], row[3], row[4], Status(row[5]) if row[5] else None,
-        Status(row[6]), changes, row[9], actions,
+        Status(row[6]), changes, row[9], actions, row[10] if len(row) > 10 else None,
     )  # fmt: skip
 
 
@@ -125,9 +134,20 @@ class SQLiteStore(Store):
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA busy_timeout=5000")
+            # Ledger and contact indexes take random keys: a small page cache thrashes.
+            self._db.execute("PRAGMA cache_size=-131072")
+            self._db.execute("PRAGMA temp_store=MEMORY")
             self._db.executescript(_SCHEMA)
+            self._add_missing_columns()
+            ensure_rollup(self._db)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the store at {self.path}: {exc}") from exc
+
+    def _add_missing_columns(self) -> None:
+        for table, column, kind in _ADDED_COLUMNS:
+            have = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     @classmethod
     def in_data_dir(cls, data_dir: str | Path | None = None) -> SQLiteStore:
@@ -157,14 +177,17 @@ class SQLiteStore(Store):
                 )
                 db.executemany(
                     f"INSERT OR REPLACE INTO contacts ({_CONTACT_COLUMNS}, next_due) "  # noqa: S608
-                    f"VALUES ({','.join('?' * 17)})",
+                    f"VALUES ({','.join('?' * 19)})",
                     map(_contact_row, batch.contacts, batch.next_due),
                 )
+                rows = [decision_row(d) for d in batch.decisions]
                 db.executemany(
                     "INSERT INTO ledger (contact_id, at, rule, reason, cause, from_status, "
-                    "to_status, changes, actions, policy_version) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                    map(decision_row, batch.decisions),
+                    "to_status, changes, actions, policy_version, event_type) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    rows,
                 )
+                db.executemany(UPSERT, rollup_rows(batch.decisions, rows, batch.contacts))
                 db.executemany(
                     "INSERT OR REPLACE INTO cursors (name, value) VALUES (?, ?)",
                     batch.cursors.items(),
@@ -217,7 +240,7 @@ class SQLiteStore(Store):
         rows = self._query(
             "SELECT contact_id FROM contacts WHERE next_due IS NOT NULL AND next_due <= ? "
             "AND contact_id > ? ORDER BY contact_id LIMIT ?",
-            (_ts(now), after, limit),
+            (iso_utc(now), after, limit),
         )
         return [row[0] for row in rows]
 
@@ -235,7 +258,7 @@ class SQLiteStore(Store):
     def ledger_for(self, contact_id: str) -> list[Decision]:
         rows = self._query(
             "SELECT contact_id, at, rule, reason, cause, from_status, to_status, changes, "
-            "actions, policy_version FROM ledger WHERE contact_id = ? ORDER BY seq",
+            "actions, policy_version, event_type FROM ledger WHERE contact_id = ? ORDER BY seq",
             (contact_id,),
         )
         return [_decision(row) for row in rows]
