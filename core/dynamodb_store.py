@@ -5,8 +5,9 @@ Single-table layout, partition key `pk` and sort key `sk` (both strings):
 | item            | pk                   | sk          | notes                                   |
 |-----------------|----------------------|-------------|-----------------------------------------|
 | event claim     | `event#<key>`        | `claim`     | `expires_at` is the table's TTL         |
-| contact state   | `contact#<shard>`    | contact id  | `due_pk`/`next_due` feed the `due` GSI  |
-| ledger line     | `ledger#<contact>`   | `<seq>`     | put-if-absent only: append-only         |
+| contact state   | `contact#<shard>`    | contact id  | `state` JSON; `due_pk`/`next_due` feed  |
+|                 |                      |             | the sparse `due` GSI                    |
+| ledger line     | `ledger#<contact>`   | `<seq>`     | `decision` JSON; put-if-absent only     |
 | cursor          | `cursor#<name>`      | `cursor`    | `version` checked on every update       |
 | inbox event     | `inbox`              | event id    | `seq` orders it (LSI `order`)           |
 | owed CRM write  | `outbox`             | key         | `seq` orders it (LSI `order`)           |
@@ -44,13 +45,14 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import fields, is_dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
-from core.models import Action, ContactState, Decision, Event, Status, SuppressionReason
+from core.models import CONTACT_STATE, DECISION, ContactState, Decision, Event
 from core.store import Batch, ConflictError, Store, StoreError
 
 SHARDS = 16
@@ -105,18 +107,12 @@ def _iso(value: datetime) -> str:
     return value.astimezone(UTC).isoformat()
 
 
-def _json_default(value: object) -> str:
-    if isinstance(value, datetime):
-        return _iso(value)
-    raise TypeError(f"cannot store {type(value).__name__} in the ledger")
-
-
 def _s(value: str) -> dict[str, str]:
     return {"S": value}
 
 
-def _n(value: float) -> dict[str, str]:
-    return {"N": repr(value) if isinstance(value, float) else str(value)}
+def _n(value: int) -> dict[str, str]:
+    return {"N": str(value)}
 
 
 class _Sequence:
@@ -134,73 +130,44 @@ class _Sequence:
             return f"{self._last:020d}-{self._tail}"
 
 
+def _encode(value: object) -> object:
+    if isinstance(value, datetime):
+        return _iso(value)
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: getattr(value, f.name) for f in fields(value)}
+    raise TypeError(f"cannot store {type(value).__name__}")
+
+
+def _to_json(record: object) -> str:
+    """Every dataclass field, so a field the core adds later is stored without a change here."""
+    return json.dumps(
+        {f.name: getattr(record, f.name) for f in fields(record)},  # type: ignore[arg-type]
+        default=_encode, sort_keys=True, separators=(",", ":"),
+    )  # fmt: skip
+
+
 def contact_item(state: ContactState, due: datetime | None) -> Item:
     pk = shard_of(state.contact_id)
-    item: Item = {
-        "pk": _s(pk), "sk": _s(state.contact_id),
-        "status": _s(state.campaign_status.value), "enrolled_at": _s(_iso(state.enrolled_at)),
-        "as_of": _s(_iso(state.as_of)), "status_changed_at": _s(_iso(state.status_changed_at)),
-        "stream_entered_at": _s(_iso(state.stream_entered_at)),
-        "score": _n(float(state.engagement_score)), "base_score": _n(float(state.base_score)),
-        "decay_steps": _n(state.decay_steps), "cycle": _n(state.reactivation_cycle),
-        "step": _n(state.reactivation_step), "sends": _n(state.unanswered_sends),
-    }  # fmt: skip
-    optional = {
-        "last_engagement": state.last_engagement_date and _iso(state.last_engagement_date),
-        "step_at": state.reactivation_step_at and _iso(state.reactivation_step_at),
-        "reason": state.suppression_reason and state.suppression_reason.value,
-        "experiments": state.experiments and json.dumps(state.experiments, sort_keys=True),
-    }
-    item.update({k: _s(v) for k, v in optional.items() if v})
+    item: Item = {"pk": _s(pk), "sk": _s(state.contact_id), "state": _s(_to_json(state))}
     if due is not None:
         # Only contacts with a pending time rule appear in the sparse `due` index.
         item["due_pk"], item["next_due"] = _s(pk), _s(sortable(due))
     return item
 
 
-def _dt(item: Item, name: str) -> datetime | None:
-    return datetime.fromisoformat(item[name]["S"]) if name in item else None
-
-
 def contact_from(item: Item) -> ContactState:
-    return ContactState(
-        item["sk"]["S"], Status(item["status"]["S"]), _dt(item, "enrolled_at"),
-        _dt(item, "as_of"), _dt(item, "status_changed_at"), _dt(item, "stream_entered_at"),
-        float(item["score"]["N"]), float(item["base_score"]["N"]), _dt(item, "last_engagement"),
-        int(item["decay_steps"]["N"]), int(item["cycle"]["N"]), int(item["step"]["N"]),
-        _dt(item, "step_at"), int(item["sends"]["N"]),
-        SuppressionReason(item["reason"]["S"]) if "reason" in item else None,
-        json.loads(item["experiments"]["S"]) if "experiments" in item else {},
-    )  # fmt: skip
+    return CONTACT_STATE.validate_python(json.loads(item["state"]["S"]))
 
 
 def ledger_item(decision: Decision, seq: str) -> Item:
-    item: Item = {
+    return {
         "pk": _s(f"ledger#{decision.contact_id}"), "sk": _s(seq),
-        "at": _s(_iso(decision.at)), "rule": _s(decision.rule), "reason": _s(decision.reason),
-        "cause": _s(decision.cause), "to": _s(decision.to_status.value),
-        "changes": _s(json.dumps(decision.changes, default=_json_default)),
-        "policy_version": _s(decision.policy_version),
+        "decision": _s(_to_json(decision)),
     }  # fmt: skip
-    if decision.from_status is not None:
-        item["from"] = _s(decision.from_status.value)
-    if decision.actions:
-        item["actions"] = _s(json.dumps([[a.kind, a.detail] for a in decision.actions],
-                                        default=_json_default))  # fmt: skip
-    return item
 
 
 def decision_from(item: Item) -> Decision:
-    actions = (
-        [Action(k, d) for k, d in json.loads(item["actions"]["S"])] if "actions" in item else []
-    )
-    return Decision(
-        item["pk"]["S"].removeprefix("ledger#"), _dt(item, "at"), item["rule"]["S"],
-        item["reason"]["S"], item["cause"]["S"],
-        Status(item["from"]["S"]) if "from" in item else None, Status(item["to"]["S"]),
-        {k: tuple(v) for k, v in json.loads(item["changes"]["S"]).items()},
-        item["policy_version"]["S"], actions,
-    )  # fmt: skip
+    return DECISION.validate_python(json.loads(item["decision"]["S"]))
 
 
 def _claim_key(key: str) -> Item:

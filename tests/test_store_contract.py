@@ -64,7 +64,7 @@ def contact(cid: str, **changes: object) -> ContactState:
 def decision(cid: str, cause: str, to: Status = Status.ACTIVE, at: datetime = T0) -> Decision:
     return Decision(
         cid, at, "engagement", "open +5", cause, None if to is Status.ACTIVE else Status.ACTIVE,
-        to, {"engagement_score": (0, 5)}, "v1", [Action("handoff_task", {"score": 25})],
+        to, {"engagement_score": (0, 5)}, "v1", [Action("handoff_task", {"score": 25})], "open",
     )  # fmt: skip
 
 
@@ -103,7 +103,8 @@ def test_contact_state_round_trips_every_field(store: Store) -> None:
         last_engagement_date=T0 + timedelta(days=3, microseconds=250), decay_steps=1,
         reactivation_cycle=2, reactivation_step=1, reactivation_step_at=T0 + timedelta(days=9),
         unanswered_sends=4, suppression_reason=SuppressionReason.NO_RESPONSE,
-        experiments={"subject_line": "Value"},
+        experiments={"subject_line": "Value"}, segment="emea",
+        send_times=(T0 + timedelta(days=1), T0 + timedelta(days=2)),
     )  # fmt: skip
     store.commit(Batch(contacts=[state, contact("c2")], next_due=[None, None]))
     assert store.get_contacts(["c1", "c2", "missing"]) == {"c1": state, "c2": contact("c2")}
@@ -157,6 +158,7 @@ def test_ledger_is_kept_in_commit_order(store: Store) -> None:
         "v1",
     )
     assert got.changes == {"engagement_score": (0, 5)}
+    assert got.event_type == "open"
     assert [(a.kind, a.detail) for a in got.actions] == [("handoff_task", {"score": 25})]
     assert [d.cause for d in store.ledger_for("c2")] == ["e2b"]
 
