@@ -54,7 +54,7 @@ class HubSpotSettings(BaseModel):
             return None
         value = value.strip().rstrip("/")
         if not value.startswith(("http://", "https://")):
-            raise ValueError(f"expected an http(s) URL, got {value!r}")
+            raise ValueError("expected an http(s) URL")
         return value
 
     @classmethod

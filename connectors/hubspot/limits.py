@@ -6,9 +6,10 @@ import threading
 from collections import deque
 from collections.abc import Callable
 
-WINDOW_MARGIN = 1.02
-"""Our clock starts a request's slot slightly before HubSpot's does (it stamps on arrival);
-a 2% longer window absorbs that skew without a visible loss of throughput."""
+WINDOW_MARGIN = 0.02
+MIN_MARGIN_SECONDS = 0.05
+"""Our clock starts a request's slot before HubSpot's does (it stamps on arrival, and arrival
+jitters): a window 2% (at least 50 ms) longer absorbs that without a visible loss of speed."""
 
 
 class SlidingWindowLimiter:
@@ -25,7 +26,9 @@ class SlidingWindowLimiter:
         sleep: Callable[[float], None],
     ) -> None:
         self.limit = limit
-        self.window = window * WINDOW_MARGIN
+        self.base_window = window
+        self.margin = max(window * WINDOW_MARGIN, MIN_MARGIN_SECONDS)
+        self.window = window + self.margin
         self._clock = clock
         self._sleep = sleep
         self._sent: deque[float] = deque()
@@ -54,9 +57,12 @@ class SlidingWindowLimiter:
         self._sleep(seconds)
 
     def pause(self, seconds: float) -> None:
-        """Hold every caller back (after a 429: the server knows better than our count)."""
+        """Hold every caller back (after a 429: the server knows better than our count), and
+        widen the margin: the server's clock disagrees with ours by more than we allowed."""
         with self._lock:
             self._paused_until = max(self._paused_until, self._clock() + seconds)
+            self.margin = min(self.base_window * 0.25, self.margin * 1.5)
+            self.window = self.base_window + self.margin
 
     def observe(self, remaining: int | None, maximum: int | None) -> None:
         """Adopt the server's view of the budget when it is tighter than ours: another process

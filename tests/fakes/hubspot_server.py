@@ -29,6 +29,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from tests.fakes.hubspot_search import DEFAULT_PROPERTIES, MAX_RESULTS, SearchError, typed
 
 TOKEN = "pat-na1-test-token-0000"
+_ID_IN_PATH = re.compile(r"/\d+")
 BATCH_LIMIT = 100
 
 
@@ -171,6 +172,8 @@ class FakeHubSpot:
         self._search: deque[float] = deque()
         self._next_id = 1000
         self.server: ThreadingHTTPServer | None = None
+        self.seeder: Callable[..., Any] | None = None
+        """Set by a benchmark: builds its population inside the fake's own process."""
 
     # ---- test-side helpers -----------------------------------------------------------------
 
@@ -238,6 +241,8 @@ class FakeHubSpot:
     def handle(self, method: str, path: str, query: dict[str, list[str]], headers: dict[str, str],
                body: Any) -> tuple[int, Any, dict[str, str]]:  # fmt: skip
         """One request: (status, JSON body, headers)."""
+        if path.startswith("/_fake/"):
+            return self._admin(method, path, body)
         search = path.endswith("/search") and "/lists/" not in path
         with self.lock:
             self.log.append((method, path, 0))
@@ -285,6 +290,22 @@ class FakeHubSpot:
             return 400, ApiError(400, str(exc), exc.category).body(), rate_headers
         return status, payload, rate_headers
 
+    def _admin(self, method: str, path: str, body: Any) -> tuple[int, Any, dict[str, str]]:
+        """Out-of-band control for a fake running in another process (the benchmark)."""
+        with self.lock:
+            if path == "/_fake/stats":
+                calls = Counter(m + " " + _ID_IN_PATH.sub("/{id}", p) for m, p, _ in self.log)
+                return 200, {"stats": dict(self.stats), "calls": calls}, {}
+            if path == "/_fake/reset" and method == "POST":
+                self.stats.clear()
+                self.log.clear()
+                self._general.clear()
+                self._search.clear()
+                return 200, {}, {}
+            if path == "/_fake/seed" and method == "POST" and self.seeder is not None:
+                return 200, self.seeder(self, **(body or {})), {}
+        return 404, {"message": f"no admin route {path}"}, {}
+
     def _take_fault(self, method: str, path: str) -> Fault | None:
         for fault in self.faults:
             if fault.times <= 0 or not re.search(fault.path, path):
@@ -307,6 +328,7 @@ class FakeHubSpot:
                     window.popleft()
                 if len(window) >= limit:
                     self.stats["429"] += 1
+                    self.stats["429_search"] += 1
                     return 429, ApiError(429, "You have reached your secondly limit.",
                                          "RATE_LIMITS").body(), {}  # fmt: skip
                 window.append(now)
@@ -316,6 +338,7 @@ class FakeHubSpot:
                     window.popleft()
                 if len(window) >= limit:
                     self.stats["429"] += 1
+                    self.stats["429_ten_secondly"] += 1
                     body = ApiError(
                         429,
                         "You have reached your ten_secondly_rolling limit.",
