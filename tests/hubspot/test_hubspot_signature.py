@@ -128,7 +128,7 @@ def test_timestamps_just_inside_the_window_pass_both_ways(hook):
 
 def test_v2_and_v1_only_when_the_mapping_allows_them(fake, mapping, clock):
     body = {"hs_object_id": "101", "hs_email_last_open_date": "1772366400000"}
-    strict = make_connector(fake, mapping, clock)
+    strict = make_connector(fake, with_options(mapping, webhook_signatures=["v3"]), clock)
     assert "not accepted" in _reject(strict, signed(body, version="v2")).reason
     relaxed = make_connector(
         fake, with_options(mapping, webhook_signatures=["v3", "v2", "v1"]), clock
