@@ -18,7 +18,7 @@ from connectors.registry import load_connector
 from connectors.runner import Runner
 from core.dynamodb_store import DynamoDBStore
 from core.mapping import Mapping, load_mapping
-from core.store import Store
+from core.store import Store, StoreError
 
 
 def mapping_paths(env: MappingABC[str, str]) -> list[Path]:
@@ -48,6 +48,7 @@ class Container:
         self._runners: dict[str, Runner] = {}
         self._store = store
         self._queue = queue
+        self._dead_letters: WorkQueue | None = None
 
     @property
     def vendors(self) -> list[str]:
@@ -85,6 +86,15 @@ class Container:
         if self._queue is None:
             self._queue = WorkQueue.from_env(self.env)
         return self._queue
+
+    @property
+    def dead_letters(self) -> WorkQueue:
+        if self._dead_letters is None:
+            name = self.env.get("DEAD_LETTER_QUEUE_NAME")
+            if not name:
+                raise StoreError("DEAD_LETTER_QUEUE_NAME is not set")
+            self._dead_letters = WorkQueue(name)
+        return self._dead_letters
 
     def runner(self, vendor: str) -> Runner:
         if vendor not in self._runners:

@@ -93,6 +93,16 @@ class WorkQueue:
                 raise StoreError(f"SQS refused {len(entries)} message(s): {', '.join(codes)}")
         return len(events)
 
+    def send_raw(self, body: str, group_id: str, deduplication_id: str) -> None:
+        """Move a message as it is (the dead-letter path for a body nobody can read)."""
+        try:
+            self.sqs.send_message(
+                QueueUrl=self.url, MessageBody=body, MessageGroupId=sqs_id(group_id),
+                MessageDeduplicationId=sqs_id(deduplication_id),
+            )  # fmt: skip
+        except (ClientError, BotoCoreError) as exc:
+            raise StoreError(f"could not send to {self.queue_name}: {exc}") from exc
+
     def recorder(self, vendor: str) -> Callable[[Sequence[Event]], int]:
         """The `record` callable `connectors.intake.handle_webhook` wants."""
         return lambda events: self.send(vendor, events)

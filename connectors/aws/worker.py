@@ -9,7 +9,6 @@ A throttled CRM fails the batch without retrying record by record, which would o
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +23,7 @@ from connectors.aws.container import Container
 from connectors.aws.queue import QueueMessage, parse_message
 from connectors.base import AuthError, ConnectorError
 from core.pipeline import RunStats
+from core.store import StoreError
 
 # A child of the handlers' logger: JSON lines with the batch's correlation id.
 log = Logger(service=os.environ.get("POWERTOOLS_SERVICE_NAME", "crm-elasticity"), child=True)
@@ -54,56 +54,37 @@ def _parse(records: list[dict[str, Any]]) -> dict[str, QueueMessage]:
 
 
 def process_batch(
-    event: dict[str, Any],
-    context: Any,
-    container: Container,
-    max_receives: int,
-    on_record: Callable[[SQSRecord], None] | None = None,
+    event: dict[str, Any], context: Any, container: Container, max_receives: int
 ) -> tuple[dict[str, Any], BatchOutcome]:
     records = event.get("Records", [])
     outcome = BatchOutcome()
     parsed = _parse(records)
-    done: set[str] = set()
+    done = _dead_letter_unreadable(records, parsed, container, outcome)
     unavailable: set[str] = set()
-    by_vendor: dict[str, list[str]] = {}
-    for message_id, message in parsed.items():
-        by_vendor.setdefault(message.vendor, []).append(message_id)
-    if len(parsed) == len(records):
+    if len(parsed) + len(done) == len(records):
+        by_vendor: dict[str, list[str]] = {}
+        for message_id, message in parsed.items():
+            by_vendor.setdefault(message.vendor, []).append(message_id)
         for vendor, ids in by_vendor.items():
             try:
-                stats = container.runner(vendor).process([parsed[i].event for i in ids])
-            except ConnectorError as exc:
-                if isinstance(exc, AuthError):
-                    container.forget_credentials()
-                if exc.retriable:
-                    unavailable.add(vendor)
-                log.warning("batch of %d for %s failed as a whole: %s", len(ids), vendor, exc)
-                continue
+                outcome.stats.add(container.runner(vendor).process([parsed[i].event for i in ids]))
+                done.update(ids)
             except Exception as exc:  # noqa: BLE001 - isolate the culprit record by record
+                _note_failure(container, vendor, exc, unavailable)
                 log.warning("batch of %d for %s failed as a whole: %r", len(ids), vendor, exc)
-                continue
-            outcome.stats.add(stats)
-            done.update(ids)
     if len(done) < len(records):
         outcome.mode = "per-record"
 
     def record_handler(record: SQSRecord) -> None:
-        if on_record is not None:
-            on_record(record)
         if record.message_id in done:
             return
+        message = parsed.get(record.message_id) or parse_message(record.body)
+        if message.vendor in unavailable:
+            raise CrmUnavailable(f"{message.vendor} throttled or unavailable; retried later")
         try:
-            message = parsed.get(record.message_id) or parse_message(record.body)
-            if message.vendor in unavailable:
-                raise CrmUnavailable(f"{message.vendor} throttled or unavailable; retried later")
             outcome.stats.add(container.runner(message.vendor).process([message.event]))
-        except Exception:
-            outcome.failed.append(record.message_id)
-            receives = int(record.attributes.approximate_receive_count or 1)
-            if receives >= max_receives:
-                outcome.dead_lettered += 1
-                log.error("message %s goes to the dead-letter queue after %d receives",
-                          record.message_id, receives)  # fmt: skip
+        except Exception as exc:
+            _note_failure(container, message.vendor, exc, unavailable)
             raise
 
     # The FIFO processor stops a message group at its first failure: a contact's later
@@ -115,4 +96,50 @@ def process_batch(
     response = process_partial_response(
         event=event, record_handler=record_handler, processor=processor, context=context
     )
+    outcome.failed = [f["itemIdentifier"] for f in response.get("batchItemFailures", [])]
+    receives = {r["messageId"]: _receives(r) for r in records}
+    for message_id in outcome.failed:
+        if receives.get(message_id, 1) >= max_receives:
+            # SQS moves it on its next receive; this is the last moment we see it.
+            outcome.dead_lettered += 1
+            log.error("message %s goes to the dead-letter queue after %d receives",
+                      message_id, receives[message_id])  # fmt: skip
     return response, outcome
+
+
+def _dead_letter_unreadable(
+    records: list[dict[str, Any]],
+    parsed: dict[str, QueueMessage],
+    container: Container,
+    outcome: BatchOutcome,
+) -> set[str]:
+    """A body no worker can read never will: move it to the dead-letter queue now, instead of
+    failing it until SQS does, which would hold up the contact's later events behind it."""
+    moved: set[str] = set()
+    for record in records:
+        if record["messageId"] in parsed:
+            continue
+        attributes = record.get("attributes", {})
+        try:
+            container.dead_letters.send_raw(
+                record["body"], attributes.get("MessageGroupId") or "unreadable",
+                attributes.get("MessageDeduplicationId") or record["messageId"],
+            )  # fmt: skip
+        except StoreError as exc:
+            log.warning("could not move unreadable message %s: %s", record["messageId"], exc)
+            continue  # it fails in the per-record pass and SQS moves it in the end
+        log.error("unreadable message %s moved to the dead-letter queue", record["messageId"])
+        outcome.dead_lettered += 1
+        moved.add(record["messageId"])
+    return moved
+
+
+def _note_failure(container: Container, vendor: str, exc: Exception, unavailable: set[str]) -> None:
+    if isinstance(exc, AuthError):
+        container.forget_credentials()  # a rotated token is read again on the next call
+    if isinstance(exc, ConnectorError) and exc.retriable:
+        unavailable.add(vendor)  # trying its other records one by one would only add load
+
+
+def _receives(record: dict[str, Any]) -> int:
+    return int(record.get("attributes", {}).get("ApproximateReceiveCount") or 1)

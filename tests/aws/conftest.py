@@ -50,6 +50,7 @@ def stack(monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
         "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": REGION,
         "STATE_TABLE": "crm-elasticity-test-state",
         "WORK_QUEUE_NAME": "crm-elasticity-test-work.fifo",
+        "DEAD_LETTER_QUEUE_NAME": "crm-elasticity-test-work-dlq.fifo",
         "ELASTICITY_MAPPINGS": str(MAPPING_PATH), "SECRETS_PREFIX": PREFIX,
         "SECRET_NAMES": "MEMORY_SECRET", "MEMORY_CRM": "deployed",
         "MAX_RECEIVE_COUNT": str(MAX_RECEIVES), "POWERTOOLS_METRICS_NAMESPACE": "CrmElasticityTest",
@@ -69,7 +70,7 @@ def stack(monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
         store.create_table()
         sqs = boto3.client("sqs", region_name=REGION)
         dlq_url = sqs.create_queue(
-            QueueName="crm-elasticity-test-work-dlq.fifo", Attributes={"FifoQueue": "true"}
+            QueueName=env["DEAD_LETTER_QUEUE_NAME"], Attributes={"FifoQueue": "true"}
         )["QueueUrl"]
         dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])[
             "Attributes"

@@ -184,3 +184,31 @@ def test_secrets_come_from_ssm_and_never_reach_the_logs(
     assert {line["message"] for line in lines} >= {"webhook answered", "batch processed"}
     assert all(line.get("correlation_id") for line in lines if line["message"] != "sync finished")
     assert SECRET not in logs.getvalue() + out.out + out.err
+
+
+def test_an_unreadable_message_goes_to_the_dlq_at_once_and_blocks_nobody(
+    stack: Stack, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stack.sqs.send_message(
+        QueueUrl=stack.queue_url, MessageBody="{not json", MessageGroupId="memory:c1",
+        MessageDeduplicationId="garbage-1",
+    )  # fmt: skip
+    post([canonical("e1", "c1"), canonical("e2", "c2")])
+    first = stack.poller.deliver()
+    assert first is not None
+    assert len(first.messages) == 3
+    assert first.failed_ids == []
+    assert sorted(stack.store.get_contacts(["c1", "c2"])) == ["c1", "c2"]
+    assert [m["Body"] for m in receive(stack.sqs, stack.dlq_url)] == ["{not json"]
+    assert emitted_metrics(capsys.readouterr().out)["DlqSends"] == 1
+
+
+def test_a_failed_event_holds_back_its_contacts_later_events(stack: Stack) -> None:
+    stack.crm.reject_at = {("read", 1), ("read", 2)}  # the batch read, then e1's own read
+    post([canonical("e1", "c1"), canonical("e2", "c1", "click", 1), canonical("e3", "c2")])
+    first = stack.poller.deliver()
+    assert first is not None
+    assert len(first.failed_ids) == 2  # e1, and e2 queued behind it in c1's group
+    assert sorted(stack.store.get_contacts(["c1", "c2"])) == ["c2"]
+    stack.poller.drain()
+    assert stack.store.get_contacts(["c1"])["c1"].engagement_score == 15

@@ -65,6 +65,8 @@ class MemoryCrm:
     """Call names (read, write, tasks, find_due, ...) that raise a retriable 503 while listed."""
     fail_at: set[tuple[str, int]] = field(default_factory=set)
     """(call name, n): the n-th call of that name (counting from 1) raises a retriable 503."""
+    reject_at: set[tuple[str, int]] = field(default_factory=set)
+    """(call name, n): the n-th call of that name raises a permanent (non-retriable) 400."""
     write_failures: dict[str, str] = field(default_factory=dict)
     """contact id -> the vendor's message for a permanent per-record write failure."""
 
@@ -122,6 +124,8 @@ class MemoryConnector(Connector):
         self.calls.api_calls += 1
         if crm.down or name in crm.unavailable or (name, crm.calls[name]) in crm.fail_at:
             raise ConnectorError("memory CRM unavailable", status=503, retriable=True)
+        if (name, crm.calls[name]) in crm.reject_at:
+            raise ConnectorError("memory CRM rejected the request", status=400)
         if crm.throttle_next > 0:
             crm.throttle_next -= 1
             self.calls.throttled += 1
