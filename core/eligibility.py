@@ -1,0 +1,181 @@
+"""Who may be sent what: consent, frequency cap, segments and programs that compete.
+
+The engine already enforces what it can see on its own: compliance exits suppress, holdout
+contacts get `reactivation_step_withheld` instead of a send, and the frequency cap moves a due
+reactivation step to when the window has room (`core.engine.next_due`). The CRM properties
+(consent, market, industry) are only known to connectors, so they call the functions here
+before acting on a send-triggering action and when a contact enrolls.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from collections.abc import Mapping as MappingABC
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from core.mapping import Mapping
+from core.models import IN_SEND_STREAM, ContactState, Status
+from core.policy import Policy
+
+TRUE_VALUES = frozenset({"true", "1", "yes", "y", "on", "opted_out", "opt-out"})
+SEND_ACTIONS = frozenset({"reactivation_step_due"})
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "" if value is None else str(value).strip()
+
+
+def matches(where: MappingABC[str, str | list[str]], properties: MappingABC[str, Any]) -> bool:
+    """Every key matches: equal to the value, or one of the list (case-insensitive)."""
+    for key, wanted in where.items():
+        have = _text(properties.get(key)).lower()
+        options = wanted if isinstance(wanted, list) else [wanted]
+        if have not in {str(o).strip().lower() for o in options}:
+            return False
+    return True
+
+
+def segment_of(mapping: Mapping, properties: MappingABC[str, Any]) -> str | None:
+    """The first segment (in file order) whose `where` the contact's properties match."""
+    for segment in mapping.segments:
+        if matches(segment.where, properties):
+            return segment.name
+    return None
+
+
+def policy_for(mapping: Mapping, state_or_segment: ContactState | str | None) -> Policy:
+    """The policy that governs a contact (or a segment name): the segment's overrides on the
+    mapping's numbers, same version."""
+    name = state_or_segment.segment if isinstance(state_or_segment, ContactState) else (
+        state_or_segment
+    )
+    program = mapping.policy.program
+    if name is None or program is None:
+        return mapping.policy
+    return program.policy_for(name)
+
+
+def has_consent(mapping: Mapping, properties: MappingABC[str, Any]) -> bool:
+    """Marketing consent from the mapping's consent property. Unknown counts as consent for an
+    opt-out property (the CRM default) and as no consent for an opt-in one."""
+    spec = mapping.eligibility
+    if spec.consent_property is None:
+        return True
+    value = properties.get(spec.consent_property)
+    flagged = _text(value).lower() in TRUE_VALUES
+    if spec.consent_means == "opt_out":
+        return not flagged
+    return flagged
+
+
+@dataclass(frozen=True)
+class Verdict:
+    allowed: bool
+    reason: str
+    not_before: datetime | None = None
+    """For a frequency-cap refusal: when the window next has room."""
+
+
+def frequency_room_at(mapping: Mapping, send_times: Sequence[datetime], at: datetime) -> datetime:
+    """The earliest time at or after `at` when one more send fits the rolling window."""
+    cap = mapping.eligibility.frequency_cap
+    if cap is None or len(send_times) < cap.max_sends:
+        return at
+    latest = sorted(send_times)[-cap.max_sends :]
+    return max(at, latest[0] + timedelta(days=cap.window_days))
+
+
+def check_send(
+    mapping: Mapping,
+    state: ContactState,
+    properties: MappingABC[str, Any],
+    at: datetime,
+    reactivation: bool = False,
+) -> Verdict:
+    """May the program send this contact an email at `at`? Checked in the order a marketer
+    would explain a refusal: consent, compliance, program state, holdout, frequency."""
+    if not has_consent(mapping, properties):
+        return Verdict(False, "no_consent")
+    if state.campaign_status is Status.SUPPRESSED:
+        return Verdict(False, f"suppressed:{state.suppression_reason or 'unknown'}")
+    if reactivation:
+        if state.campaign_status is not Status.DORMANT:
+            return Verdict(False, "not_dormant")
+        if state.experiments.get("holdout") == "holdout":
+            return Verdict(False, "holdout")
+    elif state.campaign_status not in IN_SEND_STREAM:
+        return Verdict(False, f"not_in_send_stream:{state.campaign_status.value}")
+    room = frequency_room_at(mapping, state.send_times, at)
+    if room > at:
+        return Verdict(False, "frequency_cap", room)
+    return Verdict(True, "eligible")
+
+
+def actionable(mapping: Mapping, state: ContactState, properties: MappingABC[str, Any],
+               kind: str, at: datetime) -> Verdict:  # fmt: skip
+    """Gate for a connector about to act on an engine action that makes the CRM send."""
+    if kind not in SEND_ACTIONS:
+        return Verdict(True, "not_a_send")
+    return check_send(mapping, state, properties, at, reactivation=True)
+
+
+# ---- programs that compete for the same contact --------------------------------------------
+
+
+@dataclass
+class ProgramChoice:
+    program: str | None
+    candidates: list[str] = field(default_factory=list)
+
+    @property
+    def conflict(self) -> bool:
+        return len(self.candidates) > 1
+
+
+def in_audience(mapping: Mapping, properties: MappingABC[str, Any]) -> bool:
+    audience = mapping.eligibility.audience
+    return not audience or matches(audience, properties)
+
+
+def choose_program(
+    mappings: Sequence[Mapping], properties: MappingABC[str, Any]
+) -> ProgramChoice:
+    """The program a contact belongs to when several would take it: highest
+    `eligibility.priority` wins; equal priorities fall back to the program name so every
+    machine decides alike."""
+    candidates = [m for m in mappings if in_audience(m, properties) and has_consent(m, properties)]
+    ranked = sorted(candidates, key=lambda m: (-m.eligibility.priority, m.program))
+    return ProgramChoice(ranked[0].program if ranked else None, [m.program for m in ranked])
+
+
+@dataclass
+class ConflictReport:
+    assigned: Counter = field(default_factory=Counter)
+    conflicts: Counter = field(default_factory=Counter)
+    """(winner, loser) -> contacts that matched both."""
+
+    @property
+    def total_conflicts(self) -> int:
+        return sum(self.conflicts.values())
+
+
+def resolve_programs(
+    mappings: Sequence[Mapping],
+    contacts: Iterable[tuple[str, MappingABC[str, Any]]],
+) -> tuple[dict[str, str | None], ConflictReport]:
+    """Assign each (contact id, properties) to one program and count the conflicts."""
+    report = ConflictReport()
+    chosen: dict[str, str | None] = {}
+    for contact_id, properties in contacts:
+        choice = choose_program(mappings, properties)
+        chosen[contact_id] = choice.program
+        if choice.program is not None:
+            report.assigned[choice.program] += 1
+        for loser in choice.candidates[1:]:
+            report.conflicts[(choice.program, loser)] += 1
+    return chosen, report
