@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import ValidationError
+
 from connectors.base import WebhookRejected
 from connectors.hubspot.config import HubSpotOptions
 from connectors.hubspot.values import normalize_signal
@@ -49,10 +51,16 @@ def parse_body(body: bytes, mapping: Mapping, options: HubSpotOptions, received_
     except RecursionError:
         # json.loads recurses per nesting level: a deep body is the sender's fault, not a 500.
         raise _bad("body is not JSON we accept: nested too deeply") from None
-    if isinstance(payload, list):
-        return parse_notifications(payload, mapping)
-    if isinstance(payload, dict):
-        return parse_workflow(payload, mapping, options, received_at)
+    try:
+        if isinstance(payload, list):
+            return parse_notifications(payload, mapping)
+        if isinstance(payload, dict):
+            return parse_workflow(payload, mapping, options, received_at)
+    except ValidationError as exc:
+        # Ids and values past the event's limits (e.g. a 600-character id): the sender's fault.
+        problem = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in problem["loc"]) or "event"
+        raise _bad(f"not a valid event: {where}: {problem['msg']}") from None
     raise _bad("expected a JSON array of notifications or a workflow's contact object")
 
 
