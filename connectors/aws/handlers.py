@@ -145,6 +145,18 @@ def worker(event: dict[str, Any], context: Any) -> dict[str, Any]:
     return response
 
 
+@logger.inject_lambda_context
+@metrics.log_metrics
+def replay_dead_letters(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Invoked by hand once the cause is fixed: `npx osls invoke -f replayDeadLetters`. Moves
+    dead letters back to the work queue; events already applied are skipped as duplicates."""
+    box = container()
+    moved = box.dead_letters.move_to(box.queue, limit=int(event.get("limit", 1000)))
+    metrics.add_metric("DeadLettersReplayed", MetricUnit.Count, moved)
+    logger.info("dead letters replayed", extra={"moved": moved})
+    return {"moved": moved}
+
+
 # ---- scheduled sync ------------------------------------------------------------------------
 
 

@@ -103,6 +103,37 @@ class WorkQueue:
         except (ClientError, BotoCoreError) as exc:
             raise StoreError(f"could not send to {self.queue_name}: {exc}") from exc
 
+    def move_to(self, target: WorkQueue, limit: int = 1000) -> int:
+        """Move up to `limit` messages (a dead-letter replay), each in its own contact group
+        again. A message is deleted here only once the target has it, so a crash mid-way
+        duplicates at worst, and the store's event claims absorb duplicates."""
+        moved = 0
+        while moved < limit:
+            try:
+                answer = self.sqs.receive_message(
+                    QueueUrl=self.url, MaxNumberOfMessages=min(10, limit - moved),
+                    AttributeNames=["MessageGroupId"], VisibilityTimeout=60, WaitTimeSeconds=0,
+                )  # fmt: skip
+            except (ClientError, BotoCoreError) as exc:
+                raise StoreError(f"could not read {self.queue_name}: {exc}") from exc
+            messages = answer.get("Messages", [])
+            if not messages:
+                break
+            for message in messages:
+                group = message.get("Attributes", {}).get("MessageGroupId", "replayed")
+                # A fresh deduplication id: the original may still be in SQS's 5-minute window.
+                target.send_raw(message["Body"], group, f"replay:{message['MessageId']}")
+                try:
+                    self.sqs.delete_message(
+                        QueueUrl=self.url, ReceiptHandle=message["ReceiptHandle"]
+                    )
+                except (ClientError, BotoCoreError) as exc:
+                    raise StoreError(
+                        f"{self.queue_name}: cannot remove a moved message: {exc}"
+                    ) from exc
+                moved += 1
+        return moved
+
     def recorder(self, vendor: str) -> Callable[[Sequence[Event]], int]:
         """The `record` callable `connectors.intake.handle_webhook` wants."""
         return lambda events: self.send(vendor, events)

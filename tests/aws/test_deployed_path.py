@@ -134,15 +134,21 @@ def test_a_throttled_crm_waits_and_a_dlq_replay_counts_once(
     dead = receive(stack.sqs, stack.dlq_url)
     assert len(dead) == 2
 
+    for m in dead:  # back in the DLQ: only looked at
+        stack.sqs.change_message_visibility(
+            QueueUrl=stack.dlq_url, ReceiptHandle=m["ReceiptHandle"], VisibilityTimeout=0
+        )
     stack.crm.down = False
-    for replay in (1, 2):  # an operator replays the dead letters twice by mistake
-        for m in dead:
-            stack.sqs.send_message(
-                QueueUrl=stack.queue_url, MessageBody=m["Body"],
-                MessageGroupId=m["Attributes"]["MessageGroupId"],
-                MessageDeduplicationId=f"{m['Attributes']['MessageDeduplicationId']}:replay{replay}",
-            )  # fmt: skip
-        stack.poller.drain()
+    assert handlers.replay_dead_letters({}, FakeContext()) == {"moved": 2}
+    stack.poller.drain()
+    assert stack.queued(stack.dlq_url) == 0
+    for m in dead:  # an operator replays the same dead letters again by mistake
+        stack.sqs.send_message(
+            QueueUrl=stack.queue_url, MessageBody=m["Body"],
+            MessageGroupId=m["Attributes"]["MessageGroupId"],
+            MessageDeduplicationId=f"{m['Attributes']['MessageDeduplicationId']}:again",
+        )  # fmt: skip
+    stack.poller.drain()
     states = stack.store.get_contacts(["c1", "c2"])
     assert [states[c].engagement_score for c in ("c1", "c2")] == [5, 5]
     assert stack.crm.values["c1"]["engagement_score"] == 5
