@@ -7,6 +7,7 @@ state, so the outcome is the same whether the scheduler ran hourly, daily or onc
 from __future__ import annotations
 
 from datetime import datetime
+from operator import attrgetter
 from typing import NamedTuple
 
 from core.models import (
@@ -28,6 +29,7 @@ _TRACKED = (
     "campaign_status", "engagement_score", "last_engagement_date", "reactivation_cycle",
     "reactivation_step", "unanswered_sends", "suppression_reason", "status_changed_at",
 )  # fmt: skip
+_snapshot = attrgetter(*_TRACKED)
 
 
 class UnknownEventType(ValueError):
@@ -50,63 +52,74 @@ def new_contact(contact_id: str, at: datetime) -> ContactState:
 
 def next_due(state: ContactState, policy: Policy) -> Due | None:
     """The earliest time rule that will fire for this contact if nothing else happens."""
-    c = policy.compiled
-    best: Due | None = None
+    due = _due(state, policy.compiled)
+    return None if due is None else Due(*due)
+
+
+def _due(state: ContactState, c: Compiled) -> tuple[datetime, str] | None:
+    # Plain tuples: this runs several times per event on the hot path.
+    best: tuple[datetime, str] | None = None
     if state.engagement_score > 0 and state.last_engagement_date is not None:
         at = state.last_engagement_date + c.decay_after + state.decay_steps * c.decay_every
-        best = Due(at, "decay")
+        best = (at, "decay")
     status = state.campaign_status
     if status is _ACTIVE or status is _REACTIVATED:
         anchor = state.stream_entered_at
         if state.last_engagement_date is not None and state.last_engagement_date > anchor:
             anchor = state.last_engagement_date
-        due = Due(anchor + c.dormant_after, "inactivity")
+        due = (anchor + c.dormant_after, "inactivity")
     elif status is _DORMANT:
         if state.reactivation_step == 0:
-            due = Due(state.status_changed_at + c.cooling, "cooling_done")
+            due = (state.status_changed_at + c.cooling, "cooling_done")
             sends = state.reactivation_cycle < c.max_cycles
         else:
             sends = state.reactivation_step < c.steps
             rule = "next_step" if sends else "no_response"
-            due = Due(state.reactivation_step_at + c.step_wait, rule)  # type: ignore[operator]
+            due = (state.reactivation_step_at + c.step_wait, rule)  # type: ignore[operator]
         if sends and c.cap_max and len(state.send_times) >= c.cap_max:
             # The frequency cap delays the step until the oldest counted send leaves the window.
             free_at = state.send_times[-c.cap_max] + c.cap_window
-            if free_at > due.at:
-                due = Due(free_at, due.rule)
+            if free_at > due[0]:
+                due = (free_at, due[1])
     else:
         return best
     # A decay due at the same instant goes first: it can turn Engaged into Active.
-    return due if best is None or due.at < best.at else best
+    return due if best is None or due[0] < best[0] else best
 
 
 def advance(state: ContactState, now: datetime, policy: Policy) -> Outcome:
     """Fire every time rule due at or before `now`, each at its own due time."""
     decisions: list[Decision] = []
-    due = next_due(state, policy)
-    if due is None or due.at > now:
-        if now > state.as_of:
-            state = state.copy()
-            state.as_of = now
+    c = policy.compiled
+    due = _due(state, c)
+    if (due is None or due[0] > now) and now <= state.as_of:
         return Outcome(state, decisions)
     state = state.copy()
-    c = policy.compiled
-    while due is not None and due.at <= now:
-        state.as_of = due.at
-        _fire(state, due, c, policy.version, decisions)
-        due = next_due(state, policy)
-    state.as_of = now
+    _advance_in_place(state, now, c, policy.version, decisions)
     return Outcome(state, decisions)
+
+
+def _advance_in_place(
+    state: ContactState, now: datetime, c: Compiled, version: str, decisions: list[Decision]
+) -> None:
+    due = _due(state, c)
+    while due is not None and due[0] <= now:
+        state.as_of = due[0]
+        _fire(state, due, c, version, decisions)
+        due = _due(state, c)
+    if now > state.as_of:
+        state.as_of = now
 
 
 def apply_event(state: ContactState | None, event: Event, policy: Policy) -> Outcome:
     """Apply one event: enroll if unknown, fire the time rules due by then, then the event."""
     kind = event.type
-    if not policy.knows_event(kind):
+    c = policy.compiled
+    if kind not in c.known:
         raise UnknownEventType(f"event type '{kind}' is not known to the policy")
     at = event.occurred_at
     decisions: list[Decision] = []
-    program = policy.compiled.program
+    program = c.program
     if state is None:
         state = new_contact(event.contact_id, at)
         changes: dict = {"campaign_status": (None, _ACTIVE)}
@@ -140,12 +153,13 @@ def apply_event(state: ContactState | None, event: Event, policy: Policy) -> Out
             return Outcome(state, decisions)
     elif kind == "enroll":
         return Outcome(state, decisions)
-    state, fired = advance(state, at, policy)
-    decisions += fired
+    else:
+        state = state.copy()
+    # Every path above left `state` a private copy: the rules may now change it in place.
+    _advance_in_place(state, at, c, policy.version, decisions)
     before = _snapshot(state)
     if at < state.as_of:
         at = state.as_of  # a late event cannot rewind time rules already fired
-    c = policy.compiled
     actions: list[Action] = []
     if kind == "send":
         rule, reason = _send(state, at, c)
@@ -165,10 +179,6 @@ def apply_event(state: ContactState | None, event: Event, policy: Policy) -> Out
     return Outcome(state, decisions)
 
 
-def _snapshot(state: ContactState) -> tuple:
-    return tuple(getattr(state, name) for name in _TRACKED)
-
-
 def _record(
     state: ContactState,
     before: tuple,
@@ -181,11 +191,14 @@ def _record(
     decisions: list[Decision],
     event_type: str | None = None,
 ) -> None:
-    changes = {}
-    for name, old in zip(_TRACKED, before, strict=True):
-        new = getattr(state, name)
-        if new != old:
-            changes[name] = (old, new)
+    after = _snapshot(state)
+    if after == before and not actions:
+        return
+    changes = {
+        name: (old, new)
+        for name, old, new in zip(_TRACKED, before, after, strict=True)
+        if new != old
+    }
     if changes or actions:
         decisions.append(
             Decision(

@@ -30,7 +30,7 @@ class Compiled:
     __slots__ = (
         "points", "threshold", "max_unanswered_sends", "dormant_after", "cooling",
         "steps", "step_wait", "max_cycles", "decay_factor", "decay_after", "decay_every",
-        "decay_floor", "handoff", "program", "cap_max", "cap_window",
+        "decay_floor", "handoff", "program", "cap_max", "cap_window", "known",
     )  # fmt: skip
 
     def __init__(self, policy: Policy) -> None:
@@ -47,6 +47,7 @@ class Compiled:
         self.decay_every = timedelta(days=policy.decay.every_days)
         self.decay_floor = policy.decay.floor
         self.handoff = policy.handoff_on_engaged
+        self.known = frozenset(policy.points) | ENGAGEMENT_EVENTS | NON_ENGAGEMENT_EVENTS
         # Experiments, holdout, segment and frequency cap of the mapping (core.experiments).
         self.program = policy._program
         cap = getattr(self.program, "frequency_cap", None)
@@ -98,8 +99,4 @@ class Policy(_Strict):
         return copied
 
     def knows_event(self, event_type: str) -> bool:
-        return (
-            event_type in self.points
-            or event_type in ENGAGEMENT_EVENTS
-            or event_type in NON_ENGAGEMENT_EVENTS
-        )
+        return event_type in self.compiled.known
