@@ -1,4 +1,5 @@
-"""Lambda entry points named in serverless.yml: `webhook`, `worker` and `sync`.
+"""Lambda entry points named in serverless.yml: `webhook`, `worker`, `sync` and
+`replay_dead_letters`.
 
 Thin on purpose: each turns the AWS event into the shared call (`handle_webhook` with an SQS
 recorder, `Runner.process` through the worker, `Runner.sync`) and reports logs and metrics.
@@ -29,16 +30,13 @@ from core.pipeline import RunStats
 logger = Logger(service=os.environ.get("POWERTOOLS_SERVICE_NAME", "crm-elasticity"))
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "CrmElasticity"))
 app = APIGatewayHttpResolver()
-# The shared modules log through `logging`; give them the JSON format and correlation id.
-copy_config_to_registered_loggers(
-    source_logger=logger,
-    include={
-        "connectors.runner",
-        "connectors.intake",
-        "connectors.aws.worker",
-        "connectors.aws.secrets",
-    },  # fmt: skip
-)
+if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
+    # The shared modules log through `logging`: their parents get the JSON handler (and its
+    # correlation id), so every `connectors.*` / `core.*` logger, even one imported later,
+    # uses it. Only in Lambda: it stops propagation, which a test's log capture relies on.
+    for _parent in ("connectors", "core"):
+        logging.getLogger(_parent)
+    copy_config_to_registered_loggers(source_logger=logger, include={"connectors", "core"})
 
 _container: Container | None = None
 
