@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -59,3 +62,22 @@ def test_secrets_are_cached_per_container_until_forced(ssm: Any) -> None:
 
 def test_no_names_means_no_ssm_call() -> None:
     assert load_secrets({"SECRETS_PREFIX": "/app/prod"}) == {}
+
+
+def test_in_lambda_the_shared_modules_log_json_lines() -> None:
+    code = (
+        "import logging, tests.fakes.memory_crm\n"
+        "from connectors.aws import handlers\n"
+        "logging.getLogger('connectors.runner').warning('CRM writes stay owed: %s', 'down')\n"
+    )
+    env = {**os.environ, "AWS_LAMBDA_FUNCTION_NAME": "crm-elasticity-test-worker",
+           "AWS_DEFAULT_REGION": "eu-west-1", "ELASTICITY_MAPPINGS": "tests/fakes/memory.yaml",
+           "PYTHONPATH": str(Path.cwd())}  # fmt: skip
+    done = subprocess.run(  # noqa: S603 - our own interpreter, fixed code
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60,
+        check=True, cwd=Path(__file__).parents[2],
+    )  # fmt: skip
+    line = json.loads(done.stdout.strip().splitlines()[-1])
+    assert line["message"] == "CRM writes stay owed: down"
+    assert line["level"] == "WARNING"
+    assert line["name"] == "connectors.runner"
