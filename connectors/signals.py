@@ -20,12 +20,12 @@ def parse_instant(value: str | None) -> datetime | None:
     if value is None or value == "":
         return None
     text = str(value).strip()
-    if text.isdigit():
-        return datetime.fromtimestamp(int(text) / 1000, tz=UTC)
     try:
+        if text.isdigit():
+            return datetime.fromtimestamp(int(text) / 1000, tz=UTC)
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
+    except (ValueError, OverflowError, OSError):
+        return None  # past year 9999 or otherwise no instant: not a date, not a crash
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
