@@ -45,6 +45,7 @@ SF_EVENTS = "/webhooks/salesforce/events"
 @dataclass
 class Targets:
     hubspot: HubSpotConnector
+    """Accepts v3 signatures only."""
     hubspot_legacy: HubSpotConnector
     """Accepts v1 and v2 too (workflow webhooks): the weaker signatures get fuzzed as well."""
     salesforce: SalesforceConnector
@@ -56,10 +57,14 @@ class Targets:
 
 
 def build_targets() -> Targets:
-    hs_mapping = load_mapping(ROOT / "mappings" / "hubspot.yaml")
+    shipped = load_mapping(ROOT / "mappings" / "hubspot.yaml")
     settings = HubSpotSettings(access_token="pat-fuzz", client_secret=HS_SECRET)
-    legacy_mapping = hs_mapping.model_copy(update={"options": {
-        **hs_mapping.options, "webhook_signatures": ["v1", "v2", "v3"]}})  # fmt: skip
+
+    def accepting(*versions: str):
+        options = {**shipped.options, "webhook_signatures": list(versions)}
+        return shipped.model_copy(update={"options": options})
+
+    hs_mapping, legacy_mapping = accepting("v3"), accepting("v1", "v2", "v3")
     sf_mapping = load_mapping(ROOT / "mappings" / "salesforce.yaml")
     sf_env = {"SALESFORCE_ACCESS_TOKEN": "00Dfuzz!token", "SALESFORCE_ORG_ID": ORG_ID,
               "SALESFORCE_INSTANCE_URL": "https://fuzz.my.salesforce.com",
