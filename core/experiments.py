@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from bisect import bisect_right
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -220,6 +221,47 @@ def _yaml():
     return yaml
 
 
+def _scalar(value: str) -> str:
+    plain = re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9 _.-]*", value) and value == value.strip()
+    return value if plain and value.lower() not in _YAML_WORDS else json.dumps(value)
+
+
+_YAML_WORDS = {"true", "false", "yes", "no", "on", "off", "null", "~"}
+
+
+def _edit_in_place(text: str, data: Any, index: int, variant: str) -> str | None:
+    """Insert or replace the one `default:` line, leaving every other byte alone; None when
+    the layout is unusual (flow-style item), and the caller falls back to a YAML dump."""
+    lines = text.splitlines(keepends=True)
+    items = data["experiments"]
+    item = items[index]
+    if item.fa.flow_style():
+        return None
+    if "default" in item:
+        number = item.lc.key("default")[0]
+        match = re.match(r"^(\s*default:\s*)([^#\n]*?)(\s*#.*)?(\r?\n)?$", lines[number])
+        if match is None:
+            return None
+        lines[number] = (match.group(1) + _scalar(variant) + (match.group(3) or "")
+                         + (match.group(4) or ""))  # fmt: skip
+        return "".join(lines)
+    column = item.lc.key("name")[1]
+    if index + 1 < len(items):
+        end = items[index + 1].lc.line
+    else:
+        keys = list(data.keys())
+        after = keys[keys.index("experiments") + 1 :]
+        end = data.lc.key(after[0])[0] if after else len(lines)
+    while end > item.lc.line + 1 and (
+        not lines[end - 1].strip() or lines[end - 1].lstrip().startswith("#")
+    ):
+        end -= 1
+    if end > 0 and not lines[end - 1].endswith("\n"):
+        lines[end - 1] += "\n"
+    lines.insert(end, " " * column + f"default: {_scalar(variant)}\n")
+    return "".join(lines)
+
+
 def write_default(mapping_path: Path, name: str, variant: str) -> str:
     """Set `experiments[name].default` in the file, touching nothing else; return the new text."""
     import io
@@ -229,20 +271,24 @@ def write_default(mapping_path: Path, name: str, variant: str) -> str:
     yaml = _yaml()
     original = mapping_path.read_text()
     data = yaml.load(original)
-    for item in data.get("experiments") or []:
-        if item.get("name") == name:
-            if "default" in item:
-                item["default"] = variant
-            else:
-                keys = list(item.keys())
-                at = keys.index("variants") + 1 if "variants" in keys else len(keys)
-                item.insert(at, "default", variant)
-            break
-    else:
+    names = [item.get("name") for item in data.get("experiments") or []]
+    if name not in names:
         raise PromotionError(f"{mapping_path}: no experiment named {name!r}")
-    buffer = io.StringIO()
-    yaml.dump(data, buffer)
-    text = buffer.getvalue()
+    index = names.index(name)
+    text = _edit_in_place(original, data, index, variant)
+    if text is None or parse_mapping(text.encode(), str(mapping_path)).experiments[
+        index
+    ].default != variant:
+        item = data["experiments"][index]
+        if "default" in item:
+            item["default"] = variant
+        else:
+            keys = list(item.keys())
+            at = keys.index("variants") + 1 if "variants" in keys else len(keys)
+            item.insert(at, "default", variant)
+        buffer = io.StringIO()
+        yaml.dump(data, buffer)
+        text = buffer.getvalue()
     parse_mapping(text.encode(), str(mapping_path))  # never write a file that will not load
     tmp = mapping_path.with_name(mapping_path.name + ".tmp")
     tmp.write_text(text)
