@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from connectors.base import Connector, ConnectorError, CrmRecord, HandoffTask, QuotaExhausted
+from connectors.redact import redact_emails
 from connectors.signals import events_from_changes, seen_key
 from core.models import ContactState, Decision, Event, Status
 from core.pipeline import Applied, Pipeline, RunStats
@@ -352,7 +353,7 @@ class Runner:
         for message, cid in zip(failed.values(), ids, strict=True):
             status = snapshots[cid].campaign_status if cid in snapshots else Status.ACTIVE
             decisions.append(
-                Decision(cid, now, "write_back", reason, f"crm:{message[:500]}", status, status,
-                         {}, self.policy.version)  # fmt: skip
+                Decision(cid, now, "write_back", reason, f"crm:{redact_emails(message)[:500]}",
+                         status, status, {}, self.policy.version)  # fmt: skip
             )
         return decisions
