@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections import Counter
 from collections.abc import Sequence
 
 from core.models import ContactState, Decision
@@ -58,36 +57,52 @@ def arm_of(state: ContactState | None) -> str:
     return json.dumps(state.experiments) if state is not None and state.experiments else ""
 
 
+_CYCLED = frozenset({f"reactivation_step_{n}" for n in range(1, 10)} | {"reactivated_from_dormant"})
+"""Reasons whose roll-up row carries the reactivation cycle; all others count under cycle 0."""
+
+
 def rollup_rows(
     decisions: Sequence[Decision], rows: Sequence[tuple], contacts: Sequence[ContactState]
 ) -> list[tuple]:
     """Roll-up increments for a batch. `rows` are the ledger rows of `decisions` (the ISO time
-    text is reused for the day)."""
+    text and status values are reused). Runs per decision on the commit path: plain dict,
+    one pass, and the rare reactivation decisions handled apart."""
     if not decisions:
         return []
     states = {s.contact_id: s for s in contacts}
     arms: dict[str, str] = {}
-    # Walking backwards from each contact's final state recovers the cycle every decision saw.
-    cycle_after: dict[str, int] = {}
-    counts: Counter = Counter()
-    for d, row in zip(reversed(decisions), reversed(rows), strict=True):
-        cid = d.contact_id
+    counts: dict[tuple, int] = {}
+    get = counts.get
+    cycled: list[int] = []
+    for i, row in enumerate(rows):
+        cid = row[0]
         arm = arms.get(cid)
         if arm is None:
-            state = states.get(cid)
-            arm = arms[cid] = arm_of(state)
-            cycle_after[cid] = state.reactivation_cycle if state is not None else 0
-        reason = d.reason
-        cycle = 0
-        if reason.startswith("reactivation_step_") and d.actions:
-            cycle = d.actions[0].detail.get("cycle", 0)
-        elif reason == "reactivated_from_dormant" and "reactivation_step" in d.changes:
-            cycle = cycle_after[cid]
-        moved = d.changes.get("reactivation_cycle")
-        if moved is not None:
-            cycle_after[cid] = moved[0] or 0
-        counts[(row[1][:10], row[2], reason, row[5] or "", row[6], row[9], row[10] or "", arm,
-                cycle)] += 1  # fmt: skip
+            arm = arms[cid] = arm_of(states.get(cid))
+        if row[3] in _CYCLED:
+            cycled.append(i)
+            continue
+        key = (row[1][:10], row[2], row[3], row[5] or "", row[6], row[9], row[10] or "", arm, 0)
+        counts[key] = get(key, 0) + 1
+    # A reactivation's cycle: the contact's final cycle less the cycles it started later in
+    # this batch (only step 1 starts one).
+    started_later: dict[str, int] = {}
+    for i in reversed(cycled):
+        d, row = decisions[i], rows[i]
+        cid = row[0]
+        if row[3] == "reactivated_from_dormant":
+            cycle = 0
+            if "reactivation_step" in d.changes:
+                state = states.get(cid)
+                final = state.reactivation_cycle if state is not None else 0
+                cycle = max(0, final - started_later.get(cid, 0))
+        else:
+            cycle = d.actions[0].detail.get("cycle", 0) if d.actions else 0
+            if row[3] == "reactivation_step_1":
+                started_later[cid] = started_later.get(cid, 0) + 1
+        key = (row[1][:10], row[2], row[3], row[5] or "", row[6], row[9], row[10] or "",
+               arms[cid], cycle)  # fmt: skip
+        counts[key] = get(key, 0) + 1
     return [(*key, n) for key, n in counts.items()]
 
 

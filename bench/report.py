@@ -1,0 +1,147 @@
+"""Time `report` over a large ledger: `python bench/report.py [--decisions 10000000]`.
+
+Builds a synthetic ledger through the real store commit path (so the roll-up is the one
+production writes), about ten decisions a contact over a year: enrollment, weekly sends, opens
+and clicks, dormancy, reactivation steps (withheld for the holdout), reactivations and
+suppressions. Then renders the report in every format and prints time and peak RSS. The
+target is < 30 s and < 1 GB for 10M decisions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import resource
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from core.mapping import load_mapping  # noqa: E402
+from core.models import Action, ContactState, Decision, Status  # noqa: E402
+from core.sqlite_store import SQLiteStore  # noqa: E402
+from core.store import Batch  # noqa: E402
+
+START = datetime(2026, 1, 1, tzinfo=UTC)
+A, E, D, R, S = (Status.ACTIVE, Status.ENGAGED, Status.DORMANT, Status.REACTIVATED,
+                 Status.SUPPRESSED)  # fmt: skip
+
+
+def contact_decisions(cid: str, rng: random.Random, version: str, experiments: dict) -> tuple[
+    list[Decision], ContactState
+]:
+    at = START + timedelta(days=rng.uniform(0, 60))
+    out = [Decision(cid, at, "enroll", "enrolled", f"{cid}:e", None, A,
+                    {"campaign_status": (None, A), "experiments": (None, experiments)},
+                    version, [], "enroll")]  # fmt: skip
+    status, cycle, unanswered = A, 0, 0
+    held = experiments.get("holdout") == "holdout"
+    while len(out) < 10 and at < START + timedelta(days=365):
+        at += timedelta(days=rng.choice((1, 3, 7)), hours=rng.random() * 12)
+        roll = rng.random()
+        if status in (A, R) and roll < 0.55:
+            unanswered += 1
+            to = D if unanswered >= 3 else status
+            reason = "unanswered_sends" if to is D else "sent"
+            out.append(Decision(cid, at, "send", reason, f"{cid}:s{len(out)}", status, to,
+                                {"unanswered_sends": (unanswered - 1, unanswered)}, version,
+                                [], "send"))  # fmt: skip
+            status = to
+        elif status in (A, R) and roll < 0.85:
+            kind = "open" if roll < 0.75 else "click"
+            unanswered = 0
+            score = {"engagement_score": (0.0, 5.0)}
+            out.append(Decision(cid, at, "engagement", kind, f"{cid}:o{len(out)}", status,
+                                status, score, version, [], kind))  # fmt: skip
+        elif status is D:
+            cycle += 1
+            kind = "reactivation_step_withheld" if held else "reactivation_step_due"
+            step = Action(kind, {"step": 1, "cycle": cycle, "format": "HTML"})
+            out.append(Decision(cid, at, "time:cooling_done", "reactivation_step_1",
+                                f"time:{cid}:{len(out)}", D, D,
+                                {"reactivation_cycle": (cycle - 1, cycle),
+                                 "reactivation_step": (0, 1)}, version, [step]))  # fmt: skip
+            back = rng.random() < (0.04 if held else 0.09)
+            at += timedelta(days=rng.uniform(1, 6))
+            if back:
+                out.append(Decision(cid, at, "engagement", "reactivated_from_dormant",
+                                    f"{cid}:r{len(out)}", D, R, {"reactivation_step": (1, 0)},
+                                    version, [], "open"))  # fmt: skip
+                status, unanswered = R, 0
+            else:
+                out.append(Decision(cid, at, "time:no_response", "no_response",
+                                    f"time:{cid}:{len(out)}", D, S, {"reactivation_step": (1, 0)},
+                                    version, [Action("alternate_channel_add")]))  # fmt: skip
+                status = S
+        elif status is S:
+            break
+        else:
+            score = {"engagement_score": (5.0, 2.5)}
+            out.append(Decision(cid, at, "time:decay", "score_decayed", f"time:{cid}:{len(out)}",
+                                status, status, score, version))  # fmt: skip
+    state = ContactState(cid, status, out[0].at, at, at, out[0].at, reactivation_cycle=cycle,
+                         experiments=experiments)  # fmt: skip
+    return out, state
+
+
+def build(path: Path, decisions: int, mapping_path: Path) -> None:
+    mapping = load_mapping(mapping_path)
+    rules = mapping.policy.program
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    store = SQLiteStore(path)
+    rng = random.Random(7)
+    made, n = 0, 0
+    started = time.perf_counter()
+    batch = Batch()
+    while made < decisions:
+        cid = f"c{n:08d}"
+        n += 1
+        found, state = contact_decisions(cid, rng, mapping.policy.version, rules.assign(cid))
+        found = found[: decisions - made]
+        batch.decisions += found
+        batch.contacts.append(state)
+        batch.next_due.append(None)
+        made += len(found)
+        if len(batch.decisions) >= 100_000 or made >= decisions:
+            store.commit(batch)
+            batch = Batch()
+            rate = made / (time.perf_counter() - started)
+            print(f"\r  built {made:,} decisions ({rate:,.0f}/s)", end="", file=sys.stderr)
+    print(file=sys.stderr)
+    store.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--decisions", type=int, default=10_000_000)
+    parser.add_argument("--store", type=Path, default=Path("bench/out/report-bench.sqlite3"))
+    parser.add_argument("--mapping", type=Path, default=Path("mappings/hubspot.yaml"))
+    parser.add_argument("--reuse", action="store_true", help="keep an existing store")
+    parser.add_argument("--since", default=None, help="ISO time for a --since run too")
+    args = parser.parse_args()
+    args.store.parent.mkdir(parents=True, exist_ok=True)
+    if not (args.reuse and args.store.exists()):
+        t = time.perf_counter()
+        build(args.store, args.decisions, args.mapping)
+        print(f"built ledger in {time.perf_counter() - t:.1f}s: {args.store}")
+
+    from core.report import render_report
+
+    mapping = load_mapping(args.mapping)
+    runs = [("md", None), ("html", None), ("json", None)]
+    if args.since:
+        runs.append(("md", datetime.fromisoformat(args.since)))
+    for fmt, since in runs:
+        t = time.perf_counter()
+        text = render_report(args.store, fmt, since, mapping)
+        took = time.perf_counter() - t
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        label = f"{fmt}" + (f" --since {args.since}" if since else "")
+        print(f"report {label:<40} {took:6.2f}s  {len(text):>9,} chars  peak RSS {peak:,.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
