@@ -82,12 +82,18 @@ def _webhook_kind(vendor: str, kind: str) -> Response:
     return _intake()
 
 
+@app.not_found
+def _no_route(_: Exception) -> Response:
+    metrics.add_metric("WebhooksRejected", MetricUnit.Count, 1)
+    body = json.dumps({"error": f"no webhook at {app.current_event.raw_path}"})
+    return Response(404, "application/json", body)
+
+
 def _intake() -> Response:
     event = app.current_event
     connector = container().connector_for_path(event.raw_path)
     if connector is None:
-        body = json.dumps({"error": f"no webhook at {event.raw_path}"})
-        return Response(404, "application/json", body)
+        return _no_route(LookupError(event.raw_path))
     metrics.add_dimension("vendor", connector.vendor)
     answer = handle_webhook(
         connector, webhook_request(event), container().queue.recorder(connector.vendor)
