@@ -13,6 +13,7 @@ latency. Reported from one run: API calls used vs the minimum (search pages + ce
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import multiprocessing
@@ -88,6 +89,10 @@ def seed_population(fake: FakeHubSpot, contacts: int, due_share: float, seed: in
                              elastic_suppression_reason="unsubscribe",
                              elastic_status_changed_at=days(60))  # fmt: skip
         fake.add_contact(props)
+    # A full collection over a million fake records stalls the fake's threads for a moment,
+    # skewing when it stamps arrivals (real HubSpot has no such pauses): take them out of it.
+    gc.collect()
+    gc.freeze()
     return {"contacts": contacts, "due": due}
 
 
@@ -218,7 +223,8 @@ def report(args: argparse.Namespace, sync: dict[str, Any], naive: dict[str, Any]
         ("rate-limit floor", f"{floor:.1f} s = max(search at {args.search_rate}/s, updates at "
                              f"{args.rate}/10 s, first burst free) + one request's latency"),
         ("wall / floor", f"{sync['wall'] / floor:.3f}   (target <= 1.15)"),
-        ("429s received", f"{fake['stats'].get('429', 0)}   (target 0)"),
+        ("429s received", f"{fake['stats'].get('429', 0)}   (target 0; search "
+                          f"{fake['stats'].get('429_search', 0)})"),
         ("retries", summary.retries),
         ("naive loop calls", f"{naive_calls:,} = ceil(n/100) list pages + a read and an update "
                              "per contact"),

@@ -183,10 +183,12 @@ class HubSpotClient:
     def _once(self, api, method, args, kwargs, what, scope, budget, idempotent) -> Response:
         if self._daily_exhausted:
             raise QuotaExhausted("HubSpot's daily API allowance (less our reserve) is spent")
+        # Build the SDK client first: a thread's first one takes long enough to make our
+        # stamp in the limiter disagree with the server's, and earn a 429.
+        fn = getattr(self.api(api), method)
         limiter = self.search if budget == SEARCH else self.general
         limiter.acquire()
         self._count("api_calls")
-        fn = getattr(self.api(api), method)
         try:
             raw = fn(*args, _preload_content=False, _request_timeout=self._timeout, **kwargs)
         except urllib3.exceptions.HTTPError as exc:
