@@ -66,7 +66,8 @@ class Envelope:
 def parse_envelope(body: bytes) -> Envelope:
     try:
         root = fromstring(body, forbid_dtd=True)
-    except (ParseError, DefusedXmlException) as exc:
+    except (ParseError, DefusedXmlException, LookupError) as exc:
+        # LookupError: the XML declaration names an encoding Python does not know.
         raise reject(400, f"malformed XML: {type(exc).__name__}") from None
     container = root.find(f"{{{SOAP_ENV_NS}}}Body/{_O}notifications")
     if container is None:
