@@ -48,7 +48,9 @@ class FaultPlan:
     """Per commit / CRM call: the chance the worker dies right there."""
     drop_connection_at: int | None = 40
     """The store's connection is closed at this commit (once)."""
-    timeout_delay: float = 0.25
+    client_timeout: float = 0.5
+    timeout_delay: float = 0.6
+    """An injected timeout answers this late, past the client's timeout."""
     enabled: bool = True
     counts: Counter = field(default_factory=Counter)
 

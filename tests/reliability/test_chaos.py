@@ -12,7 +12,8 @@ from tests.reliability.chaos_harness import run_chaos
 
 
 def test_a_chaotic_run_ends_exactly_where_a_fault_free_run_does(tmp_path: Path) -> None:
-    plan = FaultPlan(seed=11, kill_rate=0.05, rate_timeout=0.05, drop_connection_at=12)
+    plan = FaultPlan(seed=11, kill_rate=0.05, rate_timeout=0.05, drop_connection_at=12,
+                     client_timeout=0.2, timeout_delay=0.3)
     result = run_chaos(tmp_path, events=800, contacts=80, days=4, seed=11, plan=plan)
     assert result.differences == []
     chaos, faults = result.chaos, result.chaos.faults
