@@ -23,6 +23,8 @@ SEEDS_JSON = [
     {"events": [{"event_id": "e1", "contact_id": "c1", "type": "open",
                  "occurred_at": "2026-03-04T11:00:00Z"}]},
 ]  # fmt: skip
+CAP = 1_200_000
+"""Just past the intake's 1 MiB limit, so the 413 path is exercised too."""
 WEIRD = [b"\x00", b"\xff\xfe", b"\xef\xbb\xbf", b"NaN", b"1e999999", b"-0", b'"\\ud800"', b"{",
          b"]", b"null", b"[" * 3000, b'{"a":' * 3000, b"\\u0000", "é€😀".encode(), b"9" * 400]
 
@@ -48,6 +50,8 @@ def mutate(rng: random.Random, body: bytes) -> bytes:
             body = body.decode("utf-8", "replace").encode(encoding, "replace")
         else:
             body = bytes(rng.randrange(256) for _ in range(rng.randint(0, 64)))
+        # Repetition compounds: keep inputs near the 1 MiB limit, not gigabytes of fuzzer.
+        body = body[:CAP]
     return body
 
 
