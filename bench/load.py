@@ -60,8 +60,17 @@ def serve(workdir: str) -> None:
     if worker is not None:
         worker.idle_seconds = 0.5
         worker.start()
+    threading.Thread(target=_trim_fake_log, args=(fake,), daemon=True).start()
     print(server.server_address[1], flush=True)
     server.serve_forever()
+
+
+def _trim_fake_log(fake) -> None:
+    # The fake CRM keeps every request it saw for tests to inspect: not the server's memory.
+    while True:
+        time.sleep(1.0)
+        with fake.lock:
+            fake.log.clear()
 
 
 # ---- the load generator (this process) -----------------------------------------------------
