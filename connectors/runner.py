@@ -130,6 +130,10 @@ class Runner:
         started = time.perf_counter()
         now = now or self.clock()
         summary = SyncSummary(dry_run=dry_run)
+        # The connector counts for its whole life (a warm Lambda runs many syncs): report this
+        # sync's share.
+        calls = self.connector.calls
+        before = (calls.api_calls, calls.retries, calls.throttled)
         try:
             if not dry_run:
                 self.flush()
@@ -139,9 +143,9 @@ class Runner:
                 self.flush(summary)
         except QuotaExhausted as exc:
             summary.stopped = f"stopped, resumable: {exc}"
-        calls = self.connector.calls
-        summary.api_calls, summary.retries = calls.api_calls, calls.retries
-        summary.throttled = calls.throttled
+        summary.api_calls = calls.api_calls - before[0]
+        summary.retries = calls.retries - before[1]
+        summary.throttled = calls.throttled - before[2]
         summary.seconds = round(time.perf_counter() - started, 3)
         return summary
 

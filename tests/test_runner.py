@@ -139,3 +139,14 @@ def test_a_throttled_crm_read_fails_the_batch_without_committing(
     assert raised.value.retriable
     assert runner.store.unseen(["e1"]) == {"e1"}  # the retry will apply it
     assert runner.process([ev("e1", "open")]).applied == 1
+
+
+def test_a_second_sync_reports_only_its_own_api_calls(runner: Runner) -> None:
+    """A warm container keeps one connector: its counters must not leak into the next summary."""
+    runner.process([ev("e1", "open"), ev("e2", "open", cid="c2")])
+    spent = runner.connector.calls.api_calls
+    first = runner.sync(T0 + timedelta(days=1))
+    second = runner.sync(T0 + timedelta(days=1))
+    assert first.api_calls > 0
+    assert runner.connector.calls.api_calls == spent + first.api_calls + second.api_calls
+    assert second.api_calls < spent + first.api_calls + second.api_calls
