@@ -18,6 +18,12 @@ from core.mapping import Mapping
 from core.models import Event
 
 
+RAW_PROPERTY = "property:"
+"""A `write_records` key that names a CRM property outright rather than a canonical field:
+experiment variants and the holdout flag (`core.experiments.experiment_property_values`).
+Their values are strings, booleans or None."""
+
+
 class ConnectorError(Exception):
     """A CRM call failed. Messages never contain secrets."""
 
@@ -167,7 +173,7 @@ class Connector(ABC):
 
     @abstractmethod
     def write_records(self, values: dict[str, dict[str, Any]]) -> WriteResult:
-        """Write canonical values (only the changed fields are given) in batches."""
+        """Write canonical values, and `RAW_PROPERTY`-prefixed property values, in batches."""
 
     @abstractmethod
     def create_tasks(self, tasks: Sequence[HandoffTask]) -> WriteResult: ...

@@ -17,9 +17,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from connectors.base import Connector, ConnectorError, CrmRecord, HandoffTask, QuotaExhausted
+from connectors.base import (
+    RAW_PROPERTY,
+    Connector,
+    ConnectorError,
+    CrmRecord,
+    HandoffTask,
+    QuotaExhausted,
+)
 from connectors.redact import redact_emails
 from connectors.signals import events_from_changes, seen_key
+from core.experiments import experiment_property_values
 from core.models import ContactState, Decision, Event, Status
 from core.pipeline import Applied, Pipeline, RunStats
 from core.reconcile import state_from_crm
@@ -76,6 +84,10 @@ class Runner:
         self.write_page = write_page or connector.write_page
         self._writable = [n for n, f in self.mapping.fields.items() if not f.read_only]
         self._dates = {n for n, f in self.mapping.fields.items() if f.type in ("datetime", "date")}
+        holdout = self.mapping.holdout
+        self._program_properties = bool(
+            self.mapping.experiments or (holdout is not None and holdout.property)
+        )
 
     # ---- intake and event processing -------------------------------------------------------
 
@@ -258,9 +270,12 @@ class Runner:
         outbox = applied.batch.outbox
         for cid, state in applied.changed.items():
             values = state.canonical_values()
-            outbox[FIELDS + cid] = json.dumps(
-                {n: self._encode(values[n]) for n in self._writable}
-            )
+            owed = {n: self._encode(values[n]) for n in self._writable}
+            if self._program_properties:
+                # Templates branch on these: the variant, the step's format, the holdout flag.
+                for prop, value in experiment_property_values(self.mapping, state).items():
+                    owed[RAW_PROPERTY + prop] = value
+            outbox[FIELDS + cid] = json.dumps(owed)
         if not self.mapping.handoff.enabled:
             return
         for decision in applied.decisions:

@@ -204,7 +204,7 @@ def experiment_property_values(mapping: Mapping, state: ContactState) -> dict[st
     holdout = mapping.holdout
     if holdout is not None and holdout.property:
         group = state.experiments.get(HOLDOUT)
-        values[holdout.property] = None if group is None else str(group == HELD_OUT).lower()
+        values[holdout.property] = None if group is None else group == HELD_OUT
     return values
 
 

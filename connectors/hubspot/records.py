@@ -6,11 +6,11 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from connectors.base import CrmRecord, WriteResult
+from connectors.base import RAW_PROPERTY, CrmRecord, WriteResult
 from connectors.hubspot.batches import BATCH_SIZE, BatchWriter, Input, chunks
 from connectors.hubspot.client import HubSpotClient, Response
 from connectors.hubspot.search import Group, Scanner, pages
-from connectors.hubspot.values import encode, read_properties, record_from_properties
+from connectors.hubspot.values import encode, encode_raw, read_properties, record_from_properties
 from core.mapping import Mapping
 
 READ_SCOPE = "crm.objects.contacts.read"
@@ -71,6 +71,9 @@ class Contacts:
     def _input(self, contact_id: str, fields: dict[str, Any]) -> Input:
         properties = {}
         for name, value in fields.items():
+            if name.startswith(RAW_PROPERTY):
+                properties[name[len(RAW_PROPERTY) :]] = encode_raw(value)
+                continue
             spec = self.mapping.fields.get(name)
             if spec is not None and not spec.read_only:
                 properties[spec.property] = encode(spec, value)

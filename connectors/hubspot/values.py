@@ -50,6 +50,15 @@ def encode(spec: FieldSpec, value: Any) -> str:
     return text.lower() if spec.type == "enumeration" else text
 
 
+def encode_raw(value: Any) -> str:
+    """An experiment variant or holdout flag: enumeration option names and a checkbox."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
 def iso_ms(value: datetime) -> str:
     value = value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
     return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"

@@ -193,6 +193,7 @@ class SalesforceConnector(Connector):
         rows = {cid: row for cid, row in rows.items() if row}
         if len(rows) > self.options.bulk_threshold:
             order = [spec.property for spec in self.mapping.fields.values()]
+            order += sorted({k for row in rows.values() for k in row} - set(order))
             outcome = self.bulk.update(self.sobject, rows, order)
             result.written += outcome.written
             result.failed.update(outcome.failed)

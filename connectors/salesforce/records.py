@@ -6,7 +6,7 @@ import re
 from datetime import UTC, date, datetime
 from typing import Any
 
-from connectors.base import CrmRecord
+from connectors.base import RAW_PROPERTY, CrmRecord
 from connectors.signals import parse_instant
 from core.mapping import Mapping
 
@@ -100,9 +100,14 @@ class Codec:
         return value.value if hasattr(value, "value") else value
 
     def fields_for(self, values: dict[str, Any]) -> dict[str, Any]:
-        """Canonical values -> {Salesforce field: JSON value}, writable fields only."""
-        return {
+        """Canonical values -> {Salesforce field: JSON value}, writable fields only; property
+        keys (experiment variants, holdout flag) pass through as they are."""
+        row = {
             self.fields[name].property: self.encode(name, value)
             for name, value in values.items()
             if name in self.fields and not self.fields[name].read_only
         }
+        for name, value in values.items():
+            if name.startswith(RAW_PROPERTY):
+                row[name[len(RAW_PROPERTY) :]] = value
+        return row

@@ -97,4 +97,4 @@ def test_a_promoted_experiment_stops_assigning_and_writes_its_default():
     values = experiment_property_values(m, state)
     assert values["elastic_exp_subject"] == "Value"
     assert values["elastic_exp_cta"] == state.experiments["cta_button"]
-    assert values["elastic_holdout"] in ("true", "false")
+    assert values["elastic_holdout"] is (state.experiments["holdout"] == "holdout")

@@ -11,6 +11,7 @@ from connectors.intake import handle_webhook
 from connectors.runner import Runner
 from connectors.salesforce import SalesforceConnector
 from core.mapping import Mapping
+from core.models import Event
 from core.sqlite_store import SQLiteStore
 from tests.fakes.salesforce import FakeSalesforce
 from tests.salesforce.conftest import FIXTURES, build
@@ -209,3 +210,17 @@ def test_dry_run_writes_nothing(
     assert summary.writes_owed == 4
     assert fake.count("PATCH", "composite") == 0
     assert len(fake.jobs) == 0
+
+
+def test_experiment_variants_and_the_holdout_flag_reach_the_record(
+    connector: SalesforceConnector, fake: FakeSalesforce
+) -> None:
+    """Templates branch on these fields, so the write-back must carry them."""
+    (cid,) = silent_contacts(fake, 1)
+    runner = runner_for(connector)
+    runner.process([Event(event_id="e1", contact_id=cid, type="open", occurred_at=NOW)])
+    stored = fake.records["Contact"][cid]
+    snapshot = runner.store.get_contacts([cid])[cid]
+    assert stored["Elastic_Exp_Subject__c"] == snapshot.experiments["subject_line"]
+    assert stored["Elastic_Exp_Subject__c"] in ("Curiosity", "Value")
+    assert stored["Elastic_Holdout__c"] is (snapshot.experiments["holdout"] == "holdout")
