@@ -17,7 +17,6 @@ from typing import Any, ClassVar
 from core.mapping import Mapping
 from core.models import Event
 
-
 RAW_PROPERTY = "property:"
 """A `write_records` key that names a CRM property outright rather than a canonical field:
 experiment variants and the holdout flag (`core.experiments.experiment_property_values`).
