@@ -35,7 +35,9 @@ class Signal(_Strict):
 
     property: str = Field(min_length=1)
     event: str = Field(min_length=1)
-    patterns: list[str] = Field(default_factory=list, description="regexes the new value must match")
+    patterns: list[str] = Field(
+        default_factory=list, description="regexes the new value must match"
+    )
     values: list[str] = Field(default_factory=list, description="values that count (e.g. 'true')")
 
     @field_validator("patterns")
@@ -239,9 +241,8 @@ def format_validation_error(path: str, error: ValidationError, prefix: tuple = (
             message = f"{message}, got {item['input']!r}"
         # Cross-field validators name their own sub-path ("signals[0].event: ...").
         match = re.match(r"^([\w.\[\]]+): (.*)$", message)
-        if match and not loc:
-            problems.append(f"{path}: {match.group(1)}: {match.group(2)}")
-        elif match and ("[" in match.group(1) or "." in match.group(1)):
+        names_own_path = match and (not loc or "[" in match.group(1) or "." in match.group(1))
+        if names_own_path:
             problems.append(f"{path}: {match.group(1)}: {match.group(2)}")
         else:
             problems.append(f"{path}: {_key_path(loc)}: {message}")

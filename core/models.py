@@ -81,8 +81,9 @@ class ContactState:
 
     `base_score` is the score right after the last engagement; the visible
     `engagement_score` is it decayed `decay_steps` times, each step due at a fixed offset from
-    the last engagement, so decay never depends on how often the scheduler ran. `stream_entered_at` is when silence started counting for a contact who
-    never engaged since (enrollment or resubscribe).
+    the last engagement, so decay never depends on how often the scheduler ran.
+    `stream_entered_at` is when silence started counting for a contact who never engaged since
+    (enrollment or resubscribe).
     """
 
     contact_id: str

@@ -80,7 +80,8 @@ def _json_default(value: object) -> str:
 def _contact_row(s: ContactState, due: datetime | None) -> tuple:
     return (
         s.contact_id, s.campaign_status.value, iso_utc(s.enrolled_at), iso_utc(s.as_of),
-        iso_utc(s.status_changed_at), iso_utc(s.stream_entered_at), s.engagement_score, s.base_score,
+        iso_utc(s.status_changed_at), iso_utc(s.stream_entered_at), s.engagement_score,
+        s.base_score,
         iso_utc(s.last_engagement_date), s.decay_steps, s.reactivation_cycle, s.reactivation_step,
         iso_utc(s.reactivation_step_at), s.unanswered_sends,
         s.suppression_reason.value if s.suppression_reason else None,
