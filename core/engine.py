@@ -19,6 +19,7 @@ from core.models import (
     Event,
     Status,
     SuppressionReason,
+    iso_utc,
 )
 from core.policy import Compiled, Policy
 
@@ -316,7 +317,7 @@ def _fire(
     else:  # no_response after the last step
         _suppress(state, at, SuppressionReason.NO_RESPONSE)
         actions.append(Action("alternate_channel_add"))
-    cause = f"time:{rule}@{at.isoformat()}"
+    cause = f"time:{rule}@{iso_utc(at)}"
     _record(state, before, at, "time:" + rule, reason, cause, version, actions, decisions)
 
 

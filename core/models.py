@@ -9,11 +9,27 @@ to build than the whole rule it records.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+
+_ISO_CACHE: dict[datetime, str] = {}
+
+
+def iso_utc(value: datetime | None) -> str | None:
+    # The same instants recur (a decision's time is also the new status_changed_at, enrolment
+    # times are rewritten with every snapshot): a lookup costs a tenth of isoformat().
+    if value is None:
+        return None
+    text = _ISO_CACHE.get(value)
+    if text is None:
+        if len(_ISO_CACHE) > 200_000:
+            _ISO_CACHE.clear()
+        utc = value if value.tzinfo is UTC else value.astimezone(UTC)
+        text = _ISO_CACHE[value] = utc.isoformat()
+    return text
 
 
 class Status(StrEnum):
@@ -58,6 +74,13 @@ class Event(BaseModel):
     variant: str | None = None
     url: str | None = None
     source: str | None = None
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _in_utc(cls, value: datetime) -> datetime:
+        # One tzinfo object everywhere: comparing datetimes whose tzinfo objects differ costs
+        # a utcoffset() call on each side, and the engine compares on every event.
+        return value if value.tzinfo is UTC else value.astimezone(UTC)
 
 
 CANONICAL_FIELDS = (

@@ -12,9 +12,9 @@ from typing import IO
 from pydantic import ValidationError
 
 from core.mapping import Mapping
-from core.models import ContactState, Event
+from core.models import ContactState, Event, iso_utc
 from core.pipeline import Pipeline, RunStats
-from core.sqlite_store import SQLiteStore, iso_utc
+from core.sqlite_store import SQLiteStore
 
 REPLAY_BATCH = 20_000
 

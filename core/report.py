@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.changelog import change_log, versions_by_transition
-from core.models import COMPLIANCE_REASONS, Status
+from core.models import COMPLIANCE_REASONS, Status, iso_utc
 from core.results import (
     counts_by_arm,
     experiment_results,
     holdout_results,
     prepare_window,
 )
-from core.sqlite_store import SQLiteStore, iso_utc
+from core.sqlite_store import SQLiteStore
 from core.stats import wilson
 
 if TYPE_CHECKING:

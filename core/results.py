@@ -46,7 +46,7 @@ def prepare_window(store: SQLiteStore, since: datetime | None) -> None:
     if since is None:
         store.execute("CREATE TEMP TABLE report_rows AS SELECT * FROM ledger_rollup")
         return
-    from core.sqlite_store import iso_utc
+    from core.models import iso_utc
 
     start = iso_utc(since) or ""
     day = start[:10]

@@ -7,10 +7,18 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
-from core.models import Action, ContactState, Decision, Event, Status, SuppressionReason
+from core.models import (
+    Action,
+    ContactState,
+    Decision,
+    Event,
+    Status,
+    SuppressionReason,
+    iso_utc,
+)
 from core.rollup import UPSERT, ensure_rollup, rollup_rows
 from core.store import Batch, ConflictError, Store, StoreError
 
@@ -59,12 +67,6 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("ELASTICITY_DATA_DIR", ".elasticity"))
 
 
-def iso_utc(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    if value.tzinfo is not UTC:
-        value = value.astimezone(UTC)
-    return value.isoformat()
 
 
 def _dt(value: str | None) -> datetime | None:
