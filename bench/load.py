@@ -28,39 +28,58 @@ sys.path.insert(0, str(ROOT))
 SECRET = "load-client-secret-1d7c"  # noqa: S105 - a loopback fake's, not a credential
 PATH = "/webhooks/hubspot"
 HOST = "127.0.0.1"  # loopback only, by design
+CONTACTS, FIRST_ID = 2_000, 20_000
 
 
 # ---- the server process --------------------------------------------------------------------
 
 
-def serve(workdir: str) -> None:
+def serve_fake() -> None:
+    """The fake HubSpot in a process of its own: the server under test shares no CPU with it
+    beyond the machine's, as with the real HubSpot."""
     import logging
 
+    from tests.fakes.hubspot_server import FakeHubSpot
+
+    logging.disable(logging.WARNING)
+    fake = FakeHubSpot()
+    url = fake.start(HOST)
+    for i in range(CONTACTS):
+        fake.add_contact({}, contact_id=FIRST_ID + i)
+    threading.Thread(target=_trim_fake_log, args=(fake,), daemon=True).start()
+    print(url, flush=True)
+    threading.Event().wait()
+
+
+def serve(workdir: str, crm_url: str, worker_on: bool, cache_mb: int | None,
+          switch_ms: float | None) -> None:  # fmt: skip
+    import logging
+
+    if switch_ms is not None:
+        sys.setswitchinterval(switch_ms / 1000)
     from connectors.hubspot import HubSpotConnector
     from connectors.hubspot.config import HubSpotSettings, load_options
     from connectors.runner import Runner
     from connectors.server import build_server
     from core.mapping import load_mapping
     from core.sqlite_store import SQLiteStore
-    from tests.fakes.hubspot_server import TOKEN, FakeHubSpot
+    from tests.fakes.hubspot_server import TOKEN
 
     logging.disable(logging.WARNING)
-    fake = FakeHubSpot()
-    url = fake.start(HOST)
     mapping = load_mapping(ROOT / "mappings" / "hubspot.yaml")
-    settings = HubSpotSettings(access_token=TOKEN, client_secret=SECRET, base_url=url,
+    settings = HubSpotSettings(access_token=TOKEN, client_secret=SECRET, base_url=crm_url,
                                requests_per_10s=10_000)  # fmt: skip
     connector = HubSpotConnector(mapping, settings, load_options(mapping))
     connector.provision()
-    for i in range(2_000):
-        fake.add_contact({}, contact_id=20_000 + i)
-    runner = Runner(connector, SQLiteStore(Path(workdir) / "load.sqlite3"))
-    server, worker = build_server([runner], host=HOST, port=0)
+    store = SQLiteStore(Path(workdir) / "load.sqlite3")
+    if cache_mb is not None:
+        store._db.execute(f"PRAGMA cache_size=-{cache_mb * 1024}")
+    runner = Runner(connector, store)
+    server, worker = build_server([runner], host=HOST, port=0, worker=worker_on)
     server.daemon_threads = True
     if worker is not None:
         worker.idle_seconds = 0.5
         worker.start()
-    threading.Thread(target=_trim_fake_log, args=(fake,), daemon=True).start()
     print(server.server_address[1], flush=True)
     server.serve_forever()
 
@@ -80,7 +99,7 @@ def body_for(n: int, per_request: int) -> bytes:
     now_ms = round(time.time() * 1000)
     notes = [{"eventId": n * per_request + i, "subscriptionId": 1, "portalId": 1,
               "occurredAt": now_ms - 1000, "subscriptionType": "contact.propertyChange",
-              "objectId": 20_000 + (n * per_request + i) % 2_000,
+              "objectId": FIRST_ID + (n * per_request + i) % CONTACTS,
               "propertyName": "hs_email_last_open_date",
               "propertyValue": str(now_ms - 1000 - (n * per_request + i))}
              for i in range(per_request)]  # fmt: skip
@@ -126,22 +145,46 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--per-request", type=int, default=10, help="notifications a request")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--no-worker", action="store_true",
+                        help="intake only: leave the inbox undrained (isolates intake latency)")
+    parser.add_argument("--switch-ms", type=float, default=None,
+                        help="the server's GIL switch interval (Python's default is 5 ms)")
+    parser.add_argument("--sqlite-cache-mb", type=int, default=None,
+                        help="override the store's page cache (default: the store's own)")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
+    parser.add_argument("--crm", help=argparse.SUPPRESS)
+    parser.add_argument("--fake", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.fake:
+        serve_fake()
+        return 0
     if args.serve:
-        serve(args.serve)
+        serve(args.serve, args.crm, not args.no_worker, args.sqlite_cache_mb, args.switch_ms)
         return 0
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="load-") as workdir:
-        proc = subprocess.Popen([sys.executable, __file__, "--serve", workdir],  # noqa: S603
-                                stdout=subprocess.PIPE, text=True, cwd=ROOT)  # fmt: skip
+        crm = subprocess.Popen([sys.executable, __file__, "--fake"],  # noqa: S603
+                               stdout=subprocess.PIPE, text=True, cwd=ROOT)  # fmt: skip
+        procs = [crm]
         try:
-            port = int(proc.stdout.readline())  # type: ignore[union-attr]
-            return run_load(args, port, proc.pid)
+            crm_url = crm.stdout.readline().strip()  # type: ignore[union-attr]
+            flags = ["--no-worker"] if args.no_worker else []
+            if args.switch_ms is not None:
+                flags += ["--switch-ms", str(args.switch_ms)]
+            if args.sqlite_cache_mb is not None:
+                flags += ["--sqlite-cache-mb", str(args.sqlite_cache_mb)]
+            server = subprocess.Popen(
+                [sys.executable, __file__, "--serve", workdir, "--crm", crm_url, *flags],  # noqa: S603
+                stdout=subprocess.PIPE, text=True, cwd=ROOT,
+            )  # fmt: skip
+            procs.append(server)
+            port = int(server.stdout.readline())  # type: ignore[union-attr]
+            return run_load(args, port, server.pid)
         finally:
-            proc.terminate()
-            proc.wait(timeout=10)
+            for proc in procs:
+                proc.terminate()
+                proc.wait(timeout=10)
 
 
 def run_load(args: argparse.Namespace, port: int, pid: int) -> int:
