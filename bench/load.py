@@ -51,34 +51,49 @@ def serve_fake() -> None:
     threading.Event().wait()
 
 
-def serve(workdir: str, crm_url: str, worker_on: bool, cache_mb: int | None,
-          switch_ms: float | None) -> None:  # fmt: skip
-    import logging
-
-    if switch_ms is not None:
-        sys.setswitchinterval(switch_ms / 1000)
+def bench_runners(workdir: str, crm_url: str, cache_mb: int | None) -> list:
+    """The server's runner: HubSpot connector on the fake CRM, SQLite in `workdir`. Module
+    level so the worker process can build its own."""
     from connectors.hubspot import HubSpotConnector
     from connectors.hubspot.config import HubSpotSettings, load_options
     from connectors.runner import Runner
-    from connectors.server import build_server
     from core.mapping import load_mapping
     from core.sqlite_store import SQLiteStore
     from tests.fakes.hubspot_server import TOKEN
 
-    logging.disable(logging.WARNING)
     mapping = load_mapping(ROOT / "mappings" / "hubspot.yaml")
     settings = HubSpotSettings(access_token=TOKEN, client_secret=SECRET, base_url=crm_url,
                                requests_per_10s=10_000)  # fmt: skip
     connector = HubSpotConnector(mapping, settings, load_options(mapping))
-    connector.provision()
-    store = SQLiteStore(Path(workdir) / "load.sqlite3")
-    if cache_mb is not None:
-        store._db.execute(f"PRAGMA cache_size=-{cache_mb * 1024}")
-    runner = Runner(connector, store)
-    server, worker = build_server([runner], host=HOST, port=0, worker=worker_on)
+    store = SQLiteStore(Path(workdir) / "load.sqlite3", **({"cache_mb": cache_mb} if cache_mb
+                                                          else {}))  # fmt: skip
+    return [Runner(connector, store)]
+
+
+def serve(workdir: str, crm_url: str, mode: str, cache_mb: int | None,
+          switch_ms: float | None) -> None:  # fmt: skip
+    """mode: `process` (as `elasticity serve` runs), `thread` (worker in the server's
+    process) or `none` (intake only)."""
+    import logging
+    from functools import partial
+
+    from connectors.server import InboxWorker, WorkerProcess, make_handler, routes_for
+
+    if switch_ms is not None:
+        sys.setswitchinterval(switch_ms / 1000)
+    logging.disable(logging.WARNING)
+    runners = bench_runners(workdir, crm_url, cache_mb)
+    runners[0].connector.provision()
+    worker: InboxWorker | WorkerProcess | None = None
+    if mode == "process":
+        worker = WorkerProcess(partial(bench_runners, workdir, crm_url, cache_mb), 0.5)
+    elif mode == "thread":
+        worker = InboxWorker(runners, 0.5)
+    from http.server import ThreadingHTTPServer
+
+    server = ThreadingHTTPServer((HOST, 0), make_handler(routes_for(runners), worker))
     server.daemon_threads = True
     if worker is not None:
-        worker.idle_seconds = 0.5
         worker.start()
     print(server.server_address[1], flush=True)
     server.serve_forever()
@@ -145,8 +160,9 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--per-request", type=int, default=10, help="notifications a request")
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--no-worker", action="store_true",
-                        help="intake only: leave the inbox undrained (isolates intake latency)")
+    parser.add_argument("--worker", choices=["process", "thread", "none"], default="process",
+                        help="process: as `elasticity serve` runs it; thread: in the server's "
+                        "process; none: intake only (isolates intake latency)")
     parser.add_argument("--switch-ms", type=float, default=None,
                         help="the server's GIL switch interval (Python's default is 5 ms)")
     parser.add_argument("--sqlite-cache-mb", type=int, default=None,
@@ -159,7 +175,7 @@ def main() -> int:
         serve_fake()
         return 0
     if args.serve:
-        serve(args.serve, args.crm, not args.no_worker, args.sqlite_cache_mb, args.switch_ms)
+        serve(args.serve, args.crm, args.worker, args.sqlite_cache_mb, args.switch_ms)
         return 0
     import tempfile
 
@@ -169,7 +185,7 @@ def main() -> int:
         procs = [crm]
         try:
             crm_url = crm.stdout.readline().strip()  # type: ignore[union-attr]
-            flags = ["--no-worker"] if args.no_worker else []
+            flags = ["--worker", args.worker]
             if args.switch_ms is not None:
                 flags += ["--switch-ms", str(args.switch_ms)]
             if args.sqlite_cache_mb is not None:

@@ -98,17 +98,13 @@ def validate(mapping: MappingArg) -> None:
 
 
 def _connected(mapping_path: Path, data_dir: Path | None):
-    from connectors.registry import load_connector
-    from connectors.runner import Runner
-    from core.sqlite_store import SQLiteStore
+    from connectors.local import build_runner
 
     mapping = _mapping(mapping_path)
     try:
-        connector = load_connector(mapping)
-        store = SQLiteStore.in_data_dir(_data_dir(data_dir))
+        return build_runner(mapping, _data_dir(data_dir))
     except (ConnectorError, StoreError) as exc:
         _fail(str(exc))
-    return Runner(connector, store)
 
 
 @app.command()
@@ -170,12 +166,16 @@ def serve(
     data_dir: DataDir = None,
 ) -> None:
     """Local webhook server: POST /webhooks/hubspot, /webhooks/salesforce(/events)."""
+    from functools import partial
+
+    from connectors.local import runners_for
     from connectors.server import serve_forever
 
     runners = [_connected(m, data_dir) for m in mappings]
     paths = [p for r in runners for p in r.connector.webhook_paths]
     out.print(f"listening on http://{host}:{port} for {', '.join(paths)}", highlight=False)
-    serve_forever(runners, host, port)
+    worker = partial(runners_for, [str(m) for m in mappings], str(_data_dir(data_dir)))
+    serve_forever(runners, host, port, worker_factory=worker)
 
 
 @app.command()
@@ -285,9 +285,8 @@ def report(
     data_dir: DataDir = None,
 ) -> None:
     """Funnel, transitions by reason, reactivation rate, experiments, data quality."""
-    from core.report import render_report
-
     from core.explain import store_paths
+    from core.report import render_report
 
     if fmt not in ("md", "html", "json"):
         _fail(f"--format: expected md, html or json, got {fmt!r}", 2)

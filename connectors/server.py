@@ -1,10 +1,17 @@
-"""`elasticity serve`: the webhook endpoints on a local HTTP server, an in-process worker that
-drains the store's inbox through the shared runner, and nothing else."""
+"""`elasticity serve`: the webhook endpoints on a local HTTP server and a worker that drains
+the store's inbox through the shared runner.
+
+`serve` runs the worker in a process of its own on the same SQLite file (WAL lets both write):
+deciding and writing back is CPU-bound Python, and in the server's process it would hold the
+GIL against the intake threads, whose answers must stay fast. Tests use the thread worker.
+"""
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
@@ -47,7 +54,44 @@ class InboxWorker(threading.Thread):
         self.wake.set()
 
 
-def make_handler(routes: dict[str, Runner], worker: InboxWorker | None):
+RunnerFactory = Callable[[], list[Runner]]
+"""Builds a process's own runners (connectors and store connections are not shared across
+processes). Must be picklable: a module-level function or a partial of one."""
+
+
+class WorkerProcess:
+    """The inbox worker in a child process, woken through a cross-process event."""
+
+    def __init__(self, factory: RunnerFactory, idle_seconds: float = 5.0) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.wake = context.Event()
+        self.stopping = context.Event()
+        self.process = context.Process(
+            target=_worker_main, args=(factory, self.wake, self.stopping, idle_seconds),
+            name="inbox-worker", daemon=True,
+        )  # fmt: skip
+
+    def start(self) -> None:
+        self.process.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.stopping.set()
+        self.wake.set()
+        self.process.join(timeout)
+        if self.process.is_alive():
+            self.process.terminate()
+
+
+def _worker_main(factory: RunnerFactory, wake, stopping, idle_seconds: float) -> None:
+    worker = InboxWorker(factory(), idle_seconds)
+    worker.drain_once()  # events recorded while no worker ran
+    while not stopping.is_set():
+        wake.wait(idle_seconds)
+        wake.clear()
+        worker.drain_once()
+
+
+def make_handler(routes: dict[str, Runner], worker: InboxWorker | WorkerProcess | None):
     class WebhookHandler(BaseHTTPRequestHandler):
         server_version = "elasticity"
 
@@ -102,17 +146,27 @@ def make_handler(routes: dict[str, Runner], worker: InboxWorker | None):
 def build_server(
     runners: list[Runner], host: str = "127.0.0.1", port: int = 8080, worker: bool = True
 ) -> tuple[ThreadingHTTPServer, InboxWorker | None]:
-    routes = {}
-    for runner in runners:
-        for path in runner.connector.webhook_paths:
-            routes[path.rstrip("/")] = runner
     inbox_worker = InboxWorker(runners) if worker else None
-    server = ThreadingHTTPServer((host, port), make_handler(routes, inbox_worker))
+    server = ThreadingHTTPServer((host, port), make_handler(routes_for(runners), inbox_worker))
     return server, inbox_worker
 
 
-def serve_forever(runners: list[Runner], host: str, port: int) -> None:
-    server, worker = build_server(runners, host, port)
+def routes_for(runners: list[Runner]) -> dict[str, Runner]:
+    return {
+        path.rstrip("/"): runner for runner in runners for path in runner.connector.webhook_paths
+    }
+
+
+def serve_forever(
+    runners: list[Runner], host: str, port: int, worker_factory: RunnerFactory | None = None
+) -> None:
+    """Serve until interrupted. With `worker_factory` the worker runs in its own process."""
+    worker: InboxWorker | WorkerProcess | None
+    if worker_factory is None:
+        server, worker = build_server(runners, host, port)
+    else:
+        worker = WorkerProcess(worker_factory)
+        server = ThreadingHTTPServer((host, port), make_handler(routes_for(runners), worker))
     if worker is not None:
         worker.start()
     try:

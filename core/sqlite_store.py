@@ -126,7 +126,7 @@ def _chunks(items: Sequence, size: int = _CHUNK) -> Iterator[Sequence]:
 
 
 class SQLiteStore(Store):
-    def __init__(self, path: str | Path = ":memory:") -> None:
+    def __init__(self, path: str | Path = ":memory:", cache_mb: int = 128) -> None:
         self.path = str(path)
         # One connection shared by the local server's threads: transactions must not interleave.
         self._lock = threading.RLock()
@@ -138,7 +138,7 @@ class SQLiteStore(Store):
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA busy_timeout=5000")
             # Ledger and contact indexes take random keys: a small page cache thrashes.
-            self._db.execute("PRAGMA cache_size=-131072")
+            self._db.execute(f"PRAGMA cache_size=-{int(cache_mb) * 1024}")
             self._db.execute("PRAGMA temp_store=MEMORY")
             self._db.executescript(_SCHEMA)
             self._add_missing_columns()

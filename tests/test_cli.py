@@ -150,3 +150,31 @@ def test_simulate_is_reproducible_with_a_seed(tmp_path):
                data_dir=tmp_path / name)  # fmt: skip
         runs.append(json.loads((report / "summary.json").read_text())["daily"])
     assert runs[0] == runs[1]
+
+
+def test_serve_worker_process_drains_what_the_server_recorded(tmp_path):
+    """The worker `serve` starts in its own process builds its own runners and drains the
+    inbox the HTTP process filled (same SQLite file)."""
+    from datetime import UTC, datetime
+    from functools import partial
+
+    from connectors.server import WorkerProcess
+    from core.models import Event
+    from core.sqlite_store import SQLiteStore
+    from tests.fakes.memory_crm import memory_runners
+
+    store = SQLiteStore.in_data_dir(tmp_path)
+    when = datetime(2026, 1, 1, tzinfo=UTC)
+    store.inbox_put([Event(event_id="e1", contact_id="c1", type="open", occurred_at=when)])
+    worker = WorkerProcess(partial(memory_runners, str(tmp_path)), idle_seconds=0.05)
+    worker.start()
+    try:
+        for _ in range(400):
+            if not store.inbox_take(1) and store.ledger_for("c1"):
+                break
+            worker.wake.set()
+            worker.process.join(0.05)
+    finally:
+        worker.stop()
+    assert store.inbox_take(1) == []
+    assert [d.rule for d in store.ledger_for("c1")] == ["enroll", "engagement"]

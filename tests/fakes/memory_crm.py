@@ -205,3 +205,12 @@ class MemoryConnector(Connector):
         for start in range(0, len(ids), self.page_size):
             self._call(name)
             yield [self._record(cid) for cid in ids[start : start + self.page_size]]
+
+
+def memory_runners(data_dir: str) -> list:
+    """Runners a worker process builds for itself: the fake CRM on the data dir's store."""
+    from connectors.runner import Runner
+    from core.sqlite_store import SQLiteStore
+
+    connector = MemoryConnector(memory_mapping(), MemoryCrm())
+    return [Runner(connector, SQLiteStore.in_data_dir(Path(data_dir)))]
