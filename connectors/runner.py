@@ -168,16 +168,14 @@ class Runner:
         since = datetime.fromisoformat(cursors["poll:since"]) if cursors.get("poll:since") else None
         after = cursors.get("poll:after") or None
         for page in self.connector.find_engaged_since(since, after):
-            keys = [seen_key(r.contact_id, s.property) for r in page for s in self.mapping.signals]
+            signals = self.mapping.signals
+            keys = [seen_key(r.contact_id, s.property) for r in page for s in signals]
             last_seen = self.store.get_cursors(keys)
             events: list[Event] = []
             remember: dict[str, str] = {}
             for record in page:
-                prior = {
-                    s.property: last_seen[seen_key(record.contact_id, s.property)]
-                    for s in self.mapping.signals
-                    if seen_key(record.contact_id, s.property) in last_seen
-                }
+                keyed = {s.property: seen_key(record.contact_id, s.property) for s in signals}
+                prior = {p: last_seen[k] for p, k in keyed.items() if k in last_seen}
                 found, seen = events_from_changes(
                     self.mapping, record.contact_id, record.signals, prior, now, "poll"
                 )
