@@ -2,17 +2,21 @@
 
 Nothing here does I/O or reads a clock. Time rules fire at their due time, computed from the
 state, so the outcome is the same whether the scheduler ran hourly, daily or once.
+
+`apply_event` and `advance` never touch the state they are given. The pipeline, which owns
+the states it loaded, calls `apply_owned` and `advance_owned` instead: the same rules, changing
+the state in place, because a copy per event costs as much as the rule it protects. Each rule
+records its own before/after values as it changes a field (a property test folds them back
+into the state), rather than diffing snapshots of the state around it.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from operator import attrgetter
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from core.models import (
     COMPLIANCE_REASONS,
-    ENGAGEMENT_EVENTS,
     Action,
     ContactState,
     Decision,
@@ -25,12 +29,10 @@ from core.policy import Compiled, Policy
 
 _ACTIVE, _ENGAGED, _DORMANT = Status.ACTIVE, Status.ENGAGED, Status.DORMANT
 _REACTIVATED, _SUPPRESSED = Status.REACTIVATED, Status.SUPPRESSED
+_NO_RESPONSE = SuppressionReason.NO_RESPONSE
 _COMPLIANCE_EXITS = {r.value: r for r in COMPLIANCE_REASONS}
-_TRACKED = (
-    "campaign_status", "engagement_score", "last_engagement_date", "reactivation_cycle",
-    "reactivation_step", "unanswered_sends", "suppression_reason", "status_changed_at",
-)  # fmt: skip
-_snapshot = attrgetter(*_TRACKED)
+
+Changes = dict[str, tuple[Any, Any]]
 
 
 class UnknownEventType(ValueError):
@@ -58,16 +60,14 @@ def next_due(state: ContactState, policy: Policy) -> Due | None:
 
 
 def _due(state: ContactState, c: Compiled) -> tuple[datetime, str] | None:
-    # Plain tuples: this runs several times per event on the hot path.
-    best: tuple[datetime, str] | None = None
-    if state.engagement_score > 0 and state.last_engagement_date is not None:
-        at = state.last_engagement_date + c.decay_after + state.decay_steps * c.decay_every
-        best = (at, "decay")
+    # Plain tuples and as few datetime operations as possible: this runs on every event.
     status = state.campaign_status
+    last = state.last_engagement_date
+    due: tuple[datetime, str] | None
     if status is _ACTIVE or status is _REACTIVATED:
         anchor = state.stream_entered_at
-        if state.last_engagement_date is not None and state.last_engagement_date > anchor:
-            anchor = state.last_engagement_date
+        if last is not None and last > anchor:
+            anchor = last
         due = (anchor + c.dormant_after, "inactivity")
     elif status is _DORMANT:
         if state.reactivation_step == 0:
@@ -83,242 +83,288 @@ def _due(state: ContactState, c: Compiled) -> tuple[datetime, str] | None:
             if free_at > due[0]:
                 due = (free_at, due[1])
     else:
-        return best
-    # A decay due at the same instant goes first: it can turn Engaged into Active.
-    return due if best is None or due[0] < best[0] else best
+        due = None
+    if last is not None and state.engagement_score > 0:
+        decay_at = last + c.decay_offset(state.decay_steps)
+        # A decay due at the same instant goes first: it can turn Engaged into Active.
+        if due is None or decay_at <= due[0]:
+            return (decay_at, "decay")
+    return due
 
 
 def advance(state: ContactState, now: datetime, policy: Policy) -> Outcome:
     """Fire every time rule due at or before `now`, each at its own due time."""
     decisions: list[Decision] = []
-    c = policy.compiled
-    due = _due(state, c)
+    due = _due(state, policy.compiled)
     if (due is None or due[0] > now) and now <= state.as_of:
         return Outcome(state, decisions)
-    state = state.copy()
-    _advance_in_place(state, now, c, policy.version, decisions)
-    return Outcome(state, decisions)
+    return Outcome(advance_owned(state.copy(), now, policy, decisions), decisions)
 
 
-def _advance_in_place(
-    state: ContactState, now: datetime, c: Compiled, version: str, decisions: list[Decision]
-) -> None:
-    due = _due(state, c)
-    while due is not None and due[0] <= now:
-        state.as_of = due[0]
-        _fire(state, due, c, version, decisions)
-        due = _due(state, c)
+def advance_owned(
+    state: ContactState, now: datetime, policy: Policy, decisions: list[Decision]
+) -> ContactState:
+    """`advance` changing `state` in place, appending to `decisions`."""
+    c = policy.compiled
+    _fire_due(state, _due(state, c), now, c, c.version, decisions)
     if now > state.as_of:
         state.as_of = now
+    return state
+
+
+def _fire_due(
+    state: ContactState,
+    due: tuple[datetime, str] | None,
+    now: datetime,
+    c: Compiled,
+    version: str,
+    decisions: list[Decision],
+) -> None:
+    while due is not None and due[0] <= now:
+        state.as_of = due[0]
+        _fire(state, due[0], due[1], c, version, decisions)
+        due = _due(state, c)
 
 
 def apply_event(state: ContactState | None, event: Event, policy: Policy) -> Outcome:
     """Apply one event: enroll if unknown, fire the time rules due by then, then the event."""
+    decisions: list[Decision] = []
+    owned = None if state is None else state.copy()
+    return Outcome(apply_owned(owned, event, policy, decisions), decisions)
+
+
+def apply_owned(
+    state: ContactState | None, event: Event, policy: Policy, decisions: list[Decision]
+) -> ContactState:
+    """`apply_event` changing `state` in place (a new state for an unknown contact),
+    appending to `decisions`."""
     kind = event.type
     c = policy.compiled
     if kind not in c.known:
         raise UnknownEventType(f"event type '{kind}' is not known to the policy")
     at = event.occurred_at
-    decisions: list[Decision] = []
+    version = c.version
     program = c.program
     if state is None:
-        state = new_contact(event.contact_id, at)
-        changes: dict = {"campaign_status": (None, _ACTIVE)}
-        if program is not None:
-            state.segment = program.segment
-            state.experiments = program.assign(event.contact_id)
-            changes["experiments"] = (None, state.experiments)
-            if program.segment is not None:
-                changes["segment"] = (None, program.segment)
-        decisions.append(
-            Decision(
-                event.contact_id, at, "enroll", "enrolled", event.event_id, None, _ACTIVE,
-                changes, policy.version, [], kind,
-            )
-        )  # fmt: skip
+        state = _enroll(event, c, version, decisions)
         if kind == "enroll":
-            return Outcome(state, decisions)
+            return state
     elif program is not None and len(state.experiments) < program.n_keys:
         # A contact the CRM had before the program (or before this experiment) joins it now.
-        state = state.copy()
         old = state.experiments
         state.experiments = program.assign(state.contact_id, old)
+        status = state.campaign_status
         decisions.append(
             Decision(
-                state.contact_id, at, "experiments", "assigned", event.event_id,
-                state.campaign_status, state.campaign_status,
-                {"experiments": (old or None, state.experiments)}, policy.version, [], kind,
+                state.contact_id, at, "experiments", "assigned", event.event_id, status, status,
+                {"experiments": (old or None, state.experiments)}, version, [], kind,
             )
         )  # fmt: skip
         if kind == "enroll":
-            return Outcome(state, decisions)
+            return state
     elif kind == "enroll":
-        return Outcome(state, decisions)
+        return state
+    due = _due(state, c)
+    if due is not None and due[0] <= at:
+        _fire_due(state, due, at, c, version, decisions)
+    if at > state.as_of:
+        state.as_of = at
     else:
-        state = state.copy()
-    # Every path above left `state` a private copy: the rules may now change it in place.
-    _advance_in_place(state, at, c, policy.version, decisions)
-    before = _snapshot(state)
-    if at < state.as_of:
         at = state.as_of  # a late event cannot rewind time rules already fired
+    before = state.campaign_status
+    changes: Changes = {}
     actions: list[Action] = []
     if kind == "send":
-        rule, reason = _send(state, at, c)
+        rule, reason = "send", _send(state, at, c, changes)
         if c.cap_max:
             # Only the latest `cap_max` sends can hold a step back.
             times = sorted((*state.send_times, event.occurred_at))
             state.send_times = tuple(times[-c.cap_max :])
     elif kind in _COMPLIANCE_EXITS:
-        rule, reason = _compliance_exit(state, at, _COMPLIANCE_EXITS[kind], actions)
+        rule = "compliance"
+        reason = _compliance_exit(state, at, _COMPLIANCE_EXITS[kind], changes, actions)
     elif kind == "resubscribe":
-        rule, reason = _resubscribe(state, at)
+        rule, reason = "compliance", _resubscribe(state, at, changes)
     else:
-        rule, reason = _engage(state, event, at, c, actions)
-    _record(
-        state, before, at, rule, reason, event.event_id, policy.version, actions, decisions, kind
-    )
-    return Outcome(state, decisions)
-
-
-def _record(
-    state: ContactState,
-    before: tuple,
-    at: datetime,
-    rule: str,
-    reason: str,
-    cause: str,
-    version: str,
-    actions: list[Action],
-    decisions: list[Decision],
-    event_type: str | None = None,
-) -> None:
-    after = _snapshot(state)
-    if after == before and not actions:
-        return
-    changes = {
-        name: (old, new)
-        for name, old, new in zip(_TRACKED, before, after, strict=True)
-        if new != old
-    }
+        rule, reason = "engagement", _engage(state, event, at, c, changes, actions)
     if changes or actions:
         decisions.append(
             Decision(
-                state.contact_id, at, rule, reason, cause, before[0], state.campaign_status,
-                changes, version, actions, event_type,
+                state.contact_id, at, rule, reason, event.event_id, before,
+                state.campaign_status, changes, version, actions, kind,
             )
         )  # fmt: skip
+    return state
 
 
-def _set_status(state: ContactState, status: Status, at: datetime) -> None:
-    state.campaign_status = status
+def _enroll(event: Event, c: Compiled, version: str, decisions: list[Decision]) -> ContactState:
+    at = event.occurred_at
+    state = new_contact(event.contact_id, at)
+    changes: Changes = {"campaign_status": (None, _ACTIVE)}
+    program = c.program
+    if program is not None:
+        state.segment = program.segment
+        state.experiments = program.assign(event.contact_id)
+        changes["experiments"] = (None, state.experiments)
+        if program.segment is not None:
+            changes["segment"] = (None, program.segment)
+    decisions.append(
+        Decision(
+            event.contact_id, at, "enroll", "enrolled", event.event_id, None, _ACTIVE, changes,
+            version, [], event.type,
+        )
+    )  # fmt: skip
+    return state
+
+
+def _put(state: ContactState, changes: Changes, name: str, value: Any) -> None:
+    old = getattr(state, name)
+    setattr(state, name, value)
+    if old != value:
+        changes[name] = (old, value)
+
+
+def _set_status(state: ContactState, status: Status, at: datetime, changes: Changes) -> None:
+    old = state.campaign_status
+    if old is not status:
+        state.campaign_status = status
+        changes["campaign_status"] = (old, status)
+    old_at = state.status_changed_at
     state.status_changed_at = at
+    if old_at != at:
+        changes["status_changed_at"] = (old_at, at)
 
 
 def _engage(
-    state: ContactState, event: Event, at: datetime, c: Compiled, actions: list[Action]
-) -> tuple[str, str]:
+    state: ContactState,
+    event: Event,
+    at: datetime,
+    c: Compiled,
+    changes: Changes,
+    actions: list[Action],
+) -> str:
     kind = event.type
-    if kind not in c.points and kind not in ENGAGEMENT_EVENTS:
-        raise UnknownEventType(f"event type '{kind}' has no points in the policy")
-    score = state.engagement_score + c.points.get(kind, 0.0)
+    old = state.engagement_score
+    score = old + c.points.get(kind, 0.0)
     state.engagement_score = state.base_score = score
+    if score != old:
+        changes["engagement_score"] = (old, score)
     state.decay_steps = 0
-    if state.last_engagement_date is None or event.occurred_at > state.last_engagement_date:
+    last = state.last_engagement_date
+    if last is None or event.occurred_at > last:
         state.last_engagement_date = event.occurred_at
-    state.unanswered_sends = 0
+        changes["last_engagement_date"] = (last, event.occurred_at)
+    unanswered = state.unanswered_sends
+    if unanswered:
+        state.unanswered_sends = 0
+        changes["unanswered_sends"] = (unanswered, 0)
     status = state.campaign_status
     if (status is _ACTIVE or status is _REACTIVATED) and score >= c.threshold:
-        _set_status(state, _ENGAGED, at)
+        _set_status(state, _ENGAGED, at, changes)
         if c.handoff:
             actions.append(Action("handoff_task", {"score": score, "trigger": kind}))
-        return "engagement", "score_reached_threshold"
+        return "score_reached_threshold"
     if status is _DORMANT:
-        _set_status(state, _REACTIVATED, at)
-        state.reactivation_step, state.reactivation_step_at = 0, None
-        return "engagement", "reactivated_from_dormant"
-    if status is _SUPPRESSED and state.suppression_reason is SuppressionReason.NO_RESPONSE:
-        _set_status(state, _REACTIVATED, at)
-        state.suppression_reason = None
+        _set_status(state, _REACTIVATED, at, changes)
+        _put(state, changes, "reactivation_step", 0)
+        state.reactivation_step_at = None
+        return "reactivated_from_dormant"
+    if status is _SUPPRESSED and state.suppression_reason is _NO_RESPONSE:
+        _set_status(state, _REACTIVATED, at, changes)
+        _put(state, changes, "suppression_reason", None)
         actions.append(Action("alternate_channel_remove"))
-        return "engagement", "reactivated_from_alternate_channel"
-    return "engagement", kind
+        return "reactivated_from_alternate_channel"
+    return kind
 
 
-def _send(state: ContactState, at: datetime, c: Compiled) -> tuple[str, str]:
-    state.unanswered_sends += 1
+def _send(state: ContactState, at: datetime, c: Compiled, changes: Changes) -> str:
+    sent = state.unanswered_sends + 1
+    changes["unanswered_sends"] = (state.unanswered_sends, sent)
+    state.unanswered_sends = sent
     status = state.campaign_status
-    if (status is _ACTIVE or status is _REACTIVATED) and (
-        state.unanswered_sends >= c.max_unanswered_sends
-    ):
-        _go_dormant(state, at)
-        return "send", "unanswered_sends"
-    return "send", "sent"
+    if (status is _ACTIVE or status is _REACTIVATED) and sent >= c.max_unanswered_sends:
+        _go_dormant(state, at, changes)
+        return "unanswered_sends"
+    return "sent"
 
 
 def _compliance_exit(
-    state: ContactState, at: datetime, reason: SuppressionReason, actions: list[Action]
-) -> tuple[str, str]:
+    state: ContactState,
+    at: datetime,
+    reason: SuppressionReason,
+    changes: Changes,
+    actions: list[Action],
+) -> str:
     current = state.suppression_reason
     if state.campaign_status is _SUPPRESSED and current in COMPLIANCE_REASONS:
-        return "compliance", "already_suppressed"
-    if current is SuppressionReason.NO_RESPONSE:
+        return "already_suppressed"
+    if current is _NO_RESPONSE:
         actions.append(Action("alternate_channel_remove"))
-    _suppress(state, at, reason)
-    return "compliance", reason.value
+    _suppress(state, at, reason, changes)
+    return reason.value
 
 
-def _resubscribe(state: ContactState, at: datetime) -> tuple[str, str]:
+def _resubscribe(state: ContactState, at: datetime, changes: Changes) -> str:
     if state.campaign_status is _SUPPRESSED and state.suppression_reason in COMPLIANCE_REASONS:
-        _set_status(state, _ACTIVE, at)
-        state.suppression_reason = None
-        state.unanswered_sends = 0
+        _set_status(state, _ACTIVE, at, changes)
+        _put(state, changes, "suppression_reason", None)
+        _put(state, changes, "unanswered_sends", 0)
         state.stream_entered_at = at
-    return "compliance", "resubscribed"
+    return "resubscribed"
 
 
-def _go_dormant(state: ContactState, at: datetime) -> None:
-    _set_status(state, _DORMANT, at)
-    state.reactivation_step, state.reactivation_step_at = 0, None
+def _go_dormant(state: ContactState, at: datetime, changes: Changes) -> None:
+    _set_status(state, _DORMANT, at, changes)
+    _put(state, changes, "reactivation_step", 0)
+    state.reactivation_step_at = None
 
 
-def _suppress(state: ContactState, at: datetime, reason: SuppressionReason) -> None:
-    _set_status(state, _SUPPRESSED, at)
-    state.suppression_reason = reason
-    state.reactivation_step, state.reactivation_step_at = 0, None
+def _suppress(
+    state: ContactState, at: datetime, reason: SuppressionReason, changes: Changes
+) -> None:
+    _set_status(state, _SUPPRESSED, at, changes)
+    _put(state, changes, "suppression_reason", reason)
+    _put(state, changes, "reactivation_step", 0)
+    state.reactivation_step_at = None
 
 
 def _fire(
-    state: ContactState, due: Due, c: Compiled, version: str, decisions: list[Decision]
-) -> None:
-    before = _snapshot(state)
-    at, rule = due
+    state: ContactState, at: datetime, rule: str, c: Compiled, version: str,
+    decisions: list[Decision],
+) -> None:  # fmt: skip
+    before = state.campaign_status
+    changes: Changes = {}
     actions: list[Action] = []
     reason = rule
     if rule == "decay":
-        reason = _decay(state, at, c)
+        reason = _decay(state, at, c, changes)
     elif rule == "inactivity":
-        _go_dormant(state, at)
+        _go_dormant(state, at, changes)
     elif rule == "cooling_done" and state.reactivation_cycle >= c.max_cycles:
-        _suppress(state, at, SuppressionReason.NO_RESPONSE)
+        _suppress(state, at, _NO_RESPONSE, changes)
         actions.append(Action("alternate_channel_add"))
         reason = "reactivation_cycles_exhausted"
-    elif rule in ("cooling_done", "next_step"):
-        planned = (
-            state.status_changed_at + c.cooling
-            if state.reactivation_step == 0
-            else state.reactivation_step_at + c.step_wait  # type: ignore[operator]
-        )
-        if state.reactivation_step == 0:
-            state.reactivation_cycle += 1
-        state.reactivation_step += 1
+    elif rule == "cooling_done" or rule == "next_step":
+        step = state.reactivation_step
+        if step == 0:
+            planned = state.status_changed_at + c.cooling
+            _put(state, changes, "reactivation_cycle", state.reactivation_cycle + 1)
+        else:
+            planned = state.reactivation_step_at + c.step_wait  # type: ignore[operator]
+        _put(state, changes, "reactivation_step", step + 1)
         state.reactivation_step_at = at
         actions.append(_step_action(state, c, planned, at))
-        reason = f"reactivation_step_{state.reactivation_step}"
+        reason = f"reactivation_step_{step + 1}"
     else:  # no_response after the last step
-        _suppress(state, at, SuppressionReason.NO_RESPONSE)
+        _suppress(state, at, _NO_RESPONSE, changes)
         actions.append(Action("alternate_channel_add"))
-    cause = f"time:{rule}@{iso_utc(at)}"
-    _record(state, before, at, "time:" + rule, reason, cause, version, actions, decisions)
+    if changes or actions:
+        decisions.append(
+            Decision(
+                state.contact_id, at, "time:" + rule, reason, f"time:{rule}@{iso_utc(at)}",
+                before, state.campaign_status, changes, version, actions,
+            )
+        )  # fmt: skip
 
 
 def _step_action(state: ContactState, c: Compiled, planned: datetime, at: datetime) -> Action:
@@ -339,11 +385,11 @@ def _step_action(state: ContactState, c: Compiled, planned: datetime, at: dateti
     return Action("reactivation_step_due", detail)
 
 
-def _decay(state: ContactState, at: datetime, c: Compiled) -> str:
+def _decay(state: ContactState, at: datetime, c: Compiled, changes: Changes) -> str:
     state.decay_steps += 1
     score = round(state.base_score * c.decay_factor**state.decay_steps, 4)
-    state.engagement_score = score if score >= c.decay_floor else 0.0
+    _put(state, changes, "engagement_score", score if score >= c.decay_floor else 0.0)
     if state.campaign_status is _ENGAGED and state.engagement_score < c.threshold:
-        _set_status(state, _ACTIVE, at)
+        _set_status(state, _ACTIVE, at, changes)
         return "score_decayed_below_threshold"
     return "score_decayed"

@@ -30,7 +30,8 @@ class Compiled:
     __slots__ = (
         "points", "threshold", "max_unanswered_sends", "dormant_after", "cooling",
         "steps", "step_wait", "max_cycles", "decay_factor", "decay_after", "decay_every",
-        "decay_floor", "handoff", "program", "cap_max", "cap_window", "known",
+        "decay_floor", "handoff", "program", "cap_max", "cap_window", "known", "version",
+        "_decay_offsets",
     )  # fmt: skip
 
     def __init__(self, policy: Policy) -> None:
@@ -46,13 +47,21 @@ class Compiled:
         self.decay_after = timedelta(days=policy.decay.after_days)
         self.decay_every = timedelta(days=policy.decay.every_days)
         self.decay_floor = policy.decay.floor
+        self._decay_offsets = tuple(self.decay_after + k * self.decay_every for k in range(64))
         self.handoff = policy.handoff_on_engaged
+        self.version = policy.version
         self.known = frozenset(policy.points) | ENGAGEMENT_EVENTS | NON_ENGAGEMENT_EVENTS
         # Experiments, holdout, segment and frequency cap of the mapping (core.experiments).
         self.program = policy._program
         cap = getattr(self.program, "frequency_cap", None)
         self.cap_max = cap.max_sends if cap is not None else 0
         self.cap_window = timedelta(days=cap.window_days) if cap is not None else timedelta(0)
+
+
+    def decay_offset(self, steps: int) -> timedelta:
+        """How long after the last engagement decay step `steps` + 1 falls due."""
+        offsets = self._decay_offsets
+        return offsets[steps] if steps < 64 else self.decay_after + steps * self.decay_every
 
 
 class Policy(_Strict):

@@ -126,3 +126,37 @@ def test_pipeline_ticks_are_idempotent_and_match_the_engine(history):
     expected, _ = run(events)
     stored = store.get_contacts(["c1"])["c1"]
     assert comparable(stored) == comparable(expected)
+
+
+TRACKED = ("campaign_status", "engagement_score", "last_engagement_date", "reactivation_cycle",
+           "reactivation_step", "unanswered_sends", "suppression_reason", "status_changed_at")  # fmt: skip
+
+
+@given(histories, st.sampled_from([POLICY, Policy(version="capped", handoff_on_engaged=False,
+                                                  max_reactivation_cycles=0)]))  # fmt: skip
+@settings(max_examples=150, deadline=None)
+def test_the_ledger_explains_every_tracked_field(history, policy):
+    """Folding the decisions' before/after values from enrolment gives the contact's state:
+    no change goes unrecorded, every recorded `before` is what the field held, and nothing is
+    recorded that did not change."""
+    state, decisions = None, []
+    for event in to_events(history):
+        state, fired = apply_event(state, event, policy)
+        decisions += fired
+    state, fired = advance(state, T0 + days(HORIZON), policy)
+    decisions += fired
+    first = decisions[0]
+    assert first.rule == "enroll"
+    held = {name: None for name in TRACKED}
+    held.update(campaign_status=Status.ACTIVE, engagement_score=0.0, reactivation_cycle=0,
+                reactivation_step=0, unanswered_sends=0, status_changed_at=first.at)  # fmt: skip
+    for d in decisions[1:]:
+        assert d.changes or d.actions, d
+        assert d.from_status == held["campaign_status"]
+        for name, (old, new) in d.changes.items():
+            if name in held:
+                assert held[name] == old, (d, name)
+                assert old != new, (d, name)
+                held[name] = new
+        assert d.to_status == held["campaign_status"]
+    assert held == {name: getattr(state, name) for name in TRACKED}
