@@ -25,9 +25,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from core.engine import apply_event, apply_owned  # noqa: E402
+from core.gcpause import cyclic_gc_paused  # noqa: E402
 from core.mapping import load_mapping  # noqa: E402
 from core.models import Event  # noqa: E402
-from core.pipeline import cyclic_gc_paused  # noqa: E402
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 KINDS = ["send"] * 50 + ["open"] * 28 + ["click"] * 12 + ["high_intent_visit"] * 6 + [

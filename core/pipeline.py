@@ -8,47 +8,22 @@ event is absorbed.
 
 from __future__ import annotations
 
-import gc
 import json
-import threading
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import islice
 from operator import attrgetter
 
 from core.engine import advance_owned, apply_owned, next_due
+from core.gcpause import cyclic_gc_paused
 from core.models import ContactState, Decision, Event
 from core.policy import Policy
 from core.store import Batch, ConflictError, Store
 
 _BY_TIME = attrgetter("occurred_at")
 VERSION_PREFIX = "policy:"
-
-
-_gc_lock = threading.Lock()
-_gc_pauses = 0
-
-
-@contextmanager
-def cyclic_gc_paused() -> Iterator[None]:
-    """Deciding a batch allocates ~10^5 states, decisions and change dicts that are all
-    acyclic, so reference counting frees them; left on, the cyclic collector re-traverses
-    the batch's live objects again and again and costs more than the rules (2.6x measured).
-    Counted, so overlapping batches in threads re-enable it only when the last one ends."""
-    global _gc_pauses
-    with _gc_lock:
-        _gc_pauses += 1
-        if _gc_pauses == 1:
-            gc.disable()
-    try:
-        yield
-    finally:
-        with _gc_lock:
-            _gc_pauses -= 1
-            if _gc_pauses == 0:
-                gc.enable()
 
 
 def version_key(version: str) -> str:
@@ -256,19 +231,16 @@ class Pipeline:
         progress: Callable[[int], None] | None = None,
     ) -> RunStats:
         total = RunStats()
-        chunk: list[Event] = []
-        for event in events:
-            chunk.append(event)
-            if len(chunk) >= batch_size:
+        stream = iter(events)
+        while True:
+            # Parsing the chunk (the iterator may read a file) allocates as much as deciding it.
+            with cyclic_gc_paused():
+                chunk = list(islice(stream, batch_size))
+                if not chunk:
+                    return total
                 total.add(self.process(chunk))
-                if progress:
-                    progress(len(chunk))
-                chunk = []
-        if chunk:
-            total.add(self.process(chunk))
             if progress:
                 progress(len(chunk))
-        return total
 
     def tick(
         self,

@@ -83,7 +83,8 @@ def replay_file(
     progress: Callable[[int], None] | None = None,
 ) -> ReplayResult:
     """Apply every good line in file order (each batch sorted by time), then the time rules
-    up to `until` (default: the last event's time). A rerun starts from an empty ledger."""
+    up to `until` (default: the last event's time). A rerun starts from an empty ledger; the
+    run lands in the store whole or not at all (`--strict` stopping on a bad line included)."""
     store = _fresh_store(Path(store_path))
     policy = mapping.policy
     counts = {"bad": 0, "after": 0}
@@ -121,8 +122,9 @@ def replay_file(
             progress(done)
 
     pipeline = Pipeline(store, policy)
-    stats = pipeline.process_stream(events(), batch_size=REPLAY_BATCH)
-    horizon = until or (latest[0] if latest else None)
-    if horizon is not None:
-        stats.add(pipeline.tick(horizon))
+    with store.bulk():
+        stats = pipeline.process_stream(events(), batch_size=REPLAY_BATCH)
+        horizon = until or (latest[0] if latest else None)
+        if horizon is not None:
+            stats.add(pipeline.tick(horizon))
     return ReplayResult(store, stats, counts["bad"], counts["after"], horizon)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -95,6 +96,12 @@ class Store(ABC):
     def outbox_take(self, limit: int, prefix: str = "") -> list[tuple[str, str]]:
         """The oldest owed CRM writes (key, payload) whose key starts with `prefix`; they stay
         until a batch lists them in `outbox_done`."""
+
+    @contextmanager
+    def bulk(self) -> Iterator[None]:
+        """A whole run on a private store (replay, simulate) as one unit: it lands entirely
+        or not at all. Stores that can make that cheaper do; the default commits as usual."""
+        yield
 
     def get_cursor(self, name: str) -> str | None:
         return self.get_cursors([name]).get(name)

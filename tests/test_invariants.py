@@ -128,8 +128,10 @@ def test_pipeline_ticks_are_idempotent_and_match_the_engine(history):
     assert comparable(stored) == comparable(expected)
 
 
-TRACKED = ("campaign_status", "engagement_score", "last_engagement_date", "reactivation_cycle",
-           "reactivation_step", "unanswered_sends", "suppression_reason", "status_changed_at")  # fmt: skip
+TRACKED = (
+    "campaign_status", "engagement_score", "last_engagement_date", "reactivation_cycle",
+    "reactivation_step", "unanswered_sends", "suppression_reason", "status_changed_at",
+)  # fmt: skip
 
 
 @given(histories, st.sampled_from([POLICY, Policy(version="capped", handoff_on_engaged=False,

@@ -7,7 +7,8 @@ import gc
 import threading
 
 from core.engine import advance, apply_event
-from core.pipeline import Pipeline, cyclic_gc_paused
+from core.gcpause import cyclic_gc_paused
+from core.pipeline import Pipeline
 from core.sqlite_store import SQLiteStore
 from tests.conftest import T0, days
 

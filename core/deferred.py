@@ -1,0 +1,70 @@
+"""Contact states a bulk run (`SQLiteStore.bulk`) has committed but not yet written, with a
+due-time index so the run's scheduled ticks find due contacts without scanning them all."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from heapq import heapify, heappop, heappush
+
+from core.models import ContactState
+
+
+class DeferredContacts:
+    def __init__(self) -> None:
+        self._held: dict[str, tuple[ContactState, datetime | None]] = {}
+        # (due, contact id) for every due time ever put; an entry is live while it matches
+        # the contact's current due. Popped once its time has come, into `_ready`.
+        self._heap: list[tuple[datetime, str]] = []
+        self._ready: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def __contains__(self, contact_id: str) -> bool:
+        return contact_id in self._held
+
+    def put(self, state: ContactState, due: datetime | None) -> None:
+        """Take over `state` (the caller must not change it afterwards)."""
+        self._held[state.contact_id] = (state, due)
+        if due is not None:
+            heappush(self._heap, (due, state.contact_id))
+            if len(self._heap) > 4 * len(self._held) + 1024:
+                self._compact()
+
+    def get(self, contact_id: str) -> ContactState | None:
+        """A copy: the caller may change it."""
+        held = self._held.get(contact_id)
+        return None if held is None else held[0].copy()
+
+    def due(self, now: datetime, after: str = "", limit: int = 5000) -> list[str]:
+        """Ids (> `after`, ascending) of held contacts due at or before `now`."""
+        heap, ready, held = self._heap, self._ready, self._held
+        while heap and heap[0][0] <= now:
+            at, cid = heappop(heap)
+            if held[cid][1] == at:
+                ready.add(cid)
+        found = []
+        for cid in list(ready):
+            at = held[cid][1]
+            if at is None or at > now:
+                ready.discard(cid)  # it moved on; a later `now` finds it in the heap again
+                if at is not None:
+                    heappush(heap, (at, cid))
+            elif cid > after:
+                found.append(cid)
+        found.sort()
+        return found[:limit]
+
+    def drain(self) -> list[tuple[ContactState, datetime | None]]:
+        """Everything held, in contact id order, and forget it."""
+        items = [self._held[cid] for cid in sorted(self._held)]
+        self._held.clear()
+        self._heap.clear()
+        self._ready.clear()
+        return items
+
+    def _compact(self) -> None:
+        ready = self._ready
+        self._heap = [(at, cid) for cid, (_, at) in self._held.items()
+                      if at is not None and cid not in ready]  # fmt: skip
+        heapify(self._heap)

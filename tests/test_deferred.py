@@ -1,0 +1,46 @@
+"""The due-time index of a bulk run's deferred contacts answers like a scan of them all."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from core.deferred import DeferredContacts
+from core.engine import new_contact
+from tests.conftest import T0, days
+
+ids = st.sampled_from([f"c{i}" for i in range(12)])
+moments = st.integers(0, 30).map(lambda d: T0 + days(d))
+steps = st.lists(
+    st.one_of(
+        st.tuples(st.just("put"), ids, st.one_of(st.none(), moments)),
+        st.tuples(st.just("due"), st.sampled_from(["", "c3", "c7"]), moments),
+    ),
+    max_size=60,
+)
+
+
+@given(steps, st.integers(1, 5))
+@settings(max_examples=300, deadline=None)
+def test_due_matches_a_full_scan(program, limit):
+    deferred = DeferredContacts()
+    model: dict = {}
+    for op, key, value in program:
+        if op == "put":
+            deferred.put(new_contact(key, T0), value)
+            model[key] = value
+        else:
+            expected = sorted(c for c, at in model.items()
+                              if at is not None and at <= value and c > key)[:limit]  # fmt: skip
+            assert deferred.due(value, after=key, limit=limit) == expected
+    drained = deferred.drain()
+    assert [s.contact_id for s, _ in drained] == sorted(model)
+    assert len(deferred) == 0 and deferred.due(T0 + days(99)) == []
+
+
+def test_a_held_state_is_handed_out_as_a_copy():
+    deferred = DeferredContacts()
+    deferred.put(new_contact("c1", T0), None)
+    copy = deferred.get("c1")
+    copy.unanswered_sends = 9
+    assert deferred.get("c1").unanswered_sends == 0 and deferred.get("nobody") is None

@@ -1,0 +1,137 @@
+"""A run on a private store (`SQLiteStore.bulk`) lands whole or not at all and reads its own
+deferred writes; it ends with the same rows as batch-by-batch commits."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from core.models import Status, SuppressionReason
+from core.pipeline import Pipeline
+from core.sqlite_store import SQLiteStore, _json_default, changes_json
+from core.store import Batch, ConflictError
+from tests.conftest import T0, days
+
+
+def history(ev, contacts=30):
+    kinds = ["open", "send", "send", "click", "send", "high_intent_visit", "unsubscribe"]
+    return [
+        ev(kinds[(i * 7 + c) % len(kinds)], (i * 13 + c) % 200, contact=f"c{c:03d}")
+        for c in range(contacts) for i in range(12)
+    ]  # fmt: skip
+
+
+def run(store, policy, events, bulk):
+    pipeline = Pipeline(store, policy)
+    if bulk:
+        with store.bulk():
+            pipeline.process_stream(events, batch_size=50)
+            pipeline.tick(T0 + days(300), page_size=7)
+    else:
+        pipeline.process_stream(events, batch_size=50)
+        pipeline.tick(T0 + days(300), page_size=7)
+
+
+def dump(store, table, order):
+    return store.execute(f"SELECT * FROM {table} ORDER BY {order}")  # noqa: S608
+
+
+def test_a_bulk_run_ends_with_the_rows_of_batch_commits(ev, policy):
+    events = history(ev)
+    plain, bulk = SQLiteStore(":memory:"), SQLiteStore(":memory:")
+    run(plain, policy, events, bulk=False)
+    run(bulk, policy, events, bulk=True)
+    tables = (("contacts", "contact_id"), ("ledger", "seq"),
+              ("ledger_rollup", "1,2,3,4,5,6,7,8,9"), ("processed_events", "key"))  # fmt: skip
+    for table, order in tables:
+        assert dump(bulk, table, order) == dump(plain, table, order), table
+    indexes = {row[0] for row in bulk.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    assert "ledger_contact" in indexes
+    assert bulk.ledger_for("c001") == plain.ledger_for("c001")
+
+
+def test_reads_inside_a_run_see_its_deferred_states(ev, policy):
+    store = SQLiteStore(":memory:")
+    pipeline = Pipeline(store, policy)
+    with store.bulk():
+        pipeline.process([ev("open", 0, contact="a"), ev("send", 1, contact="b")])
+        assert store.get_contacts(["a", "b"])["a"].engagement_score == 5.0
+        assert store.due_contacts(T0 + days(200)) == ["a", "b"]
+        assert store.due_contacts(T0 + days(200), after="a") == ["b"]
+        assert store.count_contacts() == 2
+        pipeline.process([ev("click", 2, contact="a")])
+        assert store.get_contacts(["a"])["a"].engagement_score == 15.0
+        assert store.execute("SELECT engagement_score FROM contacts WHERE contact_id='a'") == [
+            (15.0,)
+        ]
+    assert store.get_contacts(["a"])["a"].engagement_score == 15.0
+
+
+def test_an_exception_inside_a_run_discards_all_of_it(tmp_path, ev, policy):
+    path = tmp_path / "run.sqlite3"
+    store = SQLiteStore(path)
+
+    def crash_mid_run():
+        with store.bulk():
+            Pipeline(store, policy).process_stream(history(ev), batch_size=50)
+            raise RuntimeError("crash mid-run")
+
+    with pytest.raises(RuntimeError):
+        crash_mid_run()
+    store.close()
+    reopened = SQLiteStore(path)
+    assert reopened.count_contacts() == 0
+    assert reopened.execute("SELECT COUNT(*) FROM ledger") == [(0,)]
+    assert reopened.execute("SELECT COUNT(*) FROM processed_events") == [(0,)]
+
+
+def test_others_see_nothing_until_the_run_ends(tmp_path, ev, policy):
+    path = tmp_path / "run.sqlite3"
+    store, reader = SQLiteStore(path), SQLiteStore(path)
+    with store.bulk():
+        Pipeline(store, policy).process([ev("open", 0)])
+        assert reader.count_contacts() == 0
+    assert reader.count_contacts() == 1
+
+
+def test_a_failed_batch_inside_a_run_leaves_the_deferred_state_alone(ev, policy):
+    store = SQLiteStore(":memory:")
+    pipeline = Pipeline(store, policy)
+    with store.bulk():
+        pipeline.process([ev("open", 0, event_id="e1")])
+        applied = pipeline.prepare_events([ev("click", 1)])
+        applied.batch.event_keys.append("e1")  # already claimed: the batch must not land
+        with pytest.raises(ConflictError):
+            store.commit(applied.batch)
+        assert store.get_contacts(["c1"])["c1"].engagement_score == 5.0
+        assert store.execute("SELECT COUNT(*) FROM ledger") == [(2,)]  # enroll + open
+        store.commit(Batch(cursors={"k": "v"}))
+    assert store.get_cursor("k") == "v"
+
+
+values = st.one_of(
+    st.none(), st.integers(), st.floats(), st.booleans(), st.text(max_size=20),
+    st.sampled_from(list(Status) + list(SuppressionReason)),
+    st.datetimes(timezones=st.just(UTC)), st.dictionaries(st.text(max_size=5), st.text(max_size=5)),
+)  # fmt: skip
+
+
+names = st.sampled_from(
+    ["engagement_score", "campaign_status", "experiments", "last_engagement_date"]
+)
+
+
+@given(st.dictionaries(names, st.tuples(values, values)))
+def test_the_hand_written_changes_json_reads_back_like_json_dumps(changes):
+    fast = json.loads(changes_json(changes))
+    slow = json.loads(json.dumps(changes, default=_json_default))
+    assert json.dumps(fast, sort_keys=True) == json.dumps(slow, sort_keys=True)
+
+
+def test_changes_json_keeps_times_in_utc_iso():
+    at = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
+    assert json.loads(changes_json({"t": (None, at)})) == {"t": [None, "2026-03-01T09:30:00+00:00"]}
