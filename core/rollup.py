@@ -53,8 +53,20 @@ GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9
 """
 
 
+_ARMS: dict[tuple, str] = {}
+
+
 def arm_of(state: ContactState | None) -> str:
-    return json.dumps(state.experiments) if state is not None and state.experiments else ""
+    if state is None or not state.experiments:
+        return ""
+    # A program has a handful of assignments: encode each once, not once per contact.
+    key = tuple(state.experiments.items())
+    arm = _ARMS.get(key)
+    if arm is None:
+        if len(_ARMS) > 10_000:
+            _ARMS.clear()
+        arm = _ARMS[key] = json.dumps(state.experiments)
+    return arm
 
 
 _CYCLED = frozenset({f"reactivation_step_{n}" for n in range(1, 10)} | {"reactivated_from_dormant"})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import threading
@@ -13,16 +12,9 @@ from pathlib import Path
 
 from core.deferred import DeferredContacts
 from core.gcpause import cyclic_gc_paused
-from core.models import (
-    Action,
-    ContactState,
-    Decision,
-    Event,
-    Status,
-    SuppressionReason,
-    iso_utc,
-)
+from core.models import ContactState, Decision, Event, iso_utc
 from core.rollup import UPSERT, ensure_rollup, rollup_rows
+from core.sqlite_rows import contact_from_row, contact_row, decision_from_row, decision_row
 from core.store import Batch, ConflictError, Store, StoreError
 
 _SCHEMA = """
@@ -63,7 +55,6 @@ _ADDED_COLUMNS = (
     ("ledger", "event_type", "TEXT"),
 )  # fmt: skip
 """Columns newer than the first release: added in place to a store that predates them."""
-_INF = float("inf")
 _CHUNK = 500  # stays under SQLite's bound-parameter limit on every build
 
 
@@ -73,92 +64,18 @@ def default_data_dir() -> Path:
 
 
 
-def _dt(value: str | None) -> datetime | None:
-    return None if value is None else datetime.fromisoformat(value)
-
-
-def _json_default(value: object) -> str:
-    if isinstance(value, datetime):
-        return iso_utc(value)  # type: ignore[return-value]
-    raise TypeError(f"cannot store {type(value).__name__} in the ledger")
-
-
-_ENUM_JSON = {m: f'"{m.value}"' for enum in (Status, SuppressionReason) for m in enum}
-
-
-def _value_json(value: object) -> str:
-    kind = type(value)
-    if value is None:
-        return "null"
-    if kind is int or (kind is float and value == value and value not in (_INF, -_INF)):
-        return repr(value)
-    if kind is datetime:
-        return f'"{iso_utc(value)}"'  # type: ignore[arg-type]
-    text = _ENUM_JSON.get(value) if kind is Status or kind is SuppressionReason else None
-    return text or json.dumps(value, default=_json_default)
-
-
-def changes_json(changes: dict[str, tuple]) -> str:
-    """The ledger's `changes` column. Written by hand for the common values (numbers, times,
-    statuses): `json.dumps` with a `default` hook costs ~4 us a decision, more than the rule
-    that made it. Field names are the engine's own identifiers."""
-    return "{" + ",".join(
-        f'"{name}":[{_value_json(old)},{_value_json(new)}]' for name, (old, new) in changes.items()
-    ) + "}"  # fmt: skip
-
-
-def _contact_row(s: ContactState, due: datetime | None) -> tuple:
-    return (
-        s.contact_id, s.campaign_status.value, iso_utc(s.enrolled_at), iso_utc(s.as_of),
-        iso_utc(s.status_changed_at), iso_utc(s.stream_entered_at), s.engagement_score,
-        s.base_score,
-        iso_utc(s.last_engagement_date), s.decay_steps, s.reactivation_cycle, s.reactivation_step,
-        iso_utc(s.reactivation_step_at), s.unanswered_sends,
-        s.suppression_reason.value if s.suppression_reason else None,
-        json.dumps(s.experiments) if s.experiments else None, s.segment,
-        json.dumps([iso_utc(t) for t in s.send_times]) if s.send_times else None, iso_utc(due),
-    )  # fmt: skip
-
-
-def _contact(row: sqlite3.Row | tuple) -> ContactState:
-    return ContactState(
-        row[0], Status(row[1]), _dt(row[2]), _dt(row[3]), _dt(row[4]), _dt(row[5]), row[6],
-        row[7], _dt(row[8]), row[9], row[10], row[11], _dt(row[12]), row[13],
-        SuppressionReason(row[14]) if row[14] else None, json.loads(row[15]) if row[15] else {},
-        row[16], tuple(_dt(t) for t in json.loads(row[17])) if row[17] else (),
-    )  # fmt: skip
-
-
-_STATUS_TEXT = {status: status.value for status in Status}  # `.value` goes through a descriptor
-
-
-def decision_row(d: Decision) -> tuple:
-    actions = [[a.kind, a.detail] for a in d.actions] if d.actions else None
-    return (
-        d.contact_id, iso_utc(d.at), d.rule, d.reason, d.cause,
-        _STATUS_TEXT.get(d.from_status), _STATUS_TEXT[d.to_status],
-        changes_json(d.changes),
-        json.dumps(actions) if actions else None, d.policy_version, d.event_type,
-    )  # fmt: skip
-
-
-def _decision(row: tuple) -> Decision:
-    actions = [Action(kind, detail) for kind, detail in json.loads(row[8])] if row[8] else []
-    changes = {k: tuple(v) for k, v in json.loads(row[7]).items()}
-    return Decision(
-        row[0], _dt(row[1]), row[2], row[3], row[4], Status(row[5]) if row[5] else None,
-        Status(row[6]), changes, row[9], actions, row[10] if len(row) > 10 else None,
-    )  # fmt: skip
-
-
 def _chunks(items: Sequence, size: int = _CHUNK) -> Iterator[Sequence]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
 
 class SQLiteStore(Store):
-    def __init__(self, path: str | Path = ":memory:", cache_mb: int = 128) -> None:
+    def __init__(
+        self, path: str | Path = ":memory:", cache_mb: int = 128, defer_limit: int = 250_000
+    ) -> None:
         self.path = str(path)
+        self.defer_limit = defer_limit
+        """At most this many contact states (~1 KB each) wait in memory during `bulk()`."""
         # One connection shared by the local server's threads: transactions must not interleave.
         self._lock = threading.RLock()
         self._bulk: DeferredContacts | None = None
@@ -226,6 +143,8 @@ class SQLiteStore(Store):
             # Only once the rows are in: a failed batch leaves the deferred states as they were.
             for state, due in zip(batch.contacts, batch.next_due, strict=True):
                 bulk.put(state, due)
+            if len(bulk) > self.defer_limit:
+                self._flush_deferred()  # memory stays bounded on a very large population
 
     def _write(self, batch: Batch, defer_contacts: bool) -> None:
         db = self._db
@@ -233,7 +152,7 @@ class SQLiteStore(Store):
             "INSERT INTO processed_events (key) VALUES (?)", [(k,) for k in batch.event_keys]
         )
         if not defer_contacts:
-            self._write_contacts(map(_contact_row, batch.contacts, batch.next_due))
+            self._write_contacts(map(contact_row, batch.contacts, batch.next_due))
         rows = [decision_row(d) for d in batch.decisions]
         db.executemany(
             "INSERT INTO ledger (contact_id, at, rule, reason, cause, from_status, "
@@ -302,7 +221,7 @@ class SQLiteStore(Store):
         """Write the deferred contact states (in key order: the B-tree fills page by page)."""
         deferred = self._bulk
         if deferred:
-            self._write_contacts(_contact_row(state, due) for state, due in deferred.drain())
+            self._write_contacts(contact_row(state, due) for state, due in deferred.drain())
 
     def get_contacts(self, contact_ids: Iterable[str]) -> dict[str, ContactState]:
         found: dict[str, ContactState] = {}
@@ -320,7 +239,7 @@ class SQLiteStore(Store):
             marks = ",".join("?" * len(part))
             sql = f"SELECT {_CONTACT_COLUMNS} FROM contacts WHERE contact_id IN ({marks})"  # noqa: S608
             for row in self._query(sql, part):
-                found[row[0]] = _contact(row)
+                found[row[0]] = contact_from_row(row)
         return found
 
     def iter_contacts(self, page_size: int = 5000) -> Iterator[list[ContactState]]:
@@ -334,7 +253,7 @@ class SQLiteStore(Store):
             )
             if not rows:
                 return
-            yield [_contact(row) for row in rows]
+            yield [contact_from_row(row) for row in rows]
             after = rows[-1][0]
 
     def due_contacts(self, now: datetime, after: str = "", limit: int = 5000) -> list[str]:
@@ -370,7 +289,7 @@ class SQLiteStore(Store):
             "actions, policy_version, event_type FROM ledger WHERE contact_id = ? ORDER BY seq",
             (contact_id,),
         )
-        return [_decision(row) for row in rows]
+        return [decision_from_row(row) for row in rows]
 
     def inbox_put(self, events: Sequence[Event]) -> int:
         if not events:

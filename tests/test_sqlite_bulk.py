@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from core.models import Status, SuppressionReason
 from core.pipeline import Pipeline
-from core.sqlite_store import SQLiteStore, _json_default, changes_json
+from core.sqlite_rows import changes_json, json_default
+from core.sqlite_store import SQLiteStore
 from core.store import Batch, ConflictError
 from tests.conftest import T0, days
 
@@ -52,6 +53,15 @@ def test_a_bulk_run_ends_with_the_rows_of_batch_commits(ev, policy):
     indexes = {row[0] for row in bulk.execute("SELECT name FROM sqlite_master WHERE type='index'")}
     assert "ledger_contact" in indexes
     assert bulk.ledger_for("c001") == plain.ledger_for("c001")
+
+
+def test_a_run_over_its_memory_limit_writes_contacts_early_and_ends_the_same(ev, policy):
+    events = history(ev)
+    plain, bounded = SQLiteStore(":memory:"), SQLiteStore(":memory:", defer_limit=4)
+    run(plain, policy, events, bulk=False)
+    run(bounded, policy, events, bulk=True)
+    for table, order in (("contacts", "contact_id"), ("ledger", "seq")):
+        assert dump(bounded, table, order) == dump(plain, table, order), table
 
 
 def test_reads_inside_a_run_see_its_deferred_states(ev, policy):
@@ -128,7 +138,7 @@ names = st.sampled_from(
 @given(st.dictionaries(names, st.tuples(values, values)))
 def test_the_hand_written_changes_json_reads_back_like_json_dumps(changes):
     fast = json.loads(changes_json(changes))
-    slow = json.loads(json.dumps(changes, default=_json_default))
+    slow = json.loads(json.dumps(changes, default=json_default))
     assert json.dumps(fast, sort_keys=True) == json.dumps(slow, sort_keys=True)
 
 
