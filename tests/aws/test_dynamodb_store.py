@@ -55,8 +55,27 @@ def engaged(cid: str, cause: str) -> tuple[ContactState, Decision]:
     return state, decision
 
 
+class SerializedTransactions:
+    """DynamoDB runs each transaction atomically; moto's in-memory table does not when two
+    threads call it at once (a cancelled transaction restores a snapshot taken before the
+    other's write). Serializing the calls gives the service's behaviour; the race between
+    the two workers' claims, made before either commits, stays."""
+
+    _lock = threading.Lock()
+
+    def __init__(self) -> None:
+        self._client = boto3.client("dynamodb", region_name="eu-west-1")
+
+    def transact_write_items(self, **kwargs: Any) -> Any:
+        with self._lock:
+            return self._client.transact_write_items(**kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
 def test_two_workers_racing_for_one_event_claim_it_once(table: str) -> None:
-    stores = [open_store(table), open_store(table)]
+    stores = [open_store(table, client=SerializedTransactions()) for _ in range(2)]
     barrier = threading.Barrier(2)
     outcomes: list[str] = []
 
