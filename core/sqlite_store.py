@@ -6,6 +6,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -60,6 +61,7 @@ _ADDED_COLUMNS = (
     ("ledger", "event_type", "TEXT"),
 )  # fmt: skip
 """Columns newer than the first release: added in place to a store that predates them."""
+_BUSY_MS = 5000
 _CHUNK = 500  # stays under SQLite's bound-parameter limit on every build
 
 
@@ -136,7 +138,7 @@ class SQLiteStore(Store):
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
             # Ledger and contact indexes take random keys: a small page cache thrashes.
             self._db.execute(f"PRAGMA cache_size=-{int(cache_mb) * 1024}")
             self._db.execute("PRAGMA temp_store=MEMORY")
@@ -278,7 +280,7 @@ class SQLiteStore(Store):
         rows = [(e.event_id, e.model_dump_json(), e.event_id) for e in events]
         try:
             with self._lock, self._db:
-                self._db.execute("BEGIN IMMEDIATE")
+                self._begin_promptly()
                 before = self._db.total_changes
                 # Checked under the write lock, not in a read before it: one round trip less
                 # on the intake path, and a worker commit cannot land between check and insert.
@@ -290,6 +292,27 @@ class SQLiteStore(Store):
                 return self._db.total_changes - before
         except sqlite3.Error as exc:
             raise StoreError(f"could not record events in {self.path}: {exc}") from exc
+
+    def _begin_promptly(self, patience: float = _BUSY_MS / 1000) -> None:
+        """BEGIN IMMEDIATE, tried again every half millisecond while another connection writes.
+        SQLite's busy handler sleeps 1, 2, 5, 10, 15, 20... ms between tries: a write lock freed
+        after 4 ms is taken after 8, and one the worker frees and takes again meanwhile after
+        18, 33 or more; an intake answer waits all that."""
+        db = self._db
+        db.execute("PRAGMA busy_timeout=0")
+        try:
+            give_up = time.monotonic() + patience
+            while True:
+                try:
+                    db.execute("BEGIN IMMEDIATE")
+                    return
+                except sqlite3.OperationalError as exc:
+                    busy = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+                    if not busy or time.monotonic() > give_up:
+                        raise
+                time.sleep(0.0005)
+        finally:
+            db.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
 
     def inbox_take(self, limit: int) -> list[Event]:
         rows = self._query("SELECT body FROM inbox ORDER BY seq LIMIT ?", (limit,))
