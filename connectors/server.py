@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import signal
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -61,7 +62,7 @@ class InboxWorker(threading.Thread):
         with self.lock:
             for runner in self.runners:
                 try:
-                    runner.drain_inbox(DRAIN_BATCH)
+                    runner.drain_inbox(DRAIN_BATCH, stop=self.stopping.is_set)
                 except (ConnectorError, StoreError) as exc:
                     log.warning("inbox stays queued for %s: %s", runner.connector.vendor, exc)
 
@@ -100,11 +101,13 @@ class WorkerProcess:
 
 def _worker_main(factory: RunnerFactory, wake, stopping, idle_seconds: float) -> None:
     worker = InboxWorker(factory(), idle_seconds)
-    worker.drain_once()  # events recorded while no worker ran
-    while not stopping.is_set():
+    worker.stopping = stopping  # stop between batches, not after a backlog
+    parent = multiprocessing.parent_process()
+    # A server killed outright never calls stop(): its worker must not outlive it.
+    while not stopping.is_set() and (parent is None or parent.is_alive()):
+        worker.drain_once()  # the first pass: events recorded while no worker ran
         wake.wait(idle_seconds)
         wake.clear()
-        worker.drain_once()
 
 
 def make_handler(routes: dict[str, Runner], worker: InboxWorker | WorkerProcess | None):
@@ -174,21 +177,33 @@ def routes_for(runners: list[Runner]) -> dict[str, Runner]:
 
 
 def serve_forever(
-    runners: list[Runner], host: str, port: int, worker_factory: RunnerFactory | None = None
+    runners: list[Runner],
+    host: str,
+    port: int,
+    worker_factory: RunnerFactory | None = None,
+    idle_seconds: float = 5.0,
+    ready: Callable[[ThreadingHTTPServer], None] | None = None,
 ) -> None:
-    """Serve until interrupted. With `worker_factory` the worker runs in its own process."""
+    """Serve until interrupted or terminated. With `worker_factory` the worker runs in its own
+    process. `ready` is called once the server listens (its port may have been 0)."""
     worker: InboxWorker | WorkerProcess | None
     if worker_factory is None:
         server, worker = build_server(runners, host, port)
     else:
-        worker = WorkerProcess(worker_factory)
+        worker = WorkerProcess(worker_factory, idle_seconds)
         server = ThreadingHTTPServer((host, port), make_handler(routes_for(runners), worker))
         for runner in runners:
             if isinstance(runner.store, SQLiteStore):
                 runner.store.checkpoint_after(INTAKE_CHECKPOINT_PAGES)
+    on_term = None
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM (docker stop, systemd) would end this process at once and orphan the worker.
+        on_term = signal.signal(signal.SIGTERM, _interrupt)
     if worker is not None:
         worker.start()
     try:
+        if ready is not None:
+            ready(server)
         server.serve_forever()
     except KeyboardInterrupt:
         pass
@@ -196,3 +211,9 @@ def serve_forever(
         server.server_close()
         if worker is not None:
             worker.stop()
+        if on_term is not None:
+            signal.signal(signal.SIGTERM, on_term)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
