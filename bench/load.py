@@ -1,6 +1,6 @@
-"""Load: the local webhook server (`connectors.server.build_server`, HubSpot route, SQLite
-store, in-process inbox worker writing back to a fake HubSpot on loopback) under a sustained,
-bounded load of v3-signed webhooks from a second process, on 127.0.0.1 only.
+"""Load: the local webhook server (`connectors.server.serve_forever`, HubSpot route, SQLite
+store, inbox worker in its own process writing back to a fake HubSpot on loopback) under a
+sustained, bounded load of v3-signed webhooks from a second process, on 127.0.0.1 only.
 
 Printed: requests sent and accepted, throughput, intake latency p50/p95/p99/max (client-side,
 connect to last byte), and the server's RSS over the run (after warm-up, first vs last
@@ -77,18 +77,18 @@ def serve(workdir: str, crm_url: str, mode: str, cache_mb: int | None,
     import logging
     from functools import partial
 
-    from connectors.server import InboxWorker, WorkerProcess, make_handler, routes_for
+    from connectors.server import InboxWorker, make_handler, routes_for, serve_forever
 
     if switch_ms is not None:
         sys.setswitchinterval(switch_ms / 1000)
     logging.disable(logging.WARNING)
     runners = bench_runners(workdir, crm_url, cache_mb)
     runners[0].connector.provision()
-    worker: InboxWorker | WorkerProcess | None = None
-    if mode == "process":
-        worker = WorkerProcess(partial(bench_runners, workdir, crm_url, cache_mb), 0.5)
-    elif mode == "thread":
-        worker = InboxWorker(runners, 0.5)
+    if mode == "process":  # exactly as `elasticity serve` runs
+        serve_forever(runners, HOST, 0, partial(bench_runners, workdir, crm_url, cache_mb), 0.5,
+                      ready=lambda server: print(server.server_address[1], flush=True))  # fmt: skip
+        return
+    worker = InboxWorker(runners, 0.5) if mode == "thread" else None
     from http.server import ThreadingHTTPServer
 
     server = ThreadingHTTPServer((HOST, 0), make_handler(routes_for(runners), worker))
@@ -198,7 +198,7 @@ def main() -> int:
             port = int(server.stdout.readline())  # type: ignore[union-attr]
             return run_load(args, port, server.pid)
         finally:
-            for proc in procs:
+            for proc in reversed(procs):  # the server first: its worker still calls the CRM
                 proc.terminate()
                 proc.wait(timeout=10)
 

@@ -95,9 +95,12 @@ class Runner:
         """Durably record webhook events; the caller may acknowledge once this returns."""
         return self.store.inbox_put(events)
 
-    def drain_inbox(self, batch_size: int = 500) -> RunStats:
+    def drain_inbox(
+        self, batch_size: int = 500, stop: Callable[[], bool] | None = None
+    ) -> RunStats:
+        """Process the inbox a batch (one transaction) at a time until it is empty or `stop`."""
         total = RunStats()
-        while events := self.store.inbox_take(batch_size):
+        while not (stop and stop()) and (events := self.store.inbox_take(batch_size)):
             total.add(self.process(events, inbox=True))
         return total
 

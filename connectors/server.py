@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import signal
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -19,9 +20,25 @@ from urllib.parse import urlsplit
 from connectors.base import ConnectorError, WebhookRequest
 from connectors.intake import MAX_BODY_BYTES, HttpAnswer, _json, handle_webhook
 from connectors.runner import Runner
+from core.sqlite_store import SQLiteStore
 from core.store import StoreError
 
 log = logging.getLogger(__name__)
+
+DRAIN_BATCH = 100
+"""Events a worker transaction commits (still one CRM batch read). Intake's insert waits for
+the SQLite write lock while a batch commits: under load a 500-event commit held it for 15-30
+ms, and SQLite's busy handler, sleeping 1, 2, 5, 10, 15 ms between tries, made that an 18 or
+33 ms wait for the request and those queued behind it; 100 events hold it for under 10 ms."""
+INTAKE_CHECKPOINT_PAGES = 4096
+"""WAL pages before an intake commit checkpoints, when a worker process shares the file.
+SQLite checkpoints inside the commit that finds the WAL past the threshold: at the default
+1000 that was mostly an intake request's, copying ~1000 pages before answering (up to 260 ms
+under load, with the requests queued behind it waiting). The worker keeps the default, so its
+commits copy nearly everything and intake's rare checkpoints only the rest. Never (0) is no
+better: a checkpoint racing intake's writes never completes, so the WAL never restarts from
+the beginning and grew past 500 MB in 40 s of load; 4096 keeps it near 18 MB, and bounds it
+too when the worker commits nothing (a CRM outage)."""
 
 
 class InboxWorker(threading.Thread):
@@ -45,7 +62,7 @@ class InboxWorker(threading.Thread):
         with self.lock:
             for runner in self.runners:
                 try:
-                    runner.drain_inbox()
+                    runner.drain_inbox(DRAIN_BATCH, stop=self.stopping.is_set)
                 except (ConnectorError, StoreError) as exc:
                     log.warning("inbox stays queued for %s: %s", runner.connector.vendor, exc)
 
@@ -84,11 +101,13 @@ class WorkerProcess:
 
 def _worker_main(factory: RunnerFactory, wake, stopping, idle_seconds: float) -> None:
     worker = InboxWorker(factory(), idle_seconds)
-    worker.drain_once()  # events recorded while no worker ran
-    while not stopping.is_set():
+    worker.stopping = stopping  # stop between batches, not after a backlog
+    parent = multiprocessing.parent_process()
+    # A server killed outright never calls stop(): its worker must not outlive it.
+    while not stopping.is_set() and (parent is None or parent.is_alive()):
+        worker.drain_once()  # the first pass: events recorded while no worker ran
         wake.wait(idle_seconds)
         wake.clear()
-        worker.drain_once()
 
 
 def make_handler(routes: dict[str, Runner], worker: InboxWorker | WorkerProcess | None):
@@ -158,18 +177,33 @@ def routes_for(runners: list[Runner]) -> dict[str, Runner]:
 
 
 def serve_forever(
-    runners: list[Runner], host: str, port: int, worker_factory: RunnerFactory | None = None
+    runners: list[Runner],
+    host: str,
+    port: int,
+    worker_factory: RunnerFactory | None = None,
+    idle_seconds: float = 5.0,
+    ready: Callable[[ThreadingHTTPServer], None] | None = None,
 ) -> None:
-    """Serve until interrupted. With `worker_factory` the worker runs in its own process."""
+    """Serve until interrupted or terminated. With `worker_factory` the worker runs in its own
+    process. `ready` is called once the server listens (its port may have been 0)."""
     worker: InboxWorker | WorkerProcess | None
     if worker_factory is None:
         server, worker = build_server(runners, host, port)
     else:
-        worker = WorkerProcess(worker_factory)
+        worker = WorkerProcess(worker_factory, idle_seconds)
         server = ThreadingHTTPServer((host, port), make_handler(routes_for(runners), worker))
+        for runner in runners:
+            if isinstance(runner.store, SQLiteStore):
+                runner.store.checkpoint_after(INTAKE_CHECKPOINT_PAGES)
+    on_term = None
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM (docker stop, systemd) would end this process at once and orphan the worker.
+        on_term = signal.signal(signal.SIGTERM, _interrupt)
     if worker is not None:
         worker.start()
     try:
+        if ready is not None:
+            ready(server)
         server.serve_forever()
     except KeyboardInterrupt:
         pass
@@ -177,3 +211,9 @@ def serve_forever(
         server.server_close()
         if worker is not None:
             worker.stop()
+        if on_term is not None:
+            signal.signal(signal.SIGTERM, on_term)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt

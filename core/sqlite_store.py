@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -55,6 +56,7 @@ _ADDED_COLUMNS = (
     ("ledger", "event_type", "TEXT"),
 )  # fmt: skip
 """Columns newer than the first release: added in place to a store that predates them."""
+_BUSY_MS = 5000
 _CHUNK = 500  # stays under SQLite's bound-parameter limit on every build
 
 
@@ -86,7 +88,7 @@ class SQLiteStore(Store):
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
             # Ledger and contact indexes take random keys: a small page cache thrashes.
             self._db.execute(f"PRAGMA cache_size=-{int(cache_mb) * 1024}")
             self._db.execute("PRAGMA temp_store=MEMORY")
@@ -106,6 +108,12 @@ class SQLiteStore(Store):
     def in_data_dir(cls, data_dir: str | Path | None = None) -> SQLiteStore:
         directory = Path(data_dir) if data_dir is not None else default_data_dir()
         return cls(directory / "elasticity.sqlite3")
+
+    def checkpoint_after(self, pages: int) -> None:
+        """This connection's commits checkpoint the WAL once it holds `pages` (SQLite's
+        default: 1000)."""
+        with self._lock:
+            self._db.execute(f"PRAGMA wal_autocheckpoint={int(pages)}")
 
     def unseen(self, event_keys: Sequence[str]) -> set[str]:
         wanted = set(event_keys)
@@ -294,16 +302,42 @@ class SQLiteStore(Store):
     def inbox_put(self, events: Sequence[Event]) -> int:
         if not events:
             return 0
-        new = self.unseen([e.event_id for e in events])
-        rows = [(e.event_id, e.model_dump_json()) for e in events if e.event_id in new]
+        rows = [(e.event_id, e.model_dump_json(), e.event_id) for e in events]
         try:
             with self._lock, self._db:
-                self._db.execute("BEGIN IMMEDIATE")
+                self._begin_promptly()
                 before = self._db.total_changes
-                self._db.executemany("INSERT OR IGNORE INTO inbox (key, body) VALUES (?, ?)", rows)
+                # Checked under the write lock, not in a read before it: one round trip less
+                # on the intake path, and a worker commit cannot land between check and insert.
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO inbox (key, body) SELECT ?, ? WHERE NOT EXISTS "
+                    "(SELECT 1 FROM processed_events WHERE key = ?)",
+                    rows,
+                )
                 return self._db.total_changes - before
         except sqlite3.Error as exc:
             raise StoreError(f"could not record events in {self.path}: {exc}") from exc
+
+    def _begin_promptly(self, patience: float = _BUSY_MS / 1000) -> None:
+        """BEGIN IMMEDIATE, tried again every half millisecond while another connection writes.
+        SQLite's busy handler sleeps 1, 2, 5, 10, 15, 20... ms between tries: a write lock freed
+        after 4 ms is taken after 8, and one the worker frees and takes again meanwhile after
+        18, 33 or more; an intake answer waits all that."""
+        db = self._db
+        db.execute("PRAGMA busy_timeout=0")
+        try:
+            give_up = time.monotonic() + patience
+            while True:
+                try:
+                    db.execute("BEGIN IMMEDIATE")
+                    return
+                except sqlite3.OperationalError as exc:
+                    busy = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+                    if not busy or time.monotonic() > give_up:
+                        raise
+                time.sleep(0.0005)
+        finally:
+            db.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
 
     def inbox_take(self, limit: int) -> list[Event]:
         rows = self._query("SELECT body FROM inbox ORDER BY seq LIMIT ?", (limit,))

@@ -72,6 +72,22 @@ def test_a_redelivered_event_is_not_counted_twice(runner: Runner, crm: MemoryCrm
     assert crm.values["c1"]["engagement_score"] == 15
 
 
+def test_draining_stops_between_batches_when_asked(runner: Runner) -> None:
+    """`serve`'s worker drains in small transactions and must stop without emptying a backlog."""
+    runner.store.inbox_put([ev(f"e{i}", "open", cid=f"c{i}") for i in range(5)])
+    asked = 0
+
+    def stop() -> bool:
+        nonlocal asked
+        asked += 1
+        return asked > 2  # asked before each batch: two batches, then stop
+
+    assert runner.drain_inbox(2, stop=stop).applied == 4
+    assert [e.event_id for e in runner.store.inbox_take(10)] == ["e4"]
+    assert runner.drain_inbox(2).applied == 1
+    assert runner.store.inbox_take(10) == []
+
+
 def test_one_handoff_task_per_engaged_transition(runner: Runner, crm: MemoryCrm) -> None:
     events = [
         ev("e1", "open"),
