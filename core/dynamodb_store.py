@@ -52,7 +52,7 @@ from typing import Any
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
-from core.models import CONTACT_STATE, DECISION, ContactState, Decision, Event
+from core.models import CONTACT_STATE, DECISION, EVENT, ContactState, Decision, Event
 from core.store import Batch, ConflictError, Store, StoreError
 
 SHARDS = 16
@@ -299,7 +299,7 @@ class DynamoDBStore(Store):
 
     def inbox_take(self, limit: int) -> list[Event]:
         items = self._ordered("inbox", limit)
-        return [Event.model_validate_json(item["body"]["S"]) for item in items]
+        return [EVENT.validate_json(item["body"]["S"]) for item in items]
 
     def outbox_take(self, limit: int, prefix: str = "") -> list[tuple[str, str]]:
         items = self._ordered("outbox", limit, prefix)
@@ -316,7 +316,7 @@ class DynamoDBStore(Store):
                                     **self._claim_condition()}},
                 {"Put": {"TableName": self.table, "Item": {
                     "pk": _s("inbox"), "sk": _s(event.event_id), "seq": _s(self._seq.next()),
-                    "body": _s(event.model_dump_json())},
+                    "body": _s(EVENT.dump_json(event).decode())},
                     "ConditionExpression": "attribute_not_exists(pk)"}},
             ]  # fmt: skip
             try:

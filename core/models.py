@@ -1,6 +1,6 @@
 """The canonical records every part of the program speaks: events, contact state, decisions.
 
-`Event` is a pydantic model because it crosses trust boundaries (webhooks, files). Contact
+`Event` is a pydantic dataclass because it crosses trust boundaries (webhooks, files). Contact
 state and decisions are slotted dataclasses validated by pydantic `TypeAdapter`s at the
 boundaries: the engine creates millions of them, and a validated model costs ten times more
 to build than the whole rule it records.
@@ -11,9 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from pydantic import AwareDatetime, ConfigDict, Field, TypeAdapter, field_validator
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 _ISO_CACHE: dict[datetime, str] = {}
 
@@ -61,14 +62,17 @@ LIFECYCLE_EVENTS = frozenset({"enroll"})
 NON_ENGAGEMENT_EVENTS = DELIVERY_EVENTS | COMPLIANCE_EVENTS | LIFECYCLE_EVENTS
 
 
-class Event(BaseModel):
-    """One canonical event. Custom engagement types are valid when the policy gives them points."""
+@pydantic_dataclass(frozen=True, slots=True, config=ConfigDict(extra="forbid"))
+class Event:
+    """One canonical event. Custom engagement types are valid when the policy gives them points.
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    A pydantic dataclass, not a `BaseModel`: validating one from JSON costs half as much
+    (2.4 vs 4.6 us here), and every replayed or received event is validated. Read and write
+    it through `EVENT`."""
 
-    event_id: str = Field(min_length=1, max_length=512)
-    contact_id: str = Field(min_length=1, max_length=256)
-    type: str = Field(min_length=1, max_length=64)
+    event_id: Annotated[str, Field(min_length=1, max_length=512)]
+    contact_id: Annotated[str, Field(min_length=1, max_length=256)]
+    type: Annotated[str, Field(min_length=1, max_length=64)]
     occurred_at: AwareDatetime
     campaign: str | None = None
     variant: str | None = None
@@ -81,6 +85,10 @@ class Event(BaseModel):
         # One tzinfo object everywhere: comparing datetimes whose tzinfo objects differ costs
         # a utcoffset() call on each side, and the engine compares on every event.
         return value if value.tzinfo is UTC else value.astimezone(UTC)
+
+
+EVENT: TypeAdapter[Event] = TypeAdapter(Event)
+"""`EVENT.validate_json(text)`, `EVENT.validate_python(mapping)`, `EVENT.dump_json(event)`."""
 
 
 CANONICAL_FIELDS = (
@@ -125,7 +133,8 @@ class ContactState:
     unanswered_sends: int = 0
     suppression_reason: SuppressionReason | None = None
     experiments: dict[str, str] = field(default_factory=dict)
-    """Experiment name -> variant, plus `holdout` -> holdout/treated, fixed at enrollment."""
+    """Experiment name -> variant, plus `holdout` -> holdout/treated, fixed at enrollment.
+    Replaced, never changed in place: copies share it."""
     segment: str | None = None
     """The mapping segment whose policy overrides apply, fixed at enrollment."""
     send_times: tuple[datetime, ...] = ()
@@ -137,7 +146,7 @@ class ContactState:
             self.status_changed_at, self.stream_entered_at, self.engagement_score,
             self.base_score, self.last_engagement_date, self.decay_steps, self.reactivation_cycle,
             self.reactivation_step, self.reactivation_step_at, self.unanswered_sends,
-            self.suppression_reason, dict(self.experiments), self.segment, self.send_times,
+            self.suppression_reason, self.experiments, self.segment, self.send_times,
         )  # fmt: skip
 
     def canonical_values(self) -> dict[str, Any]:

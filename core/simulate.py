@@ -223,8 +223,7 @@ class _Simulation:
         for cid, offset in zip(self.people.ids.tolist(), offsets.tolist(), strict=True):
             self._event(cid, "enroll", START + timedelta(days=offset), "enroll")
         for day in range(c.days):
-            with cyclic_gc_paused():  # a day's events, states and decisions are acyclic
-                self._day(day)
+            self._day(day)
             if progress:
                 progress(1)
         self.result.ever = {s: len(ids) for s, ids in self.ever.items()}
@@ -269,7 +268,7 @@ def run_simulation(
             Path(f"{store_path}{suffix}").unlink(missing_ok=True)
     store = SQLiteStore(store_path)
     try:
-        with store.bulk():
+        with store.bulk(), cyclic_gc_paused():  # see replay_file
             return _Simulation(config, policy, store).run(progress)
     finally:
         store.close()

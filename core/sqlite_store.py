@@ -13,7 +13,7 @@ from pathlib import Path
 
 from core.deferred import DeferredContacts
 from core.gcpause import cyclic_gc_paused
-from core.models import ContactState, Decision, Event, iso_utc
+from core.models import EVENT, ContactState, Decision, Event, iso_utc
 from core.rollup import UPSERT, ensure_rollup, rollup_rows
 from core.sqlite_rows import contact_from_row, contact_row, decision_from_row, decision_row
 from core.store import Batch, ConflictError, Store, StoreError
@@ -302,7 +302,7 @@ class SQLiteStore(Store):
     def inbox_put(self, events: Sequence[Event]) -> int:
         if not events:
             return 0
-        rows = [(e.event_id, e.model_dump_json(), e.event_id) for e in events]
+        rows = [(e.event_id, EVENT.dump_json(e).decode(), e.event_id) for e in events]
         try:
             with self._lock, self._db:
                 self._begin_promptly()
@@ -341,7 +341,7 @@ class SQLiteStore(Store):
 
     def inbox_take(self, limit: int) -> list[Event]:
         rows = self._query("SELECT body FROM inbox ORDER BY seq LIMIT ?", (limit,))
-        return [Event.model_validate_json(row[0]) for row in rows]
+        return [EVENT.validate_json(row[0]) for row in rows]
 
     def outbox_take(self, limit: int, prefix: str = "") -> list[tuple[str, str]]:
         rows = self._query(

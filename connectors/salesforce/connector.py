@@ -9,6 +9,7 @@ import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from collections.abc import Mapping as MappingABC
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -42,7 +43,7 @@ from connectors.salesforce.settings import (
 )
 from connectors.salesforce.soql import Queries, SoqlAfter
 from core.mapping import Mapping
-from core.models import Event
+from core.models import EVENT, Event
 
 log = logging.getLogger(__name__)
 
@@ -139,13 +140,13 @@ class SalesforceConnector(Connector):
         events: list[Event] = []
         for i, item in enumerate(items):
             try:
-                event = Event.model_validate(item)
+                event = EVENT.validate_python(item)
             except ValidationError as exc:
                 problem = exc.errors(include_url=False)[0]
                 where = ".".join(str(p) for p in problem["loc"]) or "event"
                 raise WebhookRejected(400, f"events[{i}].{where}: {problem['msg']}") from None
             events.append(
-                event if event.source else event.model_copy(update={"source": "salesforce_json"})
+                event if event.source else replace(event, source="salesforce_json")
             )
         return WebhookIntake(events)
 

@@ -11,7 +11,7 @@ import pytest
 from connectors.aws.queue import WorkQueue, parse_message, sqs_id
 from connectors.base import WebhookRequest
 from connectors.intake import handle_webhook
-from core.models import Event
+from core.models import EVENT, Event
 from core.store import StoreError
 from tests.fakes.memory_crm import MemoryConnector, memory_mapping
 
@@ -62,7 +62,7 @@ def test_a_queue_that_keeps_refusing_makes_the_webhook_answer_503() -> None:
     with pytest.raises(StoreError):
         queue.send("memory", events(2))
     connector = MemoryConnector(memory_mapping(), secret=None)
-    body = json.dumps([e.model_dump(mode="json") for e in events(2)]).encode()
+    body = json.dumps([EVENT.dump_python(e, mode="json") for e in events(2)]).encode()
     request = WebhookRequest("POST", "/webhooks/memory", "", {}, body, T0)
     answer = handle_webhook(connector, request, queue.recorder("memory"))
     assert answer.status == 503  # the vendor redelivers; nothing was acknowledged

@@ -33,7 +33,7 @@ from connectors.base import (
 )
 from connectors.registry import register_connector
 from core.mapping import Mapping, load_mapping
-from core.models import Event
+from core.models import EVENT
 
 MAPPING_PATH = Path(__file__).with_name("memory.yaml")
 SECRET_HEADER = "x-memory-secret"
@@ -142,7 +142,7 @@ class MemoryConnector(Connector):
         try:
             payload = json.loads(request.body)
             items = payload["events"] if isinstance(payload, dict) else payload
-            events = [Event.model_validate(item) for item in items]
+            events = [EVENT.validate_python(item) for item in items]
         except (ValueError, KeyError, TypeError, ValidationError) as exc:
             raise WebhookRejected(
                 400, f"not a list of canonical events: {type(exc).__name__}"
