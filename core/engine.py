@@ -96,7 +96,7 @@ def advance(state: ContactState, now: datetime, policy: Policy) -> Outcome:
     """Fire every time rule due at or before `now`, each at its own due time."""
     decisions: list[Decision] = []
     due = _due(state, policy.compiled)
-    if (due is None or due[0] > now) and now <= state.as_of:
+    if due is None or due[0] > now:
         return Outcome(state, decisions)
     return Outcome(advance_owned(state.copy(), now, policy, decisions), decisions)
 
@@ -104,10 +104,13 @@ def advance(state: ContactState, now: datetime, policy: Policy) -> Outcome:
 def advance_owned(
     state: ContactState, now: datetime, policy: Policy, decisions: list[Decision]
 ) -> ContactState:
-    """`advance` changing `state` in place, appending to `decisions`."""
+    """`advance` changing `state` in place, appending to `decisions`. A state no rule changed
+    is left exactly as it was (`as_of` included): callers store only states with decisions,
+    and one that moved without a decision would differ from its stored row."""
     c = policy.compiled
+    made = len(decisions)
     _fire_due(state, _due(state, c), now, c, c.version, decisions)
-    if now > state.as_of:
+    if len(decisions) > made and now > state.as_of:
         state.as_of = now
     return state
 
@@ -137,7 +140,7 @@ def apply_owned(
     state: ContactState | None, event: Event, policy: Policy, decisions: list[Decision]
 ) -> ContactState:
     """`apply_event` changing `state` in place (a new state for an unknown contact),
-    appending to `decisions`."""
+    appending to `decisions`. An event that decides nothing leaves the state as it was."""
     kind = event.type
     c = policy.compiled
     if kind not in c.known:
@@ -145,6 +148,7 @@ def apply_owned(
     at = event.occurred_at
     version = c.version
     program = c.program
+    made = len(decisions)
     if state is None:
         state = _enroll(event, c, version, decisions)
         if kind == "enroll":
@@ -167,9 +171,8 @@ def apply_owned(
     due = _due(state, c)
     if due is not None and due[0] <= at:
         _fire_due(state, due, at, c, version, decisions)
-    if at > state.as_of:
-        state.as_of = at
-    else:
+    late = at <= state.as_of
+    if late:
         at = state.as_of  # a late event cannot rewind time rules already fired
     before = state.campaign_status
     changes: Changes = {}
@@ -194,6 +197,8 @@ def apply_owned(
                 state.campaign_status, changes, version, actions, kind,
             )
         )  # fmt: skip
+    if not late and len(decisions) > made:
+        state.as_of = at
     return state
 
 
@@ -246,14 +251,17 @@ def _engage(
     kind = event.type
     old = state.engagement_score
     score = old + c.points.get(kind, 0.0)
-    state.engagement_score = state.base_score = score
     if score != old:
+        state.engagement_score = score
         changes["engagement_score"] = (old, score)
-    state.decay_steps = 0
     last = state.last_engagement_date
-    if last is None or event.occurred_at > last:
+    newer = last is None or event.occurred_at > last
+    if newer:
         state.last_engagement_date = event.occurred_at
         changes["last_engagement_date"] = (last, event.occurred_at)
+    if newer or score != old:  # a stale engagement worth no points restarts no decay
+        state.base_score = score
+        state.decay_steps = 0
     unanswered = state.unanswered_sends
     if unanswered:
         state.unanswered_sends = 0

@@ -82,6 +82,7 @@ class SQLiteStore(Store):
         self._lock = threading.RLock()
         self._bulk: DeferredContacts | None = None
         """Inside `bulk()`: the states committed but not yet written."""
+        self._bulk_failed = False
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -138,21 +139,27 @@ class SQLiteStore(Store):
 
     def _commit_locked(self, batch: Batch) -> None:
         db, bulk = self._db, self._bulk
-        db.execute("SAVEPOINT batch" if bulk is not None else "BEGIN IMMEDIATE")
+        if bulk is None:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                self._write(batch, defer_contacts=False)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+            return
+        if self._bulk_failed:
+            raise StoreError("an earlier batch of this run failed: the run cannot land")
         try:
-            self._write(batch, defer_contacts=bulk is not None)
+            self._write(batch, defer_contacts=True)
         except BaseException:
-            db.execute("ROLLBACK TO batch" if bulk is not None else "ROLLBACK")
-            if bulk is not None:
-                db.execute("RELEASE batch")
+            # The batch's states were the run's own, changed in place: the run is void.
+            self._bulk_failed = True
             raise
-        db.execute("RELEASE batch" if bulk is not None else "COMMIT")
-        if bulk is not None:
-            # Only once the rows are in: a failed batch leaves the deferred states as they were.
-            for state, due in zip(batch.contacts, batch.next_due, strict=True):
-                bulk.put(state, due)
-            if len(bulk) > self.defer_limit:
-                self._flush_deferred()  # memory stays bounded on a very large population
+        for state, due in zip(batch.contacts, batch.next_due, strict=True):
+            bulk.put(state, due)
+        if len(bulk) > self.defer_limit:
+            self._flush_deferred()  # memory stays bounded on a very large population
 
     def _write(self, batch: Batch, defer_contacts: bool) -> None:
         db = self._db
@@ -195,8 +202,9 @@ class SQLiteStore(Store):
         at the end: rewriting a contact row after every batch costs ~10 us a row, more than
         deciding the events that changed it. On a store with an empty ledger the ledger's
         contact index is also built once at the end instead of row by row. An exception
-        inside discards the whole run. A commit takes over its batch's states: do not change
-        them afterwards. Other threads wait until the run ends."""
+        inside discards the whole run. `get_contacts` hands out the run's own states (the
+        pipeline changes them in place and commits them back), so a failed commit voids the
+        run: later commits raise and nothing lands. Other threads wait until the run ends."""
         with self._lock:
             if self._bulk is not None:
                 yield  # already inside one: it is the unit
@@ -210,8 +218,11 @@ class SQLiteStore(Store):
             except sqlite3.Error as exc:
                 raise StoreError(f"could not start a run on {self.path}: {exc}") from exc
             self._bulk = DeferredContacts()
+            self._bulk_failed = False
             try:
                 yield
+                if self._bulk_failed:
+                    raise StoreError("a batch of this run failed: nothing of the run was written")
                 self._flush_deferred()
                 if empty:
                     db.execute("CREATE INDEX IF NOT EXISTS ledger_contact ON ledger (contact_id)")

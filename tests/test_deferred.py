@@ -38,9 +38,13 @@ def test_due_matches_a_full_scan(program, limit):
     assert len(deferred) == 0 and deferred.due(T0 + days(99)) == []
 
 
-def test_a_held_state_is_handed_out_as_a_copy():
+def test_a_held_state_is_handed_out_itself_and_indexed_at_its_latest_due():
     deferred = DeferredContacts()
-    deferred.put(new_contact("c1", T0), None)
-    copy = deferred.get("c1")
-    copy.unanswered_sends = 9
-    assert deferred.get("c1").unanswered_sends == 0 and deferred.get("nobody") is None
+    state = new_contact("c1", T0)
+    deferred.put(state, T0 + days(5))
+    held = deferred.get("c1")
+    assert held is state and deferred.get("nobody") is None
+    held.unanswered_sends = 9
+    deferred.put(held, T0 + days(50))  # committed back with a later due
+    assert deferred.due(T0 + days(10)) == []
+    assert deferred.due(T0 + days(50)) == ["c1"]

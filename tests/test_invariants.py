@@ -7,7 +7,7 @@ from dataclasses import replace
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.engine import advance, apply_event
+from core.engine import advance, advance_owned, apply_event, apply_owned
 from core.models import COMPLIANCE_REASONS, Event, Status
 from core.pipeline import Pipeline
 from core.policy import Policy
@@ -162,3 +162,29 @@ def test_the_ledger_explains_every_tracked_field(history, policy):
                 held[name] = new
         assert d.to_status == held["campaign_status"]
     assert held == {name: getattr(state, name) for name in TRACKED}
+
+
+WORTHLESS = Policy(
+    version="worthless",
+    points={"open": 5.0, "click": 10.0, "high_intent_visit": 15.0, "webinar": 0.0},
+)
+
+
+@given(histories, st.lists(st.floats(0, 400, allow_nan=False), max_size=6))
+@settings(max_examples=150, deadline=None)
+def test_an_event_or_tick_that_decides_nothing_leaves_the_state_alone(history, late_days):
+    """The pipeline and a bulk run change states in place and store only those with a
+    decision: a state that moved without one would differ from its stored row."""
+    kinds = [("webinar" if kind == "enroll" else kind, day) for kind, day in history]
+    events = to_events(kinds + [("webinar", day) for day in late_days])
+    state = None
+    for i, event in enumerate(events):
+        for step in ("event", "tick"):
+            before = None if state is None else state.copy()
+            decisions: list = []
+            if step == "event":
+                state = apply_owned(state, event, WORTHLESS, decisions)
+            else:
+                advance_owned(state, event.occurred_at + days(i % 40), WORTHLESS, decisions)
+            if not decisions and before is not None:
+                assert state == before, (step, event)

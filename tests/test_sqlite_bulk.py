@@ -14,7 +14,7 @@ from core.models import Status, SuppressionReason
 from core.pipeline import Pipeline
 from core.sqlite_rows import changes_json, json_default
 from core.sqlite_store import SQLiteStore
-from core.store import Batch, ConflictError
+from core.store import Batch, ConflictError, StoreError
 from tests.conftest import T0, days
 
 
@@ -108,19 +108,28 @@ def test_others_see_nothing_until_the_run_ends(tmp_path, ev, policy):
     assert reader.count_contacts() == 1
 
 
-def test_a_failed_batch_inside_a_run_leaves_the_deferred_state_alone(ev, policy):
-    store = SQLiteStore(":memory:")
+def test_a_failed_batch_voids_the_run(tmp_path, ev, policy):
+    path = tmp_path / "run.sqlite3"
+    store = SQLiteStore(path)
     pipeline = Pipeline(store, policy)
-    with store.bulk():
-        pipeline.process([ev("open", 0, event_id="e1")])
-        applied = pipeline.prepare_events([ev("click", 1)])
-        applied.batch.event_keys.append("e1")  # already claimed: the batch must not land
-        with pytest.raises(ConflictError):
-            store.commit(applied.batch)
-        assert store.get_contacts(["c1"])["c1"].engagement_score == 5.0
-        assert store.execute("SELECT COUNT(*) FROM ledger") == [(2,)]  # enroll + open
-        store.commit(Batch(cursors={"k": "v"}))
-    assert store.get_cursor("k") == "v"
+
+    def run_with_a_failed_batch():
+        with store.bulk():
+            pipeline.process([ev("open", 0, event_id="e1")])
+            applied = pipeline.prepare_events([ev("click", 1)])  # changes the run's own state
+            applied.batch.event_keys.append("e1")  # already claimed: the batch must not land
+            with pytest.raises(ConflictError):
+                store.commit(applied.batch)
+            with pytest.raises(StoreError, match="earlier batch"):
+                store.commit(Batch(cursors={"k": "v"}))
+
+    with pytest.raises(StoreError, match="nothing of the run"):
+        run_with_a_failed_batch()
+    assert store.count_contacts() == 0
+    assert store.execute("SELECT COUNT(*) FROM ledger") == [(0,)]
+    assert store.get_cursor("k") is None
+    store.commit(Batch(cursors={"k": "v"}))  # the store itself stays usable
+    assert SQLiteStore(path).get_cursor("k") == "v"
 
 
 values = st.one_of(
