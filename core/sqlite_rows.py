@@ -6,43 +6,21 @@ import json
 import sqlite3
 from datetime import datetime
 
-from core.models import Action, ContactState, Decision, Status, SuppressionReason, iso_utc
+import orjson
 
-_INF = float("inf")
+from core.models import Action, ContactState, Decision, Status, SuppressionReason, iso_utc
 
 
 def _dt(value: str | None) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value)
 
 
-def json_default(value: object) -> str:
-    if isinstance(value, datetime):
-        return iso_utc(value)  # type: ignore[return-value]
-    raise TypeError(f"cannot store {type(value).__name__} in the ledger")
-
-
-_ENUM_JSON = {m: f'"{m.value}"' for enum in (Status, SuppressionReason) for m in enum}
-
-
-def _value_json(value: object) -> str:
-    kind = type(value)
-    if value is None:
-        return "null"
-    if kind is int or (kind is float and value == value and value not in (_INF, -_INF)):
-        return repr(value)
-    if kind is datetime:
-        return f'"{iso_utc(value)}"'  # type: ignore[arg-type]
-    text = _ENUM_JSON.get(value) if kind is Status or kind is SuppressionReason else None
-    return text or json.dumps(value, default=json_default)
-
-
 def changes_json(changes: dict[str, tuple]) -> str:
-    """The ledger's `changes` column. Written by hand for the common values (numbers, times,
-    statuses): `json.dumps` with a `default` hook costs ~4 us a decision, more than the rule
-    that made it. Field names are the engine's own identifiers."""
-    return "{" + ",".join(
-        f'"{name}":[{_value_json(old)},{_value_json(new)}]' for name, (old, new) in changes.items()
-    ) + "}"  # fmt: skip
+    """The ledger's `changes` column: {field: [before, after]}, times as UTC ISO text. orjson
+    writes it in ~1 us, `json.dumps` with a `default` hook in ~4 (more than the rule that made
+    the decision). The engine keeps every time in UTC and never records a non-finite number
+    (orjson would write null for one)."""
+    return orjson.dumps(changes).decode()
 
 
 def contact_row(s: ContactState, due: datetime | None) -> tuple:
@@ -71,12 +49,12 @@ _STATUS_TEXT = {status: status.value for status in Status}  # `.value` goes thro
 
 
 def decision_row(d: Decision) -> tuple:
-    actions = [[a.kind, a.detail] for a in d.actions] if d.actions else None
+    actions = orjson.dumps([[a.kind, a.detail] for a in d.actions]).decode() if d.actions else None
     return (
         d.contact_id, iso_utc(d.at), d.rule, d.reason, d.cause,
         _STATUS_TEXT.get(d.from_status), _STATUS_TEXT[d.to_status],
         changes_json(d.changes),
-        json.dumps(actions) if actions else None, d.policy_version, d.event_type,
+        actions, d.policy_version, d.event_type,
     )  # fmt: skip
 
 
