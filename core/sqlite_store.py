@@ -152,14 +152,14 @@ class SQLiteStore(Store):
             raise StoreError("an earlier batch of this run failed: the run cannot land")
         try:
             self._write(batch, defer_contacts=True)
+            for state, due in zip(batch.contacts, batch.next_due, strict=True):
+                bulk.put(state, due)
+            if len(bulk) > self.defer_limit:
+                self._flush_deferred()  # memory stays bounded on a very large population
         except BaseException:
             # The batch's states were the run's own, changed in place: the run is void.
             self._bulk_failed = True
             raise
-        for state, due in zip(batch.contacts, batch.next_due, strict=True):
-            bulk.put(state, due)
-        if len(bulk) > self.defer_limit:
-            self._flush_deferred()  # memory stays bounded on a very large population
 
     def _write(self, batch: Batch, defer_contacts: bool) -> None:
         db = self._db
@@ -373,6 +373,7 @@ class SQLiteStore(Store):
                 try:
                     self._flush_deferred()
                 except sqlite3.Error as exc:
+                    self._bulk_failed = True  # the drained states are gone with the run
                     raise StoreError(f"could not write contacts to {self.path}: {exc}") from exc
 
     def _query(self, sql: str, params: Sequence = ()) -> list[tuple]:
