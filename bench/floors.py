@@ -36,6 +36,8 @@ LEDGER_COLUMNS = (
     "contact_id, at, rule, reason, cause, from_status, to_status, changes, actions, "
     "policy_version, event_type"
 )
+LEDGER_TABLE = f"CREATE TABLE t (seq INTEGER PRIMARY KEY, {LEDGER_COLUMNS})"
+KEYS_TABLE = "CREATE TABLE t (key TEXT PRIMARY KEY) WITHOUT ROWID"
 
 
 def per_item(run, items: int, repeat: int = 3) -> float:
@@ -52,9 +54,10 @@ def per_item(run, items: int, repeat: int = 3) -> float:
     return best / items * 1e6
 
 
-def insert_cost(rows: list[tuple], table: str, columns: str, path: Path) -> float:
-    """Microseconds per row to insert these rows in 20K-row batches of one transaction."""
-    marks = ",".join("?" * len(rows[0]))
+def insert_cost(rows: list[tuple], create: str, columns: str, path: Path) -> float:
+    """Microseconds per row to insert these rows into a fresh table `t` (made by `create`),
+    in 20K-row batches of one transaction."""
+    insert = f"INSERT INTO t ({columns}) VALUES ({','.join('?' * len(rows[0]))})"  # noqa: S608
 
     def run() -> None:
         path.unlink(missing_ok=True)
@@ -62,13 +65,10 @@ def insert_cost(rows: list[tuple], table: str, columns: str, path: Path) -> floa
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA cache_size=-131072")
-        key = " PRIMARY KEY" if table == "processed_events" else ""
-        kind = " WITHOUT ROWID" if key else ""
-        db.execute(f"CREATE TABLE {table} ({columns.replace(',', ' TEXT,')} TEXT{key}){kind}")
+        db.execute(create)
         db.execute("BEGIN")
         for start in range(0, len(rows), 20_000):
-            sql = f"INSERT INTO {table} VALUES ({marks})"  # noqa: S608 - names are ours
-            db.executemany(sql, rows[start : start + 20_000])
+            db.executemany(insert, rows[start : start + 20_000])
         db.execute("COMMIT")
         db.close()
 
@@ -116,8 +116,8 @@ def main() -> None:
         keys = result.store.execute("SELECT key FROM processed_events")
         result.store.close()
         per_event = len(ledger) / args.events
-        row = insert_cost(ledger, "ledger", LEDGER_COLUMNS, Path(tmp) / "rows.sqlite3")
-        key = insert_cost(keys, "processed_events", "key", Path(tmp) / "keys.sqlite3")
+        row = insert_cost(ledger, LEDGER_TABLE, LEDGER_COLUMNS, Path(tmp) / "rows.sqlite3")
+        key = insert_cost(keys, KEYS_TABLE, "key", Path(tmp) / "keys.sqlite3")
     rule = minimal_rule_cost(args.events, args.contacts)
     floor = parse + per_event * row + key + rule
     print(f"parse and validate an event:  {parse:6.2f} us")
