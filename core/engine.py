@@ -276,13 +276,28 @@ def _engage(
         _set_status(state, _REACTIVATED, at, changes)
         _put(state, changes, "reactivation_step", 0)
         state.reactivation_step_at = None
+        _comeback_handoff(state, kind, score, at, c, changes, actions)
         return "reactivated_from_dormant"
     if status is _SUPPRESSED and state.suppression_reason is _NO_RESPONSE:
         _set_status(state, _REACTIVATED, at, changes)
         _put(state, changes, "suppression_reason", None)
         actions.append(Action("alternate_channel_remove"))
+        _comeback_handoff(state, kind, score, at, c, changes, actions)
         return "reactivated_from_alternate_channel"
     return kind
+
+
+def _comeback_handoff(
+    state: ContactState, kind: str, score: float, at: datetime, c: Compiled,
+    changes: Changes, actions: list[Action],
+) -> None:  # fmt: skip
+    """A comeback whose score already reaches the threshold is handed on in the same decision
+    (rule 2 in the README): waiting for the next engagement would keep a responsive contact in
+    the send stream. The ledger keeps the comeback's reason, so reactivations still count it."""
+    if score >= c.threshold:
+        _set_status(state, _ENGAGED, at, changes)
+        if c.handoff:
+            actions.append(Action("handoff_task", {"score": score, "trigger": kind}))
 
 
 def _send(state: ContactState, at: datetime, c: Compiled, changes: Changes) -> str:
@@ -305,7 +320,12 @@ def _compliance_exit(
 ) -> str:
     current = state.suppression_reason
     if state.campaign_status is _SUPPRESSED and current in COMPLIANCE_REASONS:
-        return "already_suppressed"
+        # The latest compliance reason replaces the earlier one (a hard bounce after an
+        # unsubscribe shows hard_bounce); the status and its clock stay as they are.
+        if current is reason:
+            return "already_suppressed"
+        _put(state, changes, "suppression_reason", reason)
+        return "suppression_reason_replaced"
     if current is _NO_RESPONSE:
         actions.append(Action("alternate_channel_remove"))
     _suppress(state, at, reason, changes)

@@ -201,10 +201,51 @@ def test_compliance_suppression_is_sticky_until_resubscribe(policy, ev):
     assert state.campaign_status is Status.ACTIVE and state.suppression_reason is None
 
 
-def test_second_compliance_event_keeps_the_first_reason(policy, ev):
-    state, decisions = run(policy, [ev("enroll", 0), ev("hard_bounce", 1), ev("unsubscribe", 2)])
+def test_a_later_compliance_reason_replaces_the_earlier_one(policy, ev):
+    state, decisions = run(policy, [ev("enroll", 0), ev("unsubscribe", 1), ev("hard_bounce", 2)])
+    assert state.campaign_status is Status.SUPPRESSED
     assert state.suppression_reason is SuppressionReason.HARD_BOUNCE
-    assert [d.reason for d in decisions] == ["enrolled", "hard_bounce"]  # nothing changed after
+    reasons = [d.reason for d in decisions]
+    assert reasons == ["enrolled", "unsubscribe", "suppression_reason_replaced"]
+    assert decisions[-1].changes == {
+        "suppression_reason": (SuppressionReason.UNSUBSCRIBE, SuppressionReason.HARD_BOUNCE)
+    }
+    assert state.status_changed_at == T0 + days(1)  # the status itself did not change
+
+
+def test_the_same_compliance_reason_again_changes_nothing(policy, ev):
+    state, decisions = run(policy, [ev("enroll", 0), ev("hard_bounce", 1), ev("hard_bounce", 2)])
+    assert state.suppression_reason is SuppressionReason.HARD_BOUNCE
+    assert [d.reason for d in decisions] == ["enrolled", "hard_bounce"]
+
+
+def test_a_comeback_that_reaches_the_threshold_is_handed_on_at_once(policy, ev):
+    # Dormant at day 90 with score 0; a high-intent visit (15) plus a click (10) on the way back
+    # is 25 >= 20: Reactivated and Engaged in one decision, with the hand-off.
+    state, decisions = run(policy, [ev("enroll", 0), ev("open", 0), ev("open", 0.1)])
+    state, _ = advance(state, T0 + days(200), policy)  # decays to 0, Dormant, suppressed later
+    assert state.campaign_status is Status.SUPPRESSED
+    state, fired = apply_event(state, ev("high_intent_visit", 201), policy)
+    assert state.campaign_status is Status.REACTIVATED  # 15 < 20
+    state, fired = apply_event(state, ev("click", 202), policy)
+    assert state.campaign_status is Status.ENGAGED
+    dormant, _ = run(policy, [ev("enroll", 0)], until=100)
+    assert dormant.campaign_status is Status.DORMANT
+    dormant.engagement_score = dormant.base_score = 15.0
+    state, fired = apply_event(dormant, ev("click", 101), policy)
+    assert state.campaign_status is Status.ENGAGED
+    assert len(fired) == 1 and fired[0].reason == "reactivated_from_dormant"
+    assert fired[0].from_status is Status.DORMANT and fired[0].to_status is Status.ENGAGED
+    assert [a.kind for a in fired[0].actions] == ["handoff_task"]
+
+
+def test_a_no_response_comeback_that_reaches_the_threshold_is_handed_on(policy, ev):
+    suppressed, _ = run(policy, [ev("enroll", 0)], until=140)
+    assert suppressed.suppression_reason is SuppressionReason.NO_RESPONSE
+    suppressed.engagement_score = suppressed.base_score = 15.0
+    state, fired = apply_event(suppressed, ev("click", 141), policy)
+    assert state.campaign_status is Status.ENGAGED and state.suppression_reason is None
+    assert [a.kind for a in fired[0].actions] == ["alternate_channel_remove", "handoff_task"]
 
 
 def test_resubscribe_without_suppression_changes_nothing(policy, ev):
