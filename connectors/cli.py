@@ -24,7 +24,6 @@ app = typer.Typer(
     help="Keep a CRM's email audience elastic: engagement in, dormancy out, reactivation back.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
 )
 experiments_app = typer.Typer(
     help="A/B experiments declared in a mapping file.", no_args_is_help=True
@@ -62,6 +61,17 @@ def _data_dir(data_dir: Path | None) -> Path:
     return Path(os.environ.get("ELASTICITY_DATA_DIR", ".elasticity"))
 
 
+def _store_paths(data_dir: Path | None, name: str | None) -> list[tuple[str, Path]]:
+    """The stores a command reads; a name that is neither a known store nor an existing file is
+    a usage error (exit 2), not an empty result."""
+    from core.explain import STORES, store_paths
+
+    if name is not None and name not in STORES and not Path(name).is_file():
+        known = ", ".join(STORES)
+        _fail(f"--store: unknown store {name!r}; expected {known} or the path of a store file", 2)
+    return store_paths(_data_dir(data_dir), name)
+
+
 def _parse_time(value: str | None, option: str) -> datetime | None:
     if value is None:
         return None
@@ -80,8 +90,29 @@ def progress_bar() -> Progress:
     )  # fmt: skip
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        out.print(f"elasticity {version('crm-elasticity')}", highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+def main(
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose", "-v",
+            help="log each CRM request, retry, checkpoint and batch to stderr (INFO level)",
+        ),
+    ] = False,
+    show_version: Annotated[
+        bool | None,
+        typer.Option("--version", callback=_print_version, is_eager=True,
+                     help="print the installed version and exit"),
+    ] = None,
+) -> None:  # fmt: skip
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr)
 
 
@@ -260,9 +291,9 @@ def explain(
     data_dir: DataDir = None,
 ) -> None:
     """The contact's decision history from the ledger: why it is where it is."""
-    from core.explain import explain_contact, store_paths
+    from core.explain import explain_contact
 
-    paths = store_paths(_data_dir(data_dir), store)
+    paths = _store_paths(data_dir, store)
     found = False
     for name, path in paths:
         text = explain_contact(path, contact_id)
@@ -285,12 +316,11 @@ def report(
     data_dir: DataDir = None,
 ) -> None:
     """Funnel, transitions by reason, reactivation rate, experiments, data quality."""
-    from core.explain import store_paths
     from core.report import render_report
 
     if fmt not in ("md", "html", "json"):
         _fail(f"--format: expected md, html or json, got {fmt!r}", 2)
-    paths = store_paths(_data_dir(data_dir), store)
+    paths = _store_paths(data_dir, store)
     if not paths:
         _fail(f"no store {store!r} in {_data_dir(data_dir)}; run simulate, replay or sync first")
     loaded = _mapping(mapping) if mapping else None
@@ -311,10 +341,9 @@ def promote(
 ) -> None:
     """Write a significant winner into the mapping file as the experiment's default."""
     from core.experiments import PromotionError, promote_winner
-    from core.explain import store_paths
 
     loaded = _mapping(mapping)
-    paths = store_paths(_data_dir(data_dir), store)
+    paths = _store_paths(data_dir, store)
     if not paths:
         _fail(f"no store {store!r} in {_data_dir(data_dir)}")
     try:

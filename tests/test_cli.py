@@ -127,6 +127,24 @@ def test_explain_unknown_contact_is_a_clear_error(tmp_path):
     assert "has no decisions" in result.stderr
 
 
+def test_version_prints_the_installed_version():
+    from importlib.metadata import version
+
+    result = invoke("--version")
+    assert result.exit_code == 0
+    assert result.output.strip() == f"elasticity {version('crm-elasticity')}"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["explain", "c-1"], ["report"], ["experiments", "promote", "mappings/hubspot.yaml", "x"]],
+)
+def test_an_unknown_store_name_is_a_usage_error(tmp_path, command):
+    result = invoke(*command, "--store", "bogus", data_dir=tmp_path)
+    assert result.exit_code == 2
+    assert "unknown store 'bogus'" in result.output
+
+
 def test_simulate_writes_summary_plot_and_markdown(tmp_path):
     report = tmp_path / "report"
     result = invoke("simulate", "--contacts", "300", "--days", "60", "--seed", "3",
@@ -178,3 +196,21 @@ def test_serve_worker_process_drains_what_the_server_recorded(tmp_path):
         worker.stop()
     assert store.inbox_take(1) == []
     assert [d.rule for d in store.ledger_for("c1")] == ["enroll", "engagement"]
+
+
+def test_the_readme_example_events_end_where_the_readme_says(tmp_path):
+    result = invoke(
+        "replay", "mappings/hubspot.yaml", "examples/events.jsonl",
+        "--until", "2026-05-15T00:00:00Z", data_dir=tmp_path,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    states = {
+        row["contact_id"]: (row["campaign_status"], row["suppression_reason"])
+        for row in map(json.loads, (line for line in result.stdout.splitlines() if line))
+    }
+    assert states == {
+        "c-engaged": ("Active", None),
+        "c-dormant": ("Reactivated", None),
+        "c-unsub": ("Suppressed", "unsubscribe"),
+        "c-silent": ("Active", None),
+    }
