@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar
 
+from pydantic import BaseModel
+
 from core.mapping import Mapping
 from core.models import Event
 
@@ -145,6 +147,8 @@ class CallStats:
 
 class Connector(ABC):
     vendor: ClassVar[str]
+    options_model: ClassVar[type[BaseModel] | None] = None
+    """The schema of the mapping's `options:` block for this vendor; `validate` checks it."""
     webhook_paths: ClassVar[tuple[str, ...]] = ()
     write_page: ClassVar[int] = 1000
     """Owed writes per `write_records` call. A vendor with a bulk path asks for more, so a big

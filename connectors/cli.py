@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from connectors.base import ConnectorError
-from core.mapping import Mapping, MappingError, load_mapping
+from core.mapping import Mapping, MappingError
 from core.store import StoreError
 
 app = typer.Typer(
@@ -45,13 +45,19 @@ def _fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
 def _mapping(path: Path) -> Mapping:
+    from connectors.registry import check_mapping
+
     try:
-        return load_mapping(path)
+        return check_mapping(path)
     except MappingError as exc:
         for problem in exc.problems:
             err.print(problem, highlight=False, soft_wrap=True, markup=False)
-        err.print(f"{len(exc.problems)} problem(s); nothing was run.", highlight=False)
+        err.print(f"{_plural(len(exc.problems), 'problem')}; nothing was run.", highlight=False)
         raise typer.Exit(2) from None
 
 

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
+import pkgutil
 from collections.abc import Mapping as MappingABC
+from pathlib import Path
 
+from pydantic import ValidationError
+
+import connectors
 from connectors.base import Connector, ConnectorError
-from core.mapping import Mapping
+from core.mapping import Mapping, MappingError, MappingFile, read_mapping_file
 
 _REGISTERED: dict[str, type[Connector]] = {}
 """Connectors that live outside `connectors/` (test fakes, private vendors)."""
@@ -33,3 +39,46 @@ def connector_class(vendor: str) -> type[Connector]:
 
 def load_connector(mapping: Mapping, env: MappingABC[str, str] | None = None) -> Connector:
     return connector_class(mapping.vendor).from_env(mapping, os.environ if env is None else env)
+
+
+def known_vendors() -> list[str]:
+    """Vendors with a connector: a `connectors/<vendor>/` package, or one registered."""
+    packaged = [m.name for m in pkgutil.iter_modules(connectors.__path__) if m.ispkg]
+    return sorted({*_REGISTERED, *(v for v in packaged if v != "aws")})
+
+
+def vendor_problems(source: MappingFile) -> list[str]:
+    """What the vendor's connector says of the file: an unknown vendor (with the nearest known
+    name), or its `options:` checked against the vendor's own schema."""
+    vendor = source.data.get("vendor")
+    if not isinstance(vendor, str):
+        return []  # the core schema already reports a missing or non-text vendor
+    vendors = known_vendors()
+    if vendor not in vendors:
+        near = difflib.get_close_matches(vendor, vendors, n=1)
+        hint = f"did you mean '{near[0]}'? " if near else ""
+        return [f"{source.where(('vendor',))}: unknown vendor '{vendor}'; {hint}"
+                f"known: {', '.join(vendors)}"]  # fmt: skip
+    model = connector_class(vendor).options_model
+    options = source.data.get("options", {})
+    if model is None or not isinstance(options, dict):
+        return []
+    try:
+        model.model_validate(options)
+    except ValidationError as exc:
+        return source.problems(exc, model, ("options",))
+    return []
+
+
+def check_mapping(path: str | Path) -> Mapping:
+    """A mapping file validated by the core schema and by its vendor's connector, every problem
+    of both reported in one `MappingError`."""
+    source = read_mapping_file(path)
+    problems = vendor_problems(source)
+    try:
+        mapping = source.validate()
+    except MappingError as exc:
+        raise MappingError(source.path, exc.problems + problems) from None
+    if problems:
+        raise MappingError(source.path, problems)
+    return mapping

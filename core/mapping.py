@@ -5,8 +5,12 @@ message per problem naming the file, the key path and what was expected, and not
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import re
+import types
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -178,6 +182,18 @@ class Mapping(_Strict):
         return fields
 
     @model_validator(mode="after")
+    def _one_property_per_field(self) -> Mapping:
+        owner: dict[str, str] = {}
+        for name, spec in self.fields.items():
+            if spec.property in owner:
+                raise ValueError(
+                    f"fields.{name}.property: '{spec.property}' is already the property of "
+                    f"fields.{owner[spec.property]}; each canonical field needs its own property"
+                )
+            owner[spec.property] = name
+        return self
+
+    @model_validator(mode="after")
     def _signals_name_known_events(self) -> Mapping:
         for i, signal in enumerate(self.signals):
             if not self.policy.knows_event(signal.event):
@@ -216,69 +232,191 @@ class MappingError(Exception):
         super().__init__("\n".join(problems))
 
 
-def _key_path(loc: tuple[Any, ...]) -> str:
+Loc = tuple[str | int, ...]
+
+MAX_SHOWN_INPUT = 80
+"""Characters of an offending value an error repeats: enough to recognise it, never the file."""
+
+
+def _key_path(loc: Loc) -> str:
     parts: list[str] = []
     for item in loc:
         if isinstance(item, int):
             parts.append(f"[{item}]")
-        elif item in ("function-after", "function-before") or str(item).startswith("function-"):
+        elif str(item).startswith("function-"):
             continue
         else:
             parts.append(("." if parts else "") + str(item))
     return "".join(parts) or "(top level)"
 
 
-def format_validation_error(path: str, error: ValidationError, prefix: tuple = ()) -> list[str]:
-    problems = []
-    for item in error.errors(include_url=False):
-        loc = prefix + tuple(item["loc"])
-        message = item["msg"].removeprefix("Value error, ")
-        if item["type"] == "extra_forbidden":
-            message = "unknown key (not part of the mapping schema)"
-        elif item["type"] == "missing":
-            message = "required key is missing"
-        elif "input" in item and item["type"] not in ("value_error",):
-            message = f"{message}, got {item['input']!r}"
-        # Cross-field validators name their own sub-path ("signals[0].event: ...").
-        match = re.match(r"^([\w.\[\]]+): (.*)$", message)
-        names_own_path = match and (not loc or "[" in match.group(1) or "." in match.group(1))
-        if names_own_path:
-            problems.append(f"{path}: {match.group(1)}: {match.group(2)}")
-        else:
-            problems.append(f"{path}: {_key_path(loc)}: {message}")
-    return problems
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= MAX_SHOWN_INPUT else text[: MAX_SHOWN_INPUT - 3] + "..."
 
 
-def load_mapping(path: str | Path) -> Mapping:
-    """Read, validate and version a mapping file, or raise `MappingError` listing every problem."""
+def _model_at(model: Any, loc: Loc) -> type[BaseModel] | None:
+    """The schema model that holds the keys at `loc` (None where the schema is open)."""
+    current: Any = model
+    for part in loc:
+        current = _narrow(current, part)
+        if current is None:
+            return None
+    current = _narrow(current, None)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _narrow(annotation: Any, part: str | int | None) -> Any:
+    """One step down a schema annotation: a model's field, a list's item or a dict's value."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        arms = [a for a in typing.get_args(annotation) if a is not type(None)]
+        for arm in arms:
+            found = _narrow(arm, part)
+            if found is not None:
+                return found
+        return None
+    if part is None:
+        return annotation
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        info = annotation.model_fields.get(part) if isinstance(part, str) else None
+        return info.annotation if info is not None else None
+    if origin is list and isinstance(part, int):
+        return typing.get_args(annotation)[0]
+    if origin is dict and isinstance(part, str):
+        return typing.get_args(annotation)[1]
+    return None
+
+
+def _yaml_positions(root: yaml.Node) -> dict[Loc, tuple[int, int]]:
+    """Line and column (1-based) of every key and item, by key path. An aliased node is walked
+    once, so an alias bomb costs its size in nodes, not its expansion."""
+    positions: dict[Loc, tuple[int, int]] = {(): (1, 1)}
+    walked: set[int] = set()
+    stack: list[tuple[Loc, yaml.Node]] = [((), root)]
+    while stack:
+        loc, node = stack.pop()
+        if id(node) in walked:
+            continue
+        walked.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode):
+                    child = (*loc, key.value)
+                    mark = key.start_mark
+                    positions.setdefault(child, (mark.line + 1, mark.column + 1))
+                    stack.append((child, value))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                child = (*loc, i)
+                positions.setdefault(child, (item.start_mark.line + 1, item.start_mark.column + 1))
+                stack.append((child, item))
+    return positions
+
+
+@dataclass
+class MappingFile:
+    """A mapping file read and parsed, not yet validated: it can say where each key stands."""
+
+    path: str
+    raw: bytes
+    data: dict[str, Any]
+    positions: dict[Loc, tuple[int, int]] = field(default_factory=dict)
+
+    def where(self, loc: Loc) -> str:
+        """`file:line:column: key.path` for the nearest key of `loc` found in the file."""
+        clean = tuple(p for p in loc if not str(p).startswith("function-"))
+        for end in range(len(clean), -1, -1):
+            if clean[:end] in self.positions:
+                line, column = self.positions[clean[:end]]
+                return f"{self.path}:{line}:{column}: {_key_path(clean)}"
+        return f"{self.path}: {_key_path(clean)}"
+
+    def problems(
+        self, error: ValidationError, model: type[BaseModel], prefix: Loc = ()
+    ) -> list[str]:
+        """One line per error: where, what was expected, and a suggestion for a near-miss key."""
+        problems = []
+        for item in error.errors(include_url=False):
+            loc = prefix + tuple(item["loc"])
+            message = item["msg"].removeprefix("Value error, ")
+            if item["type"] == "extra_forbidden":
+                message = "unknown key (not part of the mapping schema)"
+                holder = _model_at(model, tuple(item["loc"])[:-1])
+                if holder is not None and isinstance(loc[-1], str):
+                    near = difflib.get_close_matches(loc[-1], list(holder.model_fields), n=1)
+                    if near:
+                        message += f"; did you mean '{near[0]}'?"
+            elif item["type"] == "missing":
+                message = "required key is missing"
+            elif "input" in item and item["type"] != "value_error":
+                message = f"{message}, got {_shown(item['input'])}"
+            # Cross-field validators name their own sub-path ("signals[0].event: ...").
+            match = re.match(r"^([\w.\[\]]+): (.*)$", message)
+            if match and (not loc or "[" in match.group(1) or "." in match.group(1)):
+                own = tuple(
+                    int(p) if p.isdigit() else p
+                    for p in re.findall(r"[^.\[\]]+", match.group(1))
+                )
+                problems.append(f"{self.where(prefix + own)}: {match.group(2)}")
+            else:
+                problems.append(f"{self.where(loc)}: {message}")
+        return problems
+
+    def validate(self) -> Mapping:
+        data = self.data
+        version = policy_version(self.raw)
+        policy = data.get("policy")
+        if isinstance(policy, dict):
+            data = {**data, "policy": {**policy, "version": version}}
+        elif policy is None:
+            data = {**data, "policy": {"version": version}}
+        try:
+            return Mapping.model_validate(data)
+        except ValidationError as exc:
+            raise MappingError(self.path, self.problems(exc, Mapping)) from None
+
+
+def format_validation_error(path: str, error: ValidationError, prefix: Loc = ()) -> list[str]:
+    """Problems of a model validated outside a file (no line numbers to give)."""
+    return MappingFile(path, b"", {}).problems(error, BaseModel, prefix)
+
+
+def read_mapping_file(path: str | Path) -> MappingFile:
     path = Path(path)
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise MappingError(str(path), [f"{path}: cannot read the file: {exc.strerror}"]) from None
-    return parse_mapping(raw, str(path))
+    return parse_mapping_file(raw, str(path))
 
 
-def parse_mapping(raw: bytes, path: str) -> Mapping:
+def parse_mapping_file(raw: bytes, path: str) -> MappingFile:
+    loader = yaml.SafeLoader(raw)
     try:
-        data = yaml.safe_load(raw)
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise MappingError(path, [f"{path}: {where}not valid YAML: {problem}"]) from None
+    finally:
+        loader.dispose()
     if not isinstance(data, dict):
-        raise MappingError(path, [f"{path}: (top level): expected a mapping of keys, got {data!r}"])
-    version = policy_version(raw)
-    policy = data.get("policy")
-    if isinstance(policy, dict):
-        data = {**data, "policy": {**policy, "version": version}}
-    elif policy is None:
-        data = {**data, "policy": {"version": version}}
-    try:
-        return Mapping.model_validate(data)
-    except ValidationError as exc:
-        raise MappingError(path, format_validation_error(path, exc)) from None
+        raise MappingError(
+            path, [f"{path}: (top level): expected a mapping of keys, got {_shown(data)}"]
+        )
+    return MappingFile(path, raw, data, _yaml_positions(node))
+
+
+def load_mapping(path: str | Path) -> Mapping:
+    """Read, validate and version a mapping file, or raise `MappingError` listing every problem."""
+    return read_mapping_file(path).validate()
+
+
+def parse_mapping(raw: bytes, path: str) -> Mapping:
+    return parse_mapping_file(raw, path).validate()
 
 
 def policy_version(raw: bytes) -> str:

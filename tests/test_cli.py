@@ -42,9 +42,9 @@ def test_validate_lists_every_problem_and_exits_2(tmp_path):
     bad.write_text(text.replace("threshold: 20", "threshold: -20") + "\nsurprise: 1\n")
     result = invoke("validate", str(bad))
     assert result.exit_code == 2
-    assert f"{bad}: policy.threshold:" in result.output
-    assert f"{bad}: surprise: unknown key" in result.output
-    assert "2 problem(s)" in result.output
+    assert f"{bad}:45:3: policy.threshold:" in result.output
+    assert f"{bad}:89:1: surprise: unknown key" in result.output
+    assert "2 problems; nothing was run." in result.output
 
 
 def test_replay_prints_final_states_applying_time_rules_until(tmp_path):
@@ -125,6 +125,27 @@ def test_explain_unknown_contact_is_a_clear_error(tmp_path):
     result = invoke("explain", "nobody", data_dir=tmp_path)
     assert result.exit_code == 1
     assert "has no decisions" in result.stderr
+
+
+def test_validate_checks_the_vendor_and_its_options_in_one_pass(tmp_path):
+    text = Path("mappings/salesforce.yaml").read_text()
+    text = text.replace("vendor: salesforce", "vendor: salesforc")
+    bad = tmp_path / "typo.yaml"
+    bad.write_text(text + "  bulk_treshold: 10\n" if "options:" in text else text)
+    result = invoke("validate", str(bad))
+    assert result.exit_code == 2
+    assert "unknown vendor 'salesforc'; did you mean 'salesforce'?" in result.output
+    options = tmp_path / "options.yaml"
+    options.write_text(
+        Path("mappings/hubspot.yaml").read_text()
+        + "\noptions:\n  webhook_signature: [v3]\n  property_group: Bad-Name\n"
+    )
+    result = invoke("validate", str(options))
+    assert result.exit_code == 2, result.output
+    assert "options.webhook_signature: unknown key" in result.output
+    assert "did you mean 'webhook_signatures'?" in result.output
+    assert "options.property_group:" in result.output
+    assert "2 problems; nothing was run." in result.output
 
 
 def test_version_prints_the_installed_version():

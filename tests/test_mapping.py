@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -80,7 +81,8 @@ def problems_of(raw: bytes) -> list[str]:
 def test_each_problem_names_file_key_path_and_expectation(mutate, expected):
     problems = problems_of(broken(mutate))
     assert len(problems) == 1, problems
-    assert expected in problems[0]
+    assert re.match(r"broken\.yaml:\d+:\d+: ", problems[0]), problems[0]
+    assert expected.removeprefix("broken.yaml: ") in problems[0]
 
 
 def test_every_problem_is_listed_at_once():
@@ -92,7 +94,7 @@ def test_every_problem_is_listed_at_once():
 
     problems = problems_of(broken(many))
     assert len(problems) == 4
-    assert all(p.startswith("broken.yaml: ") for p in problems)
+    assert all(re.match(r"broken\.yaml:\d+:\d+: ", p) for p in problems), problems
 
 
 def test_yaml_syntax_error_names_the_line():
@@ -109,3 +111,40 @@ def test_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(MappingError) as info:
         load_mapping(tmp_path / "nope.yaml")
     assert "cannot read the file" in info.value.problems[0]
+
+
+SOURCE = b"""program: p
+vendor: hubspot
+object: contacts
+fields:
+  campaign_status: {property: a, type: enumeration}
+policy:
+  treshold: 20
+  cooling_days: -1
+surprise: yes
+"""
+
+
+def test_problems_carry_line_and_column_and_all_come_in_one_pass():
+    problems = problems_of(SOURCE)
+    by_key = {p.split(": ")[1]: p for p in problems}
+    assert by_key["policy.treshold"].startswith("broken.yaml:7:3: ")
+    assert "did you mean 'threshold'?" in by_key["policy.treshold"]
+    assert by_key["policy.cooling_days"].startswith("broken.yaml:8:3: ")
+    assert by_key["surprise"].startswith("broken.yaml:9:1: ")
+    assert by_key["fields"].startswith("broken.yaml:4:1: ")  # missing canonical fields
+
+
+def test_two_canonical_fields_on_one_property_is_a_problem():
+    def same(d):
+        d["fields"]["engagement_score"]["property"] = d["fields"]["campaign_status"]["property"]
+
+    problems = problems_of(broken(same))
+    assert len(problems) == 1
+    assert "fields.engagement_score.property" in problems[0]
+    assert "already the property of fields.campaign_status" in problems[0]
+
+
+def test_an_error_repeats_only_a_bounded_part_of_a_large_value():
+    problems = problems_of(b"program: p\nvendor: hubspot\nobject: [" + b"x, " * 5000 + b"x]\n")
+    assert all(len(p) < 400 for p in problems), [len(p) for p in problems]

@@ -37,6 +37,7 @@ KNOWN_OTHER_PROPERTIES = frozenset({
 
 class HubSpotConnector(Connector):
     vendor = "hubspot"
+    options_model = HubSpotOptions
     webhook_paths = ("/webhooks/hubspot",)
 
     def __init__(

@@ -32,7 +32,12 @@ from connectors.salesforce.bulk import BulkUpdater
 from connectors.salesforce.campaign import CampaignMirror
 from connectors.salesforce.client import SalesforceClient
 from connectors.salesforce.composite import CollectionWriter
-from connectors.salesforce.config import Credentials, credentials_from_env, load_options
+from connectors.salesforce.config import (
+    Credentials,
+    SalesforceOptions,
+    credentials_from_env,
+    load_options,
+)
 from connectors.salesforce.records import Codec
 from connectors.salesforce.settings import (
     OUTBOUND_ACK,
@@ -52,6 +57,7 @@ OUTBOUND_PATH, EVENTS_PATH = "/webhooks/salesforce", "/webhooks/salesforce/event
 
 class SalesforceConnector(Connector):
     vendor: ClassVar[str] = "salesforce"
+    options_model = SalesforceOptions
     webhook_paths: ClassVar[tuple[str, ...]] = (OUTBOUND_PATH, EVENTS_PATH)
     write_page: ClassVar[int] = 50_000
     """Owed writes per `write_records` call: large, so a big sync becomes one Bulk 2.0 job."""
