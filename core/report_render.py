@@ -17,6 +17,17 @@ def _ci(low: float | None, high: float | None) -> str:
     return "-" if low is None or high is None else f"[{100 * low:.1f}%, {100 * high:.1f}%]"
 
 
+def _ci_points(low: float | None, high: float | None) -> str:
+    """An interval of a difference of two rates, in percentage points like the difference."""
+    return "-" if low is None or high is None else f"[{100 * low:+.2f}, {100 * high:+.2f}] pts"
+
+
+def _vs_baseline(arm: dict[str, Any], baseline: str) -> str:
+    if arm["diff"] is not None:
+        return f"{100 * arm['diff']:+.2f} pts"
+    return "baseline" if arm["name"] == baseline else "- (no baseline exposures)"
+
+
 def _p(value: float | None) -> str:
     return "-" if value is None else f"{value:.3g}"
 
@@ -40,8 +51,9 @@ def _experiment_table(exp: dict[str, Any]) -> Table:
     rows = [
         [a["name"], a["exposures"], a["sends"], a["opens"], a["clicks"], a["cycles"],
          a["reactivations"], _pct(a["rate"]), _ci(a["low"], a["high"]),
-         "baseline" if a["diff"] is None else f"{100 * a['diff']:+.2f} pts",
-         _ci(a["diff_low"], a["diff_high"]), _pct(a["lift"]), _ci(a["lift_low"], a["lift_high"]),
+         _vs_baseline(a, exp["baseline"]),
+         _ci_points(a["diff_low"], a["diff_high"]), _pct(a["lift"]),
+         _ci(a["lift_low"], a["lift_high"]),
          _p(a["p_value"])]
         for a in exp["arms"]
     ]  # fmt: skip
@@ -52,8 +64,11 @@ def sections(report: dict[str, Any]) -> Iterator[tuple[str, str, Table | None, s
     """(title, text, table, plot key) in reading order."""
     o = report["overview"]
     window = f"since {report['since']}" if report["since"] else "all time"
-    yield ("Overview", f"{o['decisions']:,} decisions ({window}, {o['first_day']} to "
-           f"{o['last_day']}); {o['contacts']:,} contacts in the store.",
+    span = (f"{window}, {o['first_day']} to {o['last_day']}" if o["first_day"]
+            else f"{window}; nothing decided yet")
+    contacts = "1 contact" if o["contacts"] == 1 else f"{o['contacts']:,} contacts"
+    decisions = "1 decision" if o["decisions"] == 1 else f"{o['decisions']:,} decisions"
+    yield ("Overview", f"{decisions} ({span}); {contacts} in the store.",
            (["state", "contacts now"], [[s, n] for s, n in o["contacts_by_state"].items()]),
            None)  # fmt: skip
     yield ("Funnel by state over time", "Contacts in each state at the end of the day (UTC).",

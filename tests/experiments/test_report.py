@@ -158,3 +158,31 @@ def test_a_store_from_before_the_rollup_gets_it_rebuilt(simulated, tmp_path):
                        "GROUP BY 1, 2, 3 ORDER BY 1, 2, 3").fetchall()  # fmt: skip
     db.close()
     assert after == before
+
+
+def test_an_empty_store_reads_as_empty_not_none(tmp_path):
+    path = tmp_path / "empty.sqlite3"
+    SQLiteStore(path).close()
+    text = render_report(path, "md")
+    assert "None" not in text
+    assert "0 decisions (all time; nothing decided yet); 0 contacts in the store." in text
+
+
+def test_experiment_table_labels_and_units():
+    from core.report_render import _experiment_table
+
+    arm = {"exposures": 10, "sends": 10, "opens": 1, "clicks": 0, "cycles": 0,
+           "reactivations": 0, "rate": 0.1, "low": 0.01, "high": 0.4, "lift": None,
+           "lift_low": None, "lift_high": None, "p_value": None}  # fmt: skip
+    no_base = {"metric": "open", "baseline": "A", "arms": [
+        {**arm, "name": "A", "exposures": 0, "diff": None, "diff_low": None, "diff_high": None},
+        {**arm, "name": "B", "diff": None, "diff_low": None, "diff_high": None},
+    ]}  # fmt: skip
+    _, rows = _experiment_table(no_base)
+    assert [r[9] for r in rows] == ["baseline", "- (no baseline exposures)"]
+    with_base = {"metric": "open", "baseline": "A", "arms": [
+        {**arm, "name": "A", "diff": None, "diff_low": None, "diff_high": None},
+        {**arm, "name": "B", "diff": 0.05, "diff_low": -0.02, "diff_high": 0.12},
+    ]}  # fmt: skip
+    _, rows = _experiment_table(with_base)
+    assert rows[1][9] == "+5.00 pts" and rows[1][10] == "[-2.00, +12.00] pts"
