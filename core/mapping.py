@@ -28,17 +28,21 @@ class _Strict(BaseModel):
 
 
 class FieldSpec(_Strict):
-    property: str = Field(min_length=1)
-    label: str | None = None
-    type: FieldType
+    """The CRM property that holds one canonical field."""
+
+    property: str = Field(min_length=1, description="the CRM's internal property or field name")
+    label: str | None = Field(None, description="label used when provisioning creates it")
+    type: FieldType = Field(description="the property's type in the CRM")
     read_only: bool = Field(False, description="a vendor-native property we read, never write")
 
 
 class Signal(_Strict):
     """A vendor property whose change means a canonical event."""
 
-    property: str = Field(min_length=1)
-    event: str = Field(min_length=1)
+    property: str = Field(min_length=1, description="the CRM property to watch")
+    event: str = Field(
+        min_length=1, description="canonical event type (or an engagement type with points)"
+    )
     patterns: list[str] = Field(
         default_factory=list, description="regexes the new value must match"
     )
@@ -65,22 +69,26 @@ class Signal(_Strict):
 class ListSpec(_Strict):
     """A dynamic list the CRM keeps itself, filtered on the status property."""
 
-    name: str = Field(min_length=1)
-    statuses: list[Status] = Field(min_length=1)
-    suppression_reasons: list[str] = Field(default_factory=list)
-    alternate_channel: bool = False
+    name: str = Field(min_length=1, description="the list's name in the CRM")
+    statuses: list[Status] = Field(min_length=1, description="members have one of these states")
+    suppression_reasons: list[str] = Field(
+        default_factory=list, description="and, if given, one of these suppression reasons"
+    )
+    alternate_channel: bool = Field(False, description="this list feeds an alternate channel")
 
 
 class HandoffSpec(_Strict):
-    enabled: bool = True
-    subject: str = "Engaged contact: follow up"
-    priority: Literal["LOW", "MEDIUM", "HIGH"] = "HIGH"
-    due_in_days: float = Field(1, ge=0)
+    """The sales task created when a contact becomes Engaged."""
+
+    enabled: bool = Field(True, description="create the task")
+    subject: str = Field("Engaged contact: follow up", description="the task's subject")
+    priority: Literal["LOW", "MEDIUM", "HIGH"] = Field("HIGH", description="the task's priority")
+    due_in_days: float = Field(1, ge=0, description="the task is due this long after")
 
 
 class Variant(_Strict):
-    name: str = Field(min_length=1)
-    weight: float = Field(1, gt=0)
+    name: str = Field(min_length=1, description="the value written to the CRM property")
+    weight: float = Field(1, gt=0, description="relative share of contacts")
 
 
 RESERVED_ASSIGNMENT_KEYS = frozenset({"holdout"})
@@ -88,14 +96,18 @@ RESERVED_ASSIGNMENT_KEYS = frozenset({"holdout"})
 
 
 class ExperimentSpec(_Strict):
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
-    element: str = Field(min_length=1)
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$", description="its name")
+    element: str = Field(min_length=1, description="what varies (subject, cta, format)")
     property: str = Field(min_length=1, description="CRM property the templates branch on")
-    stage: Literal["main", "reactivation_1", "reactivation_2", "reactivation"] = "main"
-    metric: Literal["open", "click", "reactivation"] = "open"
-    variants: list[Variant] = Field(min_length=2)
-    default: str | None = None
-    salt: str = ""
+    stage: Literal["main", "reactivation_1", "reactivation_2", "reactivation"] = Field(
+        "main", description="the sends it applies to"
+    )
+    metric: Literal["open", "click", "reactivation"] = Field(
+        "open", description="what decides the winner"
+    )
+    variants: list[Variant] = Field(min_length=2, description="the arms")
+    default: str | None = Field(None, description="the baseline; promote writes the winner here")
+    salt: str = Field("", description="change it to reshuffle assignments")
     significance: float = Field(
         0.05, gt=0, lt=0.5, description="a winner needs a two-sided p-value below this"
     )
@@ -121,9 +133,9 @@ class ExperimentSpec(_Strict):
 class HoldoutSpec(_Strict):
     """Contacts held out of reactivation sends so the sends' lift over doing nothing shows."""
 
-    share: float = Field(0.10, ge=0, lt=1)
-    property: str | None = None
-    salt: str = "holdout"
+    share: float = Field(0.10, ge=0, lt=1, description="share of contacts held out")
+    property: str | None = Field(None, description="CRM property that records the group")
+    salt: str = Field("holdout", description="change it to reshuffle the groups")
     significance: float = Field(0.05, gt=0, lt=0.5)
     min_sample: int = Field(200, ge=1, description="dormant contacts each group needs first")
 
@@ -131,18 +143,26 @@ class HoldoutSpec(_Strict):
 class SegmentSpec(_Strict):
     """Policy overrides for contacts whose properties match `where` (markets, industries)."""
 
-    name: str = Field(min_length=1)
-    where: dict[str, str | list[str]] = Field(min_length=1)
-    policy: dict[str, Any] = Field(default_factory=dict)
+    name: str = Field(min_length=1, description="its name in reports and the ledger")
+    where: dict[str, str | list[str]] = Field(
+        min_length=1, description="CRM property -> value (or values) a contact must have"
+    )
+    policy: dict[str, Any] = Field(
+        default_factory=dict, description="policy keys (see Policy) that differ for the segment"
+    )
 
 
 class FrequencyCap(_Strict):
-    max_sends: int = Field(ge=1)
-    window_days: float = Field(gt=0)
+    """At most `max_sends` sends in any `window_days`; a due step waits for room."""
+
+    max_sends: int = Field(ge=1, description="sends allowed in the window")
+    window_days: float = Field(gt=0, description="the window's length")
 
 
 class EligibilitySpec(_Strict):
-    consent_property: str | None = None
+    """Who may be sent to at all, and how often."""
+
+    consent_property: str | None = Field(None, description="CRM property holding consent")
     consent_means: Literal["opt_out", "opt_in"] = Field(
         "opt_out", description="opt_out: a true value forbids email; opt_in: only true allows it"
     )
@@ -154,18 +174,32 @@ class EligibilitySpec(_Strict):
 
 
 class Mapping(_Strict):
-    program: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
-    vendor: str = Field(min_length=1, pattern=r"^[a-z][a-z0-9_]*$")
-    object: Literal["contacts", "Contact", "Lead"]
-    fields: dict[str, FieldSpec]
-    signals: list[Signal] = Field(default_factory=list)
-    lists: list[ListSpec] = Field(default_factory=list)
-    policy: Policy = Field(default_factory=Policy)
-    handoff: HandoffSpec = Field(default_factory=HandoffSpec)
-    experiments: list[ExperimentSpec] = Field(default_factory=list)
-    holdout: HoldoutSpec | None = None
-    segments: list[SegmentSpec] = Field(default_factory=list)
-    eligibility: EligibilitySpec = Field(default_factory=EligibilitySpec)
+    program: str = Field(
+        min_length=1, pattern=r"^[A-Za-z0-9_.-]+$", description="the program's name"
+    )
+    vendor: str = Field(
+        min_length=1, pattern=r"^[a-z][a-z0-9_]*$", description="`hubspot` or `salesforce`"
+    )
+    object: Literal["contacts", "Contact", "Lead"] = Field(
+        description="the CRM object: `contacts` (HubSpot), `Contact` or `Lead` (Salesforce)"
+    )
+    fields: dict[str, FieldSpec] = Field(
+        description="every canonical field (" + ", ".join(CANONICAL_FIELDS) + ") -> its property"
+    )
+    signals: list[Signal] = Field(
+        default_factory=list, description="CRM property changes that are engagement events"
+    )
+    lists: list[ListSpec] = Field(default_factory=list, description="dynamic lists to keep")
+    policy: Policy = Field(default_factory=Policy, description="the program's numbers")
+    handoff: HandoffSpec = Field(default_factory=HandoffSpec, description="the sales task")
+    experiments: list[ExperimentSpec] = Field(default_factory=list, description="A/B tests")
+    holdout: HoldoutSpec | None = Field(None, description="a group without reactivation sends")
+    segments: list[SegmentSpec] = Field(
+        default_factory=list, description="policy overrides by contact property"
+    )
+    eligibility: EligibilitySpec = Field(
+        default_factory=EligibilitySpec, description="consent and frequency caps"
+    )
     options: dict[str, Any] = Field(
         default_factory=dict, description="vendor-specific settings, validated by the connector"
     )

@@ -18,9 +18,11 @@ class _Strict(BaseModel):
 
 
 class Decay(_Strict):
-    factor: float = Field(0.5, gt=0, le=1)
-    after_days: float = Field(30, ge=0)
-    every_days: float = Field(30, gt=0)
+    """How a score fades while no new engagement comes."""
+
+    factor: float = Field(0.5, gt=0, le=1, description="the score is multiplied by this")
+    after_days: float = Field(30, ge=0, description="first decay, days after the last engagement")
+    every_days: float = Field(30, gt=0, description="then again every this many days")
     floor: float = Field(1.0, ge=0, description="a decayed score below this becomes 0")
 
 
@@ -65,16 +67,28 @@ class Compiled:
 
 
 class Policy(_Strict):
-    points: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_POINTS))
-    threshold: float = Field(20, gt=0)
-    max_unanswered_sends: int = Field(3, ge=1)
-    dormant_after_days: float = Field(90, gt=0)
-    cooling_days: float = Field(30, ge=0)
-    reactivation_steps: int = Field(2, ge=1, le=5)
-    step_wait_days: float = Field(7, gt=0)
-    max_reactivation_cycles: int = Field(2, ge=0)
-    decay: Decay = Field(default_factory=Decay)
-    handoff_on_engaged: bool = True
+    """The program's numbers. A segment's `policy:` overrides any of them for its contacts."""
+
+    points: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_POINTS),
+        description="score per engagement type; a custom type (e.g. form_submit) counts once "
+        "it has points",
+    )
+    threshold: float = Field(20, gt=0, description="score at which a contact becomes Engaged")
+    max_unanswered_sends: int = Field(
+        3, ge=1, description="sends without engagement that make a contact Dormant (at that send)"
+    )
+    dormant_after_days: float = Field(90, gt=0, description="days of silence that make Dormant")
+    cooling_days: float = Field(30, ge=0, description="Dormant this long before step 1 is due")
+    reactivation_steps: int = Field(2, ge=1, le=5, description="emails in a reactivation cycle")
+    step_wait_days: float = Field(
+        7, gt=0, description="days between steps, and after the last one before no_response"
+    )
+    max_reactivation_cycles: int = Field(
+        2, ge=0, description="cycles a contact may use; after them, Suppressed (no_response)"
+    )
+    decay: Decay = Field(default_factory=Decay, description="score decay")
+    handoff_on_engaged: bool = Field(True, description="create a sales task when Engaged")
     version: str = Field("unversioned", description="content hash of the mapping it came from")
 
     _program: Any = PrivateAttr(default=None)
