@@ -115,6 +115,32 @@ def sends_saved(days: list[str], series: dict[str, list[int]], extra: dict[str, 
             "saved_share": round(saved / static, 4) if static else 0.0}  # fmt: skip
 
 
+COMEBACK_REASONS = ("reactivated_from_dormant", "reactivated_from_alternate_channel")
+
+
+def reactivation(store: SQLiteStore) -> dict[str, Any]:
+    """The reactivation rate, defined once: of the times contacts went Dormant, the share that
+    ended in a comeback (from Dormant, or from the alternate channel after `no_response`)."""
+    dormancies, comebacks = _sql(store, f"""
+        SELECT
+          SUM(CASE WHEN to_status = 'Dormant' AND from_status <> 'Dormant' THEN n ELSE 0 END),
+          SUM(CASE WHEN reason IN {COMEBACK_REASONS} THEN n ELSE 0 END)
+        FROM report_rows""")[0]  # noqa: S608 - constants, not input
+    dormancies, comebacks = int(dormancies or 0), int(comebacks or 0)
+    return {"dormancies": dormancies, "comebacks": comebacks,
+            "rate": round(comebacks / dormancies, 4) if dormancies else 0.0}  # fmt: skip
+
+
+def headline(store: SQLiteStore, since: datetime | None = None) -> dict[str, Any]:
+    """The figures `simulate` prints and `report` shows, computed in this one place from the
+    ledger so the two can never disagree."""
+    prepare_window(store, since)
+    days, series, extra = funnel(store)
+    since_day = iso_utc(since)[:10] if since else None  # type: ignore[index]
+    return {"sends_saved": sends_saved(days, series, extra, since_day),
+            "reactivation": reactivation(store)}  # fmt: skip
+
+
 def transitions_by_reason(store: SQLiteStore) -> list[dict[str, Any]]:
     rows = _sql(store, """
         SELECT rule, reason, from_status, to_status, SUM(n) FROM report_rows
@@ -193,6 +219,7 @@ def build(store_path: Path, since: datetime | None, mapping: Mapping | None) -> 
             "transitions_by_reason": transitions_by_reason(store),
             "transitions_by_policy_version": versions_by_transition(store),
             "change_log": change_log(store),
+            "reactivation": reactivation(store),
             "reactivation_by_cycle": reactivation_by_cycle(store),
             "sends_saved": sends_saved(days, series, extra, since_day),
             "suppression": suppression(store),

@@ -13,7 +13,9 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
+from operator import attrgetter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -53,28 +55,24 @@ class SimulationResult:
     store_path: str
     daily: list[dict[str, int]] = field(default_factory=list)
     sends: Counter = field(default_factory=Counter)
-    static_list_sends: int = 0
     events: Counter = field(default_factory=Counter)
     transitions: Counter = field(default_factory=Counter)
     ever: dict[str, int] = field(default_factory=dict)
+    headline: dict[str, Any] = field(default_factory=dict)
+    """Sends saved and the reactivation rate, read from the run's ledger by `core.report` (the
+    same computation `report` shows, so the two agree)."""
 
     def summary(self) -> dict:
-        sent = self.sends["newsletter"] + self.sends["reactivation"]
-        went_dormant = self.ever.get("Dormant", 0)
+        saved = self.headline.get("sends_saved", {})
+        back = self.headline.get("reactivation", {})
         return {
             "config": asdict(self.config),
             "policy_version": self.policy_version,
             "final": self.daily[-1] if self.daily else {},
             "sends": dict(self.sends),
-            "sends_total": sent,
-            "static_list_sends": self.static_list_sends,
-            "sends_saved_pct": round(100 * (1 - sent / self.static_list_sends), 1)
-            if self.static_list_sends
-            else 0.0,
+            "sends_saved": saved,
+            "reactivation": back,
             "engaged_rate_pct": round(100 * self.ever.get("Engaged", 0) / self.config.contacts, 1),
-            "reactivation_rate_pct": round(100 * self.ever.get("Reactivated", 0) / went_dormant, 1)
-            if went_dormant
-            else 0.0,
             "ever_in_state": self.ever,
             "events": dict(self.events),
             "transitions": dict(self.transitions),
@@ -83,17 +81,21 @@ class SimulationResult:
     def markdown(self) -> str:
         s = self.summary()
         final = s["final"]
+        saved, back = s["sends_saved"], s["reactivation"]
         rows = "\n".join(f"| {k} | {final.get(k, 0):,} |" for k in STATUSES)
         return (
             f"# Elastic audience simulation\n\n"
             f"{self.config.contacts:,} contacts over {self.config.days} days "
             f"(seed {self.config.seed}, policy {self.policy_version}).\n\n"
-            f"- Sends made: {s['sends_total']:,} ({s['sends'].get('newsletter', 0):,} newsletter, "
-            f"{s['sends'].get('reactivation', 0):,} reactivation) vs {s['static_list_sends']:,} "
-            f"to a static list: {s['sends_saved_pct']}% fewer.\n"
+            f"- Sends saved against a static list: {100 * saved.get('saved_share', 0):.1f}% "
+            f"({saved.get('actual_sends', 0):,} actual sends: "
+            f"{s['sends'].get('newsletter', 0):,} newsletter, "
+            f"{s['sends'].get('reactivation', 0):,} reactivation; "
+            f"{saved.get('static_list_sends', 0):,} static-list sends).\n"
             f"- Engaged rate: {s['engaged_rate_pct']}% of contacts reached the threshold.\n"
-            f"- Reactivation rate: {s['reactivation_rate_pct']}% of contacts that went dormant "
-            f"came back.\n\n"
+            f"- Reactivation rate: {100 * back.get('rate', 0):.1f}% "
+            f"({back.get('comebacks', 0):,} comebacks of {back.get('dormancies', 0):,} "
+            f"dormancies).\n\n"
             f"| state at the end | contacts |\n|---|---|\n{rows}\n"
         )
 
@@ -135,7 +137,6 @@ class _Simulation:
         # What the CRM's dynamic lists would show, kept from the decisions as they commit.
         self.status: dict[str, str] = {}
         self.counts: Counter = Counter()
-        self.compliance_suppressed = 0
 
     def _event(self, cid: str, kind: str, at: datetime, campaign: str) -> None:
         self.serial += 1
@@ -199,11 +200,6 @@ class _Simulation:
         self.status[cid] = status
         self.counts[status] += 1
         self.ever[status].add(cid)
-        reason = changes.get("suppression_reason", (None, None))
-        if reason[0] not in (None, "no_response"):
-            self.compliance_suppressed -= 1
-        if reason[1] not in (None, "no_response"):
-            self.compliance_suppressed += 1
 
     def _in_stream(self) -> np.ndarray:
         index = self.people.index
@@ -211,9 +207,6 @@ class _Simulation:
         return np.fromiter(
             (index[cid] for cid, s in self.status.items() if s in wanted), dtype=np.int64
         )
-
-    def _not_compliance_suppressed(self) -> int:
-        return len(self.status) - self.compliance_suppressed
 
     def run(self, progress: Callable[[int], None] | None) -> SimulationResult:
         c = self.config
@@ -235,13 +228,18 @@ class _Simulation:
         if day % c.send_every_days == 0 and day > 0:
             send_at = day_start + timedelta(hours=c.send_hour)
             self._mail(self._in_stream(), send_at, "newsletter")
-            self.result.static_list_sends += self._not_compliance_suppressed()
         self._visits(day_start)
         self.people.drift()
-        events = self.buckets.pop(day, [])
-        for start in range(0, len(events), c.batch_size):
-            self._commit(self.pipeline.prepare_events(events[start : start + c.batch_size]))
-        self._tick(day_start + timedelta(days=1))
+        day_end = day_start + timedelta(days=1)
+        # The day's reactivation steps fire in the tick and mail within the hour: those emails
+        # (and the opens they cause) land in today's bucket again, so drain it until it stays
+        # empty rather than leave them behind undecided.
+        while events := self.buckets.pop(day, None):
+            events.sort(key=attrgetter("occurred_at"))  # batches in time order too
+            for start in range(0, len(events), c.batch_size):
+                self._commit(self.pipeline.prepare_events(events[start : start + c.batch_size]))
+            self._tick(day_end)
+        self._tick(day_end)
         self.result.daily.append(self._counts(day))
 
     def _tick(self, now: datetime) -> None:
@@ -269,7 +267,11 @@ def run_simulation(
     store = SQLiteStore(store_path)
     try:
         with store.bulk(), cyclic_gc_paused():  # see replay_file
-            return _Simulation(config, policy, store).run(progress)
+            result = _Simulation(config, policy, store).run(progress)
+        from core.report import headline
+
+        result.headline = headline(store)
+        return result
     finally:
         store.close()
 
