@@ -93,6 +93,15 @@ EVENT: TypeAdapter[Event] = TypeAdapter(Event)
 """`EVENT.validate_json(text)`, `EVENT.validate_python(mapping)`, `EVENT.dump_json(event)`."""
 
 
+STATE_COLOURS = {
+    "Active": "#4C78A8",
+    "Engaged": "#54A24B",
+    "Dormant": "#B279A2",
+    "Reactivated": "#F58518",
+    "Suppressed": "#9D9D9D",
+}
+"""One colour per state in every plot the project draws (colour-blind-safe Tableau hues)."""
+
 CANONICAL_FIELDS = (
     "campaign_status",
     "last_engagement_date",

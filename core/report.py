@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.changelog import change_log, versions_by_transition
-from core.models import COMPLIANCE_REASONS, Status, iso_utc
+from core.models import COMPLIANCE_REASONS, STATE_COLOURS, Status, iso_utc
 from core.results import (
     counts_by_arm,
     experiment_results,
@@ -268,11 +268,15 @@ def _plots(report: dict[str, Any]) -> dict[str, str]:
         fig, ax = plt.subplots(figsize=(9, 4), dpi=96)
         x = [datetime.fromisoformat(d) for d in days]
         levels = report["funnel"]["levels"]
-        ax.stackplot(x, *[levels[s] for s in STATES], labels=STATES)
+        ax.stackplot(x, *[levels[s] for s in STATES], labels=STATES, step="post",
+                     colors=[STATE_COLOURS[s] for s in STATES])  # fmt: skip
         if report["since"]:
-            ax.axvline(datetime.fromisoformat(report["since"][:10]), color="k", lw=1, ls="--")
+            ax.axvline(datetime.fromisoformat(report["since"][:10]), color="k", lw=1, ls="--",
+                       label="report window starts")  # fmt: skip
         ax.set_title("Contacts by state (end of day, UTC)")
-        ax.legend(loc="upper left", fontsize=8)
+        ax.set_xlabel("date (UTC)")
+        ax.set_ylabel("contacts")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
         fig.autofmt_xdate()
         plots["funnel"] = _png(fig, plt)
     rows = [e for e in report["experiments"] if e["arms"]]
@@ -285,8 +289,9 @@ def _plots(report: dict[str, Any]) -> dict[str, str]:
             arms = exp["arms"]
             rates = [a["rate"] for a in arms]
             err = [[a["rate"] - a["low"] for a in arms], [a["high"] - a["rate"] for a in arms]]
-            ax.bar([a["name"] for a in arms], rates, yerr=err, capsize=4, color="#4c78a8")
+            ax.bar([a["name"] for a in arms], rates, yerr=err, capsize=4, color="#4C78A8")
             ax.set_title(f"{exp['name']} ({exp['metric']})", fontsize=9)
+            ax.set_ylabel(f"{exp['metric']} rate (95% CI)", fontsize=8)
             ax.tick_params(labelsize=8)
         fig.tight_layout()
         plots["experiments"] = _png(fig, plt)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from core.gcpause import cyclic_gc_paused
-from core.models import Event, Status
+from core.models import STATE_COLOURS, Event, Status
 from core.pipeline import Applied, Pipeline
 from core.policy import Policy
 from core.sqlite_store import SQLiteStore
@@ -28,6 +28,7 @@ from core.sqlite_store import SQLiteStore
 STATUSES = [s.value for s in Status]
 START = datetime(2026, 1, 5, tzinfo=UTC)
 TICK_PAGE = 20_000
+_COMEBACKS = frozenset({"reactivated_from_dormant", "reactivated_from_alternate_channel"})
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,7 @@ class _Simulation:
         # What the CRM's dynamic lists would show, kept from the decisions as they commit.
         self.status: dict[str, str] = {}
         self.counts: Counter = Counter()
+        self.today: Counter = Counter({"step_1_sent": 0, "step_2_sent": 0, "comebacks": 0})
 
     def _event(self, cid: str, kind: str, at: datetime, campaign: str) -> None:
         self.serial += 1
@@ -185,11 +187,15 @@ class _Simulation:
     def _commit(self, applied: Applied) -> None:
         self.store.commit(applied.batch)
         self.result.transitions.update(applied.stats.transitions)
+        today = self.today
         for d in applied.decisions:
-            if d.from_status != d.to_status:
+            if d.from_status != d.to_status or "suppression_reason" in d.changes:
                 self._moved(d.contact_id, d.to_status.value, d.changes)
+            if d.reason in _COMEBACKS:
+                today["comebacks"] += 1
             for action in d.actions:
                 if action.kind == "reactivation_step_due":
+                    today[f"step_{action.detail.get('step', 1)}_sent"] += 1
                     idx = np.array([self.people.index[d.contact_id]])
                     self._mail(idx, d.at + timedelta(hours=1), "reactivation")
 
@@ -197,9 +203,12 @@ class _Simulation:
         before = self.status.get(cid)
         if before is not None:
             self.counts[before] -= 1
+        if status == "Suppressed":
+            reason = changes.get("suppression_reason", (None, None))[1]
+            status = f"Suppressed:{'no_response' if reason == 'no_response' else 'compliance'}"
         self.status[cid] = status
         self.counts[status] += 1
-        self.ever[status].add(cid)
+        self.ever[status.split(":")[0]].add(cid)
 
     def _in_stream(self) -> np.ndarray:
         index = self.people.index
@@ -249,8 +258,14 @@ class _Simulation:
             after = ids[-1]
 
     def _counts(self, day: int) -> dict[str, int]:
-        counts = {s: self.counts[s] for s in STATUSES}
+        counts = {s: self.counts[s] for s in STATUSES if s != "Suppressed"}
+        split = {r: self.counts[f"Suppressed:{r}"] for r in ("no_response", "compliance")}
+        counts["Suppressed"] = sum(split.values())
+        counts["suppressed_no_response"] = split["no_response"]
+        counts["suppressed_compliance"] = split["compliance"]
+        counts.update(self.today)
         counts["day"] = day
+        self.today = Counter({"step_1_sent": 0, "step_2_sent": 0, "comebacks": 0})
         return counts
 
 
@@ -277,23 +292,52 @@ def run_simulation(
 
 
 def plot_audience(result: SimulationResult, path: Path) -> None:
+    """The audience by state over dated days, suppression split by reason, and below it the
+    reactivation cycle: steps sent each day and the comebacks they brought."""
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
 
-    days = [row["day"] for row in result.daily]
-    series = [[row[s] for row in result.daily] for s in STATUSES]
-    colours = ["#4C78A8", "#54A24B", "#B279A2", "#F58518", "#9D9D9D"]
-    fig, ax = plt.subplots(figsize=(10, 5.5), dpi=110)
-    ax.stackplot(days, series, labels=STATUSES, colors=colours, alpha=0.9)
-    in_stream = [row["Active"] + row["Reactivated"] for row in result.daily]
-    ax.plot(days, in_stream, color="black", linewidth=1.6, label="in send stream")
-    ax.set_xlabel("day")
-    ax.set_ylabel("contacts")
-    ax.set_title(f"Elastic audience: {result.config.contacts:,} contacts by state")
-    ax.set_xlim(0, max(days) if days else 1)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    rows = result.daily
+    dates = [START + timedelta(days=row["day"] + 1) for row in rows]  # counts at the day's end
+    layers = [
+        ("Active", "Active", STATE_COLOURS["Active"], None),
+        ("Reactivated", "Reactivated", STATE_COLOURS["Reactivated"], None),
+        ("Engaged", "Engaged (handed to sales)", STATE_COLOURS["Engaged"], None),
+        ("Dormant", "Dormant (cooling / reactivation)", STATE_COLOURS["Dormant"], None),
+        ("suppressed_no_response", "Suppressed: no response", STATE_COLOURS["Suppressed"], None),
+        ("suppressed_compliance", "Suppressed: compliance", "#5A5A5A", "//"),
+    ]
+    fig, (top, bottom) = plt.subplots(
+        2, 1, figsize=(11, 7), dpi=110, sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    stacks = top.stackplot(dates, [[row.get(key, 0) for row in rows] for key, *_ in layers],
+                           labels=[label for _, label, *_ in layers],
+                           colors=[colour for _, _, colour, _ in layers], alpha=0.9)  # fmt: skip
+    for stack, (*_, hatch) in zip(stacks, layers, strict=True):
+        if hatch:
+            stack.set_hatch(hatch)
+    in_stream = [row["Active"] + row["Reactivated"] for row in rows]
+    top.step(dates, in_stream, where="post", color="black", linewidth=1.4,
+             label="in the send stream")  # fmt: skip
+    top.set_ylabel("contacts (end of day)")
+    top.set_title(f"Elastic audience: {result.config.contacts:,} contacts by state")
+    top.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=9)
+    cycle = (
+        ("step_1_sent", "reactivation step 1 sent", STATE_COLOURS["Dormant"]),
+        ("step_2_sent", "reactivation step 2 sent", "#6F4E7C"),
+        ("comebacks", "comebacks", STATE_COLOURS["Reactivated"]),
+    )
+    for key, label, colour in cycle:
+        bottom.step(dates, [row.get(key, 0) for row in rows], where="post", color=colour,
+                    label=label, linewidth=1.3)  # fmt: skip
+    bottom.set_ylabel("per day")
+    bottom.set_xlabel("date (UTC)")
+    bottom.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=9)
+    bottom.xaxis.set_major_formatter(mdates.DateFormatter("%Y-%m-%d"))
+    fig.autofmt_xdate()
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

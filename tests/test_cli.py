@@ -178,6 +178,9 @@ def test_simulate_writes_summary_plot_and_markdown(tmp_path):
                ("Active", "Engaged", "Dormant", "Reactivated", "Suppressed")) == 300  # fmt: skip
     saved = summary["sends_saved"]
     assert saved["actual_sends"] < saved["static_list_sends"]
+    for row in summary["daily"]:  # the plot's suppression split and reactivation cycle
+        assert row["Suppressed"] == row["suppressed_no_response"] + row["suppressed_compliance"]
+    assert sum(row["step_1_sent"] for row in summary["daily"]) > 0
     assert (report / "audience.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "Sends saved against a static list" in (report / "summary.md").read_text()
 
