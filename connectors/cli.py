@@ -294,11 +294,25 @@ def explain(
     store: Annotated[
         str | None, typer.Option(help="main, replay, simulate or a path (default: all)")
     ] = None,
+    side_by_side: Annotated[
+        bool, typer.Option("--compare", help="the base and candidate histories of `compare`")
+    ] = False,
     data_dir: DataDir = None,
 ) -> None:
     """The contact's decision history from the ledger: why it is where it is."""
-    from core.explain import explain_contact
+    from core.explain import explain_contact, side_by_side_history
 
+    if side_by_side:
+        from core.compare import COMPARE_STORES
+
+        stores = {side: _data_dir(data_dir) / name for side, name in COMPARE_STORES.items()}
+        if not all(p.is_file() for p in stores.values()):
+            _fail("no comparison in the data dir; run `elasticity compare` first")
+        text = side_by_side_history(stores["base"], stores["candidate"], contact_id)
+        if text is None:
+            _fail(f"contact {contact_id!r} has no decisions in either comparison store")
+        out.print(text, markup=False, highlight=False)
+        return
     paths = _store_paths(data_dir, store)
     found = False
     for name, path in paths:
@@ -310,6 +324,40 @@ def explain(
     if not found:
         where = ", ".join(str(p) for _, p in paths) or "no store in the data dir"
         _fail(f"contact {contact_id!r} has no decisions in {where}")
+
+
+@app.command()
+def compare(
+    base: Annotated[Path, typer.Argument(help="the mapping in use (YAML)", show_default=False)],
+    candidate: Annotated[Path, typer.Argument(help="the mapping to try", show_default=False)],
+    events: Annotated[Path, typer.Argument(help="JSON lines, one event a line")],
+    until: Annotated[str | None, typer.Option(help="apply time rules up to this time")] = None,
+    report_dir: Annotated[
+        Path | None, typer.Option("--report", help="also write compare.md/.html/.json here")
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="md, html or json on stdout")] = "md",
+    data_dir: DataDir = None,
+) -> None:
+    """Replay two mappings on the same events and report what the candidate would change.
+    Exit 0 when both end every contact alike with the same figures, 1 when they differ."""
+    from core.compare import compare_policies, render
+
+    if fmt not in ("md", "html", "json"):
+        _fail(f"--format: expected md, html or json, got {fmt!r}", 2)
+    _mapping(base)
+    _mapping(candidate)
+    if not events.is_file():
+        _fail(f"{events}: no such file", 2)
+    horizon = _parse_time(until, "--until")
+    err.print("replaying both policies (one process each)...", highlight=False)
+    result = compare_policies(base, candidate, events, _data_dir(data_dir), until=horizon)
+    if report_dir is not None:
+        report_dir.mkdir(parents=True, exist_ok=True)
+        for kind in ("md", "html", "json"):
+            (report_dir / f"compare.{kind}").write_text(render(result, kind))
+        err.print(f"report written to {report_dir}/compare.{{md,html,json}}", highlight=False)
+    sys.stdout.write(render(result, fmt))
+    raise typer.Exit(0 if result.identical else 1)
 
 
 @app.command()

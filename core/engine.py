@@ -233,7 +233,9 @@ def _set_status(state: ContactState, status: Status, at: datetime, changes: Chan
     old = state.campaign_status
     if old is not status:
         state.campaign_status = status
-        changes["campaign_status"] = (old, status)
+        # A decision that moves twice (a comeback handed on at once) records where it started.
+        first = changes.get("campaign_status")
+        changes["campaign_status"] = (first[0] if first else old, status)
     old_at = state.status_changed_at
     state.status_changed_at = at
     if old_at != at:

@@ -40,9 +40,7 @@ def describe(decision: Decision) -> str:
         for name, (old, new) in decision.changes.items()
         if name != "campaign_status"
     )
-    actions = "; ".join(
-        a.kind + (f" {a.detail}" if a.detail else "") for a in decision.actions
-    )
+    actions = "; ".join(a.kind + (f" {a.detail}" if a.detail else "") for a in decision.actions)
     line = f"{when}  {moved:<24} {decision.rule}/{decision.reason}"
     line += f"\n    cause {decision.cause}  policy {decision.policy_version}"
     if changes:
@@ -73,3 +71,35 @@ def explain_contact(path: Path, contact_id: str) -> str | None:
             now += ", experiments " + ", ".join(f"{k}={v}" for k, v in state.experiments.items())
         lines.append(now)
     return "\n".join(lines)
+
+
+def side_by_side_history(base: Path, candidate: Path, contact_id: str) -> str | None:
+    """One contact's two histories in two columns, aligned by time, so the first decision
+    where the policies part shows at a glance."""
+    sides = []
+    for path in (base, candidate):
+        store = SQLiteStore(path)
+        try:
+            sides.append(store.ledger_for(contact_id))
+        finally:
+            store.close()
+    if not any(sides):
+        return None
+    left, right = sides
+    width = max((len(_line(d)) for d in left), default=4)
+    times = sorted({d.at for d in left} | {d.at for d in right})
+    rows = [f"{'base':<{width}} | candidate", f"{'-' * width}-+-{'-' * width}"]
+    for at in times:
+        a = [_line(d) for d in left if d.at == at]
+        b = [_line(d) for d in right if d.at == at]
+        for i in range(max(len(a), len(b))):
+            x = a[i] if i < len(a) else ""
+            y = b[i] if i < len(b) else ""
+            mark = " " if x == y else "*"
+            rows.append(f"{x[:width]:<{width}} {mark}| {y[:width]}")
+    return "\n".join(rows)
+
+
+def _line(decision: Decision) -> str:
+    """`describe`'s first line: when, the move, rule/reason."""
+    return describe(decision).splitlines()[0]

@@ -236,6 +236,7 @@ def test_a_comeback_that_reaches_the_threshold_is_handed_on_at_once(policy, ev):
     assert state.campaign_status is Status.ENGAGED
     assert len(fired) == 1 and fired[0].reason == "reactivated_from_dormant"
     assert fired[0].from_status is Status.DORMANT and fired[0].to_status is Status.ENGAGED
+    assert fired[0].changes["campaign_status"] == (Status.DORMANT, Status.ENGAGED)
     assert [a.kind for a in fired[0].actions] == ["handoff_task"]
 
 
