@@ -327,6 +327,54 @@ def explain(
 
 
 @app.command()
+def history(
+    mapping: MappingArg,
+    out_file: Annotated[Path, typer.Option("--out", help="events file to append to (JSON lines)")],
+    csv_file: Annotated[
+        Path | None, typer.Option("--csv", help="import this CSV export instead of the CRM")
+    ] = None,
+    columns: Annotated[
+        str | None,
+        typer.Option(help="canonical=CSV column pairs, e.g. contact_id=Email,type=Event,"
+                          "occurred_at=Timestamp (event_id, campaign, variant, url optional)"),
+    ] = None,
+    types: Annotated[
+        str | None, typer.Option(help="CSV word=event type pairs, e.g. Opened=open,Clicked=click")
+    ] = None,
+    since: Annotated[str | None, typer.Option(help="only events at or after this time")] = None,
+    until: Annotated[str | None, typer.Option(help="only events at or before this time")] = None,
+) -> None:
+    """Past engagement as canonical events for `replay` and `compare`; re-running appends
+    nothing twice (stable event ids)."""
+    from connectors.history import HistoryError, import_csv, parse_pairs
+
+    loaded = _mapping(mapping)
+    if csv_file is None:
+        _fail(f"exporting history from {loaded.vendor} is not available yet; export the events "
+              "from the CRM as CSV and import them with --csv FILE --columns ...", 2)  # fmt: skip
+    if not csv_file.is_file():
+        _fail(f"{csv_file}: no such file", 2)
+
+    def report_bad(line: int, problem: str) -> None:
+        err.print(f"{csv_file}:{line}: {problem}", highlight=False, markup=False)
+
+    try:
+        result = import_csv(
+            loaded, csv_file, out_file, parse_pairs(columns, "--columns"),
+            parse_pairs(types, "--types"), _parse_time(since, "--since"),
+            _parse_time(until, "--until"), on_bad_row=report_bad,
+        )  # fmt: skip
+    except HistoryError as exc:
+        _fail(str(exc), 2)
+    err.print(
+        f"{_plural(result.rows, 'row')} read: {result.written:,} events appended to {out_file}, "
+        f"{result.already_there:,} already there, {result.outside_window:,} outside the window, "
+        f"{_plural(result.bad_rows, 'bad row')}",
+        highlight=False,
+    )
+
+
+@app.command()
 def compare(
     base: Annotated[Path, typer.Argument(help="the mapping in use (YAML)", show_default=False)],
     candidate: Annotated[Path, typer.Argument(help="the mapping to try", show_default=False)],

@@ -1,0 +1,109 @@
+"""`elasticity history --csv`: another tool's export as canonical events, appended once."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from connectors.cli import app
+
+runner = CliRunner()
+COLUMNS = "contact_id=Email,type=Activity,occurred_at=When,url=Link,campaign=Email Name"
+TYPES = "Opened=open,Clicked=click,Unsubscribed=unsubscribe"
+CSV = (
+    "Email,Activity,When,Link,Email Name,Ignored column\n"
+    "a@example.com,Opened,2026-02-01T09:00:00Z,,March news,x\n"
+    "a@example.com,Clicked,1769936460000,https://example.com/p,March news,x\n"
+    "b@example.com,Unsubscribed,1769936400,,,x\n"
+    "b@example.com,Bounced,2026-02-02T09:00:00Z,,,x\n"
+    "c@example.com,Opened,2026-02-03 09:00:00,,,x\n"
+)
+
+
+def history(tmp_path: Path, *extra: str):
+    source = tmp_path / "export.csv"
+    if not source.exists():
+        source.write_text(CSV)
+    args = [
+        "history",
+        "mappings/hubspot.yaml",
+        "--csv",
+        str(source),
+        "--out",
+        str(tmp_path / "events.jsonl"),
+        "--columns",
+        COLUMNS,
+        "--types",
+        TYPES,
+        *extra,
+    ]
+    return runner.invoke(app, args)
+
+
+def test_rows_become_events_and_bad_rows_are_named(tmp_path):
+    result = history(tmp_path)
+    assert result.exit_code == 0, result.output
+    events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert [(e["contact_id"], e["type"]) for e in events] == [
+        ("a@example.com", "open"),
+        ("a@example.com", "click"),
+        ("b@example.com", "unsubscribe"),
+    ]
+    assert events[1]["occurred_at"].startswith("2026-02-01T09:01:00")  # epoch milliseconds
+    assert events[2]["occurred_at"].startswith("2026-02-01T09:00:00")  # epoch seconds
+    assert events[1]["url"] == "https://example.com/p" and events[0]["campaign"] == "March news"
+    assert "export.csv:5: type 'Bounced' is not an event the policy knows" in result.output
+    assert "export.csv:6: occurred_at '2026-02-03 09:00:00'" in result.output  # no time zone
+    assert "5 rows read: 3 events appended" in result.output and "2 bad rows" in result.output
+
+
+def test_importing_the_same_export_again_appends_nothing(tmp_path):
+    history(tmp_path)
+    first = (tmp_path / "events.jsonl").read_text()
+    result = history(tmp_path)
+    assert result.exit_code == 0
+    assert (tmp_path / "events.jsonl").read_text() == first
+    assert "0 events appended" in result.output and "3 already there" in result.output
+
+
+def test_the_window_and_a_replay_of_the_result(tmp_path):
+    result = history(tmp_path, "--until", "2026-02-01T09:00:30Z")  # the click is later
+    assert "1 outside the window" in result.output
+    replayed = runner.invoke(
+        app,
+        ["replay", "mappings/hubspot.yaml", str(tmp_path / "events.jsonl")],
+        env={"ELASTICITY_DATA_DIR": str(tmp_path)},
+    )
+    assert replayed.exit_code == 0, replayed.output
+    states = {json.loads(x)["contact_id"]: json.loads(x) for x in replayed.stdout.splitlines()}
+    assert states["b@example.com"]["suppression_reason"] == "unsubscribe"
+
+
+def test_a_column_that_is_not_in_the_file_is_a_usage_error(tmp_path):
+    source = tmp_path / "export.csv"
+    source.write_text(CSV)
+    result = runner.invoke(
+        app,
+        [
+            "history",
+            "mappings/hubspot.yaml",
+            "--csv",
+            str(source),
+            "--out",
+            str(tmp_path / "e.jsonl"),
+            "--columns",
+            "contact_id=Mail,type=Activity,occurred_at=When",
+        ],
+    )
+    assert result.exit_code == 2
+    assert "contact_id=Mail: no such column" in result.output
+
+
+def test_without_csv_it_says_what_is_not_there_yet(tmp_path):
+    result = runner.invoke(
+        app, ["history", "mappings/hubspot.yaml", "--out", str(tmp_path / "e.jsonl")]
+    )
+    assert result.exit_code == 2
+    assert "--csv" in result.output
