@@ -209,7 +209,7 @@ def test_full_sync_reads_everyone_through_the_list_endpoint_and_resumes(fake, pr
     ids = fresh(fake, 230) + silent(fake, 20)
     pages = list(provisioned.iter_all(None))
     assert [r.contact_id for p in pages for r in p] == ids
-    assert fake.calls("/search") == 0
+    assert fake.calls("/objects/contacts/search") == 0
     resumed = [r.contact_id for p in provisioned.iter_all(ids[119]) for r in p]
     assert resumed == ids[120:]
     summary = runner_for(provisioned).sync(NOW, full=True)
