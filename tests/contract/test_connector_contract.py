@@ -87,8 +87,9 @@ def test_read_records_returns_present_ids_once_and_omits_missing_ones(vendor: Ve
 
 
 @pytest.mark.parametrize("scan", sorted(SCANS))
-def test_scans_page_in_ascending_id_order_and_find_what_they_must(vendor: Vendor,
-                                                                   scan: str) -> None:  # fmt: skip
+def test_scans_page_in_ascending_id_order_and_find_what_they_must(
+    vendor: Vendor, scan: str
+) -> None:
     wanted = _seed_for(scan, vendor, 2 * vendor.page_size + 17)
     pages = list(SCANS[scan](vendor, None))
     assert len(pages) >= 3, "the seed spans several pages"
@@ -101,8 +102,7 @@ def test_scans_page_in_ascending_id_order_and_find_what_they_must(vendor: Vendor
 
 
 @pytest.mark.parametrize("scan", sorted(SCANS))
-def test_a_scan_interrupted_after_a_page_resumes_from_its_cursor(vendor: Vendor,
-                                                                 scan: str) -> None:  # fmt: skip
+def test_a_scan_interrupted_after_a_page_resumes_from_its_cursor(vendor: Vendor, scan: str) -> None:
     _seed_for(scan, vendor, 2 * vendor.page_size + 17)
     whole = _ids(SCANS[scan](vendor, None))
     pages = SCANS[scan](vendor, None)
@@ -114,6 +114,22 @@ def test_a_scan_interrupted_after_a_page_resumes_from_its_cursor(vendor: Vendor,
     middle = whole[len(whole) // 2]
     assert _ids(SCANS[scan](vendor, middle)) == whole[whole.index(middle) + 1 :]
     assert _ids(SCANS[scan](vendor, whole[-1])) == []
+
+
+@pytest.mark.parametrize("scan", sorted(SCANS))
+def test_a_scan_broken_by_failures_resumes_after_the_last_page_received(
+    vendor: Vendor, scan: str
+) -> None:
+    _seed_for(scan, vendor, 2 * vendor.page_size + 17)
+    whole = _ids(SCANS[scan](vendor, None))
+    pages = SCANS[scan](vendor, None)
+    received = [next(pages)]
+    vendor.fail_reads()
+    with pytest.raises(ConnectorError):
+        received.extend(pages)
+    vendor.heal_reads()
+    cursor = received[-1][-1].contact_id
+    assert _ids(iter(received)) + _ids(SCANS[scan](vendor, cursor)) == whole
 
 
 # ---- writes --------------------------------------------------------------------------------------

@@ -64,6 +64,13 @@ class Vendor(ABC):
         """The next task-creating request takes effect, then fails as `how` (AFTER_COMMIT)."""
 
     @abstractmethod
+    def fail_reads(self) -> None:
+        """From now on every contact read or scan request fails with a server error."""
+
+    @abstractmethod
+    def heal_reads(self) -> None: ...
+
+    @abstractmethod
     def faults_pending(self) -> int:
         """Injected failures not triggered yet (a test checks its failure really happened)."""
 
@@ -113,6 +120,12 @@ class HubSpot(Vendor):
     def fail_task_create_after_commit(self, how: str) -> None:
         status = DROP if how == "timeout" else 502
         self.fake.inject(Fault("/tasks/batch/create", status, method="POST", after_commit=True))
+
+    def fail_reads(self) -> None:
+        self._broken = self.fake.inject(Fault("/crm/v3/objects/contacts", 503, times=10**6))
+
+    def heal_reads(self) -> None:
+        self._broken.times = 0
 
     def faults_pending(self) -> int:
         return sum(f.times for f in self.fake.faults)
@@ -189,6 +202,18 @@ class Salesforce(Vendor):
 
     def fail_task_create_after_commit(self, how: str) -> None:
         self._after_commit.append(how)
+
+    def fail_reads(self) -> None:
+        from tests.fakes.salesforce import error
+
+        def broken(method: str, path: str) -> bool:
+            return "/query" in path
+
+        self._broken = broken
+        self.fake.fail(10**4, error(503, "SERVER_UNAVAILABLE", "Server unavailable"), broken)
+
+    def heal_reads(self) -> None:
+        self.fake.faults = [f for f in self.fake.faults if f[0] is not self._broken]
 
     def faults_pending(self) -> int:
         return len(self._after_commit)

@@ -146,8 +146,12 @@ def test_fake_list_search_pages_by_offset_and_omits_filters(fake, provisioned):
         offset = body["offset"]
     assert len(seen) == 4 and len({i["listId"] for i in seen}) == 4
     assert all("filterBranch" not in i and "additionalProperties" in i for i in seen)
-    status, body = _request(fake, "POST", "/crm/v3/lists/search",
-                            {"query": "no such list", "offset": 0, "additionalProperties": []})
+    status, body = _request(
+        fake,
+        "POST",
+        "/crm/v3/lists/search",
+        {"query": "no such list", "offset": 0, "additionalProperties": []},
+    )
     assert (status, body["lists"], body["hasMore"]) == (200, [], False)
 
 
@@ -161,11 +165,13 @@ def test_a_date_field_is_provisioned_as_a_date_and_written_as_midnight_utc(fake,
     prop = fake.properties["contacts"]["elastic_status_changed_at"]
     assert (prop["type"], prop["fieldType"]) == ("date", "date")
     assert ("property", "contacts.elastic_status_changed_at", "create") in {
-        (i.kind, i.name, i.action) for i in report.items}
+        (i.kind, i.name, i.action) for i in report.items
+    }
     cid = fake.add_contact({})
     # 2026-03-04 23:30 UTC is 18:30 in New York: the UTC date is what HubSpot stores.
     late_evening_in_new_york = datetime(2026, 3, 4, 23, 30, tzinfo=UTC).astimezone(
-        ZoneInfo("America/New_York"))
+        ZoneInfo("America/New_York")
+    )
     result = connector.write_records({cid: {"status_changed_at": late_evening_in_new_york,
                                             "engagement_score": 3}})  # fmt: skip
     assert result.written == [cid] and result.failed == {}
@@ -178,8 +184,12 @@ def test_a_date_field_accepts_a_plain_date_and_an_iso_string(fake, mapping, cloc
     connector = make_connector(fake, _with_date_field(mapping), clock)
     connector.provision()
     first, second = fake.add_contact({}), fake.add_contact({})
-    result = connector.write_records({first: {"status_changed_at": date(2026, 1, 31)},
-                                      second: {"status_changed_at": "2026-02-01T18:45:00Z"}})
+    result = connector.write_records(
+        {
+            first: {"status_changed_at": date(2026, 1, 31)},
+            second: {"status_changed_at": "2026-02-01T18:45:00Z"},
+        }
+    )
     assert sorted(result.written) == sorted([first, second])
     assert fake.contact(first)["elastic_status_changed_at"] == "2026-01-31"
     assert fake.contact(second)["elastic_status_changed_at"] == "2026-02-01"
