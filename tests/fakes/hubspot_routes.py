@@ -40,6 +40,9 @@ LIST_SEARCH_MAX_COUNT, LIST_SEARCH_DEFAULT_COUNT = 500, 20
 LIST_DEFAULT_PROPERTIES = ("hs_list_size", "hs_last_record_added_at",
                            "hs_last_record_removed_at", "hs_folder_name",
                            "hs_list_reference_count")  # fmt: skip
+LIST_PROPERTY_VALUES = {"hs_list_size": "0", "hs_list_reference_count": "0"}
+"""The fake keeps no memberships; properties it has no value for are left out, as HubSpot
+leaves out empty ones."""
 
 
 def route(fake: FakeHubSpot, method: str, path: str, query: dict, body: Any) -> tuple[int, Any]:
@@ -223,15 +226,11 @@ def search_lists(fake, query, body):
     page = hits[offset : offset + count]
     wanted = [*LIST_DEFAULT_PROPERTIES, *body["additionalProperties"]]
     lists = [{**_public_list(item, with_filters=False),
-              "additionalProperties": {k: v for k, v in _list_properties(item).items()
+              "additionalProperties": {k: v for k, v in LIST_PROPERTY_VALUES.items()
                                        if k in wanted}}
              for item in page]  # fmt: skip
     return 200, {"lists": lists, "offset": offset + len(page), "total": len(hits),
                  "hasMore": offset + len(page) < len(hits)}  # fmt: skip
-
-
-def _list_properties(item: dict) -> dict[str, str]:
-    return {"hs_list_size": "0", "hs_list_reference_count": "0"}
 
 
 def list_by_name(fake, query, body, object_type_id, name):
