@@ -281,7 +281,7 @@ class Provisioner:
 
 def _named(found: dict[str, dict[str, Any]], name: str) -> dict[str, Any] | None:
     """The list with exactly this name; failing that one whose name differs only in case
-    (HubSpot refuses to create a list whose name matches an existing one but for case)."""
+    (HubSpot's own lookup by name ignores case, so that list is the one the mapping means)."""
     if name in found:
         return found[name]
     folded = name.casefold()
