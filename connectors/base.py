@@ -1,5 +1,6 @@
 """The interface every CRM connector implements. A third vendor is one new folder
-`connectors/<vendor>/` whose `__init__` exposes `CONNECTOR`, a `Connector` subclass.
+`connectors/<vendor>/` whose `__init__` exposes `CONNECTOR`, a `Connector` subclass; the
+contract suite in tests/contract/ checks the promises below against it and its fake.
 
 Connectors speak canonical field names at this boundary; turning them into vendor property
 names, types and API calls is theirs alone.

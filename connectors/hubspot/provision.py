@@ -18,6 +18,8 @@ from core.mapping import FieldSpec, ListSpec, Mapping
 from core.models import Status, SuppressionReason
 
 CONTACT_OBJECT_TYPE_ID = "0-1"
+LIST_SEARCH_PAGE = 500
+"""The most lists one `POST /crm/v3/lists/search` answers with."""
 SCHEMA_SCOPE = "crm.schemas.contacts.write"
 LISTS_SCOPE = "crm.lists.write"
 FIELD_TYPES = {
@@ -136,8 +138,10 @@ class Provisioner:
             existing = self._properties(object_type)
             for item in (w for w in wanted if w.object_type == object_type):
                 self._property(item, existing.get(item.name))
-        for spec in self.mapping.lists:
-            self._list(spec)
+        if self.mapping.lists:
+            found = self._lists_by_name()
+            for spec in self.mapping.lists:
+                self._list(spec, _named(found, spec.name))
         return ProvisionReport(self.items, dry_run)
 
     def _plan(self, kind: str, name: str, action: str, detail: str = "") -> None:
@@ -215,9 +219,8 @@ class Provisioner:
 
     # ---- lists -----------------------------------------------------------------------------
 
-    def _list(self, spec: ListSpec) -> None:
+    def _list(self, spec: ListSpec, existing: dict[str, Any] | None) -> None:
         branch = list_filter_branch(self.mapping, spec)
-        existing = self._find_list(spec.name)
         if existing is None:
             self._plan("list", spec.name, "create", "DYNAMIC, " + _describe(spec))
             if not self.dry_run:
@@ -235,6 +238,7 @@ class Provisioner:
                 "list; only a DYNAMIC list keeps itself up to date; left unchanged",
             )
             return
+        existing = self._list_definition(str(existing["listId"]))
         if branch_meaning(existing.get("filterBranch")) == branch_meaning(branch):
             self._plan("list", spec.name, "unchanged")
             return
@@ -245,16 +249,43 @@ class Provisioner:
                        {"filterBranch": branch}, what=f"update filters of list {spec.name!r}",
                        scope=LISTS_SCOPE)  # fmt: skip
 
-    def _find_list(self, name: str) -> dict[str, Any] | None:
-        try:
-            data = self._call("lists", "get_by_name", name, CONTACT_OBJECT_TYPE_ID,
-                              include_filters="true", what=f"find list {name!r}",
-                              scope="crm.lists.read")  # fmt: skip
-        except HubSpotError as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return (data or {}).get("list") or data
+    def _lists_by_name(self) -> dict[str, dict[str, Any]]:
+        """Every contact list, by name, from the lists search paged with an empty query.
+
+        Looking a list up by name in a URL path would put names like "Suppressed / ads
+        audience" through an encoded slash, which HubSpot does not document and common front
+        servers reject; a 404 there would make us create a list that exists. The search takes
+        the name nowhere near a path, and one page holds up to 500 lists.
+        """
+        found: dict[str, dict[str, Any]] = {}
+        offset = 0
+        while True:
+            body = {"query": "", "offset": offset, "count": LIST_SEARCH_PAGE,
+                    "additionalProperties": []}  # fmt: skip
+            data = self._call("lists", "do_search", body, what="search lists",
+                              scope="crm.lists.read") or {}  # fmt: skip
+            for item in data.get("lists") or []:
+                if item.get("objectTypeId") == CONTACT_OBJECT_TYPE_ID and item.get("name"):
+                    found.setdefault(item["name"], item)
+            next_offset = data.get("offset")
+            if not data.get("hasMore") or not isinstance(next_offset, int) or next_offset <= offset:
+                return found
+            offset = next_offset
+
+    def _list_definition(self, list_id: str) -> dict[str, Any]:
+        """A list with its filters (search results carry no filter definitions)."""
+        data = self._call("lists", "get_by_id", list_id, include_filters="true",
+                          what=f"read list {list_id}", scope="crm.lists.read")  # fmt: skip
+        return (data or {}).get("list") or {}
+
+
+def _named(found: dict[str, dict[str, Any]], name: str) -> dict[str, Any] | None:
+    """The list with exactly this name; failing that one whose name differs only in case
+    (HubSpot's own lookup by name ignores case, so that list is the one the mapping means)."""
+    if name in found:
+        return found[name]
+    folded = name.casefold()
+    return next((item for key, item in found.items() if key.casefold() == folded), None)
 
 
 def _describe(spec: ListSpec) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time
 from typing import Any
 
 from connectors.base import CrmRecord
@@ -36,6 +36,10 @@ def encode(spec: FieldSpec, value: Any) -> str:
     """A canonical value as HubSpot accepts it; '' clears the property."""
     if value is None:
         return ""
+    if spec.type == "date":
+        day = utc_date(value)
+        if day is not None:
+            return midnight_ms(day)
     if isinstance(value, datetime):
         return iso_ms(value)
     if spec.type in ("datetime", "date") and isinstance(value, str):
@@ -62,6 +66,21 @@ def encode_raw(value: Any) -> str:
 def iso_ms(value: datetime) -> str:
     value = value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
     return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
+def utc_date(value: Any) -> date | None:
+    """The UTC calendar date of an instant (a naive one is UTC), a date, or a string of one."""
+    if isinstance(value, str):
+        value = parse_instant(value)
+    if isinstance(value, datetime):
+        return (value.astimezone(UTC) if value.tzinfo else value).date()
+    return value if isinstance(value, date) else None
+
+
+def midnight_ms(day: date) -> str:
+    """A HubSpot `date` value: epoch milliseconds at midnight UTC. HubSpot refuses any other
+    time of day for a `date` property (a `datetime` one keeps its time)."""
+    return epoch_ms(datetime.combine(day, time(0), tzinfo=UTC))
 
 
 def epoch_ms(value: datetime) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import bisect
 import re
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from tests.fakes.hubspot_search import (
@@ -27,6 +28,21 @@ FIELD_TYPES = {
     "number": {"number"},
 }  # fmt: skip
 LIST_ENUM_OPERATORS = {"IS_ANY_OF", "IS_NONE_OF", "IS_EXACTLY", "IS_NOT_EXACTLY"}
+DAY_MS = 86_400_000
+PROCESSING_TYPES = ("MANUAL", "SNAPSHOT", "DYNAMIC")
+# ListSearchRequest in HubSpot's Lists v3 spec: field -> JSON type; `offset` and
+# `additionalProperties` are required; `count` defaults to 20 and may not exceed 500.
+LIST_SEARCH_FIELDS = {"listIds": "strings", "offset": "integer", "query": "string",
+                      "count": "integer", "processingTypes": "strings",
+                      "additionalProperties": "strings", "sort": "string"}  # fmt: skip
+LIST_SEARCH_REQUIRED = ("additionalProperties", "offset")
+LIST_SEARCH_MAX_COUNT, LIST_SEARCH_DEFAULT_COUNT = 500, 20
+LIST_DEFAULT_PROPERTIES = ("hs_list_size", "hs_last_record_added_at",
+                           "hs_last_record_removed_at", "hs_folder_name",
+                           "hs_list_reference_count")  # fmt: skip
+LIST_PROPERTY_VALUES = {"hs_list_size": "0", "hs_list_reference_count": "0"}
+"""The fake keeps no memberships; properties it has no value for are left out, as HubSpot
+leaves out empty ones."""
 
 
 def route(fake: FakeHubSpot, method: str, path: str, query: dict, body: Any) -> tuple[int, Any]:
@@ -162,6 +178,61 @@ def create_list(fake, query, body, _slash=None):
     return 200, {"list": fake.lists[list_id]}
 
 
+def get_list(fake, query, body, list_id):
+    with_filters = (_q(query, "includeFilters") or "").lower() == "true"
+    if list_id not in fake.lists:
+        raise ApiError(404, f"List {list_id} does not exist", "OBJECT_NOT_FOUND")
+    return 200, {"list": _public_list(fake.lists[list_id], with_filters)}
+
+
+def _check_list_search(body: Any) -> None:
+    if not isinstance(body, dict):
+        raise ApiError(400, "Invalid input JSON: expected a ListSearchRequest object")
+    for name in LIST_SEARCH_REQUIRED:
+        if name not in body:
+            raise ApiError(400, f"{name} is required")
+    for name, value in body.items():
+        kind = LIST_SEARCH_FIELDS.get(name)
+        if kind is None:
+            raise ApiError(400, f"Unrecognized field {name!r}")
+        ok = {"integer": isinstance(value, int) and not isinstance(value, bool),
+              "string": isinstance(value, str),
+              "strings": isinstance(value, list) and all(isinstance(v, str) for v in value),
+              }[kind]  # fmt: skip
+        if not ok:
+            raise ApiError(400, f"{name} must be {'an' if kind == 'integer' else 'a'} "
+                           f"{'list of strings' if kind == 'strings' else kind}")  # fmt: skip
+    count = body.get("count", LIST_SEARCH_DEFAULT_COUNT)
+    if not 1 <= count <= LIST_SEARCH_MAX_COUNT:
+        raise ApiError(400, f"count must be between 1 and {LIST_SEARCH_MAX_COUNT}")
+    if body["offset"] < 0:
+        raise ApiError(400, "offset must not be negative")
+    unknown = set(body.get("processingTypes") or []) - set(PROCESSING_TYPES)
+    if unknown:
+        raise ApiError(400, f"unknown processingTypes {sorted(unknown)}")
+
+
+def search_lists(fake, query, body):
+    """`POST /crm/v3/lists/search`: by name (case-insensitive substring; an empty query pages
+    through every list), offset paging, no filter definitions in the results."""
+    _check_list_search(body)
+    text = (body.get("query") or "").lower()
+    ids = set(body.get("listIds") or [])
+    kinds = set(body.get("processingTypes") or [])
+    hits = [item for _, item in sorted(fake.lists.items(), key=lambda kv: int(kv[0]))
+            if text in item["name"].lower() and (not ids or item["listId"] in ids)
+            and (not kinds or item["processingType"] in kinds)]  # fmt: skip
+    offset, count = body["offset"], body.get("count", LIST_SEARCH_DEFAULT_COUNT)
+    page = hits[offset : offset + count]
+    wanted = [*LIST_DEFAULT_PROPERTIES, *body["additionalProperties"]]
+    lists = [{**_public_list(item, with_filters=False),
+              "additionalProperties": {k: v for k, v in LIST_PROPERTY_VALUES.items()
+                                       if k in wanted}}
+             for item in page]  # fmt: skip
+    return 200, {"lists": lists, "offset": offset + len(page), "total": len(hits),
+                 "hasMore": offset + len(page) < len(hits)}  # fmt: skip
+
+
 def list_by_name(fake, query, body, object_type_id, name):
     with_filters = (_q(query, "includeFilters") or "").lower() == "true"
     for item in fake.lists.values():
@@ -176,7 +247,7 @@ def update_list_filters(fake, query, body, list_id):
     _validate_branch(fake, (body or {}).get("filterBranch"))
     item = fake.lists[list_id]
     item["filterBranch"], item["listVersion"] = body["filterBranch"], item["listVersion"] + 1
-    return 200, {"list": item}
+    return 200, {"updatedList": item}
 
 
 # ---- objects ---------------------------------------------------------------------------------
@@ -208,6 +279,10 @@ def _validate_values(fake, obj: str, props: dict[str, Any]) -> None:
         kind, ok = prop["type"], True
         if kind == "number":
             ok = re.fullmatch(r"-?\d+(\.\d+)?([eE][-+]?\d+)?", text) is not None
+        elif kind == "date" and (ms := to_ms(text)) is not None and ms % DAY_MS:
+            problems.append((name, f"{text} is at {_time_of_day(ms)} UTC, not midnight!",
+                             "INVALID_DATE"))  # fmt: skip
+            continue
         elif kind in ("datetime", "date"):
             ok = to_ms(text) is not None
         elif kind == "bool":
@@ -220,6 +295,25 @@ def _validate_values(fake, obj: str, props: dict[str, Any]) -> None:
         detail = ", ".join(f'{{"isValid":false,"message":"{m}","error":"{e}","name":"{n}"}}'
                            for n, m, e in problems)  # fmt: skip
         raise ApiError(400, f"Property values were not valid: [{detail}]")
+
+
+def _time_of_day(ms: int) -> str:
+    rest = ms % DAY_MS
+    hours, rest = divmod(rest, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    seconds, millis = divmod(rest, 1000)
+    return f"{hours}:{minutes:02d}:{seconds:02d}.{millis:03d}"
+
+
+def _stored(fake, obj: str, props: dict[str, Any]) -> dict[str, Any]:
+    """Values as HubSpot keeps them: a `date` property reads back as YYYY-MM-DD."""
+    defs = fake.properties[obj]
+    out = dict(props)
+    for name, value in props.items():
+        if (defs.get(name) or {}).get("type") == "date" and value not in (None, ""):
+            ms = to_ms(str(value))
+            out[name] = datetime.fromtimestamp(ms / 1000, tz=UTC).date().isoformat()
+    return out
 
 
 def _public(fake, obj: str, object_id: int, wanted: list[str] | None) -> dict[str, Any]:
@@ -282,7 +376,8 @@ def batch_update(fake, query, body, obj):
         if not (oid.isdigit() and int(oid) in store.raw):
             missing.append(oid)
             continue
-        store.put(int(oid), {**(item.get("properties") or {}), "lastmodifieddate": _stamp(fake)})
+        props = _stored(fake, obj, item.get("properties") or {})
+        store.put(int(oid), {**props, "lastmodifieddate": _stamp(fake)})
         fake.stats["records_updated"] += 1
         results.append(_public(fake, obj, int(oid), list(item.get("properties") or {})))
     if missing:
@@ -307,7 +402,7 @@ def batch_create(fake, query, body, obj):
         store.put(
             oid,
             {
-                **(item.get("properties") or {}),
+                **_stored(fake, obj, item.get("properties") or {}),
                 "hs_object_id": str(oid),
                 "createdate": _stamp(fake),
                 "lastmodifieddate": _stamp(fake),
@@ -385,7 +480,7 @@ def patch_object(fake, query, body, obj, oid):
         raise ApiError(404, f"Object {oid} not found", "OBJECT_NOT_FOUND")
     props = (body or {}).get("properties") or {}
     _validate_values(fake, obj, props)
-    store.put(int(oid), {**props, "lastmodifieddate": _stamp(fake)})
+    store.put(int(oid), {**_stored(fake, obj, props), "lastmodifieddate": _stamp(fake)})
     fake.stats["records_updated"] += 1
     return 200, _public(fake, obj, int(oid), list(props))
 
@@ -399,6 +494,8 @@ ROUTES = [
     (r"/crm/v3/properties/(\w+)/(\w+)", "GET", get_property),
     (r"/crm/v3/properties/(\w+)/(\w+)", "PATCH", update_property),
     (r"/crm/v3/lists(/?)", "POST", create_list),
+    (r"/crm/v3/lists/search", "POST", search_lists),
+    (r"/crm/v3/lists/(\d+)", "GET", get_list),
     (r"/crm/v3/lists/object-type-id/([\w-]+)/name/(.+)", "GET", list_by_name),
     (r"/crm/v3/lists/(\d+)/update-list-filters", "PUT", update_list_filters),
     (OBJ + r"/batch/read", "POST", batch_read),

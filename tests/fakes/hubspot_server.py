@@ -5,8 +5,11 @@ error JSON, unknown properties and invalid values rejected (a whole batch fails 
 VALIDATION_ERROR), batches over 100, search limits (page <= 200, never past 10,000, 5 groups x
 6 filters, 18 in all), `after` paging, PATCH replacing an enumeration's options, Lists v3
 filter shapes, rolling 10-second and per-second search rate limits with 429 `policyName`.
-Faults are injected on demand: a status for the next N matching requests, 207 per-record
-failures, slow answers.
+Faults are injected on demand: a status for the next N matching requests (before or after the
+request takes effect, or a connection dropped with no answer), 207 per-record failures, slow
+answers. Like a common front server, a path with an encoded slash (`%2F`) inside a segment is
+refused (404) before routing: HubSpot does not document how it treats one, so nothing may
+depend on it.
 """
 
 from __future__ import annotations
@@ -30,7 +33,10 @@ from tests.fakes.hubspot_search import DEFAULT_PROPERTIES, MAX_RESULTS, SearchEr
 
 TOKEN = "pat-na1-test-token-0000"
 _ID_IN_PATH = re.compile(r"/\d+")
+_ENCODED_SLASH = re.compile(r"%2f", re.IGNORECASE)
 BATCH_LIMIT = 100
+DROP = -1
+"""A status meaning: close the connection without answering (the client sees no response)."""
 
 
 class ApiError(Exception):
@@ -58,6 +64,9 @@ class Fault:
     delay: float = 0.0
     skip: int = 0
     """Let this many matching requests through first."""
+    after_commit: bool = False
+    """Carry the request out first, then answer `status` (or, with `DROP`, drop the
+    connection): the client cannot tell that its request took effect."""
 
 
 @dataclass
@@ -247,9 +256,12 @@ class FakeHubSpot:
         with self.lock:
             self.log.append((method, path, 0))
             fault = self._take_fault(method, path)
-        if fault is not None:
+        if fault is not None and not fault.after_commit:
             if fault.delay:
                 time.sleep(fault.delay)
+            if fault.status == DROP:
+                self.stats["dropped"] += 1
+                return DROP, None, {}
             if fault.status:
                 self.stats[f"fault_{fault.status}"] += 1
                 body = fault.body or ApiError(fault.status, "injected fault", "ERROR").body()
@@ -288,6 +300,12 @@ class FakeHubSpot:
         except SearchError as exc:
             self.stats["error_400"] += 1
             return 400, ApiError(400, str(exc), exc.category).body(), rate_headers
+        if fault is not None and fault.after_commit:
+            self.stats[f"fault_after_commit_{fault.status}"] += 1
+            if fault.status == DROP:
+                return DROP, None, {}
+            body = fault.body or ApiError(fault.status, "injected fault", "ERROR").body()
+            return fault.status, body, dict(fault.headers)
         return status, payload, rate_headers
 
     def _admin(self, method: str, path: str, body: Any) -> tuple[int, Any, dict[str, str]]:
@@ -389,6 +407,13 @@ def _handler(fake: FakeHubSpot) -> type[BaseHTTPRequestHandler]:
             url = urlsplit(self.path)
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length) if length else b""
+            if _ENCODED_SLASH.search(url.path):
+                with fake.lock:
+                    fake.log.append((self.command, url.path, 404))
+                    fake.stats["encoded_slash_404"] += 1
+                self._send_raw(404, b"<html><body><h1>404 Not Found</h1></body></html>",
+                               "text/html")  # fmt: skip
+                return
             try:
                 body = json.loads(raw) if raw else None
             except ValueError:
@@ -397,7 +422,17 @@ def _handler(fake: FakeHubSpot) -> type[BaseHTTPRequestHandler]:
             headers = {k.lower(): v for k, v in self.headers.items()}
             status, payload, extra = fake.handle(self.command, unquote(url.path),
                                                  parse_qs(url.query), headers, body)  # fmt: skip
+            if status == DROP:
+                self.close_connection = True
+                return
             self._send(status, payload, extra)
+
+        def _send_raw(self, status: int, data: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
 
         def _send(self, status: int, payload: Any, headers: dict[str, str]) -> None:
             data = b"" if payload is None else json.dumps(payload).encode()
@@ -417,5 +452,5 @@ def _handler(fake: FakeHubSpot) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-__all__ = ["MAX_RESULTS", "TOKEN", "ApiError", "FakeHubSpot", "Fault", "RecordFailure",
+__all__ = ["DROP", "MAX_RESULTS", "TOKEN", "ApiError", "FakeHubSpot", "Fault", "RecordFailure",
            "DEFAULT_PROPERTIES"]  # fmt: skip

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -8,7 +9,7 @@ from connectors.base import ConnectorError
 from connectors.runner import Runner
 from core.models import Event
 from core.sqlite_store import SQLiteStore
-from tests.fakes.hubspot_server import Fault
+from tests.fakes.hubspot_server import DROP, Fault
 from tests.hubspot.hubspot_helpers import make_connector
 from tests.hubspot.webhook_helpers import ms, notification, signed
 
@@ -209,7 +210,7 @@ def test_full_sync_reads_everyone_through_the_list_endpoint_and_resumes(fake, pr
     ids = fresh(fake, 230) + silent(fake, 20)
     pages = list(provisioned.iter_all(None))
     assert [r.contact_id for p in pages for r in p] == ids
-    assert fake.calls("/search") == 0
+    assert fake.calls("/objects/contacts/search") == 0
     resumed = [r.contact_id for p in provisioned.iter_all(ids[119]) for r in p]
     assert resumed == ids[120:]
     summary = runner_for(provisioned).sync(NOW, full=True)
@@ -246,3 +247,22 @@ def test_experiment_variants_and_the_holdout_flag_reach_the_contact(fake, provis
     snapshot = runner.store.get_contacts([cid])[cid]
     assert stored["elastic_exp_subject"] == snapshot.experiments["subject_line"]
     assert (stored["elastic_holdout"] == "true") is (snapshot.experiments["holdout"] == "holdout")
+
+
+def test_a_thousand_hand_offs_in_one_flush_are_created_once_though_an_answer_is_lost(
+    fake, provisioned
+):
+    """Provision, sync, hand off: 1,000 contacts reach Engaged in one sync; the answer to the
+    fourth task batch is lost after HubSpot created its tasks. The next flush looks the keys
+    up first and creates only what is missing."""
+    two_days_ago, opened = NOW - timedelta(days=2), NOW - timedelta(hours=1)
+    engaged = seed(fake, 1000, score=15, last=two_days_ago, changed=two_days_ago,
+                   hs_email_last_open_date=iso(opened))  # fmt: skip
+    fake.inject(Fault("/tasks/batch/create", DROP, method="POST", skip=3, after_commit=True))
+    runner = runner_for(provisioned)
+    runner.sync(NOW)
+    assert fake.stats["fault_after_commit_-1"] == 1, "the answer to a committed batch was lost"
+    runner.sync(NOW)
+    per_contact = Counter(c for task in fake.tasks() for c in task["contacts"])
+    assert per_contact == dict.fromkeys(engaged, 1)
+    assert {fake.contact(c)["elastic_campaign_status"] for c in engaged} == {"engaged"}
