@@ -169,7 +169,7 @@ class Provisioner:
 
     def _permission_set(self, wants: list[FieldWant], dry_run: bool) -> None:
         name = self.options.permission_set
-        fields = [w.full_name for w in wants]
+        fields = [grant for w in wants for grant in w.permission_names]
         existing = self._read("PermissionSet", [name]).get(name)
         md = self.client.metadata(self.client.sf)
         if existing is None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from xml.etree import ElementTree as ET  # noqa: S405 - builds test input
 
+from datetime import UTC, datetime
+
 import pytest
 
-from connectors.base import ConnectorError
+from connectors.base import ConnectorError, HandoffTask
 from connectors.salesforce import SalesforceConnector
 from core.mapping import Mapping
 from tests.fakes.salesforce import MD_NS, XSI, FakeSalesforce
@@ -83,6 +85,25 @@ def test_provision_creates_then_is_idempotent(
     assert "upsertMetadata" not in fake.metadata_calls
 
 
+def test_the_task_field_is_granted_per_sobject_and_hand_offs_work_after_provisioning(
+    fresh: SalesforceConnector, fake: FakeSalesforce
+) -> None:
+    """Activity is where the field is defined, not an sObject: access is granted and read back
+    as Task.<Field> and Event.<Field>, so hand-offs work and a second run grants nothing."""
+    fresh.provision()
+    assert {"Task.Elastic_Handoff_Key__c", "Event.Elastic_Handoff_Key__c"} <= fake.granted
+    assert not any(name.startswith("Activity.") for name in fake.granted)
+    cid = fake.add("Contact", LastName="x")
+    task = HandoffTask(
+        key="handoff:x", contact_id=cid, owner_id=None, subject="Call", body="b",
+        priority="HIGH", due_at=datetime(2026, 3, 1, tzinfo=UTC),
+    )  # fmt: skip
+    assert fresh.create_tasks([task]).written == ["handoff:x"]
+    assert len(fake.records["Task"]) == 1
+    again = {i.name: i.action for i in fresh.provision().items if i.kind == "permission"}
+    assert again["Elasticity_Integration"] == "unchanged"
+
+
 def test_fields_are_usable_only_after_provisioning(
     fresh: SalesforceConnector, fake: FakeSalesforce
 ) -> None:
@@ -142,8 +163,8 @@ def test_a_permission_set_missing_grants_is_extended(
     changed = build(mapping.model_copy(update={"options": options}), env, fake)
     plan = {i.name: i for i in changed.provision().items}
     assert plan["Elasticity_Integration"].action == "update"
-    assert "Activity.Elastic_Handoff_Key_V2__c" in plan["Elasticity_Integration"].detail
-    assert "Activity.Elastic_Handoff_Key_V2__c" in fake.granted
+    assert "Task.Elastic_Handoff_Key_V2__c" in plan["Elasticity_Integration"].detail
+    assert {"Task.Elastic_Handoff_Key_V2__c", "Event.Elastic_Handoff_Key_V2__c"} <= fake.granted
     assert "Contact.Campaign_Status__c" in fake.granted  # earlier grants kept
 
 
