@@ -77,6 +77,7 @@ class SalesforceConnector(Connector):
         self.sobject = mapping.object
         self.options = load_options(mapping)
         self.credentials = credentials
+        self._said_no_token = False
         self.client = SalesforceClient(credentials, self.options, self.calls, sleep, jitter)
         self.codec = Codec(mapping)
         self.queries = Queries(mapping, self.codec, self.sobject)
@@ -107,6 +108,20 @@ class SalesforceConnector(Connector):
         return self._parse_outbound(request)
 
     def _parse_outbound(self, request: WebhookRequest) -> WebhookIntake:
+        """An Outbound Message proves itself by the secret in its endpoint URL; the org id it
+        carries is checked too, but it is no secret (web-to-lead forms publish it)."""
+        token = self.credentials.outbound_token
+        if token is None:
+            if not self._said_no_token:
+                self._said_no_token = True
+                log.warning(
+                    "refusing every Salesforce outbound message: SALESFORCE_OUTBOUND_TOKEN is "
+                    "not set (set it, and end the Outbound Message endpoint URL with "
+                    "?token=<the same value>)"
+                )
+            raise outbound.reject(403, "SALESFORCE_OUTBOUND_TOKEN is not configured")
+        if not outbound.token_matches(request.query, token.get_secret_value()):
+            raise outbound.reject(401, "the endpoint URL carries no token or a wrong one")
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type != "text/xml":
             raise outbound.reject(415, f"expected Content-Type text/xml, got {content_type!r}")

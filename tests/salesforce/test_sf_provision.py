@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from xml.etree import ElementTree as ET  # noqa: S405 - builds test input
-
 from datetime import UTC, datetime
+from xml.etree import ElementTree as ET  # noqa: S405 - builds test input
 
 import pytest
 
