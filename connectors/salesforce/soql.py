@@ -40,36 +40,29 @@ def in_chunks(
 ) -> Iterator[list[str]]:
     """`values` in consecutive chunks whose query, `render(chunk)`, fits `budget` bytes of
     request line. Sized by the encoded bytes each value adds (its quoted literal and a comma),
-    then checked on the rendered query, so long keys, multi-byte characters or a long select
-    list all shrink the chunk instead of overflowing the URI."""
-    if not values:
-        return
+    then measured on the rendered query and shrunk if need be, so long keys, multi-byte
+    characters or a long select list all shorten the chunk instead of overflowing the URI."""
     base = request_line_bytes(render([]), api_version)
     comma = len(quote_plus(","))
-    chunk: list[str] = []
-    size = base
-    for value in values:
-        cost = len(quote_plus(quote_soql_value(value))) + (comma if chunk else 0)
-        if chunk and size + cost > budget:
-            yield _checked(chunk, render, api_version, budget)
-            chunk, size = [], base
-            cost = len(quote_plus(quote_soql_value(value)))
-        chunk.append(value)
-        size += cost
-    yield _checked(chunk, render, api_version, budget)
-
-
-def _checked(
-    chunk: list[str], render: Callable[[list[str]], str], api_version: str, budget: int
-) -> list[str]:
-    size = request_line_bytes(render(chunk), api_version)
-    if size > budget:
-        raise ConnectorError(
-            f"a SOQL query for {len(chunk)} value(s) needs {size} bytes of URI, over the "
-            f"{budget} this connector allows (Salesforce refuses a URI plus headers over "
-            "16,384 bytes); the mapping selects too many or too long fields"
-        )
-    return chunk
+    start = 0
+    while start < len(values):
+        end, size = start, base
+        while end < len(values):
+            cost = len(quote_plus(quote_soql_value(values[end]))) + (comma if end > start else 0)
+            if end > start and size + cost > budget:
+                break
+            size += cost
+            end += 1
+        while request_line_bytes(render(list(values[start:end])), api_version) > budget:
+            if end - start == 1:
+                raise ConnectorError(
+                    f"a SOQL query needs more than the {budget} bytes of URI this connector "
+                    "sends (Salesforce refuses a URI plus headers over 16,384 bytes); the "
+                    "mapping selects too many or too long fields, or a value is too long"
+                )
+            end -= max(1, (end - start) // 16)
+        yield list(values[start:end])
+        start = end
 
 
 def _statuses(*statuses: Status) -> str:
