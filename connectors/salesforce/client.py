@@ -112,6 +112,12 @@ class SalesforceClient:
                 )
             assert c.password is not None
             assert c.security_token is not None
+            if self.grants == 1:
+                log.warning(
+                    "signing in with the SOAP API login() call, which Salesforce retires in "
+                    "Summer '27 (and is off by default in orgs created from Winter '26); "
+                    "move to the JWT bearer flow (see the README)"
+                )
             return SalesforceLogin(
                 username=c.username,
                 password=c.password.get_secret_value(),

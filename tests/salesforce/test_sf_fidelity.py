@@ -216,7 +216,8 @@ def test_a_bare_carriage_return_is_quoted_and_arrives_intact(
     connector: SalesforceConnector, fake: FakeSalesforce
 ) -> None:
     ids = seed(fake, 3)
-    rows = {cid: {"LastName": f"line one\rline two {i}, \"quoted\"\n"} for i, cid in enumerate(ids)}
+    rows = {cid: {"LastName": f"line one\rline two {i}"} for i, cid in enumerate(ids)}
+    rows[ids[0]]["LastName"] += ', "quoted"\n'  # quoted by any writer; the rest only by ours
     outcome = connector.bulk.update("Contact", rows, ["LastName"])
     assert sorted(outcome.written) == sorted(ids)
     assert [fake.records["Contact"][c]["LastName"] for c in ids] == [
@@ -236,3 +237,46 @@ def test_uploads_are_split_by_utf8_bytes(monkeypatch: pytest.MonkeyPatch) -> Non
         for row in csv.DictReader(io.StringIO(upload.decode("utf-8"), newline=""))
     ]
     assert {r["Id"]: r["LastName"] for r in read} == {k: v["LastName"] for k, v in rows.items()}
+
+
+# ---- the whole path --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("timeouts", [0, 3], ids=["clean", "timeouts-after-commit"])
+def test_provision_sync_and_a_thousand_hand_offs_create_each_task_once(
+    mapping: Mapping, env: dict, fake: FakeSalesforce, timeouts: int
+) -> None:
+    from connectors.runner import Runner
+    from core.sqlite_store import SQLiteStore
+
+    fake.provisioned_all = False  # a new org: provisioning creates and grants everything
+    connector = build(mapping, env, fake)
+    connector.provision()
+    at = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
+    engaged = [
+        fake.add(
+            "Contact",
+            LastName=f"e{i}",
+            Campaign_Status__c="Active",
+            Engagement_Score__c=0,
+            Last_Email_Open_Date__c="2026-03-02T09:15:00.000Z",
+            Last_Email_Click_Date__c="2026-03-02T09:16:30.000Z",
+            pi__url__c="https://www.acme.example/pricing",
+            SystemModstamp="2026-03-02T09:17:00Z",
+        )
+        for i in range(1000)
+    ]
+    fake.time_out_after_commit(timeouts, creates)  # Salesforce commits; the answer is lost
+    summary = Runner(connector, SQLiteStore(":memory:"), clock=lambda: at).sync(at)
+    assert summary.stopped is None
+    assert summary.tasks_created == 1000
+    tasks = list(fake.records["Task"].values())
+    assert sorted(t["WhoId"] for t in tasks) == sorted(engaged)  # one each, no duplicates
+    assert len({t["Elastic_Handoff_Key__c"] for t in tasks}) == len(tasks) == 1000
+    assert fake.longest_uri <= QUERY_LINE_BUDGET
+    assert fake.lost_answers == []  # every injected timeout happened
+    print(  # the figures for the record: pytest -s shows them
+        f"\n[{timeouts} timeouts after commit] requests={len(fake.api_calls)} "
+        f"longest_uri={fake.longest_uri} bytes tasks={len(tasks)} "
+        f"duplicates={len(tasks) - len({t['Elastic_Handoff_Key__c'] for t in tasks})}"
+    )
