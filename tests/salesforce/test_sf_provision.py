@@ -201,3 +201,29 @@ def test_metadata_session_expiry_regrants(fresh: SalesforceConnector, fake: Fake
     report = fresh.provision(dry_run=True)
     assert report.items
     assert fake.grants == 2
+
+
+def test_an_activity_grant_left_by_an_earlier_release_is_replaced_by_task_and_event(
+    fresh: SalesforceConnector, fake: FakeSalesforce
+) -> None:
+    fresh.provision()
+    stored = fake.metadata["PermissionSet"]["Elasticity_Integration"]
+    for perm in stored.findall(f"{{{MD_NS}}}fieldPermissions"):
+        if perm.findtext(f"{{{MD_NS}}}field", "").startswith(("Task.", "Event.")):
+            stored.remove(perm)
+    old = ET.SubElement(stored, f"{{{MD_NS}}}fieldPermissions")
+    ET.SubElement(old, f"{{{MD_NS}}}editable").text = "true"
+    ET.SubElement(old, f"{{{MD_NS}}}field").text = "Activity.Elastic_Handoff_Key__c"
+    ET.SubElement(old, f"{{{MD_NS}}}readable").text = "true"
+    plan = {i.name: i for i in fresh.provision().items}
+    assert plan["Elasticity_Integration"].action == "update"
+    assert "drop Activity.Elastic_Handoff_Key__c" in plan["Elasticity_Integration"].detail
+    fields = {
+        p.findtext(f"{{{MD_NS}}}field")
+        for p in fake.metadata["PermissionSet"]["Elasticity_Integration"].findall(
+            f"{{{MD_NS}}}fieldPermissions"
+        )
+    }
+    assert {"Task.Elastic_Handoff_Key__c", "Event.Elastic_Handoff_Key__c"} <= fields
+    assert "Activity.Elastic_Handoff_Key__c" not in fields
+    assert fresh.provision().changes == []
