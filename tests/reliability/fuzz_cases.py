@@ -313,8 +313,10 @@ def salesforce_outbound(t: Targets, o: Outcomes, data: st.DataObject) -> None:
     body = data.draw(xml_bodies())
     ctype = data.draw(st.sampled_from(["text/xml; charset=utf-8", "text/xml", "application/json",
                                        ""]))  # fmt: skip
-    request = WebhookRequest("POST", SF_PATH, SF_QUERY, {"content-type": ctype}, body, NOW)
-    forged = ORG_ID.encode() not in body or b"DOCTYPE" in body
+    query = data.draw(st.sampled_from([SF_QUERY, SF_QUERY, "", "token=", SF_QUERY + "x",
+                                       f"{SF_QUERY}&{SF_QUERY}"]))  # fmt: skip
+    request = WebhookRequest("POST", SF_PATH, query, {"content-type": ctype}, body, NOW)
+    forged = query != SF_QUERY or ORG_ID.encode() not in body or b"DOCTYPE" in body
     check(t, o, "salesforce_outbound", t.salesforce, request, "reject" if forged else "no_5xx")
 
 
