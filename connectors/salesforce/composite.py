@@ -20,6 +20,10 @@ from connectors.salesforce.settings import COLLECTION_MAX, LOCK_ERROR
 
 log = logging.getLogger(__name__)
 
+SETTLE_SECONDS = 5.0
+"""Wait at least this long before reading back a create cut short, so one Salesforce was still
+committing when the client gave up has landed by then."""
+
 Existing = Callable[[list[str]], dict[str, str]]
 """Keys -> the id of the record already holding each key (keys not found are absent)."""
 
@@ -85,6 +89,8 @@ class CollectionWriter:
             if round_no + 1 < rounds:
                 self.client.stats.retries += 1
                 delay = min(10.0, 0.5 * 2**round_no) * (0.5 + self.jitter() / 2)
+                if ambiguous:
+                    delay = max(delay, SETTLE_SECONDS)
                 log.info("retrying %d %s rows in %.1fs", len(pending), sobject, delay)
                 self.sleep(delay)
         raise ConnectorError(
