@@ -76,8 +76,9 @@ class CollectionWriter:
                 found = existing(ambiguous)
                 saved.ok.update(found)
                 log.warning(
-                    "%d of %d %s rows whose create was cut short were created; "
-                    "sending the rest again", len(found), len(ambiguous), sobject,
+                    "read back %d %s rows whose create was cut short: %d had been created, "
+                    "%d are sent again", len(ambiguous), sobject, len(found),
+                    len(ambiguous) - len(found),
                 )  # fmt: skip
                 pending = {key: row for key, row in pending.items() if key not in found}
                 if not pending:
