@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import re
 import signal
 import threading
 from collections.abc import Callable
@@ -157,7 +158,9 @@ def make_handler(routes: dict[str, Runner], worker: InboxWorker | WorkerProcess 
         do_PUT = _handle  # noqa: N815
 
         def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-            log.info("%s %s", self.address_string(), format % args)
+            # A query string can carry a secret (the Salesforce outbound token): never log it.
+            line = re.sub(r"\?\S*", "?[query]", format % args)
+            log.info("%s %s", self.address_string(), line)
 
     return WebhookHandler
 

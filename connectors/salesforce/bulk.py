@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from connectors.base import ConnectorError
-from connectors.salesforce.client import SalesforceClient
+from connectors.salesforce.client import AmbiguousWrite, SalesforceClient
 from connectors.salesforce.settings import BULK_MAX_BYTES, BULK_NULL, LOCK_ERROR
 
 log = logging.getLogger(__name__)
@@ -41,30 +41,40 @@ def csv_cell(value: Any) -> str:
     return str(value)
 
 
-def build_csv(rows: dict[str, dict[str, Any]], column_order: list[str]) -> Iterator[str]:
-    """CSV texts of at most BULK_MAX_BYTES; columns `Id` then `column_order` (fields no row
-    sets are left out; a row without a field gets an empty cell, which Salesforce ignores)."""
+def csv_field(text: str) -> str:
+    """One CSV field as Bulk 2.0 reads it (RFC 4180): quoted when it holds a comma, a quote,
+    or a line break of either kind. Python's `csv` module quotes only the characters of its
+    own line terminator, so a bare carriage return would otherwise split the record."""
+    if any(c in text for c in ',"\r\n'):
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
+def csv_line(fields: list[str]) -> bytes:
+    return (",".join(csv_field(f) for f in fields) + "\n").encode("utf-8")
+
+
+def build_csv(rows: dict[str, dict[str, Any]], column_order: list[str]) -> Iterator[bytes]:
+    """UTF-8 CSV uploads of at most BULK_MAX_BYTES each (measured in bytes, as Salesforce
+    counts them); columns `Id` then `column_order` (fields no row sets are left out; a row
+    without a field gets an empty cell, which Salesforce ignores)."""
     present = {name for row in rows.values() for name in row}
     columns = [name for name in column_order if name in present]
     columns += sorted(present - set(columns) - {"Id"})
-    buffer, size = _new_buffer(columns)
-    writer = csv.writer(buffer, lineterminator="\n")
+    header = csv_line(["Id", *columns])
+    parts: list[bytes] = []
+    size = len(header)
     for record_id, row in rows.items():
-        line = [record_id] + [csv_cell(row[c]) if c in row else "" for c in columns]
-        writer.writerow(line)
-        size += 1
-        if buffer.tell() >= BULK_MAX_BYTES:
-            yield buffer.getvalue()
-            buffer, size = _new_buffer(columns)
-            writer = csv.writer(buffer, lineterminator="\n")
-    if size:
-        yield buffer.getvalue()
-
-
-def _new_buffer(columns: list[str]) -> tuple[io.StringIO, int]:
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerow(["Id", *columns])
-    return buffer, 0
+        line = csv_line([record_id] + [csv_cell(row[c]) if c in row else "" for c in columns])
+        if len(header) + len(line) > BULK_MAX_BYTES:
+            raise ConnectorError(f"{record_id}: one row is over the Bulk upload limit")
+        if parts and size + len(line) > BULK_MAX_BYTES:
+            yield header + b"".join(parts)
+            parts, size = [], len(header)
+        parts.append(line)
+        size += len(line)
+    if parts:
+        yield header + b"".join(parts)
 
 
 def poll_delays(rows: int, timeout_seconds: float) -> Iterator[float]:
@@ -86,13 +96,48 @@ class BulkUpdater:
         self, sobject: str, rows: dict[str, dict[str, Any]], column_order: list[str]
     ) -> BulkOutcome:
         outcome = BulkOutcome()
-        for text in build_csv(rows, column_order):
-            self._job(sobject, text, outcome)
+        for data in build_csv(rows, column_order):
+            self._job(sobject, data, outcome)
         failed_or_locked = set(outcome.failed) | set(outcome.locked)
         outcome.written = [rid for rid in rows if rid not in failed_or_locked]
         return outcome
 
-    def _job(self, sobject: str, text: str, outcome: BulkOutcome) -> None:
+    def _job(self, sobject: str, data: bytes, outcome: BulkOutcome) -> None:
+        """Create, fill and close one job. Nothing in a job applies before it is closed, so an
+        upload cut short is never repeated into the same job (it may have landed: the job
+        would hold the rows twice): that job is aborted and a fresh one filled. A close cut
+        short is checked by reading the job's state, never sent twice."""
+        rows = data.count(b"\n") - 1
+        for attempt in range(self.client.options.max_attempts):
+            job_id = self._create(sobject, outcome)
+            try:
+                self._upload(job_id, rows, data)
+            except AmbiguousWrite as exc:
+                log.warning("%s; aborting job %s and uploading to a new one", exc, job_id)
+                self._abort(job_id)
+                self.client.stats.retries += 1
+                self.sleep(min(30.0, 2.0 * 2**attempt))
+                continue
+            break
+        else:
+            raise ConnectorError(
+                f"uploading {rows} rows to a Bulk 2.0 job kept failing; the writes stay owed",
+                retriable=True,
+            )
+        self._close(job_id)
+        info = self._wait(job_id, rows, outcome)
+        if info.get("state") != DONE:
+            raise ConnectorError(
+                f"Bulk 2.0 job {job_id} ended {info.get('state')}: "
+                f"{info.get('errorMessage') or 'no message'}; the writes stay owed",
+                retriable=True,
+            )
+        if int(info.get("numberRecordsFailed") or 0):
+            self._read_failures(job_id, outcome)
+
+    def _create(self, sobject: str, outcome: BulkOutcome) -> str:
+        """A create retried after a timeout can leave an extra job behind: it is empty and
+        never closed, so it applies nothing."""
         c = self.client
         spec = {
             "object": sobject,
@@ -105,31 +150,56 @@ class BulkUpdater:
             f"create Bulk 2.0 {sobject} update job",
             lambda _: c.raw("POST", "jobs/ingest", json=spec).json(),
         )
-        job_id = job["id"]
-        outcome.jobs.append(job_id)
-        rows = text.count("\n") - 1
+        outcome.jobs.append(job["id"])
+        return str(job["id"])
+
+    def _upload(self, job_id: str, rows: int, data: bytes) -> None:
+        c = self.client
         c.call(
             f"upload {rows} rows to job {job_id}",
             lambda _: c.raw(
                 "PUT",
                 f"jobs/ingest/{job_id}/batches",
-                data=text.encode("utf-8"),
+                data=data,
                 headers={"Content-Type": "text/csv", "Accept": "application/json"},
             ),
+            retry_ambiguous=False,
         )
-        c.call(
-            f"close job {job_id}",
-            lambda _: c.raw("PATCH", f"jobs/ingest/{job_id}", json={"state": "UploadComplete"}),
-        )
-        info = self._wait(job_id, rows, outcome)
-        if info.get("state") != DONE:
-            raise ConnectorError(
-                f"Bulk 2.0 job {job_id} ended {info.get('state')}: "
-                f"{info.get('errorMessage') or 'no message'}; the writes stay owed",
-                retriable=True,
+
+    def _abort(self, job_id: str) -> None:
+        c = self.client
+        try:
+            c.call(
+                f"abort job {job_id}",
+                lambda _: c.raw("PATCH", f"jobs/ingest/{job_id}", json={"state": "Aborted"}),
             )
-        if int(info.get("numberRecordsFailed") or 0):
-            self._read_failures(job_id, outcome)
+        except ConnectorError as exc:
+            # An open job that is never closed applies nothing either; Salesforce drops it.
+            log.warning("could not abort Bulk 2.0 job %s: %s", job_id, exc)
+
+    def _close(self, job_id: str) -> None:
+        c = self.client
+        for _ in range(c.options.max_attempts):
+            try:
+                c.call(
+                    f"close job {job_id}",
+                    lambda _: c.raw(
+                        "PATCH", f"jobs/ingest/{job_id}", json={"state": "UploadComplete"}
+                    ),
+                    retry_ambiguous=False,
+                )
+                return
+            except AmbiguousWrite as exc:
+                info = c.call(
+                    f"read job {job_id}", lambda _: c.raw("GET", f"jobs/ingest/{job_id}").json()
+                )
+                log.warning("%s; the job is now %s", exc, info.get("state"))
+                if info.get("state") != "Open":
+                    return
+                c.stats.retries += 1
+        raise ConnectorError(
+            f"closing Bulk 2.0 job {job_id} kept failing; the writes stay owed", retriable=True
+        )
 
     def _wait(self, job_id: str, rows: int, outcome: BulkOutcome) -> dict[str, Any]:
         c = self.client

@@ -10,7 +10,6 @@ from connectors.base import PlanItem
 from connectors.salesforce.client import SalesforceClient
 from connectors.salesforce.composite import CollectionWriter
 from connectors.salesforce.config import SalesforceOptions
-from connectors.salesforce.settings import QUERY_IDS_PER_CALL
 from core.mapping import Mapping
 from core.models import Status
 
@@ -90,21 +89,19 @@ class CampaignMirror:
         if campaign_id is None or not statuses:
             return {}
         members: dict[str, dict[str, Any]] = {}
-        ids = sorted(statuses)
-        for start in range(0, len(ids), QUERY_IDS_PER_CALL):
-            chunk = ids[start : start + QUERY_IDS_PER_CALL]
-            soql = (
-                "SELECT Id, {member:literal}, Status FROM CampaignMember "
-                "WHERE CampaignId = {campaign} AND {member:literal} IN {ids} ORDER BY Id"
-            )
-            for row in self.client.lookup(
-                "read Campaign members",
-                soql,
-                member=self.member_field,
-                campaign=campaign_id,
-                ids=list(chunk),
-            ):
-                members[row[self.member_field]] = row
+        soql = (
+            "SELECT Id, {member:literal}, Status FROM CampaignMember "
+            "WHERE CampaignId = {campaign} AND {member:literal} IN {ids} ORDER BY Id"
+        )
+        for row in self.client.lookup_in(
+            "read Campaign members",
+            soql,
+            sorted(statuses),
+            "ids",
+            member=self.member_field,
+            campaign=campaign_id,
+        ):
+            members[row[self.member_field]] = row
         updates = {
             cid: {"id": members[cid]["Id"], "Status": status}
             for cid, status in statuses.items()

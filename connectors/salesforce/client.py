@@ -12,7 +12,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -27,6 +27,8 @@ from connectors.base import AuthError, CallStats, ConnectorError, QuotaExhausted
 from connectors.salesforce.config import Credentials, SalesforceOptions
 from connectors.salesforce.errors import SOAP_ERRORS, Verdict, classify, describe
 from connectors.salesforce.http import ApiUsage, SalesforceSession
+from connectors.salesforce.settings import QUERY_LINE_BUDGET
+from connectors.salesforce.soql import in_chunks, request_line_bytes
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -39,6 +41,14 @@ class _Again(Exception):
     def __init__(self, cause: Exception, base: float, cap: float) -> None:
         super().__init__(describe(cause))
         self.cause, self.base, self.cap = cause, base, cap
+
+
+class AmbiguousWrite(ConnectorError):
+    """A write timed out or failed with a 5xx: Salesforce may have committed it. Only the
+    caller can tell (by reading back what it wrote), so it is not retried blindly."""
+
+    def __init__(self, what: str, cause: Exception) -> None:
+        super().__init__(f"{what}: {describe(cause)}; it may have been applied", retriable=True)
 
 
 class SalesforceClient:
@@ -102,6 +112,12 @@ class SalesforceClient:
                 )
             assert c.password is not None
             assert c.security_token is not None
+            if self.grants == 1:
+                log.warning(
+                    "signing in with the SOAP API login() call, which Salesforce retires in "
+                    "Summer '27 (and is off by default in orgs created from Winter '26); "
+                    "move to the JWT bearer flow (see the README)"
+                )
             return SalesforceLogin(
                 username=c.username,
                 password=c.password.get_secret_value(),
@@ -138,8 +154,15 @@ class SalesforceClient:
 
     # ---- calls -----------------------------------------------------------------------------
 
-    def call(self, what: str, fn: Callable[[Salesforce], T]) -> T:
-        """Run `fn(sf)` under the retry policy; raise ConnectorError/AuthError/QuotaExhausted."""
+    def call(
+        self, what: str, fn: Callable[[Salesforce], T], *, retry_ambiguous: bool = True
+    ) -> T:
+        """Run `fn(sf)` under the retry policy; raise ConnectorError/AuthError/QuotaExhausted.
+
+        `retry_ambiguous=False` is for writes that are not idempotent (creating records,
+        creating or filling a Bulk job): a timeout or 5xx raises `AmbiguousWrite` at once, for
+        the caller to check what landed before trying again. Refusals that say nothing was
+        applied (throttling, an expired session) are still retried here."""
         retrying = Retrying(
             retry=retry_if_exception_type(_Again),
             stop=stop_after_attempt(self.options.max_attempts),
@@ -149,13 +172,13 @@ class SalesforceClient:
             reraise=True,
         )
         try:
-            return retrying(self._attempt, what, fn)
+            return retrying(self._attempt, what, fn, retry_ambiguous)
         except _Again as exc:
             raise ConnectorError(
                 f"{what}: gave up after {self.options.max_attempts} attempts: {exc}", retriable=True
             ) from None
 
-    def _attempt(self, what: str, fn: Callable[[Salesforce], T]) -> T:
+    def _attempt(self, what: str, fn: Callable[[Salesforce], T], retry_ambiguous: bool) -> T:
         regranted = False
         while True:
             self.check_reserve()
@@ -170,6 +193,8 @@ class SalesforceClient:
                     regranted = True
                     self._regrant()
                     continue
+                if verdict is Verdict.RETRY and not retry_ambiguous:
+                    raise AmbiguousWrite(what, exc) from None
                 raise self._failure(what, exc, verdict) from None
 
     def _failure(self, what: str, exc: Exception, verdict: Verdict) -> Exception:
@@ -252,6 +277,20 @@ class SalesforceClient:
         text = format_soql(soql, *args, **kwargs)
         return list(self.query(what, lambda _: text, None))
 
+    def lookup_in(
+        self, what: str, soql: str, values: Sequence[str], name: str, **kwargs: Any
+    ) -> list[dict[str, Any]]:
+        """Rows of `soql` whose `{name}` placeholder is an `IN` list, for any number of
+        `values`: one query per chunk that fits the URI budget."""
+        rows: list[dict[str, Any]] = []
+
+        def render(chunk: list[str]) -> str:
+            return format_soql(soql, **{name: chunk}, **kwargs)
+
+        for chunk in in_chunks(values, render, self.options.api_version):
+            rows += self.lookup(what, soql, **{name: chunk}, **kwargs)
+        return rows
+
     def query(
         self, what: str, soql_after: Callable[[str | None], str], after: str | None
     ) -> Iterator[dict[str, Any]]:
@@ -264,7 +303,15 @@ class SalesforceClient:
 
         def restart(sf: Salesforce) -> Any:
             nonlocal records
-            records = sf.query_all_iter(soql_after(last), headers=headers)
+            soql = soql_after(last)
+            size = request_line_bytes(soql, self.options.api_version)
+            if size > QUERY_LINE_BUDGET:
+                raise ConnectorError(
+                    f"{what}: the SOQL needs {size} bytes of URI, over the {QUERY_LINE_BUDGET} "
+                    "this connector sends (Salesforce refuses a URI plus headers over 16,384 "
+                    "bytes); the mapping selects too many or too long fields or values"
+                )
+            records = sf.query_all_iter(soql, headers=headers)
             return next(records, _END)
 
         record: Any = self.call(what, restart)

@@ -1,6 +1,11 @@
 """sObject Collections: up to 200 records a request, `allOrNone: false`, results in request
 order. Rows Salesforce could not lock are retried, alone and with jitter; every other
-per-record error is returned with Salesforce's message."""
+per-record error is returned with Salesforce's message.
+
+Creating is not idempotent: a request that times out (or fails with a 5xx) may have been
+committed. Given a way to read back what exists (`existing`), creates are never retried
+blindly: after an ambiguous failure the rows are looked up, the ones found count as created
+and only the others are sent again."""
 
 from __future__ import annotations
 
@@ -10,10 +15,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from connectors.base import ConnectorError
-from connectors.salesforce.client import SalesforceClient
+from connectors.salesforce.client import AmbiguousWrite, SalesforceClient
 from connectors.salesforce.settings import COLLECTION_MAX, LOCK_ERROR
 
 log = logging.getLogger(__name__)
+
+SETTLE_SECONDS = 5.0
+"""Wait at least this long before reading back a create cut short, so one Salesforce was still
+committing when the client gave up has landed by then."""
+
+Existing = Callable[[list[str]], dict[str, str]]
+"""Keys -> the id of the record already holding each key (keys not found are absent)."""
 
 
 @dataclass
@@ -44,32 +56,64 @@ class CollectionWriter:
         self.sleep = sleep
         self.jitter = jitter
 
-    def save(self, sobject: str, rows: dict[str, dict[str, Any]], create: bool = False) -> Saved:
-        """Update (rows carry `Id`) or create records; keys are the caller's names for rows."""
+    def save(
+        self,
+        sobject: str,
+        rows: dict[str, dict[str, Any]],
+        create: bool = False,
+        existing: Existing | None = None,
+    ) -> Saved:
+        """Update (rows carry `Id`) or create records; keys are the caller's names for rows.
+        With `existing`, a create that may have been applied is read back, never re-sent."""
         saved = Saved()
         pending = dict(rows)
         rounds = self.client.options.max_attempts
+        ambiguous: list[str] = []
         for round_no in range(rounds):
-            locked = self._one_round(sobject, pending, create, saved)
-            if not locked:
+            if ambiguous and existing is not None:
+                # Read back after the back-off, not at once: a request Salesforce was still
+                # committing when the client gave up has had time to land.
+                found = existing(ambiguous)
+                saved.ok.update(found)
+                log.warning(
+                    "read back %d %s rows whose create was cut short: %d had been created, "
+                    "%d are sent again", len(ambiguous), sobject, len(found),
+                    len(ambiguous) - len(found),
+                )  # fmt: skip
+                pending = {key: row for key, row in pending.items() if key not in found}
+                if not pending:
+                    return saved
+            locked, ambiguous = self._one_round(sobject, pending, create, saved, existing)
+            if not locked and not ambiguous:
                 return saved
-            pending = {key: rows[key] for key in locked}
+            pending = {key: rows[key] for key in locked + ambiguous}
             if round_no + 1 < rounds:
                 self.client.stats.retries += 1
                 delay = min(10.0, 0.5 * 2**round_no) * (0.5 + self.jitter() / 2)
-                log.info("%d %s rows locked; retrying them in %.1fs", len(locked), sobject, delay)
+                if ambiguous:
+                    delay = max(delay, SETTLE_SECONDS)
+                log.info("retrying %d %s rows in %.1fs", len(pending), sobject, delay)
                 self.sleep(delay)
         raise ConnectorError(
-            f"{len(pending)} {sobject} record(s) stayed locked (UNABLE_TO_LOCK_ROW) after "
-            f"{rounds} attempts; the writes stay owed and are retried on the next sync",
+            f"{len(pending)} {sobject} record(s) stayed locked (UNABLE_TO_LOCK_ROW) or their "
+            f"create was cut short (timeouts, server errors) after {rounds} attempts; the "
+            "writes stay owed and the next sync reads back what landed before sending the rest",
             retriable=True,
         )
 
     def _one_round(
-        self, sobject: str, rows: dict[str, dict[str, Any]], create: bool, saved: Saved
-    ) -> list[str]:
+        self,
+        sobject: str,
+        rows: dict[str, dict[str, Any]],
+        create: bool,
+        saved: Saved,
+        existing: Existing | None,
+    ) -> tuple[list[str], list[str]]:
+        """Send every row once; return the locked keys and those whose request may or may
+        not have been applied."""
         keys = list(rows)
         locked: list[str] = []
+        ambiguous: list[str] = []
         for start in range(0, len(keys), COLLECTION_MAX):
             chunk = keys[start : start + COLLECTION_MAX]
             body = {
@@ -77,12 +121,18 @@ class CollectionWriter:
                 "records": [{"attributes": {"type": sobject}, **rows[k]} for k in chunk],
             }
             verb = "create" if create else "update"
-            results = self.client.call(
-                f"{verb} {len(chunk)} {sobject} records",
-                lambda sf, b=body: sf.restful(
-                    "composite/sobjects", method="POST" if create else "PATCH", json=b
-                ),
-            )
+            try:
+                results = self.client.call(
+                    f"{verb} {len(chunk)} {sobject} records",
+                    lambda sf, b=body: sf.restful(
+                        "composite/sobjects", method="POST" if create else "PATCH", json=b
+                    ),
+                    retry_ambiguous=not (create and existing is not None),
+                )
+            except AmbiguousWrite as exc:
+                log.warning("%s; reading the rows back before sending them again", exc)
+                ambiguous += chunk
+                continue
             if not isinstance(results, list) or len(results) != len(chunk):
                 raise ConnectorError(f"{verb} {sobject}: unexpected collections response")
             for key, result in zip(chunk, results, strict=True):
@@ -94,4 +144,4 @@ class CollectionWriter:
                     locked.append(key)
                 else:
                     saved.failed[key] = message
-        return locked
+        return locked, ambiguous

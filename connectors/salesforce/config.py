@@ -6,6 +6,7 @@ Secrets are `SecretStr`, so they never appear in a repr, a log line or an error 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping as MappingABC
 from pathlib import Path
 from typing import Literal
@@ -68,6 +69,8 @@ class Credentials(BaseModel):
     password: SecretStr | None = None
     security_token: SecretStr | None = None
     org_id: str | None = None
+    outbound_token: SecretStr | None = None
+    """The secret an Outbound Message endpoint URL carries (`?token=`)."""
     webhook_secret: SecretStr | None = None
     rewrite_to: str | None = None
     """Loopback base URL every request is sent to instead (integration fakes only)."""
@@ -105,6 +108,7 @@ def credentials_from_env(env: MappingABC[str, str]) -> Credentials:
             "SECURITY_TOKEN",
             "DOMAIN",
             "ORG_ID",
+            "OUTBOUND_TOKEN",
             "WEBHOOK_SECRET",
             "REWRITE_TO",
         )
@@ -113,6 +117,7 @@ def credentials_from_env(env: MappingABC[str, str]) -> Credentials:
         "domain": g["DOMAIN"] or "login",
         "instance_url": g["INSTANCE_URL"],
         "org_id": g["ORG_ID"],
+        "outbound_token": _outbound_token(g["OUTBOUND_TOKEN"]),
         "webhook_secret": g["WEBHOOK_SECRET"],
         "rewrite_to": _loopback(g["REWRITE_TO"]),
     }
@@ -145,6 +150,23 @@ def credentials_from_env(env: MappingABC[str, str]) -> Credentials:
         "SALESFORCE_PASSWORD and SALESFORCE_SECURITY_TOKEN, or SALESFORCE_ACCESS_TOKEN and "
         "SALESFORCE_INSTANCE_URL"
     )
+
+
+OUTBOUND_TOKEN_MIN = 32
+_URL_SAFE = re.compile(r"^[A-Za-z0-9_\-]+$")
+
+
+def _outbound_token(value: str | None) -> str | None:
+    """Long enough not to be guessed, and URL-safe so the endpoint URL carries it verbatim."""
+    if value is None:
+        return None
+    if len(value) < OUTBOUND_TOKEN_MIN or not _URL_SAFE.match(value):
+        raise ConnectorError(
+            f"SALESFORCE_OUTBOUND_TOKEN must be at least {OUTBOUND_TOKEN_MIN} characters of "
+            "letters, digits, '-' and '_'; generate one with "
+            "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+        )
+    return value
 
 
 def _loopback(url: str | None) -> str | None:

@@ -41,12 +41,12 @@ from connectors.salesforce.config import (
 from connectors.salesforce.records import Codec
 from connectors.salesforce.settings import (
     OUTBOUND_ACK,
-    QUERY_IDS_PER_CALL,
+    RESUME_ID,
     SIGNATURE_HEADER,
     TASK_PRIORITY,
     USER_ID_PREFIX,
 )
-from connectors.salesforce.soql import Queries, SoqlAfter
+from connectors.salesforce.soql import Queries, SoqlAfter, in_chunks
 from core.mapping import Mapping
 from core.models import EVENT, Event
 
@@ -77,6 +77,7 @@ class SalesforceConnector(Connector):
         self.sobject = mapping.object
         self.options = load_options(mapping)
         self.credentials = credentials
+        self._said_no_token = False
         self.client = SalesforceClient(credentials, self.options, self.calls, sleep, jitter)
         self.codec = Codec(mapping)
         self.queries = Queries(mapping, self.codec, self.sobject)
@@ -107,6 +108,20 @@ class SalesforceConnector(Connector):
         return self._parse_outbound(request)
 
     def _parse_outbound(self, request: WebhookRequest) -> WebhookIntake:
+        """An Outbound Message proves itself by the secret in its endpoint URL; the org id it
+        carries is checked too, but it is no secret (web-to-lead forms publish it)."""
+        token = self.credentials.outbound_token
+        if token is None:
+            if not self._said_no_token:
+                self._said_no_token = True
+                log.warning(
+                    "refusing every Salesforce outbound message: SALESFORCE_OUTBOUND_TOKEN is "
+                    "not set (set it, and end the Outbound Message endpoint URL with "
+                    "?token=<the same value>)"
+                )
+            raise outbound.reject(403, "SALESFORCE_OUTBOUND_TOKEN is not configured")
+        if not outbound.token_matches(request.query, token.get_secret_value()):
+            raise outbound.reject(401, "the endpoint URL carries no token or a wrong one")
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type != "text/xml":
             raise outbound.reject(415, f"expected Content-Type text/xml, got {content_type!r}")
@@ -171,8 +186,8 @@ class SalesforceConnector(Connector):
     def read_records(self, contact_ids: Sequence[str]) -> dict[str, CrmRecord]:
         ids = sorted(set(contact_ids))
         found: dict[str, CrmRecord] = {}
-        for start in range(0, len(ids), QUERY_IDS_PER_CALL):
-            chunk = ids[start : start + QUERY_IDS_PER_CALL]
+        version = self.options.api_version
+        for chunk in in_chunks(ids, lambda c: self.queries.by_ids(c)(RESUME_ID), version):
             for page in self._pages(
                 f"read {len(chunk)} {self.sobject} records", self.queries.by_ids(chunk), None
             ):
@@ -227,34 +242,36 @@ class SalesforceConnector(Connector):
             log.warning("Campaign mirror: could not move %s: %s", cid, message)
 
     def create_tasks(self, tasks: Sequence[HandoffTask]) -> WriteResult:
-        """One Task per hand-off key, even when a crash makes the runner offer it again: the
-        key is stored on the Task and looked up before creating."""
+        """One Task per hand-off key, even when a crash makes the runner offer it again or a
+        create times out after Salesforce committed it: the key is stored on the Task, looked
+        up before creating, and looked up again before any create is re-sent."""
         if not tasks:
             return WriteResult()
-        field = self.options.handoff_key_field
         by_key = {task_key(t.key): t for t in tasks}
-        existing: set[str] = set()
-        keys = sorted(by_key)
-        for start in range(0, len(keys), QUERY_IDS_PER_CALL):
-            soql = "SELECT Id, {f:literal} FROM Task WHERE {f:literal} IN {keys} ORDER BY Id"
-            existing |= {
-                row[field]
-                for row in self.client.lookup(
-                    "find existing hand-off tasks",
-                    soql,
-                    f=field,
-                    keys=keys[start : start + QUERY_IDS_PER_CALL],
-                )
-            }
+        existing = self._existing_tasks(sorted(by_key))
         rows = {
             key: self._task_row(task, key) for key, task in by_key.items() if key not in existing
         }
-        saved = self.collections.save("Task", rows, create=True) if rows else None
         result = WriteResult(written=[by_key[k].key for k in existing])
-        if saved is not None:
+        if rows:
+            saved = self.collections.save(
+                "Task", rows, create=True, existing=self._existing_tasks
+            )
             result.written += [by_key[k].key for k in saved.ok]
             result.failed.update({by_key[k].key: m for k, m in saved.failed.items()})
         return result
+
+    def _existing_tasks(self, keys: list[str]) -> dict[str, str]:
+        """Hand-off key -> id of the Task already carrying it."""
+        field = self.options.handoff_key_field
+        rows = self.client.lookup_in(
+            "find existing hand-off tasks",
+            "SELECT Id, {f:literal} FROM Task WHERE {f:literal} IN {keys} ORDER BY Id",
+            keys,
+            "keys",
+            f=field,
+        )
+        return {row[field]: row["Id"] for row in rows}
 
     def _task_row(self, task: HandoffTask, key: str) -> dict[str, Any]:
         row = {

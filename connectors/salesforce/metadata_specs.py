@@ -21,6 +21,8 @@ KINDS = {
     "bool": "Checkbox",
     "enumeration": "Picklist",
 }
+ACTIVITY = "Activity"
+ACTIVITY_SOBJECTS = ("Task", "Event")
 MANAGED = "Managed by crm-elasticity, program {program}. Edit the mapping file, not this field."
 
 
@@ -37,6 +39,15 @@ class FieldWant:
     @property
     def full_name(self) -> str:
         return f"{self.sobject}.{self.name}"
+
+    @property
+    def permission_names(self) -> tuple[str, ...]:
+        """Where field-level security for this field is granted and read back. Activity is
+        where the Metadata API keeps a Task/Event custom field, but it is not an sObject:
+        access is held per sObject, as `Task.<Field>` and `Event.<Field>`."""
+        if self.sobject == ACTIVITY:
+            return tuple(f"{sobject}.{self.name}" for sobject in ACTIVITY_SOBJECTS)
+        return (self.full_name,)
 
 
 @dataclass(frozen=True)
@@ -77,7 +88,7 @@ def wanted_fields(mapping: Mapping, options: SalesforceOptions, sobject: str) ->
         # Tasks are Activities: the key that makes hand-offs exactly-once lives there.
         wants.append(
             FieldWant(
-                "Activity", options.handoff_key_field, "Elastic hand-off key", "Text", length=64
+                ACTIVITY, options.handoff_key_field, "Elastic hand-off key", "Text", length=64
             )
         )
     unique: dict[str, FieldWant] = {}

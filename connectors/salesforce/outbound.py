@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass, field
 from datetime import datetime
+from urllib.parse import parse_qs
 from xml.etree.ElementTree import Element  # noqa: S405 - type only; parsing uses defusedxml
 
 from defusedxml import DefusedXmlException
@@ -23,6 +24,7 @@ from connectors.signals import events_from_changes
 from core.mapping import Mapping
 from core.models import Event
 
+TOKEN_PARAM = "token"  # noqa: S105 - the query parameter's name, not a secret
 _O = f"{{{OUTBOUND_NS}}}"
 _XSI_TYPE = f"{{{XSI_NS}}}type"
 _XSI_NIL = f"{{{XSI_NS}}}nil"
@@ -40,6 +42,15 @@ def soap_fault(message: str, code: str = "soapenv:Client") -> bytes:
 
 def reject(status: int, message: str) -> WebhookRejected:
     return WebhookRejected(status, message, body=soap_fault(message), content_type="text/xml")
+
+
+def token_matches(query: str, expected: str) -> bool:
+    """The endpoint URL's `token` parameter equals `expected` (constant-time compare; a
+    missing, empty or repeated parameter never matches)."""
+    given = parse_qs(query, keep_blank_values=True).get(TOKEN_PARAM, [])
+    if len(given) != 1:
+        return False
+    return hmac.compare_digest(given[0].encode(), expected.encode())
 
 
 def same_org(expected: str, given: str) -> bool:

@@ -15,6 +15,7 @@ from connectors.base import ConnectorError, PlanItem, ProvisionReport
 from connectors.salesforce.client import SalesforceClient
 from connectors.salesforce.config import SalesforceOptions
 from connectors.salesforce.metadata_specs import (
+    ACTIVITY,
     MANAGED,
     FieldWant,
     ListViewWant,
@@ -169,7 +170,7 @@ class Provisioner:
 
     def _permission_set(self, wants: list[FieldWant], dry_run: bool) -> None:
         name = self.options.permission_set
-        fields = [w.full_name for w in wants]
+        fields = [grant for w in wants for grant in w.permission_names]
         existing = self._read("PermissionSet", [name]).get(name)
         md = self.client.metadata(self.client.sf)
         if existing is None:
@@ -191,15 +192,17 @@ class Provisioner:
                     ],
                 )
         else:
-            granted = {p.field for p in (existing.fieldPermissions or []) if p.editable}
+            have = list(existing.fieldPermissions or [])
+            granted = {p.field for p in have if p.editable}
             missing = [f for f in fields if f not in granted]
-            if missing:
-                self.items.append(
-                    PlanItem(
-                        "permission", name, "update", f"grant read/edit on {', '.join(missing)}"
-                    )
-                )
-                kept = [p for p in (existing.fieldPermissions or []) if p.field not in missing]
+            # `Activity.` is not an sObject: such an entry (an earlier release wrote them) is
+            # refused on save, so it is dropped while the Task/Event grants are added.
+            stale = {str(p.field) for p in have if str(p.field).startswith(f"{ACTIVITY}.")}
+            if missing or stale:
+                changes = [f"grant read/edit on {', '.join(missing)}"] if missing else []
+                changes += [f"drop {', '.join(sorted(stale))}"] if stale else []
+                self.items.append(PlanItem("permission", name, "update", "; ".join(changes)))
+                kept = [p for p in have if p.field not in missing and p.field not in stale]
                 existing.fieldPermissions = kept + [self._grant(md, f) for f in missing]
                 if not dry_run:
                     self._save("PermissionSet", "update", [existing])

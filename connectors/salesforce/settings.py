@@ -1,6 +1,7 @@
 """Salesforce facts the connector relies on, in one place.
 
-Sources: shared/research/salesforce.md (Salesforce docs and the simple-salesforce source)."""
+Sources: Salesforce's REST, Bulk API 2.0 and Metadata API documentation, and the
+simple-salesforce source."""
 
 from __future__ import annotations
 
@@ -10,15 +11,28 @@ COLLECTION_MAX = 200
 QUERY_BATCH = 2000
 """The largest SOQL page (`Sforce-Query-Options: batchSize`); also the default."""
 
-QUERY_IDS_PER_CALL = 500
-"""Ids per `Id IN (...)` query: 500 quoted 18-char ids keep a GET URL near 11 KB, well
-under the 16 KB Salesforce accepts."""
+URI_AND_HEADERS_MAX = 16_384
+"""Salesforce refuses a REST request whose URI plus headers exceed 16,384 bytes: 414 when the
+URI alone is over, 431 when the headers push it over."""
+
+QUERY_LINE_BUDGET = 12 * 1024
+"""Bytes a GET query's request line may take (`GET /services/data/vNN.0/query/?q=<the
+URL-encoded SOQL> HTTP/1.1`). Every `IN (...)` list is chunked to fit. The 4 KB left of the
+16,384 is for headers: ours (a bearer session id of ~120 bytes, content type, accept,
+encoding, user agent, `Sforce-Query-Options`) take well under 1 KB, and a proxy between us and
+Salesforce may add its own. Fewer, larger queries save API calls; this budget keeps each one
+far from the edge whatever the mapping selects."""
+
+RESUME_ID = "0" * 18
+"""An 18-character stand-in for the `Id > '...'` clause a resumed query adds, so a chunk is
+sized with that clause included."""
 
 METADATA_BATCH = 10
 """Metadata CRUD calls take at most 10 components of one type."""
 
 BULK_MAX_BYTES = 90 * 1024 * 1024
-"""Bulk 2.0 refuses uploads over 100 MB; split jobs before that."""
+"""UTF-8 bytes per Bulk 2.0 upload. Salesforce takes at most 150 MB once base64-encoded and
+says to upload no more than 100 MB of data; split jobs well before that."""
 
 BULK_NULL = "#N/A"
 """Bulk 2.0 ignores empty cells on update; this value nulls a field."""

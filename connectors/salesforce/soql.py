@@ -3,12 +3,15 @@ interrupted anywhere continues where it stopped."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
+from urllib.parse import quote_plus
 
 from simple_salesforce.format import quote_soql_value
 
+from connectors.base import ConnectorError
 from connectors.salesforce.records import Codec
+from connectors.salesforce.settings import QUERY_LINE_BUDGET
 from core.mapping import Mapping, Signal
 from core.models import Status
 
@@ -21,6 +24,45 @@ def literal(at: datetime, round_up: bool = False) -> str:
     if round_up and at.microsecond:
         at = at.replace(microsecond=0) + timedelta(seconds=1)
     return at.replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def request_line_bytes(soql: str, api_version: str) -> int:
+    """The bytes of the request line a GET query sends: `requests` encodes `q` with
+    `quote_plus`, so each character's encoding is independent of its neighbours."""
+    return len(f"GET /services/data/v{api_version}/query/?q={quote_plus(soql)} HTTP/1.1")
+
+
+def in_chunks(
+    values: Sequence[str],
+    render: Callable[[list[str]], str],
+    api_version: str,
+    budget: int = QUERY_LINE_BUDGET,
+) -> Iterator[list[str]]:
+    """`values` in consecutive chunks whose query, `render(chunk)`, fits `budget` bytes of
+    request line. Sized by the encoded bytes each value adds (its quoted literal and a comma),
+    then measured on the rendered query and shrunk if need be, so long keys, multi-byte
+    characters or a long select list all shorten the chunk instead of overflowing the URI."""
+    base = request_line_bytes(render([]), api_version)
+    comma = len(quote_plus(","))
+    start = 0
+    while start < len(values):
+        end, size = start, base
+        while end < len(values):
+            cost = len(quote_plus(quote_soql_value(values[end]))) + (comma if end > start else 0)
+            if end > start and size + cost > budget:
+                break
+            size += cost
+            end += 1
+        while request_line_bytes(render(list(values[start:end])), api_version) > budget:
+            if end - start == 1:
+                raise ConnectorError(
+                    f"a SOQL query needs more than the {budget} bytes of URI this connector "
+                    "sends (Salesforce refuses a URI plus headers over 16,384 bytes); the "
+                    "mapping selects too many or too long fields, or a value is too long"
+                )
+            end -= max(1, (end - start) // 16)
+        yield list(values[start:end])
+        start = end
 
 
 def _statuses(*statuses: Status) -> str:

@@ -3,10 +3,14 @@ single-record PATCH, Bulk API 2.0 ingest, `/limits`, OAuth token and userinfo, S
 the Metadata API (SOAP, as zeep sends it).
 
 It answers the way Salesforce answers: error bodies are `[{"message","errorCode","fields"}]`,
-per-record results carry `statusCode`, collections over 200 records and unknown fields are
-refused, custom fields exist only once created through the Metadata API and are readable
-only once a permission set granting them is assigned. Faults can be injected: locked rows,
-permanent record errors, request-limit and 5xx answers, expired sessions.
+per-record results carry `statusCode` (and a failed one no `id`), collections over 200 records
+and unknown fields are refused, a URI plus headers over 16,384 bytes gets 414 (431 when the
+headers push it over), custom fields exist only once created through the Metadata API and are
+readable only once a permission set granting them, per sObject (`Task.X`, `Event.X`; an
+activity field's `Activity.X` is not an sObject and is refused), is assigned. Faults can be
+injected: locked rows, permanent record errors, request-limit and 5xx answers, expired
+sessions, and a request applied in full whose answer never reaches the client (a timeout
+after the commit).
 
 Time is simulated: `fake.sleep` (given to the connector) advances `fake.clock`, and Bulk 2.0
 jobs finish after 2 s plus 1,500 rows a second of simulated time (slower than the connector's
@@ -28,6 +32,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from xml.etree import ElementTree as ET  # noqa: S405 - parses our own client's requests
 
 import jwt
+import requests
 import responses
 
 from tests.fakes.salesforce_soql import SoqlError, parse, parse_instant
@@ -45,6 +50,7 @@ PREFIX = {
     "Contact": "003",
     "Lead": "00Q",
     "Task": "00T",
+    "Event": "00U",
     "Campaign": "701",
     "CampaignMember": "00v",
     "CampaignMemberStatus": "01Y",
@@ -89,6 +95,7 @@ STANDARD = {
         "Status",
         "ActivityDate",
     ],
+    "Event": ["Id", "OwnerId", "CreatedDate", "SystemModstamp", "WhoId", "Subject"],
     "Campaign": ["Id", "OwnerId", "CreatedDate", "SystemModstamp", "Name", "IsActive", "Type"],
     "CampaignMember": [
         "Id",
@@ -126,6 +133,9 @@ ORG_FIELDS = [
     "pi__url__c",
 ]
 """Fields the org has before we provision anything (its own automation and packages)."""
+ACTIVITY_OBJECTS = ("Task", "Event")
+"""Custom fields defined on Activity appear on both; field-level security is kept per object."""
+URI_AND_HEADERS_MAX = 16_384
 
 
 def sf_time(value: Any) -> Any:
@@ -181,6 +191,9 @@ class FakeSalesforce:
         self.jobs: dict[str, Job] = {}
         self.cursors: dict[str, tuple[list[dict[str, Any]], int]] = {}
         self.faults: list[tuple[Callable[[str, str], bool], Any, bool]] = []
+        self.lost_answers: list[Callable[[str, str], bool]] = []
+        self.longest_uri = 0
+        """Bytes of the longest request target (path and query) the client sent."""
         self.locked: dict[str, int] = {}
         self.rejected: dict[str, tuple[str, str]] = {}
         self.jwt_public_key: bytes | None = None
@@ -211,9 +224,9 @@ class FakeSalesforce:
 
         options = SalesforceOptions(handoff_key_field=handoff_field)
         for want in wanted_fields(mapping, options, mapping.object):
-            sobject = "Task" if want.sobject == "Activity" else want.sobject
-            self.define(sobject, want.name, want.kind, list(want.values) or None)
-            self.granted.add(f"{want.sobject}.{want.name}")
+            for sobject in _sobjects_of(want.sobject):
+                self.define(sobject, want.name, want.kind, list(want.values) or None)
+                self.granted.add(f"{sobject}.{want.name}")
 
     def new_id(self, sobject: str) -> str:
         return f"{PREFIX[sobject]}{next(self.counter):012d}AAA"
@@ -240,6 +253,14 @@ class FakeSalesforce:
     ) -> None:
         for _ in range(times):
             self.faults.append((when or (lambda m, p: True), response, usage_header))
+
+    def time_out_after_commit(
+        self, times: int = 1, when: Callable[[str, str], bool] | None = None
+    ) -> None:
+        """The next `times` matching requests are applied in full, then the client times out
+        waiting for the answer (as when a network path drops after Salesforce committed)."""
+        for _ in range(times):
+            self.lost_answers.append(when or (lambda m, p: True))
 
     def limit_exceeded(self, times: int = 1, daily: bool = False) -> None:
         if daily:
@@ -275,12 +296,41 @@ class FakeSalesforce:
         return self
 
     def handle(self, request: Any) -> tuple:
+        response = self._handle(request)
+        url = urlsplit(request.url)
+        for i, when in enumerate(self.lost_answers):
+            if when(request.method, unquote(url.path)):
+                del self.lost_answers[i]
+                raise requests.exceptions.ReadTimeout("the answer never arrived (fake)")
+        return response
+
+    def _too_large(self, request: Any) -> tuple | None:
+        """Salesforce's limit on a request's URI plus headers, as its front end applies it
+        (before authentication or API accounting)."""
+        url = urlsplit(request.url)
+        target = url.path + (f"?{url.query}" if url.query else "")
+        self.longest_uri = max(self.longest_uri, len(target.encode()))
+        line = len(f"{request.method} {target} HTTP/1.1\r\n".encode())
+        headers = {"Host": url.netloc, **dict(request.headers)}
+        header_bytes = sum(len(f"{k}: {v}\r\n".encode()) for k, v in headers.items())
+        if len(target.encode()) > URI_AND_HEADERS_MAX:
+            return 414, {"Content-Type": "text/html"}, "<h1>414 URI Too Long</h1>"
+        if line + header_bytes > URI_AND_HEADERS_MAX:
+            body = "<h1>431 Request Header Fields Too Large</h1>"
+            return 431, {"Content-Type": "text/html"}, body
+        return None
+
+    def _handle(self, request: Any) -> tuple:
         url = urlsplit(request.url)
         path = unquote(url.path)
         method = request.method
         body = request.body or b""
         if isinstance(body, str):
             body = body.encode()
+        refused = self._too_large(request)
+        if refused is not None:
+            self.api_calls.append((method, path))
+            return refused
         if path.endswith("/services/oauth2/token"):
             return self.token(body)
         if "/services/Soap/u/" in path:
@@ -327,7 +377,7 @@ class FakeSalesforce:
             return self.query_more(rel.split("/", 1)[1])
         if rel == "composite/sobjects":
             return self.collections(method, json.loads(body))
-        if rel == "limits":
+        if rel == "limits/":  # simple-salesforce's `limits()` asks with the trailing slash
             return self._json(
                 {
                     "DailyApiRequests": {
@@ -349,17 +399,12 @@ class FakeSalesforce:
         if parts[0] == "sobjects" and method == "POST" and len(parts) == 2:
             result = self.save_one(parts[1], json.loads(body), create=True)
             if not result["success"]:
-                return (
-                    400,
-                    {},
-                    json.dumps([{**e, "errorCode": e["statusCode"]} for e in result["errors"]]),
-                )
+                return 400, {"Content-Type": "application/json"}, _rest_errors(result)
             return 201, {"Content-Type": "application/json"}, json.dumps(result)
         if parts[0] == "sobjects" and method == "PATCH" and len(parts) == 3:
             result = self.save_one(parts[1], {"id": parts[2], **json.loads(body)}, create=False)
             if not result["success"]:
-                errors = [{**e, "errorCode": e["statusCode"]} for e in result["errors"]]
-                return 400, {"Content-Type": "application/json"}, json.dumps(errors)
+                return 400, {"Content-Type": "application/json"}, _rest_errors(result)
             return 204, {}, ""
         return error(404, "NOT_FOUND", f"The requested resource does not exist: {rel}")
 
@@ -373,8 +418,7 @@ class FakeSalesforce:
             return False
         if not name.endswith("__c") or kind == "org":
             return True
-        meta_object = "Activity" if sobject == "Task" else sobject
-        return f"{meta_object}.{name}" in self.granted
+        return f"{sobject}.{name}" in self.granted
 
     def schema(self) -> dict[str, dict[str, Any]]:
         return {
@@ -572,7 +616,10 @@ class FakeSalesforce:
             job.csv += body.decode()
             return 201, {}, ""
         if method == "PATCH":
-            job.state = json.loads(body)["state"]
+            state = json.loads(body)["state"]
+            if job.state != "Open" and state == "UploadComplete":
+                return error(409, "INVALIDJOBSTATE", f"the job is {job.state}, not Open")
+            job.state = state
             job.closed_at = self.clock
             return self._json(self._job_info(job))
         if method == "GET" and len(parts) == 3:
@@ -596,7 +643,11 @@ class FakeSalesforce:
     def _progress(self, job: Job) -> None:
         if job.state not in ("UploadComplete", "InProgress"):
             return
-        rows = list(csv.DictReader(io.StringIO(job.csv)))
+        try:
+            rows = list(csv.DictReader(io.StringIO(job.csv)))
+        except csv.Error as exc:  # e.g. a bare carriage return in an unquoted value
+            job.state, job.error_message = "Failed", f"InvalidBatch : {exc}"
+            return
         if self.clock < job.closed_at + 2 + len(rows) / self.bulk_rate:
             job.state = "InProgress"
             return
@@ -693,6 +744,16 @@ class FakeSalesforce:
             old_type = store[full_name].findtext(f"{{{MD_NS}}}type")
             if old_type != item.findtext(f"{{{MD_NS}}}type"):
                 return _save_result(full_name, "FIELD_INTEGRITY_EXCEPTION", "type change refused")
+        if kind == "PermissionSet":
+            for perm in item.findall(f"{{{MD_NS}}}fieldPermissions"):
+                field_name = perm.findtext(f"{{{MD_NS}}}field") or ""
+                sobject, _, name = field_name.partition(".")
+                if sobject not in self.fields or name not in self.fields[sobject]:
+                    return _save_result(
+                        full_name,
+                        "INVALID_CROSS_REFERENCE_KEY",
+                        f"In field: field - no CustomField named {field_name} found",
+                    )
         store[full_name] = item
         self._apply_metadata(kind, full_name, item)
         return _save_result(full_name)
@@ -701,11 +762,11 @@ class FakeSalesforce:
         if kind == "CustomField":
             obj, name = full_name.split(".", 1)
             values = [v.text for v in item.iter(f"{{{MD_NS}}}fullName")][1:]
-            sobject = "Task" if obj == "Activity" else obj
-            self.fields[sobject][name] = {
-                "type": item.findtext(f"{{{MD_NS}}}type"),
-                "values": values or None,
-            }
+            for sobject in _sobjects_of(obj):
+                self.fields[sobject][name] = {
+                    "type": item.findtext(f"{{{MD_NS}}}type"),
+                    "values": values or None,
+                }
         elif kind == "PermissionSet":
             if full_name not in {r["Name"] for r in self.records["PermissionSet"].values()}:
                 self.add("PermissionSet", Name=full_name, Label=full_name)
@@ -747,11 +808,26 @@ class FakeSalesforce:
 def _failure(
     code: str, message: str, record_id: str | None, fields: list[str] | None = None
 ) -> dict[str, Any]:
+    """A failed SaveResult: Salesforce sends no `id` with it, whatever the request carried."""
     return {
-        "id": record_id,
         "success": False,
         "errors": [{"statusCode": code, "message": message, "fields": fields or []}],
     }
+
+
+def _rest_errors(result: dict[str, Any]) -> str:
+    """A single-record REST failure: the documented `[{"message","errorCode","fields"}]`."""
+    return json.dumps(
+        [
+            {"message": e["message"], "errorCode": e["statusCode"], "fields": e["fields"]}
+            for e in result["errors"]
+        ]
+    )
+
+
+def _sobjects_of(meta_object: str) -> tuple[str, ...]:
+    """The sObjects a metadata object's fields live on: Activity's on Task and Event."""
+    return ACTIVITY_OBJECTS if meta_object == "Activity" else (meta_object,)
 
 
 def _save_result(full_name: str, code: str | None = None, message: str = "") -> str:

@@ -40,6 +40,8 @@ ORG_ID = "00D5g000001AbCd"
 HOST = "hooks.fuzz.test"
 HS_PATH, SF_PATH = "/webhooks/hubspot", "/webhooks/salesforce"
 SF_EVENTS = "/webhooks/salesforce/events"
+SF_OUTBOUND_TOKEN = "fuzz-outbound-token-0123456789abcdef"
+SF_QUERY = f"token={SF_OUTBOUND_TOKEN}"  # what the Outbound Message endpoint URL carries
 
 
 @dataclass
@@ -68,7 +70,8 @@ def build_targets() -> Targets:
     sf_mapping = load_mapping(ROOT / "mappings" / "salesforce.yaml")
     sf_env = {"SALESFORCE_ACCESS_TOKEN": "00Dfuzz!token", "SALESFORCE_ORG_ID": ORG_ID,
               "SALESFORCE_INSTANCE_URL": "https://fuzz.my.salesforce.com",
-              "SALESFORCE_WEBHOOK_SECRET": SF_SECRET}  # fmt: skip
+              "SALESFORCE_WEBHOOK_SECRET": SF_SECRET,
+              "SALESFORCE_OUTBOUND_TOKEN": SF_OUTBOUND_TOKEN}  # fmt: skip
     return Targets(
         HubSpotConnector(hs_mapping, settings, load_options(hs_mapping)),
         HubSpotConnector(legacy_mapping, settings, load_options(legacy_mapping)),
@@ -310,8 +313,10 @@ def salesforce_outbound(t: Targets, o: Outcomes, data: st.DataObject) -> None:
     body = data.draw(xml_bodies())
     ctype = data.draw(st.sampled_from(["text/xml; charset=utf-8", "text/xml", "application/json",
                                        ""]))  # fmt: skip
-    request = WebhookRequest("POST", SF_PATH, "", {"content-type": ctype}, body, NOW)
-    forged = ORG_ID.encode() not in body or b"DOCTYPE" in body
+    query = data.draw(st.sampled_from([SF_QUERY, SF_QUERY, "", "token=", SF_QUERY + "x",
+                                       f"{SF_QUERY}&{SF_QUERY}"]))  # fmt: skip
+    request = WebhookRequest("POST", SF_PATH, query, {"content-type": ctype}, body, NOW)
+    forged = query != SF_QUERY or ORG_ID.encode() not in body or b"DOCTYPE" in body
     check(t, o, "salesforce_outbound", t.salesforce, request, "reject" if forged else "no_5xx")
 
 

@@ -109,7 +109,8 @@ def salesforce_outbound(rng, t, o) -> None:
                       f.ENTITY_BOMB, f.EXTERNAL, f.PARAMETER])  # fmt: skip
     if rng.random() < 0.6:
         raw = mutate(rng, raw)
-    request = WebhookRequest("POST", f.SF_PATH, "", {"content-type": "text/xml"}, raw, f.NOW)
+    request = WebhookRequest("POST", f.SF_PATH, f.SF_QUERY, {"content-type": "text/xml"}, raw,
+                             f.NOW)  # fmt: skip
     forged = f.ORG_ID.encode() not in raw or b"DOCTYPE" in raw
     f.check(t, o, "salesforce_outbound", t.salesforce, request, "reject" if forged else "no_5xx")
 

@@ -46,5 +46,6 @@ def test_a_deep_salesforce_json_body_is_a_400(targets: f.Targets) -> None:
 
 def test_an_outbound_message_in_an_unknown_encoding_is_a_400(targets: f.Targets) -> None:
     body = f.envelope(f.ORG_ID, []).replace(b"UTF-8", b"U-0TF-8")
-    request = WebhookRequest("POST", f.SF_PATH, "", {"content-type": "text/xml"}, body, f.NOW)
+    request = WebhookRequest("POST", f.SF_PATH, f.SF_QUERY, {"content-type": "text/xml"}, body,
+                             f.NOW)  # fmt: skip
     assert handle_webhook(targets.salesforce, request, targets.record).status == 400

@@ -85,7 +85,7 @@ def test_hubspot_signatures_are_compared_in_constant_time(
     assert compare_spy.calls == 1
 
 
-def test_salesforce_signature_and_org_id_are_compared_in_constant_time(
+def test_salesforce_signature_outbound_token_and_org_id_are_compared_in_constant_time(
     targets: f.Targets, compare_spy: CompareSpy
 ) -> None:
     body = b'{"events": []}'
@@ -94,10 +94,10 @@ def test_salesforce_signature_and_org_id_are_compared_in_constant_time(
                              body, f.NOW)  # fmt: skip
     assert handle_webhook(targets.salesforce, request, targets.record).status == 200
     assert compare_spy.calls == 1
-    outbound = WebhookRequest("POST", f.SF_PATH, "", {"content-type": "text/xml"},
+    outbound = WebhookRequest("POST", f.SF_PATH, f.SF_QUERY, {"content-type": "text/xml"},
                               f.envelope(f.ORG_ID, []), f.NOW)  # fmt: skip
     assert handle_webhook(targets.salesforce, outbound, targets.record).status == 200
-    assert compare_spy.calls == 2
+    assert compare_spy.calls == 3  # the endpoint URL's token, then the org id
 
 
 def _is_length_check(node: ast.Compare) -> bool:

@@ -16,6 +16,8 @@ from tests.fakes.salesforce import ORG_ID, FakeSalesforce
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = Path(__file__).parent / "fixtures"
 SECRET = "whsec-test-0123456789"
+OUTBOUND_TOKEN = "outbound-token-0123456789-abcdefghij"
+OUTBOUND_QUERY = f"token={OUTBOUND_TOKEN}"
 
 
 @pytest.fixture(scope="session")
@@ -53,6 +55,7 @@ def env(tmp_path: Path, rsa_key: tuple[bytes, bytes], fake: FakeSalesforce) -> d
         "SALESFORCE_PRIVATE_KEY_FILE": str(key_file),
         "SALESFORCE_ORG_ID": ORG_ID[:15],
         "SALESFORCE_WEBHOOK_SECRET": SECRET,
+        "SALESFORCE_OUTBOUND_TOKEN": OUTBOUND_TOKEN,
     }
 
 

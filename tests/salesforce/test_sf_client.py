@@ -60,7 +60,9 @@ def test_an_expired_ready_token_says_what_to_do(mapping: Mapping, fake: FakeSale
     assert "TOKEN-0" not in str(caught.value)
 
 
-def test_password_login(mapping: Mapping, fake: FakeSalesforce) -> None:
+def test_password_login_works_and_warns_that_soap_login_is_retiring(
+    mapping: Mapping, fake: FakeSalesforce, caplog: pytest.LogCaptureFixture
+) -> None:
     fake.provision_mapping(mapping)
     env = {
         "SALESFORCE_USERNAME": fake.username,
@@ -68,7 +70,10 @@ def test_password_login(mapping: Mapping, fake: FakeSalesforce) -> None:
         "SALESFORCE_SECURITY_TOKEN": "sectok",
     }
     ids = contacts(fake)
-    assert set(build(mapping, env, fake).read_records(ids)) == set(ids)
+    with caplog.at_level("WARNING", logger="connectors.salesforce.client"):
+        assert set(build(mapping, env, fake).read_records(ids)) == set(ids)
+    assert "JWT" in caplog.text
+    assert fake.password not in caplog.text
 
 
 def test_refused_jwt_grant_explains_without_secrets(

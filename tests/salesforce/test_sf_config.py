@@ -103,3 +103,30 @@ def test_registry_finds_the_connector(mapping: Mapping, env: dict[str, str]) -> 
     connector = load_connector(mapping, env)
     assert isinstance(connector, SalesforceConnector)
     assert connector.webhook_paths == ("/webhooks/salesforce", "/webhooks/salesforce/events")
+
+
+@pytest.mark.parametrize(
+    "token", ["short", "x" * 31, "has spaces and is long enough 0123456789", "a&b" * 20]
+)
+def test_a_weak_or_url_unsafe_outbound_token_is_refused(token: str) -> None:
+    env = {
+        "SALESFORCE_ACCESS_TOKEN": "00D!x",
+        "SALESFORCE_INSTANCE_URL": "https://acme.my.salesforce.com",
+        "SALESFORCE_OUTBOUND_TOKEN": token,
+    }
+    with pytest.raises(ConnectorError, match="SALESFORCE_OUTBOUND_TOKEN") as refused:
+        credentials_from_env(env)
+    assert token not in str(refused.value)
+
+
+def test_the_outbound_token_is_kept_secret() -> None:
+    token = "A" * 40
+    credentials = credentials_from_env(
+        {
+            "SALESFORCE_ACCESS_TOKEN": "00D!x",
+            "SALESFORCE_INSTANCE_URL": "https://acme.my.salesforce.com",
+            "SALESFORCE_OUTBOUND_TOKEN": token,
+        }
+    )
+    assert credentials.outbound_token is not None
+    assert token not in repr(credentials)

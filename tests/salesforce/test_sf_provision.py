@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from xml.etree import ElementTree as ET  # noqa: S405 - builds test input
 
 import pytest
 
-from connectors.base import ConnectorError
+from connectors.base import ConnectorError, HandoffTask
 from connectors.salesforce import SalesforceConnector
 from core.mapping import Mapping
 from tests.fakes.salesforce import MD_NS, XSI, FakeSalesforce
@@ -83,6 +84,25 @@ def test_provision_creates_then_is_idempotent(
     assert "upsertMetadata" not in fake.metadata_calls
 
 
+def test_the_task_field_is_granted_per_sobject_and_hand_offs_work_after_provisioning(
+    fresh: SalesforceConnector, fake: FakeSalesforce
+) -> None:
+    """Activity is where the field is defined, not an sObject: access is granted and read back
+    as Task.<Field> and Event.<Field>, so hand-offs work and a second run grants nothing."""
+    fresh.provision()
+    assert {"Task.Elastic_Handoff_Key__c", "Event.Elastic_Handoff_Key__c"} <= fake.granted
+    assert not any(name.startswith("Activity.") for name in fake.granted)
+    cid = fake.add("Contact", LastName="x")
+    task = HandoffTask(
+        key="handoff:x", contact_id=cid, owner_id=None, subject="Call", body="b",
+        priority="HIGH", due_at=datetime(2026, 3, 1, tzinfo=UTC),
+    )  # fmt: skip
+    assert fresh.create_tasks([task]).written == ["handoff:x"]
+    assert len(fake.records["Task"]) == 1
+    again = {i.name: i.action for i in fresh.provision().items if i.kind == "permission"}
+    assert again["Elasticity_Integration"] == "unchanged"
+
+
 def test_fields_are_usable_only_after_provisioning(
     fresh: SalesforceConnector, fake: FakeSalesforce
 ) -> None:
@@ -142,8 +162,8 @@ def test_a_permission_set_missing_grants_is_extended(
     changed = build(mapping.model_copy(update={"options": options}), env, fake)
     plan = {i.name: i for i in changed.provision().items}
     assert plan["Elasticity_Integration"].action == "update"
-    assert "Activity.Elastic_Handoff_Key_V2__c" in plan["Elasticity_Integration"].detail
-    assert "Activity.Elastic_Handoff_Key_V2__c" in fake.granted
+    assert "Task.Elastic_Handoff_Key_V2__c" in plan["Elasticity_Integration"].detail
+    assert {"Task.Elastic_Handoff_Key_V2__c", "Event.Elastic_Handoff_Key_V2__c"} <= fake.granted
     assert "Contact.Campaign_Status__c" in fake.granted  # earlier grants kept
 
 
@@ -181,3 +201,29 @@ def test_metadata_session_expiry_regrants(fresh: SalesforceConnector, fake: Fake
     report = fresh.provision(dry_run=True)
     assert report.items
     assert fake.grants == 2
+
+
+def test_an_activity_grant_left_by_an_earlier_release_is_replaced_by_task_and_event(
+    fresh: SalesforceConnector, fake: FakeSalesforce
+) -> None:
+    fresh.provision()
+    stored = fake.metadata["PermissionSet"]["Elasticity_Integration"]
+    for perm in stored.findall(f"{{{MD_NS}}}fieldPermissions"):
+        if perm.findtext(f"{{{MD_NS}}}field", "").startswith(("Task.", "Event.")):
+            stored.remove(perm)
+    old = ET.SubElement(stored, f"{{{MD_NS}}}fieldPermissions")
+    ET.SubElement(old, f"{{{MD_NS}}}editable").text = "true"
+    ET.SubElement(old, f"{{{MD_NS}}}field").text = "Activity.Elastic_Handoff_Key__c"
+    ET.SubElement(old, f"{{{MD_NS}}}readable").text = "true"
+    plan = {i.name: i for i in fresh.provision().items}
+    assert plan["Elasticity_Integration"].action == "update"
+    assert "drop Activity.Elastic_Handoff_Key__c" in plan["Elasticity_Integration"].detail
+    fields = {
+        p.findtext(f"{{{MD_NS}}}field")
+        for p in fake.metadata["PermissionSet"]["Elasticity_Integration"].findall(
+            f"{{{MD_NS}}}fieldPermissions"
+        )
+    }
+    assert {"Task.Elastic_Handoff_Key__c", "Event.Elastic_Handoff_Key__c"} <= fields
+    assert "Activity.Elastic_Handoff_Key__c" not in fields
+    assert fresh.provision().changes == []

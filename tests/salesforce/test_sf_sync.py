@@ -14,7 +14,7 @@ from core.mapping import Mapping
 from core.models import Event
 from core.sqlite_store import SQLiteStore
 from tests.fakes.salesforce import FakeSalesforce
-from tests.salesforce.conftest import FIXTURES, build
+from tests.salesforce.conftest import FIXTURES, OUTBOUND_QUERY, build
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 
@@ -111,7 +111,7 @@ def test_engagement_seen_by_outbound_message_and_by_poll_counts_once(
     runner = runner_for(connector, at)
     body = (FIXTURES / "contact_notifications.xml").read_bytes()
     request = WebhookRequest(
-        "POST", "/webhooks/salesforce", "", {"content-type": "text/xml"}, body, at
+        "POST", "/webhooks/salesforce", OUTBOUND_QUERY, {"content-type": "text/xml"}, body, at
     )
     answer = handle_webhook(connector, request, runner.record)
     assert answer.recorded == 6

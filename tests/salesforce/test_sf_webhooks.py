@@ -17,14 +17,20 @@ from connectors.salesforce.signature import sign
 from core.mapping import Mapping
 from core.sqlite_store import SQLiteStore
 from core.store import StoreError
-from tests.salesforce.conftest import FIXTURES, SECRET, build
+from tests.salesforce.conftest import FIXTURES, OUTBOUND_QUERY, SECRET, build
 
 NOW = datetime(2026, 3, 4, 12, 0, tzinfo=UTC)
 XML = {"content-type": "text/xml; charset=utf-8"}
 
 
-def post(path: str, body: bytes, headers: dict[str, str], at: datetime = NOW) -> WebhookRequest:
-    return WebhookRequest("POST", path, "", headers, body, at)
+def post(
+    path: str, body: bytes, headers: dict[str, str], at: datetime = NOW, query: str | None = None
+) -> WebhookRequest:
+    """A request as it arrives; an Outbound Message carries the configured token unless
+    `query` says otherwise."""
+    if query is None:
+        query = OUTBOUND_QUERY if path == "/webhooks/salesforce" else ""
+    return WebhookRequest("POST", path, query, headers, body, at)
 
 
 def outbound(name: str = "contact_notifications.xml", **headers: str) -> WebhookRequest:
@@ -326,7 +332,7 @@ def test_outbound_message_over_the_local_server(connector: SalesforceConnector) 
     try:
         port = server.server_address[1]
         request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/webhooks/salesforce",
+            f"http://127.0.0.1:{port}/webhooks/salesforce?{OUTBOUND_QUERY}",
             data=(FIXTURES / "contact_notifications.xml").read_bytes(),
             headers={"Content-Type": "text/xml; charset=utf-8", "SOAPAction": '""'},
         )
@@ -337,3 +343,98 @@ def test_outbound_message_over_the_local_server(connector: SalesforceConnector) 
         server.shutdown()
         server.server_close()
     assert len(runner.store.inbox_take(100)) == 6
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "",
+        "token=",
+        "token=outbound-token-0123456789-abcdefghiX",
+        f"{OUTBOUND_QUERY}&{OUTBOUND_QUERY}",
+    ],
+    ids=["no-token", "empty", "wrong", "repeated"],
+)
+def test_a_message_without_the_right_token_is_refused_even_with_the_org_id(
+    connector: SalesforceConnector, query: str
+) -> None:
+    """The org id is public (web-to-lead forms publish it): it alone proves nothing."""
+    store = SQLiteStore(":memory:")
+    body = (FIXTURES / "contact_notifications.xml").read_bytes()
+    answer = handle_webhook(
+        connector, post("/webhooks/salesforce", body, XML, query=query), store.inbox_put
+    )
+    assert answer.status == 401
+    assert b"<soapenv:Fault>" in answer.body
+    assert b"<Ack>" not in answer.body
+    assert store.inbox_take(10) == []
+
+
+def test_the_token_is_compared_in_constant_time(
+    connector: SalesforceConnector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hmac
+
+    from connectors.salesforce import outbound as outbound_module
+
+    compared: list[bytes] = []
+    real = hmac.compare_digest
+
+    def spy(a, b):  # noqa: ANN001, ANN202
+        compared.append(a)
+        return real(a, b)
+
+    monkeypatch.setattr(outbound_module.hmac, "compare_digest", spy)
+    connector.parse_webhook(outbound())
+    assert OUTBOUND_QUERY.removeprefix("token=").encode() in compared
+
+
+def test_without_a_token_configured_every_message_is_refused_and_said_once(
+    mapping: Mapping, env: dict[str, str], fake, caplog: pytest.LogCaptureFixture  # noqa: ANN001
+) -> None:
+    env = {k: v for k, v in env.items() if k != "SALESFORCE_OUTBOUND_TOKEN"}
+    connector = build(mapping, env, fake)  # builds: sync and the JSON intake still work
+    store = SQLiteStore(":memory:")
+    with caplog.at_level("WARNING", logger="connectors.salesforce.connector"):
+        answers = [handle_webhook(connector, outbound(), store.inbox_put) for _ in range(3)]
+    assert {a.status for a in answers} == {403}
+    assert all(b"<Ack>" not in a.body for a in answers)
+    assert store.inbox_take(10) == []
+    said = [r for r in caplog.records if "SALESFORCE_OUTBOUND_TOKEN" in r.getMessage()]
+    assert len(said) == 1
+
+
+def test_over_the_local_server_a_forged_message_gets_no_ack_and_the_token_is_not_logged(
+    connector: SalesforceConnector, caplog: pytest.LogCaptureFixture
+) -> None:
+    import threading
+    import urllib.error
+    import urllib.request
+
+    from connectors.runner import Runner
+    from connectors.server import build_server
+
+    runner = Runner(connector, SQLiteStore(":memory:"), clock=lambda: NOW)
+    server, _ = build_server([runner], port=0, worker=False)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    body = (FIXTURES / "contact_notifications.xml").read_bytes()
+    headers = {"Content-Type": "text/xml; charset=utf-8", "SOAPAction": '""'}
+    base = f"http://127.0.0.1:{server.server_address[1]}/webhooks/salesforce"
+    try:
+        forged = urllib.request.Request(base, data=body, headers=headers)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(forged, timeout=5)  # noqa: S310 - loopback
+        assert refused.value.code == 401
+        assert b"<Ack>" not in refused.value.read()
+        assert runner.store.inbox_take(100) == []
+        with caplog.at_level("INFO", logger="connectors.server"):
+            url = f"{base}?{OUTBOUND_QUERY}"
+            tokened = urllib.request.Request(url, data=body, headers=headers)  # noqa: S310
+            with urllib.request.urlopen(tokened, timeout=5) as response:  # noqa: S310 - loopback
+                assert response.read() == OUTBOUND_ACK
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert len(runner.store.inbox_take(100)) == 6
+    assert OUTBOUND_QUERY not in caplog.text
