@@ -167,6 +167,12 @@ class Connector(ABC):
     @abstractmethod
     def provision(self, dry_run: bool = False) -> ProvisionReport: ...
 
+    @classmethod
+    def offline_plan(cls, mapping: Mapping) -> ProvisionReport | None:
+        """What `provision` would create in a CRM that has none of it, from the mapping alone
+        (no credentials, no call), or None when the vendor cannot tell without its CRM."""
+        return None
+
     @abstractmethod
     def parse_webhook(self, request: WebhookRequest) -> WebhookIntake:
         """Verify and parse; raise `WebhookRejected` for anything that must not be recorded."""

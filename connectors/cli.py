@@ -152,14 +152,26 @@ def provision(
     ] = False,
 ) -> None:
     """Create or update the CRM properties/fields and dynamic lists; idempotent; reports drift."""
-    from connectors.registry import load_connector
+    from connectors.registry import connector_class, load_connector
 
     loaded = _mapping(mapping)
-    try:
-        report = load_connector(loaded).provision(dry_run=dry_run)
-    except ConnectorError as exc:
-        _fail(str(exc))
     title = "provisioning plan" if dry_run else None
+    try:
+        connector = load_connector(loaded)
+    except ConnectorError as exc:
+        offline = connector_class(loaded.vendor).offline_plan(loaded) if dry_run else None
+        if offline is None:
+            _fail(str(exc))
+        err.print(f"not connected ({exc}); showing what provision would create in a CRM that "
+                  "has none of it. Set the credentials to compare with your CRM.",
+                  highlight=False, markup=False)  # fmt: skip
+        report = offline
+        title = "provisioning plan (offline: nothing read from the CRM)"
+    else:
+        try:
+            report = connector.provision(dry_run=dry_run)
+        except ConnectorError as exc:
+            _fail(str(exc))
     table = Table("kind", "name", "action", "detail", title=title)
     for item in report.items:
         colour = {"create": "green", "update": "yellow", "drift": "red"}.get(item.action, "dim")

@@ -259,3 +259,16 @@ def test_the_readme_example_events_end_where_the_readme_says(tmp_path):
         "c-unsub": ("Suppressed", "unsubscribe"),
         "c-silent": ("Active", None),
     }
+
+
+@pytest.mark.parametrize("mapping", ["mappings/hubspot.yaml", "mappings/salesforce.yaml"])
+def test_provision_dry_run_without_credentials_prints_the_offline_plan(mapping, monkeypatch):
+    for name in list(__import__("os").environ):
+        if name.startswith(("HUBSPOT_", "SALESFORCE_")):
+            monkeypatch.delenv(name)
+    result = invoke("provision", mapping, "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "offline: nothing read from the CRM" in result.output
+    assert "would change" in result.output
+    without_dry_run = invoke("provision", mapping)
+    assert without_dry_run.exit_code == 1

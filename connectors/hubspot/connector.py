@@ -65,6 +65,12 @@ class HubSpotConnector(Connector):
 
     # ---- provisioning ----------------------------------------------------------------------
 
+    @classmethod
+    def offline_plan(cls, mapping: Mapping) -> ProvisionReport:
+        from connectors.hubspot.provision import offline_plan
+
+        return ProvisionReport(offline_plan(mapping, load_options(mapping)), dry_run=True)
+
     def provision(self, dry_run: bool = False) -> ProvisionReport:
         return Provisioner(self.client, self.mapping, self.options).run(dry_run)
 

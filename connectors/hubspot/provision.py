@@ -293,3 +293,23 @@ def _describe(spec: ListSpec) -> str:
     if spec.suppression_reasons:
         text += "; reason is any of " + ", ".join(spec.suppression_reasons)
     return text
+
+
+def offline_plan(mapping: Mapping, options: HubSpotOptions) -> list[PlanItem]:
+    """What `provision` would do in a portal that has none of it, from the mapping alone (no
+    credentials, no call): the same items and wording `Provisioner` reports for a fresh portal."""
+    items: list[PlanItem] = []
+    wanted = wanted_properties(mapping, options)
+    for object_type in dict.fromkeys(w.object_type for w in wanted):
+        name = f"{object_type}.{options.property_group}"
+        items.append(PlanItem("group", name, "create", options.property_group_label))
+        for want in (w for w in wanted if w.object_type == object_type):
+            label = f"{want.object_type}.{want.name}"
+            if want.must_exist_only:
+                detail = "read-only property the mapping reads; must exist"
+                items.append(PlanItem("property", label, "check", detail))
+            else:
+                items.append(PlanItem("property", label, "create", FIELD_TYPES[want.type][0]))
+    for spec in mapping.lists:
+        items.append(PlanItem("list", spec.name, "create", "DYNAMIC, " + _describe(spec)))
+    return items

@@ -95,6 +95,13 @@ class SalesforceConnector(Connector):
 
     # ---- provisioning ----------------------------------------------------------------------
 
+    @classmethod
+    def offline_plan(cls, mapping: Mapping) -> ProvisionReport:
+        from connectors.salesforce.provision import offline_plan
+
+        plan = offline_plan(mapping, load_options(mapping), mapping.object)
+        return ProvisionReport(plan, dry_run=True)
+
     def provision(self, dry_run: bool = False) -> ProvisionReport:
         from connectors.salesforce.provision import Provisioner
 

@@ -318,3 +318,26 @@ class Provisioner:
                         "from the mapping (the SOQL catch-up needs it)",
                     )
                 )
+
+
+def offline_plan(mapping: Mapping, options: SalesforceOptions, sobject: str) -> list[PlanItem]:
+    """What `provision` would do in an org that has none of it, from the mapping alone (no
+    credentials, no call): the same items and wording `Provisioner` reports for a fresh org."""
+    wants = wanted_fields(mapping, options, sobject)
+    items = [
+        PlanItem("field", w.full_name, "create",
+                 w.kind + (f" ({', '.join(w.values)})" if w.values else ""))
+        for w in wants
+    ]  # fmt: skip
+    grants = [grant for w in wants for grant in w.permission_names]
+    items.append(PlanItem("permission", options.permission_set, "create",
+                          f"read/edit on {len(grants)} fields"))  # fmt: skip
+    items.append(PlanItem("permission", f"{options.permission_set} -> the integration user",
+                          "create", "assign to the integration user"))  # fmt: skip
+    for view in wanted_list_views(mapping, sobject):
+        where = " AND ".join(f"{f} {op} {v}" for f, op, v in view.filters)
+        items.append(PlanItem("list", view.full_name, "create", where))
+    if options.campaign_mirror:
+        name = options.campaign_name or mapping.program
+        items.append(PlanItem("campaign", name, "create", "member statuses mirror the states"))
+    return items

@@ -133,3 +133,14 @@ def test_read_only_native_property_must_exist(fake, connector, mapping):
     del fake.properties["contacts"]["hs_email_sends_since_last_engagement"]
     report = make_connector(fake, native, FakeClock()).provision()
     assert _by_name(report)["contacts.hs_email_sends_since_last_engagement"][1] == "drift"
+
+
+def test_the_offline_plan_is_what_a_dry_run_on_an_empty_portal_reports(connector, mapping):
+    """`provision --dry-run` without credentials shows the plan a fresh portal would get."""
+    from connectors.hubspot import HubSpotConnector
+
+    offline = HubSpotConnector.offline_plan(mapping)
+    online = connector.provision(dry_run=True)
+    assert [(i.kind, i.name, i.action, i.detail) for i in offline.items] == [
+        (i.kind, i.name, i.action, i.detail) for i in online.items
+    ]

@@ -227,3 +227,16 @@ def test_an_activity_grant_left_by_an_earlier_release_is_replaced_by_task_and_ev
     assert {"Task.Elastic_Handoff_Key__c", "Event.Elastic_Handoff_Key__c"} <= fields
     assert "Activity.Elastic_Handoff_Key__c" not in fields
     assert fresh.provision().changes == []
+
+
+def test_the_offline_plan_is_what_a_dry_run_on_an_empty_org_reports(fresh, mapping):
+    """`provision --dry-run` without credentials shows the plan a fresh org would get."""
+    offline = SalesforceConnector.offline_plan(mapping)
+    online = fresh.provision(dry_run=True)
+    signal_checks = [i for i in online.items if i.kind not in ("field", "permission", "list")]
+    online_items = [i for i in online.items if i not in signal_checks]
+
+    def rows(items):  # the offline plan cannot know the integration user's id
+        return [(i.kind, i.name.split(" -> ")[0], i.action, i.detail) for i in items]
+
+    assert rows(offline.items) == rows(online_items)
