@@ -6,11 +6,15 @@ Single-table layout, partition key `pk` and sort key `sk` (both strings):
 |-----------------|----------------------|-------------|-----------------------------------------|
 | event claim     | `event#<key>`        | `claim`     | `expires_at` is the table's TTL         |
 | contact state   | `contact#<shard>`    | contact id  | `state` JSON; `due_pk`/`next_due` feed  |
-|                 |                      |             | the sparse `due` GSI                    |
+|                 |                      |             | the sparse `due` GSI; `version` moves   |
+|                 |                      |             | with every write                        |
 | ledger line     | `ledger#<contact>`   | `<seq>`     | `decision` JSON; put-if-absent only     |
 | cursor          | `cursor#<name>`      | `cursor`    | `version` checked on every update       |
-| inbox event     | `inbox`              | event id    | `seq` orders it (LSI `order`)           |
-| owed CRM write  | `outbox`             | key         | `seq` orders it (LSI `order`)           |
+| inbox event     | `inbox`              | event id    | `seq` orders it (LSI `order`); `part`   |
+|                 |                      |             | names the partition (absent: "")        |
+| owed CRM write  | `outbox`             | key         | `seq` orders it (LSI `order`) and is    |
+|                 |                      |             | its version; `holder`/`leased_until`    |
+|                 |                      |             | the flusher's lease, kept on a rewrite  |
 
 Contacts are spread over `SHARDS` partitions by a hash of their id, so listing them in id order
 is a merge of `SHARDS` sorted queries, and no single partition takes every write. The inbox
@@ -31,6 +35,11 @@ the done contacts' events claimed and applies the rest, so nothing is lost or co
 Only a single contact with more than `TRANSACTION_LIMIT` items is split inside itself, and then
 its claims and state go first (a retry cannot double count; the worst case is a missing ledger
 line for that contact).
+
+A contact listed in a batch's `expected_versions` is written (or, unchanged, checked) on the
+condition that its version is still the one read, inside its group's transaction. Owed writes a
+flusher has done are removed after the batch's transactions, each on the condition that its
+`seq` is still the one flushed: a newer write owed under the key meanwhile stays.
 """
 
 from __future__ import annotations
@@ -53,7 +62,7 @@ import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
 from core.models import CONTACT_STATE, DECISION, EVENT, ContactState, Decision, Event
-from core.store import Batch, ConflictError, Store, StoreError
+from core.store import OUTBOX_LEASE, Batch, ConflictError, OwedWrite, Store, StoreError
 
 SHARDS = 16
 """Fixed for the life of a table: a contact's partition is derived from it."""
@@ -62,6 +71,8 @@ TRANSACTION_BYTES = 3_500_000  # DynamoDB allows 4 MB per transaction; keep a ma
 BATCH_GET_LIMIT = 100
 VERSION_CACHE = 100_000
 DUE_INDEX, ORDER_INDEX = "due", "order"
+OUTBOX_ATTEMPTS = 5
+"""Rounds of taking or finishing owed writes while other flushers race for the same items."""
 
 Item = dict[str, dict[str, Any]]
 Op = dict[str, Any]
@@ -146,13 +157,26 @@ def _to_json(record: object) -> str:
     )  # fmt: skip
 
 
-def contact_item(state: ContactState, due: datetime | None) -> Item:
-    pk = shard_of(state.contact_id)
-    item: Item = {"pk": _s(pk), "sk": _s(state.contact_id), "state": _s(_to_json(state))}
-    if due is not None:
-        # Only contacts with a pending time rule appear in the sparse `due` index.
-        item["due_pk"], item["next_due"] = _s(pk), _s(sortable(due))
-    return item
+def _version_of(item: Item) -> int:
+    """Items written before contacts had versions count as version 0."""
+    return int(item["version"]["N"]) if "version" in item else 0
+
+
+def _version_condition(
+    expected: int | None, names: dict[str, str], values: dict[str, Any]
+) -> dict[str, Any]:
+    """The condition that a contact is still at the version read (None: still absent); adds
+    the names and values it uses to those given."""
+    if expected is None:
+        return {"ConditionExpression": "attribute_not_exists(pk)"}
+    names["#version"] = "version"
+    values[":seen"] = _n(expected)
+    condition = "#version = :seen"
+    if expected == 0:
+        condition = "attribute_exists(pk) AND (attribute_not_exists(#version) OR #version = :seen)"
+    out: dict[str, Any] = {"ConditionExpression": condition}
+    out["ExpressionAttributeNames"], out["ExpressionAttributeValues"] = names, values
+    return out
 
 
 def contact_from(item: Item) -> ContactState:
@@ -244,8 +268,18 @@ class DynamoDBStore(Store):
         return wanted
 
     def get_contacts(self, contact_ids: Iterable[str]) -> dict[str, ContactState]:
+        return self.get_versioned(contact_ids)[0]
+
+    def get_versioned(
+        self, contact_ids: Iterable[str]
+    ) -> tuple[dict[str, ContactState], dict[str, int]]:
         keys = [{"pk": _s(shard_of(c)), "sk": _s(c)} for c in dict.fromkeys(contact_ids)]
-        return {item["sk"]["S"]: contact_from(item) for item in self._get_many(keys)}
+        found: dict[str, ContactState] = {}
+        versions: dict[str, int] = {}
+        for item in self._get_many(keys):
+            found[item["sk"]["S"]] = contact_from(item)
+            versions[item["sk"]["S"]] = _version_of(item)
+        return found, versions
 
     def iter_contacts(self, page_size: int = 5000) -> Iterator[list[ContactState]]:
         shards = [self._query_items(f"contact#{n:02d}") for n in range(SHARDS)]
@@ -297,17 +331,102 @@ class DynamoDBStore(Store):
     def ledger_for(self, contact_id: str) -> list[Decision]:
         return [decision_from(item) for item in self._query_items(f"ledger#{contact_id}")]
 
-    def inbox_take(self, limit: int) -> list[Event]:
-        items = self._ordered("inbox", limit)
+    def inbox_take(self, limit: int, partition: str | None = None) -> list[Event]:
+        where: tuple[str, Item] | None = None
+        if partition == "":
+            where = ("attribute_not_exists(part) OR part = :part", {":part": _s("")})
+        elif partition is not None:
+            where = ("part = :part", {":part": _s(partition)})
+        items = self._ordered("inbox", limit, where=where)
         return [EVENT.validate_json(item["body"]["S"]) for item in items]
 
     def outbox_take(self, limit: int, prefix: str = "") -> list[tuple[str, str]]:
         items = self._ordered("outbox", limit, prefix)
         return [(item["sk"]["S"], item["payload"]["S"]) for item in items]
 
+    def outbox_owed(self, keys: Iterable[str]) -> set[str]:
+        wanted = [{"pk": _s("outbox"), "sk": _s(k)} for k in dict.fromkeys(keys)]
+        return {item["sk"]["S"] for item in self._get_many(wanted, "sk")}
+
+    def outbox_claim(
+        self, limit: int, prefix: str = "", lease: timedelta = OUTBOX_LEASE
+    ) -> list[OwedWrite]:
+        holder = secrets.token_hex(8)
+        for _ in range(OUTBOX_ATTEMPTS):
+            now = self.clock()
+            free = ("attribute_not_exists(leased_until) OR leased_until <= :now",
+                    {":now": _n(int(now.timestamp()))})  # fmt: skip
+            items = self._ordered("outbox", limit, prefix, where=free)
+            if not items:
+                return []
+            until = _n(int((now + lease).timestamp()))
+            ops = [self._lease_op(item, holder, until, now) for item in items]
+            try:
+                self._transact(ops)
+            except ConflictError:
+                continue  # another flusher took one of them first: look again
+            return [
+                OwedWrite(item["sk"]["S"], item["payload"]["S"], item["seq"]["S"], holder)
+                for item in items
+            ]
+        return []  # others are flushing these; they stay owed
+
+    def _lease_op(self, item: Item, holder: str, until: dict[str, str], now: datetime) -> Op:
+        return {"Update": {
+            "TableName": self.table, "Key": {"pk": item["pk"], "sk": item["sk"]},
+            "UpdateExpression": "SET holder = :h, leased_until = :until",
+            "ConditionExpression":
+                "seq = :seq AND (attribute_not_exists(leased_until) OR leased_until <= :now)",
+            "ExpressionAttributeValues": {":h": _s(holder), ":until": until, ":seq": item["seq"],
+                                          ":now": _n(int(now.timestamp()))},
+        }}  # fmt: skip
+
+    def outbox_release(self, owed: Sequence[OwedWrite]) -> None:
+        for write in {o.key: o for o in owed}.values():
+            try:
+                self.db.update_item(**self._release_op(write)["Update"])
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                    raise StoreError(f"DynamoDB {self.table}: {exc}") from exc
+            except BotoCoreError as exc:
+                raise StoreError(f"DynamoDB {self.table}: {exc}") from exc
+
+    def _release_op(self, owed: OwedWrite) -> Op:
+        return {"Update": {
+            "TableName": self.table, "Key": {"pk": _s("outbox"), "sk": _s(owed.key)},
+            "UpdateExpression": "REMOVE holder, leased_until",
+            "ConditionExpression": "holder = :h",
+            "ExpressionAttributeValues": {":h": _s(owed.holder)},
+        }}  # fmt: skip
+
+    def _finish_owed(self, done: Sequence[OwedWrite]) -> None:
+        """Remove the owed writes a flusher did, each only if no newer write replaced it
+        (then only its lease is released). A transaction of conditional removals: a newer write
+        landing between the look and the removal cancels it, and the next round sees it."""
+        pending = {o.key: o for o in done}
+        keys = [{"pk": _s("outbox"), "sk": _s(k)} for k in pending]
+        for _ in range(OUTBOX_ATTEMPTS):
+            ops: list[Op] = []
+            for item in self._get_many(keys, "sk, seq, holder"):
+                owed = pending[item["sk"]["S"]]
+                if item["seq"]["S"] == owed.version:
+                    ops.append({"Delete": {
+                        "TableName": self.table, "Key": {"pk": _s("outbox"), "sk": item["sk"]},
+                        "ConditionExpression": "seq = :seq",
+                        "ExpressionAttributeValues": {":seq": _s(owed.version)}}})  # fmt: skip
+                elif item.get("holder", {}).get("S") == owed.holder:
+                    ops.append(self._release_op(owed))
+            try:
+                for start in range(0, len(ops), TRANSACTION_LIMIT):
+                    self._transact(ops[start : start + TRANSACTION_LIMIT])
+            except ConflictError:
+                continue
+            return
+        raise ConflictError("owed writes kept changing while being marked done")
+
     # ---- writes ----------------------------------------------------------------------------
 
-    def inbox_put(self, events: Sequence[Event]) -> int:
+    def inbox_put(self, events: Sequence[Event], partition: str = "") -> int:
         new = self.unseen([e.event_id for e in events])
         recorded = 0
         for event in {e.event_id: e for e in events if e.event_id in new}.values():
@@ -316,7 +435,7 @@ class DynamoDBStore(Store):
                                     **self._claim_condition()}},
                 {"Put": {"TableName": self.table, "Item": {
                     "pk": _s("inbox"), "sk": _s(event.event_id), "seq": _s(self._seq.next()),
-                    "body": _s(EVENT.dump_json(event).decode())},
+                    "body": _s(EVENT.dump_json(event).decode()), "part": _s(partition)},
                     "ConditionExpression": "attribute_not_exists(pk)"}},
             ]  # fmt: skip
             try:
@@ -330,7 +449,9 @@ class DynamoDBStore(Store):
         if batch.is_empty():
             return
         groups = self._groups(batch)
-        if (
+        if not groups:
+            pass
+        elif (
             sum(len(g.ops) for g in groups) <= TRANSACTION_LIMIT
             and sum(g.size for g in groups) <= TRANSACTION_BYTES
         ):
@@ -340,8 +461,14 @@ class DynamoDBStore(Store):
             claimed = set(batch.event_keys) - self.unseen(batch.event_keys)
             if claimed:
                 raise ConflictError(f"{len(claimed)} event(s) of this batch were already claimed")
+            expected = batch.expected_versions
+            _, versions = self.get_versioned(expected)
+            if any(versions.get(cid) != version for cid, version in expected.items()):
+                raise ConflictError("a contact of this batch changed since it was read")
             for ops in self._packed(groups):
                 self._transact(ops)
+        if batch.outbox_done:
+            self._finish_owed(batch.outbox_done)
         for name in batch.cursors:
             if name in self._versions and self._versions[name] is not None:
                 self._remember(name, self._versions[name] + 1)  # type: ignore[operator]
@@ -359,7 +486,10 @@ class DynamoDBStore(Store):
         for decision in batch.decisions:
             decided.setdefault(decision.contact_id, []).append(decision)
         cause_of = {d.cause: d.contact_id for d in batch.decisions}
-        per_contact: dict[str, _Group] = {c: _Group() for c in [*contacts, *decided]}
+        expected = batch.expected_versions
+        per_contact: dict[str, _Group] = {
+            c: _Group() for c in [*contacts, *decided, *expected]
+        }
         orphans, tail = _Group(), _Group()
         for key in keys:
             op = {"Put": {"TableName": self.table, "Item": {**_claim_key(key),
@@ -367,9 +497,13 @@ class DynamoDBStore(Store):
                   **self._claim_condition()}}  # fmt: skip
             (per_contact[cause_of[key]] if key in cause_of else orphans).add(op)
         for cid, (state, due) in contacts.items():
-            per_contact[cid].add(
-                {"Put": {"TableName": self.table, "Item": contact_item(state, due)}}
-            )
+            per_contact[cid].add(self._contact_write(state, due, expected))
+        for cid in expected.keys() - contacts.keys():
+            # Decided on but unchanged: the decision still rests on the version read.
+            check = {"TableName": self.table,
+                     "Key": {"pk": _s(shard_of(cid)), "sk": _s(cid)}}  # fmt: skip
+            check.update(_version_condition(expected[cid], {}, {}))
+            per_contact[cid].add({"ConditionCheck": check})
         for cid, decisions in decided.items():
             for decision in decisions:
                 per_contact[cid].add({"Put": {
@@ -378,13 +512,12 @@ class DynamoDBStore(Store):
         names = set(per_contact)
         for key, payload in batch.outbox.items():
             owner = _contact_in(key, names)
-            (per_contact[owner] if owner else tail).add({"Put": {"TableName": self.table, "Item": {
-                "pk": _s("outbox"), "sk": _s(key), "seq": _s(self._seq.next()),
-                "payload": _s(payload)}}})  # fmt: skip
-        for key in dict.fromkeys(batch.outbox_done):
-            if key not in batch.outbox:  # a newer owed write replaces it in the same batch
-                tail.add({"Delete": {"TableName": self.table,
-                                     "Key": {"pk": _s("outbox"), "sk": _s(key)}}})  # fmt: skip
+            # An update, not a put: a flusher's lease on the key stays (see `outbox_claim`).
+            (per_contact[owner] if owner else tail).add({"Update": {
+                "TableName": self.table, "Key": {"pk": _s("outbox"), "sk": _s(key)},
+                "UpdateExpression": "SET payload = :p, seq = :seq",
+                "ExpressionAttributeValues": {":p": _s(payload), ":seq": _s(self._seq.next())},
+            }})  # fmt: skip
         for key in dict.fromkeys(batch.inbox_done):
             tail.add(
                 {"Delete": {"TableName": self.table, "Key": {"pk": _s("inbox"), "sk": _s(key)}}}
@@ -392,6 +525,30 @@ class DynamoDBStore(Store):
         for name, value in batch.cursors.items():
             tail.add(self._cursor_update(name, value))
         return [g for g in (orphans, *per_contact.values(), tail) if g.ops]
+
+    def _contact_write(
+        self, state: ContactState, due: datetime | None, expected: dict[str, int | None]
+    ) -> Op:
+        """The contact's item, its version moved on; conditional on the version read if the
+        batch lists it. An update keeps any attribute a later release adds."""
+        pk = shard_of(state.contact_id)
+        names = {"#state": "state", "#version": "version"}
+        values = {":state": _s(_to_json(state)), ":zero": _n(0), ":one": _n(1)}
+        update = "SET #state = :state, #version = if_not_exists(#version, :zero) + :one"
+        if due is not None:
+            # Only contacts with a pending time rule appear in the sparse `due` index.
+            update += ", due_pk = :due_pk, next_due = :next_due"
+            values[":due_pk"], values[":next_due"] = _s(pk), _s(sortable(due))
+        else:
+            update += " REMOVE due_pk, next_due"
+        op: dict[str, Any] = {
+            "TableName": self.table, "Key": {"pk": _s(pk), "sk": _s(state.contact_id)},
+            "UpdateExpression": update,
+        }  # fmt: skip
+        if state.contact_id in expected:
+            op.update(_version_condition(expected[state.contact_id], names, values))
+        op["ExpressionAttributeNames"], op["ExpressionAttributeValues"] = names, values
+        return {"Update": op}
 
     @staticmethod
     def _packed(groups: list[_Group]) -> Iterator[list[Op]]:
@@ -507,15 +664,23 @@ class DynamoDBStore(Store):
             KeyConditionExpression="pk = :p", ExpressionAttributeValues={":p": _s(pk)}
         )
 
-    def _ordered(self, pk: str, limit: int, prefix: str = "") -> list[Item]:
+    def _ordered(
+        self, pk: str, limit: int, prefix: str = "", where: tuple[str, Item] | None = None
+    ) -> list[Item]:
         query: dict[str, Any] = {
             "IndexName": ORDER_INDEX, "KeyConditionExpression": "pk = :p",
             "ExpressionAttributeValues": {":p": _s(pk)}, "Limit": max(limit, 1),
         }  # fmt: skip
+        # Limit counts items before a filter, so keep paging until enough pass it.
+        filters = []
         if prefix:
-            # Limit counts items before the filter, so keep paging until enough pass it.
-            query["FilterExpression"] = "begins_with(sk, :prefix)"
+            filters.append("begins_with(sk, :prefix)")
             query["ExpressionAttributeValues"][":prefix"] = _s(prefix)
+        if where is not None:
+            filters.append(f"({where[0]})")
+            query["ExpressionAttributeValues"].update(where[1])
+        if filters:
+            query["FilterExpression"] = " AND ".join(filters)
         found: list[Item] = []
         for item in self._paged_query(**query):
             found.append(item)

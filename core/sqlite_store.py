@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from core.deferred import DeferredContacts
@@ -16,7 +17,7 @@ from core.gcpause import cyclic_gc_paused
 from core.models import EVENT, ContactState, Decision, Event, iso_utc
 from core.rollup import UPSERT, ensure_rollup, rollup_rows
 from core.sqlite_rows import contact_from_row, contact_row, decision_from_row, decision_row
-from core.store import Batch, ConflictError, Store, StoreError
+from core.store import OUTBOX_LEASE, Batch, ConflictError, OwedWrite, Store, StoreError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS processed_events (key TEXT PRIMARY KEY) WITHOUT ROWID;
@@ -27,7 +28,7 @@ CREATE TABLE IF NOT EXISTS contacts (
     decay_steps INTEGER NOT NULL, reactivation_cycle INTEGER NOT NULL,
     reactivation_step INTEGER NOT NULL, reactivation_step_at TEXT,
     unanswered_sends INTEGER NOT NULL, suppression_reason TEXT, experiments TEXT,
-    next_due TEXT, segment TEXT, send_times TEXT
+    next_due TEXT, segment TEXT, send_times TEXT, version INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS contacts_next_due ON contacts (next_due) WHERE next_due IS NOT NULL;
 CREATE TABLE IF NOT EXISTS ledger (
@@ -38,12 +39,18 @@ CREATE TABLE IF NOT EXISTS ledger (
 CREATE INDEX IF NOT EXISTS ledger_contact ON ledger (contact_id);
 CREATE TABLE IF NOT EXISTS cursors (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS outbox (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL UNIQUE, payload TEXT NOT NULL
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL UNIQUE, payload TEXT NOT NULL,
+    holder TEXT, leased_until REAL
 );
 CREATE TABLE IF NOT EXISTS inbox (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL UNIQUE, body TEXT NOT NULL
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL UNIQUE, body TEXT NOT NULL,
+    part TEXT NOT NULL DEFAULT ''
 );
 """
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS inbox_part ON inbox (part, seq);
+"""
+"""Indexes on columns a store from an earlier release gains in `_add_missing_columns`."""
 
 _CONTACT_COLUMNS = (
     "contact_id, campaign_status, enrolled_at, as_of, status_changed_at, stream_entered_at, "
@@ -53,9 +60,21 @@ _CONTACT_COLUMNS = (
 )
 _ADDED_COLUMNS = (
     ("contacts", "segment", "TEXT"), ("contacts", "send_times", "TEXT"),
-    ("ledger", "event_type", "TEXT"),
+    ("ledger", "event_type", "TEXT"), ("contacts", "version", "INTEGER NOT NULL DEFAULT 0"),
+    ("outbox", "holder", "TEXT"), ("outbox", "leased_until", "REAL"),
+    ("inbox", "part", "TEXT NOT NULL DEFAULT ''"),
 )  # fmt: skip
 """Columns newer than the first release: added in place to a store that predates them."""
+_UPSERT_CONTACT = (
+    f"INSERT INTO contacts ({_CONTACT_COLUMNS}, next_due, version) "  # noqa: S608
+    f"VALUES ({','.join('?' * 19)}, 1) ON CONFLICT (contact_id) DO UPDATE SET "
+    + ", ".join(
+        f"{name} = excluded.{name}"
+        for name in [*_CONTACT_COLUMNS.split(", ")[1:], "next_due"]
+    )
+    + ", version = contacts.version + 1"
+)
+"""A contact written outside a bulk run: every write moves its version."""
 _BUSY_MS = 5000
 _CHUNK = 500  # stays under SQLite's bound-parameter limit on every build
 
@@ -66,6 +85,10 @@ def default_data_dir() -> Path:
 
 
 
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
 def _chunks(items: Sequence, size: int = _CHUNK) -> Iterator[Sequence]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -73,9 +96,15 @@ def _chunks(items: Sequence, size: int = _CHUNK) -> Iterator[Sequence]:
 
 class SQLiteStore(Store):
     def __init__(
-        self, path: str | Path = ":memory:", cache_mb: int = 128, defer_limit: int = 250_000
+        self,
+        path: str | Path = ":memory:",
+        cache_mb: int = 128,
+        defer_limit: int = 250_000,
+        clock: Callable[[], datetime] = _utc_now,
     ) -> None:
         self.path = str(path)
+        self.clock = clock
+        """Times the leases of owed writes (other processes on the file read the same)."""
         self.defer_limit = defer_limit
         """At most this many contact states (~1 KB each) wait in memory during `bulk()`."""
         # One connection shared by the local server's threads: transactions must not interleave.
@@ -95,6 +124,7 @@ class SQLiteStore(Store):
             self._db.execute("PRAGMA temp_store=MEMORY")
             self._db.executescript(_SCHEMA)
             self._add_missing_columns()
+            self._db.executescript(_INDEXES)
             ensure_rollup(self._db)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the store at {self.path}: {exc}") from exc
@@ -167,7 +197,9 @@ class SQLiteStore(Store):
             "INSERT INTO processed_events (key) VALUES (?)", [(k,) for k in batch.event_keys]
         )
         if not defer_contacts:
-            self._write_contacts(map(contact_row, batch.contacts, batch.next_due))
+            # A bulk run owns its private store: there is no other writer to check against.
+            self._check_versions(batch.expected_versions)
+            db.executemany(_UPSERT_CONTACT, map(contact_row, batch.contacts, batch.next_due))
         rows = [decision_row(d) for d in batch.decisions]
         db.executemany(
             "INSERT INTO ledger (contact_id, at, rule, reason, cause, from_status, "
@@ -180,10 +212,39 @@ class SQLiteStore(Store):
             "INSERT OR REPLACE INTO cursors (name, value) VALUES (?, ?)", batch.cursors.items()
         )
         db.executemany("DELETE FROM inbox WHERE key = ?", [(k,) for k in batch.inbox_done])
-        db.executemany("DELETE FROM outbox WHERE key = ?", [(k,) for k in batch.outbox_done])
-        # A newer write for the same key replaces the owed one and goes to the back.
+        if batch.outbox_done:
+            db.executemany(
+                "DELETE FROM outbox WHERE key = ? AND seq = ?",
+                [(o.key, int(o.version)) for o in batch.outbox_done],
+            )
+            self._release(batch.outbox_done)
+        # A newer write for the same key replaces the owed one and goes to the back; a lease
+        # on the key stays, so the flusher holding it writes the newer one only after its own.
         db.executemany(
-            "INSERT OR REPLACE INTO outbox (key, payload) VALUES (?, ?)", batch.outbox.items()
+            "INSERT OR REPLACE INTO outbox (key, payload, holder, leased_until) VALUES (?, ?, "
+            "(SELECT holder FROM outbox WHERE key = ?), "
+            "(SELECT leased_until FROM outbox WHERE key = ?))",
+            [(key, payload, key, key) for key, payload in batch.outbox.items()],
+        )
+
+    def _check_versions(self, expected: dict[str, int | None]) -> None:
+        """Inside the write transaction: raise `ConflictError` if a contact moved since read."""
+        if not expected:
+            return
+        found: dict[str, int] = {}
+        ids = list(expected)
+        for part in _chunks(ids):
+            marks = ",".join("?" * len(part))
+            sql = f"SELECT contact_id, version FROM contacts WHERE contact_id IN ({marks})"  # noqa: S608
+            found.update(self._db.execute(sql, part).fetchall())
+        moved = [cid for cid in ids if found.get(cid) != expected[cid]]
+        if moved:
+            raise ConflictError(f"{len(moved)} contact(s) changed since they were read")
+
+    def _release(self, owed: Sequence[OwedWrite]) -> None:
+        self._db.executemany(
+            "UPDATE outbox SET holder = NULL, leased_until = NULL WHERE key = ? AND holder = ?",
+            [(o.key, o.holder) for o in owed],
         )
 
     def _write_contacts(self, rows: Iterable[tuple]) -> None:
@@ -261,6 +322,23 @@ class SQLiteStore(Store):
                 found[row[0]] = contact_from_row(row)
         return found
 
+    def get_versioned(
+        self, contact_ids: Iterable[str]
+    ) -> tuple[dict[str, ContactState], dict[str, int]]:
+        self._write_deferred()
+        found: dict[str, ContactState] = {}
+        versions: dict[str, int] = {}
+        for part in _chunks(list(dict.fromkeys(contact_ids))):
+            marks = ",".join("?" * len(part))
+            sql = (
+                f"SELECT {_CONTACT_COLUMNS}, version FROM contacts "  # noqa: S608
+                f"WHERE contact_id IN ({marks})"
+            )
+            for row in self._query(sql, part):
+                found[row[0]] = contact_from_row(row)
+                versions[row[0]] = row[-1]
+        return found, versions
+
     def iter_contacts(self, page_size: int = 5000) -> Iterator[list[ContactState]]:
         self._write_deferred()
         after = ""
@@ -310,10 +388,10 @@ class SQLiteStore(Store):
         )
         return [decision_from_row(row) for row in rows]
 
-    def inbox_put(self, events: Sequence[Event]) -> int:
+    def inbox_put(self, events: Sequence[Event], partition: str = "") -> int:
         if not events:
             return 0
-        rows = [(e.event_id, EVENT.dump_json(e).decode(), e.event_id) for e in events]
+        rows = [(e.event_id, EVENT.dump_json(e).decode(), partition, e.event_id) for e in events]
         try:
             with self._lock, self._db:
                 self._begin_promptly()
@@ -321,7 +399,7 @@ class SQLiteStore(Store):
                 # Checked under the write lock, not in a read before it: one round trip less
                 # on the intake path, and a worker commit cannot land between check and insert.
                 self._db.executemany(
-                    "INSERT OR IGNORE INTO inbox (key, body) SELECT ?, ? WHERE NOT EXISTS "
+                    "INSERT OR IGNORE INTO inbox (key, body, part) SELECT ?, ?, ? WHERE NOT EXISTS "
                     "(SELECT 1 FROM processed_events WHERE key = ?)",
                     rows,
                 )
@@ -350,8 +428,13 @@ class SQLiteStore(Store):
         finally:
             db.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
 
-    def inbox_take(self, limit: int) -> list[Event]:
-        rows = self._query("SELECT body FROM inbox ORDER BY seq LIMIT ?", (limit,))
+    def inbox_take(self, limit: int, partition: str | None = None) -> list[Event]:
+        if partition is None:
+            rows = self._query("SELECT body FROM inbox ORDER BY seq LIMIT ?", (limit,))
+        else:
+            rows = self._query(
+                "SELECT body FROM inbox WHERE part = ? ORDER BY seq LIMIT ?", (partition, limit)
+            )
         return [EVENT.validate_json(row[0]) for row in rows]
 
     def outbox_take(self, limit: int, prefix: str = "") -> list[tuple[str, str]]:
@@ -360,6 +443,59 @@ class SQLiteStore(Store):
             (len(prefix), prefix, limit),
         )
         return [(row[0], row[1]) for row in rows]
+
+    def outbox_claim(
+        self, limit: int, prefix: str = "", lease: timedelta = OUTBOX_LEASE
+    ) -> list[OwedWrite]:
+        now = self.clock().timestamp()
+        free = (
+            "SELECT seq, key, payload FROM outbox WHERE substr(key, 1, ?) = ? "
+            "AND (leased_until IS NULL OR leased_until <= ?) ORDER BY seq LIMIT ?"
+        )
+        params = (len(prefix), prefix, now, limit)
+        if not self._query(free, params):
+            return []  # nothing to take: no write lock for that
+        holder = secrets.token_hex(8)
+        with self._lock:
+            db = self._db
+            try:
+                self._begin_promptly()
+                try:
+                    rows = db.execute(free, params).fetchall()
+                    db.executemany(
+                        "UPDATE outbox SET holder = ?, leased_until = ? WHERE seq = ?",
+                        [(holder, now + lease.total_seconds(), row[0]) for row in rows],
+                    )
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StoreError(f"could not take owed writes from {self.path}: {exc}") from exc
+        return [OwedWrite(key, payload, str(seq), holder) for seq, key, payload in rows]
+
+    def outbox_release(self, owed: Sequence[OwedWrite]) -> None:
+        if not owed:
+            return
+        with self._lock:
+            try:
+                self._begin_promptly()
+                try:
+                    self._release(owed)
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StoreError(f"could not release owed writes in {self.path}: {exc}") from exc
+
+    def outbox_owed(self, keys: Iterable[str]) -> set[str]:
+        owed: set[str] = set()
+        for part in _chunks(list(dict.fromkeys(keys))):
+            marks = ",".join("?" * len(part))
+            sql = f"SELECT key FROM outbox WHERE key IN ({marks})"  # noqa: S608
+            owed.update(row[0] for row in self._query(sql, part))
+        return owed
 
     def execute(self, sql: str, params: Sequence = ()) -> list[tuple]:
         """Read-only SQL for reports that aggregate in the database, not in Python lists."""

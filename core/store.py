@@ -10,7 +10,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from core.models import ContactState, Decision, Event
 
@@ -20,7 +21,24 @@ class StoreError(Exception):
 
 
 class ConflictError(StoreError):
-    """Another writer claimed one of the events or moved a cursor first; re-read and retry."""
+    """Another writer claimed one of the events, moved a cursor or changed a contact first;
+    re-read and decide again."""
+
+
+OUTBOX_LEASE = timedelta(minutes=5)
+"""How long a flusher holds the owed writes it took before another flusher may take them: far
+longer than one CRM call with its retries, so only a flusher that died leaves them waiting."""
+
+
+class OwedWrite(NamedTuple):
+    """One owed CRM write as a flusher took it."""
+
+    key: str
+    payload: str
+    version: str
+    """Which write under `key` this is: a newer write owed under the same key has another."""
+    holder: str
+    """The lease it was taken under: no other flusher takes the key until it is released."""
 
 
 @dataclass
@@ -40,12 +58,19 @@ class Batch:
     outbox: dict[str, str] = field(default_factory=dict)
     """Writes owed to the CRM (key -> JSON payload), committed with the decisions that owe
     them so a crash between deciding and writing loses nothing and repeats nothing."""
-    outbox_done: list[str] = field(default_factory=list)
+    outbox_done: list[OwedWrite] = field(default_factory=list)
+    """Owed writes a flusher has done: each is removed only if no newer write was owed under
+    its key meanwhile (that one stays owed), and its lease is released either way."""
+    expected_versions: dict[str, int | None] = field(default_factory=dict)
+    """Contact id -> the version (from `get_versioned`) its decisions were based on, None for
+    a contact that did not exist. The commit raises `ConflictError`, writing nothing, if any
+    of them moved since. Contacts not listed are written whatever their version (a private
+    store's bulk run)."""
 
     def is_empty(self) -> bool:
         return not (
             self.event_keys or self.contacts or self.decisions or self.cursors
-            or self.inbox_done or self.outbox or self.outbox_done
+            or self.inbox_done or self.outbox or self.outbox_done or self.expected_versions
         )  # fmt: skip
 
 
@@ -63,6 +88,14 @@ class Store(ABC):
 
     @abstractmethod
     def get_contacts(self, contact_ids: Iterable[str]) -> dict[str, ContactState]: ...
+
+    @abstractmethod
+    def get_versioned(
+        self, contact_ids: Iterable[str]
+    ) -> tuple[dict[str, ContactState], dict[str, int]]:
+        """The contacts found, and the version each was read at: every write of a contact
+        moves its version, so a batch listing these in `expected_versions` lands only if no
+        other writer changed them in between."""
 
     @abstractmethod
     def iter_contacts(self, page_size: int = 5000) -> Iterator[list[ContactState]]:
@@ -83,19 +116,37 @@ class Store(ABC):
         """The contact's decisions, oldest first."""
 
     @abstractmethod
-    def inbox_put(self, events: Sequence[Event]) -> int:
-        """Durably record received events for later processing; return how many were new.
-        An event already in the inbox or already processed is not recorded again."""
+    def inbox_put(self, events: Sequence[Event], partition: str = "") -> int:
+        """Durably record received events for later processing in the inbox `partition` (the
+        runner they are for); return how many were new. An event already in the inbox or
+        already processed is not recorded again."""
 
     @abstractmethod
-    def inbox_take(self, limit: int) -> list[Event]:
-        """The oldest recorded events not yet processed (they stay until a batch lists them
-        in `inbox_done`)."""
+    def inbox_take(self, limit: int, partition: str | None = None) -> list[Event]:
+        """The oldest recorded events of `partition` (None: of every partition) not yet
+        processed (they stay until a batch lists them in `inbox_done`)."""
 
     @abstractmethod
     def outbox_take(self, limit: int, prefix: str = "") -> list[tuple[str, str]]:
-        """The oldest owed CRM writes (key, payload) whose key starts with `prefix`; they stay
-        until a batch lists them in `outbox_done`."""
+        """The oldest owed CRM writes (key, payload) whose key starts with `prefix`, leased or
+        not: a look, taking nothing."""
+
+    @abstractmethod
+    def outbox_claim(
+        self, limit: int, prefix: str = "", lease: timedelta = OUTBOX_LEASE
+    ) -> list[OwedWrite]:
+        """Take the oldest owed writes whose key starts with `prefix` and that no other
+        flusher holds, leasing their keys for `lease`: until a batch lists them in
+        `outbox_done` or `outbox_release` gives them back, no other flusher takes these keys,
+        not even a newer write owed under one of them meanwhile."""
+
+    @abstractmethod
+    def outbox_release(self, owed: Sequence[OwedWrite]) -> None:
+        """Give back the leases of owed writes that were not done (they stay owed)."""
+
+    @abstractmethod
+    def outbox_owed(self, keys: Iterable[str]) -> set[str]:
+        """The keys among these with a write owed (taken or not)."""
 
     @contextmanager
     def bulk(self) -> Iterator[None]:

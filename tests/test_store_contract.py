@@ -18,6 +18,21 @@ from core.store import Batch, ConflictError, Store
 T0 = datetime(2024, 3, 1, 9, 30, tzinfo=UTC)
 
 
+class Clock:
+    """Wall-clock time as the stores see it (leases of owed writes expire by it)."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 5, 1, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
 @pytest.fixture
 def aws_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for name, value in {
@@ -31,22 +46,22 @@ def aws_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         yield
 
 
-def dynamodb_store(table: str = "state") -> DynamoDBStore:
-    store = DynamoDBStore(table, client=boto3.client("dynamodb", region_name="eu-west-1"))
-    return store
+def dynamodb_store(table: str = "state", clock: Clock | None = None) -> DynamoDBStore:
+    client = boto3.client("dynamodb", region_name="eu-west-1")
+    return DynamoDBStore(table, client=client, clock=clock or Clock())
 
 
 @pytest.fixture(params=["sqlite", "dynamodb"])
-def stores(request: pytest.FixtureRequest) -> Iterator[Callable[[], Store]]:
+def stores(request: pytest.FixtureRequest, clock: Clock) -> Iterator[Callable[[], Store]]:
     """A factory: each call opens another handle on the same store (another 'worker')."""
     if request.param == "sqlite":
-        store = SQLiteStore(":memory:")
+        store = SQLiteStore(":memory:", clock=clock)
         yield lambda: store
         store.close()
         return
     request.getfixturevalue("aws_env")
     dynamodb_store().create_table()
-    yield dynamodb_store
+    yield lambda: dynamodb_store(clock=clock)
 
 
 @pytest.fixture
@@ -184,8 +199,140 @@ def test_outbox_keeps_owed_writes_until_done_and_newest_last(store: Store) -> No
     assert store.outbox_take(1, "fields:") == [("fields:c2", '{"b": 2}')]
     assert store.outbox_take(10, "task:") == [("task:c1:e1", "{}")]
     assert len(store.outbox_take(10)) == 3
-    store.commit(Batch(outbox_done=["fields:c2", "task:c1:e1"]))
+    taken = store.outbox_claim(10, "task:") + store.outbox_claim(1, "fields:")
+    assert [(o.key, o.payload) for o in taken] == [("task:c1:e1", "{}"),
+                                                   ("fields:c2", '{"b": 2}')]  # fmt: skip
+    store.commit(Batch(outbox_done=taken))
     assert store.outbox_take(10) == [("fields:c1", '{"a": 3}')]
+    assert store.outbox_owed(["fields:c1", "fields:c2", "task:c1:e1"]) == {"fields:c1"}
+
+
+def test_a_write_owed_anew_while_the_older_one_is_flushed_stays_owed(store: Store) -> None:
+    store.commit(Batch(outbox={"fields:c1": '{"a": 1}'}))
+    (taken,) = store.outbox_claim(10, "fields:")
+    store.commit(Batch(outbox={"fields:c1": '{"a": 2}'}))  # decided while `taken` was written
+    store.commit(Batch(outbox_done=[taken]))
+    assert store.outbox_take(10) == [("fields:c1", '{"a": 2}')]
+    # ... and the flusher's lease is gone with it: the newer write can be taken at once.
+    assert [o.payload for o in store.outbox_claim(10, "fields:")] == ['{"a": 2}']
+
+
+def test_an_owed_write_taken_by_one_flusher_is_not_taken_by_another(
+    stores: Callable[[], Store], clock: Clock
+) -> None:
+    first, second = stores(), stores()
+    first.commit(Batch(outbox={"task:c1:e1": "{}", "fields:c1": '{"a": 1}'}))
+    taken = first.outbox_claim(10, lease=timedelta(minutes=5))
+    assert len(taken) == 2
+    assert second.outbox_claim(10) == []
+    # A newer write owed under a taken key waits for the first flusher too: two flushers
+    # writing one contact at once could land the older values last.
+    second.commit(Batch(outbox={"fields:c1": '{"a": 2}'}))
+    assert second.outbox_claim(10) == []
+    first.outbox_release([o for o in taken if o.key == "fields:c1"])
+    assert [(o.key, o.payload) for o in second.outbox_claim(10)] == [("fields:c1", '{"a": 2}')]
+    # A flusher that died holding a lease delays its writes; it does not lose them.
+    clock.now += timedelta(minutes=5, seconds=1)
+    assert [o.key for o in second.outbox_claim(10, "task:")] == ["task:c1:e1"]
+
+
+def test_finishing_writes_another_flusher_took_over_after_expiry_leaves_its_lease(
+    stores: Callable[[], Store], clock: Clock
+) -> None:
+    first, second = stores(), stores()
+    first.commit(Batch(outbox={"fields:c1": '{"a": 1}'}))
+    (stale,) = first.outbox_claim(10, lease=timedelta(seconds=30))
+    clock.now += timedelta(minutes=1)
+    first.commit(Batch(outbox={"fields:c1": '{"a": 2}'}))
+    (fresh,) = second.outbox_claim(10)
+    first.commit(Batch(outbox_done=[stale]))  # the first flusher finishes late
+    assert first.outbox_claim(10) == []  # the second still holds the key
+    second.commit(Batch(outbox_done=[fresh]))
+    assert second.outbox_take(10) == []
+
+
+def test_contacts_are_read_with_a_version_that_every_write_moves(store: Store) -> None:
+    store.commit(Batch(contacts=[contact("c1")], next_due=[None]))
+    states, versions = store.get_versioned(["c1", "missing"])
+    assert states == {"c1": contact("c1")}
+    assert set(versions) == {"c1"}
+    store.commit(Batch(contacts=[contact("c1", engagement_score=5.0)], next_due=[None],
+                       expected_versions={"c1": versions["c1"]}))  # fmt: skip
+    _, after = store.get_versioned(["c1"])
+    assert after["c1"] != versions["c1"]
+    store.commit(Batch(contacts=[contact("c1", engagement_score=6.0)], next_due=[None]))
+    _, unconditional = store.get_versioned(["c1"])
+    assert unconditional["c1"] not in (versions["c1"], after["c1"])
+
+
+def test_a_commit_decided_on_a_stale_contact_conflicts_and_writes_nothing(
+    stores: Callable[[], Store],
+) -> None:
+    sync, worker = stores(), stores()
+    worker.commit(Batch(contacts=[contact("c1")], next_due=[None]))
+    _, read = sync.get_versioned(["c1"])
+    # The worker applies an open after the sync read the contact...
+    worker.commit(Batch(event_keys=["open-1"], contacts=[contact("c1", engagement_score=5.0)],
+                        next_due=[None], decisions=[decision("c1", "open-1")]))  # fmt: skip
+    stale = Batch(event_keys=["tick-1"], contacts=[contact("c1", campaign_status=Status.DORMANT)],
+                  next_due=[None], decisions=[decision("c1", "tick-1", Status.DORMANT)],
+                  outbox={"fields:c1": "{}"}, cursors={"due:after": "c1"},
+                  expected_versions={"c1": read["c1"]})  # fmt: skip
+    # ... so the sync's commit, decided on what it read before, must not land.
+    with pytest.raises(ConflictError):
+        sync.commit(stale)
+    assert sync.get_contacts(["c1"])["c1"].engagement_score == 5.0
+    assert [d.cause for d in sync.ledger_for("c1")] == ["open-1"]
+    assert sync.unseen(["tick-1"]) == {"tick-1"}
+    assert sync.outbox_take(10) == []
+    assert sync.get_cursor("due:after") is None
+
+
+def test_a_contact_expected_absent_or_unchanged_is_checked_too(store: Store) -> None:
+    store.commit(Batch(contacts=[contact("c1")], next_due=[None]))
+    _, read = store.get_versioned(["c1"])
+    with pytest.raises(ConflictError):  # another writer created it first
+        store.commit(Batch(contacts=[contact("c1")], next_due=[None],
+                           expected_versions={"c1": None}))  # fmt: skip
+    store.commit(Batch(contacts=[contact("c1", engagement_score=1.0)], next_due=[None]))
+    # An event decided on the old state without changing it is not claimed either.
+    with pytest.raises(ConflictError):
+        store.commit(Batch(event_keys=["e1"], expected_versions={"c1": read["c1"]}))
+    assert store.unseen(["e1"]) == {"e1"}
+    store.commit(Batch(contacts=[contact("c2")], next_due=[None],
+                       expected_versions={"c2": None}))  # fmt: skip
+    assert set(store.get_contacts(["c2"])) == {"c2"}
+
+
+def test_a_stale_contact_in_a_batch_larger_than_one_transaction_writes_nothing(
+    store: Store,
+) -> None:
+    ids = [f"c{n:03d}" for n in range(150)]
+    store.commit(Batch(contacts=[contact(c) for c in ids], next_due=[None] * 150))
+    _, read = store.get_versioned(ids)
+    store.commit(Batch(contacts=[contact("c149", engagement_score=5.0)], next_due=[None]))
+    batch = Batch(event_keys=[f"e-{c}" for c in ids],
+                  contacts=[contact(c, engagement_score=1.0) for c in ids],
+                  next_due=[None] * 150, decisions=[decision(c, f"e-{c}") for c in ids],
+                  expected_versions=read)  # fmt: skip
+    with pytest.raises(ConflictError):
+        store.commit(batch)
+    assert store.unseen(batch.event_keys) == set(batch.event_keys)
+    assert {s.engagement_score for s in store.get_contacts(ids).values()} == {0.0, 5.0}
+
+
+def test_each_inbox_partition_is_taken_on_its_own(store: Store) -> None:
+    store.inbox_put([event("h1"), event("h2", minutes=1)], partition="hubspot")
+    store.inbox_put([event("s1", minutes=2)], partition="salesforce")
+    store.inbox_put([event("u1", minutes=3)])
+    assert [e.event_id for e in store.inbox_take(10, "hubspot")] == ["h1", "h2"]
+    assert [e.event_id for e in store.inbox_take(10, "salesforce")] == ["s1"]
+    assert [e.event_id for e in store.inbox_take(10, "")] == ["u1"]
+    assert [e.event_id for e in store.inbox_take(10)] == ["h1", "h2", "s1", "u1"]
+    # One event is recorded once, whichever partition it is offered to.
+    assert store.inbox_put([event("h1")], partition="salesforce") == 0
+    store.commit(Batch(event_keys=["h1"], inbox_done=["h1"]))
+    assert [e.event_id for e in store.inbox_take(10, "hubspot")] == ["h2"]
 
 
 def test_a_batch_larger_than_one_transaction_is_written_whole(store: Store) -> None:
