@@ -12,7 +12,8 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -29,9 +30,9 @@ from connectors.redact import redact_emails
 from connectors.signals import events_from_changes, seen_key
 from core.experiments import experiment_property_values
 from core.models import ContactState, Decision, Event, Status
-from core.pipeline import Applied, Pipeline, RunStats
-from core.reconcile import state_from_crm
-from core.store import Batch, ConflictError, Store
+from core.pipeline import Applied, Pipeline, RunStats, decide_and_commit
+from core.reconcile import differing_fields, state_from_crm
+from core.store import Batch, OwedWrite, Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,9 @@ class Runner:
         self.policy = self.mapping.policy
         self.pipeline = Pipeline(store, self.policy)
         self.clock = clock
+        self.inbox_partition = connector.vendor
+        """The part of the inbox holding this runner's events: a `serve` with one mapping per
+        vendor shares one store, and each vendor's events must reach only its own runner."""
         self.write_page = write_page or connector.write_page
         self._writable = [n for n, f in self.mapping.fields.items() if not f.read_only]
         self._dates = {n for n, f in self.mapping.fields.items() if f.type in ("datetime", "date")}
@@ -93,15 +97,22 @@ class Runner:
 
     def record(self, events: Sequence[Event]) -> int:
         """Durably record webhook events; the caller may acknowledge once this returns."""
-        return self.store.inbox_put(events)
+        return self.store.inbox_put(events, partition=self.inbox_partition)
 
     def drain_inbox(
-        self, batch_size: int = 500, stop: Callable[[], bool] | None = None
+        self,
+        batch_size: int = 500,
+        stop: Callable[[], bool] | None = None,
+        unpartitioned: bool = False,
     ) -> RunStats:
-        """Process the inbox a batch (one transaction) at a time until it is empty or `stop`."""
+        """Process this runner's inbox a batch (one transaction) at a time until it is empty or
+        `stop`. With `unpartitioned`, then also the events recorded for no runner in particular
+        (by a release before the inbox had partitions): only a sole runner may take those."""
         total = RunStats()
-        while not (stop and stop()) and (events := self.store.inbox_take(batch_size)):
-            total.add(self.process(events, inbox=True))
+        parts = [self.inbox_partition, ""] if unpartitioned else [self.inbox_partition]
+        for part in parts:
+            while not (stop and stop()) and (events := self.store.inbox_take(batch_size, part)):
+                total.add(self.process(events, inbox=True))
         return total
 
     def process(
@@ -112,25 +123,25 @@ class Runner:
         flush: bool = True,
     ) -> RunStats:
         """Decide a batch of events against the CRM's current values and owe the writes."""
-        # Owed writes go first: a CRM still behind them would read as a hand edit.
+        # Owed writes go first, so the CRM reads show them.
         self.flush()
-        for attempt in (1, 2):
+        ids = sorted({e.contact_id for e in events})
+
+        def decide() -> Applied:
             now = self.clock()
-            ids = sorted({e.contact_id for e in events})
-            states, records = self._reconciled(ids, now)
+            states, records, versions = self._reconciled(ids, now)
             applied = self.pipeline.prepare_events(events, inbox=inbox, states=states)
             self._owe(applied, records)
             applied.batch.cursors.update(cursors or {})
-            try:
-                self.store.commit(applied.batch)
-            except ConflictError:
-                if attempt == 2:
-                    raise
-                continue
-            if flush:
-                self.flush()
-            return applied.stats
-        raise AssertionError("unreachable")
+            # Every contact an event was decided on: an event that changed nothing on a stale
+            # state might have changed the current one.
+            applied.batch.expected_versions = {cid: versions.get(cid) for cid in ids}
+            return applied
+
+        applied = decide_and_commit(self.store, decide)
+        if flush:
+            self.flush()
+        return applied.stats
 
     # ---- scheduled sync --------------------------------------------------------------------
 
@@ -208,14 +219,8 @@ class Runner:
         pages = self.connector.iter_all(after) if full else self.connector.find_due(now, after)
         owed = 0
         for page in pages:
-            ids = [r.contact_id for r in page]
-            records = {r.contact_id: r for r in page}
-            states, snapshots = self._states_from(records, now)
-            applied = self.pipeline.prepare_tick(ids, now, states=states)
-            if full:
-                self._save_reconciled(applied, states, snapshots)
-            self._owe(applied, records)
-            applied.batch.cursors[name] = page[-1].contact_id
+            decide = self._page_decider(page, now, full, name)
+            applied = decide() if dry_run else decide_and_commit(self.store, decide)
             summary.examined += len(page)
             summary.decisions += applied.stats.decisions
             summary.transitions.update(applied.stats.transitions)
@@ -224,7 +229,6 @@ class Runner:
             if dry_run:
                 summary.writes_owed += sum(k.startswith(FIELDS) for k in applied.batch.outbox)
                 continue
-            self.store.commit(applied.batch)
             # Pages are disjoint, so writes may wait (durably owed) until a write page is full:
             # one large flush lets the connector use its bulk path. sync() flushes the rest.
             owed += sum(k.startswith(FIELDS) for k in applied.batch.outbox)
@@ -233,6 +237,33 @@ class Runner:
                 owed = 0
         if not dry_run:
             self.store.commit(Batch(cursors={name: ""}))
+
+    def _page_decider(
+        self, page: list[CrmRecord], now: datetime, full: bool, cursor: str
+    ) -> Callable[[], Applied]:
+        """Decides a sync page's time rules; each further call reads the page again (another
+        writer changed some of its contacts since)."""
+        ids = [r.contact_id for r in page]
+        rounds = 0
+
+        def decide() -> Applied:
+            nonlocal rounds
+            rounds += 1
+            records = {r.contact_id: r for r in page}
+            if rounds > 1:
+                records = self.connector.read_records(ids)
+            states, snapshots, versions = self._states_from(records, now, listed=True)
+            applied = self.pipeline.prepare_tick(ids, now, states=states)
+            if full:
+                self._save_reconciled(applied, states, snapshots)
+            self._owe(applied, records)
+            applied.batch.cursors[cursor] = page[-1].contact_id
+            applied.batch.expected_versions = {
+                s.contact_id: versions.get(s.contact_id) for s in applied.batch.contacts
+            }
+            return applied
+
+        return decide
 
     def _save_reconciled(self, applied: Applied, states: dict, snapshots: dict) -> None:
         """`--full` also stores what it learnt from the CRM about contacts with no decision."""
@@ -245,25 +276,53 @@ class Runner:
 
     def _reconciled(
         self, ids: Sequence[str], now: datetime
-    ) -> tuple[dict[str, ContactState], dict[str, CrmRecord]]:
-        records = self.connector.read_records(ids) if ids else {}
-        states, _ = self._states_from(records, now, ids)
-        return states, records
+    ) -> tuple[dict[str, ContactState], dict[str, CrmRecord], dict[str, int]]:
+        records: dict[str, CrmRecord] = {}
+        states, _, versions = self._states_from(records, now, ids=ids)
+        return states, records, versions
 
     def _states_from(
-        self, records: dict[str, CrmRecord], now: datetime, ids: Iterable[str] | None = None
-    ) -> tuple[dict[str, ContactState], dict[str, ContactState]]:
+        self,
+        records: dict[str, CrmRecord],
+        now: datetime,
+        ids: Iterable[str] | None = None,
+        listed: bool = False,
+    ) -> tuple[dict[str, ContactState], dict[str, ContactState], dict[str, int]]:
+        """The states to decide on, the stored snapshots and the versions they were read at.
+
+        The snapshot is read before the CRM: a CRM value that differs from it is then either
+        a hand edit or a newer write by another runner, which the commit's version check
+        catches. Without `records` given, the CRM is read here (`records` is filled in).
+        `listed` records were read before the snapshots, so any that differ from theirs are
+        read again. A contact with a write still owed to the CRM is decided on its snapshot:
+        the CRM is behind it, not edited (the owed write overwrites it anyway)."""
         wanted = list(ids) if ids is not None else list(records)
-        snapshots = self.store.get_contacts(wanted)
+        snapshots, versions = self.store.get_versioned(wanted)
+        behind = {
+            key[len(FIELDS) :] for key in self.store.outbox_owed(FIELDS + c for c in snapshots)
+        }
+        if ids is not None and not listed:
+            records.update(self.connector.read_records(wanted) if wanted else {})
+        elif listed:
+            stale = [
+                cid for cid, snapshot in snapshots.items()
+                if cid in records and cid not in behind
+                and differing_fields(snapshot, records[cid].values)
+            ]  # fmt: skip
+            if stale:
+                records = {**records, **self.connector.read_records(stale)}
         states: dict[str, ContactState] = {}
         for cid in wanted:
             record, snapshot = records.get(cid), snapshots.get(cid)
+            if snapshot is not None and cid in behind:
+                states[cid] = snapshot
+                continue
             values = record.values if record else {}
             created = record.created_at if record else None
             state = state_from_crm(cid, values, snapshot, self.policy, now, created)
             if state is not None:
                 states[cid] = state
-        return states, snapshots
+        return states, snapshots, versions
 
     # ---- owing and flushing writes ---------------------------------------------------------
 
@@ -332,25 +391,42 @@ class Runner:
                 summary.stopped = f"writes owed, CRM unavailable: {exc}"
 
     def _flush_fields(self, summary: SyncSummary | None) -> None:
-        while owed := self.store.outbox_take(self.write_page, FIELDS):
-            values = {key[len(FIELDS) :]: self._decode(payload) for key, payload in owed}
-            result = self.connector.write_records(values)
-            by_contact = {c: c for c in values}
-            failures = self._failure_decisions(result.failed, by_contact, "write_failed")
-            self.store.commit(Batch(outbox_done=[k for k, _ in owed], decisions=failures))
+        # Each key taken is leased to this flusher: another flusher (a `sync` beside the worker)
+        # neither writes it too nor writes a newer value before this one lands.
+        while owed := self.store.outbox_claim(self.write_page, FIELDS):
+            with self._giving_back(owed):
+                values = {o.key[len(FIELDS) :]: self._decode(o.payload) for o in owed}
+                result = self.connector.write_records(values)
+                by_contact = {c: c for c in values}
+                failures = self._failure_decisions(result.failed, by_contact, "write_failed")
+                self.store.commit(Batch(outbox_done=owed, decisions=failures))
             if summary is not None:
                 summary.written += len(result.written)
                 summary.write_failures += len(result.failed)
 
     def _flush_tasks(self, summary: SyncSummary | None) -> None:
-        while owed := self.store.outbox_take(self.write_page, TASKS):
-            tasks = [self._task_from(key, json.loads(payload)) for key, payload in owed]
-            result = self.connector.create_tasks(tasks)
-            owners = {t.key: t.contact_id for t in tasks}
-            failures = self._failure_decisions(result.failed, owners, "task_failed")
-            self.store.commit(Batch(outbox_done=[k for k, _ in owed], decisions=failures))
+        while owed := self.store.outbox_claim(self.write_page, TASKS):
+            with self._giving_back(owed):
+                tasks = [self._task_from(o.key, json.loads(o.payload)) for o in owed]
+                result = self.connector.create_tasks(tasks)
+                owners = {t.key: t.contact_id for t in tasks}
+                failures = self._failure_decisions(result.failed, owners, "task_failed")
+                self.store.commit(Batch(outbox_done=owed, decisions=failures))
             if summary is not None:
                 summary.tasks_created += len(result.written)
+
+    @contextmanager
+    def _giving_back(self, owed: list[OwedWrite]) -> Iterator[None]:
+        """Writes that failed stay owed, and their leases are given back for the next flush.
+        (A flusher that dies outright leaves its leases to expire.)"""
+        try:
+            yield
+        except Exception:
+            try:
+                self.store.outbox_release(owed)
+            except StoreError as exc:
+                log.warning("owed writes wait for their lease to expire: %s", exc)
+            raise
 
     @staticmethod
     def _task_from(key: str, data: dict[str, Any]) -> HandoffTask:

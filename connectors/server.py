@@ -60,9 +60,11 @@ class InboxWorker(threading.Thread):
 
     def drain_once(self) -> None:
         with self.lock:
+            # Events recorded before the inbox had a partition per runner are a sole runner's.
+            sole = len(self.runners) == 1
             for runner in self.runners:
                 try:
-                    runner.drain_inbox(DRAIN_BATCH, stop=self.stopping.is_set)
+                    runner.drain_inbox(DRAIN_BATCH, stop=self.stopping.is_set, unpartitioned=sole)
                 except (ConnectorError, StoreError) as exc:
                     log.warning("inbox stays queued for %s: %s", runner.connector.vendor, exc)
 

@@ -24,6 +24,9 @@ from core.store import Batch, ConflictError, Store
 
 _BY_TIME = attrgetter("occurred_at")
 VERSION_PREFIX = "policy:"
+CONFLICT_ATTEMPTS = 5
+"""Decisions made again after another writer got there first, before giving up (the caller
+retries later: an inbox stays queued, a queue message is redelivered)."""
 
 
 def version_key(version: str) -> str:
@@ -39,6 +42,24 @@ def policy_record(policy: Policy, first_decision_at: datetime) -> str:
     record = {"version": policy.version, "first_decision_at": first_decision_at.isoformat(),
               "snapshot": body}  # fmt: skip
     return json.dumps(record, sort_keys=True)
+
+
+def decide_and_commit(
+    store: Store, decide: Callable[[], Applied], attempts: int = CONFLICT_ATTEMPTS
+) -> Applied:
+    """Commit what `decide` decides. When another writer claimed one of its events or changed
+    one of its contacts since `decide` read them (`ConflictError`, nothing written), decide
+    again on what that writer left: `decide` must read afresh each time."""
+    for attempt in range(1, attempts + 1):
+        applied = decide()
+        try:
+            store.commit(applied.batch)
+        except ConflictError:
+            if attempt == attempts:
+                raise
+            continue
+        return applied
+    raise AssertionError("unreachable")
 
 
 @dataclass
@@ -197,7 +218,9 @@ class Pipeline:
         if self.store.get_cursor(key) is None:
             first = min(d.at for d in batch.decisions)
             batch.cursors[key] = policy_record(self.policy, first)
-        self._version_recorded = True
+        else:
+            # Only once it is stored: a batch that lost a race is decided again with it.
+            self._version_recorded = True
 
     def due_at(self, state: ContactState) -> datetime | None:
         due = next_due(state, self.policy_for(state))
@@ -211,18 +234,11 @@ class Pipeline:
         return stats
 
     def process(self, events: Sequence[Event], inbox: bool = False) -> RunStats:
-        """Decide and commit one batch; on a race with another writer, redo it once."""
-        for attempt in (1, 2):
-            try:
-                with cyclic_gc_paused():
-                    applied = self.prepare_events(events, inbox=inbox)
-                    self.store.commit(applied.batch)
-            except ConflictError:
-                if attempt == 2:
-                    raise
-                continue
-            return applied.stats
-        raise AssertionError("unreachable")
+        """Decide and commit one batch; on a race with another writer, decide it again."""
+        with cyclic_gc_paused():
+            return decide_and_commit(
+                self.store, lambda: self.prepare_events(events, inbox=inbox)
+            ).stats
 
     def process_stream(
         self,

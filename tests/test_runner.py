@@ -74,7 +74,7 @@ def test_a_redelivered_event_is_not_counted_twice(runner: Runner, crm: MemoryCrm
 
 def test_draining_stops_between_batches_when_asked(runner: Runner) -> None:
     """`serve`'s worker drains in small transactions and must stop without emptying a backlog."""
-    runner.store.inbox_put([ev(f"e{i}", "open", cid=f"c{i}") for i in range(5)])
+    runner.record([ev(f"e{i}", "open", cid=f"c{i}") for i in range(5)])
     asked = 0
 
     def stop() -> bool:

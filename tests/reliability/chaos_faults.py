@@ -19,13 +19,13 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from connectors.base import CrmRecord, HandoffTask, WriteResult
 from connectors.hubspot import HubSpotConnector
 from core.models import ContactState, Decision, Event
-from core.store import Batch, Store
+from core.store import OUTBOX_LEASE, Batch, OwedWrite, Store
 from tests.fakes.hubspot_server import ApiError, FakeHubSpot, RecordFailure
 
 CONTACT_UPDATE = re.compile(r"/crm/v3/objects/contacts/batch/update$")
@@ -173,6 +173,11 @@ class ChaosStore(Store):
     def get_contacts(self, contact_ids: Iterable[str]) -> dict[str, ContactState]:
         return self.inner.get_contacts(contact_ids)
 
+    def get_versioned(
+        self, contact_ids: Iterable[str]
+    ) -> tuple[dict[str, ContactState], dict[str, int]]:
+        return self.inner.get_versioned(contact_ids)
+
     def iter_contacts(self, page_size: int = 5000) -> Iterator[list[ContactState]]:
         return self.inner.iter_contacts(page_size)
 
@@ -188,14 +193,25 @@ class ChaosStore(Store):
     def ledger_for(self, contact_id: str) -> list[Decision]:
         return self.inner.ledger_for(contact_id)
 
-    def inbox_put(self, events: Sequence[Event]) -> int:
-        return self.inner.inbox_put(events)
+    def inbox_put(self, events: Sequence[Event], partition: str = "") -> int:
+        return self.inner.inbox_put(events, partition)
 
-    def inbox_take(self, limit: int) -> list[Event]:
-        return self.inner.inbox_take(limit)
+    def inbox_take(self, limit: int, partition: str | None = None) -> list[Event]:
+        return self.inner.inbox_take(limit, partition)
 
     def outbox_take(self, limit: int, prefix: str = "") -> list[tuple[str, str]]:
         return self.inner.outbox_take(limit, prefix)
+
+    def outbox_claim(
+        self, limit: int, prefix: str = "", lease: timedelta = OUTBOX_LEASE
+    ) -> list[OwedWrite]:
+        return self.inner.outbox_claim(limit, prefix, lease)
+
+    def outbox_release(self, owed: Sequence[OwedWrite]) -> None:
+        self.inner.outbox_release(owed)
+
+    def outbox_owed(self, keys: Iterable[str]) -> set[str]:
+        return self.inner.outbox_owed(keys)
 
     def close(self) -> None:
         # Closing a dropped connection again is harmless.

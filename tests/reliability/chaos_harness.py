@@ -19,7 +19,7 @@ import random
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import astuple, dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from connectors.intake import handle_webhook
 from connectors.runner import Runner
 from core.mapping import Mapping, load_mapping
 from core.sqlite_store import SQLiteStore
-from core.store import Batch, StoreError
+from core.store import OUTBOX_LEASE, Batch, StoreError
 from tests.fakes.hubspot_server import TOKEN
 from tests.reliability.chaos_faults import (
     ChaosHubSpot,
@@ -53,6 +53,7 @@ SECRET = "chaos-client-secret-3f9a"
 MAX_RECEIVES = 3
 """A worker batch failing this many times in a row is parked (dead-lettered) and replayed."""
 MAX_RESTARTS = 10_000
+LEASE_EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 class VirtualClock:
@@ -115,8 +116,13 @@ class ChaosRun:
                                           sleep=self.clock.sleep, clock=self.clock,
                                           prefetch_pages=0)  # fmt: skip
         connector.plan = self.plan
-        store = ChaosStore(SQLiteStore(self.path), self.plan)
+        store = ChaosStore(SQLiteStore(self.path, clock=self.lease_clock), self.plan)
         return Runner(connector, store, clock=lambda: self.now)
+
+    def lease_clock(self) -> datetime:
+        """Wall-clock time as the store sees it: a dead worker's leases on owed writes have
+        run out by the time its replacement starts."""
+        return LEASE_EPOCH + self.report.restarts * (OUTBOX_LEASE + timedelta(seconds=1))
 
     def _restart(self) -> None:
         self._tally_calls()
