@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -129,7 +129,7 @@ class Runner:
 
         def decide() -> Applied:
             now = self.clock()
-            states, records, versions = self._reconciled(ids, now)
+            states, records, _, versions = self._read_states(ids, now)
             applied = self.pipeline.prepare_events(events, inbox=inbox, states=states)
             self._owe(applied, records)
             applied.batch.cursors.update(cursors or {})
@@ -249,10 +249,10 @@ class Runner:
         def decide() -> Applied:
             nonlocal rounds
             rounds += 1
-            records = {r.contact_id: r for r in page}
+            listed = {r.contact_id: r for r in page}
             if rounds > 1:
-                records = self.connector.read_records(ids)
-            states, snapshots, versions = self._states_from(records, now, listed=True)
+                listed = self.connector.read_records(ids)
+            states, records, snapshots, versions = self._read_states(ids, now, listed)
             applied = self.pipeline.prepare_tick(ids, now, states=states)
             if full:
                 self._save_reconciled(applied, states, snapshots)
@@ -274,45 +274,37 @@ class Runner:
 
     # ---- reading and reconciling -----------------------------------------------------------
 
-    def _reconciled(
-        self, ids: Sequence[str], now: datetime
-    ) -> tuple[dict[str, ContactState], dict[str, CrmRecord], dict[str, int]]:
-        records: dict[str, CrmRecord] = {}
-        states, _, versions = self._states_from(records, now, ids=ids)
-        return states, records, versions
-
-    def _states_from(
-        self,
-        records: dict[str, CrmRecord],
-        now: datetime,
-        ids: Iterable[str] | None = None,
-        listed: bool = False,
-    ) -> tuple[dict[str, ContactState], dict[str, ContactState], dict[str, int]]:
-        """The states to decide on, the stored snapshots and the versions they were read at.
+    def _read_states(
+        self, ids: Sequence[str], now: datetime, listed: dict[str, CrmRecord] | None = None
+    ) -> tuple[
+        dict[str, ContactState], dict[str, CrmRecord], dict[str, ContactState], dict[str, int]
+    ]:
+        """The states to decide on, the CRM records, the stored snapshots and the versions
+        they were read at.
 
         The snapshot is read before the CRM: a CRM value that differs from it is then either
         a hand edit or a newer write by another runner, which the commit's version check
-        catches. Without `records` given, the CRM is read here (`records` is filled in).
-        `listed` records were read before the snapshots, so any that differ from theirs are
-        read again. A contact with a write still owed to the CRM is decided on its snapshot:
-        the CRM is behind it, not edited (the owed write overwrites it anyway)."""
-        wanted = list(ids) if ids is not None else list(records)
-        snapshots, versions = self.store.get_versioned(wanted)
+        catches. `listed` records (a sync page) were read before the snapshots, so those that
+        differ from theirs are read again. A contact with a write still owed to the CRM is
+        decided on its snapshot: the CRM is behind it, not edited (the owed write overwrites
+        it anyway)."""
+        snapshots, versions = self.store.get_versioned(ids)
         behind = {
             key[len(FIELDS) :] for key in self.store.outbox_owed(FIELDS + c for c in snapshots)
         }
-        if ids is not None and not listed:
-            records.update(self.connector.read_records(wanted) if wanted else {})
-        elif listed:
+        if listed is None:
+            records = self.connector.read_records(ids) if ids else {}
+        else:
+            records = dict(listed)
             stale = [
                 cid for cid, snapshot in snapshots.items()
                 if cid in records and cid not in behind
                 and differing_fields(snapshot, records[cid].values)
             ]  # fmt: skip
             if stale:
-                records = {**records, **self.connector.read_records(stale)}
+                records.update(self.connector.read_records(stale))
         states: dict[str, ContactState] = {}
-        for cid in wanted:
+        for cid in ids:
             record, snapshot = records.get(cid), snapshots.get(cid)
             if snapshot is not None and cid in behind:
                 states[cid] = snapshot
@@ -322,7 +314,7 @@ class Runner:
             state = state_from_crm(cid, values, snapshot, self.policy, now, created)
             if state is not None:
                 states[cid] = state
-        return states, snapshots, versions
+        return states, records, snapshots, versions
 
     # ---- owing and flushing writes ---------------------------------------------------------
 

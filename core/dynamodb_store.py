@@ -450,7 +450,7 @@ class DynamoDBStore(Store):
             return
         groups = self._groups(batch)
         if not groups:
-            pass
+            pass  # only owed writes done: removed below
         elif (
             sum(len(g.ops) for g in groups) <= TRANSACTION_LIMIT
             and sum(g.size for g in groups) <= TRANSACTION_BYTES

@@ -10,7 +10,9 @@ import pytest
 from connectors.base import ConnectorError
 from connectors.runner import Runner
 from core.models import Event, Status
+from core.pipeline import CONFLICT_ATTEMPTS
 from core.sqlite_store import SQLiteStore
+from core.store import Batch, ConflictError
 from tests.fakes.memory_crm import MemoryConnector, MemoryCrm, memory_mapping
 
 T0 = datetime(2024, 1, 1, 12, tzinfo=UTC)
@@ -86,6 +88,42 @@ def test_draining_stops_between_batches_when_asked(runner: Runner) -> None:
     assert [e.event_id for e in runner.store.inbox_take(10)] == ["e4"]
     assert runner.drain_inbox(2).applied == 1
     assert runner.store.inbox_take(10) == []
+
+
+def test_events_during_a_crm_write_outage_build_on_each_other(
+    runner: Runner, crm: MemoryCrm
+) -> None:
+    """While the CRM refuses writes it is behind the store, not hand-edited: the next event is
+    decided on the stored state, not on the CRM's older values."""
+    runner.process([ev("e1", "open")])
+    assert crm.values["c1"]["engagement_score"] == 5
+    crm.unavailable = {"write"}
+    runner.process([ev("e2", "open", minutes=1)])
+    runner.process([ev("e3", "open", minutes=2)])
+    assert runner.store.get_contacts(["c1"])["c1"].engagement_score == 15
+    crm.unavailable = set()
+    runner.flush()
+    assert crm.values["c1"]["engagement_score"] == 15
+
+
+def test_a_writer_that_keeps_losing_races_gives_up_and_leaves_the_inbox_queued(
+    runner: Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner.record([ev("e1", "open")])
+    attempts = 0
+
+    def another_writer_first(batch: Batch) -> None:
+        nonlocal attempts
+        attempts += 1
+        raise ConflictError("another writer changed c1 first")
+
+    monkeypatch.setattr(runner.store, "commit", another_writer_first)
+    with pytest.raises(ConflictError):
+        runner.drain_inbox()
+    assert attempts == CONFLICT_ATTEMPTS  # decided again each time, then left for later
+    monkeypatch.undo()
+    assert [e.event_id for e in runner.store.inbox_take(10)] == ["e1"]
+    assert runner.drain_inbox().applied == 1
 
 
 def test_one_handoff_task_per_engaged_transition(runner: Runner, crm: MemoryCrm) -> None:
