@@ -125,17 +125,19 @@ class Runner:
         """Decide a batch of events against the CRM's current values and owe the writes."""
         # Owed writes go first, so the CRM reads show them.
         self.flush()
-        ids = sorted({e.contact_id for e in events})
 
         def decide() -> Applied:
             now = self.clock()
+            ids = sorted({e.contact_id for e in events})
             states, records, _, versions = self._read_states(ids, now)
             applied = self.pipeline.prepare_events(events, inbox=inbox, states=states)
             self._owe(applied, records)
             applied.batch.cursors.update(cursors or {})
-            # Every contact an event was decided on: an event that changed nothing on a stale
+            # Every contact an event is claimed for: an event that changed nothing on a stale
             # state might have changed the current one.
-            applied.batch.expected_versions = {cid: versions.get(cid) for cid in ids}
+            claimed = set(applied.batch.event_keys)
+            decided_on = {e.contact_id for e in events if e.event_id in claimed}
+            applied.batch.expected_versions = {cid: versions.get(cid) for cid in decided_on}
             return applied
 
         applied = decide_and_commit(self.store, decide)
