@@ -360,15 +360,19 @@ class DynamoDBStore(Store):
             if not items:
                 return []
             until = _n(int((now + lease).timestamp()))
-            ops = [self._lease_op(item, holder, until, now) for item in items]
-            try:
-                self._transact(ops)
-            except ConflictError:
-                continue  # another flusher took one of them first: look again
-            return [
-                OwedWrite(item["sk"]["S"], item["payload"]["S"], item["seq"]["S"], holder)
-                for item in items
-            ]
+            taken: list[Item] = []
+            for start in range(0, len(items), TRANSACTION_LIMIT):
+                chunk = items[start : start + TRANSACTION_LIMIT]
+                try:
+                    self._transact([self._lease_op(item, holder, until, now) for item in chunk])
+                except ConflictError:
+                    continue  # another flusher took one of these first
+                taken += chunk
+            if taken:
+                return [
+                    OwedWrite(item["sk"]["S"], item["payload"]["S"], item["seq"]["S"], holder)
+                    for item in taken
+                ]
         return []  # others are flushing these; they stay owed
 
     def _lease_op(self, item: Item, holder: str, until: dict[str, str], now: datetime) -> Op:

@@ -350,3 +350,7 @@ def test_a_batch_larger_than_one_transaction_is_written_whole(store: Store) -> N
     assert store.due_contacts(T0, limit=1000) == ids
     assert store.get_cursor("due:after") == "c149"
     assert [d.cause for d in store.ledger_for("c077")] == ["e-c077"]
+    taken = store.outbox_claim(500)
+    assert len(taken) == 150
+    store.commit(Batch(outbox_done=taken))
+    assert store.outbox_take(500) == []
