@@ -38,7 +38,10 @@ def run(store, policy, events, bulk):
 
 
 def dump(store, table, order):
-    return store.execute(f"SELECT * FROM {table} ORDER BY {order}")  # noqa: S608
+    # A contact's version counts its writes, and a bulk run writes each contact once: every
+    # other column must match.
+    columns = [r[1] for r in store.execute(f"PRAGMA table_info({table})") if r[1] != "version"]
+    return store.execute(f"SELECT {', '.join(columns)} FROM {table} ORDER BY {order}")  # noqa: S608
 
 
 def test_a_bulk_run_ends_with_the_rows_of_batch_commits(ev, policy):
