@@ -29,6 +29,7 @@ from connectors.redact import redact_emails
 from connectors.signals import events_from_changes, seen_key
 from core.experiments import experiment_property_values
 from core.models import ContactState, Decision, Event, Status
+from core.occurrences import decode_seen, encode_seen
 from core.pipeline import Applied, Pipeline, RunStats
 from core.reconcile import state_from_crm
 from core.store import Batch, ConflictError, Store
@@ -173,17 +174,20 @@ class Runner:
         for page in self.connector.find_engaged_since(since, after):
             signals = self.mapping.signals
             keys = [seen_key(r.contact_id, s.property) for r in page for s in signals]
-            last_seen = self.store.get_cursors(keys)
+            last_seen = {k: decode_seen(v) for k, v in self.store.get_cursors(keys).items()}
             events: list[Event] = []
             remember: dict[str, str] = {}
             for record in page:
                 keyed = {s.property: seen_key(record.contact_id, s.property) for s in signals}
-                prior = {p: last_seen[k] for p, k in keyed.items() if k in last_seen}
-                found, seen = events_from_changes(
+                prior = {p: last_seen[k].value for p, k in keyed.items() if k in last_seen}
+                found, quiet = events_from_changes(
                     self.mapping, record.contact_id, record.signals, prior, now, "poll"
                 )
                 events += found
-                remember.update({seen_key(record.contact_id, p): v for p, v in seen.items()})
+                # Values that mean no event are remembered here (a later return to a value
+                # that does is a change); the pipeline remembers the ones it counts.
+                remember.update({seen_key(record.contact_id, p): encode_seen(v, None)
+                                 for p, v in quiet.items()})  # fmt: skip
             summary.examined += len(page)
             summary.events_polled += len(events)
             if progress:

@@ -19,6 +19,7 @@ from operator import attrgetter
 from core.engine import advance_owned, apply_owned, next_due
 from core.gcpause import cyclic_gc_paused
 from core.models import ContactState, Decision, Event
+from core.occurrences import Seen, counts, decode_seen, encode_seen, newer, seen_key
 from core.policy import Policy
 from core.store import Batch, ConflictError, Store
 
@@ -130,6 +131,9 @@ class Pipeline:
                 stats.rejections.append(f"{key}: unknown event type '{event.type}'")
                 continue
             fresh.append(event)
+        remembered: dict[str, str] = {}
+        if any(e.observed is not None for e in fresh):
+            fresh, remembered = self._new_occurrences(fresh, stats)
         fresh.sort(key=_BY_TIME)
         states = self._own_states({e.contact_id for e in fresh}, states)
         changed: dict[str, ContactState] = {}
@@ -149,9 +153,37 @@ class Pipeline:
         stats.applied = len(fresh)
         batch = self._batch(changed, decisions)
         batch.event_keys = list(seen)
+        batch.cursors.update(remembered)
         if inbox:
             batch.inbox_done = [e.event_id for e in events]
         return Applied(changed, decisions, self._finish(stats, changed, decisions), batch)
+
+    def _new_occurrences(
+        self, events: list[Event], stats: RunStats
+    ) -> tuple[list[Event], dict[str, str]]:
+        """Drop events that show again the value last counted for their property (a resent
+        snapshot, a redelivery whose claim expired), and the seen records to store."""
+        keys = {e.event_id: seen_key(e.contact_id, e.observed.property)
+                for e in events if e.observed is not None}  # fmt: skip
+        stored = self.store.get_cursors(list(dict.fromkeys(keys.values())))
+        seen = {key: decode_seen(text) for key, text in stored.items()}
+        remembered: dict[str, str] = {}
+        kept: list[Event] = []
+        for event in events:
+            observed = event.observed
+            if observed is None:
+                kept.append(event)
+                continue
+            key = keys[event.event_id]
+            last = seen.get(key)
+            if counts(event, last):
+                kept.append(event)
+            else:
+                stats.duplicates += 1
+            if newer(observed, last):
+                seen[key] = Seen(observed.value, observed.changed_at)
+                remembered[key] = encode_seen(observed.value, observed.changed_at)
+        return kept, remembered
 
     def prepare_tick(
         self,

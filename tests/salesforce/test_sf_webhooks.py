@@ -47,9 +47,11 @@ def test_contact_notifications_become_events_and_get_the_exact_ack(
         ("101AAA", "click"),
         ("101AAA", "high_intent_visit"),
         ("101AAA", "open"),
+        ("101AAA", "resubscribe"),  # opt-out false: the pipeline counts it only as a change
         ("102AAA", "send"),
         ("102AAA", "unsubscribe"),
         ("103AAA", "hard_bounce"),
+        ("103AAA", "resubscribe"),
     ]
     opened = next(e for e in events if e.type == "open")
     assert opened.occurred_at == datetime(2026, 3, 2, 9, 15, tzinfo=UTC)
@@ -61,7 +63,7 @@ def test_redelivery_counts_once(connector: SalesforceConnector) -> None:
     store = SQLiteStore(":memory:")
     first = handle_webhook(connector, outbound(), store.inbox_put)
     again = handle_webhook(connector, outbound(), store.inbox_put)
-    assert (first.recorded, again.recorded) == (6, 0)
+    assert (first.recorded, again.recorded) == (8, 0)
     assert again.body == OUTBOUND_ACK  # acknowledged, so Salesforce stops retrying
 
 
@@ -84,7 +86,7 @@ def test_ack_only_after_the_events_are_in_the_store(connector: SalesforceConnect
         return new
 
     answer = handle_webhook(connector, outbound(), record)
-    assert seen_at_record == [6]
+    assert seen_at_record == [8]
     assert answer.body == OUTBOUND_ACK
 
 
@@ -207,7 +209,7 @@ def _timed(connector: SalesforceConnector, request: WebhookRequest) -> float:
     start = time.perf_counter()
     intake = connector.parse_webhook(request)
     elapsed = time.perf_counter() - start
-    assert len(intake.events) == 200
+    assert len(intake.events) == 300  # open, send, opt-out state
     return elapsed
 
 
@@ -336,4 +338,4 @@ def test_outbound_message_over_the_local_server(connector: SalesforceConnector) 
     finally:
         server.shutdown()
         server.server_close()
-    assert len(runner.store.inbox_take(100)) == 6
+    assert len(runner.store.inbox_take(100)) == 8
