@@ -119,7 +119,9 @@ class Runner:
             now = self.clock()
             ids = sorted({e.contact_id for e in events})
             states, records = self._reconciled(ids, now)
-            applied = self.pipeline.prepare_events(events, inbox=inbox, states=states)
+            applied = self.pipeline.prepare_events(
+                events, inbox=inbox, states=states, properties=self._properties(records)
+            )
             self._owe(applied, records)
             applied.batch.cursors.update(cursors or {})
             try:
@@ -215,7 +217,9 @@ class Runner:
             ids = [r.contact_id for r in page]
             records = {r.contact_id: r for r in page}
             states, snapshots = self._states_from(records, now)
-            applied = self.pipeline.prepare_tick(ids, now, states=states)
+            applied = self.pipeline.prepare_tick(
+                ids, now, states=states, properties=self._properties(records)
+            )
             if full:
                 self._save_reconciled(applied, states, snapshots)
             self._owe(applied, records)
@@ -260,14 +264,27 @@ class Runner:
         wanted = list(ids) if ids is not None else list(records)
         snapshots = self.store.get_contacts(wanted)
         states: dict[str, ContactState] = {}
+        pipeline = self.pipeline
         for cid in wanted:
             record, snapshot = records.get(cid), snapshots.get(cid)
             values = record.values if record else {}
             created = record.created_at if record else None
-            state = state_from_crm(cid, values, snapshot, self.policy, now, created)
+            # A contact the CRM had before the program joins it in the segment its properties
+            # match; after that its segment stays what it joined in.
+            segment = snapshot.segment if snapshot is not None else (
+                pipeline.segment_of(record.properties) if record else None
+            )
+            policy = pipeline.policy_for(None, segment)
+            state = state_from_crm(cid, values, snapshot, policy, now, created)
             if state is not None:
+                if snapshot is None:
+                    state.segment = segment
                 states[cid] = state
         return states, snapshots
+
+    @staticmethod
+    def _properties(records: dict[str, CrmRecord]) -> dict[str, dict[str, Any]]:
+        return {cid: record.properties for cid, record in records.items()}
 
     # ---- owing and flushing writes ---------------------------------------------------------
 

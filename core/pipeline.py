@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Mapping as MappingABC
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import islice
 from operator import attrgetter
+from typing import Any
 
 from core.engine import advance_owned, apply_owned, next_due
 from core.gcpause import cyclic_gc_paused
@@ -92,6 +94,8 @@ class Pipeline:
         # Segment name -> its policy; only consulted when the mapping declares segments.
         self._policies = program.policies if program is not None and program.policies else {}
         self._segmented = len(self._policies) > 1
+        self.governance = program.governance if program is not None else None
+        self._withholding: dict[tuple[str | None, str], Policy] = {}
         self._version_recorded = False
 
     def policy_for(self, state: ContactState | None, segment: str | None = None) -> Policy:
@@ -101,19 +105,46 @@ class Pipeline:
         name = state.segment if state is not None else segment
         return self._policies.get(name, self.policy)
 
+    def segment_of(self, properties: MappingABC[str, Any] | None) -> str | None:
+        """The segment a contact with these CRM properties joins the program in."""
+        return self.governance.segment(properties) if self.governance is not None else None
+
+    def governed_policy(
+        self, state: ContactState | None, properties: MappingABC[str, Any] | None,
+        segment: str | None = None,
+    ) -> Policy:  # fmt: skip
+        """The policy for this contact given its CRM properties: its segment's (a contact new
+        to the program joins the segment they match), with reactivation steps withheld while
+        the program may not email it (no consent, out of the audience)."""
+        if state is None and segment is None:
+            segment = self.segment_of(properties)
+        policy = self.policy_for(state, segment)
+        reason = self.governance.withheld(properties) if self.governance is not None else None
+        if reason is None:
+            return policy
+        key = (policy.program.segment, reason)
+        twin = self._withholding.get(key)
+        if twin is None:
+            twin = self._withholding[key] = policy.model_copy()
+            twin.attach(policy.program.withholding(reason))
+        return twin
+
     def prepare_events(
         self,
         events: Sequence[Event],
         inbox: bool = False,
         states: dict[str, ContactState] | None = None,
         segments: dict[str, str] | None = None,
+        properties: MappingABC[str, MappingABC[str, Any]] | None = None,
     ) -> Applied:
         """Decide a batch of events without committing it.
 
         Duplicates (within the batch or already processed) are dropped; each contact's events
         are applied in `occurred_at` order. `states` replaces the store's snapshots (a
         connector passes what it reconciled with the CRM). `segments` names the segment of
-        contacts that may enroll in this batch (see `core.eligibility.segment_of`).
+        contacts that may enroll in this batch (see `core.eligibility.segment_of`);
+        `properties` are the contacts' CRM properties the mapping's eligibility and segments
+        read (`governed_policy`).
         """
         stats = RunStats(events_in=len(events))
         policy = self.policy
@@ -140,11 +171,18 @@ class Pipeline:
         decisions: list[Decision] = []
         segmented = self._segmented
         segments = segments or {}
+        governed: dict[str, Policy] = {}
         with cyclic_gc_paused():
             for event in fresh:
                 cid = event.contact_id
                 state = states.get(cid)
-                if segmented:
+                if properties is not None:
+                    policy = governed.get(cid)  # type: ignore[assignment]
+                    if policy is None:
+                        policy = governed[cid] = self.governed_policy(
+                            state, properties.get(cid), segments.get(cid)
+                        )
+                elif segmented:
                     policy = self.policy_for(state, segments.get(cid))
                 made = len(decisions)
                 states[cid] = state = apply_owned(state, event, policy, decisions)
@@ -190,15 +228,21 @@ class Pipeline:
         contact_ids: Iterable[str],
         now: datetime,
         states: dict[str, ContactState] | None = None,
+        properties: MappingABC[str, MappingABC[str, Any]] | None = None,
     ) -> Applied:
-        """Decide the time rules due by `now` for these contacts without committing."""
+        """Decide the time rules due by `now` for these contacts without committing
+        (`properties` as for `prepare_events`)."""
         states = self._own_states(contact_ids, states)
         changed: dict[str, ContactState] = {}
         decisions: list[Decision] = []
         with cyclic_gc_paused():
             for cid, state in states.items():
                 made = len(decisions)
-                advance_owned(state, now, self.policy_for(state), decisions)
+                if properties is None:
+                    policy = self.policy_for(state)
+                else:
+                    policy = self.governed_policy(state, properties.get(cid))
+                advance_owned(state, now, policy, decisions)
                 if len(decisions) > made:
                     changed[cid] = state
         stats = RunStats()
