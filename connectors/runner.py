@@ -183,7 +183,8 @@ class Runner:
                 keyed = {s.property: seen_key(record.contact_id, s.property) for s in signals}
                 prior = {p: last_seen[k].value for p, k in keyed.items() if k in last_seen}
                 found, quiet = events_from_changes(
-                    self.mapping, record.contact_id, record.signals, prior, now, "poll"
+                    self.mapping, record.contact_id, record.signals, prior, now, "poll",
+                    complete=True,
                 )
                 events += found
                 # Values that mean no event are remembered here (a later return to a value

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 from core.mapping import Mapping, Signal
 from core.models import Event, Observation, iso_utc
-from core.occurrences import seen_key
+from core.occurrences import LIFTING_EVENTS, seen_key
 
 __all__ = ["event_from_signal", "events_from_changes", "parse_instant", "seen_key",
            "signal_event_id", "signal_for"]  # fmt: skip
@@ -96,10 +96,12 @@ def events_from_changes(
     observed_at: datetime,
     source: str,
     delivery: str | None = None,
+    complete: bool = False,
 ) -> tuple[list[Event], dict[str, str]]:
     """Events for the signal properties whose value moved since `last_seen`, and the values
     seen now that made no event (keyed by property): the caller remembers those, the pipeline
-    remembers the rest as it counts them."""
+    remembers the rest as it counts them. `complete`: `last_seen` holds everything seen so far
+    (the poll), so a value seen for the first time lifts nothing (an opt-out already false)."""
     events: list[Event] = []
     quiet: dict[str, str] = {}
     for prop in dict.fromkeys(s.property for s in mapping.signals):
@@ -110,6 +112,8 @@ def events_from_changes(
             continue
         found = None
         for signal in signal_for(mapping, prop):
+            if complete and prop not in last_seen and signal.event in LIFTING_EVENTS:
+                continue
             found = event_from_signal(mapping, signal, contact_id, value, observed_at, source,
                                       delivery=delivery)  # fmt: skip
             if found is not None:

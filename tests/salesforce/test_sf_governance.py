@@ -62,3 +62,31 @@ def test_sync_runs_a_segment_on_its_own_numbers(env, fake):
         assert fake.records["Contact"][cid]["Campaign_Status__c"] == "Dormant"
         assert store.get_contacts([cid])[cid].segment == "fast-market"
     assert fake.records["Contact"][french]["Campaign_Status__c"] == "Active"
+
+
+def test_the_first_poll_makes_no_resubscribe_of_opt_outs_that_were_never_set(env, fake):
+    mapping = governed_mapping("salesforce")
+    fake.provision_mapping(mapping)
+    connector = build(mapping, env, fake)
+    for i in range(4):
+        fake.add("Contact", LastName=f"n{i}", HasOptedOutOfEmail=False,
+                 SystemModstamp=iso(NOW - timedelta(hours=1)))  # fmt: skip
+    summary = Runner(connector, SQLiteStore(":memory:"), clock=lambda: NOW).sync(NOW)
+    assert summary.events_polled == 0
+
+
+def test_the_poll_follows_unsubscribe_resubscribe_unsubscribe(env, fake):
+    mapping = governed_mapping("salesforce")
+    fake.provision_mapping(mapping)
+    connector = build(mapping, env, fake)
+    cid = fake.add("Contact", LastName="u", HasOptedOutOfEmail=True,
+                   SystemModstamp=iso(NOW - timedelta(hours=1)))  # fmt: skip
+    store = SQLiteStore(":memory:")
+    statuses = []
+    for day, opted_out in enumerate((True, False, True)):
+        at = NOW + timedelta(days=day)
+        fake.records["Contact"][cid]["HasOptedOutOfEmail"] = opted_out
+        fake.records["Contact"][cid]["SystemModstamp"] = iso(at - timedelta(minutes=5))
+        Runner(connector, store, clock=lambda at=at: at).sync(at)
+        statuses.append(fake.records["Contact"][cid]["Campaign_Status__c"])
+    assert statuses == ["Suppressed", "Active", "Suppressed"]
