@@ -10,6 +10,7 @@ from core.sqlite_store import SQLiteStore
 from tests.fakes.hubspot_server import _prop
 from tests.governance_helpers import governed_mapping, withheld_for
 from tests.hubspot.hubspot_helpers import make_connector
+from tests.hubspot.webhook_helpers import ms, notification, signed
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 CONSENT = "marketing_email_consent"
@@ -72,3 +73,26 @@ def test_sync_runs_a_segment_on_its_own_numbers(fake, clock):
     assert store.get_contacts([french]).get(french) is None or (
         store.get_contacts([french])[french].campaign_status is Status.ACTIVE
     )
+
+
+def test_a_step_held_back_by_the_frequency_cap_says_so_in_the_ledger(fake, clock):
+    mapping = governed_mapping("hubspot", frequency_cap={"max_sends": 1, "window_days": 14})
+    connector = make_connector(fake, mapping, clock)
+    connector.provision()
+    cid = dormant(fake)  # step 1 due three days ago ...
+    store = SQLiteStore(":memory:")
+    sent = NOW - timedelta(days=5)  # ... but a newsletter went out two days before that
+    request = signed([notification(objectId=int(cid), propertyName="hs_email_last_send_date",
+                                   propertyValue=str(ms(sent)), occurredAt=ms(sent))],
+                     received_at=NOW)  # fmt: skip
+    runner = Runner(connector, store, clock=lambda: NOW)
+    runner.process(connector.parse_webhook(request).events)
+    runner.sync(NOW)
+    assert fake.contact(cid).get("elastic_reactivation_step") in (None, "", "0")
+    later = NOW + timedelta(days=10)  # the window has room from sent + 14 days
+    Runner(connector, store, clock=lambda: later).sync(later)
+    assert fake.contact(cid)["elastic_reactivation_step"] == "1"
+    (step,) = [a for d in store.ledger_for(cid) for a in d.actions
+               if a.kind == "reactivation_step_due"]  # fmt: skip
+    assert step.detail["delay_reason"] == "frequency_cap"
+    assert step.detail["delayed_from"] == (NOW - timedelta(days=3)).isoformat()
