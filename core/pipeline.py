@@ -87,9 +87,15 @@ def count_transitions(decisions: Iterable[Decision], into: Counter) -> None:
 class Pipeline:
     """Applies events and time rules for one policy against one store."""
 
-    def __init__(self, store: Store, policy: Policy) -> None:
+    def __init__(
+        self, store: Store, policy: Policy,
+        properties: MappingABC[str, MappingABC[str, Any]] | None = None,
+    ) -> None:  # fmt: skip
+        """`properties`: contacts' CRM properties for a run that has no CRM to read them from
+        (`replay --contacts`); a connector passes what it read with each batch instead."""
         self.store = store
         self.policy = policy
+        self.properties = properties
         program = policy.program
         # Segment name -> its policy; only consulted when the mapping declares segments.
         self._policies = program.policies if program is not None and program.policies else {}
@@ -148,6 +154,8 @@ class Pipeline:
         """
         stats = RunStats(events_in=len(events))
         policy = self.policy
+        if properties is None:
+            properties = self.properties
         fresh: list[Event] = []
         seen: set[str] = set()
         unseen = self.store.unseen([e.event_id for e in events])
@@ -235,6 +243,8 @@ class Pipeline:
         states = self._own_states(contact_ids, states)
         changed: dict[str, ContactState] = {}
         decisions: list[Decision] = []
+        if properties is None:
+            properties = self.properties
         with cyclic_gc_paused():
             for cid, state in states.items():
                 made = len(decisions)
