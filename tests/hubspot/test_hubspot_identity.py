@@ -89,3 +89,15 @@ def test_a_form_submission_counts_with_its_own_points_once_per_conversion(fake, 
     fake.set_contact(cid, {"recent_conversion_date": str(ms(second))})
     runner_at(provisioned, store, second).sync(second + timedelta(minutes=1))
     assert store.get_contacts([cid])[cid].engagement_score > state.engagement_score
+
+
+def test_a_visit_polled_first_and_then_delivered_by_a_late_webhook_counts_once(fake, provisioned):
+    cid = fake.add_contact({"email": "e@example.com"})
+    store = SQLiteStore(":memory:")
+    at = RECEIVED - timedelta(minutes=30)
+    fake.set_contact(cid, {"hs_analytics_last_url": PRICING})
+    runner = runner_at(provisioned, store, RECEIVED)
+    runner.sync(RECEIVED)
+    assert store.get_contacts([cid])[cid].engagement_score == 15
+    deliver(provisioned, runner, change(int(cid), "hs_analytics_last_url", PRICING, at, 7))
+    assert store.get_contacts([cid])[cid].engagement_score == 15
