@@ -62,7 +62,9 @@ def test_contact_notifications_become_events_and_get_the_exact_ack(
 def test_redelivery_counts_once(connector: SalesforceConnector) -> None:
     store = SQLiteStore(":memory:")
     first = handle_webhook(connector, outbound(), store.inbox_put)
-    again = handle_webhook(connector, outbound(), store.inbox_put)
+    body = (FIXTURES / "contact_notifications.xml").read_bytes()
+    later = post("/webhooks/salesforce", body, XML, at=NOW + timedelta(hours=2))
+    again = handle_webhook(connector, later, store.inbox_put)
     assert (first.recorded, again.recorded) == (8, 0)
     assert again.body == OUTBOUND_ACK  # acknowledged, so Salesforce stops retrying
 
