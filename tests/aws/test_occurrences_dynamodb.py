@@ -93,3 +93,44 @@ def test_opt_out_resent_unchanged_does_not_suppress_again_after_a_resubscribe(st
     clock.now = T0 + timedelta(days=3)
     pipeline.process(outbound("04l013", clock.now, HasOptedOutOfEmail="true"))
     assert store.get_contacts([CONTACT])[CONTACT].campaign_status is Status.SUPPRESSED
+
+
+def test_the_lambda_worker_does_not_recount_a_value_after_its_claim_expired(
+    stack, monkeypatch: pytest.MonkeyPatch
+):
+    """Through the webhook function, SQS and the worker, with the worker's store on a clock
+    that moves past the 90-day claim expiry."""
+    import json
+
+    from connectors.aws import handlers
+    from tests.aws.conftest import SECRET
+    from tests.aws.harness import FakeContext, api_event
+
+    clock = Clock()
+    made = DynamoDBStore.from_env.__func__  # the classmethod's function, to wrap it
+
+    def on_our_clock(cls, env=None):  # noqa: ANN001, ANN202 - mirrors from_env
+        store = made(cls, env)
+        store.clock = clock
+        return store
+
+    monkeypatch.setattr(DynamoDBStore, "from_env", classmethod(on_our_clock))
+    handlers.reset_container()
+    stack.crm.values["c9"] = {}
+    opened = T0 - timedelta(hours=1)
+
+    def post(event_id: str) -> None:
+        body = [{"event_id": event_id, "contact_id": "c9", "type": "open",
+                 "occurred_at": opened.isoformat(),
+                 "observed": {"property": "last_open_date", "value": opened.isoformat(),
+                              "changed_at": opened.isoformat()}}]  # fmt: skip
+        request = api_event("/webhooks/memory", json.dumps(body), {"x-memory-secret": SECRET})
+        assert handlers.webhook(request, FakeContext())["statusCode"] == 202
+        stack.poller.drain()
+
+    post("note-1")
+    clock.now = T0 + timedelta(days=200)
+    post("note-1")  # redelivered after its claim expired
+    post("note-2")  # resent in another message
+    opens = [d for d in stack.store.ledger_for("c9") if d.rule == "engagement"]
+    assert len(opens) == 1
