@@ -234,14 +234,24 @@ def replay(
     until: Annotated[str | None, typer.Option(help="apply time rules up to this time")] = None,
     out_file: Annotated[Path | None, typer.Option("--out", help="write states here")] = None,
     strict: Annotated[bool, typer.Option(help="fail on the first bad line")] = False,
+    contacts: Annotated[Path | None, typer.Option(
+        help="JSON lines {contact_id, properties}: consent and segment properties")] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Run events through the policy offline; print or write final states as JSON lines."""
-    from core.replay import BadLine, replay_file
+    from core.replay import BadLine, load_contact_properties, replay_file
 
     loaded = _mapping(mapping)
     if not events.is_file():
         _fail(f"{events}: no such file", 2)
+    properties = None
+    if contacts is not None:
+        if not contacts.is_file():
+            _fail(f"{contacts}: no such file", 2)
+        try:
+            properties = load_contact_properties(contacts)
+        except BadLine as exc:
+            _fail(f"{contacts}:{exc.line}: {exc.problem}", 2)
     store_path = _data_dir(data_dir) / "replay.sqlite3"
 
     def report_bad(bad: BadLine) -> None:
@@ -253,6 +263,7 @@ def replay(
             result = replay_file(
                 loaded, events, store_path, until=_parse_time(until, "--until"), strict=strict,
                 on_bad_line=report_bad, progress=lambda n: bar.update(task, completed=n),
+                properties=properties,
             )  # fmt: skip
         except BadLine as exc:
             report_bad(exc)

@@ -30,6 +30,7 @@ from connectors.redact import redact_emails
 from connectors.signals import events_from_changes, seen_key
 from core.experiments import experiment_property_values
 from core.models import ContactState, Decision, Event, Status
+from core.occurrences import decode_seen, encode_seen
 from core.pipeline import Applied, Pipeline, RunStats, decide_and_commit
 from core.reconcile import differing_fields, state_from_crm
 from core.store import Batch, OwedWrite, Store, StoreError
@@ -130,7 +131,9 @@ class Runner:
             now = self.clock()
             ids = sorted({e.contact_id for e in events})
             states, records, _, versions = self._read_states(ids, now)
-            applied = self.pipeline.prepare_events(events, inbox=inbox, states=states)
+            applied = self.pipeline.prepare_events(
+                events, inbox=inbox, states=states, properties=self._properties(records)
+            )
             self._owe(applied, records)
             applied.batch.cursors.update(cursors or {})
             # Every contact an event is claimed for: an event that changed nothing on a stale
@@ -186,17 +189,21 @@ class Runner:
         for page in self.connector.find_engaged_since(since, after):
             signals = self.mapping.signals
             keys = [seen_key(r.contact_id, s.property) for r in page for s in signals]
-            last_seen = self.store.get_cursors(keys)
+            last_seen = {k: decode_seen(v) for k, v in self.store.get_cursors(keys).items()}
             events: list[Event] = []
             remember: dict[str, str] = {}
             for record in page:
                 keyed = {s.property: seen_key(record.contact_id, s.property) for s in signals}
-                prior = {p: last_seen[k] for p, k in keyed.items() if k in last_seen}
-                found, seen = events_from_changes(
-                    self.mapping, record.contact_id, record.signals, prior, now, "poll"
+                prior = {p: last_seen[k].value for p, k in keyed.items() if k in last_seen}
+                found, quiet = events_from_changes(
+                    self.mapping, record.contact_id, record.signals, prior, now, "poll",
+                    complete=True,
                 )
                 events += found
-                remember.update({seen_key(record.contact_id, p): v for p, v in seen.items()})
+                # Values that mean no event are remembered here (a later return to a value
+                # that does is a change); the pipeline remembers the ones it counts.
+                remember.update({seen_key(record.contact_id, p): encode_seen(v, None)
+                                 for p, v in quiet.items()})  # fmt: skip
             summary.examined += len(page)
             summary.events_polled += len(events)
             if progress:
@@ -255,7 +262,9 @@ class Runner:
             if rounds > 1:
                 listed = self.connector.read_records(ids)
             states, records, snapshots, versions = self._read_states(ids, now, listed)
-            applied = self.pipeline.prepare_tick(ids, now, states=states)
+            applied = self.pipeline.prepare_tick(
+                ids, now, states=states, properties=self._properties(records)
+            )
             if full:
                 self._save_reconciled(applied, states, snapshots)
             self._owe(applied, records)
@@ -306,6 +315,7 @@ class Runner:
             if stale:
                 records.update(self.connector.read_records(stale))
         states: dict[str, ContactState] = {}
+        pipeline = self.pipeline
         for cid in ids:
             record, snapshot = records.get(cid), snapshots.get(cid)
             if snapshot is not None and cid in behind:
@@ -313,10 +323,22 @@ class Runner:
                 continue
             values = record.values if record else {}
             created = record.created_at if record else None
-            state = state_from_crm(cid, values, snapshot, self.policy, now, created)
+            # A contact the CRM had before the program joins it in the segment its properties
+            # match; after that its segment stays what it joined in.
+            segment = snapshot.segment if snapshot is not None else (
+                pipeline.segment_of(record.properties) if record else None
+            )
+            policy = pipeline.policy_for(None, segment)
+            state = state_from_crm(cid, values, snapshot, policy, now, created)
             if state is not None:
+                if snapshot is None:
+                    state.segment = segment
                 states[cid] = state
         return states, records, snapshots, versions
+
+    @staticmethod
+    def _properties(records: dict[str, CrmRecord]) -> dict[str, dict[str, Any]]:
+        return {cid: record.properties for cid, record in records.items()}
 
     # ---- owing and flushing writes ---------------------------------------------------------
 

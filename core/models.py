@@ -65,6 +65,19 @@ NON_ENGAGEMENT_EVENTS = DELIVERY_EVENTS | COMPLIANCE_EVENTS | LIFECYCLE_EVENTS
 
 
 @pydantic_dataclass(frozen=True, slots=True, config=ConfigDict(extra="forbid"))
+class Observation:
+    """The CRM property value an event was read from. A CRM that resends current values
+    (outbound messages, workflow snapshots, the poll) shows one occurrence many times: the
+    pipeline compares this with the property's last seen value to count it once."""
+
+    property: Annotated[str, Field(min_length=1, max_length=256)]
+    value: Annotated[str, Field(max_length=4096)]
+    changed_at: AwareDatetime | None = None
+    """When the property took this value, when the vendor says so for this property (a
+    webhook's property change time, a date property's own value); None for a snapshot."""
+
+
+@pydantic_dataclass(frozen=True, slots=True, config=ConfigDict(extra="forbid"))
 class Event:
     """One canonical event. Custom engagement types are valid when the policy gives them points.
 
@@ -80,6 +93,8 @@ class Event:
     variant: str | None = None
     url: str | None = None
     source: str | None = None
+    observed: Observation | None = None
+    """Set for events read from a CRM property (signals); None for everything else."""
 
     @field_validator("occurred_at")
     @classmethod

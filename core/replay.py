@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from pydantic import ValidationError
 
@@ -67,6 +67,26 @@ class ReplayResult:
         return count
 
 
+def load_contact_properties(path: Path) -> dict[str, dict[str, Any]]:
+    """`--contacts`: JSON lines `{"contact_id": ..., "properties": {name: value}}`, the CRM
+    properties the mapping's eligibility and segments read. A bad line stops the run."""
+    found: dict[str, dict[str, Any]] = {}
+    with path.open("rb") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as exc:
+                raise BadLine(number, f"not JSON: {exc}") from None
+            cid = row.get("contact_id") if isinstance(row, dict) else None
+            props = row.get("properties", {}) if isinstance(row, dict) else None
+            if not isinstance(cid, str) or not cid or not isinstance(props, dict):
+                raise BadLine(number, 'expected {"contact_id": "...", "properties": {...}}')
+            found[cid] = props
+    return found
+
+
 def _fresh_store(path: Path) -> SQLiteStore:
     if str(path) != ":memory:":
         for suffix in ("", "-wal", "-shm"):
@@ -82,10 +102,13 @@ def replay_file(
     strict: bool = False,
     on_bad_line: Callable[[BadLine], None] | None = None,
     progress: Callable[[int], None] | None = None,
+    properties: dict[str, dict[str, Any]] | None = None,
 ) -> ReplayResult:
     """Apply every good line in file order (each batch sorted by time), then the time rules
     up to `until` (default: the last event's time). A rerun starts from an empty ledger; the
-    run lands in the store whole or not at all (`--strict` stopping on a bad line included)."""
+    run lands in the store whole or not at all (`--strict` stopping on a bad line included).
+    `properties` (contact id -> CRM properties) decide consent and segments as a connected
+    run would."""
     store = _fresh_store(Path(store_path))
     policy = mapping.policy
     counts = {"bad": 0, "after": 0}
@@ -122,7 +145,7 @@ def replay_file(
         if progress:
             progress(done)
 
-    pipeline = Pipeline(store, policy)
+    pipeline = Pipeline(store, policy, properties=properties)
     # States, decisions and rows are acyclic: across a whole run the collector only
     # re-traverses the held states (4 s of a 1M-event replay), and never finds garbage.
     with store.bulk(), cyclic_gc_paused():

@@ -42,8 +42,11 @@ def test_validate_lists_every_problem_and_exits_2(tmp_path):
     bad.write_text(text.replace("threshold: 20", "threshold: -20") + "\nsurprise: 1\n")
     result = invoke("validate", str(bad))
     assert result.exit_code == 2
-    assert f"{bad}:45:3: policy.threshold:" in result.output
-    assert f"{bad}:89:1: surprise: unknown key" in result.output
+    lines = bad.read_text().splitlines()
+    threshold = lines.index("  threshold: -20") + 1
+    surprise = lines.index("surprise: 1") + 1
+    assert f"{bad}:{threshold}:3: policy.threshold:" in result.output
+    assert f"{bad}:{surprise}:1: surprise: unknown key" in result.output
     assert "2 problems; nothing was run." in result.output
 
 

@@ -18,7 +18,9 @@ SHIPPED = sorted(Path("mappings").glob("*.yaml"))
 def test_shipped_mappings_are_valid_and_use_the_seed_defaults(path):
     mapping = load_mapping(path)
     p = mapping.policy
-    assert dict(p.points) == {"open": 5, "click": 10, "high_intent_visit": 15}
+    seed = {"open": 5, "click": 10, "high_intent_visit": 15}
+    assert {k: p.points[k] for k in seed} == seed
+    assert set(p.points) == {*seed, "form_submit"}
     assert (p.threshold, p.max_unanswered_sends, p.dormant_after_days) == (20, 3, 90)
     assert (p.cooling_days, p.reactivation_steps, p.step_wait_days) == (30, 2, 7)
     assert p.max_reactivation_cycles == 2

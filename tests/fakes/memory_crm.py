@@ -50,6 +50,8 @@ class MemoryCrm:
     values: dict[str, dict[str, Any]] = field(default_factory=dict)
     signals: dict[str, dict[str, str | None]] = field(default_factory=dict)
     changed_at: dict[str, datetime] = field(default_factory=dict)
+    properties: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """contact id -> other contact properties (consent, country), as the CRM holds them."""
     tasks: dict[str, HandoffTask] = field(default_factory=dict)
     task_attempts: list[str] = field(default_factory=list)
     calls: dict[str, int] = field(default_factory=dict)
@@ -198,7 +200,10 @@ class MemoryConnector(Connector):
     # ---- helpers --------------------------------------------------------------------------
 
     def _record(self, cid: str) -> CrmRecord:
-        return CrmRecord(cid, dict(self.crm.values[cid]), dict(self.crm.signals.get(cid, {})))
+        held = self.crm.properties.get(cid, {})
+        governed = self.mapping.policy.program.governance.properties
+        return CrmRecord(cid, dict(self.crm.values[cid]), dict(self.crm.signals.get(cid, {})),
+                         properties={name: held.get(name) for name in governed})  # fmt: skip
 
     def _pages(self, ids: list[str], after: str | None, name: str) -> Iterator[list[CrmRecord]]:
         ids = [cid for cid in ids if after is None or cid > after]
