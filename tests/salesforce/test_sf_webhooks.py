@@ -440,5 +440,5 @@ def test_over_the_local_server_a_forged_message_gets_no_ack_and_the_token_is_not
     finally:
         server.shutdown()
         server.server_close()
-    assert len(runner.store.inbox_take(100)) == 6
+    assert len(runner.store.inbox_take(100)) == 8
     assert OUTBOUND_QUERY not in caplog.text
