@@ -12,21 +12,24 @@ from collections.abc import Mapping as MappingABC
 from datetime import UTC, datetime
 
 from core.mapping import Mapping, Signal
-from core.models import Event
+from core.models import MAX_URL_CHARS, Event, instant_problem
 
 
 def parse_instant(value: str | None) -> datetime | None:
-    """Epoch milliseconds (HubSpot) or ISO 8601 (Salesforce, HubSpot v3), as aware UTC."""
+    """Epoch milliseconds (HubSpot) or ISO 8601 (Salesforce, HubSpot v3), as aware UTC; None
+    for no instant, or one outside the range an event time may take (`core.models`)."""
     if value is None or value == "":
         return None
     text = str(value).strip()
     try:
         if text.isdigit():
-            return datetime.fromtimestamp(int(text) / 1000, tz=UTC)
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            parsed = datetime.fromtimestamp(int(text) / 1000, tz=UTC)
+        else:
+            parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except (ValueError, OverflowError, OSError):
         return None  # past year 9999 or otherwise no instant: not a date, not a crash
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return None if instant_problem(parsed) else parsed
 
 
 def signal_event_id(vendor: str, contact_id: str, prop: str, value: str) -> str:
@@ -58,7 +61,9 @@ def event_from_signal(
         contact_id=contact_id,
         type=signal.event,
         occurred_at=occurred or observed_at,
-        url=value if signal.patterns else None,
+        # The id keeps the whole value; the url only informs reports. A CRM field may hold far
+        # more than a link (and than a queue message takes): refusing would lose the event.
+        url=value[:MAX_URL_CHARS] if signal.patterns else None,
         source=source,
     )
 

@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from core.models import CANONICAL_FIELDS, Status
-from core.policy import Policy
+from core.policy import MAX_POLICY_DAYS, Policy
 
 FieldType = Literal["enumeration", "datetime", "date", "number", "string", "bool"]
 
@@ -84,7 +84,9 @@ class HandoffSpec(_Strict):
     enabled: bool = Field(True, description="create the task")
     subject: str = Field("Engaged contact: follow up", description="the task's subject")
     priority: Literal["LOW", "MEDIUM", "HIGH"] = Field("HIGH", description="the task's priority")
-    due_in_days: float = Field(1, ge=0, description="the task is due this long after")
+    due_in_days: float = Field(
+        1, ge=0, le=MAX_POLICY_DAYS, description="the task is due this long after"
+    )
 
 
 class Variant(_Strict):
@@ -157,7 +159,7 @@ class FrequencyCap(_Strict):
     """At most `max_sends` sends in any `window_days`; a due step waits for room."""
 
     max_sends: int = Field(ge=1, description="sends allowed in the window")
-    window_days: float = Field(gt=0, description="the window's length")
+    window_days: float = Field(gt=0, le=MAX_POLICY_DAYS, description="the window's length")
 
 
 class EligibilitySpec(_Strict):

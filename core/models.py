@@ -64,6 +64,31 @@ LIFECYCLE_EVENTS = frozenset({"enroll"})
 NON_ENGAGEMENT_EVENTS = DELIVERY_EVENTS | COMPLIANCE_EVENTS | LIFECYCLE_EVENTS
 
 
+EARLIEST_INSTANT = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_INSTANT = datetime(2200, 1, 1, tzinfo=UTC)
+"""Event times (and the times a run is evaluated at) must lie in [EARLIEST, LATEST). Nothing
+real happened before the epoch or that far ahead, and the bound keeps every policy duration
+added to an event time representable: the engine adds up to `core.policy.MAX_POLICY_DAYS` x 64
+decay steps (about 6,400 years) to an instant, and Python's datetimes end in year 9999."""
+
+
+def instant_problem(value: datetime) -> str | None:
+    """Why `value` (aware) cannot be an event time, or None if it can."""
+    if EARLIEST_INSTANT <= value < LATEST_INSTANT:
+        return None
+    return (
+        f"{value.isoformat()} is outside the accepted range "
+        f"{EARLIEST_INSTANT.date()} to {LATEST_INSTANT.date()} (not a real event time)"
+    )
+
+
+MAX_URL_CHARS = 2048
+"""Longer than any link a mail client follows; also keeps one event far below a queue
+message's size (SQS takes 256 KiB)."""
+MAX_LABEL_CHARS = 256
+"""campaign, variant and source: names, not documents."""
+
+
 @pydantic_dataclass(frozen=True, slots=True, config=ConfigDict(extra="forbid"))
 class Event:
     """One canonical event. Custom engagement types are valid when the policy gives them points.
@@ -76,14 +101,17 @@ class Event:
     contact_id: Annotated[str, Field(min_length=1, max_length=256)]
     type: Annotated[str, Field(min_length=1, max_length=64)]
     occurred_at: AwareDatetime
-    campaign: str | None = None
-    variant: str | None = None
-    url: str | None = None
-    source: str | None = None
+    campaign: Annotated[str, Field(max_length=MAX_LABEL_CHARS)] | None = None
+    variant: Annotated[str, Field(max_length=MAX_LABEL_CHARS)] | None = None
+    url: Annotated[str, Field(max_length=MAX_URL_CHARS)] | None = None
+    source: Annotated[str, Field(max_length=MAX_LABEL_CHARS)] | None = None
 
     @field_validator("occurred_at")
     @classmethod
     def _in_utc(cls, value: datetime) -> datetime:
+        problem = instant_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
         # One tzinfo object everywhere: comparing datetimes whose tzinfo objects differ costs
         # a utcoffset() call on each side, and the engine compares on every event.
         return value if value.tzinfo is UTC else value.astimezone(UTC)

@@ -16,7 +16,15 @@ from core.gcpause import cyclic_gc_paused
 from core.models import EVENT, ContactState, Decision, Event, iso_utc
 from core.rollup import UPSERT, ensure_rollup, rollup_rows
 from core.sqlite_rows import contact_from_row, contact_row, decision_from_row, decision_row
-from core.store import Batch, ConflictError, Store, StoreError
+from core.store import (
+    QUARANTINE_REASON_CHARS,
+    Batch,
+    ConflictError,
+    Quarantined,
+    Store,
+    StoreError,
+    read_inbox_bodies,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS processed_events (key TEXT PRIMARY KEY) WITHOUT ROWID;
@@ -42,6 +50,10 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE TABLE IF NOT EXISTS inbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL UNIQUE, body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS quarantine (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL UNIQUE, body TEXT NOT NULL,
+    reason TEXT NOT NULL, at TEXT NOT NULL
 );
 """
 
@@ -351,8 +363,57 @@ class SQLiteStore(Store):
             db.execute(f"PRAGMA busy_timeout={_BUSY_MS}")
 
     def inbox_take(self, limit: int) -> list[Event]:
-        rows = self._query("SELECT body FROM inbox ORDER BY seq LIMIT ?", (limit,))
-        return [EVENT.validate_json(row[0]) for row in rows]
+        rows = self._query("SELECT key, body FROM inbox ORDER BY seq LIMIT ?", (limit,))
+        events, unreadable = read_inbox_bodies(rows)
+        if unreadable:
+            self.inbox_quarantine(unreadable)
+        return events
+
+    def inbox_quarantine(self, entries: Sequence[Quarantined]) -> None:
+        if not entries:
+            return
+        rows = [(q.key, q.body, q.reason[:QUARANTINE_REASON_CHARS], iso_utc(q.at))
+                for q in entries]  # fmt: skip
+        try:
+            with self._lock, self._db:
+                self._begin_promptly()
+                self._db.executemany("DELETE FROM inbox WHERE key = ?", [(r[0],) for r in rows])
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO quarantine (key, body, reason, at) VALUES (?,?,?,?)",
+                    rows,
+                )
+        except sqlite3.Error as exc:
+            raise StoreError(f"could not quarantine events in {self.path}: {exc}") from exc
+
+    def quarantined(self, limit: int = 1000) -> list[Quarantined]:
+        rows = self._query(
+            "SELECT key, body, reason, at FROM quarantine ORDER BY seq LIMIT ?", (limit,)
+        )
+        return [Quarantined(k, b, r, datetime.fromisoformat(a)) for k, b, r, a in rows]
+
+    def quarantine_count(self) -> int:
+        return int(self._query("SELECT COUNT(*) FROM quarantine")[0][0])
+
+    def quarantine_release(self, keys: Sequence[str] | None = None) -> int:
+        try:
+            with self._lock, self._db:
+                self._begin_promptly()
+                if keys is None:
+                    keys = [r[0] for r in self._db.execute("SELECT key FROM quarantine")]
+                moved = 0
+                for part in _chunks(list(keys)):
+                    marks = ",".join("?" * len(part))
+                    before = self._db.total_changes
+                    self._db.execute(
+                        "INSERT OR IGNORE INTO inbox (key, body) SELECT key, body FROM "  # noqa: S608
+                        f"quarantine WHERE key IN ({marks}) ORDER BY seq",
+                        part,
+                    )
+                    moved += self._db.total_changes - before
+                    self._db.execute(f"DELETE FROM quarantine WHERE key IN ({marks})", part)  # noqa: S608
+                return moved
+        except sqlite3.Error as exc:
+            raise StoreError(f"could not release quarantined events in {self.path}: {exc}") from exc
 
     def outbox_take(self, limit: int, prefix: str = "") -> list[tuple[str, str]]:
         rows = self._query(

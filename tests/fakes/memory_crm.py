@@ -207,10 +207,11 @@ class MemoryConnector(Connector):
             yield [self._record(cid) for cid in ids[start : start + self.page_size]]
 
 
-def memory_runners(data_dir: str) -> list:
-    """Runners a worker process builds for itself: the fake CRM on the data dir's store."""
+def memory_runners(data_dir: str, poisoned: tuple[str, ...] = ()) -> list:
+    """Runners a worker process builds for itself: the fake CRM on the data dir's store, with
+    the `poisoned` contacts' records unreadable."""
     from connectors.runner import Runner
     from core.sqlite_store import SQLiteStore
 
-    connector = MemoryConnector(memory_mapping(), MemoryCrm())
+    connector = MemoryConnector(memory_mapping(), MemoryCrm(poisoned=set(poisoned)))
     return [Runner(connector, SQLiteStore.in_data_dir(Path(data_dir)))]
