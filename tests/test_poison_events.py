@@ -81,7 +81,7 @@ def test_a_signed_hubspot_webhook_dated_near_9999_is_answered_400(tmp_path: Path
     assert store.inbox_take(10) == []
 
 
-def test_a_salesforce_json_event_dated_near_9999_is_answered_400(tmp_path: Path) -> None:
+def test_a_canonical_json_webhook_event_dated_near_9999_is_answered_400(tmp_path: Path) -> None:
     from tests.fakes.memory_crm import SECRET_HEADER
 
     connector = MemoryConnector(memory_mapping(), MemoryCrm(), secret="s")
@@ -199,3 +199,75 @@ def test_an_engine_failure_quarantines_only_its_event(
     assert [(q.key, q.reason) for q in runner.store.quarantined()] == [
         ("e2", "engine: OverflowError: date value out of range")
     ]
+
+
+# ---- the serve worker, as a real process ---------------------------------------------------
+
+SERVE = """
+import multiprocessing, sys
+from functools import partial
+from connectors.server import serve_forever
+from tests.fakes.memory_crm import memory_runners
+
+def ready(server):
+    workers = [p.pid for p in multiprocessing.active_children()]
+    print(server.server_address[1], *workers, flush=True)
+
+serve_forever(memory_runners(sys.argv[1]), "127.0.0.1", 0,
+              partial(memory_runners, sys.argv[1], poisoned=("bad",)), 0.05, ready=ready)
+"""
+
+
+def _post(port: int, events: list[Event]) -> int:
+    import urllib.request
+
+    body = b"[" + b",".join(EVENT.dump_json(e) for e in events) + b"]"
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/webhooks/memory", body,
+                                     {"Content-Type": "application/json"})  # fmt: skip
+    with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 - 127.0.0.1 only
+        return answer.status
+
+
+def _until(condition, seconds: float = 30.0) -> bool:
+    """Wait for a condition the worker process makes true (bounded; polls the store)."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def test_the_serve_worker_survives_poison_events_and_keeps_draining(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    store = SQLiteStore.in_data_dir(tmp_path)
+    # A year-9999 event an older release accepted, waiting in the inbox across the upgrade.
+    legacy = line("old", "c0", "open", NEAR_9999)
+    store.execute("INSERT INTO inbox (key, body) VALUES ('old', ?)", (legacy,))
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "-c", SERVE, str(tmp_path)]
+    proc = subprocess.Popen(command, cwd=root, stdout=subprocess.PIPE,  # noqa: S603
+                            stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    try:
+        port, worker = map(int, proc.stdout.readline().split())  # type: ignore[union-attr]
+        assert _post(port, [ev("e1", "c1"), ev("e2", "bad", minutes=1),
+                            ev("e3", "c2", "click", 2)]) == 202  # fmt: skip
+        assert _until(lambda: len(store.get_contacts(["c1", "c2"])) == 2)
+        assert _until(lambda: store.quarantine_count() == 2)
+        assert sorted(q.key for q in store.quarantined()) == ["e2", "old"]
+        # The worker lives on and applies what comes next.
+        assert _post(port, [ev("e4", "c3", minutes=3)]) == 202
+        assert _until(lambda: "c3" in store.get_contacts(["c3"]))
+        os.kill(worker, 0)  # still running
+        assert store.get_contacts(["bad", "c0"]) == {}
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
