@@ -143,7 +143,13 @@ class MemoryConnector(Connector):
             payload = json.loads(request.body)
             items = payload["events"] if isinstance(payload, dict) else payload
             events = [EVENT.validate_python(item) for item in items]
-        except (ValueError, KeyError, TypeError, ValidationError) as exc:
+        except ValidationError as exc:
+            # As the Salesforce JSON intake answers: the first problem, where, and what.
+            problem = exc.errors(include_url=False)[0]
+            where = ".".join(str(p) for p in problem["loc"]) or "event"
+            reason = f"not a canonical event: {where}: {problem['msg']}"
+            raise WebhookRejected(400, reason) from None
+        except (ValueError, KeyError, TypeError) as exc:
             raise WebhookRejected(
                 400, f"not a list of canonical events: {type(exc).__name__}"
             ) from None
