@@ -133,21 +133,24 @@ class Runner:
         and is raised."""
         total = RunStats()
         while not (stop and stop()) and (events := self.store.inbox_take(batch_size)):
+            # Writes are flushed outside the isolation: their failure is no event's doing.
+            self.flush()
             try:
-                total.add(self.process(events, inbox=True))
+                total.add(self.process(events, inbox=True, flush=False))
             except Exception as exc:
                 if not event_at_fault(exc):
                     raise
                 log.warning("a batch of %d inbox events failed (%s); trying them one by one",
                             len(events), describe_failure(exc))  # fmt: skip
                 total.add(self._process_alone(events))
+            self.flush()
         return total
 
     def _process_alone(self, events: Sequence[Event]) -> RunStats:
         stats = RunStats()
         for event in events:
             try:
-                stats.add(self.process([event], inbox=True))
+                stats.add(self.process([event], inbox=True, flush=False))
             except Exception as exc:
                 if not event_at_fault(exc):
                     raise

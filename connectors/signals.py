@@ -8,11 +8,14 @@ open seen by two paths counts once.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Mapping as MappingABC
 from datetime import UTC, datetime
 
 from core.mapping import Mapping, Signal
 from core.models import MAX_URL_CHARS, Event, instant_problem
+
+log = logging.getLogger(__name__)
 
 
 def parse_instant(value: str | None) -> datetime | None:
@@ -56,6 +59,9 @@ def event_from_signal(
     if not signal.matches(value):
         return None
     occurred = parse_instant(value) if not signal.patterns else None
+    if signal.patterns and len(value) > MAX_URL_CHARS:
+        log.warning("%s of contact %s: %d characters; its event keeps the first %d as url",
+                    signal.property, contact_id, len(value), MAX_URL_CHARS)  # fmt: skip
     return Event(
         event_id=signal_event_id(mapping.vendor, contact_id, signal.property, value),
         contact_id=contact_id,

@@ -201,6 +201,25 @@ def test_an_engine_failure_quarantines_only_its_event(
     ]
 
 
+def test_a_failure_writing_to_the_crm_quarantines_nothing(
+    poisoned_runner: Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writes are no event's doing: a connector failing them (even with a bug) must not set
+    every event aside; the decisions stand and the writes stay owed."""
+    runner = poisoned_runner
+
+    def broken(values):
+        raise TypeError("connector bug")
+
+    monkeypatch.setattr(runner.connector, "write_records", broken)
+    runner.record([ev("e1", "c1"), ev("e2", "c2")])
+    with pytest.raises(TypeError):
+        runner.drain_inbox(batch_size=10)
+    assert runner.store.quarantine_count() == 0
+    assert set(runner.store.get_contacts(["c1", "c2"])) == {"c1", "c2"}
+    assert len(runner.store.outbox_take(10, "fields:")) == 2
+
+
 # ---- the serve worker, as a real process ---------------------------------------------------
 
 SERVE = """
