@@ -101,20 +101,20 @@ class Event:
     contact_id: Annotated[str, Field(min_length=1, max_length=256)]
     type: Annotated[str, Field(min_length=1, max_length=64)]
     occurred_at: AwareDatetime
-    campaign: Annotated[str, Field(max_length=MAX_LABEL_CHARS)] | None = None
-    variant: Annotated[str, Field(max_length=MAX_LABEL_CHARS)] | None = None
-    url: Annotated[str, Field(max_length=MAX_URL_CHARS)] | None = None
-    source: Annotated[str, Field(max_length=MAX_LABEL_CHARS)] | None = None
+    campaign: str | None = Field(None, max_length=MAX_LABEL_CHARS)
+    variant: str | None = Field(None, max_length=MAX_LABEL_CHARS)
+    url: str | None = Field(None, max_length=MAX_URL_CHARS)
+    source: str | None = Field(None, max_length=MAX_LABEL_CHARS)
 
     @field_validator("occurred_at")
     @classmethod
     def _in_utc(cls, value: datetime) -> datetime:
-        problem = instant_problem(value)
-        if problem is not None:
-            raise ValueError(problem)
         # One tzinfo object everywhere: comparing datetimes whose tzinfo objects differ costs
         # a utcoffset() call on each side, and the engine compares on every event.
-        return value if value.tzinfo is UTC else value.astimezone(UTC)
+        value = value if value.tzinfo is UTC else value.astimezone(UTC)
+        if EARLIEST_INSTANT <= value < LATEST_INSTANT:  # both sides UTC: a plain comparison
+            return value
+        raise ValueError(instant_problem(value))
 
 
 EVENT: TypeAdapter[Event] = TypeAdapter(Event)
