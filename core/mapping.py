@@ -298,6 +298,9 @@ def _shown(value: object) -> str:
     return text if len(text) <= MAX_SHOWN_INPUT else text[: MAX_SHOWN_INPUT - 3] + "..."
 
 
+MAX_PROBLEM_CHARS = 500
+"""A problem line's length at most, whatever a validator quotes (a pattern, a list of names)."""
+
 MAX_YAML_NODES = 100_000
 """Nodes a mapping may hold once every alias is expanded. A real mapping has a few hundred;
 nine nested aliases of nine items each (a few hundred bytes) expand to hundreds of millions,
@@ -454,9 +457,11 @@ class MappingFile:
                     int(p) if p.isdigit() else p
                     for p in re.findall(r"[^.\[\]]+", match.group(1))
                 )
-                problems.append(f"{self.where(prefix + own)}: {match.group(2)}")
+                problem = f"{self.where(prefix + own)}: {match.group(2)}"
             else:
-                problems.append(f"{self.where(loc)}: {message}")
+                problem = f"{self.where(loc)}: {message}"
+            clipped = problem[: MAX_PROBLEM_CHARS - 3] + "..."
+            problems.append(problem if len(problem) <= MAX_PROBLEM_CHARS else clipped)
         return problems
 
     def validate(self) -> Mapping:

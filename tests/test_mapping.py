@@ -196,3 +196,11 @@ def test_a_huge_value_in_an_error_is_quoted_short():
     problems = problems_of(yaml.safe_dump(data).encode())
     assert any(re.match(r"broken\.yaml:\d+:\d+: program: ", p) for p in problems), problems
     assert len("\n".join(problems)) < 500
+
+
+def test_a_validator_quoting_a_huge_value_prints_one_short_line():
+    data = yaml.safe_load(Path("mappings/hubspot.yaml").read_text())
+    data["signals"][0]["patterns"] = ["(" + "x" * 200_000]  # not a valid regex, and huge
+    problems = problems_of(yaml.safe_dump(data).encode())
+    assert any(re.match(r"broken\.yaml:\d+:\d+: signals\[0\]\.patterns", p) for p in problems)
+    assert all(len(p) <= 500 for p in problems)
