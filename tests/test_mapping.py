@@ -204,3 +204,16 @@ def test_a_validator_quoting_a_huge_value_prints_one_short_line():
     problems = problems_of(yaml.safe_dump(data).encode())
     assert any(re.match(r"broken\.yaml:\d+:\d+: signals\[0\]\.patterns", p) for p in problems)
     assert all(len(p) <= 500 for p in problems)
+
+
+def test_validate_refuses_an_alias_bomb_with_a_short_message(tmp_path):
+    from typer.testing import CliRunner
+
+    from connectors.cli import app
+
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_bytes(alias_bomb(9))  # 387 million strings expanded; 12 s and 100 MB printed before
+    result = CliRunner().invoke(app, ["validate", str(bomb)])
+    assert result.exit_code == 2
+    assert "aliases expand to more than 100,000 nodes" in result.output
+    assert len(result.output) < 500
