@@ -202,9 +202,10 @@ def box_calls(box: Container) -> CallStats:
 
 
 def _count_calls(after: CallStats, before: CallStats) -> None:
-    metrics.add_metric("ApiCalls", MetricUnit.Count, after.api_calls - before.api_calls)
-    metrics.add_metric("Retries", MetricUnit.Count, after.retries - before.retries)
-    metrics.add_metric("Throttled", MetricUnit.Count, after.throttled - before.throttled)
+    # Never negative: connectors rebuilt mid-invocation (a rotated secret) start from zero.
+    metrics.add_metric("ApiCalls", MetricUnit.Count, max(0, after.api_calls - before.api_calls))
+    metrics.add_metric("Retries", MetricUnit.Count, max(0, after.retries - before.retries))
+    metrics.add_metric("Throttled", MetricUnit.Count, max(0, after.throttled - before.throttled))
 
 
 def _count_run(stats: RunStats) -> None:
