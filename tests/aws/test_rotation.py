@@ -85,3 +85,37 @@ def test_without_a_previous_secret_only_the_current_one_is_accepted(stack: Stack
     assert post(SECRET, "e1") == 202
     assert handlers.container().previous_connector("memory") is None
     assert post("old-or-guessed", "e2") == 401
+
+
+def test_a_hubspot_webhook_signed_with_the_retiring_client_secret_is_accepted(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.hubspot.webhook_helpers import notification, signed
+
+    for name, value in {"HUBSPOT_ACCESS_TOKEN": "pat-test", "HUBSPOT_CLIENT_SECRET": "old-secret"
+                        }.items():  # fmt: skip
+        put(name, value)
+    env = {"ELASTICITY_MAPPINGS": "mappings/hubspot.yaml", "SECRETS_PREFIX": PREFIX,
+           "SECRET_NAMES": "HUBSPOT_ACCESS_TOKEN,HUBSPOT_CLIENT_SECRET,"
+                           "HUBSPOT_CLIENT_SECRET_PREVIOUS",
+           "HUBSPOT_BASE_URL": "http://127.0.0.1:9"}  # fmt: skip
+    clock = Clock()
+    box = Container(env=env, clock=clock)
+    recorded: list = []
+
+    def record(events) -> int:
+        recorded.extend(events)
+        return len(events)
+
+    def answer(secret: str) -> int:
+        request = signed([notification("contact.creation")], secret=secret)
+        return box.answer_webhook(box.connector("hubspot"), request, record).status
+
+    assert answer("old-secret") == 200
+    put("HUBSPOT_CLIENT_SECRET", "new-secret")
+    put("HUBSPOT_CLIENT_SECRET_PREVIOUS", "old-secret")
+    clock.now += MAX_AGE_SECONDS
+    assert answer("new-secret") == 200
+    assert answer("old-secret") == 200
+    assert answer("forged") == 401
+    assert len(recorded) == 3  # each accepted delivery recorded once, the refused one never
