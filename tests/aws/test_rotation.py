@@ -88,7 +88,7 @@ def test_without_a_previous_secret_only_the_current_one_is_accepted(stack: Stack
 
 
 def test_a_hubspot_webhook_signed_with_the_retiring_client_secret_is_accepted(
-    stack: Stack, monkeypatch: pytest.MonkeyPatch
+    stack: Stack,
 ) -> None:
     from tests.hubspot.webhook_helpers import notification, signed
 
