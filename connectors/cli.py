@@ -244,7 +244,10 @@ def inbox(
                       "decides them again on its next pass.", highlight=False)  # fmt: skip
             return
         total = store.quarantine_count()
-        rows = quarantine_rows(store.quarantined(limit))
+        held = store.quarantined(limit)
+        # A vendor's redelivery may have been applied since: say so rather than alarm.
+        unapplied = store.unseen([q.key for q in held])
+        rows = quarantine_rows(held, applied={q.key for q in held} - unapplied)
     except StoreError as exc:
         _fail(str(exc))
     if as_json:
@@ -254,8 +257,9 @@ def inbox(
     table = Table("event", "contact", "type", "occurred at", "quarantined at", "reason",
                   title=f"{total} quarantined event(s)")  # fmt: skip
     for row in rows:
+        reason = row["reason"] + (" (since applied: redelivered)" if row["since_applied"] else "")
         table.add_row(row["event_id"], row["contact_id"], row["type"], row["occurred_at"],
-                      row["quarantined_at"], row["reason"])  # fmt: skip
+                      row["quarantined_at"], reason)  # fmt: skip
     out.print(table)
     if total > len(rows):
         out.print(f"(showing the oldest {len(rows)}; --limit shows more)", highlight=False)

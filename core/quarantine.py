@@ -18,7 +18,11 @@ def _clip(value: Any, limit: int = SHOWN_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def quarantine_rows(entries: Iterable[Quarantined]) -> list[dict[str, str]]:
+def quarantine_rows(
+    entries: Iterable[Quarantined], applied: set[str] | frozenset[str] = frozenset()
+) -> list[dict[str, Any]]:
+    """One row per entry; `since_applied` marks those whose event was applied afterwards (the
+    vendor delivered it again and it went through)."""
     rows = []
     for entry in entries:
         try:
@@ -33,5 +37,6 @@ def quarantine_rows(entries: Iterable[Quarantined]) -> list[dict[str, str]]:
             "occurred_at": _clip(fields.get("occurred_at")),
             "quarantined_at": iso_utc(entry.at) or "",
             "reason": _clip(entry.reason, 400),
+            "since_applied": entry.key in applied,
         })  # fmt: skip
     return rows

@@ -157,6 +157,7 @@ def test_the_worker_quarantines_the_event_it_cannot_decide_and_applies_the_rest(
     report = cli.invoke(app, ["report", "--format", "json", "--data-dir", str(tmp_path)])
     assert json.loads(report.stdout)["data_quality"]["quarantined_events"] == 1
 
+    assert row["since_applied"] is False
     # The cause fixed, --retry puts it back and the next drain applies it.
     runner.connector.crm.poisoned.clear()
     retried = cli.invoke(app, ["inbox", "--retry", "--data-dir", str(tmp_path)])
@@ -164,6 +165,20 @@ def test_the_worker_quarantines_the_event_it_cannot_decide_and_applies_the_rest(
     assert runner.drain_inbox(batch_size=10).applied == 1
     assert runner.store.get_contacts(["bad"])["bad"].engagement_score == 5
     assert runner.store.quarantine_count() == 0
+
+
+def test_a_quarantined_event_applied_on_redelivery_is_listed_as_such(
+    poisoned_runner: Runner, tmp_path: Path
+) -> None:
+    runner = poisoned_runner
+    runner.record([ev("e1", "bad")])
+    runner.drain_inbox(batch_size=10)
+    runner.connector.crm.poisoned.clear()
+    runner.record([ev("e1", "bad")])  # the CRM delivers it again once the record is readable
+    assert runner.drain_inbox(batch_size=10).applied == 1
+    listing = cli.invoke(app, ["inbox", "--json", "--data-dir", str(tmp_path)])
+    [row] = [json.loads(x) for x in listing.stdout.splitlines()]
+    assert row["event_id"] == "e1" and row["since_applied"] is True
 
 
 def test_an_unavailable_crm_leaves_every_event_queued_not_quarantined(
