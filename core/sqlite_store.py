@@ -398,19 +398,17 @@ class SQLiteStore(Store):
         try:
             with self._lock, self._db:
                 self._begin_promptly()
-                if keys is None:
-                    keys = [r[0] for r in self._db.execute("SELECT key FROM quarantine")]
-                moved = 0
-                for part in _chunks(list(keys)):
-                    marks = ",".join("?" * len(part))
-                    before = self._db.total_changes
-                    self._db.execute(
-                        "INSERT OR IGNORE INTO inbox (key, body) SELECT key, body FROM "  # noqa: S608
-                        f"quarantine WHERE key IN ({marks}) ORDER BY seq",
-                        part,
-                    )
-                    moved += self._db.total_changes - before
-                    self._db.execute(f"DELETE FROM quarantine WHERE key IN ({marks})", part)  # noqa: S608
+                held = [r[0] for r in self._db.execute("SELECT key FROM quarantine ORDER BY seq")]
+                chosen = None if keys is None else set(keys)
+                wanted = [k for k in held if chosen is None or k in chosen]
+                before = self._db.total_changes
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO inbox (key, body) "
+                    "SELECT key, body FROM quarantine WHERE key = ?",
+                    [(k,) for k in wanted],
+                )
+                moved = self._db.total_changes - before
+                self._db.executemany("DELETE FROM quarantine WHERE key = ?", [(k,) for k in wanted])
                 return moved
         except sqlite3.Error as exc:
             raise StoreError(f"could not release quarantined events in {self.path}: {exc}") from exc
