@@ -189,8 +189,10 @@ def test_a_quarantined_event_leaves_the_inbox_until_released(store: Store) -> No
     # Quarantined again (a retry that failed again): one entry, the latest reason.
     store.inbox_quarantine([Quarantined("e2", body, "still failing", T0)])
     assert [q.reason for q in store.quarantined()] == ["still failing"]
-    assert store.quarantine_release() == 1
+    assert store.quarantine_release(["e1", "unknown"]) == 0  # only quarantined keys move
+    assert store.quarantine_release(["e2"]) == 1
     assert store.quarantine_count() == 0
+    assert store.quarantine_release() == 0
     assert [e.event_id for e in store.inbox_take(10)] == ["e1", "e3", "e2"]
 
 
