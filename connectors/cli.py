@@ -18,6 +18,7 @@ from rich.table import Table
 
 from connectors.base import ConnectorError
 from core.mapping import Mapping, MappingError
+from core.models import EARLIEST_INSTANT, LATEST_INSTANT
 from core.store import StoreError
 
 app = typer.Typer(
@@ -85,7 +86,11 @@ def _parse_time(value: str | None, option: str) -> datetime | None:
 
     parsed = parse_instant(value)
     if parsed is None:
-        _fail(f"{option}: expected an ISO 8601 time such as 2026-03-01T00:00:00Z, got {value!r}", 2)
+        _fail(
+            f"{option}: expected an ISO 8601 time such as 2026-03-01T00:00:00Z, between "
+            f"{EARLIEST_INSTANT.year} and {LATEST_INSTANT.year}, got {value!r}",
+            2,
+        )
     return parsed
 
 
@@ -225,6 +230,54 @@ def serve(
     out.print(f"listening on http://{host}:{port} for {', '.join(paths)}", highlight=False)
     worker = partial(runners_for, [str(m) for m in mappings], str(_data_dir(data_dir)))
     serve_forever(runners, host, port, worker_factory=worker)
+
+
+@app.command()
+def inbox(
+    retry: Annotated[
+        bool, typer.Option("--retry", help="put every quarantined event back in the inbox")
+    ] = False,
+    limit: Annotated[int, typer.Option(min=1, help="list at most this many")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Events the worker quarantined (it could not decide them) and why; --retry re-queues them."""
+    from core.quarantine import quarantine_rows
+    from core.sqlite_store import SQLiteStore
+
+    path = _data_dir(data_dir) / "elasticity.sqlite3"
+    if not path.is_file():
+        _fail(f"no store in {_data_dir(data_dir)}; nothing was ever received there")
+    try:
+        store = SQLiteStore.in_data_dir(_data_dir(data_dir))
+        if retry:
+            moved = store.quarantine_release()
+            out.print(f"{moved} quarantined event(s) put back in the inbox; the worker "
+                      "decides them again on its next pass.", highlight=False)  # fmt: skip
+            return
+        total = store.quarantine_count()
+        held = store.quarantined(limit)
+        # A vendor's redelivery may have been applied since: say so rather than alarm.
+        unapplied = store.unseen([q.key for q in held])
+        rows = quarantine_rows(held, applied={q.key for q in held} - unapplied)
+    except StoreError as exc:
+        _fail(str(exc))
+    if as_json:
+        for row in rows:
+            sys.stdout.write(json.dumps(row) + "\n")
+        return
+    table = Table("event", "contact", "type", "occurred at", "quarantined at", "reason",
+                  title=f"{total} quarantined event(s)")  # fmt: skip
+    for row in rows:
+        reason = row["reason"] + (" (since applied: redelivered)" if row["since_applied"] else "")
+        table.add_row(row["event_id"], row["contact_id"], row["type"], row["occurred_at"],
+                      row["quarantined_at"], reason)  # fmt: skip
+    out.print(table)
+    if total > len(rows):
+        out.print(f"(showing the oldest {len(rows)}; --limit shows more)", highlight=False)
+    if total:
+        out.print("Fix the cause, then `elasticity inbox --retry` to decide them again.",
+                  highlight=False)  # fmt: skip
 
 
 @app.command()

@@ -20,6 +20,7 @@ from typing import Any
 
 from connectors.base import (
     RAW_PROPERTY,
+    AuthError,
     Connector,
     ConnectorError,
     CrmRecord,
@@ -29,11 +30,18 @@ from connectors.base import (
 from connectors.redact import redact_emails
 from connectors.signals import events_from_changes, seen_key
 from core.experiments import experiment_property_values
-from core.models import ContactState, Decision, Event, Status
+from core.models import EVENT, ContactState, Decision, Event, Status
 from core.occurrences import decode_seen, encode_seen
 from core.pipeline import Applied, Pipeline, RunStats, decide_and_commit
 from core.reconcile import differing_fields, state_from_crm
-from core.store import Batch, OwedWrite, Store, StoreError
+from core.store import (
+    QUARANTINE_REASON_CHARS,
+    Batch,
+    OwedWrite,
+    Quarantined,
+    Store,
+    StoreError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +52,24 @@ POLL_OVERLAP = timedelta(minutes=10)
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def event_at_fault(exc: Exception) -> bool:
+    """Whether a failure while deciding events may be one event's doing (so isolating and
+    quarantining it helps), rather than the CRM's or the store's (so every event would fail
+    alike and should wait)."""
+    if isinstance(exc, StoreError):
+        return False
+    if isinstance(exc, ConnectorError):
+        refused_us = isinstance(exc, AuthError | QuotaExhausted) or exc.status in (401, 403)
+        return not (exc.retriable or refused_us)
+    return True  # the engine or a parser failing on what this event holds
+
+
+def describe_failure(exc: Exception) -> str:
+    """The failure as the quarantine records it: its kind and message, without traceback."""
+    where = "crm" if isinstance(exc, ConnectorError) else "engine"
+    return f"{where}: {type(exc).__name__}: {redact_emails(str(exc))}"[:QUARANTINE_REASON_CHARS]
 
 
 @dataclass
@@ -108,13 +134,47 @@ class Runner:
     ) -> RunStats:
         """Process this runner's inbox a batch (one transaction) at a time until it is empty or
         `stop`. With `unpartitioned`, then also the events recorded for no runner in particular
-        (by a release before the inbox had partitions): only a sole runner may take those."""
+        (by a release before the inbox had partitions): only a sole runner may take those.
+
+        A batch that fails because of one of its events is retried event by event, and an
+        event that fails alone is quarantined with its reason (`elasticity inbox`), so it
+        cannot hold up the events behind it. A failure that is not an event's (the CRM
+        unavailable or refusing our credentials, the store failing) leaves the inbox as it is
+        and is raised."""
         total = RunStats()
         parts = [self.inbox_partition, ""] if unpartitioned else [self.inbox_partition]
         for part in parts:
             while not (stop and stop()) and (events := self.store.inbox_take(batch_size, part)):
-                total.add(self.process(events, inbox=True))
+                # Writes are flushed outside the isolation: their failure is no event's doing.
+                self.flush()
+                try:
+                    total.add(self.process(events, inbox=True, flush=False))
+                except Exception as exc:
+                    if not event_at_fault(exc):
+                        raise
+                    log.warning("a batch of %d inbox events failed (%s); trying them one by one",
+                                len(events), describe_failure(exc))  # fmt: skip
+                    total.add(self._process_alone(events))
+                self.flush()
         return total
+
+    def _process_alone(self, events: Sequence[Event]) -> RunStats:
+        stats = RunStats()
+        for event in events:
+            try:
+                stats.add(self.process([event], inbox=True, flush=False))
+            except Exception as exc:
+                if not event_at_fault(exc):
+                    raise
+                reason = describe_failure(exc)
+                log.error("inbox event %s quarantined: %s", event.event_id, reason)
+                body = EVENT.dump_json(event).decode()
+                self.store.inbox_quarantine(
+                    [Quarantined(event.event_id, body, reason, self.clock())]
+                )
+                stats.rejected += 1
+                stats.rejections.append(f"{event.event_id}: quarantined: {reason}")
+        return stats
 
     def process(
         self,

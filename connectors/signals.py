@@ -11,29 +11,35 @@ the last one seen (`core.occurrences`).
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Mapping as MappingABC
 from datetime import UTC, datetime
 
 from core.mapping import Mapping, Signal
-from core.models import Event, Observation, iso_utc
+from core.models import MAX_URL_CHARS, Event, Observation, instant_problem, iso_utc
 from core.occurrences import LIFTING_EVENTS, seen_key
+
+log = logging.getLogger(__name__)
 
 __all__ = ["event_from_signal", "events_from_changes", "parse_instant", "seen_key",
            "signal_event_id", "signal_for"]  # fmt: skip
 
 
 def parse_instant(value: str | None) -> datetime | None:
-    """Epoch milliseconds (HubSpot) or ISO 8601 (Salesforce, HubSpot v3), as aware UTC."""
+    """Epoch milliseconds (HubSpot) or ISO 8601 (Salesforce, HubSpot v3), as aware UTC; None
+    for no instant, or one outside the range an event time may take (`core.models`)."""
     if value is None or value == "":
         return None
     text = str(value).strip()
     try:
         if text.isdigit():
-            return datetime.fromtimestamp(int(text) / 1000, tz=UTC)
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            parsed = datetime.fromtimestamp(int(text) / 1000, tz=UTC)
+        else:
+            parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except (ValueError, OverflowError, OSError):
         return None  # past year 9999 or otherwise no instant: not a date, not a crash
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return None if instant_problem(parsed) else parsed
 
 
 def signal_event_id(vendor: str, contact_id: str, prop: str, value: str, *occurrence: str) -> str:
@@ -77,12 +83,17 @@ def event_from_signal(
         seen_in = delivery or iso_utc(observed_at) or ""
         event_id = signal_event_id(mapping.vendor, contact_id, prop, value, seen_in)
         occurred, changed = observed_at, None
+    if signal.patterns and len(value) > MAX_URL_CHARS:
+        log.warning("%s of contact %s: %d characters; its event keeps the first %d as url",
+                    signal.property, contact_id, len(value), MAX_URL_CHARS)  # fmt: skip
     return Event(
         event_id=event_id,
         contact_id=contact_id,
         type=signal.event,
         occurred_at=occurred,
-        url=value if signal.patterns else None,
+        # The id keeps the whole value; the url only informs reports. A CRM field may hold far
+        # more than a link (and than a queue message takes): refusing would lose the event.
+        url=value[:MAX_URL_CHARS] if signal.patterns else None,
         source=source,
         observed=Observation(property=prop, value=value, changed_at=changed),
     )

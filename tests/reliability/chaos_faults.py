@@ -25,7 +25,7 @@ from typing import Any
 from connectors.base import CrmRecord, HandoffTask, WriteResult
 from connectors.hubspot import HubSpotConnector
 from core.models import ContactState, Decision, Event
-from core.store import OUTBOX_LEASE, Batch, OwedWrite, Store
+from core.store import OUTBOX_LEASE, Batch, OwedWrite, Quarantined, Store
 from tests.fakes.hubspot_server import ApiError, FakeHubSpot, RecordFailure
 
 CONTACT_UPDATE = re.compile(r"/crm/v3/objects/contacts/batch/update$")
@@ -212,6 +212,18 @@ class ChaosStore(Store):
 
     def outbox_owed(self, keys: Iterable[str]) -> set[str]:
         return self.inner.outbox_owed(keys)
+
+    def inbox_quarantine(self, entries: Sequence[Quarantined]) -> None:
+        self.inner.inbox_quarantine(entries)
+
+    def quarantined(self, limit: int = 1000) -> list[Quarantined]:
+        return self.inner.quarantined(limit)
+
+    def quarantine_count(self) -> int:
+        return self.inner.quarantine_count()
+
+    def quarantine_release(self, keys: Sequence[str] | None = None) -> int:
+        return self.inner.quarantine_release(keys)
 
     def close(self) -> None:
         # Closing a dropped connection again is harmless.
