@@ -95,8 +95,16 @@ def event_from_signal(
         # more than a link (and than a queue message takes): refusing would lose the event.
         url=value[:MAX_URL_CHARS] if signal.patterns else None,
         source=source,
-        observed=Observation(property=prop, value=value, changed_at=changed),
+        observed=Observation(property=prop, value=_comparable(value), changed_at=changed),
     )
+
+
+def _comparable(value: str) -> str:
+    """The value as the last-seen comparison keeps it: a value longer than a URL is kept as
+    its digest (equal values still compare equal; the event stays small enough to queue)."""
+    if len(value) <= MAX_URL_CHARS:
+        return value
+    return "sha256:" + hashlib.sha256(value.encode()).hexdigest()
 
 
 def events_from_changes(
