@@ -275,3 +275,10 @@ def test_provision_dry_run_without_credentials_prints_the_offline_plan(mapping, 
     assert "would change" in result.output
     without_dry_run = invoke("provision", mapping)
     assert without_dry_run.exit_code == 1
+
+
+def test_help_shows_flags_by_name_with_no_type_placeholder():
+    result = runner.invoke(app, ["replay", "--help"], env={"COLUMNS": "120"})
+    assert result.exit_code == 0
+    assert "--strict" in result.output
+    assert "<bool>" not in result.output and "<" not in result.output.split("--strict")[1][:20]
