@@ -128,8 +128,29 @@ def main(
 
 
 @app.command()
-def validate(mapping: MappingArg) -> None:
+def validate(
+    mapping: MappingArg,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print the verdict as one JSON object on stdout")
+    ] = False,
+) -> None:
     """Check a mapping file: exit 0, or 2 with every problem listed."""
+    if as_json:
+        from connectors.registry import check_mapping
+
+        try:
+            loaded = check_mapping(mapping)
+        except MappingError as exc:
+            sys.stdout.write(json.dumps({"file": str(mapping), "valid": False,
+                                         "problems": exc.problems}) + "\n")  # fmt: skip
+            raise typer.Exit(2) from None
+        sys.stdout.write(json.dumps({
+            "file": str(mapping), "valid": True, "vendor": loaded.vendor,
+            "program": loaded.program, "policy_version": loaded.policy.version,
+            "fields": len(loaded.fields), "signals": len(loaded.signals),
+            "lists": len(loaded.lists), "problems": [],
+        }) + "\n")  # fmt: skip
+        return
     loaded = _mapping(mapping)
     out.print(
         f"{mapping}: valid ({loaded.vendor}, {len(loaded.fields)} fields, "

@@ -282,3 +282,16 @@ def test_help_shows_flags_by_name_with_no_type_placeholder():
     assert result.exit_code == 0
     assert "--strict" in result.output
     assert "<bool>" not in result.output and "<" not in result.output.split("--strict")[1][:20]
+
+
+def test_validate_json_gives_the_verdict_and_every_problem(tmp_path):
+    good = invoke("validate", "mappings/hubspot.yaml", "--json")
+    assert good.exit_code == 0
+    verdict = json.loads(good.stdout)
+    assert verdict["valid"] is True and verdict["vendor"] == "hubspot" and verdict["problems"] == []
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(Path("mappings/hubspot.yaml").read_text() + "\nsurprise: 1\ncolour: red\n")
+    result = invoke("validate", str(bad), "--json")
+    assert result.exit_code == 2
+    verdict = json.loads(result.stdout)
+    assert verdict["valid"] is False and len(verdict["problems"]) == 2
