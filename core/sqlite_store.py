@@ -212,7 +212,7 @@ class SQLiteStore(Store):
             "INSERT INTO processed_events (key) VALUES (?)", [(k,) for k in batch.event_keys]
         )
         if not defer_contacts:
-            # A bulk run owns its private store: there is no other writer to check against.
+            # Only here: a bulk run owns its private store, with no other writer to check.
             self._check_versions(batch.expected_versions)
             db.executemany(_UPSERT_CONTACT, map(contact_row, batch.contacts, batch.next_due))
         rows = [decision_row(d) for d in batch.decisions]

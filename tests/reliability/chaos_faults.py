@@ -17,7 +17,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -51,6 +51,11 @@ class FaultPlan:
     client_timeout: float = 0.5
     timeout_delay: float = 0.6
     """An injected timeout answers this late, past the client's timeout."""
+    rival_flush_rate: float = 0.1
+    """Per CRM write or task call: the chance another flusher on the same store (a `sync`
+    beside the worker) flushes while this call is in flight."""
+    rival: Callable[[], None] | None = None
+    """That other flusher, set by the harness."""
     enabled: bool = True
     counts: Counter = field(default_factory=Counter)
 
@@ -83,6 +88,11 @@ class FaultPlan:
     def count(self, name: str, n: int = 1) -> None:
         with self.lock:
             self.counts[name] += n
+
+    def rival_flush(self) -> None:
+        if self.rival is not None and self.roll(self.rival_flush_rate):
+            self.count("rival_flushes")
+            self.rival()
 
     def kill(self, where: str) -> None:
         if self.roll(self.kill_rate):
@@ -138,11 +148,13 @@ class ChaosHubSpotConnector(HubSpotConnector):
         return super().read_records(contact_ids)
 
     def write_records(self, values: dict[str, dict[str, Any]]) -> WriteResult:
+        self.plan.rival_flush()
         result = super().write_records(values)
         self.plan.kill("after_crm_write")
         return result
 
     def create_tasks(self, tasks: Sequence[HandoffTask]) -> WriteResult:
+        self.plan.rival_flush()
         result = super().create_tasks(tasks)
         self.plan.kill("after_task_create")
         return result
