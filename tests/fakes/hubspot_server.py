@@ -172,6 +172,10 @@ class FakeHubSpot:
         }
         self.objects = {t: ObjectStore(lambda t=t: self.kinds(t)) for t in ("contacts", "tasks")}
         self.lists: dict[str, dict[str, Any]] = {}
+        self.email_events: list[dict[str, Any]] = []
+        """The legacy email events log, as `GET /email/public/v1/events` returns events."""
+        self.email_offset_epoch = 0
+        """Bumped to make every `offset` token given so far stale (HubSpot: short-lived)."""
         self.faults: list[Fault] = []
         self.record_failures: list[RecordFailure] = []
         self.denied_scopes: dict[str, str] = {}
@@ -222,6 +226,16 @@ class FakeHubSpot:
         store = self.objects["tasks"]
         return [{"id": str(i), **store.raw[i], "contacts": store.associations.get(i, [])}
                 for i in store.ids]  # fmt: skip
+
+    def add_email_event(self, kind: str, recipient: str, created: datetime,
+                        **extra: Any) -> dict[str, Any]:  # fmt: skip
+        """Log a marketing email event as HubSpot records one (`created` in epoch ms)."""
+        with self.lock:
+            event = {"id": str(uuid.uuid4()), "created": int(created.timestamp() * 1000),
+                     "type": kind, "recipient": recipient, "portalId": 62515,
+                     "appId": 113, "emailCampaignId": 1001, **extra}  # fmt: skip
+            self.email_events.append(event)
+            return event
 
     def inject(self, fault: Fault) -> Fault:
         with self.lock:
