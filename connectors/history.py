@@ -280,18 +280,18 @@ def export_history(
     end = until or (saved["until"] if saved else now)
     result = HistoryExport(since=since, until=end, resumed=saved is not None)
     seen = _existing_ids(out)
-    cursor = saved["cursor"] if saved else None
+    pages = connector.export_history(since, end, saved["cursor"] if saved else None)
     try:
         with out.open("a") as sink:
-            for page in connector.export_history(since, end, cursor):
+            for page in pages:
                 _write_page(page, sink, seen, result)
                 sink.flush()
                 os.fsync(sink.fileno())
                 _save_checkpoint(checkpoint, connector.vendor, since, end, page.cursor)
                 if page.events or page.read:
                     result.pages += 1
-                if progress:
-                    progress(result)
+                    if progress:
+                        progress(result)
     except QuotaExhausted as exc:
         result.stopped = str(exc)
         return result

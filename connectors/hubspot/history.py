@@ -39,6 +39,14 @@ SKIP_SENT = "SENT (DELIVERED counts as the send)"
 SKIP_SOFT_BOUNCE = "soft bounces"
 SKIP_NOT_CONTACT = "events of recipients who are not contacts"
 SKIP_UNKNOWN_TYPE = "events the policy has no use for"
+SKIP_MALFORMED = "events without an id, a time or a recipient"
+PAGE_VIEWS_NOTE = "not read: this export reads email events only"
+
+
+def _well_formed(item: Mapping[str, Any]) -> bool:
+    created = item.get("created")
+    return (bool(item.get("id")) and bool(item.get("recipient"))
+            and isinstance(created, int) and not isinstance(created, bool))  # fmt: skip
 
 
 def _ms(at: datetime) -> int:
@@ -119,19 +127,23 @@ class EmailHistory:
             data = response.data or {}
             raw = [e for e in data.get("events") or [] if isinstance(e, dict)]
             page = self._page(raw)
-            if raw:
-                # The query stays as it was (the offset belongs to it); only a resume narrows.
-                oldest = min(oldest, *(int(e.get("created") or oldest) for e in raw))
+            # The query stays as it was (the offset belongs to it); only a resume narrows it.
+            oldest = min([oldest, *(e["created"] for e in raw if _well_formed(e))])
             page.cursor = {BEFORE: str(oldest)}
             yield page
             offset = data.get("offset")
             if not data.get("hasMore") or not offset or not raw:
-                return
+                break
+        yield HistoryPage("HubSpot page views", available=False, note=PAGE_VIEWS_NOTE,
+                          cursor={BEFORE: str(oldest)})  # fmt: skip
 
     def _page(self, raw: list[dict[str, Any]]) -> HistoryPage:
         page = HistoryPage(SOURCE, read=len(raw))
         kept: list[tuple[dict[str, Any], str]] = []
         for item in raw:
+            if not _well_formed(item):
+                page.skipped[SKIP_MALFORMED] = page.skipped.get(SKIP_MALFORMED, 0) + 1
+                continue
             kind, why = canonical_type(item)
             if kind is not None and not self.policy.knows_event(kind):
                 kind, why = None, SKIP_UNKNOWN_TYPE

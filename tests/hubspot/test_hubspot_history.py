@@ -58,6 +58,7 @@ def test_every_event_type_is_mapped_and_recipients_become_contacts(fake, connect
     fake.add_email_event("DEFERRED", "ada@example.com", at(8))
     fake.add_email_event("OPEN", "stranger@example.com", at(9))
     fake.add_email_event("OPEN", "ada@example.com", UNTIL + timedelta(days=1))  # after --until
+    fake.add_email_event("UNBOUNCE", "", at(10))  # the one type that names no recipient
     out = tmp_path / "events.jsonl"
 
     result = export_history(connector, out, SINCE, UNTIL, NOW)
@@ -78,8 +79,10 @@ def test_every_event_type_is_mapped_and_recipients_become_contacts(fake, connect
     send = next(e for e in events if e["type"] == "send")
     assert delivered["id"] in send["event_id"]
     source = result.sources["HubSpot email events"]
-    assert source.read == 11 and source.written == 7  # the one after --until is not asked for
-    assert sum(source.skipped.values()) == 4  # SENT, soft bounce, DEFERRED, a stranger's open
+    assert source.read == 12 and source.written == 7  # the one after --until is not asked for
+    # SENT, the soft bounce, DEFERRED, a stranger's open, the event naming no recipient
+    assert sum(source.skipped.values()) == 5
+    assert not result.sources["HubSpot page views"].available
     assert not checkpoint_path(out).exists()  # finished: nothing to resume
 
 
@@ -186,3 +189,22 @@ def test_a_missing_scope_is_reported_as_history_not_available(fake, tmp_path):
     assert "HubSpot email events: not available" in result.output
     assert "'content'" in result.output
     assert "0 events appended" in result.output
+
+
+def test_without_until_a_resumed_export_keeps_the_end_it_started_with(fake, mapping, clock,
+                                                                     tmp_path):  # fmt: skip
+    seed_many(fake, contacts=40, per_contact=50)  # 2,000 events: two pages
+    fake.inject(Fault(path="^/email/public/v1/events$", status=503, times=50, skip=1))
+    out = tmp_path / "events.jsonl"
+    with pytest.raises(ConnectorError):
+        export_history(make_connector(fake, mapping, clock, max_attempts=1), out, SINCE, None,
+                       at(60))  # fmt: skip
+    fake.faults.clear()
+    later = fake.add_contact({"email": "late@example.com"})
+    fake.add_email_event("OPEN", "late@example.com", at(70))  # after the first run's "now"
+
+    resumed = export_history(make_connector(fake, mapping, clock), out, SINCE, None, at(90))
+
+    assert resumed.until == at(60)
+    assert len(read_events(out)) == 2000
+    assert later not in {e["contact_id"] for e in read_events(out)}
