@@ -156,8 +156,9 @@ class CallStats:
 @dataclass
 class HistoryPage:
     """One step of a history export: events read from one source of the CRM, and the cursor to
-    resume from once they are written. A page with `note` and no events reports what a source
-    holds, or that it holds nothing the export can use (history tracking off, a scope missing)."""
+    resume from once they are written. A page with `available=False` and a `note` saying why
+    ("not available: ...", "not read: ...") reports a source with nothing the export can use
+    (history tracking off, a scope missing, a source this export does not read)."""
 
     source: str
     events: list[Event] = field(default_factory=list)

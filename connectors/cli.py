@@ -486,7 +486,7 @@ def _export_history(loaded: Mapping, out_file: Path, since: str | None,
     for name, source in result.sources.items():
         notes = "; ".join(source.notes)
         if not source.available:
-            err.print(f"{name}: not available ({notes})", highlight=False, markup=False)
+            err.print(f"{name}: {notes or 'not available'}", highlight=False, markup=False)
             continue
         skipped = ", ".join(f"{count:,} {why}" for why, count in source.skipped.items())
         err.print(
@@ -497,7 +497,8 @@ def _export_history(loaded: Mapping, out_file: Path, since: str | None,
     kinds = ", ".join(f"{n:,} {kind}" for kind, n in sorted(result.types.items()))
     err.print(
         f"{result.written:,} events appended to {out_file} ({kinds or 'none'}), "
-        f"{result.already_there:,} already there; window {result.since.isoformat()} to "
+        f"{result.already_there:,} already there, {result.outside_window:,} dated outside the "
+        f"window {result.since.isoformat()} to "
         f"{result.until.isoformat()}", highlight=False,
     )  # fmt: skip
     if result.stopped:

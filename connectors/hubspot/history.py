@@ -121,7 +121,7 @@ class EmailHistory:
             except AuthError as exc:
                 if exc.status != 403:
                     raise
-                note = f"the private app lacks the scope {EVENTS_SCOPE!r}: {exc}"
+                note = f"not available: the private app lacks the scope {EVENTS_SCOPE!r} ({exc})"
                 yield HistoryPage(SOURCE, available=False, cursor={BEFORE: str(end)}, note=note)
                 return
             data = response.data or {}

@@ -31,8 +31,9 @@ from core.mapping import Signal
 AFTER = "field_history_after_id"
 PAGE = 2000
 NOT_TRACKED = (
-    "field history tracking is off for this field; turn it on in Setup (Object Manager > "
-    "{sobject} > Fields & Relationships > Set History Tracking) to keep history from now on"
+    "not available: field history tracking is off for this field; turn it on in Setup (Object "
+    "Manager > {sobject} > Fields & Relationships > Set History Tracking) to keep history from "
+    "now on"
 )
 NOT_READ = {
     "EmailMessage / Task": "not read: emails sent from Salesforce are one-to-one sales emails "
@@ -80,11 +81,11 @@ class FieldHistory:
             yield HistoryPage(source, available=False, note=note, cursor=dict(resume))
 
     def _tracked(self, fields: list[str]) -> list[str]:
-        rows = self.client.lookup(
+        rows = self.client.lookup_in(
             "read which signal fields keep history",
             "SELECT Id, QualifiedApiName, IsFieldHistoryTracked FROM FieldDefinition "
-            "WHERE EntityDefinitionId = {} AND QualifiedApiName IN {}",
-            self.sobject, fields,
+            "WHERE EntityDefinitionId = {sobject} AND QualifiedApiName IN {fields}",
+            fields, "fields", sobject=self.sobject,
         )  # fmt: skip
         return sorted(r["QualifiedApiName"] for r in rows if r.get("IsFieldHistoryTracked"))
 
@@ -114,7 +115,7 @@ class FieldHistory:
         except ConnectorError as exc:
             if "INVALID_TYPE" not in str(exc):
                 raise
-            note = f"the org has no {self.history} ({exc})"
+            note = f"not available: the org has no {self.history} ({exc})"
             yield HistoryPage(self.history, available=False, cursor=page.cursor, note=note)
             return
         yield page  # the rest, or an empty page: the source is reported even with no rows

@@ -174,6 +174,7 @@ def test_the_command_stops_at_the_daily_reserve_with_exit_3_and_resumes(fake, tm
 
     assert finished.exit_code == 0, finished.output
     assert "resumed from the checkpoint" in finished.output
+    assert "page 1: 1,000 events appended so far" in stopped.output
     events = read_events(tmp_path / "events.jsonl")
     assert len(events) == 3000 and len({e["event_id"] for e in events}) == 3000
 

@@ -84,9 +84,10 @@ def test_the_command_reports_each_source_and_a_rerun_appends_nothing(
     first = CliRunner().invoke(app, args)
 
     assert first.exit_code == 0, first.output
-    assert "ContactHistory.pi__url__c: not available (field history tracking is off" in (
+    assert "ContactHistory.pi__url__c: not available: field history tracking is off" in (
         first.output
     )
+    assert "CampaignMember: not read" in first.output
     assert "4 events appended" in first.output
     before = out.read_text()
 
