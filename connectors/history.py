@@ -277,6 +277,8 @@ def export_history(
     saved = _load_checkpoint(checkpoint, connector.vendor, since)
     if saved is not None and until is not None and saved["until"] != until:
         saved = None  # another window: start it afresh (ids keep the file free of doubles)
+    if saved is not None and not out.exists():
+        saved = None  # the events it counted are gone: resuming would leave them out
     end = until or (saved["until"] if saved else now)
     result = HistoryExport(since=since, until=end, resumed=saved is not None)
     seen = _existing_ids(out)

@@ -209,3 +209,18 @@ def test_without_until_a_resumed_export_keeps_the_end_it_started_with(fake, mapp
     assert resumed.until == at(60)
     assert len(read_events(out)) == 2000
     assert later not in {e["contact_id"] for e in read_events(out)}
+
+
+def test_a_checkpoint_whose_output_file_was_removed_starts_over(fake, mapping, clock, tmp_path):
+    seed_many(fake, contacts=20, per_contact=100)  # 2,000 events: two pages
+    fake.inject(Fault(path="^/email/public/v1/events$", status=503, times=50, skip=1))
+    out = tmp_path / "events.jsonl"
+    with pytest.raises(ConnectorError):
+        export_history(make_connector(fake, mapping, clock, max_attempts=1), out, SINCE, UNTIL,
+                       NOW)  # fmt: skip
+    fake.faults.clear()
+    out.unlink()
+
+    again = export_history(make_connector(fake, mapping, clock), out, SINCE, UNTIL, NOW)
+
+    assert not again.resumed and len(read_events(out)) == 2000
