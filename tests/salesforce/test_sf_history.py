@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from connectors.base import ConnectorError
 from connectors.cli import app
 from connectors.history import checkpoint_path, export_history
 from connectors.salesforce.history import FieldHistory
-from tests.fakes.salesforce import FakeSalesforce
+from tests.fakes.salesforce import FakeSalesforce, error
 from tests.salesforce.conftest import ROOT, build
 
 SINCE = datetime(2026, 1, 1, tzinfo=UTC)
@@ -129,9 +130,43 @@ def test_an_export_stopped_by_the_api_reserve_resumes_without_duplicates(env, fa
     assert not checkpoint_path(out).exists()
 
 
-def test_the_fake_refuses_a_filter_on_history_values(fake, connector):
-    from connectors.base import ConnectorError
+def test_an_export_broken_by_an_outage_resumes_after_the_last_page_written(env, fake, mapping,
+                                                                          tmp_path):  # fmt: skip
+    fake.provision_mapping(mapping)
+    fake.track_history("Contact", "Last_Email_Open_Date__c")
+    contacts = [fake.add("Contact", LastName=f"R{n}") for n in range(50)]
+    for day in range(1, 11):
+        for cid in contacts:
+            stamp = f"2026-01-{day:02d}T10:00:00Z"
+            fake.change("Contact", cid, "Last_Email_Open_Date__c", stamp, stamp)
+    small_pages = mapping.model_copy(update={"options": {**mapping.options, "page_size": 200}})
+    route, queries = fake.route, []
 
+    def down_after_two_pages(method, rel, query, body, headers):  # noqa: ANN001, ANN202
+        if rel.startswith("query"):
+            queries.append(rel)
+            if len(queries) > 3:  # which fields keep history, then two pages of rows
+                return error(503, "SERVER_UNAVAILABLE", "Server unavailable")
+        return route(method, rel, query, body, headers)
+
+    fake.route = down_after_two_pages
+    out = tmp_path / "events.jsonl"
+
+    with pytest.raises(ConnectorError):
+        export_history(build(small_pages, env, fake), out, SINCE, UNTIL, NOW)
+
+    assert len(read_events(out)) == 400 and checkpoint_path(out).exists()
+    fake.route = route
+
+    resumed = export_history(build(small_pages, env, fake), out, SINCE, UNTIL, NOW)
+
+    events = read_events(out)
+    assert len(events) == 500 and len({e["event_id"] for e in events}) == 500
+    history = next(s for name, s in resumed.sources.items() if name.startswith("ContactHistory ("))
+    assert history.read == 100
+
+
+def test_the_fake_refuses_a_filter_on_history_values(fake, connector):
     with pytest.raises(ConnectorError, match="can not be filtered"):
         connector.client.lookup("x", "SELECT Id FROM ContactHistory WHERE NewValue = 'a'")
 
