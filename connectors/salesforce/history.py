@@ -84,7 +84,7 @@ class FieldHistory:
         rows = self.client.lookup_in(
             "read which signal fields keep history",
             "SELECT Id, QualifiedApiName, IsFieldHistoryTracked FROM FieldDefinition "
-            "WHERE EntityDefinitionId = {sobject} AND QualifiedApiName IN {fields}",
+            "WHERE EntityDefinition.QualifiedApiName = {sobject} AND QualifiedApiName IN {fields}",
             fields, "fields", sobject=self.sobject,
         )  # fmt: skip
         return sorted(r["QualifiedApiName"] for r in rows if r.get("IsFieldHistoryTracked"))

@@ -132,7 +132,8 @@ STANDARD = {
                        "CreatedById", "IsDeleted"],  # fmt: skip
     "LeadHistory": ["Id", "LeadId", "Field", "OldValue", "NewValue", "CreatedDate",
                     "CreatedById", "IsDeleted"],  # fmt: skip
-    "FieldDefinition": ["Id", "DurableId", "EntityDefinitionId", "QualifiedApiName",
+    "FieldDefinition": ["Id", "DurableId", "EntityDefinitionId",
+                        "EntityDefinition.QualifiedApiName", "QualifiedApiName",
                         "IsFieldHistoryTracked"],  # fmt: skip
 }
 HISTORY_VALUES = ("OldValue", "NewValue")
@@ -282,7 +283,7 @@ class FakeSalesforce:
         self.records["FieldDefinition"] = {
             f"{obj}.{name}": {
                 "Id": f"{obj}.{name}", "DurableId": f"{obj}.{name}", "EntityDefinitionId": obj,
-                "QualifiedApiName": name,
+                "EntityDefinition.QualifiedApiName": obj, "QualifiedApiName": name,
                 "IsFieldHistoryTracked": name in self.history_tracked[obj],
             }
             for obj in ("Contact", "Lead")
