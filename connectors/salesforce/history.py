@@ -21,7 +21,7 @@ from typing import Any
 
 from simple_salesforce.format import format_soql, quote_soql_value
 
-from connectors.base import ConnectorError, HistoryPage
+from connectors.base import HistoryPage
 from connectors.salesforce.client import SalesforceClient
 from connectors.salesforce.soql import literal
 from connectors.signals import event_from_signal, parse_instant
@@ -104,20 +104,15 @@ class FieldHistory:
                 f"WHERE {window}{resume} ORDER BY Id"
             )
 
+        # A tracked field means the org keeps the history object: no need to ask whether it
+        # exists first.
         page = HistoryPage(source, cursor={AFTER: after} if after else {})
-        try:
-            for row in self.client.query(f"read {self.history}", soql, after):
-                self._add(page, row)
-                page.cursor = {AFTER: row["Id"]}
-                if page.read >= self.page_size:
-                    yield page
-                    page = HistoryPage(source, cursor=dict(page.cursor))
-        except ConnectorError as exc:
-            if "INVALID_TYPE" not in str(exc):
-                raise
-            note = f"not available: the org has no {self.history} ({exc})"
-            yield HistoryPage(self.history, available=False, cursor=page.cursor, note=note)
-            return
+        for row in self.client.query(f"read {self.history}", soql, after):
+            self._add(page, row)
+            page.cursor = {AFTER: row["Id"]}
+            if page.read >= self.page_size:
+                yield page
+                page = HistoryPage(source, cursor=dict(page.cursor))
         yield page  # the rest, or an empty page: the source is reported even with no rows
 
     def _add(self, page: HistoryPage, row: dict[str, Any]) -> None:
