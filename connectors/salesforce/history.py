@@ -94,7 +94,7 @@ class FieldHistory:
         source = f"{self.history} ({', '.join(fields)})"
         window = (
             f"Field IN {quote_soql_value(fields)} AND CreatedDate >= {literal(since)} "
-            f"AND CreatedDate <= {literal(until)}"
+            f"AND CreatedDate <= {literal(until, round_up=True)}"
         )
 
         def soql(last: str | None) -> str:
@@ -119,9 +119,12 @@ class FieldHistory:
         page.read += 1
         changed_at = parse_instant(row.get("CreatedDate"))
         value = _value(row.get("NewValue"))
+        record_id = row.get(self.parent)
         kept = []
         for signal in self.signals.get(row.get("Field") or "", []) if changed_at else []:
-            event = event_from_signal(self.mapping, signal, row[self.parent], value, changed_at,
+            if not record_id:
+                break
+            event = event_from_signal(self.mapping, signal, record_id, value, changed_at,
                                       "salesforce_field_history")  # fmt: skip
             if event is not None:
                 kept.append(event)
