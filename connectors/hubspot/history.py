@@ -32,8 +32,9 @@ BEFORE = "email_events_until_ms"
 
 HARD_BOUNCE_CATEGORIES = frozenset({"UNKNOWN_USER", "HARD_BOUNCE"})
 """Bounce categories that mean the address cannot receive mail (HubSpot's `UNKNOWN_USER`: the
-mailbox does not exist); the others (mailbox full, content, policy, spam, throttling, timeouts)
-are soft or the sender's problem, and suppressing a contact for them would be wrong."""
+mailbox does not exist; `HARD_BOUNCE` should a portal report one by that name). The others
+(mailbox full, content, policy, spam, throttling, timeouts) are soft or the sender's problem,
+and suppressing a contact for them would be wrong."""
 
 SKIP_SENT = "SENT (DELIVERED counts as the send)"
 SKIP_SOFT_BOUNCE = "soft bounces"
@@ -43,10 +44,15 @@ SKIP_MALFORMED = "events without an id, a time or a recipient"
 PAGE_VIEWS_NOTE = "not read: this export reads email events only"
 
 
+LAST_MS = 253_402_300_799_999
+"""The last millisecond of year 9999: a `created` past it is no instant."""
+
+
 def _well_formed(item: Mapping[str, Any]) -> bool:
     created = item.get("created")
     return (bool(item.get("id")) and bool(item.get("recipient"))
-            and isinstance(created, int) and not isinstance(created, bool))  # fmt: skip
+            and isinstance(created, int) and not isinstance(created, bool)
+            and 0 <= created <= LAST_MS)  # fmt: skip
 
 
 def _ms(at: datetime) -> int:
