@@ -75,9 +75,11 @@ class FieldHistory:
         for name in sorted(set(self.signals) - set(tracked)):
             yield HistoryPage(f"{self.history}.{name}", available=False, cursor=dict(resume),
                               note=NOT_TRACKED.format(sobject=self.sobject))  # fmt: skip
-        if tracked:
-            yield from self._rows(tracked, since, until, after)
+        for page in self._rows(tracked, since, until, after) if tracked else ():
+            resume = page.cursor
+            yield page
         for source, note in NOT_READ.items():
+            # The latest cursor: a checkpoint saved now must not send a resume back to the start.
             yield HistoryPage(source, available=False, note=note, cursor=dict(resume))
 
     def _tracked(self, fields: list[str]) -> list[str]:

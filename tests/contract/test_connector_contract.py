@@ -230,3 +230,5 @@ def test_a_history_export_has_stable_ids_and_resumes_from_any_page_cursor(vendor
         after = {e.event_id for p in _history(vendor, pages[i].cursor) for e in p.events}
         assert before | after == set(whole), "nothing lost at the cursor"
         assert len(before & after) <= 1, "at most the event at the cursor's instant again"
+    ended = [e for p in _history(vendor, pages[-1].cursor) for e in p.events]
+    assert len(ended) <= 1, "the last page's cursor (the checkpoint at the end) reads nothing again"
