@@ -84,6 +84,32 @@ def row_event_id(contact: str, kind: str, at: datetime, url: str | None) -> str:
     return f"csv:{digest.hexdigest()[:32]}"
 
 
+def _drop_partial_tail(path: Path) -> None:
+    """A run killed while writing leaves half a line at the end; appending after it would fuse
+    it with the next event into one unreadable line. Its event was never checkpointed (the
+    checkpoint follows the page's flush), so dropping it is safe: the resumed run writes it."""
+    if not path.exists():
+        return
+    with path.open("rb+") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        handle.seek(size - 1)
+        if handle.read(1) == b"\n":
+            return
+        keep = 0
+        position = size
+        while position > 0 and not keep:
+            start = max(0, position - 65536)
+            handle.seek(start)
+            chunk = handle.read(position - start)
+            cut = chunk.rfind(b"\n")
+            if cut >= 0:
+                keep = start + cut + 1
+            position = start
+        handle.truncate(keep)
+
+
 def _existing_ids(path: Path) -> set[str]:
     ids: set[str] = set()
     if not path.exists():
@@ -121,6 +147,7 @@ def import_csv(
         raise HistoryError(f"--columns: map {missing} to columns of the file")
     words = {k.lower(): v for k, v in (type_values or {}).items()}
     result = CsvImport()
+    _drop_partial_tail(out)
     seen = _existing_ids(out)
     with source.open(newline="", encoding="utf-8-sig") as handle, out.open("a") as sink:
         reader = csv.DictReader(handle)
@@ -281,6 +308,7 @@ def export_history(
         saved = None  # the events it counted are gone: resuming would leave them out
     end = until or (saved["until"] if saved else now)
     result = HistoryExport(since=since, until=end, resumed=saved is not None)
+    _drop_partial_tail(out)
     seen = _existing_ids(out)
     pages = connector.export_history(since, end, saved["cursor"] if saved else None)
     try:

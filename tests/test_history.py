@@ -122,3 +122,15 @@ def test_a_connector_without_an_export_says_to_import_a_csv(tmp_path):
     with pytest.raises(HistoryUnsupported, match="--csv FILE"):
         export_history(connector, tmp_path / "e.jsonl", since, None, since)
     assert not (tmp_path / "e.jsonl.checkpoint").exists()
+
+
+def test_half_a_line_left_by_a_killed_run_is_dropped_before_appending(tmp_path):
+    history(tmp_path)
+    events = tmp_path / "events.jsonl"
+    whole = events.read_text()
+    events.write_text(whole + whole.splitlines()[0][:25])  # killed mid-write
+
+    result = history(tmp_path)
+
+    assert result.exit_code == 0, result.output
+    assert events.read_text() == whole  # every line whole, nothing twice

@@ -4,6 +4,9 @@ and refuses as HubSpot documents), mapped to canonical events and resumable."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,7 +17,7 @@ from typer.testing import CliRunner
 from connectors.base import ConnectorError
 from connectors.cli import app
 from connectors.history import checkpoint_path, export_history
-from tests.fakes.hubspot_server import TOKEN, ApiError, Fault
+from tests.fakes.hubspot_server import TOKEN, ApiError, Fault, Gate
 from tests.hubspot.hubspot_helpers import MAPPING, make_connector
 
 SINCE = datetime(2026, 1, 1, tzinfo=UTC)
@@ -224,3 +227,33 @@ def test_a_checkpoint_whose_output_file_was_removed_starts_over(fake, mapping, c
     again = export_history(make_connector(fake, mapping, clock), out, SINCE, UNTIL, NOW)
 
     assert not again.resumed and len(read_events(out)) == 2000
+
+
+def test_an_export_killed_mid_way_resumes_without_duplicates(fake, tmp_path):
+    seed_many(fake, contacts=100, per_contact=30)  # 3,000 events: three pages
+    held = Gate(path="^/email/public/v1/events$", skip=2)  # the third page's request
+    fake.gates.append(held)
+    out = tmp_path / "events.jsonl"
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root), "HUBSPOT_ACCESS_TOKEN": TOKEN,
+           "HUBSPOT_BASE_URL": fake.url, "HUBSPOT_CLIENT_SECRET": "s"}  # fmt: skip
+    command = [sys.executable, "-m", "connectors.cli", "history", str(MAPPING), "--out",
+               str(out), "--since", SINCE.isoformat(), "--until", UNTIL.isoformat()]  # fmt: skip
+    process = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.DEVNULL,  # noqa: S603
+                               stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        assert held.arrived.wait(60), "the export never asked for its third page"
+        process.kill()
+        process.wait(30)
+    finally:
+        held.release.set()
+        if process.poll() is None:
+            process.kill()
+    assert len(read_events(out)) == 2000 and checkpoint_path(out).exists()
+
+    resumed = cli(fake, tmp_path)
+
+    assert resumed.exit_code == 0, resumed.output
+    assert "resumed from the checkpoint" in resumed.output
+    events = read_events(out)
+    assert len(events) == 3000 and len({e["event_id"] for e in events}) == 3000
