@@ -71,10 +71,12 @@ class FieldHistory:
     ) -> Iterator[HistoryPage]:
         after = (cursor or {}).get(AFTER)
         resume = {AFTER: after} if after else {}
-        tracked = self._tracked(sorted(self.signals))
+        tracked, known = self._tracked(sorted(self.signals))
         for name in sorted(set(self.signals) - set(tracked)):
+            note = (NOT_TRACKED.format(sobject=self.sobject) if name in known
+                    else f"not available: {self.sobject} has no field {name}")  # fmt: skip
             yield HistoryPage(f"{self.history}.{name}", available=False, cursor=dict(resume),
-                              note=NOT_TRACKED.format(sobject=self.sobject))  # fmt: skip
+                              note=note)  # fmt: skip
         for page in self._rows(tracked, since, until, after) if tracked else ():
             resume = page.cursor
             yield page
@@ -82,14 +84,16 @@ class FieldHistory:
             # The latest cursor: a checkpoint saved now must not send a resume back to the start.
             yield HistoryPage(source, available=False, note=note, cursor=dict(resume))
 
-    def _tracked(self, fields: list[str]) -> list[str]:
+    def _tracked(self, fields: list[str]) -> tuple[list[str], set[str]]:
+        """The fields with history tracking on, and every field the object has."""
         rows = self.client.lookup_in(
             "read which signal fields keep history",
             "SELECT Id, QualifiedApiName, IsFieldHistoryTracked FROM FieldDefinition "
             "WHERE EntityDefinition.QualifiedApiName = {sobject} AND QualifiedApiName IN {fields}",
             fields, "fields", sobject=self.sobject,
         )  # fmt: skip
-        return sorted(r["QualifiedApiName"] for r in rows if r.get("IsFieldHistoryTracked"))
+        tracked = sorted(r["QualifiedApiName"] for r in rows if r.get("IsFieldHistoryTracked"))
+        return tracked, {r["QualifiedApiName"] for r in rows}
 
     def _rows(self, fields: list[str], since: datetime, until: datetime,
               after: str | None) -> Iterator[HistoryPage]:  # fmt: skip

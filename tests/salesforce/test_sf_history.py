@@ -184,3 +184,20 @@ def test_a_lead_program_reads_lead_history(env, fake, mapping, tmp_path):
 
     events = [e for p in pages for e in p.events]
     assert [(e.contact_id, e.type) for e in events] == [(lead, "click")]
+
+
+def test_a_signal_field_the_org_does_not_have_is_named_as_such(env, fake, mapping, tmp_path):
+    from core.mapping import Signal
+
+    extra = mapping.model_copy(update={"signals": [
+        *mapping.signals, Signal(property="Web_Visit__c", event="high_intent_visit")]})  # fmt: skip
+    fake.provision_mapping(mapping)
+    seed(fake)
+
+    result = export_history(build(extra, env, fake), tmp_path / "e.jsonl", SINCE, UNTIL, NOW)
+
+    assert result.sources["ContactHistory.Web_Visit__c"].notes == [
+        "not available: Contact has no field Web_Visit__c"
+    ]
+    assert "tracking is off" in result.sources["ContactHistory.pi__url__c"].notes[0]
+    assert result.written == 4
