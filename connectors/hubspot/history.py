@@ -6,6 +6,10 @@ export never resumes from a token: after each page its cursor is the oldest `cre
 and a resumed export asks again for `endTimestamp` = that instant (inclusive; the events of that
 one millisecond already written are found in the output file and not appended twice).
 
+Events HubSpot filters out of its own reporting (`filteredEvent`, by the portal's settings: its
+own office's opens, say) are not asked for (`excludeFilteredEvents`), so the history counts
+what HubSpot's reports count.
+
 Events name a recipient email, not a contact: each page's new recipients are looked up with a
 batch read by email (100 a call), remembered for the rest of the export, and events of addresses
 that are not contacts are skipped and counted.
@@ -121,7 +125,7 @@ class EmailHistory:
             try:
                 response = self.client.call(
                     "email.events", "get_page", startTimestamp=start, endTimestamp=end,
-                    limit=self.page_size, offset=offset,
+                    limit=self.page_size, offset=offset, excludeFilteredEvents="true",
                     what="email events page", scope=EVENTS_SCOPE,
                 )  # fmt: skip
             except AuthError as exc:

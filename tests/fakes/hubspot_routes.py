@@ -538,6 +538,7 @@ def email_events(fake, query, body):
         if (start is None or e["created"] >= start) and (end is None or e["created"] <= end)
         and (_q(query, "eventType") in (None, e["type"]))
         and (_q(query, "recipient") in (None, e["recipient"]))
+        and not (_q(query, "excludeFilteredEvents") == "true" and e.get("filteredEvent"))
     ]  # fmt: skip
     wanted.sort(key=lambda e: (-e["created"], e["id"]))
     page = wanted[position : position + limit]

@@ -246,7 +246,8 @@ class FakeHubSpot:
         with self.lock:
             event = {"id": str(uuid.uuid4()), "created": int(created.timestamp() * 1000),
                      "type": kind, "recipient": recipient, "portalId": 62515,
-                     "appId": 113, "emailCampaignId": 1001, **extra}  # fmt: skip
+                     "appId": 113, "emailCampaignId": 1001, "filteredEvent": False,
+                     **extra}  # fmt: skip
             self.email_events.append(event)
             return event
 

@@ -62,6 +62,7 @@ def test_every_event_type_is_mapped_and_recipients_become_contacts(fake, connect
     fake.add_email_event("OPEN", "stranger@example.com", at(9))
     fake.add_email_event("OPEN", "ada@example.com", UNTIL + timedelta(days=1))  # after --until
     fake.add_email_event("UNBOUNCE", "", at(10))  # the one type that names no recipient
+    fake.add_email_event("OPEN", "ada@example.com", at(11), filteredEvent=True)  # not reported
     out = tmp_path / "events.jsonl"
 
     result = export_history(connector, out, SINCE, UNTIL, NOW)
