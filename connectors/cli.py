@@ -502,8 +502,8 @@ def _export_history(loaded: Mapping, out_file: Path, since: str | None,
         f"{result.until.isoformat()}", highlight=False,
     )  # fmt: skip
     if result.stopped:
-        err.print(f"stopped: {result.stopped}; run the same command again to resume from "
-                  f"{checkpoint_path(out_file)}", highlight=False, markup=False)  # fmt: skip
+        err.print(f"stopped: {result.stopped}; run the same command again to resume",
+                  highlight=False, markup=False)  # fmt: skip
         raise typer.Exit(3)
 
 

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import IO
 
 from pydantic import ValidationError
 
@@ -263,13 +264,13 @@ def checkpoint_path(out: Path) -> Path:
     return out.with_name(out.name + ".checkpoint")
 
 
-def _load_checkpoint(path: Path, vendor: str, since: datetime) -> dict | None:
-    """The saved progress of an export of the same vendor from the same start, or None."""
+def _load_checkpoint(path: Path, source: str, since: datetime) -> dict | None:
+    """The saved progress of an export of the same program and CRM from the same start."""
     if not path.exists():
         return None
     try:
         saved = json.loads(path.read_text())
-        if saved.get("vendor") != vendor or parse_time(saved.get("since", "")) != since:
+        if saved.get("source") != source or parse_time(saved.get("since", "")) != since:
             return None
         until = parse_time(saved.get("until", ""))
         cursor = saved.get("cursor")
@@ -280,12 +281,12 @@ def _load_checkpoint(path: Path, vendor: str, since: datetime) -> dict | None:
     return {"until": until, "cursor": {str(k): str(v) for k, v in cursor.items()}}
 
 
-def _save_checkpoint(path: Path, vendor: str, since: datetime, until: datetime,
+def _save_checkpoint(path: Path, source: str, since: datetime, until: datetime,
                      cursor: dict[str, str]) -> None:  # fmt: skip
     """Written after the page's events are on disk, and replaced atomically: a crash between
     the two leaves the older cursor, whose page is read again and its events found there."""
     temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps({"vendor": vendor, "since": since.isoformat(),
+    temporary.write_text(json.dumps({"source": source, "since": since.isoformat(),
                                      "until": until.isoformat(), "cursor": cursor}))  # fmt: skip
     os.replace(temporary, path)
 
@@ -301,7 +302,8 @@ def export_history(
     """Append the CRM's past engagement in [since, until] to `out`. Without `until`, an export
     resumed from a checkpoint keeps the end it started with (`now` the first time)."""
     checkpoint = checkpoint_path(out)
-    saved = _load_checkpoint(checkpoint, connector.vendor, since)
+    source = f"{connector.vendor}:{connector.mapping.program}:{connector.mapping.object}"
+    saved = _load_checkpoint(checkpoint, source, since)
     if saved is not None and until is not None and saved["until"] != until:
         saved = None  # another window: start it afresh (ids keep the file free of doubles)
     if saved is not None and not out.exists():
@@ -317,7 +319,7 @@ def export_history(
                 _write_page(page, sink, seen, result)
                 sink.flush()
                 os.fsync(sink.fileno())
-                _save_checkpoint(checkpoint, connector.vendor, since, end, page.cursor)
+                _save_checkpoint(checkpoint, source, since, end, page.cursor)
                 if page.events or page.read:
                     result.pages += 1
                     if progress:
@@ -329,7 +331,7 @@ def export_history(
     return result
 
 
-def _write_page(page: HistoryPage, sink, seen: set[str], result: HistoryExport) -> None:
+def _write_page(page: HistoryPage, sink: IO[str], seen: set[str], result: HistoryExport) -> None:
     source = result.source(page.source)
     if page.note and page.note not in source.notes:
         source.notes.append(page.note)
