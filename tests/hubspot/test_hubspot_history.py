@@ -258,3 +258,23 @@ def test_an_export_killed_mid_way_resumes_without_duplicates(fake, tmp_path):
     assert "resumed from the checkpoint" in resumed.output
     events = read_events(out)
     assert len(events) == 3000 and len({e["event_id"] for e in events}) == 3000
+
+
+def test_a_checkpoint_of_another_window_is_not_resumed(fake, mapping, clock, tmp_path):
+    seed_many(fake, contacts=20, per_contact=100)  # 2,000 events over 50 days: two pages
+    fake.inject(Fault(path="^/email/public/v1/events$", status=503, times=50, skip=1))
+    out = tmp_path / "events.jsonl"
+    with pytest.raises(ConnectorError):
+        export_history(make_connector(fake, mapping, clock, max_attempts=1), out, SINCE, UNTIL,
+                       NOW)  # fmt: skip
+    fake.faults.clear()
+
+    later_start = export_history(make_connector(fake, mapping, clock), out, at(10), UNTIL, NOW)
+
+    assert not later_start.resumed
+    events = read_events(out)
+    assert len({e["event_id"] for e in events}) == len(events)
+    # The whole later window was read, not just what the other window's cursor had left.
+    assert later_start.sources["HubSpot email events"].read == sum(
+        1 for e in fake.email_events if e["created"] >= int(at(10).timestamp() * 1000)
+    )
