@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from connectors.base import AuthError, HistoryPage
+from connectors.base import AuthError, ConnectorError, HistoryPage
 from connectors.hubspot.batches import BATCH_SIZE, chunks
 from connectors.hubspot.client import HubSpotClient
 from connectors.hubspot.records import READ_SCOPE
@@ -141,9 +141,16 @@ class EmailHistory:
             oldest = min([oldest, *(e["created"] for e in raw if _well_formed(e))])
             page.cursor = {BEFORE: str(oldest)}
             yield page
-            offset = data.get("offset")
-            if not data.get("hasMore") or not offset or not raw:
+            if not data.get("hasMore"):
                 break
+            following = data.get("offset")
+            if not following or following == offset:
+                # Ending here would report a partial export as complete; stopping keeps the
+                # checkpoint, so the next run asks again from the oldest event written.
+                raise ConnectorError("email events: HubSpot said there are more events but "
+                                     "gave no new offset to read them; run again to resume",
+                                     retriable=True)  # fmt: skip
+            offset = str(following)
         yield HistoryPage("HubSpot page views", available=False, note=PAGE_VIEWS_NOTE,
                           cursor={BEFORE: str(oldest)})  # fmt: skip
 

@@ -278,3 +278,16 @@ def test_a_checkpoint_of_another_window_is_not_resumed(fake, mapping, clock, tmp
     assert later_start.sources["HubSpot email events"].read == sum(
         1 for e in fake.email_events if e["created"] >= int(at(10).timestamp() * 1000)
     )
+
+
+def test_more_events_without_an_offset_to_read_them_is_not_a_finished_export(fake, connector,
+                                                                             tmp_path):  # fmt: skip
+    seed_many(fake, contacts=20, per_contact=100)  # 2,000 events: two pages
+    broken = {"events": [], "hasMore": True}
+    fake.inject(Fault(path="^/email/public/v1/events$", status=200, skip=1, body=broken))
+    out = tmp_path / "events.jsonl"
+
+    with pytest.raises(ConnectorError, match="no new offset"):
+        export_history(connector, out, SINCE, UNTIL, NOW)
+
+    assert len(read_events(out)) == 1000 and checkpoint_path(out).exists()
