@@ -43,6 +43,7 @@ def seed(fake: FakeSalesforce) -> tuple[str, str]:
     fake.change("Contact", bob, "HasOptedOutOfEmail", False, "2026-01-08T12:00:00Z")
     fake.change("Contact", bob, "EmailBouncedReason", "550 5.1.1 user unknown",
                 "2026-01-09T12:00:00Z")  # fmt: skip
+    fake.change("Contact", bob, "EmailBouncedReason", None, "2026-01-10T12:00:00Z")  # cleared
     fake.change("Contact", ada, "Last_Email_Open_Date__c", "2026-04-01T00:00:00Z",
                 "2026-04-01T00:00:00Z")  # fmt: skip  (after --until)
     return ada, bob
@@ -61,10 +62,11 @@ def test_tracked_signal_fields_become_events_and_untracked_ones_are_reported(
         ("2026-01-05T09:59", ada, "open"),  # when the open happened, not when it was stamped
         ("2026-01-06T08:00", ada, "click"),
         ("2026-01-07T12:00", bob, "unsubscribe"),
+        ("2026-01-08T12:00", bob, "resubscribe"),  # opted back in
         ("2026-01-09T12:00", bob, "hard_bounce"),  # no instant in the value: the change's
     ]
     history = next(s for name, s in result.sources.items() if name.startswith("ContactHistory ("))
-    assert history.available and history.read == 5 and sum(history.skipped.values()) == 1
+    assert history.available and history.read == 6 and sum(history.skipped.values()) == 1
     untracked = {n for n, s in result.sources.items() if not s.available}
     assert {"ContactHistory.Last_Email_Send_Date__c", "ContactHistory.pi__url__c"} <= untracked
     assert "tracking is off" in result.sources["ContactHistory.pi__url__c"].notes[0]
@@ -89,13 +91,13 @@ def test_the_command_reports_each_source_and_a_rerun_appends_nothing(
         first.output
     )
     assert "CampaignMember: not read" in first.output
-    assert "4 events appended" in first.output
+    assert "5 events appended" in first.output
     before = out.read_text()
 
     again = CliRunner().invoke(app, args)
 
     assert again.exit_code == 0, again.output
-    assert "0 events appended" in again.output and "4 already there" in again.output
+    assert "0 events appended" in again.output and "5 already there" in again.output
     assert out.read_text() == before
 
 
@@ -200,4 +202,4 @@ def test_a_signal_field_the_org_does_not_have_is_named_as_such(env, fake, mappin
         "not available: Contact has no field Web_Visit__c"
     ]
     assert "tracking is off" in result.sources["ContactHistory.pi__url__c"].notes[0]
-    assert result.written == 4
+    assert result.written == 5
