@@ -14,6 +14,7 @@ notification also names when the value was set, so the same value set again coun
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -25,7 +26,9 @@ from connectors.hubspot.config import HubSpotOptions
 from connectors.hubspot.values import normalize_signal
 from connectors.signals import event_from_signal, events_from_changes, signal_for
 from core.mapping import Mapping
-from core.models import Event
+from core.models import Event, instant_problem
+
+log = logging.getLogger(__name__)
 
 MAX_EVENTS = 100
 CONTACT_OBJECT_TYPE = "0-1"
@@ -37,10 +40,18 @@ CREATION = {"contact.creation", "object.creation"}
 class Parsed:
     events: list[Event] = field(default_factory=list)
     ignored: int = 0
+    impossible: list[str] = field(default_factory=list)
+    """Notifications left out because their time is no real instant (`[index]: why`)."""
 
 
 def _bad(reason: str) -> WebhookRejected:
     return WebhookRejected(400, reason)
+
+
+class _ImpossibleInstant(Exception):  # noqa: N818 - names what the notification holds
+    """One notification's time is no real event time. HubSpot retries a refused batch as a
+    whole and then drops it, so this leaves that notification out rather than refuse the
+    batch: the other notifications of the delivery must not be lost with it."""
 
 
 def parse_body(body: bytes, mapping: Mapping, options: HubSpotOptions, received_at: datetime
@@ -79,16 +90,26 @@ def parse_notifications(items: list[Any], mapping: Mapping) -> Parsed:
         if kind.startswith("object.") and str(object_type) != CONTACT_OBJECT_TYPE:
             parsed.ignored += 1
             continue
-        if kind in PROPERTY_CHANGE:
-            event = _property_change(item, index, mapping)
-        elif kind in CREATION:
-            event = _creation(item, index)
-        else:
-            event = None  # merges, deletions, associations: not program events
+        try:
+            if kind in PROPERTY_CHANGE:
+                event = _property_change(item, index, mapping)
+            elif kind in CREATION:
+                event = _creation(item, index)
+            else:
+                event = None  # merges, deletions, associations: not program events
+        except _ImpossibleInstant as exc:
+            parsed.impossible.append(str(exc))
+            continue
         if event is None:
             parsed.ignored += 1
         else:
             parsed.events.append(event)
+    if parsed.impossible:
+        if not parsed.events:
+            raise _bad("; ".join(parsed.impossible[:5]))
+        log.warning("left out %d notification(s) with impossible times: %s",
+                    len(parsed.impossible), "; ".join(parsed.impossible[:5]))  # fmt: skip
+        parsed.ignored += len(parsed.impossible)
     return parsed
 
 
@@ -104,9 +125,13 @@ def _occurred_at(item: dict, index: int) -> datetime:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _bad(f"[{index}]: occurredAt is missing or not epoch milliseconds")
     try:
-        return datetime.fromtimestamp(value / 1000, tz=UTC)
+        at = datetime.fromtimestamp(value / 1000, tz=UTC)
     except (OverflowError, OSError, ValueError):
-        raise _bad(f"[{index}]: occurredAt {value!r} is out of range") from None
+        raise _ImpossibleInstant(f"[{index}]: occurredAt {value!r} is out of range") from None
+    problem = instant_problem(at)
+    if problem:
+        raise _ImpossibleInstant(f"[{index}]: occurredAt {problem}")
+    return at
 
 
 def _property_change(item: dict, index: int, mapping: Mapping) -> Event | None:

@@ -158,3 +158,18 @@ def test_a_full_batch_is_verified_and_parsed_well_under_50ms(connector):
     elapsed = time.perf_counter() - started
     assert len(intake.events) == 100
     assert elapsed < 0.05, f"{elapsed * 1000:.1f} ms"
+
+
+def test_a_notification_with_an_impossible_time_cannot_sink_its_batch(connector):
+    """HubSpot retries a refused delivery as a whole, then drops it: the good notifications
+    beside an impossible one are recorded, the impossible one is left out and counted."""
+    store = SQLiteStore(":memory:")
+    year_9999 = ms(datetime(9999, 12, 30, tzinfo=UTC))
+    batch = [change("hs_email_last_open_date", str(ms(OPEN_AT))),
+             notification("contact.creation", object_id=102, occurredAt=year_9999),
+             notification("contact.creation", object_id=103, occurredAt=10**20)]  # fmt: skip
+    answer = handle_webhook(connector, signed(batch), store.inbox_put)
+    assert (answer.status, answer.recorded, answer.ignored) == (200, 1, 2)
+    assert [e.contact_id for e in store.inbox_take(10)] == ["101"]
+    alone = handle_webhook(connector, signed(batch[1:]), store.inbox_put)
+    assert alone.status == 400 and b"outside the accepted range" in alone.body
