@@ -234,6 +234,9 @@ def replay(
     until: Annotated[str | None, typer.Option(help="apply time rules up to this time")] = None,
     out_file: Annotated[Path | None, typer.Option("--out", help="write states here")] = None,
     strict: Annotated[bool, typer.Option(help="fail on the first bad line")] = False,
+    engine: Annotated[
+        str, typer.Option(help="coded (the fast bulk path) or object (the reference pipeline)")
+    ] = "coded",
     data_dir: DataDir = None,
 ) -> None:
     """Run events through the policy offline; print or write final states as JSON lines."""
@@ -242,6 +245,8 @@ def replay(
     loaded = _mapping(mapping)
     if not events.is_file():
         _fail(f"{events}: no such file", 2)
+    if engine not in ("coded", "object"):
+        _fail(f"--engine: expected coded or object, got {engine!r}", 2)
     store_path = _data_dir(data_dir) / "replay.sqlite3"
 
     def report_bad(bad: BadLine) -> None:
@@ -253,6 +258,7 @@ def replay(
             result = replay_file(
                 loaded, events, store_path, until=_parse_time(until, "--until"), strict=strict,
                 on_bad_line=report_bad, progress=lambda n: bar.update(task, completed=n),
+                engine=engine,
             )  # fmt: skip
         except BadLine as exc:
             report_bad(exc)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from core.coded.ledger import has_coded_ledger
+from core.coded.ledger import ledger_for as coded_ledger_for
 from core.models import Decision
 from core.sqlite_store import SQLiteStore
 
@@ -57,6 +59,8 @@ def explain_contact(path: Path, contact_id: str) -> str | None:
         state = store.get_contacts([contact_id]).get(contact_id)
     finally:
         store.close()
+    if not decisions and has_coded_ledger(path):
+        decisions = coded_ledger_for(path, contact_id)
     if not decisions:
         return None
     lines = [describe(d) for d in decisions]

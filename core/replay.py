@@ -11,6 +11,7 @@ from typing import IO
 
 from pydantic import ValidationError
 
+from core.coded.events import problem_text
 from core.gcpause import cyclic_gc_paused
 from core.mapping import Mapping
 from core.models import EVENT, ContactState, Event, iso_utc
@@ -40,14 +41,6 @@ def state_json(state: ContactState) -> dict:
         "status_changed_at": iso_utc(state.status_changed_at),
         "experiments": state.experiments,
     }
-
-
-def _problem(error: ValidationError) -> str:
-    parts = []
-    for item in error.errors(include_url=False):
-        where = ".".join(str(p) for p in item["loc"]) or "line"
-        parts.append(f"{where}: {item['msg']}")
-    return "; ".join(parts)
 
 
 @dataclass
@@ -82,11 +75,21 @@ def replay_file(
     strict: bool = False,
     on_bad_line: Callable[[BadLine], None] | None = None,
     progress: Callable[[int], None] | None = None,
+    engine: str = "coded",
+    batch_size: int = REPLAY_BATCH,
 ) -> ReplayResult:
     """Apply every good line in file order (each batch sorted by time), then the time rules
     up to `until` (default: the last event's time). A rerun starts from an empty ledger; the
-    run lands in the store whole or not at all (`--strict` stopping on a bad line included)."""
+    run lands in the store whole or not at all (`--strict` stopping on a bad line included).
+
+    `engine`: "coded" (the bulk path of `core.coded`, a coded ledger) or "object" (the
+    pipeline every other path uses, a text ledger); both decide the same."""
     store = _fresh_store(Path(store_path))
+    if engine == "coded":
+        return _replay_coded(mapping, events_path, store, until, strict, on_bad_line, progress,
+                             batch_size)  # fmt: skip
+    if engine != "object":
+        raise ValueError(f"engine: expected 'coded' or 'object', got {engine!r}")
     policy = mapping.policy
     counts = {"bad": 0, "after": 0}
     latest: list[datetime] = []
@@ -103,7 +106,7 @@ def replay_file(
                 try:
                     event = EVENT.validate_json(line)
                 except ValidationError as exc:
-                    problem = BadLine(number, _problem(exc))
+                    problem = BadLine(number, problem_text(exc))
                 else:
                     if policy.knows_event(event.type):
                         if until is not None and event.occurred_at > until:
@@ -126,8 +129,34 @@ def replay_file(
     # States, decisions and rows are acyclic: across a whole run the collector only
     # re-traverses the held states (4 s of a 1M-event replay), and never finds garbage.
     with store.bulk(), cyclic_gc_paused():
-        stats = pipeline.process_stream(events(), batch_size=REPLAY_BATCH)
+        stats = pipeline.process_stream(events(), batch_size=batch_size)
         horizon = until or (latest[0] if latest else None)
         if horizon is not None:
             stats.add(pipeline.tick(horizon))
     return ReplayResult(store, stats, counts["bad"], counts["after"], horizon)
+
+
+def _replay_coded(
+    mapping: Mapping,
+    events_path: Path,
+    store: SQLiteStore,
+    until: datetime | None,
+    strict: bool,
+    on_bad_line: Callable[[BadLine], None] | None,
+    progress: Callable[[int], None] | None,
+    batch_size: int,
+) -> ReplayResult:
+    from core.coded.replay import BadEvent, record_policy, replay_coded
+
+    def bad(number: int, problem: str) -> None:
+        if on_bad_line:
+            on_bad_line(BadLine(number, problem))
+
+    try:
+        run = replay_coded(mapping.policy, events_path, store, until, strict, bad, progress,
+                           batch_size)  # fmt: skip
+    except BadEvent as exc:
+        raise BadLine(exc.line, exc.problem) from None
+    if run.first is not None:
+        record_policy(store, mapping.policy, run.first[1])
+    return ReplayResult(store, run.stats, run.bad_lines, run.after_until, until or run.latest)
