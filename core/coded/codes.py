@@ -16,6 +16,10 @@ from core.models import COMPLIANCE_EVENTS, Status, SuppressionReason
 from core.policy import Policy
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+NO_TIME = -(1 << 63)
+"""An absent time (a contact that never engaged): earlier than every time."""
+NONE = -1
+"""An absent code (no status before enrollment, no event type for a time rule, no action)."""
 ONE_US = timedelta(microseconds=1)
 
 STATUSES = (Status.ACTIVE, Status.ENGAGED, Status.DORMANT, Status.REACTIVATED, Status.SUPPRESSED)
@@ -185,6 +189,8 @@ class CodedPolicy:
         return self.decay_after + steps * self.decay_every
 
     def arm(self, experiments: dict[str, str]) -> int:
+        if not experiments:
+            return NONE
         text = json.dumps(experiments)
         code = self.arms.get(text)
         if code is None:

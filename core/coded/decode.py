@@ -22,6 +22,8 @@ from core.coded.codes import (
     M_HANDOFF,
     M_STATUS_AT,
     M_STEP_ACTION,
+    NO_TIME,
+    NONE,
     REACTIVATED,
     REASONS,
     STATUSES,
@@ -71,13 +73,13 @@ def decisions(
     out: list[Decision] = []
     values: dict[str, object] = {}
     for row in rows:
-        (_, at_us, what, cause, frm, to, etype, mask, score, last, unanswered, step, cycle,
-         reason, action, delayed) = row  # fmt: skip
+        (_, at_us, what, frm, to, etype, mask, last, unanswered, step, cycle, reason, action,
+         delayed, score, cause) = row  # fmt: skip
         at = from_us(at_us)
         rule, why = texts.what[what]
         to_status = STATUSES[to]
-        kind = texts.types.get(etype) if etype is not None else None
-        enrolling = frm is None
+        kind = texts.types.get(etype) if etype != NONE else None
+        enrolling = frm == NONE
         new = {
             "engagement_score": score, "last_engagement_date": _dt(last),
             "unanswered_sends": unanswered, "reactivation_step": step,
@@ -113,7 +115,7 @@ def decisions(
 
 
 def _dt(value: int | None):
-    return None if value is None else from_us(value)
+    return None if value is None or value == NO_TIME else from_us(value)
 
 
 def _actions(mask: int, score: float, kind: str | None, action: int | None,
@@ -125,9 +127,9 @@ def _actions(mask: int, score: float, kind: str | None, action: int | None,
         actions.append(Action("handoff_task", {"score": score, "trigger": kind}))
     if mask & M_ALT_ADD:
         actions.append(Action("alternate_channel_add"))
-    if mask & M_STEP_ACTION and action is not None:
+    if mask & M_STEP_ACTION and action != NONE:
         step_kind, detail = json.loads(texts.actions[action])
-        if delayed is not None:
+        if delayed != NO_TIME:
             detail["delayed_from"] = from_us(delayed).isoformat()
             detail["delay_reason"] = "frequency_cap"
         actions.append(Action(step_kind, detail))

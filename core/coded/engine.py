@@ -35,6 +35,8 @@ from core.coded.codes import (
     NEXT_STEP,
     NO_RESPONSE,
     NO_RESPONSE_RULE,
+    NO_TIME,
+    NONE,
     REACTIVATED,
     RESUBSCRIBE,
     SEND,
@@ -45,11 +47,11 @@ from core.coded.codes import (
 from core.experiments import HELD_OUT, HOLDOUT
 
 Row = tuple
-"""(contact, at, what, cause, from_status, to_status, event_type, mask, score,
-last_engagement, unanswered, step, cycle, reason, action, delayed_from): one decision.
-`cause` is the event id (None for a time rule), `what` the (rule, reason) code, `action` the
-code of a reactivation step's action (or None), `delayed_from` its planned time when a
-frequency cap held it back."""
+"""(contact, at, what, from_status, to_status, event_type, mask, last_engagement, unanswered,
+step, cycle, reason, action, delayed_from, score, cause): one decision, all ints but the
+score (a float) and the cause (the event id, None for a time rule). `what` is the (rule,
+reason) code, `action` the code of a reactivation step's action, `delayed_from` its planned
+time when a frequency cap held it back. Absent values are `NONE` (-1) or `NO_TIME`."""
 
 
 class CodedState:
@@ -66,7 +68,7 @@ class CodedState:
         self.status = ACTIVE
         self.enrolled_at = self.as_of = self.status_changed_at = self.stream_entered_at = at
         self.score = self.base_score = 0.0
-        self.last_engagement: int | None = None
+        self.last_engagement = NO_TIME
         self.decay_steps = self.cycle = self.step = self.unanswered = self.reason = 0
         self.step_at: int | None = None
         self.experiments: dict[str, str] = {}
@@ -82,7 +84,7 @@ def due(s: CodedState) -> tuple[int, int] | None:
     last = s.last_engagement
     if status in (ACTIVE, REACTIVATED):
         anchor = s.stream_entered_at
-        if last is not None and last > anchor:
+        if last > anchor:
             anchor = last
         at, rule = anchor + p.dormant_after, INACTIVITY
     elif status == DORMANT:
@@ -100,7 +102,7 @@ def due(s: CodedState) -> tuple[int, int] | None:
                 at = free_at
     else:
         at = -1
-    if last is not None and s.score > 0:
+    if last != NO_TIME and s.score > 0:
         decay_at = last + p.decay_offset(s.decay_steps)
         if at < 0 or decay_at <= at:
             return decay_at, DECAY
@@ -183,9 +185,9 @@ def apply(s: CodedState | None, contact: int, kind: int, at: int, cause: str,
     else:
         mask, what = _engage(s, kind, occurred, at, p)
     if mask:
-        out.append((contact, at, what, cause, before, s.status, kind, mask, s.score,
-                    s.last_engagement, s.unanswered, s.step, s.cycle, s.reason, None,
-                    None))  # fmt: skip
+        out.append((contact, at, what, before, s.status, kind, mask, s.last_engagement,
+                    s.unanswered, s.step, s.cycle, s.reason, NONE, NO_TIME, s.score,
+                    cause))  # fmt: skip
     if not late and len(out) > made:
         s.as_of = at
     return s
@@ -203,8 +205,8 @@ def new_contact(contact: int, contact_id: str, at: int, kind: int, cause: str, p
         mask |= M_ENROLL_EXPERIMENTS
         if program.segment is not None:
             mask |= M_ENROLL_SEGMENT
-    out.append((contact, at, p.what_enrolled, cause, None, ACTIVE, kind, mask, 0.0, None, 0, 0,
-                0, 0, None, None))  # fmt: skip
+    out.append((contact, at, p.what_enrolled, NONE, ACTIVE, kind, mask, NO_TIME, 0, 0, 0, 0,
+                NONE, NO_TIME, 0.0, cause))  # fmt: skip
     return s
 
 
@@ -227,7 +229,7 @@ def _engage(s: CodedState, kind: int, occurred: int, at: int, p: CodedPolicy) ->
         s.score = score
         mask = M_SCORE
     last = s.last_engagement
-    newer = last is None or occurred > last
+    newer = occurred > last  # (NO_TIME is before every time)
     if newer:
         s.last_engagement = occurred
         mask |= M_LAST
@@ -288,7 +290,7 @@ def _suppress(s: CodedState, at: int, reason: int) -> int:
 def _fire(s: CodedState, at: int, rule: int, out: list) -> None:
     p = s.policy
     before = s.status
-    action = delayed = None
+    action, delayed = NONE, NO_TIME
     if rule == DECAY:
         s.decay_steps += 1
         score = round(s.base_score * p.decay_factor**s.decay_steps, 4)
@@ -327,9 +329,9 @@ def _fire(s: CodedState, at: int, rule: int, out: list) -> None:
         mask = _suppress(s, at, NO_RESPONSE) | M_ALT_ADD
         what = p.what_no_response
     if mask:
-        out.append((s.contact, at, what, None, before, s.status, None, mask, s.score,
-                    s.last_engagement, s.unanswered, s.step, s.cycle, s.reason, action,
-                    delayed))  # fmt: skip
+        out.append((s.contact, at, what, before, s.status, NONE, mask, s.last_engagement,
+                    s.unanswered, s.step, s.cycle, s.reason, action, delayed, s.score,
+                    None))  # fmt: skip
 
 
 def _step_action(s: CodedState, p: CodedPolicy) -> int:

@@ -30,7 +30,7 @@ class WireEvent(msgspec.Struct, forbid_unknown_fields=True):
 
 
 _DECODE = msgspec.json.Decoder(WireEvent).decode
-_SUBMICROSECOND = re.compile(rb"\d\.\d{7}")
+_SUBMICROSECOND = re.compile(rb"\.\d{7}")
 """A time with more than six fractional digits: msgspec rounds it, pydantic truncates."""
 
 

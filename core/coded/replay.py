@@ -8,7 +8,6 @@ once in the whole run), the same time rules up to the horizon.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import zlib
 from collections import Counter
@@ -19,9 +18,10 @@ from operator import itemgetter
 from pathlib import Path
 
 from core.coded import engine, ledger
-from core.coded.codes import STATUSES, Names, coded_policies, from_us, to_us
+from core.coded.codes import NONE, STATUSES, Names, coded_policies, from_us, to_us
 from core.coded.decode import contact_state
 from core.coded.events import LineProblem, decode_event
+from core.coded.ledger import CHUNK_ROWS
 from core.gcpause import cyclic_gc_paused
 from core.pipeline import RunStats, policy_record, version_key
 from core.policy import Policy
@@ -29,7 +29,6 @@ from core.sqlite_store import SQLiteStore
 from core.store import Batch
 
 _BY_TIME = itemgetter(2)
-_FLUSH_ROWS = 50_000
 _STATE_PAGE = 5_000
 
 
@@ -55,6 +54,7 @@ class CodedRun:
     """(batch number, earliest decision time) of the first batch that decided anything: the
     policy version's record says when it first decided."""
     transitions: Counter = field(default_factory=Counter)
+    rollup: Counter = field(default_factory=Counter)
 
 
 def replay_coded(
@@ -94,6 +94,8 @@ def replay_coded(
         db.execute("BEGIN IMMEDIATE")
         batch: list[tuple] = []
         batches = [0]
+        writer = ledger.ChunkWriter(db, shard[0] if shard else 0, names)
+        arms = writer.arms
 
         def decide() -> None:
             stats.events_in += len(batch)
@@ -114,14 +116,16 @@ def replay_coded(
                 if i is None:
                     i = index[cid] = len(ids)
                     ids.append(cid)
-                    states.append(None)
-                states[i] = apply(states[i], i, kind, at, eid, p, rows, cid)
+                    states.append(apply(None, i, kind, at, eid, p, rows, cid))
+                    arms.append(states[i].arm)
+                else:
+                    states[i] = apply(states[i], i, kind, at, eid, p, rows, cid)
             batches[0] += 1
             if run.first is None and len(rows) > made:
                 run.first = (batches[0], from_us(min(r[1] for r in rows[made:])))
             batch.clear()
-            if len(rows) >= _FLUSH_ROWS:
-                _flush(db, rows, run)
+            if len(rows) >= CHUNK_ROWS:
+                _flush(writer, rows, run)
 
         done = 0
         with cyclic_gc_paused(), events_path.open("rb") as handle:
@@ -167,15 +171,17 @@ def replay_coded(
                 made = len(rows)
                 for s in states:
                     advance(s, end_us, rows)
-                    if len(rows) >= _FLUSH_ROWS:
-                        _flush(db, rows, run)
+                    if len(rows) >= CHUNK_ROWS:
+                        _flush(writer, rows, run)
                         made = 0
                 if run.first is None and len(rows) > made:
                     run.first = (batches[0] + 1, from_us(min(r[1] for r in rows[made:])))
-            _flush(db, rows, run)
-            contacts = [(i, cid, _arm(states[i]), states[i].policy.segment)
-                        for i, cid in enumerate(ids)]  # fmt: skip
-            ledger.finish(db, names, contacts, p.version)
+            _flush(writer, rows, run)
+            writer.finish([(cid, states[i].policy.segment) for i, cid in enumerate(ids)],
+                          p.version)  # fmt: skip
+            run.rollup = writer.rollup_rows(p.version)
+            if shard is None:
+                ledger.write_rollup(db, run.rollup)
         db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:
@@ -189,18 +195,14 @@ def replay_coded(
     return run
 
 
-def _arm(s: engine.CodedState) -> str:
-    return json.dumps(s.experiments) if s.experiments else ""
-
-
-def _flush(db: sqlite3.Connection, rows: list, run: CodedRun) -> None:
+def _flush(writer: ledger.ChunkWriter, rows: list, run: CodedRun) -> None:
     if not rows:
         return
-    db.executemany(ledger.INSERT, rows)
+    writer.write(rows)
     run.stats.decisions += len(rows)
     moved = run.transitions
-    for (src, dst), n in Counter((r[4], r[5]) for r in rows).items():
-        if src is None:
+    for (src, dst), n in Counter((r[3], r[4]) for r in rows).items():
+        if src == NONE:
             moved["enrolled"] += n
         elif src != dst:
             moved[f"{STATUSES[src].value}->{STATUSES[dst].value}"] += n
