@@ -74,20 +74,22 @@ def replay_file(
     until: datetime | None = None,
     strict: bool = False,
     on_bad_line: Callable[[BadLine], None] | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
     engine: str = "coded",
     batch_size: int = REPLAY_BATCH,
+    workers: int = 1,
 ) -> ReplayResult:
     """Apply every good line in file order (each batch sorted by time), then the time rules
     up to `until` (default: the last event's time). A rerun starts from an empty ledger; the
     run lands in the store whole or not at all (`--strict` stopping on a bad line included).
 
     `engine`: "coded" (the bulk path of `core.coded`, a coded ledger) or "object" (the
-    pipeline every other path uses, a text ledger); both decide the same."""
+    pipeline every other path uses, a text ledger); both decide the same. `workers` > 1
+    splits the coded path over that many processes by contact, with the same outcome."""
     store = _fresh_store(Path(store_path))
     if engine == "coded":
         return _replay_coded(mapping, events_path, store, until, strict, on_bad_line, progress,
-                             batch_size)  # fmt: skip
+                             batch_size, workers)  # fmt: skip
     if engine != "object":
         raise ValueError(f"engine: expected 'coded' or 'object', got {engine!r}")
     policy = mapping.policy
@@ -95,12 +97,12 @@ def replay_file(
     latest: list[datetime] = []
 
     def events() -> Iterator[Event]:
-        done = 0
+        done = number = 0
         with events_path.open("rb") as handle:
             for number, line in enumerate(handle, 1):
                 done += len(line)
                 if progress and number % 10_000 == 0:
-                    progress(done)
+                    progress(done, number)
                 if not line.strip():
                     continue
                 try:
@@ -123,7 +125,7 @@ def replay_file(
                 if on_bad_line:
                     on_bad_line(problem)
         if progress:
-            progress(done)
+            progress(done, number)
 
     pipeline = Pipeline(store, policy)
     # States, decisions and rows are acyclic: across a whole run the collector only
@@ -143,9 +145,11 @@ def _replay_coded(
     until: datetime | None,
     strict: bool,
     on_bad_line: Callable[[BadLine], None] | None,
-    progress: Callable[[int], None] | None,
+    progress: Callable[[int, int], None] | None,
     batch_size: int,
+    workers: int,
 ) -> ReplayResult:
+    from core.coded.parallel import replay_sharded
     from core.coded.replay import BadEvent, record_policy, replay_coded
 
     def bad(number: int, problem: str) -> None:
@@ -153,8 +157,13 @@ def _replay_coded(
             on_bad_line(BadLine(number, problem))
 
     try:
-        run = replay_coded(mapping.policy, events_path, store, until, strict, bad, progress,
-                           batch_size)  # fmt: skip
+        if workers > 1:
+            run = replay_sharded(mapping.policy, events_path, store, until, strict, bad,
+                                 progress, batch_size, workers)  # fmt: skip
+            store = SQLiteStore(store.path)  # the merge wrote the shards in through its own
+        else:
+            run = replay_coded(mapping.policy, events_path, store, until, strict, bad,
+                               progress, batch_size)  # fmt: skip
     except BadEvent as exc:
         raise BadLine(exc.line, exc.problem) from None
     if run.first is not None:

@@ -53,10 +53,10 @@ def messy_events(path, seed: int, n: int = 1500, contacts: int = 40) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-def _run(tmp_path, m, events, engine, **kw):
+def _run(tmp_path, m, events, engine, workers=1, **kw):
     bad: list[tuple[int, str]] = []
     store_path = tmp_path / f"{engine}.sqlite3"
-    result = replay_file(m, events, store_path, engine=engine, batch_size=97,
+    result = replay_file(m, events, store_path, engine=engine, batch_size=97, workers=workers,
                          on_bad_line=lambda b: bad.append((b.line, b.problem)), **kw)  # fmt: skip
     sink = io.StringIO()
     result.write_states(sink)
@@ -72,11 +72,12 @@ def _table(path, sql):
         db.close()
 
 
-@pytest.mark.parametrize(("extra", "seed", "until"), [
-    ("", 1, None), (CAPPED, 2, None), ("", 3, T0 + timedelta(days=150)),
+@pytest.mark.parametrize(("extra", "seed", "until", "workers"), [
+    ("", 1, None, 1), (CAPPED, 2, None, 1), ("", 3, T0 + timedelta(days=150), 1),
+    (CAPPED, 5, None, 3),
 ])  # fmt: skip
 def test_coded_replay_decides_and_shows_what_the_object_replay_does(
-    tmp_path, monkeypatch, extra, seed, until
+    tmp_path, monkeypatch, extra, seed, until, workers
 ):
     if seed == 2:
         monkeypatch.setattr("core.coded.replay.CHUNK_ROWS", 64)  # a contact over many chunks
@@ -84,7 +85,8 @@ def test_coded_replay_decides_and_shows_what_the_object_replay_does(
     events = tmp_path / "events.jsonl"
     messy_events(events, seed)
     old, old_bad, old_out, old_path = _run(tmp_path, m, events, "object", until=until)
-    new, new_bad, new_out, new_path = _run(tmp_path, m, events, "coded", until=until)
+    new, new_bad, new_out, new_path = _run(tmp_path, m, events, "coded", until=until,
+                                           workers=workers)  # fmt: skip
     assert new_bad == old_bad and old_bad
     assert new_out == old_out
     assert (new.bad_lines, new.after_until, new.until) == (old.bad_lines, old.after_until,
@@ -116,8 +118,20 @@ def test_strict_stops_at_the_first_bad_line_with_the_same_problem(tmp_path):
     events = tmp_path / "events.jsonl"
     messy_events(events, 4)
     problems = []
-    for engine in ("object", "coded"):
+    for engine, workers in (("object", 1), ("coded", 1), ("coded", 2)):
         with pytest.raises(BadLine) as caught:
-            replay_file(m, events, tmp_path / f"{engine}.sqlite3", strict=True, engine=engine)
+            replay_file(m, events, tmp_path / f"{engine}{workers}.sqlite3", strict=True,
+                        engine=engine, workers=workers)  # fmt: skip
         problems.append((caught.value.line, caught.value.problem))
-    assert problems[0] == problems[1]
+    assert problems[0] == problems[1] == problems[2]
+    assert not list(tmp_path.glob("*.shard*"))  # no shard left behind
+
+
+def test_progress_reaches_the_whole_file_across_workers(tmp_path):
+    events = tmp_path / "events.jsonl"
+    messy_events(events, 6, n=25_000)
+    seen: list[tuple[int, int]] = []
+    replay_file(mapping(), events, tmp_path / "r.sqlite3", workers=2,
+                progress=lambda done, lines: seen.append((done, lines)))  # fmt: skip
+    assert seen[-1] == (events.stat().st_size, len(events.read_bytes().splitlines()))
+    assert [s[0] for s in seen] == sorted(s[0] for s in seen)

@@ -64,7 +64,7 @@ def replay_coded(
     until: datetime | None,
     strict: bool,
     on_bad_line: Callable[[int, str], None] | None,
-    progress: Callable[[int], None] | None,
+    progress: Callable[[int, int], None] | None,
     batch_size: int,
     shard: tuple[int, int] | None = None,
     horizon: datetime | None = None,
@@ -127,12 +127,12 @@ def replay_coded(
             if len(rows) >= CHUNK_ROWS:
                 _flush(writer, rows, run)
 
-        done = 0
+        done = number = 0
         with cyclic_gc_paused(), events_path.open("rb") as handle:
             for number, line in enumerate(handle, 1):
                 done += len(line)
                 if progress and number % 10_000 == 0:
-                    progress(done)
+                    progress(done, number)
                 if not line.strip():
                     continue
                 try:
@@ -162,7 +162,7 @@ def replay_coded(
             if batch:
                 decide()
             if progress:
-                progress(done)
+                progress(done, number)
             run.latest = from_us(latest) if stats.events_in else None
             end = horizon or until or run.latest
             if end is not None:
