@@ -19,6 +19,7 @@ from core.pipeline import Pipeline, RunStats
 from core.sqlite_store import SQLiteStore
 
 REPLAY_BATCH = 20_000
+_STATE_PAGE = 5_000
 
 
 class BadLine(Exception):  # noqa: N818 - it names the thing reported, not a failure mode
@@ -60,11 +61,11 @@ class ReplayResult:
         return count
 
 
-def _fresh_store(path: Path) -> SQLiteStore:
+def _fresh_store(path: Path, defer_limit: int = 250_000) -> SQLiteStore:
     if str(path) != ":memory:":
         for suffix in ("", "-wal", "-shm"):
             Path(f"{path}{suffix}").unlink(missing_ok=True)
-    return SQLiteStore(path)
+    return SQLiteStore(path, defer_limit=defer_limit)
 
 
 def replay_file(
@@ -86,12 +87,15 @@ def replay_file(
     `engine`: "coded" (the bulk path of `core.coded`, a coded ledger) or "object" (the
     pipeline every other path uses, a text ledger); both decide the same. `workers` > 1
     splits the coded path over that many processes by contact, with the same outcome."""
-    store = _fresh_store(Path(store_path))
     if engine == "coded":
+        # The coded path writes each final state once: holding them all as objects before
+        # writing would cost more memory than the whole run's coded state.
+        store = _fresh_store(Path(store_path), defer_limit=_STATE_PAGE)
         return _replay_coded(mapping, events_path, store, until, strict, on_bad_line, progress,
                              batch_size, workers)  # fmt: skip
     if engine != "object":
         raise ValueError(f"engine: expected 'coded' or 'object', got {engine!r}")
+    store = _fresh_store(Path(store_path))
     policy = mapping.policy
     counts = {"bad": 0, "after": 0}
     latest: list[datetime] = []

@@ -274,11 +274,24 @@ def run_simulation(
     policy: Policy,
     store_path: Path | str,
     progress: Callable[[int], None] | None = None,
+    engine: str = "coded",
 ) -> SimulationResult:
-    """Run on a fresh store at `store_path` (replaced if it exists)."""
+    """Run on a fresh store at `store_path` (replaced if it exists). `engine`: "coded" (the
+    bulk path of `core.coded`) or "object" (the pipeline); the same seed gives the same run."""
+    if engine not in ("coded", "object"):
+        raise ValueError(f"engine: expected 'coded' or 'object', got {engine!r}")
     if str(store_path) != ":memory:":
         for suffix in ("", "-wal", "-shm"):
             Path(f"{store_path}{suffix}").unlink(missing_ok=True)
+    if engine == "coded":
+        from core.coded.simulate import run_coded_simulation
+
+        store = SQLiteStore(store_path, defer_limit=5_000)
+        try:
+            with cyclic_gc_paused():
+                return run_coded_simulation(config, policy, store, progress)
+        finally:
+            store.close()
     store = SQLiteStore(store_path)
     try:
         with store.bulk(), cyclic_gc_paused():  # see replay_file

@@ -129,7 +129,7 @@ class CodedPolicy:
         "what_already", "what_replaced", "what_resubscribed", "what_engaged",
         "what_from_dormant", "what_from_alternate", "what_plain", "what_decayed",
         "what_decayed_below", "what_inactivity", "what_exhausted", "what_step",
-        "what_no_response", "type_codes", "arms", "step_actions", "reason_names",
+        "what_no_response", "type_codes", "arms", "arm_dicts", "step_actions",
     )  # fmt: skip
 
     def __init__(self, policy: Policy, names: Names) -> None:
@@ -181,6 +181,8 @@ class CodedPolicy:
         }  # fmt: skip
         self.what_no_response = what("time:no_response", "no_response")
         self.arms: dict[str, int] = {}
+        self.arm_dicts: dict[int, dict[str, str]] = {}
+        """One dict per distinct assignment, shared by its contacts (never changed in place)."""
         self.step_actions: dict[tuple, int] = {}
 
     def decay_offset(self, steps: int) -> int:
@@ -195,6 +197,7 @@ class CodedPolicy:
         code = self.arms.get(text)
         if code is None:
             code = self.arms[text] = self.names.code("arm", text)
+            self.arm_dicts[code] = experiments
         return code
 
     def step_action(self, kind: str, detail: dict[str, Any]) -> int:

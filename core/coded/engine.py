@@ -200,8 +200,8 @@ def new_contact(contact: int, contact_id: str, at: int, kind: int, cause: str, p
     mask = M_STATUS
     program = p.program
     if program is not None:
-        s.experiments = program.assign(contact_id)
-        s.arm = p.arm(s.experiments)
+        s.arm = p.arm(program.assign(contact_id))
+        s.experiments = p.arm_dicts[s.arm] if s.arm >= 0 else {}
         mask |= M_ENROLL_EXPERIMENTS
         if program.segment is not None:
             mask |= M_ENROLL_SEGMENT

@@ -145,8 +145,8 @@ class ChunkWriter:
             out[key] += n
         return out
 
-    def finish(self, contacts: list[tuple[str, str | None]], version: str) -> None:
-        """Persist the texts and the contacts (id and segment, by index)."""
+    def finish(self, contacts: list[tuple[int, str, str | None]], version: str) -> None:
+        """Persist the texts and the contacts (index, id, segment)."""
         db, shard = self.db, self.shard
         db.executemany(
             "INSERT INTO coded_names VALUES (?,?,?,?)",
@@ -158,7 +158,7 @@ class ChunkWriter:
             "INSERT INTO coded_contacts VALUES (?,?,?,?,?,?)",
             [(cid, shard, i, texts[self.arms[i]] if self.arms[i] != NONE else "", segment,
               array("i", chunks_of[i] if i < len(chunks_of) else ()).tobytes())
-             for i, (cid, segment) in enumerate(contacts)],
+             for i, cid, segment in contacts],
         )  # fmt: skip
         db.execute("INSERT OR REPLACE INTO coded_meta VALUES ('policy_version', ?)", (version,))
 

@@ -177,7 +177,7 @@ def replay_coded(
                 if run.first is None and len(rows) > made:
                     run.first = (batches[0] + 1, from_us(min(r[1] for r in rows[made:])))
             _flush(writer, rows, run)
-            writer.finish([(cid, states[i].policy.segment) for i, cid in enumerate(ids)],
+            writer.finish([(i, cid, states[i].policy.segment) for i, cid in enumerate(ids)],
                           p.version)  # fmt: skip
             run.rollup = writer.rollup_rows(p.version)
             if shard is None:
@@ -191,7 +191,7 @@ def replay_coded(
         db.close()
     stats.contacts_touched = len(ids)
     stats.transitions = run.transitions
-    _write_states(store, ids, states)
+    write_states(store, ids, states)
     return run
 
 
@@ -209,7 +209,7 @@ def _flush(writer: ledger.ChunkWriter, rows: list, run: CodedRun) -> None:
     rows.clear()
 
 
-def _write_states(store: SQLiteStore, ids: list[str], states: list) -> None:
+def write_states(store: SQLiteStore, ids: list[str], states: list) -> None:
     """The final states into the store's contacts table, through the store itself."""
     with store.bulk():
         for start in range(0, len(ids), _STATE_PAGE):
