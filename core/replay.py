@@ -61,11 +61,11 @@ class ReplayResult:
         return count
 
 
-def _fresh_store(path: Path, defer_limit: int = 250_000) -> SQLiteStore:
+def _fresh_store(path: Path, **options: int) -> SQLiteStore:
     if str(path) != ":memory:":
         for suffix in ("", "-wal", "-shm"):
             Path(f"{path}{suffix}").unlink(missing_ok=True)
-    return SQLiteStore(path, defer_limit=defer_limit)
+    return SQLiteStore(path, **options)
 
 
 def replay_file(
@@ -90,7 +90,8 @@ def replay_file(
     if engine == "coded":
         # The coded path writes each final state once: holding them all as objects before
         # writing would cost more memory than the whole run's coded state.
-        store = _fresh_store(Path(store_path), defer_limit=_STATE_PAGE)
+        # (It only appends, in key order: a large page cache would only hold memory.)
+        store = _fresh_store(Path(store_path), defer_limit=_STATE_PAGE, cache_mb=8)
         return _replay_coded(mapping, events_path, store, until, strict, on_bad_line, progress,
                              batch_size, workers)  # fmt: skip
     if engine != "object":

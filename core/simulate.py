@@ -286,7 +286,7 @@ def run_simulation(
     if engine == "coded":
         from core.coded.simulate import run_coded_simulation
 
-        store = SQLiteStore(store_path, defer_limit=5_000)
+        store = SQLiteStore(store_path, defer_limit=5_000, cache_mb=8)
         try:
             with cyclic_gc_paused():
                 return run_coded_simulation(config, policy, store, progress)

@@ -76,8 +76,8 @@ class ChunkWriter:
         self.rows = 0
         self.arms: list[int] = []
         """The assignment (an `arm` code of `names`) of each contact index."""
-        self.chunks_of: list[list[int]] = []
-        """The chunks each contact index has rows in."""
+        self._chunk_contacts: list[np.ndarray] = []
+        """Per chunk, the contact indices with rows in it."""
         self.rollup: Counter = Counter()
         """(day, what, from, to, event type, arm, cycle) codes -> decisions."""
         self._from_dormant = names.what("engagement", "reactivated_from_dormant")
@@ -95,11 +95,7 @@ class ChunkWriter:
              array("q", accumulate(map(len, causes))).tobytes(), b"".join(causes)),
         )  # fmt: skip
         self._count(np.frombuffer(packed, dtype=ROW_DTYPE))
-        chunks_of = self.chunks_of
-        while len(chunks_of) < len(self.arms):
-            chunks_of.append([])
-        for contact in np.unique(contacts).tolist():
-            chunks_of[contact].append(self.chunks)
+        self._chunk_contacts.append(np.unique(contacts))
         self.chunks += 1
         self.rows += len(rows)
 
@@ -145,6 +141,20 @@ class ChunkWriter:
             out[key] += n
         return out
 
+    def _chunks_of(self) -> dict[int, bytes]:
+        """Each contact's chunks, as the int32 list `coded_contacts` keeps."""
+        if not self._chunk_contacts:
+            return {}
+        contact = np.concatenate(self._chunk_contacts)
+        chunk = np.repeat(np.arange(len(self._chunk_contacts), dtype=np.int32),
+                          [len(c) for c in self._chunk_contacts])  # fmt: skip
+        order = np.argsort(contact, kind="stable")  # chunks stay ascending per contact
+        contact, chunk = contact[order], chunk[order]
+        starts = np.flatnonzero(np.r_[True, contact[1:] != contact[:-1]])
+        ends = np.r_[starts[1:], contact.size]
+        return {int(contact[s]): chunk[s:e].tobytes()
+                for s, e in zip(starts.tolist(), ends.tolist(), strict=True)}
+
     def finish(self, contacts: list[tuple[int, str, str | None]], version: str) -> None:
         """Persist the texts and the contacts (index, id, segment)."""
         db, shard = self.db, self.shard
@@ -153,12 +163,11 @@ class ChunkWriter:
             [(shard, kind, code, text) for kind, code, text in self.names.rows()],
         )
         texts = self.names.texts["arm"]
-        chunks_of = self.chunks_of
+        chunks_of = self._chunks_of()
         db.executemany(
             "INSERT INTO coded_contacts VALUES (?,?,?,?,?,?)",
             [(cid, shard, i, texts[self.arms[i]] if self.arms[i] != NONE else "", segment,
-              array("i", chunks_of[i] if i < len(chunks_of) else ()).tobytes())
-             for i, cid, segment in contacts],
+              chunks_of.get(i, b"")) for i, cid, segment in contacts],
         )  # fmt: skip
         db.execute("INSERT OR REPLACE INTO coded_meta VALUES ('policy_version', ?)", (version,))
 

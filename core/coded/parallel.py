@@ -36,7 +36,7 @@ def _work(policy: Policy, events_path: Path, path: Path, until: datetime | None,
     try:
         for suffix in ("", "-wal", "-shm"):
             Path(f"{path}{suffix}").unlink(missing_ok=True)
-        store = SQLiteStore(path, defer_limit=5_000)
+        store = SQLiteStore(path, defer_limit=5_000, cache_mb=8)
         try:
             report = (lambda n, p: bad.append((n, p))) if shard[0] == 0 else None
 
