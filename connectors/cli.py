@@ -307,6 +307,9 @@ def simulate(
     seed: Annotated[int, typer.Option(help="random seed")] = 7,
     mapping: Annotated[Path | None, typer.Option(help="policy from this mapping")] = None,
     report: Annotated[Path | None, typer.Option(help="report folder")] = None,
+    engine: Annotated[
+        str, typer.Option(help="coded (the fast bulk path) or object (the reference pipeline)")
+    ] = "coded",
     data_dir: DataDir = None,
 ) -> None:
     """Synthetic population on the embedded store, with a report and a plot."""
@@ -317,11 +320,13 @@ def simulate(
     directory = _data_dir(data_dir)
     report_dir = report or directory / "simulation"
     config = SimulationConfig(contacts=contacts, days=days, seed=seed)
+    if engine not in ("coded", "object"):
+        _fail(f"--engine: expected coded or object, got {engine!r}", 2)
     with progress_bar() as bar:
         task = bar.add_task("simulating days", total=days)
         result = run_simulation(
             config, policy, directory / "simulate.sqlite3",
-            progress=lambda n: bar.advance(task, n),
+            progress=lambda n: bar.advance(task, n), engine=engine,
         )  # fmt: skip
     paths = write_report(result, report_dir)
     out.print(result.markdown(), markup=False, highlight=False)

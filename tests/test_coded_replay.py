@@ -80,7 +80,7 @@ def test_coded_replay_decides_and_shows_what_the_object_replay_does(
     tmp_path, monkeypatch, extra, seed, until, workers
 ):
     if seed == 2:
-        monkeypatch.setattr("core.coded.replay.CHUNK_ROWS", 64)  # a contact over many chunks
+        monkeypatch.setattr("core.coded.ledger.CHUNK_ROWS", 64)  # a contact over many chunks
     m = mapping(extra)
     events = tmp_path / "events.jsonl"
     messy_events(events, seed)

@@ -49,7 +49,9 @@ CREATE TABLE IF NOT EXISTS coded_names (
 CREATE TABLE IF NOT EXISTS coded_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)
     WITHOUT ROWID;
 """
-CHUNK_ROWS = 50_000
+CHUNK_ROWS = 4_096
+"""Rows per chunk. Blob I/O at an offset walks the blob's overflow pages from its start, so
+`explain` reading one contact's rows costs about a chunk per chunk it has rows in."""
 ROW = struct.Struct("<14qd")
 ROW_DTYPE = np.dtype([
     ("contact", "<i8"), ("at", "<i8"), ("what", "<i8"), ("from_status", "<i8"),
@@ -83,8 +85,10 @@ class ChunkWriter:
         self._from_dormant = names.what("engagement", "reactivated_from_dormant")
 
     def write(self, rows: list[tuple]) -> None:
-        if not rows:
-            return
+        for start in range(0, len(rows), CHUNK_ROWS):
+            self._write_chunk(rows[start : start + CHUNK_ROWS])
+
+    def _write_chunk(self, rows: list[tuple]) -> None:
         pack = ROW.pack
         packed = b"".join([pack(*r[:15]) for r in rows])
         causes = [b"" if r[15] is None else r[15].encode() for r in rows]

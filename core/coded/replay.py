@@ -21,7 +21,6 @@ from core.coded import engine, ledger
 from core.coded.codes import NONE, STATUSES, Names, coded_policies, from_us, to_us
 from core.coded.decode import contact_state
 from core.coded.events import LineProblem, decode_event
-from core.coded.ledger import CHUNK_ROWS
 from core.gcpause import cyclic_gc_paused
 from core.pipeline import RunStats, policy_record, version_key
 from core.policy import Policy
@@ -29,6 +28,7 @@ from core.sqlite_store import SQLiteStore
 from core.store import Batch
 
 _BY_TIME = itemgetter(2)
+_FLUSH_ROWS = 50_000
 _STATE_PAGE = 5_000
 
 
@@ -124,7 +124,7 @@ def replay_coded(
             if run.first is None and len(rows) > made:
                 run.first = (batches[0], from_us(min(r[1] for r in rows[made:])))
             batch.clear()
-            if len(rows) >= CHUNK_ROWS:
+            if len(rows) >= _FLUSH_ROWS:
                 _flush(writer, rows, run)
 
         done = number = 0
@@ -171,7 +171,7 @@ def replay_coded(
                 made = len(rows)
                 for s in states:
                     advance(s, end_us, rows)
-                    if len(rows) >= CHUNK_ROWS:
+                    if len(rows) >= _FLUSH_ROWS:
                         _flush(writer, rows, run)
                         made = 0
                 if run.first is None and len(rows) > made:

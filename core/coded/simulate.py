@@ -33,6 +33,7 @@ from core.simulate import START, SimulationConfig, SimulationResult, _Population
 from core.sqlite_store import SQLiteStore
 
 _DAY_US = 86_400_000_000
+_FLUSH_ROWS = 50_000
 _START_US = to_us(START)
 _BY_TIME = itemgetter(0)
 _STATUS_TEXT = [s.value for s in STATUSES]
@@ -130,7 +131,7 @@ class CodedSimulation:
                             r[11] if r[6] & M_REASON else 0)  # fmt: skip
             if r[12] != NONE and self._step_sends(r[12]):
                 self._mail(np.array([i]), from_us(r[1]) + timedelta(hours=1), "reactivation")
-        if len(rows) >= ledger.CHUNK_ROWS:
+        if len(rows) >= _FLUSH_ROWS:
             self.writer.write(rows)
             rows.clear()
 
