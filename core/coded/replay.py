@@ -16,11 +16,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from operator import itemgetter
 from pathlib import Path
+from typing import BinaryIO
 
 from core.coded import engine, ledger
 from core.coded.codes import NONE, STATUSES, Names, coded_policies, from_us, to_us
 from core.coded.decode import contact_state
 from core.coded.events import LineProblem, decode_event
+from core.coded.seen import SeenIds
 from core.gcpause import cyclic_gc_paused
 from core.pipeline import RunStats, policy_record, version_key
 from core.policy import Policy
@@ -79,7 +81,8 @@ def replay_coded(
     until_us = to_us(until) if until is not None else None
     run = CodedRun(RunStats())
     stats = run.stats
-    seen: set[str] = set()
+    reread = events_path.open("rb")
+    seen = SeenIds(lambda offset: _id_at(reread, offset))
     index: dict[str, int] = {}
     ids: list[str] = []
     states: list = []
@@ -99,19 +102,16 @@ def replay_coded(
 
         def decide() -> None:
             stats.events_in += len(batch)
-            fresh = []
-            for item in batch:
-                if item[0] in seen:
-                    stats.duplicates += 1
-                    continue
-                seen.add(item[0])
-                if item[4]:
-                    fresh.append(item)
+            firsts = seen.first_sightings([item[0] for item in batch],
+                                          [item[5] for item in batch])  # fmt: skip
+            stats.duplicates += firsts.count(False)
+            fresh = [item for item, first in zip(batch, firsts, strict=True)
+                     if first and item[4]]  # fmt: skip
             fresh.sort(key=_BY_TIME)
             stats.applied += len(fresh)
             apply = engine.apply
             made = len(rows)
-            for eid, cid, at, kind, _ in fresh:
+            for eid, cid, at, kind, _, _ in fresh:
                 i = index.get(cid)
                 if i is None:
                     i = index[cid] = len(ids)
@@ -149,7 +149,8 @@ def replay_coded(
                         if at > latest:
                             latest = at
                         cid = event.contact_id
-                        batch.append((event.event_id, cid, at, kind, mine(cid)))
+                        batch.append((event.event_id, cid, at, kind, mine(cid),
+                                      done - len(line)))  # fmt: skip
                         if len(batch) >= batch_size:
                             decide()
                         continue
@@ -189,10 +190,16 @@ def replay_coded(
         raise
     finally:
         db.close()
+        reread.close()
     stats.contacts_touched = len(ids)
     stats.transitions = run.transitions
     write_states(store, ids, states)
     return run
+
+
+def _id_at(handle: BinaryIO, offset: int) -> str:
+    handle.seek(offset)
+    return decode_event(handle.readline()).event_id
 
 
 def _flush(writer: ledger.ChunkWriter, rows: list, run: CodedRun) -> None:
