@@ -106,11 +106,12 @@ def test_coded_replay_decides_and_shows_what_the_object_replay_does(
     assert _table(new_path, "SELECT * FROM ledger_rollup") == _table(
         old_path, "SELECT * FROM ledger_rollup")
     assert _table(new_path, "SELECT * FROM cursors") == _table(old_path, "SELECT * FROM cursors")
-    old_report = json.loads(render_report(old_path, "json", mapping=m))
-    new_report = json.loads(render_report(new_path, "json", mapping=m))
-    for report in (old_report, new_report):
-        report.pop("store"), report.pop("generated_at")
-    assert new_report == old_report
+    for since in (None, T0 + timedelta(days=40), T0 + timedelta(days=61, hours=13)):
+        old_report = json.loads(render_report(old_path, "json", since=since, mapping=m))
+        new_report = json.loads(render_report(new_path, "json", since=since, mapping=m))
+        for report in (old_report, new_report):
+            report.pop("store"), report.pop("generated_at")
+        assert new_report == old_report, since
 
 
 def test_strict_stops_at_the_first_bad_line_with_the_same_problem(tmp_path):

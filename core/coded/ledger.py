@@ -35,8 +35,8 @@ from core.sqlite_rows import decision_from_row, decision_row
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS coded_chunks (
     shard INTEGER NOT NULL, chunk INTEGER NOT NULL, n INTEGER NOT NULL,
-    contacts BLOB NOT NULL, rows BLOB NOT NULL, cause_ends BLOB NOT NULL,
-    causes BLOB NOT NULL, PRIMARY KEY (shard, chunk)
+    min_at INTEGER NOT NULL, max_at INTEGER NOT NULL, contacts BLOB NOT NULL,
+    rows BLOB NOT NULL, cause_ends BLOB NOT NULL, causes BLOB NOT NULL, PRIMARY KEY (shard, chunk)
 );
 CREATE TABLE IF NOT EXISTS coded_contacts (
     contact_id TEXT PRIMARY KEY, shard INTEGER NOT NULL, idx INTEGER NOT NULL,
@@ -93,57 +93,25 @@ class ChunkWriter:
         packed = b"".join([pack(*r[:15]) for r in rows])
         causes = [b"" if r[15] is None else r[15].encode() for r in rows]
         contacts = np.array([r[0] for r in rows], dtype=np.int32)
+        decided = np.frombuffer(packed, dtype=ROW_DTYPE)
         self.db.execute(
-            "INSERT INTO coded_chunks VALUES (?,?,?,?,?,?,?)",
-            (self.shard, self.chunks, len(rows), contacts.tobytes(), packed,
+            "INSERT INTO coded_chunks VALUES (?,?,?,?,?,?,?,?,?)",
+            (self.shard, self.chunks, len(rows), int(decided["at"].min()),
+             int(decided["at"].max()), contacts.tobytes(), packed,
              array("q", accumulate(map(len, causes))).tobytes(), b"".join(causes)),
         )  # fmt: skip
-        self._count(np.frombuffer(packed, dtype=ROW_DTYPE))
+        self._count(decided)
         self._chunk_contacts.append(np.unique(contacts))
         self.chunks += 1
         self.rows += len(rows)
 
     def _count(self, r: np.ndarray) -> None:
-        step_changed = (r["mask"] & M_STEP) != 0
-        cycle = np.where(
-            (r["action"] != NONE) | ((r["what"] == self._from_dormant) & step_changed),
-            r["cycle"], 0,
-        )  # fmt: skip
-        arms = np.asarray(self.arms, dtype=np.int64)[r["contact"]]
-        day = r["at"] // _DAY_US
-        first_day = int(day.min())
-        # Every part is a small int (-1 for absent): one flat key per decision sorts far
-        # faster than unique rows of seven columns.
-        parts = [day - first_day, r["what"], r["from_status"] + 1, r["to_status"],
-                 r["event_type"] + 1, arms + 1, cycle]  # fmt: skip
-        sizes = tuple(int(part.max()) + 1 for part in parts)
-        try:
-            flat = np.ravel_multi_index(parts, sizes)
-        except ValueError:  # a key space beyond int64 (a ledger spanning centuries)
-            unique, counts = np.unique(np.stack(parts, axis=1), axis=0, return_counts=True)
-            keys = (tuple(row) for row in unique.tolist())
-        else:
-            unique, counts = np.unique(flat, return_counts=True)
-            keys = zip(*np.unravel_index(unique, sizes), strict=True)
-        rollup = self.rollup
-        for (d, what, src, dst, etype, arm, cyc), n in zip(keys, counts.tolist(), strict=True):
-            key = (int(d) + first_day, int(what), int(src) - 1, int(dst), int(etype) - 1,
-                   int(arm) - 1, int(cyc))  # fmt: skip
-            rollup[key] += n
+        count_rollup(r, np.asarray(self.arms, dtype=np.int64), self._from_dormant, self.rollup)
 
     def rollup_rows(self, version: str) -> Counter:
         """The roll-up as `core.rollup` keys it (texts), so shards add up."""
         texts = self.names.texts
-        what = [json.loads(t) for t in texts["what"]]
-        out: Counter = Counter()
-        for (day, code, src, dst, etype, arm, cycle), n in self.rollup.items():
-            rule, reason = what[code]
-            key = ((_EPOCH_DAY + timedelta(days=day)).isoformat(), rule, reason,
-                   STATUSES[src].value if src != NONE else "", STATUSES[dst].value, version,
-                   texts["type"][etype] if etype != NONE else "",
-                   texts["arm"][arm] if arm != NONE else "", cycle)  # fmt: skip
-            out[key] += n
-        return out
+        return rollup_texts(self.rollup, texts["what"], texts["type"], texts["arm"], version)
 
     def _chunks_of(self) -> dict[int, bytes]:
         """Each contact's chunks, as the int32 list `coded_contacts` keeps."""
@@ -174,6 +142,93 @@ class ChunkWriter:
               chunks_of.get(i, b"")) for i, cid, segment in contacts],
         )  # fmt: skip
         db.execute("INSERT OR REPLACE INTO coded_meta VALUES ('policy_version', ?)", (version,))
+
+
+def count_rollup(r: np.ndarray, arm_of: np.ndarray, from_dormant: int, into: Counter) -> None:
+    """Add rows `r` (`ROW_DTYPE`) to roll-up counts keyed by (day, what, from, to, event
+    type, arm, cycle) codes; `arm_of` is each contact index's assignment code."""
+    if not r.size:
+        return
+    step_changed = (r["mask"] & M_STEP) != 0
+    cycle = np.where(
+        (r["action"] != NONE) | ((r["what"] == from_dormant) & step_changed), r["cycle"], 0
+    )
+    arms = arm_of[r["contact"]]
+    day = r["at"] // _DAY_US
+    first_day = int(day.min())
+    # Every part is a small int (-1 for absent): one flat key per decision sorts far
+    # faster than unique rows of seven columns.
+    parts = [day - first_day, r["what"], r["from_status"] + 1, r["to_status"],
+             r["event_type"] + 1, arms + 1, cycle]  # fmt: skip
+    sizes = tuple(int(part.max()) + 1 for part in parts)
+    try:
+        flat = np.ravel_multi_index(parts, sizes)
+    except ValueError:  # a key space beyond int64 (a ledger spanning centuries)
+        unique, counts = np.unique(np.stack(parts, axis=1), axis=0, return_counts=True)
+        keys = (tuple(row) for row in unique.tolist())
+    else:
+        unique, counts = np.unique(flat, return_counts=True)
+        keys = zip(*np.unravel_index(unique, sizes), strict=True)
+    for (d, what, src, dst, etype, arm, cyc), n in zip(keys, counts.tolist(), strict=True):
+        key = (int(d) + first_day, int(what), int(src) - 1, int(dst), int(etype) - 1,
+               int(arm) - 1, int(cyc))  # fmt: skip
+        into[key] += n
+
+
+def rollup_texts(rollup: Counter, what_texts: list[str], type_texts: list[str],
+                 arm_texts: list[str], version: str) -> Counter:  # fmt: skip
+    what = [json.loads(t) for t in what_texts]
+    out: Counter = Counter()
+    for (day, code, src, dst, etype, arm, cycle), n in rollup.items():
+        rule, reason = what[code]
+        key = ((_EPOCH_DAY + timedelta(days=day)).isoformat(), rule, reason,
+               STATUSES[src].value if src != NONE else "", STATUSES[dst].value, version,
+               type_texts[etype] if etype != NONE else "",
+               arm_texts[arm] if arm != NONE else "", cycle)  # fmt: skip
+        out[key] += n
+    return out
+
+
+def window_rollup(path: Path | str, start: int, end: int) -> Counter:
+    """Roll-up rows (as `core.rollup` keys them) of the decisions at `start` <= at < `end`
+    (epoch microseconds), from the chunks whose time range meets the window."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    out: Counter = Counter()
+    try:
+        version = db.execute(
+            "SELECT value FROM coded_meta WHERE name = 'policy_version'"
+        ).fetchone()[0]
+        shards = [row[0] for row in db.execute("SELECT DISTINCT shard FROM coded_names")]
+        for shard in shards:
+            texts: dict[str, dict[int, str]] = {}
+            for kind, code, text in db.execute(
+                "SELECT kind, code, text FROM coded_names WHERE shard = ?", (shard,)
+            ):
+                texts.setdefault(kind, {})[code] = text
+            listed = {k: [v[c] for c in range(len(v))] for k, v in texts.items()}
+            arm_code = {text: code for code, text in texts.get("arm", {}).items()}
+            contacts = db.execute(
+                "SELECT idx, arm FROM coded_contacts WHERE shard = ?", (shard,)
+            ).fetchall()
+            arm_of = np.full(max((i for i, _ in contacts), default=-1) + 1, NONE, np.int64)
+            for idx, arm in contacts:
+                arm_of[idx] = arm_code.get(arm, NONE)
+            from_dormant = next((c for c, t in texts.get("what", {}).items()
+                                 if json.loads(t) == ["engagement", "reactivated_from_dormant"]),
+                                NONE)  # fmt: skip
+            counts: Counter = Counter()
+            for (blob,) in db.execute(
+                "SELECT rows FROM coded_chunks WHERE shard = ? AND max_at >= ? AND min_at < ?",
+                (shard, start, end),
+            ):
+                r = np.frombuffer(blob, dtype=ROW_DTYPE)
+                count_rollup(r[(r["at"] >= start) & (r["at"] < end)], arm_of, from_dormant,
+                             counts)  # fmt: skip
+            out.update(rollup_texts(counts, listed.get("what", []), listed.get("type", []),
+                                    listed.get("arm", []), version))  # fmt: skip
+    finally:
+        db.close()
+    return out
 
 
 def write_rollup(db: sqlite3.Connection, rollup: Counter) -> None:
