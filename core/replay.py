@@ -61,6 +61,11 @@ class ReplayResult:
         return count
 
 
+def _remove(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
 def _fresh_store(path: Path, **options: int) -> SQLiteStore:
     if str(path) != ":memory:":
         for suffix in ("", "-wal", "-shm"):
@@ -87,15 +92,30 @@ def replay_file(
     `engine`: "coded" (the bulk path of `core.coded`, a coded ledger) or "object" (the
     pipeline every other path uses, a text ledger); both decide the same. `workers` > 1
     splits the coded path over that many processes by contact, with the same outcome."""
-    if engine == "coded":
-        # The coded path writes each final state once: holding them all as objects before
-        # writing would cost more memory than the whole run's coded state.
-        # (It only appends, in key order: a large page cache would only hold memory.)
-        store = _fresh_store(Path(store_path), defer_limit=_STATE_PAGE, cache_mb=8)
-        return _replay_coded(mapping, events_path, store, until, strict, on_bad_line, progress,
-                             batch_size, workers)  # fmt: skip
-    if engine != "object":
+    if engine not in ("coded", "object"):
         raise ValueError(f"engine: expected 'coded' or 'object', got {engine!r}")
+    if engine == "coded" and str(store_path) != ":memory:":
+        final = Path(store_path)
+        partial = final.with_name(final.name + ".partial")
+        # The coded path writes each final state once: holding them all as objects before
+        # writing would cost more memory than the whole run's coded state (and it only
+        # appends, in key order: a large page cache would only hold memory).
+        store = _fresh_store(partial, defer_limit=_STATE_PAGE, cache_mb=8)
+        try:
+            result = _replay_coded(mapping, events_path, store, until, strict, on_bad_line,
+                                   progress, batch_size, workers)  # fmt: skip
+        except BaseException:
+            store.close()
+            _remove(partial)
+            _fresh_store(final).close()  # as an interrupted object run leaves it: empty
+            raise
+        # It writes in several transactions (ledger, states, the policy record): the store
+        # takes its name only once all of them landed, so a run lands whole or not at all.
+        result.store.close()
+        _remove(final)
+        partial.replace(final)
+        result.store = SQLiteStore(final)
+        return result
     store = _fresh_store(Path(store_path))
     policy = mapping.policy
     counts = {"bad": 0, "after": 0}

@@ -283,15 +283,27 @@ def run_simulation(
     if str(store_path) != ":memory:":
         for suffix in ("", "-wal", "-shm"):
             Path(f"{store_path}{suffix}").unlink(missing_ok=True)
-    if engine == "coded":
+    if engine == "coded" and str(store_path) != ":memory:":
         from core.coded.simulate import run_coded_simulation
 
-        store = SQLiteStore(store_path, defer_limit=5_000, cache_mb=8)
+        # Written in several transactions: the store takes its name once all have landed.
+        final = Path(store_path)
+        partial = final.with_name(final.name + ".partial")
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{partial}{suffix}").unlink(missing_ok=True)
+        store = SQLiteStore(partial, defer_limit=5_000, cache_mb=8)
         try:
             with cyclic_gc_paused():
-                return run_coded_simulation(config, policy, store, progress)
-        finally:
+                result = run_coded_simulation(config, policy, store, progress)
+        except BaseException:
             store.close()
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{partial}{suffix}").unlink(missing_ok=True)
+            raise
+        store.close()
+        partial.replace(final)
+        result.store_path = str(final)
+        return result
     store = SQLiteStore(store_path)
     try:
         with store.bulk(), cyclic_gc_paused():  # see replay_file

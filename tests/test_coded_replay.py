@@ -136,3 +136,17 @@ def test_progress_reaches_the_whole_file_across_workers(tmp_path):
                 progress=lambda done, lines: seen.append((done, lines)))  # fmt: skip
     assert seen[-1] == (events.stat().st_size, len(events.read_bytes().splitlines()))
     assert [s[0] for s in seen] == sorted(s[0] for s in seen)
+
+
+def test_a_run_stopped_part_way_leaves_an_empty_store_and_no_partial_file(tmp_path):
+    events = tmp_path / "events.jsonl"
+    messy_events(events, 7, n=400)
+    with events.open("a") as handle:
+        handle.write("{broken\n")
+    store_path = tmp_path / "replay.sqlite3"
+    replay_file(mapping(), events, store_path).store.close()  # a complete earlier run
+    with pytest.raises(BadLine):
+        replay_file(mapping(), events, store_path, strict=True)
+    assert _table(store_path, "SELECT COUNT(*) FROM contacts") == [(0,)]
+    assert _table(store_path, "SELECT COUNT(*) FROM ledger_rollup") == [(0,)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["events.jsonl", "replay.sqlite3"]
