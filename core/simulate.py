@@ -303,6 +303,13 @@ def run_simulation(
         store.close()
         partial.replace(final)
         result.store_path = str(final)
+        from core.report import headline
+
+        store = SQLiteStore(final)
+        try:
+            result.headline = headline(store)
+        finally:
+            store.close()
         return result
     store = SQLiteStore(store_path)
     try:

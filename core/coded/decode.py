@@ -16,7 +16,6 @@ from core.coded.codes import (
     FIELD_BIT,
     M_ALT_ADD,
     M_ALT_REMOVE,
-    M_COMEBACK_ENGAGED,
     M_ENROLL_EXPERIMENTS,
     M_ENROLL_SEGMENT,
     M_HANDOFF,
@@ -24,7 +23,6 @@ from core.coded.codes import (
     M_STEP_ACTION,
     NO_TIME,
     NONE,
-    REACTIVATED,
     REASONS,
     STATUSES,
     from_us,
@@ -101,8 +99,8 @@ def decisions(
                 if not mask & FIELD_BIT[name]:
                     continue
                 if name == "campaign_status":
-                    old = STATUSES[REACTIVATED] if mask & M_COMEBACK_ENGAGED else from_status
-                    changes[name] = (old, to_status)
+                    # A decision that moves twice records where it started.
+                    changes[name] = (from_status, to_status)
                 else:
                     changes[name] = (values[name], new[name])
         values = new

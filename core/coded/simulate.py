@@ -7,7 +7,9 @@ as the object pipeline; the ledger is the coded one (`core.coded.ledger`).
 
 from __future__ import annotations
 
+import json
 import sqlite3
+from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from operator import itemgetter
@@ -16,12 +18,11 @@ import numpy as np
 
 from core.coded import engine, ledger
 from core.coded.codes import (
-    ACTIVE,
     M_REASON,
     NO_RESPONSE,
     NONE,
-    REACTIVATED,
     STATUSES,
+    SUPPRESSED,
     Names,
     coded_policies,
     from_us,
@@ -56,11 +57,11 @@ class CodedSimulation:
         self.states: list[engine.CodedState | None] = [None] * n
         self.next_due = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
         self.ever: list[set[int]] = [set() for _ in STATUSES]
-        # What the CRM's dynamic lists would show, in the order contacts first appeared.
-        self.status: dict[int, int] = {}
-        self.reason_of = [0] * n
-        self.counts = [0] * len(STATUSES)
-        self.compliance_suppressed = 0
+        # What the CRM's dynamic lists would show, in the order contacts first appeared;
+        # suppressed contacts split by reason ("Suppressed:no_response" / ":compliance").
+        self.status: dict[int, str] = {}
+        self.counts: Counter = Counter()
+        self.today: Counter = Counter({"step_1_sent": 0, "step_2_sent": 0, "comebacks": 0})
         self.rows: list[tuple] = []
         self.writer = ledger.ChunkWriter(db, 0, self.names)
         self.writer.arms.extend([NONE] * n)
@@ -70,6 +71,8 @@ class CodedSimulation:
         self.visit, self.bounce, self.unsub = t["high_intent_visit"], t["hard_bounce"], \
             t["unsubscribe"]  # fmt: skip
         self.type_names = {code: name for name, code in t.items()}
+        self.comebacks = {self.p.what_from_dormant, self.p.what_from_alternate}
+        self._steps: dict[int, int] = {}
 
     def _event(self, i: int, kind: int, at: int) -> None:
         self.serial += 1
@@ -118,42 +121,52 @@ class CodedSimulation:
         result = self.result
         if self.first is None and len(rows) > made:
             self.first = from_us(min(r[1] for r in rows[made:]))
+        today = self.today
+        comebacks = self.comebacks
         for r in rows[made:]:
             i, src, dst = r[0], r[3], r[4]
-            old_reason = self.reason_of[i]
-            self.reason_of[i] = r[11]
             if src == NONE:
                 result.transitions["enrolled"] += 1
             elif src != dst:
                 result.transitions[f"{_STATUS_TEXT[src]}->{_STATUS_TEXT[dst]}"] += 1
-            if src != dst:
-                self._moved(i, dst, old_reason if r[6] & M_REASON else 0,
-                            r[11] if r[6] & M_REASON else 0)  # fmt: skip
-            if r[12] != NONE and self._step_sends(r[12]):
-                self._mail(np.array([i]), from_us(r[1]) + timedelta(hours=1), "reactivation")
+            reason_changed = r[6] & M_REASON
+            if src != dst or reason_changed:
+                self._moved(i, dst, r[11] if reason_changed else 0)
+            if r[2] in comebacks:
+                today["comebacks"] += 1
+            if r[12] != NONE:
+                step = self._step_sent(r[12])
+                if step:
+                    today[f"step_{step}_sent"] += 1
+                    self._mail(np.array([i]), from_us(r[1]) + timedelta(hours=1),
+                               "reactivation")  # fmt: skip
         if len(rows) >= _FLUSH_ROWS:
             self.writer.write(rows)
             rows.clear()
 
-    def _step_sends(self, action: int) -> bool:
-        text = self.names.texts["action"][action]
-        return text.startswith('["reactivation_step_due"')
+    def _step_sent(self, action: int) -> int:
+        """The step a reactivation action sends (0: withheld for the holdout)."""
+        sent = self._steps.get(action)
+        if sent is None:
+            kind, detail = json.loads(self.names.texts["action"][action])
+            sent = self._steps[action] = (
+                detail.get("step", 1) if kind == "reactivation_step_due" else 0)  # fmt: skip
+        return sent
 
-    def _moved(self, i: int, status: int, old_reason: int, new_reason: int) -> None:
+    def _moved(self, i: int, status: int, new_reason: int) -> None:
         before = self.status.get(i)
         if before is not None:
             self.counts[before] -= 1
-        self.status[i] = status
-        self.counts[status] += 1
+        text = _STATUS_TEXT[status]
         self.ever[status].add(i)
-        if old_reason > NO_RESPONSE:
-            self.compliance_suppressed -= 1
-        if new_reason > NO_RESPONSE:
-            self.compliance_suppressed += 1
+        if status == SUPPRESSED:
+            text += ":no_response" if new_reason == NO_RESPONSE else ":compliance"
+        self.status[i] = text
+        self.counts[text] += 1
 
     def _in_stream(self) -> np.ndarray:
-        return np.fromiter((i for i, s in self.status.items() if s in (ACTIVE, REACTIVATED)),
-                           dtype=np.int64)  # fmt: skip
+        wanted = ("Active", "Reactivated")
+        return np.fromiter((i for i, s in self.status.items() if s in wanted), dtype=np.int64)
 
     def run(self, progress: Callable[[int], None] | None) -> SimulationResult:
         c = self.config
@@ -175,15 +188,25 @@ class CodedSimulation:
         if day % c.send_every_days == 0 and day > 0:
             send_at = day_start + timedelta(hours=c.send_hour)
             self._mail(self._in_stream(), send_at, "newsletter")
-            self.result.static_list_sends += len(self.status) - self.compliance_suppressed
         self._visits(day_start)
         self.people.drift()
-        events = self.buckets.pop(day, [])
-        for start in range(0, len(events), c.batch_size):
-            self._apply(events[start : start + c.batch_size])
-        self._tick(to_us(day_start + timedelta(days=1)))
-        counts = {_STATUS_TEXT[s]: self.counts[s] for s in range(len(STATUSES))}
+        day_end = to_us(day_start + timedelta(days=1))
+        # The day's reactivation steps mail within the hour, into today's bucket again: drain
+        # it until it stays empty (as the object simulation does).
+        while events := self.buckets.pop(day, None):
+            events.sort(key=_BY_TIME)
+            for start in range(0, len(events), c.batch_size):
+                self._apply(events[start : start + c.batch_size])
+            self._tick(day_end)
+        self._tick(day_end)
+        counts = {s: self.counts[s] for s in _STATUS_TEXT if s != "Suppressed"}
+        split = {r: self.counts[f"Suppressed:{r}"] for r in ("no_response", "compliance")}
+        counts["Suppressed"] = sum(split.values())
+        counts["suppressed_no_response"] = split["no_response"]
+        counts["suppressed_compliance"] = split["compliance"]
+        counts.update(self.today)
         counts["day"] = day
+        self.today = Counter({"step_1_sent": 0, "step_2_sent": 0, "comebacks": 0})
         self.result.daily.append(counts)
 
     def _apply(self, events: list[tuple]) -> None:
