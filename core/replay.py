@@ -114,7 +114,7 @@ def replay_file(
         result.store.close()
         _remove(final)
         partial.replace(final)
-        result.store = SQLiteStore(final)
+        result.store = SQLiteStore(final, cache_mb=8)  # read once, in key order, by --out
         return result
     store = _fresh_store(Path(store_path))
     policy = mapping.policy

@@ -77,6 +77,8 @@ class ChunkWriter:
         self.chunks = 0
         self.rows = 0
         self.arms: list[int] = []
+        self._arm_array = np.zeros(0, dtype=np.int64)
+        self._arms_known = 0
         """The assignment (an `arm` code of `names`) of each contact index."""
         self._chunk_contacts: list[np.ndarray] = []
         """Per chunk, the contact indices with rows in it."""
@@ -106,7 +108,26 @@ class ChunkWriter:
         self.rows += len(rows)
 
     def _count(self, r: np.ndarray) -> None:
-        count_rollup(r, np.asarray(self.arms, dtype=np.int64), self._from_dormant, self.rollup)
+        count_rollup(r, self._arm_codes(int(r["contact"].max())), self._from_dormant,
+                     self.rollup)  # fmt: skip
+
+    def set_arm(self, contact: int, arm: int) -> None:
+        """A contact's assignment, set once, when it enrolls."""
+        arms = self.arms
+        while len(arms) <= contact:
+            arms.append(NONE)
+        arms[contact] = arm
+        if contact < self._arms_known:
+            self._arms_known = contact  # (re)convert from here on the next count
+
+    def _arm_codes(self, highest: int) -> np.ndarray:
+        """`arms` as a numpy array, converting only what changed since the last call."""
+        if self._arms_known < len(self.arms) or self._arm_array.size <= highest:
+            known = self._arms_known
+            self._arm_array = np.concatenate([
+                self._arm_array[:known], np.asarray(self.arms[known:], dtype=np.int64)])
+            self._arms_known = len(self.arms)
+        return self._arm_array
 
     def rollup_rows(self, version: str) -> Counter:
         """The roll-up as `core.rollup` keys it (texts), so shards add up."""

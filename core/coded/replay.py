@@ -98,7 +98,6 @@ def replay_coded(
         batch: list[tuple] = []
         batches = [0]
         writer = ledger.ChunkWriter(db, shard[0] if shard else 0, names)
-        arms = writer.arms
 
         def decide() -> None:
             stats.events_in += len(batch)
@@ -117,7 +116,7 @@ def replay_coded(
                     i = index[cid] = len(ids)
                     ids.append(cid)
                     states.append(apply(None, i, kind, at, eid, p, rows, cid))
-                    arms.append(states[i].arm)
+                    writer.set_arm(i, states[i].arm)
                 else:
                     states[i] = apply(states[i], i, kind, at, eid, p, rows, cid)
             batches[0] += 1

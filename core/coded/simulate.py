@@ -64,7 +64,6 @@ class CodedSimulation:
         self.today: Counter = Counter({"step_1_sent": 0, "step_2_sent": 0, "comebacks": 0})
         self.rows: list[tuple] = []
         self.writer = ledger.ChunkWriter(db, 0, self.names)
-        self.writer.arms.extend([NONE] * n)
         self.first: datetime | None = None
         t = self.p.type_codes
         self.send, self.open, self.click = t["send"], t["open"], t["click"]
@@ -213,12 +212,15 @@ class CodedSimulation:
         events.sort(key=_BY_TIME)
         states, rows, p, ids = self.states, self.rows, self.p, self.ids
         apply, due, next_due = engine.apply, engine.due, self.next_due
-        arms = self.writer.arms
+        writer = self.writer
         made = len(rows)
         for at, i, kind, serial in events:
             s = states[i]
-            states[i] = s = apply(s, i, kind, at, f"sim-{serial}", p, rows, ids[i])
-            arms[i] = s.arm
+            if s is None:
+                states[i] = s = apply(s, i, kind, at, f"sim-{serial}", p, rows, ids[i])
+                writer.set_arm(i, s.arm)
+            else:
+                apply(s, i, kind, at, f"sim-{serial}", p, rows, ids[i])
             when = due(s)
             next_due[i] = when[0] if when is not None else _NEVER
         self._decided(made)
