@@ -50,13 +50,24 @@ def decode_event(line: bytes) -> WireEvent:
     """One JSON line as an event, or `LineProblem`."""
     if _SUBMICROSECOND.search(line) is None:
         try:
-            return _DECODE(line)
+            event = _DECODE(line)
         except (msgspec.ValidationError, msgspec.DecodeError):
             pass
+        else:
+            at = event.occurred_at
+            if at.tzinfo is UTC:
+                return event
+            try:
+                event.occurred_at = at.astimezone(UTC)
+            except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00: no such UTC instant
+                raise LineProblem("occurred_at: not a representable instant in UTC") from None
+            return event
     try:
         event = EVENT.validate_json(line)
     except ValidationError as exc:
         raise LineProblem(problem_text(exc)) from None
+    except OverflowError:  # converting the time to UTC left the calendar
+        raise LineProblem("occurred_at: not a representable instant in UTC") from None
     at = event.occurred_at
     return WireEvent(event.event_id, event.contact_id, event.type,
                      at if at.tzinfo is UTC else at.astimezone(UTC), event.campaign,
