@@ -51,8 +51,6 @@ M_UNANSWERED = 16
 M_STEP = 32
 M_CYCLE = 64
 M_REASON = 128
-M_COMEBACK_ENGAGED = 256
-"""A comeback that went on to Engaged: campaign_status records Reactivated -> Engaged."""
 M_HANDOFF = 512
 M_ALT_REMOVE = 1024
 M_ALT_ADD = 2048

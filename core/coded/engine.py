@@ -19,7 +19,6 @@ from core.coded.codes import (
     INACTIVITY,
     M_ALT_ADD,
     M_ALT_REMOVE,
-    M_COMEBACK_ENGAGED,
     M_CYCLE,
     M_ENROLL_EXPERIMENTS,
     M_ENROLL_SEGMENT,
@@ -261,7 +260,7 @@ def _engage(s: CodedState, kind: int, occurred: int, at: int, p: CodedPolicy) ->
 
 def _comeback_handoff(s: CodedState, score: float, at: int, p: CodedPolicy) -> int:
     if score >= p.threshold:
-        mask = _set_status(s, ENGAGED, at) | M_COMEBACK_ENGAGED
+        mask = _set_status(s, ENGAGED, at)
         return mask | M_HANDOFF if p.handoff else mask
     return 0
 

@@ -87,24 +87,27 @@ class ChunkWriter:
         self._from_dormant = names.what("engagement", "reactivated_from_dormant")
 
     def write(self, rows: list[tuple]) -> None:
-        for start in range(0, len(rows), CHUNK_ROWS):
-            self._write_chunk(rows[start : start + CHUNK_ROWS])
-
-    def _write_chunk(self, rows: list[tuple]) -> None:
+        """Pack and count the rows at once (numpy's per-call cost is per batch, not per
+        chunk), then store them chunk by chunk."""
+        if not rows:
+            return
         pack = ROW.pack
         packed = b"".join([pack(*r[:15]) for r in rows])
-        causes = [b"" if r[15] is None else r[15].encode() for r in rows]
-        contacts = np.array([r[0] for r in rows], dtype=np.int32)
         decided = np.frombuffer(packed, dtype=ROW_DTYPE)
-        self.db.execute(
-            "INSERT INTO coded_chunks VALUES (?,?,?,?,?,?,?,?,?)",
-            (self.shard, self.chunks, len(rows), int(decided["at"].min()),
-             int(decided["at"].max()), contacts.tobytes(), packed,
-             array("q", accumulate(map(len, causes))).tobytes(), b"".join(causes)),
-        )  # fmt: skip
         self._count(decided)
-        self._chunk_contacts.append(np.unique(contacts))
-        self.chunks += 1
+        contacts = decided["contact"].astype(np.int32)
+        for start in range(0, len(rows), CHUNK_ROWS):
+            end = min(start + CHUNK_ROWS, len(rows))
+            causes = [b"" if r[15] is None else r[15].encode() for r in rows[start:end]]
+            at = decided["at"][start:end]
+            self.db.execute(
+                "INSERT INTO coded_chunks VALUES (?,?,?,?,?,?,?,?,?)",
+                (self.shard, self.chunks, end - start, int(at.min()), int(at.max()),
+                 contacts[start:end].tobytes(), packed[start * ROW.size : end * ROW.size],
+                 array("q", accumulate(map(len, causes))).tobytes(), b"".join(causes)),
+            )  # fmt: skip
+            self._chunk_contacts.append(np.unique(contacts[start:end]))
+            self.chunks += 1
         self.rows += len(rows)
 
     def _count(self, r: np.ndarray) -> None:
