@@ -178,7 +178,7 @@ class CodedPolicy:
             for rule in ("cooling_done", "next_step") for n in range(1, self.steps + 1)
         }  # fmt: skip
         self.what_no_response = what("time:no_response", "no_response")
-        self.arms: dict[str, int] = {}
+        self.arms: dict[tuple, int] = {}
         self.arm_dicts: dict[int, dict[str, str]] = {}
         """One dict per distinct assignment, shared by its contacts (never changed in place)."""
         self.step_actions: dict[tuple, int] = {}
@@ -191,10 +191,10 @@ class CodedPolicy:
     def arm(self, experiments: dict[str, str]) -> int:
         if not experiments:
             return NONE
-        text = json.dumps(experiments)
-        code = self.arms.get(text)
+        key = tuple(experiments.items())  # a handful of assignments: encode each once
+        code = self.arms.get(key)
         if code is None:
-            code = self.arms[text] = self.names.code("arm", text)
+            code = self.arms[key] = self.names.code("arm", json.dumps(experiments))
             self.arm_dicts[code] = experiments
         return code
 
