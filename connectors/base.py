@@ -94,6 +94,9 @@ class CrmRecord:
     signals: dict[str, str | None] = field(default_factory=dict)
     owner_id: str | None = None
     created_at: datetime | None = None
+    properties: dict[str, Any] = field(default_factory=dict)
+    """Raw values of the properties the mapping's eligibility and segments read
+    (`core.eligibility.Governance.properties`): every one asked for, None when unset."""
 
 
 @dataclass

@@ -27,6 +27,7 @@ from rich.table import Table
 
 from connectors.base import ConnectorError
 from core.mapping import Mapping, MappingError
+from core.models import EARLIEST_INSTANT, LATEST_INSTANT
 from core.store import StoreError
 
 app = typer.Typer(
@@ -94,7 +95,11 @@ def _parse_time(value: str | None, option: str) -> datetime | None:
 
     parsed = parse_instant(value)
     if parsed is None:
-        _fail(f"{option}: expected an ISO 8601 time such as 2026-03-01T00:00:00Z, got {value!r}", 2)
+        _fail(
+            f"{option}: expected an ISO 8601 time such as 2026-03-01T00:00:00Z, between "
+            f"{EARLIEST_INSTANT.year} and {LATEST_INSTANT.year}, got {value!r}",
+            2,
+        )
     return parsed
 
 
@@ -132,8 +137,29 @@ def main(
 
 
 @app.command()
-def validate(mapping: MappingArg) -> None:
+def validate(
+    mapping: MappingArg,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print the verdict as one JSON object on stdout")
+    ] = False,
+) -> None:
     """Check a mapping file: exit 0, or 2 with every problem listed."""
+    if as_json:
+        from connectors.registry import check_mapping
+
+        try:
+            loaded = check_mapping(mapping)
+        except MappingError as exc:
+            sys.stdout.write(json.dumps({"file": str(mapping), "valid": False,
+                                         "problems": exc.problems}) + "\n")  # fmt: skip
+            raise typer.Exit(2) from None
+        sys.stdout.write(json.dumps({
+            "file": str(mapping), "valid": True, "vendor": loaded.vendor,
+            "program": loaded.program, "policy_version": loaded.policy.version,
+            "fields": len(loaded.fields), "signals": len(loaded.signals),
+            "lists": len(loaded.lists), "problems": [],
+        }) + "\n")  # fmt: skip
+        return
     loaded = _mapping(mapping)
     out.print(
         f"{mapping}: valid ({loaded.vendor}, {len(loaded.fields)} fields, "
@@ -237,6 +263,54 @@ def serve(
 
 
 @app.command()
+def inbox(
+    retry: Annotated[
+        bool, typer.Option("--retry", help="put every quarantined event back in the inbox")
+    ] = False,
+    limit: Annotated[int, typer.Option(min=1, help="list at most this many")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Events the worker quarantined (it could not decide them) and why; --retry re-queues them."""
+    from core.quarantine import quarantine_rows
+    from core.sqlite_store import SQLiteStore
+
+    path = _data_dir(data_dir) / "elasticity.sqlite3"
+    if not path.is_file():
+        _fail(f"no store in {_data_dir(data_dir)}; nothing was ever received there")
+    try:
+        store = SQLiteStore.in_data_dir(_data_dir(data_dir))
+        if retry:
+            moved = store.quarantine_release()
+            out.print(f"{moved} quarantined event(s) put back in the inbox; the worker "
+                      "decides them again on its next pass.", highlight=False)  # fmt: skip
+            return
+        total = store.quarantine_count()
+        held = store.quarantined(limit)
+        # A vendor's redelivery may have been applied since: say so rather than alarm.
+        unapplied = store.unseen([q.key for q in held])
+        rows = quarantine_rows(held, applied={q.key for q in held} - unapplied)
+    except StoreError as exc:
+        _fail(str(exc))
+    if as_json:
+        for row in rows:
+            sys.stdout.write(json.dumps(row) + "\n")
+        return
+    table = Table("event", "contact", "type", "occurred at", "quarantined at", "reason",
+                  title=f"{total} quarantined event(s)")  # fmt: skip
+    for row in rows:
+        reason = row["reason"] + (" (since applied: redelivered)" if row["since_applied"] else "")
+        table.add_row(row["event_id"], row["contact_id"], row["type"], row["occurred_at"],
+                      row["quarantined_at"], reason)  # fmt: skip
+    out.print(table)
+    if total > len(rows):
+        out.print(f"(showing the oldest {len(rows)}; --limit shows more)", highlight=False)
+    if total:
+        out.print("Fix the cause, then `elasticity inbox --retry` to decide them again.",
+                  highlight=False)  # fmt: skip
+
+
+@app.command()
 def replay(
     mapping: MappingArg,
     events: Annotated[Path, typer.Argument(help="JSON lines, one event a line")],
@@ -251,16 +325,26 @@ def replay(
         typer.Option(min=1, help="processes for the coded path (default: the machine's cores; "
                      "one for a file under 16 MB)"),
     ] = None,
+    contacts: Annotated[Path | None, typer.Option(
+        help="JSON lines {contact_id, properties}: consent and segment properties")] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Run events through the policy offline; print or write final states as JSON lines."""
-    from core.replay import BadLine, replay_file
+    from core.replay import BadLine, load_contact_properties, replay_file
 
     loaded = _mapping(mapping)
     if not events.is_file():
         _fail(f"{events}: no such file", 2)
     if engine not in ("coded", "object"):
         _fail(f"--engine: expected coded or object, got {engine!r}", 2)
+    properties = None
+    if contacts is not None:
+        if not contacts.is_file():
+            _fail(f"{contacts}: no such file", 2)
+        try:
+            properties = load_contact_properties(contacts)
+        except BadLine as exc:
+            _fail(f"{contacts}:{exc.line}: {exc.problem}", 2)
     store_path = _data_dir(data_dir) / "replay.sqlite3"
 
     def report_bad(bad: BadLine) -> None:
@@ -281,6 +365,7 @@ def replay(
             result = replay_file(
                 loaded, events, store_path, until=_parse_time(until, "--until"), strict=strict,
                 on_bad_line=report_bad, progress=progress, engine=engine, workers=workers,
+                properties=properties,
             )  # fmt: skip
         except BadLine as exc:
             report_bad(exc)

@@ -20,6 +20,7 @@ from typing import Any
 
 from connectors.base import (
     RAW_PROPERTY,
+    AuthError,
     Connector,
     ConnectorError,
     CrmRecord,
@@ -29,10 +30,18 @@ from connectors.base import (
 from connectors.redact import redact_emails
 from connectors.signals import events_from_changes, seen_key
 from core.experiments import experiment_property_values
-from core.models import ContactState, Decision, Event, Status
+from core.models import EVENT, ContactState, Decision, Event, Status
+from core.occurrences import decode_seen, encode_seen
 from core.pipeline import Applied, Pipeline, RunStats, decide_and_commit
 from core.reconcile import differing_fields, state_from_crm
-from core.store import Batch, OwedWrite, Store, StoreError
+from core.store import (
+    QUARANTINE_REASON_CHARS,
+    Batch,
+    OwedWrite,
+    Quarantined,
+    Store,
+    StoreError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +52,24 @@ POLL_OVERLAP = timedelta(minutes=10)
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+def event_at_fault(exc: Exception) -> bool:
+    """Whether a failure while deciding events may be one event's doing (so isolating and
+    quarantining it helps), rather than the CRM's or the store's (so every event would fail
+    alike and should wait)."""
+    if isinstance(exc, StoreError):
+        return False
+    if isinstance(exc, ConnectorError):
+        refused_us = isinstance(exc, AuthError | QuotaExhausted) or exc.status in (401, 403)
+        return not (exc.retriable or refused_us)
+    return True  # the engine or a parser failing on what this event holds
+
+
+def describe_failure(exc: Exception) -> str:
+    """The failure as the quarantine records it: its kind and message, without traceback."""
+    where = "crm" if isinstance(exc, ConnectorError) else "engine"
+    return f"{where}: {type(exc).__name__}: {redact_emails(str(exc))}"[:QUARANTINE_REASON_CHARS]
 
 
 @dataclass
@@ -107,13 +134,47 @@ class Runner:
     ) -> RunStats:
         """Process this runner's inbox a batch (one transaction) at a time until it is empty or
         `stop`. With `unpartitioned`, then also the events recorded for no runner in particular
-        (by a release before the inbox had partitions): only a sole runner may take those."""
+        (by a release before the inbox had partitions): only a sole runner may take those.
+
+        A batch that fails because of one of its events is retried event by event, and an
+        event that fails alone is quarantined with its reason (`elasticity inbox`), so it
+        cannot hold up the events behind it. A failure that is not an event's (the CRM
+        unavailable or refusing our credentials, the store failing) leaves the inbox as it is
+        and is raised."""
         total = RunStats()
         parts = [self.inbox_partition, ""] if unpartitioned else [self.inbox_partition]
         for part in parts:
             while not (stop and stop()) and (events := self.store.inbox_take(batch_size, part)):
-                total.add(self.process(events, inbox=True))
+                # Writes are flushed outside the isolation: their failure is no event's doing.
+                self.flush()
+                try:
+                    total.add(self.process(events, inbox=True, flush=False))
+                except Exception as exc:
+                    if not event_at_fault(exc):
+                        raise
+                    log.warning("a batch of %d inbox events failed (%s); trying them one by one",
+                                len(events), describe_failure(exc))  # fmt: skip
+                    total.add(self._process_alone(events))
+                self.flush()
         return total
+
+    def _process_alone(self, events: Sequence[Event]) -> RunStats:
+        stats = RunStats()
+        for event in events:
+            try:
+                stats.add(self.process([event], inbox=True, flush=False))
+            except Exception as exc:
+                if not event_at_fault(exc):
+                    raise
+                reason = describe_failure(exc)
+                log.error("inbox event %s quarantined: %s", event.event_id, reason)
+                body = EVENT.dump_json(event).decode()
+                self.store.inbox_quarantine(
+                    [Quarantined(event.event_id, body, reason, self.clock())]
+                )
+                stats.rejected += 1
+                stats.rejections.append(f"{event.event_id}: quarantined: {reason}")
+        return stats
 
     def process(
         self,
@@ -130,7 +191,9 @@ class Runner:
             now = self.clock()
             ids = sorted({e.contact_id for e in events})
             states, records, _, versions = self._read_states(ids, now)
-            applied = self.pipeline.prepare_events(events, inbox=inbox, states=states)
+            applied = self.pipeline.prepare_events(
+                events, inbox=inbox, states=states, properties=self._properties(records)
+            )
             self._owe(applied, records)
             applied.batch.cursors.update(cursors or {})
             # Every contact an event is claimed for: an event that changed nothing on a stale
@@ -186,17 +249,21 @@ class Runner:
         for page in self.connector.find_engaged_since(since, after):
             signals = self.mapping.signals
             keys = [seen_key(r.contact_id, s.property) for r in page for s in signals]
-            last_seen = self.store.get_cursors(keys)
+            last_seen = {k: decode_seen(v) for k, v in self.store.get_cursors(keys).items()}
             events: list[Event] = []
             remember: dict[str, str] = {}
             for record in page:
                 keyed = {s.property: seen_key(record.contact_id, s.property) for s in signals}
-                prior = {p: last_seen[k] for p, k in keyed.items() if k in last_seen}
-                found, seen = events_from_changes(
-                    self.mapping, record.contact_id, record.signals, prior, now, "poll"
+                prior = {p: last_seen[k].value for p, k in keyed.items() if k in last_seen}
+                found, quiet = events_from_changes(
+                    self.mapping, record.contact_id, record.signals, prior, now, "poll",
+                    complete=True,
                 )
                 events += found
-                remember.update({seen_key(record.contact_id, p): v for p, v in seen.items()})
+                # Values that mean no event are remembered here (a later return to a value
+                # that does is a change); the pipeline remembers the ones it counts.
+                remember.update({seen_key(record.contact_id, p): encode_seen(v, None)
+                                 for p, v in quiet.items()})  # fmt: skip
             summary.examined += len(page)
             summary.events_polled += len(events)
             if progress:
@@ -255,7 +322,9 @@ class Runner:
             if rounds > 1:
                 listed = self.connector.read_records(ids)
             states, records, snapshots, versions = self._read_states(ids, now, listed)
-            applied = self.pipeline.prepare_tick(ids, now, states=states)
+            applied = self.pipeline.prepare_tick(
+                ids, now, states=states, properties=self._properties(records)
+            )
             if full:
                 self._save_reconciled(applied, states, snapshots)
             self._owe(applied, records)
@@ -306,6 +375,7 @@ class Runner:
             if stale:
                 records.update(self.connector.read_records(stale))
         states: dict[str, ContactState] = {}
+        pipeline = self.pipeline
         for cid in ids:
             record, snapshot = records.get(cid), snapshots.get(cid)
             if snapshot is not None and cid in behind:
@@ -313,10 +383,22 @@ class Runner:
                 continue
             values = record.values if record else {}
             created = record.created_at if record else None
-            state = state_from_crm(cid, values, snapshot, self.policy, now, created)
+            # A contact the CRM had before the program joins it in the segment its properties
+            # match; after that its segment stays what it joined in.
+            segment = snapshot.segment if snapshot is not None else (
+                pipeline.segment_of(record.properties) if record else None
+            )
+            policy = pipeline.policy_for(None, segment)
+            state = state_from_crm(cid, values, snapshot, policy, now, created)
             if state is not None:
+                if snapshot is None:
+                    state.segment = segment
                 states[cid] = state
         return states, records, snapshots, versions
+
+    @staticmethod
+    def _properties(records: dict[str, CrmRecord]) -> dict[str, dict[str, Any]]:
+        return {cid: record.properties for cid, record in records.items()}
 
     # ---- owing and flushing writes ---------------------------------------------------------
 

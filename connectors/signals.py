@@ -1,37 +1,50 @@
 """Vendor property values -> canonical events, the same way on every path.
 
-A webhook's property change, a workflow webhook's property snapshot and the scheduled poll all
-name the same (contact, property, new value); the event id is built from exactly that, so an
-open seen by two paths counts once.
+An event id names one occurrence. A date-valued signal (last open date, conversion date) holds
+the occurrence's own time, so (contact, property, value) names it and a webhook, a workflow
+snapshot and the poll agree. Any other value (a URL, an opt-out flag) may recur: its id also
+names when the property took it (a webhook's change time), or, for a snapshot that does not say,
+the delivery it came in; the pipeline then counts a snapshot only when the value differs from
+the last one seen (`core.occurrences`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Mapping as MappingABC
 from datetime import UTC, datetime
 
 from core.mapping import Mapping, Signal
-from core.models import Event
+from core.models import MAX_URL_CHARS, Event, Observation, instant_problem, iso_utc
+from core.occurrences import LIFTING_EVENTS, seen_key
+
+log = logging.getLogger(__name__)
+
+__all__ = ["event_from_signal", "events_from_changes", "parse_instant", "seen_key",
+           "signal_event_id", "signal_for"]  # fmt: skip
 
 
 def parse_instant(value: str | None) -> datetime | None:
-    """Epoch milliseconds (HubSpot) or ISO 8601 (Salesforce, HubSpot v3), as aware UTC."""
+    """Epoch milliseconds (HubSpot) or ISO 8601 (Salesforce, HubSpot v3), as aware UTC; None
+    for no instant, or one outside the range an event time may take (`core.models`)."""
     if value is None or value == "":
         return None
     text = str(value).strip()
     try:
         if text.isdigit():
-            return datetime.fromtimestamp(int(text) / 1000, tz=UTC)
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            parsed = datetime.fromtimestamp(int(text) / 1000, tz=UTC)
+        else:
+            parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except (ValueError, OverflowError, OSError):
         return None  # past year 9999 or otherwise no instant: not a date, not a crash
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return None if instant_problem(parsed) else parsed
 
 
-def signal_event_id(vendor: str, contact_id: str, prop: str, value: str) -> str:
-    digest = hashlib.sha256(f"{vendor}\x1f{contact_id}\x1f{prop}\x1f{value}".encode()).hexdigest()
-    return f"{vendor}:sig:{digest[:32]}"
+def signal_event_id(vendor: str, contact_id: str, prop: str, value: str, *occurrence: str) -> str:
+    parts = "\x1f".join((vendor, contact_id, prop, value, *occurrence))
+    return f"{vendor}:sig:{hashlib.sha256(parts.encode()).hexdigest()[:32]}"
 
 
 def signal_for(mapping: Mapping, prop: str) -> list[Signal]:
@@ -45,22 +58,53 @@ def event_from_signal(
     value: str | None,
     observed_at: datetime,
     source: str,
+    changed_at: datetime | None = None,
+    delivery: str | None = None,
 ) -> Event | None:
-    """The event a new value of a signal property means, or None if it means nothing."""
+    """The event a value of a signal property means, or None if it means nothing.
+
+    `changed_at` is when the vendor says the property took this value (a webhook's property
+    change); `delivery` names the message a snapshot came in (an outbound notification id),
+    so its redelivery keeps its id."""
     if value is None:
         return None
     value = str(value)
     if not signal.matches(value):
         return None
-    occurred = parse_instant(value) if not signal.patterns else None
+    prop = signal.property
+    dated = parse_instant(value) if not signal.patterns and not signal.values else None
+    if dated is not None:
+        event_id = signal_event_id(mapping.vendor, contact_id, prop, value)
+        occurred, changed = dated, dated
+    elif changed_at is not None:
+        event_id = signal_event_id(mapping.vendor, contact_id, prop, value, iso_utc(changed_at))
+        occurred, changed = changed_at, changed_at
+    else:
+        seen_in = delivery or iso_utc(observed_at) or ""
+        event_id = signal_event_id(mapping.vendor, contact_id, prop, value, seen_in)
+        occurred, changed = observed_at, None
+    if signal.patterns and len(value) > MAX_URL_CHARS:
+        log.warning("%s of contact %s: %d characters; its event keeps the first %d as url",
+                    signal.property, contact_id, len(value), MAX_URL_CHARS)  # fmt: skip
     return Event(
-        event_id=signal_event_id(mapping.vendor, contact_id, signal.property, value),
+        event_id=event_id,
         contact_id=contact_id,
         type=signal.event,
-        occurred_at=occurred or observed_at,
-        url=value if signal.patterns else None,
+        occurred_at=occurred,
+        # The id keeps the whole value; the url only informs reports. A CRM field may hold far
+        # more than a link (and than a queue message takes): refusing would lose the event.
+        url=value[:MAX_URL_CHARS] if signal.patterns else None,
         source=source,
+        observed=Observation(property=prop, value=_comparable(value), changed_at=changed),
     )
+
+
+def _comparable(value: str) -> str:
+    """The value as the last-seen comparison keeps it: a value longer than a URL is kept as
+    its digest (equal values still compare equal; the event stays small enough to queue)."""
+    if len(value) <= MAX_URL_CHARS:
+        return value
+    return "sha256:" + hashlib.sha256(value.encode()).hexdigest()
 
 
 def events_from_changes(
@@ -70,23 +114,30 @@ def events_from_changes(
     last_seen: MappingABC[str, str],
     observed_at: datetime,
     source: str,
+    delivery: str | None = None,
+    complete: bool = False,
 ) -> tuple[list[Event], dict[str, str]]:
-    """Events for the signal properties whose value moved since `last_seen`, and the values to
-    remember now (keyed by property)."""
+    """Events for the signal properties whose value moved since `last_seen`, and the values
+    seen now that made no event (keyed by property): the caller remembers those, the pipeline
+    remembers the rest as it counts them. `complete`: `last_seen` holds everything seen so far
+    (the poll), so a value seen for the first time lifts nothing (an opt-out already false)."""
     events: list[Event] = []
-    seen: dict[str, str] = {}
-    for signal in mapping.signals:
-        if signal.property not in values:
+    quiet: dict[str, str] = {}
+    for prop in dict.fromkeys(s.property for s in mapping.signals):
+        if prop not in values:
             continue  # absent means unknown, not cleared
-        value = values[signal.property]
-        if value is None or str(value) == last_seen.get(signal.property):
+        value = values[prop]
+        if value is None or str(value) == last_seen.get(prop):
             continue
-        seen[signal.property] = str(value)
-        event = event_from_signal(mapping, signal, contact_id, value, observed_at, source)
-        if event is not None:
-            events.append(event)
-    return events, seen
-
-
-def seen_key(contact_id: str, prop: str) -> str:
-    return f"seen:{contact_id}:{prop}"
+        found = None
+        for signal in signal_for(mapping, prop):
+            if complete and prop not in last_seen and signal.event in LIFTING_EVENTS:
+                continue
+            found = event_from_signal(mapping, signal, contact_id, value, observed_at, source,
+                                      delivery=delivery)  # fmt: skip
+            if found is not None:
+                events.append(found)
+                break
+        if found is None:
+            quiet[prop] = str(value)
+    return events, quiet

@@ -15,6 +15,8 @@ Single-table layout, partition key `pk` and sort key `sk` (both strings):
 | owed CRM write  | `outbox`             | key         | `seq` orders it (LSI `order`) and is    |
 |                 |                      |             | its version; `holder`/`leased_until`    |
 |                 |                      |             | the flusher's lease, kept on a rewrite  |
+| quarantined     | `quarantine`         | event id    | `seq` orders it; `body`, `reason`, `at`;|
+|                 |                      |             | `part` the inbox partition it left      |
 
 Contacts are spread over `SHARDS` partitions by a hash of their id, so listing them in id order
 is a merge of `SHARDS` sorted queries, and no single partition takes every write. The inbox
@@ -62,7 +64,17 @@ import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
 from core.models import CONTACT_STATE, DECISION, EVENT, ContactState, Decision, Event
-from core.store import OUTBOX_LEASE, Batch, ConflictError, OwedWrite, Store, StoreError
+from core.store import (
+    OUTBOX_LEASE,
+    QUARANTINE_REASON_CHARS,
+    Batch,
+    ConflictError,
+    OwedWrite,
+    Quarantined,
+    Store,
+    StoreError,
+    read_inbox_bodies,
+)
 
 SHARDS = 16
 """Fixed for the life of a table: a contact's partition is derived from it."""
@@ -338,7 +350,27 @@ class DynamoDBStore(Store):
         elif partition is not None:
             where = ("part = :part", {":part": _s(partition)})
         items = self._ordered("inbox", limit, where=where)
-        return [EVENT.validate_json(item["body"]["S"]) for item in items]
+        events, unreadable = read_inbox_bodies((i["sk"]["S"], i["body"]["S"]) for i in items)
+        if unreadable:
+            self.inbox_quarantine(unreadable)
+        return events
+
+    def quarantined(self, limit: int = 1000) -> list[Quarantined]:
+        return [
+            Quarantined(i["sk"]["S"], i["body"]["S"], i["reason"]["S"],
+                        datetime.fromisoformat(i["at"]["S"]))
+            for i in self._ordered("quarantine", limit)
+        ]  # fmt: skip
+
+    def quarantine_count(self) -> int:
+        return sum(
+            page["Count"]
+            for page in self._pages(
+                KeyConditionExpression="pk = :p",
+                ExpressionAttributeValues={":p": _s("quarantine")},
+                Select="COUNT",
+            )
+        )
 
     def outbox_take(self, limit: int, prefix: str = "") -> list[tuple[str, str]]:
         items = self._ordered("outbox", limit, prefix)
@@ -448,6 +480,43 @@ class DynamoDBStore(Store):
             except ConflictError:
                 continue  # already queued or processed meanwhile
         return recorded
+
+    def inbox_quarantine(self, entries: Sequence[Quarantined]) -> None:
+        keys = [{"pk": _s("inbox"), "sk": _s(entry.key)} for entry in entries]
+        # The entry keeps its inbox partition, so a release gives it back to the same runner.
+        parts = {i["sk"]["S"]: i["part"] for i in self._get_many(keys, "sk, part") if "part" in i}
+        for entry in entries:
+            item: Item = {
+                "pk": _s("quarantine"), "sk": _s(entry.key), "seq": _s(self._seq.next()),
+                "body": _s(entry.body), "reason": _s(entry.reason[:QUARANTINE_REASON_CHARS]),
+                "at": _s(_iso(entry.at)),
+            }  # fmt: skip
+            if entry.key in parts:
+                item["part"] = parts[entry.key]
+            self._transact([
+                {"Delete": {"TableName": self.table,
+                            "Key": {"pk": _s("inbox"), "sk": _s(entry.key)}}},
+                {"Put": {"TableName": self.table, "Item": item}},
+            ])  # fmt: skip
+
+    def quarantine_release(self, keys: Sequence[str] | None = None) -> int:
+        wanted = None if keys is None else set(keys)
+        moved = 0
+        for item in list(self._query_items("quarantine")):
+            key = item["sk"]["S"]
+            if wanted is not None and key not in wanted:
+                continue
+            inbox: Item = {"pk": _s("inbox"), "sk": _s(key), "seq": _s(self._seq.next()),
+                           "body": item["body"]}  # fmt: skip
+            if "part" in item:
+                inbox["part"] = item["part"]
+            self._transact([
+                {"Put": {"TableName": self.table, "Item": inbox}},
+                {"Delete": {"TableName": self.table,
+                            "Key": {"pk": _s("quarantine"), "sk": _s(key)}}},
+            ])  # fmt: skip
+            moved += 1
+        return moved
 
     def commit(self, batch: Batch) -> None:
         if batch.is_empty():

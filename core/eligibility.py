@@ -1,10 +1,12 @@
 """Who may be sent what: consent, frequency cap, segments and programs that compete.
 
-The engine already enforces what it can see on its own: compliance exits suppress, holdout
-contacts get `reactivation_step_withheld` instead of a send, and the frequency cap moves a due
-reactivation step to when the window has room (`core.engine.next_due`). The CRM properties
-(consent, market, industry) are only known to connectors, so they call the functions here
-before acting on a send-triggering action and when a contact enrolls.
+The engine enforces what it can see on its own: compliance exits suppress, holdout contacts
+get `reactivation_step_withheld` instead of a send, and the frequency cap moves a due
+reactivation step to when the window has room (`core.engine.next_due`). What only the CRM's
+properties say (consent, market, industry, audience) is decided here, by `Governance`, in one
+place for every path: connectors read the properties it names on every read, and the pipeline
+gives each contact its segment's policy, with reactivation steps withheld while the contact
+may not be emailed.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from core.mapping import Mapping
+from core.mapping import EligibilitySpec, Mapping, SegmentSpec
 from core.models import IN_SEND_STREAM, ContactState, Status
 from core.policy import Policy
 
@@ -63,7 +65,10 @@ def policy_for(mapping: Mapping, state_or_segment: ContactState | str | None) ->
 def has_consent(mapping: Mapping, properties: MappingABC[str, Any]) -> bool:
     """Marketing consent from the mapping's consent property. Unknown counts as consent for an
     opt-out property (the CRM default) and as no consent for an opt-in one."""
-    spec = mapping.eligibility
+    return _consents(mapping.eligibility, properties)
+
+
+def _consents(spec: EligibilitySpec, properties: MappingABC[str, Any]) -> bool:
     if spec.consent_property is None:
         return True
     value = properties.get(spec.consent_property)
@@ -71,6 +76,57 @@ def has_consent(mapping: Mapping, properties: MappingABC[str, Any]) -> bool:
     if spec.consent_means == "opt_out":
         return not flagged
     return flagged
+
+
+NO_CONSENT, NOT_IN_AUDIENCE = "no_consent", "not_in_audience"
+
+
+class Governance:
+    """What a contact's CRM properties decide, for every path alike: its segment, and whether
+    the program may email it now. Built once per mapping (`core.experiments.attach_program`).
+
+    Properties come as the connector read them: a name missing from them was not read, and
+    decides nothing; a name present with no value is an unset property."""
+
+    __slots__ = ("eligibility", "segments", "properties")
+
+    def __init__(self, eligibility: EligibilitySpec, segments: Sequence[SegmentSpec]) -> None:
+        self.eligibility = eligibility
+        self.segments = tuple(segments)
+        names: list[str] = []
+        if eligibility.consent_property:
+            names.append(eligibility.consent_property)
+        names += list(eligibility.audience)
+        for segment in self.segments:
+            names += list(segment.where)
+        self.properties: tuple[str, ...] = tuple(dict.fromkeys(names))
+        """The contact properties a connector reads for this, in every read."""
+
+    def segment(self, properties: MappingABC[str, Any] | None) -> str | None:
+        """The first segment (in file order) whose `where` the properties match."""
+        if not properties:
+            return None
+        for segment in self.segments:
+            if all(key in properties for key in segment.where) and matches(
+                segment.where, properties
+            ):
+                return segment.name
+        return None
+
+    def withheld(self, properties: MappingABC[str, Any] | None) -> str | None:
+        """Why the program may not email this contact now (None: it may, or nothing was read)."""
+        if not properties:
+            return None
+        spec = self.eligibility
+        consent = spec.consent_property
+        if consent is not None and consent in properties and not _consents(spec, properties):
+            return NO_CONSENT
+        audience = spec.audience
+        if audience and all(k in properties for k in audience) and not matches(
+            audience, properties
+        ):
+            return NOT_IN_AUDIENCE
+        return None
 
 
 @dataclass(frozen=True)
@@ -179,3 +235,22 @@ def resolve_programs(
         for loser in choice.candidates[1:]:
             report.conflicts[(choice.program, loser)] += 1
     return chosen, report
+
+
+def earliest_due(mapping: Mapping) -> Policy:
+    """A policy whose time rules fall due no later than any segment's. The connectors' "whose
+    rules can be due" queries are built from it, so a segment with shorter waits (dormant after
+    30 days where the default is 90) is found when its rules fall due."""
+    program = mapping.policy.program
+    policies = list(program.policies.values()) if program is not None else []
+    if len(policies) <= 1:
+        return mapping.policy
+    base = mapping.policy
+    decay = base.decay.model_copy(update={"after_days": min(p.decay.after_days for p in policies)})
+    return base.model_copy(update={
+        "dormant_after_days": min(p.dormant_after_days for p in policies),
+        "cooling_days": min(p.cooling_days for p in policies),
+        "step_wait_days": min(p.step_wait_days for p in policies),
+        "reactivation_steps": max(p.reactivation_steps for p in policies),
+        "decay": decay,
+    })  # fmt: skip

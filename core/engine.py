@@ -71,7 +71,9 @@ def _due(state: ContactState, c: Compiled) -> tuple[datetime, str] | None:
         due = (anchor + c.dormant_after, "inactivity")
     elif status is _DORMANT:
         if state.reactivation_step == 0:
-            due = (state.status_changed_at + c.cooling, "cooling_done")
+            held = state.reactivation_step_at  # set at step 0 only by a withheld first step
+            due = (state.status_changed_at + c.cooling if held is None else held + c.step_wait,
+                   "cooling_done")  # fmt: skip
             sends = state.reactivation_cycle < c.max_cycles
         else:
             sends = state.reactivation_step < c.steps
@@ -374,10 +376,22 @@ def _fire(
         _suppress(state, at, _NO_RESPONSE, changes)
         actions.append(Action("alternate_channel_add"))
         reason = "reactivation_cycles_exhausted"
+    elif (rule == "cooling_done" or rule == "next_step") and c.program is not None and (
+        c.program.withhold
+    ):
+        # The program may not email this contact (no consent, out of its audience): nothing is
+        # sent and the step does not advance; it is asked again a step's wait later.
+        step = state.reactivation_step
+        state.reactivation_step_at = at
+        cycle = state.reactivation_cycle + (step == 0)
+        reason = c.program.withhold
+        actions.append(Action("reactivation_step_withheld",
+                              {"step": step + 1, "cycle": cycle, "reason": reason}))  # fmt: skip
     elif rule == "cooling_done" or rule == "next_step":
         step = state.reactivation_step
         if step == 0:
-            planned = state.status_changed_at + c.cooling
+            held = state.reactivation_step_at
+            planned = state.status_changed_at + c.cooling if held is None else held + c.step_wait
             _put(state, changes, "reactivation_cycle", state.reactivation_cycle + 1)
         else:
             planned = state.reactivation_step_at + c.step_wait  # type: ignore[operator]

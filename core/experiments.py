@@ -70,7 +70,8 @@ class ProgramRules:
 
     __slots__ = (
         "experiments", "running", "holdout_share", "holdout_salt", "frequency_cap",
-        "segment", "policies", "snapshot", "n_keys", "_step_experiments",
+        "segment", "policies", "snapshot", "n_keys", "_step_experiments", "governance",
+        "withhold",
     )  # fmt: skip
 
     def __init__(self, mapping: Mapping) -> None:
@@ -85,16 +86,34 @@ class ProgramRules:
         self.policies: dict[str | None, Policy] = {}
         self.snapshot = program_snapshot(mapping)
         self.n_keys = len(self.running) + (self.holdout_share is not None)
+        # Imported here: eligibility imports the mapping module, which imports this one.
+        from core.eligibility import Governance
+
+        self.governance = Governance(mapping.eligibility, mapping.segments)
+        self.withhold: str | None = None
+        """Why reactivation steps are withheld for the contacts this twin governs (no consent,
+        out of the audience); None for everyone the program may email."""
         self._step_experiments = {
             step: [e for e in self.experiments if e.applies_to_step(step)]
             for step in range(1, MAX_STEPS + 1)
         }
 
-    def for_segment(self, name: str) -> ProgramRules:
+    def _twin(self) -> ProgramRules:
         twin = object.__new__(ProgramRules)
         for slot in ProgramRules.__slots__:
             object.__setattr__(twin, slot, getattr(self, slot))
+        return twin
+
+    def for_segment(self, name: str) -> ProgramRules:
+        twin = self._twin()
         twin.segment = name
+        return twin
+
+    def withholding(self, reason: str) -> ProgramRules:
+        """These rules for contacts the program may not email: steps fall due but nothing is
+        sent, and the ledger says why."""
+        twin = self._twin()
+        twin.withhold = reason
         return twin
 
     def policy_for(self, segment: str | None) -> Policy:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import re
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from core.models import CANONICAL_FIELDS, Status
-from core.policy import Policy
+from core.policy import MAX_POLICY_DAYS, Policy
 
 FieldType = Literal["enumeration", "datetime", "date", "number", "string", "bool"]
 
@@ -83,7 +84,9 @@ class HandoffSpec(_Strict):
     enabled: bool = Field(True, description="create the task")
     subject: str = Field("Engaged contact: follow up", description="the task's subject")
     priority: Literal["LOW", "MEDIUM", "HIGH"] = Field("HIGH", description="the task's priority")
-    due_in_days: float = Field(1, ge=0, description="the task is due this long after")
+    due_in_days: float = Field(
+        1, ge=0, le=MAX_POLICY_DAYS, description="the task is due this long after"
+    )
 
 
 class Variant(_Strict):
@@ -156,7 +159,7 @@ class FrequencyCap(_Strict):
     """At most `max_sends` sends in any `window_days`; a due step waits for room."""
 
     max_sends: int = Field(ge=1, description="sends allowed in the window")
-    window_days: float = Field(gt=0, description="the window's length")
+    window_days: float = Field(gt=0, le=MAX_POLICY_DAYS, description="the window's length")
 
 
 class EligibilitySpec(_Strict):
@@ -284,9 +287,71 @@ def _key_path(loc: Loc) -> str:
     return "".join(parts) or "(top level)"
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 2, MAX_SHOWN_INPUT, MAX_SHOWN_INPUT
+_REPR.maxdict = _REPR.maxlist = _REPR.maxtuple = _REPR.maxset = 4
+
+
 def _shown(value: object) -> str:
-    text = repr(value)
+    # reprlib stops early: a full repr() of a value built from nested aliases is gigabytes.
+    text = _REPR.repr(value)
     return text if len(text) <= MAX_SHOWN_INPUT else text[: MAX_SHOWN_INPUT - 3] + "..."
+
+
+MAX_PROBLEM_CHARS = 500
+"""A problem line's length at most, whatever a validator quotes (a pattern, a list of names)."""
+
+MAX_YAML_NODES = 100_000
+"""Nodes a mapping may hold once every alias is expanded. A real mapping has a few hundred;
+nine nested aliases of nine items each (a few hundred bytes) expand to hundreds of millions,
+which validation would walk."""
+
+
+class AliasBombError(yaml.YAMLError):
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.problem_mark = None
+
+
+def expanded_size(root: yaml.Node | None, limit: int = MAX_YAML_NODES) -> int:
+    """How many nodes `root` stands for with every alias expanded, counted without expanding
+    (an alias is the node it names: count each distinct node once and multiply). Raises
+    `AliasBombError` past `limit` or on an alias inside itself (a structure with no end)."""
+    if root is None:
+        return 0
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if children_done:
+            on_path.discard(key)
+            size = 1 + sum(sizes[id(child)] for child in _children(node))
+            if size > limit:
+                raise AliasBombError(
+                    f"aliases expand to more than {limit:,} nodes; a mapping needs a few "
+                    "hundred (use fewer or smaller aliases)"
+                )
+            sizes[key] = size
+            continue
+        if key in sizes:
+            continue
+        if key in on_path:
+            raise AliasBombError("an alias refers to a node that contains it (no end)")
+        on_path.add(key)
+        stack.append((node, True))
+        stack.extend((child, False) for child in _children(node) if id(child) not in sizes)
+    return sizes[id(root)]
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
 
 
 def _model_at(model: Any, loc: Loc) -> type[BaseModel] | None:
@@ -392,9 +457,11 @@ class MappingFile:
                     int(p) if p.isdigit() else p
                     for p in re.findall(r"[^.\[\]]+", match.group(1))
                 )
-                problems.append(f"{self.where(prefix + own)}: {match.group(2)}")
+                problem = f"{self.where(prefix + own)}: {match.group(2)}"
             else:
-                problems.append(f"{self.where(loc)}: {message}")
+                problem = f"{self.where(loc)}: {message}"
+            clipped = problem[: MAX_PROBLEM_CHARS - 3] + "..."
+            problems.append(problem if len(problem) <= MAX_PROBLEM_CHARS else clipped)
         return problems
 
     def validate(self) -> Mapping:
@@ -429,6 +496,7 @@ def parse_mapping_file(raw: bytes, path: str) -> MappingFile:
     loader = yaml.SafeLoader(raw)
     try:
         node = loader.get_single_node()
+        expanded_size(node)  # before any Python object is built from it
         data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)

@@ -64,6 +64,44 @@ LIFECYCLE_EVENTS = frozenset({"enroll"})
 NON_ENGAGEMENT_EVENTS = DELIVERY_EVENTS | COMPLIANCE_EVENTS | LIFECYCLE_EVENTS
 
 
+EARLIEST_INSTANT = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_INSTANT = datetime(2200, 1, 1, tzinfo=UTC)
+"""Event times (and the times a run is evaluated at) must lie in [EARLIEST, LATEST). Nothing
+real happened before the epoch or that far ahead, and the bound keeps every policy duration
+added to an event time representable: the engine adds up to `core.policy.MAX_POLICY_DAYS` x 64
+decay steps (about 6,400 years) to an instant, and Python's datetimes end in year 9999."""
+
+
+def instant_problem(value: datetime) -> str | None:
+    """Why `value` (aware) cannot be an event time, or None if it can."""
+    if EARLIEST_INSTANT <= value < LATEST_INSTANT:
+        return None
+    return (
+        f"{value.isoformat()} is outside the accepted range "
+        f"{EARLIEST_INSTANT.date()} to {LATEST_INSTANT.date()} (not a real event time)"
+    )
+
+
+MAX_URL_CHARS = 2048
+"""Longer than any link a mail client follows; also keeps one event far below a queue
+message's size (SQS takes 256 KiB)."""
+MAX_LABEL_CHARS = 256
+"""campaign, variant and source: names, not documents."""
+
+
+@pydantic_dataclass(frozen=True, slots=True, config=ConfigDict(extra="forbid"))
+class Observation:
+    """The CRM property value an event was read from. A CRM that resends current values
+    (outbound messages, workflow snapshots, the poll) shows one occurrence many times: the
+    pipeline compares this with the property's last seen value to count it once."""
+
+    property: Annotated[str, Field(min_length=1, max_length=256)]
+    value: Annotated[str, Field(max_length=4096)]
+    changed_at: AwareDatetime | None = None
+    """When the property took this value, when the vendor says so for this property (a
+    webhook's property change time, a date property's own value); None for a snapshot."""
+
+
 @pydantic_dataclass(frozen=True, slots=True, config=ConfigDict(extra="forbid"))
 class Event:
     """One canonical event. Custom engagement types are valid when the policy gives them points.
@@ -76,17 +114,22 @@ class Event:
     contact_id: Annotated[str, Field(min_length=1, max_length=256)]
     type: Annotated[str, Field(min_length=1, max_length=64)]
     occurred_at: AwareDatetime
-    campaign: str | None = None
-    variant: str | None = None
-    url: str | None = None
-    source: str | None = None
+    campaign: str | None = Field(None, max_length=MAX_LABEL_CHARS)
+    variant: str | None = Field(None, max_length=MAX_LABEL_CHARS)
+    url: str | None = Field(None, max_length=MAX_URL_CHARS)
+    source: str | None = Field(None, max_length=MAX_LABEL_CHARS)
+    observed: Observation | None = None
+    """Set for events read from a CRM property (signals); None for everything else."""
 
     @field_validator("occurred_at")
     @classmethod
     def _in_utc(cls, value: datetime) -> datetime:
         # One tzinfo object everywhere: comparing datetimes whose tzinfo objects differ costs
         # a utcoffset() call on each side, and the engine compares on every event.
-        return value if value.tzinfo is UTC else value.astimezone(UTC)
+        value = value if value.tzinfo is UTC else value.astimezone(UTC)
+        if EARLIEST_INSTANT <= value < LATEST_INSTANT:  # both sides UTC: a plain comparison
+            return value
+        raise ValueError(instant_problem(value))
 
 
 EVENT: TypeAdapter[Event] = TypeAdapter(Event)

@@ -11,14 +11,17 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Mapping as MappingABC
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import islice
 from operator import attrgetter
+from typing import Any
 
 from core.engine import advance_owned, apply_owned, next_due
 from core.gcpause import cyclic_gc_paused
 from core.models import ContactState, Decision, Event
+from core.occurrences import Seen, counts, decode_seen, encode_seen, newer, seen_key
 from core.policy import Policy
 from core.store import Batch, ConflictError, Store
 
@@ -105,13 +108,21 @@ def count_transitions(decisions: Iterable[Decision], into: Counter) -> None:
 class Pipeline:
     """Applies events and time rules for one policy against one store."""
 
-    def __init__(self, store: Store, policy: Policy) -> None:
+    def __init__(
+        self, store: Store, policy: Policy,
+        properties: MappingABC[str, MappingABC[str, Any]] | None = None,
+    ) -> None:  # fmt: skip
+        """`properties`: contacts' CRM properties for a run that has no CRM to read them from
+        (`replay --contacts`); a connector passes what it read with each batch instead."""
         self.store = store
         self.policy = policy
+        self.properties = properties
         program = policy.program
         # Segment name -> its policy; only consulted when the mapping declares segments.
         self._policies = program.policies if program is not None and program.policies else {}
         self._segmented = len(self._policies) > 1
+        self.governance = program.governance if program is not None else None
+        self._withholding: dict[tuple[str | None, str], Policy] = {}
         self._version_recorded = False
 
     def policy_for(self, state: ContactState | None, segment: str | None = None) -> Policy:
@@ -121,22 +132,51 @@ class Pipeline:
         name = state.segment if state is not None else segment
         return self._policies.get(name, self.policy)
 
+    def segment_of(self, properties: MappingABC[str, Any] | None) -> str | None:
+        """The segment a contact with these CRM properties joins the program in."""
+        return self.governance.segment(properties) if self.governance is not None else None
+
+    def governed_policy(
+        self, state: ContactState | None, properties: MappingABC[str, Any] | None,
+        segment: str | None = None,
+    ) -> Policy:  # fmt: skip
+        """The policy for this contact given its CRM properties: its segment's (a contact new
+        to the program joins the segment they match), with reactivation steps withheld while
+        the program may not email it (no consent, out of the audience)."""
+        if state is None and segment is None:
+            segment = self.segment_of(properties)
+        policy = self.policy_for(state, segment)
+        reason = self.governance.withheld(properties) if self.governance is not None else None
+        if reason is None:
+            return policy
+        key = (policy.program.segment, reason)
+        twin = self._withholding.get(key)
+        if twin is None:
+            twin = self._withholding[key] = policy.model_copy()
+            twin.attach(policy.program.withholding(reason))
+        return twin
+
     def prepare_events(
         self,
         events: Sequence[Event],
         inbox: bool = False,
         states: dict[str, ContactState] | None = None,
         segments: dict[str, str] | None = None,
+        properties: MappingABC[str, MappingABC[str, Any]] | None = None,
     ) -> Applied:
         """Decide a batch of events without committing it.
 
         Duplicates (within the batch or already processed) are dropped; each contact's events
         are applied in `occurred_at` order. `states` replaces the store's snapshots (a
         connector passes what it reconciled with the CRM). `segments` names the segment of
-        contacts that may enroll in this batch (see `core.eligibility.segment_of`).
+        contacts that may enroll in this batch (see `core.eligibility.segment_of`);
+        `properties` are the contacts' CRM properties the mapping's eligibility and segments
+        read (`governed_policy`).
         """
         stats = RunStats(events_in=len(events))
         policy = self.policy
+        if properties is None:
+            properties = self.properties
         fresh: list[Event] = []
         seen: set[str] = set()
         unseen = self.store.unseen([e.event_id for e in events])
@@ -151,17 +191,27 @@ class Pipeline:
                 stats.rejections.append(f"{key}: unknown event type '{event.type}'")
                 continue
             fresh.append(event)
+        remembered: dict[str, str] = {}
+        if any(e.observed is not None for e in fresh):
+            fresh, remembered = self._new_occurrences(fresh, stats)
         fresh.sort(key=_BY_TIME)
         states = self._own_states({e.contact_id for e in fresh}, states)
         changed: dict[str, ContactState] = {}
         decisions: list[Decision] = []
         segmented = self._segmented
         segments = segments or {}
+        governed: dict[str, Policy] = {}
         with cyclic_gc_paused():
             for event in fresh:
                 cid = event.contact_id
                 state = states.get(cid)
-                if segmented:
+                if properties is not None:
+                    policy = governed.get(cid)  # type: ignore[assignment]
+                    if policy is None:
+                        policy = governed[cid] = self.governed_policy(
+                            state, properties.get(cid), segments.get(cid)
+                        )
+                elif segmented:
                     policy = self.policy_for(state, segments.get(cid))
                 made = len(decisions)
                 states[cid] = state = apply_owned(state, event, policy, decisions)
@@ -170,24 +220,60 @@ class Pipeline:
         stats.applied = len(fresh)
         batch = self._batch(changed, decisions)
         batch.event_keys = list(seen)
+        batch.cursors.update(remembered)
         if inbox:
             batch.inbox_done = [e.event_id for e in events]
         return Applied(changed, decisions, self._finish(stats, changed, decisions), batch)
+
+    def _new_occurrences(
+        self, events: list[Event], stats: RunStats
+    ) -> tuple[list[Event], dict[str, str]]:
+        """Drop events that show again the value last counted for their property (a resent
+        snapshot, a redelivery whose claim expired), and the seen records to store."""
+        keys = {e.event_id: seen_key(e.contact_id, e.observed.property)
+                for e in events if e.observed is not None}  # fmt: skip
+        stored = self.store.get_cursors(list(dict.fromkeys(keys.values())))
+        seen = {key: decode_seen(text) for key, text in stored.items()}
+        remembered: dict[str, str] = {}
+        kept: list[Event] = []
+        for event in events:
+            observed = event.observed
+            if observed is None:
+                kept.append(event)
+                continue
+            key = keys[event.event_id]
+            last = seen.get(key)
+            if counts(event, last):
+                kept.append(event)
+            else:
+                stats.duplicates += 1
+            if newer(observed, last):
+                seen[key] = Seen(observed.value, observed.changed_at)
+                remembered[key] = encode_seen(observed.value, observed.changed_at)
+        return kept, remembered
 
     def prepare_tick(
         self,
         contact_ids: Iterable[str],
         now: datetime,
         states: dict[str, ContactState] | None = None,
+        properties: MappingABC[str, MappingABC[str, Any]] | None = None,
     ) -> Applied:
-        """Decide the time rules due by `now` for these contacts without committing."""
+        """Decide the time rules due by `now` for these contacts without committing
+        (`properties` as for `prepare_events`)."""
         states = self._own_states(contact_ids, states)
         changed: dict[str, ContactState] = {}
         decisions: list[Decision] = []
+        if properties is None:
+            properties = self.properties
         with cyclic_gc_paused():
             for cid, state in states.items():
                 made = len(decisions)
-                advance_owned(state, now, self.policy_for(state), decisions)
+                if properties is None:
+                    policy = self.policy_for(state)
+                else:
+                    policy = self.governed_policy(state, properties.get(cid))
+                advance_owned(state, now, policy, decisions)
                 if len(decisions) > made:
                     changed[cid] = state
         stats = RunStats()

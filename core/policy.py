@@ -10,6 +10,10 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from core.models import ENGAGEMENT_EVENTS, NON_ENGAGEMENT_EVENTS
 
+MAX_POLICY_DAYS = 36_500
+"""Every duration a policy sets is at most a century: with event times before 2200
+(`core.models.LATEST_INSTANT`) every due time the engine computes stays a representable date."""
+
 DEFAULT_POINTS = {"open": 5.0, "click": 10.0, "high_intent_visit": 15.0}
 
 
@@ -21,8 +25,12 @@ class Decay(_Strict):
     """How a score fades while no new engagement comes."""
 
     factor: float = Field(0.5, gt=0, le=1, description="the score is multiplied by this")
-    after_days: float = Field(30, ge=0, description="first decay, days after the last engagement")
-    every_days: float = Field(30, gt=0, description="then again every this many days")
+    after_days: float = Field(
+        30, ge=0, le=MAX_POLICY_DAYS, description="first decay, days after the last engagement"
+    )
+    every_days: float = Field(
+        30, gt=0, le=MAX_POLICY_DAYS, description="then again every this many days"
+    )
     floor: float = Field(1.0, ge=0, description="a decayed score below this becomes 0")
 
 
@@ -78,11 +86,18 @@ class Policy(_Strict):
     max_unanswered_sends: int = Field(
         3, ge=1, description="sends without engagement that make a contact Dormant (at that send)"
     )
-    dormant_after_days: float = Field(90, gt=0, description="days of silence that make Dormant")
-    cooling_days: float = Field(30, ge=0, description="Dormant this long before step 1 is due")
+    dormant_after_days: float = Field(
+        90, gt=0, le=MAX_POLICY_DAYS, description="days of silence that make Dormant"
+    )
+    cooling_days: float = Field(
+        30, ge=0, le=MAX_POLICY_DAYS, description="Dormant this long before step 1 is due"
+    )
     reactivation_steps: int = Field(2, ge=1, le=5, description="emails in a reactivation cycle")
     step_wait_days: float = Field(
-        7, gt=0, description="days between steps, and after the last one before no_response"
+        7,
+        gt=0,
+        le=MAX_POLICY_DAYS,
+        description="days between steps, and after the last one before no_response"
     )
     max_reactivation_cycles: int = Field(
         2, ge=0, description="cycles a contact may use; after them, Suppressed (no_response)"

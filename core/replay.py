@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from pydantic import ValidationError
 
@@ -61,9 +61,41 @@ class ReplayResult:
         return count
 
 
+def _has_observations(events_path: Path) -> bool:
+    """Whether any line may carry a CRM property observation (`observed`): those count once per
+    new value, which only the object pipeline tracks."""
+    with events_path.open("rb") as handle:
+        tail = b""
+        while block := handle.read(1 << 20):
+            if b'"observed"' in tail + block:
+                return True
+            tail = block[-16:]
+    return False
+
+
 def _remove(path: Path) -> None:
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def load_contact_properties(path: Path) -> dict[str, dict[str, Any]]:
+    """`--contacts`: JSON lines `{"contact_id": ..., "properties": {name: value}}`, the CRM
+    properties the mapping's eligibility and segments read. A bad line stops the run."""
+    found: dict[str, dict[str, Any]] = {}
+    with path.open("rb") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as exc:
+                raise BadLine(number, f"not JSON: {exc}") from None
+            cid = row.get("contact_id") if isinstance(row, dict) else None
+            props = row.get("properties", {}) if isinstance(row, dict) else None
+            if not isinstance(cid, str) or not cid or not isinstance(props, dict):
+                raise BadLine(number, 'expected {"contact_id": "...", "properties": {...}}')
+            found[cid] = props
+    return found
 
 
 def _fresh_store(path: Path, **options: int) -> SQLiteStore:
@@ -84,17 +116,24 @@ def replay_file(
     engine: str = "coded",
     batch_size: int = REPLAY_BATCH,
     workers: int = 1,
+    properties: dict[str, dict[str, Any]] | None = None,
 ) -> ReplayResult:
     """Apply every good line in file order (each batch sorted by time), then the time rules
     up to `until` (default: the last event's time). A rerun starts from an empty ledger; the
     run lands in the store whole or not at all (`--strict` stopping on a bad line included).
 
+    `properties` (contact id -> CRM properties) decide consent and segments as a connected
+    run would.
+
     `engine`: "coded" (the bulk path of `core.coded`, a coded ledger) or "object" (the
     pipeline every other path uses, a text ledger); both decide the same. `workers` > 1
-    splits the coded path over that many processes by contact, with the same outcome."""
+    splits the coded path over that many processes by contact, with the same outcome. A run
+    with `properties`, or with events read from CRM properties (`observed`), takes the
+    object path: the coded one reads neither."""
     if engine not in ("coded", "object"):
         raise ValueError(f"engine: expected 'coded' or 'object', got {engine!r}")
-    if engine == "coded" and str(store_path) != ":memory:":
+    if (engine == "coded" and properties is None and str(store_path) != ":memory:"
+            and not _has_observations(events_path)):  # fmt: skip
         final = Path(store_path)
         partial = final.with_name(final.name + ".partial")
         # The coded path writes each final state once: holding them all as objects before
@@ -152,7 +191,7 @@ def replay_file(
         if progress:
             progress(done, number)
 
-    pipeline = Pipeline(store, policy)
+    pipeline = Pipeline(store, policy, properties=properties)
     # States, decisions and rows are acyclic: across a whole run the collector only
     # re-traverses the held states (4 s of a 1M-event replay), and never finds garbage.
     with store.bulk(), cyclic_gc_paused():

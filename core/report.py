@@ -190,7 +190,10 @@ def data_quality(store: SQLiteStore) -> dict[str, Any]:
     values = [int(v or 0) for v in rows[0]]
     keys = ["events_for_unknown_contacts", "mapping_misses", "failed_writes", "failed_tasks",
             "late_experiment_assignments", "repeated_compliance_exits"]  # fmt: skip
-    return dict(zip(keys, values, strict=True))
+    quality = dict(zip(keys, values, strict=True))
+    # Not windowed by --since: what sits in quarantine now is what needs someone's attention.
+    quality["quarantined_events"] = store.quarantine_count()
+    return quality
 
 
 def overview(store: SQLiteStore) -> dict[str, Any]:

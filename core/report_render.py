@@ -134,7 +134,9 @@ def sections(report: dict[str, Any]) -> Iterator[tuple[str, str, Table | None, s
            None)  # fmt: skip
     dq = report["data_quality"]
     yield ("Data quality", "Events for contacts the store did not know (they enrolled on "
-           "that event), mapping misses and failed CRM writes recorded by the connectors.",
+           "that event), mapping misses, failed CRM writes recorded by the connectors, and "
+           "events the worker set aside because they could not be decided (now in quarantine; "
+           "see `elasticity inbox`).",
            (["measure", "count"], [[k.replace("_", " "), n] for k, n in dq.items()]),
            None)  # fmt: skip
 

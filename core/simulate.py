@@ -44,6 +44,8 @@ class SimulationConfig:
     cold_factor: float = 0.08
     click_given_open: float = 0.3
     visit_per_day: float = 0.01
+    form_given_visit: float = 0.2
+    """A visitor fills in a form (`form_submit`) when the policy gives form submissions points."""
     unsubscribe_per_send: float = 0.001
     hard_bounce_per_send: float = 0.0005
     batch_size: int = 50_000
@@ -181,8 +183,13 @@ class _Simulation:
         chance = c.visit_per_day * people.warm * (people.open_p / people.open_p.mean())
         visitors = np.nonzero(people.rng.random(chance.size) < chance)[0]
         hours = people.rng.uniform(8, 20, visitors.size)
-        for i, h in zip(visitors.tolist(), hours.tolist(), strict=True):
-            self._event(people.ids[i], "high_intent_visit", day_start + timedelta(hours=h), "web")
+        forms = people.rng.random(visitors.size) < c.form_given_visit
+        submits = "form_submit" in self.policy.points
+        for i, h, form in zip(visitors.tolist(), hours.tolist(), forms.tolist(), strict=True):
+            at = day_start + timedelta(hours=h)
+            self._event(people.ids[i], "high_intent_visit", at, "web")
+            if submits and form:
+                self._event(people.ids[i], "form_submit", at + timedelta(minutes=4), "web")
 
     def _commit(self, applied: Applied) -> None:
         self.store.commit(applied.batch)

@@ -17,7 +17,17 @@ from core.gcpause import cyclic_gc_paused
 from core.models import EVENT, ContactState, Decision, Event, iso_utc
 from core.rollup import UPSERT, ensure_rollup, rollup_rows
 from core.sqlite_rows import contact_from_row, contact_row, decision_from_row, decision_row
-from core.store import OUTBOX_LEASE, Batch, ConflictError, OwedWrite, Store, StoreError
+from core.store import (
+    OUTBOX_LEASE,
+    QUARANTINE_REASON_CHARS,
+    Batch,
+    ConflictError,
+    OwedWrite,
+    Quarantined,
+    Store,
+    StoreError,
+    read_inbox_bodies,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS processed_events (key TEXT PRIMARY KEY) WITHOUT ROWID;
@@ -46,6 +56,10 @@ CREATE TABLE IF NOT EXISTS inbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL UNIQUE, body TEXT NOT NULL,
     part TEXT NOT NULL DEFAULT ''
 );
+CREATE TABLE IF NOT EXISTS quarantine (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL UNIQUE, body TEXT NOT NULL,
+    reason TEXT NOT NULL, at TEXT NOT NULL, part TEXT NOT NULL DEFAULT ''
+);
 """
 _INDEXES = """
 CREATE INDEX IF NOT EXISTS inbox_part ON inbox (part, seq);
@@ -63,6 +77,7 @@ _ADDED_COLUMNS = (
     ("ledger", "event_type", "TEXT"), ("contacts", "version", "INTEGER NOT NULL DEFAULT 0"),
     ("outbox", "holder", "TEXT"), ("outbox", "leased_until", "REAL"),
     ("inbox", "part", "TEXT NOT NULL DEFAULT ''"),
+    ("quarantine", "part", "TEXT NOT NULL DEFAULT ''"),
 )  # fmt: skip
 """Columns newer than the first release: added in place to a store that predates them."""
 _UPSERT_CONTACT = (
@@ -197,7 +212,7 @@ class SQLiteStore(Store):
             "INSERT INTO processed_events (key) VALUES (?)", [(k,) for k in batch.event_keys]
         )
         if not defer_contacts:
-            # A bulk run owns its private store: there is no other writer to check against.
+            # Only here: a bulk run owns its private store, with no other writer to check.
             self._check_versions(batch.expected_versions)
             db.executemany(_UPSERT_CONTACT, map(contact_row, batch.contacts, batch.next_due))
         rows = [decision_row(d) for d in batch.decisions]
@@ -430,12 +445,62 @@ class SQLiteStore(Store):
 
     def inbox_take(self, limit: int, partition: str | None = None) -> list[Event]:
         if partition is None:
-            rows = self._query("SELECT body FROM inbox ORDER BY seq LIMIT ?", (limit,))
+            rows = self._query("SELECT key, body FROM inbox ORDER BY seq LIMIT ?", (limit,))
         else:
             rows = self._query(
-                "SELECT body FROM inbox WHERE part = ? ORDER BY seq LIMIT ?", (partition, limit)
+                "SELECT key, body FROM inbox WHERE part = ? ORDER BY seq LIMIT ?",
+                (partition, limit),
             )
-        return [EVENT.validate_json(row[0]) for row in rows]
+        events, unreadable = read_inbox_bodies(rows)
+        if unreadable:
+            self.inbox_quarantine(unreadable)
+        return events
+
+    def inbox_quarantine(self, entries: Sequence[Quarantined]) -> None:
+        if not entries:
+            return
+        # The entry keeps its inbox partition, so a release gives it back to the same runner.
+        rows = [(q.key, q.body, q.reason[:QUARANTINE_REASON_CHARS], iso_utc(q.at), q.key)
+                for q in entries]  # fmt: skip
+        try:
+            with self._lock, self._db:
+                self._begin_promptly()
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO quarantine (key, body, reason, at, part) "
+                    "VALUES (?, ?, ?, ?, COALESCE((SELECT part FROM inbox WHERE key = ?), ''))",
+                    rows,
+                )
+                self._db.executemany("DELETE FROM inbox WHERE key = ?", [(r[0],) for r in rows])
+        except sqlite3.Error as exc:
+            raise StoreError(f"could not quarantine events in {self.path}: {exc}") from exc
+
+    def quarantined(self, limit: int = 1000) -> list[Quarantined]:
+        rows = self._query(
+            "SELECT key, body, reason, at FROM quarantine ORDER BY seq LIMIT ?", (limit,)
+        )
+        return [Quarantined(k, b, r, datetime.fromisoformat(a)) for k, b, r, a in rows]
+
+    def quarantine_count(self) -> int:
+        return int(self._query("SELECT COUNT(*) FROM quarantine")[0][0])
+
+    def quarantine_release(self, keys: Sequence[str] | None = None) -> int:
+        try:
+            with self._lock, self._db:
+                self._begin_promptly()
+                held = [r[0] for r in self._db.execute("SELECT key FROM quarantine ORDER BY seq")]
+                chosen = None if keys is None else set(keys)
+                wanted = [k for k in held if chosen is None or k in chosen]
+                before = self._db.total_changes
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO inbox (key, body, part) "
+                    "SELECT key, body, part FROM quarantine WHERE key = ?",
+                    [(k,) for k in wanted],
+                )
+                moved = self._db.total_changes - before
+                self._db.executemany("DELETE FROM quarantine WHERE key = ?", [(k,) for k in wanted])
+                return moved
+        except sqlite3.Error as exc:
+            raise StoreError(f"could not release quarantined events in {self.path}: {exc}") from exc
 
     def outbox_take(self, limit: int, prefix: str = "") -> list[tuple[str, str]]:
         rows = self._query(

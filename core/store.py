@@ -10,10 +10,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
-from core.models import ContactState, Decision, Event
+from pydantic import ValidationError
+
+from core.models import EVENT, ContactState, Decision, Event
 
 
 class StoreError(Exception):
@@ -39,6 +41,40 @@ class OwedWrite(NamedTuple):
     """Which write under `key` this is: a newer write owed under the same key has another."""
     holder: str
     """The lease it was taken under: no other flusher takes the key until it is released."""
+
+
+@dataclass(frozen=True)
+class Quarantined:
+    """An inbox event set aside because it could not be read or decided, with the reason, so
+    the events behind it keep draining. It stays until released back to the inbox."""
+
+    key: str
+    body: str
+    """The event as recorded (JSON)."""
+    reason: str
+    at: datetime
+
+
+QUARANTINE_REASON_CHARS = 1000
+
+
+def read_inbox_bodies(rows: Iterable[tuple[str, str]]) -> tuple[list[Event], list[Quarantined]]:
+    """Inbox rows (key, body) as events, and the rows no longer readable as one (recorded by
+    an older release that accepted them) as quarantine entries: one such row must not stop
+    every event behind it."""
+    events: list[Event] = []
+    unreadable: list[Quarantined] = []
+    for key, body in rows:
+        try:
+            events.append(EVENT.validate_json(body))
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'event'}: "
+                f"{e['msg'].removeprefix('Value error, ')}"
+                for e in exc.errors(include_url=False)
+            )
+            unreadable.append(Quarantined(key, body, f"unreadable: {problems}", datetime.now(UTC)))
+    return events, unreadable
 
 
 @dataclass
@@ -147,6 +183,22 @@ class Store(ABC):
     @abstractmethod
     def outbox_owed(self, keys: Iterable[str]) -> set[str]:
         """The keys among these with a write owed (taken or not)."""
+
+    @abstractmethod
+    def inbox_quarantine(self, entries: Sequence[Quarantined]) -> None:
+        """Move these events out of the inbox into the quarantine, atomically per event. An
+        event quarantined again replaces its earlier entry."""
+
+    @abstractmethod
+    def quarantined(self, limit: int = 1000) -> list[Quarantined]:
+        """The quarantined events, oldest first."""
+
+    @abstractmethod
+    def quarantine_count(self) -> int: ...
+
+    @abstractmethod
+    def quarantine_release(self, keys: Sequence[str] | None = None) -> int:
+        """Put quarantined events (these, or all) back into the inbox; return how many moved."""
 
     @contextmanager
     def bulk(self) -> Iterator[None]:

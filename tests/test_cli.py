@@ -42,8 +42,11 @@ def test_validate_lists_every_problem_and_exits_2(tmp_path):
     bad.write_text(text.replace("threshold: 20", "threshold: -20") + "\nsurprise: 1\n")
     result = invoke("validate", str(bad))
     assert result.exit_code == 2
-    assert f"{bad}:45:3: policy.threshold:" in result.output
-    assert f"{bad}:89:1: surprise: unknown key" in result.output
+    lines = bad.read_text().splitlines()
+    threshold = lines.index("  threshold: -20") + 1
+    surprise = lines.index("surprise: 1") + 1
+    assert f"{bad}:{threshold}:3: policy.threshold:" in result.output
+    assert f"{bad}:{surprise}:1: surprise: unknown key" in result.output
     assert "2 problems; nothing was run." in result.output
 
 
@@ -272,3 +275,23 @@ def test_provision_dry_run_without_credentials_prints_the_offline_plan(mapping, 
     assert "would change" in result.output
     without_dry_run = invoke("provision", mapping)
     assert without_dry_run.exit_code == 1
+
+
+def test_help_shows_flags_by_name_with_no_type_placeholder():
+    result = runner.invoke(app, ["replay", "--help"], env={"COLUMNS": "120"})
+    assert result.exit_code == 0
+    assert "--strict" in result.output
+    assert "<bool>" not in result.output and "<" not in result.output.split("--strict")[1][:20]
+
+
+def test_validate_json_gives_the_verdict_and_every_problem(tmp_path):
+    good = invoke("validate", "mappings/hubspot.yaml", "--json")
+    assert good.exit_code == 0
+    verdict = json.loads(good.stdout)
+    assert verdict["valid"] is True and verdict["vendor"] == "hubspot" and verdict["problems"] == []
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(Path("mappings/hubspot.yaml").read_text() + "\nsurprise: 1\ncolour: red\n")
+    result = invoke("validate", str(bad), "--json")
+    assert result.exit_code == 2
+    verdict = json.loads(result.stdout)
+    assert verdict["valid"] is False and len(verdict["problems"]) == 2

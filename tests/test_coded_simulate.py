@@ -25,13 +25,16 @@ def _rows(path, sql):
 def test_coded_simulation_is_the_object_simulation(tmp_path, programmed):
     from core.policy import Policy
 
-    policy = mapping().policy if programmed else Policy(version="sim")
+    points = {"open": 5, "click": 10, "high_intent_visit": 15, "form_submit": 12}
+    policy = mapping().policy if programmed else Policy(version="sim", points=points)
     config = SimulationConfig(contacts=400, days=120, seed=3, batch_size=300)
     old = run_simulation(config, policy, tmp_path / "old.sqlite3", engine="object")
     new = run_simulation(config, policy, tmp_path / "new.sqlite3", engine="coded")
     assert new.daily == old.daily
     assert json.dumps(new.summary(), sort_keys=True) == json.dumps(old.summary(), sort_keys=True)
     assert new.summary()["transitions"].get("Dormant->Reactivated")  # the feedback loop ran
+    if not programmed:
+        assert new.summary()["events"].get("form_submit")
     for table in ("ledger_rollup", "contacts", "cursors"):
         sql = f"SELECT * FROM {table}"  # noqa: S608
         assert _rows(tmp_path / "new.sqlite3", sql) == _rows(tmp_path / "old.sqlite3", sql)

@@ -18,7 +18,9 @@ SHIPPED = sorted(Path("mappings").glob("*.yaml"))
 def test_shipped_mappings_are_valid_and_use_the_seed_defaults(path):
     mapping = load_mapping(path)
     p = mapping.policy
-    assert dict(p.points) == {"open": 5, "click": 10, "high_intent_visit": 15}
+    seed = {"open": 5, "click": 10, "high_intent_visit": 15}
+    assert {k: p.points[k] for k in seed} == seed
+    assert set(p.points) == {*seed, "form_submit"}
     assert (p.threshold, p.max_unanswered_sends, p.dormant_after_days) == (20, 3, 90)
     assert (p.cooling_days, p.reactivation_steps, p.step_wait_days) == (30, 2, 7)
     assert p.max_reactivation_cycles == 2
@@ -148,3 +150,72 @@ def test_two_canonical_fields_on_one_property_is_a_problem():
 def test_an_error_repeats_only_a_bounded_part_of_a_large_value():
     problems = problems_of(b"program: p\nvendor: hubspot\nobject: [" + b"x, " * 5000 + b"x]\n")
     assert all(len(p) < 400 for p in problems), [len(p) for p in problems]
+
+
+def alias_bomb(levels: int) -> bytes:
+    """The shipped mapping with `program` replaced by nested aliases: nine of the level below
+    on each level, a few hundred bytes that expand to 9**levels strings."""
+    nested = ['&x0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    nested += [f"&x{i} [" + ",".join([f"*x{i - 1}"] * 9) + "]" for i in range(1, levels)]
+    base = Path("mappings/hubspot.yaml").read_text().splitlines()
+    kept = [line for line in base if not line.startswith("program:")]
+    return ("\n".join(kept) + "\nprogram: [" + ", ".join(nested) + "]\n").encode()
+
+
+def test_an_alias_bomb_is_refused_with_a_short_message():
+    raw = alias_bomb(6)  # 531,441 strings once expanded; the old loader printed them all
+    assert len(raw) < len(Path("mappings/hubspot.yaml").read_bytes()) + 500
+    problems = problems_of(raw)
+    assert len(problems) == 1
+    assert "aliases expand to more than" in problems[0]
+    assert len("\n".join(problems)) < 300
+
+
+def test_alias_expansion_is_counted_without_expanding():
+    from core.mapping import AliasBombError, expanded_size
+
+    small = yaml.compose("a: &a [1, 2, 3]\nb: [*a, *a]\n")
+    # the map, key a, [1, 2, 3], key b, and b's list holding the three-item list twice
+    assert expanded_size(small) == 1 + 1 + 4 + 1 + (1 + 2 * 4)
+    nine_levels = yaml.compose(alias_bomb(9).decode())  # 387 million strings when expanded
+    with pytest.raises(AliasBombError):
+        expanded_size(nine_levels, limit=1000)
+    with pytest.raises(AliasBombError, match="contains it"):
+        expanded_size(yaml.compose("a: &a [1, *a]\n"))
+
+
+def test_a_few_aliases_still_load():
+    text = Path("mappings/hubspot.yaml").read_text()
+    raw = (text + "\nsegments:\n  - {name: eu, where: &eu {country: [FR, DE]}}\n"
+           "  - {name: eu2, where: *eu}\n").encode()  # fmt: skip
+    mapping = parse_mapping(raw, "aliases.yaml")
+    assert mapping.segments[0].where == mapping.segments[1].where
+
+
+def test_a_huge_value_in_an_error_is_quoted_short():
+    data = yaml.safe_load(Path("mappings/hubspot.yaml").read_text())
+    data["program"] = ["x" * 1000] * 5000
+    problems = problems_of(yaml.safe_dump(data).encode())
+    assert any(re.match(r"broken\.yaml:\d+:\d+: program: ", p) for p in problems), problems
+    assert len("\n".join(problems)) < 500
+
+
+def test_a_validator_quoting_a_huge_value_prints_one_short_line():
+    data = yaml.safe_load(Path("mappings/hubspot.yaml").read_text())
+    data["signals"][0]["patterns"] = ["(" + "x" * 200_000]  # not a valid regex, and huge
+    problems = problems_of(yaml.safe_dump(data).encode())
+    assert any(re.match(r"broken\.yaml:\d+:\d+: signals\[0\]\.patterns", p) for p in problems)
+    assert all(len(p) <= 500 for p in problems)
+
+
+def test_validate_refuses_an_alias_bomb_with_a_short_message(tmp_path):
+    from typer.testing import CliRunner
+
+    from connectors.cli import app
+
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_bytes(alias_bomb(7))  # 4.8 million strings once expanded
+    result = CliRunner().invoke(app, ["validate", str(bomb)])
+    assert result.exit_code == 2
+    assert "aliases expand to more than 100,000 nodes" in result.output
+    assert len(result.output) < 500

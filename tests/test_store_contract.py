@@ -11,9 +11,9 @@ import pytest
 from moto import mock_aws
 
 from core.dynamodb_store import DynamoDBStore
-from core.models import Action, ContactState, Decision, Event, Status, SuppressionReason
+from core.models import EVENT, Action, ContactState, Decision, Event, Status, SuppressionReason
 from core.sqlite_store import SQLiteStore
-from core.store import Batch, ConflictError, Store
+from core.store import Batch, ConflictError, Quarantined, Store
 
 T0 = datetime(2024, 3, 1, 9, 30, tzinfo=UTC)
 
@@ -188,6 +188,44 @@ def test_inbox_records_each_event_once_and_in_order(store: Store) -> None:
     store.commit(Batch(event_keys=["e1", "e2"], inbox_done=["e1", "e2"]))
     assert [e.event_id for e in store.inbox_take(10)] == ["e3"]
     assert store.inbox_take(10)[0] == event("e3")
+
+
+def test_a_quarantined_event_leaves_the_inbox_until_released(store: Store) -> None:
+    store.inbox_put([event("e1"), event("e2", minutes=1), event("e3", minutes=2)])
+    poison = store.inbox_take(10)[1]
+    body = EVENT.dump_json(poison).decode()
+    store.inbox_quarantine([Quarantined("e2", body, "engine: date value out of range", T0)])
+    assert [e.event_id for e in store.inbox_take(10)] == ["e1", "e3"]
+    assert store.quarantine_count() == 1
+    [held] = store.quarantined()
+    assert (held.key, held.reason, held.at) == ("e2", "engine: date value out of range", T0)
+    assert EVENT.validate_json(held.body) == poison
+    assert store.unseen(["e2"]) == {"e2"}  # not processed: it can be tried again
+    # Quarantined again (a retry that failed again): one entry, the latest reason.
+    store.inbox_quarantine([Quarantined("e2", body, "still failing", T0)])
+    assert [q.reason for q in store.quarantined()] == ["still failing"]
+    assert store.quarantine_release(["e1", "unknown"]) == 0  # only quarantined keys move
+    assert store.quarantine_release(["e2"]) == 1
+    assert store.quarantine_count() == 0
+    assert store.quarantine_release() == 0
+    assert [e.event_id for e in store.inbox_take(10)] == ["e1", "e3", "e2"]
+
+
+def test_an_unreadable_inbox_row_is_quarantined_not_raised(store: Store) -> None:
+    """A row an older release recorded that no longer validates (a year-9999 instant)."""
+    store.inbox_put([event("e1")])
+    bad = '{"event_id":"old","contact_id":"c1","type":"open","occurred_at":"9999-12-31T00:00:00Z"}'
+    if isinstance(store, SQLiteStore):
+        store.execute("INSERT INTO inbox (key, body) VALUES ('old', ?)", (bad,))
+    else:
+        client = boto3.client("dynamodb", region_name="eu-west-1")
+        client.put_item(TableName="state", Item={"pk": {"S": "inbox"}, "sk": {"S": "old"},
+                        "seq": {"S": "99999999999999999999"}, "body": {"S": bad}})  # fmt: skip
+    store.inbox_put([event("e2", minutes=1)])
+    assert [e.event_id for e in store.inbox_take(10)] == ["e1", "e2"]
+    [held] = store.quarantined()
+    assert held.key == "old" and held.body == bad
+    assert "occurred_at" in held.reason and "outside the accepted range" in held.reason
 
 
 def test_outbox_keeps_owed_writes_until_done_and_newest_last(store: Store) -> None:

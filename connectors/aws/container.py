@@ -3,21 +3,31 @@ their secrets), the DynamoDB store, the work queue and a runner per vendor.
 
 Everything is built on first use, so a webhook function never opens DynamoDB and the worker
 never looks up secrets of a vendor it has no message for.
+
+Secrets are read again once `MAX_AGE_SECONDS` old, on whichever path asks next (webhook,
+worker or sync); a changed value rebuilds the connectors and runners built from the old one.
+While a `<NAME>_PREVIOUS` secret exists, a webhook the current secrets refuse (401) is verified
+once more with the previous value in NAME's place: both are accepted during a rotation.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import time
+from collections.abc import Callable, Sequence
 from collections.abc import Mapping as MappingABC
 from pathlib import Path
 
 from connectors.aws.queue import WorkQueue
-from connectors.aws.secrets import load_secrets
-from connectors.base import Connector, ConnectorError
+from connectors.aws.secrets import MAX_AGE_SECONDS, PREVIOUS_SUFFIX, load_secrets
+from connectors.base import Connector, ConnectorError, WebhookRequest
+from connectors.intake import HttpAnswer, handle_webhook
 from connectors.registry import load_connector
 from connectors.runner import Runner
 from core.dynamodb_store import DynamoDBStore
 from core.mapping import Mapping, load_mapping
+from core.models import Event
 from core.store import Store, StoreError
 
 
@@ -31,20 +41,29 @@ def mapping_paths(env: MappingABC[str, str]) -> list[Path]:
     return [p if p.is_absolute() else root / p for p in map(Path, paths)]
 
 
+log = logging.getLogger(__name__)
+
+REFUSED_CREDENTIALS = 401
+
+
 class Container:
     def __init__(
         self,
         env: MappingABC[str, str] | None = None,
         store: Store | None = None,
         queue: WorkQueue | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.env = dict(os.environ if env is None else env)
         self.mappings: dict[str, Mapping] = {}
         for path in mapping_paths(self.env):
             mapping = load_mapping(path)
             self.mappings[mapping.vendor] = mapping
+        self.clock = clock
         self._secrets: dict[str, str] | None = None
+        self._secrets_read_at = 0.0
         self._connectors: dict[str, Connector] = {}
+        self._previous: dict[str, Connector | None] = {}
         self._runners: dict[str, Runner] = {}
         self._store = store
         self._queue = queue
@@ -54,15 +73,71 @@ class Container:
     def vendors(self) -> list[str]:
         return list(self.mappings)
 
+    def _current_secrets(self) -> dict[str, str]:
+        """The secrets, read again once `MAX_AGE_SECONDS` old; connectors and runners built
+        from values that changed are dropped, to be rebuilt on their next use."""
+        now = self.clock()
+        if self._secrets is not None and now - self._secrets_read_at < MAX_AGE_SECONDS:
+            return self._secrets
+        # Our own clock decides the age: past it, SSM's answer, not a cached one.
+        values = load_secrets(self.env, force=self._secrets is not None)
+        if self._secrets is not None and values != self._secrets:
+            changed = sorted(n for n in {*values, *self._secrets}
+                             if values.get(n) != self._secrets.get(n))  # fmt: skip
+            log.warning("secrets changed (%s): rebuilding the connectors", ", ".join(changed))
+            self._drop_built()
+        self._secrets, self._secrets_read_at = values, now
+        return values
+
+    def _drop_built(self) -> None:
+        self._connectors.clear()
+        self._previous.clear()
+        self._runners.clear()
+
     def connector(self, vendor: str) -> Connector:
+        secrets = self._current_secrets()
         if vendor not in self._connectors:
             if vendor not in self.mappings:
                 raise ConnectorError(f"no mapping for vendor '{vendor}' in ELASTICITY_MAPPINGS")
-            if self._secrets is None:
-                self._secrets = load_secrets(self.env)
-            env = {**self.env, **self._secrets}
+            env = {**self.env, **secrets}
             self._connectors[vendor] = load_connector(self.mappings[vendor], env)
         return self._connectors[vendor]
+
+    def previous_connector(self, vendor: str) -> Connector | None:
+        """The vendor's connector with every `<NAME>_PREVIOUS` secret in NAME's place, or None
+        when no secret is being rotated."""
+        self.connector(vendor)  # reads the secrets again first if they are due
+        if vendor not in self._previous:
+            secrets = self._current_secrets()
+            retiring = {
+                name.removesuffix(PREVIOUS_SUFFIX): value
+                for name, value in secrets.items()
+                if name.endswith(PREVIOUS_SUFFIX)
+            }  # fmt: skip
+            if not retiring:
+                self._previous[vendor] = None
+            else:
+                env = {**self.env, **secrets, **retiring}
+                self._previous[vendor] = load_connector(self.mappings[vendor], env)
+        return self._previous[vendor]
+
+    def answer_webhook(
+        self,
+        connector: Connector,
+        request: WebhookRequest,
+        record: Callable[[Sequence[Event]], int],
+    ) -> HttpAnswer:
+        """`handle_webhook`, and while a secret is being rotated, once more with the previous
+        one if the current one refused the request's credentials."""
+        answer = handle_webhook(connector, request, record)
+        if answer.status == REFUSED_CREDENTIALS:
+            previous = self.previous_connector(connector.vendor)
+            if previous is not None:
+                again = handle_webhook(previous, request, record)
+                if again.status != REFUSED_CREDENTIALS:
+                    log.info("webhook for %s verified with the retiring secret", connector.vendor)
+                    return again
+        return answer
 
     def built_connectors(self) -> list[Connector]:
         return list(self._connectors.values())
@@ -97,14 +172,13 @@ class Container:
         return self._dead_letters
 
     def runner(self, vendor: str) -> Runner:
+        connector = self.connector(vendor)  # first: secrets due again may drop the runner
         if vendor not in self._runners:
-            self._runners[vendor] = Runner(self.connector(vendor), self.store)
+            self._runners[vendor] = Runner(connector, self.store)
         return self._runners[vendor]
 
     def forget_credentials(self) -> None:
         """After an auth failure: rebuild connectors with freshly read secrets (a rotated
         token) on the next call, instead of failing until the container is recycled."""
-        self._secrets = None
-        self._connectors.clear()
-        self._runners.clear()
-        load_secrets(self.env, force=True)
+        self._secrets_read_at = float("-inf")  # read again, past any cache, on the next call
+        self._drop_built()

@@ -24,7 +24,6 @@ from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
 
 from connectors.aws.container import Container
 from connectors.base import AuthError, CallStats, WebhookRequest
-from connectors.intake import handle_webhook
 from core.pipeline import RunStats
 
 logger = Logger(service=os.environ.get("POWERTOOLS_SERVICE_NAME", "crm-elasticity"))
@@ -48,10 +47,10 @@ def container() -> Container:
     return _container
 
 
-def reset_container() -> None:
-    """Forget everything built (tests; a new deployment's settings)."""
+def reset_container(replacement: Container | None = None) -> None:
+    """Forget everything built (tests; a new deployment's settings), or use `replacement`."""
     global _container
-    _container = None
+    _container = replacement
 
 
 # ---- webhooks ------------------------------------------------------------------------------
@@ -95,7 +94,7 @@ def _intake() -> Response:
     if connector is None:
         return _no_route(LookupError(event.raw_path))
     metrics.add_dimension("vendor", connector.vendor)
-    answer = handle_webhook(
+    answer = container().answer_webhook(
         connector, webhook_request(event), container().queue.recorder(connector.vendor)
     )
     metrics.add_metric("EventsReceived", MetricUnit.Count, answer.recorded)
@@ -203,9 +202,10 @@ def box_calls(box: Container) -> CallStats:
 
 
 def _count_calls(after: CallStats, before: CallStats) -> None:
-    metrics.add_metric("ApiCalls", MetricUnit.Count, after.api_calls - before.api_calls)
-    metrics.add_metric("Retries", MetricUnit.Count, after.retries - before.retries)
-    metrics.add_metric("Throttled", MetricUnit.Count, after.throttled - before.throttled)
+    # Never negative: connectors rebuilt mid-invocation (a rotated secret) start from zero.
+    metrics.add_metric("ApiCalls", MetricUnit.Count, max(0, after.api_calls - before.api_calls))
+    metrics.add_metric("Retries", MetricUnit.Count, max(0, after.retries - before.retries))
+    metrics.add_metric("Throttled", MetricUnit.Count, max(0, after.throttled - before.throttled))
 
 
 def _count_run(stats: RunStats) -> None:

@@ -22,6 +22,11 @@ from core.models import Event
 from core.store import StoreError
 
 SEND_BATCH = 10  # SendMessageBatch's limit
+MAX_MESSAGE_BYTES = 262_144
+"""SQS refuses a message, and a SendMessageBatch call whose messages add up to, more than this.
+(Queues created since August 2025 may take 1 MiB, and a queue's MaximumMessageSize may be set
+lower: 256 KiB, the classic limit and the default of older queues, is what we rely on.) The
+event model's field limits keep one event's message near 20 KB at most."""
 _SQS_ID = re.compile(r"^[!-~]{1,128}$")  # printable ASCII, no spaces, at most 128
 
 
@@ -48,6 +53,36 @@ def message_entry(vendor: str, event: Event, index: int) -> dict[str, Any]:
         "MessageGroupId": sqs_id(f"{vendor}:{event.contact_id}"),
         "MessageDeduplicationId": sqs_id(event.event_id),
     }
+
+
+def message_bytes(entry: dict[str, Any]) -> int:
+    """What SQS counts against its size limits: the body's UTF-8 bytes (we set no message
+    attributes)."""
+    return len(entry["MessageBody"].encode())
+
+
+def send_batches(entries: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Entries in order, packed into SendMessageBatch calls SQS accepts: at most `SEND_BATCH`
+    entries and `MAX_MESSAGE_BYTES` in all. A single message over the limit raises
+    `StoreError` (the field limits at intake keep that from happening)."""
+    batches: list[list[dict[str, Any]]] = []
+    current: list[dict[str, Any]] = []
+    size = 0
+    for entry in entries:
+        length = message_bytes(entry)
+        if length > MAX_MESSAGE_BYTES:
+            raise StoreError(
+                f"an event of {length:,} bytes does not fit a queue message "
+                f"({MAX_MESSAGE_BYTES:,} at most)"
+            )
+        if current and (len(current) == SEND_BATCH or size + length > MAX_MESSAGE_BYTES):
+            batches.append(current)
+            current, size = [], 0
+        current.append(entry)
+        size += length
+    if current:
+        batches.append(current)
+    return batches
 
 
 def parse_message(body: str) -> QueueMessage:
@@ -80,18 +115,20 @@ class WorkQueue:
     def send(self, vendor: str, events: Sequence[Event]) -> int:
         """Enqueue every event or raise `StoreError` (the webhook then answers 503 and the
         vendor redelivers). Returns how many were sent; SQS cannot tell which were new."""
-        for start in range(0, len(events), SEND_BATCH):
-            chunk = events[start : start + SEND_BATCH]
-            entries = [message_entry(vendor, e, i) for i, e in enumerate(chunk)]
-            for _ in range(3):  # entries can fail alone (throttling): resend only those
-                failed = self._send_batch(entries)
-                if not failed:
-                    break
-                entries = [e for e in entries if e["Id"] in failed]
-            else:
-                codes = sorted({json.dumps(f) for f in failed.values()})
-                raise StoreError(f"SQS refused {len(entries)} message(s): {', '.join(codes)}")
+        entries = [message_entry(vendor, e, i) for i, e in enumerate(events)]
+        for batch in send_batches(entries):
+            self._send_entries(batch)
         return len(events)
+
+    def _send_entries(self, entries: list[dict[str, Any]]) -> None:
+        """One SendMessageBatch call's worth of entries."""
+        for _ in range(3):  # entries can fail alone (throttling): resend only those
+            failed = self._send_batch(entries)
+            if not failed:
+                return
+            entries = [e for e in entries if e["Id"] in failed]
+        codes = sorted({json.dumps(f) for f in failed.values()})
+        raise StoreError(f"SQS refused {len(entries)} message(s): {', '.join(codes)}")
 
     def send_raw(self, body: str, group_id: str, deduplication_id: str) -> None:
         """Move a message as it is (the dead-letter path for a body nobody can read)."""

@@ -13,6 +13,7 @@ from datetime import datetime
 from connectors.hubspot.config import HubSpotOptions
 from connectors.hubspot.search import Group, flt
 from connectors.hubspot.values import epoch_ms
+from core.eligibility import earliest_due
 from core.mapping import Mapping, Signal
 from core.models import Status
 
@@ -29,7 +30,7 @@ KNOWN_DATETIME_PROPERTIES = frozenset({
 
 def due_groups(mapping: Mapping, now: datetime) -> list[Group]:
     p = mapping.property_of
-    c = mapping.policy.compiled
+    c = earliest_due(mapping).compiled  # segments may fall due sooner than the defaults
     status, last, changed = p("campaign_status"), p("last_engagement_date"), p("status_changed_at")
     step = p("reactivation_step")
     silent_since = epoch_ms(now - c.dormant_after)

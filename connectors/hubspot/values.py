@@ -110,18 +110,28 @@ def record_from_properties(mapping: Mapping, contact_id: str, props: dict[str, A
         if signal.property in props:
             signals[signal.property] = normalize_signal(signal, props.get(signal.property))
     owner = props.get("hubspot_owner_id") or None
+    governed = governed_properties(mapping)
     return CrmRecord(
         contact_id=str(contact_id),
         values=values,
         signals=signals,
         owner_id=str(owner) if owner else None,
         created_at=parse_instant(props.get("createdate")),
+        # Asked for by name, so an unset one is unset, not unknown.
+        properties={name: props.get(name) for name in governed},
     )
+
+
+def governed_properties(mapping: Mapping) -> tuple[str, ...]:
+    """Consent, audience and segment properties: what eligibility decides by."""
+    program = mapping.policy.program
+    return program.governance.properties if program is not None else ()
 
 
 def read_properties(mapping: Mapping, extra: list[str] | None = None) -> list[str]:
     """Every property a record needs, requested once per call."""
     names = [spec.property for spec in mapping.fields.values()]
     names += [s.property for s in mapping.signals]
+    names += governed_properties(mapping)
     names += ["hubspot_owner_id", "createdate", *(extra or [])]
     return list(dict.fromkeys(names))

@@ -7,7 +7,8 @@ Two shapes arrive at `/webhooks/hubspot`:
   (object-API shape, legacy `{"value": ...}` shape, or a flat custom body), v2-signed.
 
 Signal property values become events through `connectors.signals`, so an open reported by a
-webhook, a workflow and the scheduled poll has one event id and counts once.
+webhook, a workflow and the scheduled poll has one event id and counts once; a property change
+notification also names when the value was set, so the same value set again counts again.
 """
 
 from __future__ import annotations
@@ -116,8 +117,9 @@ def _property_change(item: dict, index: int, mapping: Mapping) -> Event | None:
         raise _bad(f"[{index}]: propertyName is missing on a property change")
     value = item.get("propertyValue")
     for signal in signal_for(mapping, prop):
+        # occurredAt is when the property changed: it names this occurrence of the value.
         event = event_from_signal(mapping, signal, contact_id, normalize_signal(signal, value),
-                                  occurred, "hubspot:webhook")  # fmt: skip
+                                  occurred, "hubspot:webhook", changed_at=occurred)  # fmt: skip
         if event is not None:
             return event
     return None

@@ -49,12 +49,16 @@ class Codec:
         self.fields = mapping.fields
         self.by_property = {spec.property: name for name, spec in self.fields.items()}
         self.signal_properties = list(dict.fromkeys(s.property for s in mapping.signals))
+        program = mapping.policy.program
+        # Consent, audience and segment fields: what eligibility decides by.
+        self.governed = program.governance.properties if program is not None else ()
 
     def select_list(self) -> list[str]:
         """Only what the program needs: mapped fields, signals, and what hand-offs need."""
         wanted = ["Id", "OwnerId", "CreatedDate"]
         wanted += [spec.property for spec in self.fields.values()]
         wanted += self.signal_properties
+        wanted += self.governed
         return list(dict.fromkeys(wanted))
 
     def record(self, raw: dict[str, Any]) -> CrmRecord:
@@ -71,6 +75,7 @@ class Codec:
             signals=signals,
             owner_id=owner,
             created_at=parse_instant(raw.get("CreatedDate")),
+            properties={name: raw.get(name) for name in self.governed},
         )
 
     def decode(self, name: str, value: Any) -> Any:

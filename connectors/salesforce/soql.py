@@ -12,6 +12,7 @@ from simple_salesforce.format import quote_soql_value
 from connectors.base import ConnectorError
 from connectors.salesforce.records import Codec
 from connectors.salesforce.settings import QUERY_LINE_BUDGET
+from core.eligibility import earliest_due
 from core.mapping import Mapping, Signal
 from core.models import Status
 
@@ -96,7 +97,7 @@ class Queries:
     def due(self, now: datetime) -> SoqlAfter:
         """A superset of the records whose time rules can be due by `now`; the engine decides
         exactly, and a tick that finds nothing due writes nothing."""
-        p, f = self.mapping.policy, self.f
+        p, f = earliest_due(self.mapping), self.f  # segments may fall due sooner
         dormant_cut = literal(now - timedelta(days=p.dormant_after_days), round_up=True)
         cooling_cut = literal(now - timedelta(days=p.cooling_days), round_up=True)
         decay_cut = literal(now - timedelta(days=p.decay.after_days), round_up=True)

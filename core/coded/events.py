@@ -15,7 +15,14 @@ from typing import Annotated
 import msgspec
 from pydantic import ValidationError
 
-from core.models import EVENT
+from core.models import (
+    EARLIEST_INSTANT,
+    EVENT,
+    LATEST_INSTANT,
+    MAX_LABEL_CHARS,
+    MAX_URL_CHARS,
+    instant_problem,
+)
 
 
 class WireEvent(msgspec.Struct, forbid_unknown_fields=True):
@@ -23,10 +30,10 @@ class WireEvent(msgspec.Struct, forbid_unknown_fields=True):
     contact_id: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
     type: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
     occurred_at: Annotated[datetime, msgspec.Meta(tz=True)]
-    campaign: str | None = None
-    variant: str | None = None
-    url: str | None = None
-    source: str | None = None
+    campaign: Annotated[str, msgspec.Meta(max_length=MAX_LABEL_CHARS)] | None = None
+    variant: Annotated[str, msgspec.Meta(max_length=MAX_LABEL_CHARS)] | None = None
+    url: Annotated[str, msgspec.Meta(max_length=MAX_URL_CHARS)] | None = None
+    source: Annotated[str, msgspec.Meta(max_length=MAX_LABEL_CHARS)] | None = None
 
 
 _DECODE = msgspec.json.Decoder(WireEvent).decode
@@ -42,7 +49,7 @@ def problem_text(error: ValidationError) -> str:
     parts = []
     for item in error.errors(include_url=False):
         where = ".".join(str(p) for p in item["loc"]) or "line"
-        parts.append(f"{where}: {item['msg']}")
+        parts.append(f"{where}: {item['msg'].removeprefix('Value error, ')}")
     return "; ".join(parts)
 
 
@@ -55,13 +62,15 @@ def decode_event(line: bytes) -> WireEvent:
             pass
         else:
             at = event.occurred_at
-            if at.tzinfo is UTC:
+            if at.tzinfo is not UTC:
+                try:
+                    at = event.occurred_at = at.astimezone(UTC)
+                except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00: no such UTC instant
+                    raise LineProblem(
+                        "occurred_at: not a representable instant in UTC") from None  # fmt: skip
+            if EARLIEST_INSTANT <= at < LATEST_INSTANT:
                 return event
-            try:
-                event.occurred_at = at.astimezone(UTC)
-            except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00: no such UTC instant
-                raise LineProblem("occurred_at: not a representable instant in UTC") from None
-            return event
+            raise LineProblem(f"occurred_at: {instant_problem(at)}")
     try:
         event = EVENT.validate_json(line)
     except ValidationError as exc:

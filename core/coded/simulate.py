@@ -111,8 +111,15 @@ class CodedSimulation:
         chance = c.visit_per_day * people.warm * (people.open_p / people.open_p.mean())
         visitors = np.nonzero(people.rng.random(chance.size) < chance)[0]
         hours = people.rng.uniform(8, 20, visitors.size)
-        for i, h in zip(visitors.tolist(), hours.tolist(), strict=True):
-            self._event(i, self.visit, to_us(day_start + timedelta(hours=h)))
+        forms = people.rng.random(visitors.size) < c.form_given_visit
+        form_submit = self.p.type_codes.get("form_submit")
+        submits = "form_submit" in self.policy.points
+        four_minutes = 4 * 60_000_000
+        for i, h, form in zip(visitors.tolist(), hours.tolist(), forms.tolist(), strict=True):
+            at = to_us(day_start + timedelta(hours=h))
+            self._event(i, self.visit, at)
+            if submits and form:
+                self._event(i, form_submit, at + four_minutes)  # type: ignore[arg-type]
 
     def _decided(self, made: int) -> None:
         """Follow the decisions from row `made` on, as the CRM's lists and workflows would."""

@@ -15,7 +15,7 @@ from moto import mock_aws
 
 from connectors.aws import handlers
 from core.dynamodb_store import DynamoDBStore
-from tests.aws.harness import MAX_RECEIVES, Poller
+from tests.aws.harness import MAX_RECEIVES, Poller, SqsWithLimits
 from tests.fakes.memory_crm import MAPPING_PATH, MemoryCrm
 
 REGION = "eu-west-1"
@@ -63,6 +63,10 @@ def stack(monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
     MemoryCrm.reset()
     handlers.reset_container()
     parameters.clear_caches()
+    # The functions' queue client refuses what SQS refuses and moto does not (size, entries).
+    client = boto3.client
+    monkeypatch.setattr("connectors.aws.queue.boto3.client",
+                        lambda name, **kw: SqsWithLimits(client(name, **kw)))  # fmt: skip
     with mock_aws():
         store = DynamoDBStore(
             env["STATE_TABLE"], client=boto3.client("dynamodb", region_name=REGION)

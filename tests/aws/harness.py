@@ -120,3 +120,52 @@ class Poller:
                 break
             deliveries.append(delivery)
         return deliveries
+
+
+class SqsWithLimits:
+    """An SQS client (moto's) that also refuses what SQS refuses and moto lets through: more
+    than 10 entries in a SendMessageBatch call, a message over 256 KiB, and a batch whose
+    messages add up to more than 256 KiB (the whole call fails, as SQS's BatchRequestTooLong).
+    Everything else goes to the wrapped client."""
+
+    MAX_BYTES = 262_144
+    MAX_ENTRIES = 10
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.batch_calls: list[list[int]] = []
+        """The message sizes of every accepted SendMessageBatch call."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+    @staticmethod
+    def _refuse(code: str, message: str, operation: str) -> Exception:
+        from botocore.exceptions import ClientError
+
+        error = {"Error": {"Code": code, "Message": message}}
+        return ClientError(error, operation)  # type: ignore[arg-type]
+
+    def send_message(self, **kwargs: Any) -> dict[str, Any]:
+        if len(kwargs["MessageBody"].encode()) > self.MAX_BYTES:
+            raise self._refuse("InvalidParameterValue", "One or more parameters are invalid. "
+                               "Reason: Message must be shorter than 262144 bytes.",
+                               "SendMessage")  # fmt: skip
+        return self.client.send_message(**kwargs)
+
+    def send_message_batch(self, **kwargs: Any) -> dict[str, Any]:
+        entries = kwargs["Entries"]
+        if not entries:
+            raise self._refuse("EmptyBatchRequest", "There should be at least one "
+                               "SendMessageBatchRequestEntry in the request.",
+                               "SendMessageBatch")  # fmt: skip
+        if len(entries) > self.MAX_ENTRIES:
+            raise self._refuse("TooManyEntriesInBatchRequest",
+                               f"Maximum number of entries per request are {self.MAX_ENTRIES}.",
+                               "SendMessageBatch")  # fmt: skip
+        sizes = [len(e["MessageBody"].encode()) for e in entries]
+        if sum(sizes) > self.MAX_BYTES:
+            raise self._refuse("BatchRequestTooLong", "Batch requests cannot be longer than "
+                               "262144 bytes.", "SendMessageBatch")  # fmt: skip
+        self.batch_calls.append(sizes)
+        return self.client.send_message_batch(**kwargs)

@@ -104,6 +104,7 @@ def default_properties() -> dict[str, dict[str, dict[str, Any]]]:
         _prop("hs_email_last_send_date", "datetime", "date", **calculated),
         _prop("hs_analytics_last_url", "string", "text", **calculated),
         _prop("hs_analytics_last_timestamp", "datetime", "date", **calculated),
+        _prop("recent_conversion_date", "datetime", "date", **calculated),
         _prop("hs_email_optout", "bool", "booleancheckbox", **calculated),
         _prop("hs_email_hard_bounce_reason_enum", "enumeration", "select", **calculated,
               options=_enum_options("MAILBOX_FULL", "UNKNOWN_USER", "OTHER")),

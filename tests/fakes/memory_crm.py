@@ -50,6 +50,8 @@ class MemoryCrm:
     values: dict[str, dict[str, Any]] = field(default_factory=dict)
     signals: dict[str, dict[str, str | None]] = field(default_factory=dict)
     changed_at: dict[str, datetime] = field(default_factory=dict)
+    properties: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """contact id -> other contact properties (consent, country), as the CRM holds them."""
     tasks: dict[str, HandoffTask] = field(default_factory=dict)
     task_attempts: list[str] = field(default_factory=list)
     calls: dict[str, int] = field(default_factory=dict)
@@ -143,7 +145,13 @@ class MemoryConnector(Connector):
             payload = json.loads(request.body)
             items = payload["events"] if isinstance(payload, dict) else payload
             events = [EVENT.validate_python(item) for item in items]
-        except (ValueError, KeyError, TypeError, ValidationError) as exc:
+        except ValidationError as exc:
+            # As the Salesforce JSON intake answers: the first problem, where, and what.
+            problem = exc.errors(include_url=False)[0]
+            where = ".".join(str(p) for p in problem["loc"]) or "event"
+            reason = f"not a canonical event: {where}: {problem['msg']}"
+            raise WebhookRejected(400, reason) from None
+        except (ValueError, KeyError, TypeError) as exc:
             raise WebhookRejected(
                 400, f"not a list of canonical events: {type(exc).__name__}"
             ) from None
@@ -198,7 +206,10 @@ class MemoryConnector(Connector):
     # ---- helpers --------------------------------------------------------------------------
 
     def _record(self, cid: str) -> CrmRecord:
-        return CrmRecord(cid, dict(self.crm.values[cid]), dict(self.crm.signals.get(cid, {})))
+        held = self.crm.properties.get(cid, {})
+        governed = self.mapping.policy.program.governance.properties
+        return CrmRecord(cid, dict(self.crm.values[cid]), dict(self.crm.signals.get(cid, {})),
+                         properties={name: held.get(name) for name in governed})  # fmt: skip
 
     def _pages(self, ids: list[str], after: str | None, name: str) -> Iterator[list[CrmRecord]]:
         ids = [cid for cid in ids if after is None or cid > after]
@@ -207,10 +218,11 @@ class MemoryConnector(Connector):
             yield [self._record(cid) for cid in ids[start : start + self.page_size]]
 
 
-def memory_runners(data_dir: str) -> list:
-    """Runners a worker process builds for itself: the fake CRM on the data dir's store."""
+def memory_runners(data_dir: str, poisoned: tuple[str, ...] = ()) -> list:
+    """Runners a worker process builds for itself: the fake CRM on the data dir's store, with
+    the `poisoned` contacts' records unreadable."""
     from connectors.runner import Runner
     from core.sqlite_store import SQLiteStore
 
-    connector = MemoryConnector(memory_mapping(), MemoryCrm())
+    connector = MemoryConnector(memory_mapping(), MemoryCrm(poisoned=set(poisoned)))
     return [Runner(connector, SQLiteStore.in_data_dir(Path(data_dir)))]

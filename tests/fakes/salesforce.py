@@ -131,6 +131,7 @@ ORG_FIELDS = [
     "Last_Email_Click_Date__c",
     "Last_Email_Send_Date__c",
     "pi__url__c",
+    "Last_Form_Submission_Date__c",
 ]
 """Fields the org has before we provision anything (its own automation and packages)."""
 ACTIVITY_OBJECTS = ("Task", "Event")

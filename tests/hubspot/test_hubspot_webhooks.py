@@ -29,7 +29,7 @@ def change(prop: str, value, object_id: int = 101, **extra) -> dict:
         ("hs_analytics_last_url", "https://acme.io/pricing?plan=pro", "high_intent_visit"),
         ("hs_analytics_last_url", "https://acme.io/blog/post", None),
         ("hs_email_optout", "true", "unsubscribe"),
-        ("hs_email_optout", "false", None),
+        ("hs_email_optout", "false", "resubscribe"),
         ("hs_email_hard_bounce_reason_enum", "UNKNOWN_USER", "hard_bounce"),
         ("elastic_campaign_status", "dormant", None),  # our own write echoing back
         ("lifecyclestage", "lead", None),

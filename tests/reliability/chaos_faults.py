@@ -17,7 +17,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -25,7 +25,7 @@ from typing import Any
 from connectors.base import CrmRecord, HandoffTask, WriteResult
 from connectors.hubspot import HubSpotConnector
 from core.models import ContactState, Decision, Event
-from core.store import OUTBOX_LEASE, Batch, OwedWrite, Store
+from core.store import OUTBOX_LEASE, Batch, OwedWrite, Quarantined, Store
 from tests.fakes.hubspot_server import ApiError, FakeHubSpot, RecordFailure
 
 CONTACT_UPDATE = re.compile(r"/crm/v3/objects/contacts/batch/update$")
@@ -51,6 +51,11 @@ class FaultPlan:
     client_timeout: float = 0.5
     timeout_delay: float = 0.6
     """An injected timeout answers this late, past the client's timeout."""
+    rival_flush_rate: float = 0.1
+    """Per CRM write or task call: the chance another flusher on the same store (a `sync`
+    beside the worker) flushes while this call is in flight."""
+    rival: Callable[[], None] | None = None
+    """That other flusher, set by the harness."""
     enabled: bool = True
     counts: Counter = field(default_factory=Counter)
 
@@ -83,6 +88,11 @@ class FaultPlan:
     def count(self, name: str, n: int = 1) -> None:
         with self.lock:
             self.counts[name] += n
+
+    def rival_flush(self) -> None:
+        if self.rival is not None and self.roll(self.rival_flush_rate):
+            self.count("rival_flushes")
+            self.rival()
 
     def kill(self, where: str) -> None:
         if self.roll(self.kill_rate):
@@ -138,11 +148,13 @@ class ChaosHubSpotConnector(HubSpotConnector):
         return super().read_records(contact_ids)
 
     def write_records(self, values: dict[str, dict[str, Any]]) -> WriteResult:
+        self.plan.rival_flush()
         result = super().write_records(values)
         self.plan.kill("after_crm_write")
         return result
 
     def create_tasks(self, tasks: Sequence[HandoffTask]) -> WriteResult:
+        self.plan.rival_flush()
         result = super().create_tasks(tasks)
         self.plan.kill("after_task_create")
         return result
@@ -212,6 +224,18 @@ class ChaosStore(Store):
 
     def outbox_owed(self, keys: Iterable[str]) -> set[str]:
         return self.inner.outbox_owed(keys)
+
+    def inbox_quarantine(self, entries: Sequence[Quarantined]) -> None:
+        self.inner.inbox_quarantine(entries)
+
+    def quarantined(self, limit: int = 1000) -> list[Quarantined]:
+        return self.inner.quarantined(limit)
+
+    def quarantine_count(self) -> int:
+        return self.inner.quarantine_count()
+
+    def quarantine_release(self, keys: Sequence[str] | None = None) -> int:
+        return self.inner.quarantine_release(keys)
 
     def close(self) -> None:
         # Closing a dropped connection again is harmless.

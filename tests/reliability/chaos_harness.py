@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from connectors.base import ConnectorError
+from connectors.hubspot import HubSpotConnector
 from connectors.hubspot.config import HubSpotSettings, load_options
 from connectors.intake import handle_webhook
 from connectors.runner import Runner
@@ -102,22 +103,37 @@ class ChaosRun:
         self.url = self.hubspot.start()
         self.clock = VirtualClock()
         self.report = RunReport()
+        self.rival: Runner | None = None
         self.runner: Runner = self._boot()
 
     # ---- the worker process ----------------------------------------------------------------
 
     def _boot(self) -> Runner:
-        settings = HubSpotSettings(
-            access_token=TOKEN, client_secret=SECRET, base_url=self.url,
-            timeout_seconds=self.plan.client_timeout,
-            write_concurrency=1, requests_per_10s=1000,
-        )  # fmt: skip
-        connector = ChaosHubSpotConnector(self.mapping, settings, self.options,
+        connector = ChaosHubSpotConnector(self.mapping, self._settings(), self.options,
                                           sleep=self.clock.sleep, clock=self.clock,
                                           prefetch_pages=0)  # fmt: skip
         connector.plan = self.plan
         store = ChaosStore(SQLiteStore(self.path, clock=self.lease_clock), self.plan)
+        self.plan.rival = self._rival_flush
         return Runner(connector, store, clock=lambda: self.now)
+
+    def _settings(self) -> HubSpotSettings:
+        return HubSpotSettings(
+            access_token=TOKEN, client_secret=SECRET, base_url=self.url,
+            timeout_seconds=self.plan.client_timeout,
+            write_concurrency=1, requests_per_10s=1000,
+        )  # fmt: skip
+
+    def _rival_flush(self) -> None:
+        """Another flusher on the same file (its own connection and connector, which never
+        dies here) flushes while the worker's CRM call is in flight."""
+        if self.rival is None:
+            connector = HubSpotConnector(self.mapping, self._settings(), self.options,
+                                         sleep=self.clock.sleep, clock=self.clock,
+                                         prefetch_pages=0)  # fmt: skip
+            store = SQLiteStore(self.path, clock=self.lease_clock)
+            self.rival = Runner(connector, store, clock=lambda: self.now)
+        self.rival.flush()
 
     def lease_clock(self) -> datetime:
         """Wall-clock time as the store sees it: a dead worker's leases on owed writes have
@@ -260,6 +276,8 @@ class ChaosRun:
         raise RuntimeError("owed CRM writes never went through")
 
     def close(self) -> None:
+        if self.rival is not None:
+            self.rival.store.close()
         self.runner.store.close()
         self.hubspot.stop()
 

@@ -18,7 +18,7 @@ def test_a_chaotic_run_ends_exactly_where_a_fault_free_run_does(tmp_path: Path) 
     assert result.differences == []
     chaos, faults = result.chaos, result.chaos.faults
     # every fault class really happened, or the comparison proves nothing
-    for kind in ("http_429", "http_5xx", "http_timeout", "records_207", "kills"):
+    for kind in ("http_429", "http_5xx", "http_timeout", "records_207", "kills", "rival_flushes"):
         assert faults[kind] > 0, kind
     assert faults["connection_drops"] == 1
     assert chaos.restarts >= faults["kills"] + 1

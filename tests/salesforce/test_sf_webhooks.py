@@ -53,9 +53,11 @@ def test_contact_notifications_become_events_and_get_the_exact_ack(
         ("101AAA", "click"),
         ("101AAA", "high_intent_visit"),
         ("101AAA", "open"),
+        ("101AAA", "resubscribe"),  # opt-out false: the pipeline counts it only as a change
         ("102AAA", "send"),
         ("102AAA", "unsubscribe"),
         ("103AAA", "hard_bounce"),
+        ("103AAA", "resubscribe"),
     ]
     opened = next(e for e in events if e.type == "open")
     assert opened.occurred_at == datetime(2026, 3, 2, 9, 15, tzinfo=UTC)
@@ -66,8 +68,10 @@ def test_contact_notifications_become_events_and_get_the_exact_ack(
 def test_redelivery_counts_once(connector: SalesforceConnector) -> None:
     store = SQLiteStore(":memory:")
     first = handle_webhook(connector, outbound(), store.inbox_put)
-    again = handle_webhook(connector, outbound(), store.inbox_put)
-    assert (first.recorded, again.recorded) == (6, 0)
+    body = (FIXTURES / "contact_notifications.xml").read_bytes()
+    later = post("/webhooks/salesforce", body, XML, at=NOW + timedelta(hours=2))
+    again = handle_webhook(connector, later, store.inbox_put)
+    assert (first.recorded, again.recorded) == (8, 0)
     assert again.body == OUTBOUND_ACK  # acknowledged, so Salesforce stops retrying
 
 
@@ -90,7 +94,7 @@ def test_ack_only_after_the_events_are_in_the_store(connector: SalesforceConnect
         return new
 
     answer = handle_webhook(connector, outbound(), record)
-    assert seen_at_record == [6]
+    assert seen_at_record == [8]
     assert answer.body == OUTBOUND_ACK
 
 
@@ -213,7 +217,7 @@ def _timed(connector: SalesforceConnector, request: WebhookRequest) -> float:
     start = time.perf_counter()
     intake = connector.parse_webhook(request)
     elapsed = time.perf_counter() - start
-    assert len(intake.events) == 200
+    assert len(intake.events) == 300  # open, send, opt-out state
     return elapsed
 
 
@@ -342,7 +346,7 @@ def test_outbound_message_over_the_local_server(connector: SalesforceConnector) 
     finally:
         server.shutdown()
         server.server_close()
-    assert len(runner.store.inbox_take(100)) == 6
+    assert len(runner.store.inbox_take(100)) == 8
 
 
 @pytest.mark.parametrize(
@@ -436,5 +440,5 @@ def test_over_the_local_server_a_forged_message_gets_no_ack_and_the_token_is_not
     finally:
         server.shutdown()
         server.server_close()
-    assert len(runner.store.inbox_take(100)) == 6
+    assert len(runner.store.inbox_take(100)) == 8
     assert OUTBOUND_QUERY not in caplog.text

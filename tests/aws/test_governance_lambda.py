@@ -1,0 +1,69 @@
+"""Consent and segments decide in the Lambda worker as they do in `sync`: events through the
+webhook function, SQS and the worker, against the in-memory CRM."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import yaml
+
+from connectors.aws import handlers
+from tests.aws.conftest import SECRET, Stack
+from tests.aws.harness import FakeContext, api_event
+from tests.fakes.memory_crm import MAPPING_PATH
+from tests.governance_helpers import withheld_for
+
+NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+@pytest.fixture
+def governed(stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Stack:
+    data = yaml.safe_load(MAPPING_PATH.read_text())
+    data["eligibility"] = {"consent_property": "email_consent", "consent_means": "opt_in"}
+    data["segments"] = [{"name": "fast-market", "where": {"country": "DE"},
+                         "policy": {"dormant_after_days": 30}}]  # fmt: skip
+    path = tmp_path / "memory-governed.yaml"
+    path.write_text(yaml.safe_dump(data))
+    monkeypatch.setenv("ELASTICITY_MAPPINGS", str(path))
+    handlers.reset_container()
+    return stack
+
+
+def post(events: list[dict]) -> None:
+    event = api_event("/webhooks/memory", json.dumps(events), {"x-memory-secret": SECRET})
+    assert handlers.webhook(event, FakeContext())["statusCode"] == 202
+
+
+def send(eid: str, cid: str, at: datetime) -> dict:
+    return {"event_id": eid, "contact_id": cid, "type": "send", "occurred_at": at.isoformat()}
+
+
+def test_the_worker_withholds_a_due_step_from_a_contact_without_consent(governed: Stack):
+    changed = NOW - timedelta(days=33)
+    for cid, consent in (("never", None), ("agreed", "true")):
+        governed.crm.values[cid] = {
+            "campaign_status": "Dormant", "status_changed_at": changed, "engagement_score": 0,
+            "reactivation_cycle": 0, "reactivation_step": 0, "unanswered_sends": 3,
+            "last_engagement_date": changed - timedelta(days=90),
+        }  # fmt: skip
+        governed.crm.properties[cid] = {"email_consent": consent}
+    # A newsletter send lands after cooling is over: the due step is decided first.
+    post([send("s1", "never", NOW - timedelta(hours=1)),
+          send("s2", "agreed", NOW - timedelta(hours=1))])  # fmt: skip
+    governed.poller.drain()
+    assert governed.crm.values["never"]["reactivation_step"] == 0
+    assert governed.crm.values["agreed"]["reactivation_step"] == 1
+    assert len(withheld_for(governed.store.ledger_for("never"), "no_consent")) == 1
+
+
+def test_a_new_contact_joins_its_segment_in_the_worker(governed: Stack):
+    governed.crm.values["de"] = {}
+    governed.crm.properties["de"] = {"country": "DE", "email_consent": "true"}
+    post([{"event_id": "o1", "contact_id": "de", "type": "open",
+           "occurred_at": (NOW - timedelta(hours=2)).isoformat()}])  # fmt: skip
+    governed.poller.drain()
+    state = governed.store.get_contacts(["de"])["de"]
+    assert state.segment == "fast-market"
