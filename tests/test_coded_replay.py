@@ -150,3 +150,25 @@ def test_a_run_stopped_part_way_leaves_an_empty_store_and_no_partial_file(tmp_pa
     assert _table(store_path, "SELECT COUNT(*) FROM contacts") == [(0,)]
     assert _table(store_path, "SELECT COUNT(*) FROM ledger_rollup") == [(0,)]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["events.jsonl", "replay.sqlite3"]
+
+
+def test_events_read_from_crm_properties_take_the_object_path(tmp_path):
+    """A resent property value counts once: only the object pipeline tracks that, so a file
+    with observations is replayed there (and decides as it always did)."""
+    m = mapping()
+    lines = []
+    for n, page in enumerate(["/pricing", "/pricing", "/demo"]):
+        lines.append(json.dumps({
+            "event_id": f"v{n}", "contact_id": "c1", "type": "high_intent_visit",
+            "occurred_at": (T0 + timedelta(days=n)).isoformat(),
+            "observed": {"property": "last_page", "value": page,
+                         "changed_at": (T0 + timedelta(days=0 if n < 2 else 2)).isoformat()},
+        }))  # fmt: skip
+    events = tmp_path / "events.jsonl"
+    events.write_text("\n".join(lines) + "\n")
+    old, _, old_out, _ = _run(tmp_path, m, events, "object")
+    new, _, new_out, new_path = _run(tmp_path, m, events, "coded")
+    assert new_out == old_out
+    assert (new.stats.applied, new.stats.duplicates) == (old.stats.applied, old.stats.duplicates)
+    assert new.stats.duplicates == 1
+    assert _table(new_path, "SELECT COUNT(*) FROM ledger") != [(0,)]  # the text ledger
