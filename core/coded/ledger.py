@@ -49,7 +49,7 @@ CREATE TABLE IF NOT EXISTS coded_names (
 CREATE TABLE IF NOT EXISTS coded_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)
     WITHOUT ROWID;
 """
-CHUNK_ROWS = 4_096
+CHUNK_ROWS = 512
 """Rows per chunk. Blob I/O at an offset walks the blob's overflow pages from its start, so
 `explain` reading one contact's rows costs about a chunk per chunk it has rows in."""
 ROW = struct.Struct("<14qd")
