@@ -43,6 +43,10 @@ class QuotaExhausted(ConnectorError):
     """The vendor's daily allowance (or our reserve of it) is spent: stop now, resume later."""
 
 
+class HistoryUnsupported(ConnectorError):
+    """This vendor's connector cannot export past engagement (use a CSV export instead)."""
+
+
 class WebhookRejected(Exception):
     """A webhook request that must not be recorded. `status` is the HTTP status to answer."""
 
@@ -149,6 +153,25 @@ class CallStats:
     throttled: int = 0
 
 
+@dataclass
+class HistoryPage:
+    """One step of a history export: events read from one source of the CRM, and the cursor to
+    resume from once they are written. A page with `available=False` and a `note` saying why
+    ("not available: ...", "not read: ...") reports a source with nothing the export can use
+    (history tracking off, a scope missing, a source this export does not read)."""
+
+    source: str
+    events: list[Event] = field(default_factory=list)
+    cursor: dict[str, str] = field(default_factory=dict)
+    """The connector's whole resume state after this page (every source), opaque to callers."""
+    note: str | None = None
+    available: bool = True
+    read: int = 0
+    """Vendor records read for this page (events kept, mapped or not)."""
+    skipped: dict[str, int] = field(default_factory=dict)
+    """Records read but not exported, by reason."""
+
+
 class Connector(ABC):
     vendor: ClassVar[str]
     options_model: ClassVar[type[BaseModel] | None] = None
@@ -206,3 +229,15 @@ class Connector(ABC):
     @abstractmethod
     def iter_all(self, after: str | None) -> Iterator[list[CrmRecord]]:
         """Every contact of the program's object (`sync --full`), ascending id order."""
+
+    def export_history(
+        self, since: datetime, until: datetime, cursor: MappingABC[str, str] | None
+    ) -> Iterator[HistoryPage]:
+        """Past engagement between `since` and `until` (inclusive) as canonical events with ids
+        stable across exports, page by page; `cursor` is the last page's, to resume after.
+        Calls go through the same client, limiter and daily reserve as `sync`
+        (`QuotaExhausted` stops the export; the last cursor resumes it)."""
+        raise HistoryUnsupported(
+            f"exporting history from {self.vendor} is not supported; export the events as CSV "
+            "and import them with --csv FILE --columns ..."
+        )

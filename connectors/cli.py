@@ -474,14 +474,78 @@ def history(
     since: Annotated[str | None, typer.Option(help="only events at or after this time")] = None,
     until: Annotated[str | None, typer.Option(help="only events at or before this time")] = None,
 ) -> None:
-    """Past engagement as canonical events for `replay` and `compare`; re-running appends
-    nothing twice (stable event ids)."""
-    from connectors.history import HistoryError, import_csv, parse_pairs
-
+    """Past engagement as canonical events for `replay` and `compare`, exported from the
+    connected CRM (resumable: a checkpoint sits next to --out) or imported from a CSV;
+    re-running appends nothing twice (stable event ids)."""
     loaded = _mapping(mapping)
     if csv_file is None:
-        _fail(f"exporting history from {loaded.vendor} is not available yet; export the events "
-              "from the CRM as CSV and import them with --csv FILE --columns ...", 2)  # fmt: skip
+        _export_history(loaded, out_file, since, until)
+        return
+    _import_history_csv(loaded, out_file, csv_file, columns, types, since, until)
+
+
+def _export_history(loaded: Mapping, out_file: Path, since: str | None,
+                    until: str | None) -> None:  # fmt: skip
+    from datetime import UTC
+
+    from connectors.base import HistoryUnsupported
+    from connectors.history import HistoryExport, checkpoint_path, export_history
+    from connectors.registry import load_connector
+
+    start = _parse_time(since, "--since")
+    if start is None:
+        _fail("--since: required when exporting from the CRM (the first instant to read)", 2)
+    end = _parse_time(until, "--until")
+    if end is not None and end < start:
+        _fail("--until: earlier than --since", 2)
+    try:
+        connector = load_connector(loaded)
+    except ConnectorError as exc:
+        _fail(str(exc))
+
+    def report_page(progress: HistoryExport) -> None:
+        err.print(f"page {progress.pages}: {progress.written:,} events appended so far",
+                  highlight=False)  # fmt: skip
+
+    try:
+        result = export_history(connector, out_file, start, end, datetime.now(UTC), report_page)
+    except HistoryUnsupported as exc:
+        _fail(str(exc), 2)
+    except ConnectorError as exc:
+        _fail(f"{exc} (progress is checkpointed in {checkpoint_path(out_file)}; run the same "
+              "command again to resume)")  # fmt: skip
+    if result.resumed:
+        err.print("resumed from the checkpoint", highlight=False)
+    for name, source in result.sources.items():
+        notes = "; ".join(source.notes)
+        if not source.available:
+            err.print(f"{name}: {notes or 'not available'}", highlight=False, markup=False)
+            continue
+        skipped = ", ".join(f"{count:,} {why}" for why, count in source.skipped.items())
+        err.print(
+            f"{name}: {source.read:,} read, {source.written:,} events appended, "
+            f"{source.already_there:,} already there" + (f"; skipped {skipped}" if skipped else "")
+            + (f" ({notes})" if notes else ""), highlight=False, markup=False,
+        )  # fmt: skip
+    kinds = ", ".join(f"{n:,} {kind}" for kind, n in sorted(result.types.items()))
+    err.print(
+        f"{result.written:,} events appended to {out_file} ({kinds or 'none'}), "
+        f"{result.already_there:,} already there, {result.outside_window:,} dated outside the "
+        f"window {result.since.isoformat()} to "
+        f"{result.until.isoformat()}", highlight=False,
+    )  # fmt: skip
+    if result.stopped:
+        err.print(f"stopped: {result.stopped}; run the same command again to resume",
+                  highlight=False, markup=False)  # fmt: skip
+        raise typer.Exit(3)
+
+
+def _import_history_csv(
+    loaded: Mapping, out_file: Path, csv_file: Path, columns: str | None, types: str | None,
+    since: str | None, until: str | None,
+) -> None:  # fmt: skip
+    from connectors.history import HistoryError, import_csv, parse_pairs
+
     if not csv_file.is_file():
         _fail(f"{csv_file}: no such file", 2)
 

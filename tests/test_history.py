@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from connectors.cli import app
+from connectors.history import export_history
 
 runner = CliRunner()
 COLUMNS = "contact_id=Email,type=Activity,occurred_at=When,url=Link,campaign=Email Name"
@@ -101,9 +104,33 @@ def test_a_column_that_is_not_in_the_file_is_a_usage_error(tmp_path):
     assert "contact_id=Mail: no such column" in result.output
 
 
-def test_without_csv_it_says_what_is_not_there_yet(tmp_path):
+def test_exporting_from_the_crm_needs_since(tmp_path):
     result = runner.invoke(
         app, ["history", "mappings/hubspot.yaml", "--out", str(tmp_path / "e.jsonl")]
     )
     assert result.exit_code == 2
-    assert "--csv" in result.output
+    assert "--since: required" in result.output
+
+
+def test_a_connector_without_an_export_says_to_import_a_csv(tmp_path):
+    from connectors.base import HistoryUnsupported
+    from core.mapping import load_mapping
+    from tests.fakes.memory_crm import MemoryConnector
+
+    connector = MemoryConnector(load_mapping("tests/fakes/memory.yaml"))
+    since = datetime(2026, 1, 1, tzinfo=UTC)
+    with pytest.raises(HistoryUnsupported, match="--csv FILE"):
+        export_history(connector, tmp_path / "e.jsonl", since, None, since)
+    assert not (tmp_path / "e.jsonl.checkpoint").exists()
+
+
+def test_half_a_line_left_by_a_killed_run_is_dropped_before_appending(tmp_path):
+    history(tmp_path)
+    events = tmp_path / "events.jsonl"
+    whole = events.read_text()
+    events.write_text(whole + whole.splitlines()[0][:25])  # killed mid-write
+
+    result = history(tmp_path)
+
+    assert result.exit_code == 0, result.output
+    assert events.read_text() == whole  # every line whole, nothing twice

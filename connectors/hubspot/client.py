@@ -24,6 +24,26 @@ from connectors.base import AuthError, CallStats, ConnectorError, QuotaExhausted
 from connectors.hubspot.config import HubSpotSettings
 from connectors.hubspot.limits import SlidingWindowLimiter
 
+
+class EmailEventsApi:
+    """The legacy email events endpoint, which the SDK has no class for. Sent through an SDK
+    API client, so it shares the thread's connection pool, the token and the SDK's errors."""
+
+    PATH = "/email/public/v1/events"
+
+    def __init__(self, api_client: Any) -> None:
+        self.api_client = api_client
+
+    def get_page(self, *, _preload_content: bool = False, _request_timeout: Any = None,
+                 **query: Any) -> Any:  # fmt: skip
+        params = [(name, value) for name, value in query.items() if value is not None]
+        return self.api_client.call_api(
+            self.PATH, "GET", query_params=params, header_params={"Accept": "application/json"},
+            auth_settings=["oauth2"], response_types_map={}, _return_http_data_only=False,
+            _preload_content=_preload_content, _request_timeout=_request_timeout,
+        )  # fmt: skip
+
+
 # SDK attribute paths of the APIs we use, reached from a `HubSpot` client.
 APIS: dict[str, Callable[[HubSpot], Any]] = {
     "contacts.batch": lambda c: c.crm.contacts.batch_api,
@@ -34,6 +54,7 @@ APIS: dict[str, Callable[[HubSpot], Any]] = {
     "properties.core": lambda c: c.crm.properties.core_api,
     "properties.groups": lambda c: c.crm.properties.groups_api,
     "lists": lambda c: c.crm.lists.lists_api,
+    "email.events": lambda c: EmailEventsApi(c.crm.contacts.batch_api.api_client),
 }
 
 SEARCH = "search"

@@ -12,6 +12,7 @@ from connectors.base import (
     Connector,
     CrmRecord,
     HandoffTask,
+    HistoryPage,
     ProvisionReport,
     WebhookIntake,
     WebhookRejected,
@@ -117,6 +118,15 @@ class HubSpotConnector(Connector):
 
     def iter_all(self, after: str | None) -> Iterator[list[CrmRecord]]:
         return prefetch(self.contacts.list_all(after), self.prefetch_pages)
+
+    # ---- history ---------------------------------------------------------------------------
+
+    def export_history(
+        self, since: datetime, until: datetime, cursor: MappingABC[str, str] | None
+    ) -> Iterator[HistoryPage]:
+        from connectors.hubspot.history import EmailHistory
+
+        return EmailHistory(self.client, self.mapping).export(since, until, cursor)
 
     def _datetime_signals(self) -> set[str]:
         """Which signal properties are datetimes (filterable by "changed after"). HubSpot's

@@ -20,6 +20,7 @@ from connectors.base import (
     ConnectorError,
     CrmRecord,
     HandoffTask,
+    HistoryPage,
     ProvisionReport,
     WebhookIntake,
     WebhookRejected,
@@ -213,6 +214,16 @@ class SalesforceConnector(Connector):
 
     def iter_all(self, after: str | None) -> Iterator[list[CrmRecord]]:
         return self._pages(f"read every {self.sobject}", self.queries.everyone(), after)
+
+    # ---- history ---------------------------------------------------------------------------
+
+    def export_history(
+        self, since: datetime, until: datetime, cursor: MappingABC[str, str] | None
+    ) -> Iterator[HistoryPage]:
+        from connectors.salesforce.history import FieldHistory
+
+        history = FieldHistory(self.client, self.mapping, self.sobject, self.options.page_size)
+        return history.export(since, until, cursor)
 
     # ---- writes ----------------------------------------------------------------------------
 

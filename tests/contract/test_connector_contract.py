@@ -1,7 +1,8 @@
 """The `Connector` contract (connectors/base.py), run against every vendor connector and its
 fake: ids ascending in every scan, missing ids absent from reads, one hand-off task per key even
 when a create request took effect but its answer was lost, cursors that resume without gaps
-or repeats, and a write result for every record. A third vendor passes these before anything
+or repeats, a write result for every record, and history exports whose event ids are stable
+and whose page cursors resume with nothing lost. A third vendor passes these before anything
 uses it."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from connectors.base import ConnectorError, CrmRecord, HandoffTask
+from connectors.base import ConnectorError, CrmRecord, HandoffTask, HistoryPage
 from tests.contract.vendors import AFTER_COMMIT, Vendor
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
@@ -202,3 +203,32 @@ def test_one_task_per_key_when_the_create_took_effect_but_the_answer_was_lost(
     assert vendor.faults_pending() == 0, "the injected failure happened"
     assert written == {t.key for t in tasks}
     assert vendor.tasks_per_contact() == dict.fromkeys(contacts, 1), "no duplicate hand-off"
+
+
+# ---- history ---------------------------------------------------------------------------------
+
+
+def _history(vendor: Vendor, cursor: dict[str, str] | None) -> list[HistoryPage]:
+    return list(vendor.connector.export_history(SINCE, NOW, cursor))
+
+
+def test_a_history_export_has_stable_ids_and_resumes_from_any_page_cursor(vendor: Vendor) -> None:
+    contacts = vendor.add_contacts(3, {})
+    count = 2 * vendor.history_page + 17
+    for n, contact in enumerate(contacts):
+        vendor.record_opens(contact, [SINCE + timedelta(seconds=3 * k + n)
+                                      for k in range(count // 3 + 1)])  # fmt: skip
+    pages = _history(vendor, None)
+    whole = [e.event_id for p in pages for e in p.events]
+    assert len(whole) == len(set(whole)) >= count
+    assert {e.type for p in pages for e in p.events} == {"open"}
+    assert {e.event_id for p in _history(vendor, None) for e in p.events} == set(whole)
+    with_events = [i for i, p in enumerate(pages) if p.events]
+    assert len(with_events) >= 3
+    for i in with_events[:-1]:
+        before = {e.event_id for p in pages[: i + 1] for e in p.events}
+        after = {e.event_id for p in _history(vendor, pages[i].cursor) for e in p.events}
+        assert before | after == set(whole), "nothing lost at the cursor"
+        assert len(before & after) <= 1, "at most the event at the cursor's instant again"
+    ended = [e for p in _history(vendor, pages[-1].cursor) for e in p.events]
+    assert len(ended) <= 1, "the last page's cursor (the checkpoint at the end) reads nothing again"

@@ -78,6 +78,13 @@ class Vendor(ABC):
     def reject_writes(self, contact_ids: list[str]) -> None:
         """Writes of these contacts fail permanently (a validation rule, say)."""
 
+    history_page: int
+    """Events per page of `export_history`, so a test can seed more than two pages."""
+
+    @abstractmethod
+    def record_opens(self, contact_id: str, times: list[datetime]) -> None:
+        """The CRM's history holds an email open by this contact at each of these instants."""
+
     def close(self) -> None:
         return None
 
@@ -134,6 +141,14 @@ class HubSpot(Vendor):
         self.fake.fail_records(RecordFailure(set(contact_ids), category="VALIDATION_ERROR",
                                              message="Email programs need a valid address",
                                              times=1000))  # fmt: skip
+
+    history_page = 1000
+
+    def record_opens(self, contact_id: str, times: list[datetime]) -> None:
+        email = f"c{contact_id}@example.com"
+        self.fake.set_contact(contact_id, {"email": email})
+        for at in times:
+            self.fake.add_email_event("OPEN", email, at)
 
     def close(self) -> None:
         self.fake.stop()
@@ -220,6 +235,15 @@ class Salesforce(Vendor):
 
     def reject_writes(self, contact_ids: list[str]) -> None:
         self.fake.reject(contact_ids)
+
+    history_page = 200  # the mapping's `page_size` above
+
+    def record_opens(self, contact_id: str, times: list[datetime]) -> None:
+        self.fake.track_history(self.mapping.object, "Last_Email_Open_Date__c")
+        for at in times:
+            value = _sf_value(at)
+            self.fake.change(self.mapping.object, contact_id, "Last_Email_Open_Date__c", value,
+                             value)  # fmt: skip
 
 
 def _sf_value(value: Any) -> Any:

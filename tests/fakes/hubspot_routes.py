@@ -4,6 +4,7 @@ research notes) and answers in HubSpot's shapes."""
 from __future__ import annotations
 
 import bisect
+import hashlib
 import re
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -340,16 +341,28 @@ def _not_found(ids: list[str], obj: str) -> dict:
                        "not exist. Check that ids are valid."}  # fmt: skip
 
 
+UNIQUE_ID_PROPERTIES = {"contacts": ("email", "hs_object_id"), "tasks": ("hs_object_id",)}
+"""Properties a batch read may name records by (`idProperty`): unique-valued ones only."""
+
+
 def batch_read(fake, query, body, obj):
     inputs = _inputs(body)
     store = fake.objects[_object_type(obj)]
+    id_property = body.get("idProperty")
+    if id_property is not None and id_property not in UNIQUE_ID_PROPERTIES[obj]:
+        raise ApiError(400, f"{id_property} is not a unique identifier property for {obj}")
+    if id_property == "email":
+        # Emails are unique per contact and matched without regard to case.
+        by_email = {str(raw.get("email") or "").lower(): oid for oid, raw in store.raw.items()}
     found, missing = [], []
     for item in inputs:
         oid = str(item.get("id"))
+        if id_property == "email":
+            oid = str(by_email.get(oid.lower(), oid))
         if oid.isdigit() and int(oid) in store.raw:
             found.append(_public(fake, obj, int(oid), body.get("properties")))
         else:
-            missing.append(oid)
+            missing.append(str(item.get("id")))
     return _batch_answer(found, [_not_found(missing, obj)] if missing else [])
 
 
@@ -485,8 +498,63 @@ def patch_object(fake, query, body, obj, oid):
     return 200, _public(fake, obj, int(oid), list(props))
 
 
+# ---- legacy email events ---------------------------------------------------------------------
+
+EMAIL_EVENTS_MAX_LIMIT, EMAIL_EVENTS_DEFAULT_LIMIT = 1000, 10
+EMAIL_EVENT_FILTERS = ("appId", "campaignId", "recipient", "eventType", "startTimestamp",
+                       "endTimestamp", "excludeFilteredEvents")  # fmt: skip
+
+
+def _integer(query: dict, name: str) -> int | None:
+    text = _q(query, name)
+    if text is None:
+        return None
+    if not re.fullmatch(r"-?\d+", text):
+        raise ApiError(400, f"Unable to parse value for query parameter: {name}")
+    return int(text)
+
+
+def email_events(fake, query, body):
+    """Newest first; `offset` is an opaque token valid only for the same filters (and until
+    the fake is told tokens went stale); `limit` 1..1000, 10 when absent."""
+    limit = _integer(query, "limit")
+    if limit is None:
+        limit = EMAIL_EVENTS_DEFAULT_LIMIT
+    if not 1 <= limit <= EMAIL_EVENTS_MAX_LIMIT:
+        raise ApiError(400, f"limit must be between 1 and {EMAIL_EVENTS_MAX_LIMIT}, got {limit}")
+    start, end = _integer(query, "startTimestamp"), _integer(query, "endTimestamp")
+    filters = "|".join(f"{n}={_q(query, n)}" for n in EMAIL_EVENT_FILTERS)
+    position = 0
+    token = _q(query, "offset")
+    if token is not None:
+        epoch, _, rest = token.partition(":")
+        signature, _, number = rest.rpartition(":")
+        if epoch != str(fake.email_offset_epoch) or signature != _digest(filters) \
+                or not number.isdigit():  # fmt: skip
+            raise ApiError(400, "The offset is invalid or has expired")
+        position = int(number)
+    wanted = [
+        e for e in fake.email_events
+        if (start is None or e["created"] >= start) and (end is None or e["created"] <= end)
+        and (_q(query, "eventType") in (None, e["type"]))
+        and (_q(query, "recipient") in (None, e["recipient"]))
+        and not (_q(query, "excludeFilteredEvents") == "true" and e.get("filteredEvent"))
+    ]  # fmt: skip
+    wanted.sort(key=lambda e: (-e["created"], e["id"]))
+    page = wanted[position : position + limit]
+    more = position + limit < len(wanted)
+    next_token = f"{fake.email_offset_epoch}:{_digest(filters)}:{position + limit}"
+    fake.stats["email_event_pages"] += 1
+    return 200, {"events": page, "hasMore": more, "offset": next_token}
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 OBJ = r"/crm/v3/objects/(contacts|tasks)"
 ROUTES = [
+    (r"/email/public/v1/events", "GET", email_events),
     (r"/crm/v3/properties/(\w+)/groups", "GET", get_groups),
     (r"/crm/v3/properties/(\w+)/groups", "POST", create_group),
     (r"/crm/v3/properties/(\w+)", "GET", get_properties),

@@ -70,6 +70,18 @@ class Fault:
 
 
 @dataclass
+class Gate:
+    """Hold the next request matching `path` (regex), after `skip` pass, until `release` is set;
+    `arrived` tells the test it is being held (to kill a client at a known point)."""
+
+    path: str
+    skip: int = 0
+    arrived: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
+    timeout: float = 60.0
+
+
+@dataclass
 class RecordFailure:
     """Batch updates of these ids fail (207) with `category` the next `times` times."""
 
@@ -172,7 +184,12 @@ class FakeHubSpot:
         }
         self.objects = {t: ObjectStore(lambda t=t: self.kinds(t)) for t in ("contacts", "tasks")}
         self.lists: dict[str, dict[str, Any]] = {}
+        self.email_events: list[dict[str, Any]] = []
+        """The legacy email events log, as `GET /email/public/v1/events` returns events."""
+        self.email_offset_epoch = 0
+        """Bumped to make every `offset` token given so far stale (HubSpot: short-lived)."""
         self.faults: list[Fault] = []
+        self.gates: list[Gate] = []
         self.record_failures: list[RecordFailure] = []
         self.denied_scopes: dict[str, str] = {}
         """Path regex -> the scope a 403 names."""
@@ -223,6 +240,17 @@ class FakeHubSpot:
         return [{"id": str(i), **store.raw[i], "contacts": store.associations.get(i, [])}
                 for i in store.ids]  # fmt: skip
 
+    def add_email_event(self, kind: str, recipient: str, created: datetime,
+                        **extra: Any) -> dict[str, Any]:  # fmt: skip
+        """Log a marketing email event as HubSpot records one (`created` in epoch ms)."""
+        with self.lock:
+            event = {"id": str(uuid.uuid4()), "created": int(created.timestamp() * 1000),
+                     "type": kind, "recipient": recipient, "portalId": 62515,
+                     "appId": 113, "emailCampaignId": 1001, "filteredEvent": False,
+                     **extra}  # fmt: skip
+            self.email_events.append(event)
+            return event
+
     def inject(self, fault: Fault) -> Fault:
         with self.lock:
             self.faults.append(fault)
@@ -254,6 +282,11 @@ class FakeHubSpot:
         if path.startswith("/_fake/"):
             return self._admin(method, path, body)
         search = path.endswith("/search") and "/lists/" not in path
+        with self.lock:
+            gate = self._take_gate(path)
+        if gate is not None:
+            gate.arrived.set()
+            gate.release.wait(gate.timeout)
         with self.lock:
             self.log.append((method, path, 0))
             fault = self._take_fault(method, path)
@@ -324,6 +357,16 @@ class FakeHubSpot:
             if path == "/_fake/seed" and method == "POST" and self.seeder is not None:
                 return 200, self.seeder(self, **(body or {})), {}
         return 404, {"message": f"no admin route {path}"}, {}
+
+    def _take_gate(self, path: str) -> Gate | None:
+        for gate in self.gates:
+            if gate.arrived.is_set() or not re.search(gate.path, path):
+                continue
+            if gate.skip > 0:
+                gate.skip -= 1
+                return None
+            return gate
+        return None
 
     def _take_fault(self, method: str, path: str) -> Fault | None:
         for fault in self.faults:
@@ -453,5 +496,5 @@ def _handler(fake: FakeHubSpot) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-__all__ = ["DROP", "MAX_RESULTS", "TOKEN", "ApiError", "FakeHubSpot", "Fault", "RecordFailure",
-           "DEFAULT_PROPERTIES"]  # fmt: skip
+__all__ = ["DROP", "MAX_RESULTS", "TOKEN", "ApiError", "FakeHubSpot", "Fault", "Gate",
+           "RecordFailure", "DEFAULT_PROPERTIES"]  # fmt: skip

@@ -57,6 +57,9 @@ PREFIX = {
     "PermissionSet": "0PS",
     "PermissionSetAssignment": "0Pa",
     "User": "005",
+    "ContactHistory": "017",
+    "LeadHistory": "017",
+    "FieldDefinition": "000",
 }
 STANDARD = {
     "Contact": [
@@ -125,7 +128,16 @@ STANDARD = {
         "AssigneeId",
     ],
     "User": ["Id", "CreatedDate", "SystemModstamp", "Username"],
+    "ContactHistory": ["Id", "ContactId", "Field", "OldValue", "NewValue", "CreatedDate",
+                       "CreatedById", "IsDeleted"],  # fmt: skip
+    "LeadHistory": ["Id", "LeadId", "Field", "OldValue", "NewValue", "CreatedDate",
+                    "CreatedById", "IsDeleted"],  # fmt: skip
+    "FieldDefinition": ["Id", "DurableId", "EntityDefinitionId",
+                        "EntityDefinition.QualifiedApiName", "QualifiedApiName",
+                        "IsFieldHistoryTracked"],  # fmt: skip
 }
+HISTORY_VALUES = ("OldValue", "NewValue")
+"""History values are `anyType`: selectable, never filterable."""
 ORG_FIELDS = [
     "Last_Email_Open_Date__c",
     "Last_Email_Click_Date__c",
@@ -205,6 +217,8 @@ class FakeSalesforce:
         self.grants = 0
         self.user_id = USER_ID
         self.records["User"][USER_ID] = {"Id": USER_ID, "Username": self.username}
+        self.history_tracked: dict[str, set[str]] = {"Contact": set(), "Lead": set()}
+        """Fields with history tracking on, per object (Setup > Set History Tracking)."""
 
     # ---- set-up helpers --------------------------------------------------------------------
 
@@ -244,6 +258,38 @@ class FakeSalesforce:
         record.update({k: sf_time(v) for k, v in values.items()})
         self.records[sobject][record_id] = record
         return record_id
+
+    def track_history(self, sobject: str, *names: str) -> None:
+        self.history_tracked[sobject].update(names)
+
+    def change(self, sobject: str, record_id: str, name: str, value: Any, at: str) -> None:
+        """A user or an automation sets a field at `at`; a tracked field's change is kept in
+        `<Object>History` (booleans as booleans, datetimes as the API prints them)."""
+        record = self.records[sobject][record_id]
+        old = record.get(name)
+        record[name] = sf_time(value)
+        record["SystemModstamp"] = sf_time(at)
+        if name in self.history_tracked.get(sobject, set()):
+            history = f"{sobject}History"
+            row_id = self.new_id(history)
+            self.records[history][row_id] = {
+                "Id": row_id, f"{sobject}Id": record_id, "Field": name, "OldValue": old,
+                "NewValue": sf_time(value), "CreatedDate": sf_time(at), "CreatedById": USER_ID,
+                "IsDeleted": False,
+            }  # fmt: skip
+
+    def _field_definitions(self) -> None:
+        """`FieldDefinition` rows for the fields of Contact and Lead, as the org has them now."""
+        self.records["FieldDefinition"] = {
+            f"{obj}.{name}": {
+                "Id": f"{obj}.{name}", "DurableId": f"{obj}.{name}", "EntityDefinitionId": obj,
+                "EntityDefinition.QualifiedApiName": obj, "QualifiedApiName": name,
+                "IsFieldHistoryTracked": name in self.history_tracked[obj],
+            }
+            for obj in ("Contact", "Lead")
+            for name in self.fields[obj]
+            if self.visible(obj, name)
+        }  # fmt: skip
 
     def fail(
         self,
@@ -502,7 +548,15 @@ class FakeSalesforce:
     # ---- queries ---------------------------------------------------------------------------
 
     def query(self, soql: str, batch: int) -> tuple:
+        where = re.split(r"\bWHERE\b", soql, maxsplit=1, flags=re.IGNORECASE)
+        if re.search(r"\bFROM\s+\w+History\b", soql) and len(where) == 2:
+            for name in HISTORY_VALUES:
+                if re.search(rf"\b{name}\b", where[1]):
+                    problem = f"field '{name}' can not be filtered in query call"
+                    raise SoqlError("INVALID_FIELD", problem)
         q = parse(soql, self.schema())
+        if q.sobject == "FieldDefinition":
+            self._field_definitions()
         rows = [r for r in self.records[q.sobject].values() if q.where(r)]
         if q.order_by:
             rows.sort(key=lambda r: (r.get(q.order_by) is None, r.get(q.order_by)))
