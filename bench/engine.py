@@ -1,10 +1,14 @@
-"""Engine and embedded-store throughput, measured in one run.
+"""The object path against the coded bulk path, measured interleaved in one run.
 
     python bench/engine.py                 # 1M events / 100K contacts, simulate 100K x 180 days
     python bench/engine.py --quick         # 100K events / 10K contacts, simulate 10K x 60 days
+    python bench/engine.py --skip-object   # coded only (the object replay of 1M takes minutes)
 
-Prints events/s of the engine alone and of `elasticity replay` with the SQLite ledger, the
-replay's peak RSS, and the wall time of `elasticity simulate`, each against its target.
+Prints events/s of the engine alone on each representation, of `elasticity replay` with the
+ledger (object, coded on one worker, coded on N workers), each replay's peak RSS, the wall
+time of `elasticity simulate` on each path, and `explain`/`report` on each replay's ledger,
+with the ratios. On a shared machine the absolute figures move with the load; the ratios of
+runs made side by side are what to compare.
 """
 
 from __future__ import annotations
@@ -13,7 +17,6 @@ import argparse
 import json
 import os
 import random
-import resource
 import subprocess
 import sys
 import tempfile
@@ -24,7 +27,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from core.engine import apply_event, apply_owned  # noqa: E402
+from core.coded import engine as coded  # noqa: E402
+from core.coded.codes import Names, coded_policies, to_us  # noqa: E402
+from core.engine import apply_owned  # noqa: E402
 from core.gcpause import cyclic_gc_paused  # noqa: E402
 from core.mapping import load_mapping  # noqa: E402
 from core.models import EVENT  # noqa: E402
@@ -49,44 +54,59 @@ def event_dicts(events: int, contacts: int, seed: int):
                "occurred_at": at.isoformat()}  # fmt: skip
 
 
-def bench_engine(events: int, contacts: int, policy, pure: bool = False) -> float:
-    """Events/s through the engine alone, states kept in a dict; event parsing not timed.
-
-    By default the path the pipeline takes: `apply_owned` (states changed in place) over
-    batches with the cyclic collector paused. `pure=True` times `apply_event`, which copies
-    the state for every event."""
+def bench_object_engine(events: list, policy) -> float:
+    """Events/s of `apply_owned` (the pipeline's in-place call), states in a dict."""
     states: dict = {}
-    chunk = 100_000
-    elapsed = 0.0
-    stream = event_dicts(events, contacts, seed=1)
-    done = 0
-    while done < events:
-        batch = [EVENT.validate_python(next(stream)) for _ in range(min(chunk, events - done))]
-        get = states.get
+    get = states.get
+    decisions: list = []
+    with cyclic_gc_paused():
         started = time.perf_counter()
-        if pure:
-            for event in batch:
-                states[event.contact_id] = apply_event(get(event.contact_id), event, policy)[0]
-        else:
-            with cyclic_gc_paused():
-                decisions: list = []
-                for event in batch:
-                    cid = event.contact_id
-                    states[cid] = apply_owned(get(cid), event, policy, decisions)
-                del decisions
-        elapsed += time.perf_counter() - started
-        done += len(batch)
-    return events / elapsed
+        for event in events:
+            cid = event.contact_id
+            states[cid] = apply_owned(get(cid), event, policy, decisions)
+        elapsed = time.perf_counter() - started
+    return len(events) / elapsed
+
+
+def bench_coded_engine(events: list, policy) -> float:
+    """Events/s of the coded engine on the same events, as (index, type, time, id) tuples."""
+    p = coded_policies(policy, Names())[None]
+    index: dict[str, int] = {}
+    coded_events = []
+    for e in events:
+        i = index.setdefault(e.contact_id, len(index))
+        coded_events.append((i, p.type_codes[e.type], to_us(e.occurred_at), e.event_id,
+                             e.contact_id))  # fmt: skip
+    states: list = [None] * len(index)
+    rows: list = []
+    apply = coded.apply
+    with cyclic_gc_paused():
+        started = time.perf_counter()
+        for i, kind, at, eid, cid in coded_events:
+            states[i] = apply(states[i], i, kind, at, eid, p, rows, cid)
+        elapsed = time.perf_counter() - started
+    return len(events) / elapsed
 
 
 def run_child(args: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MB) of a child process."""
+    """Wall seconds and peak RSS (MB, the largest of the child and its workers). The peak is
+    read by `/usr/bin/time` (GNU time), not from this process's rusage: a child forked from
+    this large process starts with its pages counted."""
+    timer = ["/usr/bin/time", "-f", "peak-rss-kb %M"] if Path("/usr/bin/time").exists() else []
     started = time.perf_counter()
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    subprocess.run(args, check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
+    proc = subprocess.run([*timer, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          cwd=ROOT, text=True, check=False)  # fmt: skip
     seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return seconds, max(peak, before) / 1024
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(args)} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    marks = [line for line in proc.stderr.splitlines() if line.startswith("peak-rss-kb ")]
+    return seconds, int(marks[-1].split()[1]) / 1024 if marks else float("nan")
+
+
+def timed(call) -> float:
+    started = time.perf_counter()
+    call()
+    return time.perf_counter() - started
 
 
 def main() -> None:
@@ -95,38 +115,78 @@ def main() -> None:
     parser.add_argument("--contacts", type=int, default=100_000)
     parser.add_argument("--sim-contacts", type=int, default=100_000)
     parser.add_argument("--sim-days", type=int, default=180)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--quick", action="store_true", help="a tenth of the sizes")
+    parser.add_argument("--skip-object", action="store_true",
+                        help="coded path only (no old-path replay or simulate)")
     args = parser.parse_args()
     if args.quick:
         args.events, args.contacts, args.sim_contacts, args.sim_days = 100_000, 10_000, 10_000, 60
     mapping = load_mapping(ROOT / "mappings" / "hubspot.yaml")
     exe = [sys.executable, "-m", "connectors.cli"]
+    print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
-    rate = bench_engine(args.events, args.contacts, mapping.policy)
-    print(f"engine alone:        {rate:>12,.0f} events/s  (target >= 300,000: "
-          f"{rate / 300_000:.2f}x; in place, as the pipeline runs it)")  # fmt: skip
-    rate = bench_engine(args.events // 2, args.contacts // 2, mapping.policy, pure=True)
-    print(f"engine, pure calls:  {rate:>12,.0f} events/s  (apply_event: a copy per event)")
+    sample = min(args.events, 300_000)
+    events = [EVENT.validate_python(d) for d in event_dicts(sample, args.contacts // 3, seed=1)]
+    rates: dict[str, list[float]] = {"object": [], "coded": []}
+    for _ in range(2):  # interleaved, best of two each
+        rates["object"].append(bench_object_engine(events, mapping.policy))
+        rates["coded"].append(bench_coded_engine(events, mapping.policy))
+    old, new = max(rates["object"]), max(rates["coded"])
+    print(f"engine alone, object:  {old:>10,.0f} events/s")
+    print(f"engine alone, coded:   {new:>10,.0f} events/s  ({new / old:.2f}x the object engine; "
+          f"target >= 300,000: {new / 300_000:.2f}x)")
+    del events
 
     with tempfile.TemporaryDirectory() as tmp:
         events_file = Path(tmp) / "events.jsonl"
         with events_file.open("w") as handle:
             for item in event_dicts(args.events, args.contacts, seed=2):
                 handle.write(json.dumps(item) + "\n")
-        env_dir = ["--data-dir", tmp]
-        seconds, rss = run_child(exe + ["replay", "mappings/hubspot.yaml", str(events_file),
-                                        "--out", os.devnull, *env_dir])  # fmt: skip
-        rate = args.events / seconds
-        print(f"replay with ledger:  {rate:>12,.0f} events/s  (target >= 100,000: "
-              f"{rate / 100_000:.2f}x; {args.events:,} events, {args.contacts:,} contacts, "
-              f"{seconds:.1f} s incl. start-up)")  # fmt: skip
-        print(f"replay peak RSS:     {rss:>12,.0f} MB        (target < 500 MB: "
-              f"{rss / 500:.2f}x of the budget)")  # fmt: skip
-        seconds, rss = run_child(exe + ["simulate", "--contacts", str(args.sim_contacts),
-                                        "--days", str(args.sim_days), "--report",
-                                        str(Path(tmp) / "report"), *env_dir])  # fmt: skip
-        print(f"simulate {args.sim_contacts:,} x {args.sim_days} d: {seconds:>8.1f} s  "
-              f"(target < 60 s: {seconds / 60:.2f}x of the budget; peak RSS {rss:,.0f} MB)")
+        replay = [*exe, "replay", "mappings/hubspot.yaml", str(events_file), "--out", os.devnull]
+        runs = [("coded, 1 worker", ["--engine", "coded", "--workers", "1"]),
+                (f"coded, {args.workers} workers", ["--engine", "coded", "--workers",
+                                                    str(args.workers)])]  # fmt: skip
+        if not args.skip_object:
+            runs.insert(1, ("object", ["--engine", "object"]))
+        seconds: dict[str, float] = {}
+        stores: dict[str, Path] = {}
+        for name, extra in runs:
+            data = Path(tmp) / name.replace(" ", "_").replace(",", "")
+            took, rss = run_child([*replay, *extra, "--data-dir", str(data)])
+            seconds[name] = took
+            stores[name] = data / "replay.sqlite3"
+            rate = args.events / took
+            print(f"replay {name + ':':<20} {rate:>10,.0f} events/s  ({took:.1f} s incl. start-up, "
+                  f"peak RSS {rss:,.0f} MB)")  # fmt: skip
+        one = seconds["coded, 1 worker"]
+        n = seconds[f"coded, {args.workers} workers"]
+        print(f"  {args.workers} workers vs 1: {one / n:.2f}x (target >= 1.4x)")
+        if "object" in seconds:
+            print(f"  coded 1 worker vs object: {seconds['object'] / one:.2f}x (target >= 4x); "
+                  f"target >= 100,000 events/s: {args.events / one / 100_000:.2f}x")
+            from core.explain import explain_contact
+            from core.report import render_report
+
+            for name in ("object", "coded, 1 worker"):
+                path = stores[name]
+                took_explain = timed(lambda p=path: explain_contact(p, "c000123"))
+                took_report = timed(lambda p=path: render_report(p, "json", mapping=mapping))
+                print(f"  on the {name} ledger: explain {took_explain * 1000:.0f} ms, "
+                      f"report {took_report:.2f} s")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        simulate = [*exe, "simulate", "--contacts", str(args.sim_contacts), "--days",
+                    str(args.sim_days), "--report", str(Path(tmp) / "report"),
+                    "--data-dir", tmp]  # fmt: skip
+        took, rss = run_child(simulate)
+        print(f"simulate {args.sim_contacts:,} x {args.sim_days} d, coded: {took:>6.1f} s "
+              f"(target <= 20 s; peak RSS {rss:,.0f} MB)")
+        if not args.skip_object:
+            env_took, _ = run_child([*simulate, "--engine", "object"])
+            print(f"simulate {args.sim_contacts:,} x {args.sim_days} d, object: {env_took:>5.1f} s "
+                  f"({env_took / took:.2f}x the coded run's time)")
+    print(f"load average at end: {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -7,13 +7,22 @@ import json
 import logging
 import os
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from connectors.base import ConnectorError
@@ -94,10 +103,10 @@ def _parse_time(value: str | None, option: str) -> datetime | None:
     return parsed
 
 
-def progress_bar() -> Progress:
+def progress_bar(*extra: ProgressColumn) -> Progress:
     return Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=err, transient=True, disable=not err.is_terminal,
+        *extra, console=err, transient=True, disable=not err.is_terminal,
     )  # fmt: skip
 
 
@@ -308,6 +317,14 @@ def replay(
     until: Annotated[str | None, typer.Option(help="apply time rules up to this time")] = None,
     out_file: Annotated[Path | None, typer.Option("--out", help="write states here")] = None,
     strict: Annotated[bool, typer.Option(help="fail on the first bad line")] = False,
+    engine: Annotated[
+        str, typer.Option(help="coded (the fast bulk path) or object (the reference pipeline)")
+    ] = "coded",
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, help="processes for the coded path (default: the machine's cores; "
+                     "one for a file under 16 MB)"),
+    ] = None,
     contacts: Annotated[Path | None, typer.Option(
         help="JSON lines {contact_id, properties}: consent and segment properties")] = None,
     data_dir: DataDir = None,
@@ -318,6 +335,8 @@ def replay(
     loaded = _mapping(mapping)
     if not events.is_file():
         _fail(f"{events}: no such file", 2)
+    if engine not in ("coded", "object"):
+        _fail(f"--engine: expected coded or object, got {engine!r}", 2)
     properties = None
     if contacts is not None:
         if not contacts.is_file():
@@ -331,12 +350,21 @@ def replay(
     def report_bad(bad: BadLine) -> None:
         err.print(f"{events}:{bad.line}: {bad.problem}", highlight=False, markup=False)
 
-    with progress_bar() as bar:
-        task = bar.add_task("replaying events", total=events.stat().st_size)
+    size = events.stat().st_size
+    if workers is None:
+        workers = (os.cpu_count() or 1) if size >= 16 << 20 else 1
+    started = time.monotonic()
+
+    def progress(done: int, lines: int) -> None:
+        rate = lines / max(time.monotonic() - started, 1e-3)
+        bar.update(task, completed=done, description=f"replaying events ({rate:,.0f}/s)")
+
+    with progress_bar(TimeRemainingColumn()) as bar:
+        task = bar.add_task("replaying events", total=size)
         try:
             result = replay_file(
                 loaded, events, store_path, until=_parse_time(until, "--until"), strict=strict,
-                on_bad_line=report_bad, progress=lambda n: bar.update(task, completed=n),
+                on_bad_line=report_bad, progress=progress, engine=engine, workers=workers,
                 properties=properties,
             )  # fmt: skip
         except BadLine as exc:
@@ -364,6 +392,9 @@ def simulate(
     seed: Annotated[int, typer.Option(help="random seed")] = 7,
     mapping: Annotated[Path | None, typer.Option(help="policy from this mapping")] = None,
     report: Annotated[Path | None, typer.Option(help="report folder")] = None,
+    engine: Annotated[
+        str, typer.Option(help="coded (the fast bulk path) or object (the reference pipeline)")
+    ] = "coded",
     data_dir: DataDir = None,
 ) -> None:
     """Synthetic population on the embedded store, with a report and a plot."""
@@ -374,11 +405,13 @@ def simulate(
     directory = _data_dir(data_dir)
     report_dir = report or directory / "simulation"
     config = SimulationConfig(contacts=contacts, days=days, seed=seed)
+    if engine not in ("coded", "object"):
+        _fail(f"--engine: expected coded or object, got {engine!r}", 2)
     with progress_bar() as bar:
         task = bar.add_task("simulating days", total=days)
         result = run_simulation(
             config, policy, directory / "simulate.sqlite3",
-            progress=lambda n: bar.advance(task, n),
+            progress=lambda n: bar.advance(task, n), engine=engine,
         )  # fmt: skip
     paths = write_report(result, report_dir)
     out.print(result.markdown(), markup=False, highlight=False)

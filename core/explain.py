@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from core.coded.ledger import has_coded_ledger
+from core.coded.ledger import ledger_for as coded_ledger_for
 from core.models import Decision
 from core.sqlite_store import SQLiteStore
 
@@ -50,10 +52,23 @@ def describe(decision: Decision) -> str:
     return line
 
 
-def explain_contact(path: Path, contact_id: str) -> str | None:
+def decisions_for(path: Path, contact_id: str) -> list[Decision]:
+    """The contact's decisions from the store at `path`: its text ledger, or the coded ledger
+    of a replay or simulation on the coded path."""
     store = SQLiteStore(path)
     try:
         decisions = store.ledger_for(contact_id)
+    finally:
+        store.close()
+    if not decisions and has_coded_ledger(path):
+        decisions = coded_ledger_for(path, contact_id)
+    return decisions
+
+
+def explain_contact(path: Path, contact_id: str) -> str | None:
+    decisions = decisions_for(path, contact_id)
+    store = SQLiteStore(path)
+    try:
         state = store.get_contacts([contact_id]).get(contact_id)
     finally:
         store.close()
@@ -76,13 +91,7 @@ def explain_contact(path: Path, contact_id: str) -> str | None:
 def side_by_side_history(base: Path, candidate: Path, contact_id: str) -> str | None:
     """One contact's two histories in two columns, aligned by time, so the first decision
     where the policies part shows at a glance."""
-    sides = []
-    for path in (base, candidate):
-        store = SQLiteStore(path)
-        try:
-            sides.append(store.ledger_for(contact_id))
-        finally:
-            store.close()
+    sides = [decisions_for(path, contact_id) for path in (base, candidate)]
     if not any(sides):
         return None
     left, right = sides

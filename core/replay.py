@@ -11,6 +11,7 @@ from typing import IO, Any
 
 from pydantic import ValidationError
 
+from core.coded.events import problem_text
 from core.gcpause import cyclic_gc_paused
 from core.mapping import Mapping
 from core.models import EVENT, ContactState, Event, iso_utc
@@ -18,6 +19,7 @@ from core.pipeline import Pipeline, RunStats
 from core.sqlite_store import SQLiteStore
 
 REPLAY_BATCH = 20_000
+_STATE_PAGE = 5_000
 
 
 class BadLine(Exception):  # noqa: N818 - it names the thing reported, not a failure mode
@@ -42,14 +44,6 @@ def state_json(state: ContactState) -> dict:
     }
 
 
-def _problem(error: ValidationError) -> str:
-    parts = []
-    for item in error.errors(include_url=False):
-        where = ".".join(str(p) for p in item["loc"]) or "line"
-        parts.append(f"{where}: {item['msg'].removeprefix('Value error, ')}")
-    return "; ".join(parts)
-
-
 @dataclass
 class ReplayResult:
     store: SQLiteStore
@@ -65,6 +59,23 @@ class ReplayResult:
                 sink.write(json.dumps(state_json(state)) + "\n")
                 count += 1
         return count
+
+
+def _has_observations(events_path: Path) -> bool:
+    """Whether any line may carry a CRM property observation (`observed`): those count once per
+    new value, which only the object pipeline tracks."""
+    with events_path.open("rb") as handle:
+        tail = b""
+        while block := handle.read(1 << 20):
+            if b'"observed"' in tail + block:
+                return True
+            tail = block[-16:]
+    return False
+
+
+def _remove(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
 def load_contact_properties(path: Path) -> dict[str, dict[str, Any]]:
@@ -87,11 +98,11 @@ def load_contact_properties(path: Path) -> dict[str, dict[str, Any]]:
     return found
 
 
-def _fresh_store(path: Path) -> SQLiteStore:
+def _fresh_store(path: Path, **options: int) -> SQLiteStore:
     if str(path) != ":memory:":
         for suffix in ("", "-wal", "-shm"):
             Path(f"{path}{suffix}").unlink(missing_ok=True)
-    return SQLiteStore(path)
+    return SQLiteStore(path, **options)
 
 
 def replay_file(
@@ -101,32 +112,67 @@ def replay_file(
     until: datetime | None = None,
     strict: bool = False,
     on_bad_line: Callable[[BadLine], None] | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    engine: str = "coded",
+    batch_size: int = REPLAY_BATCH,
+    workers: int = 1,
     properties: dict[str, dict[str, Any]] | None = None,
 ) -> ReplayResult:
     """Apply every good line in file order (each batch sorted by time), then the time rules
     up to `until` (default: the last event's time). A rerun starts from an empty ledger; the
     run lands in the store whole or not at all (`--strict` stopping on a bad line included).
+
     `properties` (contact id -> CRM properties) decide consent and segments as a connected
-    run would."""
+    run would.
+
+    `engine`: "coded" (the bulk path of `core.coded`, a coded ledger) or "object" (the
+    pipeline every other path uses, a text ledger); both decide the same. `workers` > 1
+    splits the coded path over that many processes by contact, with the same outcome. A run
+    with `properties`, or with events read from CRM properties (`observed`), takes the
+    object path: the coded one reads neither."""
+    if engine not in ("coded", "object"):
+        raise ValueError(f"engine: expected 'coded' or 'object', got {engine!r}")
+    if (engine == "coded" and properties is None and str(store_path) != ":memory:"
+            and not _has_observations(events_path)):  # fmt: skip
+        final = Path(store_path)
+        partial = final.with_name(final.name + ".partial")
+        # The coded path writes each final state once: holding them all as objects before
+        # writing would cost more memory than the whole run's coded state (and it only
+        # appends, in key order: a large page cache would only hold memory).
+        store = _fresh_store(partial, defer_limit=_STATE_PAGE, cache_mb=8)
+        try:
+            result = _replay_coded(mapping, events_path, store, until, strict, on_bad_line,
+                                   progress, batch_size, workers)  # fmt: skip
+        except BaseException:
+            store.close()
+            _remove(partial)
+            _fresh_store(final).close()  # as an interrupted object run leaves it: empty
+            raise
+        # It writes in several transactions (ledger, states, the policy record): the store
+        # takes its name only once all of them landed, so a run lands whole or not at all.
+        result.store.close()
+        _remove(final)
+        partial.replace(final)
+        result.store = SQLiteStore(final, cache_mb=8)  # read once, in key order, by --out
+        return result
     store = _fresh_store(Path(store_path))
     policy = mapping.policy
     counts = {"bad": 0, "after": 0}
     latest: list[datetime] = []
 
     def events() -> Iterator[Event]:
-        done = 0
+        done = number = 0
         with events_path.open("rb") as handle:
             for number, line in enumerate(handle, 1):
                 done += len(line)
                 if progress and number % 10_000 == 0:
-                    progress(done)
+                    progress(done, number)
                 if not line.strip():
                     continue
                 try:
                     event = EVENT.validate_json(line)
                 except ValidationError as exc:
-                    problem = BadLine(number, _problem(exc))
+                    problem = BadLine(number, problem_text(exc))
                 else:
                     if policy.knows_event(event.type):
                         if until is not None and event.occurred_at > until:
@@ -143,14 +189,47 @@ def replay_file(
                 if on_bad_line:
                     on_bad_line(problem)
         if progress:
-            progress(done)
+            progress(done, number)
 
     pipeline = Pipeline(store, policy, properties=properties)
     # States, decisions and rows are acyclic: across a whole run the collector only
     # re-traverses the held states (4 s of a 1M-event replay), and never finds garbage.
     with store.bulk(), cyclic_gc_paused():
-        stats = pipeline.process_stream(events(), batch_size=REPLAY_BATCH)
+        stats = pipeline.process_stream(events(), batch_size=batch_size)
         horizon = until or (latest[0] if latest else None)
         if horizon is not None:
             stats.add(pipeline.tick(horizon))
     return ReplayResult(store, stats, counts["bad"], counts["after"], horizon)
+
+
+def _replay_coded(
+    mapping: Mapping,
+    events_path: Path,
+    store: SQLiteStore,
+    until: datetime | None,
+    strict: bool,
+    on_bad_line: Callable[[BadLine], None] | None,
+    progress: Callable[[int, int], None] | None,
+    batch_size: int,
+    workers: int,
+) -> ReplayResult:
+    from core.coded.parallel import replay_sharded
+    from core.coded.replay import BadEvent, record_policy, replay_coded
+
+    def bad(number: int, problem: str) -> None:
+        if on_bad_line:
+            on_bad_line(BadLine(number, problem))
+
+    try:
+        if workers > 1:
+            run = replay_sharded(mapping.policy, events_path, store, until, strict, bad,
+                                 progress, batch_size, workers)  # fmt: skip
+            store = SQLiteStore(store.path)  # the merge wrote the shards in through its own
+        else:
+            run = replay_coded(mapping.policy, events_path, store, until, strict, bad,
+                               progress, batch_size)  # fmt: skip
+    except BadEvent as exc:
+        raise BadLine(exc.line, exc.problem) from None
+    if run.first is not None:
+        record_policy(store, mapping.policy, run.first[1])
+    return ReplayResult(store, run.stats, run.bad_lines, run.after_until, until or run.latest)

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from core.coded.codes import to_us
+from core.coded.ledger import has_coded_ledger, window_rollup
 from core.stats import (
     newcombe_difference,
     relative_lift,
@@ -75,6 +77,10 @@ def prepare_window(store: SQLiteStore, since: datetime | None) -> None:
         WHERE l.at >= ? AND l.at < ? GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9""",
         (start, next_day),
     )
+    if has_coded_ledger(store.path):  # a replay or simulate on the coded path
+        end = since.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+        for key, n in window_rollup(store.path, to_us(since), to_us(end)).items():
+            store.execute("INSERT INTO report_rows VALUES (?,?,?,?,?,?,?,?,?,?)", (*key, n))
 
 
 @dataclass

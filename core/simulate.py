@@ -281,11 +281,43 @@ def run_simulation(
     policy: Policy,
     store_path: Path | str,
     progress: Callable[[int], None] | None = None,
+    engine: str = "coded",
 ) -> SimulationResult:
-    """Run on a fresh store at `store_path` (replaced if it exists)."""
+    """Run on a fresh store at `store_path` (replaced if it exists). `engine`: "coded" (the
+    bulk path of `core.coded`) or "object" (the pipeline); the same seed gives the same run."""
+    if engine not in ("coded", "object"):
+        raise ValueError(f"engine: expected 'coded' or 'object', got {engine!r}")
     if str(store_path) != ":memory:":
         for suffix in ("", "-wal", "-shm"):
             Path(f"{store_path}{suffix}").unlink(missing_ok=True)
+    if engine == "coded" and str(store_path) != ":memory:":
+        from core.coded.simulate import run_coded_simulation
+
+        # Written in several transactions: the store takes its name once all have landed.
+        final = Path(store_path)
+        partial = final.with_name(final.name + ".partial")
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{partial}{suffix}").unlink(missing_ok=True)
+        store = SQLiteStore(partial, defer_limit=5_000, cache_mb=8)
+        try:
+            with cyclic_gc_paused():
+                result = run_coded_simulation(config, policy, store, progress)
+        except BaseException:
+            store.close()
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{partial}{suffix}").unlink(missing_ok=True)
+            raise
+        store.close()
+        partial.replace(final)
+        result.store_path = str(final)
+        from core.report import headline
+
+        store = SQLiteStore(final)
+        try:
+            result.headline = headline(store)
+        finally:
+            store.close()
+        return result
     store = SQLiteStore(store_path)
     try:
         with store.bulk(), cyclic_gc_paused():  # see replay_file

@@ -23,6 +23,20 @@ def changes_json(changes: dict[str, tuple]) -> str:
     return orjson.dumps(changes).decode()
 
 
+_EXPERIMENTS_JSON: dict[tuple, str] = {}
+
+
+def _experiments_json(experiments: dict[str, str]) -> str:
+    # A program has a handful of distinct assignments: encode each once, not once per row.
+    key = tuple(experiments.items())
+    text = _EXPERIMENTS_JSON.get(key)
+    if text is None:
+        if len(_EXPERIMENTS_JSON) > 10_000:
+            _EXPERIMENTS_JSON.clear()
+        text = _EXPERIMENTS_JSON[key] = json.dumps(experiments)
+    return text
+
+
 def contact_row(s: ContactState, due: datetime | None) -> tuple:
     return (
         s.contact_id, s.campaign_status.value, iso_utc(s.enrolled_at), iso_utc(s.as_of),
@@ -31,7 +45,7 @@ def contact_row(s: ContactState, due: datetime | None) -> tuple:
         iso_utc(s.last_engagement_date), s.decay_steps, s.reactivation_cycle, s.reactivation_step,
         iso_utc(s.reactivation_step_at), s.unanswered_sends,
         s.suppression_reason.value if s.suppression_reason else None,
-        json.dumps(s.experiments) if s.experiments else None, s.segment,
+        _experiments_json(s.experiments) if s.experiments else None, s.segment,
         json.dumps([iso_utc(t) for t in s.send_times]) if s.send_times else None, iso_utc(due),
     )  # fmt: skip
 

@@ -1,0 +1,145 @@
+"""Coded rows and states back into the records everything else reads: `Decision`s (with the
+same changes, in the same order, and the same actions as `core.engine` records) and
+`ContactState`s.
+
+A row carries the new values of the fields a decision may change; the old values are the
+previous row's, so a contact's rows decode in order, from its enrollment.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+
+from core.coded.codes import (
+    CHANGE_ORDER,
+    FIELD_BIT,
+    M_ALT_ADD,
+    M_ALT_REMOVE,
+    M_ENROLL_EXPERIMENTS,
+    M_ENROLL_SEGMENT,
+    M_HANDOFF,
+    M_STATUS_AT,
+    M_STEP_ACTION,
+    NO_TIME,
+    NONE,
+    REASONS,
+    STATUSES,
+    from_us,
+)
+from core.coded.engine import CodedState
+from core.models import Action, ContactState, Decision, iso_utc
+
+
+class Texts:
+    """The interned texts a run's rows refer to, by kind and code."""
+
+    def __init__(self, rows: Iterable[tuple[str, int, str]]) -> None:
+        by_kind: dict[str, dict[int, str]] = {}
+        for kind, code, text in rows:
+            by_kind.setdefault(kind, {})[code] = text
+        self.what = {code: tuple(json.loads(t)) for code, t in by_kind.get("what", {}).items()}
+        self.types = by_kind.get("type", {})
+        self.actions = by_kind.get("action", {})
+        self._order = {code: _order_of(*pair) for code, pair in self.what.items()}
+
+    def order(self, what: int) -> tuple[str, ...]:
+        return self._order[what]
+
+
+def _order_of(rule: str, reason: str) -> tuple[str, ...]:
+    if rule in ("engagement", "send", "time:decay"):
+        return CHANGE_ORDER[rule.removeprefix("time:")]
+    if rule == "compliance":
+        return CHANGE_ORDER["resubscribe" if reason == "resubscribed" else "exit"]
+    if rule == "time:inactivity":
+        return CHANGE_ORDER["dormant"]
+    if reason.startswith("reactivation_step_"):
+        return CHANGE_ORDER["step"]
+    return CHANGE_ORDER["exit"]  # suppressed for no response
+
+
+def decisions(
+    contact_id: str,
+    rows: Sequence[Sequence],
+    texts: Texts,
+    version: str,
+    experiments: dict[str, str],
+    segment: str | None,
+) -> list[Decision]:
+    """One contact's rows (oldest first, starting with its enrollment) as `Decision`s."""
+    out: list[Decision] = []
+    values: dict[str, object] = {}
+    for row in rows:
+        (_, at_us, what, frm, to, etype, mask, last, unanswered, step, cycle, reason, action,
+         delayed, score, cause) = row  # fmt: skip
+        at = from_us(at_us)
+        rule, why = texts.what[what]
+        to_status = STATUSES[to]
+        kind = texts.types.get(etype) if etype != NONE else None
+        enrolling = frm == NONE
+        new = {
+            "engagement_score": score, "last_engagement_date": _dt(last),
+            "unanswered_sends": unanswered, "reactivation_step": step,
+            "reactivation_cycle": cycle, "suppression_reason": REASONS[reason],
+            "status_changed_at": at if enrolling or mask & M_STATUS_AT
+            else values["status_changed_at"],
+        }  # fmt: skip
+        if enrolling:
+            from_status = None
+            changes: dict[str, tuple] = {"campaign_status": (None, to_status)}
+            if mask & M_ENROLL_EXPERIMENTS:
+                changes["experiments"] = (None, experiments)
+            if mask & M_ENROLL_SEGMENT:
+                changes["segment"] = (None, segment)
+        else:
+            from_status = STATUSES[frm]
+            changes = {}
+            for name in texts.order(what):
+                if not mask & FIELD_BIT[name]:
+                    continue
+                if name == "campaign_status":
+                    # A decision that moves twice records where it started.
+                    changes[name] = (from_status, to_status)
+                else:
+                    changes[name] = (values[name], new[name])
+        values = new
+        actions = _actions(mask, score, kind, action, delayed, texts)
+        if cause is None:
+            cause = f"{rule}@{iso_utc(at)}"
+        out.append(Decision(contact_id, at, rule, why, cause, from_status, to_status, changes,
+                            version, actions, kind))  # fmt: skip
+    return out
+
+
+def _dt(value: int | None):
+    return None if value is None or value == NO_TIME else from_us(value)
+
+
+def _actions(mask: int, score: float, kind: str | None, action: int | None,
+             delayed: int | None, texts: Texts) -> list[Action]:  # fmt: skip
+    actions: list[Action] = []
+    if mask & M_ALT_REMOVE:
+        actions.append(Action("alternate_channel_remove"))
+    if mask & M_HANDOFF:
+        actions.append(Action("handoff_task", {"score": score, "trigger": kind}))
+    if mask & M_ALT_ADD:
+        actions.append(Action("alternate_channel_add"))
+    if mask & M_STEP_ACTION and action != NONE:
+        step_kind, detail = json.loads(texts.actions[action])
+        if delayed != NO_TIME:
+            detail["delayed_from"] = from_us(delayed).isoformat()
+            detail["delay_reason"] = "frequency_cap"
+        actions.append(Action(step_kind, detail))
+    return actions
+
+
+def contact_state(contact_id: str, s: CodedState) -> ContactState:
+    return ContactState(
+        contact_id, STATUSES[s.status], from_us(s.enrolled_at), from_us(s.as_of),
+        from_us(s.status_changed_at), from_us(s.stream_entered_at), s.score, s.base_score,
+        _dt(s.last_engagement), s.decay_steps, s.cycle, s.step, _dt(s.step_at), s.unanswered,
+        REASONS[s.reason], s.experiments, s.policy.segment,
+        tuple(from_us(t) for t in s.send_times),
+    )  # fmt: skip
+

@@ -1,0 +1,322 @@
+"""The coded ledger: decisions packed as fixed-width binary rows, in chunks, in the run's
+SQLite file beside the tables the rest of the program reads.
+
+A chunk holds up to `CHUNK_ROWS` decisions: their contact indices (int32, to find a
+contact's rows), their rows (`ROW`: 14 int64 and the score as a float64, in decision order)
+and their causes (event ids, UTF-8, with offsets). Packing a row costs a tenth of binding it
+as SQLite columns. The daily roll-up `report` reads is counted per chunk with numpy as the
+chunks are written. `explain` finds a contact's chunks from `coded_contacts` and reads just its
+rows through incremental blob I/O, then decodes them (`core.coded.decode`), so it shows
+exactly what the text ledger would.
+
+A run split over worker processes keeps each worker's chunks, contacts and texts under its
+shard number; readers take the union.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import struct
+from array import array
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from itertools import accumulate
+from pathlib import Path
+
+import numpy as np
+
+from core.coded.codes import M_STEP, NONE, STATUSES, Names
+from core.coded.decode import Texts, decisions
+from core.models import Decision
+from core.rollup import UPSERT
+from core.sqlite_rows import decision_from_row, decision_row
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS coded_chunks (
+    shard INTEGER NOT NULL, chunk INTEGER NOT NULL, n INTEGER NOT NULL,
+    min_at INTEGER NOT NULL, max_at INTEGER NOT NULL, contacts BLOB NOT NULL,
+    rows BLOB NOT NULL, cause_ends BLOB NOT NULL, causes BLOB NOT NULL, PRIMARY KEY (shard, chunk)
+);
+CREATE TABLE IF NOT EXISTS coded_contacts (
+    contact_id TEXT PRIMARY KEY, shard INTEGER NOT NULL, idx INTEGER NOT NULL,
+    arm TEXT NOT NULL, segment TEXT, chunks BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS coded_names (
+    shard INTEGER NOT NULL, kind TEXT NOT NULL, code INTEGER NOT NULL, text TEXT NOT NULL,
+    PRIMARY KEY (shard, kind, code)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS coded_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)
+    WITHOUT ROWID;
+"""
+CHUNK_ROWS = 512
+"""Rows per chunk. Blob I/O at an offset walks the blob's overflow pages from its start, so
+`explain` reading one contact's rows costs about a chunk per chunk it has rows in."""
+ROW = struct.Struct("<14qd")
+ROW_DTYPE = np.dtype([
+    ("contact", "<i8"), ("at", "<i8"), ("what", "<i8"), ("from_status", "<i8"),
+    ("to_status", "<i8"), ("event_type", "<i8"), ("mask", "<i8"), ("last", "<i8"),
+    ("unanswered", "<i8"), ("step", "<i8"), ("cycle", "<i8"), ("reason", "<i8"),
+    ("action", "<i8"), ("delayed", "<i8"), ("score", "<f8"),
+])  # fmt: skip
+_DAY_US = 86_400_000_000
+_EPOCH_DAY = datetime(1970, 1, 1, tzinfo=UTC).date()
+
+
+def create(db: sqlite3.Connection) -> None:
+    db.executescript(SCHEMA)
+
+
+class ChunkWriter:
+    """Writes one shard's decisions as chunks, counting the roll-up as it goes."""
+
+    def __init__(self, db: sqlite3.Connection, shard: int, names: Names) -> None:
+        self.db = db
+        self.shard = shard
+        self.names = names
+        self.chunks = 0
+        self.rows = 0
+        self.arms: list[int] = []
+        self._arm_array = np.zeros(0, dtype=np.int64)
+        self._arms_known = 0
+        """The assignment (an `arm` code of `names`) of each contact index."""
+        self._chunk_contacts: list[np.ndarray] = []
+        """Per chunk, the contact indices with rows in it."""
+        self.rollup: Counter = Counter()
+        """(day, what, from, to, event type, arm, cycle) codes -> decisions."""
+        self._from_dormant = names.what("engagement", "reactivated_from_dormant")
+
+    def write(self, rows: list[tuple]) -> None:
+        """Pack and count the rows at once (numpy's per-call cost is per batch, not per
+        chunk), then store them chunk by chunk."""
+        if not rows:
+            return
+        pack = ROW.pack
+        packed = b"".join([pack(*r[:15]) for r in rows])
+        decided = np.frombuffer(packed, dtype=ROW_DTYPE)
+        self._count(decided)
+        contacts = decided["contact"].astype(np.int32)
+        for start in range(0, len(rows), CHUNK_ROWS):
+            end = min(start + CHUNK_ROWS, len(rows))
+            causes = [b"" if r[15] is None else r[15].encode() for r in rows[start:end]]
+            at = decided["at"][start:end]
+            self.db.execute(
+                "INSERT INTO coded_chunks VALUES (?,?,?,?,?,?,?,?,?)",
+                (self.shard, self.chunks, end - start, int(at.min()), int(at.max()),
+                 contacts[start:end].tobytes(), packed[start * ROW.size : end * ROW.size],
+                 array("q", accumulate(map(len, causes))).tobytes(), b"".join(causes)),
+            )  # fmt: skip
+            self._chunk_contacts.append(np.unique(contacts[start:end]))
+            self.chunks += 1
+        self.rows += len(rows)
+
+    def _count(self, r: np.ndarray) -> None:
+        count_rollup(r, self._arm_codes(int(r["contact"].max())), self._from_dormant,
+                     self.rollup)  # fmt: skip
+
+    def set_arm(self, contact: int, arm: int) -> None:
+        """A contact's assignment, set once, when it enrolls."""
+        arms = self.arms
+        while len(arms) <= contact:
+            arms.append(NONE)
+        arms[contact] = arm
+        if contact < self._arms_known:
+            self._arms_known = contact  # (re)convert from here on the next count
+
+    def _arm_codes(self, highest: int) -> np.ndarray:
+        """`arms` as a numpy array, converting only what changed since the last call."""
+        if self._arms_known < len(self.arms) or self._arm_array.size <= highest:
+            known = self._arms_known
+            self._arm_array = np.concatenate([
+                self._arm_array[:known], np.asarray(self.arms[known:], dtype=np.int64)])
+            self._arms_known = len(self.arms)
+        return self._arm_array
+
+    def rollup_rows(self, version: str) -> Counter:
+        """The roll-up as `core.rollup` keys it (texts), so shards add up."""
+        texts = self.names.texts
+        return rollup_texts(self.rollup, texts["what"], texts["type"], texts["arm"], version)
+
+    def _chunks_of(self) -> dict[int, bytes]:
+        """Each contact's chunks, as the int32 list `coded_contacts` keeps."""
+        if not self._chunk_contacts:
+            return {}
+        contact = np.concatenate(self._chunk_contacts)
+        chunk = np.repeat(np.arange(len(self._chunk_contacts), dtype=np.int32),
+                          [len(c) for c in self._chunk_contacts])  # fmt: skip
+        order = np.argsort(contact, kind="stable")  # chunks stay ascending per contact
+        contact, chunk = contact[order], chunk[order]
+        starts = np.flatnonzero(np.r_[True, contact[1:] != contact[:-1]])
+        ends = np.r_[starts[1:], contact.size]
+        return {int(contact[s]): chunk[s:e].tobytes()
+                for s, e in zip(starts.tolist(), ends.tolist(), strict=True)}
+
+    def finish(self, contacts: list[tuple[int, str, str | None]], version: str) -> None:
+        """Persist the texts and the contacts (index, id, segment)."""
+        db, shard = self.db, self.shard
+        db.executemany(
+            "INSERT INTO coded_names VALUES (?,?,?,?)",
+            [(shard, kind, code, text) for kind, code, text in self.names.rows()],
+        )
+        texts = self.names.texts["arm"]
+        chunks_of = self._chunks_of()
+        db.executemany(
+            "INSERT INTO coded_contacts VALUES (?,?,?,?,?,?)",
+            [(cid, shard, i, texts[self.arms[i]] if self.arms[i] != NONE else "", segment,
+              chunks_of.get(i, b"")) for i, cid, segment in contacts],
+        )  # fmt: skip
+        db.execute("INSERT OR REPLACE INTO coded_meta VALUES ('policy_version', ?)", (version,))
+
+
+def count_rollup(r: np.ndarray, arm_of: np.ndarray, from_dormant: int, into: Counter) -> None:
+    """Add rows `r` (`ROW_DTYPE`) to roll-up counts keyed by (day, what, from, to, event
+    type, arm, cycle) codes; `arm_of` is each contact index's assignment code."""
+    if not r.size:
+        return
+    step_changed = (r["mask"] & M_STEP) != 0
+    cycle = np.where(
+        (r["action"] != NONE) | ((r["what"] == from_dormant) & step_changed), r["cycle"], 0
+    )
+    arms = arm_of[r["contact"]]
+    day = r["at"] // _DAY_US
+    first_day = int(day.min())
+    # Every part is a small int (-1 for absent): one flat key per decision sorts far
+    # faster than unique rows of seven columns.
+    parts = [day - first_day, r["what"], r["from_status"] + 1, r["to_status"],
+             r["event_type"] + 1, arms + 1, cycle]  # fmt: skip
+    sizes = tuple(int(part.max()) + 1 for part in parts)
+    try:
+        flat = np.ravel_multi_index(parts, sizes)
+    except ValueError:  # a key space beyond int64 (a ledger spanning centuries)
+        unique, counts = np.unique(np.stack(parts, axis=1), axis=0, return_counts=True)
+        keys = (tuple(row) for row in unique.tolist())
+    else:
+        unique, counts = np.unique(flat, return_counts=True)
+        keys = zip(*np.unravel_index(unique, sizes), strict=True)
+    for (d, what, src, dst, etype, arm, cyc), n in zip(keys, counts.tolist(), strict=True):
+        key = (int(d) + first_day, int(what), int(src) - 1, int(dst), int(etype) - 1,
+               int(arm) - 1, int(cyc))  # fmt: skip
+        into[key] += n
+
+
+def rollup_texts(rollup: Counter, what_texts: list[str], type_texts: list[str],
+                 arm_texts: list[str], version: str) -> Counter:  # fmt: skip
+    what = [json.loads(t) for t in what_texts]
+    out: Counter = Counter()
+    for (day, code, src, dst, etype, arm, cycle), n in rollup.items():
+        rule, reason = what[code]
+        key = ((_EPOCH_DAY + timedelta(days=day)).isoformat(), rule, reason,
+               STATUSES[src].value if src != NONE else "", STATUSES[dst].value, version,
+               type_texts[etype] if etype != NONE else "",
+               arm_texts[arm] if arm != NONE else "", cycle)  # fmt: skip
+        out[key] += n
+    return out
+
+
+def window_rollup(path: Path | str, start: int, end: int) -> Counter:
+    """Roll-up rows (as `core.rollup` keys them) of the decisions at `start` <= at < `end`
+    (epoch microseconds), from the chunks whose time range meets the window."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    out: Counter = Counter()
+    try:
+        version = db.execute(
+            "SELECT value FROM coded_meta WHERE name = 'policy_version'"
+        ).fetchone()[0]
+        shards = [row[0] for row in db.execute("SELECT DISTINCT shard FROM coded_names")]
+        for shard in shards:
+            texts: dict[str, dict[int, str]] = {}
+            for kind, code, text in db.execute(
+                "SELECT kind, code, text FROM coded_names WHERE shard = ?", (shard,)
+            ):
+                texts.setdefault(kind, {})[code] = text
+            listed = {k: [v[c] for c in range(len(v))] for k, v in texts.items()}
+            arm_code = {text: code for code, text in texts.get("arm", {}).items()}
+            contacts = db.execute(
+                "SELECT idx, arm FROM coded_contacts WHERE shard = ?", (shard,)
+            ).fetchall()
+            arm_of = np.full(max((i for i, _ in contacts), default=-1) + 1, NONE, np.int64)
+            for idx, arm in contacts:
+                arm_of[idx] = arm_code.get(arm, NONE)
+            from_dormant = next((c for c, t in texts.get("what", {}).items()
+                                 if json.loads(t) == ["engagement", "reactivated_from_dormant"]),
+                                NONE)  # fmt: skip
+            counts: Counter = Counter()
+            for (blob,) in db.execute(
+                "SELECT rows FROM coded_chunks WHERE shard = ? AND max_at >= ? AND min_at < ?",
+                (shard, start, end),
+            ):
+                r = np.frombuffer(blob, dtype=ROW_DTYPE)
+                count_rollup(r[(r["at"] >= start) & (r["at"] < end)], arm_of, from_dormant,
+                             counts)  # fmt: skip
+            out.update(rollup_texts(counts, listed.get("what", []), listed.get("type", []),
+                                    listed.get("arm", []), version))  # fmt: skip
+    finally:
+        db.close()
+    return out
+
+
+def write_rollup(db: sqlite3.Connection, rollup: Counter) -> None:
+    db.executemany(UPSERT, [(*key, n) for key, n in rollup.items()])
+
+
+def has_coded_ledger(path: Path | str) -> bool:
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        found = db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'coded_chunks'"
+        ).fetchone()
+        return found is not None
+    finally:
+        db.close()
+
+
+def ledger_for(path: Path | str, contact_id: str) -> list[Decision]:
+    """The contact's decisions from a coded ledger, oldest first (empty if it has none)."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        contact = db.execute(
+            "SELECT shard, idx, arm, segment, chunks FROM coded_contacts WHERE contact_id = ?",
+            (contact_id,),
+        ).fetchone()
+        if contact is None:
+            return []
+        shard, idx, arm, segment, chunk_list = contact
+        rows = []
+        for chunk in array("i", chunk_list):
+            rowid, blob = db.execute(
+                "SELECT rowid, contacts FROM coded_chunks WHERE shard = ? AND chunk = ?",
+                (shard, chunk),
+            ).fetchone()
+            at = np.flatnonzero(np.frombuffer(blob, dtype=np.int32) == idx).tolist()
+            rows += _read_rows(db, rowid, at)
+        texts = Texts(db.execute("SELECT kind, code, text FROM coded_names WHERE shard = ?",
+                                 (shard,)))  # fmt: skip
+        version = db.execute(
+            "SELECT value FROM coded_meta WHERE name = 'policy_version'"
+        ).fetchone()[0]
+    finally:
+        db.close()
+    experiments = json.loads(arm) if arm else {}
+    # As the text ledger hands them out: changes and action details through their JSON text.
+    return [decision_from_row(decision_row(d))
+            for d in decisions(contact_id, rows, texts, version, experiments, segment)]
+
+
+def _read_rows(db: sqlite3.Connection, rowid: int, positions: list[int]) -> list[tuple]:
+    out = []
+    with db.blobopen("coded_chunks", "rows", rowid, readonly=True) as rows_blob, \
+            db.blobopen("coded_chunks", "cause_ends", rowid, readonly=True) as ends, \
+            db.blobopen("coded_chunks", "causes", rowid, readonly=True) as causes:  # fmt: skip
+        for pos in positions:
+            rows_blob.seek(pos * ROW.size)
+            row = ROW.unpack(rows_blob.read(ROW.size))
+            if pos:
+                ends.seek((pos - 1) * 8)
+                start, end = struct.unpack("<2q", ends.read(16))
+            else:
+                ends.seek(0)
+                start, end = 0, struct.unpack("<q", ends.read(8))[0]
+            causes.seek(start)
+            cause = causes.read(end - start).decode() if end > start else None
+            out.append((*row, cause))
+    return out

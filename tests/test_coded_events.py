@@ -1,0 +1,71 @@
+"""Event lines decoded by msgspec get the verdict, values and message pydantic gives them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from core.coded.events import LineProblem, decode_event, problem_text
+from core.models import EVENT
+
+BASE = {"event_id": "e1", "contact_id": "c1", "type": "open",
+        "occurred_at": "2026-01-01T00:00:00Z"}  # fmt: skip
+TIMES = ["2026-01-01T00:00:00Z", "2026-01-01T00:00:00", "2026-01-01T00:00:00.1234567Z",
+         "2026-01-01T00:00:00.9999995+00:00", "2026-01-01 10:00:00+01:00",
+         "2026-01-01T00:00:60Z", "2026-01-01t00:00:00z", "2026-01-01T00:00:00+24:00",
+         "2026-01-01T00:00Z", "2026-01-01T24:00:00Z", "2026-01-01T00:00:00-00:00",
+         "2026-01-01T00:00:00+0100", "2026-02-30T00:00:00Z", "", "yesterday", 1767225600, 1.5,
+         None, True]  # fmt: skip
+OUT_OF_RANGE = ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"]
+
+
+def verdict(line: bytes):
+    try:
+        event = EVENT.validate_json(line)
+    except ValidationError as exc:
+        return "bad", problem_text(exc)
+    return "ok", (event.event_id, event.contact_id, event.type, event.occurred_at,
+                  event.campaign, event.variant, event.url, event.source)  # fmt: skip
+
+
+def decoded(line: bytes):
+    try:
+        e = decode_event(line)
+    except LineProblem as exc:
+        return "bad", str(exc)
+    return "ok", (e.event_id, e.contact_id, e.type, e.occurred_at, e.campaign, e.variant,
+                  e.url, e.source)  # fmt: skip
+
+
+@pytest.mark.parametrize("when", TIMES)
+def test_times_are_read_as_pydantic_reads_them(when):
+    line = json.dumps({**BASE, "occurred_at": when}).encode()
+    assert decoded(line) == verdict(line)
+
+
+@pytest.mark.parametrize("when", OUT_OF_RANGE)
+def test_a_time_with_no_utc_instant_is_a_bad_line_not_a_crash(when):
+    line = json.dumps({**BASE, "occurred_at": when}).encode()
+    assert decoded(line) == ("bad", "occurred_at: not a representable instant in UTC")
+
+
+values = st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=600),
+                   st.sampled_from(TIMES))  # fmt: skip
+fields = st.sampled_from(["event_id", "contact_id", "type", "occurred_at", "campaign",
+                          "variant", "url", "source", "extra"])  # fmt: skip
+
+
+@given(st.dictionaries(fields, values, max_size=4))
+@settings(max_examples=300, deadline=None)
+def test_any_object_gets_the_same_verdict(changes):
+    line = json.dumps({**BASE, **changes}).encode()
+    assert decoded(line) == verdict(line)
+
+
+@pytest.mark.parametrize("line", [b"[1]", b"{", b"null", b'{"event_id": "e1"} x', b"\xff\xfe"])
+def test_lines_that_are_not_objects(line):
+    assert decoded(line) == verdict(line)
