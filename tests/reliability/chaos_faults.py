@@ -46,6 +46,10 @@ class FaultPlan:
     rate_partial: float = 0.05
     kill_rate: float = 0.02
     """Per commit / CRM call: the chance the worker dies right there."""
+    kill_idle_rate: float = 0.01
+    """Per delivery: the chance the worker alone is killed while idle (the intake goes on)."""
+    replace_store_rate: float = 0.002
+    """Per delivery: the chance the store file is replaced by a consistent copy of itself."""
     drop_connection_at: int | None = 40
     """The store's connection is closed at this commit (once)."""
     client_timeout: float = 0.5
