@@ -84,13 +84,14 @@ one uvicorn worker. All four on the same `Intake`, store and worker process."""
 
 
 def serve(workdir: str, crm_url: str, mode: str, cache_mb: int | None,
-          switch_ms: float | None, server: str = "uvicorn") -> None:  # fmt: skip
+          switch_ms: float | None, server: str = "uvicorn",
+          handler_threads: int | None = None) -> None:  # fmt: skip
     """mode: `process` (as `elasticity serve` runs), `thread` (worker in the server's
     process) or `none` (intake only)."""
     import logging
     from functools import partial
 
-    from connectors.server import InboxWorker, WorkerProcess, serve_forever
+    from connectors.server import InboxWorker, ServerLimits, WorkerProcess, serve_forever
 
     if switch_ms is not None:
         sys.setswitchinterval(switch_ms / 1000)
@@ -98,8 +99,10 @@ def serve(workdir: str, crm_url: str, mode: str, cache_mb: int | None,
     runners = bench_runners(workdir, crm_url, cache_mb)
     runners[0].connector.provision()
     factory = partial(bench_runners, workdir, crm_url, cache_mb)
+    limits = ServerLimits(**({} if handler_threads is None
+                             else {"handler_threads": handler_threads}))  # fmt: skip
     if server == "uvicorn" and mode == "process":  # exactly as `elasticity serve` runs
-        serve_forever(runners, HOST, 0, factory, 0.5,
+        serve_forever(runners, HOST, 0, factory, 0.5, limits=limits,
                       ready=lambda server: print(server.server_address[1], flush=True))  # fmt: skip
         return
     worker: InboxWorker | WorkerProcess | None = None
@@ -329,6 +332,8 @@ def main() -> int:
                         help=f"comma-separated, run in turn and compared: {', '.join(SERVERS)}")
     parser.add_argument("--rounds", type=int, default=1,
                         help="with several servers: interleaved rounds of each")
+    parser.add_argument("--handler-threads", type=int, default=None,
+                        help="uvicorn: requests handled at once (0: in the event loop)")
     parser.add_argument("--switch-ms", type=float, default=None,
                         help="the server's GIL switch interval (Python's default is 5 ms)")
     parser.add_argument("--sqlite-cache-mb", type=int, default=None,
@@ -343,7 +348,7 @@ def main() -> int:
         return 0
     if args.serve:
         serve(args.serve, args.crm, args.worker, args.sqlite_cache_mb, args.switch_ms,
-              args.server)  # fmt: skip
+              args.server, args.handler_threads)  # fmt: skip
         return 0
     servers = [name.strip() for name in args.servers.split(",") if name.strip()]
     unknown = set(servers) - set(SERVERS)
@@ -382,6 +387,8 @@ def one_run(args: argparse.Namespace, server_name: str) -> dict:
             flags = ["--worker", args.worker, "--server", server_name]
             if args.switch_ms is not None:
                 flags += ["--switch-ms", str(args.switch_ms)]
+            if args.handler_threads is not None:
+                flags += ["--handler-threads", str(args.handler_threads)]
             if args.sqlite_cache_mb is not None:
                 flags += ["--sqlite-cache-mb", str(args.sqlite_cache_mb)]
             server = subprocess.Popen(

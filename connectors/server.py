@@ -77,7 +77,8 @@ class ServerLimits:
     max_connections: int = 256
     """Open connections (and requests in progress) at most; a request beyond is answered 503."""
     handler_threads: int = 8
-    """Requests verified and recorded at once. The store takes one write at a time anyway."""
+    """Requests verified and recorded at once. The store takes one write at a time anyway.
+    0: in the event loop itself (no thread hop, but a slow store write holds every request)."""
     shutdown_seconds: int = 30
     """On SIGTERM, requests in progress are finished for up to this long."""
 
@@ -458,7 +459,8 @@ class WebhookApp:
     def __init__(self, intake: Intake, limits: ServerLimits | None = None) -> None:
         self.intake = intake
         limits = limits or ServerLimits()
-        self.pool = ThreadPoolExecutor(limits.handler_threads, thread_name_prefix="intake")
+        self.pool = (ThreadPoolExecutor(limits.handler_threads, thread_name_prefix="intake")
+                     if limits.handler_threads else None)  # fmt: skip
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -503,11 +505,14 @@ class WebhookApp:
             method=scope["method"], path=path, query=scope["query_string"].decode("latin-1"),
             headers=headers, body=bytes(body), received_at=datetime.now(UTC),
         )  # fmt: skip
+        if self.pool is None:
+            return self.intake.answer(request), False
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.pool, self.intake.answer, request), False
 
     def close(self) -> None:
-        self.pool.shutdown(wait=False)
+        if self.pool is not None:
+            self.pool.shutdown(wait=False)
 
 
 class DeadlineH11Protocol(H11Protocol):

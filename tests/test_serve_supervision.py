@@ -316,3 +316,48 @@ def test_a_second_serve_on_the_same_data_dir_is_refused_until_the_first_is_gone(
     until(lambda: not _alive(first.worker_pid), "the orphaned worker exited")
     again = serve()
     assert again.health()[0] == 200
+
+
+# ---- in one process: the respawn delay and the access log -------------------------------------
+
+
+def test_a_worker_that_keeps_dying_is_respawned_ever_later_and_soon_again_after_a_long_run(
+) -> None:  # fmt: skip
+    from connectors.server import RespawnDelay
+
+    delay = RespawnDelay(first=0.5, most=4.0, stable=60.0)
+    assert [delay.after(1.0) for _ in range(6)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    assert delay.after(61.0) == 0.5
+
+
+def test_the_access_log_names_no_query_string_and_no_header(
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    import logging
+    import threading
+
+    from connectors.runner import Runner
+    from connectors.server import build_server
+    from tests.fakes.memory_crm import MemoryConnector, MemoryCrm, memory_mapping
+
+    runner = Runner(MemoryConnector(memory_mapping(), MemoryCrm(), secret="hook-SECRET-5e1"),
+                    SQLiteStore(":memory:"))  # fmt: skip
+    httpd, _ = build_server([runner], port=0, worker=False)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    caplog.set_level(logging.DEBUG)
+    thread.start()
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", httpd.server_address[1], timeout=DEADLINE)
+        conn.request("POST", f"{PATH}?token=outbound-TOKEN-93a", json.dumps([event(1)]),
+                     {"x-memory-secret": "hook-SECRET-5e1",
+                      "X-HubSpot-Signature-v3": "SIGNATURE-c4d"})  # fmt: skip
+        assert conn.getresponse().status == 202
+        conn.close()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "connectors.server.access"]
+    assert len(lines) == 1 and f'"POST {PATH}" 202' in lines[0]
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    for secret in ("outbound-TOKEN-93a", "hook-SECRET-5e1", "SIGNATURE-c4d"):
+        assert secret not in text
