@@ -383,18 +383,19 @@ class Intake:
         return new
 
     def _check_file(self, runner: Runner) -> None:
-        if _replaced(runner.store):
-            self.store_lost = f"the store file {runner.store.path} was removed or replaced"  # type: ignore[attr-defined]
+        if self._lost(runner):
             raise StoreError(self.store_lost)
+
+    def _lost(self, runner: Runner) -> bool:
+        if self.store_lost is None and _replaced(runner.store):
+            path = runner.store.path  # type: ignore[attr-defined]
+            self.store_lost = f"the store file {path} was removed or replaced"
+            log.error("%s: answering 503 until a store file is back", self.store_lost)
+        return self.store_lost is not None
 
     def check_store(self) -> bool:
         """Whether the store is usable; notices a replaced file even while no request comes."""
-        if self.store_lost is None:
-            for runner in self.runners:
-                if _replaced(runner.store):
-                    self.store_lost = f"the store file {runner.store.path} was removed or replaced"  # type: ignore[attr-defined]
-                    log.error("%s: answering 503 until a store file is back", self.store_lost)
-        return self.store_lost is None
+        return not any([self._lost(runner) for runner in self.runners])
 
     def reopen_store(self) -> bool:
         """With the store lost: close this process's connections (its worker must be stopped
@@ -616,14 +617,14 @@ def serve_forever(
     dir."""
     locks = lock_data_dirs(runners)
     worker: InboxWorker | WorkerProcess
+    rebuild = None
     if worker_factory is None:
         worker = InboxWorker(runners)
     else:
         worker = WorkerProcess(worker_factory, idle_seconds, [lock.fd for lock in locks], respawn)
-        for runner in runners:
-            if isinstance(runner.store, SQLiteStore):
-                runner.store.checkpoint_after(INTAKE_CHECKPOINT_PAGES)
-    intake = Intake(runners, worker, rebuild=worker_factory)
+        _leave_checkpoints_to_the_worker(runners)
+        rebuild = partial(_intake_runners, worker_factory)
+    intake = Intake(runners, worker, rebuild=rebuild)
     stopping = threading.Event()
     handlers: dict[int, Any] = {}
     try:
@@ -649,6 +650,17 @@ def serve_forever(
             signal.signal(signum, handler)
         for lock in locks:
             lock.release()
+
+
+def _leave_checkpoints_to_the_worker(runners: list[Runner]) -> list[Runner]:
+    for runner in runners:
+        if isinstance(runner.store, SQLiteStore):
+            runner.store.checkpoint_after(INTAKE_CHECKPOINT_PAGES)
+    return runners
+
+
+def _intake_runners(factory: RunnerFactory) -> list[Runner]:
+    return _leave_checkpoints_to_the_worker(factory())
 
 
 def _supervise(intake: Intake, worker: InboxWorker | WorkerProcess) -> None:
