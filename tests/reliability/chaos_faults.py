@@ -66,6 +66,15 @@ class FaultPlan:
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
         self.lock = threading.Lock()
+        self.operator_rng = random.Random(self.seed * 7919 + 3)
+        """Draws for the faults done to `serve` from outside (a worker killed alone, the store
+        replaced): their own stream, so adding them leaves the CRM faults' sequence as it was."""
+
+    def roll_operator(self, rate: float) -> bool:
+        if not self.enabled or rate <= 0:
+            return False
+        with self.lock:
+            return self.operator_rng.random() < rate
 
     def roll(self, rate: float) -> bool:
         if not self.enabled or rate <= 0:

@@ -274,9 +274,9 @@ class ChaosRun:
         while queue:
             body = queue.pop(0)
             sent_at += timedelta(seconds=1)
-            if self.plan.roll(self.plan.replace_store_rate):
+            if self.plan.roll_operator(self.plan.replace_store_rate):
                 self._replace_store()
-            if not self.worker_dead and self.plan.roll(self.plan.kill_idle_rate):
+            if self.plan.roll_operator(self.plan.kill_idle_rate) and not self.worker_dead:
                 self._kill_worker_idle()
             request = signed_request(body, SECRET, sent_at)
             self.report.deliveries += 1
