@@ -254,6 +254,7 @@ def serve(
         out.print(f"listening on http://{host}:{bound} for {', '.join(paths)}", highlight=False)
 
     worker = partial(runners_for, [str(m) for m in mappings], str(_data_dir(data_dir)))
+    logging.getLogger("connectors.server.access").setLevel(logging.INFO)  # even without -v
     try:
         serve_forever(runners, host, port, worker_factory=worker, ready=ready)
     except DataDirInUse as exc:

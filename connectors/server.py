@@ -399,7 +399,8 @@ class Intake:
 
     def reopen_store(self) -> bool:
         """With the store lost: close this process's connections (its worker must be stopped
-        first), and once a file is at every store path again, open it. True when reopened."""
+        first), and once a file is at every store path again, open it. True when reopened;
+        webhooks are still refused until `resume`."""
         if not self._closed:
             for runner in self.runners:
                 with contextlib.suppress(Exception):
@@ -415,9 +416,12 @@ class Intake:
             return False
         self._set_runners(runners)
         self._closed = False
+        return True
+
+    def resume(self) -> None:
+        """Record webhooks again (after `reopen_store`, once the worker runs on the file)."""
         self.store_lost = None
         log.warning("the store file is back; webhooks are recorded again")
-        return True
 
     def health(self) -> HttpAnswer:
         worker = self.worker
@@ -674,3 +678,4 @@ def _supervise(intake: Intake, worker: InboxWorker | WorkerProcess) -> None:
     worker.stop()
     if intake.reopen_store():
         worker.start()
+        intake.resume()

@@ -291,14 +291,46 @@ app()
 """
 
 
-def _cli_serve(data_dir: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HUBSPOT_ACCESS_TOKEN": "pat-test", "HUBSPOT_CLIENT_SECRET": "s",
+CLI_ENV = {"HUBSPOT_ACCESS_TOKEN": "pat-test", "HUBSPOT_CLIENT_SECRET": "s",
            "HUBSPOT_BASE_URL": "http://127.0.0.1:9", "COLUMNS": "200"}  # fmt: skip
+
+
+def _cli_serve(data_dir: Path) -> subprocess.CompletedProcess:
     return subprocess.run(  # noqa: S603
         [sys.executable, "-c", CLI, "serve", "mappings/hubspot.yaml", "--port", "0",
          "--data-dir", str(data_dir)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=DEADLINE,
+        cwd=ROOT, env={**os.environ, **CLI_ENV}, capture_output=True, text=True,
+        timeout=DEADLINE,
     )  # fmt: skip
+
+
+def test_elasticity_serve_listens_where_told_answers_healthz_and_stops_on_sigterm(
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    proc = subprocess.Popen(  # noqa: S603
+        [sys.executable, "-c", CLI, "serve", "mappings/hubspot.yaml", "--host", "127.0.0.1",
+         "--port", "0", "--data-dir", str(tmp_path)],
+        cwd=ROOT, env={**os.environ, **CLI_ENV}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        assert line.startswith("listening on http://127.0.0.1:"), line
+        port = int(line.split("127.0.0.1:")[1].split()[0])
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=DEADLINE)
+        conn.request("GET", "/healthz")
+        response = conn.getresponse()
+        assert response.status == 200
+        assert json.loads(response.read())["worker"]["alive"] is True
+        conn.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=DEADLINE) == 0
+        assert '"GET /healthz" 200' in proc.stderr.read()  # type: ignore[union-attr]
+    finally:
+        proc.kill()
+        proc.wait(timeout=DEADLINE)
+        proc.stdout.close()  # type: ignore[union-attr]
+        proc.stderr.close()  # type: ignore[union-attr]
 
 
 def test_a_second_serve_on_the_same_data_dir_is_refused_until_the_first_is_gone(

@@ -160,6 +160,8 @@ class ChaosRun:
             self.worker_dead = False
             self.report.restarts += 1
             self.runner = self._boot()
+        if self.intake.store_lost is not None:
+            self.intake.resume()
 
     def _replace_store(self) -> None:
         """An operator restores a backup taken this instant: removes the store's files and
