@@ -244,7 +244,7 @@ def serve(
     from functools import partial
 
     from connectors.local import runners_for
-    from connectors.server import DataDirInUse, serve_forever
+    from connectors.server import DataDirUnavailable, serve_forever
 
     runners = [_connected(m, data_dir) for m in mappings]
     paths = [p for r in runners for p in r.connector.webhook_paths]
@@ -257,7 +257,7 @@ def serve(
     logging.getLogger("connectors.server.access").setLevel(logging.INFO)  # even without -v
     try:
         serve_forever(runners, host, port, worker_factory=worker, ready=ready)
-    except DataDirInUse as exc:
+    except DataDirUnavailable as exc:
         _fail(str(exc))
     except OSError as exc:
         _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")

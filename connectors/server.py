@@ -292,7 +292,11 @@ def _replaced(store: object) -> bool:
 # ---- the data dir's lock ---------------------------------------------------------------------
 
 
-class DataDirInUse(Exception):
+class DataDirUnavailable(Exception):
+    """`serve` cannot take the data dir."""
+
+
+class DataDirInUse(DataDirUnavailable):
     """Another `serve` holds the data dir."""
 
 
@@ -302,9 +306,12 @@ class DataDirLock:
     kernel releases it when the holders exit, however they exit."""
 
     def __init__(self, directory: Path) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / LOCK_NAME
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise DataDirUnavailable(f"cannot lock {self.path}: {exc.strerror or exc}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -330,7 +337,7 @@ def lock_data_dirs(runners: Sequence[Runner]) -> list[DataDirLock]:
     try:
         for directory in directories:
             locks.append(DataDirLock(directory))
-    except DataDirInUse:
+    except DataDirUnavailable:
         for lock in locks:
             lock.release()
         raise
@@ -618,7 +625,7 @@ def serve_forever(
     """Serve until SIGTERM or SIGINT. With `worker_factory` the worker runs in its own process,
     supervised, and a replaced store file is reopened. `ready` is called once the server
     listens (its port may have been 0). Raises `DataDirInUse` if another serve holds the data
-    dir."""
+    dir (`DataDirUnavailable` if it cannot be locked at all)."""
     locks = lock_data_dirs(runners)
     worker: InboxWorker | WorkerProcess
     rebuild = None
