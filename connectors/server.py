@@ -259,7 +259,8 @@ EXIT_STORE_REPLACED = 3
 
 def _worker_main(factory: RunnerFactory, wake: _InheritedFd, idle_seconds: float,
                  keep: list[_InheritedFd]) -> None:  # fmt: skip
-    del keep  # held open for the process's life: the data dir's lock outlives a killed server
+    """The worker process. `keep`: descriptors held open, unused, for the process's life (the
+    data dir's lock: it outlives a killed server until this process follows it)."""
     stopping = threading.Event()
     interrupt_r, interrupt_w = os.pipe()
     os.set_blocking(interrupt_w, False)
