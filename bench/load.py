@@ -354,6 +354,12 @@ def main() -> int:
     unknown = set(servers) - set(SERVERS)
     if unknown:
         parser.error(f"unknown server(s): {', '.join(sorted(unknown))}")
+    import importlib.util
+
+    optional = ("waitress", "gunicorn")
+    missing = [n for n in servers if n in optional and not importlib.util.find_spec(n)]
+    if missing:
+        parser.error(f"not installed: {', '.join(missing)} (pip install -e '.[bench]')")
     runs: list[tuple[str, dict]] = []
     for _ in range(args.rounds):
         for name in servers:
