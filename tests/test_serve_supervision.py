@@ -31,13 +31,14 @@ from connectors.server import RespawnDelay, ServerLimits, serve_forever
 from tests.fakes.memory_crm import memory_runners
 
 data_dir, first_delay, request_seconds = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+max_connections = int(sys.argv[4])
 runners = memory_runners(data_dir)
 
 def ready(server):
     workers = [p.pid for p in multiprocessing.active_children() if p.name == "inbox-worker"]
     print(server.server_address[1], *workers, flush=True)
 
-limits = ServerLimits(request_seconds=request_seconds, max_connections=512)
+limits = ServerLimits(request_seconds=request_seconds, max_connections=max_connections)
 serve_forever(runners, "127.0.0.1", 0, partial(memory_runners, data_dir), 0.05, ready=ready,
               limits=limits, respawn=RespawnDelay(first=first_delay))
 """
@@ -45,10 +46,11 @@ serve_forever(runners, "127.0.0.1", 0, partial(memory_runners, data_dir), 0.05, 
 
 class Serve:
     def __init__(self, data_dir: Path, respawn_after: float = 0.05, request_seconds: float = 10.0,
-                 ) -> None:  # fmt: skip
+                 max_connections: int = 512) -> None:  # fmt: skip
         self.data_dir = data_dir
         self.proc = subprocess.Popen(  # noqa: S603
-            [sys.executable, "-c", SERVE, str(data_dir), str(respawn_after), str(request_seconds)],
+            [sys.executable, "-c", SERVE, str(data_dir), str(respawn_after), str(request_seconds),
+             str(max_connections)],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         line = self.proc.stdout.readline()  # type: ignore[union-attr]
@@ -62,7 +64,9 @@ class Serve:
         try:
             conn.request(method, path, body, {"Content-Type": "application/json"})
             response = conn.getresponse()
-            return response.status, json.loads(response.read() or b"{}")
+            body = response.read()
+            is_json = response.getheader("content-type", "").startswith("application/json")
+            return response.status, json.loads(body) if is_json else {}
         finally:
             conn.close()
 
@@ -193,6 +197,23 @@ def test_stalled_connections_are_closed_and_hold_no_thread_each(serve) -> None:
         assert server.post(event(1)) == 202  # the server still answers others
         for sock in stalled:  # each one is hung up on by the server
             assert sock.recv(1024) == b""
+    finally:
+        for sock in stalled:
+            sock.close()
+    assert server.stop() == 0
+
+
+def test_connections_beyond_the_limit_are_answered_503_until_the_stalled_ones_are_gone(
+    serve,
+) -> None:  # fmt: skip
+    server = serve(request_seconds=1.0, max_connections=20)
+    stalled = [socket.create_connection(("127.0.0.1", server.port), timeout=DEADLINE)
+               for _ in range(20)]  # fmt: skip
+    try:
+        for sock in stalled:
+            sock.sendall(b"POST /webhooks/memory HTTP/1.1\r\nHost: x\r\n")  # and no more
+        until(lambda: server.post(event(1)) == 503, "a request beyond the limit is refused")
+        until(lambda: server.post(event(1)) == 202, "the stalled ones timed out")
     finally:
         for sock in stalled:
             sock.close()
