@@ -414,3 +414,32 @@ def test_the_access_log_names_no_query_string_and_no_header(
     text = "\n".join(r.getMessage() for r in caplog.records)
     for secret in ("outbound-TOKEN-93a", "hook-SECRET-5e1", "SIGNATURE-c4d"):
         assert secret not in text
+
+
+def test_a_store_closed_after_its_file_was_removed_leaves_no_pages_for_the_file_put_back(
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    from datetime import UTC, datetime
+
+    from core.models import Event
+
+    def put(store: SQLiteStore, n: int) -> None:
+        when = datetime(2026, 1, 1, tzinfo=UTC)
+        store.inbox_put([Event(event_id=f"e{n}", contact_id=f"c{n}", type="open",
+                               occurred_at=when)])  # fmt: skip
+
+    path = tmp_path / "elasticity.sqlite3"
+    old = SQLiteStore(path)
+    put(old, 1)
+    backup = _backup(tmp_path)  # what the operator will restore: e1 only
+    path.unlink()  # the WAL beside it stays, and the old connection goes on writing to it
+    assert old.file_replaced()
+    put(old, 2)
+    old.close()
+    os.replace(backup, path)
+    restored = SQLiteStore(path)
+    try:
+        assert [e.event_id for e in restored.inbox_take(10)] == ["e1"]
+        assert restored.execute("PRAGMA integrity_check") == [("ok",)]
+    finally:
+        restored.close()
