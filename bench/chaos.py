@@ -1,5 +1,5 @@
 """Chaos run: a fixed, seeded stream (default 50K events for 5K contacts over 60 daily windows)
-through the full local path — HubSpot v3-signed webhooks -> `handle_webhook` -> store inbox ->
+through the full local path — HubSpot v3-signed webhooks -> `serve`'s intake -> store inbox ->
 worker (`Runner`) -> a fake HubSpot on loopback, with a scheduled sync closing every window —
 twice: fault-free, then under injected faults:
 
@@ -7,7 +7,11 @@ twice: fault-free, then under injected faults:
   failures on batch updates, every webhook delivered twice (the copy up to a window late),
   20% displaced within their window, the worker killed at random points (before/after a
   commit, before a CRM read, after a CRM write or task creation reached the CRM) and
-  restarted on the same store file, and the store's connection dropped once.
+  restarted on the same store file, 1% of deliveries preceded by a kill of the worker alone
+  while idle (the intake keeps recording; the worker is respawned before its next pass), 0.2%
+  by the store file replaced under the server (a backup taken that instant restored over it:
+  the intake answers 503 and the delivery comes again; the worker is stopped and the store
+  reopened), and the worker's store connection dropped once.
 
 The CRM's properties, the hand-off tasks, the ledger and the contact snapshots of the two
 runs are compared field by field. Printed: events in, deliveries, duplicates absorbed, API

@@ -253,13 +253,23 @@ def serve(
     from functools import partial
 
     from connectors.local import runners_for
-    from connectors.server import serve_forever
+    from connectors.server import DataDirUnavailable, serve_forever
 
     runners = [_connected(m, data_dir) for m in mappings]
     paths = [p for r in runners for p in r.connector.webhook_paths]
-    out.print(f"listening on http://{host}:{port} for {', '.join(paths)}", highlight=False)
+
+    def ready(server) -> None:
+        bound = server.server_address[1]
+        out.print(f"listening on http://{host}:{bound} for {', '.join(paths)}", highlight=False)
+
     worker = partial(runners_for, [str(m) for m in mappings], str(_data_dir(data_dir)))
-    serve_forever(runners, host, port, worker_factory=worker)
+    logging.getLogger("connectors.server.access").setLevel(logging.INFO)  # even without -v
+    try:
+        serve_forever(runners, host, port, worker_factory=worker, ready=ready)
+    except DataDirUnavailable as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
 
 
 @app.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import sqlite3
@@ -104,6 +105,14 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def _file_identity(path: str) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
 def _chunks(items: Sequence, size: int = _CHUNK) -> Iterator[Sequence]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -143,6 +152,8 @@ class SQLiteStore(Store):
             ensure_rollup(self._db)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open the store at {self.path}: {exc}") from exc
+        self._identity = _file_identity(self.path) if self.path != ":memory:" else None
+        """The file this connection opened: a file put at the path later is another store."""
 
     def _add_missing_columns(self) -> None:
         for table, column, kind in _ADDED_COLUMNS:
@@ -584,5 +595,25 @@ class SQLiteStore(Store):
             except sqlite3.Error as exc:
                 raise StoreError(f"could not read from {self.path}: {exc}") from exc
 
+    def file_replaced(self) -> bool:
+        """Whether the path no longer names the file this connection writes: deleted, or
+        replaced by another (a restored backup, a copy moved in). Writes would then land in a
+        file nobody will read again. One `stat`: cheap enough for every request."""
+        return self._identity is not None and _file_identity(self.path) != self._identity
+
+    def inbox_backlog(self) -> int:
+        """Events recorded and not yet processed."""
+        return self._query("SELECT count(*) FROM inbox")[0][0]
+
     def close(self) -> None:
+        with self._lock:  # not under a statement another thread is running
+            self._close_locked()
+
+    def _close_locked(self) -> None:
+        if self.file_replaced():
+            # The WAL and shared-memory files are found by name, not by the file they belong
+            # to: left as they are, their pages would be applied to whatever file is put at
+            # the path next. Checkpointed into the old file and emptied, they are harmless.
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._db.close()

@@ -46,6 +46,10 @@ class FaultPlan:
     rate_partial: float = 0.05
     kill_rate: float = 0.02
     """Per commit / CRM call: the chance the worker dies right there."""
+    kill_idle_rate: float = 0.01
+    """Per delivery: the chance the worker alone is killed while idle (the intake goes on)."""
+    replace_store_rate: float = 0.002
+    """Per delivery: the chance the store file is replaced by a consistent copy of itself."""
     drop_connection_at: int | None = 40
     """The store's connection is closed at this commit (once)."""
     client_timeout: float = 0.5
@@ -62,6 +66,15 @@ class FaultPlan:
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
         self.lock = threading.Lock()
+        self.operator_rng = random.Random(self.seed * 7919 + 3)
+        """Draws for the faults done to `serve` from outside (a worker killed alone, the store
+        replaced): their own stream, so adding them leaves the CRM faults' sequence as it was."""
+
+    def roll_operator(self, rate: float) -> bool:
+        if not self.enabled or rate <= 0:
+            return False
+        with self.lock:
+            return self.operator_rng.random() < rate
 
     def roll(self, rate: float) -> bool:
         if not self.enabled or rate <= 0:

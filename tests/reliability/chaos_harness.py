@@ -1,9 +1,14 @@
 """One chaos run: a seeded stream through intake -> inbox -> worker (Runner) -> fake HubSpot,
 with a scheduled sync closing every daily window; and the field-by-field comparison of two runs.
 
-The worker is a `Runner` over a `SQLiteStore` file. When it dies (`Killed`) or its store
-connection fails (`StoreError`), the harness does what a supervisor does: it starts a fresh
-connector, store connection and runner on the same file and carries on.
+As under `serve`, the intake (`connectors.server.Intake`) and the worker (a `Runner`) each
+have their own connector and store connection on one `SQLiteStore` file. When the worker dies
+(`Killed`, mid-operation or idle between deliveries) or its store connection fails
+(`StoreError`), the harness does what `serve`'s supervisor does: it starts a fresh connector,
+store connection and runner on the same file and carries on, the intake untouched. When the
+store file is replaced under both (a consistent copy moved over it), the intake refuses with
+503 (the sender delivers again), and the harness stops the worker and reopens the intake, as
+the supervisor does.
 
 Deliveries in a chaos run are signed anew for each attempt, every one is delivered twice (the
 copy up to a window late), 20% are displaced within their window, and a refused delivery (5xx)
@@ -14,8 +19,11 @@ displacement is bounded by the window, as a queue drained daily bounds it.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import random
+import sqlite3
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import astuple, dataclass, field
@@ -26,8 +34,8 @@ from typing import Any
 from connectors.base import ConnectorError
 from connectors.hubspot import HubSpotConnector
 from connectors.hubspot.config import HubSpotSettings, load_options
-from connectors.intake import handle_webhook
 from connectors.runner import Runner
+from connectors.server import Intake
 from core.mapping import Mapping, load_mapping
 from core.sqlite_store import SQLiteStore
 from core.store import OUTBOX_LEASE, Batch, StoreError
@@ -77,6 +85,7 @@ class RunReport:
     events_in: int = 0
     deliveries: int = 0
     refused: int = 0
+    refused_store_replaced: int = 0
     duplicates_absorbed: int = 0
     applied: int = 0
     restarts: int = 0
@@ -105,17 +114,71 @@ class ChaosRun:
         self.report = RunReport()
         self.rival: Runner | None = None
         self.runner: Runner = self._boot()
+        self.worker_dead = False
+        self.intake = Intake(self._intake_runners(), rebuild=self._intake_runners)
 
     # ---- the worker process ----------------------------------------------------------------
 
-    def _boot(self) -> Runner:
+    def _connector(self) -> ChaosHubSpotConnector:
         connector = ChaosHubSpotConnector(self.mapping, self._settings(), self.options,
                                           sleep=self.clock.sleep, clock=self.clock,
                                           prefetch_pages=0)  # fmt: skip
         connector.plan = self.plan
+        return connector
+
+    def _boot(self) -> Runner:
         store = ChaosStore(SQLiteStore(self.path, clock=self.lease_clock), self.plan)
         self.plan.rival = self._rival_flush
-        return Runner(connector, store, clock=lambda: self.now)
+        return Runner(self._connector(), store, clock=lambda: self.now)
+
+    def _intake_runners(self) -> list[Runner]:
+        """The server's own: it only verifies and records."""
+        store = SQLiteStore(self.path, clock=self.lease_clock)
+        return [Runner(self._connector(), store, clock=lambda: self.now)]
+
+    def _kill_worker_idle(self) -> None:
+        """kill -9 of the worker alone, between deliveries: the intake goes on recording."""
+        self.plan.count("worker_kills_idle")
+        self._tally_calls()
+        self.runner.store.close()
+        self.worker_dead = True
+
+    def _supervise(self) -> None:
+        """What `serve`'s supervisor does before the worker's next pass: reopen a replaced
+        store (worker stopped first), respawn a dead worker."""
+        if not self.intake.check_store():
+            if self.rival is not None:  # another process: its next run opens the new file
+                self.rival.store.close()
+                self.rival = None
+            if not self.worker_dead:
+                self._tally_calls()
+                self.runner.store.close()
+                self.worker_dead = True
+            if not self.intake.reopen_store():
+                raise RuntimeError("the store file is not back")
+        if self.worker_dead:
+            self.worker_dead = False
+            self.report.restarts += 1
+            self.runner = self._boot()
+        if self.intake.store_lost is not None:
+            self.intake.resume()
+
+    def _replace_store(self) -> None:
+        """An operator restores a backup taken this instant: removes the store's files and
+        moves the copy in. Same content, another file; what the old connections write next
+        goes to files nobody will read."""
+        self.plan.count("store_replacements")
+        copy_path = self.path.with_name(self.path.name + ".copy")
+        source, copy = sqlite3.connect(self.path), sqlite3.connect(copy_path)
+        try:
+            source.backup(copy)
+        finally:
+            copy.close()
+            source.close()
+        for suffix in ("-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{self.path}{suffix}")
+        os.replace(copy_path, self.path)
 
     def _settings(self) -> HubSpotSettings:
         return HubSpotSettings(
@@ -142,7 +205,8 @@ class ChaosRun:
 
     def _restart(self) -> None:
         self._tally_calls()
-        self.runner.store.close()
+        with contextlib.suppress(Exception):
+            self.runner.store.close()
         self.report.restarts += 1
         if self.report.restarts > MAX_RESTARTS:
             raise RuntimeError("the worker keeps dying: no progress")
@@ -212,13 +276,19 @@ class ChaosRun:
         while queue:
             body = queue.pop(0)
             sent_at += timedelta(seconds=1)
+            if self.plan.roll_operator(self.plan.replace_store_rate):
+                self._replace_store()
+            if self.plan.roll_operator(self.plan.kill_idle_rate) and not self.worker_dead:
+                self._kill_worker_idle()
             request = signed_request(body, SECRET, sent_at)
             self.report.deliveries += 1
-            answer = handle_webhook(self.runner.connector, request, self.runner.record)
+            answer = self.intake.answer(request)
             if answer.status >= 500:
-                # The store behind the intake failed: restart it; HubSpot delivers again.
+                # The store behind the intake failed: HubSpot delivers again later.
                 self.report.refused += 1
-                self._restart()
+                if self.intake.store_lost is not None:
+                    self.report.refused_store_replaced += 1
+                self._supervise()
                 queue.append(body)
             elif answer.status >= 300:
                 raise AssertionError(f"a genuine delivery was refused: {answer.status} "
@@ -229,6 +299,7 @@ class ChaosRun:
         return next_late
 
     def _drain(self) -> None:
+        self._supervise()
         failures = 0
         while True:
             try:
@@ -278,7 +349,10 @@ class ChaosRun:
     def close(self) -> None:
         if self.rival is not None:
             self.rival.store.close()
-        self.runner.store.close()
+        with contextlib.suppress(Exception):
+            self.runner.store.close()
+        for runner in self.intake.runners:
+            runner.store.close()
         self.hubspot.stop()
 
 
