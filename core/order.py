@@ -271,7 +271,8 @@ def owed_anew(old: list[Decision], new: list[Decision]) -> list[Action]:
 
 
 # Written for every contact a batch touches: plain rows through orjson, several times faster
-# than the pydantic serialisers (a replay writes one per event).
+# than the pydantic serialisers. An event's `observed` (the CRM value a signal was read from) is
+# left out: it only decides whether the event is a new occurrence, before any rule sees it.
 
 
 def history_json(history: ContactHistory) -> str:
