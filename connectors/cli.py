@@ -393,6 +393,13 @@ def replay(
         + (f" written to {out_file}" if out_file else ""),
         highlight=False,
     )
+    if stats.late_unrevised:
+        err.print(
+            f"warning: {stats.late_unrevised} events came after later events of their contact "
+            "in an earlier batch and were decided at the contact's current time; sort the "
+            "file by occurred_at for the in-order result",
+            highlight=False,
+        )
 
 
 @app.command()

@@ -17,6 +17,7 @@ Single-table layout, partition key `pk` and sort key `sk` (both strings):
 |                 |                      |             | the flusher's lease, kept on a rewrite  |
 | quarantined     | `quarantine`         | event id    | `seq` orders it; `body`, `reason`, `at`;|
 |                 |                      |             | `part` the inbox partition it left      |
+| event history   | `history#<contact>`  | `history`   | `body`: recent decided events (JSON)    |
 
 Contacts are spread over `SHARDS` partitions by a hash of their id, so listing them in id order
 is a merge of `SHARDS` sorted queries, and no single partition takes every write. The inbox
@@ -64,6 +65,7 @@ import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
 from core.models import CONTACT_STATE, DECISION, EVENT, ContactState, Decision, Event
+from core.order import ContactHistory, history_from_json, history_json
 from core.store import (
     OUTBOX_LEASE,
     QUARANTINE_REASON_CHARS,
@@ -210,6 +212,10 @@ def _claim_key(key: str) -> Item:
     return {"pk": _s(f"event#{key}"), "sk": _s("claim")}
 
 
+def _history_key(contact_id: str) -> Item:
+    return {"pk": _s(f"history#{contact_id}"), "sk": _s("history")}
+
+
 def _cursor_key(name: str) -> Item:
     return {"pk": _s(f"cursor#{name}"), "sk": _s("cursor")}
 
@@ -339,6 +345,14 @@ class DynamoDBStore(Store):
         for name, version in versions.items():
             self._remember(name, version)
         return found
+
+    def histories(self, contact_ids: Iterable[str]) -> dict[str, ContactHistory]:
+        keys = [_history_key(c) for c in dict.fromkeys(contact_ids)]
+        return {
+            cid: history_from_json(cid, item["body"]["S"])
+            for item in self._get_many(keys)
+            for cid in [item["pk"]["S"].removeprefix("history#")]
+        }
 
     def ledger_for(self, contact_id: str) -> list[Decision]:
         return [decision_from(item) for item in self._query_items(f"ledger#{contact_id}")]
@@ -560,8 +574,14 @@ class DynamoDBStore(Store):
             decided.setdefault(decision.contact_id, []).append(decision)
         cause_of = {d.cause: d.contact_id for d in batch.decisions}
         expected = batch.expected_versions
+        histories = {h.contact_id: h for h in batch.histories}
+        claimed = set(keys)
+        for cid, history in histories.items():
+            # An event that decided nothing still joined its contact's history: its claim
+            # travels with that history.
+            cause_of.update((e.event_id, cid) for e in history.events if e.event_id in claimed)
         per_contact: dict[str, _Group] = {
-            c: _Group() for c in [*contacts, *decided, *expected]
+            c: _Group() for c in [*contacts, *decided, *expected, *histories]
         }
         orphans, tail = _Group(), _Group()
         for key in keys:
@@ -577,6 +597,9 @@ class DynamoDBStore(Store):
                      "Key": {"pk": _s(shard_of(cid)), "sk": _s(cid)}}  # fmt: skip
             check.update(_version_condition(expected[cid], {}, {}))
             per_contact[cid].add({"ConditionCheck": check})
+        for cid, history in histories.items():
+            item = {**_history_key(cid), "body": _s(history_json(history))}
+            per_contact[cid].add({"Put": {"TableName": self.table, "Item": item}})
         for cid, decisions in decided.items():
             for decision in decisions:
                 per_contact[cid].add({"Put": {

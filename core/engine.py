@@ -175,7 +175,9 @@ def apply_owned(
         _fire_due(state, due, at, c, version, decisions)
     late = at <= state.as_of
     if late:
-        at = state.as_of  # a late event cannot rewind time rules already fired
+        # Rules already fired are not rewound here: the pipeline re-decides a late event in its
+        # place from the contact's kept history (core.order); this is what it falls back to.
+        at = state.as_of
     before = state.campaign_status
     changes: Changes = {}
     actions: list[Action] = []

@@ -7,6 +7,7 @@ from pathlib import Path
 from core.coded.ledger import has_coded_ledger
 from core.coded.ledger import ledger_for as coded_ledger_for
 from core.models import Decision
+from core.order import REVISED
 from core.sqlite_store import SQLiteStore
 
 STORES = {"main": "elasticity.sqlite3", "replay": "replay.sqlite3", "simulate": "simulate.sqlite3"}
@@ -40,7 +41,7 @@ def describe(decision: Decision) -> str:
     changes = ", ".join(
         f"{name} {_value(old)} -> {_value(new)}"
         for name, (old, new) in decision.changes.items()
-        if name != "campaign_status"
+        if name not in ("campaign_status", "decisions")
     )
     actions = "; ".join(a.kind + (f" {a.detail}" if a.detail else "") for a in decision.actions)
     line = f"{when}  {moved:<24} {decision.rule}/{decision.reason}"
@@ -49,6 +50,12 @@ def describe(decision: Decision) -> str:
         line += f"\n    {changes}"
     if actions:
         line += f"\n    actions: {actions}"
+    if decision.reason == REVISED and "decisions" in decision.changes:
+        old, new = decision.changes["decisions"]
+        line += (f"\n    revised: a late {decision.event_type} ({decision.cause}) was decided in "
+                 "its place; what was already done in the CRM stays done")  # fmt: skip
+        line += "".join(f"\n      was: {d}" for d in old)
+        line += "".join(f"\n      now: {d}" for d in new)
     return line
 
 

@@ -13,19 +13,18 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from collections.abc import Mapping as MappingABC
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from itertools import islice
-from operator import attrgetter
 from typing import Any
 
 from core.engine import advance_owned, apply_owned, next_due
 from core.gcpause import cyclic_gc_paused
 from core.models import ContactState, Decision, Event
 from core.occurrences import Seen, counts, decode_seen, encode_seen, newer, seen_key
+from core.order import REVISION_WINDOW, ContactHistory, event_order, revise
 from core.policy import Policy
 from core.store import Batch, ConflictError, Store
 
-_BY_TIME = attrgetter("occurred_at")
 VERSION_PREFIX = "policy:"
 CONFLICT_ATTEMPTS = 5
 """Decisions made again after another writer got there first, before giving up (the caller
@@ -73,11 +72,17 @@ class RunStats:
     rejected: int = 0
     decisions: int = 0
     contacts_touched: int = 0
+    revised: int = 0
+    """Late events decided in their place, re-deciding the events after them."""
+    late_unrevised: int = 0
+    """Late events decided at the contact's current time (older than its kept history)."""
     transitions: Counter = field(default_factory=Counter)
     rejections: list[str] = field(default_factory=list)
 
     def add(self, other: RunStats) -> None:
         self.events_in += other.events_in
+        self.revised += other.revised
+        self.late_unrevised += other.late_unrevised
         self.applied += other.applied
         self.duplicates += other.duplicates
         self.rejected += other.rejected
@@ -111,12 +116,17 @@ class Pipeline:
     def __init__(
         self, store: Store, policy: Policy,
         properties: MappingABC[str, MappingABC[str, Any]] | None = None,
+        revision_window: timedelta | None = REVISION_WINDOW,
     ) -> None:  # fmt: skip
         """`properties`: contacts' CRM properties for a run that has no CRM to read them from
-        (`replay --contacts`); a connector passes what it read with each batch instead."""
+        (`replay --contacts`); a connector passes what it read with each batch instead.
+        `revision_window`: how far back a late event is decided in its place (see
+        `core.order`); None keeps no history and decides late events at the contact's current
+        time."""
         self.store = store
         self.policy = policy
         self.properties = properties
+        self.revision_window = revision_window
         program = policy.program
         # Segment name -> its policy; only consulted when the mapping declares segments.
         self._policies = program.policies if program is not None and program.policies else {}
@@ -167,11 +177,12 @@ class Pipeline:
         """Decide a batch of events without committing it.
 
         Duplicates (within the batch or already processed) are dropped; each contact's events
-        are applied in `occurred_at` order. `states` replaces the store's snapshots (a
-        connector passes what it reconciled with the CRM). `segments` names the segment of
-        contacts that may enroll in this batch (see `core.eligibility.segment_of`);
-        `properties` are the contacts' CRM properties the mapping's eligibility and segments
-        read (`governed_policy`).
+        are applied in `occurred_at` order (then `event_id`), and one that arrives after later
+        ones re-decides the contact as if it had arrived in order (`core.order`). `states`
+        replaces the store's snapshots (a connector passes what it reconciled with the CRM).
+        `segments` names the segment of contacts that may enroll in this batch (see
+        `core.eligibility.segment_of`); `properties` are the contacts' CRM properties the
+        mapping's eligibility and segments read (`governed_policy`).
         """
         stats = RunStats(events_in=len(events))
         policy = self.policy
@@ -194,13 +205,17 @@ class Pipeline:
         remembered: dict[str, str] = {}
         if any(e.observed is not None for e in fresh):
             fresh, remembered = self._new_occurrences(fresh, stats)
-        fresh.sort(key=_BY_TIME)
-        states = self._own_states({e.contact_id for e in fresh}, states)
+        fresh.sort(key=event_order)
+        ids = {e.contact_id for e in fresh}
+        states = self._own_states(ids, states)
         changed: dict[str, ContactState] = {}
         decisions: list[Decision] = []
         segmented = self._segmented
         segments = segments or {}
         governed: dict[str, Policy] = {}
+        window = self.revision_window
+        histories = self.store.histories(ids) if window is not None and fresh else {}
+        kept: dict[str, ContactHistory] = {}
         with cyclic_gc_paused():
             for event in fresh:
                 cid = event.contact_id
@@ -214,11 +229,27 @@ class Pipeline:
                 elif segmented:
                     policy = self.policy_for(state, segments.get(cid))
                 made = len(decisions)
-                states[cid] = state = apply_owned(state, event, policy, decisions)
-                if len(decisions) > made:
+                if window is None:
+                    if state is not None and event.occurred_at < state.as_of:
+                        stats.late_unrevised += 1
+                    states[cid] = state = apply_owned(state, event, policy, decisions)
+                else:
+                    history = kept.get(cid)
+                    if history is None:
+                        history = kept[cid] = self._history(state, histories.get(cid), event)
+                    if state is not None and history.outlived(event, state, window):
+                        history.restart(state.copy())
+                    states[cid] = state = self._in_order(
+                        state, history, event, policy, decisions, stats
+                    )
+                if len(decisions) > made or cid in changed:
                     changed[cid] = state
+            for cid, history in kept.items():
+                # Folded under the policy the contact's events were decided by.
+                history.trim(window, governed.get(cid) or self.policy_for(states.get(cid)))
         stats.applied = len(fresh)
         batch = self._batch(changed, decisions)
+        batch.histories = list(kept.values())
         batch.event_keys = list(seen)
         batch.cursors.update(remembered)
         if inbox:
@@ -251,6 +282,48 @@ class Pipeline:
                 seen[key] = Seen(observed.value, observed.changed_at)
                 remembered[key] = encode_seen(observed.value, observed.changed_at)
         return kept, remembered
+
+    @staticmethod
+    def _history(
+        state: ContactState | None, stored: ContactHistory | None, event: Event
+    ) -> ContactHistory:
+        """The contact's history to decide `event` with; a new one starting from the state as
+        it is when there is none (a contact new to the program, or one from before histories
+        were kept)."""
+        if stored is not None and state is not None:
+            return stored
+        cid = event.contact_id
+        return ContactHistory(cid, None if state is None else state.copy(), [])
+
+    @staticmethod
+    def _in_order(
+        state: ContactState | None,
+        history: ContactHistory,
+        event: Event,
+        policy: Policy,
+        decisions: list[Decision],
+        stats: RunStats,
+    ) -> ContactState:
+        """Decide `event` in its place among the contact's events."""
+        if state is not None and history.is_late(event, state):
+            revision = revise(state, history, event, policy)
+            if revision is not None:
+                stats.revised += 1
+                if revision.decision is not None:
+                    decisions.append(revision.decision)
+                return revision.state
+            stats.late_unrevised += 1
+            status = state.campaign_status
+            decisions.append(
+                Decision(state.contact_id, max(state.as_of, event.occurred_at), "order",
+                         "decided_late", event.event_id, status, status, {}, policy.version,
+                         [], event.type)
+            )  # fmt: skip
+            # What is decided now cannot be re-decided from the old base: start afresh here.
+            history.restart(state.copy())
+        state = apply_owned(state, event, policy, decisions)
+        history.add(event)
+        return state
 
     def prepare_tick(
         self,

@@ -185,11 +185,14 @@ def data_quality(store: SQLiteStore) -> dict[str, Any]:
           SUM(CASE WHEN rule = 'write_back' AND reason = 'write_failed' THEN n ELSE 0 END),
           SUM(CASE WHEN rule = 'write_back' AND reason = 'task_failed' THEN n ELSE 0 END),
           SUM(CASE WHEN rule = 'experiments' THEN n ELSE 0 END),
-          SUM(CASE WHEN rule = 'compliance' AND reason = 'already_suppressed' THEN n ELSE 0 END)
+          SUM(CASE WHEN rule = 'compliance' AND reason = 'already_suppressed' THEN n ELSE 0 END),
+          SUM(CASE WHEN reason = 'revised' THEN n ELSE 0 END),
+          SUM(CASE WHEN rule = 'order' AND reason = 'decided_late' THEN n ELSE 0 END)
         FROM report_rows""")
     values = [int(v or 0) for v in rows[0]]
     keys = ["events_for_unknown_contacts", "mapping_misses", "failed_writes", "failed_tasks",
-            "late_experiment_assignments", "repeated_compliance_exits"]  # fmt: skip
+            "late_experiment_assignments", "repeated_compliance_exits",
+            "late_events_revised", "late_events_beyond_history"]  # fmt: skip
     quality = dict(zip(keys, values, strict=True))
     # Not windowed by --since: what sits in quarantine now is what needs someone's attention.
     quality["quarantined_events"] = store.quarantine_count()

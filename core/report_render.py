@@ -134,9 +134,10 @@ def sections(report: dict[str, Any]) -> Iterator[tuple[str, str, Table | None, s
            None)  # fmt: skip
     dq = report["data_quality"]
     yield ("Data quality", "Events for contacts the store did not know (they enrolled on "
-           "that event), mapping misses, failed CRM writes recorded by the connectors, and "
-           "events the worker set aside because they could not be decided (now in quarantine; "
-           "see `elasticity inbox`).",
+           "that event), mapping misses, failed CRM writes recorded by the connectors, late "
+           "events decided in their place (revised) or, older than the contact's kept history, "
+           "at its current time, and events the worker set aside because they could not be "
+           "decided (now in quarantine; see `elasticity inbox`).",
            (["measure", "count"], [[k.replace("_", " "), n] for k, n in dq.items()]),
            None)  # fmt: skip
 

@@ -131,7 +131,8 @@ class _Simulation:
         self.config = config
         self.policy = policy
         self.store = store
-        self.pipeline = Pipeline(store, policy)
+        # Generated day by day in time order: no event arrives late, so no history is kept.
+        self.pipeline = Pipeline(store, policy, revision_window=None)
         self.people = _Population(config)
         self.result = SimulationResult(config, policy.version, store.path)
         self.buckets: dict[int, list[Event]] = {}

@@ -16,6 +16,7 @@ from pathlib import Path
 from core.deferred import DeferredContacts
 from core.gcpause import cyclic_gc_paused
 from core.models import EVENT, ContactState, Decision, Event, iso_utc
+from core.order import ContactHistory, history_from_json, history_json
 from core.rollup import UPSERT, ensure_rollup, rollup_rows
 from core.sqlite_rows import contact_from_row, contact_row, decision_from_row, decision_row
 from core.store import (
@@ -61,6 +62,9 @@ CREATE TABLE IF NOT EXISTS quarantine (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL UNIQUE, body TEXT NOT NULL,
     reason TEXT NOT NULL, at TEXT NOT NULL, part TEXT NOT NULL DEFAULT ''
 );
+CREATE TABLE IF NOT EXISTS contact_history (
+    contact_id TEXT PRIMARY KEY, body TEXT NOT NULL
+) WITHOUT ROWID;
 """
 _INDEXES = """
 CREATE INDEX IF NOT EXISTS inbox_part ON inbox (part, seq);
@@ -237,6 +241,10 @@ class SQLiteStore(Store):
         db.executemany(
             "INSERT OR REPLACE INTO cursors (name, value) VALUES (?, ?)", batch.cursors.items()
         )
+        db.executemany(
+            "INSERT OR REPLACE INTO contact_history (contact_id, body) VALUES (?, ?)",
+            [(h.contact_id, history_json(h)) for h in batch.histories],
+        )
         db.executemany("DELETE FROM inbox WHERE key = ?", [(k,) for k in batch.inbox_done])
         if batch.outbox_done:
             db.executemany(
@@ -364,6 +372,15 @@ class SQLiteStore(Store):
                 found[row[0]] = contact_from_row(row)
                 versions[row[0]] = row[-1]
         return found, versions
+
+    def histories(self, contact_ids: Iterable[str]) -> dict[str, ContactHistory]:
+        found: dict[str, ContactHistory] = {}
+        for part in _chunks(list(contact_ids)):
+            marks = ",".join("?" * len(part))
+            sql = f"SELECT contact_id, body FROM contact_history WHERE contact_id IN ({marks})"  # noqa: S608
+            for cid, body in self._query(sql, part):
+                found[cid] = history_from_json(cid, body)
+        return found
 
     def iter_contacts(self, page_size: int = 5000) -> Iterator[list[ContactState]]:
         self._write_deferred()

@@ -11,11 +11,14 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from pydantic import ValidationError
 
 from core.models import EVENT, ContactState, Decision, Event
+
+if TYPE_CHECKING:
+    from core.order import ContactHistory
 
 
 class StoreError(Exception):
@@ -102,11 +105,14 @@ class Batch:
     a contact that did not exist. The commit raises `ConflictError`, writing nothing, if any
     of them moved since. Contacts not listed are written whatever their version (a private
     store's bulk run)."""
+    histories: list[ContactHistory] = field(default_factory=list)
+    """Contacts' recent decided events (see `core.order`), each replacing the stored one."""
 
     def is_empty(self) -> bool:
         return not (
             self.event_keys or self.contacts or self.decisions or self.cursors
             or self.inbox_done or self.outbox or self.outbox_done or self.expected_versions
+            or self.histories
         )  # fmt: skip
 
 
@@ -199,6 +205,11 @@ class Store(ABC):
     @abstractmethod
     def quarantine_release(self, keys: Sequence[str] | None = None) -> int:
         """Put quarantined events (these, or all) back into the inbox; return how many moved."""
+
+    def histories(self, contact_ids: Iterable[str]) -> dict[str, ContactHistory]:
+        """The stored histories of these contacts (those that have one). A store that keeps
+        none answers {}: late events are then decided at the contact's current time."""
+        return {}
 
     @contextmanager
     def bulk(self) -> Iterator[None]:

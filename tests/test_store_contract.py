@@ -12,6 +12,7 @@ from moto import mock_aws
 
 from core.dynamodb_store import DynamoDBStore
 from core.models import EVENT, Action, ContactState, Decision, Event, Status, SuppressionReason
+from core.order import ContactHistory
 from core.sqlite_store import SQLiteStore
 from core.store import Batch, ConflictError, Quarantined, Store
 
@@ -392,3 +393,23 @@ def test_a_batch_larger_than_one_transaction_is_written_whole(store: Store) -> N
     assert len(taken) == 150
     store.commit(Batch(outbox_done=taken))
     assert store.outbox_take(500) == []
+
+
+def test_contact_histories_round_trip_and_replace_the_stored_one(store: Store) -> None:
+    base = contact("c1", engagement_score=12.5, experiments={"subject": "A"},
+                   send_times=(T0, T0 + timedelta(hours=1)), last_engagement_date=T0)  # fmt: skip
+    events = [
+        Event(event_id="e2", contact_id="c1", type="click", occurred_at=T0 + timedelta(hours=2),
+              campaign="spring", variant="B", url="https://example.com/p", source="hubspot"),
+        Event(event_id="e3", contact_id="c1", type="send", occurred_at=T0 + timedelta(hours=3)),
+    ]  # fmt: skip
+    fresh = ContactHistory("c2", None, [Event(event_id="e4", contact_id="c2", type="enroll",
+                                              occurred_at=T0)])  # fmt: skip
+    floor = (T0 + timedelta(minutes=90), "e1")
+    store.commit(Batch(histories=[ContactHistory("c1", base, list(events), floor), fresh]))
+
+    found = store.histories(["c1", "c2", "unknown"])
+
+    assert found == {"c1": ContactHistory("c1", base, events, floor), "c2": fresh}
+    store.commit(Batch(histories=[ContactHistory("c1", None, events[:1])]))
+    assert store.histories(["c1"])["c1"] == ContactHistory("c1", None, events[:1])
