@@ -13,7 +13,6 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import numpy as np
 
 from core.gcpause import cyclic_gc_paused
 from core.models import STATE_COLOURS, Event, Status
+from core.order import event_order
 from core.pipeline import Applied, Pipeline
 from core.policy import Policy
 from core.sqlite_store import SQLiteStore
@@ -49,6 +49,12 @@ class SimulationConfig:
     unsubscribe_per_send: float = 0.001
     hard_bounce_per_send: float = 0.0005
     batch_size: int = 50_000
+
+
+def simulated_event_id(serial: int) -> str:
+    """Zero-padded, so ids sort as the events were made: events at the same instant are
+    decided in id order, and the coded simulation sorts by the serial number itself."""
+    return f"sim-{serial:012d}"
 
 
 @dataclass
@@ -150,7 +156,7 @@ class _Simulation:
             return
         # Validated: pydantic builds it faster than `model_construct` does in Python.
         event = Event(
-            event_id=f"sim-{self.serial}", contact_id=cid, type=kind, occurred_at=at,
+            event_id=simulated_event_id(self.serial), contact_id=cid, type=kind, occurred_at=at,
             campaign=campaign, source="simulate",
         )  # fmt: skip
         self.buckets.setdefault(day, []).append(event)
@@ -252,7 +258,7 @@ class _Simulation:
         # (and the opens they cause) land in today's bucket again, so drain it until it stays
         # empty rather than leave them behind undecided.
         while events := self.buckets.pop(day, None):
-            events.sort(key=attrgetter("occurred_at"))  # batches in time order too
+            events.sort(key=event_order)  # batches in the order events are decided too
             for start in range(0, len(events), c.batch_size):
                 self._commit(self.pipeline.prepare_events(events[start : start + c.batch_size]))
             self._tick(day_end)

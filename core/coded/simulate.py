@@ -30,13 +30,19 @@ from core.coded.codes import (
 )
 from core.coded.replay import record_policy, write_states
 from core.policy import Policy
-from core.simulate import START, SimulationConfig, SimulationResult, _Population
+from core.simulate import (
+    START,
+    SimulationConfig,
+    SimulationResult,
+    _Population,
+    simulated_event_id,
+)
 from core.sqlite_store import SQLiteStore
 
 _DAY_US = 86_400_000_000
 _FLUSH_ROWS = 50_000
 _START_US = to_us(START)
-_BY_TIME = itemgetter(0)
+_BY_TIME = itemgetter(0, 3)  # time, then serial: the object path sorts by time, then id
 _STATUS_TEXT = [s.value for s in STATUSES]
 
 
@@ -224,10 +230,10 @@ class CodedSimulation:
         for at, i, kind, serial in events:
             s = states[i]
             if s is None:
-                states[i] = s = apply(s, i, kind, at, f"sim-{serial}", p, rows, ids[i])
+                states[i] = s = apply(s, i, kind, at, simulated_event_id(serial), p, rows, ids[i])
                 writer.set_arm(i, s.arm)
             else:
-                apply(s, i, kind, at, f"sim-{serial}", p, rows, ids[i])
+                apply(s, i, kind, at, simulated_event_id(serial), p, rows, ids[i])
             when = due(s)
             next_due[i] = when[0] if when is not None else _NEVER
         self._decided(made)
