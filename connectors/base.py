@@ -120,6 +120,9 @@ class WriteResult:
     written: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     """Permanent per-record failures, with the vendor's message."""
+    deferred: dict[str, str] = field(default_factory=dict)
+    """Records that kept failing for a passing reason (a retriable per-record error) through
+    the connector's own retries: not failures, they stay owed for the next flush."""
 
 
 @dataclass

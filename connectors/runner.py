@@ -475,7 +475,8 @@ class Runner:
                 result = self.connector.write_records(values)
                 by_contact = {c: c for c in values}
                 failures = self._failure_decisions(result.failed, by_contact, "write_failed")
-                self.store.commit(Batch(outbox_done=owed, decisions=failures))
+                done = self._settle(owed, {FIELDS + c for c in result.deferred})
+                self.store.commit(Batch(outbox_done=done, decisions=failures))
             if summary is not None:
                 summary.written += len(result.written)
                 summary.write_failures += len(result.failed)
@@ -487,9 +488,22 @@ class Runner:
                 result = self.connector.create_tasks(tasks)
                 owners = {t.key: t.contact_id for t in tasks}
                 failures = self._failure_decisions(result.failed, owners, "task_failed")
-                self.store.commit(Batch(outbox_done=owed, decisions=failures))
+                pairs = zip(owed, tasks, strict=True)
+                done = self._settle(owed, {o.key for o, t in pairs if t.key in result.deferred})
+                self.store.commit(Batch(outbox_done=done, decisions=failures))
             if summary is not None:
                 summary.tasks_created += len(result.written)
+
+    def _settle(self, owed: list[OwedWrite], deferred: set[str]) -> list[OwedWrite]:
+        """The owed writes that are done (written or failed for good); the ones the connector
+        deferred (still failing for a passing reason) are given back, owed to the next flush."""
+        if not deferred:
+            return owed
+        kept = [o for o in owed if o.key in deferred]
+        log.warning("%d owed write(s) kept for the next flush: still failing for a passing "
+                    "reason", len(kept))  # fmt: skip
+        self.store.outbox_release(kept)
+        return [o for o in owed if o.key not in deferred]
 
     @contextmanager
     def _giving_back(self, owed: list[OwedWrite]) -> Iterator[None]:

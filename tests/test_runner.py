@@ -184,6 +184,21 @@ def test_permanent_write_failures_go_to_the_ledger_not_a_retry_loop(
     assert crm.calls["write"] == writes
 
 
+def test_a_write_deferred_for_a_passing_reason_stays_owed_and_lands_later(
+    runner: Runner, crm: MemoryCrm
+) -> None:
+    crm.write_deferrals = {"c2": "INTERNAL_ERROR: still failing after 3 attempts"}
+    runner.process([ev("e1", "open", "c1"), ev("e2", "open", "c2")])
+    assert crm.values["c1"]["engagement_score"] == 5
+    assert "engagement_score" not in crm.values.get("c2", {})
+    assert not [d for d in runner.store.ledger_for("c2") if d.reason == "write_failed"]
+    assert [key for key, _ in runner.store.outbox_take(10)] == ["fields:c2"]
+    crm.write_deferrals = {}
+    runner.flush()
+    assert crm.values["c2"]["engagement_score"] == 5
+    assert runner.store.outbox_take(10) == []
+
+
 def test_a_throttled_crm_read_fails_the_batch_without_committing(
     runner: Runner, crm: MemoryCrm
 ) -> None:

@@ -54,9 +54,12 @@ class BatchWriter:
         self.retry_in_place = retry_in_place
         """False for creates: a record HubSpot may have made must be looked up, not re-sent."""
 
-    def write(self, inputs: list[Input], send: Send, what: str) -> tuple[list[str], dict[str, str]]:
+    def write(
+        self, inputs: list[Input], send: Send, what: str
+    ) -> tuple[list[str], dict[str, str], dict[str, str]]:
         """Send one batch (<= 100 inputs, each with `objectWriteTraceId`); return the keys
-        written and the permanent failures {key: message}."""
+        written, the permanent failures {key: message} and those still failing for a passing
+        reason after every attempt {key: message}, which stay owed."""
         written: list[str] = []
         failed: dict[str, str] = {}
         pending = inputs
@@ -67,23 +70,24 @@ class BatchWriter:
                 if exc.status != 400 or exc.retriable:
                     raise
                 self._bisect(pending, send, what, exc, written, failed)
-                return written, failed
+                return written, failed, {}
             ok, permanent, retry = outcome(response, pending)
             written += ok
             failed.update(permanent)
             if not retry:
-                return written, failed
+                return written, failed, {}
             if not self.retry_in_place:
                 raise HubSpotError(f"{what}: {len(retry)} record(s) failed for a passing reason "
                                    f"({next(iter(retry.values()))}); will retry later",
                                    retriable=True)  # fmt: skip
             if attempt == self.max_attempts:
-                failed.update({k: f"still failing after {attempt} attempts: {m}"
-                               for k, m in retry.items()})  # fmt: skip
-                return written, failed
+                # A passing reason is no reason to drop the write: it stays owed.
+                deferred = {k: f"still failing after {attempt} attempts: {m}"
+                            for k, m in retry.items()}  # fmt: skip
+                return written, failed, deferred
             self.client.backoff(attempt)
             pending = [i for i in pending if trace_key(i) in retry]
-        return written, failed
+        return written, failed, {}
 
     def _bisect(self, pending: list[Input], send: Send, what: str, exc: HubSpotError,
                 written: list[str], failed: dict[str, str]) -> None:  # fmt: skip
@@ -106,9 +110,11 @@ class BatchWriter:
             middle = len(pending) // 2
             halves = [pending[:middle], pending[middle:]]
         for half in halves:
-            ok, bad = self.write(half, send, what)
+            ok, bad, later = self.write(half, send, what)
             written += ok
             failed.update(bad)
+            # Bisecting happens only on a 400, which names no passing reason: keep any anyway.
+            failed.update({k: f"not written: {m}" for k, m in later.items()})
 
 
 def culprits(pending: list[Input], message: str) -> tuple[list[Input], tuple[str, str] | None]:

@@ -63,9 +63,10 @@ class Contacts:
         else:
             with ThreadPoolExecutor(workers, thread_name_prefix="hubspot-write") as pool:
                 outcomes = list(pool.map(self._write_batch, batches))
-        for written, failed in outcomes:
+        for written, failed, deferred in outcomes:
             result.written += written
             result.failed.update(failed)
+            result.deferred.update(deferred)
         return result
 
     def _input(self, contact_id: str, fields: dict[str, Any]) -> Input:
@@ -79,7 +80,9 @@ class Contacts:
                 properties[spec.property] = encode(spec, value)
         return {"id": contact_id, "properties": properties, "objectWriteTraceId": contact_id}
 
-    def _write_batch(self, batch: list[Input]) -> tuple[list[str], dict[str, str]]:
+    def _write_batch(
+        self, batch: list[Input]
+    ) -> tuple[list[str], dict[str, str], dict[str, str]]:
         return self.writer.write(batch, self._send_update, "contact batch update")
 
     def _send_update(self, inputs: list[Input]) -> Response:

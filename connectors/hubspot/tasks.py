@@ -40,9 +40,12 @@ class Tasks:
         result = WriteResult(written=[by_hash[h].key for h in existing])
         missing = [self._input(h, t) for h, t in by_hash.items() if h not in existing]
         for batch in chunks(missing, BATCH_SIZE):
-            written, failed = self.writer.write(batch, self._send_create, "task batch create")
+            written, failed, deferred = self.writer.write(
+                batch, self._send_create, "task batch create"
+            )
             result.written += [by_hash[h].key for h in written]
             result.failed.update({by_hash[h].key: message for h, message in failed.items()})
+            result.deferred.update({by_hash[h].key: message for h, message in deferred.items()})
         return result
 
     def _existing(self, hashes: list[str]) -> set[str]:

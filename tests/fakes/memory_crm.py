@@ -70,6 +70,8 @@ class MemoryCrm:
     reject_at: set[tuple[str, int]] = field(default_factory=set)
     """(call name, n): the n-th call of that name raises a permanent (non-retriable) 400."""
     write_failures: dict[str, str] = field(default_factory=dict)
+    write_deferrals: dict[str, str] = field(default_factory=dict)
+    """Contacts whose write the connector reports as still failing for a passing reason."""
     """contact id -> the vendor's message for a permanent per-record write failure."""
 
     _named: ClassVar[dict[str, MemoryCrm]] = {}
@@ -172,6 +174,9 @@ class MemoryConnector(Connector):
         for cid, fields in values.items():
             if cid in self.crm.write_failures:
                 result.failed[cid] = self.crm.write_failures[cid]
+                continue
+            if cid in self.crm.write_deferrals:
+                result.deferred[cid] = self.crm.write_deferrals[cid]
                 continue
             self.crm.values.setdefault(cid, {}).update(fields)
             written[cid] = dict(fields)

@@ -68,6 +68,17 @@ def test_partial_failure_retries_only_the_failed_records(fake, provisioned, cloc
     assert clock.sleeps  # backed off (on the fake clock) before retrying
 
 
+def test_a_record_failing_for_a_passing_reason_on_every_attempt_stays_owed(fake, provisioned):
+    """A retriable per-record error is no reason to drop the write: it is deferred, not
+    failed, so the runner keeps it owed for the next flush."""
+    ids = _contacts(fake, 4)
+    fake.fail_records(RecordFailure({ids[1]}, "INTERNAL_ERROR", times=9))
+    result = provisioned.write_records({cid: {"engagement_score": 5} for cid in ids})
+    assert sorted(result.written) == sorted(set(ids) - {ids[1]})
+    assert result.failed == {}
+    assert list(result.deferred) == [ids[1]]
+
+
 def test_permanent_per_record_failures_carry_hubspots_message(fake, provisioned):
     ids = _contacts(fake, 5)
     fake.fail_records(RecordFailure({ids[1]}, "VALIDATION_ERROR", "Email is invalid", times=9))
