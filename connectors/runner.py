@@ -469,41 +469,52 @@ class Runner:
     def _flush_fields(self, summary: SyncSummary | None) -> None:
         # Each key taken is leased to this flusher: another flusher (a `sync` beside the worker)
         # neither writes it too nor writes a newer value before this one lands.
-        while owed := self.store.outbox_claim(self.write_page, FIELDS):
-            with self._giving_back(owed):
-                values = {o.key[len(FIELDS) :]: self._decode(o.payload) for o in owed}
-                result = self.connector.write_records(values)
-                by_contact = {c: c for c in values}
-                failures = self._failure_decisions(result.failed, by_contact, "write_failed")
-                done = self._settle(owed, {FIELDS + c for c in result.deferred})
-                self.store.commit(Batch(outbox_done=done, decisions=failures))
-            if summary is not None:
-                summary.written += len(result.written)
-                summary.write_failures += len(result.failed)
+        with self._holding_deferred() as deferred:
+            while owed := self.store.outbox_claim(self.write_page, FIELDS):
+                with self._giving_back(owed):
+                    values = {o.key[len(FIELDS) :]: self._decode(o.payload) for o in owed}
+                    result = self.connector.write_records(values)
+                    by_contact = {c: c for c in values}
+                    failures = self._failure_decisions(result.failed, by_contact, "write_failed")
+                    later = {FIELDS + c for c in result.deferred}
+                    deferred += [o for o in owed if o.key in later]
+                    done = [o for o in owed if o.key not in later]
+                    self.store.commit(Batch(outbox_done=done, decisions=failures))
+                if summary is not None:
+                    summary.written += len(result.written)
+                    summary.write_failures += len(result.failed)
 
     def _flush_tasks(self, summary: SyncSummary | None) -> None:
-        while owed := self.store.outbox_claim(self.write_page, TASKS):
-            with self._giving_back(owed):
-                tasks = [self._task_from(o.key, json.loads(o.payload)) for o in owed]
-                result = self.connector.create_tasks(tasks)
-                owners = {t.key: t.contact_id for t in tasks}
-                failures = self._failure_decisions(result.failed, owners, "task_failed")
-                pairs = zip(owed, tasks, strict=True)
-                done = self._settle(owed, {o.key for o, t in pairs if t.key in result.deferred})
-                self.store.commit(Batch(outbox_done=done, decisions=failures))
-            if summary is not None:
-                summary.tasks_created += len(result.written)
+        with self._holding_deferred() as deferred:
+            while owed := self.store.outbox_claim(self.write_page, TASKS):
+                with self._giving_back(owed):
+                    tasks = [self._task_from(o.key, json.loads(o.payload)) for o in owed]
+                    result = self.connector.create_tasks(tasks)
+                    owners = {t.key: t.contact_id for t in tasks}
+                    failures = self._failure_decisions(result.failed, owners, "task_failed")
+                    pairs = list(zip(owed, tasks, strict=True))
+                    deferred += [o for o, t in pairs if t.key in result.deferred]
+                    done = [o for o, t in pairs if t.key not in result.deferred]
+                    self.store.commit(Batch(outbox_done=done, decisions=failures))
+                if summary is not None:
+                    summary.tasks_created += len(result.written)
 
-    def _settle(self, owed: list[OwedWrite], deferred: set[str]) -> list[OwedWrite]:
-        """The owed writes that are done (written or failed for good); the ones the connector
-        deferred (still failing for a passing reason) are given back, owed to the next flush."""
-        if not deferred:
-            return owed
-        kept = [o for o in owed if o.key in deferred]
-        log.warning("%d owed write(s) kept for the next flush: still failing for a passing "
-                    "reason", len(kept))  # fmt: skip
-        self.store.outbox_release(kept)
-        return [o for o in owed if o.key not in deferred]
+    @contextmanager
+    def _holding_deferred(self) -> Iterator[list[OwedWrite]]:
+        """Owed writes the connector deferred (still failing for a passing reason) stay owed:
+        their leases are held until this flush ends, so it does not take them again at once,
+        then given back for the next flush."""
+        deferred: list[OwedWrite] = []
+        try:
+            yield deferred
+        finally:
+            if deferred:
+                log.warning("%d owed write(s) kept for the next flush: still failing for a "
+                            "passing reason", len(deferred))  # fmt: skip
+                try:
+                    self.store.outbox_release(deferred)
+                except StoreError as exc:
+                    log.warning("deferred writes wait for their lease to expire: %s", exc)
 
     @contextmanager
     def _giving_back(self, owed: list[OwedWrite]) -> Iterator[None]:
