@@ -50,6 +50,10 @@ class FaultPlan:
     """Per delivery: the chance the worker alone is killed while idle (the intake goes on)."""
     replace_store_rate: float = 0.002
     """Per delivery: the chance the store file is replaced by a consistent copy of itself."""
+    poison_rate: float = 0.01
+    """Per delivery: the chance a signed notification whose time is no real instant (year
+    9999) comes too, alone (refused, 400) or inside the genuine batch (left out, the rest
+    recorded)."""
     drop_connection_at: int | None = 40
     """The store's connection is closed at this commit (once)."""
     client_timeout: float = 0.5

@@ -48,6 +48,7 @@ from tests.reliability.chaos_faults import (
     Killed,
 )
 from tests.reliability.chaos_stream import (
+    NOTIFICATIONS_PER_REQUEST,
     T0,
     Change,
     contact_ids,
@@ -62,6 +63,8 @@ SECRET = "chaos-client-secret-3f9a"
 MAX_RECEIVES = 3
 """A worker batch failing this many times in a row is parked (dead-lettered) and replayed."""
 MAX_RESTARTS = 10_000
+POISON_MS = 253_402_128_000_000
+"""9999-12-30T00:00:00Z in epoch milliseconds: a time no real event has."""
 LEASE_EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 
 
@@ -280,6 +283,8 @@ class ChaosRun:
                 self._replace_store()
             if self.plan.roll_operator(self.plan.kill_idle_rate) and not self.worker_dead:
                 self._kill_worker_idle()
+            if self.plan.roll_operator(self.plan.poison_rate):
+                body = self._poisoned(body, sent_at)
             request = signed_request(body, SECRET, sent_at)
             self.report.deliveries += 1
             answer = self.intake.answer(request)
@@ -297,6 +302,22 @@ class ChaosRun:
                 received = json.loads(answer.body)["received"]
                 self.report.duplicates_absorbed += received - answer.recorded
         return next_late
+
+    def _poisoned(self, body: bytes, sent_at: datetime) -> bytes:
+        """Send a notification dated year 9999 on its own (it must be refused, 400, and change
+        nothing), and return the genuine batch with another one inside it (it must be left
+        out while the batch's genuine notifications are recorded)."""
+        notifications = json.loads(body)
+        poison = {**notifications[0], "eventId": 10**9 + self.plan.counts["poison"],
+                  "occurredAt": POISON_MS}  # fmt: skip
+        alone = self.intake.answer(signed_request(json.dumps([poison]).encode(), SECRET, sent_at))
+        if alone.status != 400:
+            raise AssertionError(f"a poison notification was not refused: {alone.status}")
+        self.plan.count("poison")
+        if len(notifications) >= NOTIFICATIONS_PER_REQUEST:
+            return body
+        self.plan.count("poison_in_batch")
+        return json.dumps([*notifications, poison]).encode()
 
     def _drain(self) -> None:
         self._supervise()
