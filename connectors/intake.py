@@ -53,8 +53,10 @@ def handle_webhook(
         return _json(500, error="internal error while parsing; the delivery will be retried")
     try:
         new = record(intake.events)
-    except StoreError:
-        log.exception("could not record %d events", len(intake.events))
+    except StoreError as exc:
+        # A store that cannot take writes is a condition the message names (disk full, the
+        # file removed): the traceback would only bury it, once per delivery.
+        log.error("could not record %d events: %s", len(intake.events), exc)
         return _json(503, error="could not record the events; retry later")
     response = intake.response
     answer = HttpAnswer(response.status, response.body, response.content_type)
