@@ -21,7 +21,14 @@ from core.coded.replay import BadEvent, CodedRun, replay_coded
 from core.policy import Policy
 from core.sqlite_store import SQLiteStore
 
-_TABLES = ("coded_chunks", "coded_contacts", "coded_names", "contacts")
+_COPY_SHARD = (
+    "INSERT INTO main.coded_chunks SELECT * FROM shard.coded_chunks",
+    "INSERT INTO main.coded_contacts SELECT * FROM shard.coded_contacts",
+    "INSERT INTO main.coded_names SELECT * FROM shard.coded_names",
+    "INSERT INTO main.contacts SELECT * FROM shard.contacts",
+    "INSERT OR REPLACE INTO main.coded_meta SELECT * FROM shard.coded_meta",
+)
+"""A shard's tables copied into the run's store (written out: no SQL is built from names)."""
 
 
 def shard_path(store_path: Path, shard: int) -> Path:
@@ -131,9 +138,8 @@ def _merge(store: SQLiteStore, base: Path, workers: int, runs: list[CodedRun]) -
         for k in range(workers):
             db.execute("ATTACH DATABASE ? AS shard", (str(shard_path(base, k)),))
             db.execute("BEGIN IMMEDIATE")
-            for table in _TABLES:
-                db.execute(f"INSERT INTO main.{table} SELECT * FROM shard.{table}")  # noqa: S608
-            db.execute("INSERT OR REPLACE INTO main.coded_meta SELECT * FROM shard.coded_meta")
+            for statement in _COPY_SHARD:
+                db.execute(statement)
             db.execute("COMMIT")
             db.execute("DETACH DATABASE shard")
         db.execute("BEGIN IMMEDIATE")
