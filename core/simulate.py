@@ -147,7 +147,7 @@ class _Simulation:
         # What the CRM's dynamic lists would show, kept from the decisions as they commit.
         self.status: dict[str, str] = {}
         self.counts: Counter = Counter()
-        self.today: Counter = Counter({"step_1_sent": 0, "step_2_sent": 0, "comebacks": 0})
+        self.today: Counter = fresh_day()
 
     def _event(self, cid: str, kind: str, at: datetime, campaign: str) -> None:
         self.serial += 1
@@ -272,15 +272,28 @@ class _Simulation:
             after = ids[-1]
 
     def _counts(self, day: int) -> dict[str, int]:
-        counts = {s: self.counts[s] for s in STATUSES if s != "Suppressed"}
-        split = {r: self.counts[f"Suppressed:{r}"] for r in ("no_response", "compliance")}
-        counts["Suppressed"] = sum(split.values())
-        counts["suppressed_no_response"] = split["no_response"]
-        counts["suppressed_compliance"] = split["compliance"]
-        counts.update(self.today)
-        counts["day"] = day
-        self.today = Counter({"step_1_sent": 0, "step_2_sent": 0, "comebacks": 0})
-        return counts
+        row = day_row(self.counts, self.today, day)
+        self.today = fresh_day()
+        return row
+
+
+def fresh_day() -> Counter:
+    """A day's reactivation-cycle counts, before anything happened."""
+    return Counter({"step_1_sent": 0, "step_2_sent": 0, "comebacks": 0})
+
+
+def day_row(levels: Counter, today: Counter, day: int) -> dict[str, int]:
+    """One row of `SimulationResult.daily` (both simulation paths build it here): contacts per
+    state at the day's end, suppression split by reason, and the day's cycle counts. `levels`
+    counts suppressed contacts as `Suppressed:no_response` / `Suppressed:compliance`."""
+    row = {s: levels[s] for s in STATUSES if s != "Suppressed"}
+    split = {r: levels[f"Suppressed:{r}"] for r in ("no_response", "compliance")}
+    row["Suppressed"] = sum(split.values())
+    row["suppressed_no_response"] = split["no_response"]
+    row["suppressed_compliance"] = split["compliance"]
+    row.update(today)
+    row["day"] = day
+    return row
 
 
 def run_simulation(

@@ -35,6 +35,8 @@ from core.simulate import (
     SimulationConfig,
     SimulationResult,
     _Population,
+    day_row,
+    fresh_day,
     simulated_event_id,
 )
 from core.sqlite_store import SQLiteStore
@@ -67,7 +69,7 @@ class CodedSimulation:
         # suppressed contacts split by reason ("Suppressed:no_response" / ":compliance").
         self.status: dict[int, str] = {}
         self.counts: Counter = Counter()
-        self.today: Counter = Counter({"step_1_sent": 0, "step_2_sent": 0, "comebacks": 0})
+        self.today: Counter = fresh_day()
         self.rows: list[tuple] = []
         self.writer = ledger.ChunkWriter(db, 0, self.names)
         self.first: datetime | None = None
@@ -211,15 +213,8 @@ class CodedSimulation:
                 self._apply(events[start : start + c.batch_size])
             self._tick(day_end)
         self._tick(day_end)
-        counts = {s: self.counts[s] for s in _STATUS_TEXT if s != "Suppressed"}
-        split = {r: self.counts[f"Suppressed:{r}"] for r in ("no_response", "compliance")}
-        counts["Suppressed"] = sum(split.values())
-        counts["suppressed_no_response"] = split["no_response"]
-        counts["suppressed_compliance"] = split["compliance"]
-        counts.update(self.today)
-        counts["day"] = day
-        self.today = Counter({"step_1_sent": 0, "step_2_sent": 0, "comebacks": 0})
-        self.result.daily.append(counts)
+        self.result.daily.append(day_row(self.counts, self.today, day))
+        self.today = fresh_day()
 
     def _apply(self, events: list[tuple]) -> None:
         events.sort(key=_BY_TIME)
