@@ -14,33 +14,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import resource
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-START = datetime(2026, 1, 1, tzinfo=UTC)
-KINDS = ["send"] * 50 + ["open"] * 28 + ["click"] * 12 + ["high_intent_visit"] * 6 + [
-    "enroll"] * 3 + ["unsubscribe"]  # fmt: skip
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from engine import START, event_dicts  # noqa: E402 - the stream bench/engine.py replays
 
 
 def write_events(path: Path, events: int, contacts: int, seed: int = 7) -> None:
-    rng = random.Random(seed)
-    step = 180 * 86400 / events
     with path.open("w") as out:
-        for i in range(events):
-            if i < contacts:
-                contact, kind, at = i, "enroll", START + timedelta(seconds=i * 0.01)
-            else:
-                contact, kind = rng.randrange(contacts), rng.choice(KINDS)
-                at = START + timedelta(seconds=i * step)
-            out.write(json.dumps({"event_id": f"ev{i}", "contact_id": f"c{contact:06d}",
-                                  "type": kind, "occurred_at": at.isoformat()}) + "\n")  # fmt: skip
+        for row in event_dicts(events, contacts, seed):
+            out.write(json.dumps(row) + "\n")
 
 
 def run(args: list[str], data_dir: Path) -> tuple[float, int, str]:
