@@ -37,6 +37,10 @@ class SalesforceOptions(BaseModel):
     timeout_seconds: float = Field(60, gt=0)
     max_attempts: int = Field(5, ge=1, le=20)
     bulk_timeout_minutes: float = Field(120, gt=0)
+    history_campaigns: dict[str, str] = Field(
+        default_factory=dict,
+        description="`elasticity history`: Campaign name -> the event a member's response means",
+    )
 
 
 def load_options(mapping: Mapping) -> SalesforceOptions:

@@ -220,10 +220,11 @@ class SalesforceConnector(Connector):
     def export_history(
         self, since: datetime, until: datetime, cursor: MappingABC[str, str] | None
     ) -> Iterator[HistoryPage]:
-        from connectors.salesforce.history import FieldHistory
+        from connectors.salesforce.history import OrgHistory
 
-        history = FieldHistory(self.client, self.mapping, self.sobject, self.options.page_size)
-        return history.export(since, until, cursor)
+        return OrgHistory(self.client, self.mapping, self.sobject, self.options).export(
+            since, until, cursor
+        )
 
     # ---- writes ----------------------------------------------------------------------------
 

@@ -60,6 +60,8 @@ PREFIX = {
     "ContactHistory": "017",
     "LeadHistory": "017",
     "FieldDefinition": "000",
+    "EmailMessage": "02s",
+    "EmailMessageRelation": "0Rm",
 }
 STANDARD = {
     "Contact": [
@@ -108,6 +110,9 @@ STANDARD = {
         "ContactId",
         "LeadId",
         "Status",
+        "HasResponded",
+        "FirstRespondedDate",
+        "IsDeleted",
     ],
     "CampaignMemberStatus": [
         "Id",
@@ -135,7 +140,19 @@ STANDARD = {
     "FieldDefinition": ["Id", "DurableId", "EntityDefinitionId",
                         "EntityDefinition.QualifiedApiName", "QualifiedApiName",
                         "IsFieldHistoryTracked"],  # fmt: skip
+    # Enhanced Email (Object Reference: EmailMessage, EmailMessageRelation).
+    "EmailMessage": ["Id", "CreatedDate", "SystemModstamp", "ActivityId", "RelatedToId",
+                     "Subject", "FromAddress", "ToAddress", "Incoming", "Status", "MessageDate",
+                     "IsTracked", "IsOpened", "IsBounced", "FirstOpenedDate", "LastOpenedDate",
+                     "FirstLinkClickedDate", "IsDeleted"],  # fmt: skip
+    "EmailMessageRelation": ["Id", "CreatedDate", "SystemModstamp", "EmailMessageId",
+                             "RelationId", "RelationObjectType", "RelationType",
+                             "RelationAddress", "DeliveryResponse", "IsDeleted"],  # fmt: skip
 }
+DATE_FIELDS = {"CampaignMember": ("FirstRespondedDate",), "Task": ("ActivityDate",)}
+"""Standard fields of type `date` (no time): SOQL compares them with date literals only."""
+READ_ONLY = {"CampaignMember": ("HasResponded", "FirstRespondedDate")}
+"""Fields Salesforce sets itself: a member's response follows from its status."""
 HISTORY_VALUES = ("OldValue", "NewValue")
 """History values are `anyType`: selectable, never filterable."""
 ORG_FIELDS = [
@@ -188,6 +205,9 @@ class FakeSalesforce:
         self.fields: dict[str, dict[str, dict[str, Any]]] = {
             obj: {name: {"type": "standard"} for name in names} for obj, names in STANDARD.items()
         }
+        for obj, names in DATE_FIELDS.items():
+            for name in names:
+                self.fields[obj].setdefault(name, {})["type"] = "date"
         for obj in ("Contact", "Lead"):
             for name in ORG_FIELDS:
                 self.fields[obj][name] = {"type": "org"}
@@ -258,6 +278,49 @@ class FakeSalesforce:
         record.update({k: sf_time(v) for k, v in values.items()})
         self.records[sobject][record_id] = record
         return record_id
+
+    def without(self, *sobjects: str) -> None:
+        """An org without these objects (EmailMessage without Enhanced Email or Email-to-Case):
+        queries name an unsupported sObject type and describe answers 404, as Salesforce does."""
+        for sobject in sobjects:
+            self.fields.pop(sobject, None)
+
+    def set_member_status(self, member_id: str, status: str, on: str) -> None:
+        """A member's status changes on day `on` (`YYYY-MM-DD`); Salesforce sets `HasResponded`
+        from the status and `FirstRespondedDate` the first time it is a responded one."""
+        member = self.records["CampaignMember"][member_id]
+        member["Status"] = status
+        self._derive_response(member, on)
+
+    def _derive_response(self, member: dict[str, Any], today: str) -> None:
+        responded = any(
+            s["HasResponded"]
+            for s in self.records["CampaignMemberStatus"].values()
+            if s["CampaignId"] == member.get("CampaignId") and s["Label"] == member.get("Status")
+        )
+        member["HasResponded"] = responded
+        member.setdefault("IsDeleted", False)
+        if responded and not member.get("FirstRespondedDate"):
+            member["FirstRespondedDate"] = today
+
+    def add_email(self, to: list[tuple[str, str]], sent: str, *, first_open: str | None = None,
+                  last_open: str | None = None, first_click: str | None = None,
+                  incoming: bool = False) -> str:  # fmt: skip
+        """An email sent from Salesforce (Enhanced Email) and its recipients, `(RelationId or
+        address, RelationType)`; opens as Salesforce tracks them, for any recipient."""
+        message = self.add("EmailMessage", Subject="Hello", Incoming=incoming, Status="3",
+                           MessageDate=sent, IsTracked=True, IsOpened=first_open is not None,
+                           IsBounced=False, FirstOpenedDate=first_open, IsDeleted=False,
+                           LastOpenedDate=last_open or first_open,
+                           FirstLinkClickedDate=first_click, CreatedDate=sent)  # fmt: skip
+        for who, kind in to:
+            linked = who[:3] in (PREFIX["Contact"], PREFIX["Lead"], PREFIX["User"])
+            sobject = next((o for o in ("Contact", "Lead", "User") if who[:3] == PREFIX[o]), None)
+            self.add("EmailMessageRelation", EmailMessageId=message, RelationType=kind,
+                     RelationId=who if linked else None, RelationObjectType=sobject,
+                     RelationAddress=None if linked else who, IsDeleted=False,
+                     CreatedDate=sent)  # fmt: skip
+        return message
 
     def track_history(self, sobject: str, *names: str) -> None:
         self.history_tracked[sobject].update(names)
@@ -437,6 +500,8 @@ class FakeSalesforce:
             return self.bulk(method, rel, body)
         parts = rel.split("/")
         if parts[0] == "sobjects" and len(parts) == 3 and parts[2] == "describe":
+            if parts[1] not in self.fields:
+                return error(404, "NOT_FOUND", "The requested resource does not exist")
             fields = [
                 {"name": n, "type": f["type"]}
                 for n, f in self.fields[parts[1]].items()
@@ -632,6 +697,12 @@ class FakeSalesforce:
         for name, value in values.items():
             if not self.visible(sobject, name):
                 return _failure("INVALID_FIELD", f"No such column '{name}'", record_id, [name])
+            if name in READ_ONLY.get(sobject, ()):
+                return _failure("INVALID_FIELD_FOR_INSERT_UPDATE",
+                                f"Unable to create/update fields: {name}. Please check the "
+                                "security settings of this field and verify that it is "
+                                "read/write for your profile or permission set.",
+                                record_id, [name])  # fmt: skip
             allowed = self.fields[sobject][name].get("values")
             if allowed and value is not None and value not in allowed:
                 return _failure(
@@ -647,6 +718,8 @@ class FakeSalesforce:
         else:
             self.records[sobject][record_id].update({k: sf_time(v) for k, v in values.items()})
             self.records[sobject][record_id]["SystemModstamp"] = sf_time(_now_iso(self.clock))
+        if sobject == "CampaignMember":
+            self._derive_response(self.records[sobject][record_id], _now_iso(self.clock)[:10])
         return {"id": record_id, "success": True, "errors": []}
 
     # ---- Bulk API 2.0 ----------------------------------------------------------------------

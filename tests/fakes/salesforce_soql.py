@@ -1,19 +1,21 @@
 """The slice of SOQL the fake Salesforce understands: SELECT fields FROM object [WHERE ...]
 [ORDER BY field] [LIMIT n], with AND/OR/NOT, parentheses, = != < <= > >=, IN, NOT IN, null,
-booleans, numbers, quoted strings and datetime literals. Unknown fields are refused the way
-Salesforce refuses them."""
+booleans, numbers, quoted strings, datetime and date literals. Unknown fields are refused the way
+Salesforce refuses them, and so is a date literal on a dateTime field or a dateTime literal on a
+date field (SOQL and SOSL Reference: Date Formats and Date Literals)."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 TOKEN = re.compile(
     r"\s*(?:(?P<string>'(?:[^'\\]|\\.)*')"
     r"|(?P<datetime>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:\d\d))"
+    r"|(?P<date>\d{4}-\d\d-\d\d)"
     r"|(?P<number>-?\d+(?:\.\d+)?)"
     r"|(?P<op><=|>=|!=|<>|=|<|>)"
     r"|(?P<punct>[(),])"
@@ -144,7 +146,22 @@ class Parser:
             return lambda r: (_norm(r.get(name)) in values) != negate
         op = self.take()[1]
         value = self.value()
+        self.check_type(name, value)
         return lambda r: _compare(r.get(name), op, value)
+
+    def check_type(self, name: str, value: Any) -> None:
+        is_date = (self.schema.get(self.sobject) or {}).get(name, {}).get("type") == "date"
+        wanted = None
+        if isinstance(value, datetime) and is_date:
+            wanted = "date"
+        elif isinstance(value, date) and not isinstance(value, datetime) and not is_date:
+            wanted = "dateTime"
+        if wanted:
+            raise SoqlError(
+                "INVALID_FIELD",
+                f"value of filter criterion for field '{name}' must be of type {wanted} and "
+                "should not be enclosed in quotes",
+            )
 
     def value_list(self) -> set[Any]:
         self.take("(")
@@ -161,6 +178,8 @@ class Parser:
             return re.sub(r"\\(.)", r"\1", text[1:-1])
         if kind == "datetime":
             return parse_instant(text)
+        if kind == "date":
+            return date.fromisoformat(text)
         if kind == "number":
             return float(text)
         upper = text.upper()
@@ -184,6 +203,8 @@ def _compare(actual: Any, op: str, expected: Any) -> bool:
         return op in ("!=", "<>")
     if isinstance(expected, datetime):
         actual = parse_instant(str(actual))
+    elif isinstance(expected, date):
+        actual = date.fromisoformat(str(actual)[:10])
     actual = _norm(actual)
     return {
         "=": actual == expected,

@@ -1,12 +1,15 @@
-"""`elasticity history` on Salesforce: field history of the mapped signal fields, against the
-fake org (which keeps `ContactHistory` only for tracked fields, tells which are tracked through
-`FieldDefinition`, and refuses filters on history values as Salesforce does)."""
+"""`elasticity history` on Salesforce: field history of the mapped signal fields, campaign
+responses and opens of emails sent from Salesforce, against the fake org (which keeps
+`ContactHistory` only for tracked fields, tells which are tracked through `FieldDefinition`,
+refuses filters on history values, derives a campaign member's response from its status and
+compares date fields with date literals only, as Salesforce does)."""
 
 from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import pytest
 from typer.testing import CliRunner
@@ -70,7 +73,10 @@ def test_tracked_signal_fields_become_events_and_untracked_ones_are_reported(
     untracked = {n for n, s in result.sources.items() if not s.available}
     assert {"ContactHistory.Last_Email_Send_Date__c", "ContactHistory.pi__url__c"} <= untracked
     assert "tracking is off" in result.sources["ContactHistory.pi__url__c"].notes[0]
-    assert "EmailMessage / Task" in untracked and "CampaignMember" in untracked
+    assert {"Task (TaskSubtype Email)", "EmailStatus (HTML email status)", "CampaignMember"} <= (
+        untracked
+    )
+    assert result.sources["EmailMessage (opens, clicks)"].available  # the org has Enhanced Email
 
 
 def test_the_command_reports_each_source_and_a_rerun_appends_nothing(
@@ -203,3 +209,206 @@ def test_a_signal_field_the_org_does_not_have_is_named_as_such(env, fake, mappin
     ]
     assert "tracking is off" in result.sources["ContactHistory.pi__url__c"].notes[0]
     assert result.written == 5
+
+
+# ---- campaign responses ------------------------------------------------------------------------
+
+
+def with_campaigns(mapping, campaigns: dict[str, str]):  # noqa: ANN001, ANN201
+    return mapping.model_copy(
+        update={"options": {**mapping.options, "history_campaigns": campaigns}}
+    )
+
+
+def campaign(fake: FakeSalesforce, name: str) -> str:
+    campaign_id = fake.add("Campaign", Name=name, IsActive=True, Type="Webinar")
+    for label, responded in (("Sent", False), ("Registered", True), ("Attended", True)):
+        fake.add("CampaignMemberStatus", CampaignId=campaign_id, Label=label,
+                 HasResponded=responded, SortOrder=1, IsDefault=label == "Sent")  # fmt: skip
+    return campaign_id
+
+
+def member(fake: FakeSalesforce, campaign_id: str, who: str, *moves: tuple[str, str]) -> str:
+    field = "ContactId" if who.startswith("003") else "LeadId"
+    member_id = fake.add("CampaignMember", CampaignId=campaign_id, Status="Sent", **{field: who})
+    fake.set_member_status(member_id, "Sent", "2025-12-20")
+    for status, day in moves:
+        fake.set_member_status(member_id, status, day)
+    return member_id
+
+
+def test_responses_to_the_program_campaigns_become_the_events_the_option_names(
+    env, fake, mapping, tmp_path
+):
+    program = with_campaigns(mapping, {"Spring webinar": "form_submit", "Gone": "form_submit",
+                                       "Typo": "form_submitted"})  # fmt: skip
+    fake.provision_mapping(program)
+    webinar, other = campaign(fake, "Spring webinar"), campaign(fake, "Not the program's")
+    ada = fake.add("Contact", LastName="Lovelace")
+    bob = fake.add("Contact", LastName="Byron")
+    lead = fake.add("Lead", LastName="Lee", Company="Acme")
+    answered = member(fake, webinar, ada, ("Registered", "2026-01-05"), ("Attended", "2026-01-20"))
+    member(fake, webinar, bob)  # sent, never responded
+    member(fake, webinar, lead, ("Registered", "2026-01-06"))  # a Lead: not this program's object
+    member(fake, other, bob, ("Registered", "2026-01-07"))  # a campaign the option does not name
+    late = fake.add("Contact", LastName="Late")
+    member(fake, webinar, late, ("Registered", "2026-04-02"))  # after --until
+    out = tmp_path / "events.jsonl"
+
+    result = export_history(build(program, env, fake), out, SINCE, UNTIL, NOW)
+
+    events = read_events(out)
+    assert [(e["event_id"], e["contact_id"], e["type"], e["occurred_at"]) for e in events] == [
+        (f"salesforce:campaign-response:{answered}", ada, "form_submit", "2026-01-05T00:00:00Z")
+    ]  # its first response only: the member keeps no earlier statuses
+    assert result.sources["CampaignMember (Spring webinar)"].read == 1
+    assert result.sources["CampaignMember (Gone)"].notes == [
+        "not available: the org has no Campaign named 'Gone'"
+    ]
+    assert "'form_submitted' is not an event the policy knows" in (
+        result.sources["CampaignMember (Typo)"].notes[0]
+    )
+
+    again = export_history(build(program, env, fake), out, SINCE, UNTIL, NOW)
+
+    assert again.written == 0 and again.already_there == 1 and len(read_events(out)) == 1
+
+
+def test_without_program_campaigns_the_export_says_how_to_name_them(env, fake, connector,
+                                                                    tmp_path):  # fmt: skip
+    result = export_history(connector, tmp_path / "e.jsonl", SINCE, UNTIL, NOW)
+
+    assert "options.history_campaigns" in result.sources["CampaignMember"].notes[0]
+
+
+def test_the_campaign_mirror_is_never_read_as_engagement(env, fake, mapping, tmp_path):
+    program = with_campaigns(mapping, {"elastic-newsletter": "form_submit"})
+    program = program.model_copy(update={"options": {**program.options, "campaign_mirror": True}})
+    fake.provision_mapping(program)
+
+    result = export_history(build(program, env, fake), tmp_path / "e.jsonl", SINCE, UNTIL, NOW)
+
+    note = result.sources["CampaignMember (elastic-newsletter)"].notes[0]
+    assert "campaign mirror holds this program's own decisions" in note
+
+
+def test_the_fake_compares_date_fields_with_date_literals_only(fake, connector):
+    with pytest.raises(ConnectorError, match="must be of type date and"):
+        connector.client.lookup(
+            "x", "SELECT Id FROM CampaignMember WHERE FirstRespondedDate >= 2026-01-01T00:00:00Z"
+        )
+    with pytest.raises(ConnectorError, match="must be of type dateTime"):
+        connector.client.lookup("x", "SELECT Id FROM Contact WHERE CreatedDate >= 2026-01-01")
+
+
+def test_the_fake_refuses_to_set_a_member_response_directly(fake, connector):
+    webinar = campaign(fake, "Spring webinar")
+    ada = fake.add("Contact", LastName="Lovelace")
+    body = {"CampaignId": webinar, "ContactId": ada, "Status": "Sent", "HasResponded": True}
+    result = fake.save_one("CampaignMember", body, create=True)
+    assert result["errors"][0]["statusCode"] == "INVALID_FIELD_FOR_INSERT_UPDATE"
+    del body["HasResponded"]
+    created = fake.save_one("CampaignMember", {**body, "Status": "Registered"}, create=True)
+    assert fake.records["CampaignMember"][created["id"]]["HasResponded"] is True
+
+
+# ---- opens of emails sent from Salesforce ------------------------------------------------------
+
+
+def test_opens_and_clicks_of_an_email_to_one_contact_are_its_events(env, fake, connector,
+                                                                    tmp_path):  # fmt: skip
+    ada = fake.add("Contact", LastName="Lovelace")
+    bob = fake.add("Contact", LastName="Byron")
+    lead = fake.add("Lead", LastName="Lee", Company="Acme")
+    one = fake.add_email([(ada, "ToAddress")], "2026-01-10T09:00:00Z",
+                         first_open="2026-01-10T10:00:00Z", last_open="2026-01-12T09:30:00Z",
+                         first_click="2026-01-10T10:01:00Z")  # fmt: skip
+    fake.add_email([(ada, "ToAddress"), (bob, "CcAddress")], "2026-01-11T09:00:00Z",
+                   first_open="2026-01-11T10:00:00Z")  # fmt: skip  (who opened it?)
+    fake.add_email([(lead, "ToAddress")], "2026-01-11T09:00:00Z",
+                   first_open="2026-01-11T10:00:00Z")  # fmt: skip  (not a Contact)
+    fake.add_email([(ada, "ToAddress")], "2026-01-13T09:00:00Z")  # never opened
+    fake.add_email([(ada, "FromAddress")], "2026-01-13T09:00:00Z",
+                   first_open="2026-01-13T10:00:00Z", incoming=True)  # fmt: skip  (received)
+    fake.add_email([(ada, "ToAddress")], "2025-11-01T09:00:00Z",
+                   first_open="2025-11-02T10:00:00Z")  # fmt: skip  (before --since)
+    out = tmp_path / "events.jsonl"
+
+    result = export_history(connector, out, SINCE, UNTIL, NOW)
+
+    events = [(e["event_id"], e["contact_id"], e["type"], e["occurred_at"])
+              for e in read_events(out)]  # fmt: skip
+    assert events == [
+        (f"salesforce:email-open:{one}:1768039200000", ada, "open", "2026-01-10T10:00:00Z"),
+        (f"salesforce:email-open:{one}:1768210200000", ada, "open", "2026-01-12T09:30:00Z"),
+        (f"salesforce:email-click:{one}:1768039260000", ada, "click", "2026-01-10T10:01:00Z"),
+    ]
+    source = result.sources["EmailMessage (opens, clicks)"]
+    assert source.read == 3 and source.skipped == {
+        "opens of emails to several recipients (Salesforce records that one of them opened, "
+        "not which)": 1,
+        "opens of emails to someone who is not a Contact": 1,
+    }
+
+    fake.records["EmailMessage"][one]["LastOpenedDate"] = "2026-01-20T08:00:00.000+0000"
+    again = export_history(connector, out, SINCE, UNTIL, NOW)
+
+    # Only the newer last open is new; the earlier one, no longer on the record, stays written.
+    assert again.written == 1 and again.already_there == 2 and len(read_events(out)) == 4
+
+
+def test_an_org_without_enhanced_email_says_so(env, fake, connector, tmp_path):
+    fake.without("EmailMessage", "EmailMessageRelation")
+
+    result = export_history(connector, tmp_path / "e.jsonl", SINCE, UNTIL, NOW)
+
+    assert result.sources["EmailMessage"].notes == [
+        "not available: the org has no EmailMessage (Enhanced Email is off and there is no "
+        "Email-to-Case)"
+    ]
+
+
+def test_an_api_version_without_click_dates_exports_opens_only(env, fake, connector, tmp_path):
+    del fake.fields["EmailMessage"]["FirstLinkClickedDate"]
+    ada = fake.add("Contact", LastName="Lovelace")
+    fake.add_email([(ada, "ToAddress")], "2026-01-10T09:00:00Z",
+                   first_open="2026-01-10T10:00:00Z")  # fmt: skip
+
+    result = export_history(connector, tmp_path / "e.jsonl", SINCE, UNTIL, NOW)
+
+    assert result.types == {"open": 1} and "EmailMessage (opens)" in result.sources
+
+
+def test_an_email_export_broken_by_an_outage_resumes_without_duplicates(env, fake, mapping,
+                                                                       tmp_path):  # fmt: skip
+    fake.provision_mapping(mapping)
+    contacts = [fake.add("Contact", LastName=f"R{n}") for n in range(45)]
+    for n in range(450):
+        fake.add_email([(contacts[n % 45], "ToAddress")], "2026-01-10T09:00:00Z",
+                       first_open=f"2026-01-{10 + n % 9:02d}T10:{n % 60:02d}:00Z")  # fmt: skip
+    small_pages = mapping.model_copy(update={"options": {**mapping.options, "page_size": 200}})
+    route, state = fake.route, {"down": False}
+
+    def down_after_one_page_of_emails(method, rel, query, body, headers):  # noqa: ANN001, ANN202
+        if state["down"] and rel.startswith("query"):
+            return error(503, "SERVER_UNAVAILABLE", "Server unavailable")
+        answer = route(method, rel, query, body, headers)
+        if "EmailMessageRelation" in " ".join(parse_qs(query).get("q", [])):
+            state["down"] = True  # the first page's recipients were read; then an outage
+        return answer
+
+    fake.route = down_after_one_page_of_emails
+    out = tmp_path / "events.jsonl"
+
+    with pytest.raises(ConnectorError):
+        export_history(build(small_pages, env, fake), out, SINCE, UNTIL, NOW)
+
+    assert len(read_events(out)) == 200 and checkpoint_path(out).exists()
+    fake.route = route
+
+    resumed = export_history(build(small_pages, env, fake), out, SINCE, UNTIL, NOW)
+
+    events = read_events(out)
+    assert len(events) == 450 and len({e["event_id"] for e in events}) == 450
+    assert resumed.sources["EmailMessage (opens, clicks)"].read == 250  # nothing read twice
+    assert not checkpoint_path(out).exists()
