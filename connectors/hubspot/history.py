@@ -13,20 +13,32 @@ what HubSpot's reports count.
 Events name a recipient email, not a contact: each page's new recipients are looked up with a
 batch read by email (100 a call), remembered for the rest of the export, and events of addresses
 that are not contacts are skipped and counted.
+
+Page views come from the events API, `GET /events/v3/events/` (an Enterprise account), with
+`objectType=contact` and `eventType=e_visited_page`, oldest first, paged by `paging.next.after`.
+A view sets the contact's last page seen (`hs_analytics_last_url`) to its `hs_url`, so the
+mapping's signals on that property decide what a view means (a high-intent visit when the URL
+matches). The checkpoint keeps the time of the latest view written, and a resumed export asks
+again from just before it (the events of that instant are found in the output file).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from connectors.base import AuthError, ConnectorError, HistoryPage
 from connectors.hubspot.batches import BATCH_SIZE, chunks
-from connectors.hubspot.client import HubSpotClient
+from connectors.hubspot.client import APIS, HubSpotClient
 from connectors.hubspot.records import READ_SCOPE
+from connectors.signals import event_from_signal, parse_instant
 from core.mapping import Mapping as ProgramMapping
 from core.models import Event
+
+# The events API through the client's registry of SDK APIs (the SDK has a class for it).
+APIS.setdefault("events", lambda sdk: sdk.events.events_api)
 
 SOURCE = "HubSpot email events"
 EVENTS_SCOPE = "content"
@@ -45,7 +57,19 @@ SKIP_SOFT_BOUNCE = "soft bounces"
 SKIP_NOT_CONTACT = "events of recipients who are not contacts"
 SKIP_UNKNOWN_TYPE = "events the policy has no use for"
 SKIP_MALFORMED = "events without an id, a time or a recipient"
-PAGE_VIEWS_NOTE = "not read: this export reads email events only"
+PAGE_VIEWS = "HubSpot page views"
+PAGE_VIEW_EVENT = "e_visited_page"
+LAST_URL = "hs_analytics_last_url"
+"""The contact property a page view sets: the signals on it say what a view means."""
+VIEWS_AFTER = "page_views_after"
+VIEWS_PAGE = 100
+"""Views asked for a page (the spec gives the endpoint no maximum: a conservative size)."""
+NO_URL_SIGNAL = (
+    f"not read: the mapping has no signal on {LAST_URL} (the page a view sets) for an event the "
+    "policy knows"
+)
+SKIP_NO_MATCH = "views of pages the signals do not match"
+SKIP_BAD_VIEW = "views without an id, a time, a contact or a URL"
 
 
 LAST_MS = 253_402_300_799_999
@@ -109,6 +133,7 @@ class EmailHistory:
         self, client: HubSpotClient, mapping: ProgramMapping, page_size: int = EVENTS_PAGE_MAX
     ) -> None:
         self.client = client
+        self.mapping = mapping
         self.policy = mapping.policy
         self.page_size = min(page_size, EVENTS_PAGE_MAX)
         self.contacts: dict[str, str | None] = {}
@@ -121,6 +146,8 @@ class EmailHistory:
         end = int(cursor[BEFORE]) if cursor and BEFORE in cursor else _ms(until)
         oldest = end
         offset: str | None = None
+        # The page views' progress rides along, so a checkpoint saved here keeps it.
+        views = {VIEWS_AFTER: cursor[VIEWS_AFTER]} if cursor and VIEWS_AFTER in cursor else {}
         while True:
             try:
                 response = self.client.call(
@@ -132,14 +159,15 @@ class EmailHistory:
                 if exc.status != 403:
                     raise
                 note = f"not available: the private app lacks the scope {EVENTS_SCOPE!r} ({exc})"
-                yield HistoryPage(SOURCE, available=False, cursor={BEFORE: str(end)}, note=note)
-                return
+                yield HistoryPage(SOURCE, available=False, cursor={**views, BEFORE: str(end)},
+                                  note=note)  # fmt: skip
+                break
             data = response.data or {}
             raw = [e for e in data.get("events") or [] if isinstance(e, dict)]
             page = self._page(raw)
             # The query stays as it was (the offset belongs to it); only a resume narrows it.
             oldest = min([oldest, *(e["created"] for e in raw if _well_formed(e))])
-            page.cursor = {BEFORE: str(oldest)}
+            page.cursor = {**views, BEFORE: str(oldest)}
             yield page
             if not data.get("hasMore"):
                 break
@@ -151,8 +179,10 @@ class EmailHistory:
                                      "gave no new offset to read them; run again to resume",
                                      retriable=True)  # fmt: skip
             offset = str(following)
-        yield HistoryPage("HubSpot page views", available=False, note=PAGE_VIEWS_NOTE,
-                          cursor={BEFORE: str(oldest)})  # fmt: skip
+        state = {BEFORE: str(oldest)}
+        for page in PageViews(self.client, self.mapping).export(since, until, cursor or {}):
+            page.cursor = {**state, **page.cursor}
+            yield page
 
     def _page(self, raw: list[dict[str, Any]]) -> HistoryPage:
         page = HistoryPage(SOURCE, read=len(raw))
@@ -208,3 +238,83 @@ class EmailHistory:
                 email = str((result.get("properties") or {}).get("email") or "").lower()
                 if email:
                     self.contacts[email] = str(result["id"])
+
+
+def _iso(at: datetime) -> str:
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}Z"
+
+
+class PageViews:
+    def __init__(self, client: HubSpotClient, mapping: ProgramMapping,
+                 page_size: int = VIEWS_PAGE) -> None:  # fmt: skip
+        self.client = client
+        self.mapping = mapping
+        self.page_size = page_size
+        knows = mapping.policy.knows_event
+        self.signals = [s for s in mapping.signals if s.property == LAST_URL and knows(s.event)]
+
+    def export(self, since: datetime, until: datetime,
+               cursor: Mapping[str, str]) -> Iterator[HistoryPage]:  # fmt: skip
+        resumed = parse_instant(cursor.get(VIEWS_AFTER))
+        state = {VIEWS_AFTER: cursor[VIEWS_AFTER]} if resumed else {}
+        if not self.signals:
+            yield HistoryPage(PAGE_VIEWS, available=False, note=NO_URL_SIGNAL, cursor=state)
+            return
+        # The window is inclusive, `occurredAfter`/`Before` may be strict: a millisecond wider
+        # each side. A resume starts at the latest view written (its instant may hold views not
+        # yet written; those that were are found in the output file).
+        start = (resumed or since) - timedelta(milliseconds=1)
+        end = until + timedelta(milliseconds=1)
+        latest = resumed
+        after: str | None = None
+        while True:
+            try:
+                response = self.client.call(
+                    "events", "get_page", object_type="contact", event_type=PAGE_VIEW_EVENT,
+                    occurred_after=_iso(start), occurred_before=_iso(end),
+                    sort=["ASCENDING"], limit=self.page_size, after=after,
+                    what="page views page", scope="the events API",
+                )  # fmt: skip
+            except AuthError as exc:
+                if exc.status != 403:
+                    raise
+                note = ("not available: HubSpot refused the events API, which needs a "
+                        "Marketing, Sales, Service, Content or Data Hub Enterprise account "
+                        f"({exc})")  # fmt: skip
+                yield HistoryPage(PAGE_VIEWS, available=False, note=note, cursor=dict(state))
+                return
+            data = response.data or {}
+            raw = [v for v in data.get("results") or [] if isinstance(v, dict)]
+            page = HistoryPage(PAGE_VIEWS, read=len(raw))
+            for view in raw:
+                at = self._add(page, view)
+                latest = max(latest, at) if latest and at else (at or latest)
+            if latest:
+                state = {VIEWS_AFTER: _iso(latest)}
+            page.cursor = dict(state)
+            yield page
+            following = ((data.get("paging") or {}).get("next") or {}).get("after")
+            if not following:
+                return
+            if following == after:
+                raise ConnectorError("page views: HubSpot gave the same page cursor twice; run "
+                                     "again to resume", retriable=True)  # fmt: skip
+            after = str(following)
+
+    def _add(self, page: HistoryPage, view: dict[str, Any]) -> datetime | None:
+        at = parse_instant(view.get("occurredAt"))
+        url = (view.get("properties") or {}).get("hs_url")
+        contact = view.get("objectId")
+        if at is None or not view.get("id") or not url or not contact:
+            page.skipped[SKIP_BAD_VIEW] = page.skipped.get(SKIP_BAD_VIEW, 0) + 1
+            return at
+        kept = [e for signal in self.signals
+                if (e := event_from_signal(self.mapping, signal, str(contact), str(url), at,
+                                           "hubspot_page_views", changed_at=at))]  # fmt: skip
+        if not kept:
+            page.skipped[SKIP_NO_MATCH] = page.skipped.get(SKIP_NO_MATCH, 0) + 1
+        for n, event in enumerate(kept):
+            # HubSpot's id names one view on every export.
+            suffix = f":{n}" if n else ""
+            page.events.append(replace(event, event_id=f"hubspot:pageview:{view['id']}{suffix}"))
+        return at

@@ -548,6 +548,68 @@ def email_events(fake, query, body):
     return 200, {"events": page, "hasMore": more, "offset": next_token}
 
 
+PAGE_VIEW_FILTERS = ("objectType", "objectId", "eventType", "occurredAfter", "occurredBefore",
+                     "sort")  # fmt: skip
+UNIFIED_OBJECT_TYPES = ("contact", "contacts", "0-1")
+
+
+def _instant(query: dict, name: str) -> datetime | None:
+    text = _q(query, name)
+    if text is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ApiError(400, f"Unable to parse value for query parameter: {name}") from None
+    if parsed.tzinfo is None:
+        raise ApiError(400, f"Unable to parse value for query parameter: {name}")
+    return parsed
+
+
+def event_occurrences(fake, query, body):
+    """`GET /events/v3/events/` (OpenAPI spec: Events, v3): occurrences of standard and custom
+    events linked to CRM records. `objectId` needs `objectType`; `occurredAfter`/`Before` are
+    date-times (taken as strict bounds); `sort` ASCENDING or DESCENDING by time; paged by an
+    opaque `after` token valid for the same filters."""
+    object_type, object_id = _q(query, "objectType"), _q(query, "objectId")
+    if object_id is not None and object_type is None:
+        raise ApiError(400, "objectId requires objectType")
+    if object_type is not None and object_type not in UNIFIED_OBJECT_TYPES:
+        raise ApiError(400, f"Unknown object type: {object_type}")
+    sort = (_q(query, "sort") or "DESCENDING").upper()
+    if sort not in ("ASCENDING", "DESCENDING"):
+        raise ApiError(400, f"sort must be ASCENDING or DESCENDING, got {sort}")
+    after_at, before_at = _instant(query, "occurredAfter"), _instant(query, "occurredBefore")
+    limit = _integer(query, "limit") or 10
+    filters = "|".join(f"{n}={_q(query, n)}" for n in PAGE_VIEW_FILTERS)
+    position = 0
+    token = _q(query, "after")
+    if token is not None:
+        signature, _, number = token.rpartition(":")
+        if signature != _digest(filters) or not number.isdigit():
+            raise ApiError(400, "The paging cursor is invalid")
+        position = int(number)
+    wanted = [
+        e for e in fake.event_occurrences
+        if (_q(query, "eventType") in (None, e["eventType"]))
+        and (object_id is None or e["objectId"] == object_id)
+        and (after_at is None or _parse_iso(e["occurredAt"]) > after_at)
+        and (before_at is None or _parse_iso(e["occurredAt"]) < before_at)
+    ]  # fmt: skip
+    wanted.sort(key=lambda e: (e["occurredAt"], e["id"]), reverse=sort == "DESCENDING")
+    page = wanted[position : position + limit]
+    payload: dict[str, Any] = {"results": page}
+    if position + limit < len(wanted):
+        cursor = f"{_digest(filters)}:{position + limit}"
+        payload["paging"] = {"next": {"after": cursor, "link": f"?after={cursor}"}}
+    fake.stats["event_occurrence_pages"] += 1
+    return 200, payload
+
+
+def _parse_iso(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
 def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -555,6 +617,7 @@ def _digest(text: str) -> str:
 OBJ = r"/crm/v3/objects/(contacts|tasks)"
 ROUTES = [
     (r"/email/public/v1/events", "GET", email_events),
+    (r"/events/v3/events/?", "GET", event_occurrences),
     (r"/crm/v3/properties/(\w+)/groups", "GET", get_groups),
     (r"/crm/v3/properties/(\w+)/groups", "POST", create_group),
     (r"/crm/v3/properties/(\w+)", "GET", get_properties),

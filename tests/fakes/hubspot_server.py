@@ -186,6 +186,8 @@ class FakeHubSpot:
         self.lists: dict[str, dict[str, Any]] = {}
         self.email_events: list[dict[str, Any]] = []
         """The legacy email events log, as `GET /email/public/v1/events` returns events."""
+        self.event_occurrences: list[dict[str, Any]] = []
+        """Occurrences `GET /events/v3/events/` serves (page views, as `e_visited_page`)."""
         self.email_offset_epoch = 0
         """Bumped to make every `offset` token given so far stale (HubSpot: short-lived)."""
         self.faults: list[Fault] = []
@@ -250,6 +252,17 @@ class FakeHubSpot:
                      **extra}  # fmt: skip
             self.email_events.append(event)
             return event
+
+    def add_page_view(self, contact_id: str, url: str, at: datetime) -> dict[str, Any]:
+        """A contact's page view, as the events API returns an `e_visited_page` occurrence."""
+        with self.lock:
+            view = {"eventType": "e_visited_page", "id": str(uuid.uuid4()),
+                    "objectId": str(contact_id), "objectType": "CONTACT",
+                    "occurredAt": at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+                    + f"{at.microsecond // 1000:03d}Z",
+                    "properties": {"hs_url": url, "hs_page_title": "A page"}}  # fmt: skip
+            self.event_occurrences.append(view)
+            return view
 
     def inject(self, fault: Fault) -> Fault:
         with self.lock:

@@ -1,5 +1,6 @@
-"""`elasticity history` on HubSpot: the email events API, against the fake (which pages, limits
-and refuses as HubSpot documents), mapped to canonical events and resumable."""
+"""`elasticity history` on HubSpot: the email events API and the events API's page views,
+against the fake (which pages, limits and refuses as HubSpot documents), mapped to canonical
+events and resumable."""
 
 from __future__ import annotations
 
@@ -86,7 +87,7 @@ def test_every_event_type_is_mapped_and_recipients_become_contacts(fake, connect
     assert source.read == 12 and source.written == 7  # the one after --until is not asked for
     # SENT, the soft bounce, DEFERRED, a stranger's open, the event naming no recipient
     assert sum(source.skipped.values()) == 5
-    assert not result.sources["HubSpot page views"].available
+    assert result.sources["HubSpot page views"].available
     assert not checkpoint_path(out).exists()  # finished: nothing to resume
 
 
@@ -291,3 +292,98 @@ def test_more_events_without_an_offset_to_read_them_is_not_a_finished_export(fak
         export_history(connector, out, SINCE, UNTIL, NOW)
 
     assert len(read_events(out)) == 1000 and checkpoint_path(out).exists()
+
+
+# ---- page views (events API) ------------------------------------------------------------------
+
+
+def test_page_views_become_what_the_last_url_signal_says(fake, connector, tmp_path):
+    ada = fake.add_contact({"email": "ada@example.com"})
+    bob = fake.add_contact({"email": "bob@example.com"})
+    pricing = fake.add_page_view(ada, "https://example.com/pricing?plan=pro", at(1))
+    fake.add_page_view(ada, "https://example.com/blog/post", at(2))  # not a high-intent page
+    demo = fake.add_page_view(bob, "https://example.com/demo", at(3))
+    fake.add_page_view(ada, "https://example.com/pricing", UNTIL + timedelta(days=1))  # later
+    fake.event_occurrences.append({**demo, "id": "broken", "properties": {}})  # no URL
+    out = tmp_path / "events.jsonl"
+
+    result = export_history(connector, out, SINCE, UNTIL, NOW)
+
+    events = [(e["event_id"], e["contact_id"], e["type"], e["occurred_at"][:16])
+              for e in read_events(out)]  # fmt: skip
+    assert events == [
+        (f"hubspot:pageview:{pricing['id']}", ada, "high_intent_visit", "2026-01-02T00:00"),
+        (f"hubspot:pageview:{demo['id']}", bob, "high_intent_visit", "2026-01-04T00:00"),
+    ]
+    views = result.sources["HubSpot page views"]
+    assert views.read == 4 and views.skipped == {
+        "views of pages the signals do not match": 1,
+        "views without an id, a time, a contact or a URL": 1,
+    }
+
+    again = export_history(connector, out, SINCE, UNTIL, NOW)
+
+    assert again.written == 0 and again.already_there == 2
+
+
+def test_a_page_view_export_cut_off_mid_way_resumes_from_the_latest_view_written(
+    fake, mapping, clock, tmp_path
+):
+    contacts = [fake.add_contact({"email": f"v{n}@example.com"}) for n in range(25)]
+    for n in range(250):
+        fake.add_page_view(contacts[n % 25], "https://example.com/demo", at(n // 10, n))
+    fake.inject(Fault(path="^/events/v3/events", status=503, times=50, skip=2))
+    connector = make_connector(fake, mapping, clock, max_attempts=2)
+    out = tmp_path / "events.jsonl"
+
+    with pytest.raises(ConnectorError):
+        export_history(connector, out, SINCE, UNTIL, NOW)
+
+    assert len(read_events(out)) == 200 and checkpoint_path(out).exists()
+    fake.faults.clear()
+
+    resumed = export_history(make_connector(fake, mapping, clock), out, SINCE, UNTIL, NOW)
+
+    events = read_events(out)
+    assert len(events) == 250 and len({e["event_id"] for e in events}) == 250
+    views = resumed.sources["HubSpot page views"]
+    assert views.read == 51 and views.already_there == 1  # from the latest instant written
+    assert not checkpoint_path(out).exists()
+
+
+def test_page_views_without_enterprise_access_are_reported_and_email_events_still_read(
+    fake, tmp_path
+):
+    fake.add_contact({"email": "ada@example.com"})
+    fake.add_email_event("OPEN", "ada@example.com", at(1))
+    fake.denied_scopes[r"^/events/v3/events"] = "behavioral_events.event_definitions.read_write"
+
+    result = cli(fake, tmp_path)
+
+    assert result.exit_code == 0, result.output
+    assert "HubSpot page views: not available: HubSpot refused the events API" in result.output
+    assert "1 events appended" in result.output or "1 event appended" in result.output
+
+
+def test_without_a_last_url_signal_page_views_are_not_read(fake, mapping, clock, tmp_path):
+    plain = mapping.model_copy(
+        update={"signals": [s for s in mapping.signals if s.property != "hs_analytics_last_url"]}
+    )
+    fake.add_page_view(fake.add_contact({"email": "a@example.com"}), "https://x/demo", at(1))
+
+    result = export_history(make_connector(fake, plain, clock), tmp_path / "e.jsonl", SINCE,
+                            UNTIL, NOW)  # fmt: skip
+
+    assert result.sources["HubSpot page views"].notes == [
+        "not read: the mapping has no signal on hs_analytics_last_url (the page a view sets) for "
+        "an event the policy knows"
+    ]
+    assert fake.stats["event_occurrence_pages"] == 0
+
+
+def test_the_fake_events_api_refuses_an_object_id_without_a_type_and_a_bad_cursor(fake):
+    url = f"{fake.url}/events/v3/events/"
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    for params in ({"objectId": "1"}, {"after": "forged:1"}, {"sort": "SIDEWAYS"},
+                   {"occurredAfter": "2026-01-01 00:00"}):  # fmt: skip
+        assert requests.get(url, params=params, headers=headers, timeout=5).status_code == 400
