@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -134,3 +136,57 @@ def test_half_a_line_left_by_a_killed_run_is_dropped_before_appending(tmp_path):
 
     assert result.exit_code == 0, result.output
     assert events.read_text() == whole  # every line whole, nothing twice
+
+
+# ---- the README's worked example -----------------------------------------------------------
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+EXAMPLE = "## Trying a policy change on your own history"
+
+
+def worked_example() -> tuple[list[list[str]], list[str]]:
+    """The section's commands (continued lines joined) and its output blocks."""
+    text = README.read_text()
+    section = text[text.index(EXAMPLE) :]
+    section = section[: section.index("\n## ", len(EXAMPLE))]
+    blocks = re.findall(r"^```(\w*)\n(.*?)^```", section, re.S | re.M)
+    commands = [
+        shlex.split(line)
+        for lang, block in blocks
+        if lang == "bash"
+        for line in block.replace("\\\n", " ").splitlines()
+        if line.strip()
+    ]
+    return commands, [block for lang, block in blocks if not lang]
+
+
+def test_the_readme_worked_example_runs_and_shows_what_it_prints(tmp_path, monkeypatch):
+    root = README.parent
+    for folder in ("mappings", "examples"):
+        (tmp_path / folder).symlink_to(root / folder)
+    monkeypatch.chdir(tmp_path)
+    env = {"ELASTICITY_DATA_DIR": str(tmp_path / "data")}
+    commands, outputs = worked_example()
+    sed, *rest = commands
+    assert sed[0] == "sed" and sed[-2:] == [">", "candidate.yaml"]
+    text = Path(sed[2]).read_text()
+    assert "dormant_after_days: 90" in text
+    candidate = text.replace("dormant_after_days: 90", "dormant_after_days: 60")
+    Path("candidate.yaml").write_text(candidate)
+    printed = {}
+    for command in rest:
+        assert command[0] == "elasticity"
+        args = command[1:]
+        if args[0] == "simulate":  # the same command on a small population: it runs, quickly
+            args[args.index("--contacts") + 1] = "300"
+        result = runner.invoke(app, args, env=env)
+        printed[args[0]] = (result.exit_code, result.output)
+    assert [c[1] for c in rest] == ["simulate", "simulate", "history", "compare"]
+    assert printed["simulate"][0] == 0, printed["simulate"][1]
+    assert printed["history"][0] == 0, printed["history"][1]
+    assert printed["compare"][0] == 1, printed["compare"][1]  # the policies differ
+    shown = outputs[-1].strip().splitlines()
+    assert shown[0] in printed["history"][1]
+    for line in filter(None, shown[1:]):
+        assert line in printed["compare"][1], line
+    assert Path("out/compare/compare.html").exists()
