@@ -253,8 +253,13 @@ def serve(
     from functools import partial
 
     from connectors.local import runners_for
+    from connectors.registry import one_program_per_vendor
     from connectors.server import DataDirUnavailable, serve_forever
 
+    try:
+        one_program_per_vendor([_mapping(m) for m in mappings])
+    except ConnectorError as exc:
+        _fail(str(exc))
     runners = [_connected(m, data_dir) for m in mappings]
     paths = [p for r in runners for p in r.connector.webhook_paths]
 

@@ -23,7 +23,7 @@ from connectors.aws.queue import WorkQueue
 from connectors.aws.secrets import MAX_AGE_SECONDS, PREVIOUS_SUFFIX, load_secrets
 from connectors.base import Connector, ConnectorError, WebhookRequest
 from connectors.intake import HttpAnswer, handle_webhook
-from connectors.registry import load_connector
+from connectors.registry import load_connector, one_program_per_vendor
 from connectors.runner import Runner
 from core.dynamodb_store import DynamoDBStore
 from core.mapping import Mapping, load_mapping
@@ -55,10 +55,9 @@ class Container:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.env = dict(os.environ if env is None else env)
-        self.mappings: dict[str, Mapping] = {}
-        for path in mapping_paths(self.env):
-            mapping = load_mapping(path)
-            self.mappings[mapping.vendor] = mapping
+        loaded = [load_mapping(path) for path in mapping_paths(self.env)]
+        one_program_per_vendor(loaded)
+        self.mappings: dict[str, Mapping] = {m.vendor: m for m in loaded}
         self.clock = clock
         self._secrets: dict[str, str] | None = None
         self._secrets_read_at = 0.0
