@@ -424,7 +424,12 @@ class Intake:
         key = id(runner)
         if key not in self._previous:
             env = retiring_env(os.environ)
-            self._previous[key] = None if env is None else load_connector(runner.mapping, env)
+            try:
+                previous = None if env is None else load_connector(runner.mapping, env)
+            except ConnectorError as exc:
+                log.error("the previous secrets do not build a connector: %s", exc)
+                previous = None
+            self._previous[key] = previous
         return self._previous[key]
 
     def rebuild_connectors(self) -> None:
