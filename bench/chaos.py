@@ -11,7 +11,16 @@ twice: fault-free, then under injected faults:
   while idle (the intake keeps recording; the worker is respawned before its next pass), 0.2%
   by the store file replaced under the server (a backup taken that instant restored over it:
   the intake answers 503 and the delivery comes again; the worker is stopped and the store
-  reopened), and the worker's store connection dropped once.
+  reopened), 1% by a notification dated year 9999 (alone: refused with 400; inside the
+  genuine batch: left out, the rest recorded), 10% of CRM writes and task calls with another
+  flusher on the same store (a `sync` beside the worker) flushing while the call is in
+  flight, and the worker's store connection dropped once.
+
+Displacement stays within a window: the worker decides each window's events per contact in
+`occurred_at` order, so it changes nothing, and only the duplicate copies reach the next
+window (absorbed by their ids). A late original would be decided in its place (`core.order`)
+but leave a `revised` ledger line the fault-free run has not; late originals are measured
+against `replay` by `bench/order.py`.
 
 The CRM's properties, the hand-off tasks, the ledger and the contact snapshots of the two
 runs are compared field by field. Printed: events in, deliveries, duplicates absorbed, API

@@ -247,14 +247,32 @@ def serve(
     mappings: Annotated[list[Path], typer.Argument(help="one mapping file per vendor")],
     port: Annotated[int, typer.Option(help="port to listen on")] = 8080,
     host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
+    secrets_file: Annotated[
+        Path | None,
+        typer.Option("--secrets-file", help="env file of secrets, read again when it changes "
+                     "or on SIGHUP (rotation without a restart)"),
+    ] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Local webhook server: POST /webhooks/hubspot, /webhooks/salesforce(/events)."""
     from functools import partial
 
     from connectors.local import runners_for
-    from connectors.server import DataDirUnavailable, serve_forever
+    from connectors.registry import one_program_per_vendor
+    from connectors.server import DataDirUnavailable, SecretsFile, serve_forever
 
+    secrets = None
+    if secrets_file is not None:
+        secrets = SecretsFile(secrets_file)
+        try:
+            secrets.load()
+        except (OSError, ValueError) as exc:
+            _fail(f"--secrets-file: {exc}", code=2)
+
+    try:
+        one_program_per_vendor([_mapping(m) for m in mappings])
+    except ConnectorError as exc:
+        _fail(str(exc))
     runners = [_connected(m, data_dir) for m in mappings]
     paths = [p for r in runners for p in r.connector.webhook_paths]
 
@@ -265,7 +283,7 @@ def serve(
     worker = partial(runners_for, [str(m) for m in mappings], str(_data_dir(data_dir)))
     logging.getLogger("connectors.server.access").setLevel(logging.INFO)  # even without -v
     try:
-        serve_forever(runners, host, port, worker_factory=worker, ready=ready)
+        serve_forever(runners, host, port, worker_factory=worker, ready=ready, secrets=secrets)
     except DataDirUnavailable as exc:
         _fail(str(exc))
     except OSError as exc:

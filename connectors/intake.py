@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from connectors.base import Connector, WebhookRejected, WebhookRequest
@@ -17,6 +17,10 @@ log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1_048_576
 """HubSpot batches at most 100 events and Salesforce 100 notifications: far below this."""
+PREVIOUS_SUFFIX = "_PREVIOUS"
+"""`<NAME>_PREVIOUS` holds a secret being retired: while it is set, a webhook NAME's value
+refuses is verified once more with it (both are accepted during a rotation)."""
+REFUSED_CREDENTIALS = 401
 
 
 @dataclass
@@ -65,4 +69,35 @@ def handle_webhook(
         answer.body = json.dumps(
             {"received": len(intake.events), "new": new, "ignored": intake.ignored}
         ).encode()
+    return answer
+
+
+def retiring_env(env: Mapping[str, str]) -> dict[str, str] | None:
+    """`env` with every `<NAME>_PREVIOUS` value in NAME's place (for a NAME that is set), or
+    None when no secret is being rotated."""
+    retiring = {
+        name.removesuffix(PREVIOUS_SUFFIX): value
+        for name, value in env.items()
+        if name.endswith(PREVIOUS_SUFFIX) and value and name.removesuffix(PREVIOUS_SUFFIX) in env
+    }  # fmt: skip
+    return {**env, **retiring} if retiring else None
+
+
+def handle_rotating(
+    connector: Connector,
+    request: WebhookRequest,
+    record: Callable[[Sequence[Event]], int],
+    previous: Callable[[], Connector | None],
+) -> HttpAnswer:
+    """`handle_webhook`, and while a secret is being rotated (`previous` gives the connector
+    built with the retiring values, or None), once more with the previous secret if the
+    current one refused the request's credentials."""
+    answer = handle_webhook(connector, request, record)
+    if answer.status == REFUSED_CREDENTIALS:
+        retiring = previous()
+        if retiring is not None:
+            again = handle_webhook(retiring, request, record)
+            if again.status != REFUSED_CREDENTIALS:
+                log.info("webhook for %s verified with the retiring secret", connector.vendor)
+                return again
     return answer

@@ -41,6 +41,23 @@ def load_connector(mapping: Mapping, env: MappingABC[str, str] | None = None) ->
     return connector_class(mapping.vendor).from_env(mapping, os.environ if env is None else env)
 
 
+def one_program_per_vendor(mappings: list[Mapping]) -> None:
+    """Refuse two programs of one vendor in one deployment (`serve`, a Lambda stage): they
+    would share one store's contact rows and one webhook path. Each program runs with its own
+    store and names the others under `eligibility.competing`, which decides who takes a
+    contact both may email."""
+    seen: dict[str, str] = {}
+    for mapping in mappings:
+        first = seen.setdefault(mapping.vendor, mapping.program)
+        if first != mapping.program:
+            raise ConnectorError(
+                f"programs '{first}' and '{mapping.program}' are both {mapping.vendor} "
+                "programs: run each with its own data dir (or stage), and list the other's "
+                "mapping file under eligibility.competing so a contact both may email "
+                "belongs to one"
+            )
+
+
 def known_vendors() -> list[str]:
     """Vendors with a connector: a `connectors/<vendor>/` package, or one registered."""
     packaged = [m.name for m in pkgutil.iter_modules(connectors.__path__) if m.ispkg]

@@ -38,8 +38,9 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from connectors.base import ConnectorError, WebhookRequest
-from connectors.intake import MAX_BODY_BYTES, HttpAnswer, _json, handle_webhook
+from connectors.base import Connector, ConnectorError, WebhookRequest
+from connectors.intake import MAX_BODY_BYTES, HttpAnswer, _json, handle_rotating, retiring_env
+from connectors.registry import load_connector
 from connectors.runner import Runner
 from core.models import Event
 from core.sqlite_store import SQLiteStore
@@ -345,6 +346,56 @@ def lock_data_dirs(runners: Sequence[Runner]) -> list[DataDirLock]:
     return locks
 
 
+# ---- secrets that can be rotated without a restart -----------------------------------------
+
+
+class SecretsFile:
+    """`serve --secrets-file`: an env file (`NAME=value` lines, `#` comments, optional `export`
+    and quotes) whose values `serve` puts in its environment, read again when the file changes
+    (its modification time, size or identity) or on SIGHUP. A `<NAME>_PREVIOUS` value keeps
+    the retiring secret accepted beside NAME's. Values are never logged, only names."""
+
+    def __init__(self, path: Path, environ: Any = None) -> None:
+        self.path = Path(path)
+        self.environ = os.environ if environ is None else environ
+        self._stamp: tuple[int, int, int, int] | None = None
+        self._names: set[str] = set()
+
+    def _stat(self) -> tuple[int, int, int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def changed(self) -> bool:
+        """Whether the file looks different from when it was last read (cheap: one stat)."""
+        stamp = self._stat()
+        return stamp is not None and stamp != self._stamp
+
+    def load(self) -> list[str]:
+        """Read the file and put its values in the environment (names it no longer has are
+        removed); the names whose value changed. Raises `OSError`/`ValueError` when it cannot
+        be read, leaving the environment as it was."""
+        from dotenv import dotenv_values
+
+        stamp = self._stat()
+        if stamp is None:
+            raise OSError(f"cannot read the secrets file {self.path}")
+        self._stamp = stamp  # a file that cannot be read is reported once, not every check
+        with open(self.path, encoding="utf-8") as handle:
+            values = {k: v for k, v in dotenv_values(stream=handle).items() if v is not None}
+        changed = sorted(
+            [n for n, v in values.items() if self.environ.get(n) != v]
+            + [n for n in self._names - values.keys() if n in self.environ]
+        )  # fmt: skip
+        for name in self._names - values.keys():
+            self.environ.pop(name, None)
+        self.environ.update(values)
+        self._names = set(values)
+        return changed
+
+
 # ---- the intake ------------------------------------------------------------------------------
 
 
@@ -366,6 +417,28 @@ class Intake:
     def _set_runners(self, runners: list[Runner]) -> None:
         self.runners = runners
         self.routes = routes_for(runners)
+        self._previous: dict[int, Connector | None] = {}
+        """Per runner: its connector built with the `<NAME>_PREVIOUS` secrets, or None."""
+
+    def _previous_for(self, runner: Runner) -> Connector | None:
+        key = id(runner)
+        if key not in self._previous:
+            env = retiring_env(os.environ)
+            try:
+                previous = None if env is None else load_connector(runner.mapping, env)
+            except ConnectorError as exc:
+                log.error("the previous secrets do not build a connector: %s", exc)
+                previous = None
+            self._previous[key] = previous
+        return self._previous[key]
+
+    def rebuild_connectors(self) -> None:
+        """Build every runner's connector again from the environment (secrets rotated); raises
+        `ConnectorError`, changing nothing, if one cannot be built."""
+        built = [load_connector(runner.mapping) for runner in self.runners]
+        for runner, connector in zip(self.runners, built, strict=True):
+            runner.connector = connector
+        self._previous = {}
 
     def knows(self, path: str) -> bool:
         return path == "/healthz" or path.rstrip("/") in self.routes
@@ -378,7 +451,8 @@ class Intake:
             return _json(404, error=f"no webhook at {request.path}")
         if self.store_lost is not None:
             return _json(503, error="the store is unavailable; retry later")
-        answer = handle_webhook(runner.connector, request, partial(self._record, runner))
+        answer = handle_rotating(runner.connector, request, partial(self._record, runner),
+                                 partial(self._previous_for, runner))  # fmt: skip
         if answer.recorded and self.worker is not None:
             self.worker.wake.set()
         return answer
@@ -622,11 +696,14 @@ def serve_forever(
     ready: Callable[[WebhookServer], None] | None = None,
     limits: ServerLimits | None = None,
     respawn: RespawnDelay | None = None,
+    secrets: SecretsFile | None = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT. With `worker_factory` the worker runs in its own process,
     supervised, and a replaced store file is reopened. `ready` is called once the server
-    listens (its port may have been 0). Raises `DataDirInUse` if another serve holds the data
-    dir (`DataDirUnavailable` if it cannot be locked at all)."""
+    listens (its port may have been 0). `secrets` (already loaded) is read again when it
+    changes or on SIGHUP: changed values rebuild the connectors and restart the worker. Raises
+    `DataDirInUse` if another serve holds the data dir (`DataDirUnavailable` if it cannot be
+    locked at all)."""
     locks = lock_data_dirs(runners)
     worker: InboxWorker | WorkerProcess
     rebuild = None
@@ -638,12 +715,14 @@ def serve_forever(
         rebuild = partial(_intake_runners, worker_factory)
     intake = Intake(runners, worker, rebuild=rebuild)
     stopping = threading.Event()
+    reread = threading.Event()
     handlers: dict[int, Any] = {}
     try:
         server = WebhookServer(intake, host, port, limits)
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGTERM, signal.SIGINT):
                 handlers[signum] = signal.signal(signum, lambda s, f: stopping.set())
+            handlers[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda s, f: reread.set())
         worker.start()
         http = threading.Thread(target=server.serve_forever, name="http", daemon=True)
         http.start()
@@ -651,6 +730,9 @@ def serve_forever(
             if ready is not None:
                 ready(server)
             while not stopping.wait(SUPERVISE_SECONDS) and http.is_alive():
+                if reread.is_set() or (secrets is not None and secrets.changed()):
+                    reread.clear()
+                    _reread_secrets(intake, worker, secrets)
                 _supervise(intake, worker)
         finally:
             server.shutdown()
@@ -673,6 +755,35 @@ def _leave_checkpoints_to_the_worker(runners: list[Runner]) -> list[Runner]:
 
 def _intake_runners(factory: RunnerFactory) -> list[Runner]:
     return _leave_checkpoints_to_the_worker(factory())
+
+
+def _reread_secrets(
+    intake: Intake, worker: InboxWorker | WorkerProcess, secrets: SecretsFile | None
+) -> None:
+    if secrets is None:
+        log.warning("SIGHUP: nothing to read again (start serve with --secrets-file to rotate "
+                    "secrets without a restart)")  # fmt: skip
+        return
+    try:
+        changed = secrets.load()
+    except (OSError, ValueError) as exc:
+        log.error("the secrets file could not be read again (%s); the secrets in use stay",
+                  exc)  # fmt: skip
+        return
+    if not changed:
+        log.info("the secrets file was read again: nothing changed")
+        return
+    try:
+        intake.rebuild_connectors()
+    except ConnectorError as exc:
+        log.error("the secrets changed (%s) but a connector cannot be built with them: %s; "
+                  "the connectors in use stay", ", ".join(changed), exc)  # fmt: skip
+        return
+    log.warning("secrets changed (%s): connectors rebuilt, the worker restarts with them",
+                ", ".join(changed))  # fmt: skip
+    if isinstance(worker, WorkerProcess) and intake.store_lost is None:
+        worker.stop()  # after its batch in progress; it reads the environment as it starts
+        worker.start()
 
 
 def _supervise(intake: Intake, worker: InboxWorker | WorkerProcess) -> None:

@@ -18,6 +18,7 @@ Single-table layout, partition key `pk` and sort key `sk` (both strings):
 | quarantined     | `quarantine`         | event id    | `seq` orders it; `body`, `reason`, `at`;|
 |                 |                      |             | `part` the inbox partition it left      |
 | event history   | `history#<contact>`  | `history`   | `body`: recent decided events (JSON)    |
+| quality mark    | `quality#<measure>`  | event id    | one per marked event (counted by query) |
 
 Contacts are spread over `SHARDS` partitions by a hash of their id, so listing them in id order
 is a merge of `SHARDS` sorted queries, and no single partition takes every write. The inbox
@@ -68,6 +69,7 @@ from core.models import CONTACT_STATE, DECISION, EVENT, ContactState, Decision, 
 from core.order import ContactHistory, history_from_json, history_json
 from core.store import (
     OUTBOX_LEASE,
+    QUALITY_MEASURES,
     QUARANTINE_REASON_CHARS,
     Batch,
     ConflictError,
@@ -386,6 +388,19 @@ class DynamoDBStore(Store):
             )
         )
 
+    def quality_counts(self) -> dict[str, int]:
+        return {
+            measure: sum(
+                page["Count"]
+                for page in self._pages(
+                    KeyConditionExpression="pk = :p",
+                    ExpressionAttributeValues={":p": _s(f"quality#{measure}")},
+                    Select="COUNT",
+                )
+            )
+            for measure in QUALITY_MEASURES
+        }
+
     def outbox_take(self, limit: int, prefix: str = "") -> list[tuple[str, str]]:
         items = self._ordered("outbox", limit, prefix)
         return [(item["sk"]["S"], item["payload"]["S"]) for item in items]
@@ -618,6 +633,9 @@ class DynamoDBStore(Store):
             tail.add(
                 {"Delete": {"TableName": self.table, "Key": {"pk": _s("inbox"), "sk": _s(key)}}}
             )
+        for measure, key in dict.fromkeys(batch.quality):
+            item = {"pk": _s(f"quality#{measure}"), "sk": _s(key)}
+            tail.add({"Put": {"TableName": self.table, "Item": item}})
         for name, value in batch.cursors.items():
             tail.add(self._cursor_update(name, value))
         return [g for g in (orphans, *per_contact.values(), tail) if g.ops]

@@ -79,6 +79,40 @@ def _consents(spec: EligibilitySpec, properties: MappingABC[str, Any]) -> bool:
 
 
 NO_CONSENT, NOT_IN_AUDIENCE = "no_consent", "not_in_audience"
+OTHER_PROGRAM = "other_program"
+"""Withheld because a program of higher priority takes the contact: `other_program:NAME`."""
+
+
+@dataclass(frozen=True)
+class Rival:
+    """Another program of the same vendor that may take this program's contacts
+    (`eligibility.competing`): what decides whether it takes one."""
+
+    program: str
+    eligibility: EligibilitySpec
+
+    @property
+    def rank(self) -> tuple[int, str]:
+        return program_rank(self.program, self.eligibility)
+
+
+def program_rank(program: str, eligibility: EligibilitySpec) -> tuple[int, str]:
+    """Programs in the order they claim a contact both may email: the higher
+    `eligibility.priority` first, equal priorities by name, so every path and machine decides
+    alike."""
+    return (-eligibility.priority, program)
+
+
+def _takes(spec: EligibilitySpec, properties: MappingABC[str, Any]) -> bool:
+    """Whether a program with this eligibility may email a contact with these properties, as
+    far as they were read (a property not read cannot prove that it may)."""
+    consent = spec.consent_property
+    if consent is not None and (consent not in properties or not _consents(spec, properties)):
+        return False
+    audience = spec.audience
+    return not audience or (
+        all(k in properties for k in audience) and matches(audience, properties)
+    )
 
 
 class Governance:
@@ -88,11 +122,16 @@ class Governance:
     Properties come as the connector read them: a name missing from them was not read, and
     decides nothing; a name present with no value is an unset property."""
 
-    __slots__ = ("eligibility", "segments", "properties")
+    __slots__ = ("eligibility", "segments", "properties", "program", "ahead")
 
-    def __init__(self, eligibility: EligibilitySpec, segments: Sequence[SegmentSpec]) -> None:
+    def __init__(
+        self, eligibility: EligibilitySpec, segments: Sequence[SegmentSpec], program: str = ""
+    ) -> None:
         self.eligibility = eligibility
         self.segments = tuple(segments)
+        self.program = program
+        self.ahead: tuple[Rival, ...] = ()
+        """Competing programs that take a contact before this one, in the order they do."""
         names: list[str] = []
         if eligibility.consent_property:
             names.append(eligibility.consent_property)
@@ -101,6 +140,20 @@ class Governance:
             names += list(segment.where)
         self.properties: tuple[str, ...] = tuple(dict.fromkeys(names))
         """The contact properties a connector reads for this, in every read."""
+
+    def compete(self, rivals: Sequence[Rival]) -> None:
+        """The same vendor's other programs that may take this program's contacts
+        (`eligibility.competing`): the ones ranked ahead of it take a contact both may email,
+        and their consent and audience properties are read with this program's."""
+        mine = program_rank(self.program, self.eligibility)
+        self.ahead = tuple(sorted((r for r in rivals if r.rank < mine), key=lambda r: r.rank))
+        names = list(self.properties)
+        for rival in self.ahead:
+            spec = rival.eligibility
+            if spec.consent_property:
+                names.append(spec.consent_property)
+            names += list(spec.audience)
+        self.properties = tuple(dict.fromkeys(names))
 
     def segment(self, properties: MappingABC[str, Any] | None) -> str | None:
         """The first segment (in file order) whose `where` the properties match."""
@@ -126,6 +179,9 @@ class Governance:
             audience, properties
         ):
             return NOT_IN_AUDIENCE
+        for rival in self.ahead:
+            if _takes(rival.eligibility, properties):
+                return f"{OTHER_PROGRAM}:{rival.program}"
         return None
 
 
@@ -205,7 +261,7 @@ def choose_program(
     `eligibility.priority` wins; equal priorities fall back to the program name so every
     machine decides alike."""
     candidates = [m for m in mappings if in_audience(m, properties) and has_consent(m, properties)]
-    ranked = sorted(candidates, key=lambda m: (-m.eligibility.priority, m.program))
+    ranked = sorted(candidates, key=lambda m: program_rank(m.program, m.eligibility))
     return ProgramChoice(ranked[0].program if ranked else None, [m.program for m in ranked])
 
 

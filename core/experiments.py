@@ -89,7 +89,7 @@ class ProgramRules:
         # Imported here: eligibility imports the mapping module, which imports this one.
         from core.eligibility import Governance
 
-        self.governance = Governance(mapping.eligibility, mapping.segments)
+        self.governance = Governance(mapping.eligibility, mapping.segments, mapping.program)
         self.withhold: str | None = None
         """Why reactivation steps are withheld for the contacts this twin governs (no consent,
         out of the audience); None for everyone the program may email."""

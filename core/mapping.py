@@ -174,6 +174,13 @@ class EligibilitySpec(_Strict):
     audience: dict[str, str | list[str]] = Field(
         default_factory=dict, description="contact properties a contact needs to be in scope"
     )
+    competing: list[str] = Field(
+        default_factory=list,
+        description="mapping files (relative to this one) of the same vendor's other programs "
+        "that may take the same contacts: a contact both may email belongs to the higher "
+        "`priority` (equal: the program name first in alphabetical order), and the other "
+        "withholds its reactivation steps (ledger reason `other_program:NAME`)",
+    )
 
 
 class Mapping(_Strict):
@@ -464,7 +471,7 @@ class MappingFile:
             problems.append(problem if len(problem) <= MAX_PROBLEM_CHARS else clipped)
         return problems
 
-    def validate(self) -> Mapping:
+    def validate(self, competing: bool = True) -> Mapping:
         data = self.data
         version = policy_version(self.raw)
         policy = data.get("policy")
@@ -473,9 +480,40 @@ class MappingFile:
         elif policy is None:
             data = {**data, "policy": {"version": version}}
         try:
-            return Mapping.model_validate(data)
+            mapping = Mapping.model_validate(data)
         except ValidationError as exc:
             raise MappingError(self.path, self.problems(exc, Mapping)) from None
+        if competing and mapping.eligibility.competing:
+            self._attach_competing(mapping)
+        return mapping
+
+    def _attach_competing(self, mapping: Mapping) -> None:
+        """Read the programs named in `eligibility.competing` (their own `competing` is not
+        followed) and give their eligibility to this program's governance."""
+        from core.eligibility import Rival
+
+        rivals: list[Rival] = []
+        problems: list[str] = []
+        base = Path(self.path).parent
+        for i, name in enumerate(mapping.eligibility.competing):
+            where = self.where(("eligibility", "competing", i))
+            try:
+                other = read_mapping_file(base / name).validate(competing=False)
+            except MappingError as exc:
+                problems.append(f"{where}: the competing program's file has problems: "
+                                + "; ".join(exc.problems[:3]))  # fmt: skip
+                continue
+            if other.vendor != mapping.vendor:
+                problems.append(f"{where}: '{name}' is a {other.vendor} program; only programs "
+                                f"of the same vendor ({mapping.vendor}) share contacts")
+            elif other.program == mapping.program:
+                problems.append(f"{where}: '{name}' is this program ({mapping.program}); "
+                                "competing programs need names of their own")
+            else:
+                rivals.append(Rival(other.program, other.eligibility))
+        if problems:
+            raise MappingError(self.path, problems)
+        mapping.policy.program.governance.compete(rivals)  # type: ignore[union-attr]
 
 
 def format_validation_error(path: str, error: ValidationError, prefix: Loc = ()) -> list[str]:

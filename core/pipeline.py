@@ -19,11 +19,11 @@ from typing import Any
 
 from core.engine import advance_owned, apply_owned, next_due
 from core.gcpause import cyclic_gc_paused
-from core.models import ContactState, Decision, Event
+from core.models import MAX_URL_CHARS, ContactState, Decision, Event
 from core.occurrences import Seen, counts, decode_seen, encode_seen, newer, seen_key
 from core.order import REVISION_WINDOW, ContactHistory, event_order, revise
 from core.policy import Policy
-from core.store import Batch, ConflictError, Store
+from core.store import URLS_TRUNCATED, Batch, ConflictError, Store
 
 VERSION_PREFIX = "policy:"
 CONFLICT_ATTEMPTS = 5
@@ -100,6 +100,16 @@ class Applied:
     decisions: list[Decision]
     stats: RunStats
     batch: Batch
+
+
+def url_truncated(event: Event) -> bool:
+    """Whether the event's url is the cut-off start of a longer CRM value (`connectors.signals`
+    keeps such a value for comparison as its digest)."""
+    observed, url = event.observed, event.url
+    return (
+        url is not None and observed is not None and len(url) == MAX_URL_CHARS
+        and observed.value.startswith("sha256:")
+    )  # fmt: skip
 
 
 def count_transitions(decisions: Iterable[Decision], into: Counter) -> None:
@@ -252,6 +262,7 @@ class Pipeline:
         batch.histories = list(kept.values())
         batch.event_keys = list(seen)
         batch.cursors.update(remembered)
+        batch.quality = [(URLS_TRUNCATED, e.event_id) for e in fresh if url_truncated(e)]
         if inbox:
             batch.inbox_done = [e.event_id for e in events]
         return Applied(changed, decisions, self._finish(stats, changed, decisions), batch)

@@ -196,6 +196,7 @@ def data_quality(store: SQLiteStore) -> dict[str, Any]:
     quality = dict(zip(keys, values, strict=True))
     # Not windowed by --since: what sits in quarantine now is what needs someone's attention.
     quality["quarantined_events"] = store.quarantine_count()
+    quality.update(store.quality_counts())  # events marked as they were decided (urls cut)
     return quality
 
 

@@ -136,8 +136,9 @@ def sections(report: dict[str, Any]) -> Iterator[tuple[str, str, Table | None, s
     yield ("Data quality", "Events for contacts the store did not know (they enrolled on "
            "that event), mapping misses, failed CRM writes recorded by the connectors, late "
            "events decided in their place (revised) or, older than the contact's kept history, "
-           "at its current time, and events the worker set aside because they could not be "
-           "decided (now in quarantine; see `elasticity inbox`).",
+           "at its current time, events the worker set aside because they could not be "
+           "decided (now in quarantine; see `elasticity inbox`), and events whose CRM value was "
+           "longer than a url may be (2,048 characters; the url keeps its start).",
            (["measure", "count"], [[k.replace("_", " "), n] for k, n in dq.items()]),
            None)  # fmt: skip
 

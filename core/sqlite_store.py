@@ -21,6 +21,7 @@ from core.rollup import UPSERT, ensure_rollup, rollup_rows
 from core.sqlite_rows import contact_from_row, contact_row, decision_from_row, decision_row
 from core.store import (
     OUTBOX_LEASE,
+    QUALITY_MEASURES,
     QUARANTINE_REASON_CHARS,
     Batch,
     ConflictError,
@@ -62,6 +63,9 @@ CREATE TABLE IF NOT EXISTS quarantine (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL UNIQUE, body TEXT NOT NULL,
     reason TEXT NOT NULL, at TEXT NOT NULL, part TEXT NOT NULL DEFAULT ''
 );
+CREATE TABLE IF NOT EXISTS quality (
+    measure TEXT NOT NULL, key TEXT NOT NULL, PRIMARY KEY (measure, key)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS contact_history (
     contact_id TEXT PRIMARY KEY, body TEXT NOT NULL
 ) WITHOUT ROWID;
@@ -241,6 +245,7 @@ class SQLiteStore(Store):
         db.executemany(
             "INSERT OR REPLACE INTO cursors (name, value) VALUES (?, ?)", batch.cursors.items()
         )
+        db.executemany("INSERT OR IGNORE INTO quality (measure, key) VALUES (?, ?)", batch.quality)
         db.executemany(
             "INSERT OR REPLACE INTO contact_history (contact_id, body) VALUES (?, ?)",
             [(h.contact_id, history_json(h)) for h in batch.histories],
@@ -510,6 +515,10 @@ class SQLiteStore(Store):
 
     def quarantine_count(self) -> int:
         return int(self._query("SELECT COUNT(*) FROM quarantine")[0][0])
+
+    def quality_counts(self) -> dict[str, int]:
+        counts = dict(self._query("SELECT measure, COUNT(*) FROM quality GROUP BY measure"))
+        return {m: int(counts.get(m, 0)) for m in QUALITY_MEASURES}
 
     def quarantine_release(self, keys: Sequence[str] | None = None) -> int:
         try:

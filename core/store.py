@@ -60,6 +60,11 @@ class Quarantined:
 
 QUARANTINE_REASON_CHARS = 1000
 
+URLS_TRUNCATED = "urls_truncated"
+"""Events whose CRM value was longer than a url may be (`core.models.MAX_URL_CHARS`): the event
+keeps the first characters as its url, and the report counts them."""
+QUALITY_MEASURES = (URLS_TRUNCATED,)
+
 
 def read_inbox_bodies(rows: Iterable[tuple[str, str]]) -> tuple[list[Event], list[Quarantined]]:
     """Inbox rows (key, body) as events, and the rows no longer readable as one (recorded by
@@ -107,12 +112,15 @@ class Batch:
     store's bulk run)."""
     histories: list[ContactHistory] = field(default_factory=list)
     """Contacts' recent decided events (see `core.order`), each replacing the stored one."""
+    quality: list[tuple[str, str]] = field(default_factory=list)
+    """Data-quality marks (measure, event id): each counts once however often it is marked,
+    so a redelivered or re-decided event is not counted twice (`Store.quality_counts`)."""
 
     def is_empty(self) -> bool:
         return not (
             self.event_keys or self.contacts or self.decisions or self.cursors
             or self.inbox_done or self.outbox or self.outbox_done or self.expected_versions
-            or self.histories
+            or self.histories or self.quality
         )  # fmt: skip
 
 
@@ -201,6 +209,11 @@ class Store(ABC):
 
     @abstractmethod
     def quarantine_count(self) -> int: ...
+
+    @abstractmethod
+    def quality_counts(self) -> dict[str, int]:
+        """Data-quality measure -> how many distinct events were marked with it (`Batch.quality`;
+        measures in `QUALITY_MEASURES`)."""
 
     @abstractmethod
     def quarantine_release(self, keys: Sequence[str] | None = None) -> int:

@@ -83,3 +83,22 @@ def test_the_worker_process_ends_when_the_server_is_killed(tmp_path: Path) -> No
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def test_a_secrets_file_sets_changes_and_removes_names_and_reports_only_names(tmp_path):
+    from connectors.server import SecretsFile
+
+    path = tmp_path / "secrets.env"
+    path.write_text("# rotated 2026-06-01\nexport A_TOKEN='one'\nB_SECRET=\"two\"\n\nC=3\n")
+    environ = {"C": "3", "UNRELATED": "x"}
+    secrets = SecretsFile(path, environ)
+    assert secrets.load() == ["A_TOKEN", "B_SECRET"]
+    assert environ == {"A_TOKEN": "one", "B_SECRET": "two", "C": "3", "UNRELATED": "x"}
+    assert not secrets.changed()
+    path.write_text("A_TOKEN=one\nB_SECRET=three\n")
+    os.utime(path, ns=(1, 1))  # a change within the clock's resolution still shows
+    assert secrets.changed()
+    assert secrets.load() == ["B_SECRET", "C"]  # C left the file: removed from the environment
+    assert environ == {"A_TOKEN": "one", "B_SECRET": "three", "UNRELATED": "x"}
+    path.unlink()
+    assert not secrets.changed()  # a file being replaced is read once it is back

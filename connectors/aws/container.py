@@ -20,10 +20,10 @@ from collections.abc import Mapping as MappingABC
 from pathlib import Path
 
 from connectors.aws.queue import WorkQueue
-from connectors.aws.secrets import MAX_AGE_SECONDS, PREVIOUS_SUFFIX, load_secrets
+from connectors.aws.secrets import MAX_AGE_SECONDS, load_secrets
 from connectors.base import Connector, ConnectorError, WebhookRequest
-from connectors.intake import HttpAnswer, handle_webhook
-from connectors.registry import load_connector
+from connectors.intake import HttpAnswer, handle_rotating, retiring_env
+from connectors.registry import load_connector, one_program_per_vendor
 from connectors.runner import Runner
 from core.dynamodb_store import DynamoDBStore
 from core.mapping import Mapping, load_mapping
@@ -43,8 +43,6 @@ def mapping_paths(env: MappingABC[str, str]) -> list[Path]:
 
 log = logging.getLogger(__name__)
 
-REFUSED_CREDENTIALS = 401
-
 
 class Container:
     def __init__(
@@ -55,10 +53,9 @@ class Container:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.env = dict(os.environ if env is None else env)
-        self.mappings: dict[str, Mapping] = {}
-        for path in mapping_paths(self.env):
-            mapping = load_mapping(path)
-            self.mappings[mapping.vendor] = mapping
+        loaded = [load_mapping(path) for path in mapping_paths(self.env)]
+        one_program_per_vendor(loaded)
+        self.mappings: dict[str, Mapping] = {m.vendor: m for m in loaded}
         self.clock = clock
         self._secrets: dict[str, str] | None = None
         self._secrets_read_at = 0.0
@@ -108,17 +105,10 @@ class Container:
         when no secret is being rotated."""
         self.connector(vendor)  # reads the secrets again first if they are due
         if vendor not in self._previous:
-            secrets = self._current_secrets()
-            retiring = {
-                name.removesuffix(PREVIOUS_SUFFIX): value
-                for name, value in secrets.items()
-                if name.endswith(PREVIOUS_SUFFIX)
-            }  # fmt: skip
-            if not retiring:
-                self._previous[vendor] = None
-            else:
-                env = {**self.env, **secrets, **retiring}
-                self._previous[vendor] = load_connector(self.mappings[vendor], env)
+            env = retiring_env({**self.env, **self._current_secrets()})
+            self._previous[vendor] = (
+                None if env is None else load_connector(self.mappings[vendor], env)
+            )
         return self._previous[vendor]
 
     def answer_webhook(
@@ -129,15 +119,9 @@ class Container:
     ) -> HttpAnswer:
         """`handle_webhook`, and while a secret is being rotated, once more with the previous
         one if the current one refused the request's credentials."""
-        answer = handle_webhook(connector, request, record)
-        if answer.status == REFUSED_CREDENTIALS:
-            previous = self.previous_connector(connector.vendor)
-            if previous is not None:
-                again = handle_webhook(previous, request, record)
-                if again.status != REFUSED_CREDENTIALS:
-                    log.info("webhook for %s verified with the retiring secret", connector.vendor)
-                    return again
-        return answer
+        return handle_rotating(
+            connector, request, record, lambda: self.previous_connector(connector.vendor)
+        )
 
     def built_connectors(self) -> list[Connector]:
         return list(self._connectors.values())

@@ -22,12 +22,13 @@ from pathlib import Path
 
 from aws_lambda_powertools.utilities import parameters
 
+from connectors.intake import PREVIOUS_SUFFIX
+
 log = logging.getLogger(__name__)
 
 MAX_AGE_SECONDS = 300
 """A container reads its secrets again once they are this old, on whatever path needs them
 next: a rotated secret is in use within five minutes."""
-PREVIOUS_SUFFIX = "_PREVIOUS"
 
 
 def secret_names(env: Mapping[str, str]) -> list[str]:

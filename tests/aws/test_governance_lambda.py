@@ -67,3 +67,53 @@ def test_a_new_contact_joins_its_segment_in_the_worker(governed: Stack):
     governed.poller.drain()
     state = governed.store.get_contacts(["de"])["de"]
     assert state.segment == "fast-market"
+
+
+def competing_programs(directory: Path) -> tuple[Path, Path]:
+    """A low-priority program (the memory mapping) and a high-priority one for leads."""
+    base = yaml.safe_load(MAPPING_PATH.read_text())
+    base.pop("holdout", None)
+    low = {**base, "program": "newsletter"}
+    low["eligibility"] = {"priority": 1, "competing": ["promo.yaml"]}
+    high = {**base, "program": "promo"}
+    high["eligibility"] = {"priority": 5, "audience": {"lifecycle": "lead"},
+                           "competing": ["newsletter.yaml"]}  # fmt: skip
+    paths = directory / "newsletter.yaml", directory / "promo.yaml"
+    for path, data in zip(paths, (low, high), strict=True):
+        path.write_text(yaml.safe_dump(data))
+    return paths
+
+
+def test_the_worker_withholds_a_step_from_a_contact_a_higher_priority_program_takes(
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    newsletter, _ = competing_programs(tmp_path)
+    monkeypatch.setenv("ELASTICITY_MAPPINGS", str(newsletter))
+    handlers.reset_container()
+    changed = NOW - timedelta(days=33)
+    for cid, lifecycle in (("lead", "lead"), ("customer", "customer")):
+        stack.crm.values[cid] = {
+            "campaign_status": "Dormant", "status_changed_at": changed, "engagement_score": 0,
+            "reactivation_cycle": 0, "reactivation_step": 0, "unanswered_sends": 3,
+            "last_engagement_date": changed - timedelta(days=90),
+        }  # fmt: skip
+        stack.crm.properties[cid] = {"lifecycle": lifecycle}
+    post([send("s1", "lead", NOW - timedelta(hours=1)),
+          send("s2", "customer", NOW - timedelta(hours=1))])  # fmt: skip
+    stack.poller.drain()
+    assert stack.crm.values["lead"]["reactivation_step"] == 0
+    assert stack.crm.values["customer"]["reactivation_step"] == 1
+    assert len(withheld_for(stack.store.ledger_for("lead"), "other_program:promo")) == 1
+    assert not withheld_for(stack.store.ledger_for("customer"), "other_program:promo")
+
+
+def test_a_stage_refuses_two_programs_of_one_vendor(
+    stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from connectors.aws.container import Container
+    from connectors.base import ConnectorError
+
+    paths = competing_programs(tmp_path)
+    env = {"ELASTICITY_MAPPINGS": ",".join(str(p) for p in paths)}
+    with pytest.raises(ConnectorError, match="both memory programs"):
+        Container(env=env)

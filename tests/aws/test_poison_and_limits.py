@@ -138,3 +138,19 @@ def test_a_crm_value_longer_than_a_url_keeps_its_event_with_the_url_cut() -> Non
     assert event.url == long_value[:MAX_URL_CHARS]
     other = event_from_signal(mapping, signal, "101", long_value + "x", NOW, "hubspot:webhook")
     assert other is not None and other.event_id != event.event_id  # the whole value is its id
+
+
+def test_the_dynamodb_store_counts_a_cut_url_once(stack: Stack) -> None:
+    from core.pipeline import Pipeline
+    from core.store import URLS_TRUNCATED
+
+    mapping = load_mapping("mappings/hubspot.yaml")
+    [signal] = [s for s in mapping.signals if s.patterns]
+    at = NOW - timedelta(hours=1)
+    long_value = "https://acme.io/pricing?" + "q" * 5000
+    event = event_from_signal(mapping, signal, "101", long_value, at, "hubspot:webhook",
+                              changed_at=at)  # fmt: skip
+    pipeline = Pipeline(stack.store, mapping.policy)
+    pipeline.process([event])
+    pipeline.process([event])  # a redelivery is a duplicate: not counted again
+    assert stack.store.quality_counts() == {URLS_TRUNCATED: 1}

@@ -222,6 +222,9 @@ class ChaosStore(Store):
     def ledger_for(self, contact_id: str) -> list[Decision]:
         return self.inner.ledger_for(contact_id)
 
+    def quality_counts(self) -> dict[str, int]:
+        return self.inner.quality_counts()
+
     def inbox_put(self, events: Sequence[Event], partition: str = "") -> int:
         return self.inner.inbox_put(events, partition)
 

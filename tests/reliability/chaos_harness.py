@@ -13,8 +13,14 @@ the supervisor does.
 Deliveries in a chaos run are signed anew for each attempt, every one is delivered twice (the
 copy up to a window late), 20% are displaced within their window, and a refused delivery (5xx)
 is delivered again later, as HubSpot does. The worker drains each window's inbox as one batch
-before the window's sync: a late event cannot rewind rules already fired (engine rule), so
-displacement is bounded by the window, as a queue drained daily bounds it.
+before the window's sync, and decides each contact's events in `occurred_at` order, so a
+displacement within the window changes nothing. Only the duplicate copies reach the next
+window, where their event ids absorb them. An original arriving after a later decision of its
+contact (another event, or a time rule the sync fired) would be decided in its place too
+(`core.order`) and end in the same state, but the ledger would then hold a `revised` decision
+the fault-free run has not, and the two runs' ledgers are compared line by line: late
+originals are measured against `replay` instead (`bench/order.py`, the `serve` and Lambda
+differential tests).
 """
 
 from __future__ import annotations
