@@ -131,6 +131,22 @@ def signed_headers(secret: str, url: str, body: bytes, now: datetime) -> dict[st
     }
 
 
+def curl_recipe(secret: str, port: int, contact: str) -> str:
+    """A click by `contact`, v3-signed by hand in bash (openssl) and sent with curl to a `serve`
+    on this machine: the recipe the README shows and `--keep` prints."""
+    return f"""SECRET='{secret}'
+URL=http://127.0.0.1:{port}{WEBHOOK_PATH}
+SIGNED_URL=https://127.0.0.1:{port}{WEBHOOK_PATH}
+TS=$(($(date +%s) * 1000))
+BODY='[{{"eventId":900,"subscriptionId":25,"portalId":62515,"appId":54321,"occurredAt":'$TS',\
+"subscriptionType":"contact.propertyChange","attemptNumber":0,"objectId":{contact},\
+"changeSource":"CRM","propertyName":"hs_email_last_click_date","propertyValue":"'$TS'"}}]'
+SIG=$(printf '%s' "POST$SIGNED_URL$BODY$TS" | openssl dgst -sha256 -hmac "$SECRET" -binary | base64)
+curl -i "$URL" -H 'Content-Type: application/json' -H "X-HubSpot-Request-Timestamp: $TS" \\
+  -H "X-HubSpot-Signature-v3: $SIG" --data-binary "$BODY"
+"""
+
+
 # ---- what changed ------------------------------------------------------------------------------
 
 
@@ -468,12 +484,6 @@ class Sandbox:
                     labels: dict[str, str]) -> None:  # fmt: skip
         contact = PEOPLE[1].contact_id  # Dormant after the sync: a click brings it back
         url = f"http://127.0.0.1:{serve.port}{WEBHOOK_PATH}"
-        signed = f"https://127.0.0.1:{serve.port}{WEBHOOK_PATH}"
-        body = ('[{"eventId":900,"subscriptionId":25,"portalId":62515,"appId":54321,'
-                f'"occurredAt":$TS,"subscriptionType":"contact.propertyChange","attemptNumber":0,'
-                f'"objectId":{contact},"changeSource":"CRM",'
-                '"propertyName":"hs_email_last_click_date","propertyValue":"$TS"}]')  # fmt: skip
-        shell_body = body.replace('"', '\\"')
         self.say(SEPARATOR)
         self.say("still running (--keep); Ctrl-C stops everything.")
         self.say(f"  webhooks:  POST {url}    health: GET http://127.0.0.1:{serve.port}/healthz")
@@ -484,14 +494,7 @@ class Sandbox:
             f"A click now by contact {contact} (Dormant), signed as HubSpot signs it (v3: "
             "HMAC-SHA256 of method + the https:// URL + body + timestamp, base64):"
         )
-        self.say(f"""
-SECRET='{secret}'
-TS=$(($(date +%s) * 1000))
-BODY="{shell_body}"
-SIG=$(printf '%s' "POST{signed}$BODY$TS" | openssl dgst -sha256 -hmac "$SECRET" -binary | base64)
-curl -i {url} -H 'Content-Type: application/json' \\
-  -H "X-HubSpot-Request-Timestamp: $TS" -H "X-HubSpot-Signature-v3: $SIG" --data-binary "$BODY"
-""")
+        self.say("\n" + curl_recipe(secret, serve.port, contact))
         self.say("Then see the decision and the write-back:")
         self.say(f"  elasticity explain {contact} --store main --data-dir {data_dir}")
         self.say(

@@ -91,6 +91,13 @@ def test_keep_leaves_it_running_and_the_printed_curl_recipe_is_accepted(tmp_path
         assert sent.returncode == 0, sent.stderr
         assert re.search(r"HTTP/1\.1 200", sent.stdout), sent.stdout
         assert '"new": 1' in sent.stdout, sent.stdout
+        # Signed over the http:// URL curl uses rather than the https:// one HubSpot calls: 401.
+        wrong = recipe.replace("SIGNED_URL=https://", "SIGNED_URL=http://")
+        refused = subprocess.run(  # noqa: S603
+            [bash, "-c", wrong], capture_output=True, text=True, timeout=60, check=False
+        )  # fmt: skip
+        assert re.search(r"HTTP/1\.1 401", refused.stdout), refused.stdout
+        assert "signature" in refused.stdout
         # The click comes from the contact the sync made Dormant: it brings it back.
         data_dir = Path(re.search(r"data dir (\S+)", text).group(1))  # type: ignore[union-attr]
         assert _status_becomes(data_dir, "1002", "Reactivated")
@@ -159,3 +166,9 @@ def test_list_membership_is_the_provisioned_filter() -> None:
                 )
                 assert sandbox.matches(branch, values) is expected, (spec.name, state, why)
     assert not sandbox.matches(list_filter_branch(mapping, mapping.lists[0]), {})
+
+
+def test_the_readme_shows_the_recipe_the_sandbox_prints() -> None:
+    readme = (ROOT / "README.md").read_text()
+    recipe = sandbox.curl_recipe("<the HUBSPOT_CLIENT_SECRET serve runs with>", 8080, "1002")
+    assert recipe in readme
