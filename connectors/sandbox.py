@@ -235,7 +235,11 @@ class Serve:
         self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
             command, env=env, stdout=subprocess.PIPE, stderr=self._log, text=True
         )
-        self.port = self._port()
+        try:
+            self.port = self._port()
+        except BaseException:  # Ctrl-C or no start: never leave the child behind
+            self.stop()
+            raise
 
     def _port(self) -> int:
         selector = selectors.DefaultSelector()

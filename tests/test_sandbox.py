@@ -113,6 +113,39 @@ def test_keep_leaves_it_running_and_the_printed_curl_recipe_is_accepted(tmp_path
     assert not data_dir.exists()
 
 
+def _processes_naming(text: str) -> list[str]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in args:
+            found.append(f"{cmdline.parent.name}: {args}")
+    return found
+
+
+def test_ctrl_c_while_it_runs_stops_serve_and_exits_130(tmp_path: Path) -> None:
+    if not Path("/proc/self/cmdline").exists():
+        pytest.skip("needs /proc to look for a left-over serve")
+    box = tmp_path / "interrupted-box"
+    proc = _sandbox("--data-dir", str(box), cwd=tmp_path)
+    try:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            if line.startswith("serve on "):
+                break
+        proc.send_signal(signal.SIGINT)  # webhooks, write-back or sync under way
+        out, err = proc.communicate(timeout=DEADLINE)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, out + err
+    assert "interrupted" in out
+    assert "Traceback" not in out + err
+    assert not _processes_naming(str(box))
+
+
 def _status_becomes(data_dir: Path, contact: str, status: str) -> bool:
     give_up = time.monotonic() + DEADLINE
     while time.monotonic() < give_up:
