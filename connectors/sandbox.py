@@ -137,7 +137,7 @@ def curl_recipe(secret: str, port: int, contact: str) -> str:
     return f"""SECRET='{secret}'
 URL=http://127.0.0.1:{port}{WEBHOOK_PATH}
 SIGNED_URL=https://127.0.0.1:{port}{WEBHOOK_PATH}
-TS=$(($(date +%s) * 1000))
+TS=$(python3 -c 'import time; print(time.time_ns() // 1_000_000)')
 BODY='[{{"eventId":900,"subscriptionId":25,"portalId":62515,"appId":54321,"occurredAt":'$TS',\
 "subscriptionType":"contact.propertyChange","attemptNumber":0,"objectId":{contact},\
 "changeSource":"CRM","propertyName":"hs_email_last_click_date","propertyValue":"'$TS'"}}]'
