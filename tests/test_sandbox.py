@@ -4,13 +4,14 @@ processes; the hand-signed curl recipe it prints; and what it says outside a sou
 from __future__ import annotations
 
 import os
+import queue
 import re
-import selectors
 import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -71,19 +72,28 @@ def test_keep_leaves_it_running_and_the_printed_curl_recipe_is_accepted(tmp_path
     if not (bash and shutil.which("curl") and shutil.which("openssl")):
         pytest.skip("needs bash, curl and openssl")
     proc = _sandbox("--keep", cwd=tmp_path)
-    lines: list[str] = []
-    selector = selectors.DefaultSelector()
-    selector.register(proc.stdout, selectors.EVENT_READ)  # type: ignore[arg-type]
-    give_up = time.monotonic() + DEADLINE
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def read() -> None:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            lines.put(line)
+        lines.put(None)  # the end of its output
+
+    def next_line() -> str | None:
+        try:
+            return lines.get(timeout=DEADLINE)
+        except queue.Empty:
+            raise AssertionError("no output for a while: " + "".join(seen)) from None
+
+    threading.Thread(target=read, daemon=True).start()
+    seen: list[str] = []
     try:
-        while not (lines and lines[-1].startswith("-" * 20) and len(
-                [x for x in lines if x.startswith("-" * 20)]) == 2):  # fmt: skip
-            assert time.monotonic() < give_up, "".join(lines)
-            if selector.select(timeout=1.0):
-                line = proc.stdout.readline()  # type: ignore[union-attr]
-                assert line, "".join(lines) + proc.stderr.read()  # type: ignore[union-attr]
-                lines.append(line)
-        text = "".join(lines)
+        # The report, then the --keep block between two separator lines.
+        while sum(x.startswith("-" * 20) for x in seen) < 2:
+            line = next_line()
+            assert line is not None, "".join(seen)
+            seen.append(line)
+        text = "".join(seen)
         recipe = text[text.index("SECRET="):text.index("Then see")]
         sent = subprocess.run(  # noqa: S603
             [bash, "-c", recipe], capture_output=True, text=True, timeout=60, check=False
@@ -102,14 +112,18 @@ def test_keep_leaves_it_running_and_the_printed_curl_recipe_is_accepted(tmp_path
         data_dir = Path(re.search(r"data dir (\S+)", text).group(1))  # type: ignore[union-attr]
         assert _status_becomes(data_dir, "1002", "Reactivated")
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=DEADLINE)
+        code = proc.wait(timeout=DEADLINE)
+        while (line := next_line()) is not None:
+            seen.append(line)
     finally:
-        selector.close()
         if proc.poll() is None:
             proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, out + err
-    assert "sandbox stopped" in out
+            proc.wait()
+        proc.stdout.close()  # type: ignore[union-attr]
+        err = proc.stderr.read()  # type: ignore[union-attr]
+        proc.stderr.close()  # type: ignore[union-attr]
+    assert code == 0, err
+    assert "sandbox stopped" in seen[-1]
     assert not data_dir.exists()
 
 
