@@ -663,6 +663,47 @@ def report(
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
 
 
+@app.command()
+def sandbox(
+    vendor: Annotated[str, typer.Argument(help="the CRM to stand in for: hubspot")],
+    keep: Annotated[bool, typer.Option(
+        "--keep", help="leave serve and the stand-in running for curl; Ctrl-C stops them")] = False,
+    mapping: Annotated[Path | None, typer.Option(
+        help="mapping to provision and serve (default: the checkout's mappings/hubspot.yaml)")
+    ] = None,
+    data_dir: Annotated[Path | None, typer.Option(
+        "--data-dir", help="a new directory for the sandbox's store, kept afterwards "
+        "(default: a temporary one, removed)")] = None,
+) -> None:
+    """Try the connected loop without a CRM: a local HubSpot stand-in, serve, signed webhooks,
+    a sync, and what was written back (needs a source checkout)."""
+    from connectors.sandbox import Sandbox, SandboxError, checkout_root
+
+    if vendor != "hubspot":
+        _fail(f"sandbox: expected hubspot, got {vendor!r} (the only stand-in shipped so far)", 2)
+    try:
+        path = mapping or checkout_root() / "mappings" / "hubspot.yaml"
+    except SandboxError as exc:
+        _fail(str(exc), exc.code)
+    if not path.is_file():
+        _fail(f"{path}: no such file", 2)
+    _mapping(path)
+
+    def table(title: str, columns: list[str], rows: list[tuple]) -> None:
+        grid = Table(*columns, title=title, title_justify="left")
+        for row in rows:
+            grid.add_row(*(str(v) for v in row))
+        out.print(grid)
+
+    box = Sandbox(path, data_dir, keep, say=lambda text: out.print(
+        text, highlight=False, markup=False), table=table)  # fmt: skip
+    try:
+        code = box.run()
+    except SandboxError as exc:
+        _fail(str(exc), exc.code)
+    raise typer.Exit(code)
+
+
 @experiments_app.command("promote")
 def promote(
     mapping: MappingArg,
