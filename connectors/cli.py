@@ -54,7 +54,7 @@ def _fail(message: str, code: int = 1) -> NoReturn:
 
 
 def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}" + ("" if count == 1 else "s")
+    return f"{count:,} {noun}" + ("" if count == 1 else "s")
 
 
 def _mapping(path: Path) -> Mapping:
@@ -357,6 +357,18 @@ def _interrupted(exc: KeyboardInterrupt, saved_in: Path) -> NoReturn:
     raise typer.Exit(130)
 
 
+def _progress_every() -> float:
+    """Seconds between plain progress lines when stderr is not a terminal (CI logs)."""
+    value = os.environ.get("ELASTICITY_PROGRESS_SECONDS", "10")
+    try:
+        seconds = float(value)
+    except ValueError:
+        _fail(f"ELASTICITY_PROGRESS_SECONDS: expected a number of seconds, got {value!r}", 2)
+    if not seconds >= 0:
+        _fail(f"ELASTICITY_PROGRESS_SECONDS: expected 0 or more seconds, got {value!r}", 2)
+    return seconds
+
+
 class _TooManyBadLines(Exception):  # noqa: N818 - it names the thing reported
     pass
 
@@ -451,7 +463,7 @@ def replay(
         return [(written_out, out_file)]
 
     try:
-        with RunProgress(err, "replay", size, "bytes") as bar:
+        with RunProgress(err, "replay", size, "bytes", every=_progress_every()) as bar:
             result = replay_file(
                 loaded, events, store_path, until=horizon, strict=strict,
                 on_bad_line=report_bad, progress=bar.update, engine=engine, workers=workers,
@@ -558,7 +570,7 @@ def simulate(
         return list(zip(written, finals, strict=True))
 
     try:
-        with RunProgress(err, "simulate", days, "days") as bar:
+        with RunProgress(err, "simulate", days, "days", every=_progress_every()) as bar:
             result = run_simulation(
                 config, policy, directory / "simulate.sqlite3", progress=bar.advance,
                 engine=engine, before_publish=before_publish, phase=bar.phase,

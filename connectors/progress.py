@@ -120,7 +120,8 @@ class RunProgress:
         now = self.clock()
         if now - self._last_line >= self.every:
             self._last_line = now
-            self._say(f"{PHASES.get(self.name, self.name)}: {self.status()}")
+            label = PHASES.get(self.name, self.name)
+            self._say(f"{label}: {self.status()}" if label else self.status())
 
     def advance(self, n: int) -> None:
         self.update(self.done + n)
@@ -146,6 +147,9 @@ class RunProgress:
         return (self.total - self.done) / (self.done / elapsed)
 
     def status(self) -> str:
+        elapsed = f"elapsed {duration_text(self.clock() - self._started)}"
+        if self.done >= self.total:
+            return elapsed
         share = 100 * self.done / self.total if self.total else 100.0
         parts = [f"{self._amount(self.done)} of {self._amount(self.total)} ({share:.0f}%)"]
         if self.lines:
@@ -156,5 +160,5 @@ class RunProgress:
         eta = self.eta()
         if eta is not None:
             parts.append(f"ETA {duration_text(eta)}")
-        parts.append(f"elapsed {duration_text(self.clock() - self._started)}")
+        parts.append(elapsed)
         return ", ".join(parts)

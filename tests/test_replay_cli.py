@@ -132,3 +132,58 @@ def test_replay_json_needs_a_states_file(tmp_path):
     result = invoke("replay", MAPPING, str(events), "--json", data_dir=tmp_path)
     assert result.exit_code == 2
     assert "give --out FILE" in result.stderr
+
+
+def test_progress_off_a_terminal_is_plain_phase_lines(tmp_path):
+    events = write(tmp_path / "events.jsonl", [line("1", "a", "open", "2026-01-01T00:00:00Z")])
+    out = tmp_path / "states.jsonl"
+    result = invoke("replay", MAPPING, str(events), "--out", str(out), data_dir=tmp_path)
+    assert result.exit_code == 0, result.output
+    phases = [x for x in result.stderr.splitlines() if x.startswith("replay: ")]
+    assert [p.split(" (")[0] for p in phases] == [
+        "replay: reading and deciding events", "replay: writing the store",
+        "replay: writing states"]  # fmt: skip
+    simulated = invoke("simulate", "--contacts", "50", "--days", "3", "--report",
+                       str(tmp_path / "report"), data_dir=tmp_path)  # fmt: skip
+    assert simulated.exit_code == 0, simulated.output
+    phases = [x.split(" (")[0] for x in simulated.stderr.splitlines()
+              if x.startswith("simulate: ")]  # fmt: skip
+    assert phases == ["simulate: deciding day by day", "simulate: writing the store",
+                      "simulate: summarising the ledger", "simulate: plotting"]
+    assert "\x1b[" not in result.stderr + simulated.stderr  # no terminal control codes
+
+
+def test_periodic_lines_carry_bytes_rate_and_eta():
+    import io
+
+    from rich.console import Console
+
+    from connectors.progress import RunProgress
+
+    sink = io.StringIO()
+    now = [0.0]
+    console = Console(file=sink, soft_wrap=True)
+    with RunProgress(console, "replay", 4_000_000, "bytes", every=10, clock=lambda: now[0],
+                     live=False) as bar:  # fmt: skip
+        bar.phase("reading")
+        now[0] = 4.0
+        bar.update(1_000_000, lines=8_000)  # within 10 s of the phase line: quiet
+        now[0] = 10.0
+        bar.update(2_000_000, lines=16_000)
+        bar.phase("writing")
+    lines = sink.getvalue().splitlines()
+    assert lines == [
+        "replay: reading and deciding events",
+        "replay: reading and deciding events: 2.0 MB of 4.0 MB (50%), 16,000 lines, "
+        "1,600 lines/s, ETA 0:00:10, elapsed 0:00:10",
+        "replay: writing the store (2.0 MB of 4.0 MB (50%), 16,000 lines, 1,600 lines/s, "
+        "ETA 0:00:10, elapsed 0:00:10)",
+    ]
+    days = io.StringIO()
+    now[0] = 0.0
+    with RunProgress(Console(file=days, soft_wrap=True), "simulate", 180, "days", every=0,
+                     clock=lambda: now[0], live=False) as bar:  # fmt: skip
+        now[0] = 20.0
+        bar.advance(90)
+    assert days.getvalue().strip() == (
+        "simulate: 90 days of 180 days (50%), 4.5 days/s, ETA 0:00:20, elapsed 0:00:20")
