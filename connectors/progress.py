@@ -82,7 +82,7 @@ class RunProgress:
         if self.live:
             amount = DownloadColumn() if self.unit == "bytes" else MofNCompleteColumn()
             self._bar = Progress(
-                TextColumn("{task.description}"), BarColumn(), amount,
+                TextColumn("{task.description}"), BarColumn(bar_width=20), amount,
                 TextColumn("{task.fields[rate]}"), TextColumn("ETA"), TimeRemainingColumn(),
                 TimeElapsedColumn(), console=self.console, transient=True,
             )  # fmt: skip

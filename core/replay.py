@@ -18,8 +18,12 @@ from core.models import ContactState, Event, iso_utc
 from core.pipeline import Pipeline, RunStats
 from core.publish import Renames, partial_path, publish, remove_store
 from core.sqlite_store import SQLiteStore
+from core.store import Batch
 
 REPLAY_BATCH = 20_000
+INTAKE_CURSOR = "replay:intake"
+"""The run's intake counts (bad lines, duplicates, lines with unknown keys) in the store's
+cursors, where `report` reads them for its data-quality section."""
 _STATE_PAGE = 5_000
 
 
@@ -139,6 +143,7 @@ def replay_file(
     if str(store_path) == ":memory:":
         result = _replay_object(mapping, events_path, SQLiteStore(":memory:"), until, strict,
                                 on_bad_line, progress, batch_size, properties)  # fmt: skip
+        _record_intake(result)
         for written, name in (before_publish(result) or ()) if before_publish else ():
             written.replace(name)
         return result
@@ -160,6 +165,7 @@ def replay_file(
         else:
             result = _replay_object(mapping, events_path, store, until, strict, on_bad_line,
                                     progress, batch_size, properties)  # fmt: skip
+        _record_intake(result)
         renames = list(before_publish(result) or ()) if before_publish else []
     except BaseException:
         store.close()
@@ -179,6 +185,16 @@ def replay_file(
     publish(partial, final, renames)
     result.store = SQLiteStore(final, cache_mb=8)  # read once, in key order, by --out
     return result
+
+
+def intake_record(result: ReplayResult) -> dict[str, Any]:
+    return {"bad_lines": result.bad_lines, "duplicates": result.stats.duplicates,
+            "unknown_key_lines": result.unknown.lines,
+            "unknown_keys": dict(result.unknown.top(10))}  # fmt: skip
+
+
+def _record_intake(result: ReplayResult) -> None:
+    result.store.commit(Batch(cursors={INTAKE_CURSOR: json.dumps(intake_record(result))}))
 
 
 def _phased(progress: Callable[[int, int], None] | None, phase: Callable[[str], None],

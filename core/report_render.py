@@ -137,7 +137,9 @@ def sections(report: dict[str, Any]) -> Iterator[tuple[str, str, Table | None, s
            "that event), mapping misses, failed CRM writes recorded by the connectors, late "
            "events decided in their place (revised) or, older than the contact's kept history, "
            "at its current time, and events the worker set aside because they could not be "
-           "decided (now in quarantine; see `elasticity inbox`).",
+           "decided (now in quarantine; see `elasticity inbox`). For a replay, also the lines it "
+           "skipped as bad, the events whose id it had already counted (duplicates) and the "
+           "lines whose keys beyond the event format it ignored (over the whole run).",
            (["measure", "count"], [[k.replace("_", " "), n] for k, n in dq.items()]),
            None)  # fmt: skip
 

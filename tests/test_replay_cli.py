@@ -187,3 +187,24 @@ def test_periodic_lines_carry_bytes_rate_and_eta():
         bar.advance(90)
     assert days.getvalue().strip() == (
         "simulate: 90 days of 180 days (50%), 4.5 days/s, ETA 0:00:20, elapsed 0:00:20")
+
+
+@pytest.mark.parametrize("engine", ["coded", "object"])
+def test_the_report_counts_what_the_replay_could_not_use(tmp_path, engine):
+    events = write(tmp_path / "events.jsonl", [
+        line("1", "a", "open", "2026-01-01T00:00:00Z", region="EU"),
+        line("1", "a", "open", "2026-01-01T00:00:00Z"),
+        "{oops",
+        line("2", "b", "click", "2026-01-02T00:00:00Z", region="US", crm_id=7),
+    ])  # fmt: skip
+    assert invoke("replay", MAPPING, str(events), "--engine", engine,
+                  data_dir=tmp_path).exit_code == 0  # fmt: skip
+    result = invoke("report", "--store", "replay", "--format", "json", data_dir=tmp_path)
+    assert result.exit_code == 0, result.output
+    quality = json.loads(result.stdout)["data_quality"]
+    assert quality["replay_bad_lines_skipped"] == 1
+    assert quality["replay_duplicate_events"] == 1
+    assert quality["replay_lines_with_unknown_keys"] == 2
+    assert quality["replay_unknown_keys_ignored"] == "region (2), crm_id (1)"
+    markdown = invoke("report", "--store", "replay", data_dir=tmp_path).stdout
+    assert "| replay bad lines skipped | 1 |" in markdown
