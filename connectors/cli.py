@@ -445,14 +445,18 @@ def replay(
     size = events.stat().st_size
     if workers is None:
         workers = (os.cpu_count() or 1) if size >= 16 << 20 else 1
-    written_out = partial_path(out_file) if out_file else None
+    # A states file is written under a temporary name and published with the run's store; a
+    # device or a pipe (/dev/null, a FIFO) cannot be renamed onto: it gets the states after.
+    streamed = out_file is not None and out_file.exists() and not out_file.is_file()
+    written_out = partial_path(out_file) if out_file and not streamed else None
+    if out_file is not None and not out_file.parent.is_dir():
+        _fail(f"--out: no such directory {out_file.parent}", 2)
     counted: dict[str, int] = {}
 
     def before_publish(result: ReplayResult):
         problem = bad_line_limit(result.bad_lines, result.stats.events_in + result.after_until,
                                  max_bad_lines)  # fmt: skip
         if problem:
-            counted["failed"] = 1
             _replay_summary(result, None, None, as_json, events, problem)
             raise _TooManyBadLines(problem)
         if out_file is None or written_out is None:
@@ -477,16 +481,23 @@ def replay(
         _fail(f"{exc}; nothing written, previous results kept", 2)
     except KeyboardInterrupt as exc:
         _interrupted(exc, store_path)
+    except OSError as exc:  # the states file could not be written (disk full, no permission)
+        _fail(f"--out: {exc.strerror or exc}: {exc.filename or out_file}; nothing written, "
+              "previous results kept")  # fmt: skip
     finally:
         if written_out is not None:
             written_out.unlink(missing_ok=True)
     count = counted.get("states")
-    if out_file is None:
+    if out_file is None or streamed:
         try:
-            count = result.write_states(sys.stdout)
+            if out_file is None:
+                count = result.write_states(sys.stdout)
+            else:
+                with out_file.open("w") as sink:
+                    count = result.write_states(sink)
         except KeyboardInterrupt:
             result.store.close()
-            err.print(f"interrupted; the run is saved in {store_path}, the states printed are "
+            err.print(f"interrupted; the run is saved in {store_path}, the states written are "
                       "incomplete", highlight=False, markup=False)  # fmt: skip
             raise typer.Exit(130) from None
     result.store.close()
@@ -513,7 +524,7 @@ def _replay_summary(result, count: int | None, out_file: Path | None, as_json: b
     where = f" written to {out_file}" if out_file and count is not None else ""
     contacts = f"; {_plural(count, 'contact')}{where}" if count is not None else ""
     err.print(
-        f"{stats.applied:,} events applied, {_plural(stats.duplicates, 'duplicate')}, "
+        f"{_plural(stats.applied, 'event')} applied, {_plural(stats.duplicates, 'duplicate')}, "
         f"{_plural(result.bad_lines, 'bad line')}, {_plural(stats.decisions, 'decision')}"
         f"{contacts}", highlight=False,
     )  # fmt: skip

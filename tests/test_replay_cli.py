@@ -208,3 +208,19 @@ def test_the_report_counts_what_the_replay_could_not_use(tmp_path, engine):
     assert quality["replay_unknown_keys_ignored"] == "region (2), crm_id (1)"
     markdown = invoke("report", "--store", "replay", data_dir=tmp_path).stdout
     assert "| replay bad lines skipped | 1 |" in markdown
+
+
+def test_states_to_a_device_are_written_there_not_renamed_onto_it(tmp_path):
+    import os
+    import stat
+
+    events = write(tmp_path / "events.jsonl", [line("1", "a", "open", "2026-01-01T00:00:00Z")])
+    result = invoke("replay", MAPPING, str(events), "--out", os.devnull, data_dir=tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "1 event applied" in result.stderr
+    assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
+    assert not Path(os.devnull + ".partial").exists()
+    missing = invoke("replay", MAPPING, str(events), "--out", str(tmp_path / "no" / "s.jsonl"),
+                     data_dir=tmp_path)  # fmt: skip
+    assert missing.exit_code == 2
+    assert "--out: no such directory" in missing.stderr
