@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated
@@ -58,17 +59,31 @@ EVENT_KEYS = frozenset(Event.__dataclass_fields__)
 
 @dataclass
 class UnknownKeys:
-    """Lines of a replay that carried keys the event format does not have, and those keys."""
+    """Lines of a replay that carried keys the event format does not have, and those keys
+    (counted by the set of them a line had: an export's lines mostly share one)."""
 
     lines: int = 0
-    keys: Counter = field(default_factory=Counter)
+    shapes: Counter = field(default_factory=Counter)
 
-    def add(self, keys: list[str]) -> None:
+    def add(self, keys: Iterable[str]) -> None:
         self.lines += 1
-        self.keys.update(keys)
+        self.shapes[tuple(sorted(keys))] += 1
+
+    @property
+    def keys(self) -> Counter:
+        found: Counter = Counter()
+        for shape, n in self.shapes.items():
+            for key in shape:
+                found[key] += n
+        return found
 
     def top(self, n: int = 5) -> list[tuple[str, int]]:
         return sorted(self.keys.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+
+
+_EXTRA_OF: dict[tuple[str, ...], tuple[str, ...]] = {}
+"""A line's keys (in their order) -> those beyond the format, sorted: lines mostly repeat one."""
+_EXTRA_OF_MAX = 4096
 
 
 _SUBMICROSECOND = re.compile(rb"\.\d{7}")
@@ -117,9 +132,15 @@ def _lenient(line: bytes, unknown: UnknownKeys | None) -> WireEvent | None:
     if "observed" in keys:  # not a WireEvent field: pydantic checks it
         return None
     if unknown is not None:
-        extra = [k for k in keys if k not in EVENT_KEYS]
+        shape = tuple(keys)
+        extra = _EXTRA_OF.get(shape)
+        if extra is None:
+            extra = tuple(sorted(k for k in keys if k not in EVENT_KEYS))
+            if len(_EXTRA_OF) < _EXTRA_OF_MAX:
+                _EXTRA_OF[shape] = extra
         if extra:
-            unknown.add(extra)
+            unknown.lines += 1
+            unknown.shapes[extra] += 1
     return event
 
 
