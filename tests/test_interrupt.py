@@ -104,3 +104,22 @@ def test_ctrl_c_during_simulate_keeps_the_previous_store_and_report(tmp_path):
     assert sorted(p.name for p in data.iterdir()) == ["simulate.sqlite3"]
     assert sorted(p.name for p in report.iterdir()) == ["audience.png", "summary.json",
                                                          "summary.md"]  # fmt: skip
+
+
+def test_ctrl_c_while_publishing_lets_the_renames_finish_then_says_so(tmp_path):
+    from core.publish import InterruptedAfterPublish, publish
+
+    partial, final = tmp_path / "s.sqlite3.partial", tmp_path / "s.sqlite3"
+    written, name = tmp_path / "out.partial", tmp_path / "out"
+    for path, text in ((partial, "new"), (final, "old"), (written, "states")):
+        path.write_text(text)
+
+    def renames():
+        os.kill(os.getpid(), signal.SIGINT)  # arrives as the renames start
+        yield written, name
+
+    with pytest.raises(InterruptedAfterPublish):
+        publish(partial, final, renames())
+    assert (final.read_text(), name.read_text()) == ("new", "states")
+    assert not partial.exists() and not written.exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
