@@ -369,8 +369,8 @@ def _progress_every() -> float:
     return seconds
 
 
-class _TooManyBadLines(Exception):  # noqa: N818 - it names the thing reported
-    pass
+class _NotPublished(Exception):  # noqa: N818 - it names the outcome
+    """A complete replay that is not to be published: (message, exit code)."""
 
 
 def bad_line_limit(bad: int, events: int, limit: int | None) -> str | None:
@@ -458,12 +458,15 @@ def replay(
                                  max_bad_lines)  # fmt: skip
         if problem:
             _replay_summary(result, None, None, as_json, events, problem)
-            raise _TooManyBadLines(problem)
+            raise _NotPublished(problem, 2)
         if out_file is None or written_out is None:
             return None
         bar.phase("states")
-        with written_out.open("w") as sink:
-            counted["states"] = result.write_states(sink)
+        try:
+            with written_out.open("w") as sink:
+                counted["states"] = result.write_states(sink)
+        except OSError as exc:  # disk full, no permission
+            raise _NotPublished(f"--out: {exc.strerror or exc}: {out_file}", 1) from None
         return [(written_out, out_file)]
 
     try:
@@ -477,13 +480,10 @@ def replay(
         report_bad(exc)
         _fail("--strict: stopped at the first bad line; nothing written, previous results "
               "kept", 2)  # fmt: skip
-    except _TooManyBadLines as exc:
-        _fail(f"{exc}; nothing written, previous results kept", 2)
+    except _NotPublished as exc:
+        _fail(f"{exc.args[0]}; nothing written, previous results kept", exc.args[1])
     except KeyboardInterrupt as exc:
         _interrupted(exc, store_path)
-    except OSError as exc:  # the states file could not be written (disk full, no permission)
-        _fail(f"--out: {exc.strerror or exc}: {exc.filename or out_file}; nothing written, "
-              "previous results kept")  # fmt: skip
     finally:
         if written_out is not None:
             written_out.unlink(missing_ok=True)
