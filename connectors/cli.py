@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import sys
-import time
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -21,7 +20,6 @@ from rich.progress import (
     ProgressColumn,
     TextColumn,
     TimeElapsedColumn,
-    TimeRemainingColumn,
 )
 from rich.table import Table
 
@@ -56,7 +54,7 @@ def _fail(message: str, code: int = 1) -> NoReturn:
 
 
 def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}" + ("" if count == 1 else "s")
+    return f"{count:,} {noun}" + ("" if count == 1 else "s")
 
 
 def _mapping(path: Path) -> Mapping:
@@ -225,6 +223,9 @@ def sync(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="decide but write nothing")] = False,
     full: Annotated[bool, typer.Option("--full", help="reconcile every contact")] = False,
     now: Annotated[str | None, typer.Option(help="evaluate as of this time (default: now)")] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print the summary as one JSON object on stdout")
+    ] = False,
     data_dir: DataDir = None,
 ) -> None:
     """One scheduled sync: poll engagement, fire due time rules and decay, write back changes."""
@@ -237,9 +238,33 @@ def sync(
                                   progress=lambda n: bar.advance(task, n))  # fmt: skip
         except (ConnectorError, StoreError) as exc:
             _fail(f"{exc} (progress is checkpointed; run sync again to resume)")
-    out.print_json(json.dumps(summary.as_dict()))
+    if as_json:
+        sys.stdout.write(json.dumps(summary.as_dict()) + "\n")
+    else:
+        _sync_summary(summary)
     if summary.stopped:
         raise typer.Exit(3)
+
+
+def _sync_summary(summary) -> None:
+    """The sync's counts as a few lines for a person (`--json` for a program)."""
+    moves = ", ".join(f"{move} {n:,}" for move, n in sorted(summary.transitions.items()))
+    lines = [
+        f"examined {_plural(summary.examined, 'contact')}, polled "
+        f"{_plural(summary.events_polled, 'event')}, {_plural(summary.decisions, 'decision')}"
+        + (f" ({moves})" if moves else ""),
+        f"dry run: would write {_plural(summary.writes_owed, 'record')}, wrote nothing"
+        if summary.dry_run else
+        f"wrote {_plural(summary.written, 'record')} "
+        f"({_plural(summary.write_failures, 'failure')}), "
+        f"{_plural(summary.tasks_created, 'hand-off task')} created",
+        f"{_plural(summary.api_calls, 'API call')}, {summary.retries:,} retries, "
+        f"{summary.throttled:,} throttled; {summary.seconds:.1f} s",
+    ]
+    if summary.stopped:
+        lines.append(f"stopped early: {summary.stopped} (resumable: run sync again)")
+    for line in lines:
+        out.print(line, highlight=False, markup=False)
 
 
 @app.command()
@@ -338,6 +363,47 @@ def inbox(
                   highlight=False)  # fmt: skip
 
 
+def _interrupted(exc: KeyboardInterrupt, saved_in: Path) -> NoReturn:
+    """Ctrl-C during a run: say what was kept, exit 130."""
+    from core.publish import InterruptedAfterPublish
+
+    if isinstance(exc, InterruptedAfterPublish):  # it came as the run was being saved
+        err.print(f"interrupted; the run was complete and is saved in {saved_in}",
+                  highlight=False, markup=False)  # fmt: skip
+    else:
+        err.print("interrupted; nothing written; previous results kept", highlight=False)
+    raise typer.Exit(130)
+
+
+def _progress_every() -> float:
+    """Seconds between plain progress lines when stderr is not a terminal (CI logs)."""
+    value = os.environ.get("ELASTICITY_PROGRESS_SECONDS", "10")
+    try:
+        seconds = float(value)
+    except ValueError:
+        _fail(f"ELASTICITY_PROGRESS_SECONDS: expected a number of seconds, got {value!r}", 2)
+    if not seconds >= 0:
+        _fail(f"ELASTICITY_PROGRESS_SECONDS: expected 0 or more seconds, got {value!r}", 2)
+    return seconds
+
+
+class _NotPublished(Exception):  # noqa: N818 - it names the outcome
+    """A complete replay that is not to be published: (message, exit code)."""
+
+
+def bad_line_limit(bad: int, events: int, limit: int | None) -> str | None:
+    """Why a replay with `bad` bad lines and `events` good ones fails `--max-bad-lines`, or
+    None. Without a limit, bad lines fail a run only when the file gave no event at all."""
+    if limit is not None:
+        if bad > limit:
+            return f"{_plural(bad, 'bad line')}, more than --max-bad-lines {limit}"
+        return None
+    if bad and not events:
+        return (f"{_plural(bad, 'bad line')} and no event in the file (without --max-bad-lines, "
+                "a file that gives no event may have no bad line)")  # fmt: skip
+    return None
+
+
 @app.command()
 def replay(
     mapping: MappingArg,
@@ -345,6 +411,16 @@ def replay(
     until: Annotated[str | None, typer.Option(help="apply time rules up to this time")] = None,
     out_file: Annotated[Path | None, typer.Option("--out", help="write states here")] = None,
     strict: Annotated[bool, typer.Option(help="fail on the first bad line")] = False,
+    max_bad_lines: Annotated[
+        int | None,
+        typer.Option(min=0, help="exit 2, keeping the previous results, when more lines than "
+                     "this are bad (default: no limit while the file gives events; none "
+                     "allowed when it gives none)"),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print the summary as one JSON object on stdout "
+                           "(the states then need --out)"),
+    ] = False,
     engine: Annotated[
         str, typer.Option(help="coded (the fast bulk path) or object (the reference pipeline)")
     ] = "coded",
@@ -357,14 +433,19 @@ def replay(
         help="JSON lines {contact_id, properties}: consent and segment properties")] = None,
     data_dir: DataDir = None,
 ) -> None:
-    """Run events through the policy offline; print or write final states as JSON lines."""
-    from core.replay import BadLine, load_contact_properties, replay_file
+    """Run events through the policy offline; print or write final states as JSON lines.
+    Keys a line has beyond the event format are ignored and counted."""
+    from connectors.progress import RunProgress
+    from core.publish import partial_path
+    from core.replay import BadLine, ReplayResult, load_contact_properties, replay_file
 
     loaded = _mapping(mapping)
     if not events.is_file():
         _fail(f"{events}: no such file", 2)
     if engine not in ("coded", "object"):
         _fail(f"--engine: expected coded or object, got {engine!r}", 2)
+    if as_json and out_file is None:
+        _fail("--json prints the summary on stdout: give --out FILE for the states", 2)
     properties = None
     if contacts is not None:
         if not contacts.is_file():
@@ -374,6 +455,7 @@ def replay(
         except BadLine as exc:
             _fail(f"{contacts}:{exc.line}: {exc.problem}", 2)
     store_path = _data_dir(data_dir) / "replay.sqlite3"
+    horizon = _parse_time(until, "--until")
 
     def report_bad(bad: BadLine) -> None:
         err.print(f"{events}:{bad.line}: {bad.problem}", highlight=False, markup=False)
@@ -381,36 +463,100 @@ def replay(
     size = events.stat().st_size
     if workers is None:
         workers = (os.cpu_count() or 1) if size >= 16 << 20 else 1
-    started = time.monotonic()
+    # A states file is written under a temporary name and published with the run's store; a
+    # device or a pipe (/dev/null, a FIFO) cannot be renamed onto: it gets the states after.
+    streamed = out_file is not None and out_file.exists() and not out_file.is_file()
+    written_out = partial_path(out_file) if out_file and not streamed else None
+    if out_file is not None and not out_file.parent.is_dir():
+        _fail(f"--out: no such directory {out_file.parent}", 2)
+    counted: dict[str, int] = {}
 
-    def progress(done: int, lines: int) -> None:
-        rate = lines / max(time.monotonic() - started, 1e-3)
-        bar.update(task, completed=done, description=f"replaying events ({rate:,.0f}/s)")
-
-    with progress_bar(TimeRemainingColumn()) as bar:
-        task = bar.add_task("replaying events", total=size)
+    def before_publish(result: ReplayResult):
+        problem = bad_line_limit(result.bad_lines, result.stats.events_in + result.after_until,
+                                 max_bad_lines)  # fmt: skip
+        if problem:
+            _replay_summary(result, None, None, as_json, events, problem)
+            raise _NotPublished(problem, 2)
+        if out_file is None or written_out is None:
+            return None
+        bar.phase("states")
         try:
-            result = replay_file(
-                loaded, events, store_path, until=_parse_time(until, "--until"), strict=strict,
-                on_bad_line=report_bad, progress=progress, engine=engine, workers=workers,
-                properties=properties,
-            )  # fmt: skip
-        except BadLine as exc:
-            report_bad(exc)
-            _fail("--strict: stopped at the first bad line; no states were printed", 2)
-    sink = out_file.open("w") if out_file else sys.stdout
+            with written_out.open("w") as sink:
+                counted["states"] = result.write_states(sink)
+        except OSError as exc:  # disk full, no permission
+            raise _NotPublished(f"--out: {exc.strerror or exc}: {out_file}", 1) from None
+        return [(written_out, out_file)]
+
     try:
-        count = result.write_states(sink)
+        with RunProgress(err, "replay", size, "bytes", every=_progress_every()) as bar:
+            result = replay_file(
+                loaded, events, store_path, until=horizon, strict=strict,
+                on_bad_line=report_bad, progress=bar.update, engine=engine, workers=workers,
+                properties=properties, before_publish=before_publish, phase=bar.phase,
+            )  # fmt: skip
+    except BadLine as exc:
+        report_bad(exc)
+        _fail("--strict: stopped at the first bad line; nothing written, previous results "
+              "kept", 2)  # fmt: skip
+    except _NotPublished as exc:
+        _fail(f"{exc.args[0]}; nothing written, previous results kept", exc.args[1])
+    except KeyboardInterrupt as exc:
+        _interrupted(exc, store_path)
     finally:
-        if out_file:
-            sink.close()
-    stats = result.stats
+        if written_out is not None:
+            written_out.unlink(missing_ok=True)
+    count = counted.get("states")
+    if out_file is None or streamed:
+        try:
+            if out_file is None:
+                count = result.write_states(sys.stdout)
+            else:
+                with out_file.open("w") as sink:
+                    count = result.write_states(sink)
+        except KeyboardInterrupt:
+            result.store.close()
+            err.print(f"interrupted; the run is saved in {store_path}, the states written are "
+                      "incomplete", highlight=False, markup=False)  # fmt: skip
+            raise typer.Exit(130) from None
+    result.store.close()
+    _replay_summary(result, count, out_file, as_json, events, None)
+
+
+def _replay_summary(result, count: int | None, out_file: Path | None, as_json: bool,
+                    events: Path, failed: str | None) -> None:  # fmt: skip
+    """The replay's counts: a JSON object on stdout with --json, lines on stderr otherwise."""
+    stats, unknown = result.stats, result.unknown
+    if as_json:
+        sys.stdout.write(json.dumps({
+            "events_file": str(events), "ok": failed is None, "error": failed,
+            "events_applied": stats.applied,
+            "duplicates": stats.duplicates, "bad_lines": result.bad_lines,
+            "after_until": result.after_until,
+            "unknown_key_lines": unknown.lines, "unknown_keys": dict(unknown.top(20)),
+            "decisions": stats.decisions, "contacts": count,
+            "late_events_decided_at_current_time": stats.late_unrevised,
+            "until": result.until.isoformat() if result.until else None,
+            "states_file": str(out_file) if out_file and failed is None else None,
+        }) + "\n")  # fmt: skip
+        return
+    where = f" written to {out_file}" if out_file and count is not None else ""
+    contacts = f"; {_plural(count, 'contact')}{where}" if count is not None else ""
     err.print(
-        f"{stats.applied} events applied, {stats.duplicates} duplicates, {result.bad_lines} bad "
-        f"lines, {stats.decisions} decisions; {count} contacts"
-        + (f" written to {out_file}" if out_file else ""),
-        highlight=False,
-    )
+        f"{_plural(stats.applied, 'event')} applied, {_plural(stats.duplicates, 'duplicate')}, "
+        f"{_plural(result.bad_lines, 'bad line')}, {_plural(stats.decisions, 'decision')}"
+        f"{contacts}", highlight=False,
+    )  # fmt: skip
+    if result.after_until:
+        err.print(f"{_plural(result.after_until, 'event')} after --until left out",
+                  highlight=False)  # fmt: skip
+    if unknown.lines:
+        keys = ", ".join(f"{key} ({n:,})" for key, n in unknown.top())
+        more = len(unknown.keys) - len(unknown.top())
+        err.print(
+            f"{_plural(unknown.lines, 'line')} carried keys the event format does not have "
+            f"(ignored): {keys}" + (f" and {more} more" if more > 0 else ""),
+            highlight=False, markup=False,
+        )  # fmt: skip
     if stats.late_unrevised:
         err.print(
             f"warning: {stats.late_unrevised} events came after later events of their contact "
@@ -433,8 +579,10 @@ def simulate(
     data_dir: DataDir = None,
 ) -> None:
     """Synthetic population on the embedded store, with a report and a plot."""
+    from connectors.progress import RunProgress
     from core.policy import Policy
-    from core.simulate import SimulationConfig, run_simulation, write_report
+    from core.publish import partial_path
+    from core.simulate import REPORT_FILES, SimulationConfig, run_simulation, write_report
 
     policy = _mapping(mapping).policy if mapping else Policy()
     directory = _data_dir(data_dir)
@@ -442,15 +590,27 @@ def simulate(
     config = SimulationConfig(contacts=contacts, days=days, seed=seed)
     if engine not in ("coded", "object"):
         _fail(f"--engine: expected coded or object, got {engine!r}", 2)
-    with progress_bar() as bar:
-        task = bar.add_task("simulating days", total=days)
-        result = run_simulation(
-            config, policy, directory / "simulate.sqlite3",
-            progress=lambda n: bar.advance(task, n), engine=engine,
-        )  # fmt: skip
-    paths = write_report(result, report_dir)
+    finals = [report_dir / name for name in REPORT_FILES]
+    written = [partial_path(path) for path in finals]
+
+    def before_publish(result):
+        bar.phase("plotting")
+        write_report(result, report_dir, suffix=".partial")
+        return list(zip(written, finals, strict=True))
+
+    try:
+        with RunProgress(err, "simulate", days, "days", every=_progress_every()) as bar:
+            result = run_simulation(
+                config, policy, directory / "simulate.sqlite3", progress=bar.advance,
+                engine=engine, before_publish=before_publish, phase=bar.phase,
+            )  # fmt: skip
+    except KeyboardInterrupt as exc:
+        _interrupted(exc, directory / "simulate.sqlite3")
+    finally:
+        for path in written:
+            path.unlink(missing_ok=True)
     out.print(result.markdown(), markup=False, highlight=False)
-    out.print(f"report: {', '.join(str(p) for p in paths)}", highlight=False)
+    out.print(f"report: {', '.join(str(p) for p in finals)}", highlight=False)
 
 
 @app.command()

@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
 from pydantic import ValidationError
 
-from core.coded.events import problem_text
+from core.coded.events import UnknownKeys, event_from_line, problem_text
 from core.gcpause import cyclic_gc_paused
 from core.mapping import Mapping
-from core.models import EVENT, ContactState, Event, iso_utc
+from core.models import ContactState, Event, iso_utc
 from core.pipeline import Pipeline, RunStats
+from core.publish import Renames, partial_path, publish, remove_store
 from core.sqlite_store import SQLiteStore
+from core.store import Batch
 
 REPLAY_BATCH = 20_000
+INTAKE_CURSOR = "replay:intake"
+"""The run's intake counts (bad lines, duplicates, lines with unknown keys) in the store's
+cursors, where `report` reads them for its data-quality section."""
 _STATE_PAGE = 5_000
 
 
@@ -51,6 +56,8 @@ class ReplayResult:
     bad_lines: int
     after_until: int
     until: datetime | None
+    unknown: UnknownKeys = field(default_factory=UnknownKeys)
+    """Lines with keys the event format does not have (ignored, not bad), and which keys."""
 
     def write_states(self, sink: IO[str]) -> int:
         count = 0
@@ -73,11 +80,6 @@ def _has_observations(events_path: Path) -> bool:
     return False
 
 
-def _remove(path: Path) -> None:
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{path}{suffix}").unlink(missing_ok=True)
-
-
 def load_contact_properties(path: Path) -> dict[str, dict[str, Any]]:
     """`--contacts`: JSON lines `{"contact_id": ..., "properties": {name: value}}`, the CRM
     properties the mapping's eligibility and segments read. A bad line stops the run."""
@@ -98,13 +100,6 @@ def load_contact_properties(path: Path) -> dict[str, dict[str, Any]]:
     return found
 
 
-def _fresh_store(path: Path, **options: int) -> SQLiteStore:
-    if str(path) != ":memory:":
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{path}{suffix}").unlink(missing_ok=True)
-    return SQLiteStore(path, **options)
-
-
 def replay_file(
     mapping: Mapping,
     events_path: Path,
@@ -117,10 +112,21 @@ def replay_file(
     batch_size: int = REPLAY_BATCH,
     workers: int = 1,
     properties: dict[str, dict[str, Any]] | None = None,
+    before_publish: Callable[[ReplayResult], Renames | None] | None = None,
+    phase: Callable[[str], None] | None = None,
 ) -> ReplayResult:
     """Apply every good line in file order (each batch sorted by time), then the time rules
-    up to `until` (default: the last event's time). A rerun starts from an empty ledger; the
-    run lands in the store whole or not at all (`--strict` stopping on a bad line included).
+    up to `until` (default: the last event's time). A rerun starts from an empty ledger, built
+    beside the previous run's store (`<store>.partial`), which it replaces only once complete:
+    a run that fails or is interrupted (`--strict` stopping on a bad line included) leaves the
+    previous store as it was.
+
+    `before_publish(result)` runs once the run is complete, with `result.store` open on the
+    new store before it takes its name: it may write files for the run under temporary names
+    and return (written, final name) pairs, renamed together with the store; an exception
+    there (a limit exceeded, Ctrl-C) publishes nothing. `phase(name)` is told what the run
+    does next: "reading" (and deciding, batch by batch), then "writing" (the time rules up to
+    the horizon, the ledger and the states) once the whole file is read.
 
     `properties` (contact id -> CRM properties) decide consent and segments as a connected
     run would.
@@ -132,32 +138,95 @@ def replay_file(
     object path: the coded one reads neither."""
     if engine not in ("coded", "object"):
         raise ValueError(f"engine: expected 'coded' or 'object', got {engine!r}")
-    if (engine == "coded" and properties is None and str(store_path) != ":memory:"
-            and not _has_observations(events_path)):  # fmt: skip
-        final = Path(store_path)
-        partial = final.with_name(final.name + ".partial")
-        # The coded path writes each final state once: holding them all as objects before
-        # writing would cost more memory than the whole run's coded state (and it only
-        # appends, in key order: a large page cache would only hold memory).
-        store = _fresh_store(partial, defer_limit=_STATE_PAGE, cache_mb=8)
-        try:
+    if phase is not None:
+        progress = _phased(progress, phase, events_path.stat().st_size)
+    if str(store_path) == ":memory:":
+        result = _replay_object(mapping, events_path, SQLiteStore(":memory:"), until, strict,
+                                on_bad_line, progress, batch_size, properties)  # fmt: skip
+        _record_intake(result)
+        for written, name in (before_publish(result) or ()) if before_publish else ():
+            written.replace(name)
+        return result
+    final = Path(store_path)
+    partial = partial_path(final)
+    remove_store(partial)
+    coded = (engine == "coded" and properties is None
+             and not _has_observations(events_path))  # fmt: skip
+    # The coded path writes each final state once: holding them all as objects before
+    # writing would cost more memory than the whole run's coded state (and it only
+    # appends, in key order: a large page cache would only hold memory).
+    store = SQLiteStore(partial, defer_limit=_STATE_PAGE, cache_mb=8) if coded else \
+        SQLiteStore(partial)  # fmt: skip
+    result: ReplayResult | None = None
+    try:
+        if coded:
             result = _replay_coded(mapping, events_path, store, until, strict, on_bad_line,
                                    progress, batch_size, workers)  # fmt: skip
-        except BaseException:
-            store.close()
-            _remove(partial)
-            _fresh_store(final).close()  # as an interrupted object run leaves it: empty
-            raise
-        # It writes in several transactions (ledger, states, the policy record): the store
-        # takes its name only once all of them landed, so a run lands whole or not at all.
-        result.store.close()
-        _remove(final)
-        partial.replace(final)
-        result.store = SQLiteStore(final, cache_mb=8)  # read once, in key order, by --out
-        return result
-    store = _fresh_store(Path(store_path))
+        else:
+            result = _replay_object(mapping, events_path, store, until, strict, on_bad_line,
+                                    progress, batch_size, properties)  # fmt: skip
+        _record_intake(result)
+        renames = list(before_publish(result) or ()) if before_publish else []
+    except BaseException:
+        store.close()
+        if result is not None:
+            result.store.close()
+        remove_store(partial)
+        if coded and workers > 1:
+            from core.coded.parallel import shard_path
+
+            for k in range(workers):
+                remove_store(shard_path(partial, k))
+        raise
+    # It writes in several transactions (ledger, states, the policy record): the store
+    # takes its name only once all of them landed, so a run lands whole or not at all, and
+    # until then the previous run's store stays as it was.
+    result.store.close()
+    publish(partial, final, renames)
+    result.store = SQLiteStore(final, cache_mb=8)  # read once, in key order, by --out
+    return result
+
+
+def intake_record(result: ReplayResult) -> dict[str, Any]:
+    return {"bad_lines": result.bad_lines, "duplicates": result.stats.duplicates,
+            "unknown_key_lines": result.unknown.lines,
+            "unknown_keys": dict(result.unknown.top(10))}  # fmt: skip
+
+
+def _record_intake(result: ReplayResult) -> None:
+    result.store.commit(Batch(cursors={INTAKE_CURSOR: json.dumps(intake_record(result))}))
+
+
+def _phased(progress: Callable[[int, int], None] | None, phase: Callable[[str], None],
+            size: int) -> Callable[[int, int], None]:  # fmt: skip
+    """`progress` that also says when reading ends (the last report covers the whole file)."""
+    phase("reading")
+    read = [False]
+
+    def report(done: int, lines: int) -> None:
+        if progress:
+            progress(done, lines)
+        if done >= size and not read[0]:
+            read[0] = True
+            phase("writing")
+
+    return report
+
+
+def _replay_object(
+    mapping: Mapping,
+    events_path: Path,
+    store: SQLiteStore,
+    until: datetime | None,
+    strict: bool,
+    on_bad_line: Callable[[BadLine], None] | None,
+    progress: Callable[[int, int], None] | None,
+    batch_size: int,
+    properties: dict[str, dict[str, Any]] | None,
+) -> ReplayResult:
     policy = mapping.policy
     counts = {"bad": 0, "after": 0}
+    unknown = UnknownKeys()
     latest: list[datetime] = []
 
     def events() -> Iterator[Event]:
@@ -170,10 +239,12 @@ def replay_file(
                 if not line.strip():
                     continue
                 try:
-                    event = EVENT.validate_json(line)
+                    event, extra = event_from_line(line)
                 except ValidationError as exc:
                     problem = BadLine(number, problem_text(exc))
                 else:
+                    if extra:
+                        unknown.add(extra)
                     if policy.knows_event(event.type):
                         if until is not None and event.occurred_at > until:
                             counts["after"] += 1
@@ -203,7 +274,7 @@ def replay_file(
         horizon = until or (latest[0] if latest else None)
         if horizon is not None:
             stats.add(pipeline.tick(horizon))
-    return ReplayResult(store, stats, counts["bad"], counts["after"], horizon)
+    return ReplayResult(store, stats, counts["bad"], counts["after"], horizon, unknown)
 
 
 def _replay_coded(
@@ -236,4 +307,5 @@ def _replay_coded(
         raise BadLine(exc.line, exc.problem) from None
     if run.first is not None:
         record_policy(store, mapping.policy, run.first[1])
-    return ReplayResult(store, run.stats, run.bad_lines, run.after_until, until or run.latest)
+    return ReplayResult(store, run.stats, run.bad_lines, run.after_until, until or run.latest,
+                        run.unknown)

@@ -197,7 +197,23 @@ def data_quality(store: SQLiteStore) -> dict[str, Any]:
     # Not windowed by --since: what sits in quarantine now is what needs someone's attention.
     quality["quarantined_events"] = store.quarantine_count()
     quality.update(store.quality_counts())  # events marked as they were decided (urls cut)
+    quality.update(replay_intake(store))
     return quality
+
+
+def replay_intake(store: SQLiteStore) -> dict[str, Any]:
+    """A replay's lines it could not use (the whole run, not windowed), from its store."""
+    from core.replay import INTAKE_CURSOR
+
+    text = store.get_cursor(INTAKE_CURSOR)
+    if text is None:
+        return {}
+    intake = json.loads(text)
+    keys = ", ".join(f"{key} ({n:,})" for key, n in intake.get("unknown_keys", {}).items())
+    return {"replay_bad_lines_skipped": intake["bad_lines"],
+            "replay_duplicate_events": intake["duplicates"],
+            "replay_lines_with_unknown_keys": intake["unknown_key_lines"],
+            **({"replay_unknown_keys_ignored": keys} if keys else {})}  # fmt: skip
 
 
 def overview(store: SQLiteStore) -> dict[str, Any]:

@@ -138,7 +138,10 @@ def sections(report: dict[str, Any]) -> Iterator[tuple[str, str, Table | None, s
            "events decided in their place (revised) or, older than the contact's kept history, "
            "at its current time, events the worker set aside because they could not be "
            "decided (now in quarantine; see `elasticity inbox`), and events whose CRM value was "
-           "longer than a url may be (2,048 characters; the url keeps its start).",
+           "longer than a url may be (2,048 characters; the url keeps its start). For a replay, "
+           "also the lines it skipped as bad, the events whose id it had already counted "
+           "(duplicates) and the lines whose keys beyond the event format it ignored (over the "
+           "whole run).",
            (["measure", "count"], [[k.replace("_", " "), n] for k, n in dq.items()]),
            None)  # fmt: skip
 

@@ -23,6 +23,7 @@ from core.models import STATE_COLOURS, Event, Status
 from core.order import event_order
 from core.pipeline import Applied, Pipeline
 from core.policy import Policy
+from core.publish import Renames, partial_path, publish, remove_store
 from core.sqlite_store import SQLiteStore
 
 STATUSES = [s.value for s in Status]
@@ -302,52 +303,87 @@ def run_simulation(
     store_path: Path | str,
     progress: Callable[[int], None] | None = None,
     engine: str = "coded",
+    before_publish: Callable[[SimulationResult], Renames | None] | None = None,
+    phase: Callable[[str], None] | None = None,
 ) -> SimulationResult:
-    """Run on a fresh store at `store_path` (replaced if it exists). `engine`: "coded" (the
-    bulk path of `core.coded`) or "object" (the pipeline); the same seed gives the same run."""
+    """Run on a fresh store at `store_path`. `engine`: "coded" (the bulk path of
+    `core.coded`) or "object" (the pipeline); the same seed gives the same run.
+
+    The store is built beside the previous one (`<store>.partial`) and replaces it only once
+    complete: a run that fails or is interrupted leaves the previous store as it was.
+    `before_publish(result)` runs once the run and its headline are complete, before the
+    store takes its name: it may write files for the run under temporary names and return
+    (written, final name) pairs, renamed together with the store (see `core.publish`).
+    `phase(name)` is told what the run does next: "deciding" (day by day), "writing" (the
+    store, once the last day is decided), "summarising" (the headline from the ledger)."""
     if engine not in ("coded", "object"):
         raise ValueError(f"engine: expected 'coded' or 'object', got {engine!r}")
-    if str(store_path) != ":memory:":
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{store_path}{suffix}").unlink(missing_ok=True)
-    if engine == "coded" and str(store_path) != ":memory:":
-        from core.coded.simulate import run_coded_simulation
+    from core.report import headline
 
-        # Written in several transactions: the store takes its name once all have landed.
-        final = Path(store_path)
-        partial = final.with_name(final.name + ".partial")
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{partial}{suffix}").unlink(missing_ok=True)
-        store = SQLiteStore(partial, defer_limit=5_000, cache_mb=8)
+    if phase is not None:
+        progress = _phased(progress, phase, config.days)
+    if str(store_path) == ":memory:":
+        store = SQLiteStore(":memory:")
         try:
-            with cyclic_gc_paused():
-                result = run_coded_simulation(config, policy, store, progress)
-        except BaseException:
+            with store.bulk(), cyclic_gc_paused():  # see replay_file
+                result = _Simulation(config, policy, store).run(progress)
+            result.headline = headline(store)
+        finally:
             store.close()
-            for suffix in ("", "-wal", "-shm"):
-                Path(f"{partial}{suffix}").unlink(missing_ok=True)
-            raise
-        store.close()
-        partial.replace(final)
-        result.store_path = str(final)
-        from core.report import headline
+        for written, name in (before_publish(result) or ()) if before_publish else ():
+            written.replace(name)
+        return result
+    final = Path(store_path)
+    partial = partial_path(final)
+    remove_store(partial)
+    try:
+        if engine == "coded":
+            from core.coded.simulate import run_coded_simulation
 
-        store = SQLiteStore(final)
+            # Written in several transactions: the store takes its name once all have landed.
+            store = SQLiteStore(partial, defer_limit=5_000, cache_mb=8)
+            try:
+                with cyclic_gc_paused():
+                    result = run_coded_simulation(config, policy, store, progress)
+            finally:
+                store.close()
+        else:
+            store = SQLiteStore(partial)
+            try:
+                with store.bulk(), cyclic_gc_paused():  # see replay_file
+                    result = _Simulation(config, policy, store).run(progress)
+            finally:
+                store.close()
+        if phase is not None:
+            phase("summarising")
+        store = SQLiteStore(partial)
         try:
             result.headline = headline(store)
         finally:
             store.close()
-        return result
-    store = SQLiteStore(store_path)
-    try:
-        with store.bulk(), cyclic_gc_paused():  # see replay_file
-            result = _Simulation(config, policy, store).run(progress)
-        from core.report import headline
+        result.store_path = str(final)
+        renames = list(before_publish(result) or ()) if before_publish else []
+    except BaseException:
+        remove_store(partial)
+        raise
+    publish(partial, final, renames)
+    return result
 
-        result.headline = headline(store)
-        return result
-    finally:
-        store.close()
+
+def _phased(progress: Callable[[int], None] | None, phase: Callable[[str], None],
+            days: int) -> Callable[[int], None]:  # fmt: skip
+    """`progress` that also says when the last day is decided."""
+    phase("deciding")
+    done = [0]
+
+    def report(n: int) -> None:
+        if progress:
+            progress(n)
+        done[0] += n
+        if done[0] == days:
+            phase("writing")
+
+    return report
 
 
 def plot_audience(result: SimulationResult, path: Path) -> None:
@@ -398,16 +434,19 @@ def plot_audience(result: SimulationResult, path: Path) -> None:
     bottom.xaxis.set_major_formatter(mdates.DateFormatter("%Y-%m-%d"))
     fig.autofmt_xdate()
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, format="png")
     plt.close(fig)
 
 
-def write_report(result: SimulationResult, directory: Path) -> list[Path]:
+REPORT_FILES = ("summary.json", "audience.png", "summary.md")
+
+
+def write_report(result: SimulationResult, directory: Path, suffix: str = "") -> list[Path]:
+    """`summary.json`, `audience.png` and `summary.md` in `directory`, each name followed by
+    `suffix` (a temporary name, renamed when the run is published)."""
     directory.mkdir(parents=True, exist_ok=True)
-    summary = directory / "summary.json"
+    summary, plot, markdown = (directory / f"{name}{suffix}" for name in REPORT_FILES)
     summary.write_text(json.dumps({**result.summary(), "daily": result.daily}, indent=2))
-    plot = directory / "audience.png"
     plot_audience(result, plot)
-    markdown = directory / "summary.md"
     markdown.write_text(result.markdown() + "\n![audience by state](audience.png)\n")
     return [summary, plot, markdown]

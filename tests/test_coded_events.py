@@ -1,4 +1,5 @@
-"""Event lines decoded by msgspec get the verdict, values and message pydantic gives them."""
+"""Event lines decoded by msgspec get the verdict, values and message pydantic gives them
+(the object path's reading: keys the event format does not have are ignored and counted)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from core.coded.events import LineProblem, decode_event, problem_text
-from core.models import EVENT
+from core.coded.events import LineProblem, UnknownKeys, decode_event, event_from_line, problem_text
 
 BASE = {"event_id": "e1", "contact_id": "c1", "type": "open",
         "occurred_at": "2026-01-01T00:00:00Z"}  # fmt: skip
@@ -23,18 +23,20 @@ TIMES = ["2026-01-01T00:00:00Z", "2026-01-01T00:00:00", "2026-01-01T00:00:00.123
 OUT_OF_RANGE = ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"]
 
 
-def verdict(line: bytes):
+def verdict(line: bytes, unknown: UnknownKeys | None = None):
     try:
-        event = EVENT.validate_json(line)
+        event, extra = event_from_line(line)
     except ValidationError as exc:
         return "bad", problem_text(exc)
+    if extra and unknown is not None:
+        unknown.add(extra)
     return "ok", (event.event_id, event.contact_id, event.type, event.occurred_at,
                   event.campaign, event.variant, event.url, event.source)  # fmt: skip
 
 
-def decoded(line: bytes):
+def decoded(line: bytes, unknown: UnknownKeys | None = None):
     try:
-        e = decode_event(line)
+        e = decode_event(line, unknown)
     except LineProblem as exc:
         return "bad", str(exc)
     return "ok", (e.event_id, e.contact_id, e.type, e.occurred_at, e.campaign, e.variant,
@@ -56,14 +58,36 @@ def test_a_time_with_no_utc_instant_is_a_bad_line_not_a_crash(when):
 values = st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=600),
                    st.sampled_from(TIMES))  # fmt: skip
 fields = st.sampled_from(["event_id", "contact_id", "type", "occurred_at", "campaign",
-                          "variant", "url", "source", "extra"])  # fmt: skip
+                          "variant", "url", "source", "extra", "region"])  # fmt: skip
 
 
-@given(st.dictionaries(fields, values, max_size=4))
+@given(st.dictionaries(fields, values, max_size=4), st.booleans())
 @settings(max_examples=300, deadline=None)
-def test_any_object_gets_the_same_verdict(changes):
+def test_any_object_gets_the_same_verdict(changes, seen_extra_before):
     line = json.dumps({**BASE, **changes}).encode()
-    assert decoded(line) == verdict(line)
+    mine, theirs = UnknownKeys(), UnknownKeys()
+    if seen_extra_before:  # a file whose earlier lines had extra columns
+        mine.add(["earlier"])
+        theirs.add(["earlier"])
+    assert decoded(line, mine) == verdict(line, theirs)
+    assert mine == theirs
+
+
+def test_keys_beyond_the_format_are_ignored_and_counted():
+    unknown = UnknownKeys()
+    lines = [{**BASE, "region": "EU", "score": 3}, {**BASE, "region": "US"}, BASE,
+             {**BASE, "observed": {"property": "p", "value": "v"}}]  # fmt: skip
+    for item in lines:
+        assert decoded(json.dumps(item).encode(), unknown)[0] == "ok"
+    assert unknown.lines == 2
+    assert unknown.top() == [("region", 2), ("score", 1)]
+
+
+def test_a_key_beyond_the_format_does_not_hide_a_real_problem():
+    line = json.dumps({**BASE, "region": "EU", "occurred_at": "2026-01-01T00:00:00"}).encode()
+    assert decoded(line, UnknownKeys()) == ("bad", "occurred_at: Input should have timezone info")
+    nested = json.dumps({**BASE, "observed": {"property": "p", "value": "v", "x": 1}}).encode()
+    assert decoded(nested)[0] == "bad"  # inside `observed` the format is still closed
 
 
 @pytest.mark.parametrize("line", [b"[1]", b"{", b"null", b'{"event_id": "e1"} x', b"\xff\xfe"])

@@ -91,6 +91,7 @@ def test_coded_replay_decides_and_shows_what_the_object_replay_does(
     assert new_out == old_out
     assert (new.bad_lines, new.after_until, new.until) == (old.bad_lines, old.after_until,
                                                            old.until)  # fmt: skip
+    assert new.unknown == old.unknown and old.unknown.keys["extra"] > 0  # extra columns
     for name in ("applied", "duplicates", "decisions", "events_in", "transitions"):
         assert getattr(new.stats, name) == getattr(old.stats, name), name
     assert old.stats.duplicates > 0
@@ -138,17 +139,29 @@ def test_progress_reaches_the_whole_file_across_workers(tmp_path):
     assert [s[0] for s in seen] == sorted(s[0] for s in seen)
 
 
-def test_a_run_stopped_part_way_leaves_an_empty_store_and_no_partial_file(tmp_path):
+@pytest.mark.parametrize(("engine", "workers"), [("coded", 1), ("coded", 2), ("object", 1)])
+def test_a_run_stopped_part_way_keeps_the_previous_store_and_leaves_no_partial_file(
+    tmp_path, engine, workers
+):
     events = tmp_path / "events.jsonl"
     messy_events(events, 7, n=400)
-    with events.open("a") as handle:
-        handle.write("{broken\n")
     store_path = tmp_path / "replay.sqlite3"
     replay_file(mapping(), events, store_path).store.close()  # a complete earlier run
+    before = _table(store_path, "SELECT * FROM contacts")
+    assert before
+    with events.open("a") as handle:
+        handle.write("{broken\n")
     with pytest.raises(BadLine):
-        replay_file(mapping(), events, store_path, strict=True)
-    assert _table(store_path, "SELECT COUNT(*) FROM contacts") == [(0,)]
-    assert _table(store_path, "SELECT COUNT(*) FROM ledger_rollup") == [(0,)]
+        replay_file(mapping(), events, store_path, strict=True, engine=engine, workers=workers)
+    assert _table(store_path, "SELECT * FROM contacts") == before
+
+    def refuse(_result):
+        raise RuntimeError("a limit the caller checks")
+
+    with pytest.raises(RuntimeError):
+        replay_file(mapping(), events, store_path, engine=engine, workers=workers,
+                    before_publish=refuse)  # fmt: skip
+    assert _table(store_path, "SELECT * FROM contacts") == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["events.jsonl", "replay.sqlite3"]
 
 

@@ -107,7 +107,7 @@ def test_replay_counts_an_impossible_instant_as_a_bad_line(tmp_path: Path) -> No
     assert result.exit_code == 0
     assert f"{events}:2: occurred_at:" in result.stderr
     assert "outside the accepted range" in result.stderr
-    assert "2 events applied" in result.stderr and "1 bad lines" in result.stderr
+    assert "2 events applied" in result.stderr and "1 bad line," in result.stderr
     assert "Traceback" not in result.output
     [state] = [json.loads(x) for x in result.stdout.splitlines()]
     assert state["engagement_score"] == 5

@@ -1,14 +1,22 @@
 """Event lines decoded with msgspec: the same rules as `core.models.Event` (lengths, a
-timezone-aware time, unknown keys refused) at a tenth of pydantic's cost.
+timezone-aware time) at a tenth of pydantic's cost.
 
 A line msgspec refuses goes through pydantic as well, so the verdict and the problem reported
 for a bad line are exactly the webhook path's (and a line only pydantic's lax parsing accepts
 still counts).
+
+A line is an export's row: a key the event format does not have (an export's extra column) is
+ignored and counted (`UnknownKeys`), on both replay paths. The webhooks' canonical events keep
+refusing one (`core.models.Event`): that is their documented contract.
 """
 
 from __future__ import annotations
 
+import json
 import re
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -21,11 +29,12 @@ from core.models import (
     LATEST_INSTANT,
     MAX_LABEL_CHARS,
     MAX_URL_CHARS,
+    Event,
     instant_problem,
 )
 
 
-class WireEvent(msgspec.Struct, forbid_unknown_fields=True):
+class WireEvent(msgspec.Struct):
     event_id: Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
     contact_id: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
     type: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
@@ -36,7 +45,47 @@ class WireEvent(msgspec.Struct, forbid_unknown_fields=True):
     source: Annotated[str, msgspec.Meta(max_length=MAX_LABEL_CHARS)] | None = None
 
 
-_DECODE = msgspec.json.Decoder(WireEvent).decode
+class _StrictWireEvent(WireEvent, forbid_unknown_fields=True):
+    """A line with no key beyond the format's: decoded in one pass (the common case)."""
+
+
+_DECODE = msgspec.json.Decoder(_StrictWireEvent).decode
+_LENIENT = msgspec.json.Decoder(WireEvent).decode
+_KEYS = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
+_UNKNOWN_FIELD = "Object contains unknown field"
+EVENT_KEYS = frozenset(Event.__dataclass_fields__)
+"""The keys of an event line; `observed` is one (the object path reads it)."""
+
+
+@dataclass
+class UnknownKeys:
+    """Lines of a replay that carried keys the event format does not have, and those keys
+    (counted by the set of them a line had: an export's lines mostly share one)."""
+
+    lines: int = 0
+    shapes: Counter = field(default_factory=Counter)
+
+    def add(self, keys: Iterable[str]) -> None:
+        self.lines += 1
+        self.shapes[tuple(sorted(keys))] += 1
+
+    @property
+    def keys(self) -> Counter:
+        found: Counter = Counter()
+        for shape, n in self.shapes.items():
+            for key in shape:
+                found[key] += n
+        return found
+
+    def top(self, n: int = 5) -> list[tuple[str, int]]:
+        return sorted(self.keys.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+
+
+_EXTRA_OF: dict[tuple[str, ...], tuple[str, ...]] = {}
+"""A line's keys (in their order) -> those beyond the format, sorted: lines mostly repeat one."""
+_EXTRA_OF_MAX = 4096
+
+
 _SUBMICROSECOND = re.compile(rb"\.\d{7}")
 """A time with more than six fractional digits: msgspec rounds it, pydantic truncates."""
 
@@ -53,14 +102,64 @@ def problem_text(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def decode_event(line: bytes) -> WireEvent:
-    """One JSON line as an event, or `LineProblem`."""
+_EXTRA = frozenset({"unexpected_keyword_argument", "extra_forbidden"})
+"""How pydantic names a key beyond the format (a dataclass's word, a model's)."""
+
+
+def event_from_line(line: bytes | str) -> tuple[Event, list[str]]:
+    """One JSON line as an `Event` (pydantic, the object path's reading) and the top-level keys
+    it ignored; `ValidationError` when the line is not an event even without them."""
+    try:
+        return EVENT.validate_json(line), []
+    except ValidationError as exc:
+        extra = [str(e["loc"][0]) for e in exc.errors(include_url=False)
+                 if e["type"] in _EXTRA and len(e["loc"]) == 1]  # fmt: skip
+        if not extra:
+            raise
+    data = json.loads(line)  # an object: pydantic found keys in it
+    for key in extra:
+        data.pop(key, None)
+    return EVENT.validate_python(data), extra
+
+
+def _lenient(line: bytes, unknown: UnknownKeys | None) -> WireEvent | None:
+    """A line with keys beyond the format's, or None when msgspec refuses it even so."""
+    try:
+        keys = _KEYS(line)
+        event = _LENIENT(line)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
+    if "observed" in keys:  # not a WireEvent field: pydantic checks it
+        return None
+    if unknown is not None:
+        shape = tuple(keys)
+        extra = _EXTRA_OF.get(shape)
+        if extra is None:
+            extra = tuple(sorted(k for k in keys if k not in EVENT_KEYS))
+            if len(_EXTRA_OF) < _EXTRA_OF_MAX:
+                _EXTRA_OF[shape] = extra
+        if extra:
+            unknown.lines += 1
+            unknown.shapes[extra] += 1
+    return event
+
+
+def decode_event(line: bytes, unknown: UnknownKeys | None = None) -> WireEvent:
+    """One JSON line as an event, or `LineProblem`. Keys the format does not have are ignored
+    and, with `unknown`, counted there."""
     if _SUBMICROSECOND.search(line) is None:
-        try:
-            event = _DECODE(line)
-        except (msgspec.ValidationError, msgspec.DecodeError):
-            pass
-        else:
+        event: WireEvent | None = None
+        if unknown is None or not unknown.lines:
+            try:
+                event = _DECODE(line)
+            except msgspec.ValidationError as exc:
+                if str(exc).startswith(_UNKNOWN_FIELD):
+                    event = _lenient(line, unknown)
+            except msgspec.DecodeError:
+                pass
+        else:  # this file carries extra columns: expect them on every line
+            event = _lenient(line, unknown)
+        if event is not None:
             at = event.occurred_at
             if at.tzinfo is not UTC:
                 try:
@@ -72,11 +171,13 @@ def decode_event(line: bytes) -> WireEvent:
                 return event
             raise LineProblem(f"occurred_at: {instant_problem(at)}")
     try:
-        event = EVENT.validate_json(line)
+        event, extra = event_from_line(line)
     except ValidationError as exc:
         raise LineProblem(problem_text(exc)) from None
     except OverflowError:  # converting the time to UTC left the calendar
         raise LineProblem("occurred_at: not a representable instant in UTC") from None
+    if extra and unknown is not None:
+        unknown.add(extra)
     at = event.occurred_at
     return WireEvent(event.event_id, event.contact_id, event.type,
                      at if at.tzinfo is UTC else at.astimezone(UTC), event.campaign,

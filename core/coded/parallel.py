@@ -164,6 +164,7 @@ def _combined(runs: list[CodedRun]) -> CodedRun:
     each decided added up."""
     first = runs[0]
     out = CodedRun(first.stats, first.bad_lines, first.after_until, first.latest)
+    out.unknown = first.unknown
     stats = out.stats
     stats.applied = sum(r.stats.applied for r in runs)
     stats.decisions = sum(r.stats.decisions for r in runs)

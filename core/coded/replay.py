@@ -21,7 +21,7 @@ from typing import BinaryIO
 from core.coded import engine, ledger
 from core.coded.codes import NONE, STATUSES, Names, coded_policies, from_us, to_us
 from core.coded.decode import contact_state
-from core.coded.events import LineProblem, decode_event
+from core.coded.events import LineProblem, UnknownKeys, decode_event
 from core.coded.seen import SeenIds
 from core.gcpause import cyclic_gc_paused
 from core.pipeline import RunStats, policy_record, version_key
@@ -57,6 +57,8 @@ class CodedRun:
     policy version's record says when it first decided."""
     transitions: Counter = field(default_factory=Counter)
     rollup: Counter = field(default_factory=Counter)
+    unknown: UnknownKeys = field(default_factory=UnknownKeys)
+    """Lines with keys the event format does not have (ignored), and which keys."""
 
 
 def replay_coded(
@@ -135,7 +137,7 @@ def replay_coded(
                 if not line.strip():
                     continue
                 try:
-                    event = decode_event(line)
+                    event = decode_event(line, run.unknown)
                 except LineProblem as exc:
                     problem = str(exc)
                 else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -40,5 +41,17 @@ def test_sync_prints_the_summary(environment: None, fake: FakeSalesforce, mappin
     )
     result = CliRunner().invoke(app, ["sync", MAPPING, "--now", "2026-06-01T00:00:00Z"])
     assert result.exit_code == 0, result.output
-    assert '"written": 1' in result.output
-    assert '"Active->Dormant": 1' in result.output
+    assert "wrote 1 record (0 failures)" in result.output
+    assert "Active->Dormant 1" in result.output
+
+
+def test_sync_json_prints_one_object(environment: None, fake: FakeSalesforce, mapping) -> None:  # noqa: ANN001
+    fake.provision_mapping(mapping)
+    fake.add("Contact", LastName="s", Campaign_Status__c="Active",
+             Last_Engagement_Date__c="2026-01-01T00:00:00Z", CreatedDate="2025-12-01T00:00:00Z")
+    result = CliRunner().invoke(app, ["sync", MAPPING, "--now", "2026-06-01T00:00:00Z", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["written"] == 1
+    assert summary["transitions"]["Active->Dormant"] == 1
+    assert summary["stopped"] is None

@@ -309,6 +309,21 @@ def test_an_invalid_event_rejects_the_batch_naming_it(connector: SalesforceConne
     assert "events[0].occurred_at" in json.loads(answer.body)["error"]
 
 
+def test_a_key_beyond_the_event_format_is_refused_naming_it(
+    connector: SalesforceConnector,
+) -> None:
+    """The signed JSON intake holds its sender to the canonical format (README); only
+    `replay`, which reads exports, ignores extra keys."""
+    body = events_body(region="EU")
+    answer = handle_webhook(
+        connector,
+        post("/webhooks/salesforce/events", body, signed(body)),
+        SQLiteStore(":memory:").inbox_put,
+    )
+    assert answer.status == 400
+    assert "events[0].region" in json.loads(answer.body)["error"]
+
+
 def test_json_intake_without_a_configured_secret_is_refused(
     mapping: Mapping, env: dict[str, str], fake
 ) -> None:  # noqa: ANN001
