@@ -390,7 +390,9 @@ def replay(
     err.print(
         f"{stats.applied} events applied, {stats.duplicates} duplicates, {result.bad_lines} bad "
         f"lines, {stats.decisions} decisions; {count} contacts"
-        + (f" written to {out_file}" if out_file else ""),
+        + (f" written to {out_file}" if out_file else "")
+        + (f"; {result.after_until} events after --until not applied" if result.after_until
+           else ""),
         highlight=False,
     )
     if stats.late_unrevised:

@@ -1,4 +1,5 @@
-"""The rules of SPEC §2 as pure functions: (state, event or time, policy) -> outcome.
+"""The program's rules (README, "How it works") as pure functions:
+(state, event or time, policy) -> outcome.
 
 Nothing here does I/O or reads a clock. Time rules fire at their due time, computed from the
 state, so the outcome is the same whether the scheduler ran hourly, daily or once.

@@ -75,7 +75,6 @@ class ListSpec(_Strict):
     suppression_reasons: list[str] = Field(
         default_factory=list, description="and, if given, one of these suppression reasons"
     )
-    alternate_channel: bool = Field(False, description="this list feeds an alternate channel")
 
 
 class HandoffSpec(_Strict):

@@ -157,8 +157,6 @@ CANONICAL_FIELDS = (
 )
 """Fields a mapping must place in the CRM. The first four are what the program is known by."""
 
-REQUIRED_CANONICAL_FIELDS = CANONICAL_FIELDS[:4]
-
 
 @dataclass(slots=True)
 class ContactState:
@@ -239,10 +237,6 @@ class Decision:
     event_type: str | None = None
     """The type of the event that caused it (None for time rules): reports count opens and
     clicks per experiment variant from it."""
-
-    @property
-    def status_changed(self) -> bool:
-        return self.from_status != self.to_status
 
 
 CONTACT_STATE = TypeAdapter(ContactState)

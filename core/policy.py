@@ -1,4 +1,4 @@
-"""The policy numbers of SPEC §2, every one set from the mapping file."""
+"""The policy numbers of the rules (README, "How it works"), every one set from the mapping file."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Every rule of SPEC §2 and every transition of the state table, with the seed's defaults."""
+"""Every rule in the README's "How it works" and every transition of the state table, with
+the default policy."""
 
 from __future__ import annotations
 
