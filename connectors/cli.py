@@ -655,7 +655,7 @@ def promote(
     data_dir: DataDir = None,
 ) -> None:
     """Write a significant winner into the mapping file as the experiment's default."""
-    from core.experiments import PromotionError, promote_winner
+    from core.promote import PromotionError, promote_winner
 
     loaded = _mapping(mapping)
     paths = _store_paths(data_dir, store)

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from core.experiments import compile_program, segment_policy
 from core.models import CANONICAL_FIELDS, Status
 from core.policy import MAX_POLICY_DAYS, Policy
 
@@ -249,10 +250,8 @@ class Mapping(_Strict):
         for i, name in enumerate(segments):
             if name in segments[:i]:
                 raise ValueError(f"segments[{i}].name: '{name}' is declared twice")
-        # Imported here: experiments compiles these rules and imports this module.
-        from core.experiments import attach_program
-
-        attach_program(self)
+        for i, seg in enumerate(self.segments):  # each override must make a valid policy
+            segment_policy(self.policy, seg.policy, f"segments[{i}].policy")
         return self
 
     def property_of(self, canonical: str) -> str:
@@ -472,9 +471,11 @@ class MappingFile:
         elif policy is None:
             data = {**data, "policy": {"version": version}}
         try:
-            return Mapping.model_validate(data)
+            mapping = Mapping.model_validate(data)
         except ValidationError as exc:
             raise MappingError(self.path, self.problems(exc, Mapping)) from None
+        compile_program(mapping)
+        return mapping
 
 
 def format_validation_error(path: str, error: ValidationError, prefix: Loc = ()) -> list[str]:

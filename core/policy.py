@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from datetime import timedelta
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from core.models import ENGAGEMENT_EVENTS, NON_ENGAGEMENT_EVENTS
+
+if TYPE_CHECKING:
+    from core.experiments import ProgramRules
 
 MAX_POLICY_DAYS = 36_500
 """Every duration a policy sets is at most a century: with event times before 2200
@@ -106,8 +109,9 @@ class Policy(_Strict):
     handoff_on_engaged: bool = Field(True, description="create a sales task when Engaged")
     version: str = Field("unversioned", description="content hash of the mapping it came from")
 
-    _program: Any = PrivateAttr(default=None)
-    """`core.experiments.ProgramRules` attached by the mapping that declared this policy."""
+    _program: ProgramRules | None = PrivateAttr(default=None)
+    """The program rules compiled from the mapping that declared this policy (the mapping
+    loader gives them, `core.experiments.compile_program`); None for a bare policy."""
 
     @model_validator(mode="after")
     def _points_are_engagement(self) -> Policy:
@@ -123,10 +127,10 @@ class Policy(_Strict):
         return Compiled(self)
 
     @property
-    def program(self) -> Any:
+    def program(self) -> ProgramRules | None:
         return self._program
 
-    def attach(self, program: Any) -> None:
+    def attach(self, program: ProgramRules) -> None:
         """Give the engine the mapping's experiments, holdout, segment and frequency cap."""
         self._program = program
         self.__dict__.pop("compiled", None)
