@@ -550,7 +550,10 @@ class Runner:
         for message, cid in zip(failed.values(), ids, strict=True):
             status = snapshots[cid].campaign_status if cid in snapshots else Status.ACTIVE
             decisions.append(
-                Decision(cid, now, "write_back", reason, f"crm:{redact_emails(message)[:500]}",
-                         status, status, {}, self.policy.version)  # fmt: skip
+                Decision(
+                    contact_id=cid, at=now, rule="write_back", reason=reason,
+                    cause=f"crm:{redact_emails(message)[:500]}", from_status=status,
+                    to_status=status, changes={}, policy_version=self.policy.version,
+                )  # fmt: skip
             )
         return decisions

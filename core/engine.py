@@ -163,8 +163,10 @@ def apply_owned(
         status = state.campaign_status
         decisions.append(
             Decision(
-                state.contact_id, at, "experiments", "assigned", event.event_id, status, status,
-                {"experiments": (old or None, state.experiments)}, version, [], kind,
+                contact_id=state.contact_id, at=at, rule="experiments", reason="assigned",
+                cause=event.event_id, from_status=status, to_status=status,
+                changes={"experiments": (old or None, state.experiments)}, policy_version=version,
+                actions=[], event_type=kind,
             )
         )  # fmt: skip
         if kind == "enroll":
@@ -198,8 +200,9 @@ def apply_owned(
     if changes or actions:
         decisions.append(
             Decision(
-                state.contact_id, at, rule, reason, event.event_id, before,
-                state.campaign_status, changes, version, actions, kind,
+                contact_id=state.contact_id, at=at, rule=rule, reason=reason, cause=event.event_id,
+                from_status=before, to_status=state.campaign_status, changes=changes,
+                policy_version=version, actions=actions, event_type=kind,
             )
         )  # fmt: skip
     if not late and len(decisions) > made:
@@ -220,8 +223,9 @@ def _enroll(event: Event, c: Compiled, version: str, decisions: list[Decision]) 
             changes["segment"] = (None, program.segment)
     decisions.append(
         Decision(
-            event.contact_id, at, "enroll", "enrolled", event.event_id, None, _ACTIVE, changes,
-            version, [], event.type,
+            contact_id=event.contact_id, at=at, rule="enroll", reason="enrolled",
+            cause=event.event_id, from_status=None, to_status=_ACTIVE, changes=changes,
+            policy_version=version, actions=[], event_type=event.type,
         )
     )  # fmt: skip
     return state
@@ -408,8 +412,10 @@ def _fire(
     if changes or actions:
         decisions.append(
             Decision(
-                state.contact_id, at, "time:" + rule, reason, f"time:{rule}@{iso_utc(at)}",
-                before, state.campaign_status, changes, version, actions,
+                contact_id=state.contact_id, at=at, rule="time:" + rule, reason=reason,
+                cause=f"time:{rule}@{iso_utc(at)}", from_status=before,
+                to_status=state.campaign_status, changes=changes, policy_version=version,
+                actions=actions,
             )
         )  # fmt: skip
 

@@ -219,9 +219,10 @@ class Action:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class Decision:
-    """One rule applied to one contact: what changed, why, and under which policy."""
+    """One rule applied to one contact: what changed, why, and under which policy. Built with
+    keywords only: eleven fields in a row are too easy to shift by one."""
 
     contact_id: str
     at: datetime

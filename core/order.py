@@ -218,9 +218,10 @@ def revise(
     changes["decisions"] = (_path(old_path), _path(new_path))
     rule = next((d.rule for d in new_path if d.cause == late.event_id), None)
     decision = Decision(
-        current.contact_id, until, rule or _RULES.get(late.type, "engagement"), REVISED,
-        late.event_id, current.campaign_status, new_state.campaign_status, changes,
-        policy.version, owed_anew(old_decisions, new_decisions), late.type,
+        contact_id=current.contact_id, at=until, rule=rule or _RULES.get(late.type, "engagement"),
+        reason=REVISED, cause=late.event_id, from_status=current.campaign_status,
+        to_status=new_state.campaign_status, changes=changes, policy_version=policy.version,
+        actions=owed_anew(old_decisions, new_decisions), event_type=late.type,
     )  # fmt: skip
     return Revision(new_state, decision)
 

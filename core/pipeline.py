@@ -315,9 +315,12 @@ class Pipeline:
             stats.late_unrevised += 1
             status = state.campaign_status
             decisions.append(
-                Decision(state.contact_id, max(state.as_of, event.occurred_at), "order",
-                         "decided_late", event.event_id, status, status, {}, policy.version,
-                         [], event.type)
+                Decision(
+                    contact_id=state.contact_id, at=max(state.as_of, event.occurred_at),
+                    rule="order", reason="decided_late", cause=event.event_id, from_status=status,
+                    to_status=status, changes={}, policy_version=policy.version, actions=[],
+                    event_type=event.type,
+                )
             )  # fmt: skip
             # What is decided now cannot be re-decided from the old base: start afresh here.
             history.restart(state.copy())

@@ -76,6 +76,7 @@ def decision_from_row(row: tuple) -> Decision:
     actions = [Action(kind, detail) for kind, detail in json.loads(row[8])] if row[8] else []
     changes = {k: tuple(v) for k, v in json.loads(row[7]).items()}
     return Decision(
-        row[0], _dt(row[1]), row[2], row[3], row[4], Status(row[5]) if row[5] else None,
-        Status(row[6]), changes, row[9], actions, row[10] if len(row) > 10 else None,
+        contact_id=row[0], at=_dt(row[1]), rule=row[2], reason=row[3], cause=row[4],
+        from_status=Status(row[5]) if row[5] else None, to_status=Status(row[6]), changes=changes,
+        policy_version=row[9], actions=actions, event_type=row[10] if len(row) > 10 else None,
     )  # fmt: skip
