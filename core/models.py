@@ -46,6 +46,49 @@ class Status(StrEnum):
 IN_SEND_STREAM = frozenset({Status.ACTIVE, Status.REACTIVATED})
 
 
+class Transition(StrEnum):
+    """A counted move between two states, as run summaries and metrics name it
+    (`Active->Engaged`), or a contact's first decision (`enrolled`)."""
+
+    ENROLLED = "enrolled"
+    ACTIVE_ENGAGED = "Active->Engaged"
+    ACTIVE_DORMANT = "Active->Dormant"
+    ACTIVE_REACTIVATED = "Active->Reactivated"
+    ACTIVE_SUPPRESSED = "Active->Suppressed"
+    ENGAGED_ACTIVE = "Engaged->Active"
+    ENGAGED_DORMANT = "Engaged->Dormant"
+    ENGAGED_REACTIVATED = "Engaged->Reactivated"
+    ENGAGED_SUPPRESSED = "Engaged->Suppressed"
+    DORMANT_ACTIVE = "Dormant->Active"
+    DORMANT_ENGAGED = "Dormant->Engaged"
+    DORMANT_REACTIVATED = "Dormant->Reactivated"
+    DORMANT_SUPPRESSED = "Dormant->Suppressed"
+    REACTIVATED_ACTIVE = "Reactivated->Active"
+    REACTIVATED_ENGAGED = "Reactivated->Engaged"
+    REACTIVATED_DORMANT = "Reactivated->Dormant"
+    REACTIVATED_SUPPRESSED = "Reactivated->Suppressed"
+    SUPPRESSED_ACTIVE = "Suppressed->Active"
+    SUPPRESSED_ENGAGED = "Suppressed->Engaged"
+    SUPPRESSED_DORMANT = "Suppressed->Dormant"
+    SUPPRESSED_REACTIVATED = "Suppressed->Reactivated"
+
+    @classmethod
+    def between(cls, source: Status, target: Status) -> Transition:
+        return _TRANSITIONS[source, target]
+
+    @property
+    def metric_name(self) -> str:
+        """`Transition_Active_Engaged`: the name a CloudWatch metric can carry."""
+        return _METRIC_NAMES[self]
+
+
+_TRANSITIONS = {
+    (a, b): Transition[f"{a.name}_{b.name}"] for a in Status for b in Status if a is not b
+}
+_METRIC_NAMES = {t: f"Transition_{a.value}_{b.value}" for (a, b), t in _TRANSITIONS.items()}
+_METRIC_NAMES[Transition.ENROLLED] = "Transition_enrolled"
+
+
 class SuppressionReason(StrEnum):
     NO_RESPONSE = "no_response"
     UNSUBSCRIBE = "unsubscribe"

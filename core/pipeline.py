@@ -19,7 +19,7 @@ from typing import Any
 
 from core.engine import advance_owned, apply_owned, next_due
 from core.gcpause import cyclic_gc_paused
-from core.models import ContactState, Decision, Event
+from core.models import ContactState, Decision, Event, Transition
 from core.occurrences import Seen, counts, decode_seen, encode_seen, newer, seen_key
 from core.order import REVISION_WINDOW, ContactHistory, event_order, revise
 from core.policy import Policy
@@ -76,7 +76,7 @@ class RunStats:
     """Late events decided in their place, re-deciding the events after them."""
     late_unrevised: int = 0
     """Late events decided at the contact's current time (older than its kept history)."""
-    transitions: Counter = field(default_factory=Counter)
+    transitions: Counter[Transition] = field(default_factory=Counter)
     rejections: list[str] = field(default_factory=list)
 
     def add(self, other: RunStats) -> None:
@@ -102,12 +102,12 @@ class Applied:
     batch: Batch
 
 
-def count_transitions(decisions: Iterable[Decision], into: Counter) -> None:
+def count_transitions(decisions: Iterable[Decision], into: Counter[Transition]) -> None:
     for d in decisions:
         if d.from_status is not None and d.from_status != d.to_status:
-            into[f"{d.from_status.value}->{d.to_status.value}"] += 1
+            into[Transition.between(d.from_status, d.to_status)] += 1
         elif d.from_status is None:
-            into["enrolled"] += 1
+            into[Transition.ENROLLED] += 1
 
 
 class Pipeline:

@@ -24,6 +24,7 @@ from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
 
 from connectors.aws.container import Container
 from connectors.base import AuthError, CallStats, WebhookRequest
+from core.models import Transition
 from core.pipeline import RunStats
 
 logger = Logger(service=os.environ.get("POWERTOOLS_SERVICE_NAME", "crm-elasticity"))
@@ -217,8 +218,8 @@ def _count_run(stats: RunStats) -> None:
 
 
 def _transition_metric(transition: str) -> str:
-    """`Active->Engaged` becomes `Transition_Active_Engaged` (CloudWatch-friendly names)."""
-    return "Transition_" + transition.replace("->", "_")
+    """`Active->Engaged` is counted as `Transition_Active_Engaged` (CloudWatch-friendly)."""
+    return Transition(transition).metric_name
 
 
 if os.environ.get("AWS_LAMBDA_FUNCTION_NAME") and not os.environ.get("IS_LOCAL"):
