@@ -79,7 +79,9 @@ def _due(state: ContactState, c: Compiled) -> tuple[datetime, str] | None:
         else:
             sends = state.reactivation_step < c.steps
             rule = "next_step" if sends else "no_response"
-            due = (state.reactivation_step_at + c.step_wait, rule)  # type: ignore[operator]
+            step_at = state.reactivation_step_at
+            assert step_at is not None  # set by every step sent, and step > 0
+            due = (step_at + c.step_wait, rule)
         if sends and c.cap_max and len(state.send_times) >= c.cap_max:
             # The frequency cap delays the step until the oldest counted send leaves the window.
             free_at = state.send_times[-c.cap_max] + c.cap_window
@@ -401,7 +403,9 @@ def _fire(
             planned = state.status_changed_at + c.cooling if held is None else held + c.step_wait
             _put(state, changes, "reactivation_cycle", state.reactivation_cycle + 1)
         else:
-            planned = state.reactivation_step_at + c.step_wait  # type: ignore[operator]
+            step_at = state.reactivation_step_at
+            assert step_at is not None  # set by every step sent, and step > 0
+            planned = step_at + c.step_wait
         _put(state, changes, "reactivation_step", step + 1)
         state.reactivation_step_at = at
         actions.append(_step_action(state, c, planned, at))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from bisect import bisect_right
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import ValidationError
 
@@ -55,6 +55,17 @@ class _Experiment:
 
     def applies_to_step(self, step: int) -> bool:
         return self.stage == "reactivation" or self.stage == f"reactivation_{step}"
+
+
+class Assigned(Protocol):
+    """What `ProgramRules.step_detail` reads from a contact (a `ContactState` or a view of a
+    coded one)."""
+
+    @property
+    def experiments(self) -> dict[str, str]: ...
+
+    @property
+    def reactivation_cycle(self) -> int: ...
 
 
 class ProgramRules:
@@ -120,7 +131,7 @@ class ProgramRules:
             out[HOLDOUT] = HELD_OUT if u < self.holdout_share else TREATED
         return out
 
-    def step_detail(self, state: ContactState, step: int) -> dict[str, Any]:
+    def step_detail(self, state: Assigned, step: int) -> dict[str, Any]:
         """What a reactivation step sends: its format and the variant of every element."""
         variants: dict[str, str] = {}
         fmt: str | None = None

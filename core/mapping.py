@@ -505,7 +505,7 @@ def parse_mapping_file(raw: bytes, path: str) -> MappingFile:
         raise MappingError(path, [f"{path}: {where}not valid YAML: {problem}"]) from None
     finally:
         loader.dispose()
-    if not isinstance(data, dict):
+    if node is None or not isinstance(data, dict):
         raise MappingError(
             path, [f"{path}: (top level): expected a mapping of keys, got {_shown(data)}"]
         )

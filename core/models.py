@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, overload
 
 import orjson
 from pydantic import AwareDatetime, ConfigDict, Field, TypeAdapter, field_validator
@@ -20,6 +20,12 @@ from pydantic.dataclasses import dataclass as pydantic_dataclass
 _ISO_CACHE: dict[datetime, str] = {}
 
 
+@overload
+def iso_utc(value: datetime) -> str: ...
+@overload
+def iso_utc(value: None) -> None: ...
+@overload
+def iso_utc(value: datetime | None) -> str | None: ...
 def iso_utc(value: datetime | None) -> str | None:
     # The same instants recur (a decision's time is also the new status_changed_at, enrolment
     # times are rewritten with every snapshot): a lookup costs a tenth of isoformat().
@@ -157,10 +163,10 @@ class Event:
     contact_id: Annotated[str, Field(min_length=1, max_length=256)]
     type: Annotated[str, Field(min_length=1, max_length=64)]
     occurred_at: AwareDatetime
-    campaign: str | None = Field(None, max_length=MAX_LABEL_CHARS)
-    variant: str | None = Field(None, max_length=MAX_LABEL_CHARS)
-    url: str | None = Field(None, max_length=MAX_URL_CHARS)
-    source: str | None = Field(None, max_length=MAX_LABEL_CHARS)
+    campaign: Annotated[str | None, Field(max_length=MAX_LABEL_CHARS)] = None
+    variant: Annotated[str | None, Field(max_length=MAX_LABEL_CHARS)] = None
+    url: Annotated[str | None, Field(max_length=MAX_URL_CHARS)] = None
+    source: Annotated[str | None, Field(max_length=MAX_LABEL_CHARS)] = None
     observed: Observation | None = None
     """Set for events read from a CRM property (signals); None for everything else."""
 

@@ -157,13 +157,14 @@ class Pipeline:
             segment = self.segment_of(properties)
         policy = self.policy_for(state, segment)
         reason = self.governance.withheld(properties) if self.governance is not None else None
-        if reason is None:
+        program = policy.program
+        if reason is None or program is None:  # governance comes with a program
             return policy
-        key = (policy.program.segment, reason)
+        key = (program.segment, reason)
         twin = self._withholding.get(key)
         if twin is None:
             twin = self._withholding[key] = policy.model_copy()
-            twin.attach(policy.program.withholding(reason))
+            twin.attach(program.withholding(reason))
         return twin
 
     def prepare_events(
@@ -244,7 +245,8 @@ class Pipeline:
                     )
                 if len(decisions) > made or cid in changed:
                     changed[cid] = state
-            for cid, history in kept.items():
+            for cid, history in kept.items():  # kept only with a revision window
+                assert window is not None
                 # Folded under the policy the contact's events were decided by.
                 history.trim(window, governed.get(cid) or self.policy_for(states.get(cid)))
         stats.applied = len(fresh)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping as MappingABC
 from datetime import timedelta
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
@@ -135,7 +136,9 @@ class Policy(_Strict):
         self._program = program
         self.__dict__.pop("compiled", None)
 
-    def model_copy(self, *, update: dict | None = None, deep: bool = False) -> Policy:
+    def model_copy(
+        self, *, update: MappingABC[str, Any] | None = None, deep: bool = False
+    ) -> Policy:
         copied = super().model_copy(update=update, deep=deep)
         copied.__dict__.pop("compiled", None)  # the numbers may differ: compile again
         return copied

@@ -98,7 +98,8 @@ def load_contact_properties(path: Path) -> dict[str, dict[str, Any]]:
     return found
 
 
-def _fresh_store(path: Path, **options: int) -> SQLiteStore:
+def _fresh_store(path: Path, **options: Any) -> SQLiteStore:
+    """An empty store at `path`; `options` go to `SQLiteStore`."""
     if str(path) != ":memory:":
         for suffix in ("", "-wal", "-shm"):
             Path(f"{path}{suffix}").unlink(missing_ok=True)

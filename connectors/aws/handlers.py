@@ -20,6 +20,7 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
 
 from connectors.aws.container import Container
@@ -125,7 +126,7 @@ def webhook(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
 @logger.inject_lambda_context
 @metrics.log_metrics(capture_cold_start_metric=True)
-def worker(event: dict[str, Any], context: Any) -> dict[str, Any]:
+def worker(event: dict[str, Any], context: Any) -> PartialItemFailureResponse:
     # Imported here: the webhook and sync functions never need the batch utilities.
     from connectors.aws.worker import process_batch
 

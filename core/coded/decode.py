@@ -119,8 +119,8 @@ def _dt(value: int | None):
     return None if value is None or value == NO_TIME else from_us(value)
 
 
-def _actions(mask: int, score: float, kind: str | None, action: int | None,
-             delayed: int | None, texts: Texts) -> list[Action]:  # fmt: skip
+def _actions(mask: int, score: float, kind: str | None, action: int, delayed: int,
+             texts: Texts) -> list[Action]:  # fmt: skip
     actions: list[Action] = []
     if mask & M_ALT_REMOVE:
         actions.append(Action("alternate_channel_remove"))

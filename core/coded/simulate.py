@@ -239,6 +239,7 @@ class CodedSimulation:
         made = len(rows)
         for i in np.flatnonzero(next_due <= now).tolist():
             s = states[i]
+            assert s is not None  # a contact not enrolled yet is never due
             advance(s, now, rows)
             when = due(s)
             next_due[i] = when[0] if when is not None else _NEVER
