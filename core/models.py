@@ -268,6 +268,67 @@ class Action:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
+class Rule(StrEnum):
+    """What a decision applied (`Decision.rule`): the ledger's text, unchanged."""
+
+    ENROLL = "enroll"
+    EXPERIMENTS = "experiments"
+    ENGAGEMENT = "engagement"
+    SEND = "send"
+    COMPLIANCE = "compliance"
+    ORDER = "order"
+    """A late event decided at the contact's current time."""
+    WRITE_BACK = "write_back"
+    """The CRM refused the write of a decision's values."""
+    TIME_DECAY = "time:decay"
+    TIME_INACTIVITY = "time:inactivity"
+    TIME_COOLING_DONE = "time:cooling_done"
+    TIME_NEXT_STEP = "time:next_step"
+    TIME_NO_RESPONSE = "time:no_response"
+
+
+class Reason(StrEnum):
+    """Why, for the reasons the rules name themselves (`Decision.reason`). Other reasons are
+    data: an engagement below the threshold gives its event type, a compliance exit its
+    `SuppressionReason`, a withheld step the governance reason, a failed write-back the CRM's
+    refusal."""
+
+    ENROLLED = "enrolled"
+    ASSIGNED = "assigned"
+    SCORE_REACHED_THRESHOLD = "score_reached_threshold"
+    REACTIVATED_FROM_DORMANT = "reactivated_from_dormant"
+    REACTIVATED_FROM_ALTERNATE_CHANNEL = "reactivated_from_alternate_channel"
+    SENT = "sent"
+    UNANSWERED_SENDS = "unanswered_sends"
+    ALREADY_SUPPRESSED = "already_suppressed"
+    SUPPRESSION_REASON_REPLACED = "suppression_reason_replaced"
+    RESUBSCRIBED = "resubscribed"
+    INACTIVITY = "inactivity"
+    NO_RESPONSE = "no_response"
+    REACTIVATION_CYCLES_EXHAUSTED = "reactivation_cycles_exhausted"
+    REACTIVATION_STEP_1 = "reactivation_step_1"
+    REACTIVATION_STEP_2 = "reactivation_step_2"
+    REACTIVATION_STEP_3 = "reactivation_step_3"
+    REACTIVATION_STEP_4 = "reactivation_step_4"
+    REACTIVATION_STEP_5 = "reactivation_step_5"
+    SCORE_DECAYED = "score_decayed"
+    SCORE_DECAYED_BELOW_THRESHOLD = "score_decayed_below_threshold"
+    REVISED = "revised"
+    """A late event re-decided the contact from its place (`core.order`)."""
+    DECIDED_LATE = "decided_late"
+
+    @classmethod
+    def step(cls, n: int) -> Reason:
+        """`reactivation_step_<n>`, for n in 1..5 (a policy has at most five steps)."""
+        return _STEP_REASONS[n - 1]
+
+
+_STEP_REASONS = (
+    Reason.REACTIVATION_STEP_1, Reason.REACTIVATION_STEP_2, Reason.REACTIVATION_STEP_3,
+    Reason.REACTIVATION_STEP_4, Reason.REACTIVATION_STEP_5,
+)  # fmt: skip
+
+
 @dataclass(slots=True, kw_only=True)
 class Decision:
     """One rule applied to one contact: what changed, why, and under which policy. Built with

@@ -19,7 +19,7 @@ from typing import Any
 
 from core.engine import advance_owned, apply_owned, next_due
 from core.gcpause import cyclic_gc_paused
-from core.models import ContactState, Decision, Event, Transition
+from core.models import ContactState, Decision, Event, Reason, Rule, Transition
 from core.occurrences import Seen, counts, decode_seen, encode_seen, newer, seen_key
 from core.order import REVISION_WINDOW, ContactHistory, event_order, revise
 from core.policy import Policy
@@ -319,9 +319,9 @@ class Pipeline:
             decisions.append(
                 Decision(
                     contact_id=state.contact_id, at=max(state.as_of, event.occurred_at),
-                    rule="order", reason="decided_late", cause=event.event_id, from_status=status,
-                    to_status=status, changes={}, policy_version=policy.version, actions=[],
-                    event_type=event.type,
+                    rule=Rule.ORDER, reason=Reason.DECIDED_LATE, cause=event.event_id,
+                    from_status=status, to_status=status, changes={},
+                    policy_version=policy.version, actions=[], event_type=event.type,
                 )
             )  # fmt: skip
             # What is decided now cannot be re-decided from the old base: start afresh here.
