@@ -33,9 +33,11 @@ def contact_decisions(cid: str, rng: random.Random, version: str, experiments: d
     list[Decision], ContactState
 ]:
     at = START + timedelta(days=rng.uniform(0, 60))
-    out = [Decision(cid, at, "enroll", "enrolled", f"{cid}:e", None, A,
-                    {"campaign_status": (None, A), "experiments": (None, experiments)},
-                    version, [], "enroll")]  # fmt: skip
+    out = [Decision(
+        contact_id=cid, at=at, rule="enroll", reason="enrolled", cause=f"{cid}:e", from_status=None,
+        to_status=A, changes={"campaign_status": (None, A), "experiments": (None, experiments)},
+        policy_version=version, actions=[], event_type="enroll",
+    )]  # fmt: skip
     status, cycle, unanswered = A, 0, 0
     held = experiments.get("holdout") == "holdout"
     while len(out) < 10 and at < START + timedelta(days=365):
@@ -45,42 +47,59 @@ def contact_decisions(cid: str, rng: random.Random, version: str, experiments: d
             unanswered += 1
             to = D if unanswered >= 3 else status
             reason = "unanswered_sends" if to is D else "sent"
-            out.append(Decision(cid, at, "send", reason, f"{cid}:s{len(out)}", status, to,
-                                {"unanswered_sends": (unanswered - 1, unanswered)}, version,
-                                [], "send"))  # fmt: skip
+            out.append(Decision(
+                contact_id=cid, at=at, rule="send", reason=reason, cause=f"{cid}:s{len(out)}",
+                from_status=status, to_status=to,
+                changes={"unanswered_sends": (unanswered - 1, unanswered)}, policy_version=version,
+                actions=[], event_type="send",
+            ))  # fmt: skip
             status = to
         elif status in (A, R) and roll < 0.85:
             kind = "open" if roll < 0.75 else "click"
             unanswered = 0
             score = {"engagement_score": (0.0, 5.0)}
-            out.append(Decision(cid, at, "engagement", kind, f"{cid}:o{len(out)}", status,
-                                status, score, version, [], kind))  # fmt: skip
+            out.append(Decision(
+                contact_id=cid, at=at, rule="engagement", reason=kind, cause=f"{cid}:o{len(out)}",
+                from_status=status, to_status=status, changes=score, policy_version=version,
+                actions=[], event_type=kind,
+            ))  # fmt: skip
         elif status is D:
             cycle += 1
             kind = "reactivation_step_withheld" if held else "reactivation_step_due"
             step = Action(kind, {"step": 1, "cycle": cycle, "format": "HTML"})
-            out.append(Decision(cid, at, "time:cooling_done", "reactivation_step_1",
-                                f"time:{cid}:{len(out)}", D, D,
-                                {"reactivation_cycle": (cycle - 1, cycle),
-                                 "reactivation_step": (0, 1)}, version, [step]))  # fmt: skip
+            out.append(Decision(
+                contact_id=cid, at=at, rule="time:cooling_done", reason="reactivation_step_1",
+                cause=f"time:{cid}:{len(out)}", from_status=D, to_status=D,
+                changes={"reactivation_cycle": (cycle - 1, cycle), "reactivation_step": (0, 1)},
+                policy_version=version, actions=[step],
+            ))  # fmt: skip
             back = rng.random() < (0.04 if held else 0.09)
             at += timedelta(days=rng.uniform(1, 6))
             if back:
-                out.append(Decision(cid, at, "engagement", "reactivated_from_dormant",
-                                    f"{cid}:r{len(out)}", D, R, {"reactivation_step": (1, 0)},
-                                    version, [], "open"))  # fmt: skip
+                out.append(Decision(
+                    contact_id=cid, at=at, rule="engagement", reason="reactivated_from_dormant",
+                    cause=f"{cid}:r{len(out)}", from_status=D, to_status=R,
+                    changes={"reactivation_step": (1, 0)}, policy_version=version, actions=[],
+                    event_type="open",
+                ))  # fmt: skip
                 status, unanswered = R, 0
             else:
-                out.append(Decision(cid, at, "time:no_response", "no_response",
-                                    f"time:{cid}:{len(out)}", D, S, {"reactivation_step": (1, 0)},
-                                    version, [Action("alternate_channel_add")]))  # fmt: skip
+                out.append(Decision(
+                    contact_id=cid, at=at, rule="time:no_response", reason="no_response",
+                    cause=f"time:{cid}:{len(out)}", from_status=D, to_status=S,
+                    changes={"reactivation_step": (1, 0)}, policy_version=version,
+                    actions=[Action("alternate_channel_add")],
+                ))  # fmt: skip
                 status = S
         elif status is S:
             break
         else:
             score = {"engagement_score": (5.0, 2.5)}
-            out.append(Decision(cid, at, "time:decay", "score_decayed", f"time:{cid}:{len(out)}",
-                                status, status, score, version))  # fmt: skip
+            out.append(Decision(
+                contact_id=cid, at=at, rule="time:decay", reason="score_decayed",
+                cause=f"time:{cid}:{len(out)}", from_status=status, to_status=status, changes=score,
+                policy_version=version,
+            ))  # fmt: skip
     state = ContactState(cid, status, out[0].at, at, at, out[0].at, reactivation_cycle=cycle,
                          experiments=experiments)  # fmt: skip
     return out, state

@@ -547,7 +547,7 @@ def _replay_summary(result, count: int | None, out_file: Path | None, as_json: b
         f"{contacts}", highlight=False,
     )  # fmt: skip
     if result.after_until:
-        err.print(f"{_plural(result.after_until, 'event')} after --until left out",
+        err.print(f"{_plural(result.after_until, 'event')} after --until not applied",
                   highlight=False)  # fmt: skip
     if unknown.lines:
         keys = ", ".join(f"{key} ({n:,})" for key, n in unknown.top())
@@ -872,7 +872,7 @@ def promote(
     data_dir: DataDir = None,
 ) -> None:
     """Write a significant winner into the mapping file as the experiment's default."""
-    from core.experiments import PromotionError, promote_winner
+    from core.promote import PromotionError, promote_winner
 
     loaded = _mapping(mapping)
     paths = _store_paths(data_dir, store)

@@ -17,6 +17,7 @@ from rich.progress import (
     DownloadColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -74,7 +75,7 @@ class RunProgress:
         self._started = clock()
         self._last_line = self._started
         self._bar: Progress | None = None
-        self._task = None
+        self._task = TaskID(0)  # set when the bar starts; only used while it runs
 
     # ---- the two ways of showing it --------------------------------------------------------
 

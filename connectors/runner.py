@@ -30,7 +30,7 @@ from connectors.base import (
 from connectors.redact import redact_emails
 from connectors.signals import events_from_changes, seen_key
 from core.experiments import experiment_property_values
-from core.models import EVENT, ContactState, Decision, Event, Status
+from core.models import EVENT, ContactState, Decision, Event, Rule, Status
 from core.occurrences import decode_seen, encode_seen
 from core.pipeline import Applied, Pipeline, RunStats, decide_and_commit
 from core.reconcile import differing_fields, state_from_crm
@@ -550,7 +550,10 @@ class Runner:
         for message, cid in zip(failed.values(), ids, strict=True):
             status = snapshots[cid].campaign_status if cid in snapshots else Status.ACTIVE
             decisions.append(
-                Decision(cid, now, "write_back", reason, f"crm:{redact_emails(message)[:500]}",
-                         status, status, {}, self.policy.version)  # fmt: skip
+                Decision(
+                    contact_id=cid, at=now, rule=Rule.WRITE_BACK, reason=reason,
+                    cause=f"crm:{redact_emails(message)[:500]}", from_status=status,
+                    to_status=status, changes={}, policy_version=self.policy.version,
+                )  # fmt: skip
             )
         return decisions

@@ -740,8 +740,8 @@ def serve_forever(
             server.server_close()
     finally:
         worker.stop()
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
         for lock in locks:
             lock.release()
 

@@ -178,7 +178,8 @@ def _diff_states(result: Comparison, base: SQLiteStore, candidate: SQLiteStore) 
     a, b = next(left, None), next(right, None)
     while a is not None or b is not None:
         if b is None or (a is not None and a.contact_id < b.contact_id):
-            key, cid, a = f"{_final(a)} -> (absent)", a.contact_id, next(left, None)  # type: ignore[union-attr]
+            assert a is not None
+            key, cid, a = f"{_final(a)} -> (absent)", a.contact_id, next(left, None)
         elif a is None or b.contact_id < a.contact_id:
             key, cid, b = f"(absent) -> {_final(b)}", b.contact_id, next(right, None)
         else:
@@ -291,7 +292,7 @@ def _plot_png(c: Comparison) -> str | None:
     for side in SIDES:
         colour, dash = styles[side]
         ax.step(
-            x,
+            x,  # type: ignore[arg-type]  # matplotlib converts datetimes; its stubs say floats
             c.audience["in_send_stream"][side],
             where="post",
             color=colour,

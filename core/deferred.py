@@ -50,11 +50,11 @@ class DeferredContacts:
                 ready.add(cid)
         found = []
         for cid in list(ready):
-            at = held[cid][1]
-            if at is None or at > now:
+            due_at = held[cid][1]
+            if due_at is None or due_at > now:
                 ready.discard(cid)  # it moved on; a later `now` finds it in the heap again
-                if at is not None:
-                    heappush(heap, (at, cid))
+                if due_at is not None:
+                    heappush(heap, (due_at, cid))
             elif cid > after:
                 found.append(cid)
         found.sort()

@@ -16,11 +16,13 @@ from collections.abc import Iterable, Sequence
 from collections.abc import Mapping as MappingABC
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from core.mapping import EligibilitySpec, Mapping, SegmentSpec
 from core.models import IN_SEND_STREAM, ContactState, Status
 from core.policy import Policy
+
+if TYPE_CHECKING:
+    from core.mapping import EligibilitySpec, Mapping, SegmentSpec
 
 TRUE_VALUES = frozenset({"true", "1", "yes", "y", "on", "opted_out", "opt-out"})
 SEND_ACTIONS = frozenset({"reactivation_step_due"})
@@ -117,7 +119,7 @@ def _takes(spec: EligibilitySpec, properties: MappingABC[str, Any]) -> bool:
 
 class Governance:
     """What a contact's CRM properties decide, for every path alike: its segment, and whether
-    the program may email it now. Built once per mapping (`core.experiments.attach_program`).
+    the program may email it now. Built once per mapping (`core.experiments.compile_program`).
 
     Properties come as the connector read them: a name missing from them was not read, and
     decides nothing; a name present with no value is an unset property."""

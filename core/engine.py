@@ -1,4 +1,5 @@
-"""The rules of SPEC §2 as pure functions: (state, event or time, policy) -> outcome.
+"""The program's rules (README, "How it works") as pure functions:
+(state, event or time, policy) -> outcome.
 
 Nothing here does I/O or reads a clock. Time rules fire at their due time, computed from the
 state, so the outcome is the same whether the scheduler ran hourly, daily or once.
@@ -13,6 +14,7 @@ into the state), rather than diffing snapshots of the state around it.
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any, NamedTuple
 
 from core.models import (
@@ -21,6 +23,8 @@ from core.models import (
     ContactState,
     Decision,
     Event,
+    Reason,
+    Rule,
     Status,
     SuppressionReason,
     iso_utc,
@@ -35,6 +39,25 @@ _COMPLIANCE_EXITS = {r.value: r for r in COMPLIANCE_REASONS}
 Changes = dict[str, tuple[Any, Any]]
 
 
+class TimeRule(StrEnum):
+    """The rules that fire at a due time (`Due.rule`); each decides as its `Rule.TIME_*`."""
+
+    DECAY = "decay"
+    INACTIVITY = "inactivity"
+    COOLING_DONE = "cooling_done"
+    NEXT_STEP = "next_step"
+    NO_RESPONSE = "no_response"
+
+
+_DECAY, _INACTIVITY, _COOLING_DONE = TimeRule.DECAY, TimeRule.INACTIVITY, TimeRule.COOLING_DONE
+_NEXT_STEP, _NO_RESPONSE_DUE = TimeRule.NEXT_STEP, TimeRule.NO_RESPONSE
+_DECIDED_AS = {
+    _DECAY: Rule.TIME_DECAY, _INACTIVITY: Rule.TIME_INACTIVITY,
+    _COOLING_DONE: Rule.TIME_COOLING_DONE, _NEXT_STEP: Rule.TIME_NEXT_STEP,
+    _NO_RESPONSE_DUE: Rule.TIME_NO_RESPONSE,
+}  # fmt: skip
+
+
 class UnknownEventType(ValueError):
     """The policy gives no meaning to this event type."""
 
@@ -46,7 +69,7 @@ class Outcome(NamedTuple):
 
 class Due(NamedTuple):
     at: datetime
-    rule: str
+    rule: TimeRule
 
 
 def new_contact(contact_id: str, at: datetime) -> ContactState:
@@ -59,26 +82,28 @@ def next_due(state: ContactState, policy: Policy) -> Due | None:
     return None if due is None else Due(*due)
 
 
-def _due(state: ContactState, c: Compiled) -> tuple[datetime, str] | None:
+def _due(state: ContactState, c: Compiled) -> tuple[datetime, TimeRule] | None:
     # Plain tuples and as few datetime operations as possible: this runs on every event.
     status = state.campaign_status
     last = state.last_engagement_date
-    due: tuple[datetime, str] | None
+    due: tuple[datetime, TimeRule] | None
     if status is _ACTIVE or status is _REACTIVATED:
         anchor = state.stream_entered_at
         if last is not None and last > anchor:
             anchor = last
-        due = (anchor + c.dormant_after, "inactivity")
+        due = (anchor + c.dormant_after, _INACTIVITY)
     elif status is _DORMANT:
         if state.reactivation_step == 0:
             held = state.reactivation_step_at  # set at step 0 only by a withheld first step
             due = (state.status_changed_at + c.cooling if held is None else held + c.step_wait,
-                   "cooling_done")  # fmt: skip
+                   _COOLING_DONE)  # fmt: skip
             sends = state.reactivation_cycle < c.max_cycles
         else:
             sends = state.reactivation_step < c.steps
-            rule = "next_step" if sends else "no_response"
-            due = (state.reactivation_step_at + c.step_wait, rule)  # type: ignore[operator]
+            rule = _NEXT_STEP if sends else _NO_RESPONSE_DUE
+            step_at = state.reactivation_step_at
+            assert step_at is not None  # set by every step sent, and step > 0
+            due = (step_at + c.step_wait, rule)
         if sends and c.cap_max and len(state.send_times) >= c.cap_max:
             # The frequency cap delays the step until the oldest counted send leaves the window.
             free_at = state.send_times[-c.cap_max] + c.cap_window
@@ -90,7 +115,7 @@ def _due(state: ContactState, c: Compiled) -> tuple[datetime, str] | None:
         decay_at = last + c.decay_offset(state.decay_steps)
         # A decay due at the same instant goes first: it can turn Engaged into Active.
         if due is None or decay_at <= due[0]:
-            return (decay_at, "decay")
+            return (decay_at, _DECAY)
     return due
 
 
@@ -119,7 +144,7 @@ def advance_owned(
 
 def _fire_due(
     state: ContactState,
-    due: tuple[datetime, str] | None,
+    due: tuple[datetime, TimeRule] | None,
     now: datetime,
     c: Compiled,
     version: str,
@@ -162,8 +187,10 @@ def apply_owned(
         status = state.campaign_status
         decisions.append(
             Decision(
-                state.contact_id, at, "experiments", "assigned", event.event_id, status, status,
-                {"experiments": (old or None, state.experiments)}, version, [], kind,
+                contact_id=state.contact_id, at=at, rule=Rule.EXPERIMENTS, reason=Reason.ASSIGNED,
+                cause=event.event_id, from_status=status, to_status=status,
+                changes={"experiments": (old or None, state.experiments)}, policy_version=version,
+                actions=[], event_type=kind,
             )
         )  # fmt: skip
         if kind == "enroll":
@@ -182,23 +209,24 @@ def apply_owned(
     changes: Changes = {}
     actions: list[Action] = []
     if kind == "send":
-        rule, reason = "send", _send(state, at, c, changes)
+        rule, reason = Rule.SEND, _send(state, at, c, changes)
         if c.cap_max:
             # Only the latest `cap_max` sends can hold a step back.
             times = sorted((*state.send_times, event.occurred_at))
             state.send_times = tuple(times[-c.cap_max :])
     elif kind in _COMPLIANCE_EXITS:
-        rule = "compliance"
+        rule = Rule.COMPLIANCE
         reason = _compliance_exit(state, at, _COMPLIANCE_EXITS[kind], changes, actions)
     elif kind == "resubscribe":
-        rule, reason = "compliance", _resubscribe(state, at, changes)
+        rule, reason = Rule.COMPLIANCE, _resubscribe(state, at, changes)
     else:
-        rule, reason = "engagement", _engage(state, event, at, c, changes, actions)
+        rule, reason = Rule.ENGAGEMENT, _engage(state, event, at, c, changes, actions)
     if changes or actions:
         decisions.append(
             Decision(
-                state.contact_id, at, rule, reason, event.event_id, before,
-                state.campaign_status, changes, version, actions, kind,
+                contact_id=state.contact_id, at=at, rule=rule, reason=reason, cause=event.event_id,
+                from_status=before, to_status=state.campaign_status, changes=changes,
+                policy_version=version, actions=actions, event_type=kind,
             )
         )  # fmt: skip
     if not late and len(decisions) > made:
@@ -219,8 +247,9 @@ def _enroll(event: Event, c: Compiled, version: str, decisions: list[Decision]) 
             changes["segment"] = (None, program.segment)
     decisions.append(
         Decision(
-            event.contact_id, at, "enroll", "enrolled", event.event_id, None, _ACTIVE, changes,
-            version, [], event.type,
+            contact_id=event.contact_id, at=at, rule=Rule.ENROLL, reason=Reason.ENROLLED,
+            cause=event.event_id, from_status=None, to_status=_ACTIVE, changes=changes,
+            policy_version=version, actions=[], event_type=event.type,
         )
     )  # fmt: skip
     return state
@@ -277,19 +306,19 @@ def _engage(
         _set_status(state, _ENGAGED, at, changes)
         if c.handoff:
             actions.append(Action("handoff_task", {"score": score, "trigger": kind}))
-        return "score_reached_threshold"
+        return Reason.SCORE_REACHED_THRESHOLD
     if status is _DORMANT:
         _set_status(state, _REACTIVATED, at, changes)
         _put(state, changes, "reactivation_step", 0)
         state.reactivation_step_at = None
         _comeback_handoff(state, kind, score, at, c, changes, actions)
-        return "reactivated_from_dormant"
+        return Reason.REACTIVATED_FROM_DORMANT
     if status is _SUPPRESSED and state.suppression_reason is _NO_RESPONSE:
         _set_status(state, _REACTIVATED, at, changes)
         _put(state, changes, "suppression_reason", None)
         actions.append(Action("alternate_channel_remove"))
         _comeback_handoff(state, kind, score, at, c, changes, actions)
-        return "reactivated_from_alternate_channel"
+        return Reason.REACTIVATED_FROM_ALTERNATE_CHANNEL
     return kind
 
 
@@ -313,8 +342,8 @@ def _send(state: ContactState, at: datetime, c: Compiled, changes: Changes) -> s
     status = state.campaign_status
     if (status is _ACTIVE or status is _REACTIVATED) and sent >= c.max_unanswered_sends:
         _go_dormant(state, at, changes)
-        return "unanswered_sends"
-    return "sent"
+        return Reason.UNANSWERED_SENDS
+    return Reason.SENT
 
 
 def _compliance_exit(
@@ -329,13 +358,13 @@ def _compliance_exit(
         # The latest compliance reason replaces the earlier one (a hard bounce after an
         # unsubscribe shows hard_bounce); the status and its clock stay as they are.
         if current is reason:
-            return "already_suppressed"
+            return Reason.ALREADY_SUPPRESSED
         _put(state, changes, "suppression_reason", reason)
-        return "suppression_reason_replaced"
+        return Reason.SUPPRESSION_REASON_REPLACED
     if current is _NO_RESPONSE:
         actions.append(Action("alternate_channel_remove"))
     _suppress(state, at, reason, changes)
-    return reason.value
+    return reason
 
 
 def _resubscribe(state: ContactState, at: datetime, changes: Changes) -> str:
@@ -344,7 +373,7 @@ def _resubscribe(state: ContactState, at: datetime, changes: Changes) -> str:
         _put(state, changes, "suppression_reason", None)
         _put(state, changes, "unanswered_sends", 0)
         state.stream_entered_at = at
-    return "resubscribed"
+    return Reason.RESUBSCRIBED
 
 
 def _go_dormant(state: ContactState, at: datetime, changes: Changes) -> None:
@@ -363,22 +392,23 @@ def _suppress(
 
 
 def _fire(
-    state: ContactState, at: datetime, rule: str, c: Compiled, version: str,
+    state: ContactState, at: datetime, rule: TimeRule, c: Compiled, version: str,
     decisions: list[Decision],
 ) -> None:  # fmt: skip
     before = state.campaign_status
     changes: Changes = {}
     actions: list[Action] = []
-    reason = rule
-    if rule == "decay":
+    reason: str
+    if rule is _DECAY:
         reason = _decay(state, at, c, changes)
-    elif rule == "inactivity":
+    elif rule is _INACTIVITY:
+        reason = Reason.INACTIVITY
         _go_dormant(state, at, changes)
-    elif rule == "cooling_done" and state.reactivation_cycle >= c.max_cycles:
+    elif rule is _COOLING_DONE and state.reactivation_cycle >= c.max_cycles:
         _suppress(state, at, _NO_RESPONSE, changes)
         actions.append(Action("alternate_channel_add"))
-        reason = "reactivation_cycles_exhausted"
-    elif (rule == "cooling_done" or rule == "next_step") and c.program is not None and (
+        reason = Reason.REACTIVATION_CYCLES_EXHAUSTED
+    elif (rule is _COOLING_DONE or rule is _NEXT_STEP) and c.program is not None and (
         c.program.withhold
     ):
         # The program may not email this contact (no consent, out of its audience): nothing is
@@ -389,26 +419,31 @@ def _fire(
         reason = c.program.withhold
         actions.append(Action("reactivation_step_withheld",
                               {"step": step + 1, "cycle": cycle, "reason": reason}))  # fmt: skip
-    elif rule == "cooling_done" or rule == "next_step":
+    elif rule is _COOLING_DONE or rule is _NEXT_STEP:
         step = state.reactivation_step
         if step == 0:
             held = state.reactivation_step_at
             planned = state.status_changed_at + c.cooling if held is None else held + c.step_wait
             _put(state, changes, "reactivation_cycle", state.reactivation_cycle + 1)
         else:
-            planned = state.reactivation_step_at + c.step_wait  # type: ignore[operator]
+            step_at = state.reactivation_step_at
+            assert step_at is not None  # set by every step sent, and step > 0
+            planned = step_at + c.step_wait
         _put(state, changes, "reactivation_step", step + 1)
         state.reactivation_step_at = at
         actions.append(_step_action(state, c, planned, at))
-        reason = f"reactivation_step_{step + 1}"
+        reason = Reason.step(step + 1)
     else:  # no_response after the last step
+        reason = Reason.NO_RESPONSE
         _suppress(state, at, _NO_RESPONSE, changes)
         actions.append(Action("alternate_channel_add"))
     if changes or actions:
         decisions.append(
             Decision(
-                state.contact_id, at, "time:" + rule, reason, f"time:{rule}@{iso_utc(at)}",
-                before, state.campaign_status, changes, version, actions,
+                contact_id=state.contact_id, at=at, rule=_DECIDED_AS[rule], reason=reason,
+                cause=f"{_DECIDED_AS[rule]}@{iso_utc(at)}", from_status=before,
+                to_status=state.campaign_status, changes=changes, policy_version=version,
+                actions=actions,
             )
         )  # fmt: skip
 
@@ -437,5 +472,5 @@ def _decay(state: ContactState, at: datetime, c: Compiled, changes: Changes) -> 
     _put(state, changes, "engagement_score", score if score >= c.decay_floor else 0.0)
     if state.campaign_status is _ENGAGED and state.engagement_score < c.threshold:
         _set_status(state, _ACTIVE, at, changes)
-        return "score_decayed_below_threshold"
-    return "score_decayed"
+        return Reason.SCORE_DECAYED_BELOW_THRESHOLD
+    return Reason.SCORE_DECAYED

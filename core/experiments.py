@@ -9,16 +9,13 @@ of a contact the CRM already had) and reads it when a reactivation step falls du
 from __future__ import annotations
 
 import hashlib
-import json
-import re
 from bisect import bisect_right
 from collections.abc import Sequence
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import ValidationError
 
+from core.eligibility import Governance
 from core.models import ContactState, Status
 from core.policy import Policy
 
@@ -30,10 +27,6 @@ HELD_OUT, TREATED = "holdout", "treated"
 DEFAULT_FORMATS = ("HTML", "Plain-Text")
 FORMAT_ELEMENT = "format"
 MAX_STEPS = 5
-
-
-class PromotionError(Exception):
-    """No variant can be promoted (yet); the message says why."""
 
 
 def unit_hash(*parts: str) -> float:
@@ -64,6 +57,17 @@ class _Experiment:
         return self.stage == "reactivation" or self.stage == f"reactivation_{step}"
 
 
+class Assigned(Protocol):
+    """What `ProgramRules.step_detail` reads from a contact (a `ContactState` or a view of a
+    coded one)."""
+
+    @property
+    def experiments(self) -> dict[str, str]: ...
+
+    @property
+    def reactivation_cycle(self) -> int: ...
+
+
 class ProgramRules:
     """What the engine needs from a mapping beyond the policy numbers. Plain slots: the engine
     consults it per enrollment and per reactivation step, never per ordinary event."""
@@ -86,9 +90,6 @@ class ProgramRules:
         self.policies: dict[str | None, Policy] = {}
         self.snapshot = program_snapshot(mapping)
         self.n_keys = len(self.running) + (self.holdout_share is not None)
-        # Imported here: eligibility imports the mapping module, which imports this one.
-        from core.eligibility import Governance
-
         self.governance = Governance(mapping.eligibility, mapping.segments, mapping.program)
         self.withhold: str | None = None
         """Why reactivation steps are withheld for the contacts this twin governs (no consent,
@@ -130,7 +131,7 @@ class ProgramRules:
             out[HOLDOUT] = HELD_OUT if u < self.holdout_share else TREATED
         return out
 
-    def step_detail(self, state: ContactState, step: int) -> dict[str, Any]:
+    def step_detail(self, state: Assigned, step: int) -> dict[str, Any]:
         """What a reactivation step sends: its format and the variant of every element."""
         variants: dict[str, str] = {}
         fmt: str | None = None
@@ -187,8 +188,10 @@ def segment_policy(base: Policy, override: dict[str, Any], where: str) -> Policy
         raise ValueError(f"{where}.{path}: {message}") from None
 
 
-def attach_program(mapping: Mapping) -> None:
-    """Compile the mapping's program rules onto its policy and one policy per segment."""
+def compile_program(mapping: Mapping) -> ProgramRules:
+    """Compile a validated mapping's program rules and give them to its policy and to one
+    policy per segment (the engine reads them from the policy it is handed). The mapping
+    loader calls this once per file; validating a mapping compiles nothing."""
     rules = ProgramRules(mapping)
     policies: dict[str | None, Policy] = {None: mapping.policy}
     for i, seg in enumerate(mapping.segments):
@@ -197,8 +200,8 @@ def attach_program(mapping: Mapping) -> None:
     mapping.policy.attach(rules)
     for name, policy in policies.items():
         if name is not None:
-            twin = rules.for_segment(name)
-            policy.attach(twin)
+            policy.attach(rules.for_segment(name))
+    return rules
 
 
 def experiment_property_values(mapping: Mapping, state: ContactState) -> dict[str, Any]:
@@ -225,135 +228,6 @@ def experiment_property_values(mapping: Mapping, state: ContactState) -> dict[st
         group = state.experiments.get(HOLDOUT)
         values[holdout.property] = None if group is None else group == HELD_OUT
     return values
-
-
-# ---- promotion -----------------------------------------------------------------------------
-
-
-def _yaml():
-    from ruamel.yaml import YAML
-
-    yaml = YAML()  # round-trip: comments, order and flow style survive
-    yaml.preserve_quotes = True
-    yaml.width = 4096
-    yaml.indent(mapping=2, sequence=4, offset=2)
-    return yaml
-
-
-def _scalar(value: str) -> str:
-    plain = re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9 _.-]*", value) and value == value.strip()
-    return value if plain and value.lower() not in _YAML_WORDS else json.dumps(value)
-
-
-_YAML_WORDS = {"true", "false", "yes", "no", "on", "off", "null", "~"}
-
-
-def _edit_in_place(text: str, data: Any, index: int, variant: str) -> str | None:
-    """Insert or replace the one `default:` line, leaving every other byte alone; None when
-    the layout is unusual (flow-style item), and the caller falls back to a YAML dump."""
-    lines = text.splitlines(keepends=True)
-    items = data["experiments"]
-    item = items[index]
-    if item.fa.flow_style():
-        return None
-    if "default" in item:
-        number = item.lc.key("default")[0]
-        match = re.match(r"^(\s*default:\s*)([^#\n]*?)(\s*#.*)?(\r?\n)?$", lines[number])
-        if match is None:
-            return None
-        lines[number] = (match.group(1) + _scalar(variant) + (match.group(3) or "")
-                         + (match.group(4) or ""))  # fmt: skip
-        return "".join(lines)
-    column = item.lc.key("name")[1]
-    if index + 1 < len(items):
-        end = items[index + 1].lc.line
-    else:
-        keys = list(data.keys())
-        after = keys[keys.index("experiments") + 1 :]
-        end = data.lc.key(after[0])[0] if after else len(lines)
-    while end > item.lc.line + 1 and (
-        not lines[end - 1].strip() or lines[end - 1].lstrip().startswith("#")
-    ):
-        end -= 1
-    if end > 0 and not lines[end - 1].endswith("\n"):
-        lines[end - 1] += "\n"
-    lines.insert(end, " " * column + f"default: {_scalar(variant)}\n")
-    return "".join(lines)
-
-
-def write_default(mapping_path: Path, name: str, variant: str) -> str:
-    """Set `experiments[name].default` in the file, touching nothing else; return the new text."""
-    import io
-
-    from core.mapping import parse_mapping
-
-    yaml = _yaml()
-    original = mapping_path.read_text()
-    data = yaml.load(original)
-    names = [item.get("name") for item in data.get("experiments") or []]
-    if name not in names:
-        raise PromotionError(f"{mapping_path}: no experiment named {name!r}")
-    index = names.index(name)
-    text = _edit_in_place(original, data, index, variant)
-    if text is None or parse_mapping(text.encode(), str(mapping_path)).experiments[
-        index
-    ].default != variant:
-        item = data["experiments"][index]
-        if "default" in item:
-            item["default"] = variant
-        else:
-            keys = list(item.keys())
-            at = keys.index("variants") + 1 if "variants" in keys else len(keys)
-            item.insert(at, "default", variant)
-        buffer = io.StringIO()
-        yaml.dump(data, buffer)
-        text = buffer.getvalue()
-    parse_mapping(text.encode(), str(mapping_path))  # never write a file that will not load
-    tmp = mapping_path.with_name(mapping_path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(mapping_path)
-    return text
-
-
-def promote_winner(mapping_path: Path, mapping: Mapping, name: str, store_path: Path) -> str:
-    """Write the experiment's significant winner into the mapping as its default and record
-    the change in the store's change log. Raise `PromotionError` when there is no winner."""
-    from core.mapping import policy_version
-    from core.results import experiment_results
-    from core.sqlite_store import SQLiteStore
-    from core.store import Batch
-
-    spec = next((e for e in mapping.experiments if e.name == name), None)
-    if spec is None:
-        known = ", ".join(e.name for e in mapping.experiments) or "none"
-        raise PromotionError(f"{mapping_path}: no experiment named {name!r} (known: {known})")
-    store = SQLiteStore(store_path)
-    try:
-        result = experiment_results(store, mapping, spec)
-        if result.winner is None:
-            raise PromotionError(f"experiment {name!r}: no winner to promote: {result.verdict}")
-        if spec.default == result.winner:
-            return f"{name}: {result.winner!r} is already the default in {mapping_path}"
-        text = write_default(Path(mapping_path), name, result.winner)
-        entry = {
-            "at": datetime.now(UTC).isoformat(),
-            "kind": "promotion",
-            "experiment": name,
-            "default": result.winner,
-            "previous_default": spec.default,
-            "verdict": result.verdict,
-            "from_version": mapping.policy.version,
-            "to_version": policy_version(text.encode()),
-            "mapping": str(mapping_path),
-        }
-        key = f"changelog:{entry['at']}:{name}"
-        store.commit(Batch(cursors={key: json.dumps(entry)}))
-    finally:
-        store.close()
-    return (
-        f"{name}: promoted {result.winner!r} as the default in {mapping_path} "
-        f"({result.verdict}); policy version {entry['from_version']} -> {entry['to_version']}"
-    )
 
 
 def assignment_counts(rules: ProgramRules, contact_ids: Sequence[str]) -> dict[str, dict[str, int]]:

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from core.experiments import compile_program, segment_policy
 from core.models import CANONICAL_FIELDS, Status
 from core.policy import MAX_POLICY_DAYS, Policy
 
@@ -75,7 +76,6 @@ class ListSpec(_Strict):
     suppression_reasons: list[str] = Field(
         default_factory=list, description="and, if given, one of these suppression reasons"
     )
-    alternate_channel: bool = Field(False, description="this list feeds an alternate channel")
 
 
 class HandoffSpec(_Strict):
@@ -257,10 +257,8 @@ class Mapping(_Strict):
         for i, name in enumerate(segments):
             if name in segments[:i]:
                 raise ValueError(f"segments[{i}].name: '{name}' is declared twice")
-        # Imported here: experiments compiles these rules and imports this module.
-        from core.experiments import attach_program
-
-        attach_program(self)
+        for i, seg in enumerate(self.segments):  # each override must make a valid policy
+            segment_policy(self.policy, seg.policy, f"segments[{i}].policy")
         return self
 
     def property_of(self, canonical: str) -> str:
@@ -483,6 +481,7 @@ class MappingFile:
             mapping = Mapping.model_validate(data)
         except ValidationError as exc:
             raise MappingError(self.path, self.problems(exc, Mapping)) from None
+        compile_program(mapping)
         if competing and mapping.eligibility.competing:
             self._attach_competing(mapping)
         return mapping
@@ -543,7 +542,7 @@ def parse_mapping_file(raw: bytes, path: str) -> MappingFile:
         raise MappingError(path, [f"{path}: {where}not valid YAML: {problem}"]) from None
     finally:
         loader.dispose()
-    if not isinstance(data, dict):
+    if node is None or not isinstance(data, dict):
         raise MappingError(
             path, [f"{path}: (top level): expected a mapping of keys, got {_shown(data)}"]
         )

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, overload
 
 import orjson
 from pydantic import AwareDatetime, ConfigDict, Field, TypeAdapter, field_validator
@@ -20,6 +20,12 @@ from pydantic.dataclasses import dataclass as pydantic_dataclass
 _ISO_CACHE: dict[datetime, str] = {}
 
 
+@overload
+def iso_utc(value: datetime) -> str: ...
+@overload
+def iso_utc(value: None) -> None: ...
+@overload
+def iso_utc(value: datetime | None) -> str | None: ...
 def iso_utc(value: datetime | None) -> str | None:
     # The same instants recur (a decision's time is also the new status_changed_at, enrolment
     # times are rewritten with every snapshot): a lookup costs a tenth of isoformat().
@@ -44,6 +50,49 @@ class Status(StrEnum):
 
 
 IN_SEND_STREAM = frozenset({Status.ACTIVE, Status.REACTIVATED})
+
+
+class Transition(StrEnum):
+    """A counted move between two states, as run summaries and metrics name it
+    (`Active->Engaged`), or a contact's first decision (`enrolled`)."""
+
+    ENROLLED = "enrolled"
+    ACTIVE_ENGAGED = "Active->Engaged"
+    ACTIVE_DORMANT = "Active->Dormant"
+    ACTIVE_REACTIVATED = "Active->Reactivated"
+    ACTIVE_SUPPRESSED = "Active->Suppressed"
+    ENGAGED_ACTIVE = "Engaged->Active"
+    ENGAGED_DORMANT = "Engaged->Dormant"
+    ENGAGED_REACTIVATED = "Engaged->Reactivated"
+    ENGAGED_SUPPRESSED = "Engaged->Suppressed"
+    DORMANT_ACTIVE = "Dormant->Active"
+    DORMANT_ENGAGED = "Dormant->Engaged"
+    DORMANT_REACTIVATED = "Dormant->Reactivated"
+    DORMANT_SUPPRESSED = "Dormant->Suppressed"
+    REACTIVATED_ACTIVE = "Reactivated->Active"
+    REACTIVATED_ENGAGED = "Reactivated->Engaged"
+    REACTIVATED_DORMANT = "Reactivated->Dormant"
+    REACTIVATED_SUPPRESSED = "Reactivated->Suppressed"
+    SUPPRESSED_ACTIVE = "Suppressed->Active"
+    SUPPRESSED_ENGAGED = "Suppressed->Engaged"
+    SUPPRESSED_DORMANT = "Suppressed->Dormant"
+    SUPPRESSED_REACTIVATED = "Suppressed->Reactivated"
+
+    @classmethod
+    def between(cls, source: Status, target: Status) -> Transition:
+        return _TRANSITIONS[source, target]
+
+    @property
+    def metric_name(self) -> str:
+        """`Transition_Active_Engaged`: the name a CloudWatch metric can carry."""
+        return _METRIC_NAMES[self]
+
+
+_TRANSITIONS = {
+    (a, b): Transition[f"{a.name}_{b.name}"] for a in Status for b in Status if a is not b
+}
+_METRIC_NAMES = {t: f"Transition_{a.value}_{b.value}" for (a, b), t in _TRANSITIONS.items()}
+_METRIC_NAMES[Transition.ENROLLED] = "Transition_enrolled"
 
 
 class SuppressionReason(StrEnum):
@@ -114,10 +163,10 @@ class Event:
     contact_id: Annotated[str, Field(min_length=1, max_length=256)]
     type: Annotated[str, Field(min_length=1, max_length=64)]
     occurred_at: AwareDatetime
-    campaign: str | None = Field(None, max_length=MAX_LABEL_CHARS)
-    variant: str | None = Field(None, max_length=MAX_LABEL_CHARS)
-    url: str | None = Field(None, max_length=MAX_URL_CHARS)
-    source: str | None = Field(None, max_length=MAX_LABEL_CHARS)
+    campaign: Annotated[str | None, Field(max_length=MAX_LABEL_CHARS)] = None
+    variant: Annotated[str | None, Field(max_length=MAX_LABEL_CHARS)] = None
+    url: Annotated[str | None, Field(max_length=MAX_URL_CHARS)] = None
+    source: Annotated[str | None, Field(max_length=MAX_LABEL_CHARS)] = None
     observed: Observation | None = None
     """Set for events read from a CRM property (signals); None for everything else."""
 
@@ -156,8 +205,6 @@ CANONICAL_FIELDS = (
     "suppression_reason",
 )
 """Fields a mapping must place in the CRM. The first four are what the program is known by."""
-
-REQUIRED_CANONICAL_FIELDS = CANONICAL_FIELDS[:4]
 
 
 @dataclass(slots=True)
@@ -221,9 +268,71 @@ class Action:
     detail: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(slots=True)
+class Rule(StrEnum):
+    """What a decision applied (`Decision.rule`): the ledger's text, unchanged."""
+
+    ENROLL = "enroll"
+    EXPERIMENTS = "experiments"
+    ENGAGEMENT = "engagement"
+    SEND = "send"
+    COMPLIANCE = "compliance"
+    ORDER = "order"
+    """A late event decided at the contact's current time."""
+    WRITE_BACK = "write_back"
+    """The CRM refused the write of a decision's values."""
+    TIME_DECAY = "time:decay"
+    TIME_INACTIVITY = "time:inactivity"
+    TIME_COOLING_DONE = "time:cooling_done"
+    TIME_NEXT_STEP = "time:next_step"
+    TIME_NO_RESPONSE = "time:no_response"
+
+
+class Reason(StrEnum):
+    """Why, for the reasons the rules name themselves (`Decision.reason`). Other reasons are
+    data: an engagement below the threshold gives its event type, a compliance exit its
+    `SuppressionReason`, a withheld step the governance reason, a failed write-back the CRM's
+    refusal."""
+
+    ENROLLED = "enrolled"
+    ASSIGNED = "assigned"
+    SCORE_REACHED_THRESHOLD = "score_reached_threshold"
+    REACTIVATED_FROM_DORMANT = "reactivated_from_dormant"
+    REACTIVATED_FROM_ALTERNATE_CHANNEL = "reactivated_from_alternate_channel"
+    SENT = "sent"
+    UNANSWERED_SENDS = "unanswered_sends"
+    ALREADY_SUPPRESSED = "already_suppressed"
+    SUPPRESSION_REASON_REPLACED = "suppression_reason_replaced"
+    RESUBSCRIBED = "resubscribed"
+    INACTIVITY = "inactivity"
+    NO_RESPONSE = "no_response"
+    REACTIVATION_CYCLES_EXHAUSTED = "reactivation_cycles_exhausted"
+    REACTIVATION_STEP_1 = "reactivation_step_1"
+    REACTIVATION_STEP_2 = "reactivation_step_2"
+    REACTIVATION_STEP_3 = "reactivation_step_3"
+    REACTIVATION_STEP_4 = "reactivation_step_4"
+    REACTIVATION_STEP_5 = "reactivation_step_5"
+    SCORE_DECAYED = "score_decayed"
+    SCORE_DECAYED_BELOW_THRESHOLD = "score_decayed_below_threshold"
+    REVISED = "revised"
+    """A late event re-decided the contact from its place (`core.order`)."""
+    DECIDED_LATE = "decided_late"
+
+    @classmethod
+    def step(cls, n: int) -> Reason:
+        """`reactivation_step_<n>`, for n in 1..5 (a policy has at most five steps)."""
+        return _STEP_REASONS[n - 1]
+
+
+_STEP_REASONS = (
+    Reason.REACTIVATION_STEP_1, Reason.REACTIVATION_STEP_2, Reason.REACTIVATION_STEP_3,
+    Reason.REACTIVATION_STEP_4, Reason.REACTIVATION_STEP_5,
+)  # fmt: skip
+
+
+@dataclass(slots=True, kw_only=True)
 class Decision:
-    """One rule applied to one contact: what changed, why, and under which policy."""
+    """One rule applied to one contact: what changed, why, and under which policy. Built with
+    keywords only: eleven fields in a row are too easy to shift by one."""
 
     contact_id: str
     at: datetime
@@ -239,10 +348,6 @@ class Decision:
     event_type: str | None = None
     """The type of the event that caused it (None for time rules): reports count opens and
     clicks per experiment variant from it."""
-
-    @property
-    def status_changed(self) -> bool:
-        return self.from_status != self.to_status
 
 
 CONTACT_STATE = TypeAdapter(ContactState)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
+from typing import overload
 
 from core.models import Event, Observation, iso_utc
 
@@ -38,6 +39,10 @@ def encode_seen(value: str, changed_at: datetime | None) -> str:
     return json.dumps({"value": value, "changed_at": iso_utc(changed_at)})
 
 
+@overload
+def decode_seen(text: str) -> Seen: ...
+@overload
+def decode_seen(text: None) -> None: ...
 def decode_seen(text: str | None) -> Seen | None:
     """A stored seen record. Earlier versions stored the bare value."""
     if text is None:

@@ -38,6 +38,8 @@ from core.models import (
     ContactState,
     Decision,
     Event,
+    Reason,
+    Rule,
     iso_utc,
 )
 from core.policy import Policy
@@ -51,12 +53,12 @@ MAX_EVENTS = 200
 MAX_BYTES = 200_000
 """A contact keeps at most this many decided events, of at most this much text: the history
 is one DynamoDB item, which holds 400 KB."""
-REVISED = "revised"
+REVISED = Reason.REVISED
 
 _COMPARED = tuple(f.name for f in fields(ContactState) if f.name != "as_of")
-_RULES = {"send": "send", "enroll": "enroll", "unsubscribe": "compliance",
-          "hard_bounce": "compliance", "spam_complaint": "compliance",
-          "resubscribe": "compliance"}  # fmt: skip
+_RULES = {"send": Rule.SEND, "enroll": Rule.ENROLL, "unsubscribe": Rule.COMPLIANCE,
+          "hard_bounce": Rule.COMPLIANCE, "spam_complaint": Rule.COMPLIANCE,
+          "resubscribe": Rule.COMPLIANCE}  # fmt: skip
 
 
 def event_order(event: Event) -> tuple[datetime, str]:
@@ -218,9 +220,11 @@ def revise(
     changes["decisions"] = (_path(old_path), _path(new_path))
     rule = next((d.rule for d in new_path if d.cause == late.event_id), None)
     decision = Decision(
-        current.contact_id, until, rule or _RULES.get(late.type, "engagement"), REVISED,
-        late.event_id, current.campaign_status, new_state.campaign_status, changes,
-        policy.version, owed_anew(old_decisions, new_decisions), late.type,
+        contact_id=current.contact_id, at=until,
+        rule=rule or _RULES.get(late.type, Rule.ENGAGEMENT), reason=REVISED, cause=late.event_id,
+        from_status=current.campaign_status, to_status=new_state.campaign_status, changes=changes,
+        policy_version=policy.version, actions=owed_anew(old_decisions, new_decisions),
+        event_type=late.type,
     )  # fmt: skip
     return Revision(new_state, decision)
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from core.engine import advance_owned, apply_owned, next_due
 from core.gcpause import cyclic_gc_paused
-from core.models import MAX_URL_CHARS, ContactState, Decision, Event
+from core.models import MAX_URL_CHARS, ContactState, Decision, Event, Reason, Rule, Transition
 from core.occurrences import Seen, counts, decode_seen, encode_seen, newer, seen_key
 from core.order import REVISION_WINDOW, ContactHistory, event_order, revise
 from core.policy import Policy
@@ -76,7 +76,7 @@ class RunStats:
     """Late events decided in their place, re-deciding the events after them."""
     late_unrevised: int = 0
     """Late events decided at the contact's current time (older than its kept history)."""
-    transitions: Counter = field(default_factory=Counter)
+    transitions: Counter[Transition] = field(default_factory=Counter)
     rejections: list[str] = field(default_factory=list)
 
     def add(self, other: RunStats) -> None:
@@ -112,12 +112,12 @@ def url_truncated(event: Event) -> bool:
     )  # fmt: skip
 
 
-def count_transitions(decisions: Iterable[Decision], into: Counter) -> None:
+def count_transitions(decisions: Iterable[Decision], into: Counter[Transition]) -> None:
     for d in decisions:
         if d.from_status is not None and d.from_status != d.to_status:
-            into[f"{d.from_status.value}->{d.to_status.value}"] += 1
+            into[Transition.between(d.from_status, d.to_status)] += 1
         elif d.from_status is None:
-            into["enrolled"] += 1
+            into[Transition.ENROLLED] += 1
 
 
 class Pipeline:
@@ -167,13 +167,14 @@ class Pipeline:
             segment = self.segment_of(properties)
         policy = self.policy_for(state, segment)
         reason = self.governance.withheld(properties) if self.governance is not None else None
-        if reason is None:
+        program = policy.program
+        if reason is None or program is None:  # governance comes with a program
             return policy
-        key = (policy.program.segment, reason)
+        key = (program.segment, reason)
         twin = self._withholding.get(key)
         if twin is None:
             twin = self._withholding[key] = policy.model_copy()
-            twin.attach(policy.program.withholding(reason))
+            twin.attach(program.withholding(reason))
         return twin
 
     def prepare_events(
@@ -254,7 +255,8 @@ class Pipeline:
                     )
                 if len(decisions) > made or cid in changed:
                     changed[cid] = state
-            for cid, history in kept.items():
+            for cid, history in kept.items():  # kept only with a revision window
+                assert window is not None
                 # Folded under the policy the contact's events were decided by.
                 history.trim(window, governed.get(cid) or self.policy_for(states.get(cid)))
         stats.applied = len(fresh)
@@ -326,9 +328,12 @@ class Pipeline:
             stats.late_unrevised += 1
             status = state.campaign_status
             decisions.append(
-                Decision(state.contact_id, max(state.as_of, event.occurred_at), "order",
-                         "decided_late", event.event_id, status, status, {}, policy.version,
-                         [], event.type)
+                Decision(
+                    contact_id=state.contact_id, at=max(state.as_of, event.occurred_at),
+                    rule=Rule.ORDER, reason=Reason.DECIDED_LATE, cause=event.event_id,
+                    from_status=status, to_status=status, changes={},
+                    policy_version=policy.version, actions=[], event_type=event.type,
+                )
             )  # fmt: skip
             # What is decided now cannot be re-decided from the old base: start afresh here.
             history.restart(state.copy())

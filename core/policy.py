@@ -1,14 +1,18 @@
-"""The policy numbers of SPEC §2, every one set from the mapping file."""
+"""The policy numbers of the rules (README, "How it works"), every one set from the mapping file."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping as MappingABC
 from datetime import timedelta
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from core.models import ENGAGEMENT_EVENTS, NON_ENGAGEMENT_EVENTS
+
+if TYPE_CHECKING:
+    from core.experiments import ProgramRules
 
 MAX_POLICY_DAYS = 36_500
 """Every duration a policy sets is at most a century: with event times before 2200
@@ -106,8 +110,9 @@ class Policy(_Strict):
     handoff_on_engaged: bool = Field(True, description="create a sales task when Engaged")
     version: str = Field("unversioned", description="content hash of the mapping it came from")
 
-    _program: Any = PrivateAttr(default=None)
-    """`core.experiments.ProgramRules` attached by the mapping that declared this policy."""
+    _program: ProgramRules | None = PrivateAttr(default=None)
+    """The program rules compiled from the mapping that declared this policy (the mapping
+    loader gives them, `core.experiments.compile_program`); None for a bare policy."""
 
     @model_validator(mode="after")
     def _points_are_engagement(self) -> Policy:
@@ -123,15 +128,17 @@ class Policy(_Strict):
         return Compiled(self)
 
     @property
-    def program(self) -> Any:
+    def program(self) -> ProgramRules | None:
         return self._program
 
-    def attach(self, program: Any) -> None:
+    def attach(self, program: ProgramRules) -> None:
         """Give the engine the mapping's experiments, holdout, segment and frequency cap."""
         self._program = program
         self.__dict__.pop("compiled", None)
 
-    def model_copy(self, *, update: dict | None = None, deep: bool = False) -> Policy:
+    def model_copy(
+        self, *, update: MappingABC[str, Any] | None = None, deep: bool = False
+    ) -> Policy:
         copied = super().model_copy(update=update, deep=deep)
         copied.__dict__.pop("compiled", None)  # the numbers may differ: compile again
         return copied

@@ -141,12 +141,12 @@ def replay_file(
     if phase is not None:
         progress = _phased(progress, phase, events_path.stat().st_size)
     if str(store_path) == ":memory:":
-        result = _replay_object(mapping, events_path, SQLiteStore(":memory:"), until, strict,
-                                on_bad_line, progress, batch_size, properties)  # fmt: skip
-        _record_intake(result)
-        for written, name in (before_publish(result) or ()) if before_publish else ():
+        in_memory = _replay_object(mapping, events_path, SQLiteStore(":memory:"), until, strict,
+                                   on_bad_line, progress, batch_size, properties)  # fmt: skip
+        _record_intake(in_memory)
+        for written, name in (before_publish(in_memory) or ()) if before_publish else ():
             written.replace(name)
-        return result
+        return in_memory
     final = Path(store_path)
     partial = partial_path(final)
     remove_store(partial)

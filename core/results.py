@@ -27,8 +27,6 @@ if TYPE_CHECKING:
     from core.sqlite_store import SQLiteStore
 
 LEVEL = 0.95
-SOURCE = "report_rows"
-"""The temp table every report query reads: roll-up rows inside the `--since` window."""
 
 _ARM_MEASURES = """
 SELECT arm,

@@ -15,6 +15,10 @@ def _dt(value: str | None) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value)
 
 
+_at = datetime.fromisoformat
+"""A time from a NOT NULL column: never None (a NULL there fails loudly, not later)."""
+
+
 def changes_json(changes: dict[str, tuple]) -> str:
     """The ledger's `changes` column: {field: [before, after]}, times as UTC ISO text. orjson
     writes it in ~1 us, `json.dumps` with a `default` hook in ~4 (more than the rule that made
@@ -52,21 +56,23 @@ def contact_row(s: ContactState, due: datetime | None) -> tuple:
 
 def contact_from_row(row: sqlite3.Row | tuple) -> ContactState:
     return ContactState(
-        row[0], Status(row[1]), _dt(row[2]), _dt(row[3]), _dt(row[4]), _dt(row[5]), row[6],
+        row[0], Status(row[1]), _at(row[2]), _at(row[3]), _at(row[4]), _at(row[5]), row[6],
         row[7], _dt(row[8]), row[9], row[10], row[11], _dt(row[12]), row[13],
         SuppressionReason(row[14]) if row[14] else None, json.loads(row[15]) if row[15] else {},
-        row[16], tuple(_dt(t) for t in json.loads(row[17])) if row[17] else (),
+        row[16], tuple(_at(t) for t in json.loads(row[17])) if row[17] else (),
     )  # fmt: skip
 
 
-_STATUS_TEXT = {status: status.value for status in Status}  # `.value` goes through a descriptor
+# `.value` goes through a descriptor; None is a first decision's `from_status`.
+_STATUS_TEXT: dict[Status | None, str | None] = {status: status.value for status in Status}
+_STATUS_TEXT[None] = None
 
 
 def decision_row(d: Decision) -> tuple:
     actions = orjson.dumps([[a.kind, a.detail] for a in d.actions]).decode() if d.actions else None
     return (
         d.contact_id, iso_utc(d.at), d.rule, d.reason, d.cause,
-        _STATUS_TEXT.get(d.from_status), _STATUS_TEXT[d.to_status],
+        _STATUS_TEXT[d.from_status], _STATUS_TEXT[d.to_status],
         changes_json(d.changes),
         actions, d.policy_version, d.event_type,
     )  # fmt: skip
@@ -76,6 +82,7 @@ def decision_from_row(row: tuple) -> Decision:
     actions = [Action(kind, detail) for kind, detail in json.loads(row[8])] if row[8] else []
     changes = {k: tuple(v) for k, v in json.loads(row[7]).items()}
     return Decision(
-        row[0], _dt(row[1]), row[2], row[3], row[4], Status(row[5]) if row[5] else None,
-        Status(row[6]), changes, row[9], actions, row[10] if len(row) > 10 else None,
+        contact_id=row[0], at=_at(row[1]), rule=row[2], reason=row[3], cause=row[4],
+        from_status=Status(row[5]) if row[5] else None, to_status=Status(row[6]), changes=changes,
+        policy_version=row[9], actions=actions, event_type=row[10] if len(row) > 10 else None,
     )  # fmt: skip

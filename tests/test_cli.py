@@ -88,6 +88,23 @@ def test_replay_reports_bad_lines_with_numbers_and_skips_them(tmp_path):
     assert [json.loads(line)["engagement_score"] for line in out.read_text().splitlines()] == [5]
 
 
+@pytest.mark.parametrize("engine", ["coded", "object"])
+def test_replay_says_how_many_events_lie_after_until(tmp_path, engine):
+    events = write_events(tmp_path / "events.jsonl", [
+        event_line("1", "a", "open", "2026-01-01T00:00:00Z"),
+        event_line("2", "a", "open", "2026-01-03T00:00:00Z"),
+        event_line("3", "b", "click", "2026-01-04T00:00:00Z"),
+    ])  # fmt: skip
+    result = invoke("replay", "mappings/hubspot.yaml", str(events), "--until",
+                    "2026-01-02T00:00:00Z", "--engine", engine, data_dir=tmp_path)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "1 events applied" in result.stderr
+    assert "2 events after --until not applied" in result.stderr
+    whole = invoke("replay", "mappings/hubspot.yaml", str(events), "--engine", engine,
+                   data_dir=tmp_path)  # fmt: skip
+    assert "after --until" not in whole.stderr
+
+
 def test_replay_strict_fails_on_the_first_bad_line(tmp_path):
     events = write_events(tmp_path / "events.jsonl", [
         event_line("1", "a", "open", "2026-01-01T00:00:00Z"), "{oops",

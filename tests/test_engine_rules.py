@@ -1,4 +1,5 @@
-"""Every rule of SPEC §2 and every transition of the state table, with the seed's defaults."""
+"""Every rule in the README's "How it works" and every transition of the state table, with
+the default policy."""
 
 from __future__ import annotations
 
@@ -284,3 +285,26 @@ def test_decisions_carry_policy_version_and_before_after(policy, ev):
     assert all(d.policy_version == "test" for d in decisions)
     assert decisions[-1].changes["engagement_score"] == (0.0, 5.0)
     assert decisions[-1].cause == "e2"
+
+
+def test_every_rule_and_reason_the_engine_names_is_a_member(policy, ev):
+    """Rules and the reasons the rules give themselves are `Rule` / `Reason` members (the
+    ledger's text is their value); only event types and compliance reasons are passed on."""
+    from core.models import Reason, Rule
+
+    _, decisions = run(policy, [
+        ev("enroll", 0), ev("send", 1), ev("send", 2), ev("send", 3),  # Dormant at the 3rd
+        ev("open", 60), ev("click", 61), ev("high_intent_visit", 62),  # back, then Engaged
+        ev("unsubscribe", 70), ev("hard_bounce", 71), ev("hard_bounce", 72), ev("resubscribe", 73),
+    ], until=400)  # fmt: skip
+    rules = {d.rule for d in decisions}
+    assert all(isinstance(r, Rule) for r in rules)
+    assert {Rule.ENROLL, Rule.SEND, Rule.ENGAGEMENT, Rule.COMPLIANCE, Rule.TIME_DECAY,
+            Rule.TIME_INACTIVITY, Rule.TIME_COOLING_DONE} <= rules  # fmt: skip
+    for d in decisions:
+        assert isinstance(d.reason, Reason | SuppressionReason) or d.reason in {
+            "open", "click", "high_intent_visit"
+        }, d.reason
+        assert d.reason == str(d.reason)  # the same text in the ledger as before
+    assert Reason.step(2) == "reactivation_step_2"
+    assert [Reason.step(n) for n in range(1, 6)] == [f"reactivation_step_{n}" for n in range(1, 6)]

@@ -1,4 +1,4 @@
-"""SPEC §2 invariants, property-tested over random event histories."""
+"""Invariants of the rules (README, "How it works"), property-tested over random event histories."""
 
 from __future__ import annotations
 

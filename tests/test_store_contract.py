@@ -79,8 +79,10 @@ def contact(cid: str, **changes: object) -> ContactState:
 
 def decision(cid: str, cause: str, to: Status = Status.ACTIVE, at: datetime = T0) -> Decision:
     return Decision(
-        cid, at, "engagement", "open +5", cause, None if to is Status.ACTIVE else Status.ACTIVE,
-        to, {"engagement_score": (0, 5)}, "v1", [Action("handoff_task", {"score": 25})], "open",
+        contact_id=cid, at=at, rule="engagement", reason="open +5", cause=cause,
+        from_status=None if to is Status.ACTIVE else Status.ACTIVE, to_status=to,
+        changes={"engagement_score": (0, 5)}, policy_version="v1",
+        actions=[Action("handoff_task", {"score": 25})], event_type="open",
     )  # fmt: skip
 
 

@@ -20,10 +20,12 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
 
 from connectors.aws.container import Container
 from connectors.base import AuthError, CallStats, WebhookRequest
+from core.models import Transition
 from core.pipeline import RunStats
 
 logger = Logger(service=os.environ.get("POWERTOOLS_SERVICE_NAME", "crm-elasticity"))
@@ -124,7 +126,7 @@ def webhook(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
 @logger.inject_lambda_context
 @metrics.log_metrics(capture_cold_start_metric=True)
-def worker(event: dict[str, Any], context: Any) -> dict[str, Any]:
+def worker(event: dict[str, Any], context: Any) -> PartialItemFailureResponse:
     # Imported here: the webhook and sync functions never need the batch utilities.
     from connectors.aws.worker import process_batch
 
@@ -217,8 +219,8 @@ def _count_run(stats: RunStats) -> None:
 
 
 def _transition_metric(transition: str) -> str:
-    """`Active->Engaged` becomes `Transition_Active_Engaged` (CloudWatch-friendly names)."""
-    return "Transition_" + transition.replace("->", "_")
+    """`Active->Engaged` is counted as `Transition_Active_Engaged` (CloudWatch-friendly)."""
+    return Transition(transition).metric_name
 
 
 if os.environ.get("AWS_LAMBDA_FUNCTION_NAME") and not os.environ.get("IS_LOCAL"):

@@ -19,6 +19,7 @@ import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from aws_lambda_powertools.utilities import parameters
 
@@ -42,7 +43,7 @@ def load_secrets(env: Mapping[str, str], force: bool = False) -> dict[str, str]:
     if not names:
         return {}
     prefix = env.get("SECRETS_PREFIX", "").rstrip("/")
-    wanted = {f"{prefix}/{name}": {} for name in names}
+    wanted: dict[str, dict[str, Any]] = {f"{prefix}/{name}": {} for name in names}
     if force:
         parameters.clear_caches()
     values = parameters.get_parameters_by_name(

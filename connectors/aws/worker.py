@@ -17,6 +17,7 @@ from aws_lambda_powertools.utilities.batch import (
     SqsFifoPartialProcessor,
     process_partial_response,
 )
+from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from connectors.aws.container import Container
@@ -55,7 +56,7 @@ def _parse(records: list[dict[str, Any]]) -> dict[str, QueueMessage]:
 
 def process_batch(
     event: dict[str, Any], context: Any, container: Container, max_receives: int
-) -> tuple[dict[str, Any], BatchOutcome]:
+) -> tuple[PartialItemFailureResponse, BatchOutcome]:
     records = event.get("Records", [])
     outcome = BatchOutcome()
     parsed = _parse(records)
@@ -96,7 +97,8 @@ def process_batch(
     response = process_partial_response(
         event=event, record_handler=record_handler, processor=processor, context=context
     )
-    outcome.failed = [f["itemIdentifier"] for f in response.get("batchItemFailures", [])]
+    # An SQS record's identifier is its message id (a string; Kafka's is a topic/offset pair).
+    outcome.failed = [str(f["itemIdentifier"]) for f in response.get("batchItemFailures", [])]
     receives = {r["messageId"]: _receives(r) for r in records}
     for message_id in outcome.failed:
         if receives.get(message_id, 1) >= max_receives:

@@ -76,6 +76,7 @@ class HubSpotSettings(BaseModel):
 
 
 SignatureVersion = Literal["v1", "v2", "v3"]
+_V3_ONLY: list[SignatureVersion] = ["v3"]
 
 
 class HubSpotOptions(BaseModel):
@@ -86,7 +87,7 @@ class HubSpotOptions(BaseModel):
     property_group: str = Field("elastic_program", pattern=r"^[a-z][a-z0-9_]*$")
     property_group_label: str = "Elastic email program"
     webhook_signatures: list[SignatureVersion] = Field(
-        default_factory=lambda: ["v3"],
+        default_factory=lambda: _V3_ONLY.copy(),
         min_length=1,
         description="accepted signature versions; add v2 for workflow 'Send a webhook' actions",
     )

@@ -1,5 +1,5 @@
 """Salesforce connector: custom fields and List Views, outbound-message and signed JSON
-webhooks, SOQL reads, composite and Bulk API 2.0 write-back (see issue 4)."""
+webhooks, SOQL reads, composite and Bulk API 2.0 write-back (README, "Salesforce")."""
 
 from connectors.salesforce.connector import SalesforceConnector
 

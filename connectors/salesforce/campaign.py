@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from connectors.base import PlanItem
+from connectors.base import ConnectorError, PlanItem
 from connectors.salesforce.client import SalesforceClient
 from connectors.salesforce.composite import CollectionWriter
 from connectors.salesforce.config import SalesforceOptions
@@ -50,6 +50,8 @@ class CampaignMirror:
                 "create the mirror Campaign",
                 lambda sf: sf.restful("sobjects/Campaign", method="POST", json=body),
             )
+            if not created or "id" not in created:
+                raise ConnectorError(f"creating the mirror Campaign returned no id: {created!r}")
             campaign_id = self._campaign_id = created["id"]
         else:
             items.append(PlanItem("campaign", self.name, "unchanged", campaign_id))

@@ -124,9 +124,7 @@ class CollectionWriter:
             try:
                 results = self.client.call(
                     f"{verb} {len(chunk)} {sobject} records",
-                    lambda sf, b=body: sf.restful(
-                        "composite/sobjects", method="POST" if create else "PATCH", json=b
-                    ),
+                    _collection_request("POST" if create else "PATCH", body),
                     retry_ambiguous=not (create and existing is not None),
                 )
             except AmbiguousWrite as exc:
@@ -145,3 +143,8 @@ class CollectionWriter:
                 else:
                     saved.failed[key] = message
         return locked, ambiguous
+
+
+def _collection_request(method: str, body: dict[str, Any]) -> Callable[[Any], Any]:
+    """One sObject Collections request, for the client to send (and send again on a retry)."""
+    return lambda sf: sf.restful("composite/sobjects", method=method, json=body)

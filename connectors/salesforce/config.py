@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping as MappingABC
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
@@ -117,7 +117,7 @@ def credentials_from_env(env: MappingABC[str, str]) -> Credentials:
             "REWRITE_TO",
         )
     }
-    common = {
+    common: dict[str, Any] = {  # the model validates each value
         "domain": g["DOMAIN"] or "login",
         "instance_url": g["INSTANCE_URL"],
         "org_id": g["ORG_ID"],
@@ -142,12 +142,12 @@ def credentials_from_env(env: MappingABC[str, str]) -> Credentials:
         return Credentials(
             kind="password",
             username=g["USERNAME"],
-            password=g["PASSWORD"],
-            security_token=g["SECURITY_TOKEN"] or "",
+            password=SecretStr(g["PASSWORD"]),
+            security_token=SecretStr(g["SECURITY_TOKEN"] or ""),
             **common,
         )
     if g["ACCESS_TOKEN"] and g["INSTANCE_URL"]:
-        return Credentials(kind="token", access_token=g["ACCESS_TOKEN"], **common)
+        return Credentials(kind="token", access_token=SecretStr(g["ACCESS_TOKEN"]), **common)
     raise ConnectorError(
         "no Salesforce credentials: set SALESFORCE_CONSUMER_KEY, SALESFORCE_USERNAME and "
         "SALESFORCE_PRIVATE_KEY_FILE (JWT bearer, recommended), or SALESFORCE_USERNAME, "

@@ -146,13 +146,12 @@ class FieldHistory:
         value = _value(row.get("NewValue"))
         record_id = row.get(self.parent)
         kept = []
-        for signal in self.signals.get(row.get("Field") or "", []) if changed_at else []:
-            if not record_id:
-                break
-            event = event_from_signal(self.mapping, signal, record_id, value, changed_at,
-                                      "salesforce_field_history")  # fmt: skip
-            if event is not None:
-                kept.append(event)
+        if changed_at is not None and record_id:
+            for signal in self.signals.get(row.get("Field") or "", []):
+                event = event_from_signal(self.mapping, signal, record_id, value, changed_at,
+                                          "salesforce_field_history")  # fmt: skip
+                if event is not None:
+                    kept.append(event)
         if not kept:
             page.skipped[SKIP_NO_EVENT] = page.skipped.get(SKIP_NO_EVENT, 0) + 1
         for n, event in enumerate(kept):

@@ -58,7 +58,7 @@ class SalesforceSession(requests.Session):
         self.usage_at = 0.0
         """`time.monotonic()` of the reading: a long-running server must not trust yesterday's."""
 
-    def request(self, method, url, *args, **kwargs):  # type: ignore[override]
+    def request(self, method, url, *args, **kwargs):
         if kwargs.get("timeout") is None:
             kwargs["timeout"] = self.timeout
         url = self._rewritten(str(url))

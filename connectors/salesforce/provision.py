@@ -81,7 +81,7 @@ class Provisioner:
     def _read(self, kind: str, names: list[str]) -> dict[str, Any]:
         found: dict[str, Any] = {}
         for chunk in _chunks(names):
-            records = self._md(f"read {kind}", lambda md, c=list(chunk): getattr(md, kind).read(c))
+            records = self._md(f"read {kind}", _metadata_call(kind, "read", list(chunk)))
             for record in _as_list(records):
                 if _exists(record):
                     found[record.fullName] = record
@@ -89,9 +89,7 @@ class Provisioner:
 
     def _save(self, kind: str, verb: str, components: list[Any]) -> None:
         for chunk in _chunks(components):
-            self._md(
-                f"{verb} {kind}", lambda md, c=list(chunk): getattr(getattr(md, kind), verb)(c)
-            )
+            self._md(f"{verb} {kind}", _metadata_call(kind, verb, list(chunk)))
 
     # ---- custom fields ---------------------------------------------------------------------
 
@@ -341,3 +339,8 @@ def offline_plan(mapping: Mapping, options: SalesforceOptions, sobject: str) -> 
         name = options.campaign_name or mapping.program
         items.append(PlanItem("campaign", name, "create", "member statuses mirror the states"))
     return items
+
+
+def _metadata_call(kind: str, verb: str, components: list[Any]) -> Callable[[Any], Any]:
+    """`md.<kind>.<verb>(components)` on the Metadata API, for `_md` to send."""
+    return lambda md: getattr(getattr(md, kind), verb)(components)

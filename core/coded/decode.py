@@ -107,8 +107,11 @@ def decisions(
         actions = _actions(mask, score, kind, action, delayed, texts)
         if cause is None:
             cause = f"{rule}@{iso_utc(at)}"
-        out.append(Decision(contact_id, at, rule, why, cause, from_status, to_status, changes,
-                            version, actions, kind))  # fmt: skip
+        out.append(Decision(
+            contact_id=contact_id, at=at, rule=rule, reason=why, cause=cause,
+            from_status=from_status, to_status=to_status, changes=changes, policy_version=version,
+            actions=actions, event_type=kind,
+        ))  # fmt: skip
     return out
 
 
@@ -116,8 +119,8 @@ def _dt(value: int | None):
     return None if value is None or value == NO_TIME else from_us(value)
 
 
-def _actions(mask: int, score: float, kind: str | None, action: int | None,
-             delayed: int | None, texts: Texts) -> list[Action]:  # fmt: skip
+def _actions(mask: int, score: float, kind: str | None, action: int, delayed: int,
+             texts: Texts) -> list[Action]:  # fmt: skip
     actions: list[Action] = []
     if mask & M_ALT_REMOVE:
         actions.append(Action("alternate_channel_remove"))

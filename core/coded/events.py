@@ -171,14 +171,14 @@ def decode_event(line: bytes, unknown: UnknownKeys | None = None) -> WireEvent:
                 return event
             raise LineProblem(f"occurred_at: {instant_problem(at)}")
     try:
-        event, extra = event_from_line(line)
+        checked, extra = event_from_line(line)
     except ValidationError as exc:
         raise LineProblem(problem_text(exc)) from None
     except OverflowError:  # converting the time to UTC left the calendar
         raise LineProblem("occurred_at: not a representable instant in UTC") from None
     if extra and unknown is not None:
         unknown.add(extra)
-    at = event.occurred_at
-    return WireEvent(event.event_id, event.contact_id, event.type,
-                     at if at.tzinfo is UTC else at.astimezone(UTC), event.campaign,
-                     event.variant, event.url, event.source)  # fmt: skip
+    at = checked.occurred_at
+    return WireEvent(checked.event_id, checked.contact_id, checked.type,
+                     at if at.tzinfo is UTC else at.astimezone(UTC), checked.campaign,
+                     checked.variant, checked.url, checked.source)  # fmt: skip

@@ -20,9 +20,11 @@ import sqlite3
 import struct
 from array import array
 from collections import Counter
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from itertools import accumulate
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -185,6 +187,7 @@ def count_rollup(r: np.ndarray, arm_of: np.ndarray, from_dormant: int, into: Cou
     parts = [day - first_day, r["what"], r["from_status"] + 1, r["to_status"],
              r["event_type"] + 1, arms + 1, cycle]  # fmt: skip
     sizes = tuple(int(part.max()) + 1 for part in parts)
+    keys: Iterable[tuple[Any, ...]]
     try:
         flat = np.ravel_multi_index(parts, sizes)
     except ValueError:  # a key space beyond int64 (a ledger spanning centuries)

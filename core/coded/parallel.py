@@ -12,9 +12,9 @@ import sqlite3
 from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
-from multiprocessing.connection import wait
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from core.coded import ledger
 from core.coded.replay import BadEvent, CodedRun, replay_coded
@@ -97,7 +97,8 @@ def replay_sharded(
     pending = dict(enumerate(pipes))
     try:
         while pending:
-            for ready in wait(list(pending.values()), timeout=0.25):
+            for waited in wait(list(pending.values()), timeout=0.25):
+                ready = cast(Connection, waited)  # it waited on these pipes only
                 k = pipes.index(ready)
                 try:
                     answers[k] = ready.recv()

@@ -30,7 +30,8 @@ from core.coded.codes import (
 )
 from core.coded.replay import record_policy, write_states
 from core.policy import Policy
-from core.simulate import (
+from core.sqlite_store import SQLiteStore
+from core.synthetic import (
     START,
     SimulationConfig,
     SimulationResult,
@@ -39,7 +40,6 @@ from core.simulate import (
     fresh_day,
     simulated_event_id,
 )
-from core.sqlite_store import SQLiteStore
 
 _DAY_US = 86_400_000_000
 _FLUSH_ROWS = 50_000
@@ -239,6 +239,7 @@ class CodedSimulation:
         made = len(rows)
         for i in np.flatnonzero(next_due <= now).tolist():
             s = states[i]
+            assert s is not None  # a contact not enrolled yet is never due
             advance(s, now, rows)
             when = due(s)
             next_due[i] = when[0] if when is not None else _NEVER

@@ -50,8 +50,11 @@ def open_store(table: str, clock: Clock | None = None, client: Any = None) -> Dy
 
 def engaged(cid: str, cause: str) -> tuple[ContactState, Decision]:
     state = ContactState(cid, Status.ENGAGED, T0, T0, T0, T0, engagement_score=20)
-    decision = Decision(cid, T0, "engagement", "click", cause, Status.ACTIVE, Status.ENGAGED,
-                        {"engagement_score": (10, 20)}, "v1")  # fmt: skip
+    decision = Decision(
+        contact_id=cid, at=T0, rule="engagement", reason="click", cause=cause,
+        from_status=Status.ACTIVE, to_status=Status.ENGAGED, changes={"engagement_score": (10, 20)},
+        policy_version="v1",
+    )  # fmt: skip
     return state, decision
 
 

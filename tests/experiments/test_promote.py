@@ -9,9 +9,9 @@ import shutil
 import pytest
 
 from core.changelog import change_log
-from core.experiments import PromotionError, promote_winner
 from core.mapping import load_mapping
 from core.pipeline import Pipeline
+from core.promote import PromotionError, promote_winner
 from core.sqlite_store import SQLiteStore
 
 from .helpers import HUBSPOT, event
@@ -103,7 +103,7 @@ def test_cli_promote_and_report(run, tmp_path):
 
 @pytest.mark.parametrize("source", ["hubspot.yaml", "salesforce.yaml"])
 def test_write_default_on_the_last_experiment_and_over_an_existing_default(tmp_path, source):
-    from core.experiments import write_default
+    from core.promote import write_default
 
     path = tmp_path / source
     shutil.copy(HUBSPOT.parent / source, path)

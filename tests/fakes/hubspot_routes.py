@@ -1,5 +1,5 @@
-"""The fake HubSpot's endpoints. Each validates its input the way HubSpot does (per the
-research notes) and answers in HubSpot's shapes."""
+"""The fake HubSpot's endpoints. Each validates its input the way HubSpot's published API
+contract does and answers in HubSpot's shapes."""
 
 from __future__ import annotations
 
