@@ -17,7 +17,7 @@ from connectors.salesforce.signature import sign
 from core.mapping import Mapping
 from core.sqlite_store import SQLiteStore
 from core.store import StoreError
-from tests.salesforce.conftest import FIXTURES, OUTBOUND_QUERY, SECRET, build
+from tests.salesforce.sf_helpers import FIXTURES, OUTBOUND_QUERY, SECRET, build
 
 NOW = datetime(2026, 3, 4, 12, 0, tzinfo=UTC)
 XML = {"content-type": "text/xml; charset=utf-8"}
