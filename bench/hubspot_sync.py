@@ -135,7 +135,7 @@ def run_sync(base: str, args: argparse.Namespace) -> dict[str, Any]:
     store.commit(Batch(cursors={"poll:since": (NOW - timedelta(days=1)).isoformat()}))
     admin(base, "/_fake/reset", {})
     runner = Runner(connector, store, clock=lambda: NOW)
-    calls_before = connector.calls.api_calls
+    calls_before = connector.calls.snapshot()
     started = time.perf_counter()
     summary = runner.sync(NOW)
     wall = time.perf_counter() - started
@@ -145,7 +145,7 @@ def run_sync(base: str, args: argparse.Namespace) -> dict[str, Any]:
         "summary": summary,
         "wall": wall,
         "fake": fake,
-        "api_calls": connector.calls.api_calls - calls_before,
+        "api_calls": (connector.calls - calls_before).api_calls,
         "mapping": mapping,
     }
 

@@ -8,6 +8,7 @@ names, types and API calls is theirs alone.
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from collections.abc import Mapping as MappingABC
@@ -147,13 +148,40 @@ class ProvisionReport:
         return [i for i in self.items if i.action == "drift"]
 
 
+_COUNT_LOCK = threading.Lock()
+
+
 @dataclass
 class CallStats:
-    """What the connector spent, for sync summaries and benchmarks."""
+    """What the connector spent, for sync summaries and benchmarks. A connector counts for its
+    whole life (a warm Lambda runs many syncs): subtract a snapshot for one run's share."""
 
     api_calls: int = 0
     retries: int = 0
     throttled: int = 0
+
+    def count(self, what: str, n: int = 1) -> None:
+        """Add to one counter; safe from the threads of a concurrent write."""
+        with _COUNT_LOCK:
+            setattr(self, what, getattr(self, what) + n)
+
+    def snapshot(self) -> CallStats:
+        with _COUNT_LOCK:
+            return CallStats(self.api_calls, self.retries, self.throttled)
+
+    def __add__(self, other: CallStats) -> CallStats:
+        return CallStats(
+            self.api_calls + other.api_calls,
+            self.retries + other.retries,
+            self.throttled + other.throttled,
+        )
+
+    def __sub__(self, other: CallStats) -> CallStats:
+        return CallStats(
+            self.api_calls - other.api_calls,
+            self.retries - other.retries,
+            self.throttled - other.throttled,
+        )
 
 
 @dataclass

@@ -223,8 +223,7 @@ class Runner:
         summary = SyncSummary(dry_run=dry_run)
         # The connector counts for its whole life (a warm Lambda runs many syncs): report this
         # sync's share.
-        calls = self.connector.calls
-        before = (calls.api_calls, calls.retries, calls.throttled)
+        before = self.connector.calls.snapshot()
         try:
             if not dry_run:
                 self.flush()
@@ -234,9 +233,9 @@ class Runner:
                 self.flush(summary)
         except QuotaExhausted as exc:
             summary.stopped = f"stopped, resumable: {exc}"
-        summary.api_calls = calls.api_calls - before[0]
-        summary.retries = calls.retries - before[1]
-        summary.throttled = calls.throttled - before[2]
+        spent = self.connector.calls - before
+        summary.api_calls, summary.retries = spent.api_calls, spent.retries
+        summary.throttled = spent.throttled
         summary.seconds = round(time.perf_counter() - started, 3)
         return summary
 

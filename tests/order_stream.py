@@ -16,7 +16,7 @@ from core.mapping import Mapping
 from core.models import ContactState, Event
 from core.replay import replay_file, state_json
 
-T0 = datetime(2030, 3, 1, tzinfo=UTC)
+STREAM_START = datetime(2030, 3, 1, tzinfo=UTC)  # the generated stream's first instant
 SHUFFLE = timedelta(hours=6)
 REDELIVERED = 0.05
 KINDS = {
@@ -35,7 +35,7 @@ def generate(contacts: int, seed: int) -> list[Event]:
     events: list[Event] = []
     for n in range(contacts):
         cid = f"c{n:04d}"
-        at = T0 + timedelta(hours=rng.uniform(0, 48))
+        at = STREAM_START + timedelta(hours=rng.uniform(0, 48))
         events.append(_event(rng, cid, "enroll", at))
         for _ in range(rng.randint(5, 25)):
             roll = rng.random()

@@ -17,8 +17,8 @@ from core.coded.decode import Texts, contact_state, decisions
 from core.engine import advance_owned, apply_owned
 from core.models import Event
 from core.policy import Decay, Policy
-from tests.conftest import T0
 from tests.experiments.helpers import mapping
+from tests.helpers import T0
 
 CONTACTS = ["c0", "c1", "c2", "c3"]
 KINDS = ["open", "click", "high_intent_visit", "send", "send", "send", "send", "unsubscribe",

@@ -7,7 +7,7 @@ import io
 import json
 import random
 import sqlite3
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 
@@ -16,8 +16,8 @@ from core.explain import explain_contact
 from core.replay import BadLine, replay_file
 from core.report import render_report
 from tests.experiments.helpers import mapping
+from tests.helpers import T0
 
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
 CAPPED = "\neligibility:\n  frequency_cap: {max_sends: 1, window_days: 30}\n"
 KINDS = ["send"] * 6 + ["open"] * 3 + ["click", "high_intent_visit", "unsubscribe",
                                         "hard_bounce", "resubscribe", "enroll"]  # fmt: skip

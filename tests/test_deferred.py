@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from core.deferred import DeferredContacts
 from core.engine import new_contact
-from tests.conftest import T0, days
+from tests.helpers import T0, days
 
 ids = st.sampled_from([f"c{i}" for i in range(12)])
 moments = st.integers(0, 30).map(lambda d: T0 + days(d))

@@ -8,7 +8,7 @@ import pytest
 from core.engine import UnknownEventType, advance, apply_event, next_due
 from core.models import Status, SuppressionReason
 from core.policy import Policy
-from tests.conftest import T0, days
+from tests.helpers import T0, days
 
 
 def run(policy, events, until=None):

@@ -12,7 +12,7 @@ from core.models import COMPLIANCE_REASONS, Event, Status
 from core.pipeline import Pipeline
 from core.policy import Policy
 from core.sqlite_store import SQLiteStore
-from tests.conftest import T0, days
+from tests.helpers import T0, days
 
 POLICY = Policy(version="prop")
 KINDS = ["open", "click", "high_intent_visit", "send", "send", "send", "unsubscribe",

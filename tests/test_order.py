@@ -17,8 +17,8 @@ from core.order import MAX_EVENTS, REVISED
 from core.pipeline import Pipeline
 from core.policy import Policy
 from core.sqlite_store import SQLiteStore
-from tests.conftest import T0, days
 from tests.fakes.memory_crm import MemoryConnector, MemoryCrm, memory_mapping
+from tests.helpers import T0, days
 
 POLICY = Policy(version="order")
 

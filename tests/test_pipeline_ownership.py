@@ -10,7 +10,7 @@ from core.engine import advance, apply_event
 from core.gcpause import cyclic_gc_paused
 from core.pipeline import Pipeline
 from core.sqlite_store import SQLiteStore
-from tests.conftest import T0, days
+from tests.helpers import T0, days
 
 
 def test_states_a_caller_passes_are_not_changed(ev, policy):

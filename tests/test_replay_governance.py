@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 
 from connectors.cli import app
 from core.replay import replay_file
+from tests.helpers import T0
 
 ROOT = Path(__file__).resolve().parents[1]
-T0 = datetime(2026, 1, 5, tzinfo=UTC)
 
 
 def governed_mapping_file(tmp_path: Path) -> Path:

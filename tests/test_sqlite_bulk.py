@@ -15,7 +15,7 @@ from core.pipeline import Pipeline
 from core.sqlite_rows import changes_json
 from core.sqlite_store import SQLiteStore
 from core.store import Batch, ConflictError, StoreError
-from tests.conftest import T0, days
+from tests.helpers import T0, days
 
 
 def history(ev, contacts=30):

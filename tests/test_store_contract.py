@@ -15,8 +15,7 @@ from core.models import EVENT, Action, ContactState, Decision, Event, Status, Su
 from core.order import ContactHistory
 from core.sqlite_store import SQLiteStore
 from core.store import Batch, ConflictError, Quarantined, Store
-
-T0 = datetime(2024, 3, 1, 9, 30, tzinfo=UTC)
+from tests.helpers import T0
 
 
 class Clock:

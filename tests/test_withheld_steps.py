@@ -3,7 +3,7 @@ the scheduler runs, and a second tick at the same time decides nothing."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import yaml
@@ -12,8 +12,7 @@ from core.mapping import Mapping, parse_mapping
 from core.models import Event
 from core.pipeline import Pipeline
 from core.sqlite_store import SQLiteStore
-
-T0 = datetime(2026, 1, 5, tzinfo=UTC)
+from tests.helpers import T0
 
 
 def mapping() -> Mapping:

@@ -197,17 +197,16 @@ def sync(event: dict[str, Any], context: Any) -> dict[str, Any]:
 def box_calls(box: Container) -> CallStats:
     total = CallStats()
     for connector in box.built_connectors():
-        total.api_calls += connector.calls.api_calls
-        total.retries += connector.calls.retries
-        total.throttled += connector.calls.throttled
+        total = total + connector.calls.snapshot()
     return total
 
 
 def _count_calls(after: CallStats, before: CallStats) -> None:
+    spent = after - before
     # Never negative: connectors rebuilt mid-invocation (a rotated secret) start from zero.
-    metrics.add_metric("ApiCalls", MetricUnit.Count, max(0, after.api_calls - before.api_calls))
-    metrics.add_metric("Retries", MetricUnit.Count, max(0, after.retries - before.retries))
-    metrics.add_metric("Throttled", MetricUnit.Count, max(0, after.throttled - before.throttled))
+    metrics.add_metric("ApiCalls", MetricUnit.Count, max(0, spent.api_calls))
+    metrics.add_metric("Retries", MetricUnit.Count, max(0, spent.retries))
+    metrics.add_metric("Throttled", MetricUnit.Count, max(0, spent.throttled))
 
 
 def _count_run(stats: RunStats) -> None:

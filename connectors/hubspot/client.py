@@ -1,9 +1,11 @@
-"""The one door to HubSpot: rate limiting, retries, call counting and error classification.
+"""The one door to HubSpot: what its errors mean, and its rate limits.
 
 Every request goes through `HubSpotClient.call`, which asks the SDK for the raw response
 (`_preload_content=False`: we parse JSON ourselves, much faster than the SDK's models, and we
-see the rate-limit headers), always with a timeout, and retries with tenacity — never with
-urllib3's `Retry`, which skips POSTs and hides the 429 body.
+see the rate-limit headers), always with a timeout, and runs it through the shared request loop
+(`connectors.http`: retries with tenacity — never with urllib3's `Retry`, which skips POSTs and
+hides the 429 body — and call counting). This module supplies HubSpot's classification of a
+failed request; `limits.RateLimits` is its limit observer.
 """
 
 from __future__ import annotations
@@ -18,11 +20,11 @@ from typing import Any
 
 import urllib3
 from hubspot import HubSpot
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 
 from connectors.base import AuthError, CallStats, ConnectorError, QuotaExhausted
+from connectors.http import RetryPolicy, VendorHttp, Verdict, backoff_delay
 from connectors.hubspot.config import HubSpotSettings
-from connectors.hubspot.limits import SlidingWindowLimiter
+from connectors.hubspot.limits import GENERAL, SEARCH, RateLimits
 
 
 class EmailEventsApi:
@@ -57,8 +59,6 @@ APIS: dict[str, Callable[[HubSpot], Any]] = {
     "email.events": lambda c: EmailEventsApi(c.crm.contacts.batch_api.api_client),
 }
 
-SEARCH = "search"
-GENERAL = "general"
 RETRIABLE_STATUSES = frozenset({423, 477, 500, 502, 503, 504, 520, 521, 522, 523, 524})
 _SAFE_NETWORK_ERRORS = (
     urllib3.exceptions.NewConnectionError,
@@ -84,13 +84,11 @@ class HubSpotError(ConnectorError):
         self.body = body
 
 
-class _Retry(Exception):
-    """Internal: this attempt failed in a way worth another try after `wait` seconds."""
+class _CutOff(Exception):
+    """Internal: the answer's body stalled or was cut off while being read."""
 
-    def __init__(self, message: str, wait: float | None = None, status: int | None = None):
-        super().__init__(message)
-        self.wait = wait
-        self.status = status
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(type(cause).__name__)
 
 
 def _json_body(raw: Any) -> Any:
@@ -106,13 +104,6 @@ def _headers(raw: Any) -> dict[str, str]:
     if raw is None:
         return {}
     return {str(k).lower(): str(v) for k, v in dict(raw).items()}
-
-
-def _int(value: str | None) -> int | None:
-    try:
-        return int(float(value)) if value is not None else None
-    except ValueError:
-        return None
 
 
 def required_scopes(body: Any) -> list[str]:
@@ -140,16 +131,22 @@ class HubSpotClient:
     ) -> None:
         self.settings = settings
         self.calls = calls if calls is not None else CallStats()
-        self._sleep = sleep
-        self._clock = clock
-        self._jitter = jitter
-        self.general = SlidingWindowLimiter(settings.requests_per_10s, 10.0, clock, sleep)
-        per_second = max(1, int(settings.search_per_second))
-        self.search = SlidingWindowLimiter(per_second, per_second / settings.search_per_second,
-                                           clock, sleep)  # fmt: skip
+        self.limits = RateLimits(
+            settings.requests_per_10s,
+            settings.search_per_second,
+            settings.daily_reserve,
+            clock,
+            sleep,
+        )
+        policy = RetryPolicy(
+            settings.max_attempts,
+            base=0.5,
+            cap=settings.max_wait_seconds,
+            sleep=sleep,
+            jitter=jitter,
+        )
+        self.http = VendorHttp(policy, self.calls, check_limits=self.limits.check, give_up=_gave_up)
         self._local = threading.local()
-        self._count_lock = threading.Lock()
-        self._daily_exhausted = False
         self._timeout = (min(10.0, settings.timeout_seconds), settings.timeout_seconds)
 
     # ---- SDK plumbing ----------------------------------------------------------------------
@@ -161,7 +158,7 @@ class HubSpotClient:
             sdk = HubSpot(
                 access_token=self.settings.access_token.get_secret_value(),
                 host=self.settings.base_url,
-                retry=False,  # urllib3 raises the real error; tenacity below decides
+                retry=False,  # urllib3 raises the real error; the shared loop decides
             )
             cache = self._local.apis = {"sdk": sdk}
         if name not in cache:
@@ -182,68 +179,48 @@ class HubSpotClient:
         **kwargs: Any,
     ) -> Response:
         """One logical request with retries. `what` and `scope` make failures explainable."""
-        retrying = Retrying(
-            stop=stop_after_attempt(self.settings.max_attempts),
-            wait=self._wait,
-            retry=retry_if_exception_type(_Retry),
-            sleep=self._sleep,
-            before_sleep=self._count_retry,
-            reraise=True,
-        )
-        try:
-            for attempt in retrying:
-                with attempt:
-                    return self._once(api, method, args, kwargs, what, scope, budget, idempotent)
-        except _Retry as exc:
-            raise HubSpotError(
-                f"{what}: gave up after {self.settings.max_attempts} attempts ({exc})",
-                status=exc.status, retriable=True,
-            ) from None  # fmt: skip
-        raise AssertionError("unreachable")
 
-    def _once(self, api, method, args, kwargs, what, scope, budget, idempotent) -> Response:
-        if self._daily_exhausted:
-            raise QuotaExhausted("HubSpot's daily API allowance (less our reserve) is spent")
-        # Build the SDK client first: a thread's first one takes long enough to make our
-        # stamp in the limiter disagree with the server's, and earn a 429.
-        fn = getattr(self.api(api), method)
-        limiter = self.search if budget == SEARCH else self.general
-        limiter.acquire()
-        self._count("api_calls")
-        try:
+        def send() -> Response:
+            # Build the SDK client first: a thread's first one takes long enough to make our
+            # stamp in the limiter disagree with the server's, and earn a 429.
+            fn = getattr(self.api(api), method)
+            self.limits.limiter(budget).acquire()
+            self.calls.count("api_calls")
             raw = fn(*args, _preload_content=False, _request_timeout=self._timeout, **kwargs)
-        except urllib3.exceptions.HTTPError as exc:
+            headers = _headers(raw.headers)
+            self.limits.observe(headers, budget)
+            try:
+                # Unpreloaded: the body is read here, and a stall or cut-off can still happen.
+                data = raw.data
+            except urllib3.exceptions.HTTPError as exc:
+                raise _CutOff(exc) from None
+            return Response(raw.status, headers, _json_body(data))
+
+        return self.http.call(
+            what, send, lambda exc: self._classify(exc, what, scope, budget, idempotent)
+        )
+
+    def _classify(
+        self, exc: Exception, what: str, scope: str, budget: str, idempotent: bool
+    ) -> Verdict | None:
+        """The only place that decides what a HubSpot error means."""
+        if isinstance(exc, _CutOff):
+            if idempotent:
+                return Verdict.retry(f"network error reading the answer: {exc}")
+            return Verdict.fatal(
+                HubSpotError(f"{what}: answer cut off ({exc}); will retry later", retriable=True)
+            )
+        if isinstance(exc, urllib3.exceptions.HTTPError):
             # Timeouts and dropped connections: only safe to repeat if nothing can double.
             if idempotent or isinstance(exc, _SAFE_NETWORK_ERRORS):
-                raise _Retry(f"network error: {type(exc).__name__}") from None
-            raise HubSpotError(f"{what}: no answer ({type(exc).__name__}); will retry later",
-                               retriable=True) from None  # fmt: skip
-        except Exception as exc:  # noqa: BLE001 - every SDK package has its own ApiException
-            if not hasattr(exc, "status"):
-                raise
-            self._classify(exc, what, scope, budget, idempotent)
-        headers = _headers(raw.headers)
-        self._observe(headers, limiter if budget == GENERAL else None)
-        try:
-            # Unpreloaded: the body is read here, and a stall or cut-off can still happen.
-            data = raw.data
-        except urllib3.exceptions.HTTPError as exc:
-            if idempotent:
-                raise _Retry(f"network error reading the answer: {type(exc).__name__}") from None
-            raise HubSpotError(f"{what}: answer cut off ({type(exc).__name__}); will retry later",
-                               retriable=True) from None  # fmt: skip
-        return Response(raw.status, headers, _json_body(data))
-
-    def _observe(self, headers: dict[str, str], limiter: SlidingWindowLimiter | None) -> None:
-        daily_left = _int(headers.get("x-hubspot-ratelimit-daily-remaining"))
-        if daily_left is not None and daily_left <= self.settings.daily_reserve:
-            self._daily_exhausted = True
-        if limiter is not None:
-            limiter.observe(_int(headers.get("x-hubspot-ratelimit-remaining")),
-                            _int(headers.get("x-hubspot-ratelimit-max")))  # fmt: skip
-
-    def _classify(self, exc: Any, what: str, scope: str, budget: str, idempotent: bool) -> None:
-        """The only place that decides what a HubSpot error means. Always raises."""
+                return Verdict.retry(f"network error: {type(exc).__name__}")
+            return Verdict.fatal(
+                HubSpotError(
+                    f"{what}: no answer ({type(exc).__name__}); will retry later", retriable=True
+                )
+            )
+        if not hasattr(exc, "status"):  # every SDK package has its own ApiException
+            return None
         status = int(getattr(exc, "status", 0) or 0)
         headers = _headers(getattr(exc, "headers", None))
         body = _json_body(getattr(exc, "body", None))
@@ -251,73 +228,77 @@ class HubSpotClient:
         message = self._redact(str(info.get("message") or getattr(exc, "reason", "") or ""))
         category = info.get("category") or info.get("errorType")
         if status == 401:
-            raise AuthError(
-                f"{what}: HubSpot refused the access token (401): it is invalid, expired or "
-                "revoked. Check HUBSPOT_ACCESS_TOKEN (a private app token starts with 'pat-').",
-                status=401,
-            ) from None
+            # A private app token does not renew: expired credentials end the call.
+            return Verdict.expired(
+                AuthError(
+                    f"{what}: HubSpot refused the access token (401): it is invalid, expired or "
+                    "revoked. Check HUBSPOT_ACCESS_TOKEN (a private app token starts with "
+                    "'pat-').",
+                    status=401,
+                )
+            )
         if status == 403:
             scopes = required_scopes(body) or [scope]
-            raise AuthError(
-                f"{what}: HubSpot denied the request (403): the app is missing the scope "
-                f"{', '.join(scopes)}. Add it to the private app's scopes and update the token.",
-                status=403,
-            ) from None
+            return Verdict.fatal(
+                AuthError(
+                    f"{what}: HubSpot denied the request (403): the app is missing the scope "
+                    f"{', '.join(scopes)}. Add it to the private app's scopes and update the "
+                    "token.",
+                    status=403,
+                )
+            )
         if status == 429:
-            self._count("throttled")
-            self._throttled(headers, info, message, budget)
+            return self._throttled(headers, info, message, budget)
         retry_after = _retry_after(headers)
         if status in RETRIABLE_STATUSES or status == 0:
             if not idempotent and status not in (423, 477):
-                raise HubSpotError(f"{what}: HubSpot {status}; will retry later",
-                                   status=status, retriable=True) from None  # fmt: skip
+                return Verdict.fatal(
+                    HubSpotError(
+                        f"{what}: HubSpot {status}; will retry later", status=status, retriable=True
+                    )
+                )
             wait = retry_after if retry_after is not None else (2.0 if status == 423 else None)
-            raise _Retry(f"HubSpot {status}", wait, status) from None
+            return Verdict.retry(f"HubSpot {status}", wait=wait, status=status)
         correlation = info.get("correlationId")
         detail = f"HubSpot {status} {category or ''}: {message}".replace("  ", " ")
-        raise HubSpotError(
-            f"{what}: {detail}" + (f" (correlationId {correlation})" if correlation else ""),
-            status=status, category=category, body=body,
-        ) from None  # fmt: skip
+        return Verdict.fatal(
+            HubSpotError(
+                f"{what}: {detail}" + (f" (correlationId {correlation})" if correlation else ""),
+                status=status,
+                category=category,
+                body=body,
+            )
+        )
 
-    def _throttled(self, headers: dict[str, str], info: dict, message: str, budget: str) -> None:
+    def _throttled(self, headers: dict[str, str], info: dict, message: str, budget: str) -> Verdict:
         policy = str(info.get("policyName") or "")
         if policy == "DAILY" or "daily" in message.lower():
-            self._daily_exhausted = True
-            raise QuotaExhausted(f"HubSpot's daily API limit is reached ({message})", status=429)
+            self.limits.daily_exhausted = True
+            return Verdict.quota(
+                QuotaExhausted(f"HubSpot's daily API limit is reached ({message})", status=429),
+                throttled=True,
+            )
         retry_after = _retry_after(headers)
         secondly = budget == SEARCH or (
             "secondly" in message.lower() and policy != "TEN_SECONDLY_ROLLING"
         )
         wait = retry_after if retry_after is not None else (1.0 if secondly else 10.0)
         if wait > self.settings.max_wait_seconds:
-            raise HubSpotError(f"HubSpot asks us to wait {wait:.0f} s; stopping, resumable",
-                               status=429, retriable=True) from None  # fmt: skip
-        (self.search if budget == SEARCH else self.general).pause(wait)
-        raise _Retry(f"HubSpot 429 {policy or 'rate limit'}", wait, 429) from None
-
-    # ---- retry plumbing ----------------------------------------------------------------------
-
-    def _wait(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, _Retry) and exc.wait is not None:
-            if exc.status == 429:
-                return 0.0  # the limiter's pause already holds this thread back
-            return min(exc.wait, self.settings.max_wait_seconds)
-        backoff = min(self.settings.max_wait_seconds, 0.5 * 2 ** (state.attempt_number - 1))
-        return backoff * (0.5 + self._jitter() / 2)
+            return Verdict.fatal(
+                HubSpotError(
+                    f"HubSpot asks us to wait {wait:.0f} s; stopping, resumable",
+                    status=429,
+                    retriable=True,
+                ),
+                throttled=True,
+            )
+        self.limits.limiter(budget).pause(wait)
+        # The limiter's pause holds every thread back; the retry itself waits no longer.
+        return Verdict.throttle(f"HubSpot 429 {policy or 'rate limit'}", wait=0.0, status=429)
 
     def backoff(self, attempt: int) -> None:
         """Wait before re-sending records a batch answer said failed for a passing reason."""
-        self._count("retries")
-        self._sleep(min(self.settings.max_wait_seconds, 0.5 * 2 ** (attempt - 1)))
-
-    def _count_retry(self, state: RetryCallState) -> None:
-        self._count("retries")
-
-    def _count(self, what: str) -> None:
-        with self._count_lock:
-            setattr(self.calls, what, getattr(self.calls, what) + 1)
+        self.http.pause(backoff_delay(attempt, base=0.5, cap=self.settings.max_wait_seconds))
 
     def _redact(self, text: str) -> str:
         secrets = [self.settings.access_token.get_secret_value()]
@@ -327,6 +308,14 @@ class HubSpotClient:
             if secret:
                 text = text.replace(secret, "[redacted]")
         return text[:1000]
+
+
+def _gave_up(what: str, attempts: int, verdict: Verdict) -> HubSpotError:
+    return HubSpotError(
+        f"{what}: gave up after {attempts} attempts ({verdict.reason})",
+        status=verdict.status,
+        retriable=True,
+    )
 
 
 def _retry_after(headers: dict[str, str]) -> float | None:

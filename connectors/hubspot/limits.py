@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+
+from connectors.base import QuotaExhausted
+
+SEARCH = "search"
+GENERAL = "general"
 
 WINDOW_MARGIN = 0.02
 MIN_MARGIN_SECONDS = 0.05
@@ -77,3 +82,48 @@ class SlidingWindowLimiter:
                 self._sent.popleft()
             for _ in range(self.limit - len(self._sent) - max(remaining, 0)):
                 self._sent.append(now)
+
+
+def header_int(value: str | None) -> int | None:
+    try:
+        return int(float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+class RateLimits:
+    """HubSpot's limit observer: the general (rolling 10 s) and search (per second) budgets,
+    kept in step with the rate headers of each answer, and the daily allowance less our
+    reserve, checked before every request."""
+
+    def __init__(
+        self,
+        requests_per_10s: int,
+        search_per_second: float,
+        daily_reserve: int,
+        clock: Callable[[], float],
+        sleep: Callable[[float], None],
+    ) -> None:
+        self.general = SlidingWindowLimiter(requests_per_10s, 10.0, clock, sleep)
+        per_second = max(1, int(search_per_second))
+        self.search = SlidingWindowLimiter(per_second, per_second / search_per_second, clock, sleep)
+        self.daily_reserve = daily_reserve
+        self.daily_exhausted = False
+
+    def limiter(self, budget: str) -> SlidingWindowLimiter:
+        return self.search if budget == SEARCH else self.general
+
+    def check(self) -> None:
+        if self.daily_exhausted:
+            raise QuotaExhausted("HubSpot's daily API allowance (less our reserve) is spent")
+
+    def observe(self, headers: Mapping[str, str], budget: str) -> None:
+        """An answer's `X-HubSpot-RateLimit-*` headers (search answers carry none)."""
+        daily_left = header_int(headers.get("x-hubspot-ratelimit-daily-remaining"))
+        if daily_left is not None and daily_left <= self.daily_reserve:
+            self.daily_exhausted = True
+        if budget == GENERAL:
+            self.general.observe(
+                header_int(headers.get("x-hubspot-ratelimit-remaining")),
+                header_int(headers.get("x-hubspot-ratelimit-max")),
+            )

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from connectors.base import ConnectorError
+from connectors.http import backoff_delay
 from connectors.salesforce.client import AmbiguousWrite, SalesforceClient
 from connectors.salesforce.settings import BULK_MAX_BYTES, BULK_NULL, LOCK_ERROR
 
@@ -115,8 +116,7 @@ class BulkUpdater:
             except AmbiguousWrite as exc:
                 log.warning("%s; aborting job %s and uploading to a new one", exc, job_id)
                 self._abort(job_id)
-                self.client.stats.retries += 1
-                self.sleep(min(30.0, 2.0 * 2**attempt))
+                self.client.http.pause(backoff_delay(attempt + 1, base=2.0, cap=30.0))
                 continue
             break
         else:
@@ -196,7 +196,7 @@ class BulkUpdater:
                 log.warning("%s; the job is now %s", exc, info.get("state"))
                 if info.get("state") != "Open":
                     return
-                c.stats.retries += 1
+                c.stats.count("retries")
         raise ConnectorError(
             f"closing Bulk 2.0 job {job_id} kept failing; the writes stay owed", retriable=True
         )

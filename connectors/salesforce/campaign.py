@@ -83,7 +83,7 @@ class CampaignMirror:
         return items
 
     def _writer(self) -> CollectionWriter:
-        return CollectionWriter(self.client, self.client.sleep, self.client.jitter)
+        return CollectionWriter(self.client)
 
     def mirror(self, statuses: dict[str, str]) -> dict[str, str]:
         """Move members to their new status (adding them when missing); return failures."""

@@ -1,9 +1,11 @@
-"""Sessions and retries: one place that talks to simple-salesforce.
+"""Sessions and what Salesforce's errors mean: one place that talks to simple-salesforce.
 
 The SDK is built in "direct" mode (a ready session id) so it never refreshes by itself: its
 own refresh recurses without bound in `SFType` and leaves `bulk2`/`mdapi` on the old token.
 Instead an expired session is re-granted here once and the whole client rebuilt. Every call
-runs under one tenacity policy whose sleep and jitter are injectable, so tests never wait.
+runs through the shared request loop (`connectors.http`: one tenacity policy whose sleep and
+jitter are injectable, so tests never wait); this module supplies its classification of a
+failure and its limit check (the daily reserve, from the `Sforce-Limit-Info` the session keeps).
 """
 
 from __future__ import annotations
@@ -21,11 +23,11 @@ from simple_salesforce import Salesforce, SalesforceLogin
 from simple_salesforce.exceptions import SalesforceAuthenticationFailed, SalesforceError
 from simple_salesforce.format import format_soql
 from simple_salesforce.util import exception_handler
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 
 from connectors.base import AuthError, CallStats, ConnectorError, QuotaExhausted
+from connectors.http import Outcome, RetryPolicy, VendorHttp, Verdict
 from connectors.salesforce.config import Credentials, SalesforceOptions
-from connectors.salesforce.errors import SOAP_ERRORS, Verdict, classify, describe
+from connectors.salesforce.errors import SOAP_ERRORS, classify, describe
 from connectors.salesforce.http import ApiUsage, SalesforceSession
 from connectors.salesforce.settings import QUERY_LINE_BUDGET
 from connectors.salesforce.soql import in_chunks, request_line_bytes
@@ -33,14 +35,6 @@ from connectors.salesforce.soql import in_chunks, request_line_bytes
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 USAGE_STALE_SECONDS = 300.0
-
-
-class _Again(Exception):
-    """An attempt failed in a way worth repeating after `base` seconds (times 2^n)."""
-
-    def __init__(self, cause: Exception, base: float, cap: float) -> None:
-        super().__init__(describe(cause))
-        self.cause, self.base, self.cap = cause, base, cap
 
 
 class AmbiguousWrite(ConnectorError):
@@ -63,16 +57,18 @@ class SalesforceClient:
         self.credentials = credentials
         self.options = options
         self.stats = stats
-        self.sleep = sleep
-        self.jitter = jitter
         self.session = SalesforceSession(
             options.timeout_seconds, credentials.rewrite_to, on_api_call=self._count
         )
+        self.policy = RetryPolicy(
+            options.max_attempts, base=1.0, cap=30.0, sleep=sleep, jitter=jitter
+        )
+        self.http = VendorHttp(self.policy, stats, check_limits=self.check_reserve)
         self.grants = 0
         self._sf: Salesforce | None = None
 
     def _count(self) -> None:
-        self.stats.api_calls += 1
+        self.stats.count("api_calls")
 
     # ---- sessions --------------------------------------------------------------------------
 
@@ -154,76 +150,52 @@ class SalesforceClient:
 
     # ---- calls -----------------------------------------------------------------------------
 
-    def call(
-        self, what: str, fn: Callable[[Salesforce], T], *, retry_ambiguous: bool = True
-    ) -> T:
+    def call(self, what: str, fn: Callable[[Salesforce], T], *, retry_ambiguous: bool = True) -> T:
         """Run `fn(sf)` under the retry policy; raise ConnectorError/AuthError/QuotaExhausted.
 
         `retry_ambiguous=False` is for writes that are not idempotent (creating records,
         creating or filling a Bulk job): a timeout or 5xx raises `AmbiguousWrite` at once, for
         the caller to check what landed before trying again. Refusals that say nothing was
         applied (throttling, an expired session) are still retried here."""
-        retrying = Retrying(
-            retry=retry_if_exception_type(_Again),
-            stop=stop_after_attempt(self.options.max_attempts),
-            wait=self._wait,
-            sleep=self.sleep,
-            before_sleep=self._before_sleep,
-            reraise=True,
+        return self.http.call(
+            what,
+            lambda: fn(self.sf),
+            lambda exc: self._classify(what, exc, retry_ambiguous),
+            renew=self._regrant,
         )
-        try:
-            return retrying(self._attempt, what, fn, retry_ambiguous)
-        except _Again as exc:
-            raise ConnectorError(
-                f"{what}: gave up after {self.options.max_attempts} attempts: {exc}", retriable=True
-            ) from None
 
-    def _attempt(self, what: str, fn: Callable[[Salesforce], T], retry_ambiguous: bool) -> T:
-        regranted = False
-        while True:
-            self.check_reserve()
-            try:
-                return fn(self.sf)
-            except (SalesforceError, requests.RequestException, *SOAP_ERRORS) as exc:
-                verdict = classify(exc, self.usage)
-                if verdict is Verdict.LIMIT_UNKNOWN:
-                    self._read_limits()
-                    verdict = classify(exc, self.usage)
-                if verdict is Verdict.EXPIRED and not regranted:
-                    regranted = True
-                    self._regrant()
-                    continue
-                if verdict is Verdict.RETRY and not retry_ambiguous:
-                    raise AmbiguousWrite(what, exc) from None
-                raise self._failure(what, exc, verdict) from None
+    def _classify(self, what: str, exc: Exception, retry_ambiguous: bool) -> Verdict | None:
+        if not isinstance(exc, (SalesforceError, requests.RequestException, *SOAP_ERRORS)):
+            return None
+        outcome = classify(exc, self.usage)
+        if outcome is None:
+            self._read_limits()
+            outcome = classify(exc, self.usage)
+        if outcome is Outcome.RETRY and not retry_ambiguous:
+            return Verdict.fatal(AmbiguousWrite(what, exc))
+        return self._verdict(what, exc, outcome)
 
-    def _failure(self, what: str, exc: Exception, verdict: Verdict) -> Exception:
+    def _verdict(self, what: str, exc: Exception, outcome: Outcome | None) -> Verdict:
         status = getattr(exc, "status", None)
-        if verdict is Verdict.RETRY:
-            return _Again(exc, base=1.0, cap=30.0)
-        if verdict is Verdict.THROTTLE:
-            self.stats.throttled += 1
+        if outcome is Outcome.RETRY:
+            return Verdict.retry(describe(exc), base=1.0, cap=30.0)
+        if outcome is Outcome.THROTTLE:
             log.warning("Salesforce throttled %s (%s); backing off", what, self.usage)
-            return _Again(exc, base=5.0, cap=120.0)
-        if verdict is Verdict.DAILY_LIMIT:
-            return QuotaExhausted(
-                f"{what}: the org's daily API allowance is spent ({self.usage})", status=status
+            return Verdict.throttle(describe(exc), base=5.0, cap=120.0)
+        if outcome is Outcome.QUOTA:
+            return Verdict.quota(
+                QuotaExhausted(
+                    f"{what}: the org's daily API allowance is spent ({self.usage})", status=status
+                )
             )
-        if verdict is Verdict.EXPIRED:
-            return AuthError(
-                f"{what}: Salesforce refused a freshly granted session: {describe(exc)}",
-                status=status,
+        if outcome is Outcome.EXPIRED:
+            return Verdict.expired(
+                AuthError(
+                    f"{what}: Salesforce refused a freshly granted session: {describe(exc)}",
+                    status=status,
+                )
             )
-        return ConnectorError(f"{what}: {describe(exc)}", status=status)
-
-    def _wait(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        base, cap = (exc.base, exc.cap) if isinstance(exc, _Again) else (1.0, 30.0)
-        delay = min(cap, base * 2 ** (state.attempt_number - 1))
-        return delay * (0.5 + self.jitter() / 2)
-
-    def _before_sleep(self, state: RetryCallState) -> None:
-        self.stats.retries += 1
+        return Verdict.fatal(ConnectorError(f"{what}: {describe(exc)}", status=status))
 
     def check_reserve(self) -> None:
         """Stop before the org's other integrations are starved of requests."""
@@ -322,8 +294,10 @@ class SalesforceClient:
             try:
                 record = next(records, _END)  # type: ignore[arg-type]
             except (SalesforceError, requests.RequestException) as exc:
-                if classify(exc, self.usage) is Verdict.FATAL:
-                    raise self._failure(what, exc, Verdict.FATAL) from None
+                if classify(exc, self.usage) is Outcome.FATAL:
+                    raise ConnectorError(
+                        f"{what}: {describe(exc)}", status=getattr(exc, "status", None)
+                    ) from None
                 record = self.call(what, restart)
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from connectors.base import ConnectorError
+from connectors.http import backoff_delay
 from connectors.salesforce.client import AmbiguousWrite, SalesforceClient
 from connectors.salesforce.settings import COLLECTION_MAX, LOCK_ERROR
 
@@ -46,15 +47,11 @@ def record_error(result: dict[str, Any]) -> tuple[str, str]:
 
 
 class CollectionWriter:
-    def __init__(
-        self,
-        client: SalesforceClient,
-        sleep: Callable[[float], None],
-        jitter: Callable[[], float],
-    ) -> None:
+    """sObject Collections writes; rows that stay locked or cut short are sent again after a
+    back-off of the client's retry policy (its sleep and jitter)."""
+
+    def __init__(self, client: SalesforceClient) -> None:
         self.client = client
-        self.sleep = sleep
-        self.jitter = jitter
 
     def save(
         self,
@@ -88,12 +85,13 @@ class CollectionWriter:
                 return saved
             pending = {key: rows[key] for key in locked + ambiguous}
             if round_no + 1 < rounds:
-                self.client.stats.retries += 1
-                delay = min(10.0, 0.5 * 2**round_no) * (0.5 + self.jitter() / 2)
+                delay = backoff_delay(
+                    round_no + 1, base=0.5, cap=10.0, jitter=self.client.policy.jitter()
+                )
                 if ambiguous:
                     delay = max(delay, SETTLE_SECONDS)
                 log.info("retrying %d %s rows in %.1fs", len(pending), sobject, delay)
-                self.sleep(delay)
+                self.client.http.pause(delay)
         raise ConnectorError(
             f"{len(pending)} {sobject} record(s) stayed locked (UNABLE_TO_LOCK_ROW) or their "
             f"create was cut short (timeouts, server errors) after {rounds} attempts; the "

@@ -82,7 +82,7 @@ class SalesforceConnector(Connector):
         self.client = SalesforceClient(credentials, self.options, self.calls, sleep, jitter)
         self.codec = Codec(mapping)
         self.queries = Queries(mapping, self.codec, self.sobject)
-        self.collections = CollectionWriter(self.client, sleep, jitter)
+        self.collections = CollectionWriter(self.client)
         self.bulk = BulkUpdater(self.client, sleep)
         self.campaign = (
             CampaignMirror(self.client, mapping, self.options, self.sobject)

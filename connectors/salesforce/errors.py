@@ -1,8 +1,10 @@
-"""Every Salesforce failure is classified here, once, by what the caller does next."""
+"""Every Salesforce failure is classified here, once, by what the caller does next: an
+`Outcome` of the shared request loop (`connectors.http`), or None for `REQUEST_LIMIT_EXCEEDED`
+with no usage reading yet (the same code means "daily allowance spent" or "too many
+long-running requests": read `/limits` and classify again)."""
 
 from __future__ import annotations
 
-from enum import Enum
 from typing import Any
 
 import requests
@@ -12,17 +14,9 @@ from simple_salesforce.exceptions import (
 )
 from zeep.exceptions import Fault, TransportError
 
+from connectors.http import Outcome
 from connectors.salesforce.http import ApiUsage
 from connectors.salesforce.settings import LIMIT_ERROR, LOCK_ERROR, SESSION_ERROR
-
-
-class Verdict(Enum):
-    RETRY = "retry"  # 5xx, timeouts, a locked row: try again soon
-    THROTTLE = "throttle"  # concurrency cap: back off for longer
-    LIMIT_UNKNOWN = "limit_unknown"  # REQUEST_LIMIT_EXCEEDED with no usage reading yet
-    DAILY_LIMIT = "daily_limit"  # the org's 24-hour allowance is spent: stop, resumable
-    EXPIRED = "expired"  # session expired: re-grant once
-    FATAL = "fatal"  # a request Salesforce will refuse again
 
 
 def error_code(content: Any) -> str | None:
@@ -42,38 +36,40 @@ def error_message(content: Any) -> str:
     return str(content)[:300]
 
 
-def classify(exc: Exception, usage: ApiUsage | None) -> Verdict:
+def classify(exc: Exception, usage: ApiUsage | None) -> Outcome | None:
     if isinstance(exc, requests.Timeout | requests.ConnectionError):
-        return Verdict.RETRY
+        return Outcome.RETRY  # 5xx, timeouts, a locked row: try again soon
     if isinstance(exc, Fault | TransportError):
         return _classify_soap(exc, usage)
     if not isinstance(exc, SalesforceError):
-        return Verdict.FATAL
+        return Outcome.FATAL
     code = error_code(exc.content)
     if isinstance(exc, SalesforceExpiredSession) or code == SESSION_ERROR:
-        return Verdict.EXPIRED
+        return Outcome.EXPIRED
     if code == LIMIT_ERROR:
-        # The same code means "daily allowance spent" or "too many long-running requests".
-        if usage is None:
-            return Verdict.LIMIT_UNKNOWN
-        return Verdict.DAILY_LIMIT if usage.used >= usage.total else Verdict.THROTTLE
+        return _limit(usage)
     if code == LOCK_ERROR or (exc.status or 0) >= 500:
-        return Verdict.RETRY
-    return Verdict.FATAL
+        return Outcome.RETRY
+    return Outcome.FATAL
 
 
-def _classify_soap(exc: Fault | TransportError, usage: ApiUsage | None) -> Verdict:
+def _limit(usage: ApiUsage | None) -> Outcome | None:
+    """The daily allowance spent (stop, resumable), or the concurrency cap (back off longer)."""
+    if usage is None:
+        return None
+    return Outcome.QUOTA if usage.used >= usage.total else Outcome.THROTTLE
+
+
+def _classify_soap(exc: Fault | TransportError, usage: ApiUsage | None) -> Outcome | None:
     """The Metadata API answers in SOAP faults (`sf:INVALID_SESSION_ID`) through zeep."""
     if isinstance(exc, TransportError):
-        return Verdict.RETRY if exc.status_code >= 500 else Verdict.FATAL
+        return Outcome.RETRY if exc.status_code >= 500 else Outcome.FATAL
     text = f"{exc.code or ''} {exc.message or ''}"
     if SESSION_ERROR in text:
-        return Verdict.EXPIRED
+        return Outcome.EXPIRED
     if LIMIT_ERROR in text:
-        if usage is None:
-            return Verdict.LIMIT_UNKNOWN
-        return Verdict.DAILY_LIMIT if usage.used >= usage.total else Verdict.THROTTLE
-    return Verdict.FATAL
+        return _limit(usage)
+    return Outcome.FATAL
 
 
 SOAP_ERRORS = (Fault, TransportError)

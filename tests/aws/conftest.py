@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
 
 import boto3
 import pytest
@@ -15,32 +13,8 @@ from moto import mock_aws
 
 from connectors.aws import handlers
 from core.dynamodb_store import DynamoDBStore
-from tests.aws.harness import MAX_RECEIVES, Poller, SqsWithLimits
+from tests.aws.harness import MAX_RECEIVES, PREFIX, REGION, SECRET, Poller, SqsWithLimits, Stack
 from tests.fakes.memory_crm import MAPPING_PATH, MemoryCrm
-
-REGION = "eu-west-1"
-PREFIX = "/crm-elasticity/test"
-SECRET = "s3cr3t-webhook-value"
-
-
-@dataclass
-class Stack:
-    sqs: Any
-    queue_url: str
-    queue_arn: str
-    dlq_url: str
-    store: DynamoDBStore
-    crm: MemoryCrm
-    poller: Poller
-
-    def queued(self, url: str | None = None) -> int:
-        attrs = self.sqs.get_queue_attributes(
-            QueueUrl=url or self.queue_url,
-            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-        )["Attributes"]
-        return int(attrs["ApproximateNumberOfMessages"]) + int(
-            attrs["ApproximateNumberOfMessagesNotVisible"]
-        )
 
 
 @pytest.fixture

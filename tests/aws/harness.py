@@ -1,5 +1,6 @@
 """A stand-in for the AWS services around the functions: API Gateway v2 events, the Lambda SQS
-poller (receive, invoke, delete what succeeded, make failures visible again) and a context."""
+poller (receive, invoke, delete what succeeded, make failures visible again), a context, and
+the `Stack` the `stack` fixture (conftest.py) builds under moto."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
+
+from core.dynamodb_store import DynamoDBStore
+from tests.fakes.memory_crm import MemoryCrm
 
 MAX_RECEIVES = 3
 
@@ -169,3 +173,28 @@ class SqsWithLimits:
                                "262144 bytes.", "SendMessageBatch")  # fmt: skip
         self.batch_calls.append(sizes)
         return self.client.send_message_batch(**kwargs)
+
+
+REGION = "eu-west-1"
+PREFIX = "/crm-elasticity/test"
+SECRET = "s3cr3t-webhook-value"
+
+
+@dataclass
+class Stack:
+    sqs: Any
+    queue_url: str
+    queue_arn: str
+    dlq_url: str
+    store: DynamoDBStore
+    crm: MemoryCrm
+    poller: Poller
+
+    def queued(self, url: str | None = None) -> int:
+        attrs = self.sqs.get_queue_attributes(
+            QueueUrl=url or self.queue_url,
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )["Attributes"]
+        return int(attrs["ApproximateNumberOfMessages"]) + int(
+            attrs["ApproximateNumberOfMessagesNotVisible"]
+        )

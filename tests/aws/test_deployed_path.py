@@ -12,8 +12,7 @@ import pytest
 
 from connectors.aws import handlers
 from core.models import Status
-from tests.aws.conftest import SECRET, Stack
-from tests.aws.harness import MAX_RECEIVES, FakeContext, api_event, receive
+from tests.aws.harness import MAX_RECEIVES, SECRET, FakeContext, Stack, api_event, receive
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 

@@ -17,8 +17,7 @@ from connectors.runner import Runner
 from core.dynamodb_store import DynamoDBStore
 from core.models import Event, Status
 from core.store import Batch
-from tests.aws.conftest import Stack
-from tests.aws.harness import FakeContext
+from tests.aws.harness import FakeContext, Stack
 from tests.aws.test_deployed_path import NOW, canonical, post
 from tests.fakes.memory_crm import MemoryConnector, MemoryCrm, memory_mapping
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import boto3
@@ -15,8 +15,7 @@ from moto import mock_aws
 from core.dynamodb_store import TRANSACTION_LIMIT, DynamoDBStore
 from core.models import ContactState, Decision, Status
 from core.store import Batch, ConflictError, StoreError
-
-T0 = datetime(2024, 3, 1, tzinfo=UTC)
+from tests.helpers import T0
 
 
 class Clock:

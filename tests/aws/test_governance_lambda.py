@@ -11,8 +11,7 @@ import pytest
 import yaml
 
 from connectors.aws import handlers
-from tests.aws.conftest import SECRET, Stack
-from tests.aws.harness import FakeContext, api_event
+from tests.aws.harness import SECRET, FakeContext, Stack, api_event
 from tests.fakes.memory_crm import MAPPING_PATH
 from tests.governance_helpers import withheld_for
 

@@ -7,8 +7,7 @@ from pathlib import Path
 
 from connectors.aws import handlers
 from core.pipeline import Pipeline
-from tests.aws.conftest import SECRET, Stack
-from tests.aws.harness import FakeContext, api_event
+from tests.aws.harness import SECRET, FakeContext, Stack, api_event
 from tests.fakes.memory_crm import memory_mapping
 from tests.order_stream import body, deliveries, differences, generate, replayed, requests
 

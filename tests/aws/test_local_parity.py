@@ -15,8 +15,7 @@ from connectors.aws import handlers
 from connectors.runner import Runner
 from connectors.server import build_server
 from core.sqlite_store import SQLiteStore
-from tests.aws.conftest import SECRET, Stack
-from tests.aws.harness import FakeContext, api_event
+from tests.aws.harness import SECRET, FakeContext, Stack, api_event
 from tests.fakes.memory_crm import MemoryConnector, MemoryCrm, memory_mapping
 
 EVENTS = [

@@ -5,7 +5,7 @@ of them changes."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import boto3
 import pytest
@@ -16,10 +16,11 @@ from core.dynamodb_store import DynamoDBStore
 from core.mapping import load_mapping
 from core.models import Status
 from core.pipeline import Pipeline
+from tests.helpers import T0
 
-T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 CONTACT = "003000000000777AAA"
-OPENED = "2026-01-05T08:30:00.000Z"
+STAMP = "%Y-%m-%dT%H:%M:%S.000Z"
+OPENED = (T0 - timedelta(minutes=30)).strftime(STAMP)
 
 
 class Clock:
@@ -67,7 +68,7 @@ def test_a_resent_value_does_not_count_again_after_its_claim_expired(store, cloc
     # 200 days on, a send stamps another field and the message resends the old open date.
     clock.now = later = T0 + timedelta(days=200)
     pipeline.process(outbound("04l002", later, Last_Email_Open_Date__c=OPENED,
-                              Last_Email_Send_Date__c="2026-07-24T09:00:00.000Z"))  # fmt: skip
+                              Last_Email_Send_Date__c=later.strftime(STAMP)))  # fmt: skip
     # ... and Salesforce redelivers the first message too.
     pipeline.process(outbound("04l001", later, Last_Email_Open_Date__c=OPENED))
     state = store.get_contacts([CONTACT])[CONTACT]
@@ -103,8 +104,7 @@ def test_the_lambda_worker_does_not_recount_a_value_after_its_claim_expired(
     import json
 
     from connectors.aws import handlers
-    from tests.aws.conftest import SECRET
-    from tests.aws.harness import FakeContext, api_event
+    from tests.aws.harness import SECRET, FakeContext, api_event
 
     clock = Clock()
     made = DynamoDBStore.from_env.__func__  # the classmethod's function, to wrap it

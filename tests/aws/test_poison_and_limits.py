@@ -17,8 +17,7 @@ from connectors.signals import event_from_signal
 from core.mapping import load_mapping
 from core.models import MAX_LABEL_CHARS, MAX_URL_CHARS, Event
 from core.store import StoreError
-from tests.aws.conftest import REGION, SECRET, Stack
-from tests.aws.harness import FakeContext, SqsWithLimits, api_event, receive
+from tests.aws.harness import REGION, SECRET, FakeContext, SqsWithLimits, Stack, api_event, receive
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -14,8 +13,7 @@ from connectors.intake import handle_webhook
 from core.models import EVENT, Event
 from core.store import StoreError
 from tests.fakes.memory_crm import MemoryConnector, memory_mapping
-
-T0 = datetime(2024, 3, 1, tzinfo=UTC)
+from tests.helpers import T0
 
 
 class FakeSqs:

@@ -12,8 +12,7 @@ import pytest
 from connectors.aws import handlers
 from connectors.aws.container import Container
 from connectors.aws.secrets import MAX_AGE_SECONDS
-from tests.aws.conftest import PREFIX, REGION, SECRET, Stack
-from tests.aws.harness import FakeContext, api_event
+from tests.aws.harness import PREFIX, REGION, SECRET, FakeContext, Stack, api_event
 
 NEW = "n3w-webhook-value"
 

@@ -10,8 +10,7 @@ import pytest
 
 from connectors.aws import handlers
 from connectors.salesforce.settings import OUTBOUND_ACK
-from tests.aws.conftest import PREFIX, REGION, Stack
-from tests.aws.harness import FakeContext, api_event, receive
+from tests.aws.harness import PREFIX, REGION, FakeContext, Stack, api_event, receive
 from tests.fakes.memory_crm import MAPPING_PATH
 
 ROOT = Path(__file__).resolve().parents[2]

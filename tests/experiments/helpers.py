@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 from core.mapping import Mapping, parse_mapping
 from core.models import Event
+from tests.helpers import T0
 
 HUBSPOT = Path(__file__).resolve().parents[2] / "mappings" / "hubspot.yaml"
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def hubspot_text(extra: str = "", replace: dict[str, str] | None = None) -> str:

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-import time
 from datetime import UTC, datetime
 
 import pytest
@@ -148,16 +147,13 @@ def test_redeliveries_are_recorded_once_through_the_store(connector):
     assert len(store.inbox_take(10)) == 2
 
 
-def test_a_full_batch_is_verified_and_parsed_well_under_50ms(connector):
+def test_a_full_batch_of_100_is_verified_and_parsed(connector):
+    """Its parse time is measured by bench/webhook_parse.py (no wall clock in tests)."""
     batch = [change("hs_email_last_open_date", str(ms(OPEN_AT) + i), object_id=1000 + i)
              for i in range(100)]  # fmt: skip
-    request = signed(batch)
-    connector.parse_webhook(request)  # warm imports and caches
-    started = time.perf_counter()
-    intake = connector.parse_webhook(request)
-    elapsed = time.perf_counter() - started
+    intake = connector.parse_webhook(signed(batch))
     assert len(intake.events) == 100
-    assert elapsed < 0.05, f"{elapsed * 1000:.1f} ms"
+    assert len({e.contact_id for e in intake.events}) == 100
 
 
 def test_a_notification_with_an_impossible_time_cannot_sink_its_batch(connector):

@@ -55,7 +55,7 @@ from tests.reliability.chaos_faults import (
 )
 from tests.reliability.chaos_stream import (
     NOTIFICATIONS_PER_REQUEST,
-    T0,
+    STREAM_START,
     Change,
     contact_ids,
     generate,
@@ -116,7 +116,7 @@ class ChaosRun:
         self.mapping: Mapping = load_mapping(MAPPING)
         self.options = load_options(self.mapping)
         self.path = workdir / ("chaos.sqlite3" if chaotic else "clean.sqlite3")
-        self.now = T0
+        self.now = STREAM_START
         self.hubspot = ChaosHubSpot(plan, now=lambda: self.now)
         self.url = self.hubspot.start()
         self.clock = VirtualClock()

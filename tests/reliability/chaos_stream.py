@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from connectors.base import WebhookRequest
 from connectors.hubspot.signature import v3_signature
 
-T0 = datetime(2026, 1, 5, tzinfo=UTC)
+STREAM_START = datetime(2026, 1, 5, tzinfo=UTC)  # the generated stream's first day
 HOST = "hooks.chaos.test"
 PATH = "/webhooks/hubspot"
 NOTIFICATIONS_PER_REQUEST = 100  # HubSpot's own batch limit
@@ -81,7 +81,7 @@ def generate(events: int, contacts: int, days: int, seed: int) -> list[list[Chan
         cid = rng.choices(ids, weights)[0]
         prop = rng.choices(props, prop_weights)[0]
         day = rng.randrange(days)
-        at = T0 + timedelta(days=day, seconds=rng.randrange(1, 86_000))
+        at = STREAM_START + timedelta(days=day, seconds=rng.randrange(1, 86_000))
         if prop == "hs_email_optout":
             if cid in opted_out:
                 continue
@@ -105,7 +105,7 @@ def generate(events: int, contacts: int, days: int, seed: int) -> list[list[Chan
 
 
 def window_end(day: int) -> datetime:
-    return T0 + timedelta(days=day + 1)
+    return STREAM_START + timedelta(days=day + 1)
 
 
 def requests_for(changes: list[Change]) -> list[bytes]:

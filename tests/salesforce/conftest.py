@@ -9,15 +9,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from connectors.salesforce import SalesforceConnector
-from connectors.salesforce.config import credentials_from_env
 from core.mapping import Mapping, load_mapping
 from tests.fakes.salesforce import ORG_ID, FakeSalesforce
-
-ROOT = Path(__file__).resolve().parents[2]
-FIXTURES = Path(__file__).parent / "fixtures"
-SECRET = "whsec-test-0123456789"
-OUTBOUND_TOKEN = "outbound-token-0123456789-abcdefghij"
-OUTBOUND_QUERY = f"token={OUTBOUND_TOKEN}"
+from tests.salesforce.sf_helpers import OUTBOUND_TOKEN, ROOT, SECRET, build
 
 
 @pytest.fixture(scope="session")
@@ -57,12 +51,6 @@ def env(tmp_path: Path, rsa_key: tuple[bytes, bytes], fake: FakeSalesforce) -> d
         "SALESFORCE_WEBHOOK_SECRET": SECRET,
         "SALESFORCE_OUTBOUND_TOKEN": OUTBOUND_TOKEN,
     }
-
-
-def build(mapping: Mapping, env: dict[str, str], fake: FakeSalesforce) -> SalesforceConnector:
-    return SalesforceConnector(
-        mapping, credentials_from_env(env), sleep=fake.sleep, jitter=lambda: 0.5
-    )
 
 
 @pytest.fixture

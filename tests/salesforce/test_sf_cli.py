@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from connectors.cli import app
 from tests.fakes.salesforce import FakeSalesforce
-from tests.salesforce.conftest import ROOT
+from tests.salesforce.sf_helpers import ROOT
 
 MAPPING = str(ROOT / "mappings" / "salesforce.yaml")
 

@@ -12,7 +12,7 @@ from connectors.salesforce.config import credentials_from_env
 from connectors.salesforce.http import SalesforceSession, parse_limit_info
 from core.mapping import Mapping
 from tests.fakes.salesforce import INSTANCE, FakeSalesforce, error
-from tests.salesforce.conftest import build
+from tests.salesforce.sf_helpers import build
 
 
 def contacts(fake: FakeSalesforce, n: int = 3) -> list[str]:

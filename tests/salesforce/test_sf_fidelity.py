@@ -18,7 +18,7 @@ from connectors.salesforce.settings import QUERY_LINE_BUDGET
 from connectors.salesforce.soql import in_chunks, request_line_bytes
 from core.mapping import Mapping
 from tests.fakes.salesforce import DATA, FakeSalesforce
-from tests.salesforce.conftest import build
+from tests.salesforce.sf_helpers import build
 
 AT = datetime(2026, 3, 1, 12, 30, tzinfo=UTC)
 BEARER = {"Authorization": "Bearer TOKEN-0"}

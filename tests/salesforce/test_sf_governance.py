@@ -8,7 +8,7 @@ from connectors.runner import Runner
 from core.sqlite_store import SQLiteStore
 from tests.fakes.salesforce import FakeSalesforce
 from tests.governance_helpers import governed_mapping, withheld_for
-from tests.salesforce.conftest import build
+from tests.salesforce.sf_helpers import build
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 CONSENT = "Marketing_Consent__c"

@@ -19,7 +19,7 @@ from connectors.cli import app
 from connectors.history import checkpoint_path, export_history
 from connectors.salesforce.history import FieldHistory
 from tests.fakes.salesforce import FakeSalesforce, error
-from tests.salesforce.conftest import ROOT, build
+from tests.salesforce.sf_helpers import ROOT, build
 
 SINCE = datetime(2026, 1, 1, tzinfo=UTC)
 UNTIL = datetime(2026, 3, 1, tzinfo=UTC)

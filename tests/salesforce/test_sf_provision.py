@@ -11,7 +11,7 @@ from connectors.base import ConnectorError, HandoffTask
 from connectors.salesforce import SalesforceConnector
 from core.mapping import Mapping
 from tests.fakes.salesforce import MD_NS, XSI, FakeSalesforce
-from tests.salesforce.conftest import build
+from tests.salesforce.sf_helpers import build
 
 
 @pytest.fixture

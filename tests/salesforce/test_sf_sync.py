@@ -14,7 +14,7 @@ from core.mapping import Mapping
 from core.models import Event
 from core.sqlite_store import SQLiteStore
 from tests.fakes.salesforce import FakeSalesforce
-from tests.salesforce.conftest import FIXTURES, OUTBOUND_QUERY, build
+from tests.salesforce.sf_helpers import FIXTURES, OUTBOUND_QUERY, build
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 

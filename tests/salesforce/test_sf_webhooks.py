@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -17,7 +16,7 @@ from connectors.salesforce.signature import sign
 from core.mapping import Mapping
 from core.sqlite_store import SQLiteStore
 from core.store import StoreError
-from tests.salesforce.conftest import FIXTURES, OUTBOUND_QUERY, SECRET, build
+from tests.salesforce.sf_helpers import FIXTURES, OUTBOUND_QUERY, SECRET, build, envelope_of
 
 NOW = datetime(2026, 3, 4, 12, 0, tzinfo=UTC)
 XML = {"content-type": "text/xml; charset=utf-8"}
@@ -185,40 +184,13 @@ def test_org_ids_compare_on_15_characters(expected: str, given: str, same: bool)
     assert same_org(expected, given) is same
 
 
-def envelope_of(n: int) -> bytes:
-    notes = "".join(
-        f'<Notification><Id>04l5g00000{i:08d}</Id><sObject xsi:type="sf:Contact" '
-        f'xmlns:sf="urn:sobject.enterprise.soap.sforce.com"><sf:Id>003{i:012d}AAA</sf:Id>'
-        f"<sf:Last_Email_Open_Date__c>2026-03-02T09:{i % 60:02d}:00.000Z"
-        "</sf:Last_Email_Open_Date__c>"
-        f"<sf:Last_Email_Click_Date__c>2026-03-02T10:{i % 60:02d}:00.000Z"
-        "</sf:Last_Email_Click_Date__c>"
-        "<sf:HasOptedOutOfEmail>false</sf:HasOptedOutOfEmail></sObject></Notification>"
-        for i in range(n)
-    )
-    return (
-        '<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope '
-        'xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" '
-        'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body>'
-        '<notifications xmlns="http://soap.sforce.com/2005/09/outbound">'
-        "<OrganizationId>00D5g000004ABCDEAA</OrganizationId><ActionId>04k5g000000bmsHAAQ</ActionId>"
-        f"{notes}</notifications></soapenv:Body></soapenv:Envelope>"
-    ).encode()
-
-
-def test_100_notifications_parse_well_under_50ms(connector: SalesforceConnector) -> None:
-    request = post("/webhooks/salesforce", envelope_of(100), XML)
-    connector.parse_webhook(request)  # warm-up: imports, compiled regexes
-    best = min(_timed(connector, request) for _ in range(5))
-    assert best < 0.050, f"{best * 1000:.1f} ms"
-
-
-def _timed(connector: SalesforceConnector, request: WebhookRequest) -> float:
-    start = time.perf_counter()
-    intake = connector.parse_webhook(request)
-    elapsed = time.perf_counter() - start
-    assert len(intake.events) == 300  # open, send, opt-out state
-    return elapsed
+def test_100_notifications_in_one_message_all_become_events(
+    connector: SalesforceConnector,
+) -> None:
+    """Its parse time is measured by bench/webhook_parse.py (no wall clock in tests)."""
+    intake = connector.parse_webhook(post("/webhooks/salesforce", envelope_of(100), XML))
+    assert len(intake.events) == 300  # open, click, opt-out state
+    assert len({e.contact_id for e in intake.events}) == 100
 
 
 # ---- signed JSON intake ----------------------------------------------------------------------

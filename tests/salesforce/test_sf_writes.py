@@ -14,7 +14,7 @@ from connectors.salesforce import SalesforceConnector
 from connectors.salesforce.bulk import poll_delays
 from core.mapping import Mapping
 from tests.fakes.salesforce import FakeSalesforce
-from tests.salesforce.conftest import build
+from tests.salesforce.sf_helpers import build
 
 AT = datetime(2026, 3, 1, 12, 30, tzinfo=UTC)
 
