@@ -57,6 +57,7 @@ APIS: dict[str, Callable[[HubSpot], Any]] = {
     "properties.groups": lambda c: c.crm.properties.groups_api,
     "lists": lambda c: c.crm.lists.lists_api,
     "email.events": lambda c: EmailEventsApi(c.crm.contacts.batch_api.api_client),
+    "events": lambda c: c.events.events_api,  # web analytics events (page views), `history`
 }
 
 RETRIABLE_STATUSES = frozenset({423, 477, 500, 502, 503, 504, 520, 521, 522, 523, 524})

@@ -31,14 +31,11 @@ from typing import Any
 
 from connectors.base import AuthError, ConnectorError, HistoryPage
 from connectors.hubspot.batches import BATCH_SIZE, chunks
-from connectors.hubspot.client import APIS, HubSpotClient
+from connectors.hubspot.client import HubSpotClient
 from connectors.hubspot.records import READ_SCOPE
 from connectors.signals import event_from_signal, parse_instant
 from core.mapping import Mapping as ProgramMapping
 from core.models import Event
-
-# The events API through the client's registry of SDK APIs (the SDK has a class for it).
-APIS.setdefault("events", lambda sdk: sdk.events.events_api)
 
 SOURCE = "HubSpot email events"
 EVENTS_SCOPE = "content"
