@@ -98,7 +98,7 @@ def test_replay_says_how_many_events_lie_after_until(tmp_path, engine):
     result = invoke("replay", "mappings/hubspot.yaml", str(events), "--until",
                     "2026-01-02T00:00:00Z", "--engine", engine, data_dir=tmp_path)  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "1 events applied" in result.stderr
+    assert "1 event applied" in result.stderr
     assert "2 events after --until not applied" in result.stderr
     whole = invoke("replay", "mappings/hubspot.yaml", str(events), "--engine", engine,
                    data_dir=tmp_path)  # fmt: skip
