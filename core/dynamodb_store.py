@@ -65,6 +65,7 @@ import heapq
 import itertools
 import json
 import os
+import re
 import secrets
 import threading
 import time
@@ -73,9 +74,10 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import fields, is_dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import boto3
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
 
 from core.ledger_reader import NOTE_PREFIXES, LedgerReader, RollupRow, WindowError
 from core.models import CONTACT_STATE, DECISION, EVENT, ContactState, Decision, Event
@@ -94,6 +96,7 @@ from core.store import (
     read_inbox_bodies,
 )
 
+_TABLE_NAME = re.compile(r"[A-Za-z0-9_.-]{3,255}")
 SHARDS = 16
 """Fixed for the life of a table: a contact's partition is derived from it."""
 ROLLUP_SHARDS = 8
@@ -226,6 +229,15 @@ def decision_from(item: Item) -> Decision:
     return DECISION.validate_python(json.loads(item["decision"]["S"]))
 
 
+def counter_key(kind: str, dims: str, shard: str) -> Item:
+    """The key of a counter item: `rollup#<shard>` / `<day>#<hash of dims>`, or `levels#<shard>` /
+    dims (the JSON [status, reason])."""
+    if kind == "rollup":
+        digest = hashlib.blake2b(dims.encode(), digest_size=8).hexdigest()
+        return {"pk": _s(f"rollup#{shard}"), "sk": _s(f"{json.loads(dims)[0]}#{digest}")}
+    return {"pk": _s(f"levels#{shard}"), "sk": _s(dims)}
+
+
 def _rollup_counter(key: tuple) -> Counter:
     return ("rollup", json.dumps(list(key), separators=(",", ":")))
 
@@ -325,6 +337,29 @@ class DynamoDBStore(Store, LedgerReader):
             raise StoreError("STATE_TABLE is not set: name the DynamoDB table to use") from None
         days = float(env.get("EVENT_KEY_TTL_DAYS", "90"))
         return cls(table, claim_ttl=timedelta(days=days))
+
+    @classmethod
+    def from_url(cls, url: str) -> DynamoDBStore:
+        """A store named `dynamodb://TABLE[?region=REGION]` (the command line's `--store`);
+        credentials come from the usual AWS chain. A malformed URL raises `ValueError`."""
+        parts = urlsplit(url)
+        query = parse_qs(parts.query, keep_blank_values=True)
+        table = parts.netloc
+        if parts.scheme != "dynamodb" or parts.path not in ("", "/") or parts.fragment:
+            raise ValueError(f"expected dynamodb://TABLE[?region=REGION], got {url!r}")
+        if not _TABLE_NAME.fullmatch(table):
+            raise ValueError(f"{url!r}: a DynamoDB table name is 3-255 of a-z A-Z 0-9 _ - .")
+        unknown = sorted(set(query) - {"region"})
+        if unknown or any(len(v) != 1 or not v[0] for v in query.values()):
+            raise ValueError(f"{url!r}: the only option is region=REGION (once)")
+        region = query.get("region", [None])[0]
+        try:
+            client = boto3.client("dynamodb", region_name=region)
+        except NoRegionError:
+            raise StoreError(
+                f"{url}: no AWS region: add ?region=REGION or set AWS_DEFAULT_REGION"
+            ) from None
+        return cls(table, client=client)
 
     def create_table(self) -> None:
         """For tests and local experiments; deployments get the table from serverless.yml."""
@@ -802,13 +837,8 @@ class DynamoDBStore(Store, LedgerReader):
         for (kind, dims), delta in totals.items():
             if not delta:
                 continue
-            if kind == "rollup":
-                digest = hashlib.blake2b(dims.encode(), digest_size=8).hexdigest()
-                key = {"pk": _s(f"rollup#{shard}"), "sk": _s(f"{json.loads(dims)[0]}#{digest}")}
-            else:
-                key = {"pk": _s(f"levels#{shard}"), "sk": _s(dims)}
             updates.append({"Update": {
-                "TableName": self.table, "Key": key,
+                "TableName": self.table, "Key": counter_key(kind, dims, shard),
                 "UpdateExpression": "SET dims = :dims ADD n :delta",
                 "ExpressionAttributeValues": {":dims": _s(dims), ":delta": _n(delta)},
             }})  # fmt: skip
@@ -869,7 +899,17 @@ class DynamoDBStore(Store, LedgerReader):
     def _call(self, method: str, **kwargs: Any) -> dict[str, Any]:
         try:
             return getattr(self.db, method)(**kwargs)
-        except (ClientError, BotoCoreError) as exc:
+        except NoCredentialsError as exc:
+            raise StoreError(
+                f"DynamoDB {self.table}: no AWS credentials found (set AWS_PROFILE, or "
+                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or run `aws sso login`)"
+            ) from exc
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "ResourceNotFoundException":
+                region = self.db.meta.region_name
+                raise StoreError(f"DynamoDB table {self.table!r} not found in {region}") from exc
+            raise StoreError(f"DynamoDB {self.table} {method}: {exc}") from exc
+        except BotoCoreError as exc:
             raise StoreError(f"DynamoDB {self.table} {method}: {exc}") from exc
 
     def _get_many(self, keys: list[Item], projection: str | None = None) -> Iterator[Item]:
