@@ -169,3 +169,27 @@ def test_a_report_reads_counters_only_whatever_the_ledger_holds(stack: Stack) ->
     assert big_reads.calls <= 3 * 8 + 2  # one query per counter shard, notes, quarantine
     assert small_reads.calls == big_reads.calls
     assert small_reads.items["rollup"] <= big_reads.items["rollup"] <= 90 * 8
+
+
+def test_the_scheduled_report_writes_the_html_to_its_bucket_from_counters_only(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fill(stack.store, 0, 30)
+    s3 = boto3.client("s3", region_name=REGION)
+    s3.create_bucket(Bucket="crm-elasticity-test-reports",
+                     CreateBucketConfiguration={"LocationConstraint": REGION})  # fmt: skip
+    monkeypatch.setenv("REPORT_BUCKET", "crm-elasticity-test-reports")
+    counting = CountingClient(boto3.client("dynamodb", region_name=REGION))
+    monkeypatch.setattr(handlers, "_report_store",
+                        lambda: DynamoDBStore(stack.store.table, client=counting))  # fmt: skip
+    result = handlers.report({}, FakeContext())
+    assert result["keys"][1] == "reports/latest.html" and result["keys"][0].endswith(".html")
+    for key in result["keys"]:
+        page = s3.get_object(Bucket="crm-elasticity-test-reports", Key=key)
+        assert page["ContentType"].startswith("text/html")
+        html = page["Body"].read().decode()
+        assert "<html" in html and "Engaged" in html
+    assert set(counting.items) <= {"rollup", "levels", "notes", "quarantine"}
+    monkeypatch.delenv("REPORT_BUCKET")
+    with pytest.raises(RuntimeError, match="REPORT_BUCKET"):
+        handlers.report({}, FakeContext())
