@@ -47,8 +47,10 @@ Reports read counters, never the ledger: every transaction that writes ledger li
 them to the day's roll-up counters (`ADD n`), and one that moves a contact's status or
 suppression reason moves the contact-level counters, so `report` reads only counter items and
 `explain` one contact's ledger partition. Counters are spread over `ROLLUP_SHARDS` partitions
-(a transaction picks one at random) so concurrent writers rarely touch the same counter item
-(two transactions on one item at once: one is cancelled, and its batch is decided again).
+(a writer keeps to one it picked at random, and picks again after a transaction conflict) so
+concurrent writers rarely touch the same counter item (two transactions on one item at once:
+one is cancelled, and its batch is decided again), while a counter lives in only as many items
+as writers ran at once.
 DynamoDB lets a transaction name an item once, so each transaction carries one update per
 counter item it moves, and those updates count toward its `TRANSACTION_LIMIT` items.
 
@@ -325,6 +327,10 @@ class DynamoDBStore(Store, LedgerReader):
         self.claim_ttl = claim_ttl
         self.clock = clock
         self._seq = _Sequence()
+        self._counter_shard = secrets.randbelow(ROLLUP_SHARDS)
+        """The counter shard this writer adds to, picked anew after a transaction conflict: a
+        steady writer keeps to one, so a counter lives in as many items as writers ran at
+        once (at most `ROLLUP_SHARDS`), which is what a report reads."""
         # Cursor versions this store last saw; an update is conditional on them (optimistic lock).
         self._versions: OrderedDict[str, int | None] = OrderedDict()
 
@@ -828,11 +834,11 @@ class DynamoDBStore(Store, LedgerReader):
             yield ops + self._counter_updates(moves)
 
     def _counter_updates(self, moves: list[tuple[Counter, int]]) -> list[Op]:
-        """One `ADD` per counter item these moves touch, on a roll-up shard picked at random."""
+        """One `ADD` per counter item these moves touch, on this store's counter shard."""
         totals: dict[Counter, int] = {}
         for counter, delta in moves:
             totals[counter] = totals.get(counter, 0) + delta
-        shard = f"{secrets.randbelow(ROLLUP_SHARDS):02d}"
+        shard = f"{self._counter_shard:02d}"
         updates: list[Op] = []
         for (kind, dims), delta in totals.items():
             if not delta:
@@ -888,6 +894,8 @@ class DynamoDBStore(Store, LedgerReader):
                     message = str(exc)
                     reasons = [c for c in ("ConditionalCheckFailed", "TransactionConflict")
                                if c in message]  # fmt: skip
+                if "TransactionConflict" in reasons:  # maybe on a counter: move to another
+                    self._counter_shard = secrets.randbelow(ROLLUP_SHARDS)
                 if {"ConditionalCheckFailed", "TransactionConflict"} & set(reasons):
                     raise ConflictError(
                         "another writer claimed an event or moved a cursor first"
