@@ -249,13 +249,18 @@ def _level(status: object, reason: object) -> Counter:
     return ("levels", json.dumps(pair, separators=(",", ":")))
 
 
-def _level_moves(state: ContactState, decisions: list[Decision]) -> list[tuple[Counter, int]]:
+def _level_moves(
+    state: ContactState, decisions: list[Decision], before: Counter | None = None
+) -> list[tuple[Counter, int]]:
     """How writing `state` moves the contact-level counters: out of the (status, suppression
-    reason) it had before this batch's decisions, into the one it has now. A contact whose
-    first decision has no `from_status` is new."""
+    reason) it had before, into the one it has now. `before` is the level read at the version
+    the write is conditional on; without it, the level before this batch's decisions (a
+    contact whose first decision has no `from_status` is new)."""
+    now = _level(state.campaign_status, state.suppression_reason)
+    if before is not None:
+        return [] if before == now else [(now, 1), (before, -1)]
     if not decisions:
         return []
-    now = _level(state.campaign_status, state.suppression_reason)
     moves = [(now, 1)]
     first = decisions[0]
     if first.from_status is not None:
@@ -327,6 +332,9 @@ class DynamoDBStore(Store, LedgerReader):
         self.claim_ttl = claim_ttl
         self.clock = clock
         self._seq = _Sequence()
+        self._levels_read: OrderedDict[tuple[str, int], Counter] = OrderedDict()
+        """(contact, version) -> its (status, reason) level as read: a write conditional on
+        that version moves the level counters from exactly there."""
         self._counter_shard = secrets.randbelow(ROLLUP_SHARDS)
         """The counter shard this writer adds to, picked anew after a transaction conflict: a
         steady writer keeps to one, so a counter lives in as many items as writers ran at
@@ -391,8 +399,14 @@ class DynamoDBStore(Store, LedgerReader):
         found: dict[str, ContactState] = {}
         versions: dict[str, int] = {}
         for item in self._get_many(keys):
-            found[item["sk"]["S"]] = contact_from(item)
-            versions[item["sk"]["S"]] = _version_of(item)
+            cid = item["sk"]["S"]
+            state = found[cid] = contact_from(item)
+            versions[cid] = _version_of(item)
+            self._levels_read[(cid, versions[cid])] = _level(
+                state.campaign_status, state.suppression_reason
+            )
+            while len(self._levels_read) > VERSION_CACHE:
+                self._levels_read.popitem(last=False)
         return found, versions
 
     def iter_contacts(self, page_size: int = 5000) -> Iterator[list[ContactState]]:
@@ -736,7 +750,7 @@ class DynamoDBStore(Store, LedgerReader):
             (per_contact[cause_of[key]] if key in cause_of else orphans).add(op)
         for cid, (state, due) in contacts.items():
             per_contact[cid].add(self._contact_write(state, due, expected),
-                                 _level_moves(state, decided.get(cid, [])))  # fmt: skip
+                                 self._level_moves(state, decided.get(cid, []), expected))
         for cid in expected.keys() - contacts.keys():
             # Decided on but unchanged: the decision still rests on the version read.
             check = {"TableName": self.table,
@@ -771,6 +785,18 @@ class DynamoDBStore(Store, LedgerReader):
                 note = {"pk": _s("notes"), "sk": _s(name), "value": _s(value)}
                 tail.add({"Put": {"TableName": self.table, "Item": note}})
         return [g for g in (orphans, *per_contact.values(), tail) if g.ops]
+
+    def _level_moves(
+        self, state: ContactState, decisions: list[Decision], expected: dict[str, int | None]
+    ) -> list[tuple[Counter, int]]:
+        cid = state.contact_id
+        if cid in expected:
+            if expected[cid] is None:  # a new contact (the write checks it is still absent)
+                return [(_level(state.campaign_status, state.suppression_reason), 1)]
+            before = self._levels_read.get((cid, expected[cid]))  # type: ignore[arg-type]
+            if before is not None:
+                return _level_moves(state, decisions, before)
+        return _level_moves(state, decisions)
 
     def _contact_write(
         self, state: ContactState, due: datetime | None, expected: dict[str, int | None]

@@ -514,3 +514,16 @@ def test_the_rollup_of_a_batch_larger_than_one_transaction_counts_every_decision
     assert [(r[0], r[-1]) for r in store.rollup()] == [
         ("2024-03-01", 50), ("2024-03-02", 50), ("2024-03-03", 50)]  # fmt: skip
     assert store.contact_levels() == {("Active", None): 150}
+
+
+def test_levels_follow_a_contact_changed_without_a_decision(store: Store) -> None:
+    """A contact whose CRM values were edited by hand is written as the CRM has it, with no
+    decision: the contacts-by-state counts still follow it."""
+    store.commit(Batch(contacts=[contact("c")], next_due=[None], expected_versions={"c": None}))
+    _, versions = store.get_versioned(["c"])
+    dormant = contact("c", campaign_status=Status.DORMANT)
+    store.commit(Batch(contacts=[dormant], next_due=[None], expected_versions=versions))
+    assert store.contact_levels() == {("Dormant", None): 1}
+    _, versions = store.get_versioned(["c"])
+    store.commit(Batch(contacts=[dormant], next_due=[None], expected_versions=versions))
+    assert store.contact_levels() == {("Dormant", None): 1}
