@@ -1,7 +1,9 @@
 """The persistence port: every durable thing the program keeps goes through `Store`.
 
 Implementations: `core.sqlite_store.SQLiteStore` (embedded, local mode and tests) and the
-DynamoDB store of the serverless deployment. Both pass `tests/test_store_contract.py`.
+DynamoDB store of the serverless deployment. Both pass `tests/test_store_contract.py`. Both
+also implement `core.ledger_reader.LedgerReader`, the only way reports, experiment results and
+`explain` read a store.
 """
 
 from __future__ import annotations
