@@ -5,6 +5,12 @@ production writes), about ten decisions a contact over a year: enrollment, weekl
 and clicks, dormancy, reactivation steps (withheld for the holdout), reactivations and
 suppressions. Then renders the report in every format and prints time and peak RSS. The
 target is < 30 s and < 1 GB for 10M decisions.
+
+`--dynamodb` (default 1M decisions) then loads that store's roll-up into a DynamoDB table under
+moto as the worker keeps it (counter items spread over the counter shards, contact levels,
+policy notes), renders the report from DynamoDB, checks its JSON is the SQLite report's byte
+for byte, and prints the time against the SQLite report's and the items it read (target:
+< 5 s on moto, reads independent of the number of decisions).
 """
 
 from __future__ import annotations
@@ -133,14 +139,82 @@ def build(path: Path, decisions: int, mapping_path: Path) -> None:
     store.close()
 
 
+def dynamodb_run(store_path: Path, mapping_path: Path) -> None:
+    import json
+    import os
+
+    for name, value in {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+                        "AWS_DEFAULT_REGION": "eu-west-1"}.items():  # fmt: skip
+        os.environ.setdefault(name, value)
+    import boto3
+    from moto import mock_aws
+
+    from core.dynamodb_store import ROLLUP_SHARDS, DynamoDBStore, counter_key
+    from core.report import build, render
+
+    mapping = load_mapping(mapping_path)
+    now = datetime(2030, 1, 1, tzinfo=UTC)
+    local = SQLiteStore(store_path)
+    t = time.perf_counter()
+    expected = render(build(local, None, mapping, label="bench", now=now), "json")
+    sqlite_took = time.perf_counter() - t
+    rows, levels, notes = local.rollup(), local.contact_levels(), local.policy_notes()
+    decisions = sum(r[-1] for r in rows)
+    local.close()
+    with mock_aws():
+        client = boto3.client("dynamodb", region_name="eu-west-1")
+        DynamoDBStore("bench", client=client).create_table()
+        items = []
+        for i, row in enumerate(rows):
+            # Each counter split over two shards, as concurrent workers leave it.
+            dims = json.dumps(list(row[:9]), separators=(",", ":"))
+            half = row[9] // 2
+            for shard, n in ((i % ROLLUP_SHARDS, half), ((i + 1) % ROLLUP_SHARDS, row[9] - half)):
+                items.append({**counter_key("rollup", dims, f"{shard:02d}"),
+                              "dims": {"S": dims}, "n": {"N": str(n)}})  # fmt: skip
+        for (status, reason), n in levels.items():
+            dims = json.dumps([status, reason], separators=(",", ":"))
+            items.append({**counter_key("levels", dims, "00"), "dims": {"S": dims},
+                          "n": {"N": str(n)}})  # fmt: skip
+        for name, value in notes.items():
+            items.append({"pk": {"S": "notes"}, "sk": {"S": name}, "value": {"S": value}})
+        for start in range(0, len(items), 25):
+            client.batch_write_item(RequestItems={"bench": [
+                {"PutRequest": {"Item": item}} for item in items[start : start + 25]]})
+        read = {"items": 0}
+        query = client.query
+
+        def counted(**kwargs):  # noqa: ANN003, ANN202
+            page = query(**kwargs)
+            read["items"] += len(page.get("Items", [])) or page.get("Count", 0)
+            return page
+
+        client.query = counted
+        t = time.perf_counter()
+        got = render(build(DynamoDBStore("bench", client=client), None, mapping, label="bench",
+                           now=now), "json")  # fmt: skip
+        dynamo_took = time.perf_counter() - t
+    same = "identical to" if got == expected else "DIFFERENT from"
+    print(f"dynamodb (moto): {decisions:,} decisions in {len(rows):,} roll-up rows "
+          f"({len(items):,} counter items); report read {read['items']:,} items "
+          f"({read['items'] / max(decisions, 1):.5f} per decision) in {dynamo_took:.2f}s, "
+          f"{dynamo_took / sqlite_took:.1f}x the SQLite report's {sqlite_took:.2f}s; "
+          f"JSON {same} the SQLite report")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--decisions", type=int, default=10_000_000)
+    parser.add_argument("--decisions", type=int, default=None,
+                        help="default 10,000,000 (1,000,000 with --dynamodb)")  # fmt: skip
+    parser.add_argument("--dynamodb", action="store_true",
+                        help="also report from a DynamoDB table (moto) holding the roll-up")
     parser.add_argument("--store", type=Path, default=Path("bench/out/report-bench.sqlite3"))
     parser.add_argument("--mapping", type=Path, default=Path("mappings/hubspot.yaml"))
     parser.add_argument("--reuse", action="store_true", help="keep an existing store")
     parser.add_argument("--since", default=None, help="ISO time for a --since run too")
     args = parser.parse_args()
+    if args.decisions is None:
+        args.decisions = 1_000_000 if args.dynamodb else 10_000_000
     args.store.parent.mkdir(parents=True, exist_ok=True)
     if not (args.reuse and args.store.exists()):
         t = time.perf_counter()
@@ -160,6 +234,8 @@ def main() -> None:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         label = f"{fmt}" + (f" --since {args.since}" if since else "")
         print(f"report {label:<40} {took:6.2f}s  {len(text):>9,} chars  peak RSS {peak:,.0f} MB")
+    if args.dynamodb:
+        dynamodb_run(args.store, args.mapping)
 
 
 if __name__ == "__main__":

@@ -75,6 +75,22 @@ def _data_dir(data_dir: Path | None) -> Path:
     return Path(os.environ.get("ELASTICITY_DATA_DIR", ".elasticity"))
 
 
+DYNAMODB_URL = "dynamodb://"
+
+
+def _dynamodb(url: str):  # noqa: ANN202 - DynamoDBStore, imported only when asked for
+    """The DynamoDB store a `--store dynamodb://TABLE[?region=...]` names (exit 2 on a bad
+    URL, 1 when it cannot be opened)."""
+    from core.dynamodb_store import DynamoDBStore
+
+    try:
+        return DynamoDBStore.from_url(url)
+    except ValueError as exc:
+        _fail(f"--store: {exc}", 2)
+    except StoreError as exc:
+        _fail(str(exc))
+
+
 def _store_paths(data_dir: Path | None, name: str | None) -> list[tuple[str, Path]]:
     """The stores a command reads; a name that is neither a known store nor an existing file is
     a usage error (exit 2), not an empty result."""
@@ -617,7 +633,9 @@ def simulate(
 def explain(
     contact_id: Annotated[str, typer.Argument(help="contact id as the CRM knows it")],
     store: Annotated[
-        str | None, typer.Option(help="main, replay, simulate or a path (default: all)")
+        str | None,
+        typer.Option(help="main, replay, simulate, a path or dynamodb://TABLE[?region=R] "
+                     "(default: every local store)"),
     ] = None,
     side_by_side: Annotated[
         bool, typer.Option("--compare", help="the base and candidate histories of `compare`")
@@ -636,6 +654,16 @@ def explain(
         text = side_by_side_history(stores["base"], stores["candidate"], contact_id)
         if text is None:
             _fail(f"contact {contact_id!r} has no decisions in either comparison store")
+        out.print(text, markup=False, highlight=False)
+        return
+    if store is not None and store.startswith(DYNAMODB_URL):
+        try:
+            text = explain_contact(_dynamodb(store), contact_id)
+        except StoreError as exc:
+            _fail(str(exc))
+        if text is None:
+            _fail(f"contact {contact_id!r} has no decisions in {store}")
+        out.print(f"[bold]{store}[/bold]", highlight=False)
         out.print(text, markup=False, highlight=False)
         return
     paths = _store_paths(data_dir, store)
@@ -799,7 +827,9 @@ def compare(
 
 @app.command()
 def report(
-    store: Annotated[str, typer.Option(help="main, replay, simulate or a path")] = "main",
+    store: Annotated[
+        str, typer.Option(help="main, replay, simulate, a path or dynamodb://TABLE[?region=R]")
+    ] = "main",
     since: Annotated[str | None, typer.Option(help="only decisions at or after this time")] = None,
     fmt: Annotated[str, typer.Option("--format", help="md, html or json")] = "md",
     out_path: Annotated[Path | None, typer.Option("--out", help="write here")] = None,
@@ -807,15 +837,27 @@ def report(
     data_dir: DataDir = None,
 ) -> None:
     """Funnel, transitions by reason, reactivation rate, experiments, data quality."""
+    from core.ledger_reader import WindowError
     from core.report import render_report
 
     if fmt not in ("md", "html", "json"):
         _fail(f"--format: expected md, html or json, got {fmt!r}", 2)
-    paths = _store_paths(data_dir, store)
-    if not paths:
-        _fail(f"no store {store!r} in {_data_dir(data_dir)}; run simulate, replay or sync first")
+    start = _parse_time(since, "--since")
     loaded = _mapping(mapping) if mapping else None
-    text = render_report(paths[0][1], fmt, since=_parse_time(since, "--since"), mapping=loaded)
+    if store.startswith(DYNAMODB_URL):
+        source, label = _dynamodb(store), store
+    else:
+        paths = _store_paths(data_dir, store)
+        if not paths:
+            where = _data_dir(data_dir)
+            _fail(f"no store {store!r} in {where}; run simulate, replay or sync first")
+        source, label = paths[0][1], None
+    try:
+        text = render_report(source, fmt, since=start, mapping=loaded, label=label)
+    except WindowError as exc:
+        _fail(f"--since: {exc}", 2)
+    except StoreError as exc:
+        _fail(str(exc))
     if out_path:
         out_path.write_text(text)
         out.print(f"report written to {out_path}", highlight=False)
@@ -868,19 +910,27 @@ def sandbox(
 def promote(
     mapping: MappingArg,
     name: Annotated[str, typer.Argument(help="experiment name")],
-    store: Annotated[str, typer.Option(help="main, replay, simulate or a path")] = "main",
+    store: Annotated[
+        str, typer.Option(help="main, replay, simulate, a path or dynamodb://TABLE[?region=R]")
+    ] = "main",
     data_dir: DataDir = None,
 ) -> None:
     """Write a significant winner into the mapping file as the experiment's default."""
     from core.promote import PromotionError, promote_winner
 
     loaded = _mapping(mapping)
-    paths = _store_paths(data_dir, store)
-    if not paths:
-        _fail(f"no store {store!r} in {_data_dir(data_dir)}")
+    if store.startswith(DYNAMODB_URL):
+        source = _dynamodb(store)
+    else:
+        paths = _store_paths(data_dir, store)
+        if not paths:
+            _fail(f"no store {store!r} in {_data_dir(data_dir)}")
+        source = paths[0][1]
     try:
-        message = promote_winner(mapping, loaded, name, paths[0][1])
+        message = promote_winner(mapping, loaded, name, source)
     except PromotionError as exc:
+        _fail(str(exc))
+    except StoreError as exc:
         _fail(str(exc))
     out.print(message, highlight=False)
 

@@ -11,7 +11,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from core.sqlite_store import SQLiteStore
+    from core.ledger_view import LedgerView
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -44,7 +44,7 @@ def diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return lines
 
 
-def change_log(store: SQLiteStore) -> list[dict[str, Any]]:
+def change_log(store: LedgerView) -> list[dict[str, Any]]:
     """Versions in the order they first decided, each with what changed from the one before,
     and promotions where they happened."""
     versions = [json.loads(v) for (v,) in store.execute(
@@ -73,7 +73,7 @@ def change_log(store: SQLiteStore) -> list[dict[str, Any]]:
     return entries
 
 
-def versions_by_transition(store: SQLiteStore) -> list[dict[str, Any]]:
+def versions_by_transition(store: LedgerView) -> list[dict[str, Any]]:
     rows = store.execute(
         "SELECT policy_version, from_status, to_status, SUM(n), MIN(day), MAX(day) "
         "FROM report_rows WHERE from_status <> to_status GROUP BY 1, 2, 3 ORDER BY 1, 4 DESC"

@@ -18,9 +18,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from core.ledger_view import LedgerView
 from core.mapping import Mapping, load_mapping
 from core.models import STATE_COLOURS, ContactState
-from core.report import funnel, headline, suppression
+from core.report import funnel, headline_of, suppression
 from core.results import counts_by_arm, counts_by_assignment
 from core.sqlite_store import SQLiteStore
 
@@ -89,8 +90,8 @@ class Comparison:
         }
 
 
-def _figures(store: SQLiteStore, mapping: Mapping) -> dict[str, Any]:
-    top = headline(store)
+def _figures(store: LedgerView, mapping: Mapping) -> dict[str, Any]:
+    top = headline_of(store)
     saved, back = top["sends_saved"], top["reactivation"]
     handoffs = store.execute(
         "SELECT COALESCE(SUM(n), 0) FROM report_rows "
@@ -113,7 +114,7 @@ def _figures(store: SQLiteStore, mapping: Mapping) -> dict[str, Any]:
     }
 
 
-def _in_stream(store: SQLiteStore) -> dict[str, int]:
+def _in_stream(store: LedgerView) -> dict[str, int]:
     days, levels, _ = funnel(store)
     return {day: levels["Active"][i] + levels["Reactivated"][i] for i, day in enumerate(days)}
 
@@ -152,13 +153,17 @@ def compare_policies(
         mappings = {side: load_mapping(paths[side]) for side in SIDES}
         streams = {}
         for side in SIDES:
-            figures = _figures(opened[side], mappings[side])
+            view = LedgerView(opened[side])
+            try:
+                figures = _figures(view, mappings[side])
+                streams[side] = _in_stream(view)
+            finally:
+                view.close()
             result.sides[side] = {
                 "mapping": str(paths[side]),
                 "policy_version": mappings[side].policy.version,
                 "figures": figures,
             }
-            streams[side] = _in_stream(opened[side])
         days = sorted(set(streams["base"]) | set(streams["candidate"]))
         result.audience = {
             "days": days,

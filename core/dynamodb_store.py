@@ -19,6 +19,10 @@ Single-table layout, partition key `pk` and sort key `sk` (both strings):
 |                 |                      |             | `part` the inbox partition it left      |
 | event history   | `history#<contact>`  | `history`   | `body`: recent decided events (JSON)    |
 | quality mark    | `quality#<measure>`  | event id    | one per marked event (counted by query) |
+| roll-up counter | `rollup#<rshard>`    | `<day>#<h>` | `dims`: the `core.rollup` key (JSON),   |
+|                 |                      |             | `n`: decisions; `h` hashes `dims`       |
+| contact level   | `levels#<rshard>`    | JSON        | `n`: contacts in (status, reason) now   |
+| policy note     | `notes`              | cursor name | `value`: a `policy:`/`changelog:` cursor|
 
 Contacts are spread over `SHARDS` partitions by a hash of their id, so listing them in id order
 is a merge of `SHARDS` sorted queries, and no single partition takes every write. The inbox
@@ -40,6 +44,17 @@ Only a single contact with more than `TRANSACTION_LIMIT` items is split inside i
 its claims and state go first (a retry cannot double count; the worst case is a missing ledger
 line for that contact).
 
+Reports read counters, never the ledger: every transaction that writes ledger lines also adds
+them to the day's roll-up counters (`ADD n`), and one that moves a contact's status or
+suppression reason moves the contact-level counters, so `report` reads only counter items and
+`explain` one contact's ledger partition. Counters are spread over `ROLLUP_SHARDS` partitions
+(a writer keeps to one it picked at random, and picks again after a transaction conflict) so
+concurrent writers rarely touch the same counter item (two transactions on one item at once:
+one is cancelled, and its batch is decided again), while a counter lives in only as many items
+as writers ran at once.
+DynamoDB lets a transaction name an item once, so each transaction carries one update per
+counter item it moves, and those updates count toward its `TRANSACTION_LIMIT` items.
+
 A contact listed in a batch's `expected_versions` is written (or, unchanged, checked) on the
 condition that its version is still the one read, inside its group's transaction. Owed writes a
 flusher has done are removed after the batch's transactions, each on the condition that its
@@ -53,6 +68,7 @@ import heapq
 import itertools
 import json
 import os
+import re
 import secrets
 import threading
 import time
@@ -61,12 +77,16 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import fields, is_dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import boto3
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
 
+from core.ledger_reader import NOTE_PREFIXES, LedgerReader, RollupRow, WindowError
 from core.models import CONTACT_STATE, DECISION, EVENT, ContactState, Decision, Event
 from core.order import ContactHistory, history_from_json, history_json
+from core.rollup import rollup_keys
+from core.sqlite_rows import decision_row
 from core.store import (
     OUTBOX_LEASE,
     QUALITY_MEASURES,
@@ -80,8 +100,11 @@ from core.store import (
     read_inbox_bodies,
 )
 
+_TABLE_NAME = re.compile(r"[A-Za-z0-9_.-]{3,255}")
 SHARDS = 16
 """Fixed for the life of a table: a contact's partition is derived from it."""
+ROLLUP_SHARDS = 8
+"""Partitions of the roll-up and level counters; readers sum them all. May grow, not shrink."""
 TRANSACTION_LIMIT = 100
 TRANSACTION_BYTES = 3_500_000  # DynamoDB allows 4 MB per transaction; keep a margin
 BATCH_GET_LIMIT = 100
@@ -210,6 +233,45 @@ def decision_from(item: Item) -> Decision:
     return DECISION.validate_python(json.loads(item["decision"]["S"]))
 
 
+def counter_key(kind: str, dims: str, shard: str) -> Item:
+    """The key of a counter item: `rollup#<shard>` / `<day>#<hash of dims>`, or `levels#<shard>` /
+    dims (the JSON [status, reason])."""
+    if kind == "rollup":
+        digest = hashlib.blake2b(dims.encode(), digest_size=8).hexdigest()
+        return {"pk": _s(f"rollup#{shard}"), "sk": _s(f"{json.loads(dims)[0]}#{digest}")}
+    return {"pk": _s(f"levels#{shard}"), "sk": _s(dims)}
+
+
+def _rollup_counter(key: tuple) -> Counter:
+    return ("rollup", json.dumps(list(key), separators=(",", ":")))
+
+
+def _level(status: object, reason: object) -> Counter:
+    pair = [getattr(status, "value", status), getattr(reason, "value", reason)]
+    return ("levels", json.dumps(pair, separators=(",", ":")))
+
+
+def _level_moves(
+    state: ContactState, decisions: list[Decision], before: Counter | None = None
+) -> list[tuple[Counter, int]]:
+    """How writing `state` moves the contact-level counters: out of the (status, suppression
+    reason) it had before, into the one it has now. `before` is the level read at the version
+    the write is conditional on; without it, the level before this batch's decisions (a
+    contact whose first decision has no `from_status` is new)."""
+    now = _level(state.campaign_status, state.suppression_reason)
+    if before is not None:
+        return [] if before == now else [(now, 1), (before, -1)]
+    if not decisions:
+        return []
+    moves = [(now, 1)]
+    first = decisions[0]
+    if first.from_status is not None:
+        reason = next((d.changes["suppression_reason"][0] for d in decisions
+                       if "suppression_reason" in d.changes), state.suppression_reason)  # fmt: skip
+        moves.append((_level(first.from_status, reason), -1))
+    return moves
+
+
 def _claim_key(key: str) -> Item:
     return {"pk": _s(f"event#{key}"), "sk": _s("claim")}
 
@@ -235,19 +297,31 @@ def _contact_in(key: str, contact_ids: set[str]) -> str | None:
     return None
 
 
+Counter = tuple[str, str]
+"""A counter item: ("rollup", dims JSON) or ("levels", [status, reason] JSON)."""
+COUNTER_BYTES = 200
+"""Room an update of a counter item takes in a transaction besides its dims."""
+
+
 class _Group:
-    """Operations that must land in the same transaction, and why they might fail."""
+    """Operations that must land in the same transaction, and why they might fail; with each
+    operation, the counters it moves (they travel in the same transaction)."""
 
     def __init__(self) -> None:
         self.ops: list[Op] = []
+        self.moves: list[list[tuple[Counter, int]]] = []
         self.size = 0
 
-    def add(self, op: Op) -> None:
+    def add(self, op: Op, moves: list[tuple[Counter, int]] | None = None) -> None:
         self.ops.append(op)
-        self.size += len(json.dumps(op))
+        self.moves.append(moves or [])
+        self.size += len(json.dumps(op)) + sum(len(c[1]) + COUNTER_BYTES for c, _ in moves or ())
+
+    def counters(self) -> set[Counter]:
+        return {c for moves in self.moves for c, _ in moves}
 
 
-class DynamoDBStore(Store):
+class DynamoDBStore(Store, LedgerReader):
     def __init__(
         self,
         table_name: str,
@@ -260,6 +334,13 @@ class DynamoDBStore(Store):
         self.claim_ttl = claim_ttl
         self.clock = clock
         self._seq = _Sequence()
+        self._levels_read: OrderedDict[tuple[str, int], Counter] = OrderedDict()
+        """(contact, version) -> its (status, reason) level as read: a write conditional on
+        that version moves the level counters from exactly there."""
+        self._counter_shard = secrets.randbelow(ROLLUP_SHARDS)
+        """The counter shard this writer adds to, picked anew after a transaction conflict: a
+        steady writer keeps to one, so a counter lives in as many items as writers ran at
+        once (at most `ROLLUP_SHARDS`), which is what a report reads."""
         # Cursor versions this store last saw; an update is conditional on them (optimistic lock).
         self._versions: OrderedDict[str, int | None] = OrderedDict()
 
@@ -272,6 +353,29 @@ class DynamoDBStore(Store):
             raise StoreError("STATE_TABLE is not set: name the DynamoDB table to use") from None
         days = float(env.get("EVENT_KEY_TTL_DAYS", "90"))
         return cls(table, claim_ttl=timedelta(days=days))
+
+    @classmethod
+    def from_url(cls, url: str) -> DynamoDBStore:
+        """A store named `dynamodb://TABLE[?region=REGION]` (the command line's `--store`);
+        credentials come from the usual AWS chain. A malformed URL raises `ValueError`."""
+        parts = urlsplit(url)
+        query = parse_qs(parts.query, keep_blank_values=True)
+        table = parts.netloc
+        if parts.scheme != "dynamodb" or parts.path not in ("", "/") or parts.fragment:
+            raise ValueError(f"expected dynamodb://TABLE[?region=REGION], got {url!r}")
+        if not _TABLE_NAME.fullmatch(table):
+            raise ValueError(f"{url!r}: a DynamoDB table name is 3-255 of a-z A-Z 0-9 _ - .")
+        unknown = sorted(set(query) - {"region"})
+        if unknown or any(len(v) != 1 or not v[0] for v in query.values()):
+            raise ValueError(f"{url!r}: the only option is region=REGION (once)")
+        region = query.get("region", [None])[0]
+        try:
+            client = boto3.client("dynamodb", region_name=region)
+        except NoRegionError:
+            raise StoreError(
+                f"{url}: no AWS region: add ?region=REGION or set AWS_DEFAULT_REGION"
+            ) from None
+        return cls(table, client=client)
 
     def create_table(self) -> None:
         """For tests and local experiments; deployments get the table from serverless.yml."""
@@ -297,8 +401,14 @@ class DynamoDBStore(Store):
         found: dict[str, ContactState] = {}
         versions: dict[str, int] = {}
         for item in self._get_many(keys):
-            found[item["sk"]["S"]] = contact_from(item)
-            versions[item["sk"]["S"]] = _version_of(item)
+            cid = item["sk"]["S"]
+            state = found[cid] = contact_from(item)
+            versions[cid] = _version_of(item)
+            self._levels_read[(cid, versions[cid])] = _level(
+                state.campaign_status, state.suppression_reason
+            )
+            while len(self._levels_read) > VERSION_CACHE:
+                self._levels_read.popitem(last=False)
         return found, versions
 
     def iter_contacts(self, page_size: int = 5000) -> Iterator[list[ContactState]]:
@@ -359,6 +469,57 @@ class DynamoDBStore(Store):
     def ledger_for(self, contact_id: str) -> list[Decision]:
         return [decision_from(item) for item in self._query_items(f"ledger#{contact_id}")]
 
+    # ---- the ledger reader (core.ledger_reader): counters and one contact's partition -----
+
+    def contact_decisions(self, contact_id: str) -> list[Decision]:
+        return self.ledger_for(contact_id)
+
+    def contact_now(self, contact_id: str) -> ContactState | None:
+        return self.get_contacts([contact_id]).get(contact_id)
+
+    def rollup(self, since: datetime | None = None) -> list[RollupRow]:
+        """The roll-up counters summed over their shards, in key order. The counters are per
+        UTC day, so `since` must be a midnight UTC (`WindowError` otherwise)."""
+        condition, values = "pk = :p", {}
+        if since is not None:
+            start = since.astimezone(UTC)
+            if start != start.replace(hour=0, minute=0, second=0, microsecond=0):
+                raise WindowError(
+                    f"the DynamoDB store counts decisions by whole UTC days: give a --since at "
+                    f"midnight UTC (such as {start.date().isoformat()}T00:00:00Z), not "
+                    f"{start.isoformat()}"
+                )
+            condition += " AND sk >= :day"
+            values[":day"] = _s(start.date().isoformat())
+        totals: dict[str, int] = {}
+        for item in self._counter_items("rollup", condition, values):
+            dims = item["dims"]["S"]
+            totals[dims] = totals.get(dims, 0) + int(item["n"]["N"])
+        rows = [(*json.loads(dims), n) for dims, n in totals.items() if n]
+        rows.sort(key=lambda row: row[:9])
+        return rows
+
+    def contact_levels(self) -> dict[tuple[str, str | None], int]:
+        totals: dict[tuple[str, str | None], int] = {}
+        for item in self._counter_items("levels", "pk = :p", {}):
+            status, reason = json.loads(item["dims"]["S"])
+            totals[(status, reason)] = totals.get((status, reason), 0) + int(item["n"]["N"])
+        return {key: n for key, n in totals.items() if n}
+
+    def policy_notes(self) -> dict[str, str]:
+        return {item["sk"]["S"]: item["value"]["S"] for item in self._query_items("notes")}
+
+    def quality_counts(self) -> dict[str, int]:
+        return {"quarantined_events": self.quarantine_count(), **self.marked_counts()}
+
+    def _counter_items(self, kind: str, condition: str, values: dict[str, Any]) -> Iterator[Item]:
+        for n in range(ROLLUP_SHARDS):
+            yield from self._paged_query(
+                KeyConditionExpression=condition,
+                ExpressionAttributeValues={":p": _s(f"{kind}#{n:02d}"), **values},
+                ProjectionExpression="dims, n",
+            )
+
     def inbox_take(self, limit: int, partition: str | None = None) -> list[Event]:
         where: tuple[str, Item] | None = None
         if partition == "":
@@ -388,7 +549,7 @@ class DynamoDBStore(Store):
             )
         )
 
-    def quality_counts(self) -> dict[str, int]:
+    def marked_counts(self) -> dict[str, int]:
         return {
             measure: sum(
                 page["Count"]
@@ -550,15 +711,10 @@ class DynamoDBStore(Store):
     def commit(self, batch: Batch) -> None:
         if batch.is_empty():
             return
-        groups = self._groups(batch)
-        if not groups:
-            pass  # only owed writes done: removed below
-        elif (
-            sum(len(g.ops) for g in groups) <= TRANSACTION_LIMIT
-            and sum(g.size for g in groups) <= TRANSACTION_BYTES
-        ):
-            self._transact([op for g in groups for op in g.ops])
-        else:
+        parts = list(self._packed(self._groups(batch)))
+        if len(parts) == 1:
+            self._transact(parts[0])
+        elif parts:
             # Answer a lost race before writing anything, as the one-transaction path does.
             claimed = set(batch.event_keys) - self.unseen(batch.event_keys)
             if claimed:
@@ -567,7 +723,7 @@ class DynamoDBStore(Store):
             _, versions = self.get_versioned(expected)
             if any(versions.get(cid) != version for cid, version in expected.items()):
                 raise ConflictError("a contact of this batch changed since it was read")
-            for ops in self._packed(groups):
+            for ops in parts:
                 self._transact(ops)
         if batch.outbox_done:
             self._finish_owed(batch.outbox_done)
@@ -587,6 +743,9 @@ class DynamoDBStore(Store):
         decided: dict[str, list[Decision]] = {}
         for decision in batch.decisions:
             decided.setdefault(decision.contact_id, []).append(decision)
+        rows = [decision_row(d) for d in batch.decisions]
+        counted = iter(rollup_keys(batch.decisions, rows, batch.contacts))
+        rollup_of = {id(d): _rollup_counter(next(counted)) for d in batch.decisions}
         cause_of = {d.cause: d.contact_id for d in batch.decisions}
         expected = batch.expected_versions
         histories = {h.contact_id: h for h in batch.histories}
@@ -605,7 +764,8 @@ class DynamoDBStore(Store):
                   **self._claim_condition()}}  # fmt: skip
             (per_contact[cause_of[key]] if key in cause_of else orphans).add(op)
         for cid, (state, due) in contacts.items():
-            per_contact[cid].add(self._contact_write(state, due, expected))
+            per_contact[cid].add(self._contact_write(state, due, expected),
+                                 self._level_moves(state, decided.get(cid, []), expected))
         for cid in expected.keys() - contacts.keys():
             # Decided on but unchanged: the decision still rests on the version read.
             check = {"TableName": self.table,
@@ -619,7 +779,8 @@ class DynamoDBStore(Store):
             for decision in decisions:
                 per_contact[cid].add({"Put": {
                     "TableName": self.table, "Item": ledger_item(decision, self._seq.next()),
-                    "ConditionExpression": "attribute_not_exists(pk)"}})  # fmt: skip
+                    "ConditionExpression": "attribute_not_exists(pk)"}},
+                    [(rollup_of[id(decision)], 1)])  # fmt: skip
         names = set(per_contact)
         for key, payload in batch.outbox.items():
             owner = _contact_in(key, names)
@@ -638,7 +799,22 @@ class DynamoDBStore(Store):
             tail.add({"Put": {"TableName": self.table, "Item": item}})
         for name, value in batch.cursors.items():
             tail.add(self._cursor_update(name, value))
+            if name.startswith(NOTE_PREFIXES):  # reports list these without a scan
+                note = {"pk": _s("notes"), "sk": _s(name), "value": _s(value)}
+                tail.add({"Put": {"TableName": self.table, "Item": note}})
         return [g for g in (orphans, *per_contact.values(), tail) if g.ops]
+
+    def _level_moves(
+        self, state: ContactState, decisions: list[Decision], expected: dict[str, int | None]
+    ) -> list[tuple[Counter, int]]:
+        cid = state.contact_id
+        if cid in expected:
+            if expected[cid] is None:  # a new contact (the write checks it is still absent)
+                return [(_level(state.campaign_status, state.suppression_reason), 1)]
+            before = self._levels_read.get((cid, expected[cid]))  # type: ignore[arg-type]
+            if before is not None:
+                return _level_moves(state, decisions, before)
+        return _level_moves(state, decisions)
 
     def _contact_write(
         self, state: ContactState, due: datetime | None, expected: dict[str, int | None]
@@ -664,24 +840,59 @@ class DynamoDBStore(Store):
         op["ExpressionAttributeNames"], op["ExpressionAttributeValues"] = names, values
         return {"Update": op}
 
-    @staticmethod
-    def _packed(groups: list[_Group]) -> Iterator[list[Op]]:
-        chunk: list[Op] = []
+    def _packed(self, groups: list[_Group]) -> Iterator[list[Op]]:
+        """Groups packed into transactions of at most `TRANSACTION_LIMIT` items (counter
+        updates included) and `TRANSACTION_BYTES`; a group too big for one is split inside
+        itself, its claims and state first (they were added first)."""
+        ops: list[Op] = []
+        moves: list[tuple[Counter, int]] = []
+        counters: set[Counter] = set()
         size = 0
+
+        def fits(n_ops: int, more: set[Counter], more_size: int) -> bool:
+            return (len(ops) + n_ops + len(counters | more) <= TRANSACTION_LIMIT
+                    and size + more_size <= TRANSACTION_BYTES)  # fmt: skip
+
         for group in groups:
-            if chunk and (len(chunk) + len(group.ops) > TRANSACTION_LIMIT
-                          or size + group.size > TRANSACTION_BYTES):  # fmt: skip
-                yield chunk
-                chunk, size = [], 0
-            if len(group.ops) > TRANSACTION_LIMIT:
-                # Claims and state were added first, so they land in the first part.
-                for start in range(0, len(group.ops), TRANSACTION_LIMIT):
-                    yield group.ops[start : start + TRANSACTION_LIMIT]
+            mine = group.counters()
+            if ops and not fits(len(group.ops), mine, group.size):
+                yield ops + self._counter_updates(moves)
+                ops, moves, counters, size = [], [], set(), 0
+            if fits(len(group.ops), mine, group.size):
+                ops += group.ops
+                moves += [m for op_moves in group.moves for m in op_moves]
+                counters |= mine
+                size += group.size
                 continue
-            chunk += group.ops
-            size += group.size
-        if chunk:
-            yield chunk
+            for op, op_moves in zip(group.ops, group.moves, strict=True):
+                more = {c for c, _ in op_moves}
+                op_size = len(json.dumps(op)) + sum(len(c[1]) + COUNTER_BYTES for c in more)
+                if ops and not fits(1, more, op_size):
+                    yield ops + self._counter_updates(moves)
+                    ops, moves, counters, size = [], [], set(), 0
+                ops.append(op)
+                moves += op_moves
+                counters |= more
+                size += op_size
+        if ops:
+            yield ops + self._counter_updates(moves)
+
+    def _counter_updates(self, moves: list[tuple[Counter, int]]) -> list[Op]:
+        """One `ADD` per counter item these moves touch, on this store's counter shard."""
+        totals: dict[Counter, int] = {}
+        for counter, delta in moves:
+            totals[counter] = totals.get(counter, 0) + delta
+        shard = f"{self._counter_shard:02d}"
+        updates: list[Op] = []
+        for (kind, dims), delta in totals.items():
+            if not delta:
+                continue
+            updates.append({"Update": {
+                "TableName": self.table, "Key": counter_key(kind, dims, shard),
+                "UpdateExpression": "SET dims = :dims ADD n :delta",
+                "ExpressionAttributeValues": {":dims": _s(dims), ":delta": _n(delta)},
+            }})  # fmt: skip
+        return updates
 
     def _claim_condition(self) -> dict[str, Any]:
         """A key can be claimed if nobody holds it, or its holder's TTL ran out (DynamoDB
@@ -727,6 +938,8 @@ class DynamoDBStore(Store):
                     message = str(exc)
                     reasons = [c for c in ("ConditionalCheckFailed", "TransactionConflict")
                                if c in message]  # fmt: skip
+                if "TransactionConflict" in reasons:  # maybe on a counter: move to another
+                    self._counter_shard = secrets.randbelow(ROLLUP_SHARDS)
                 if {"ConditionalCheckFailed", "TransactionConflict"} & set(reasons):
                     raise ConflictError(
                         "another writer claimed an event or moved a cursor first"
@@ -738,7 +951,17 @@ class DynamoDBStore(Store):
     def _call(self, method: str, **kwargs: Any) -> dict[str, Any]:
         try:
             return getattr(self.db, method)(**kwargs)
-        except (ClientError, BotoCoreError) as exc:
+        except NoCredentialsError as exc:
+            raise StoreError(
+                f"DynamoDB {self.table}: no AWS credentials found (set AWS_PROFILE, or "
+                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or run `aws sso login`)"
+            ) from exc
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "ResourceNotFoundException":
+                region = self.db.meta.region_name
+                raise StoreError(f"DynamoDB table {self.table!r} not found in {region}") from exc
+            raise StoreError(f"DynamoDB {self.table} {method}: {exc}") from exc
+        except BotoCoreError as exc:
             raise StoreError(f"DynamoDB {self.table} {method}: {exc}") from exc
 
     def _get_many(self, keys: list[Item], projection: str | None = None) -> Iterator[Item]:

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core.coded.ledger import has_coded_ledger
-from core.coded.ledger import ledger_for as coded_ledger_for
-from core.models import Decision
+from core.ledger_reader import LedgerReader
+from core.models import ContactState, Decision
 from core.order import REVISED
-from core.sqlite_store import SQLiteStore
 
 STORES = {"main": "elasticity.sqlite3", "replay": "replay.sqlite3", "simulate": "simulate.sqlite3"}
 
@@ -59,26 +57,28 @@ def describe(decision: Decision) -> str:
     return line
 
 
-def decisions_for(path: Path, contact_id: str) -> list[Decision]:
-    """The contact's decisions from the store at `path`: its text ledger, or the coded ledger
-    of a replay or simulation on the coded path."""
-    store = SQLiteStore(path)
+def _read(
+    source: Path | LedgerReader, contact_id: str
+) -> tuple[list[Decision], ContactState | None]:
+    """The contact's decisions and current state, from a reader or the SQLite store at a path
+    (its text ledger, or the coded ledger of a replay or simulation on the coded path)."""
+    if isinstance(source, LedgerReader):
+        return source.contact_decisions(contact_id), source.contact_now(contact_id)
+    from core.sqlite_store import SQLiteStore
+
+    store = SQLiteStore(source)
     try:
-        decisions = store.ledger_for(contact_id)
+        return store.contact_decisions(contact_id), store.contact_now(contact_id)
     finally:
         store.close()
-    if not decisions and has_coded_ledger(path):
-        decisions = coded_ledger_for(path, contact_id)
-    return decisions
 
 
-def explain_contact(path: Path, contact_id: str) -> str | None:
-    decisions = decisions_for(path, contact_id)
-    store = SQLiteStore(path)
-    try:
-        state = store.get_contacts([contact_id]).get(contact_id)
-    finally:
-        store.close()
+def decisions_for(source: Path | LedgerReader, contact_id: str) -> list[Decision]:
+    return _read(source, contact_id)[0]
+
+
+def explain_contact(source: Path | LedgerReader, contact_id: str) -> str | None:
+    decisions, state = _read(source, contact_id)
     if not decisions:
         return None
     lines = [describe(d) for d in decisions]

@@ -13,7 +13,7 @@ from typing import Any
 from core.mapping import Mapping, parse_mapping, policy_version
 from core.results import experiment_results
 from core.sqlite_store import SQLiteStore
-from core.store import Batch
+from core.store import Batch, Store
 
 
 class PromotionError(Exception):
@@ -103,16 +103,21 @@ def write_default(mapping_path: Path, name: str, variant: str) -> str:
     return text
 
 
-def promote_winner(mapping_path: Path, mapping: Mapping, name: str, store_path: Path) -> str:
+def promote_winner(
+    mapping_path: Path, mapping: Mapping, name: str, store_path: Path | Store
+) -> str:
     """Write the experiment's significant winner into the mapping as its default and record
-    the change in the store's change log. Raise `PromotionError` when there is no winner."""
+    the change in the store's change log. Raise `PromotionError` when there is no winner.
+    `store_path` is a SQLite store file or an open store (DynamoDB) that is also a ledger
+    reader; an open store is left open."""
     spec = next((e for e in mapping.experiments if e.name == name), None)
     if spec is None:
         known = ", ".join(e.name for e in mapping.experiments) or "none"
         raise PromotionError(f"{mapping_path}: no experiment named {name!r} (known: {known})")
-    store = SQLiteStore(store_path)
+    opened = not isinstance(store_path, Store)
+    store: Store = store_path if isinstance(store_path, Store) else SQLiteStore(store_path)
     try:
-        result = experiment_results(store, mapping, spec)
+        result = experiment_results(store, mapping, spec)  # type: ignore[arg-type]
         if result.winner is None:
             raise PromotionError(f"experiment {name!r}: no winner to promote: {result.verdict}")
         if spec.default == result.winner:
@@ -132,7 +137,8 @@ def promote_winner(mapping_path: Path, mapping: Mapping, name: str, store_path: 
         key = f"changelog:{entry['at']}:{name}"
         store.commit(Batch(cursors={key: json.dumps(entry)}))
     finally:
-        store.close()
+        if opened:
+            store.close()
     return (
         f"{name}: promoted {result.winner!r} as the default in {mapping_path} "
         f"({result.verdict}); policy version {entry['from_version']} -> {entry['to_version']}"

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from core.coded.events import UnknownKeys, event_from_line, problem_text
 from core.gcpause import cyclic_gc_paused
+from core.ledger_reader import INTAKE_CURSOR
 from core.mapping import Mapping
 from core.models import ContactState, Event, iso_utc
 from core.pipeline import Pipeline, RunStats
@@ -21,7 +22,6 @@ from core.sqlite_store import SQLiteStore
 from core.store import Batch
 
 REPLAY_BATCH = 20_000
-INTAKE_CURSOR = "replay:intake"
 """The run's intake counts (bad lines, duplicates, lines with unknown keys) in the store's
 cursors, where `report` reads them for its data-quality section."""
 _STATE_PAGE = 5_000

@@ -1,7 +1,9 @@
 """`elasticity report`: what a marketing team reads, from the ledger, as Markdown, HTML or JSON.
 
-Every figure comes from SQL over the ledger's daily roll-up (`core.rollup`), so a 10M-decision
-ledger reports in seconds and in constant memory. The HTML is one self-contained file: styles
+Every figure comes from the store's ledger reader (`core.ledger_reader`): its daily roll-up
+(`core.rollup`), contacts by state, policy notes and data-quality counts, aggregated by SQL over
+an in-memory copy (`core.ledger_view`). A 10M-decision ledger reports in seconds and in constant
+memory, from either store (SQLite or DynamoDB). The HTML is one self-contained file: styles
 inline, plots embedded as base64 PNG, no scripts.
 """
 
@@ -15,14 +17,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.changelog import change_log, versions_by_transition
+from core.ledger_reader import INTAKE_CURSOR, LedgerReader
+from core.ledger_view import LedgerView
 from core.models import COMPLIANCE_REASONS, STATE_COLOURS, Status, iso_utc
 from core.results import (
     counts_by_arm,
     experiment_results,
     holdout_results,
-    prepare_window,
 )
-from core.sqlite_store import SQLiteStore
 from core.stats import wilson
 
 if TYPE_CHECKING:
@@ -32,14 +34,14 @@ STATES = [s.value for s in Status]
 _COMPLIANCE = {r.value for r in COMPLIANCE_REASONS}
 
 
-def _sql(store: SQLiteStore, sql: str, params: tuple = ()) -> list[tuple]:
+def _sql(store: LedgerView, sql: str, params: tuple = ()) -> list[tuple]:
     return store.execute(sql, params)
 
 
 # ---- sections ------------------------------------------------------------------------------
 
 
-def funnel(store: SQLiteStore) -> tuple[list[str], dict[str, list[int]], dict[str, list[int]]]:
+def funnel(store: LedgerView) -> tuple[list[str], dict[str, list[int]], dict[str, list[int]]]:
     """Contacts in each state at the end of every day, from all-time transitions (a window
     shows levels, and levels need the history before it). Also the day's sends and the
     compliance-suppressed level, for the static-list comparison."""
@@ -118,7 +120,7 @@ def sends_saved(days: list[str], series: dict[str, list[int]], extra: dict[str, 
 COMEBACK_REASONS = ("reactivated_from_dormant", "reactivated_from_alternate_channel")
 
 
-def reactivation(store: SQLiteStore) -> dict[str, Any]:
+def reactivation(store: LedgerView) -> dict[str, Any]:
     """The reactivation rate, defined once: of the times contacts went Dormant, the share that
     ended in a comeback (from Dormant, or from the alternate channel after `no_response`)."""
     dormancies, comebacks = _sql(store, f"""
@@ -131,17 +133,24 @@ def reactivation(store: SQLiteStore) -> dict[str, Any]:
             "rate": round(comebacks / dormancies, 4) if dormancies else 0.0}  # fmt: skip
 
 
-def headline(store: SQLiteStore, since: datetime | None = None) -> dict[str, Any]:
+def headline(reader: LedgerReader, since: datetime | None = None) -> dict[str, Any]:
     """The figures `simulate` prints and `report` shows, computed in this one place from the
     ledger so the two can never disagree."""
-    prepare_window(store, since)
+    view = LedgerView(reader, since, contacts=False)
+    try:
+        return headline_of(view, since)
+    finally:
+        view.close()
+
+
+def headline_of(store: LedgerView, since: datetime | None = None) -> dict[str, Any]:
     days, series, extra = funnel(store)
     since_day = iso_utc(since)[:10] if since else None
     return {"sends_saved": sends_saved(days, series, extra, since_day),
             "reactivation": reactivation(store)}  # fmt: skip
 
 
-def transitions_by_reason(store: SQLiteStore) -> list[dict[str, Any]]:
+def transitions_by_reason(store: LedgerView) -> list[dict[str, Any]]:
     rows = _sql(store, """
         SELECT rule, reason, from_status, to_status, SUM(n) FROM report_rows
         WHERE from_status <> to_status GROUP BY 1, 2, 3, 4 ORDER BY 5 DESC""")
@@ -149,7 +158,7 @@ def transitions_by_reason(store: SQLiteStore) -> list[dict[str, Any]]:
             for r, why, a, b, n in rows]  # fmt: skip
 
 
-def reactivation_by_cycle(store: SQLiteStore) -> list[dict[str, Any]]:
+def reactivation_by_cycle(store: LedgerView) -> list[dict[str, Any]]:
     """Per cycle, per holdout group: cycles started (step 1, sent or withheld) and contacts
     who came back before the sequence ended."""
     rows = _sql(store, """
@@ -166,8 +175,8 @@ def reactivation_by_cycle(store: SQLiteStore) -> list[dict[str, Any]]:
     return out
 
 
-def suppression(store: SQLiteStore) -> dict[str, Any]:
-    current = _sql(store, """SELECT COALESCE(suppression_reason, 'unknown'), COUNT(*)
+def suppression(store: LedgerView) -> dict[str, Any]:
+    current = _sql(store, """SELECT COALESCE(suppression_reason, 'unknown'), SUM(n)
         FROM contacts WHERE campaign_status = 'Suppressed' GROUP BY 1 ORDER BY 2 DESC""")
     new = _sql(store, """
         SELECT CASE WHEN reason IN ('unsubscribe', 'hard_bounce', 'spam_complaint')
@@ -177,7 +186,7 @@ def suppression(store: SQLiteStore) -> dict[str, Any]:
     return {"now": dict(current), "in_window": dict(new)}
 
 
-def data_quality(store: SQLiteStore) -> dict[str, Any]:
+def data_quality(store: LedgerView) -> dict[str, Any]:
     rows = _sql(store, """
         SELECT
           SUM(CASE WHEN rule = 'enroll' AND event_type NOT IN ('', 'enroll') THEN n ELSE 0 END),
@@ -194,21 +203,19 @@ def data_quality(store: SQLiteStore) -> dict[str, Any]:
             "late_experiment_assignments", "repeated_compliance_exits",
             "late_events_revised", "late_events_beyond_history"]  # fmt: skip
     quality = dict(zip(keys, values, strict=True))
-    # Not windowed by --since: what sits in quarantine now is what needs someone's attention.
-    quality["quarantined_events"] = store.quarantine_count()
-    quality.update(store.quality_counts())  # events marked as they were decided (urls cut)
+    # The store's own counts (quarantined events, events marked as they were decided such as
+    # urls cut): not windowed by --since, what sits in quarantine now needs someone's attention.
+    quality.update(store.quality)
     quality.update(replay_intake(store))
     return quality
 
 
-def replay_intake(store: SQLiteStore) -> dict[str, Any]:
-    """A replay's lines it could not use (the whole run, not windowed), from its store."""
-    from core.replay import INTAKE_CURSOR
-
-    text = store.get_cursor(INTAKE_CURSOR)
-    if text is None:
+def replay_intake(store: LedgerView) -> dict[str, Any]:
+    """A replay's lines it could not use (the whole run, not windowed), from its notes."""
+    rows = _sql(store, "SELECT value FROM cursors WHERE name = ?", (INTAKE_CURSOR,))
+    if not rows:
         return {}
-    intake = json.loads(text)
+    intake = json.loads(rows[0][0])
     keys = ", ".join(f"{key} ({n:,})" for key, n in intake.get("unknown_keys", {}).items())
     return {"replay_bad_lines_skipped": intake["bad_lines"],
             "replay_duplicate_events": intake["duplicates"],
@@ -216,9 +223,9 @@ def replay_intake(store: SQLiteStore) -> dict[str, Any]:
             **({"replay_unknown_keys_ignored": keys} if keys else {})}  # fmt: skip
 
 
-def overview(store: SQLiteStore) -> dict[str, Any]:
+def overview(store: LedgerView) -> dict[str, Any]:
     decided = _sql(store, "SELECT COALESCE(SUM(n), 0), MIN(day), MAX(day) FROM report_rows")[0]
-    contacts = dict(_sql(store, "SELECT campaign_status, COUNT(*) FROM contacts GROUP BY 1"))
+    contacts = dict(_sql(store, "SELECT campaign_status, SUM(n) FROM contacts GROUP BY 1"))
     return {"decisions": decided[0], "first_day": decided[1], "last_day": decided[2],
             "contacts": sum(contacts.values()),
             "contacts_by_state": {s: contacts.get(s, 0) for s in STATES}}  # fmt: skip
@@ -227,15 +234,37 @@ def overview(store: SQLiteStore) -> dict[str, Any]:
 # ---- assembling ----------------------------------------------------------------------------
 
 
-def build(store_path: Path, since: datetime | None, mapping: Mapping | None) -> dict[str, Any]:
-    store = SQLiteStore(store_path)
+def build(
+    source: Path | str | LedgerReader,
+    since: datetime | None,
+    mapping: Mapping | None,
+    label: str | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """The report as a dict: from a store file (SQLite) or any ledger reader. `label` names the
+    store in the report (default: the file's path), `now` is its `generated_at`."""
+    if isinstance(source, LedgerReader):
+        return _build(source, since, mapping, label or "", now)
+    from core.sqlite_store import SQLiteStore
+
+    store = SQLiteStore(source)
     try:
-        prepare_window(store, since)
+        return _build(store, since, mapping, label or str(source), now)
+    finally:
+        store.close()
+
+
+def _build(
+    reader: LedgerReader, since: datetime | None, mapping: Mapping | None, label: str,
+    now: datetime | None,
+) -> dict[str, Any]:  # fmt: skip
+    store = LedgerView(reader, since)
+    try:
         days, series, extra = funnel(store)
         since_day = iso_utc(since)[:10] if since else None
         report: dict[str, Any] = {
-            "store": str(store_path),
-            "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "store": label,
+            "generated_at": (now or datetime.now(UTC)).isoformat(timespec="seconds"),
             "since": iso_utc(since),
             "overview": overview(store),
             "funnel": {"days": days, "levels": series},
@@ -264,9 +293,19 @@ def build(store_path: Path, since: datetime | None, mapping: Mapping | None) -> 
 
 
 def render_report(
-    store_path: Path, fmt: str, since: datetime | None = None, mapping: Mapping | None = None
+    source: Path | str | LedgerReader,
+    fmt: str,
+    since: datetime | None = None,
+    mapping: Mapping | None = None,
+    label: str | None = None,
+    now: datetime | None = None,
 ) -> str:
-    report = build(Path(store_path), since, mapping)
+    report = build(source, since, mapping, label, now)
+    return render(report, fmt)
+
+
+def render(report: dict[str, Any], fmt: str) -> str:
+    """The report in one of the formats: json, html (self-contained) or md."""
     if fmt == "json":
         return json.dumps(report, indent=2, default=str) + "\n"
     if fmt == "html":
@@ -279,8 +318,12 @@ def render_report(
 
 
 def _plots(report: dict[str, Any]) -> dict[str, str]:
-    """PNG plots as base64, drawn headless (Agg) so no display is needed."""
-    import matplotlib
+    """PNG plots as base64, drawn headless (Agg) so no display is needed. Without matplotlib
+    (the Lambda package leaves it out) the report has its tables and no plots."""
+    try:
+        import matplotlib
+    except ImportError:
+        return {}
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

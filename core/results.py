@@ -1,4 +1,5 @@
-"""Experiment and holdout results, aggregated in SQL from the ledger's daily roll-up.
+"""Experiment and holdout results, aggregated from the ledger's daily roll-up as a
+`core.ledger_reader.LedgerReader` hands it out (through `core.ledger_view`).
 
 Rates are per trial: opens and clicks per send for main-stream experiments, reactivations per
 reactivation cycle for reactivation experiments and the holdout (a cycle starts at reactivation
@@ -10,11 +11,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from core.coded.codes import to_us
-from core.coded.ledger import has_coded_ledger, window_rollup
+from core.ledger_view import LedgerView
 from core.stats import (
     newcombe_difference,
     relative_lift,
@@ -23,10 +23,12 @@ from core.stats import (
 )
 
 if TYPE_CHECKING:
+    from core.ledger_reader import LedgerReader
     from core.mapping import ExperimentSpec, Mapping
-    from core.sqlite_store import SQLiteStore
 
 LEVEL = 0.95
+SOURCE = "report_rows"
+"""The table of `core.ledger_view` every report query reads: roll-up rows inside the window."""
 
 _ARM_MEASURES = """
 SELECT arm,
@@ -39,46 +41,13 @@ FROM report_rows GROUP BY arm
 """
 
 
-def prepare_window(store: SQLiteStore, since: datetime | None) -> None:
-    """Materialise the window once: whole days from the roll-up, and the part of the first
-    day after `since` exactly from the ledger (one scan, only when `since` is mid-day)."""
-    store.execute("DROP TABLE IF EXISTS temp.report_rows")
-    if since is None:
-        store.execute("CREATE TEMP TABLE report_rows AS SELECT * FROM ledger_rollup")
-        return
-    from core.models import iso_utc
-
-    start = iso_utc(since) or ""
-    day = start[:10]
-    midnight = start[:10] + "T00:00:00+00:00"
-    if start == midnight:
-        store.execute(
-            "CREATE TEMP TABLE report_rows AS SELECT * FROM ledger_rollup WHERE day >= ?", (day,)
-        )
-        return
-    next_day = (datetime.fromisoformat(day) + timedelta(days=1)).date().isoformat()
-    store.execute(
-        "CREATE TEMP TABLE report_rows AS SELECT * FROM ledger_rollup WHERE day >= ?", (next_day,)
-    )
-    store.execute(
-        """INSERT INTO report_rows
-        SELECT substr(l.at, 1, 10), l.rule, l.reason, COALESCE(l.from_status, ''), l.to_status,
-               l.policy_version, COALESCE(l.event_type, ''), COALESCE(c.experiments, ''),
-               CASE WHEN l.reason LIKE 'reactivation_step_%'
-                      THEN COALESCE(json_extract(l.actions, '$[0][1].cycle'), 0)
-                    WHEN l.reason = 'reactivated_from_dormant'
-                         AND json_extract(l.changes, '$.reactivation_step') IS NOT NULL
-                      THEN c.reactivation_cycle
-                    ELSE 0 END,
-               COUNT(*)
-        FROM ledger l LEFT JOIN contacts c ON c.contact_id = l.contact_id
-        WHERE l.at >= ? AND l.at < ? GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9""",
-        (start, next_day),
-    )
-    if has_coded_ledger(store.path):  # a replay or simulate on the coded path
-        end = since.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
-        for key, n in window_rollup(store.path, to_us(since), to_us(end)).items():
-            store.execute("INSERT INTO report_rows VALUES (?,?,?,?,?,?,?,?,?,?)", (*key, n))
+def arm_counts(reader: LedgerReader, since: datetime | None = None) -> dict[str, Counts]:
+    """Per experiment arm, the window's measures, from the reader's roll-up."""
+    view = LedgerView(reader, since, contacts=False)
+    try:
+        return counts_by_arm(view)
+    finally:
+        view.close()
 
 
 @dataclass
@@ -105,7 +74,7 @@ class Counts:
         return min(self.reactivations, self.cycles), self.cycles
 
 
-def counts_by_arm(store: SQLiteStore) -> dict[str, Counts]:
+def counts_by_arm(store: LedgerView) -> dict[str, Counts]:
     return {row[0]: Counts(*(int(v or 0) for v in row[1:])) for row in store.execute(_ARM_MEASURES)}
 
 
@@ -206,15 +175,15 @@ def compare(
 
 
 def experiment_results(
-    store: SQLiteStore,
+    store: LedgerReader | LedgerView,
     mapping: Mapping,
     spec: ExperimentSpec,
     since: datetime | None = None,
     by_arm: dict[str, Counts] | None = None,
 ) -> ExperimentResult:
     if by_arm is None:
-        prepare_window(store, since)
-        by_arm = counts_by_arm(store)
+        by_arm = (counts_by_arm(store) if isinstance(store, LedgerView)
+                  else arm_counts(store, since))  # fmt: skip
     groups = counts_by_assignment(by_arm, spec.name)
     order = [v.name for v in spec.variants]
     baseline = spec.default or order[0]
@@ -223,7 +192,7 @@ def experiment_results(
 
 
 def holdout_results(
-    store: SQLiteStore,
+    store: LedgerReader | LedgerView,
     mapping: Mapping,
     since: datetime | None = None,
     by_arm: dict[str, Counts] | None = None,
@@ -233,8 +202,8 @@ def holdout_results(
     if spec is None:
         return None
     if by_arm is None:
-        prepare_window(store, since)
-        by_arm = counts_by_arm(store)
+        by_arm = (counts_by_arm(store) if isinstance(store, LedgerView)
+                  else arm_counts(store, since))  # fmt: skip
     groups = counts_by_assignment(by_arm, "holdout")
     order = ["holdout", "treated"]
     return compare("holdout", "reactivation sends", "reactivation", "reactivation", groups,

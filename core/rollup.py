@@ -73,18 +73,18 @@ _CYCLED = frozenset({f"reactivation_step_{n}" for n in range(1, 10)} | {"reactiv
 """Reasons whose roll-up row carries the reactivation cycle; all others count under cycle 0."""
 
 
-def rollup_rows(
+def rollup_keys(
     decisions: Sequence[Decision], rows: Sequence[tuple], contacts: Sequence[ContactState]
 ) -> list[tuple]:
-    """Roll-up increments for a batch. `rows` are the ledger rows of `decisions` (the ISO time
-    text and status values are reused). Runs per decision on the commit path: plain dict,
-    one pass, and the rare reactivation decisions handled apart."""
+    """Each decision's roll-up key (the table's columns but `n`), in decision order. `rows`
+    are the ledger rows of `decisions` (the ISO time text and status values are reused). Runs
+    per decision on the commit path: plain lists, one pass, and the rare reactivation decisions
+    handled apart."""
     if not decisions:
         return []
     states = {s.contact_id: s for s in contacts}
     arms: dict[str, str] = {}
-    counts: dict[tuple, int] = {}
-    get = counts.get
+    keys: list[tuple] = []
     cycled: list[int] = []
     for i, row in enumerate(rows):
         cid = row[0]
@@ -93,9 +93,10 @@ def rollup_rows(
             arm = arms[cid] = arm_of(states.get(cid))
         if row[3] in _CYCLED:
             cycled.append(i)
+            keys.append(())
             continue
-        key = (row[1][:10], row[2], row[3], row[5] or "", row[6], row[9], row[10] or "", arm, 0)
-        counts[key] = get(key, 0) + 1
+        keys.append((row[1][:10], row[2], row[3], row[5] or "", row[6], row[9], row[10] or "",
+                     arm, 0))  # fmt: skip
     # A reactivation's cycle: the contact's final cycle less the cycles it started later in
     # this batch (only step 1 starts one).
     started_later: dict[str, int] = {}
@@ -112,8 +113,18 @@ def rollup_rows(
             cycle = d.actions[0].detail.get("cycle", 0) if d.actions else 0
             if row[3] == "reactivation_step_1":
                 started_later[cid] = started_later.get(cid, 0) + 1
-        key = (row[1][:10], row[2], row[3], row[5] or "", row[6], row[9], row[10] or "",
-               arms[cid], cycle)  # fmt: skip
+        keys[i] = (row[1][:10], row[2], row[3], row[5] or "", row[6], row[9], row[10] or "",
+                   arms[cid], cycle)  # fmt: skip
+    return keys
+
+
+def rollup_rows(
+    decisions: Sequence[Decision], rows: Sequence[tuple], contacts: Sequence[ContactState]
+) -> list[tuple]:
+    """Roll-up increments for a batch: (key..., n) per distinct key of `rollup_keys`."""
+    counts: dict[tuple, int] = {}
+    get = counts.get
+    for key in rollup_keys(decisions, rows, contacts):
         counts[key] = get(key, 0) + 1
     return [(*key, n) for key, n in counts.items()]
 

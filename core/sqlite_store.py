@@ -15,6 +15,7 @@ from pathlib import Path
 
 from core.deferred import DeferredContacts
 from core.gcpause import cyclic_gc_paused
+from core.ledger_reader import LedgerReader, RollupRow
 from core.models import EVENT, ContactState, Decision, Event, iso_utc
 from core.order import ContactHistory, history_from_json, history_json
 from core.rollup import UPSERT, ensure_rollup, rollup_rows
@@ -121,12 +122,29 @@ def _file_identity(path: str) -> tuple[int, int] | None:
     return stat.st_dev, stat.st_ino
 
 
+_PARTIAL_DAY = """
+SELECT substr(l.at, 1, 10), l.rule, l.reason, COALESCE(l.from_status, ''), l.to_status,
+       l.policy_version, COALESCE(l.event_type, ''), COALESCE(c.experiments, ''),
+       CASE WHEN l.reason LIKE 'reactivation_step_%'
+              THEN COALESCE(json_extract(l.actions, '$[0][1].cycle'), 0)
+            WHEN l.reason = 'reactivated_from_dormant'
+                 AND json_extract(l.changes, '$.reactivation_step') IS NOT NULL
+              THEN c.reactivation_cycle
+            ELSE 0 END,
+       COUNT(*)
+FROM ledger l LEFT JOIN contacts c ON c.contact_id = l.contact_id
+WHERE l.at >= ? AND l.at < ? GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9
+"""
+"""The roll-up rows of the decisions in [start, end) counted from the ledger: the part of a
+report window's first day after a mid-day `since`."""
+
+
 def _chunks(items: Sequence, size: int = _CHUNK) -> Iterator[Sequence]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
 
-class SQLiteStore(Store):
+class SQLiteStore(Store, LedgerReader):
     def __init__(
         self,
         path: str | Path = ":memory:",
@@ -516,7 +534,7 @@ class SQLiteStore(Store):
     def quarantine_count(self) -> int:
         return int(self._query("SELECT COUNT(*) FROM quarantine")[0][0])
 
-    def quality_counts(self) -> dict[str, int]:
+    def marked_counts(self) -> dict[str, int]:
         counts = dict(self._query("SELECT measure, COUNT(*) FROM quality GROUP BY measure"))
         return {m: int(counts.get(m, 0)) for m in QUALITY_MEASURES}
 
@@ -598,6 +616,58 @@ class SQLiteStore(Store):
             sql = f"SELECT key FROM outbox WHERE key IN ({marks})"  # noqa: S608
             owed.update(row[0] for row in self._query(sql, part))
         return owed
+
+    # ---- the ledger reader (core.ledger_reader) -------------------------------------------
+
+    def contact_decisions(self, contact_id: str) -> list[Decision]:
+        """The text ledger's decisions, or the coded ledger's of a replay or simulation."""
+        decisions = self.ledger_for(contact_id)
+        if not decisions and self.path != ":memory:":
+            from core.coded.ledger import has_coded_ledger
+            from core.coded.ledger import ledger_for as coded_ledger_for
+
+            if has_coded_ledger(self.path):
+                decisions = coded_ledger_for(self.path, contact_id)
+        return decisions
+
+    def contact_now(self, contact_id: str) -> ContactState | None:
+        return self.get_contacts([contact_id]).get(contact_id)
+
+    def rollup(self, since: datetime | None = None) -> list[RollupRow]:
+        """Whole days from the roll-up; when `since` is mid-day, the rest of its day counted
+        exactly from the ledger (one scan of that day)."""
+        if since is None:
+            return self.execute("SELECT * FROM ledger_rollup")
+        start = iso_utc(since) or ""
+        day = start[:10]
+        if start == day + "T00:00:00+00:00":
+            return self.execute("SELECT * FROM ledger_rollup WHERE day >= ?", (day,))
+        next_day = (datetime.fromisoformat(day) + timedelta(days=1)).date().isoformat()
+        rows = self.execute("SELECT * FROM ledger_rollup WHERE day >= ?", (next_day,))
+        rows += self.execute(_PARTIAL_DAY, (start, next_day))
+        if self.path != ":memory:":
+            from core.coded.codes import to_us
+            from core.coded.ledger import has_coded_ledger, window_rollup
+
+            if has_coded_ledger(self.path):  # a replay or simulate on the coded path
+                end = since.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+                window = window_rollup(self.path, to_us(since), to_us(end))
+                rows += [(*key, n) for key, n in window.items()]
+        return rows
+
+    def contact_levels(self) -> dict[tuple[str, str | None], int]:
+        rows = self.execute(
+            "SELECT campaign_status, suppression_reason, COUNT(*) FROM contacts GROUP BY 1, 2"
+        )
+        return {(status, reason): n for status, reason, n in rows}
+
+    def policy_notes(self) -> dict[str, str]:
+        return dict(self.execute(
+            "SELECT name, value FROM cursors WHERE name LIKE 'policy:%' "
+            "OR name LIKE 'changelog:%' OR name LIKE 'replay:%' ORDER BY name"))  # fmt: skip
+
+    def quality_counts(self) -> dict[str, int]:
+        return {"quarantined_events": self.quarantine_count(), **self.marked_counts()}
 
     def execute(self, sql: str, params: Sequence = ()) -> list[tuple]:
         """Read-only SQL for reports that aggregate in the database, not in Python lists."""

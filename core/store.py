@@ -1,7 +1,9 @@
 """The persistence port: every durable thing the program keeps goes through `Store`.
 
 Implementations: `core.sqlite_store.SQLiteStore` (embedded, local mode and tests) and the
-DynamoDB store of the serverless deployment. Both pass `tests/test_store_contract.py`.
+DynamoDB store of the serverless deployment. Both pass `tests/test_store_contract.py`. Both
+also implement `core.ledger_reader.LedgerReader`, the only way reports, experiment results and
+`explain` read a store.
 """
 
 from __future__ import annotations
@@ -114,7 +116,7 @@ class Batch:
     """Contacts' recent decided events (see `core.order`), each replacing the stored one."""
     quality: list[tuple[str, str]] = field(default_factory=list)
     """Data-quality marks (measure, event id): each counts once however often it is marked,
-    so a redelivered or re-decided event is not counted twice (`Store.quality_counts`)."""
+    so a redelivered or re-decided event is not counted twice (`Store.marked_counts`)."""
 
     def is_empty(self) -> bool:
         return not (
@@ -211,7 +213,7 @@ class Store(ABC):
     def quarantine_count(self) -> int: ...
 
     @abstractmethod
-    def quality_counts(self) -> dict[str, int]:
+    def marked_counts(self) -> dict[str, int]:
         """Data-quality measure -> how many distinct events were marked with it (`Batch.quality`;
         measures in `QUALITY_MEASURES`)."""
 

@@ -28,7 +28,10 @@ def to_events(history, contact="c1"):
     # Events at the same instant are decided in event-id order (README, "Order"); zero-padded
     # ids make that the list's order, which `run` below applies (c1-10 would sort before c1-2).
     return [
-        Event(event_id=f"{contact}-{i:03d}", contact_id=contact, type=kind, occurred_at=T0 + days(day))
+        Event(
+            event_id=f"{contact}-{i:03d}", contact_id=contact, type=kind,
+            occurred_at=T0 + days(day),
+        )
         for i, (kind, day) in enumerate(history)
     ]
 

@@ -414,3 +414,117 @@ def test_contact_histories_round_trip_and_replace_the_stored_one(store: Store) -
     assert found == {"c1": ContactHistory("c1", base, events, floor), "c2": fresh}
     store.commit(Batch(histories=[ContactHistory("c1", None, events[:1])]))
     assert store.histories(["c1"])["c1"] == ContactHistory("c1", None, events[:1])
+
+
+# ---- the ledger reader (core.ledger_reader): what report, results and explain read ----------
+
+
+def _moved(cid: str, cause: str, src: Status | None, dst: Status, at: datetime, reason: str,
+           changes: dict | None = None, rule: str = "engagement") -> Decision:  # fmt: skip
+    return Decision(cid, at, rule, reason, cause, src, dst, changes or {}, "v1", [], "open")
+
+
+def _reader_batches() -> list[Batch]:
+    """Two commits: enrolments and an engagement, then a compliance exit and a later day."""
+    day2 = T0 + timedelta(days=1)
+    a = contact("a", campaign_status=Status.ENGAGED, experiments={"subject_line": "Value"})
+    b = contact("b")
+    first = Batch(
+        event_keys=["e1", "e2", "e3"], contacts=[a, b], next_due=[None, None],
+        decisions=[
+            _moved("a", "e1", None, Status.ACTIVE, T0, "enrolled", rule="enroll"),
+            _moved("b", "e2", None, Status.ACTIVE, T0, "enrolled", rule="enroll"),
+            _moved("a", "e3", Status.ACTIVE, Status.ENGAGED, T0, "open +5"),
+        ],
+        cursors={"policy:v1": '{"version": "v1"}', "sync:cursor": "x"},
+    )  # fmt: skip
+    a_engaged = contact("a", campaign_status=Status.ENGAGED, experiments={"subject_line": "Value"})
+    b_gone = contact("b", campaign_status=Status.SUPPRESSED,
+                     suppression_reason=SuppressionReason.UNSUBSCRIBE)  # fmt: skip
+    second = Batch(
+        event_keys=["e4", "e5"], contacts=[a_engaged, b_gone], next_due=[None, None],
+        decisions=[
+            _moved("b", "e4", Status.ACTIVE, Status.SUPPRESSED, day2, "unsubscribe",
+                   {"suppression_reason": (None, "unsubscribe")}, "compliance"),
+            _moved("a", "e5", Status.ENGAGED, Status.ENGAGED, day2, "open +5"),
+        ],
+        cursors={"changelog:2024-03-02:subject_line": '{"kind": "promotion"}'},
+    )  # fmt: skip
+    return [first, second]
+
+
+def test_the_reader_hands_out_decisions_rollup_levels_and_notes(store: Store) -> None:
+    from core.ledger_reader import LedgerReader
+
+    assert isinstance(store, LedgerReader)
+    batches = _reader_batches()
+    for batch in batches:
+        store.commit(batch)
+    assert [d.cause for d in store.contact_decisions("a")] == ["e1", "e3", "e5"]
+    assert store.contact_decisions("nobody") == []
+    assert store.contact_now("b").suppression_reason is SuppressionReason.UNSUBSCRIBE
+    assert store.contact_now("nobody") is None
+    arm = '{"subject_line": "Value"}'
+    assert store.rollup() == [
+        ("2024-03-01", "engagement", "open +5", "Active", "Engaged", "v1", "open", arm, 0, 1),
+        ("2024-03-01", "enroll", "enrolled", "", "Active", "v1", "open", "", 0, 1),
+        ("2024-03-01", "enroll", "enrolled", "", "Active", "v1", "open", arm, 0, 1),
+        ("2024-03-02", "compliance", "unsubscribe", "Active", "Suppressed", "v1", "open", "", 0, 1),
+        ("2024-03-02", "engagement", "open +5", "Engaged", "Engaged", "v1", "open", arm, 0, 1),
+    ]  # fmt: skip
+    assert [r[0] for r in store.rollup(datetime(2024, 3, 2, tzinfo=UTC))] == ["2024-03-02"] * 2
+    assert store.contact_levels() == {("Engaged", None): 1, ("Suppressed", "unsubscribe"): 1}
+    assert store.policy_notes() == {
+        "changelog:2024-03-02:subject_line": '{"kind": "promotion"}',
+        "policy:v1": '{"version": "v1"}',
+    }
+    assert store.quality_counts() == {"quarantined_events": 0}
+
+
+def test_rollup_counters_add_up_across_commits_and_moves(store: Store) -> None:
+    for n in range(3):
+        state = contact(f"c{n}")
+        store.commit(Batch(event_keys=[f"e{n}"], contacts=[state], next_due=[None],
+                           decisions=[_moved(f"c{n}", f"e{n}", None, Status.ACTIVE, T0,
+                                             "enrolled", rule="enroll")]))  # fmt: skip
+    # A suppressed contact's reason replaced by a later exit: the level moves, the status not.
+    gone = contact("c0", campaign_status=Status.SUPPRESSED,
+                   suppression_reason=SuppressionReason.UNSUBSCRIBE)  # fmt: skip
+    store.commit(Batch(event_keys=["x1"], contacts=[gone], next_due=[None], decisions=[
+        _moved("c0", "x1", Status.ACTIVE, Status.SUPPRESSED, T0, "unsubscribe",
+               {"suppression_reason": (None, "unsubscribe")}, "compliance")]))  # fmt: skip
+    bounced = contact("c0", campaign_status=Status.SUPPRESSED,
+                      suppression_reason=SuppressionReason.HARD_BOUNCE)  # fmt: skip
+    store.commit(Batch(event_keys=["x2"], contacts=[bounced], next_due=[None], decisions=[
+        _moved("c0", "x2", Status.SUPPRESSED, Status.SUPPRESSED, T0, "hard_bounce",
+               {"suppression_reason": ("unsubscribe", "hard_bounce")}, "compliance")]))  # fmt: skip
+    enrolled = [r for r in store.rollup() if r[1] == "enroll"]
+    assert enrolled == [("2024-03-01", "enroll", "enrolled", "", "Active", "v1", "open", "", 0, 3)]
+    assert store.contact_levels() == {("Active", None): 2, ("Suppressed", "hard_bounce"): 1}
+
+
+def test_the_rollup_of_a_batch_larger_than_one_transaction_counts_every_decision(
+    store: Store,
+) -> None:
+    states = [contact(f"c{n:03d}") for n in range(150)]
+    store.commit(Batch(
+        event_keys=[f"e{n}" for n in range(150)], contacts=states, next_due=[None] * 150,
+        decisions=[_moved(f"c{n:03d}", f"e{n}", None, Status.ACTIVE, T0 + timedelta(days=n % 3),
+                          "enrolled", rule="enroll") for n in range(150)],
+    ))  # fmt: skip
+    assert [(r[0], r[-1]) for r in store.rollup()] == [
+        ("2024-03-01", 50), ("2024-03-02", 50), ("2024-03-03", 50)]  # fmt: skip
+    assert store.contact_levels() == {("Active", None): 150}
+
+
+def test_levels_follow_a_contact_changed_without_a_decision(store: Store) -> None:
+    """A contact whose CRM values were edited by hand is written as the CRM has it, with no
+    decision: the contacts-by-state counts still follow it."""
+    store.commit(Batch(contacts=[contact("c")], next_due=[None], expected_versions={"c": None}))
+    _, versions = store.get_versioned(["c"])
+    dormant = contact("c", campaign_status=Status.DORMANT)
+    store.commit(Batch(contacts=[dormant], next_due=[None], expected_versions=versions))
+    assert store.contact_levels() == {("Dormant", None): 1}
+    _, versions = store.get_versioned(["c"])
+    store.commit(Batch(contacts=[dormant], next_due=[None], expected_versions=versions))
+    assert store.contact_levels() == {("Dormant", None): 1}

@@ -1,5 +1,5 @@
-"""Lambda entry points named in serverless.yml: `webhook`, `worker`, `sync` and
-`replay_dead_letters`.
+"""Lambda entry points named in serverless.yml: `webhook`, `worker`, `sync`,
+`replay_dead_letters` and `report`.
 
 Thin on purpose: each turns the AWS event into the shared call (`handle_webhook` with an SQS
 recorder, `Runner.process` through the worker, `Runner.sync`) and reports logs and metrics.
@@ -23,8 +23,9 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
 
-from connectors.aws.container import Container
+from connectors.aws.container import Container, mapping_paths
 from connectors.base import AuthError, CallStats, WebhookRequest
+from core.dynamodb_store import DynamoDBStore
 from core.models import Transition
 from core.pipeline import RunStats
 
@@ -189,6 +190,43 @@ def sync(event: dict[str, Any], context: Any) -> dict[str, Any]:
     result = summary.as_dict()
     logger.info("sync finished", extra={"vendor": vendor, **result})
     return result
+
+
+# ---- scheduled report ----------------------------------------------------------------------
+
+
+def _report_store() -> DynamoDBStore:
+    return DynamoDBStore.from_env()
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.EVENT_BRIDGE)
+@metrics.log_metrics
+def report(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Scheduled (daily by default): the HTML report, from the roll-up counters only, written
+    to `REPORT_BUCKET` as `<REPORT_PREFIX><day>.html` and `<REPORT_PREFIX>latest.html`. The
+    experiment tables come from the first mapping of `ELASTICITY_MAPPINGS`, if set."""
+    import boto3
+
+    from core.mapping import load_mapping
+    from core.report import render_report
+
+    bucket = os.environ.get("REPORT_BUCKET")
+    if not bucket:
+        raise RuntimeError("REPORT_BUCKET is not set: name the bucket the report goes to")
+    prefix = os.environ.get("REPORT_PREFIX", "reports/")
+    paths = mapping_paths(os.environ) if os.environ.get("ELASTICITY_MAPPINGS") else []
+    mapping = load_mapping(paths[0]) if paths else None
+    store = _report_store()
+    now = datetime.now(UTC)
+    html = render_report(store, "html", mapping=mapping, label=f"dynamodb://{store.table}",
+                         now=now).encode()  # fmt: skip
+    s3 = boto3.client("s3")
+    keys = [f"{prefix}{now.date().isoformat()}.html", f"{prefix}latest.html"]
+    for key in keys:
+        s3.put_object(Bucket=bucket, Key=key, Body=html, ContentType="text/html; charset=utf-8")
+    metrics.add_metric("ReportBytes", MetricUnit.Bytes, len(html))
+    logger.info("report written", extra={"bucket": bucket, "keys": keys, "bytes": len(html)})
+    return {"bucket": bucket, "keys": keys, "bytes": len(html)}
 
 
 # ---- metrics helpers -----------------------------------------------------------------------

@@ -3,9 +3,10 @@ a batch split over several transactions that is interrupted halfway."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import boto3
@@ -189,3 +190,58 @@ def test_an_interrupted_multi_transaction_batch_leaves_whole_contacts(table: str
     assert len(store.get_contacts(ids)) == len(ids)
     assert all(len(store.ledger_for(c)) == 1 for c in ids)
     assert store.get_cursor("due:after") == ids[-1]
+
+
+class RecordingClient:
+    """The boto3 client, with every `TransactWriteItems` recorded (to check its limits)."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self.transactions: list[list[dict[str, Any]]] = []
+
+    def transact_write_items(self, **kwargs: Any) -> Any:
+        self.transactions.append(kwargs["TransactItems"])
+        return self._client.transact_write_items(**kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
+def test_rollup_counters_travel_in_the_transactions_of_their_decisions(table: str) -> None:
+    """Every transaction stays within DynamoDB's 100 items, counter updates included, names
+    each item once, and counts exactly the ledger lines it writes."""
+    recording = RecordingClient(boto3.client("dynamodb", region_name="eu-west-1"))
+    store = open_store(table, client=recording)
+    states, decisions = [], []
+    for n in range(90):  # 90 contacts, each decided on its own day: 90 distinct counters
+        state = ContactState(f"c{n:03d}", Status.ACTIVE, T0, T0, T0, T0)
+        states.append(state)
+        decisions.append(Decision(state.contact_id, T0 + timedelta(days=n), "enroll", "enrolled",
+                                  f"e{n}", None, Status.ACTIVE, {}, "v1"))  # fmt: skip
+    store.commit(Batch(event_keys=[f"e{n}" for n in range(90)], contacts=states,
+                       next_due=[None] * 90, decisions=decisions))  # fmt: skip
+    assert len(recording.transactions) > 1
+    for ops in recording.transactions:
+        assert len(ops) <= TRANSACTION_LIMIT
+        ledger = sum(1 for op in ops if "Put" in op
+                     and op["Put"]["Item"]["pk"]["S"].startswith("ledger#"))  # fmt: skip
+        counted = sum(int(op["Update"]["ExpressionAttributeValues"][":delta"]["N"])
+                      for op in ops if "Update" in op
+                      and op["Update"]["Key"]["pk"]["S"].startswith("rollup#"))  # fmt: skip
+        assert counted == ledger
+    assert [r[-1] for r in store.rollup()] == [1] * 90
+    assert store.contact_levels() == {("Active", None): 90}
+    for ops in recording.transactions:
+        targets = [next(iter(op.values())) for op in ops]
+        keys = [json.dumps(t.get("Key") or {k: t["Item"][k] for k in ("pk", "sk")},
+                           sort_keys=True) for t in targets]  # fmt: skip
+        assert len(keys) == len(set(keys))
+
+
+def test_a_mid_day_since_is_refused_with_the_reason(table: str) -> None:
+    from core.ledger_reader import WindowError
+
+    store = open_store(table)
+    assert store.rollup(datetime(2024, 3, 2, tzinfo=UTC)) == []
+    with pytest.raises(WindowError, match="whole UTC days"):
+        store.rollup(datetime(2024, 3, 2, 12, tzinfo=UTC))

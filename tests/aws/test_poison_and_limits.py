@@ -152,4 +152,4 @@ def test_the_dynamodb_store_counts_a_cut_url_once(stack: Stack) -> None:
     pipeline = Pipeline(stack.store, mapping.policy)
     pipeline.process([event])
     pipeline.process([event])  # a redelivery is a duplicate: not counted again
-    assert stack.store.quality_counts() == {URLS_TRUNCATED: 1}
+    assert stack.store.marked_counts() == {URLS_TRUNCATED: 1}

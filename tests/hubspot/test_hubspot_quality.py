@@ -35,7 +35,7 @@ def test_serve_counts_each_cut_url_once_and_the_report_shows_it(fake, clock, tmp
                     visit(cid, "https://acme.io/pricing", at + timedelta(minutes=2), 3)],
                    received_at=RECEIVED)  # fmt: skip
     runner.process(connector.parse_webhook(later).events)
-    assert runner.store.quality_counts() == {URLS_TRUNCATED: 2}
+    assert runner.store.marked_counts() == {URLS_TRUNCATED: 2}
     report = build(path, None, None)
     assert report["data_quality"][URLS_TRUNCATED] == 2
 
@@ -45,4 +45,4 @@ def test_a_store_from_before_the_counter_counts_zero(tmp_path):
     store._db.execute("DROP TABLE quality")  # as an earlier release left it
     store.close()
     again = SQLiteStore(tmp_path / "elasticity.sqlite3")
-    assert again.quality_counts() == {URLS_TRUNCATED: 0}
+    assert again.marked_counts() == {URLS_TRUNCATED: 0}

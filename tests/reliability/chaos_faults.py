@@ -222,8 +222,8 @@ class ChaosStore(Store):
     def ledger_for(self, contact_id: str) -> list[Decision]:
         return self.inner.ledger_for(contact_id)
 
-    def quality_counts(self) -> dict[str, int]:
-        return self.inner.quality_counts()
+    def marked_counts(self) -> dict[str, int]:
+        return self.inner.marked_counts()
 
     def inbox_put(self, events: Sequence[Event], partition: str = "") -> int:
         return self.inner.inbox_put(events, partition)
