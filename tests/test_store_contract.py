@@ -17,6 +17,8 @@ from core.sqlite_store import SQLiteStore
 from core.store import Batch, ConflictError, Quarantined, Store
 from tests.helpers import T0
 
+DAY0, DAY1, DAY2 = (str((T0 + timedelta(days=n)).date()) for n in range(3))
+
 
 class Clock:
     """Wall-clock time as the stores see it (leases of owed writes expire by it)."""
@@ -421,7 +423,19 @@ def test_contact_histories_round_trip_and_replace_the_stored_one(store: Store) -
 
 def _moved(cid: str, cause: str, src: Status | None, dst: Status, at: datetime, reason: str,
            changes: dict | None = None, rule: str = "engagement") -> Decision:  # fmt: skip
-    return Decision(cid, at, rule, reason, cause, src, dst, changes or {}, "v1", [], "open")
+    return Decision(
+        contact_id=cid,
+        at=at,
+        rule=rule,
+        reason=reason,
+        cause=cause,
+        from_status=src,
+        to_status=dst,
+        changes=changes or {},
+        policy_version="v1",
+        actions=[],
+        event_type="open",
+    )
 
 
 def _reader_batches() -> list[Batch]:
@@ -466,19 +480,19 @@ def test_the_reader_hands_out_decisions_rollup_levels_and_notes(store: Store) ->
     assert store.contact_now("nobody") is None
     arm = '{"subject_line": "Value"}'
     assert store.rollup() == [
-        ("2024-03-01", "engagement", "open +5", "Active", "Engaged", "v1", "open", arm, 0, 1),
-        ("2024-03-01", "enroll", "enrolled", "", "Active", "v1", "open", "", 0, 1),
-        ("2024-03-01", "enroll", "enrolled", "", "Active", "v1", "open", arm, 0, 1),
-        ("2024-03-02", "compliance", "unsubscribe", "Active", "Suppressed", "v1", "open", "", 0, 1),
-        ("2024-03-02", "engagement", "open +5", "Engaged", "Engaged", "v1", "open", arm, 0, 1),
+        (DAY0, "engagement", "open +5", "Active", "Engaged", "v1", "open", arm, 0, 1),
+        (DAY0, "enroll", "enrolled", "", "Active", "v1", "open", "", 0, 1),
+        (DAY0, "enroll", "enrolled", "", "Active", "v1", "open", arm, 0, 1),
+        (DAY1, "compliance", "unsubscribe", "Active", "Suppressed", "v1", "open", "", 0, 1),
+        (DAY1, "engagement", "open +5", "Engaged", "Engaged", "v1", "open", arm, 0, 1),
     ]  # fmt: skip
-    assert [r[0] for r in store.rollup(datetime(2024, 3, 2, tzinfo=UTC))] == ["2024-03-02"] * 2
+    assert [r[0] for r in store.rollup(T0 + timedelta(days=1))] == [DAY1] * 2
     assert store.contact_levels() == {("Engaged", None): 1, ("Suppressed", "unsubscribe"): 1}
     assert store.policy_notes() == {
         "changelog:2024-03-02:subject_line": '{"kind": "promotion"}',
         "policy:v1": '{"version": "v1"}',
     }
-    assert store.quality_counts() == {"quarantined_events": 0}
+    assert store.quality_counts() == {"quarantined_events": 0, "urls_truncated": 0}
 
 
 def test_rollup_counters_add_up_across_commits_and_moves(store: Store) -> None:
@@ -499,7 +513,7 @@ def test_rollup_counters_add_up_across_commits_and_moves(store: Store) -> None:
         _moved("c0", "x2", Status.SUPPRESSED, Status.SUPPRESSED, T0, "hard_bounce",
                {"suppression_reason": ("unsubscribe", "hard_bounce")}, "compliance")]))  # fmt: skip
     enrolled = [r for r in store.rollup() if r[1] == "enroll"]
-    assert enrolled == [("2024-03-01", "enroll", "enrolled", "", "Active", "v1", "open", "", 0, 3)]
+    assert enrolled == [(DAY0, "enroll", "enrolled", "", "Active", "v1", "open", "", 0, 3)]
     assert store.contact_levels() == {("Active", None): 2, ("Suppressed", "hard_bounce"): 1}
 
 
@@ -513,7 +527,7 @@ def test_the_rollup_of_a_batch_larger_than_one_transaction_counts_every_decision
                           "enrolled", rule="enroll") for n in range(150)],
     ))  # fmt: skip
     assert [(r[0], r[-1]) for r in store.rollup()] == [
-        ("2024-03-01", 50), ("2024-03-02", 50), ("2024-03-03", 50)]  # fmt: skip
+        (DAY0, 50), (DAY1, 50), (DAY2, 50)]  # fmt: skip
     assert store.contact_levels() == {("Active", None): 150}
 
 

@@ -34,8 +34,11 @@ def clock() -> Clock:
 
 @pytest.fixture
 def table(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                        "AWS_DEFAULT_REGION": "eu-west-1"}.items():  # fmt: skip
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "eu-west-1",
+    }.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     with mock_aws():
@@ -51,10 +54,16 @@ def open_store(table: str, clock: Clock | None = None, client: Any = None) -> Dy
 def engaged(cid: str, cause: str) -> tuple[ContactState, Decision]:
     state = ContactState(cid, Status.ENGAGED, T0, T0, T0, T0, engagement_score=20)
     decision = Decision(
-        contact_id=cid, at=T0, rule="engagement", reason="click", cause=cause,
-        from_status=Status.ACTIVE, to_status=Status.ENGAGED, changes={"engagement_score": (10, 20)},
+        contact_id=cid,
+        at=T0,
+        rule="engagement",
+        reason="click",
+        cause=cause,
+        from_status=Status.ACTIVE,
+        to_status=Status.ENGAGED,
+        changes={"engagement_score": (10, 20)},
         policy_version="v1",
-    )  # fmt: skip
+    )
     return state, decision
 
 
@@ -86,8 +95,9 @@ def test_two_workers_racing_for_one_event_claim_it_once(table: str) -> None:
         state, decision = engaged(cid, "e1")
         barrier.wait()
         try:
-            store.commit(Batch(event_keys=["e1"], contacts=[state], next_due=[None],
-                               decisions=[decision]))  # fmt: skip
+            store.commit(
+                Batch(event_keys=["e1"], contacts=[state], next_due=[None], decisions=[decision])
+            )
             outcomes.append("won")
         except ConflictError:
             outcomes.append("lost")
@@ -160,10 +170,13 @@ def test_an_interrupted_multi_transaction_batch_leaves_whole_contacts(table: str
 
     def batch() -> Batch:
         return Batch(
-            event_keys=[f"e-{c}" for c in ids], contacts=[s for s, _ in pairs],
-            next_due=[None] * len(ids), decisions=[d for _, d in pairs],
-            outbox={f"fields:{c}": "{}" for c in ids}, cursors={"due:after": ids[-1]},
-        )  # fmt: skip
+            event_keys=[f"e-{c}" for c in ids],
+            contacts=[s for s, _ in pairs],
+            next_due=[None] * len(ids),
+            decisions=[d for _, d in pairs],
+            outbox={f"fields:{c}": "{}" for c in ids},
+            cursors={"due:after": ids[-1]},
+        )
 
     assert 4 * len(ids) > TRANSACTION_LIMIT
     client = boto3.client("dynamodb", region_name="eu-west-1")
@@ -182,10 +195,12 @@ def test_an_interrupted_multi_transaction_batch_leaves_whole_contacts(table: str
     rest = [c for c in ids if c not in saved]
     retry = Batch(
         event_keys=[f"e-{c}" for c in rest],
-        contacts=[s for s, _ in pairs if s.contact_id in rest], next_due=[None] * len(rest),
+        contacts=[s for s, _ in pairs if s.contact_id in rest],
+        next_due=[None] * len(rest),
         decisions=[d for _, d in pairs if d.contact_id in rest],
-        outbox={f"fields:{c}": "{}" for c in rest}, cursors={"due:after": ids[-1]},
-    )  # fmt: skip
+        outbox={f"fields:{c}": "{}" for c in rest},
+        cursors={"due:after": ids[-1]},
+    )
     store.commit(retry)
     assert len(store.get_contacts(ids)) == len(ids)
     assert all(len(store.ledger_for(c)) == 1 for c in ids)
@@ -216,25 +231,47 @@ def test_rollup_counters_travel_in_the_transactions_of_their_decisions(table: st
     for n in range(90):  # 90 contacts, each decided on its own day: 90 distinct counters
         state = ContactState(f"c{n:03d}", Status.ACTIVE, T0, T0, T0, T0)
         states.append(state)
-        decisions.append(Decision(state.contact_id, T0 + timedelta(days=n), "enroll", "enrolled",
-                                  f"e{n}", None, Status.ACTIVE, {}, "v1"))  # fmt: skip
-    store.commit(Batch(event_keys=[f"e{n}" for n in range(90)], contacts=states,
-                       next_due=[None] * 90, decisions=decisions))  # fmt: skip
+        decisions.append(
+            Decision(
+                contact_id=state.contact_id,
+                at=T0 + timedelta(days=n),
+                rule="enroll",
+                reason="enrolled",
+                cause=f"e{n}",
+                from_status=None,
+                to_status=Status.ACTIVE,
+                changes={},
+                policy_version="v1",
+            )
+        )
+    store.commit(
+        Batch(
+            event_keys=[f"e{n}" for n in range(90)],
+            contacts=states,
+            next_due=[None] * 90,
+            decisions=decisions,
+        )
+    )
     assert len(recording.transactions) > 1
     for ops in recording.transactions:
         assert len(ops) <= TRANSACTION_LIMIT
-        ledger = sum(1 for op in ops if "Put" in op
-                     and op["Put"]["Item"]["pk"]["S"].startswith("ledger#"))  # fmt: skip
-        counted = sum(int(op["Update"]["ExpressionAttributeValues"][":delta"]["N"])
-                      for op in ops if "Update" in op
-                      and op["Update"]["Key"]["pk"]["S"].startswith("rollup#"))  # fmt: skip
+        ledger = sum(
+            1 for op in ops if "Put" in op and op["Put"]["Item"]["pk"]["S"].startswith("ledger#")
+        )
+        counted = sum(
+            int(op["Update"]["ExpressionAttributeValues"][":delta"]["N"])
+            for op in ops
+            if "Update" in op and op["Update"]["Key"]["pk"]["S"].startswith("rollup#")
+        )
         assert counted == ledger
     assert [r[-1] for r in store.rollup()] == [1] * 90
     assert store.contact_levels() == {("Active", None): 90}
     for ops in recording.transactions:
         targets = [next(iter(op.values())) for op in ops]
-        keys = [json.dumps(t.get("Key") or {k: t["Item"][k] for k in ("pk", "sk")},
-                           sort_keys=True) for t in targets]  # fmt: skip
+        keys = [
+            json.dumps(t.get("Key") or {k: t["Item"][k] for k in ("pk", "sk")}, sort_keys=True)
+            for t in targets
+        ]
         assert len(keys) == len(set(keys))
 
 

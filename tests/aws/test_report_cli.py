@@ -29,8 +29,11 @@ runner = CliRunner()
 
 @pytest.fixture
 def table(monkeypatch: pytest.MonkeyPatch) -> Iterator[DynamoDBStore]:
-    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                        "AWS_DEFAULT_REGION": REGION}.items():  # fmt: skip
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": REGION,
+    }.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
@@ -42,11 +45,39 @@ def table(monkeypatch: pytest.MonkeyPatch) -> Iterator[DynamoDBStore]:
 
 def seed(store: DynamoDBStore) -> None:
     state = ContactState("c1", Status.ENGAGED, T0, T0, T0, T0, engagement_score=25)
-    store.commit(Batch(event_keys=["e1", "e2"], contacts=[state], next_due=[None], decisions=[
-        Decision("c1", T0, "enroll", "enrolled", "e1", None, Status.ACTIVE, {}, "v1"),
-        Decision("c1", T0, "engagement", "click", "e2", Status.ACTIVE, Status.ENGAGED,
-                 {"engagement_score": (0, 25)}, "v1", [], "click"),
-    ]))  # fmt: skip
+    store.commit(
+        Batch(
+            event_keys=["e1", "e2"],
+            contacts=[state],
+            next_due=[None],
+            decisions=[
+                Decision(
+                    contact_id="c1",
+                    at=T0,
+                    rule="enroll",
+                    reason="enrolled",
+                    cause="e1",
+                    from_status=None,
+                    to_status=Status.ACTIVE,
+                    changes={},
+                    policy_version="v1",
+                ),
+                Decision(
+                    contact_id="c1",
+                    at=T0,
+                    rule="engagement",
+                    reason="click",
+                    cause="e2",
+                    from_status=Status.ACTIVE,
+                    to_status=Status.ENGAGED,
+                    changes={"engagement_score": (0, 25)},
+                    policy_version="v1",
+                    actions=[],
+                    event_type="click",
+                ),
+            ],
+        )
+    )
 
 
 def test_report_and_explain_read_a_dynamodb_store_in_every_format(
@@ -69,10 +100,17 @@ def test_report_and_explain_read_a_dynamodb_store_in_every_format(
     assert missing.exit_code == 1 and "no decisions" in missing.output
 
 
-@pytest.mark.parametrize("url", [
-    "dynamodb://", "dynamodb://ab", "dynamodb://state/extra", "dynamodb://state?regoin=x",
-    "dynamodb://state?region=", "dynamodb://bad name",
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "url",
+    [
+        "dynamodb://",
+        "dynamodb://ab",
+        "dynamodb://state/extra",
+        "dynamodb://state?regoin=x",
+        "dynamodb://state?region=",
+        "dynamodb://bad name",
+    ],
+)
 def test_a_malformed_dynamodb_url_is_a_usage_error(table: DynamoDBStore, url: str) -> None:
     for command in (["report", "--store", url], ["explain", "c1", "--store", url]):
         answer = runner.invoke(app, command)
@@ -91,9 +129,16 @@ def test_a_missing_table_or_a_mid_day_since_is_said_plainly(table: DynamoDBStore
 
 def test_no_credentials_is_said_plainly(monkeypatch: pytest.MonkeyPatch) -> None:
     """Outside moto, with no credentials anywhere: refused before any request leaves."""
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
-                 "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-                 "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ENDPOINT_URL"):  # fmt: skip
+    for name in (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_ENDPOINT_URL",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
     monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
@@ -114,12 +159,17 @@ def test_experiments_promote_works_from_a_dynamodb_store(
         arm = json.dumps({"subject_line": variant})
         for rule, event_type, n in (("send", "send", 1000), ("engagement", "open", opens)):
             reason = "sent" if rule == "send" else "open"
-            dims = json.dumps(["2030-01-01", rule, reason, "Active", "Active", "v1", event_type,
-                               arm, 0], separators=(",", ":"))  # fmt: skip
-            client.put_item(TableName="state", Item={**counter_key("rollup", dims, "03"),
-                            "dims": {"S": dims}, "n": {"N": str(n)}})  # fmt: skip
-    answer = runner.invoke(app, ["experiments", "promote", str(mapping), "subject_line",
-                                 "--store", URL])  # fmt: skip
+            dims = json.dumps(
+                ["2030-01-01", rule, reason, "Active", "Active", "v1", event_type, arm, 0],
+                separators=(",", ":"),
+            )
+            client.put_item(
+                TableName="state",
+                Item={**counter_key("rollup", dims, "03"), "dims": {"S": dims}, "n": {"N": str(n)}},
+            )
+    answer = runner.invoke(
+        app, ["experiments", "promote", str(mapping), "subject_line", "--store", URL]
+    )
     assert answer.exit_code == 0, answer.output
     assert "promoted 'Value'" in answer.output
     assert "default: Value" in mapping.read_text()

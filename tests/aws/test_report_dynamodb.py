@@ -41,8 +41,14 @@ def events() -> list[dict[str, str]]:
         for k in range(c % 5 + 1):
             kind = KINDS[(c + k) % len(KINDS)]
             at = START + timedelta(days=(c * 3 + k * 7) % 40, minutes=c)
-            out.append({"event_id": f"x{c}-{k}", "contact_id": f"c{c:02d}", "type": kind,
-                        "occurred_at": at.isoformat().replace("+00:00", "Z")})  # fmt: skip
+            out.append(
+                {
+                    "event_id": f"x{c}-{k}",
+                    "contact_id": f"c{c:02d}",
+                    "type": kind,
+                    "occurred_at": at.isoformat().replace("+00:00", "Z"),
+                }
+            )
     return sorted(out, key=lambda e: (e["occurred_at"], e["event_id"]))
 
 
@@ -139,12 +145,44 @@ def fill(store: DynamoDBStore, first: int, last: int) -> None:
             state = ContactState(cid, Status.ENGAGED, at, at, at, at, engagement_score=25)
             states.append(state)
             decisions += [
-                Decision(cid, at, "enroll", "enrolled", f"{cid}-e", None, Status.ACTIVE, {}, "v1"),
-                Decision(cid, at, "send", "sent", f"{cid}-s", Status.ACTIVE, Status.ACTIVE, {},
-                         "v1", [], "send"),
-                Decision(cid, at, "engagement", "open +5", f"{cid}-o", Status.ACTIVE,
-                         Status.ENGAGED, {"engagement_score": (0, 25)}, "v1", [], "open"),
-            ]  # fmt: skip
+                Decision(
+                    contact_id=cid,
+                    at=at,
+                    rule="enroll",
+                    reason="enrolled",
+                    cause=f"{cid}-e",
+                    from_status=None,
+                    to_status=Status.ACTIVE,
+                    changes={},
+                    policy_version="v1",
+                ),
+                Decision(
+                    contact_id=cid,
+                    at=at,
+                    rule="send",
+                    reason="sent",
+                    cause=f"{cid}-s",
+                    from_status=Status.ACTIVE,
+                    to_status=Status.ACTIVE,
+                    changes={},
+                    policy_version="v1",
+                    actions=[],
+                    event_type="send",
+                ),
+                Decision(
+                    contact_id=cid,
+                    at=at,
+                    rule="engagement",
+                    reason="open +5",
+                    cause=f"{cid}-o",
+                    from_status=Status.ACTIVE,
+                    to_status=Status.ENGAGED,
+                    changes={"engagement_score": (0, 25)},
+                    policy_version="v1",
+                    actions=[],
+                    event_type="open",
+                ),
+            ]
         store.commit(Batch(contacts=states, next_due=[None] * len(states), decisions=decisions))
 
 
@@ -163,7 +201,8 @@ def test_a_report_reads_counters_only_whatever_the_ledger_holds(stack: Stack) ->
     big, big_reads = measured_report(stack.store.table)
     assert (small["overview"]["decisions"], big["overview"]["decisions"]) == (90, 360)
     assert big["overview"]["contacts_by_state"]["Engaged"] == 120
-    assert set(big_reads.items) <= {"rollup", "levels", "notes", "quarantine"}
+    # quarantine and quality partitions hold one item per set-aside or marked event (none here)
+    assert set(big_reads.items) <= {"rollup", "levels", "notes", "quarantine", "quality"}
     assert big_reads.items["rollup"] == 90  # one writer: each counter in one item
     assert big_reads.items.get("levels", 0) <= 8
     assert big_reads.calls <= 3 * 8 + 2  # one query per counter shard, notes, quarantine
@@ -176,12 +215,15 @@ def test_the_scheduled_report_writes_the_html_to_its_bucket_from_counters_only(
 ) -> None:
     fill(stack.store, 0, 30)
     s3 = boto3.client("s3", region_name=REGION)
-    s3.create_bucket(Bucket="crm-elasticity-test-reports",
-                     CreateBucketConfiguration={"LocationConstraint": REGION})  # fmt: skip
+    s3.create_bucket(
+        Bucket="crm-elasticity-test-reports",
+        CreateBucketConfiguration={"LocationConstraint": REGION},
+    )
     monkeypatch.setenv("REPORT_BUCKET", "crm-elasticity-test-reports")
     counting = CountingClient(boto3.client("dynamodb", region_name=REGION))
-    monkeypatch.setattr(handlers, "_report_store",
-                        lambda: DynamoDBStore(stack.store.table, client=counting))  # fmt: skip
+    monkeypatch.setattr(
+        handlers, "_report_store", lambda: DynamoDBStore(stack.store.table, client=counting)
+    )
     result = handlers.report({}, FakeContext())
     assert result["keys"][1] == "reports/latest.html" and result["keys"][0].endswith(".html")
     for key in result["keys"]:
@@ -189,7 +231,7 @@ def test_the_scheduled_report_writes_the_html_to_its_bucket_from_counters_only(
         assert page["ContentType"].startswith("text/html")
         html = page["Body"].read().decode()
         assert "<html" in html and "Engaged" in html
-    assert set(counting.items) <= {"rollup", "levels", "notes", "quarantine"}
+    assert set(counting.items) <= {"rollup", "levels", "notes", "quarantine", "quality"}
     monkeypatch.delenv("REPORT_BUCKET")
     with pytest.raises(RuntimeError, match="REPORT_BUCKET"):
         handlers.report({}, FakeContext())
