@@ -53,6 +53,10 @@ class ReplayResult:
     until: datetime | None
 
     def write_states(self, sink: IO[str]) -> int:
+        if str(self.store.path) != ":memory:":  # the rows as text, without a state object each
+            from core.coded.states import write_state_lines
+
+            return write_state_lines(self.store.path, sink)
         count = 0
         for page in self.store.iter_contacts():
             for state in page:

@@ -106,6 +106,9 @@ def test_coded_replay_decides_and_shows_what_the_object_replay_does(
     assert _table(new_path, "SELECT * FROM ledger_rollup") == _table(
         old_path, "SELECT * FROM ledger_rollup")
     assert _table(new_path, "SELECT * FROM cursors") == _table(old_path, "SELECT * FROM cursors")
+    # The contacts table itself (written straight from the coded states), column for column.
+    assert _table(new_path, "SELECT * FROM contacts") == _table(old_path,
+                                                               "SELECT * FROM contacts")
     for since in (None, T0 + timedelta(days=40), T0 + timedelta(days=61, hours=13)):
         old_report = json.loads(render_report(old_path, "json", since=since, mapping=m))
         new_report = json.loads(render_report(new_path, "json", since=since, mapping=m))
@@ -172,3 +175,31 @@ def test_events_read_from_crm_properties_take_the_object_path(tmp_path):
     assert (new.stats.applied, new.stats.duplicates) == (old.stats.applied, old.stats.duplicates)
     assert new.stats.duplicates == 1
     assert _table(new_path, "SELECT COUNT(*) FROM ledger") != [(0,)]  # the text ledger
+
+
+def test_out_lines_are_the_state_json_of_every_stored_contact(tmp_path):
+    """`--out` formats the contacts table's rows directly: the same bytes as `json.dumps` of
+    `state_json` of each state read back, for awkward ids, reasons, scores and experiments."""
+    from core.coded.states import write_state_lines
+    from core.models import ContactState, Status, SuppressionReason
+    from core.replay import state_json
+    from core.sqlite_store import SQLiteStore
+    from core.store import Batch
+
+    at = T0 + timedelta(microseconds=123_456)
+    states = [
+        ContactState('q"uote\\d', Status.SUPPRESSED, T0, at, at, T0, 0.1 + 0.2, 3.0,
+                     suppression_reason=SuppressionReason.HARD_BOUNCE),
+        ContactState("ünïcode ☃", Status.ENGAGED, T0, at, at, T0, 25.0, 25.0,
+                     last_engagement_date=at, reactivation_cycle=2, reactivation_step=1,
+                     unanswered_sends=3, experiments={"subject": "b", "holdout": "héld"}),
+        ContactState("plain", Status.ACTIVE, T0, T0, T0, T0, 1e-7, 1e22),
+    ]  # fmt: skip
+    store = SQLiteStore(tmp_path / "s.sqlite3")
+    store.commit(Batch(contacts=states, next_due=[None] * len(states)))
+    expected = "".join(json.dumps(state_json(s)) + "\n"
+                       for page in store.iter_contacts() for s in page)  # fmt: skip
+    store.close()
+    sink = io.StringIO()
+    assert write_state_lines(str(tmp_path / "s.sqlite3"), sink) == 3
+    assert sink.getvalue() == expected

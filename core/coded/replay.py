@@ -20,9 +20,9 @@ from typing import BinaryIO
 
 from core.coded import engine, ledger
 from core.coded.codes import NONE, STATUSES, Names, coded_policies, from_us, to_us
-from core.coded.decode import contact_state
 from core.coded.events import LineProblem, decode_event
 from core.coded.seen import SeenIds
+from core.coded.states import write_contacts
 from core.gcpause import cyclic_gc_paused
 from core.pipeline import RunStats, policy_record, version_key
 from core.policy import Policy
@@ -31,7 +31,6 @@ from core.store import Batch
 
 _BY_TIME = itemgetter(2)
 _FLUSH_ROWS = 50_000
-_STATE_PAGE = 5_000
 
 
 class BadEvent(Exception):  # noqa: N818 - it names the thing reported
@@ -182,6 +181,7 @@ def replay_coded(
             run.rollup = writer.rollup_rows(p.version)
             if shard is None:
                 ledger.write_rollup(db, run.rollup)
+            write_contacts(db, ids, states)
         db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:
@@ -192,7 +192,6 @@ def replay_coded(
         reread.close()
     stats.contacts_touched = len(ids)
     stats.transitions = run.transitions
-    write_states(store, ids, states)
     return run
 
 
@@ -213,17 +212,6 @@ def _flush(writer: ledger.ChunkWriter, rows: list, run: CodedRun) -> None:
         elif src != dst:
             moved[f"{STATUSES[src].value}->{STATUSES[dst].value}"] += n
     rows.clear()
-
-
-def write_states(store: SQLiteStore, ids: list[str], states: list) -> None:
-    """The final states into the store's contacts table, through the store itself."""
-    with store.bulk():
-        for start in range(0, len(ids), _STATE_PAGE):
-            page = range(start, min(start + _STATE_PAGE, len(ids)))
-            contacts = [contact_state(ids[i], states[i]) for i in page]
-            due = [engine.due(states[i]) for i in page]
-            store.commit(Batch(contacts=contacts,
-                               next_due=[None if d is None else from_us(d[0]) for d in due]))
 
 
 def record_policy(store: SQLiteStore, policy: Policy, first_at: datetime) -> None:
