@@ -107,8 +107,7 @@ def test_coded_replay_decides_and_shows_what_the_object_replay_does(
         old_path, "SELECT * FROM ledger_rollup")
     assert _table(new_path, "SELECT * FROM cursors") == _table(old_path, "SELECT * FROM cursors")
     # The contacts table itself (written straight from the coded states), column for column.
-    assert _table(new_path, "SELECT * FROM contacts") == _table(old_path,
-                                                               "SELECT * FROM contacts")
+    assert _table(new_path, "SELECT * FROM contacts") == _table(old_path, "SELECT * FROM contacts")
     for since in (None, T0 + timedelta(days=40), T0 + timedelta(days=61, hours=13)):
         old_report = json.loads(render_report(old_path, "json", since=since, mapping=m))
         new_report = json.loads(render_report(new_path, "json", since=since, mapping=m))
@@ -203,3 +202,25 @@ def test_out_lines_are_the_state_json_of_every_stored_contact(tmp_path):
     sink = io.StringIO()
     assert write_state_lines(str(tmp_path / "s.sqlite3"), sink) == 3
     assert sink.getvalue() == expected
+
+
+def test_times_are_formatted_as_iso_utc_formats_them():
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from core.coded.codes import from_us, to_us
+    from core.coded.states import _IsoText
+    from core.models import EARLIEST_INSTANT, LATEST_INSTANT, iso_utc
+
+    iso = _IsoText()
+    earliest = to_us(EARLIEST_INSTANT)
+    latest = to_us(LATEST_INSTANT) - 1
+
+    whole_seconds = st.integers(earliest // 10**6, latest // 10**6).map(lambda s: s * 10**6)
+
+    @given(st.integers(earliest, latest) | whole_seconds
+           | st.sampled_from([earliest, latest, 1, 10**6 - 1]))
+    def check(us):
+        assert iso[us] == iso_utc(from_us(us))
+
+    check()

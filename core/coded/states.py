@@ -24,16 +24,38 @@ INSERT_CONTACT = (
 )
 """A contact row as `SQLiteStore` writes one at the end of a bulk run (its version 0)."""
 _PAGE = 5_000
+_DAY_US = 86_400_000_000
 _STATUS_TEXT = [s.value for s in STATUSES]
 _REASON_TEXT = [r.value if r else None for r in REASONS]
 
 
+class _DayText(dict):
+    """Days since the epoch -> the date's ISO text and the `T`."""
+
+    def __missing__(self, day: int) -> str:
+        text = self[day] = iso_utc(from_us(day * _DAY_US))[:11]  # type: ignore[assignment]
+        return text  # type: ignore[return-value]
+
+
 class _IsoText(dict):
-    """Epoch microseconds -> `iso_utc` text, each instant formatted once."""
+    """Epoch microseconds -> `iso_utc` text (`isoformat` of the UTC time): the date's text
+    looked up, the time of day formatted from integers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.days = _DayText()
 
     def __missing__(self, us: int) -> str:
-        text = self[us] = iso_utc(from_us(us))  # type: ignore[assignment]
-        return text  # type: ignore[return-value]
+        day, rest = divmod(us, _DAY_US)
+        seconds, micro = divmod(rest, 1_000_000)
+        minutes, second = divmod(seconds, 60)
+        hour, minute = divmod(minutes, 60)
+        if micro:
+            text = f"{self.days[day]}{hour:02d}:{minute:02d}:{second:02d}.{micro:06d}+00:00"
+        else:
+            text = f"{self.days[day]}{hour:02d}:{minute:02d}:{second:02d}+00:00"
+        self[us] = text  # type: ignore[assignment]
+        return text
 
 
 def contact_rows(ids: list[str], states: list) -> Iterator[tuple]:
@@ -57,7 +79,7 @@ def contact_rows(ids: list[str], states: list) -> Iterator[tuple]:
             None if next_due is None else iso[next_due[0]],
         )  # fmt: skip
         if len(iso) > 20_000:
-            iso.clear()
+            iso.clear()  # (the days stay: a few hundred)
 
 
 def write_contacts(db: sqlite3.Connection, ids: list[str], states: list) -> None:
