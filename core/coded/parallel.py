@@ -1,8 +1,9 @@
 """`replay --workers N`: one process per shard of contacts (a stable hash of `contact_id`),
 each reading the whole file (so batches, duplicates, bad lines and the horizon are the same
-as in one process) and deciding only its own contacts into its own file. The shards' chunks,
-contacts and texts are then copied whole into the run's store under their shard numbers,
-where readers take the union; only the small daily roll-up is added up.
+as in one process) and deciding only its own contacts. Shard 0 writes straight into the run's
+store; every other shard into its own file, whose chunks, contacts and texts are then copied
+whole into the run's store under their shard numbers, where readers take the union; only the
+small daily roll-up is added up.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ _COPY_SHARD = (
 
 
 def shard_path(store_path: Path, shard: int) -> Path:
-    return store_path.with_name(f"{store_path.name}.shard{shard}")
+    """Where shard `shard` writes: the run's store itself for shard 0 (nothing to copy)."""
+    return store_path if shard == 0 else store_path.with_name(f"{store_path.name}.shard{shard}")
 
 
 def _work(policy: Policy, events_path: Path, path: Path, until: datetime | None, strict: bool,
@@ -41,8 +43,9 @@ def _work(policy: Policy, events_path: Path, path: Path, until: datetime | None,
     """One shard, in its own process: the run's outcome or its exception goes to `answer`."""
     bad: list[tuple[int, str]] = []
     try:
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        if shard[0]:  # (shard 0 writes into the run's fresh store)
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
         store = SQLiteStore(path, defer_limit=5_000, cache_mb=8)
         try:
             report = (lambda n, p: bad.append((n, p))) if shard[0] == 0 else None
@@ -129,13 +132,13 @@ def replay_sharded(
 
 
 def _merge(store: SQLiteStore, base: Path, workers: int, runs: list[CodedRun]) -> None:
-    """Copy every shard's tables into the run's store, in one transaction."""
+    """Copy every other shard's tables into the run's store (shard 0's are there)."""
     store.close()
     db = sqlite3.connect(base, isolation_level=None)
     try:
         db.execute("PRAGMA busy_timeout=5000")
         ledger.create(db)
-        for k in range(workers):
+        for k in range(1, workers):
             db.execute("ATTACH DATABASE ? AS shard", (str(shard_path(base, k)),))
             db.execute("BEGIN IMMEDIATE")
             for statement in _COPY_SHARD:
@@ -154,7 +157,9 @@ def _merge(store: SQLiteStore, base: Path, workers: int, runs: list[CodedRun]) -
 
 
 def _remove_shards(base: Path, workers: int) -> None:
-    for k in range(workers):
+    """The other shards' files (shard 0's store is the run's, which the caller removes on
+    failure)."""
+    for k in range(1, workers):
         for suffix in ("", "-wal", "-shm"):
             Path(f"{shard_path(base, k)}{suffix}").unlink(missing_ok=True)
 
