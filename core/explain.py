@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core.coded.ledger import has_coded_ledger
-from core.coded.ledger import ledger_for as coded_ledger_for
+from core.coded.ledger import coded_decisions
 from core.models import Decision
 from core.order import REVISED
 from core.sqlite_store import SQLiteStore
@@ -62,14 +61,14 @@ def describe(decision: Decision) -> str:
 def decisions_for(path: Path, contact_id: str) -> list[Decision]:
     """The contact's decisions from the store at `path`: its text ledger, or the coded ledger
     of a replay or simulation on the coded path."""
+    decisions = coded_decisions(path, contact_id)  # a direct read of a coded ledger
+    if decisions:
+        return decisions
     store = SQLiteStore(path)
     try:
-        decisions = store.ledger_for(contact_id)
+        return store.ledger_for(contact_id)
     finally:
         store.close()
-    if not decisions and has_coded_ledger(path):
-        decisions = coded_ledger_for(path, contact_id)
-    return decisions
 
 
 def explain_contact(path: Path, contact_id: str) -> str | None:

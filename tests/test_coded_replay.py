@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from core.coded.ledger import coded_decisions
 from core.coded.ledger import ledger_for as coded_ledger_for
 from core.explain import explain_contact
 from core.replay import BadLine, replay_file
@@ -103,6 +104,10 @@ def test_coded_replay_decides_and_shows_what_the_object_replay_does(
         store.close()
         assert coded_ledger_for(new_path, cid) == expected
         assert explain_contact(new_path, cid) == explain_contact(old_path, cid)
+    # The direct read tells a store without a coded ledger from a contact without decisions.
+    assert coded_decisions(old_path, "c1") is None
+    assert coded_decisions(new_path, "nobody") == []
+    assert explain_contact(new_path, "nobody") is None
     assert _table(new_path, "SELECT * FROM ledger_rollup") == _table(
         old_path, "SELECT * FROM ledger_rollup")
     assert _table(new_path, "SELECT * FROM cursors") == _table(old_path, "SELECT * FROM cursors")
