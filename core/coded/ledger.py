@@ -2,8 +2,9 @@
 SQLite file beside the tables the rest of the program reads.
 
 A chunk holds up to `CHUNK_ROWS` decisions: their contact indices (int32, to find a
-contact's rows), their rows (`ROW`: 14 int64 and the score as a float64, in decision order)
-and their causes (event ids, UTF-8, with offsets). Packing a row costs a tenth of binding it
+contact's rows), their causes (event ids, UTF-8, with offsets) and their rows (`ROW`: 14
+int64 and the score as a float64, in decision order), the large rows blob last so the small
+columns are read without walking its pages. Packing a row costs a tenth of binding it
 as SQLite columns. The daily roll-up `report` reads is counted per chunk with numpy as the
 chunks are written. `explain` finds a contact's chunks from `coded_contacts` and reads just its
 rows through incremental blob I/O, then decodes them (`core.coded.decode`), so it shows
@@ -36,7 +37,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS coded_chunks (
     shard INTEGER NOT NULL, chunk INTEGER NOT NULL, n INTEGER NOT NULL,
     min_at INTEGER NOT NULL, max_at INTEGER NOT NULL, contacts BLOB NOT NULL,
-    rows BLOB NOT NULL, cause_ends BLOB NOT NULL, causes BLOB NOT NULL, PRIMARY KEY (shard, chunk)
+    cause_ends BLOB NOT NULL, causes BLOB NOT NULL, rows BLOB NOT NULL, PRIMARY KEY (shard, chunk)
 );
 CREATE TABLE IF NOT EXISTS coded_contacts (
     contact_id TEXT PRIMARY KEY, shard INTEGER NOT NULL, idx INTEGER NOT NULL,
@@ -101,10 +102,12 @@ class ChunkWriter:
             causes = [b"" if r[15] is None else r[15].encode() for r in rows[start:end]]
             at = decided["at"][start:end]
             self.db.execute(
-                "INSERT INTO coded_chunks VALUES (?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO coded_chunks (shard, chunk, n, min_at, max_at, contacts, "
+                "cause_ends, causes, rows) VALUES (?,?,?,?,?,?,?,?,?)",
                 (self.shard, self.chunks, end - start, int(at.min()), int(at.max()),
-                 contacts[start:end].tobytes(), packed[start * ROW.size : end * ROW.size],
-                 array("q", accumulate(map(len, causes))).tobytes(), b"".join(causes)),
+                 contacts[start:end].tobytes(),
+                 array("q", accumulate(map(len, causes))).tobytes(), b"".join(causes),
+                 packed[start * ROW.size : end * ROW.size]),
             )  # fmt: skip
             self._chunk_contacts.append(np.unique(contacts[start:end]))
             self.chunks += 1
@@ -280,7 +283,7 @@ _CONTACT = (
     "JOIN coded_meta AS m ON m.name = 'policy_version' WHERE c.contact_id = ?"
 )
 _CHUNKS = (
-    "SELECT chunk, rowid, contacts FROM coded_chunks "
+    "SELECT chunk, rowid, contacts, cause_ends, causes FROM coded_chunks "
     "WHERE shard = ? AND chunk IN (SELECT value FROM json_each(?))"
 )
 _NAMES = "SELECT kind, code, text FROM coded_names WHERE shard = ?"
@@ -291,9 +294,9 @@ def coded_decisions(path: Path | str, contact_id: str) -> list[Decision] | None:
     or None when the store has no coded ledger (its decisions are in the text ledger).
 
     A direct read: the contact's row names its chunks; one statement fetches those chunks'
-    contact indices (stored before the rows, so no row is read), and each chunk's rows and
-    causes are read only at the contact's positions, through incremental blob I/O (a column
-    after the rows blob would otherwise be reached by reading all of it)."""
+    contact indices and causes (stored before the rows, so no row is read for them), and each
+    chunk's rows blob is read only at the contact's positions, through incremental blob I/O.
+    (A ledger written with the causes after the rows reads the same, walking past the rows.)"""
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         try:
@@ -308,9 +311,9 @@ def coded_decisions(path: Path | str, contact_id: str) -> list[Decision] | None:
                  db.execute(_CHUNKS, (shard, json.dumps(chunks)))}  # fmt: skip
         rows = []
         for chunk in chunks:
-            rowid, contacts = found[chunk]
+            rowid, contacts, cause_ends, causes = found[chunk]
             at = np.flatnonzero(np.frombuffer(contacts, dtype=np.int32) == idx).tolist()
-            rows += _read_rows(db, rowid, at)
+            rows += _read_rows(db, rowid, at, array("q", cause_ends), causes)
         texts = Texts(db.execute(_NAMES, (shard,)))
     finally:
         db.close()
@@ -320,21 +323,14 @@ def coded_decisions(path: Path | str, contact_id: str) -> list[Decision] | None:
             for d in decisions(contact_id, rows, texts, version, experiments, segment)]
 
 
-def _read_rows(db: sqlite3.Connection, rowid: int, positions: list[int]) -> list[tuple]:
+def _read_rows(db: sqlite3.Connection, rowid: int, positions: list[int], cause_ends: array,
+               causes: bytes) -> list[tuple]:  # fmt: skip
     out = []
-    with db.blobopen("coded_chunks", "rows", rowid, readonly=True) as rows_blob, \
-            db.blobopen("coded_chunks", "cause_ends", rowid, readonly=True) as ends, \
-            db.blobopen("coded_chunks", "causes", rowid, readonly=True) as causes:  # fmt: skip
+    with db.blobopen("coded_chunks", "rows", rowid, readonly=True) as rows_blob:
         for pos in positions:
             rows_blob.seek(pos * ROW.size)
             row = ROW.unpack(rows_blob.read(ROW.size))
-            if pos:
-                ends.seek((pos - 1) * 8)
-                start, end = struct.unpack("<2q", ends.read(16))
-            else:
-                ends.seek(0)
-                start, end = 0, struct.unpack("<q", ends.read(8))[0]
-            causes.seek(start)
-            cause = causes.read(end - start).decode() if end > start else None
-            out.append((*row, cause))
+            start = cause_ends[pos - 1] if pos else 0
+            end = cause_ends[pos]
+            out.append((*row, causes[start:end].decode() if end > start else None))
     return out
