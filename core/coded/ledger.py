@@ -205,11 +205,15 @@ def count_rollup(r: np.ndarray, arm_of: np.ndarray, from_dormant: int, into: Cou
 def rollup_texts(rollup: Counter, what_texts: list[str], type_texts: list[str],
                  arm_texts: list[str], version: str) -> Counter:  # fmt: skip
     what = [json.loads(t) for t in what_texts]
+    status = [s.value for s in STATUSES]
+    days: dict[int, str] = {}
     out: Counter = Counter()
     for (day, code, src, dst, etype, arm, cycle), n in rollup.items():
+        date = days.get(day)
+        if date is None:
+            date = days[day] = (_EPOCH_DAY + timedelta(days=day)).isoformat()
         rule, reason = what[code]
-        key = ((_EPOCH_DAY + timedelta(days=day)).isoformat(), rule, reason,
-               STATUSES[src].value if src != NONE else "", STATUSES[dst].value, version,
+        key = (date, rule, reason, status[src] if src != NONE else "", status[dst], version,
                type_texts[etype] if etype != NONE else "",
                arm_texts[arm] if arm != NONE else "", cycle)  # fmt: skip
         out[key] += n
