@@ -87,11 +87,11 @@ class ChunkWriter:
         """(day, what, from, to, event type, arm, cycle) codes -> decisions."""
         self._from_dormant = names.what("engagement", "reactivated_from_dormant")
 
-    def write(self, rows: list[tuple]) -> None:
+    def write(self, rows: list[tuple]) -> np.ndarray | None:
         """Pack and count the rows at once (numpy's per-call cost is per batch, not per
-        chunk), then store them chunk by chunk."""
+        chunk), then store them chunk by chunk. Returns them packed (`ROW_DTYPE`)."""
         if not rows:
-            return
+            return None
         pack = ROW.pack
         packed = b"".join([pack(*r[:15]) for r in rows])
         decided = np.frombuffer(packed, dtype=ROW_DTYPE)
@@ -112,6 +112,7 @@ class ChunkWriter:
             self._chunk_contacts.append(np.unique(contacts[start:end]))
             self.chunks += 1
         self.rows += len(rows)
+        return decided
 
     def _count(self, r: np.ndarray) -> None:
         count_rollup(r, self._arm_codes(int(r["contact"].max())), self._from_dormant,

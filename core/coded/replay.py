@@ -20,6 +20,8 @@ from operator import itemgetter
 from pathlib import Path
 from typing import BinaryIO
 
+import numpy as np
+
 from core.coded import engine, ledger
 from core.coded.codes import NONE, STATUSES, Names, coded_policies, from_us, to_us
 from core.coded.events import LineProblem, decode_event
@@ -115,17 +117,20 @@ def read_batches(
     stats = run.stats
     latest = -(1 << 62)
     batch: list[tuple] = []
+    offsets: list[int] = []
     with events_path.open("rb") as reread, events_path.open("rb") as handle:
         seen = SeenIds(lambda offset: _id_at(reread, offset))
 
         def fresh() -> list[tuple]:
             stats.events_in += len(batch)
-            firsts = seen.first_sightings([item[0] for item in batch],
-                                          [item[4] for item in batch])  # fmt: skip
-            stats.duplicates += firsts.count(False)
-            out = [item[:4] for item, first in zip(batch, firsts, strict=True) if first]
+            firsts = seen.first_sightings([item[0] for item in batch], offsets)
+            repeated = firsts.count(False)
+            stats.duplicates += repeated
+            out = [item for item, first in zip(batch, firsts, strict=True) if first] \
+                if repeated else batch.copy()  # fmt: skip
             out.sort(key=_BY_TIME)
             batch.clear()
+            offsets.clear()
             return out
 
         done = number = 0
@@ -148,8 +153,8 @@ def read_batches(
                         continue
                     if at > latest:
                         latest = at
-                    batch.append((event.event_id, event.contact_id, at, kind,
-                                  done - len(line)))  # fmt: skip
+                    batch.append((event.event_id, event.contact_id, at, kind))
+                    offsets.append(done - len(line))
                     if len(batch) >= batch_size:
                         yield fresh()
                     continue
@@ -236,10 +241,15 @@ def _id_at(handle: BinaryIO, offset: int) -> str:
 def _flush(writer: ledger.ChunkWriter, rows: list, run: CodedRun) -> None:
     if not rows:
         return
-    writer.write(rows)
+    decided = writer.write(rows)
     run.stats.decisions += len(rows)
     moved = run.transitions
-    for (src, dst), n in Counter((r[3], r[4]) for r in rows).items():
+    # (from, to) pairs counted on the packed columns: from is NONE (-1) or a status code.
+    pairs = (decided["from_status"] + 1) * len(STATUSES) + decided["to_status"]
+    found, counts = np.unique(pairs, return_counts=True)
+    for pair, n in zip(found.tolist(), counts.tolist(), strict=True):
+        src, dst = divmod(pair, len(STATUSES))
+        src -= 1
         if src == NONE:
             moved["enrolled"] += n
         elif src != dst:
