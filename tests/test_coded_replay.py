@@ -229,3 +229,24 @@ def test_times_are_formatted_as_iso_utc_formats_them():
         assert iso[us] == iso_utc(from_us(us))
 
     check()
+
+
+def test_a_contacts_positions_in_a_chunk_are_found_by_their_packed_index():
+    import struct
+
+    import numpy as np
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from core.coded.ledger import _positions
+
+    # Values whose bytes straddle their neighbours' (256, 1 << 24 ...) included.
+    value = st.sampled_from([0, 1, 256, 65536, 1 << 24, (1 << 24) | 1]) | st.integers(0, 2**31 - 1)
+
+    @given(st.lists(value, max_size=60), value)
+    def check(contacts, me):
+        packed = np.array(contacts, dtype=np.int32)
+        found = _positions(packed.tobytes(), struct.pack("<i", me))
+        assert found == np.flatnonzero(packed == me).tolist()
+
+    check()

@@ -291,7 +291,10 @@ _CHUNKS = (
     "SELECT chunk, rowid, contacts, cause_ends, causes FROM coded_chunks "
     "WHERE shard = ? AND chunk IN (SELECT value FROM json_each(?))"
 )
-_NAMES = "SELECT kind, code, text FROM coded_names WHERE shard = ?"
+_NAMES = (
+    "SELECT kind, code, text FROM coded_names WHERE shard = ? AND kind IN ('what', 'type', "
+    "'action')"
+)
 
 
 def coded_decisions(path: Path | str, contact_id: str) -> list[Decision] | None:
@@ -312,13 +315,14 @@ def coded_decisions(path: Path | str, contact_id: str) -> list[Decision] | None:
             return [] if has_coded_ledger(path) else None
         shard, idx, arm, segment, chunk_list, version = contact
         chunks = array("i", chunk_list).tolist()
+        me = struct.pack("<i", idx)
         found = {chunk: rest for chunk, *rest in
                  db.execute(_CHUNKS, (shard, json.dumps(chunks)))}  # fmt: skip
         rows = []
         for chunk in chunks:
             rowid, contacts, cause_ends, causes = found[chunk]
-            at = np.flatnonzero(np.frombuffer(contacts, dtype=np.int32) == idx).tolist()
-            rows += _read_rows(db, rowid, at, array("q", cause_ends), causes)
+            rows += _read_rows(db, rowid, _positions(contacts, me), array("q", cause_ends),
+                               causes)  # fmt: skip
         texts = Texts(db.execute(_NAMES, (shard,)))
     finally:
         db.close()
@@ -326,6 +330,20 @@ def coded_decisions(path: Path | str, contact_id: str) -> list[Decision] | None:
     # As the text ledger hands them out: changes and action details through their JSON text.
     return [decision_from_row(decision_row(d))
             for d in decisions(contact_id, rows, texts, version, experiments, segment)]
+
+
+def _positions(contacts: bytes, me: bytes) -> list[int]:
+    """Where the int32 `me` (packed) occurs in the packed int32 `contacts` (a contact has a
+    row or two in a chunk: a byte search finds them faster than numpy is set up)."""
+    out = []
+    at = contacts.find(me)
+    while at >= 0:
+        if at % 4 == 0:
+            out.append(at // 4)
+            at = contacts.find(me, at + 4)
+        else:  # (straddling two values)
+            at = contacts.find(me, at + 1)
+    return out
 
 
 def _read_rows(db: sqlite3.Connection, rowid: int, positions: list[int], cause_ends: array,
