@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from core.coded.ledger import coded_decisions
 from core.ledger_reader import LedgerReader
 from core.models import ContactState, Decision
 from core.order import REVISED
@@ -66,9 +67,11 @@ def _read(
         return source.contact_decisions(contact_id), source.contact_now(contact_id)
     from core.sqlite_store import SQLiteStore
 
+    coded = coded_decisions(source, contact_id)  # a direct read of a coded ledger, or None
     store = SQLiteStore(source)
     try:
-        return store.contact_decisions(contact_id), store.contact_now(contact_id)
+        decisions = coded if coded is not None else store.contact_decisions(contact_id)
+        return decisions, store.contact_now(contact_id)
     finally:
         store.close()
 

@@ -60,6 +60,10 @@ class ReplayResult:
     """Lines with keys the event format does not have (ignored, not bad), and which keys."""
 
     def write_states(self, sink: IO[str]) -> int:
+        if str(self.store.path) != ":memory:":  # the rows as text, without a state object each
+            from core.coded.states import write_state_lines
+
+            return write_state_lines(self.store.path, sink)
         count = 0
         for page in self.store.iter_contacts():
             for state in page:

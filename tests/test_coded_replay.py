@@ -11,6 +11,7 @@ from datetime import timedelta
 
 import pytest
 
+from core.coded.ledger import coded_decisions
 from core.coded.ledger import ledger_for as coded_ledger_for
 from core.explain import explain_contact
 from core.replay import BadLine, replay_file
@@ -104,9 +105,15 @@ def test_coded_replay_decides_and_shows_what_the_object_replay_does(
         store.close()
         assert coded_ledger_for(new_path, cid) == expected
         assert explain_contact(new_path, cid) == explain_contact(old_path, cid)
+    # The direct read tells a store without a coded ledger from a contact without decisions.
+    assert coded_decisions(old_path, "c1") is None
+    assert coded_decisions(new_path, "nobody") == []
+    assert explain_contact(new_path, "nobody") is None
     assert _table(new_path, "SELECT * FROM ledger_rollup") == _table(
         old_path, "SELECT * FROM ledger_rollup")
     assert _table(new_path, "SELECT * FROM cursors") == _table(old_path, "SELECT * FROM cursors")
+    # The contacts table itself (written straight from the coded states), column for column.
+    assert _table(new_path, "SELECT * FROM contacts") == _table(old_path, "SELECT * FROM contacts")
     for since in (None, T0 + timedelta(days=40), T0 + timedelta(days=61, hours=13)):
         old_report = json.loads(render_report(old_path, "json", since=since, mapping=m))
         new_report = json.loads(render_report(new_path, "json", since=since, mapping=m))
@@ -185,3 +192,74 @@ def test_events_read_from_crm_properties_take_the_object_path(tmp_path):
     assert (new.stats.applied, new.stats.duplicates) == (old.stats.applied, old.stats.duplicates)
     assert new.stats.duplicates == 1
     assert _table(new_path, "SELECT COUNT(*) FROM ledger") != [(0,)]  # the text ledger
+
+
+def test_out_lines_are_the_state_json_of_every_stored_contact(tmp_path):
+    """`--out` formats the contacts table's rows directly: the same bytes as `json.dumps` of
+    `state_json` of each state read back, for awkward ids, reasons, scores and experiments."""
+    from core.coded.states import write_state_lines
+    from core.models import ContactState, Status, SuppressionReason
+    from core.replay import state_json
+    from core.sqlite_store import SQLiteStore
+    from core.store import Batch
+
+    at = T0 + timedelta(microseconds=123_456)
+    states = [
+        ContactState('q"uote\\d', Status.SUPPRESSED, T0, at, at, T0, 0.1 + 0.2, 3.0,
+                     suppression_reason=SuppressionReason.HARD_BOUNCE),
+        ContactState("ünïcode ☃", Status.ENGAGED, T0, at, at, T0, 25.0, 25.0,
+                     last_engagement_date=at, reactivation_cycle=2, reactivation_step=1,
+                     unanswered_sends=3, experiments={"subject": "b", "holdout": "héld"}),
+        ContactState("plain", Status.ACTIVE, T0, T0, T0, T0, 1e-7, 1e22),
+    ]  # fmt: skip
+    store = SQLiteStore(tmp_path / "s.sqlite3")
+    store.commit(Batch(contacts=states, next_due=[None] * len(states)))
+    expected = "".join(json.dumps(state_json(s)) + "\n"
+                       for page in store.iter_contacts() for s in page)  # fmt: skip
+    store.close()
+    sink = io.StringIO()
+    assert write_state_lines(str(tmp_path / "s.sqlite3"), sink) == 3
+    assert sink.getvalue() == expected
+
+
+def test_times_are_formatted_as_iso_utc_formats_them():
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from core.coded.codes import from_us, to_us
+    from core.coded.states import _IsoText
+    from core.models import EARLIEST_INSTANT, LATEST_INSTANT, iso_utc
+
+    iso = _IsoText()
+    earliest = to_us(EARLIEST_INSTANT)
+    latest = to_us(LATEST_INSTANT) - 1
+
+    whole_seconds = st.integers(earliest // 10**6, latest // 10**6).map(lambda s: s * 10**6)
+
+    @given(st.integers(earliest, latest) | whole_seconds
+           | st.sampled_from([earliest, latest, 1, 10**6 - 1]))
+    def check(us):
+        assert iso[us] == iso_utc(from_us(us))
+
+    check()
+
+
+def test_a_contacts_positions_in_a_chunk_are_found_by_their_packed_index():
+    import struct
+
+    import numpy as np
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from core.coded.ledger import _positions
+
+    # Values whose bytes straddle their neighbours' (256, 1 << 24 ...) included.
+    value = st.sampled_from([0, 1, 256, 65536, 1 << 24, (1 << 24) | 1]) | st.integers(0, 2**31 - 1)
+
+    @given(st.lists(value, max_size=60), value)
+    def check(contacts, me):
+        packed = np.array(contacts, dtype=np.int32)
+        found = _positions(packed.tobytes(), struct.pack("<i", me))
+        assert found == np.flatnonzero(packed == me).tolist()
+
+    check()

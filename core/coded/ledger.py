@@ -2,8 +2,9 @@
 SQLite file beside the tables the rest of the program reads.
 
 A chunk holds up to `CHUNK_ROWS` decisions: their contact indices (int32, to find a
-contact's rows), their rows (`ROW`: 14 int64 and the score as a float64, in decision order)
-and their causes (event ids, UTF-8, with offsets). Packing a row costs a tenth of binding it
+contact's rows), their causes (event ids, UTF-8, with offsets) and their rows (`ROW`: 14
+int64 and the score as a float64, in decision order), the large rows blob last so the small
+columns are read without walking its pages. Packing a row costs a tenth of binding it
 as SQLite columns. The daily roll-up `report` reads is counted per chunk with numpy as the
 chunks are written. `explain` finds a contact's chunks from `coded_contacts` and reads just its
 rows through incremental blob I/O, then decodes them (`core.coded.decode`), so it shows
@@ -38,7 +39,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS coded_chunks (
     shard INTEGER NOT NULL, chunk INTEGER NOT NULL, n INTEGER NOT NULL,
     min_at INTEGER NOT NULL, max_at INTEGER NOT NULL, contacts BLOB NOT NULL,
-    rows BLOB NOT NULL, cause_ends BLOB NOT NULL, causes BLOB NOT NULL, PRIMARY KEY (shard, chunk)
+    cause_ends BLOB NOT NULL, causes BLOB NOT NULL, rows BLOB NOT NULL, PRIMARY KEY (shard, chunk)
 );
 CREATE TABLE IF NOT EXISTS coded_contacts (
     contact_id TEXT PRIMARY KEY, shard INTEGER NOT NULL, idx INTEGER NOT NULL,
@@ -88,11 +89,11 @@ class ChunkWriter:
         """(day, what, from, to, event type, arm, cycle) codes -> decisions."""
         self._from_dormant = names.what("engagement", "reactivated_from_dormant")
 
-    def write(self, rows: list[tuple]) -> None:
+    def write(self, rows: list[tuple]) -> np.ndarray | None:
         """Pack and count the rows at once (numpy's per-call cost is per batch, not per
-        chunk), then store them chunk by chunk."""
+        chunk), then store them chunk by chunk. Returns them packed (`ROW_DTYPE`)."""
         if not rows:
-            return
+            return None
         pack = ROW.pack
         packed = b"".join([pack(*r[:15]) for r in rows])
         decided = np.frombuffer(packed, dtype=ROW_DTYPE)
@@ -103,14 +104,17 @@ class ChunkWriter:
             causes = [b"" if r[15] is None else r[15].encode() for r in rows[start:end]]
             at = decided["at"][start:end]
             self.db.execute(
-                "INSERT INTO coded_chunks VALUES (?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO coded_chunks (shard, chunk, n, min_at, max_at, contacts, "
+                "cause_ends, causes, rows) VALUES (?,?,?,?,?,?,?,?,?)",
                 (self.shard, self.chunks, end - start, int(at.min()), int(at.max()),
-                 contacts[start:end].tobytes(), packed[start * ROW.size : end * ROW.size],
-                 array("q", accumulate(map(len, causes))).tobytes(), b"".join(causes)),
+                 contacts[start:end].tobytes(),
+                 array("q", accumulate(map(len, causes))).tobytes(), b"".join(causes),
+                 packed[start * ROW.size : end * ROW.size]),
             )  # fmt: skip
             self._chunk_contacts.append(np.unique(contacts[start:end]))
             self.chunks += 1
         self.rows += len(rows)
+        return decided
 
     def _count(self, r: np.ndarray) -> None:
         count_rollup(r, self._arm_codes(int(r["contact"].max())), self._from_dormant,
@@ -205,11 +209,15 @@ def count_rollup(r: np.ndarray, arm_of: np.ndarray, from_dormant: int, into: Cou
 def rollup_texts(rollup: Counter, what_texts: list[str], type_texts: list[str],
                  arm_texts: list[str], version: str) -> Counter:  # fmt: skip
     what = [json.loads(t) for t in what_texts]
+    status = [s.value for s in STATUSES]
+    days: dict[int, str] = {}
     out: Counter = Counter()
     for (day, code, src, dst, etype, arm, cycle), n in rollup.items():
+        date = days.get(day)
+        if date is None:
+            date = days[day] = (_EPOCH_DAY + timedelta(days=day)).isoformat()
         rule, reason = what[code]
-        key = ((_EPOCH_DAY + timedelta(days=day)).isoformat(), rule, reason,
-               STATUSES[src].value if src != NONE else "", STATUSES[dst].value, version,
+        key = (date, rule, reason, status[src] if src != NONE else "", status[dst], version,
                type_texts[etype] if etype != NONE else "",
                arm_texts[arm] if arm != NONE else "", cycle)  # fmt: skip
         out[key] += n
@@ -275,28 +283,50 @@ def has_coded_ledger(path: Path | str) -> bool:
 
 def ledger_for(path: Path | str, contact_id: str) -> list[Decision]:
     """The contact's decisions from a coded ledger, oldest first (empty if it has none)."""
+    return coded_decisions(path, contact_id) or []
+
+
+_CONTACT = (
+    "SELECT c.shard, c.idx, c.arm, c.segment, c.chunks, m.value FROM coded_contacts AS c "
+    "JOIN coded_meta AS m ON m.name = 'policy_version' WHERE c.contact_id = ?"
+)
+_CHUNKS = (
+    "SELECT chunk, rowid, contacts, cause_ends, causes FROM coded_chunks "
+    "WHERE shard = ? AND chunk IN (SELECT value FROM json_each(?))"
+)
+_NAMES = (
+    "SELECT kind, code, text FROM coded_names WHERE shard = ? AND kind IN ('what', 'type', "
+    "'action')"
+)
+
+
+def coded_decisions(path: Path | str, contact_id: str) -> list[Decision] | None:
+    """The contact's decisions from the coded ledger of the store at `path`, oldest first,
+    or None when the store has no coded ledger (its decisions are in the text ledger).
+
+    A direct read: the contact's row names its chunks; one statement fetches those chunks'
+    contact indices and causes (stored before the rows, so no row is read for them), and each
+    chunk's rows blob is read only at the contact's positions, through incremental blob I/O.
+    (A ledger written with the causes after the rows reads the same, walking past the rows.)"""
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        contact = db.execute(
-            "SELECT shard, idx, arm, segment, chunks FROM coded_contacts WHERE contact_id = ?",
-            (contact_id,),
-        ).fetchone()
+        try:
+            contact = db.execute(_CONTACT, (contact_id,)).fetchone()
+        except sqlite3.OperationalError:  # no such table: not a coded store
+            return None
         if contact is None:
-            return []
-        shard, idx, arm, segment, chunk_list = contact
+            return [] if has_coded_ledger(path) else None
+        shard, idx, arm, segment, chunk_list, version = contact
+        chunks = array("i", chunk_list).tolist()
+        me = struct.pack("<i", idx)
+        found = {chunk: rest for chunk, *rest in
+                 db.execute(_CHUNKS, (shard, json.dumps(chunks)))}  # fmt: skip
         rows = []
-        for chunk in array("i", chunk_list):
-            rowid, blob = db.execute(
-                "SELECT rowid, contacts FROM coded_chunks WHERE shard = ? AND chunk = ?",
-                (shard, chunk),
-            ).fetchone()
-            at = np.flatnonzero(np.frombuffer(blob, dtype=np.int32) == idx).tolist()
-            rows += _read_rows(db, rowid, at)
-        texts = Texts(db.execute("SELECT kind, code, text FROM coded_names WHERE shard = ?",
-                                 (shard,)))  # fmt: skip
-        version = db.execute(
-            "SELECT value FROM coded_meta WHERE name = 'policy_version'"
-        ).fetchone()[0]
+        for chunk in chunks:
+            rowid, contacts, cause_ends, causes = found[chunk]
+            rows += _read_rows(db, rowid, _positions(contacts, me), array("q", cause_ends),
+                               causes)  # fmt: skip
+        texts = Texts(db.execute(_NAMES, (shard,)))
     finally:
         db.close()
     experiments = json.loads(arm) if arm else {}
@@ -305,21 +335,28 @@ def ledger_for(path: Path | str, contact_id: str) -> list[Decision]:
             for d in decisions(contact_id, rows, texts, version, experiments, segment)]
 
 
-def _read_rows(db: sqlite3.Connection, rowid: int, positions: list[int]) -> list[tuple]:
+def _positions(contacts: bytes, me: bytes) -> list[int]:
+    """Where the int32 `me` (packed) occurs in the packed int32 `contacts` (a contact has a
+    row or two in a chunk: a byte search finds them faster than numpy is set up)."""
     out = []
-    with db.blobopen("coded_chunks", "rows", rowid, readonly=True) as rows_blob, \
-            db.blobopen("coded_chunks", "cause_ends", rowid, readonly=True) as ends, \
-            db.blobopen("coded_chunks", "causes", rowid, readonly=True) as causes:  # fmt: skip
+    at = contacts.find(me)
+    while at >= 0:
+        if at % 4 == 0:
+            out.append(at // 4)
+            at = contacts.find(me, at + 4)
+        else:  # (straddling two values)
+            at = contacts.find(me, at + 1)
+    return out
+
+
+def _read_rows(db: sqlite3.Connection, rowid: int, positions: list[int], cause_ends: array,
+               causes: bytes) -> list[tuple]:  # fmt: skip
+    out = []
+    with db.blobopen("coded_chunks", "rows", rowid, readonly=True) as rows_blob:
         for pos in positions:
             rows_blob.seek(pos * ROW.size)
             row = ROW.unpack(rows_blob.read(ROW.size))
-            if pos:
-                ends.seek((pos - 1) * 8)
-                start, end = struct.unpack("<2q", ends.read(16))
-            else:
-                ends.seek(0)
-                start, end = 0, struct.unpack("<q", ends.read(8))[0]
-            causes.seek(start)
-            cause = causes.read(end - start).decode() if end > start else None
-            out.append((*row, cause))
+            start = cause_ends[pos - 1] if pos else 0
+            end = cause_ends[pos]
+            out.append((*row, causes[start:end].decode() if end > start else None))
     return out

@@ -1,8 +1,10 @@
-"""`replay --workers N`: one process per shard of contacts (a stable hash of `contact_id`),
-each reading the whole file (so batches, duplicates, bad lines and the horizon are the same
-as in one process) and deciding only its own contacts into its own file. The shards' chunks,
-contacts and texts are then copied whole into the run's store under their shard numbers,
-where readers take the union; only the small daily roll-up is added up.
+"""`replay --workers N`: one process per shard of contacts (a stable hash of `contact_id`,
+`core.coded.replay.shard_of`). This process reads the file once, as one process would (so
+batches, duplicates, bad lines and the horizon are the same), and hands each worker only its
+contacts' events, batch by batch; the workers decide. Shard 0 writes straight into the run's
+store; every other shard into its own file, whose chunks, contacts and texts are then copied
+whole into the run's store under their shard numbers, where readers take the union; only the
+small daily roll-up is added up.
 """
 
 from __future__ import annotations
@@ -12,12 +14,14 @@ import sqlite3
 from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
-from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from core.coded import ledger
-from core.coded.replay import BadEvent, CodedRun, replay_coded
+from core.coded.codes import Names, coded_policies, to_us
+from core.coded.replay import CodedRun, Decider, read_batches, shard_of
+from core.gcpause import cyclic_gc_paused
+from core.pipeline import RunStats
 from core.policy import Policy
 from core.sqlite_store import SQLiteStore
 
@@ -32,36 +36,49 @@ _COPY_SHARD = (
 
 
 def shard_path(store_path: Path, shard: int) -> Path:
-    return store_path.with_name(f"{store_path.name}.shard{shard}")
+    """Where shard `shard` writes: the run's store itself for shard 0 (nothing to copy)."""
+    return store_path if shard == 0 else store_path.with_name(f"{store_path.name}.shard{shard}")
 
 
-def _work(policy: Policy, events_path: Path, path: Path, until: datetime | None, strict: bool,
-          batch_size: int, shard: tuple[int, int], done: Any, read: Any,
-          answer: Any) -> None:  # fmt: skip
-    """One shard, in its own process: the run's outcome or its exception goes to `answer`."""
-    bad: list[tuple[int, str]] = []
+def _work(policy: Policy, path: Path, shard: int, feed: Any, answer: Any) -> None:
+    """One shard, in its own process: decides the batches `feed` brings (batch number, fresh
+    events) until ("end", horizon, batches); its outcome or its exception goes to `answer`."""
     try:
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{path}{suffix}").unlink(missing_ok=True)
-        store = SQLiteStore(path, defer_limit=5_000, cache_mb=8)
+        if shard:  # (shard 0 writes into the run's fresh store)
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+        SQLiteStore(path, cache_mb=8).close()  # the store's tables, for the final states
+        run = CodedRun(RunStats())
+        db = sqlite3.connect(path, isolation_level=None)
         try:
-            report = (lambda n, p: bad.append((n, p))) if shard[0] == 0 else None
-
-            def progress(n: int, lines: int) -> None:
-                done[shard[0]] = n
-                read[shard[0]] = lines
-
-            run = replay_coded(policy, events_path, store, until, strict, report, progress,
-                               batch_size, shard=shard)  # fmt: skip
+            db.execute("PRAGMA busy_timeout=5000")
+            ledger.create(db)
+            db.execute("BEGIN IMMEDIATE")
+            decider = Decider(policy, db, shard, run)
+            with cyclic_gc_paused():
+                while True:
+                    number, fresh = feed.recv()
+                    if number == _END:
+                        end_us, batches = fresh
+                        break
+                    decider.decide(fresh, number)
+                decider.finish(end_us, batches)
+            db.execute("COMMIT")
         finally:
-            store.close()
-        answer.send(("ok", run, bad))
-    except BadEvent as exc:
-        answer.send(("bad", (exc.line, exc.problem), bad))
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            db.close()
+        answer.send(("ok", run))
+    except EOFError:  # the reader stopped (a bad line under --strict, or it failed)
+        answer.send(("stopped", None))
     except BaseException as exc:  # noqa: BLE001 - carried to the parent, which raises it
-        answer.send(("error", repr(exc), bad))
+        answer.send(("error", repr(exc)))
     finally:
         answer.close()
+        feed.close()
+
+
+_END = -1
 
 
 def replay_sharded(
@@ -75,68 +92,89 @@ def replay_sharded(
     batch_size: int,
     workers: int,
 ) -> CodedRun:
-    """Replay over `workers` processes into `store` (fresh); the same outcome as one."""
+    """Replay over `workers` processes into `store` (fresh); the same outcome as one. This
+    process reads the file once (lines, duplicates, batches, bad lines, the horizon) and
+    sends each worker its contacts' fresh events, batch by batch; a worker waiting on a full
+    pipe holds the reader back, so memory stays bounded."""
     context = multiprocessing.get_context("spawn")  # no fork of a process with threads
-    # Bytes and lines each worker has read: progress is the slowest worker's.
-    done = context.Array("q", workers, lock=False)
-    read = context.Array("q", workers, lock=False)
     base = Path(store.path)
-    procs, pipes = [], []
+    procs, feeds, answers_in = [], [], []
     for k in range(workers):
-        reader, writer = context.Pipe(duplex=False)
-        proc = context.Process(
-            target=_work, daemon=True,
-            args=(policy, events_path, shard_path(base, k), until, strict, batch_size,
-                  (k, workers), done, read, writer),
-        )  # fmt: skip
+        feed_out, feed_in = context.Pipe(duplex=False)
+        answer_out, answer_in = context.Pipe(duplex=False)
+        proc = context.Process(target=_work, daemon=True,
+                               args=(policy, shard_path(base, k), k, feed_out,
+                                     answer_in))  # fmt: skip
         proc.start()
-        writer.close()
+        feed_out.close()
+        answer_in.close()
         procs.append(proc)
-        pipes.append(reader)
-    answers: dict[int, tuple] = {}
-    pending = dict(enumerate(pipes))
+        feeds.append(feed_in)
+        answers_in.append(answer_out)
+    run = CodedRun(RunStats())
+    type_codes = coded_policies(policy, Names())[None].type_codes
     try:
-        while pending:
-            for waited in wait(list(pending.values()), timeout=0.25):
-                ready = cast(Connection, waited)  # it waited on these pipes only
-                k = pipes.index(ready)
-                try:
-                    answers[k] = ready.recv()
-                except EOFError:
-                    answers[k] = ("error", f"worker {k} ended without an answer", [])
-                del pending[k]
-            if progress:
-                progress(min(done), min(read))
+        try:
+            number = 0
+            with cyclic_gc_paused():
+                for number, fresh in enumerate(read_batches(
+                        type_codes, events_path, until, strict, on_bad_line, progress,
+                        batch_size, run), 1):  # fmt: skip
+                    parts: list[list[tuple]] = [[] for _ in range(workers)]
+                    for item in fresh:
+                        parts[shard_of(item[1], workers)].append(item)
+                    for feed, part in zip(feeds, parts, strict=True):
+                        if part:
+                            feed.send((number, part))
+            end = until or run.latest
+            for feed in feeds:
+                feed.send((_END, (None if end is None else to_us(end), number)))
+        except BrokenPipeError:
+            pass  # a worker ended: its answer says why
+        finally:
+            for feed in feeds:
+                feed.close()
+        answers = [_answer(k, pipe) for k, pipe in enumerate(answers_in)]
+    except BaseException:
+        _stop(procs)
+        _remove_shards(base, workers)
+        raise
     finally:
-        for proc in procs:
-            proc.join(timeout=30)
-            if proc.is_alive():
-                proc.kill()
-    bad_lines = answers[0][2]
-    if on_bad_line:
-        for number, problem in bad_lines:
-            on_bad_line(number, problem)
-    for k in range(workers):
-        status, value, _ = answers[k]
-        if status == "bad":
-            _remove_shards(base, workers)
-            raise BadEvent(*value)
-        if status == "error":
+        for pipe in answers_in:
+            pipe.close()
+    _stop(procs)
+    for k, (status, value) in enumerate(answers):
+        if status != "ok":
             _remove_shards(base, workers)
             raise RuntimeError(f"replay worker {k} failed: {value}")
-    runs: list[CodedRun] = [answers[k][1] for k in range(workers)]
+    runs: list[CodedRun] = [value for _, value in answers]
     _merge(store, base, workers, runs)
-    return _combined(runs)
+    return _combined(run, runs)
+
+
+def _answer(k: int, pipe: Any) -> tuple[str, Any]:
+    try:
+        return pipe.recv()
+    except EOFError:
+        return ("error", f"worker {k} ended without an answer")
+
+
+def _stop(procs: list) -> None:
+    for proc in procs:
+        proc.join(timeout=30)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
 
 
 def _merge(store: SQLiteStore, base: Path, workers: int, runs: list[CodedRun]) -> None:
-    """Copy every shard's tables into the run's store, in one transaction."""
+    """Copy every other shard's tables into the run's store (shard 0's are there)."""
     store.close()
     db = sqlite3.connect(base, isolation_level=None)
     try:
         db.execute("PRAGMA busy_timeout=5000")
         ledger.create(db)
-        for k in range(workers):
+        for k in range(1, workers):
             db.execute("ATTACH DATABASE ? AS shard", (str(shard_path(base, k)),))
             db.execute("BEGIN IMMEDIATE")
             for statement in _COPY_SHARD:
@@ -155,24 +193,23 @@ def _merge(store: SQLiteStore, base: Path, workers: int, runs: list[CodedRun]) -
 
 
 def _remove_shards(base: Path, workers: int) -> None:
-    for k in range(workers):
+    """The other shards' files (shard 0's store is the run's, which the caller removes on
+    failure)."""
+    for k in range(1, workers):
         for suffix in ("", "-wal", "-shm"):
             Path(f"{shard_path(base, k)}{suffix}").unlink(missing_ok=True)
 
 
-def _combined(runs: list[CodedRun]) -> CodedRun:
-    """One outcome from the shards': what every shard saw once (lines, duplicates), what
-    each decided added up."""
-    first = runs[0]
-    out = CodedRun(first.stats, first.bad_lines, first.after_until, first.latest)
-    out.unknown = first.unknown
-    stats = out.stats
+def _combined(run: CodedRun, runs: list[CodedRun]) -> CodedRun:
+    """One outcome: what the reader counted (lines, duplicates, the latest time), what each
+    shard decided added up."""
+    stats = run.stats
     stats.applied = sum(r.stats.applied for r in runs)
     stats.decisions = sum(r.stats.decisions for r in runs)
     stats.contacts_touched = sum(r.stats.contacts_touched for r in runs)
-    for r in runs[1:]:
+    for r in runs:
         stats.transitions.update(r.transitions)
-    out.transitions = stats.transitions
+    run.transitions = stats.transitions
     firsts = [r.first for r in runs if r.first is not None]
-    out.first = min(firsts) if firsts else None
-    return out
+    run.first = min(firsts) if firsts else None
+    return run

@@ -3,7 +3,9 @@ decisions streamed into the coded ledger, final states written once at the end.
 
 It decides exactly what the object pipeline decides for a replay: the same batches (of
 `batch_size` good lines, each sorted by time), the same duplicate rule (an event id counts
-once in the whole run), the same time rules up to the horizon.
+once in the whole run), the same time rules up to the horizon. Reading the file
+(`read_batches`) and deciding (`Decider`) are apart, so `replay --workers N` reads it once
+and hands each worker only its contacts' events.
 """
 
 from __future__ import annotations
@@ -11,18 +13,20 @@ from __future__ import annotations
 import sqlite3
 import zlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from operator import itemgetter
 from pathlib import Path
 from typing import BinaryIO
 
+import numpy as np
+
 from core.coded import engine, ledger
 from core.coded.codes import NONE, STATUSES, Names, coded_policies, from_us, to_us
-from core.coded.decode import contact_state
 from core.coded.events import LineProblem, UnknownKeys, decode_event
 from core.coded.seen import SeenIds
+from core.coded.states import write_contacts
 from core.gcpause import cyclic_gc_paused
 from core.pipeline import RunStats, policy_record, version_key
 from core.policy import Policy
@@ -31,7 +35,6 @@ from core.store import Batch
 
 _BY_TIME = itemgetter(2)
 _FLUSH_ROWS = 50_000
-_STATE_PAGE = 5_000
 
 
 class BadEvent(Exception):  # noqa: N818 - it names the thing reported
@@ -70,120 +73,24 @@ def replay_coded(
     on_bad_line: Callable[[int, str], None] | None,
     progress: Callable[[int, int], None] | None,
     batch_size: int,
-    shard: tuple[int, int] | None = None,
-    horizon: datetime | None = None,
 ) -> CodedRun:
-    """Replay into `store` (fresh). With `shard=(k, n)` only contacts of shard k of n are
-    decided; every line is still read, so batches, duplicates and bad lines are the same as
-    in one process (`on_bad_line` is for the caller to call from one shard only), and
-    `horizon` (the last event's time over all shards) must be given."""
-    names = Names()
-    p = coded_policies(policy, names)[None]
-    type_codes = p.type_codes
-    until_us = to_us(until) if until is not None else None
+    """Replay into `store` (fresh), in this process."""
     run = CodedRun(RunStats())
-    stats = run.stats
-    reread = events_path.open("rb")
-    seen = SeenIds(lambda offset: _id_at(reread, offset))
-    index: dict[str, int] = {}
-    ids: list[str] = []
-    states: list = []
-    rows: list = []
-    latest = -(1 << 62)
-    mine = (lambda cid: True) if shard is None else (
-        lambda cid: shard_of(cid, shard[1]) == shard[0])  # fmt: skip
     db = sqlite3.connect(store.path, isolation_level=None)
     try:
         db.execute("PRAGMA busy_timeout=5000")
         ledger.create(db)  # (executescript commits: before the run's transaction)
         db.execute("BEGIN IMMEDIATE")
-        batch: list[tuple] = []
-        batches = [0]
-        writer = ledger.ChunkWriter(db, shard[0] if shard else 0, names)
-
-        def decide() -> None:
-            stats.events_in += len(batch)
-            firsts = seen.first_sightings([item[0] for item in batch],
-                                          [item[5] for item in batch])  # fmt: skip
-            stats.duplicates += firsts.count(False)
-            fresh = [item for item, first in zip(batch, firsts, strict=True)
-                     if first and item[4]]  # fmt: skip
-            fresh.sort(key=_BY_TIME)
-            stats.applied += len(fresh)
-            apply = engine.apply
-            made = len(rows)
-            for eid, cid, at, kind, _, _ in fresh:
-                i = index.get(cid)
-                if i is None:
-                    i = index[cid] = len(ids)
-                    ids.append(cid)
-                    states.append(apply(None, i, kind, at, eid, p, rows, cid))
-                    writer.set_arm(i, states[i].arm)
-                else:
-                    states[i] = apply(states[i], i, kind, at, eid, p, rows, cid)
-            batches[0] += 1
-            if run.first is None and len(rows) > made:
-                run.first = (batches[0], from_us(min(r[1] for r in rows[made:])))
-            batch.clear()
-            if len(rows) >= _FLUSH_ROWS:
-                _flush(writer, rows, run)
-
-        done = number = 0
-        with cyclic_gc_paused(), events_path.open("rb") as handle:
-            for number, line in enumerate(handle, 1):
-                done += len(line)
-                if progress and number % 10_000 == 0:
-                    progress(done, number)
-                if not line.strip():
-                    continue
-                try:
-                    event = decode_event(line, run.unknown)
-                except LineProblem as exc:
-                    problem = str(exc)
-                else:
-                    kind = type_codes.get(event.type)
-                    if kind is not None:
-                        at = to_us(event.occurred_at)
-                        if until_us is not None and at > until_us:
-                            run.after_until += 1
-                            continue
-                        if at > latest:
-                            latest = at
-                        cid = event.contact_id
-                        batch.append((event.event_id, cid, at, kind, mine(cid),
-                                      done - len(line)))  # fmt: skip
-                        if len(batch) >= batch_size:
-                            decide()
-                        continue
-                    problem = f"type: unknown event type '{event.type}'"
-                if strict:
-                    raise BadEvent(number, problem)
-                run.bad_lines += 1
-                if on_bad_line:
-                    on_bad_line(number, problem)
-            if batch:
-                decide()
-            if progress:
-                progress(done, number)
-            run.latest = from_us(latest) if stats.events_in else None
-            end = horizon or until or run.latest
-            if end is not None:
-                end_us = to_us(end)
-                advance = engine.advance
-                made = len(rows)
-                for s in states:
-                    advance(s, end_us, rows)
-                    if len(rows) >= _FLUSH_ROWS:
-                        _flush(writer, rows, run)
-                        made = 0
-                if run.first is None and len(rows) > made:
-                    run.first = (batches[0] + 1, from_us(min(r[1] for r in rows[made:])))
-            _flush(writer, rows, run)
-            writer.finish([(i, cid, states[i].policy.segment) for i, cid in enumerate(ids)],
-                          p.version)  # fmt: skip
-            run.rollup = writer.rollup_rows(p.version)
-            if shard is None:
-                ledger.write_rollup(db, run.rollup)
+        decider = Decider(policy, db, 0, run)
+        number = 0
+        with cyclic_gc_paused():
+            for number, fresh in enumerate(read_batches(
+                    decider.p.type_codes, events_path, until, strict, on_bad_line, progress,
+                    batch_size, run), 1):  # fmt: skip
+                decider.decide(fresh, number)
+            end = until or run.latest
+            decider.finish(None if end is None else to_us(end), number)
+            ledger.write_rollup(db, run.rollup)
         db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:
@@ -191,11 +98,141 @@ def replay_coded(
         raise
     finally:
         db.close()
-        reread.close()
-    stats.contacts_touched = len(ids)
-    stats.transitions = run.transitions
-    write_states(store, ids, states)
     return run
+
+
+def read_batches(
+    type_codes: dict[str, int],
+    events_path: Path,
+    until: datetime | None,
+    strict: bool,
+    on_bad_line: Callable[[int, str], None] | None,
+    progress: Callable[[int, int], None] | None,
+    batch_size: int,
+    run: CodedRun,
+) -> Iterator[list[tuple]]:
+    """The file's events, batch by batch (`batch_size` good lines each): each batch's first
+    sightings of their event ids as (event id, contact id, time, type code), sorted by time.
+    Counts lines, duplicates and the latest time into `run`; reports (or, `strict`, raises)
+    bad lines."""
+    until_us = to_us(until) if until is not None else None
+    stats = run.stats
+    latest = -(1 << 62)
+    batch: list[tuple] = []
+    offsets: list[int] = []
+    with events_path.open("rb") as reread, events_path.open("rb") as handle:
+        seen = SeenIds(lambda offset: _id_at(reread, offset))
+
+        def fresh() -> list[tuple]:
+            stats.events_in += len(batch)
+            firsts = seen.first_sightings([item[0] for item in batch], offsets)
+            repeated = firsts.count(False)
+            stats.duplicates += repeated
+            out = [item for item, first in zip(batch, firsts, strict=True) if first] \
+                if repeated else batch.copy()  # fmt: skip
+            out.sort(key=_BY_TIME)
+            batch.clear()
+            offsets.clear()
+            return out
+
+        done = number = 0
+        for number, line in enumerate(handle, 1):
+            done += len(line)
+            if progress and number % 10_000 == 0:
+                progress(done, number)
+            if not line.strip():
+                continue
+            try:
+                event = decode_event(line, run.unknown)
+            except LineProblem as exc:
+                problem = str(exc)
+            else:
+                kind = type_codes.get(event.type)
+                if kind is not None:
+                    at = to_us(event.occurred_at)
+                    if until_us is not None and at > until_us:
+                        run.after_until += 1
+                        continue
+                    if at > latest:
+                        latest = at
+                    batch.append((event.event_id, event.contact_id, at, kind))
+                    offsets.append(done - len(line))
+                    if len(batch) >= batch_size:
+                        yield fresh()
+                    continue
+                problem = f"type: unknown event type '{event.type}'"
+            if strict:
+                raise BadEvent(number, problem)
+            run.bad_lines += 1
+            if on_bad_line:
+                on_bad_line(number, problem)
+        if batch:
+            yield fresh()
+        if progress:
+            progress(done, number)
+    run.latest = from_us(latest) if stats.events_in else None
+
+
+class Decider:
+    """Decides batches of fresh events (from `read_batches`) into a coded ledger on `db`,
+    then the time rules up to the horizon and the final states. Counts what it decides
+    (applied, decisions, transitions, the roll-up, the first decision) into `run`."""
+
+    def __init__(self, policy: Policy, db: sqlite3.Connection, shard: int,
+                 run: CodedRun) -> None:  # fmt: skip
+        self.names = Names()
+        self.p = coded_policies(policy, self.names)[None]
+        self.db = db
+        self.run = run
+        self.index: dict[str, int] = {}
+        self.ids: list[str] = []
+        self.states: list = []
+        self.rows: list = []
+        self.writer = ledger.ChunkWriter(db, shard, self.names)
+
+    def decide(self, fresh: list[tuple], number: int) -> None:
+        """Batch `number` (counting from 1 over the whole file)."""
+        run, rows, index, ids, states, p = (self.run, self.rows, self.index, self.ids,
+                                            self.states, self.p)  # fmt: skip
+        run.stats.applied += len(fresh)
+        apply = engine.apply
+        made = len(rows)
+        for eid, cid, at, kind in fresh:
+            i = index.get(cid)
+            if i is None:
+                i = index[cid] = len(ids)
+                ids.append(cid)
+                states.append(apply(None, i, kind, at, eid, p, rows, cid))
+                self.writer.set_arm(i, states[i].arm)
+            else:
+                states[i] = apply(states[i], i, kind, at, eid, p, rows, cid)
+        if run.first is None and len(rows) > made:
+            run.first = (number, from_us(min(r[1] for r in rows[made:])))
+        if len(rows) >= _FLUSH_ROWS:
+            _flush(self.writer, rows, run)
+
+    def finish(self, end_us: int | None, batches: int) -> None:
+        """The time rules up to `end_us` (after the file's `batches` batches), the texts,
+        contacts and final states; the roll-up into `run.rollup`."""
+        run, rows = self.run, self.rows
+        if end_us is not None:
+            advance = engine.advance
+            made = len(rows)
+            for s in self.states:
+                advance(s, end_us, rows)
+                if len(rows) >= _FLUSH_ROWS:
+                    _flush(self.writer, rows, run)
+                    made = 0
+            if run.first is None and len(rows) > made:
+                run.first = (batches + 1, from_us(min(r[1] for r in rows[made:])))
+        _flush(self.writer, rows, run)
+        ids, states = self.ids, self.states
+        self.writer.finish([(i, cid, states[i].policy.segment) for i, cid in enumerate(ids)],
+                           self.p.version)  # fmt: skip
+        run.rollup = self.writer.rollup_rows(self.p.version)
+        write_contacts(self.db, ids, states)
+        run.stats.contacts_touched = len(ids)
+        run.stats.transitions = run.transitions
 
 
 def _id_at(handle: BinaryIO, offset: int) -> str:
@@ -206,26 +243,21 @@ def _id_at(handle: BinaryIO, offset: int) -> str:
 def _flush(writer: ledger.ChunkWriter, rows: list, run: CodedRun) -> None:
     if not rows:
         return
-    writer.write(rows)
+    decided = writer.write(rows)
+    assert decided is not None  # rows is not empty
     run.stats.decisions += len(rows)
     moved = run.transitions
-    for (src, dst), n in Counter((r[3], r[4]) for r in rows).items():
+    # (from, to) pairs counted on the packed columns: from is NONE (-1) or a status code.
+    pairs = (decided["from_status"] + 1) * len(STATUSES) + decided["to_status"]
+    found, counts = np.unique(pairs, return_counts=True)
+    for pair, n in zip(found.tolist(), counts.tolist(), strict=True):
+        src, dst = divmod(pair, len(STATUSES))
+        src -= 1
         if src == NONE:
             moved["enrolled"] += n
         elif src != dst:
             moved[f"{STATUSES[src].value}->{STATUSES[dst].value}"] += n
     rows.clear()
-
-
-def write_states(store: SQLiteStore, ids: list[str], states: list) -> None:
-    """The final states into the store's contacts table, through the store itself."""
-    with store.bulk():
-        for start in range(0, len(ids), _STATE_PAGE):
-            page = range(start, min(start + _STATE_PAGE, len(ids)))
-            contacts = [contact_state(ids[i], states[i]) for i in page]
-            due = [engine.due(states[i]) for i in page]
-            store.commit(Batch(contacts=contacts,
-                               next_due=[None if d is None else from_us(d[0]) for d in due]))
 
 
 def record_policy(store: SQLiteStore, policy: Policy, first_at: datetime) -> None:

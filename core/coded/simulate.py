@@ -28,7 +28,8 @@ from core.coded.codes import (
     from_us,
     to_us,
 )
-from core.coded.replay import record_policy, write_states
+from core.coded.replay import record_policy
+from core.coded.states import write_contacts
 from core.policy import Policy
 from core.sqlite_store import SQLiteStore
 from core.synthetic import (
@@ -270,14 +271,14 @@ def run_coded_simulation(
         try:
             result = sim.run(progress)
             sim.finish()
+            live = [i for i, s in enumerate(sim.states) if s is not None]
+            write_contacts(db, [sim.ids[i] for i in live], [sim.states[i] for i in live])
         except BaseException:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
     finally:
         db.close()
-    ids = [sim.ids[i] for i, s in enumerate(sim.states) if s is not None]
-    write_states(store, ids, [s for s in sim.states if s is not None])
     if sim.first is not None:
         record_policy(store, policy, sim.first)
     return result

@@ -1,0 +1,132 @@
+"""Final contact states straight from coded state to the store's `contacts` rows, and those
+rows straight to `replay --out` lines: the same text `core.sqlite_rows.contact_row` and
+`core.replay.state_json` make, without a `ContactState` or a `datetime` per contact (building
+them was a third of a coded replay)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from typing import IO
+
+from core.coded import engine
+from core.coded.codes import NO_TIME, REASONS, STATUSES, from_us
+from core.models import iso_utc
+from core.sqlite_rows import _experiments_json
+
+INSERT_CONTACT = (
+    "INSERT OR REPLACE INTO contacts (contact_id, campaign_status, enrolled_at, as_of, "
+    "status_changed_at, stream_entered_at, engagement_score, base_score, last_engagement_date, "
+    "decay_steps, reactivation_cycle, reactivation_step, reactivation_step_at, "
+    "unanswered_sends, suppression_reason, experiments, segment, send_times, next_due) "
+    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+)
+"""A contact row as `SQLiteStore` writes one at the end of a bulk run (its version 0)."""
+_PAGE = 5_000
+_DAY_US = 86_400_000_000
+_STATUS_TEXT = [s.value for s in STATUSES]
+_REASON_TEXT = [r.value if r else None for r in REASONS]
+
+
+class _DayText(dict):
+    """Days since the epoch -> the date's ISO text and the `T`."""
+
+    def __missing__(self, day: int) -> str:
+        text = self[day] = iso_utc(from_us(day * _DAY_US))[:11]
+        return text
+
+
+class _IsoText(dict):
+    """Epoch microseconds -> `iso_utc` text (`isoformat` of the UTC time): the date's text
+    looked up, the time of day formatted from integers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.days = _DayText()
+
+    def __missing__(self, us: int) -> str:
+        day, rest = divmod(us, _DAY_US)
+        seconds, micro = divmod(rest, 1_000_000)
+        minutes, second = divmod(seconds, 60)
+        hour, minute = divmod(minutes, 60)
+        if micro:
+            text = f"{self.days[day]}{hour:02d}:{minute:02d}:{second:02d}.{micro:06d}+00:00"
+        else:
+            text = f"{self.days[day]}{hour:02d}:{minute:02d}:{second:02d}+00:00"
+        self[us] = text
+        return text
+
+
+def contact_rows(ids: list[str], states: list) -> Iterator[tuple]:
+    """The `contacts` rows of contacts `ids[i]` in `states[i]`, in contact id order (the
+    B-tree fills page by page)."""
+    iso = _IsoText()
+    due = engine.due
+    for i in sorted(range(len(ids)), key=ids.__getitem__):
+        s = states[i]
+        last = s.last_engagement
+        step_at = s.step_at
+        send_times = s.send_times
+        next_due = due(s)
+        yield (
+            ids[i], _STATUS_TEXT[s.status], iso[s.enrolled_at], iso[s.as_of],
+            iso[s.status_changed_at], iso[s.stream_entered_at], s.score, s.base_score,
+            None if last == NO_TIME else iso[last], s.decay_steps, s.cycle, s.step,
+            None if step_at is None else iso[step_at], s.unanswered, _REASON_TEXT[s.reason],
+            _experiments_json(s.experiments) if s.experiments else None, s.policy.segment,
+            json.dumps([iso[t] for t in send_times]) if send_times else None,
+            None if next_due is None else iso[next_due[0]],
+        )  # fmt: skip
+        if len(iso) > 20_000:
+            iso.clear()  # (the days stay: a few hundred)
+
+
+def write_contacts(db: sqlite3.Connection, ids: list[str], states: list) -> None:
+    """The final states into the `contacts` table, on the run's own connection."""
+    db.executemany(INSERT_CONTACT, contact_rows(ids, states))
+
+
+_STATE_COLUMNS = (
+    "SELECT contact_id, campaign_status, engagement_score, last_engagement_date, "
+    "reactivation_cycle, reactivation_step, suppression_reason, unanswered_sends, "
+    "status_changed_at, experiments FROM contacts WHERE contact_id > ? "
+    "ORDER BY contact_id LIMIT ?"
+)
+_ENCODE = json.encoder.encode_basestring_ascii  # what json.dumps uses for str (ensure_ascii)
+
+
+def _text(value: str | None) -> str:
+    return "null" if value is None else _ENCODE(value)
+
+
+def write_state_lines(path: str, sink: IO[str]) -> int:
+    """The `contacts` table of the store at `path` as `replay --out` lines, in contact id
+    order: byte for byte `json.dumps(state_json(state))` of each row's state."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    experiments: dict[str, str] = {}
+    count = 0
+    after = ""
+    try:
+        while True:
+            page = db.execute(_STATE_COLUMNS, (after, _PAGE)).fetchall()
+            if not page:
+                return count
+            lines = []
+            for (cid, status, score, last, cycle, step, reason, unanswered, changed,
+                 arms) in page:  # fmt: skip
+                arm = "{}" if arms is None else experiments.get(arms)
+                if arm is None:
+                    arm = experiments[arms] = json.dumps(json.loads(arms))
+                lines.append(
+                    f'{{"contact_id": {_ENCODE(cid)}, "campaign_status": {_ENCODE(status)}, '
+                    f'"engagement_score": {score!r}, "last_engagement_date": {_text(last)}, '
+                    f'"reactivation_cycle": {cycle}, "reactivation_step": {step}, '
+                    f'"suppression_reason": {_text(reason)}, "unanswered_sends": {unanswered}, '
+                    f'"status_changed_at": {_text(changed)}, "experiments": {arm}}}\n'
+                )
+            sink.write("".join(lines))
+            count += len(page)
+            after = page[-1][0]
+    finally:
+        db.close()
