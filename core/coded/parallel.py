@@ -10,9 +10,12 @@ small daily roll-up is added up.
 from __future__ import annotations
 
 import multiprocessing
+import signal
 import sqlite3
+import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -105,7 +108,8 @@ def replay_sharded(
         proc = context.Process(target=_work, daemon=True,
                                args=(policy, shard_path(base, k), k, feed_out,
                                      answer_in))  # fmt: skip
-        proc.start()
+        with _ctrl_c_ignored():
+            proc.start()
         feed_out.close()
         answer_in.close()
         procs.append(proc)
@@ -150,6 +154,22 @@ def replay_sharded(
     runs: list[CodedRun] = [value for _, value in answers]
     _merge(store, base, workers, runs)
     return _combined(run, runs)
+
+
+@contextmanager
+def _ctrl_c_ignored() -> Iterator[None]:
+    """Start a worker with Ctrl-C ignored (an ignored signal stays ignored across exec): a
+    terminal's Ctrl-C reaches the whole process group, and a worker still starting its
+    interpreter would print a traceback. The parent handles it: it closes the feeds, and each
+    worker stops at the end of its feed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _answer(k: int, pipe: Any) -> tuple[str, Any]:
