@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core.coded.ledger import coded_decisions
 from core.ledger_reader import LedgerReader
 from core.models import ContactState, Decision
 from core.order import REVISED
@@ -65,6 +64,8 @@ def _read(
     (its text ledger, or the coded ledger of a replay or simulation on the coded path)."""
     if isinstance(source, LedgerReader):
         return source.contact_decisions(contact_id), source.contact_now(contact_id)
+    # Imported here: the coded ledger needs numpy, which the Lambda package leaves out.
+    from core.coded.ledger import coded_decisions
     from core.sqlite_store import SQLiteStore
 
     coded = coded_decisions(source, contact_id)  # a direct read of a coded ledger, or None
