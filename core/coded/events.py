@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated
@@ -147,7 +147,9 @@ def _lenient(line: bytes, unknown: UnknownKeys | None) -> WireEvent | None:
 _DECODE_MANY = msgspec.json.Decoder(list[_StrictWireEvent]).decode
 
 
-def decode_chunk(lines: list[bytes], unknown: UnknownKeys | None = None) -> list[WireEvent] | None:
+def decode_chunk(
+    lines: list[bytes], unknown: UnknownKeys | None = None
+) -> Sequence[WireEvent] | None:
     """Many lines in one msgspec call: their events, one a line, with the times as msgspec
     reads them (`settle` them as `decode_event` does), or None when any line needs reading on
     its own with `decode_event` (a line msgspec refuses, a blank line, a sub-microsecond time,
