@@ -13,7 +13,7 @@ from __future__ import annotations
 import sqlite3
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -162,7 +162,7 @@ def read_batches(
         type_of = type_codes.get
         unknown = run.unknown
         for lines in iter(partial(handle.readlines, _CHUNK_BYTES), []):
-            decoded: list = decode_chunk(lines, unknown) or [
+            decoded: Sequence = decode_chunk(lines, unknown) or [
                 _decoded(line, unknown) for line in lines]  # fmt: skip
             starts = list(accumulate(map(len, lines), initial=done))
             for event, start in zip(decoded, starts, strict=False):
