@@ -10,7 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from core.coded.events import LineProblem, UnknownKeys, decode_event, event_from_line, problem_text
+from core.coded.events import (
+    LineProblem,
+    UnknownKeys,
+    decode_chunk,
+    decode_event,
+    event_from_line,
+    problem_text,
+    settle,
+)
 
 BASE = {"event_id": "e1", "contact_id": "c1", "type": "open",
         "occurred_at": "2026-01-01T00:00:00Z"}  # fmt: skip
@@ -93,3 +101,50 @@ def test_a_key_beyond_the_format_does_not_hide_a_real_problem():
 @pytest.mark.parametrize("line", [b"[1]", b"{", b"null", b'{"event_id": "e1"} x', b"\xff\xfe"])
 def test_lines_that_are_not_objects(line):
     assert decoded(line) == verdict(line)
+
+
+def chunk_read(lines: list[bytes], unknown: UnknownKeys):
+    """What a replay reads from lines: a chunk in one call, or each line on its own."""
+    events = decode_chunk(lines, unknown)
+    if events is None:
+        return [decoded(line, unknown) if line.strip() else None for line in lines]
+    out = []
+    for e in events:
+        try:
+            e = settle(e)
+        except LineProblem as exc:
+            out.append(("bad", str(exc)))
+            continue
+        out.append(("ok", (e.event_id, e.contact_id, e.type, e.occurred_at, e.campaign,
+                           e.variant, e.url, e.source)))  # fmt: skip
+    return out
+
+
+line_kinds = st.one_of(
+    st.builds(lambda changes: json.dumps({**BASE, **changes}).encode(),
+              st.dictionaries(fields, values, max_size=2)),
+    st.sampled_from([b"", b"   ", b"[1]", b"{", b"null", b'{"event_id": "e1"} x',
+                     json.dumps(BASE).encode() + b", " + json.dumps(BASE).encode(),
+                     json.dumps(BASE).encode() + b" " + json.dumps(BASE).encode()]),
+)  # fmt: skip
+
+
+@given(st.lists(line_kinds, max_size=6), st.booleans())
+@settings(max_examples=300, deadline=None)
+def test_a_chunk_read_at_once_reads_as_its_lines_one_by_one(lines, seen_extra_before):
+    lines = [line + b"\n" for line in lines]
+    mine, theirs = UnknownKeys(), UnknownKeys()
+    if seen_extra_before:
+        mine.add(["earlier"])
+        theirs.add(["earlier"])
+    one_by_one = [decoded(line, theirs) if line.strip() else None for line in lines]
+    assert chunk_read(lines, mine) == one_by_one
+    assert mine == theirs
+
+
+def test_a_clean_chunk_is_read_in_one_call_and_a_flawed_one_is_not():
+    good = [json.dumps({**BASE, "event_id": f"e{i}"}).encode() + b"\n" for i in range(3)]
+    assert decode_chunk(good) is not None and len(decode_chunk(good)) == 3
+    for flaw in (b"\n", b"{\n", json.dumps({**BASE, "region": "EU"}).encode() + b"\n",
+                 json.dumps(BASE).encode() + b"," + json.dumps(BASE).encode() + b"\n"):
+        assert decode_chunk([*good, flaw]) is None

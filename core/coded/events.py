@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated
@@ -144,6 +144,44 @@ def _lenient(line: bytes, unknown: UnknownKeys | None) -> WireEvent | None:
     return event
 
 
+_DECODE_MANY = msgspec.json.Decoder(list[_StrictWireEvent]).decode
+
+
+def decode_chunk(
+    lines: list[bytes], unknown: UnknownKeys | None = None
+) -> Sequence[WireEvent] | None:
+    """Many lines in one msgspec call: their events, one a line, with the times as msgspec
+    reads them (`settle` them as `decode_event` does), or None when any line needs reading on
+    its own with `decode_event` (a line msgspec refuses, a blank line, a sub-microsecond time,
+    keys beyond the format's, or a file already known to carry such keys). The lines are
+    joined as the items of one JSON array, so a line that is not one JSON value breaks the
+    array, and the count is checked."""
+    if unknown is not None and unknown.lines:
+        return None
+    joined = b",".join(lines)
+    if _SUBMICROSECOND.search(joined) is not None:
+        return None
+    try:
+        events = _DECODE_MANY(b"[" + joined + b"]")
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
+    return events if len(events) == len(lines) else None
+
+
+def settle(event: WireEvent) -> WireEvent:
+    """A decoded event's time in UTC and within the instants an event may have, or
+    `LineProblem`."""
+    at = event.occurred_at
+    if at.tzinfo is not UTC:
+        try:
+            at = event.occurred_at = at.astimezone(UTC)
+        except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00: no such UTC instant
+            raise LineProblem("occurred_at: not a representable instant in UTC") from None
+    if EARLIEST_INSTANT <= at < LATEST_INSTANT:
+        return event
+    raise LineProblem(f"occurred_at: {instant_problem(at)}")
+
+
 def decode_event(line: bytes, unknown: UnknownKeys | None = None) -> WireEvent:
     """One JSON line as an event, or `LineProblem`. Keys the format does not have are ignored
     and, with `unknown`, counted there."""
@@ -160,16 +198,7 @@ def decode_event(line: bytes, unknown: UnknownKeys | None = None) -> WireEvent:
         else:  # this file carries extra columns: expect them on every line
             event = _lenient(line, unknown)
         if event is not None:
-            at = event.occurred_at
-            if at.tzinfo is not UTC:
-                try:
-                    at = event.occurred_at = at.astimezone(UTC)
-                except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00: no such UTC instant
-                    raise LineProblem(
-                        "occurred_at: not a representable instant in UTC") from None  # fmt: skip
-            if EARLIEST_INSTANT <= at < LATEST_INSTANT:
-                return event
-            raise LineProblem(f"occurred_at: {instant_problem(at)}")
+            return settle(event)
     try:
         checked, extra = event_from_line(line)
     except ValidationError as exc:

@@ -117,6 +117,9 @@ def replay_sharded(
         answers_in.append(answer_out)
     run = CodedRun(RunStats())
     type_codes = coded_policies(policy, Names())[None].type_codes
+    shards: dict[str, int] = {}
+    """Each contact's shard, hashed once (a contact has events in many batches)."""
+    shard_known = shards.get
     try:
         try:
             number = 0
@@ -126,7 +129,11 @@ def replay_sharded(
                         batch_size, run), 1):  # fmt: skip
                     parts: list[list[tuple]] = [[] for _ in range(workers)]
                     for item in fresh:
-                        parts[shard_of(item[1], workers)].append(item)
+                        cid = item[1]
+                        shard = shard_known(cid)
+                        if shard is None:
+                            shard = shards[cid] = shard_of(cid, workers)
+                        parts[shard].append(item)
                     for feed, part in zip(feeds, parts, strict=True):
                         if part:
                             feed.send((number, part))

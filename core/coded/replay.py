@@ -13,9 +13,11 @@ from __future__ import annotations
 import sqlite3
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
+from functools import partial
+from itertools import accumulate
 from operator import itemgetter
 from pathlib import Path
 from typing import BinaryIO
@@ -23,11 +25,28 @@ from typing import BinaryIO
 import numpy as np
 
 from core.coded import engine, ledger
-from core.coded.codes import NONE, STATUSES, Names, coded_policies, from_us, to_us
-from core.coded.events import LineProblem, UnknownKeys, decode_event
+from core.coded.codes import (
+    EPOCH,
+    NONE,
+    ONE_US,
+    STATUSES,
+    Names,
+    coded_policies,
+    from_us,
+    to_us,
+)
+from core.coded.events import (
+    LineProblem,
+    UnknownKeys,
+    WireEvent,
+    decode_chunk,
+    decode_event,
+    settle,
+)
 from core.coded.seen import SeenIds
 from core.coded.states import write_contacts
 from core.gcpause import cyclic_gc_paused
+from core.models import EARLIEST_INSTANT, LATEST_INSTANT
 from core.pipeline import RunStats, policy_record, version_key
 from core.policy import Policy
 from core.sqlite_store import SQLiteStore
@@ -35,6 +54,11 @@ from core.store import Batch
 
 _BY_TIME = itemgetter(2)
 _FLUSH_ROWS = 50_000
+_CHUNK_BYTES = 1 << 15
+"""Lines read (and decoded in one msgspec call) at a time: a few hundred. Measured: 16-64 KB
+reads a file in three quarters of the time line by line takes; 1 MB (thousands of decoded
+events alive at once, out of the CPU's caches) no faster than line by line."""
+_PROGRESS_LINES = 10_000
 
 
 class BadEvent(Exception):  # noqa: N818 - it names the thing reported
@@ -136,36 +160,45 @@ def read_batches(
             return out
 
         done = number = 0
-        for number, line in enumerate(handle, 1):
-            done += len(line)
-            if progress and number % 10_000 == 0:
-                progress(done, number)
-            if not line.strip():
-                continue
-            try:
-                event = decode_event(line, run.unknown)
-            except LineProblem as exc:
-                problem = str(exc)
-            else:
-                kind = type_codes.get(event.type)
-                if kind is not None:
-                    at = to_us(event.occurred_at)
-                    if until_us is not None and at > until_us:
-                        run.after_until += 1
-                        continue
-                    if at > latest:
-                        latest = at
-                    batch.append((event.event_id, event.contact_id, at, kind))
-                    offsets.append(done - len(line))
-                    if len(batch) >= batch_size:
-                        yield fresh()
+        mark = _PROGRESS_LINES
+        type_of = type_codes.get
+        unknown = run.unknown
+        for lines in iter(partial(handle.readlines, _CHUNK_BYTES), []):
+            decoded: Sequence = decode_chunk(lines, unknown) or [
+                _decoded(line, unknown) for line in lines]  # fmt: skip
+            starts = list(accumulate(map(len, lines), initial=done))
+            for event, start in zip(decoded, starts, strict=False):
+                number += 1
+                if event is None:  # a blank line
                     continue
-                problem = f"type: unknown event type '{event.type}'"
-            if strict:
-                raise BadEvent(number, problem)
-            run.bad_lines += 1
-            if on_bad_line:
-                on_bad_line(number, problem)
+                if event.__class__ is not str:
+                    when = event.occurred_at
+                    if when.tzinfo is not UTC or not EARLIEST_INSTANT <= when < LATEST_INSTANT:
+                        event = _settled(event)
+                if event.__class__ is not str:
+                    kind = type_of(event.type)
+                    if kind is not None:
+                        at = (event.occurred_at - EPOCH) // ONE_US
+                        if until_us is not None and at > until_us:
+                            run.after_until += 1
+                            continue
+                        if at > latest:
+                            latest = at
+                        batch.append((event.event_id, event.contact_id, at, kind))
+                        offsets.append(start)
+                        if len(batch) >= batch_size:
+                            yield fresh()
+                        continue
+                    event = f"type: unknown event type '{event.type}'"
+                if strict:
+                    raise BadEvent(number, event)
+                run.bad_lines += 1
+                if on_bad_line:
+                    on_bad_line(number, event)
+            done = starts[-1]
+            if progress and number >= mark:
+                progress(done, number)
+                mark = (number // _PROGRESS_LINES + 1) * _PROGRESS_LINES
         if batch:
             yield fresh()
         if progress:
@@ -233,6 +266,23 @@ class Decider:
         write_contacts(self.db, ids, states)
         run.stats.contacts_touched = len(ids)
         run.stats.transitions = run.transitions
+
+
+def _decoded(line: bytes, unknown: UnknownKeys) -> WireEvent | str | None:
+    """A line read on its own: its event, the problem with it, or None for a blank line."""
+    if not line.strip():
+        return None
+    try:
+        return decode_event(line, unknown)
+    except LineProblem as exc:
+        return str(exc)
+
+
+def _settled(event: WireEvent) -> WireEvent | str:
+    try:
+        return settle(event)
+    except LineProblem as exc:
+        return str(exc)
 
 
 def _id_at(handle: BinaryIO, offset: int) -> str:
