@@ -184,7 +184,7 @@ def validate(
 
 
 def _connected(mapping_path: Path, data_dir: Path | None):
-    from connectors.local import build_runner
+    from connectors.local_runners import build_runner
 
     mapping = _mapping(mapping_path)
     try:
@@ -298,7 +298,7 @@ def serve(
     """Local webhook server: POST /webhooks/hubspot, /webhooks/salesforce(/events)."""
     from functools import partial
 
-    from connectors.local import runners_for
+    from connectors.local_runners import runners_for
     from connectors.registry import one_program_per_vendor
     from connectors.server import DataDirUnavailable, SecretsFile, serve_forever
 

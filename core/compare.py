@@ -18,11 +18,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from core.experiment_results import counts_by_arm, counts_by_assignment
 from core.ledger_view import LedgerView
 from core.mapping import Mapping, load_mapping
 from core.models import STATE_COLOURS, ContactState
 from core.report import funnel, headline_of, suppression
-from core.results import counts_by_arm, counts_by_assignment
 from core.sqlite_store import SQLiteStore
 
 SIDES = ("base", "candidate")

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from core.deferred import DeferredContacts
+from core.bulk_states import BulkStates
 from core.gcpause import cyclic_gc_paused
 from core.ledger_reader import LedgerReader, RollupRow
 from core.models import EVENT, ContactState, Decision, Event, iso_utc
@@ -159,7 +159,7 @@ class SQLiteStore(Store, LedgerReader):
         """At most this many contact states (~1 KB each) wait in memory during `bulk()`."""
         # One connection shared by the local server's threads: transactions must not interleave.
         self._lock = threading.RLock()
-        self._bulk: DeferredContacts | None = None
+        self._bulk: BulkStates | None = None
         """Inside `bulk()`: the states committed but not yet written."""
         self._bulk_failed = False
         if self.path != ":memory:":
@@ -335,7 +335,7 @@ class SQLiteStore(Store, LedgerReader):
                     db.execute("DROP INDEX IF EXISTS ledger_contact")
             except sqlite3.Error as exc:
                 raise StoreError(f"could not start a run on {self.path}: {exc}") from exc
-            self._bulk = DeferredContacts()
+            self._bulk = BulkStates()
             self._bulk_failed = False
             try:
                 yield
