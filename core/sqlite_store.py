@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from core.bulk_states import BulkStates
+from core.data_dir import DataDir
 from core.gcpause import cyclic_gc_paused
 from core.ledger_reader import LedgerReader, RollupRow
 from core.models import EVENT, ContactState, Decision, Event, iso_utc
@@ -104,12 +105,6 @@ _BUSY_MS = 5000
 _CHUNK = 500  # stays under SQLite's bound-parameter limit on every build
 
 
-def default_data_dir() -> Path:
-    return Path(os.environ.get("ELASTICITY_DATA_DIR", ".elasticity"))
-
-
-
-
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -189,8 +184,7 @@ class SQLiteStore(Store, LedgerReader):
 
     @classmethod
     def in_data_dir(cls, data_dir: str | Path | None = None) -> SQLiteStore:
-        directory = Path(data_dir) if data_dir is not None else default_data_dir()
-        return cls(directory / "elasticity.sqlite3")
+        return cls(DataDir.resolve(data_dir).main)
 
     def checkpoint_after(self, pages: int) -> None:
         """This connection's commits checkpoint the WAL once it holds `pages` (SQLite's
