@@ -103,7 +103,7 @@ def _store_paths(data_dir: Path | None, name: str | None) -> list[tuple[str, Pat
 def _parse_time(value: str | None, option: str) -> datetime | None:
     if value is None:
         return None
-    from connectors.signals import parse_instant
+    from connectors.instants import parse_instant
 
     parsed = parse_instant(value)
     if parsed is None:
