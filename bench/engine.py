@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from core.coded import engine as coded  # noqa: E402
 from core.coded.codes import Names, coded_policies, to_us  # noqa: E402
+from core.data_dir import DataDir  # noqa: E402
 from core.engine import apply_owned  # noqa: E402
 from core.gcpause import cyclic_gc_paused  # noqa: E402
 from core.mapping import load_mapping  # noqa: E402
@@ -155,7 +156,7 @@ def main() -> None:
             data = Path(tmp) / name.replace(" ", "_").replace(",", "")
             took, rss = run_child([*replay, *extra, "--data-dir", str(data)])
             seconds[name] = took
-            stores[name] = data / "replay.sqlite3"
+            stores[name] = DataDir(data).replay
             rate = args.events / took
             print(f"replay {name + ':':<20} {rate:>10,.0f} events/s  ({took:.1f} s incl. start-up, "
                   f"peak RSS {rss:,.0f} MB; target <= 250 MB: {rss / 250:.2f}x)")  # fmt: skip

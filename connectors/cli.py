@@ -24,6 +24,8 @@ from rich.progress import (
 from rich.table import Table
 
 from connectors.base import ConnectorError
+from core.data_dir import COMPARE_SIDES, STORES, DataDir
+from core.data_dir import ENV as DATA_DIR_ENV
 from core.mapping import Mapping, MappingError
 from core.models import EARLIEST_INSTANT, LATEST_INSTANT
 from core.store import StoreError
@@ -42,9 +44,9 @@ out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 MappingArg = Annotated[Path, typer.Argument(help="mapping file (YAML)", show_default=False)]
-DataDir = Annotated[
+DataDirOption = Annotated[
     Path | None,
-    typer.Option("--data-dir", envvar="ELASTICITY_DATA_DIR", help="where the embedded store lives"),
+    typer.Option("--data-dir", envvar=DATA_DIR_ENV, help="where the embedded store lives"),
 ]
 
 
@@ -69,10 +71,8 @@ def _mapping(path: Path) -> Mapping:
         raise typer.Exit(2) from None
 
 
-def _data_dir(data_dir: Path | None) -> Path:
-    if data_dir is not None:
-        return data_dir
-    return Path(os.environ.get("ELASTICITY_DATA_DIR", ".elasticity"))
+def _data_dir(data_dir: Path | None) -> DataDir:
+    return DataDir.resolve(data_dir)
 
 
 DYNAMODB_URL = "dynamodb://"
@@ -94,18 +94,16 @@ def _dynamodb(url: str):  # noqa: ANN202 - DynamoDBStore, imported only when ask
 def _store_paths(data_dir: Path | None, name: str | None) -> list[tuple[str, Path]]:
     """The stores a command reads; a name that is neither a known store nor an existing file is
     a usage error (exit 2), not an empty result."""
-    from core.explain import STORES, store_paths
-
     if name is not None and name not in STORES and not Path(name).is_file():
         known = ", ".join(STORES)
         _fail(f"--store: unknown store {name!r}; expected {known} or the path of a store file", 2)
-    return store_paths(_data_dir(data_dir), name)
+    return _data_dir(data_dir).existing_stores(name)
 
 
 def _parse_time(value: str | None, option: str) -> datetime | None:
     if value is None:
         return None
-    from connectors.signals import parse_instant
+    from connectors.instants import parse_instant
 
     parsed = parse_instant(value)
     if parsed is None:
@@ -184,11 +182,11 @@ def validate(
 
 
 def _connected(mapping_path: Path, data_dir: Path | None):
-    from connectors.local import build_runner
+    from connectors.local_runners import build_runner
 
     mapping = _mapping(mapping_path)
     try:
-        return build_runner(mapping, _data_dir(data_dir))
+        return build_runner(mapping, _data_dir(data_dir).root)
     except (ConnectorError, StoreError) as exc:
         _fail(str(exc))
 
@@ -242,7 +240,7 @@ def sync(
     as_json: Annotated[
         bool, typer.Option("--json", help="print the summary as one JSON object on stdout")
     ] = False,
-    data_dir: DataDir = None,
+    data_dir: DataDirOption = None,
 ) -> None:
     """One scheduled sync: poll engagement, fire due time rules and decay, write back changes."""
     runner = _connected(mapping, data_dir)
@@ -293,12 +291,12 @@ def serve(
         typer.Option("--secrets-file", help="env file of secrets, read again when it changes "
                      "or on SIGHUP (rotation without a restart)"),
     ] = None,
-    data_dir: DataDir = None,
+    data_dir: DataDirOption = None,
 ) -> None:
     """Local webhook server: POST /webhooks/hubspot, /webhooks/salesforce(/events)."""
     from functools import partial
 
-    from connectors.local import runners_for
+    from connectors.local_runners import runners_for
     from connectors.registry import one_program_per_vendor
     from connectors.server import DataDirUnavailable, SecretsFile, serve_forever
 
@@ -321,7 +319,7 @@ def serve(
         bound = server.server_address[1]
         out.print(f"listening on http://{host}:{bound} for {', '.join(paths)}", highlight=False)
 
-    worker = partial(runners_for, [str(m) for m in mappings], str(_data_dir(data_dir)))
+    worker = partial(runners_for, [str(m) for m in mappings], str(_data_dir(data_dir).root))
     logging.getLogger("connectors.server.access").setLevel(logging.INFO)  # even without -v
     try:
         serve_forever(runners, host, port, worker_factory=worker, ready=ready, secrets=secrets)
@@ -338,17 +336,17 @@ def inbox(
     ] = False,
     limit: Annotated[int, typer.Option(min=1, help="list at most this many")] = 100,
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table")] = False,
-    data_dir: DataDir = None,
+    data_dir: DataDirOption = None,
 ) -> None:
     """Events the worker quarantined (it could not decide them) and why; --retry re-queues them."""
     from core.quarantine import quarantine_rows
     from core.sqlite_store import SQLiteStore
 
-    path = _data_dir(data_dir) / "elasticity.sqlite3"
+    path = _data_dir(data_dir).main
     if not path.is_file():
-        _fail(f"no store in {_data_dir(data_dir)}; nothing was ever received there")
+        _fail(f"no store in {_data_dir(data_dir).root}; nothing was ever received there")
     try:
-        store = SQLiteStore.in_data_dir(_data_dir(data_dir))
+        store = SQLiteStore(path)
         if retry:
             moved = store.quarantine_release()
             out.print(f"{moved} quarantined event(s) put back in the inbox; the worker "
@@ -447,7 +445,7 @@ def replay(
     ] = None,
     contacts: Annotated[Path | None, typer.Option(
         help="JSON lines {contact_id, properties}: consent and segment properties")] = None,
-    data_dir: DataDir = None,
+    data_dir: DataDirOption = None,
 ) -> None:
     """Run events through the policy offline; print or write final states as JSON lines.
     Keys a line has beyond the event format are ignored and counted."""
@@ -470,7 +468,7 @@ def replay(
             properties = load_contact_properties(contacts)
         except BadLine as exc:
             _fail(f"{contacts}:{exc.line}: {exc.problem}", 2)
-    store_path = _data_dir(data_dir) / "replay.sqlite3"
+    store_path = _data_dir(data_dir).replay
     horizon = _parse_time(until, "--until")
 
     def report_bad(bad: BadLine) -> None:
@@ -592,7 +590,7 @@ def simulate(
     engine: Annotated[
         str, typer.Option(help="coded (the fast bulk path) or object (the reference pipeline)")
     ] = "coded",
-    data_dir: DataDir = None,
+    data_dir: DataDirOption = None,
 ) -> None:
     """Synthetic population on the embedded store, with a report and a plot."""
     from connectors.progress import RunProgress
@@ -602,7 +600,7 @@ def simulate(
 
     policy = _mapping(mapping).policy if mapping else Policy()
     directory = _data_dir(data_dir)
-    report_dir = report or directory / "simulation"
+    report_dir = report or directory.root / "simulation"
     config = SimulationConfig(contacts=contacts, days=days, seed=seed)
     if engine not in ("coded", "object"):
         _fail(f"--engine: expected coded or object, got {engine!r}", 2)
@@ -617,11 +615,11 @@ def simulate(
     try:
         with RunProgress(err, "simulate", days, "days", every=_progress_every()) as bar:
             result = run_simulation(
-                config, policy, directory / "simulate.sqlite3", progress=bar.advance,
+                config, policy, directory.simulate, progress=bar.advance,
                 engine=engine, before_publish=before_publish, phase=bar.phase,
             )  # fmt: skip
     except KeyboardInterrupt as exc:
-        _interrupted(exc, directory / "simulate.sqlite3")
+        _interrupted(exc, directory.simulate)
     finally:
         for path in written:
             path.unlink(missing_ok=True)
@@ -640,15 +638,13 @@ def explain(
     side_by_side: Annotated[
         bool, typer.Option("--compare", help="the base and candidate histories of `compare`")
     ] = False,
-    data_dir: DataDir = None,
+    data_dir: DataDirOption = None,
 ) -> None:
     """The contact's decision history from the ledger: why it is where it is."""
     from core.explain import explain_contact, side_by_side_history
 
     if side_by_side:
-        from core.compare import COMPARE_STORES
-
-        stores = {side: _data_dir(data_dir) / name for side, name in COMPARE_STORES.items()}
+        stores = {side: _data_dir(data_dir).compare(side) for side in COMPARE_SIDES}
         if not all(p.is_file() for p in stores.values()):
             _fail("no comparison in the data dir; run `elasticity compare` first")
         text = side_by_side_history(stores["base"], stores["candidate"], contact_id)
@@ -801,7 +797,7 @@ def compare(
         Path | None, typer.Option("--report", help="also write compare.md/.html/.json here")
     ] = None,
     fmt: Annotated[str, typer.Option("--format", help="md, html or json on stdout")] = "md",
-    data_dir: DataDir = None,
+    data_dir: DataDirOption = None,
 ) -> None:
     """Replay two mappings on the same events and report what the candidate would change.
     Exit 0 when both end every contact alike with the same figures, 1 when they differ."""
@@ -815,7 +811,7 @@ def compare(
         _fail(f"{events}: no such file", 2)
     horizon = _parse_time(until, "--until")
     err.print("replaying both policies (one process each)...", highlight=False)
-    result = compare_policies(base, candidate, events, _data_dir(data_dir), until=horizon)
+    result = compare_policies(base, candidate, events, _data_dir(data_dir).root, until=horizon)
     if report_dir is not None:
         report_dir.mkdir(parents=True, exist_ok=True)
         for kind in ("md", "html", "json"):
@@ -834,7 +830,7 @@ def report(
     fmt: Annotated[str, typer.Option("--format", help="md, html or json")] = "md",
     out_path: Annotated[Path | None, typer.Option("--out", help="write here")] = None,
     mapping: Annotated[Path | None, typer.Option(help="mapping for experiment tables")] = None,
-    data_dir: DataDir = None,
+    data_dir: DataDirOption = None,
 ) -> None:
     """Funnel, transitions by reason, reactivation rate, experiments, data quality."""
     from core.ledger_reader import WindowError
@@ -849,7 +845,7 @@ def report(
     else:
         paths = _store_paths(data_dir, store)
         if not paths:
-            where = _data_dir(data_dir)
+            where = _data_dir(data_dir).root
             _fail(f"no store {store!r} in {where}; run simulate, replay or sync first")
         source, label = paths[0][1], None
     try:
@@ -913,7 +909,7 @@ def promote(
     store: Annotated[
         str, typer.Option(help="main, replay, simulate, a path or dynamodb://TABLE[?region=R]")
     ] = "main",
-    data_dir: DataDir = None,
+    data_dir: DataDirOption = None,
 ) -> None:
     """Write a significant winner into the mapping file as the experiment's default."""
     from core.promote import PromotionError, promote_winner
@@ -924,7 +920,7 @@ def promote(
     else:
         paths = _store_paths(data_dir, store)
         if not paths:
-            _fail(f"no store {store!r} in {_data_dir(data_dir)}")
+            _fail(f"no store {store!r} in {_data_dir(data_dir).root}")
         source = paths[0][1]
     try:
         message = promote_winner(mapping, loaded, name, source)

@@ -32,7 +32,7 @@ class HttpAnswer:
     ignored: int = 0
 
 
-def _json(status: int, **payload: object) -> HttpAnswer:
+def json_answer(status: int, **payload: object) -> HttpAnswer:
     return HttpAnswer(status, json.dumps(payload).encode())
 
 
@@ -43,25 +43,25 @@ def handle_webhook(
 ) -> HttpAnswer:
     """One webhook request, start to finish. Never raises: every failure is an HTTP answer."""
     if request.method != "POST":
-        return _json(405, error="method not allowed; webhooks are POSTed")
+        return json_answer(405, error="method not allowed; webhooks are POSTed")
     if len(request.body) > MAX_BODY_BYTES:
-        return _json(413, error=f"body larger than {MAX_BODY_BYTES} bytes")
+        return json_answer(413, error=f"body larger than {MAX_BODY_BYTES} bytes")
     try:
         intake = connector.parse_webhook(request)
     except WebhookRejected as exc:
         if exc.body is not None:
             return HttpAnswer(exc.status, exc.body, exc.content_type)
-        return _json(exc.status, error=exc.reason)
+        return json_answer(exc.status, error=exc.reason)
     except Exception:  # noqa: BLE001 - a parser bug must answer 500 (vendor retries), not crash
         log.exception("webhook parser failed on %s", request.path)
-        return _json(500, error="internal error while parsing; the delivery will be retried")
+        return json_answer(500, error="internal error while parsing; the delivery will be retried")
     try:
         new = record(intake.events)
     except StoreError as exc:
         # A store that cannot take writes is a condition the message names (disk full, the
         # file removed): the traceback would only bury it, once per delivery.
         log.error("could not record %d events: %s", len(intake.events), exc)
-        return _json(503, error="could not record the events; retry later")
+        return json_answer(503, error="could not record the events; retry later")
     response = intake.response
     answer = HttpAnswer(response.status, response.body, response.content_type)
     answer.recorded, answer.ignored = new, intake.ignored

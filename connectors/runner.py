@@ -387,7 +387,7 @@ class Runner:
             segment = snapshot.segment if snapshot is not None else (
                 pipeline.segment_of(record.properties) if record else None
             )
-            policy = pipeline.policy_for(None, segment)
+            policy = pipeline.policy.for_contact(segment)
             state = state_from_crm(cid, values, snapshot, policy, now, created)
             if state is not None:
                 if snapshot is None:

@@ -19,7 +19,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,6 +29,8 @@ from typing import Any
 
 import connectors
 from connectors.hubspot.signature import v3_signature
+from core.data_dir import ENV as DATA_DIR_ENV
+from core.data_dir import DataDir
 from core.mapping import Mapping
 
 WEBHOOK_PATH = "/webhooks/hubspot"
@@ -348,9 +349,11 @@ class Sandbox:
             raise SandboxError(f"{self.mapping_path}: the HubSpot sandbox needs a HubSpot "
                                f"mapping, this one is for {mapping.vendor!r}", 2)  # fmt: skip
         own_dir = self.data_dir is None
-        data_dir = self.data_dir or Path(tempfile.mkdtemp(prefix="elasticity-sandbox-"))
+        given = self.data_dir
+        where = DataDir(given) if given is not None else DataDir.temporary("elasticity-sandbox-")
+        data_dir = where.root
         if not own_dir:
-            if (data_dir / "elasticity.sqlite3").exists():
+            if where.main.exists():
                 raise SandboxError(
                     f"--data-dir {data_dir}: already holds a store; the "
                     "sandbox starts from an empty one (give a new directory)",
@@ -365,7 +368,7 @@ class Sandbox:
                 secret = "sandbox-" + secrets.token_hex(12)
                 env = {**os.environ, "HUBSPOT_BASE_URL": base_url,
                        "HUBSPOT_ACCESS_TOKEN": token, "HUBSPOT_CLIENT_SECRET": secret}  # fmt: skip
-                for name in ("ELASTICITY_PUBLIC_URL", "ELASTICITY_DATA_DIR"):
+                for name in ("ELASTICITY_PUBLIC_URL", DATA_DIR_ENV):
                     env.pop(name, None)
                 self.say(f"HubSpot stand-in (tests/fakes) on {base_url}; data dir {data_dir}")
                 self._provision(mapping, env)

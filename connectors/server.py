@@ -39,7 +39,7 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from connectors.base import Connector, ConnectorError, WebhookRequest
-from connectors.intake import MAX_BODY_BYTES, HttpAnswer, _json, handle_rotating, retiring_env
+from connectors.intake import MAX_BODY_BYTES, HttpAnswer, handle_rotating, json_answer, retiring_env
 from connectors.registry import load_connector
 from connectors.runner import Runner
 from core.models import Event
@@ -448,9 +448,9 @@ class Intake:
             return self.health()
         runner = self.routes.get(request.path.rstrip("/"))
         if runner is None:
-            return _json(404, error=f"no webhook at {request.path}")
+            return json_answer(404, error=f"no webhook at {request.path}")
         if self.store_lost is not None:
-            return _json(503, error="the store is unavailable; retry later")
+            return json_answer(503, error="the store is unavailable; retry later")
         answer = handle_rotating(runner.connector, request, partial(self._record, runner),
                                  partial(self._previous_for, runner))  # fmt: skip
         if answer.recorded and self.worker is not None:
@@ -570,14 +570,14 @@ class WebhookApp:
     async def _answer(self, scope: dict, receive: Callable) -> tuple[HttpAnswer | None, bool]:
         path = scope["path"]
         if not self.intake.knows(path):
-            return _json(404, error=f"no webhook at {path}"), False
+            return json_answer(404, error=f"no webhook at {path}"), False
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         try:
             declared = int(headers.get("content-length") or 0)
         except ValueError:
-            return _json(400, error="bad Content-Length"), True
+            return json_answer(400, error="bad Content-Length"), True
         if declared > MAX_BODY_BYTES or declared < 0:
-            return _json(413, error=f"body larger than {MAX_BODY_BYTES} bytes"), True
+            return json_answer(413, error=f"body larger than {MAX_BODY_BYTES} bytes"), True
         body = bytearray()
         while True:
             message = await receive()
@@ -585,7 +585,7 @@ class WebhookApp:
                 return None, True
             body += message.get("body", b"")
             if len(body) > MAX_BODY_BYTES:
-                return _json(413, error=f"body larger than {MAX_BODY_BYTES} bytes"), True
+                return json_answer(413, error=f"body larger than {MAX_BODY_BYTES} bytes"), True
             if not message.get("more_body"):
                 break
         request = WebhookRequest(

@@ -13,33 +13,16 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Mapping as MappingABC
-from datetime import UTC, datetime
+from datetime import datetime
 
+from connectors.instants import parse_instant
 from core.mapping import Mapping, Signal
-from core.models import MAX_URL_CHARS, Event, Observation, instant_problem, iso_utc
+from core.models import MAX_URL_CHARS, Event, Observation, iso_utc
 from core.occurrences import LIFTING_EVENTS, seen_key
 
 log = logging.getLogger(__name__)
 
-__all__ = ["event_from_signal", "events_from_changes", "parse_instant", "seen_key",
-           "signal_event_id", "signal_for"]  # fmt: skip
-
-
-def parse_instant(value: str | None) -> datetime | None:
-    """Epoch milliseconds (HubSpot) or ISO 8601 (Salesforce, HubSpot v3), as aware UTC; None
-    for no instant, or one outside the range an event time may take (`core.models`)."""
-    if value is None or value == "":
-        return None
-    text = str(value).strip()
-    try:
-        if text.isdigit():
-            parsed = datetime.fromtimestamp(int(text) / 1000, tz=UTC)
-        else:
-            parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except (ValueError, OverflowError, OSError):
-        return None  # past year 9999 or otherwise no instant: not a date, not a crash
-    parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-    return None if instant_problem(parsed) else parsed
+__all__ = ["event_from_signal", "events_from_changes", "seen_key", "signal_event_id", "signal_for"]
 
 
 def signal_event_id(vendor: str, contact_id: str, prop: str, value: str, *occurrence: str) -> str:

@@ -18,15 +18,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from core.data_dir import COMPARE_SIDES, DataDir
+from core.experiment_results import counts_by_arm, counts_by_assignment
 from core.ledger_view import LedgerView
 from core.mapping import Mapping, load_mapping
 from core.models import STATE_COLOURS, ContactState
 from core.report import funnel, headline_of, suppression
-from core.results import counts_by_arm, counts_by_assignment
 from core.sqlite_store import SQLiteStore
 
-SIDES = ("base", "candidate")
-COMPARE_STORES = {side: f"compare-{side}.sqlite3" for side in SIDES}
+SIDES = COMPARE_SIDES
 SAMPLE_IDS = 5
 """Contact ids shown for each kind of difference: enough to `explain` a few, never a dump."""
 
@@ -129,7 +129,7 @@ def compare_policies(
 ) -> Comparison:
     """Replay both mappings on the same events and compare what they did."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    stores = {side: data_dir / name for side, name in COMPARE_STORES.items()}
+    stores = {side: DataDir(data_dir).compare(side) for side in SIDES}
     paths = {"base": base_path, "candidate": candidate_path}
     args = {
         side: (

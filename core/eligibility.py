@@ -52,18 +52,6 @@ def segment_of(mapping: Mapping, properties: MappingABC[str, Any]) -> str | None
     return None
 
 
-def policy_for(mapping: Mapping, state_or_segment: ContactState | str | None) -> Policy:
-    """The policy that governs a contact (or a segment name): the segment's overrides on the
-    mapping's numbers, same version."""
-    name = state_or_segment.segment if isinstance(state_or_segment, ContactState) else (
-        state_or_segment
-    )
-    program = mapping.policy.program
-    if name is None or program is None:
-        return mapping.policy
-    return program.policy_for(name)
-
-
 def has_consent(mapping: Mapping, properties: MappingABC[str, Any]) -> bool:
     """Marketing consent from the mapping's consent property. Unknown counts as consent for an
     opt-out property (the CRM default) and as no consent for an opt-in one."""

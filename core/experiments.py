@@ -117,9 +117,6 @@ class ProgramRules:
         twin.withhold = reason
         return twin
 
-    def policy_for(self, segment: str | None) -> Policy:
-        return self.policies.get(segment) or self.policies[None]
-
     def assign(self, contact_id: str, have: dict[str, str] | None = None) -> dict[str, str]:
         """The contact's assignments: what it already has, plus any experiment it lacks."""
         out = dict(have) if have else {}

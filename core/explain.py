@@ -8,20 +8,6 @@ from core.ledger_reader import LedgerReader
 from core.models import ContactState, Decision
 from core.order import REVISED
 
-STORES = {"main": "elasticity.sqlite3", "replay": "replay.sqlite3", "simulate": "simulate.sqlite3"}
-
-
-def store_paths(data_dir: Path, name: str | None) -> list[tuple[str, Path]]:
-    """Existing stores in the data dir: all of them, the named one, or a path given outright."""
-    if name is None:
-        candidates = list(STORES.items())
-    elif name in STORES:
-        candidates = [(name, STORES[name])]
-    else:
-        path = Path(name)
-        return [(path.name, path)] if path.is_file() else []
-    return [(n, data_dir / f) for n, f in candidates if (data_dir / f).is_file()]
-
 
 def _value(value: object) -> str:
     if value is None:

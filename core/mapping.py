@@ -16,20 +16,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from core.experiments import compile_program, segment_policy
 from core.models import CANONICAL_FIELDS, Status
-from core.policy import MAX_POLICY_DAYS, Policy
+from core.policy import MAX_POLICY_DAYS, Policy, StrictModel
 
 FieldType = Literal["enumeration", "datetime", "date", "number", "string", "bool"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class FieldSpec(_Strict):
+class FieldSpec(StrictModel):
     """The CRM property that holds one canonical field."""
 
     property: str = Field(min_length=1, description="the CRM's internal property or field name")
@@ -38,7 +34,7 @@ class FieldSpec(_Strict):
     read_only: bool = Field(False, description="a vendor-native property we read, never write")
 
 
-class Signal(_Strict):
+class Signal(StrictModel):
     """A vendor property whose change means a canonical event."""
 
     property: str = Field(min_length=1, description="the CRM property to watch")
@@ -68,7 +64,7 @@ class Signal(_Strict):
         return not self.patterns or any(re.search(p, value) for p in self.patterns)
 
 
-class ListSpec(_Strict):
+class ListSpec(StrictModel):
     """A dynamic list the CRM keeps itself, filtered on the status property."""
 
     name: str = Field(min_length=1, description="the list's name in the CRM")
@@ -78,7 +74,7 @@ class ListSpec(_Strict):
     )
 
 
-class HandoffSpec(_Strict):
+class HandoffSpec(StrictModel):
     """The sales task created when a contact becomes Engaged."""
 
     enabled: bool = Field(True, description="create the task")
@@ -89,7 +85,7 @@ class HandoffSpec(_Strict):
     )
 
 
-class Variant(_Strict):
+class Variant(StrictModel):
     name: str = Field(min_length=1, description="the value written to the CRM property")
     weight: float = Field(1, gt=0, description="relative share of contacts")
 
@@ -98,7 +94,7 @@ RESERVED_ASSIGNMENT_KEYS = frozenset({"holdout"})
 """Keys of `ContactState.experiments` that are not experiment names."""
 
 
-class ExperimentSpec(_Strict):
+class ExperimentSpec(StrictModel):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$", description="its name")
     element: str = Field(min_length=1, description="what varies (subject, cta, format)")
     property: str = Field(min_length=1, description="CRM property the templates branch on")
@@ -133,7 +129,7 @@ class ExperimentSpec(_Strict):
         return self
 
 
-class HoldoutSpec(_Strict):
+class HoldoutSpec(StrictModel):
     """Contacts held out of reactivation sends so the sends' lift over doing nothing shows."""
 
     share: float = Field(0.10, ge=0, lt=1, description="share of contacts held out")
@@ -143,7 +139,7 @@ class HoldoutSpec(_Strict):
     min_sample: int = Field(200, ge=1, description="dormant contacts each group needs first")
 
 
-class SegmentSpec(_Strict):
+class SegmentSpec(StrictModel):
     """Policy overrides for contacts whose properties match `where` (markets, industries)."""
 
     name: str = Field(min_length=1, description="its name in reports and the ledger")
@@ -155,14 +151,14 @@ class SegmentSpec(_Strict):
     )
 
 
-class FrequencyCap(_Strict):
+class FrequencyCap(StrictModel):
     """At most `max_sends` sends in any `window_days`; a due step waits for room."""
 
     max_sends: int = Field(ge=1, description="sends allowed in the window")
     window_days: float = Field(gt=0, le=MAX_POLICY_DAYS, description="the window's length")
 
 
-class EligibilitySpec(_Strict):
+class EligibilitySpec(StrictModel):
     """Who may be sent to at all, and how often."""
 
     consent_property: str | None = Field(None, description="CRM property holding consent")
@@ -183,7 +179,7 @@ class EligibilitySpec(_Strict):
     )
 
 
-class Mapping(_Strict):
+class Mapping(StrictModel):
     program: str = Field(
         min_length=1, pattern=r"^[A-Za-z0-9_.-]+$", description="the program's name"
     )

@@ -138,19 +138,11 @@ class Pipeline:
         self.properties = properties
         self.revision_window = revision_window
         program = policy.program
-        # Segment name -> its policy; only consulted when the mapping declares segments.
-        self._policies = program.policies if program is not None and program.policies else {}
-        self._segmented = len(self._policies) > 1
+        # Segment policies are only consulted when the mapping declares segments.
+        self._segmented = program is not None and len(program.policies) > 1
         self.governance = program.governance if program is not None else None
         self._withholding: dict[tuple[str | None, str], Policy] = {}
         self._version_recorded = False
-
-    def policy_for(self, state: ContactState | None, segment: str | None = None) -> Policy:
-        """The policy that governs this contact: its segment's, fixed when it enrolled."""
-        if not self._segmented:
-            return self.policy
-        name = state.segment if state is not None else segment
-        return self._policies.get(name, self.policy)
 
     def segment_of(self, properties: MappingABC[str, Any] | None) -> str | None:
         """The segment a contact with these CRM properties joins the program in."""
@@ -165,7 +157,7 @@ class Pipeline:
         the program may not email it (no consent, out of the audience)."""
         if state is None and segment is None:
             segment = self.segment_of(properties)
-        policy = self.policy_for(state, segment)
+        policy = self.policy.for_contact(state if state is not None else segment)
         reason = self.governance.withheld(properties) if self.governance is not None else None
         program = policy.program
         if reason is None or program is None:  # governance comes with a program
@@ -238,7 +230,8 @@ class Pipeline:
                             state, properties.get(cid), segments.get(cid)
                         )
                 elif segmented:
-                    policy = self.policy_for(state, segments.get(cid))
+                    who = state if state is not None else segments.get(cid)
+                    policy = self.policy.for_contact(who)
                 made = len(decisions)
                 if window is None:
                     if state is not None and event.occurred_at < state.as_of:
@@ -258,7 +251,7 @@ class Pipeline:
             for cid, history in kept.items():  # kept only with a revision window
                 assert window is not None
                 # Folded under the policy the contact's events were decided by.
-                history.trim(window, governed.get(cid) or self.policy_for(states.get(cid)))
+                history.trim(window, governed.get(cid) or self.policy.for_contact(states.get(cid)))
         stats.applied = len(fresh)
         batch = self._batch(changed, decisions)
         batch.histories = list(kept.values())
@@ -359,7 +352,7 @@ class Pipeline:
             for cid, state in states.items():
                 made = len(decisions)
                 if properties is None:
-                    policy = self.policy_for(state)
+                    policy = self.policy.for_contact(state)
                 else:
                     policy = self.governed_policy(state, properties.get(cid))
                 advance_owned(state, now, policy, decisions)
@@ -398,7 +391,7 @@ class Pipeline:
             self._version_recorded = True
 
     def due_at(self, state: ContactState) -> datetime | None:
-        due = next_due(state, self.policy_for(state))
+        due = next_due(state, self.policy.for_contact(state))
         return None if due is None else due.at
 
     @staticmethod

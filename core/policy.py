@@ -13,6 +13,7 @@ from core.models import ENGAGEMENT_EVENTS, NON_ENGAGEMENT_EVENTS
 
 if TYPE_CHECKING:
     from core.experiments import ProgramRules
+    from core.models import ContactState
 
 MAX_POLICY_DAYS = 36_500
 """Every duration a policy sets is at most a century: with event times before 2200
@@ -21,11 +22,13 @@ MAX_POLICY_DAYS = 36_500
 DEFAULT_POINTS = {"open": 5.0, "click": 10.0, "high_intent_visit": 15.0}
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
+    """The base of every model a mapping file fills: unknown keys refused, frozen once built."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Decay(_Strict):
+class Decay(StrictModel):
     """How a score fades while no new engagement comes."""
 
     factor: float = Field(0.5, gt=0, le=1, description="the score is multiplied by this")
@@ -78,7 +81,7 @@ class Compiled:
         return offsets[steps] if steps < 64 else self.decay_after + steps * self.decay_every
 
 
-class Policy(_Strict):
+class Policy(StrictModel):
     """The program's numbers. A segment's `policy:` overrides any of them for its contacts."""
 
     points: dict[str, float] = Field(
@@ -130,6 +133,17 @@ class Policy(_Strict):
     @property
     def program(self) -> ProgramRules | None:
         return self._program
+
+    def for_contact(self, who: ContactState | str | None) -> Policy:
+        """The policy that governs a contact, or the contacts of a segment named outright: the
+        segment's overrides on these numbers (same version). This policy for a contact without
+        a segment, a segment the mapping does not declare, or a policy without a program. A
+        contact's segment is fixed when it enrolls."""
+        name = who if who is None or isinstance(who, str) else who.segment
+        program = self._program
+        if name is None or program is None:
+            return self
+        return program.policies.get(name, self)
 
     def attach(self, program: ProgramRules) -> None:
         """Give the engine the mapping's experiments, holdout, segment and frequency cap."""

@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from core.experiment_results import experiment_results
 from core.mapping import Mapping, parse_mapping, policy_version
-from core.results import experiment_results
 from core.sqlite_store import SQLiteStore
 from core.store import Batch, Store
 

@@ -16,16 +16,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core.changelog import change_log, versions_by_transition
-from core.ledger_reader import INTAKE_CURSOR, LedgerReader
-from core.ledger_view import LedgerView
-from core.models import COMPLIANCE_REASONS, STATE_COLOURS, Status, iso_utc
-from core.results import (
+from core.experiment_results import (
     counts_by_arm,
     experiment_results,
     holdout_results,
 )
-from core.stats import wilson
+from core.ledger_reader import INTAKE_CURSOR, LedgerReader
+from core.ledger_view import LedgerView
+from core.models import COMPLIANCE_REASONS, STATE_COLOURS, Status, iso_utc
+from core.policy_versions import change_log, versions_by_transition
+from core.proportions import wilson
 
 if TYPE_CHECKING:
     from core.mapping import Mapping

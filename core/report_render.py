@@ -55,7 +55,7 @@ def _funnel_table(report: dict[str, Any]) -> Table:
     return ["day", *states], [[days[i], *(levels[s][i] for s in states)] for i in shown]
 
 
-def _experiment_table(exp: dict[str, Any]) -> Table:
+def experiment_table(exp: dict[str, Any]) -> Table:
     head = ["variant", "exposures", "sends", "opens", "clicks", "cycles", "reactivated",
             f"{exp['metric']} rate", "95% CI", f"vs {exp['baseline']}", "diff 95% CI",
             "relative lift", "lift 95% CI", "p"]  # fmt: skip
@@ -114,12 +114,12 @@ def sections(report: dict[str, Any]) -> Iterator[tuple[str, str, Table | None, s
     for exp in report["experiments"]:
         text = (f"Element {exp['element']}, stage {exp['stage']}, metric {exp['metric']}. "
                 f"Verdict: {exp['verdict']}.")  # fmt: skip
-        yield (f"Experiment: {exp['name']}", text, _experiment_table(exp), None)
+        yield (f"Experiment: {exp['name']}", text, experiment_table(exp), None)
     if report["holdout"]:
         h = report["holdout"]
         yield ("Holdout: reactivation sends against none",
                f"Held-out contacts' reactivation steps are withheld. Verdict: {h['verdict']}.",
-               _experiment_table(h), "experiments")  # fmt: skip
+               experiment_table(h), "experiments")  # fmt: skip
     elif report["experiments"]:
         yield ("Experiment plot", "", None, "experiments")
     v = report["transitions_by_policy_version"]

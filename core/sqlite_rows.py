@@ -30,7 +30,7 @@ def changes_json(changes: dict[str, tuple]) -> str:
 _EXPERIMENTS_JSON: dict[tuple, str] = {}
 
 
-def _experiments_json(experiments: dict[str, str]) -> str:
+def experiments_json(experiments: dict[str, str]) -> str:
     # A program has a handful of distinct assignments: encode each once, not once per row.
     key = tuple(experiments.items())
     text = _EXPERIMENTS_JSON.get(key)
@@ -49,7 +49,7 @@ def contact_row(s: ContactState, due: datetime | None) -> tuple:
         iso_utc(s.last_engagement_date), s.decay_steps, s.reactivation_cycle, s.reactivation_step,
         iso_utc(s.reactivation_step_at), s.unanswered_sends,
         s.suppression_reason.value if s.suppression_reason else None,
-        _experiments_json(s.experiments) if s.experiments else None, s.segment,
+        experiments_json(s.experiments) if s.experiments else None, s.segment,
         json.dumps([iso_utc(t) for t in s.send_times]) if s.send_times else None, iso_utc(due),
     )  # fmt: skip
 

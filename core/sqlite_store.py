@@ -13,7 +13,8 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from core.deferred import DeferredContacts
+from core.bulk_states import BulkStates
+from core.data_dir import DataDir
 from core.gcpause import cyclic_gc_paused
 from core.ledger_reader import LedgerReader, RollupRow
 from core.models import EVENT, ContactState, Decision, Event, iso_utc
@@ -104,12 +105,6 @@ _BUSY_MS = 5000
 _CHUNK = 500  # stays under SQLite's bound-parameter limit on every build
 
 
-def default_data_dir() -> Path:
-    return Path(os.environ.get("ELASTICITY_DATA_DIR", ".elasticity"))
-
-
-
-
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -159,7 +154,7 @@ class SQLiteStore(Store, LedgerReader):
         """At most this many contact states (~1 KB each) wait in memory during `bulk()`."""
         # One connection shared by the local server's threads: transactions must not interleave.
         self._lock = threading.RLock()
-        self._bulk: DeferredContacts | None = None
+        self._bulk: BulkStates | None = None
         """Inside `bulk()`: the states committed but not yet written."""
         self._bulk_failed = False
         if self.path != ":memory:":
@@ -189,8 +184,7 @@ class SQLiteStore(Store, LedgerReader):
 
     @classmethod
     def in_data_dir(cls, data_dir: str | Path | None = None) -> SQLiteStore:
-        directory = Path(data_dir) if data_dir is not None else default_data_dir()
-        return cls(directory / "elasticity.sqlite3")
+        return cls(DataDir.resolve(data_dir).main)
 
     def checkpoint_after(self, pages: int) -> None:
         """This connection's commits checkpoint the WAL once it holds `pages` (SQLite's
@@ -335,7 +329,7 @@ class SQLiteStore(Store, LedgerReader):
                     db.execute("DROP INDEX IF EXISTS ledger_contact")
             except sqlite3.Error as exc:
                 raise StoreError(f"could not start a run on {self.path}: {exc}") from exc
-            self._bulk = DeferredContacts()
+            self._bulk = BulkStates()
             self._bulk_failed = False
             try:
                 yield

@@ -119,10 +119,7 @@ def run_both(policy: Policy, ops, sort: bool):
 
 
 def _object_policy(policy: Policy, segment: str | None) -> Policy:
-    program = policy.program
-    if program is None or not program.policies:
-        return policy
-    return program.policy_for(segment)
+    return policy.for_contact(segment)
 
 
 @given(policies, steps, st.booleans())

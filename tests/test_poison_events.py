@@ -12,9 +12,9 @@ from pydantic import ValidationError
 from typer.testing import CliRunner
 
 from connectors.cli import app
+from connectors.instants import parse_instant
 from connectors.intake import handle_webhook
 from connectors.runner import Runner
-from connectors.signals import parse_instant
 from core.mapping import MappingError, parse_mapping
 from core.models import EVENT, Event
 from core.sqlite_store import SQLiteStore

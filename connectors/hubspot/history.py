@@ -33,7 +33,8 @@ from connectors.base import AuthError, ConnectorError, HistoryPage
 from connectors.hubspot.batches import BATCH_SIZE, chunks
 from connectors.hubspot.client import HubSpotClient
 from connectors.hubspot.records import READ_SCOPE
-from connectors.signals import event_from_signal, parse_instant
+from connectors.instants import parse_instant
+from connectors.signals import event_from_signal
 from core.mapping import Mapping as ProgramMapping
 from core.models import Event
 

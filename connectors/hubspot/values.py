@@ -6,7 +6,7 @@ from datetime import UTC, date, datetime, time
 from typing import Any
 
 from connectors.base import CrmRecord
-from connectors.signals import parse_instant
+from connectors.instants import parse_instant
 from core.mapping import FieldSpec, Mapping, Signal
 from core.models import Status
 

@@ -13,8 +13,8 @@ from typing import Any
 
 from connectors.base import ConnectorError
 from connectors.http import backoff_delay
+from connectors.salesforce.api_facts import BULK_MAX_BYTES, BULK_NULL, LOCK_ERROR
 from connectors.salesforce.client import AmbiguousWrite, SalesforceClient
-from connectors.salesforce.settings import BULK_MAX_BYTES, BULK_NULL, LOCK_ERROR
 
 log = logging.getLogger(__name__)
 

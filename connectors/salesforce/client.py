@@ -26,10 +26,10 @@ from simple_salesforce.util import exception_handler
 
 from connectors.base import AuthError, CallStats, ConnectorError, QuotaExhausted
 from connectors.http import Outcome, RetryPolicy, VendorHttp, Verdict
+from connectors.salesforce.api_facts import QUERY_LINE_BUDGET
 from connectors.salesforce.config import Credentials, SalesforceOptions
 from connectors.salesforce.errors import SOAP_ERRORS, classify, describe
 from connectors.salesforce.http import ApiUsage, SalesforceSession
-from connectors.salesforce.settings import QUERY_LINE_BUDGET
 from connectors.salesforce.soql import in_chunks, request_line_bytes
 
 log = logging.getLogger(__name__)

@@ -16,8 +16,8 @@ from typing import Any
 
 from connectors.base import ConnectorError
 from connectors.http import backoff_delay
+from connectors.salesforce.api_facts import COLLECTION_MAX, LOCK_ERROR
 from connectors.salesforce.client import AmbiguousWrite, SalesforceClient
-from connectors.salesforce.settings import COLLECTION_MAX, LOCK_ERROR
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from connectors.base import ConnectorError
-from connectors.salesforce.settings import QUERY_BATCH
+from connectors.salesforce.api_facts import QUERY_BATCH
 from core.mapping import Mapping, format_validation_error
 
 

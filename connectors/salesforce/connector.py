@@ -29,6 +29,13 @@ from connectors.base import (
     WriteResult,
 )
 from connectors.salesforce import outbound, signature
+from connectors.salesforce.api_facts import (
+    OUTBOUND_ACK,
+    RESUME_ID,
+    SIGNATURE_HEADER,
+    TASK_PRIORITY,
+    USER_ID_PREFIX,
+)
 from connectors.salesforce.bulk import BulkUpdater
 from connectors.salesforce.campaign import CampaignMirror
 from connectors.salesforce.client import SalesforceClient
@@ -40,13 +47,6 @@ from connectors.salesforce.config import (
     load_options,
 )
 from connectors.salesforce.records import Codec
-from connectors.salesforce.settings import (
-    OUTBOUND_ACK,
-    RESUME_ID,
-    SIGNATURE_HEADER,
-    TASK_PRIORITY,
-    USER_ID_PREFIX,
-)
 from connectors.salesforce.soql import Queries, SoqlAfter, in_chunks
 from core.mapping import Mapping
 from core.models import EVENT, Event

@@ -15,8 +15,8 @@ from simple_salesforce.exceptions import (
 from zeep.exceptions import Fault, TransportError
 
 from connectors.http import Outcome
+from connectors.salesforce.api_facts import LIMIT_ERROR, LOCK_ERROR, SESSION_ERROR
 from connectors.salesforce.http import ApiUsage
-from connectors.salesforce.settings import LIMIT_ERROR, LOCK_ERROR, SESSION_ERROR
 
 
 def error_code(content: Any) -> str | None:

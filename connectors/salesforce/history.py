@@ -36,10 +36,11 @@ from typing import Any
 from simple_salesforce.format import format_soql, quote_soql_value
 
 from connectors.base import ConnectorError, HistoryPage
+from connectors.instants import parse_instant
 from connectors.salesforce.client import SalesforceClient
 from connectors.salesforce.config import SalesforceOptions
 from connectors.salesforce.soql import literal
-from connectors.signals import event_from_signal, parse_instant
+from connectors.signals import event_from_signal
 from core.mapping import Mapping as ProgramMapping
 from core.mapping import Signal
 from core.models import Event

@@ -18,8 +18,8 @@ from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import ParseError, fromstring
 
 from connectors.base import WebhookRejected
+from connectors.salesforce.api_facts import ORG_ID_SHORT, OUTBOUND_NS, SOAP_ENV_NS, XSI_NS
 from connectors.salesforce.records import signal_text
-from connectors.salesforce.settings import ORG_ID_SHORT, OUTBOUND_NS, SOAP_ENV_NS, XSI_NS
 from connectors.signals import events_from_changes
 from core.mapping import Mapping
 from core.models import Event

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from connectors.base import ConnectorError, PlanItem, ProvisionReport
+from connectors.salesforce.api_facts import METADATA_BATCH
 from connectors.salesforce.client import SalesforceClient
 from connectors.salesforce.config import SalesforceOptions
 from connectors.salesforce.metadata_specs import (
@@ -22,7 +23,6 @@ from connectors.salesforce.metadata_specs import (
     wanted_fields,
     wanted_list_views,
 )
-from connectors.salesforce.settings import METADATA_BATCH
 from core.mapping import Mapping
 
 

@@ -7,7 +7,7 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from connectors.base import RAW_PROPERTY, CrmRecord
-from connectors.signals import parse_instant
+from connectors.instants import parse_instant
 from core.mapping import Mapping
 
 INTEGER_FIELDS = frozenset({"reactivation_cycle", "unanswered_sends", "reactivation_step"})

@@ -10,8 +10,8 @@ from urllib.parse import quote_plus
 from simple_salesforce.format import quote_soql_value
 
 from connectors.base import ConnectorError
+from connectors.salesforce.api_facts import QUERY_LINE_BUDGET
 from connectors.salesforce.records import Codec
-from connectors.salesforce.settings import QUERY_LINE_BUDGET
 from core.eligibility import earliest_due
 from core.mapping import Mapping, Signal
 from core.models import Status

@@ -13,7 +13,7 @@ from typing import IO
 from core.coded import engine
 from core.coded.codes import NO_TIME, REASONS, STATUSES, from_us
 from core.models import iso_utc
-from core.sqlite_rows import _experiments_json
+from core.sqlite_rows import experiments_json
 
 INSERT_CONTACT = (
     "INSERT OR REPLACE INTO contacts (contact_id, campaign_status, enrolled_at, as_of, "
@@ -74,7 +74,7 @@ def contact_rows(ids: list[str], states: list) -> Iterator[tuple]:
             iso[s.status_changed_at], iso[s.stream_entered_at], s.score, s.base_score,
             None if last == NO_TIME else iso[last], s.decay_steps, s.cycle, s.step,
             None if step_at is None else iso[step_at], s.unanswered, _REASON_TEXT[s.reason],
-            _experiments_json(s.experiments) if s.experiments else None, s.policy.segment,
+            experiments_json(s.experiments) if s.experiments else None, s.policy.segment,
             json.dumps([iso[t] for t in send_times]) if send_times else None,
             None if next_due is None else iso[next_due[0]],
         )  # fmt: skip

@@ -9,7 +9,7 @@ import boto3
 import pytest
 
 from connectors.aws import handlers
-from connectors.salesforce.settings import OUTBOUND_ACK
+from connectors.salesforce.api_facts import OUTBOUND_ACK
 from tests.aws.harness import PREFIX, REGION, FakeContext, Stack, api_event, receive
 from tests.fakes.memory_crm import MAPPING_PATH
 

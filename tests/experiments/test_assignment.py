@@ -5,8 +5,8 @@ from __future__ import annotations
 from core.engine import apply_event
 from core.experiments import assignment_counts, unit_hash
 from core.policy import Policy
+from core.proportions import chi_square_uniformity
 from core.sqlite_store import SQLiteStore
-from core.stats import chi_square_uniformity
 from core.store import Batch
 
 from .helpers import event, mapping

@@ -10,7 +10,6 @@ from core.eligibility import (
     check_send,
     choose_program,
     has_consent,
-    policy_for,
     resolve_programs,
     segment_of,
 )
@@ -37,11 +36,11 @@ def test_segments_pick_policy_overrides_by_contact_properties():
     assert segment_of(m, {"country": "de", "industry": "Retail"}) == "dach"
     assert segment_of(m, {"country": "FR", "industry": "Healthcare"}) == "healthcare"
     assert segment_of(m, {"country": "FR"}) is None
-    dach = policy_for(m, "dach")
+    dach = m.policy.for_contact("dach")
     assert dach.threshold == 30 and dach.decay.factor == 0.8
     assert dach.decay.every_days == 30  # nested keys merge, the rest stays
     assert dach.version == m.policy.version
-    assert policy_for(m, None) is m.policy
+    assert m.policy.for_contact(None) is m.policy
 
 
 def test_a_segment_is_fixed_at_enrollment_and_governs_the_contact(tmp_path):

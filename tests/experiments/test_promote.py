@@ -8,9 +8,9 @@ import shutil
 
 import pytest
 
-from core.changelog import change_log
 from core.mapping import load_mapping
 from core.pipeline import Pipeline
+from core.policy_versions import change_log
 from core.promote import PromotionError, promote_winner
 from core.sqlite_store import SQLiteStore
 

@@ -172,7 +172,7 @@ def test_an_empty_store_reads_as_empty_not_none(tmp_path):
 
 
 def test_experiment_table_labels_and_units():
-    from core.report_render import _experiment_table
+    from core.report_render import experiment_table
 
     arm = {"exposures": 10, "sends": 10, "opens": 1, "clicks": 0, "cycles": 0,
            "reactivations": 0, "rate": 0.1, "low": 0.01, "high": 0.4, "lift": None,
@@ -181,11 +181,11 @@ def test_experiment_table_labels_and_units():
         {**arm, "name": "A", "exposures": 0, "diff": None, "diff_low": None, "diff_high": None},
         {**arm, "name": "B", "diff": None, "diff_low": None, "diff_high": None},
     ]}  # fmt: skip
-    _, rows = _experiment_table(no_base)
+    _, rows = experiment_table(no_base)
     assert [r[9] for r in rows] == ["baseline", "- (no baseline exposures)"]
     with_base = {"metric": "open", "baseline": "A", "arms": [
         {**arm, "name": "A", "diff": None, "diff_low": None, "diff_high": None},
         {**arm, "name": "B", "diff": 0.05, "diff_low": -0.02, "diff_high": 0.12},
     ]}  # fmt: skip
-    _, rows = _experiment_table(with_base)
+    _, rows = experiment_table(with_base)
     assert rows[1][9] == "+5.00 pts" and rows[1][10] == "[-2.00, +12.00] pts"

@@ -91,7 +91,7 @@ class RecordFailure:
     times: int = 1
 
 
-def _prop(name: str, kind: str, field_type: str, **extra: Any) -> dict[str, Any]:
+def prop(name: str, kind: str, field_type: str, **extra: Any) -> dict[str, Any]:
     return {"name": name, "label": name, "type": kind, "fieldType": field_type,
             "groupName": "contactinformation", "options": extra.pop("options", []),
             "hubspotDefined": True, **extra}  # fmt: skip
@@ -105,36 +105,36 @@ def _enum_options(*values: str) -> list[dict[str, Any]]:
 def default_properties() -> dict[str, dict[str, dict[str, Any]]]:
     calculated = {"modificationMetadata": {"readOnlyValue": True, "readOnlyDefinition": True}}
     contacts = [
-        _prop("email", "string", "text"), _prop("firstname", "string", "text"),
-        _prop("lastname", "string", "text"),
-        _prop("hs_object_id", "number", "number", **calculated),
-        _prop("createdate", "datetime", "date", **calculated),
-        _prop("lastmodifieddate", "datetime", "date", **calculated),
-        _prop("hubspot_owner_id", "enumeration", "select"),
-        _prop("hs_email_last_open_date", "datetime", "date", **calculated),
-        _prop("hs_email_last_click_date", "datetime", "date", **calculated),
-        _prop("hs_email_last_send_date", "datetime", "date", **calculated),
-        _prop("hs_analytics_last_url", "string", "text", **calculated),
-        _prop("hs_analytics_last_timestamp", "datetime", "date", **calculated),
-        _prop("recent_conversion_date", "datetime", "date", **calculated),
-        _prop("hs_email_optout", "bool", "booleancheckbox", **calculated),
-        _prop("hs_email_hard_bounce_reason_enum", "enumeration", "select", **calculated,
-              options=_enum_options("MAILBOX_FULL", "UNKNOWN_USER", "OTHER")),
-        _prop("hs_email_sends_since_last_engagement", "number", "number", **calculated),
+        prop("email", "string", "text"), prop("firstname", "string", "text"),
+        prop("lastname", "string", "text"),
+        prop("hs_object_id", "number", "number", **calculated),
+        prop("createdate", "datetime", "date", **calculated),
+        prop("lastmodifieddate", "datetime", "date", **calculated),
+        prop("hubspot_owner_id", "enumeration", "select"),
+        prop("hs_email_last_open_date", "datetime", "date", **calculated),
+        prop("hs_email_last_click_date", "datetime", "date", **calculated),
+        prop("hs_email_last_send_date", "datetime", "date", **calculated),
+        prop("hs_analytics_last_url", "string", "text", **calculated),
+        prop("hs_analytics_last_timestamp", "datetime", "date", **calculated),
+        prop("recent_conversion_date", "datetime", "date", **calculated),
+        prop("hs_email_optout", "bool", "booleancheckbox", **calculated),
+        prop("hs_email_hard_bounce_reason_enum", "enumeration", "select", **calculated,
+             options=_enum_options("MAILBOX_FULL", "UNKNOWN_USER", "OTHER")),
+        prop("hs_email_sends_since_last_engagement", "number", "number", **calculated),
     ]  # fmt: skip
     tasks = [
-        _prop("hs_task_subject", "string", "text"), _prop("hs_task_body", "string", "html"),
-        _prop("hs_task_priority", "enumeration", "select",
-              options=_enum_options("LOW", "MEDIUM", "HIGH")),
-        _prop("hs_task_status", "enumeration", "select",
-              options=_enum_options("NOT_STARTED", "COMPLETED")),
-        _prop("hs_task_type", "enumeration", "select",
-              options=_enum_options("TODO", "CALL", "EMAIL")),
-        _prop("hs_timestamp", "datetime", "date"),
-        _prop("hubspot_owner_id", "enumeration", "select"),
-        _prop("hs_object_id", "number", "number", **calculated),
-        _prop("createdate", "datetime", "date", **calculated),
-        _prop("lastmodifieddate", "datetime", "date", **calculated),
+        prop("hs_task_subject", "string", "text"), prop("hs_task_body", "string", "html"),
+        prop("hs_task_priority", "enumeration", "select",
+             options=_enum_options("LOW", "MEDIUM", "HIGH")),
+        prop("hs_task_status", "enumeration", "select",
+             options=_enum_options("NOT_STARTED", "COMPLETED")),
+        prop("hs_task_type", "enumeration", "select",
+             options=_enum_options("TODO", "CALL", "EMAIL")),
+        prop("hs_timestamp", "datetime", "date"),
+        prop("hubspot_owner_id", "enumeration", "select"),
+        prop("hs_object_id", "number", "number", **calculated),
+        prop("createdate", "datetime", "date", **calculated),
+        prop("lastmodifieddate", "datetime", "date", **calculated),
     ]  # fmt: skip
     return {"contacts": {p["name"]: p for p in contacts}, "tasks": {p["name"]: p for p in tasks}}
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from connectors.runner import Runner
 from core.models import Status
 from core.sqlite_store import SQLiteStore
-from tests.fakes.hubspot_server import _prop
+from tests.fakes.hubspot_server import prop
 from tests.governance_helpers import governed_mapping, withheld_for
 from tests.hubspot.hubspot_helpers import make_connector
 from tests.hubspot.webhook_helpers import ms, notification, signed
@@ -32,7 +32,7 @@ def dormant(fake, **extra) -> str:
 
 
 def test_sync_withholds_reactivation_from_contacts_who_never_consented(fake, clock):
-    fake.properties["contacts"][CONSENT] = _prop(CONSENT, "bool", "booleancheckbox")
+    fake.properties["contacts"][CONSENT] = prop(CONSENT, "bool", "booleancheckbox")
     connector = make_connector(fake, governed_mapping("hubspot", consent=CONSENT), clock)
     connector.provision()
     never = [dormant(fake) for _ in range(5)]
@@ -55,7 +55,7 @@ def test_sync_withholds_reactivation_from_contacts_who_never_consented(fake, clo
 
 
 def test_sync_runs_a_segment_on_its_own_numbers(fake, clock):
-    fake.properties["contacts"]["country"] = _prop("country", "string", "text")
+    fake.properties["contacts"]["country"] = prop("country", "string", "text")
     connector = make_connector(fake, governed_mapping("hubspot", segment_on="country"), clock)
     connector.provision()
     last = NOW - timedelta(days=40)

@@ -15,7 +15,7 @@ from core.eligibility import Rival
 from core.explain import explain_contact
 from core.mapping import MappingError, load_mapping
 from core.sqlite_store import SQLiteStore
-from tests.fakes.hubspot_server import _prop
+from tests.fakes.hubspot_server import prop
 from tests.governance_helpers import withheld_for
 from tests.hubspot.hubspot_helpers import MAPPING, make_connector
 
@@ -64,9 +64,9 @@ def step(fake, cid: str, prefix: str) -> str | None:
 
 @pytest.fixture
 def programs(fake, clock, tmp_path):
-    fake.properties["contacts"]["promo_consent"] = _prop("promo_consent", "bool",
+    fake.properties["contacts"]["promo_consent"] = prop("promo_consent", "bool",
                                                          "booleancheckbox")  # fmt: skip
-    fake.properties["contacts"]["lifecyclestage"] = _prop("lifecyclestage", "enumeration",
+    fake.properties["contacts"]["lifecyclestage"] = prop("lifecyclestage", "enumeration",
                                                           "select")  # fmt: skip
     write_programs(tmp_path)
     built = {}

@@ -27,8 +27,8 @@ from connectors.hubspot.config import HubSpotSettings, load_options
 from connectors.hubspot.signature import MAX_SKEW_MS, v1_signature, v2_signature, v3_signature
 from connectors.intake import handle_webhook
 from connectors.salesforce import SalesforceConnector
+from connectors.salesforce.api_facts import OUTBOUND_NS, SOAP_ENV_NS
 from connectors.salesforce.config import credentials_from_env
-from connectors.salesforce.settings import OUTBOUND_NS, SOAP_ENV_NS
 from connectors.salesforce.signature import sign
 from core.mapping import load_mapping
 

@@ -14,7 +14,7 @@ from simple_salesforce.format import format_soql
 
 from connectors.base import ConnectorError, HandoffTask
 from connectors.salesforce import SalesforceConnector, bulk
-from connectors.salesforce.settings import QUERY_LINE_BUDGET
+from connectors.salesforce.api_facts import QUERY_LINE_BUDGET
 from connectors.salesforce.soql import in_chunks, request_line_bytes
 from core.mapping import Mapping
 from tests.fakes.salesforce import DATA, FakeSalesforce

@@ -10,8 +10,8 @@ import pytest
 from connectors.base import WebhookRequest
 from connectors.intake import handle_webhook
 from connectors.salesforce import SalesforceConnector
+from connectors.salesforce.api_facts import OUTBOUND_ACK
 from connectors.salesforce.outbound import same_org
-from connectors.salesforce.settings import OUTBOUND_ACK
 from connectors.salesforce.signature import sign
 from core.mapping import Mapping
 from core.sqlite_store import SQLiteStore

@@ -14,7 +14,7 @@ from heapq import heapify, heappop, heappush
 from core.models import ContactState
 
 
-class DeferredContacts:
+class BulkStates:
     def __init__(self) -> None:
         self._held: dict[str, tuple[ContactState, datetime | None]] = {}
         # (due, contact id) for every due time ever indexed; an entry is live while it matches

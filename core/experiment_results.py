@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from core.ledger_view import LedgerView
-from core.stats import (
+from core.proportions import (
     newcombe_difference,
     relative_lift,
     two_proportion_p_value,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.deferred import DeferredContacts
+from core.bulk_states import BulkStates
 from core.engine import new_contact
 from tests.helpers import T0, days
 
@@ -23,7 +23,7 @@ steps = st.lists(
 @given(steps, st.integers(1, 5))
 @settings(max_examples=300, deadline=None)
 def test_due_matches_a_full_scan(program, limit):
-    deferred = DeferredContacts()
+    deferred = BulkStates()
     model: dict = {}
     for op, key, value in program:
         if op == "put":
@@ -39,7 +39,7 @@ def test_due_matches_a_full_scan(program, limit):
 
 
 def test_a_held_state_is_handed_out_itself_and_indexed_at_its_latest_due():
-    deferred = DeferredContacts()
+    deferred = BulkStates()
     state = new_contact("c1", T0)
     deferred.put(state, T0 + days(5))
     held = deferred.get("c1")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from core.results import Counts, compare
-from core.stats import (
+from core.experiment_results import Counts, compare
+from core.proportions import (
     newcombe_difference,
     relative_lift,
     two_proportion_p_value,
