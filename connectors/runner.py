@@ -32,12 +32,13 @@ from connectors.signals import events_from_changes, seen_key
 from core.experiments import experiment_property_values
 from core.models import EVENT, ContactState, Decision, Event, Rule, Status
 from core.occurrences import decode_seen, encode_seen
+from core.owed import OwedKind, OwedWrite, fields_key
 from core.pipeline import Applied, Pipeline, RunStats, decide_and_commit
 from core.reconcile import differing_fields, state_from_crm
 from core.store import (
     QUARANTINE_REASON_CHARS,
     Batch,
-    OwedWrite,
+    ClaimedWrite,
     Quarantined,
     Store,
     StoreError,
@@ -45,7 +46,6 @@ from core.store import (
 
 log = logging.getLogger(__name__)
 
-FIELDS, TASKS = "fields:", "task:"
 POLL_OVERLAP = timedelta(minutes=10)
 """The poll window reaches back this far: CRM search indexes lag, and event ids absorb overlap."""
 
@@ -295,11 +295,11 @@ class Runner:
             if progress:
                 progress(len(page))
             if dry_run:
-                summary.writes_owed += sum(k.startswith(FIELDS) for k in applied.batch.outbox)
+                summary.writes_owed += sum(o.kind is OwedKind.FIELDS for o in applied.batch.outbox)
                 continue
             # Pages are disjoint, so writes may wait (durably owed) until a write page is full:
             # one large flush lets the connector use its bulk path. sync() flushes the rest.
-            owed += sum(k.startswith(FIELDS) for k in applied.batch.outbox)
+            owed += sum(o.kind is OwedKind.FIELDS for o in applied.batch.outbox)
             if owed >= self.write_page:
                 self.flush(summary)
                 owed = 0
@@ -359,9 +359,8 @@ class Runner:
         decided on its snapshot: the CRM is behind it, not edited (the owed write overwrites
         it anyway)."""
         snapshots, versions = self.store.get_versioned(ids)
-        behind = {
-            key[len(FIELDS) :] for key in self.store.outbox_owed(FIELDS + c for c in snapshots)
-        }
+        owed = self.store.outbox_owed(fields_key(c) for c in snapshots)
+        behind = {c for c in snapshots if fields_key(c) in owed}
         if listed is None:
             records = self.connector.read_records(ids) if ids else {}
         else:
@@ -410,20 +409,17 @@ class Runner:
                 # Templates branch on these: the variant, the step's format, the holdout flag.
                 for prop, value in experiment_property_values(self.mapping, state).items():
                     owed[RAW_PROPERTY + prop] = value
-            outbox[FIELDS + cid] = json.dumps(owed)
+            outbox.append(OwedWrite.fields(cid, json.dumps(owed)))
         if not self.mapping.handoff.enabled:
             return
         for decision in applied.decisions:
             for action in decision.actions:
                 if action.kind == "handoff_task":
                     record = records.get(decision.contact_id)
-                    outbox[self._task_key(decision)] = json.dumps(
-                        self._task(decision, record.owner_id if record else None)
-                    )
-
-    @staticmethod
-    def _task_key(decision: Decision) -> str:
-        return f"{TASKS}{decision.contact_id}:{decision.cause}:{decision.at.isoformat()}"
+                    task = self._task(decision, record.owner_id if record else None)
+                    outbox.append(OwedWrite.task(
+                        decision.contact_id, decision.cause, decision.at, json.dumps(task)
+                    ))  # fmt: skip
 
     def _task(self, decision: Decision, owner_id: str | None) -> dict[str, Any]:
         spec = self.mapping.handoff
@@ -469,15 +465,15 @@ class Runner:
         # Each key taken is leased to this flusher: another flusher (a `sync` beside the worker)
         # neither writes it too nor writes a newer value before this one lands.
         with self._holding_deferred() as deferred:
-            while owed := self.store.outbox_claim(self.write_page, FIELDS):
+            while owed := self.store.outbox_claim(self.write_page, OwedKind.FIELDS):
                 with self._giving_back(owed):
-                    values = {o.key[len(FIELDS) :]: self._decode(o.payload) for o in owed}
+                    values = {o.owed.contact_id: self._decode(o.payload) for o in owed}
                     result = self.connector.write_records(values)
                     by_contact = {c: c for c in values}
                     failures = self._failure_decisions(result.failed, by_contact, "write_failed")
-                    later = {FIELDS + c for c in result.deferred}
-                    deferred += [o for o in owed if o.key in later]
-                    done = [o for o in owed if o.key not in later]
+                    later = set(result.deferred)
+                    deferred += [o for o in owed if o.owed.contact_id in later]
+                    done = [o for o in owed if o.owed.contact_id not in later]
                     self.store.commit(Batch(outbox_done=done, decisions=failures))
                 if summary is not None:
                     summary.written += len(result.written)
@@ -485,7 +481,7 @@ class Runner:
 
     def _flush_tasks(self, summary: SyncSummary | None) -> None:
         with self._holding_deferred() as deferred:
-            while owed := self.store.outbox_claim(self.write_page, TASKS):
+            while owed := self.store.outbox_claim(self.write_page, OwedKind.TASK):
                 with self._giving_back(owed):
                     tasks = [self._task_from(o.key, json.loads(o.payload)) for o in owed]
                     result = self.connector.create_tasks(tasks)
@@ -499,11 +495,11 @@ class Runner:
                     summary.tasks_created += len(result.written)
 
     @contextmanager
-    def _holding_deferred(self) -> Iterator[list[OwedWrite]]:
+    def _holding_deferred(self) -> Iterator[list[ClaimedWrite]]:
         """Owed writes the connector deferred (still failing for a passing reason) stay owed:
         their leases are held until this flush ends, so it does not take them again at once,
         then given back for the next flush."""
-        deferred: list[OwedWrite] = []
+        deferred: list[ClaimedWrite] = []
         try:
             yield deferred
         finally:
@@ -516,7 +512,7 @@ class Runner:
                     log.warning("deferred writes wait for their lease to expire: %s", exc)
 
     @contextmanager
-    def _giving_back(self, owed: list[OwedWrite]) -> Iterator[None]:
+    def _giving_back(self, owed: list[ClaimedWrite]) -> Iterator[None]:
         """Writes that failed stay owed, and their leases are given back for the next flush.
         (A flusher that dies outright leaves its leases to expire.)"""
         try:

@@ -14,7 +14,8 @@ Single-table layout, partition key `pk` and sort key `sk` (both strings):
 |                 |                      |             | names the partition (absent: "")        |
 | owed CRM write  | `outbox`             | key         | `seq` orders it (LSI `order`) and is    |
 |                 |                      |             | its version; `holder`/`leased_until`    |
-|                 |                      |             | the flusher's lease, kept on a rewrite  |
+|                 |                      |             | the flusher's lease, kept on a rewrite; |
+|                 |                      |             | `contact` whose (`core.owed`)           |
 | quarantined     | `quarantine`         | event id    | `seq` orders it; `body`, `reason`, `at`;|
 |                 |                      |             | `part` the inbox partition it left      |
 | event history   | `history#<contact>`  | `history`   | `body`: recent decided events (JSON)    |
@@ -85,6 +86,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, 
 from core.ledger_reader import NOTE_PREFIXES, LedgerReader, RollupRow, WindowError
 from core.models import CONTACT_STATE, DECISION, EVENT, ContactState, Decision, Event
 from core.order import ContactHistory, history_from_json, history_json
+from core.owed import OwedKind, OwedWrite
 from core.rollup import rollup_keys
 from core.sqlite_rows import decision_row
 from core.store import (
@@ -92,8 +94,8 @@ from core.store import (
     QUALITY_MEASURES,
     QUARANTINE_REASON_CHARS,
     Batch,
+    ClaimedWrite,
     ConflictError,
-    OwedWrite,
     Quarantined,
     Store,
     StoreError,
@@ -284,17 +286,11 @@ def _cursor_key(name: str) -> Item:
     return {"pk": _s(f"cursor#{name}"), "sk": _s("cursor")}
 
 
-def _contact_in(key: str, contact_ids: set[str]) -> str | None:
-    """The contact an owed-write key names: the runner keys them `<kind>:<contact id>[:...]`."""
-    _, _, rest = key.partition(":")
-    if rest in contact_ids:
-        return rest
-    head = rest
-    while ":" in head:
-        head = head.rpartition(":")[0]
-        if head in contact_ids:
-            return head
-    return None
+def _owed(item: Item) -> OwedWrite:
+    """An outbox item as the owed write it holds (`contact` is absent on an item an earlier
+    release wrote)."""
+    contact = item.get("contact", {}).get("S")
+    return OwedWrite.stored(item["sk"]["S"], item["payload"]["S"], contact)
 
 
 Counter = tuple[str, str]
@@ -562,17 +558,18 @@ class DynamoDBStore(Store, LedgerReader):
             for measure in QUALITY_MEASURES
         }
 
-    def outbox_take(self, limit: int, prefix: str = "") -> list[tuple[str, str]]:
-        items = self._ordered("outbox", limit, prefix)
-        return [(item["sk"]["S"], item["payload"]["S"]) for item in items]
+    def outbox_take(self, limit: int, kind: OwedKind | None = None) -> list[OwedWrite]:
+        items = self._ordered("outbox", limit, kind.prefix if kind else "")
+        return [_owed(item) for item in items]
 
     def outbox_owed(self, keys: Iterable[str]) -> set[str]:
         wanted = [{"pk": _s("outbox"), "sk": _s(k)} for k in dict.fromkeys(keys)]
         return {item["sk"]["S"] for item in self._get_many(wanted, "sk")}
 
     def outbox_claim(
-        self, limit: int, prefix: str = "", lease: timedelta = OUTBOX_LEASE
-    ) -> list[OwedWrite]:
+        self, limit: int, kind: OwedKind | None = None, lease: timedelta = OUTBOX_LEASE
+    ) -> list[ClaimedWrite]:
+        prefix = kind.prefix if kind else ""
         holder = secrets.token_hex(8)
         for _ in range(OUTBOX_ATTEMPTS):
             now = self.clock()
@@ -591,10 +588,7 @@ class DynamoDBStore(Store, LedgerReader):
                     continue  # another flusher took one of these first
                 taken += chunk
             if taken:
-                return [
-                    OwedWrite(item["sk"]["S"], item["payload"]["S"], item["seq"]["S"], holder)
-                    for item in taken
-                ]
+                return [ClaimedWrite(_owed(item), item["seq"]["S"], holder) for item in taken]
         return []  # others are flushing these; they stay owed
 
     def _lease_op(self, item: Item, holder: str, until: dict[str, str], now: datetime) -> Op:
@@ -607,7 +601,7 @@ class DynamoDBStore(Store, LedgerReader):
                                           ":now": _n(int(now.timestamp()))},
         }}  # fmt: skip
 
-    def outbox_release(self, owed: Sequence[OwedWrite]) -> None:
+    def outbox_release(self, owed: Sequence[ClaimedWrite]) -> None:
         for write in {o.key: o for o in owed}.values():
             try:
                 self.db.update_item(**self._release_op(write)["Update"])
@@ -617,7 +611,7 @@ class DynamoDBStore(Store, LedgerReader):
             except BotoCoreError as exc:
                 raise StoreError(f"DynamoDB {self.table}: {exc}") from exc
 
-    def _release_op(self, owed: OwedWrite) -> Op:
+    def _release_op(self, owed: ClaimedWrite) -> Op:
         return {"Update": {
             "TableName": self.table, "Key": {"pk": _s("outbox"), "sk": _s(owed.key)},
             "UpdateExpression": "REMOVE holder, leased_until",
@@ -625,7 +619,7 @@ class DynamoDBStore(Store, LedgerReader):
             "ExpressionAttributeValues": {":h": _s(owed.holder)},
         }}  # fmt: skip
 
-    def _finish_owed(self, done: Sequence[OwedWrite]) -> None:
+    def _finish_owed(self, done: Sequence[ClaimedWrite]) -> None:
         """Remove the owed writes a flusher did, each only if no newer write replaced it
         (then only its lease is released). A transaction of conditional removals: a newer write
         landing between the look and the removal cancels it, and the next round sees it."""
@@ -781,14 +775,14 @@ class DynamoDBStore(Store, LedgerReader):
                     "TableName": self.table, "Item": ledger_item(decision, self._seq.next()),
                     "ConditionExpression": "attribute_not_exists(pk)"}},
                     [(rollup_of[id(decision)], 1)])  # fmt: skip
-        names = set(per_contact)
-        for key, payload in batch.outbox.items():
-            owner = _contact_in(key, names)
+        for owed in {o.key: o for o in batch.outbox}.values():
+            group = per_contact.get(owed.contact_id, tail)
             # An update, not a put: a flusher's lease on the key stays (see `outbox_claim`).
-            (per_contact[owner] if owner else tail).add({"Update": {
-                "TableName": self.table, "Key": {"pk": _s("outbox"), "sk": _s(key)},
-                "UpdateExpression": "SET payload = :p, seq = :seq",
-                "ExpressionAttributeValues": {":p": _s(payload), ":seq": _s(self._seq.next())},
+            group.add({"Update": {
+                "TableName": self.table, "Key": {"pk": _s("outbox"), "sk": _s(owed.key)},
+                "UpdateExpression": "SET payload = :p, seq = :seq, contact = :c",
+                "ExpressionAttributeValues": {":p": _s(owed.payload), ":seq": _s(self._seq.next()),
+                                              ":c": _s(owed.contact_id)},
             }})  # fmt: skip
         for key in dict.fromkeys(batch.inbox_done):
             tail.add(

@@ -19,6 +19,7 @@ from core.gcpause import cyclic_gc_paused
 from core.ledger_reader import LedgerReader, RollupRow
 from core.models import EVENT, ContactState, Decision, Event, iso_utc
 from core.order import ContactHistory, history_from_json, history_json
+from core.owed import OwedKind, OwedWrite
 from core.rollup import UPSERT, ensure_rollup, rollup_rows
 from core.sqlite_rows import contact_from_row, contact_row, decision_from_row, decision_row
 from core.store import (
@@ -26,8 +27,8 @@ from core.store import (
     QUALITY_MEASURES,
     QUARANTINE_REASON_CHARS,
     Batch,
+    ClaimedWrite,
     ConflictError,
-    OwedWrite,
     Quarantined,
     Store,
     StoreError,
@@ -55,7 +56,7 @@ CREATE INDEX IF NOT EXISTS ledger_contact ON ledger (contact_id);
 CREATE TABLE IF NOT EXISTS cursors (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL UNIQUE, payload TEXT NOT NULL,
-    holder TEXT, leased_until REAL
+    holder TEXT, leased_until REAL, contact_id TEXT
 );
 CREATE TABLE IF NOT EXISTS inbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL UNIQUE, body TEXT NOT NULL,
@@ -87,6 +88,7 @@ _ADDED_COLUMNS = (
     ("contacts", "segment", "TEXT"), ("contacts", "send_times", "TEXT"),
     ("ledger", "event_type", "TEXT"), ("contacts", "version", "INTEGER NOT NULL DEFAULT 0"),
     ("outbox", "holder", "TEXT"), ("outbox", "leased_until", "REAL"),
+    ("outbox", "contact_id", "TEXT"),
     ("inbox", "part", "TEXT NOT NULL DEFAULT ''"),
     ("quarantine", "part", "TEXT NOT NULL DEFAULT ''"),
 )  # fmt: skip
@@ -272,10 +274,10 @@ class SQLiteStore(Store, LedgerReader):
         # A newer write for the same key replaces the owed one and goes to the back; a lease
         # on the key stays, so the flusher holding it writes the newer one only after its own.
         db.executemany(
-            "INSERT OR REPLACE INTO outbox (key, payload, holder, leased_until) VALUES (?, ?, "
-            "(SELECT holder FROM outbox WHERE key = ?), "
+            "INSERT OR REPLACE INTO outbox (key, payload, contact_id, holder, leased_until) "
+            "VALUES (?, ?, ?, (SELECT holder FROM outbox WHERE key = ?), "
             "(SELECT leased_until FROM outbox WHERE key = ?))",
-            [(key, payload, key, key) for key, payload in batch.outbox.items()],
+            [(o.key, o.payload, o.contact_id, o.key, o.key) for o in batch.outbox],
         )
 
     def _check_versions(self, expected: dict[str, int | None]) -> None:
@@ -292,7 +294,7 @@ class SQLiteStore(Store, LedgerReader):
         if moved:
             raise ConflictError(f"{len(moved)} contact(s) changed since they were read")
 
-    def _release(self, owed: Sequence[OwedWrite]) -> None:
+    def _release(self, owed: Sequence[ClaimedWrite]) -> None:
         self._db.executemany(
             "UPDATE outbox SET holder = NULL, leased_until = NULL WHERE key = ? AND holder = ?",
             [(o.key, o.holder) for o in owed],
@@ -551,19 +553,22 @@ class SQLiteStore(Store, LedgerReader):
         except sqlite3.Error as exc:
             raise StoreError(f"could not release quarantined events in {self.path}: {exc}") from exc
 
-    def outbox_take(self, limit: int, prefix: str = "") -> list[tuple[str, str]]:
+    def outbox_take(self, limit: int, kind: OwedKind | None = None) -> list[OwedWrite]:
+        prefix = kind.prefix if kind else ""
         rows = self._query(
-            "SELECT key, payload FROM outbox WHERE substr(key, 1, ?) = ? ORDER BY seq LIMIT ?",
+            "SELECT key, payload, contact_id FROM outbox WHERE substr(key, 1, ?) = ? "
+            "ORDER BY seq LIMIT ?",
             (len(prefix), prefix, limit),
         )
-        return [(row[0], row[1]) for row in rows]
+        return [OwedWrite.stored(*row) for row in rows]
 
     def outbox_claim(
-        self, limit: int, prefix: str = "", lease: timedelta = OUTBOX_LEASE
-    ) -> list[OwedWrite]:
+        self, limit: int, kind: OwedKind | None = None, lease: timedelta = OUTBOX_LEASE
+    ) -> list[ClaimedWrite]:
         now = self.clock().timestamp()
+        prefix = kind.prefix if kind else ""
         free = (
-            "SELECT seq, key, payload FROM outbox WHERE substr(key, 1, ?) = ? "
+            "SELECT seq, key, payload, contact_id FROM outbox WHERE substr(key, 1, ?) = ? "
             "AND (leased_until IS NULL OR leased_until <= ?) ORDER BY seq LIMIT ?"
         )
         params = (len(prefix), prefix, now, limit)
@@ -586,9 +591,12 @@ class SQLiteStore(Store, LedgerReader):
                 db.execute("COMMIT")
             except sqlite3.Error as exc:
                 raise StoreError(f"could not take owed writes from {self.path}: {exc}") from exc
-        return [OwedWrite(key, payload, str(seq), holder) for seq, key, payload in rows]
+        return [
+            ClaimedWrite(OwedWrite.stored(key, payload, cid), str(seq), holder)
+            for seq, key, payload, cid in rows
+        ]
 
-    def outbox_release(self, owed: Sequence[OwedWrite]) -> None:
+    def outbox_release(self, owed: Sequence[ClaimedWrite]) -> None:
         if not owed:
             return
         with self._lock:

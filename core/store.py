@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from pydantic import ValidationError
 
 from core.models import EVENT, ContactState, Decision, Event
+from core.owed import OwedKind, OwedWrite
 
 if TYPE_CHECKING:
     from core.order import ContactHistory
@@ -37,15 +38,22 @@ OUTBOX_LEASE = timedelta(minutes=5)
 longer than one CRM call with its retries, so only a flusher that died leaves them waiting."""
 
 
-class OwedWrite(NamedTuple):
+class ClaimedWrite(NamedTuple):
     """One owed CRM write as a flusher took it."""
 
-    key: str
-    payload: str
+    owed: OwedWrite
     version: str
     """Which write under `key` this is: a newer write owed under the same key has another."""
     holder: str
     """The lease it was taken under: no other flusher takes the key until it is released."""
+
+    @property
+    def key(self) -> str:
+        return self.owed.key
+
+    @property
+    def payload(self) -> str:
+        return self.owed.payload
 
 
 @dataclass(frozen=True)
@@ -101,10 +109,11 @@ class Batch:
     decisions: list[Decision] = field(default_factory=list)
     cursors: dict[str, str] = field(default_factory=dict)
     inbox_done: list[str] = field(default_factory=list)
-    outbox: dict[str, str] = field(default_factory=dict)
-    """Writes owed to the CRM (key -> JSON payload), committed with the decisions that owe
-    them so a crash between deciding and writing loses nothing and repeats nothing."""
-    outbox_done: list[OwedWrite] = field(default_factory=list)
+    outbox: list[OwedWrite] = field(default_factory=list)
+    """Writes owed to the CRM (a later one under the same key replaces an earlier one),
+    committed with the decisions that owe them so a crash between deciding and writing loses
+    nothing and repeats nothing."""
+    outbox_done: list[ClaimedWrite] = field(default_factory=list)
     """Owed writes a flusher has done: each is removed only if no newer write was owed under
     its key meanwhile (that one stays owed), and its lease is released either way."""
     expected_versions: dict[str, int | None] = field(default_factory=dict)
@@ -179,26 +188,26 @@ class Store(ABC):
         processed (they stay until a batch lists them in `inbox_done`)."""
 
     @abstractmethod
-    def outbox_take(self, limit: int, prefix: str = "") -> list[tuple[str, str]]:
-        """The oldest owed CRM writes (key, payload) whose key starts with `prefix`, leased or
-        not: a look, taking nothing."""
+    def outbox_take(self, limit: int, kind: OwedKind | None = None) -> list[OwedWrite]:
+        """The oldest owed CRM writes (of `kind`, or of every kind), leased or not: a look,
+        taking nothing."""
 
     @abstractmethod
     def outbox_claim(
-        self, limit: int, prefix: str = "", lease: timedelta = OUTBOX_LEASE
-    ) -> list[OwedWrite]:
-        """Take the oldest owed writes whose key starts with `prefix` and that no other
+        self, limit: int, kind: OwedKind | None = None, lease: timedelta = OUTBOX_LEASE
+    ) -> list[ClaimedWrite]:
+        """Take the oldest owed writes (of `kind`, or of every kind) that no other
         flusher holds, leasing their keys for `lease`: until a batch lists them in
         `outbox_done` or `outbox_release` gives them back, no other flusher takes these keys,
         not even a newer write owed under one of them meanwhile."""
 
     @abstractmethod
-    def outbox_release(self, owed: Sequence[OwedWrite]) -> None:
+    def outbox_release(self, owed: Sequence[ClaimedWrite]) -> None:
         """Give back the leases of owed writes that were not done (they stay owed)."""
 
     @abstractmethod
     def outbox_owed(self, keys: Iterable[str]) -> set[str]:
-        """The keys among these with a write owed (taken or not)."""
+        """The keys (`OwedWrite.key`) among these with a write owed (taken or not)."""
 
     @abstractmethod
     def inbox_quarantine(self, entries: Sequence[Quarantined]) -> None:

@@ -13,6 +13,7 @@ from moto import mock_aws
 from core.dynamodb_store import DynamoDBStore
 from core.models import EVENT, Action, ContactState, Decision, Event, Status, SuppressionReason
 from core.order import ContactHistory
+from core.owed import OwedKind, OwedWrite
 from core.sqlite_store import SQLiteStore
 from core.store import Batch, ConflictError, Quarantined, Store
 from tests.helpers import T0
@@ -107,7 +108,7 @@ def test_a_second_claim_of_an_event_raises_conflict_and_writes_nothing(
     first.commit(Batch(event_keys=["e1"], contacts=[contact("c1")], next_due=[None],
                        decisions=[decision("c1", "e1")]))  # fmt: skip
     loser = Batch(event_keys=["e1", "e2"], contacts=[contact("c2")], next_due=[None],
-                  decisions=[decision("c2", "e2")], outbox={"fields:c2": "{}"})  # fmt: skip
+                  decisions=[decision("c2", "e2")], outbox=[fields("c2", "{}")])  # fmt: skip
     with pytest.raises(ConflictError):
         second.commit(loser)
     assert second.get_contacts(["c2"]) == {}
@@ -232,60 +233,76 @@ def test_an_unreadable_inbox_row_is_quarantined_not_raised(store: Store) -> None
     assert "occurred_at" in held.reason and "outside the accepted range" in held.reason
 
 
+def fields(contact_id: str, payload: str) -> OwedWrite:
+    return OwedWrite.fields(contact_id, payload)
+
+
+def task(contact_id: str, cause: str = "e1") -> OwedWrite:
+    return OwedWrite.task(contact_id, cause, T0, "{}")
+
+
 def test_outbox_keeps_owed_writes_until_done_and_newest_last(store: Store) -> None:
-    store.commit(Batch(outbox={"fields:c1": '{"a": 1}', "task:c1:e1": "{}"}))
-    store.commit(Batch(outbox={"fields:c2": '{"b": 2}'}))
-    store.commit(Batch(outbox={"fields:c1": '{"a": 3}'}))  # replaces, goes to the back
-    assert store.outbox_take(10, "fields:") == [("fields:c2", '{"b": 2}'),
-                                                ("fields:c1", '{"a": 3}')]  # fmt: skip
-    assert store.outbox_take(1, "fields:") == [("fields:c2", '{"b": 2}')]
-    assert store.outbox_take(10, "task:") == [("task:c1:e1", "{}")]
+    store.commit(Batch(outbox=[fields("c1", '{"a": 1}'), task("c1")]))
+    store.commit(Batch(outbox=[fields("c2", '{"b": 2}')]))
+    store.commit(Batch(outbox=[fields("c1", '{"a": 3}')]))  # replaces, goes to the back
+    assert store.outbox_take(10, OwedKind.FIELDS) == [fields("c2", '{"b": 2}'),
+                                                      fields("c1", '{"a": 3}')]  # fmt: skip
+    assert store.outbox_take(1, OwedKind.FIELDS) == [fields("c2", '{"b": 2}')]
+    assert store.outbox_take(10, OwedKind.TASK) == [task("c1")]
     assert len(store.outbox_take(10)) == 3
-    taken = store.outbox_claim(10, "task:") + store.outbox_claim(1, "fields:")
-    assert [(o.key, o.payload) for o in taken] == [("task:c1:e1", "{}"),
-                                                   ("fields:c2", '{"b": 2}')]  # fmt: skip
+    taken = store.outbox_claim(10, OwedKind.TASK) + store.outbox_claim(1, OwedKind.FIELDS)
+    assert [o.owed for o in taken] == [task("c1"), fields("c2", '{"b": 2}')]
     store.commit(Batch(outbox_done=taken))
-    assert store.outbox_take(10) == [("fields:c1", '{"a": 3}')]
-    assert store.outbox_owed(["fields:c1", "fields:c2", "task:c1:e1"]) == {"fields:c1"}
+    assert store.outbox_take(10) == [fields("c1", '{"a": 3}')]
+    keys = [fields("c1", "").key, fields("c2", "").key, task("c1").key]
+    assert store.outbox_owed(keys) == {fields("c1", "").key}
+
+
+def test_owed_writes_come_back_typed_whatever_their_contact_id_holds(store: Store) -> None:
+    # Ids with the separator the stored keys use: nothing is read back out of a key.
+    store.commit(Batch(outbox=[task("a:b", "e:1"), fields("a:b", "{}"), task("a", "b:e")]))
+    assert store.outbox_take(10) == [task("a:b", "e:1"), fields("a:b", "{}"), task("a", "b:e")]
+    assert [(o.owed.contact_id, o.owed.kind) for o in store.outbox_claim(10)] == [
+        ("a:b", OwedKind.TASK), ("a:b", OwedKind.FIELDS), ("a", OwedKind.TASK)]  # fmt: skip
 
 
 def test_a_write_owed_anew_while_the_older_one_is_flushed_stays_owed(store: Store) -> None:
-    store.commit(Batch(outbox={"fields:c1": '{"a": 1}'}))
-    (taken,) = store.outbox_claim(10, "fields:")
-    store.commit(Batch(outbox={"fields:c1": '{"a": 2}'}))  # decided while `taken` was written
+    store.commit(Batch(outbox=[fields("c1", '{"a": 1}')]))
+    (taken,) = store.outbox_claim(10, OwedKind.FIELDS)
+    store.commit(Batch(outbox=[fields("c1", '{"a": 2}')]))  # decided while `taken` was written
     store.commit(Batch(outbox_done=[taken]))
-    assert store.outbox_take(10) == [("fields:c1", '{"a": 2}')]
+    assert store.outbox_take(10) == [fields("c1", '{"a": 2}')]
     # ... and the flusher's lease is gone with it: the newer write can be taken at once.
-    assert [o.payload for o in store.outbox_claim(10, "fields:")] == ['{"a": 2}']
+    assert [o.payload for o in store.outbox_claim(10, OwedKind.FIELDS)] == ['{"a": 2}']
 
 
 def test_an_owed_write_taken_by_one_flusher_is_not_taken_by_another(
     stores: Callable[[], Store], clock: Clock
 ) -> None:
     first, second = stores(), stores()
-    first.commit(Batch(outbox={"task:c1:e1": "{}", "fields:c1": '{"a": 1}'}))
+    first.commit(Batch(outbox=[task("c1"), fields("c1", '{"a": 1}')]))
     taken = first.outbox_claim(10, lease=timedelta(minutes=5))
     assert len(taken) == 2
     assert second.outbox_claim(10) == []
     # A newer write owed under a taken key waits for the first flusher too: two flushers
     # writing one contact at once could land the older values last.
-    second.commit(Batch(outbox={"fields:c1": '{"a": 2}'}))
+    second.commit(Batch(outbox=[fields("c1", '{"a": 2}')]))
     assert second.outbox_claim(10) == []
-    first.outbox_release([o for o in taken if o.key == "fields:c1"])
-    assert [(o.key, o.payload) for o in second.outbox_claim(10)] == [("fields:c1", '{"a": 2}')]
+    first.outbox_release([o for o in taken if o.owed.kind is OwedKind.FIELDS])
+    assert [o.owed for o in second.outbox_claim(10)] == [fields("c1", '{"a": 2}')]
     # A flusher that died holding a lease delays its writes; it does not lose them.
     clock.now += timedelta(minutes=5, seconds=1)
-    assert [o.key for o in second.outbox_claim(10, "task:")] == ["task:c1:e1"]
+    assert [o.owed for o in second.outbox_claim(10, OwedKind.TASK)] == [task("c1")]
 
 
 def test_finishing_writes_another_flusher_took_over_after_expiry_leaves_its_lease(
     stores: Callable[[], Store], clock: Clock
 ) -> None:
     first, second = stores(), stores()
-    first.commit(Batch(outbox={"fields:c1": '{"a": 1}'}))
+    first.commit(Batch(outbox=[fields("c1", '{"a": 1}')]))
     (stale,) = first.outbox_claim(10, lease=timedelta(seconds=30))
     clock.now += timedelta(minutes=1)
-    first.commit(Batch(outbox={"fields:c1": '{"a": 2}'}))
+    first.commit(Batch(outbox=[fields("c1", '{"a": 2}')]))
     (fresh,) = second.outbox_claim(10)
     first.commit(Batch(outbox_done=[stale]))  # the first flusher finishes late
     assert first.outbox_claim(10) == []  # the second still holds the key
@@ -318,7 +335,7 @@ def test_a_commit_decided_on_a_stale_contact_conflicts_and_writes_nothing(
                         next_due=[None], decisions=[decision("c1", "open-1")]))  # fmt: skip
     stale = Batch(event_keys=["tick-1"], contacts=[contact("c1", campaign_status=Status.DORMANT)],
                   next_due=[None], decisions=[decision("c1", "tick-1", Status.DORMANT)],
-                  outbox={"fields:c1": "{}"}, cursors={"due:after": "c1"},
+                  outbox=[fields("c1", "{}")], cursors={"due:after": "c1"},
                   expected_versions={"c1": read["c1"]})  # fmt: skip
     # ... so the sync's commit, decided on what it read before, must not land.
     with pytest.raises(ConflictError):
@@ -383,7 +400,7 @@ def test_a_batch_larger_than_one_transaction_is_written_whole(store: Store) -> N
         event_keys=[f"e-{c}" for c in ids] + ["e-orphan"],
         contacts=[contact(c) for c in ids], next_due=[T0] * 150,
         decisions=[decision(c, f"e-{c}") for c in ids],
-        outbox={f"fields:{c}": "{}" for c in ids}, cursors={"due:after": ids[-1]},
+        outbox=[fields(c, "{}") for c in ids], cursors={"due:after": ids[-1]},
     )  # fmt: skip
     store.commit(batch)
     assert store.unseen(batch.event_keys) == set()

@@ -15,6 +15,7 @@ from moto import mock_aws
 
 from core.dynamodb_store import TRANSACTION_LIMIT, DynamoDBStore
 from core.models import ContactState, Decision, Status
+from core.owed import OwedWrite
 from core.store import Batch, ConflictError, StoreError
 from tests.helpers import T0
 
@@ -174,7 +175,7 @@ def test_an_interrupted_multi_transaction_batch_leaves_whole_contacts(table: str
             contacts=[s for s, _ in pairs],
             next_due=[None] * len(ids),
             decisions=[d for _, d in pairs],
-            outbox={f"fields:{c}": "{}" for c in ids},
+            outbox=[OwedWrite.fields(c, "{}") for c in ids],
             cursors={"due:after": ids[-1]},
         )
 
@@ -185,7 +186,7 @@ def test_an_interrupted_multi_transaction_batch_leaves_whole_contacts(table: str
     store = open_store(table)
     saved = store.get_contacts(ids)
     claimed = {c for c in ids if f"e-{c}" not in store.unseen([f"e-{c}"])}
-    owed = {k.removeprefix("fields:") for k, _ in store.outbox_take(1000)}
+    owed = {o.contact_id for o in store.outbox_take(1000)}
     assert 0 < len(saved) < len(ids)
     assert set(saved) == claimed == owed  # a contact is either all there or not at all
     assert all(len(store.ledger_for(c)) == 1 for c in saved)
@@ -198,7 +199,7 @@ def test_an_interrupted_multi_transaction_batch_leaves_whole_contacts(table: str
         contacts=[s for s, _ in pairs if s.contact_id in rest],
         next_due=[None] * len(rest),
         decisions=[d for _, d in pairs if d.contact_id in rest],
-        outbox={f"fields:{c}": "{}" for c in rest},
+        outbox=[OwedWrite.fields(c, "{}") for c in rest],
         cursors={"due:after": ids[-1]},
     )
     store.commit(retry)
@@ -282,3 +283,18 @@ def test_a_mid_day_since_is_refused_with_the_reason(table: str) -> None:
     assert store.rollup(datetime(2024, 3, 2, tzinfo=UTC)) == []
     with pytest.raises(WindowError, match="whole UTC days"):
         store.rollup(datetime(2024, 3, 2, 12, tzinfo=UTC))
+
+
+def test_owed_writes_an_earlier_release_left_in_the_table_drain_typed(table: str) -> None:
+    # Items written before owed writes named their contact: the key and payload only.
+    client = boto3.client("dynamodb", region_name="eu-west-1")
+    old = [("1", "fields:c1", '{"a": 1}'), ("2", "task:c:2:e1:T0", '{"contact_id": "c:2"}')]
+    for seq, key, payload in old:
+        item = {"pk": "outbox", "sk": key, "seq": seq, "payload": payload}
+        client.put_item(TableName=table, Item={k: {"S": v} for k, v in item.items()})
+    store = open_store(table)
+    taken = store.outbox_claim(10)
+    assert [(o.owed.contact_id, o.owed.kind.value) for o in taken] == [("c1", "fields"),
+                                                                      ("c:2", "task")]  # fmt: skip
+    store.commit(Batch(outbox_done=taken))
+    assert store.outbox_take(10) == []

@@ -25,7 +25,8 @@ from typing import Any
 from connectors.base import CrmRecord, HandoffTask, WriteResult
 from connectors.hubspot import HubSpotConnector
 from core.models import ContactState, Decision, Event
-from core.store import OUTBOX_LEASE, Batch, OwedWrite, Quarantined, Store
+from core.owed import OwedKind, OwedWrite
+from core.store import OUTBOX_LEASE, Batch, ClaimedWrite, Quarantined, Store
 from tests.fakes.hubspot_server import ApiError, FakeHubSpot, RecordFailure
 
 CONTACT_UPDATE = re.compile(r"/crm/v3/objects/contacts/batch/update$")
@@ -231,15 +232,15 @@ class ChaosStore(Store):
     def inbox_take(self, limit: int, partition: str | None = None) -> list[Event]:
         return self.inner.inbox_take(limit, partition)
 
-    def outbox_take(self, limit: int, prefix: str = "") -> list[tuple[str, str]]:
-        return self.inner.outbox_take(limit, prefix)
+    def outbox_take(self, limit: int, kind: OwedKind | None = None) -> list[OwedWrite]:
+        return self.inner.outbox_take(limit, kind)
 
     def outbox_claim(
-        self, limit: int, prefix: str = "", lease: timedelta = OUTBOX_LEASE
-    ) -> list[OwedWrite]:
-        return self.inner.outbox_claim(limit, prefix, lease)
+        self, limit: int, kind: OwedKind | None = None, lease: timedelta = OUTBOX_LEASE
+    ) -> list[ClaimedWrite]:
+        return self.inner.outbox_claim(limit, kind, lease)
 
-    def outbox_release(self, owed: Sequence[OwedWrite]) -> None:
+    def outbox_release(self, owed: Sequence[ClaimedWrite]) -> None:
         self.inner.outbox_release(owed)
 
     def outbox_owed(self, keys: Iterable[str]) -> set[str]:
