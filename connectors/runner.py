@@ -29,7 +29,6 @@ from connectors.base import (
 )
 from connectors.redact import redact_emails
 from connectors.signals import events_from_changes, seen_key
-from core.experiments import experiment_property_values
 from core.models import EVENT, ContactState, Decision, Event, Rule, Status
 from core.occurrences import decode_seen, encode_seen
 from core.owed import OwedKind, OwedWrite, fields_key
@@ -43,6 +42,7 @@ from core.store import (
     Store,
     StoreError,
 )
+from core.writeback import WriteBack
 
 log = logging.getLogger(__name__)
 
@@ -107,18 +107,13 @@ class Runner:
         self.store = store
         self.mapping = connector.mapping
         self.policy = self.mapping.policy
-        self.pipeline = Pipeline(store, self.policy)
+        self.pipeline = Pipeline(store, self.policy, writeback=WriteBack.of(self.mapping))
         self.clock = clock
         self.inbox_partition = connector.vendor
         """The part of the inbox holding this runner's events: a `serve` with one mapping per
         vendor shares one store, and each vendor's events must reach only its own runner."""
         self.write_page = write_page or connector.write_page
-        self._writable = [n for n, f in self.mapping.fields.items() if not f.read_only]
         self._dates = {n for n, f in self.mapping.fields.items() if f.type in ("datetime", "date")}
-        holdout = self.mapping.holdout
-        self._program_properties = bool(
-            self.mapping.experiments or (holdout is not None and holdout.property)
-        )
 
     # ---- intake and event processing -------------------------------------------------------
 
@@ -401,25 +396,18 @@ class Runner:
     # ---- owing and flushing writes ---------------------------------------------------------
 
     def _owe(self, applied: Applied, records: dict[str, CrmRecord]) -> None:
+        """Persist what the pipeline says the CRM is owed, in the batch's outbox."""
         outbox = applied.batch.outbox
-        for cid, state in applied.changed.items():
-            values = state.canonical_values()
-            owed = {n: self._encode(values[n]) for n in self._writable}
-            if self._program_properties:
-                # Templates branch on these: the variant, the step's format, the holdout flag.
-                for prop, value in experiment_property_values(self.mapping, state).items():
-                    owed[RAW_PROPERTY + prop] = value
+        for cid, write in applied.writes.items():
+            owed = {n: self._encode(v) for n, v in write.fields.items()}
+            owed.update((RAW_PROPERTY + p, v) for p, v in write.properties.items())
             outbox.append(OwedWrite.fields(cid, json.dumps(owed)))
-        if not self.mapping.handoff.enabled:
-            return
-        for decision in applied.decisions:
-            for action in decision.actions:
-                if action.kind == "handoff_task":
-                    record = records.get(decision.contact_id)
-                    task = self._task(decision, record.owner_id if record else None)
-                    outbox.append(OwedWrite.task(
-                        decision.contact_id, decision.cause, decision.at, json.dumps(task)
-                    ))  # fmt: skip
+        for decision in applied.tasks:
+            record = records.get(decision.contact_id)
+            task = self._task(decision, record.owner_id if record else None)
+            outbox.append(OwedWrite.task(
+                decision.contact_id, decision.cause, decision.at, json.dumps(task)
+            ))  # fmt: skip
 
     def _task(self, decision: Decision, owner_id: str | None) -> dict[str, Any]:
         spec = self.mapping.handoff

@@ -24,6 +24,7 @@ from core.occurrences import Seen, counts, decode_seen, encode_seen, newer, seen
 from core.order import REVISION_WINDOW, ContactHistory, event_order, revise
 from core.policy import Policy
 from core.store import URLS_TRUNCATED, Batch, ConflictError, Store
+from core.writeback import ContactWrite, WriteBack
 
 VERSION_PREFIX = "policy:"
 CONFLICT_ATTEMPTS = 5
@@ -100,6 +101,10 @@ class Applied:
     decisions: list[Decision]
     stats: RunStats
     batch: Batch
+    writes: dict[str, ContactWrite] = field(default_factory=dict)
+    """Contact id -> what the CRM is to hold for each changed contact (with a `WriteBack`)."""
+    tasks: list[Decision] = field(default_factory=list)
+    """The decisions that owe the CRM a sales hand-off task (with a `WriteBack`)."""
 
 
 def url_truncated(event: Event) -> bool:
@@ -127,13 +132,16 @@ class Pipeline:
         self, store: Store, policy: Policy,
         properties: MappingABC[str, MappingABC[str, Any]] | None = None,
         revision_window: timedelta | None = REVISION_WINDOW,
+        writeback: WriteBack | None = None,
     ) -> None:  # fmt: skip
         """`properties`: contacts' CRM properties for a run that has no CRM to read them from
         (`replay --contacts`); a connector passes what it read with each batch instead.
         `revision_window`: how far back a late event is decided in its place (see
         `core.order`); None keeps no history and decides late events at the contact's current
-        time."""
+        time. `writeback`: what a connected run writes back to the CRM; with it, each batch's
+        `Applied` also carries the values and tasks to write."""
         self.store = store
+        self.writeback = writeback
         self.policy = policy
         self.properties = properties
         self.revision_window = revision_window
@@ -260,7 +268,7 @@ class Pipeline:
         batch.quality = [(URLS_TRUNCATED, e.event_id) for e in fresh if url_truncated(e)]
         if inbox:
             batch.inbox_done = [e.event_id for e in events]
-        return Applied(changed, decisions, self._finish(stats, changed, decisions), batch)
+        return self._applied(changed, decisions, self._finish(stats, changed, decisions), batch)
 
     def _new_occurrences(
         self, events: list[Event], stats: RunStats
@@ -359,8 +367,19 @@ class Pipeline:
                 if len(decisions) > made:
                     changed[cid] = state
         stats = RunStats()
-        return Applied(changed, decisions, self._finish(stats, changed, decisions),
-                       self._batch(changed, decisions))  # fmt: skip
+        return self._applied(changed, decisions, self._finish(stats, changed, decisions),
+                             self._batch(changed, decisions))  # fmt: skip
+
+    def _applied(
+        self, changed: dict[str, ContactState], decisions: list[Decision], stats: RunStats,
+        batch: Batch,
+    ) -> Applied:  # fmt: skip
+        """The whole outcome: with a `WriteBack`, also what the CRM is owed."""
+        wb = self.writeback
+        if wb is None:
+            return Applied(changed, decisions, stats, batch)
+        writes = {cid: wb.contact(state) for cid, state in changed.items()}
+        return Applied(changed, decisions, stats, batch, writes, wb.tasks(decisions))
 
     def _own_states(
         self, contact_ids: Iterable[str], given: dict[str, ContactState] | None
