@@ -33,6 +33,7 @@ from connectors.hubspot.client import HubSpotClient  # noqa: E402
 from connectors.hubspot.config import HubSpotSettings  # noqa: E402
 from connectors.hubspot.values import read_properties, record_from_properties  # noqa: E402
 from connectors.runner import Runner  # noqa: E402
+from core.cursors import Cursors  # noqa: E402
 from core.engine import advance  # noqa: E402
 from core.mapping import load_mapping  # noqa: E402
 from core.reconcile import state_from_crm  # noqa: E402
@@ -132,7 +133,7 @@ def run_sync(base: str, args: argparse.Namespace) -> dict[str, Any]:
     )
     store = SQLiteStore(":memory:")
     # A steady-state sync: the previous one ran a day ago, no engagement since.
-    store.commit(Batch(cursors={"poll:since": (NOW - timedelta(days=1)).isoformat()}))
+    store.commit(Batch(cursors={Cursors.poll_since: (NOW - timedelta(days=1)).isoformat()}))
     admin(base, "/_fake/reset", {})
     runner = Runner(connector, store, clock=lambda: NOW)
     calls_before = connector.calls.snapshot()

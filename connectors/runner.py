@@ -28,7 +28,8 @@ from connectors.base import (
     QuotaExhausted,
 )
 from connectors.redact import redact_emails
-from connectors.signals import events_from_changes, seen_key
+from connectors.signals import events_from_changes
+from core.cursors import Cursors
 from core.models import EVENT, ContactState, Decision, Event, Rule, Status
 from core.occurrences import decode_seen, encode_seen
 from core.owed import OwedKind, OwedWrite, fields_key
@@ -237,17 +238,18 @@ class Runner:
     def _poll(self, now: datetime, summary: SyncSummary, dry_run: bool, progress) -> None:
         if not self.mapping.signals:
             return
-        cursors = self.store.get_cursors(["poll:since", "poll:after"])
-        since = datetime.fromisoformat(cursors["poll:since"]) if cursors.get("poll:since") else None
-        after = cursors.get("poll:after") or None
+        cursors = self.store.get_cursors([Cursors.poll_since, Cursors.poll_after])
+        stored_since = cursors.get(Cursors.poll_since)
+        since = datetime.fromisoformat(stored_since) if stored_since else None
+        after = cursors.get(Cursors.poll_after) or None
         for page in self.connector.find_engaged_since(since, after):
             signals = self.mapping.signals
-            keys = [seen_key(r.contact_id, s.property) for r in page for s in signals]
+            keys = [Cursors.seen(r.contact_id, s.property) for r in page for s in signals]
             last_seen = {k: decode_seen(v) for k, v in self.store.get_cursors(keys).items()}
             events: list[Event] = []
             remember: dict[str, str] = {}
             for record in page:
-                keyed = {s.property: seen_key(record.contact_id, s.property) for s in signals}
+                keyed = {s.property: Cursors.seen(record.contact_id, s.property) for s in signals}
                 prior = {p: last_seen[k].value for p, k in keyed.items() if k in last_seen}
                 found, quiet = events_from_changes(
                     self.mapping, record.contact_id, record.signals, prior, now, "poll",
@@ -256,7 +258,7 @@ class Runner:
                 events += found
                 # Values that mean no event are remembered here (a later return to a value
                 # that does is a change); the pipeline remembers the ones it counts.
-                remember.update({seen_key(record.contact_id, p): encode_seen(v, None)
+                remember.update({Cursors.seen(record.contact_id, p): encode_seen(v, None)
                                  for p, v in quiet.items()})  # fmt: skip
             summary.examined += len(page)
             summary.events_polled += len(events)
@@ -264,7 +266,7 @@ class Runner:
                 progress(len(page))
             if dry_run:
                 continue
-            remember["poll:after"] = page[-1].contact_id
+            remember[Cursors.poll_after] = page[-1].contact_id
             stats = self.process(events, cursors=remember, flush=False) if events else None
             if stats is None:
                 self.store.commit(Batch(cursors=remember))
@@ -274,10 +276,11 @@ class Runner:
             self.flush(summary)
         if not dry_run:
             since_next = (now - POLL_OVERLAP).isoformat()
-            self.store.commit(Batch(cursors={"poll:since": since_next, "poll:after": ""}))
+            done = {Cursors.poll_since: since_next, Cursors.poll_after: ""}
+            self.store.commit(Batch(cursors=done))
 
     def _due(self, now: datetime, full: bool, summary, dry_run: bool, progress) -> None:
-        name = "full:after" if full else "due:after"
+        name = Cursors.full_after if full else Cursors.due_after
         after = self.store.get_cursor(name) or None
         pages = self.connector.iter_all(after) if full else self.connector.find_due(now, after)
         owed = 0

@@ -18,11 +18,11 @@ from datetime import datetime
 from connectors.instants import parse_instant
 from core.mapping import Mapping, Signal
 from core.models import MAX_URL_CHARS, Event, Observation, iso_utc
-from core.occurrences import LIFTING_EVENTS, seen_key
+from core.occurrences import LIFTING_EVENTS
 
 log = logging.getLogger(__name__)
 
-__all__ = ["event_from_signal", "events_from_changes", "seen_key", "signal_event_id", "signal_for"]
+__all__ = ["event_from_signal", "events_from_changes", "signal_event_id", "signal_for"]
 
 
 def signal_event_id(vendor: str, contact_id: str, prop: str, value: str, *occurrence: str) -> str:

@@ -83,7 +83,8 @@ from urllib.parse import parse_qs, urlsplit
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
 
-from core.ledger_reader import NOTE_PREFIXES, LedgerReader, RollupRow, WindowError
+from core.cursors import Cursors
+from core.ledger_reader import LedgerReader, RollupRow, WindowError
 from core.models import CONTACT_STATE, DECISION, EVENT, ContactState, Decision, Event
 from core.order import ContactHistory, history_from_json, history_json
 from core.owed import OwedKind, OwedWrite
@@ -793,7 +794,7 @@ class DynamoDBStore(Store, LedgerReader):
             tail.add({"Put": {"TableName": self.table, "Item": item}})
         for name, value in batch.cursors.items():
             tail.add(self._cursor_update(name, value))
-            if name.startswith(NOTE_PREFIXES):  # reports list these without a scan
+            if Cursors.is_note(name):  # reports list these without a scan
                 note = {"pk": _s("notes"), "sk": _s(name), "value": _s(value)}
                 tail.add({"Put": {"TableName": self.table, "Item": note}})
         return [g for g in (orphans, *per_contact.values(), tail) if g.ops]

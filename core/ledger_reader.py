@@ -29,12 +29,6 @@ RollupRow = tuple[str, str, str, str, str, str, str, str, int, int]
 """(day, rule, reason, from_status or '', to_status, policy_version, event_type or '', arm or
 '', cycle, n): the columns of `core.rollup`'s `ledger_rollup`."""
 
-NOTE_PREFIXES = ("policy:", "changelog:", "replay:")
-"""Cursor names that are notes a report reads: `policy:<version>` (the version's snapshot,
-stored the first time it decides), `changelog:<at>:<experiment>` (a promotion) and
-`replay:intake`."""
-INTAKE_CURSOR = "replay:intake"
-"""What a replay could not use (bad lines, duplicates, ignored keys), as a note."""
 
 
 class WindowError(ValueError):
@@ -65,7 +59,7 @@ class LedgerReader(ABC):
 
     @abstractmethod
     def policy_notes(self) -> dict[str, str]:
-        """Cursor name -> JSON value of every cursor named with a `NOTE_PREFIXES` prefix."""
+        """Cursor name -> JSON value of every note cursor (`Cursors.note_prefixes`)."""
 
     @abstractmethod
     def quality_counts(self) -> dict[str, int]:

@@ -18,15 +18,10 @@ from typing import overload
 
 from core.models import Event, Observation, iso_utc
 
-SEEN_PREFIX = "seen:"
 LIFTING_EVENTS = frozenset({"resubscribe"})
 """Events that lift something. Seen for the first time in a snapshot (no change time), such a
 value says nothing changed: an opt-out that is false on a contact never seen before lifts
 nothing."""
-
-
-def seen_key(contact_id: str, prop: str) -> str:
-    return f"{SEEN_PREFIX}{contact_id}:{prop}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,23 +17,19 @@ from datetime import datetime, timedelta
 from itertools import islice
 from typing import Any
 
+from core.cursors import Cursors
 from core.engine import advance_owned, apply_owned, next_due
 from core.gcpause import cyclic_gc_paused
 from core.models import MAX_URL_CHARS, ContactState, Decision, Event, Reason, Rule, Transition
-from core.occurrences import Seen, counts, decode_seen, encode_seen, newer, seen_key
+from core.occurrences import Seen, counts, decode_seen, encode_seen, newer
 from core.order import REVISION_WINDOW, ContactHistory, event_order, revise
 from core.policy import Policy
 from core.store import URLS_TRUNCATED, Batch, ConflictError, Store
 from core.writeback import ContactWrite, WriteBack
 
-VERSION_PREFIX = "policy:"
 CONFLICT_ATTEMPTS = 5
 """Decisions made again after another writer got there first, before giving up (the caller
 retries later: an inbox stays queued, a queue message is redelivered)."""
-
-
-def version_key(version: str) -> str:
-    return VERSION_PREFIX + version
 
 
 def policy_record(policy: Policy, first_decision_at: datetime) -> str:
@@ -275,7 +271,7 @@ class Pipeline:
     ) -> tuple[list[Event], dict[str, str]]:
         """Drop events that show again the value last counted for their property (a resent
         snapshot, a redelivery whose claim expired), and the seen records to store."""
-        keys = {e.event_id: seen_key(e.contact_id, e.observed.property)
+        keys = {e.event_id: Cursors.seen(e.contact_id, e.observed.property)
                 for e in events if e.observed is not None}  # fmt: skip
         stored = self.store.get_cursors(list(dict.fromkeys(keys.values())))
         seen = {key: decode_seen(text) for key, text in stored.items()}
@@ -401,7 +397,7 @@ class Pipeline:
     def _record_version(self, batch: Batch) -> None:
         """The first batch a policy version decides also stores what that version says, so
         `report` can list what changed between versions."""
-        key = version_key(self.policy.version)
+        key = Cursors.policy(self.policy.version)
         if self.store.get_cursor(key) is None:
             first = min(d.at for d in batch.decisions)
             batch.cursors[key] = policy_record(self.policy, first)

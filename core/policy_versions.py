@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from core.cursors import Cursors
+
 if TYPE_CHECKING:
     from core.ledger_view import LedgerView
 
@@ -48,7 +50,7 @@ def change_log(store: LedgerView) -> list[dict[str, Any]]:
     """Versions in the order they first decided, each with what changed from the one before,
     and promotions where they happened."""
     versions = [json.loads(v) for (v,) in store.execute(
-        "SELECT value FROM cursors WHERE name LIKE 'policy:%'")]  # fmt: skip
+        "SELECT value FROM cursors WHERE name LIKE ?", (Cursors.policy_like,))]  # fmt: skip
     versions.sort(key=lambda v: v.get("first_decision_at", ""))
     entries: list[dict[str, Any]] = []
     previous: dict[str, Any] | None = None
@@ -60,7 +62,9 @@ def change_log(store: LedgerView) -> list[dict[str, Any]]:
         entries.append({"at": v.get("first_decision_at"), "kind": "version",
                         "version": v["version"], "changes": changes})  # fmt: skip
         previous = snapshot
-    for (value,) in store.execute("SELECT value FROM cursors WHERE name LIKE 'changelog:%'"):
+    for (value,) in store.execute(
+        "SELECT value FROM cursors WHERE name LIKE ?", (Cursors.changelog_like,)
+    ):
         item = json.loads(value)
         change = (
             f"experiments[{item.get('experiment')}].default: "

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from core.cursors import Cursors
 from core.experiment_results import experiment_results
 from core.mapping import Mapping, parse_mapping, policy_version
 from core.sqlite_store import SQLiteStore
@@ -123,8 +124,9 @@ def promote_winner(
         if spec.default == result.winner:
             return f"{name}: {result.winner!r} is already the default in {mapping_path}"
         text = write_default(Path(mapping_path), name, result.winner)
+        at = datetime.now(UTC).isoformat()
         entry = {
-            "at": datetime.now(UTC).isoformat(),
+            "at": at,
             "kind": "promotion",
             "experiment": name,
             "default": result.winner,
@@ -134,7 +136,7 @@ def promote_winner(
             "to_version": policy_version(text.encode()),
             "mapping": str(mapping_path),
         }
-        key = f"changelog:{entry['at']}:{name}"
+        key = Cursors.changelog(at, name)
         store.commit(Batch(cursors={key: json.dumps(entry)}))
     finally:
         if opened:

@@ -12,8 +12,8 @@ from typing import IO, Any
 from pydantic import ValidationError
 
 from core.coded.events import UnknownKeys, event_from_line, problem_text
+from core.cursors import Cursors
 from core.gcpause import cyclic_gc_paused
-from core.ledger_reader import INTAKE_CURSOR
 from core.mapping import Mapping
 from core.models import ContactState, Event, iso_utc
 from core.pipeline import Pipeline, RunStats
@@ -198,7 +198,7 @@ def intake_record(result: ReplayResult) -> dict[str, Any]:
 
 
 def _record_intake(result: ReplayResult) -> None:
-    result.store.commit(Batch(cursors={INTAKE_CURSOR: json.dumps(intake_record(result))}))
+    result.store.commit(Batch(cursors={Cursors.replay_intake: json.dumps(intake_record(result))}))
 
 
 def _phased(progress: Callable[[int, int], None] | None, phase: Callable[[str], None],

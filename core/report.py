@@ -16,12 +16,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from core.cursors import Cursors
 from core.experiment_results import (
     counts_by_arm,
     experiment_results,
     holdout_results,
 )
-from core.ledger_reader import INTAKE_CURSOR, LedgerReader
+from core.ledger_reader import LedgerReader
 from core.ledger_view import LedgerView
 from core.models import COMPLIANCE_REASONS, STATE_COLOURS, Status, iso_utc
 from core.policy_versions import change_log, versions_by_transition
@@ -212,7 +213,7 @@ def data_quality(store: LedgerView) -> dict[str, Any]:
 
 def replay_intake(store: LedgerView) -> dict[str, Any]:
     """A replay's lines it could not use (the whole run, not windowed), from its notes."""
-    rows = _sql(store, "SELECT value FROM cursors WHERE name = ?", (INTAKE_CURSOR,))
+    rows = _sql(store, "SELECT value FROM cursors WHERE name = ?", (Cursors.replay_intake,))
     if not rows:
         return {}
     intake = json.loads(rows[0][0])

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from core.bulk_states import BulkStates
+from core.cursors import Cursors
 from core.data_dir import DataDir
 from core.gcpause import cyclic_gc_paused
 from core.ledger_reader import LedgerReader, RollupRow
@@ -665,8 +666,8 @@ class SQLiteStore(Store, LedgerReader):
 
     def policy_notes(self) -> dict[str, str]:
         return dict(self.execute(
-            "SELECT name, value FROM cursors WHERE name LIKE 'policy:%' "
-            "OR name LIKE 'changelog:%' OR name LIKE 'replay:%' ORDER BY name"))  # fmt: skip
+            "SELECT name, value FROM cursors WHERE name LIKE ? OR name LIKE ? OR name LIKE ? "
+            "ORDER BY name", Cursors.note_likes))  # fmt: skip
 
     def quality_counts(self) -> dict[str, int]:
         return {"quarantined_events": self.quarantine_count(), **self.marked_counts()}

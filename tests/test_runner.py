@@ -9,6 +9,7 @@ import pytest
 
 from connectors.base import ConnectorError
 from connectors.runner import Runner
+from core.cursors import Cursors
 from core.models import Event, Status
 from core.pipeline import CONFLICT_ATTEMPTS
 from core.sqlite_store import SQLiteStore
@@ -154,7 +155,7 @@ def test_an_interrupted_sync_resumes_from_its_cursor(
     store = runner.store
     done = [c for c, s in store.get_contacts(ids).items() if s.campaign_status is Status.DORMANT]
     assert done == ["c1", "c2"]  # the first page was committed and written back
-    assert store.get_cursor("due:after") == "c2"
+    assert store.get_cursor(Cursors.due_after) == "c2"
 
     calls_before = crm.calls["find_due"]
     summary = runner.sync(later)
@@ -164,7 +165,7 @@ def test_an_interrupted_sync_resumes_from_its_cursor(
     for cid in ids:
         dormancy = [d for d in store.ledger_for(cid) if d.to_status is Status.DORMANT]
         assert len(dormancy) == 1
-    assert store.get_cursor("due:after") == ""
+    assert store.get_cursor(Cursors.due_after) == ""
 
 
 def test_permanent_write_failures_go_to_the_ledger_not_a_retry_loop(

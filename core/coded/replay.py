@@ -45,9 +45,10 @@ from core.coded.events import (
 )
 from core.coded.seen import SeenIds
 from core.coded.states import write_contacts
+from core.cursors import Cursors
 from core.gcpause import cyclic_gc_paused
 from core.models import EARLIEST_INSTANT, LATEST_INSTANT
-from core.pipeline import RunStats, policy_record, version_key
+from core.pipeline import RunStats, policy_record
 from core.policy import Policy
 from core.sqlite_store import SQLiteStore
 from core.store import Batch
@@ -312,4 +313,4 @@ def _flush(writer: ledger.ChunkWriter, rows: list, run: CodedRun) -> None:
 
 def record_policy(store: SQLiteStore, policy: Policy, first_at: datetime) -> None:
     """What the run's policy version says, as the object pipeline records it."""
-    store.commit(Batch(cursors={version_key(policy.version): policy_record(policy, first_at)}))
+    store.commit(Batch(cursors={Cursors.policy(policy.version): policy_record(policy, first_at)}))

@@ -7,6 +7,7 @@ import pytest
 
 from connectors.base import ConnectorError
 from connectors.runner import Runner
+from core.cursors import Cursors
 from core.models import Event
 from core.sqlite_store import SQLiteStore
 from tests.fakes.hubspot_server import DROP, Fault
@@ -133,7 +134,7 @@ def test_an_interrupted_sync_resumes_where_it_stopped(fake, provisioned):
     fake.inject(Fault("/contacts/search", 500, skip=5, times=1000))
     with pytest.raises(ConnectorError):
         runner_for(provisioned, store).sync(NOW)
-    cursor = store.get_cursor("due:after")
+    cursor = store.get_cursor(Cursors.due_after)
     assert cursor == due[399]  # two pages of 200 decided and checkpointed
     fake.faults.clear()
     summary = runner_for(provisioned, store).sync(NOW)
@@ -149,7 +150,7 @@ def test_poll_finds_engagement_webhooks_missed_and_counts_it_once(fake, provisio
     runner = runner_for(provisioned)
     runner.store.commit(
         __import__("core.store", fromlist=["Batch"]).Batch(
-            cursors={"poll:since": (NOW - timedelta(days=1)).isoformat()}
+            cursors={Cursors.poll_since: (NOW - timedelta(days=1)).isoformat()}
         )
     )
     fake.set_contact(cid, {"hs_email_last_open_date": iso(opened)})

@@ -10,6 +10,7 @@ from connectors.base import WebhookRequest
 from connectors.intake import handle_webhook
 from connectors.runner import Runner
 from connectors.salesforce import SalesforceConnector
+from core.cursors import Cursors
 from core.mapping import Mapping
 from core.models import Event
 from core.sqlite_store import SQLiteStore
@@ -175,7 +176,7 @@ def test_a_sync_stopped_by_the_daily_reserve_resumes_where_it_stopped(
     assert first.stopped is not None
     assert "resumable" in first.stopped
     assert 0 < first.examined < 1000
-    assert store.get_cursor("due:after")  # checkpointed mid-way
+    assert store.get_cursor(Cursors.due_after)  # checkpointed mid-way
     fake.daily_used = 0  # the rolling 24 hours moved on; the next scheduled run starts afresh
     runner = Runner(
         build(mapping.model_copy(update={"options": options}), env, fake), store, clock=lambda: NOW
