@@ -20,17 +20,17 @@ import argparse
 import math
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import responses  # noqa: E402
 
-from connectors.base import WriteResult  # noqa: E402
+from connectors.base import WriteRequest, WriteResult  # noqa: E402
 from connectors.runner import Runner  # noqa: E402
 from connectors.salesforce import SalesforceConnector  # noqa: E402
 from connectors.salesforce.config import credentials_from_env  # noqa: E402
@@ -45,10 +45,10 @@ ENV = {"SALESFORCE_ACCESS_TOKEN": "TOKEN-0", "SALESFORCE_INSTANCE_URL": f"https:
 class NaiveConnector(SalesforceConnector):
     """What a first integration often does: one REST PATCH per changed record."""
 
-    def write_records(self, values: dict[str, dict[str, Any]]) -> WriteResult:
+    def write_records(self, requests: Sequence[WriteRequest]) -> WriteResult:
         result = WriteResult()
-        for cid, changed in values.items():
-            row = self.codec.fields_for(changed)
+        for request in requests:
+            cid, row = request.contact_id, self.codec.fields_for(request)
             self.client.call("update one record", lambda sf, c=cid, r=row: sf.Contact.update(c, r))
             result.written.append(cid)
         return result

@@ -21,10 +21,18 @@ from pydantic import BaseModel
 from core.mapping import Mapping
 from core.models import Event
 
-RAW_PROPERTY = "property:"
-"""A `write_records` key that names a CRM property outright rather than a canonical field:
-experiment variants and the holdout flag (`core.experiments.experiment_property_values`).
-Their values are strings, booleans or None."""
+
+@dataclass(frozen=True)
+class WriteRequest:
+    """What to write to one contact (`Connector.write_records`)."""
+
+    contact_id: str
+    fields: dict[str, Any] = field(default_factory=dict)
+    """Canonical field -> value: the connector maps each to its CRM property and encodes it
+    (read-only and unknown fields are not written)."""
+    raw_properties: dict[str, Any] = field(default_factory=dict)
+    """CRM property -> value, written as it is: the experiment variants and the holdout flag
+    (`core.writeback.ContactWrite.properties`). Strings, booleans or None."""
 
 
 class ConnectorError(Exception):
@@ -239,8 +247,9 @@ class Connector(ABC):
         """Current mapped values, in as few calls as the vendor allows. Missing ids are absent."""
 
     @abstractmethod
-    def write_records(self, values: dict[str, dict[str, Any]]) -> WriteResult:
-        """Write canonical values, and `RAW_PROPERTY`-prefixed property values, in batches."""
+    def write_records(self, requests: Sequence[WriteRequest]) -> WriteResult:
+        """Write each contact's canonical fields and raw properties, in batches (one request
+        per contact)."""
 
     @abstractmethod
     def create_tasks(self, tasks: Sequence[HandoffTask]) -> WriteResult: ...

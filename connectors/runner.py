@@ -19,13 +19,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from connectors.base import (
-    RAW_PROPERTY,
     AuthError,
     Connector,
     ConnectorError,
     CrmRecord,
     HandoffTask,
     QuotaExhausted,
+    WriteRequest,
 )
 from connectors.redact import redact_emails
 from connectors.signals import events_from_changes
@@ -47,6 +47,9 @@ from core.writeback import WriteBack
 
 log = logging.getLogger(__name__)
 
+RAW_PROPERTY = "property:"
+"""In an owed fields payload (JSON, this module's format), the names of raw CRM properties
+carry this prefix; the others are canonical fields (`_payload`, `_request`)."""
 POLL_OVERLAP = timedelta(minutes=10)
 """The poll window reaches back this far: CRM search indexes lag, and event ids absorb overlap."""
 
@@ -402,9 +405,7 @@ class Runner:
         """Persist what the pipeline says the CRM is owed, in the batch's outbox."""
         outbox = applied.batch.outbox
         for cid, write in applied.writes.items():
-            owed = {n: self._encode(v) for n, v in write.fields.items()}
-            owed.update((RAW_PROPERTY + p, v) for p, v in write.properties.items())
-            outbox.append(OwedWrite.fields(cid, json.dumps(owed)))
+            outbox.append(OwedWrite.fields(cid, self._payload(write.fields, write.properties)))
         for decision in applied.tasks:
             record = records.get(decision.contact_id)
             task = self._task(decision, record.owner_id if record else None)
@@ -433,12 +434,24 @@ class Runner:
             return value.value
         return value.value if hasattr(value, "value") else value
 
-    def _decode(self, payload: str) -> dict[str, Any]:
-        values = json.loads(payload)
-        for name in self._dates.intersection(values):
-            if values[name] is not None:
-                values[name] = datetime.fromisoformat(values[name])
-        return values
+    def _payload(self, fields: dict[str, Any], properties: dict[str, Any]) -> str:
+        """An owed fields write as stored: one JSON object, as earlier releases stored it."""
+        owed = {n: self._encode(v) for n, v in fields.items()}
+        owed.update((RAW_PROPERTY + p, v) for p, v in properties.items())
+        return json.dumps(owed)
+
+    def _request(self, owed: OwedWrite) -> WriteRequest:
+        """The write request an owed fields payload (`_payload`) holds."""
+        fields: dict[str, Any] = {}
+        properties: dict[str, Any] = {}
+        for name, value in json.loads(owed.payload).items():
+            if name.startswith(RAW_PROPERTY):
+                properties[name.removeprefix(RAW_PROPERTY)] = value
+            elif name in self._dates and value is not None:
+                fields[name] = datetime.fromisoformat(value)
+            else:
+                fields[name] = value
+        return WriteRequest(owed.contact_id, fields, properties)
 
     def flush(self, summary: SyncSummary | None = None) -> None:
         """Push owed writes to the CRM. A CRM that is down leaves them owed for next time."""
@@ -458,9 +471,9 @@ class Runner:
         with self._holding_deferred() as deferred:
             while owed := self.store.outbox_claim(self.write_page, OwedKind.FIELDS):
                 with self._giving_back(owed):
-                    values = {o.owed.contact_id: self._decode(o.payload) for o in owed}
-                    result = self.connector.write_records(values)
-                    by_contact = {c: c for c in values}
+                    requests = [self._request(o.owed) for o in owed]
+                    result = self.connector.write_records(requests)
+                    by_contact = {r.contact_id: r.contact_id for r in requests}
                     failures = self._failure_decisions(result.failed, by_contact, "write_failed")
                     later = set(result.deferred)
                     deferred += [o for o in owed if o.owed.contact_id in later]

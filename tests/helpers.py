@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from itertools import count
+from typing import Any
 
+from connectors.base import WriteRequest
 from core.models import Event
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -14,6 +16,11 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 def days(n: float) -> timedelta:
     return timedelta(days=n)
+
+
+def writes(values: dict[str, dict[str, Any]]) -> list[WriteRequest]:
+    """Contact id -> canonical fields, as the write requests `Connector.write_records` takes."""
+    return [WriteRequest(cid, dict(fields)) for cid, fields in values.items()]
 
 
 class EventFactory:

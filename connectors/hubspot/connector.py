@@ -6,7 +6,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from collections.abc import Mapping as MappingABC
 from datetime import datetime
-from typing import Any
 
 from connectors.base import (
     Connector,
@@ -17,6 +16,7 @@ from connectors.base import (
     WebhookIntake,
     WebhookRejected,
     WebhookRequest,
+    WriteRequest,
     WriteResult,
 )
 from connectors.hubspot.client import HubSpotClient
@@ -98,8 +98,8 @@ class HubSpotConnector(Connector):
     def read_records(self, contact_ids: Sequence[str]) -> dict[str, CrmRecord]:
         return self.contacts.read(contact_ids)
 
-    def write_records(self, values: dict[str, dict[str, Any]]) -> WriteResult:
-        return self.contacts.write(values)
+    def write_records(self, requests: Sequence[WriteRequest]) -> WriteResult:
+        return self.contacts.write(requests)
 
     def create_tasks(self, tasks: Sequence[HandoffTask]) -> WriteResult:
         return self.tasks.create(tasks) if tasks else WriteResult()

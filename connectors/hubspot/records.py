@@ -6,7 +6,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from connectors.base import RAW_PROPERTY, CrmRecord, WriteResult
+from connectors.base import CrmRecord, WriteRequest, WriteResult
 from connectors.hubspot.batches import BATCH_SIZE, BatchWriter, Input, chunks
 from connectors.hubspot.client import HubSpotClient, Response
 from connectors.hubspot.search import Group, Scanner, pages
@@ -50,8 +50,8 @@ class Contacts:
 
     # ---- write -----------------------------------------------------------------------------
 
-    def write(self, values: dict[str, dict[str, Any]]) -> WriteResult:
-        inputs = [self._input(cid, fields) for cid, fields in values.items()]
+    def write(self, requests: Sequence[WriteRequest]) -> WriteResult:
+        inputs = [self._input(r) for r in requests]
         inputs = [i for i in inputs if i["properties"]]
         result = WriteResult()
         batches = chunks(inputs, BATCH_SIZE)
@@ -69,16 +69,16 @@ class Contacts:
             result.deferred.update(deferred)
         return result
 
-    def _input(self, contact_id: str, fields: dict[str, Any]) -> Input:
+    def _input(self, request: WriteRequest) -> Input:
         properties = {}
-        for name, value in fields.items():
-            if name.startswith(RAW_PROPERTY):
-                properties[name[len(RAW_PROPERTY) :]] = encode_raw(value)
-                continue
+        for name, value in request.fields.items():
             spec = self.mapping.fields.get(name)
             if spec is not None and not spec.read_only:
                 properties[spec.property] = encode(spec, value)
-        return {"id": contact_id, "properties": properties, "objectWriteTraceId": contact_id}
+        for prop, value in request.raw_properties.items():
+            properties[prop] = encode_raw(value)
+        cid = request.contact_id
+        return {"id": cid, "properties": properties, "objectWriteTraceId": cid}
 
     def _write_batch(
         self, batch: list[Input]

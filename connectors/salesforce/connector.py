@@ -26,6 +26,7 @@ from connectors.base import (
     WebhookRejected,
     WebhookRequest,
     WebhookResponse,
+    WriteRequest,
     WriteResult,
 )
 from connectors.salesforce import outbound, signature
@@ -228,8 +229,8 @@ class SalesforceConnector(Connector):
 
     # ---- writes ----------------------------------------------------------------------------
 
-    def write_records(self, values: dict[str, dict[str, Any]]) -> WriteResult:
-        rows = {cid: self.codec.fields_for(v) for cid, v in values.items()}
+    def write_records(self, requests: Sequence[WriteRequest]) -> WriteResult:
+        rows = {r.contact_id: self.codec.fields_for(r) for r in requests}
         result = WriteResult(written=[cid for cid, row in rows.items() if not row])
         rows = {cid: row for cid, row in rows.items() if row}
         if len(rows) > self.options.bulk_threshold:
@@ -245,7 +246,7 @@ class SalesforceConnector(Connector):
             saved = self.collections.save(self.sobject, retry)
             result.written += list(saved.ok)
             result.failed.update(saved.failed)
-        self._mirror(values, result)
+        self._mirror({r.contact_id: r.fields for r in requests}, result)
         return result
 
     def _mirror(self, values: dict[str, dict[str, Any]], result: WriteResult) -> None:

@@ -6,7 +6,7 @@ import re
 from datetime import UTC, date, datetime
 from typing import Any
 
-from connectors.base import RAW_PROPERTY, CrmRecord
+from connectors.base import CrmRecord, WriteRequest
 from connectors.instants import parse_instant
 from core.mapping import Mapping
 
@@ -104,15 +104,13 @@ class Codec:
             return int(number) if name in INTEGER_FIELDS else round(number, 2)
         return value.value if hasattr(value, "value") else value
 
-    def fields_for(self, values: dict[str, Any]) -> dict[str, Any]:
-        """Canonical values -> {Salesforce field: JSON value}, writable fields only; property
-        keys (experiment variants, holdout flag) pass through as they are."""
+    def fields_for(self, request: WriteRequest) -> dict[str, Any]:
+        """A write request -> {Salesforce field: JSON value}: its writable canonical fields
+        encoded, then its raw properties (experiment variants, holdout flag) as they are."""
         row = {
             self.fields[name].property: self.encode(name, value)
-            for name, value in values.items()
+            for name, value in request.fields.items()
             if name in self.fields and not self.fields[name].read_only
         }
-        for name, value in values.items():
-            if name.startswith(RAW_PROPERTY):
-                row[name[len(RAW_PROPERTY) :]] = value
+        row.update(request.raw_properties)
         return row

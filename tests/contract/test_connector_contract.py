@@ -14,6 +14,7 @@ import pytest
 
 from connectors.base import ConnectorError, CrmRecord, HandoffTask, HistoryPage
 from tests.contract.vendors import AFTER_COMMIT, Vendor
+from tests.helpers import writes
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 SINCE = NOW - timedelta(days=1)
@@ -147,7 +148,7 @@ def test_every_record_written_is_either_written_or_failed_with_a_reason(
     missing = vendor.missing_id()
     values = {"campaign_status": "Active", "engagement_score": 7,
               "status_changed_at": NOW}  # fmt: skip
-    result = vendor.connector.write_records({cid: values for cid in [*ids, missing]})
+    result = vendor.connector.write_records(writes({cid: values for cid in [*ids, missing]}))
     written, failed = set(result.written), set(result.failed)
     assert written | failed == {*ids, missing}, "no record lost"
     assert not written & failed, "no record both written and failed"

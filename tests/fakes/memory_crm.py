@@ -29,6 +29,7 @@ from connectors.base import (
     WebhookRejected,
     WebhookRequest,
     WebhookResponse,
+    WriteRequest,
     WriteResult,
 )
 from connectors.registry import register_connector
@@ -167,11 +168,13 @@ class MemoryConnector(Connector):
             raise ConnectorError(f"cannot read record(s) {sorted(poisoned)}", status=400)
         return {cid: self._record(cid) for cid in contact_ids if cid in crm.values}
 
-    def write_records(self, values: dict[str, dict[str, Any]]) -> WriteResult:
+    def write_records(self, requests: Sequence[WriteRequest]) -> WriteResult:
         self._call("write")
         result = WriteResult()
         written: dict[str, dict[str, Any]] = {}
-        for cid, fields in values.items():
+        for request in requests:
+            cid = request.contact_id
+            fields = {**request.fields, **request.raw_properties}
             if cid in self.crm.write_failures:
                 result.failed[cid] = self.crm.write_failures[cid]
                 continue

@@ -13,8 +13,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from connectors.base import WriteRequest
 from core.mapping import Mapping
 from tests.fakes.hubspot_server import TOKEN, FakeHubSpot
+from tests.helpers import writes
 from tests.hubspot.hubspot_helpers import make_connector
 
 SLASHED = "Elastic – Suppressed / ads audience"
@@ -172,8 +174,8 @@ def test_a_date_field_is_provisioned_as_a_date_and_written_as_midnight_utc(fake,
     late_evening_in_new_york = datetime(2026, 3, 4, 23, 30, tzinfo=UTC).astimezone(
         ZoneInfo("America/New_York")
     )
-    result = connector.write_records({cid: {"status_changed_at": late_evening_in_new_york,
-                                            "engagement_score": 3}})  # fmt: skip
+    result = connector.write_records(writes({cid: {"status_changed_at": late_evening_in_new_york,
+                                            "engagement_score": 3}}))  # fmt: skip
     assert result.written == [cid] and result.failed == {}
     assert fake.contact(cid)["elastic_status_changed_at"] == "2026-03-04"
     record = connector.read_records([cid])[cid]
@@ -184,12 +186,12 @@ def test_a_date_field_accepts_a_plain_date_and_an_iso_string(fake, mapping, cloc
     connector = make_connector(fake, _with_date_field(mapping), clock)
     connector.provision()
     first, second = fake.add_contact({}), fake.add_contact({})
-    result = connector.write_records(
+    result = connector.write_records(writes(
         {
             first: {"status_changed_at": date(2026, 1, 31)},
             second: {"status_changed_at": "2026-02-01T18:45:00Z"},
         }
-    )
+    ))
     assert sorted(result.written) == sorted([first, second])
     assert fake.contact(first)["elastic_status_changed_at"] == "2026-01-31"
     assert fake.contact(second)["elastic_status_changed_at"] == "2026-02-01"
@@ -198,7 +200,7 @@ def test_a_date_field_accepts_a_plain_date_and_an_iso_string(fake, mapping, cloc
 def test_a_datetime_field_keeps_its_time(fake, provisioned):
     cid = fake.add_contact({})
     at = datetime(2026, 3, 4, 23, 30, 15, 250000, tzinfo=UTC)
-    provisioned.write_records({cid: {"status_changed_at": at}})
+    provisioned.write_records(writes({cid: {"status_changed_at": at}}))
     assert provisioned.read_records([cid])[cid].values["status_changed_at"] == at
 
 
@@ -229,7 +231,8 @@ def test_old_style_write_of_a_time_to_a_date_property_is_a_per_record_failure(fa
     connector.provision()
     cid = fake.add_contact({})
     other = fake.add_contact({})
-    raw = {"property:elastic_status_changed_at": "2026-03-04T12:00:00.000Z"}
-    result = connector.write_records({cid: raw, other: {"engagement_score": 4}})
+    at = "2026-03-04T12:00:00.000Z"
+    raw = WriteRequest(cid, raw_properties={"elastic_status_changed_at": at})
+    result = connector.write_records([raw, *writes({other: {"engagement_score": 4}})])
     assert result.written == [other]
     assert "not midnight" in result.failed[cid]

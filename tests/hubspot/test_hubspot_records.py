@@ -6,6 +6,7 @@ import pytest
 
 from connectors.base import AuthError, ConnectorError, HandoffTask, QuotaExhausted
 from tests.fakes.hubspot_server import TOKEN, Fault, RecordFailure
+from tests.helpers import writes
 from tests.hubspot.hubspot_helpers import make_connector
 
 AT = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -46,7 +47,7 @@ def test_write_batches_by_100_and_writes_only_given_fields(fake, provisioned):
     ids = _contacts(fake, 250, elastic_engagement_score="3")
     values = {cid: {"campaign_status": "Dormant", "status_changed_at": AT} for cid in ids}
     before = fake.calls("batch/update")
-    result = provisioned.write_records(values)
+    result = provisioned.write_records(writes(values))
     assert fake.calls("batch/update") - before == 3
     assert sorted(result.written) == sorted(ids)
     assert result.failed == {}
@@ -60,7 +61,7 @@ def test_partial_failure_retries_only_the_failed_records(fake, provisioned, cloc
     ids = _contacts(fake, 10)
     fake.fail_records(RecordFailure({ids[2], ids[7]}, "INTERNAL_ERROR", times=1))
     fake.log.clear()
-    result = provisioned.write_records({cid: {"engagement_score": 5} for cid in ids})
+    result = provisioned.write_records(writes({cid: {"engagement_score": 5} for cid in ids}))
     assert sorted(result.written) == sorted(ids)
     assert fake.calls("batch/update") == 2
     assert fake.stats["records_updated"] == 10  # 8 the first time, the 2 failed ones again
@@ -73,7 +74,7 @@ def test_a_record_failing_for_a_passing_reason_on_every_attempt_stays_owed(fake,
     failed, so the runner keeps it owed for the next flush."""
     ids = _contacts(fake, 4)
     fake.fail_records(RecordFailure({ids[1]}, "INTERNAL_ERROR", times=9))
-    result = provisioned.write_records({cid: {"engagement_score": 5} for cid in ids})
+    result = provisioned.write_records(writes({cid: {"engagement_score": 5} for cid in ids}))
     assert sorted(result.written) == sorted(set(ids) - {ids[1]})
     assert result.failed == {}
     assert list(result.deferred) == [ids[1]]
@@ -82,7 +83,8 @@ def test_a_record_failing_for_a_passing_reason_on_every_attempt_stays_owed(fake,
 def test_permanent_per_record_failures_carry_hubspots_message(fake, provisioned):
     ids = _contacts(fake, 5)
     fake.fail_records(RecordFailure({ids[1]}, "VALIDATION_ERROR", "Email is invalid", times=9))
-    result = provisioned.write_records({cid: {"engagement_score": 5} for cid in [*ids, "424242"]})
+    values = {cid: {"engagement_score": 5} for cid in [*ids, "424242"]}
+    result = provisioned.write_records(writes(values))
     assert sorted(result.written) == sorted(set(ids) - {ids[1]})
     assert result.failed[ids[1]] == "VALIDATION_ERROR: Email is invalid"
     assert result.failed["424242"].startswith("OBJECT_NOT_FOUND")
@@ -92,7 +94,7 @@ def test_a_bad_value_failing_the_whole_batch_is_bisected_to_its_record(fake, pro
     ids = _contacts(fake, 100)
     values = {cid: {"engagement_score": 5} for cid in ids}
     values[ids[37]] = {"campaign_status": "Paused"}  # not an option: HubSpot 400s the batch
-    result = provisioned.write_records(values)
+    result = provisioned.write_records(writes(values))
     assert list(result.failed) == [ids[37]]
     assert "VALIDATION_ERROR" in result.failed[ids[37]]
     assert "'paused' was not a valid enumeration" in result.failed[ids[37]]
@@ -103,7 +105,7 @@ def test_a_bad_value_failing_the_whole_batch_is_bisected_to_its_record(fake, pro
 def test_a_value_every_record_shares_fails_them_in_one_call(fake, provisioned):
     ids = _contacts(fake, 100)
     fake.log.clear()
-    result = provisioned.write_records({cid: {"campaign_status": "Paused"} for cid in ids})
+    result = provisioned.write_records(writes({cid: {"campaign_status": "Paused"} for cid in ids}))
     assert sorted(result.failed) == sorted(ids)
     assert fake.calls("batch/update") == 1
 
@@ -111,7 +113,7 @@ def test_a_value_every_record_shares_fails_them_in_one_call(fake, provisioned):
 def test_writing_before_provisioning_says_to_provision(fake, connector):
     ids = _contacts(fake, 3)
     with pytest.raises(ConnectorError, match="run `elasticity provision`"):
-        connector.write_records({cid: {"engagement_score": 5} for cid in ids})
+        connector.write_records(writes({cid: {"engagement_score": 5} for cid in ids}))
 
 
 def test_429_honours_retry_after_and_policy(fake, provisioned, clock):
@@ -120,7 +122,7 @@ def test_429_honours_retry_after_and_policy(fake, provisioned, clock):
             "errorType": "RATE_LIMIT", "policyName": "TEN_SECONDLY_ROLLING"}  # fmt: skip
     fake.inject(Fault("batch/update", 429, body=body, headers={"Retry-After": "3"}))
     fake.inject(Fault("batch/update", 429, body=body))
-    result = provisioned.write_records({cid: {"engagement_score": 5} for cid in ids})
+    result = provisioned.write_records(writes({cid: {"engagement_score": 5} for cid in ids}))
     assert sorted(result.written) == sorted(ids)
     assert provisioned.calls.throttled == 2
     assert provisioned.calls.retries == 2
@@ -133,7 +135,7 @@ def test_daily_limit_stops_resumably(fake, provisioned):
             "policyName": "DAILY", "errorType": "RATE_LIMIT"}  # fmt: skip
     fake.inject(Fault("batch/update", 429, body=body, times=5))
     with pytest.raises(QuotaExhausted):
-        provisioned.write_records({cid: {"engagement_score": 5} for cid in ids})
+        provisioned.write_records(writes({cid: {"engagement_score": 5} for cid in ids}))
     assert fake.calls("batch/update") == 1  # no retry storm against a daily limit
 
 
@@ -141,11 +143,11 @@ def test_5xx_retries_with_backoff_then_gives_up_bounded(fake, provisioned, clock
     ids = _contacts(fake, 2)
     fake.inject(Fault("batch/update", 502, times=2))
     assert sorted(
-        provisioned.write_records({c: {"engagement_score": 1} for c in ids}).written
+        provisioned.write_records(writes({c: {"engagement_score": 1} for c in ids})).written
     ) == sorted(ids)
     fake.inject(Fault("batch/update", 503, times=100))
     with pytest.raises(ConnectorError) as caught:
-        provisioned.write_records({c: {"engagement_score": 2} for c in ids})
+        provisioned.write_records(writes({c: {"engagement_score": 2} for c in ids}))
     assert caught.value.retriable
     assert "gave up after 6 attempts" in str(caught.value)
     assert max(clock.sleeps) <= 120
@@ -174,7 +176,7 @@ def test_auth_failures_explain_themselves_without_secrets(fake, provisioned, sta
     else:
         fake.denied_scopes[r"batch/update"] = "crm.objects.contacts.write"
     with pytest.raises(AuthError) as caught:
-        provisioned.write_records({ids[0]: {"engagement_score": 1}})
+        provisioned.write_records(writes({ids[0]: {"engagement_score": 1}}))
     message = str(caught.value)
     assert expected in message
     assert TOKEN not in message

@@ -11,6 +11,7 @@ from core.cursors import Cursors
 from core.models import Event
 from core.sqlite_store import SQLiteStore
 from tests.fakes.hubspot_server import DROP, Fault
+from tests.helpers import writes
 from tests.hubspot.hubspot_helpers import make_connector
 from tests.hubspot.webhook_helpers import ms, notification, signed
 
@@ -62,9 +63,9 @@ def test_writes_during_a_scan_do_not_make_it_skip_records(fake, provisioned):
     for page in provisioned.find_due(NOW, None):
         found += [r.contact_id for r in page]
         # the page's contacts stop matching the due filter, as after a real write-back
-        provisioned.write_records(
+        provisioned.write_records(writes(
             {r.contact_id: {"campaign_status": "Dormant", "status_changed_at": NOW} for r in page}
-        )
+        ))
     assert found == due
 
 

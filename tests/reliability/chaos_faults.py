@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from connectors.base import CrmRecord, HandoffTask, WriteResult
+from connectors.base import CrmRecord, HandoffTask, WriteRequest, WriteResult
 from connectors.hubspot import HubSpotConnector
 from core.models import ContactState, Decision, Event
 from core.owed import OwedKind, OwedWrite
@@ -165,9 +165,9 @@ class ChaosHubSpotConnector(HubSpotConnector):
         self.plan.kill("before_read")
         return super().read_records(contact_ids)
 
-    def write_records(self, values: dict[str, dict[str, Any]]) -> WriteResult:
+    def write_records(self, requests: Sequence[WriteRequest]) -> WriteResult:
         self.plan.rival_flush()
-        result = super().write_records(values)
+        result = super().write_records(requests)
         self.plan.kill("after_crm_write")
         return result
 

@@ -18,6 +18,7 @@ from connectors.salesforce.api_facts import QUERY_LINE_BUDGET
 from connectors.salesforce.soql import in_chunks, request_line_bytes
 from core.mapping import Mapping
 from tests.fakes.salesforce import DATA, FakeSalesforce
+from tests.helpers import writes
 from tests.salesforce.sf_helpers import build
 
 AT = datetime(2026, 3, 1, 12, 30, tzinfo=UTC)
@@ -190,7 +191,7 @@ def test_a_bulk_upload_cut_short_is_not_repeated_into_the_same_job(
     ids = bulk_rows(fake, mapping, 10)
     connector = with_threshold(mapping, env, fake, 5)
     fake.time_out_after_commit(1, lambda m, p: m == "PUT" and p.endswith("/batches"))
-    result = connector.write_records({cid: {"campaign_status": "Dormant"} for cid in ids})
+    result = connector.write_records(writes({cid: {"campaign_status": "Dormant"} for cid in ids}))
     assert sorted(result.written) == sorted(ids)
     applied = [job for job in fake.jobs.values() if job.state == "JobComplete"]
     assert [job.processed for job in applied] == [10]  # no job held the rows twice
@@ -204,7 +205,7 @@ def test_a_bulk_close_cut_short_is_checked_not_sent_twice(
     ids = bulk_rows(fake, mapping, 10)
     connector = with_threshold(mapping, env, fake, 5)
     fake.time_out_after_commit(1, lambda m, p: m == "PATCH" and "/jobs/ingest/" in p)
-    result = connector.write_records({cid: {"campaign_status": "Dormant"} for cid in ids})
+    result = connector.write_records(writes({cid: {"campaign_status": "Dormant"} for cid in ids}))
     assert sorted(result.written) == sorted(ids)
     assert len(fake.jobs) == 1
 

@@ -11,6 +11,7 @@ from connectors.base import ConnectorError, HandoffTask
 from connectors.salesforce import SalesforceConnector
 from core.mapping import Mapping
 from tests.fakes.salesforce import MD_NS, XSI, FakeSalesforce
+from tests.helpers import writes
 from tests.salesforce.sf_helpers import build
 
 
@@ -111,7 +112,7 @@ def test_fields_are_usable_only_after_provisioning(
         fresh.read_records([cid])
     fresh.provision()
     assert fresh.read_records([cid])[cid].values["campaign_status"] is None
-    assert fresh.write_records({cid: {"campaign_status": "Active"}}).written == [cid]
+    assert fresh.write_records(writes({cid: {"campaign_status": "Active"}})).written == [cid]
 
 
 def test_a_field_of_another_type_is_drift_and_left_alone(

@@ -9,11 +9,12 @@ from datetime import UTC, datetime
 
 import pytest
 
-from connectors.base import ConnectorError, HandoffTask
+from connectors.base import ConnectorError, HandoffTask, WriteRequest
 from connectors.salesforce import SalesforceConnector
 from connectors.salesforce.bulk import poll_delays
 from core.mapping import Mapping
 from tests.fakes.salesforce import FakeSalesforce
+from tests.helpers import writes
 from tests.salesforce.sf_helpers import build
 
 AT = datetime(2026, 3, 1, 12, 30, tzinfo=UTC)
@@ -44,7 +45,7 @@ def test_collections_carry_at_most_200_records(
     connector: SalesforceConnector, fake: FakeSalesforce
 ) -> None:
     ids = seed(fake, 450)
-    result = connector.write_records(dormant(ids))
+    result = connector.write_records(writes(dormant(ids)))
     assert sorted(result.written) == sorted(ids)
     assert fake.count("PATCH", "composite/sobjects") == 3
     record = fake.records["Contact"][ids[0]]
@@ -58,7 +59,7 @@ def test_per_record_failures_carry_salesforce_message(
 ) -> None:
     ids = seed(fake, 5)
     fake.reject([ids[1]])
-    result = connector.write_records(dormant(ids))
+    result = connector.write_records(writes(dormant(ids)))
     assert set(result.written) == set(ids) - {ids[1]}
     assert result.failed == {
         ids[1]: "FIELD_CUSTOM_VALIDATION_EXCEPTION: Email programs need a valid address"
@@ -78,7 +79,7 @@ def test_locked_rows_alone_are_retried_with_jitter(
         return original(method, body)
 
     monkeypatch.setattr(fake, "collections", spy)
-    result = connector.write_records(dormant(ids))
+    result = connector.write_records(writes(dormant(ids)))
     assert sorted(result.written) == sorted(ids)
     assert bodies == [ids, ids[:2], ids[:2]]
     assert connector.calls.retries == 2
@@ -91,7 +92,7 @@ def test_rows_locked_for_good_stay_owed(
     ids = seed(fake, 3)
     fake.lock([ids[0]], times=99)
     with pytest.raises(ConnectorError, match="stayed locked") as caught:
-        connector.write_records(dormant(ids))
+        connector.write_records(writes(dormant(ids)))
     assert caught.value.retriable
 
 
@@ -101,7 +102,7 @@ def test_unwritable_field_is_refused_whole(
     connector = build(mapping, env, fake)  # nothing provisioned: custom fields are invisible
     ids = seed(fake, 2)
     with pytest.raises(ConnectorError, match="INVALID_FIELD"):
-        connector.write_records(dormant(ids))
+        connector.write_records(writes(dormant(ids)))
 
 
 def test_the_switch_to_bulk_is_above_the_threshold(
@@ -110,10 +111,10 @@ def test_the_switch_to_bulk_is_above_the_threshold(
     fake.provision_mapping(mapping)
     connector = with_threshold(mapping, env, fake, 100)
     at_threshold = seed(fake, 100)
-    connector.write_records(dormant(at_threshold))
+    connector.write_records(writes(dormant(at_threshold)))
     assert (fake.count("PATCH", "composite/sobjects"), len(fake.jobs)) == (1, 0)
     above = seed(fake, 101)
-    result = connector.write_records(dormant(above))
+    result = connector.write_records(writes(dormant(above)))
     assert (fake.count("PATCH", "composite/sobjects"), len(fake.jobs)) == (1, 1)
     assert sorted(result.written) == sorted(above)
     assert all(fake.records["Contact"][i]["Campaign_Status__c"] == "Dormant" for i in above)
@@ -127,7 +128,7 @@ def test_bulk_csv_has_stable_columns_and_nulls_with_na(
     ids = seed(fake, 20)
     for cid in ids:
         fake.records["Contact"][cid]["Elastic_Suppression_Reason__c"] = "no_response"
-    connector.write_records(dormant(ids))
+    connector.write_records(writes(dormant(ids)))
     (job,) = fake.jobs.values()
     header = job.csv.splitlines()[0].split(",")
     assert header == [
@@ -150,7 +151,7 @@ def test_bulk_failures_are_matched_by_id_and_locks_retried(
     ids = seed(fake, 30)
     fake.reject([ids[3], ids[17]], "INVALID_EMAIL_ADDRESS", "Email: invalid email address")
     fake.lock([ids[5]], times=1)
-    result = connector.write_records(dormant(ids))
+    result = connector.write_records(writes(dormant(ids)))
     assert result.failed == {
         ids[3]: "INVALID_EMAIL_ADDRESS: Email: invalid email address",
         ids[17]: "INVALID_EMAIL_ADDRESS: Email: invalid email address",
@@ -170,7 +171,7 @@ def test_a_failed_bulk_job_leaves_the_writes_owed(
     ids = seed(fake, 20)
     fake.granted.discard("Contact.Engagement_Score__c")  # FLS revoked behind our back
     with pytest.raises(ConnectorError, match="ended Failed.*Field name not found") as caught:
-        connector.write_records(dormant(ids))
+        connector.write_records(writes(dormant(ids)))
     assert caught.value.retriable
 
 
@@ -183,7 +184,7 @@ def test_bulk_calls_do_not_grow_with_records(
     ids = [f"003{i:012d}BBB" for i in range(rows)]
     for cid in ids:
         fake.records["Contact"][cid] = {"Id": cid, "Campaign_Status__c": "Active"}
-    result = connector.write_records({cid: {"campaign_status": "Dormant"} for cid in ids})
+    result = connector.write_records(writes({cid: {"campaign_status": "Dormant"} for cid in ids}))
     assert len(result.written) == rows
     # create, upload, close and at most two status polls
     assert 4 <= connector.calls.api_calls <= 5
@@ -232,8 +233,8 @@ def test_campaign_mirror_moves_members(mapping: Mapping, env: dict, fake: FakeSa
     connector = build(mirrored, env, fake)
     connector.provision()
     ids = seed(fake, 3)
-    connector.write_records({cid: {"campaign_status": "Active"} for cid in ids})
-    connector.write_records({ids[0]: {"campaign_status": "Engaged"}})
+    connector.write_records(writes({cid: {"campaign_status": "Active"} for cid in ids}))
+    connector.write_records(writes({ids[0]: {"campaign_status": "Engaged"}}))
     members = {m["ContactId"]: m["Status"] for m in fake.records["CampaignMember"].values()}
     assert members == {ids[0]: "Engaged", ids[1]: "Active", ids[2]: "Active"}
     statuses = {s["Label"] for s in fake.records["CampaignMemberStatus"].values()}
@@ -243,15 +244,15 @@ def test_campaign_mirror_moves_members(mapping: Mapping, env: dict, fake: FakeSa
 def test_nothing_to_write_costs_no_call(
     connector: SalesforceConnector, fake: FakeSalesforce
 ) -> None:
-    result = connector.write_records({"003000000000001AAA": {}})
+    result = connector.write_records(writes({"003000000000001AAA": {}}))
     assert result.written == ["003000000000001AAA"]
     assert fake.api_calls == []
 
 
 def test_json_encoding_of_values(connector: SalesforceConnector) -> None:
-    row = connector.codec.fields_for(
-        {"unanswered_sends": 3.0, "last_engagement_date": AT, "campaign_status": "Engaged"}
-    )
+    row = connector.codec.fields_for(WriteRequest("003000000000001AAA", {
+        "unanswered_sends": 3.0, "last_engagement_date": AT, "campaign_status": "Engaged"
+    }))  # fmt: skip
     assert json.loads(json.dumps(row)) == {
         "Elastic_Unanswered_Sends__c": 3,
         "Last_Engagement_Date__c": "2026-03-01T12:30:00.000Z",
