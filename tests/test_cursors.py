@@ -26,6 +26,8 @@ def test_notes_are_the_policy_changelog_and_replay_cursors_and_no_other() -> Non
         Cursors.replay_intake: "{}", Cursors.due_after: "c1", Cursors.seen("c1", "p"): "{}",
     }))  # fmt: skip
     assert set(store.policy_notes()) == {
-        Cursors.policy("v1"), Cursors.changelog("t", "e"), Cursors.replay_intake
+        Cursors.policy("v1"),
+        Cursors.changelog("t", "e"),
+        Cursors.replay_intake,
     }
     assert [Cursors.is_note(n) for n in (Cursors.policy("v1"), Cursors.due_after)] == [True, False]
