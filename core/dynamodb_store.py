@@ -86,7 +86,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, 
 from core.cursors import Cursors
 from core.ledger_reader import LedgerReader, RollupRow, WindowError
 from core.models import CONTACT_STATE, DECISION, EVENT, ContactState, Decision, Event
-from core.order import ContactHistory, history_from_json, history_json
+from core.order import REVISION_WINDOW, ContactHistory, history_from_json, history_json
 from core.owed import OwedKind, OwedWrite
 from core.rollup import rollup_keys
 from core.sqlite_rows import decision_row
@@ -113,6 +113,20 @@ TRANSACTION_BYTES = 3_500_000  # DynamoDB allows 4 MB per transaction; keep a ma
 BATCH_GET_LIMIT = 100
 VERSION_CACHE = 100_000
 DUE_INDEX, ORDER_INDEX = "due", "order"
+PACKED_PK = "rollpack"
+"""The partition of the packed roll-up months (`compact_rollup`)."""
+CLOSED_AFTER = REVISION_WINDOW + timedelta(days=1)
+"""A day is folded once this long has passed since its end: late events are decided in their
+place up to `REVISION_WINDOW` back, so the day's counters have normally stopped moving."""
+PACK_BYTES = 300_000
+"""Room a packed item may fill (DynamoDB's limit is 400 KB an item, keys included)."""
+PACK_ENTRY_BYTES = 32
+"""What an entry of a packed item takes besides its dims (the number, the map's overhead)."""
+MAX_PACK_PARTS = 1000
+FOLD_ITEMS = 60
+"""Counters folded per transaction: with the packed item's update, within 100 items, and the
+update expression within DynamoDB's 4 KB."""
+FOLD_READ_ATTEMPTS = 5
 OUTBOX_ATTEMPTS = 5
 """Rounds of taking or finishing owed writes while other flushers race for the same items."""
 
@@ -475,9 +489,10 @@ class DynamoDBStore(Store, LedgerReader):
         return self.get_contacts([contact_id]).get(contact_id)
 
     def rollup(self, since: datetime | None = None) -> list[RollupRow]:
-        """The roll-up counters summed over their shards, in key order. The counters are per
-        UTC day, so `since` must be a midnight UTC (`WindowError` otherwise)."""
-        condition, values = "pk = :p", {}
+        """The roll-up counters summed over their shards and the packed months, in key order.
+        The counters are per UTC day, so `since` must be a midnight UTC (`WindowError`
+        otherwise)."""
+        day = None
         if since is not None:
             start = since.astimezone(UTC)
             if start != start.replace(hour=0, minute=0, second=0, microsecond=0):
@@ -486,15 +501,156 @@ class DynamoDBStore(Store, LedgerReader):
                     f"midnight UTC (such as {start.date().isoformat()}T00:00:00Z), not "
                     f"{start.isoformat()}"
                 )
-            condition += " AND sk >= :day"
-            values[":day"] = _s(start.date().isoformat())
-        totals: dict[str, int] = {}
-        for item in self._counter_items("rollup", condition, values):
-            dims = item["dims"]["S"]
-            totals[dims] = totals.get(dims, 0) + int(item["n"]["N"])
+            day = start.date().isoformat()
+        totals = self._rollup_totals(day)
         rows = [(*json.loads(dims), n) for dims, n in totals.items() if n]
         rows.sort(key=lambda row: row[:9])
         return rows
+
+    def _rollup_totals(self, since_day: str | None) -> dict[str, int]:
+        """Day counters and packed months summed by dims, as one consistent cut: a fold moves
+        counts from day items into a packed item in one transaction, so the packed items are
+        read, then the day counters, then the packed items' stamps again; a fold in between
+        (a stamp moved) means reading again."""
+        values = {} if since_day is None else {":day": _s(since_day)}
+        condition = "pk = :p" + ("" if since_day is None else " AND sk >= :day")
+        for _ in range(FOLD_READ_ATTEMPTS):
+            totals: dict[str, int] = {}
+            stamps = self._add_packed(totals, since_day)
+            for item in self._counter_items("rollup", condition, values):
+                dims = item["dims"]["S"]
+                totals[dims] = totals.get(dims, 0) + int(item["n"]["N"])
+            if self._packed_stamps(since_day) == stamps:
+                return totals
+        raise StoreError(f"DynamoDB {self.table}: the roll-up kept being compacted while read")
+
+    def _packed_query(self, since_day: str | None, projection: str) -> Iterator[Item]:
+        condition, values = "pk = :p", {":p": _s(PACKED_PK)}
+        if since_day is not None:  # the month holding `since_day` on
+            condition += " AND sk >= :month"
+            values[":month"] = _s(since_day[:7])
+        return self._paged_query(KeyConditionExpression=condition,
+                                 ExpressionAttributeValues=values,
+                                 ProjectionExpression=projection)  # fmt: skip
+
+    def _add_packed(self, totals: dict[str, int], since_day: str | None) -> dict[str, int]:
+        """Add the packed months' counts (from `since_day` on) to `totals`; their stamps."""
+        stamps: dict[str, int] = {}
+        for item in self._packed_query(since_day, "sk, packed, used_bytes"):
+            stamps[item["sk"]["S"]] = int(item.get("used_bytes", {"N": "0"})["N"])
+            for dims, n in item.get("packed", {}).get("M", {}).items():
+                if since_day is not None and dims[2:12] < since_day:
+                    continue  # dims JSON starts with the day: `["YYYY-MM-DD",...`
+                totals[dims] = totals.get(dims, 0) + int(n["N"])
+        return stamps
+
+    def _packed_stamps(self, since_day: str | None) -> dict[str, int]:
+        return {item["sk"]["S"]: int(item.get("used_bytes", {"N": "0"})["N"])
+                for item in self._packed_query(since_day, "sk, used_bytes")}  # fmt: skip
+
+    # ---- roll-up compaction: closed days folded into packed months --------------------------
+
+    def compact_rollup(self, now: datetime | None = None) -> int:
+        """Fold the roll-up counters of closed days (before `now` less `CLOSED_AFTER`) into
+        one packed item per month (`rollpack` / `<YYYY-MM>#<part>`), so a report reads about a
+        dozen items a year plus the recent days' counters. Returns how many counter items were
+        folded.
+
+        Exactly once, whatever runs at the same time: each transaction adds a few dozen day
+        counters' counts to the packed item and deletes those counters on the condition that
+        their count is still the one read, so a writer adding to one meanwhile cancels it (the
+        counter stays, to be folded by a later run). A day is not strictly closed: a replay, or
+        a time rule decided after an outage, can still date a decision weeks back. Its `ADD`
+        then makes the day counter anew, and readers sum packed months and day counters alike,
+        so nothing is lost. A packed item holds at most `PACK_BYTES` (DynamoDB's limit is 400 KB
+        an item): a fold that would overfill it fails its condition and goes to the next part."""
+        now = self.clock() if now is None else now
+        cutoff = (now.astimezone(UTC) - CLOSED_AFTER).date().isoformat()
+        by_month: dict[str, list[Item]] = {}
+        for n in range(ROLLUP_SHARDS):
+            for item in self._paged_query(
+                KeyConditionExpression="pk = :p AND sk < :cut",
+                ExpressionAttributeValues={":p": _s(f"rollup#{n:02d}"), ":cut": _s(cutoff)},
+                ProjectionExpression="pk, sk, dims, n",
+            ):
+                by_month.setdefault(item["sk"]["S"][:7], []).append(item)
+        folded = 0
+        for month, items in sorted(by_month.items()):
+            folded += self._fold_month(month, items)
+        return folded
+
+    def _fold_month(self, month: str, items: list[Item]) -> int:
+        parts = sorted(item["sk"]["S"] for item in self._paged_query(
+            KeyConditionExpression="pk = :p AND begins_with(sk, :m)",
+            ExpressionAttributeValues={":p": _s(PACKED_PK), ":m": _s(f"{month}#")},
+            ProjectionExpression="sk"))  # fmt: skip
+        part = int(parts[-1].rpartition("#")[2]) if parts else 0
+        made = set(parts)
+        folded = 0
+        for start in range(0, len(items), FOLD_ITEMS):
+            chunk = items[start : start + FOLD_ITEMS]
+            while True:
+                key = {"pk": _s(PACKED_PK), "sk": _s(f"{month}#{part:03d}")}
+                outcome = self._fold(key, chunk, made)
+                if outcome != "full":
+                    break
+                part += 1
+                if part >= MAX_PACK_PARTS:
+                    raise StoreError(f"DynamoDB {self.table}: roll-up month {month} overflows "
+                                     f"{MAX_PACK_PARTS} packed items")  # fmt: skip
+            folded += len(chunk) if outcome == "folded" else 0
+        return folded
+
+    def _fold(self, key: Item, chunk: list[Item], made: set[str]) -> str:
+        """One transaction: the chunk's counts added to the packed item `key`, the chunk's
+        counters deleted if unchanged. "folded", "full" (the packed item has no room) or
+        "moved" (a counter changed or another fold raced: left for a later run). `made`: the
+        packed items known to exist."""
+        totals: dict[str, int] = {}
+        for item in chunk:
+            dims = item["dims"]["S"]
+            totals[dims] = totals.get(dims, 0) + int(item["n"]["N"])
+        cost = sum(len(dims.encode()) + PACK_ENTRY_BYTES for dims in totals)
+        if key["sk"]["S"] not in made:
+            # The packed item must exist, with its map, before entries can be set in it.
+            empty = {**key, "packed": {"M": {}}, "used_bytes": _n(0)}
+            try:
+                self.db.put_item(TableName=self.table, Item=empty,
+                                 ConditionExpression="attribute_not_exists(pk)")  # fmt: skip
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                    raise StoreError(f"DynamoDB {self.table}: {exc}") from exc
+            made.add(key["sk"]["S"])
+        names = {"#b": "used_bytes"}
+        values: dict[str, Any] = {":z": _n(0), ":cost": _n(cost), ":room": _n(PACK_BYTES - cost)}
+        sets = []
+        for i, (dims, n) in enumerate(totals.items()):
+            names[f"#k{i}"], values[f":v{i}"] = dims, _n(n)
+            sets.append(f"packed.#k{i} = if_not_exists(packed.#k{i}, :z) + :v{i}")
+        ops: list[Op] = [{"Update": {
+            "TableName": self.table, "Key": key,
+            "UpdateExpression": "SET " + ", ".join(sets) + " ADD #b :cost",
+            "ConditionExpression": "#b <= :room",
+            "ExpressionAttributeNames": names, "ExpressionAttributeValues": values,
+        }}]  # fmt: skip
+        for item in chunk:
+            ops.append({"Delete": {
+                "TableName": self.table, "Key": {"pk": item["pk"], "sk": item["sk"]},
+                "ConditionExpression": "n = :seen",
+                "ExpressionAttributeValues": {":seen": item["n"]},
+            }})  # fmt: skip
+        try:
+            self.db.transact_write_items(TransactItems=ops)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "TransactionCanceledException":
+                raise StoreError(f"DynamoDB {self.table}: {exc}") from exc
+            reasons = [r.get("Code") for r in exc.response.get("CancellationReasons", [])]
+            if reasons and reasons[0] == "ConditionalCheckFailed":
+                return "full"
+            return "moved"
+        except BotoCoreError as exc:
+            raise StoreError(f"DynamoDB {self.table}: {exc}") from exc
+        return "folded"
 
     def contact_levels(self) -> dict[tuple[str, str | None], int]:
         totals: dict[tuple[str, str | None], int] = {}

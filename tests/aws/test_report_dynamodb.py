@@ -30,6 +30,9 @@ from tests.fakes.memory_crm import MemoryConnector, MemoryCrm, memory_mapping
 
 GENERATED = datetime(2031, 1, 1, tzinfo=UTC)
 START = datetime(2030, 1, 1, 9, tzinfo=UTC)
+ROLLUP_KINDS = {"rollup", "rollpack", "levels", "notes", "quarantine", "quality"}
+"""The partitions a report reads: day counters, packed months, contact levels, policy notes,
+and the data-quality partitions (one item per set-aside or marked event)."""
 KINDS = ["open", "click", "high_intent_visit", "open", "unsubscribe", "hard_bounce", "open"]
 
 
@@ -93,6 +96,15 @@ def test_local_and_deployed_paths_give_the_same_report_and_histories(
         for store in (runner.store, stack.store)
     ]
     assert windowed[0] == windowed[1]
+    # Every day folded into packed months (as the scheduled report does once days close):
+    # the same report and window, byte for byte.
+    assert stack.store.compact_rollup(GENERATED) > 0
+    assert render(build(stack.store, None, None, label="store", now=GENERATED), "json") == (
+        reports[0]
+    )
+    assert render(build(stack.store, since, None, label="store", now=GENERATED), "json") == (
+        windowed[0]
+    )
 
 
 class CountingClient:
@@ -202,12 +214,19 @@ def test_a_report_reads_counters_only_whatever_the_ledger_holds(stack: Stack) ->
     assert (small["overview"]["decisions"], big["overview"]["decisions"]) == (90, 360)
     assert big["overview"]["contacts_by_state"]["Engaged"] == 120
     # quarantine and quality partitions hold one item per set-aside or marked event (none here)
-    assert set(big_reads.items) <= {"rollup", "levels", "notes", "quarantine", "quality"}
+    assert set(big_reads.items) <= ROLLUP_KINDS
     assert big_reads.items["rollup"] == 90  # one writer: each counter in one item
     assert big_reads.items.get("levels", 0) <= 8
-    assert big_reads.calls <= 3 * 8 + 2  # one query per counter shard, notes, quarantine
+    assert big_reads.calls <= 3 * 8 + 4  # a query per counter shard, packed (twice), notes, ...
     assert small_reads.calls == big_reads.calls
     assert small_reads.items == big_reads.items
+    # Once the days are closed and folded, the report reads the packed month instead.
+    assert stack.store.compact_rollup(GENERATED) == 90
+    folded, folded_reads = measured_report(stack.store.table)
+    assert folded == big
+    assert set(folded_reads.items) <= ROLLUP_KINDS
+    assert folded_reads.items.get("rollup", 0) == 0
+    assert folded_reads.items["rollpack"] == 2  # the month, and its stamp read again
 
 
 def test_the_scheduled_report_writes_the_html_to_its_bucket_from_counters_only(
@@ -225,13 +244,14 @@ def test_the_scheduled_report_writes_the_html_to_its_bucket_from_counters_only(
         handlers, "_report_store", lambda: DynamoDBStore(stack.store.table, client=counting)
     )
     result = handlers.report({}, FakeContext())
+    assert result["counters_folded"] == 0  # the days `fill` writes are still open
     assert result["keys"][1] == "reports/latest.html" and result["keys"][0].endswith(".html")
     for key in result["keys"]:
         page = s3.get_object(Bucket="crm-elasticity-test-reports", Key=key)
         assert page["ContentType"].startswith("text/html")
         html = page["Body"].read().decode()
         assert "<html" in html and "Engaged" in html
-    assert set(counting.items) <= {"rollup", "levels", "notes", "quarantine", "quality"}
+    assert set(counting.items) <= ROLLUP_KINDS
     monkeypatch.delenv("REPORT_BUCKET")
     with pytest.raises(RuntimeError, match="REPORT_BUCKET"):
         handlers.report({}, FakeContext())
