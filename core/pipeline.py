@@ -24,7 +24,7 @@ from core.models import MAX_URL_CHARS, ContactState, Decision, Event, Reason, Ru
 from core.occurrences import Seen, counts, decode_seen, encode_seen, newer
 from core.order import REVISION_WINDOW, ContactHistory, event_order, revise
 from core.policy import Policy
-from core.store import URLS_TRUNCATED, Batch, ConflictError, Store
+from core.store import URLS_TRUNCATED, Batch, ConflictError, ContactStore
 from core.writeback import ContactWrite, WriteBack
 
 CONFLICT_ATTEMPTS = 5
@@ -44,7 +44,7 @@ def policy_record(policy: Policy, first_decision_at: datetime) -> str:
 
 
 def decide_and_commit(
-    store: Store, decide: Callable[[], Applied], attempts: int = CONFLICT_ATTEMPTS
+    store: ContactStore, decide: Callable[[], Applied], attempts: int = CONFLICT_ATTEMPTS
 ) -> Applied:
     """Commit what `decide` decides. When another writer claimed one of its events or changed
     one of its contacts since `decide` read them (`ConflictError`, nothing written), decide
@@ -125,7 +125,7 @@ class Pipeline:
     """Applies events and time rules for one policy against one store."""
 
     def __init__(
-        self, store: Store, policy: Policy,
+        self, store: ContactStore, policy: Policy,
         properties: MappingABC[str, MappingABC[str, Any]] | None = None,
         revision_window: timedelta | None = REVISION_WINDOW,
         writeback: WriteBack | None = None,

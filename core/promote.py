@@ -118,7 +118,7 @@ def promote_winner(
     opened = not isinstance(store_path, Store)
     store: Store = store_path if isinstance(store_path, Store) else SQLiteStore(store_path)
     try:
-        result = experiment_results(store, mapping, spec)  # type: ignore[arg-type]
+        result = experiment_results(store, mapping, spec)
         if result.winner is None:
             raise PromotionError(f"experiment {name!r}: no winner to promote: {result.verdict}")
         if spec.default == result.winner:

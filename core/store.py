@@ -1,9 +1,14 @@
 """The persistence port: every durable thing the program keeps goes through `Store`.
 
+`Store` is the union of three ports, each a consumer can type against alone:
+
+- `ContactStore`: contact state, read and committed transactionally (the pipeline);
+- `EventQueue`: the inbox, quarantine and outbox (webhook intake, the flusher, `inbox`);
+- `core.ledger_reader.LedgerReader`: the only way reports, experiment results and `explain`
+  read a store.
+
 Implementations: `core.sqlite_store.SQLiteStore` (embedded, local mode and tests) and the
-DynamoDB store of the serverless deployment. Both pass `tests/test_store_contract.py`. Both
-also implement `core.ledger_reader.LedgerReader`, the only way reports, experiment results and
-`explain` read a store.
+DynamoDB store of the serverless deployment. Both pass `tests/test_store_contract.py`.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from pydantic import ValidationError
 
+from core.ledger_reader import LedgerReader
 from core.models import EVENT, ContactState, Decision, Event
 from core.owed import OwedKind, OwedWrite
 
@@ -135,8 +141,10 @@ class Batch:
         )  # fmt: skip
 
 
-class Store(ABC):
-    """What the engine's pipeline needs from durable storage."""
+class ContactStore(ABC):
+    """The contact-state port: what the engine's pipeline reads and commits, transactionally
+    (event claims, contacts and their versions, cursors, histories, the ledger lines a
+    `Batch` carries). `core.pipeline` needs only this."""
 
     @abstractmethod
     def unseen(self, event_keys: Sequence[str]) -> set[str]:
@@ -175,6 +183,30 @@ class Store(ABC):
     @abstractmethod
     def ledger_for(self, contact_id: str) -> list[Decision]:
         """The contact's decisions, oldest first."""
+
+    def histories(self, contact_ids: Iterable[str]) -> dict[str, ContactHistory]:
+        """The stored histories of these contacts (those that have one). A store that keeps
+        none answers {}: late events are then decided at the contact's current time."""
+        return {}
+
+    @contextmanager
+    def bulk(self) -> Iterator[None]:
+        """A whole run on a private store (replay, simulate) as one unit: it lands entirely
+        or not at all. Stores that can make that cheaper do; the default commits as usual."""
+        yield
+
+    def get_cursor(self, name: str) -> str | None:
+        return self.get_cursors([name]).get(name)
+
+    def close(self) -> None:  # noqa: B027 - optional for stores without resources
+        """Release connections."""
+
+
+class EventQueue(ABC):
+    """The queue port: the inbox of received events (and the quarantine of those that could
+    not be decided), the outbox of owed CRM writes with its leases, and the data-quality marks
+    counted per event. Intake (`Runner.record`, a webhook's `inbox_put`) needs only this; a
+    `Batch` committed through `ContactStore.commit` removes what it decided or flushed."""
 
     @abstractmethod
     def inbox_put(self, events: Sequence[Event], partition: str = "") -> int:
@@ -230,19 +262,11 @@ class Store(ABC):
     def quarantine_release(self, keys: Sequence[str] | None = None) -> int:
         """Put quarantined events (these, or all) back into the inbox; return how many moved."""
 
-    def histories(self, contact_ids: Iterable[str]) -> dict[str, ContactHistory]:
-        """The stored histories of these contacts (those that have one). A store that keeps
-        none answers {}: late events are then decided at the contact's current time."""
-        return {}
-
-    @contextmanager
-    def bulk(self) -> Iterator[None]:
-        """A whole run on a private store (replay, simulate) as one unit: it lands entirely
-        or not at all. Stores that can make that cheaper do; the default commits as usual."""
-        yield
-
-    def get_cursor(self, name: str) -> str | None:
-        return self.get_cursors([name]).get(name)
-
     def close(self) -> None:  # noqa: B027 - optional for stores without resources
         """Release connections."""
+
+
+class Store(ContactStore, EventQueue, LedgerReader):
+    """The whole persistence port: contact state, the queue and the ledger reader, which each
+    store implements (`SQLiteStore`, `DynamoDBStore`); a consumer that needs one of them types
+    against that one."""

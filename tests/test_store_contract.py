@@ -11,11 +11,12 @@ import pytest
 from moto import mock_aws
 
 from core.dynamodb_store import DynamoDBStore
+from core.ledger_reader import LedgerReader
 from core.models import EVENT, Action, ContactState, Decision, Event, Status, SuppressionReason
 from core.order import ContactHistory
 from core.owed import OwedKind, OwedWrite
 from core.sqlite_store import SQLiteStore
-from core.store import Batch, ConflictError, Quarantined, Store
+from core.store import Batch, ConflictError, ContactStore, EventQueue, Quarantined, Store
 from tests.helpers import T0
 
 DAY0, DAY1, DAY2 = (str((T0 + timedelta(days=n)).date()) for n in range(3))
@@ -70,6 +71,16 @@ def stores(request: pytest.FixtureRequest, clock: Clock) -> Iterator[Callable[[]
 @pytest.fixture
 def store(stores: Callable[[], Store]) -> Store:
     return stores()
+
+
+def test_every_store_is_each_port_and_the_ports_split_the_store(store: Store) -> None:
+    """`Store` is the union of the contact-state, queue and reader ports, with no method in two
+    of them, so a consumer typed against one port can be handed any store."""
+    ports = (ContactStore, EventQueue, LedgerReader)
+    assert all(isinstance(store, port) for port in ports)
+    methods = [port.__abstractmethods__ for port in ports]
+    assert frozenset().union(*methods) == Store.__abstractmethods__
+    assert sum(map(len, methods)) == len(Store.__abstractmethods__)
 
 
 def contact(cid: str, **changes: object) -> ContactState:

@@ -24,6 +24,7 @@ from typing import Any
 
 from connectors.base import CrmRecord, HandoffTask, WriteRequest, WriteResult
 from connectors.hubspot import HubSpotConnector
+from core.ledger_reader import RollupRow
 from core.models import ContactState, Decision, Event
 from core.owed import OwedKind, OwedWrite
 from core.store import OUTBOX_LEASE, Batch, ClaimedWrite, Quarantined, Store
@@ -257,6 +258,25 @@ class ChaosStore(Store):
 
     def quarantine_release(self, keys: Sequence[str] | None = None) -> int:
         return self.inner.quarantine_release(keys)
+
+    # the ledger reader: reports and `explain` over a chaos run read the inner store
+    def contact_decisions(self, contact_id: str) -> list[Decision]:
+        return self.inner.contact_decisions(contact_id)
+
+    def contact_now(self, contact_id: str) -> ContactState | None:
+        return self.inner.contact_now(contact_id)
+
+    def rollup(self, since: datetime | None = None) -> list[RollupRow]:
+        return self.inner.rollup(since)
+
+    def contact_levels(self) -> dict[tuple[str, str | None], int]:
+        return self.inner.contact_levels()
+
+    def policy_notes(self) -> dict[str, str]:
+        return self.inner.policy_notes()
+
+    def quality_counts(self) -> dict[str, int]:
+        return self.inner.quality_counts()
 
     def close(self) -> None:
         # Closing a dropped connection again is harmless.
