@@ -153,10 +153,23 @@ class OneByOne:
     def transact_write_items(self, TransactItems: list[dict]) -> dict:  # noqa: N803
         calls = {"Put": "put_item", "Update": "update_item", "Delete": "delete_item",
                  "ConditionCheck": None}  # fmt: skip
-        for item in TransactItems:
+        from botocore.exceptions import ClientError
+
+        for i, item in enumerate(TransactItems):
             (kind, op), = item.items()
-            if calls[kind] is not None:
+            if calls[kind] is None:
+                continue
+            try:
                 getattr(self._client, calls[kind])(**op)
+            except ClientError as exc:
+                if i or exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                    raise  # only the first item may refuse: then nothing was written
+                reasons = [{"Code": "ConditionalCheckFailed"}] + [{"Code": "None"}] * (
+                    len(TransactItems) - 1)
+                raise ClientError({"Error": {"Code": "TransactionCanceledException",
+                                             "Message": "cancelled"},
+                                   "CancellationReasons": reasons},
+                                  "TransactWriteItems") from exc  # fmt: skip
         return {}
 
     def __getattr__(self, name: str) -> object:

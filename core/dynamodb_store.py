@@ -586,6 +586,8 @@ class DynamoDBStore(Store, LedgerReader):
             ProjectionExpression="sk"))  # fmt: skip
         part = int(parts[-1].rpartition("#")[2]) if parts else 0
         made = set(parts)
+        # In key order across the shards: a counter's items on several shards fold together.
+        items.sort(key=lambda item: item["sk"]["S"])
         folded = 0
         for start in range(0, len(items), FOLD_ITEMS):
             chunk = items[start : start + FOLD_ITEMS]
