@@ -65,19 +65,28 @@ def main() -> int:
     clean, chaos = result.clean, result.chaos
     faults = dict(sorted(chaos.faults.items()))
     summary = {
-        "events_in": chaos.events_in, "contacts": args.contacts, "windows": args.days,
-        "deliveries": chaos.deliveries, "deliveries_fault_free": clean.deliveries,
+        "events_in": chaos.events_in,
+        "contacts": args.contacts,
+        "windows": args.days,
+        "deliveries": chaos.deliveries,
+        "deliveries_fault_free": clean.deliveries,
         "refused_and_redelivered": chaos.refused,
         "duplicates_absorbed": chaos.duplicates_absorbed,
-        "api_calls": chaos.api_calls, "api_calls_fault_free": clean.api_calls,
-        "retries": chaos.retries, "virtual_backoff_s": chaos.virtual_wait_s,
-        "faults": faults, "worker_restarts": chaos.restarts,
+        "api_calls": chaos.api_calls,
+        "api_calls_fault_free": clean.api_calls,
+        "retries": chaos.retries,
+        "virtual_backoff_s": chaos.virtual_wait_s,
+        "faults": faults,
+        "worker_restarts": chaos.restarts,
         "worker_batch_failures": chaos.worker_failures,
-        "dlq_records": chaos.dead_lettered, "dlq_replayed": chaos.replayed,
-        "ledger_entries": result.ledger_entries, "crm_records": result.crm_records,
-        "handoff_tasks": result.tasks, "differences": len(result.differences),
+        "dlq_records": chaos.dead_lettered,
+        "dlq_replayed": chaos.replayed,
+        "ledger_entries": result.ledger_entries,
+        "crm_records": result.crm_records,
+        "handoff_tasks": result.tasks,
+        "differences": len(result.differences),
         "seconds": seconds,
-    }  # fmt: skip
+    }
     if args.json:
         print(json.dumps(summary, indent=2))
     else:

@@ -38,10 +38,17 @@ def run(args: list[str], data_dir: Path) -> tuple[float, int, str]:
     """Wall seconds, exit code and stdout of one `elasticity` command in its own process."""
     started = time.perf_counter()
     done = subprocess.run(  # noqa: S603 - our own CLI with arguments built here
-        [sys.executable, "-m", "connectors.cli", *args], cwd=ROOT, capture_output=True,
-        text=True, env={"ELASTICITY_DATA_DIR": str(data_dir), "PATH": "/usr/bin:/bin",
-                        "PYTHONPATH": str(ROOT)}, check=False,
-    )  # fmt: skip
+        [sys.executable, "-m", "connectors.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={
+            "ELASTICITY_DATA_DIR": str(data_dir),
+            "PATH": "/usr/bin:/bin",
+            "PYTHONPATH": str(ROOT),
+        },
+        check=False,
+    )
     if done.returncode not in (0, 1):
         sys.exit(f"{' '.join(args[:1])} failed ({done.returncode}):\n{done.stderr[-2000:]}")
     return time.perf_counter() - started, done.returncode, done.stdout
@@ -58,21 +65,47 @@ def main() -> None:
         write_events(stream, events, contacts)
         base = ROOT / "mappings" / "hubspot.yaml"
         candidate = work / "candidate.yaml"
-        candidate.write_text(base.read_text().replace("dormant_after_days: 90",
-                                                      "dormant_after_days: 60"))  # fmt: skip
+        candidate.write_text(
+            base.read_text().replace("dormant_after_days: 90", "dormant_after_days: 60")
+        )
         until = (START + timedelta(days=181)).isoformat()
-        one, _, _ = run(["replay", str(base), str(stream), "--until", until,
-                         "--out", str(work / "states.jsonl")], work)  # fmt: skip
-        wall, code, text = run(["compare", str(base), str(candidate), str(stream), "--until",
-                                until, "--format", "json"], work)  # fmt: skip
+        one, _, _ = run(
+            [
+                "replay",
+                str(base),
+                str(stream),
+                "--until",
+                until,
+                "--out",
+                str(work / "states.jsonl"),
+            ],
+            work,
+        )
+        wall, code, text = run(
+            [
+                "compare",
+                str(base),
+                str(candidate),
+                str(stream),
+                "--until",
+                until,
+                "--format",
+                "json",
+            ],
+            work,
+        )
         peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         report = json.loads(text)
     print(f"compare, {events:,} events / {contacts:,} contacts, dormancy 90 vs 60 days")
-    print(f"  wall time              {wall:8.1f} s  (one replay alone {one:.1f} s: "
-          f"{wall / one:.2f}x one replay for two)")
+    print(
+        f"  wall time              {wall:8.1f} s  (one replay alone {one:.1f} s: "
+        f"{wall / one:.2f}x one replay for two)"
+    )
     print(f"  peak RSS (one process) {peak_mb:8.0f} MB")
-    print(f"  contacts ending apart  {report['contacts_changed']:8,} of {report['contacts']:,} "
-          f"(exit {code})")
+    print(
+        f"  contacts ending apart  {report['contacts_changed']:8,} of {report['contacts']:,} "
+        f"(exit {code})"
+    )
     for move, count in list(report["final_state_moves"].items())[:5]:
         print(f"    {move:<40} {count:,}")
 

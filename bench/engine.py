@@ -36,8 +36,14 @@ from core.mapping import load_mapping  # noqa: E402
 from core.models import EVENT  # noqa: E402
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
-KINDS = ["send"] * 50 + ["open"] * 28 + ["click"] * 12 + ["high_intent_visit"] * 6 + [
-    "enroll"] * 3 + ["unsubscribe"]  # fmt: skip
+KINDS = (
+    ["send"] * 50
+    + ["open"] * 28
+    + ["click"] * 12
+    + ["high_intent_visit"] * 6
+    + ["enroll"] * 3
+    + ["unsubscribe"]
+)
 
 
 def event_dicts(events: int, contacts: int, seed: int):
@@ -51,8 +57,12 @@ def event_dicts(events: int, contacts: int, seed: int):
         else:
             contact, kind = rng.randrange(contacts), rng.choice(KINDS)
             at = START + timedelta(seconds=i * step)
-        yield {"event_id": f"ev{i}", "contact_id": f"c{contact:06d}", "type": kind,
-               "occurred_at": at.isoformat()}  # fmt: skip
+        yield {
+            "event_id": f"ev{i}",
+            "contact_id": f"c{contact:06d}",
+            "type": kind,
+            "occurred_at": at.isoformat(),
+        }
 
 
 def bench_object_engine(events: list, policy) -> float:
@@ -76,8 +86,9 @@ def bench_coded_engine(events: list, policy) -> float:
     coded_events = []
     for e in events:
         i = index.setdefault(e.contact_id, len(index))
-        coded_events.append((i, p.type_codes[e.type], to_us(e.occurred_at), e.event_id,
-                             e.contact_id))  # fmt: skip
+        coded_events.append(
+            (i, p.type_codes[e.type], to_us(e.occurred_at), e.event_id, e.contact_id)
+        )
     states: list = [None] * len(index)
     rows: list = []
     apply = coded.apply
@@ -95,8 +106,14 @@ def run_child(args: list[str]) -> tuple[float, float]:
     this large process starts with its pages counted."""
     timer = ["/usr/bin/time", "-f", "peak-rss-kb %M"] if Path("/usr/bin/time").exists() else []
     started = time.perf_counter()
-    proc = subprocess.run([*timer, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          cwd=ROOT, text=True, check=False)  # fmt: skip
+    proc = subprocess.run(
+        [*timer, *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+        text=True,
+        check=False,
+    )
     seconds = time.perf_counter() - started
     if proc.returncode:
         raise SystemExit(f"{' '.join(args)} failed ({proc.returncode}): {proc.stderr[-2000:]}")
@@ -118,8 +135,11 @@ def main() -> None:
     parser.add_argument("--sim-days", type=int, default=180)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--quick", action="store_true", help="a tenth of the sizes")
-    parser.add_argument("--skip-object", action="store_true",
-                        help="coded path only (no old-path replay or simulate)")
+    parser.add_argument(
+        "--skip-object",
+        action="store_true",
+        help="coded path only (no old-path replay or simulate)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.events, args.contacts, args.sim_contacts, args.sim_days = 100_000, 10_000, 10_000, 60
@@ -135,8 +155,10 @@ def main() -> None:
         rates["coded"].append(bench_coded_engine(events, mapping.policy))
     old, new = max(rates["object"]), max(rates["coded"])
     print(f"engine alone, object:  {old:>10,.0f} events/s")
-    print(f"engine alone, coded:   {new:>10,.0f} events/s  ({new / old:.2f}x the object engine; "
-          f"target >= 300,000: {new / 300_000:.2f}x)")
+    print(
+        f"engine alone, coded:   {new:>10,.0f} events/s  ({new / old:.2f}x the object engine; "
+        f"target >= 300,000: {new / 300_000:.2f}x)"
+    )
     del events
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -145,9 +167,13 @@ def main() -> None:
             for item in event_dicts(args.events, args.contacts, seed=2):
                 handle.write(json.dumps(item) + "\n")
         replay = [*exe, "replay", "mappings/hubspot.yaml", str(events_file), "--out", os.devnull]
-        runs = [("coded, 1 worker", ["--engine", "coded", "--workers", "1"]),
-                (f"coded, {args.workers} workers", ["--engine", "coded", "--workers",
-                                                    str(args.workers)])]  # fmt: skip
+        runs = [
+            ("coded, 1 worker", ["--engine", "coded", "--workers", "1"]),
+            (
+                f"coded, {args.workers} workers",
+                ["--engine", "coded", "--workers", str(args.workers)],
+            ),
+        ]
         if not args.skip_object:
             runs.insert(1, ("object", ["--engine", "object"]))
         seconds: dict[str, float] = {}
@@ -158,14 +184,18 @@ def main() -> None:
             seconds[name] = took
             stores[name] = DataDir(data).replay
             rate = args.events / took
-            print(f"replay {name + ':':<20} {rate:>10,.0f} events/s  ({took:.1f} s incl. start-up, "
-                  f"peak RSS {rss:,.0f} MB; target <= 250 MB: {rss / 250:.2f}x)")  # fmt: skip
+            print(
+                f"replay {name + ':':<20} {rate:>10,.0f} events/s  ({took:.1f} s incl. start-up, "
+                f"peak RSS {rss:,.0f} MB; target <= 250 MB: {rss / 250:.2f}x)"
+            )
         one = seconds["coded, 1 worker"]
         n = seconds[f"coded, {args.workers} workers"]
         print(f"  {args.workers} workers vs 1: {one / n:.2f}x (target >= 1.4x)")
         if "object" in seconds:
-            print(f"  coded 1 worker vs object: {seconds['object'] / one:.2f}x (target >= 4x); "
-                  f"target >= 100,000 events/s: {args.events / one / 100_000:.2f}x")
+            print(
+                f"  coded 1 worker vs object: {seconds['object'] / one:.2f}x (target >= 4x); "
+                f"target >= 100,000 events/s: {args.events / one / 100_000:.2f}x"
+            )
             from core.explain import explain_contact
             from core.report import render_report
 
@@ -173,29 +203,47 @@ def main() -> None:
             for _ in range(3):  # interleaved, best of three each
                 for name in ("object", "coded, 1 worker"):
                     path = stores[name]
-                    took_explain = min(timed(lambda p=path: explain_contact(p, "c000123"))
-                                       for _ in range(5))  # fmt: skip
+                    took_explain = min(
+                        timed(lambda p=path: explain_contact(p, "c000123")) for _ in range(5)
+                    )
                     took_report = timed(lambda p=path: render_report(p, "json", mapping=mapping))
                     best = reads.get(name, (took_explain, took_report))
                     reads[name] = (min(best[0], took_explain), min(best[1], took_report))
             for name, (took_explain, took_report) in reads.items():
-                print(f"  on the {name} ledger: explain {took_explain * 1000:.1f} ms, "
-                      f"report {took_report:.2f} s")
+                print(
+                    f"  on the {name} ledger: explain {took_explain * 1000:.1f} ms, "
+                    f"report {took_report:.2f} s"
+                )
             (old_explain, old_report), (new_explain, new_report) = reads.values()
-            print(f"  coded ledger vs text ledger: explain {new_explain / old_explain:.2f}x the "
-                  f"time, report {new_report / old_report:.2f}x (target: no slower, <= 1.00x)")
+            print(
+                f"  coded ledger vs text ledger: explain {new_explain / old_explain:.2f}x the "
+                f"time, report {new_report / old_report:.2f}x (target: no slower, <= 1.00x)"
+            )
 
     with tempfile.TemporaryDirectory() as tmp:
-        simulate = [*exe, "simulate", "--contacts", str(args.sim_contacts), "--days",
-                    str(args.sim_days), "--report", str(Path(tmp) / "report"),
-                    "--data-dir", tmp]  # fmt: skip
+        simulate = [
+            *exe,
+            "simulate",
+            "--contacts",
+            str(args.sim_contacts),
+            "--days",
+            str(args.sim_days),
+            "--report",
+            str(Path(tmp) / "report"),
+            "--data-dir",
+            tmp,
+        ]
         took, rss = run_child(simulate)
-        print(f"simulate {args.sim_contacts:,} x {args.sim_days} d, coded: {took:>6.1f} s "
-              f"(target <= 20 s; peak RSS {rss:,.0f} MB)")
+        print(
+            f"simulate {args.sim_contacts:,} x {args.sim_days} d, coded: {took:>6.1f} s "
+            f"(target <= 20 s; peak RSS {rss:,.0f} MB)"
+        )
         if not args.skip_object:
             env_took, _ = run_child([*simulate, "--engine", "object"])
-            print(f"simulate {args.sim_contacts:,} x {args.sim_days} d, object: {env_took:>5.1f} s "
-                  f"({env_took / took:.2f}x the coded run's time)")
+            print(
+                f"simulate {args.sim_contacts:,} x {args.sim_days} d, object: {env_took:>5.1f} s "
+                f"({env_took / took:.2f}x the coded run's time)"
+            )
     print(f"load average at end: {os.getloadavg()[0]:.1f}")
 
 

@@ -36,8 +36,9 @@ def rss_mb() -> float:
 
 def property_for(case, targets, outcomes: Outcomes, examples: int, at_seed: int):
     @seed(at_seed)
-    @settings(max_examples=examples, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))  # fmt: skip
+    @settings(
+        max_examples=examples, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    )
     @given(st.data())
     def run(data: st.DataObject) -> None:
         case(targets, outcomes, data)

@@ -67,9 +67,11 @@ def main() -> None:
     minimum = math.ceil(args.events / 1000) + math.ceil(recipients / 100)
     floor = max(0, calls - 100) / 10
     print(f"{args.events:,} events, {recipients:,} recipients: {result.written:,} written")
-    print(f"calls {calls} = {calls / minimum:.3f} x minimum ({minimum}); "
-          f"429s {fake.stats['429']}; wall {wall:.1f} s = {wall / floor if floor else 0:.3f} x "
-          f"rate-limit floor ({floor:.1f} s); {result.written / wall:,.0f} events written/s")
+    print(
+        f"calls {calls} = {calls / minimum:.3f} x minimum ({minimum}); "
+        f"429s {fake.stats['429']}; wall {wall:.1f} s = {wall / floor if floor else 0:.3f} x "
+        f"rate-limit floor ({floor:.1f} s); {result.written / wall:,.0f} events written/s"
+    )
 
 
 if __name__ == "__main__":

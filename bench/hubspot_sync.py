@@ -57,17 +57,22 @@ def seed_population(fake: FakeHubSpot, contacts: int, due_share: float, seed: in
     days = lambda n: _iso(NOW - timedelta(days=n))  # noqa: E731
     due = 0
     for _ in range(contacts):
-        props: dict[str, Any] = {"elastic_reactivation_cycle": "0", "elastic_unanswered_sends": "0",
-                                 "elastic_reactivation_step": "0",
-                                 "elastic_engagement_score": "0"}  # fmt: skip
+        props: dict[str, Any] = {
+            "elastic_reactivation_cycle": "0",
+            "elastic_unanswered_sends": "0",
+            "elastic_reactivation_step": "0",
+            "elastic_engagement_score": "0",
+        }
         roll = rng.random()
         if roll < due_share:
             due += 1
             kind = rng.random()
             if kind < 0.5:
-                props.update(elastic_campaign_status="active",
-                             elastic_last_engagement_date=days(100),
-                             elastic_status_changed_at=days(100))  # fmt: skip
+                props.update(
+                    elastic_campaign_status="active",
+                    elastic_last_engagement_date=days(100),
+                    elastic_status_changed_at=days(100),
+                )
             elif kind < 0.8:
                 props.update(elastic_campaign_status="dormant", elastic_status_changed_at=days(35))
             else:
@@ -80,15 +85,20 @@ def seed_population(fake: FakeHubSpot, contacts: int, due_share: float, seed: in
         else:
             kind = rng.random()
             if kind < 0.6:
-                props.update(elastic_campaign_status="active", elastic_engagement_score="5",
-                             elastic_last_engagement_date=days(5),
-                             elastic_status_changed_at=days(5))  # fmt: skip
+                props.update(
+                    elastic_campaign_status="active",
+                    elastic_engagement_score="5",
+                    elastic_last_engagement_date=days(5),
+                    elastic_status_changed_at=days(5),
+                )
             elif kind < 0.8:
                 props.update(elastic_campaign_status="dormant", elastic_status_changed_at=days(10))
             else:
-                props.update(elastic_campaign_status="suppressed",
-                             elastic_suppression_reason="unsubscribe",
-                             elastic_status_changed_at=days(60))  # fmt: skip
+                props.update(
+                    elastic_campaign_status="suppressed",
+                    elastic_suppression_reason="unsubscribe",
+                    elastic_status_changed_at=days(60),
+                )
         fake.add_contact(props)
     # A full collection over a million fake records stalls the fake's threads for a moment,
     # skewing when it stamps arrivals (real HubSpot has no such pauses): take them out of it.
@@ -98,8 +108,9 @@ def seed_population(fake: FakeHubSpot, contacts: int, due_share: float, seed: in
 
 
 def serve_fake(pipe: Any, rate: int, search_rate: int, latency: float) -> None:
-    fake = FakeHubSpot(requests_per_10s=rate, search_per_second=search_rate, latency=latency,
-                       now=lambda: CREATED)  # fmt: skip
+    fake = FakeHubSpot(
+        requests_per_10s=rate, search_per_second=search_rate, latency=latency, now=lambda: CREATED
+    )
     fake.seeder = seed_population
     pipe.send(fake.start())
     pipe.recv()  # block until the parent is done
@@ -109,22 +120,30 @@ def serve_fake(pipe: Any, rate: int, search_rate: int, latency: float) -> None:
 def admin(base: str, path: str, body: dict | None = None) -> dict:
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(  # noqa: S310 - the fake on loopback
-        base + path, data=data, method="POST" if data else "GET",
+        base + path,
+        data=data,
+        method="POST" if data else "GET",
         headers={"Content-Type": "application/json"},
-    )  # fmt: skip
+    )
     with urllib.request.urlopen(request, timeout=600) as response:  # noqa: S310
         return json.loads(response.read() or b"{}")
 
 
 def settings(base: str, rate: int, search_rate: int) -> HubSpotSettings:
-    return HubSpotSettings(access_token=TOKEN, base_url=base, requests_per_10s=rate,
-                           search_per_second=search_rate, write_concurrency=4)  # fmt: skip
+    return HubSpotSettings(
+        access_token=TOKEN,
+        base_url=base,
+        requests_per_10s=rate,
+        search_per_second=search_rate,
+        write_concurrency=4,
+    )
 
 
 def run_sync(base: str, args: argparse.Namespace) -> dict[str, Any]:
     mapping = load_mapping(MAPPING)
-    connector = HubSpotConnector(mapping, settings(base, args.rate, args.search_rate),
-                                 prefetch_pages=8)  # fmt: skip
+    connector = HubSpotConnector(
+        mapping, settings(base, args.rate, args.search_rate), prefetch_pages=8
+    )
     connector.provision()
     population = admin(
         base,
@@ -157,13 +176,15 @@ def run_naive(base: str, args: argparse.Namespace, mapping: Any) -> dict[str, An
     admin(base, "/_fake/reset", {})
     client = HubSpotClient(settings(base, args.rate, args.search_rate))
     props = read_properties(mapping)
-    listing = client.call("contacts.basic", "get_page", limit=100, properties=["hs_object_id"],
-                          what="list", scope="-").data  # fmt: skip
+    listing = client.call(
+        "contacts.basic", "get_page", limit=100, properties=["hs_object_id"], what="list", scope="-"
+    ).data
     ids = [r["id"] for r in listing["results"]][: args.naive_sample]
     started = time.perf_counter()
     for cid in ids:
-        data = client.call("contacts.basic", "get_by_id", cid, properties=props,
-                           what="read", scope="-").data  # fmt: skip
+        data = client.call(
+            "contacts.basic", "get_by_id", cid, properties=props, what="read", scope="-"
+        ).data
         record = record_from_properties(mapping, cid, data["properties"])
         state = state_from_crm(cid, record.values, None, mapping.policy, NOW, record.created_at)
         values = advance(state, NOW, mapping.policy).state.canonical_values() if state else {}
@@ -213,28 +234,47 @@ def report(args: argparse.Namespace, sync: dict[str, Any], naive: dict[str, Any]
     used = sync["api_calls"]
     rows = [
         ("contacts / due / written", f"{n:,} / {due:,} / {changed:,}"),
-        ("decisions / transitions", f"{summary.decisions:,} / {dict(summary.transitions)} "
-                                    "(reactivation steps keep the status)"),
-        ("API calls used", f"{used:,} (search {search_calls}, batch update {update_calls}, "
-                           f"other {used - search_calls - update_calls})"),
-        ("minimum calls", f"{minimum:,} = ceil({due:,}/200) search pages + "
-                          f"ceil({changed:,}/100) updates"),
+        (
+            "decisions / transitions",
+            f"{summary.decisions:,} / {dict(summary.transitions)} "
+            "(reactivation steps keep the status)",
+        ),
+        (
+            "API calls used",
+            f"{used:,} (search {search_calls}, batch update {update_calls}, "
+            f"other {used - search_calls - update_calls})",
+        ),
+        (
+            "minimum calls",
+            f"{minimum:,} = ceil({due:,}/200) search pages + ceil({changed:,}/100) updates",
+        ),
         ("calls / minimum", f"{used / minimum:.3f}   (target <= 1.05)"),
         ("wall time", f"{sync['wall']:.1f} s"),
-        ("rate-limit floor", f"{floor:.1f} s = max(search at {args.search_rate}/s, updates at "
-                             f"{args.rate}/10 s, first burst free) + one request's latency"),
+        (
+            "rate-limit floor",
+            f"{floor:.1f} s = max(search at {args.search_rate}/s, updates at "
+            f"{args.rate}/10 s, first burst free) + one request's latency",
+        ),
         ("wall / floor", f"{sync['wall'] / floor:.3f}   (target <= 1.15)"),
-        ("429s received", f"{fake['stats'].get('429', 0)}   (target 0; search "
-                          f"{fake['stats'].get('429_search', 0)})"),
+        (
+            "429s received",
+            f"{fake['stats'].get('429', 0)}   (target 0; search "
+            f"{fake['stats'].get('429_search', 0)})",
+        ),
         ("retries", summary.retries),
-        ("naive loop calls", f"{naive_calls:,} = ceil(n/100) list pages + a read and an update "
-                             "per contact"),
+        (
+            "naive loop calls",
+            f"{naive_calls:,} = ceil(n/100) list pages + a read and an update per contact",
+        ),
         ("naive / ours (calls)", f"{naive_calls / used:,.0f}x fewer calls   (target >= 100x)"),
-        ("naive loop wall", f"{naive_wall / 3600:.1f} h EXTRAPOLATED from a {naive['sample']}-"
-                            f"contact sample that took {naive['seconds']:.1f} s "
-                            f"({naive['429s']} 429s)"),
+        (
+            "naive loop wall",
+            f"{naive_wall / 3600:.1f} h EXTRAPOLATED from a {naive['sample']}-"
+            f"contact sample that took {naive['seconds']:.1f} s "
+            f"({naive['429s']} 429s)",
+        ),
         ("naive / ours (wall)", f"{naive_wall / sync['wall']:,.0f}x"),
-    ]  # fmt: skip
+    ]
     print(
         f"\nHubSpot sync benchmark: fake HubSpot, {args.rate} req/10 s, search "
         f"{args.search_rate}/s, {args.latency * 1000:.0f} ms per request"

@@ -27,13 +27,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE_AWS = {
-    "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-    "AWS_DEFAULT_REGION": "eu-west-1", "POWERTOOLS_LOG_LEVEL": "WARNING",
+    "AWS_ACCESS_KEY_ID": "bench",
+    "AWS_SECRET_ACCESS_KEY": "bench",
+    "AWS_DEFAULT_REGION": "eu-west-1",
+    "POWERTOOLS_LOG_LEVEL": "WARNING",
     "POWERTOOLS_METRICS_DISABLED": "true",
-    "STATE_TABLE": "bench-state", "WORK_QUEUE_NAME": "bench-work.fifo",
+    "STATE_TABLE": "bench-state",
+    "WORK_QUEUE_NAME": "bench-work.fifo",
     "WORK_QUEUE_URL": "https://sqs.eu-west-1.amazonaws.com/123456789012/bench-work.fifo",
-    "POWERTOOLS_METRICS_NAMESPACE": "Bench", "SECRET_NAMES": "",
-}  # fmt: skip
+    "POWERTOOLS_METRICS_NAMESPACE": "Bench",
+    "SECRET_NAMES": "",
+}
 
 COLD_START = """
 import time, json
@@ -53,13 +57,25 @@ print(json.dumps(ms))
 
 
 def cold_start(vendor: str, mapping: str, prelude: str, extra_env: dict[str, str], runs: int):
-    env = {**os.environ, **FAKE_AWS, **extra_env, "ELASTICITY_MAPPINGS": mapping,
-           "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "0"}  # fmt: skip
+    env = {
+        **os.environ,
+        **FAKE_AWS,
+        **extra_env,
+        "ELASTICITY_MAPPINGS": mapping,
+        "PYTHONPATH": str(ROOT),
+        "PYTHONDONTWRITEBYTECODE": "0",
+    }
     code = COLD_START.format(prelude=prelude, vendor=vendor)
     samples = []
     for _ in range(runs + 1):  # the first run compiles bytecode; it is not counted
-        out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, check=True,  # noqa: S603
-                             capture_output=True, text=True).stdout  # fmt: skip
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            env=env,
+            cwd=ROOT,
+            check=True,  # noqa: S603
+            capture_output=True,
+            text=True,
+        ).stdout
         samples.append(json.loads(out.strip().splitlines()[-1]))
     samples = samples[1:]
     total = [s["import_ms"] + s["build_ms"] for s in samples]
@@ -85,8 +101,9 @@ def worker_batch(store_kind: str, runs: int) -> dict[str, float]:
     from tests.aws.harness import FakeContext
     from tests.fakes.memory_crm import MAPPING_PATH, MemoryConnector, MemoryCrm
 
-    os.environ.update({"ELASTICITY_MAPPINGS": str(MAPPING_PATH), "MEMORY_SECRET": "x",
-                       "MEMORY_CRM": "bench"})  # fmt: skip
+    os.environ.update(
+        {"ELASTICITY_MAPPINGS": str(MAPPING_PATH), "MEMORY_SECRET": "x", "MEMORY_CRM": "bench"}
+    )
     crm_seconds = [0.0]
     for name in ("read_records", "write_records", "create_tasks"):
         original = getattr(MemoryConnector, name)
@@ -113,17 +130,31 @@ def worker_batch(store_kind: str, runs: int) -> dict[str, float]:
             now = datetime.now(UTC)
             records = []
             for i in range(10):
-                body = {"vendor": "memory", "event": {
-                    "event_id": f"r{run}-e{i}", "contact_id": f"c{i % 7}", "type": "open",
-                    "occurred_at": (now - timedelta(minutes=10 - i)).isoformat()}}  # fmt: skip
-                records.append({
-                    "messageId": f"m{i}", "receiptHandle": "h", "body": json.dumps(body),
-                    "attributes": {"ApproximateReceiveCount": "1",
-                                   "MessageGroupId": f"memory:c{i % 7}"},
-                    "messageAttributes": {}, "md5OfBody": "", "eventSource": "aws:sqs",
-                    "eventSourceARN": "arn:aws:sqs:eu-west-1:123456789012:bench-work.fifo",
-                    "awsRegion": "eu-west-1",
-                })  # fmt: skip
+                body = {
+                    "vendor": "memory",
+                    "event": {
+                        "event_id": f"r{run}-e{i}",
+                        "contact_id": f"c{i % 7}",
+                        "type": "open",
+                        "occurred_at": (now - timedelta(minutes=10 - i)).isoformat(),
+                    },
+                }
+                records.append(
+                    {
+                        "messageId": f"m{i}",
+                        "receiptHandle": "h",
+                        "body": json.dumps(body),
+                        "attributes": {
+                            "ApproximateReceiveCount": "1",
+                            "MessageGroupId": f"memory:c{i % 7}",
+                        },
+                        "messageAttributes": {},
+                        "md5OfBody": "",
+                        "eventSource": "aws:sqs",
+                        "eventSourceARN": "arn:aws:sqs:eu-west-1:123456789012:bench-work.fifo",
+                        "awsRegion": "eu-west-1",
+                    }
+                )
             crm_seconds[0] = 0.0
             started = time.perf_counter()
             response = handlers.worker({"Records": records}, FakeContext())
@@ -149,9 +180,12 @@ def main() -> None:
     )
     try:
         results["cold_start_hubspot_connector"] = cold_start(
-            "hubspot", "mappings/hubspot.yaml", "",
-            {"HUBSPOT_ACCESS_TOKEN": "pat-bench", "HUBSPOT_CLIENT_SECRET": "bench"}, args.runs,
-        )  # fmt: skip
+            "hubspot",
+            "mappings/hubspot.yaml",
+            "",
+            {"HUBSPOT_ACCESS_TOKEN": "pat-bench", "HUBSPOT_CLIENT_SECRET": "bench"},
+            args.runs,
+        )
     except subprocess.CalledProcessError as exc:
         results["cold_start_hubspot_connector"] = f"not measured: {exc.stderr.strip()[-200:]}"
     results["worker_batch_10_sqlite"] = worker_batch("sqlite", args.runs)

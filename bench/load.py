@@ -68,11 +68,13 @@ def bench_runners(workdir: str, crm_url: str, cache_mb: int | None) -> list:
     from tests.fakes.hubspot_server import TOKEN
 
     mapping = load_mapping(ROOT / "mappings" / "hubspot.yaml")
-    settings = HubSpotSettings(access_token=TOKEN, client_secret=SECRET, base_url=crm_url,
-                               requests_per_10s=10_000)  # fmt: skip
+    settings = HubSpotSettings(
+        access_token=TOKEN, client_secret=SECRET, base_url=crm_url, requests_per_10s=10_000
+    )
     connector = HubSpotConnector(mapping, settings, load_options(mapping))
-    store = SQLiteStore(Path(workdir) / "load.sqlite3", **({"cache_mb": cache_mb} if cache_mb
-                                                          else {}))  # fmt: skip
+    store = SQLiteStore(
+        Path(workdir) / "load.sqlite3", **({"cache_mb": cache_mb} if cache_mb else {})
+    )
     return [Runner(connector, store)]
 
 
@@ -83,9 +85,15 @@ WSGI application under waitress; gunicorn: the ASGI application under gunicorn's
 one uvicorn worker. All four on the same `Intake`, store and worker process."""
 
 
-def serve(workdir: str, crm_url: str, mode: str, cache_mb: int | None,
-          switch_ms: float | None, server: str = "uvicorn",
-          handler_threads: int | None = None) -> None:  # fmt: skip
+def serve(
+    workdir: str,
+    crm_url: str,
+    mode: str,
+    cache_mb: int | None,
+    switch_ms: float | None,
+    server: str = "uvicorn",
+    handler_threads: int | None = None,
+) -> None:
     """mode: `process` (as `elasticity serve` runs), `thread` (worker in the server's
     process) or `none` (intake only)."""
     import logging
@@ -99,11 +107,19 @@ def serve(workdir: str, crm_url: str, mode: str, cache_mb: int | None,
     runners = bench_runners(workdir, crm_url, cache_mb)
     runners[0].connector.provision()
     factory = partial(bench_runners, workdir, crm_url, cache_mb)
-    limits = ServerLimits(**({} if handler_threads is None
-                             else {"handler_threads": handler_threads}))  # fmt: skip
+    limits = ServerLimits(
+        **({} if handler_threads is None else {"handler_threads": handler_threads})
+    )
     if server == "uvicorn" and mode == "process":  # exactly as `elasticity serve` runs
-        serve_forever(runners, HOST, 0, factory, 0.5, limits=limits,
-                      ready=lambda server: print(server.server_address[1], flush=True))  # fmt: skip
+        serve_forever(
+            runners,
+            HOST,
+            0,
+            factory,
+            0.5,
+            limits=limits,
+            ready=lambda server: print(server.server_address[1], flush=True),
+        )
         return
     worker: InboxWorker | WorkerProcess | None = None
     if mode == "process":
@@ -150,8 +166,9 @@ def serve_with(server: str, runners: list, factory, worker) -> None:
     elif server == "waitress":
         import waitress
 
-        wsgi = waitress.create_server(wsgi_app(intake), host=HOST, port=0, threads=8,
-                                      channel_timeout=10, connection_limit=256)  # fmt: skip
+        wsgi = waitress.create_server(
+            wsgi_app(intake), host=HOST, port=0, threads=8, channel_timeout=10, connection_limit=256
+        )
         print(wsgi.effective_port, flush=True)
         wsgi.run()
 
@@ -168,10 +185,16 @@ def stdlib_handler(intake):
         def do_POST(self) -> None:  # noqa: N802 - http.server's naming
             url = urlsplit(self.path)
             length = int(self.headers.get("Content-Length") or 0)
-            answer = intake.answer(WebhookRequest(
-                method=self.command, path=url.path, query=url.query,
-                headers={k.lower(): v for k, v in self.headers.items()},
-                body=self.rfile.read(length), received_at=datetime.now(UTC)))  # fmt: skip
+            answer = intake.answer(
+                WebhookRequest(
+                    method=self.command,
+                    path=url.path,
+                    query=url.query,
+                    headers={k.lower(): v for k, v in self.headers.items()},
+                    body=self.rfile.read(length),
+                    received_at=datetime.now(UTC),
+                )
+            )
             self.send_response(answer.status)
             self.send_header("Content-Type", answer.content_type)
             self.send_header("Content-Length", str(len(answer.body)))
@@ -192,19 +215,27 @@ def wsgi_app(intake):
     from connectors.base import WebhookRequest
 
     def app(environ, start_response):
-        headers = {k[5:].replace("_", "-").lower(): v for k, v in environ.items()
-                   if k.startswith("HTTP_")}  # fmt: skip
+        headers = {
+            k[5:].replace("_", "-").lower(): v for k, v in environ.items() if k.startswith("HTTP_")
+        }
         for key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
             if environ.get(key):
                 headers[key.replace("_", "-").lower()] = environ[key]
         length = int(environ.get("CONTENT_LENGTH") or 0)
-        answer = intake.answer(WebhookRequest(
-            method=environ["REQUEST_METHOD"], path=environ["PATH_INFO"],
-            query=environ.get("QUERY_STRING", ""), headers=headers,
-            body=environ["wsgi.input"].read(length), received_at=datetime.now(UTC)))  # fmt: skip
-        start_response(f"{answer.status} {HTTPStatus(answer.status).phrase}",
-                       [("Content-Type", answer.content_type),
-                        ("Content-Length", str(len(answer.body)))])  # fmt: skip
+        answer = intake.answer(
+            WebhookRequest(
+                method=environ["REQUEST_METHOD"],
+                path=environ["PATH_INFO"],
+                query=environ.get("QUERY_STRING", ""),
+                headers=headers,
+                body=environ["wsgi.input"].read(length),
+                received_at=datetime.now(UTC),
+            )
+        )
+        start_response(
+            f"{answer.status} {HTTPStatus(answer.status).phrase}",
+            [("Content-Type", answer.content_type), ("Content-Length", str(len(answer.body)))],
+        )
         return [answer.body]
 
     return app
@@ -223,10 +254,15 @@ def serve_gunicorn(factory, worker) -> None:
 
     class Bench(BaseApplication):
         def load_config(self) -> None:
-            for key, value in {"bind": [f"fd://{listener.fileno()}"], "workers": 1,
-                               "worker_class": "uvicorn.workers.UvicornWorker",
-                               "keepalive": 5, "graceful_timeout": 30, "loglevel": "warning",
-                               "accesslog": None}.items():  # fmt: skip
+            for key, value in {
+                "bind": [f"fd://{listener.fileno()}"],
+                "workers": 1,
+                "worker_class": "uvicorn.workers.UvicornWorker",
+                "keepalive": 5,
+                "graceful_timeout": 30,
+                "loglevel": "warning",
+                "accesslog": None,
+            }.items():
                 self.cfg.set(key, value)
 
         def load(self):
@@ -249,12 +285,19 @@ def _trim_fake_log(fake) -> None:
 
 def body_for(n: int, per_request: int) -> bytes:
     now_ms = round(time.time() * 1000)
-    notes = [{"eventId": n * per_request + i, "subscriptionId": 1, "portalId": 1,
-              "occurredAt": now_ms - 1000, "subscriptionType": "contact.propertyChange",
-              "objectId": FIRST_ID + (n * per_request + i) % CONTACTS,
-              "propertyName": "hs_email_last_open_date",
-              "propertyValue": str(now_ms - 1000 - (n * per_request + i))}
-             for i in range(per_request)]  # fmt: skip
+    notes = [
+        {
+            "eventId": n * per_request + i,
+            "subscriptionId": 1,
+            "portalId": 1,
+            "occurredAt": now_ms - 1000,
+            "subscriptionType": "contact.propertyChange",
+            "objectId": FIRST_ID + (n * per_request + i) % CONTACTS,
+            "propertyName": "hs_email_last_open_date",
+            "propertyValue": str(now_ms - 1000 - (n * per_request + i)),
+        }
+        for i in range(per_request)
+    ]
     return json.dumps(notes).encode()
 
 
@@ -267,10 +310,16 @@ def send(port: int, body: bytes) -> tuple[int, float]:
     started = time.perf_counter()
     conn = http.client.HTTPConnection(HOST, port, timeout=10)
     try:
-        conn.request("POST", PATH, body, {
-            "Content-Type": "application/json", "X-HubSpot-Signature-v3": signature,
-            "X-HubSpot-Request-Timestamp": stamp,
-        })  # fmt: skip
+        conn.request(
+            "POST",
+            PATH,
+            body,
+            {
+                "Content-Type": "application/json",
+                "X-HubSpot-Signature-v3": signature,
+                "X-HubSpot-Request-Timestamp": stamp,
+            },
+        )
         response = conn.getresponse()
         response.read()
         return response.status, time.perf_counter() - started
@@ -325,19 +374,39 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--per-request", type=int, default=10, help="notifications a request")
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--worker", choices=["process", "thread", "none"], default="process",
-                        help="process: as `elasticity serve` runs it; thread: in the server's "
-                        "process; none: intake only (isolates intake latency)")
-    parser.add_argument("--servers", default="uvicorn",
-                        help=f"comma-separated, run in turn and compared: {', '.join(SERVERS)}")
-    parser.add_argument("--rounds", type=int, default=1,
-                        help="with several servers: interleaved rounds of each")
-    parser.add_argument("--handler-threads", type=int, default=None,
-                        help="uvicorn: requests handled at once (0: in the event loop)")
-    parser.add_argument("--switch-ms", type=float, default=None,
-                        help="the server's GIL switch interval (Python's default is 5 ms)")
-    parser.add_argument("--sqlite-cache-mb", type=int, default=None,
-                        help="override the store's page cache (default: the store's own)")
+    parser.add_argument(
+        "--worker",
+        choices=["process", "thread", "none"],
+        default="process",
+        help="process: as `elasticity serve` runs it; thread: in the server's "
+        "process; none: intake only (isolates intake latency)",
+    )
+    parser.add_argument(
+        "--servers",
+        default="uvicorn",
+        help=f"comma-separated, run in turn and compared: {', '.join(SERVERS)}",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="with several servers: interleaved rounds of each"
+    )
+    parser.add_argument(
+        "--handler-threads",
+        type=int,
+        default=None,
+        help="uvicorn: requests handled at once (0: in the event loop)",
+    )
+    parser.add_argument(
+        "--switch-ms",
+        type=float,
+        default=None,
+        help="the server's GIL switch interval (Python's default is 5 ms)",
+    )
+    parser.add_argument(
+        "--sqlite-cache-mb",
+        type=int,
+        default=None,
+        help="override the store's page cache (default: the store's own)",
+    )
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--server", default="uvicorn", help=argparse.SUPPRESS)
     parser.add_argument("--crm", help=argparse.SUPPRESS)
@@ -347,8 +416,15 @@ def main() -> int:
         serve_fake()
         return 0
     if args.serve:
-        serve(args.serve, args.crm, args.worker, args.sqlite_cache_mb, args.switch_ms,
-              args.server, args.handler_threads)  # fmt: skip
+        serve(
+            args.serve,
+            args.crm,
+            args.worker,
+            args.sqlite_cache_mb,
+            args.switch_ms,
+            args.server,
+            args.handler_threads,
+        )
         return 0
     servers = [name.strip() for name in args.servers.split(",") if name.strip()]
     unknown = set(servers) - set(SERVERS)
@@ -374,8 +450,12 @@ def main() -> int:
             for key, value in summary.items():
                 print(f"{key:24} {value}")
         if name == "uvicorn":  # what `elasticity serve` runs: the targets apply to it
-            ok = ok and summary["p99_ms"] < 25 and summary["rss_growth_pct"] <= 10 and set(
-                summary["statuses"]) == {"200"}
+            ok = (
+                ok
+                and summary["p99_ms"] < 25
+                and summary["rss_growth_pct"] <= 10
+                and set(summary["statuses"]) == {"200"}
+            )
     if len(runs) > 1:
         print_comparison(runs)
     return 0 if ok else 1
@@ -385,8 +465,12 @@ def one_run(args: argparse.Namespace, server_name: str) -> dict:
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="load-") as workdir:
-        crm = subprocess.Popen([sys.executable, __file__, "--fake"],  # noqa: S603
-                               stdout=subprocess.PIPE, text=True, cwd=ROOT)  # fmt: skip
+        crm = subprocess.Popen(
+            [sys.executable, __file__, "--fake"],  # noqa: S603
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
         procs = [crm]
         try:
             crm_url = crm.stdout.readline().strip()  # type: ignore[union-attr]
@@ -399,8 +483,10 @@ def one_run(args: argparse.Namespace, server_name: str) -> dict:
                 flags += ["--sqlite-cache-mb", str(args.sqlite_cache_mb)]
             server = subprocess.Popen(
                 [sys.executable, __file__, "--serve", workdir, "--crm", crm_url, *flags],  # noqa: S603
-                stdout=subprocess.PIPE, text=True, cwd=ROOT,
-            )  # fmt: skip
+                stdout=subprocess.PIPE,
+                text=True,
+                cwd=ROOT,
+            )
             procs.append(server)
             port = int(server.stdout.readline())  # type: ignore[union-attr]
             return run_load(args, port, server.pid)
@@ -460,16 +546,22 @@ def run_load(args: argparse.Namespace, port: int, pid: int) -> dict:
     first, last = statistics.mean(warm[:quarter]), statistics.mean(warm[-quarter:])
     ms = [x * 1000 for x in latencies]
     summary = {
-        "requests": len(latencies), "notifications": len(latencies) * args.per_request,
-        "statuses": statuses, "concurrency": args.concurrency, "seconds": round(elapsed, 1),
+        "requests": len(latencies),
+        "notifications": len(latencies) * args.per_request,
+        "statuses": statuses,
+        "concurrency": args.concurrency,
+        "seconds": round(elapsed, 1),
         "throughput_rps": round(len(latencies) / elapsed, 1),
         "throughput_events_per_s": round(len(latencies) * args.per_request / elapsed, 1),
-        "p50_ms": round(statistics.median(ms), 2), "p95_ms": round(percentile(ms, 95), 2),
-        "p99_ms": round(percentile(ms, 99), 2), "max_ms": round(max(ms), 2),
-        "rss_mb_first_quarter": round(first, 1), "rss_mb_last_quarter": round(last, 1),
+        "p50_ms": round(statistics.median(ms), 2),
+        "p95_ms": round(percentile(ms, 95), 2),
+        "p99_ms": round(percentile(ms, 99), 2),
+        "max_ms": round(max(ms), 2),
+        "rss_mb_first_quarter": round(first, 1),
+        "rss_mb_last_quarter": round(last, 1),
         "rss_mb_peak": round(max(r for _, r in rss), 1),
         "rss_growth_pct": round(100 * (last - first) / first, 1) if first else 0.0,
-    }  # fmt: skip
+    }
     return summary
 
 

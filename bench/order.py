@@ -54,14 +54,14 @@ def run(workdir: Path, requests: list, window: timedelta | None, horizon) -> dic
         return store.execute(sql)[0][0]
 
     out = {
-        "got": got, "cpu_s": seconds, "tasks": len(crm.tasks),
+        "got": got,
+        "cpu_s": seconds,
+        "tasks": len(crm.tasks),
         "revised": count("SELECT COUNT(*) FROM ledger WHERE reason = 'revised'"),
         "decided_late": count("SELECT COUNT(*) FROM ledger WHERE reason = 'decided_late'"),
         "steps": count("SELECT COUNT(*) FROM ledger WHERE reason LIKE 'reactivation_step_%'"),
-        "comebacks": count(
-            "SELECT COUNT(*) FROM ledger WHERE reason = 'reactivated_from_dormant'"
-        ),
-    }  # fmt: skip
+        "comebacks": count("SELECT COUNT(*) FROM ledger WHERE reason = 'reactivated_from_dormant'"),
+    }
     store.close()
     return out
 
@@ -79,8 +79,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         reference, horizon = order_stream.replayed(memory_mapping(), events, work)
-        print(f"{len(events)} events, {len(delivered)} deliveries in {len(requests)} requests, "
-              f"{args.contacts} contacts, up to {args.shuffle_hours:g} h late")  # fmt: skip
+        print(
+            f"{len(events)} events, {len(delivered)} deliveries in {len(requests)} requests, "
+            f"{args.contacts} contacts, up to {args.shuffle_hours:g} h late"
+        )
         results = {}
         for name, window in (("in order", REVISION_WINDOW), ("at current time", None)):
             (work / name).mkdir()
@@ -89,10 +91,12 @@ def main() -> int:
         for name, r in results.items():
             diff = order_stream.differences(reference, r["got"])
             failed |= name == "in order" and bool(diff)
-            print(f"{name:>16}: {len(reference)} contacts compared, {len(diff)} differ from "
-                  f"replay; {r['revised']} revisions, {r['decided_late']} decided late; "
-                  f"{r['steps']} reactivation steps, {r['comebacks']} comebacks, {r['tasks']} "
-                  f"hand-off tasks; {r['cpu_s']:.1f} CPU s")  # fmt: skip
+            print(
+                f"{name:>16}: {len(reference)} contacts compared, {len(diff)} differ from "
+                f"replay; {r['revised']} revisions, {r['decided_late']} decided late; "
+                f"{r['steps']} reactivation steps, {r['comebacks']} comebacks, {r['tasks']} "
+                f"hand-off tasks; {r['cpu_s']:.1f} CPU s"
+            )
         ratio = results["in order"]["cpu_s"] / results["at current time"]["cpu_s"]
         print(f"CPU ratio in order / at current time: {ratio:.2f}")
     return 1 if failed else 0

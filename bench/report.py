@@ -33,19 +33,34 @@ from core.sqlite_store import SQLiteStore  # noqa: E402
 from core.store import Batch  # noqa: E402
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
-A, E, D, R, S = (Status.ACTIVE, Status.ENGAGED, Status.DORMANT, Status.REACTIVATED,
-                 Status.SUPPRESSED)  # fmt: skip
+A, E, D, R, S = (
+    Status.ACTIVE,
+    Status.ENGAGED,
+    Status.DORMANT,
+    Status.REACTIVATED,
+    Status.SUPPRESSED,
+)
 
 
-def contact_decisions(cid: str, rng: random.Random, version: str, experiments: dict) -> tuple[
-    list[Decision], ContactState
-]:
+def contact_decisions(
+    cid: str, rng: random.Random, version: str, experiments: dict
+) -> tuple[list[Decision], ContactState]:
     at = START + timedelta(days=rng.uniform(0, 60))
-    out = [Decision(
-        contact_id=cid, at=at, rule="enroll", reason="enrolled", cause=f"{cid}:e", from_status=None,
-        to_status=A, changes={"campaign_status": (None, A), "experiments": (None, experiments)},
-        policy_version=version, actions=[], event_type="enroll",
-    )]  # fmt: skip
+    out = [
+        Decision(
+            contact_id=cid,
+            at=at,
+            rule="enroll",
+            reason="enrolled",
+            cause=f"{cid}:e",
+            from_status=None,
+            to_status=A,
+            changes={"campaign_status": (None, A), "experiments": (None, experiments)},
+            policy_version=version,
+            actions=[],
+            event_type="enroll",
+        )
+    ]
     status, cycle, unanswered = A, 0, 0
     held = experiments.get("holdout") == "holdout"
     while len(out) < 10 and at < START + timedelta(days=365):
@@ -55,61 +70,114 @@ def contact_decisions(cid: str, rng: random.Random, version: str, experiments: d
             unanswered += 1
             to = D if unanswered >= 3 else status
             reason = "unanswered_sends" if to is D else "sent"
-            out.append(Decision(
-                contact_id=cid, at=at, rule="send", reason=reason, cause=f"{cid}:s{len(out)}",
-                from_status=status, to_status=to,
-                changes={"unanswered_sends": (unanswered - 1, unanswered)}, policy_version=version,
-                actions=[], event_type="send",
-            ))  # fmt: skip
+            out.append(
+                Decision(
+                    contact_id=cid,
+                    at=at,
+                    rule="send",
+                    reason=reason,
+                    cause=f"{cid}:s{len(out)}",
+                    from_status=status,
+                    to_status=to,
+                    changes={"unanswered_sends": (unanswered - 1, unanswered)},
+                    policy_version=version,
+                    actions=[],
+                    event_type="send",
+                )
+            )
             status = to
         elif status in (A, R) and roll < 0.85:
             kind = "open" if roll < 0.75 else "click"
             unanswered = 0
             score = {"engagement_score": (0.0, 5.0)}
-            out.append(Decision(
-                contact_id=cid, at=at, rule="engagement", reason=kind, cause=f"{cid}:o{len(out)}",
-                from_status=status, to_status=status, changes=score, policy_version=version,
-                actions=[], event_type=kind,
-            ))  # fmt: skip
+            out.append(
+                Decision(
+                    contact_id=cid,
+                    at=at,
+                    rule="engagement",
+                    reason=kind,
+                    cause=f"{cid}:o{len(out)}",
+                    from_status=status,
+                    to_status=status,
+                    changes=score,
+                    policy_version=version,
+                    actions=[],
+                    event_type=kind,
+                )
+            )
         elif status is D:
             cycle += 1
             kind = "reactivation_step_withheld" if held else "reactivation_step_due"
             step = Action(kind, {"step": 1, "cycle": cycle, "format": "HTML"})
-            out.append(Decision(
-                contact_id=cid, at=at, rule="time:cooling_done", reason="reactivation_step_1",
-                cause=f"time:{cid}:{len(out)}", from_status=D, to_status=D,
-                changes={"reactivation_cycle": (cycle - 1, cycle), "reactivation_step": (0, 1)},
-                policy_version=version, actions=[step],
-            ))  # fmt: skip
+            out.append(
+                Decision(
+                    contact_id=cid,
+                    at=at,
+                    rule="time:cooling_done",
+                    reason="reactivation_step_1",
+                    cause=f"time:{cid}:{len(out)}",
+                    from_status=D,
+                    to_status=D,
+                    changes={"reactivation_cycle": (cycle - 1, cycle), "reactivation_step": (0, 1)},
+                    policy_version=version,
+                    actions=[step],
+                )
+            )
             back = rng.random() < (0.04 if held else 0.09)
             at += timedelta(days=rng.uniform(1, 6))
             if back:
-                out.append(Decision(
-                    contact_id=cid, at=at, rule="engagement", reason="reactivated_from_dormant",
-                    cause=f"{cid}:r{len(out)}", from_status=D, to_status=R,
-                    changes={"reactivation_step": (1, 0)}, policy_version=version, actions=[],
-                    event_type="open",
-                ))  # fmt: skip
+                out.append(
+                    Decision(
+                        contact_id=cid,
+                        at=at,
+                        rule="engagement",
+                        reason="reactivated_from_dormant",
+                        cause=f"{cid}:r{len(out)}",
+                        from_status=D,
+                        to_status=R,
+                        changes={"reactivation_step": (1, 0)},
+                        policy_version=version,
+                        actions=[],
+                        event_type="open",
+                    )
+                )
                 status, unanswered = R, 0
             else:
-                out.append(Decision(
-                    contact_id=cid, at=at, rule="time:no_response", reason="no_response",
-                    cause=f"time:{cid}:{len(out)}", from_status=D, to_status=S,
-                    changes={"reactivation_step": (1, 0)}, policy_version=version,
-                    actions=[Action("alternate_channel_add")],
-                ))  # fmt: skip
+                out.append(
+                    Decision(
+                        contact_id=cid,
+                        at=at,
+                        rule="time:no_response",
+                        reason="no_response",
+                        cause=f"time:{cid}:{len(out)}",
+                        from_status=D,
+                        to_status=S,
+                        changes={"reactivation_step": (1, 0)},
+                        policy_version=version,
+                        actions=[Action("alternate_channel_add")],
+                    )
+                )
                 status = S
         elif status is S:
             break
         else:
             score = {"engagement_score": (5.0, 2.5)}
-            out.append(Decision(
-                contact_id=cid, at=at, rule="time:decay", reason="score_decayed",
-                cause=f"time:{cid}:{len(out)}", from_status=status, to_status=status, changes=score,
-                policy_version=version,
-            ))  # fmt: skip
-    state = ContactState(cid, status, out[0].at, at, at, out[0].at, reactivation_cycle=cycle,
-                         experiments=experiments)  # fmt: skip
+            out.append(
+                Decision(
+                    contact_id=cid,
+                    at=at,
+                    rule="time:decay",
+                    reason="score_decayed",
+                    cause=f"time:{cid}:{len(out)}",
+                    from_status=status,
+                    to_status=status,
+                    changes=score,
+                    policy_version=version,
+                )
+            )
+    state = ContactState(
+        cid, status, out[0].at, at, at, out[0].at, reactivation_cycle=cycle, experiments=experiments
+    )
     return out, state
 
 
@@ -151,12 +219,16 @@ class OneByOne:
         self._client = client
 
     def transact_write_items(self, TransactItems: list[dict]) -> dict:  # noqa: N803
-        calls = {"Put": "put_item", "Update": "update_item", "Delete": "delete_item",
-                 "ConditionCheck": None}  # fmt: skip
+        calls = {
+            "Put": "put_item",
+            "Update": "update_item",
+            "Delete": "delete_item",
+            "ConditionCheck": None,
+        }
         from botocore.exceptions import ClientError
 
         for i, item in enumerate(TransactItems):
-            (kind, op), = item.items()
+            ((kind, op),) = item.items()
             if calls[kind] is None:
                 continue
             try:
@@ -165,11 +237,15 @@ class OneByOne:
                 if i or exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
                     raise  # only the first item may refuse: then nothing was written
                 reasons = [{"Code": "ConditionalCheckFailed"}] + [{"Code": "None"}] * (
-                    len(TransactItems) - 1)
-                raise ClientError({"Error": {"Code": "TransactionCanceledException",
-                                             "Message": "cancelled"},
-                                   "CancellationReasons": reasons},
-                                  "TransactWriteItems") from exc  # fmt: skip
+                    len(TransactItems) - 1
+                )
+                raise ClientError(
+                    {
+                        "Error": {"Code": "TransactionCanceledException", "Message": "cancelled"},
+                        "CancellationReasons": reasons,
+                    },
+                    "TransactWriteItems",
+                ) from exc
         return {}
 
     def __getattr__(self, name: str) -> object:
@@ -180,8 +256,11 @@ def dynamodb_run(store_path: Path, mapping_path: Path) -> None:
     import json
     import os
 
-    for name, value in {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-                        "AWS_DEFAULT_REGION": "eu-west-1"}.items():  # fmt: skip
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "bench",
+        "AWS_SECRET_ACCESS_KEY": "bench",
+        "AWS_DEFAULT_REGION": "eu-west-1",
+    }.items():
         os.environ.setdefault(name, value)
     import boto3
     from moto import mock_aws
@@ -207,17 +286,26 @@ def dynamodb_run(store_path: Path, mapping_path: Path) -> None:
             dims = json.dumps(list(row[:9]), separators=(",", ":"))
             half = row[9] // 2
             for shard, n in ((i % ROLLUP_SHARDS, half), ((i + 1) % ROLLUP_SHARDS, row[9] - half)):
-                items.append({**counter_key("rollup", dims, f"{shard:02d}"),
-                              "dims": {"S": dims}, "n": {"N": str(n)}})  # fmt: skip
+                items.append(
+                    {
+                        **counter_key("rollup", dims, f"{shard:02d}"),
+                        "dims": {"S": dims},
+                        "n": {"N": str(n)},
+                    }
+                )
         for (status, reason), n in levels.items():
             dims = json.dumps([status, reason], separators=(",", ":"))
-            items.append({**counter_key("levels", dims, "00"), "dims": {"S": dims},
-                          "n": {"N": str(n)}})  # fmt: skip
+            items.append(
+                {**counter_key("levels", dims, "00"), "dims": {"S": dims}, "n": {"N": str(n)}}
+            )
         for name, value in notes.items():
             items.append({"pk": {"S": "notes"}, "sk": {"S": name}, "value": {"S": value}})
         for start in range(0, len(items), 25):
-            client.batch_write_item(RequestItems={"bench": [
-                {"PutRequest": {"Item": item}} for item in items[start : start + 25]]})
+            client.batch_write_item(
+                RequestItems={
+                    "bench": [{"PutRequest": {"Item": item}} for item in items[start : start + 25]]
+                }
+            )
         read = {"items": 0}
         query = client.query
 
@@ -243,28 +331,40 @@ def dynamodb_run(store_path: Path, mapping_path: Path) -> None:
         packed_got, packed_took, packed_reads = timed_report()
     same = "identical to" if got == expected else "DIFFERENT from"
     packed_same = "identical to" if packed_got == expected else "DIFFERENT from"
-    print(f"dynamodb (moto): {decisions:,} decisions in {len(rows):,} roll-up rows "
-          f"({len(items):,} counter items)")
-    print(f"  day counters:   report read {day_reads:,} items "
-          f"({day_reads / max(decisions, 1):.5f} per decision) in {dynamo_took:.2f}s, "
-          f"{dynamo_took / sqlite_took:.1f}x the SQLite report's {sqlite_took:.2f}s; "
-          f"JSON {same} the SQLite report")
-    print(f"  compaction:     {folded:,} counter items folded into packed months in "
-          f"{fold_took:.2f}s (once, a year at a time; the scheduled report folds each day as it "
-          f"closes; each fold transaction applied item by item here, see `OneByOne`)")
-    print(f"  packed months:  report read {packed_reads:,} items in {packed_took:.2f}s, "
-          f"{packed_took / sqlite_took:.1f}x the SQLite report's; "
-          f"{day_reads / max(packed_reads, 1):.0f}x fewer items and "
-          f"{dynamo_took / packed_took:.1f}x faster than from day counters; "
-          f"JSON {packed_same} the SQLite report")
+    print(
+        f"dynamodb (moto): {decisions:,} decisions in {len(rows):,} roll-up rows "
+        f"({len(items):,} counter items)"
+    )
+    print(
+        f"  day counters:   report read {day_reads:,} items "
+        f"({day_reads / max(decisions, 1):.5f} per decision) in {dynamo_took:.2f}s, "
+        f"{dynamo_took / sqlite_took:.1f}x the SQLite report's {sqlite_took:.2f}s; "
+        f"JSON {same} the SQLite report"
+    )
+    print(
+        f"  compaction:     {folded:,} counter items folded into packed months in "
+        f"{fold_took:.2f}s (once, a year at a time; the scheduled report folds each day as it "
+        f"closes; each fold transaction applied item by item here, see `OneByOne`)"
+    )
+    print(
+        f"  packed months:  report read {packed_reads:,} items in {packed_took:.2f}s, "
+        f"{packed_took / sqlite_took:.1f}x the SQLite report's; "
+        f"{day_reads / max(packed_reads, 1):.0f}x fewer items and "
+        f"{dynamo_took / packed_took:.1f}x faster than from day counters; "
+        f"JSON {packed_same} the SQLite report"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--decisions", type=int, default=None,
-                        help="default 10,000,000 (1,000,000 with --dynamodb)")  # fmt: skip
-    parser.add_argument("--dynamodb", action="store_true",
-                        help="also report from a DynamoDB table (moto) holding the roll-up")
+    parser.add_argument(
+        "--decisions", type=int, default=None, help="default 10,000,000 (1,000,000 with --dynamodb)"
+    )
+    parser.add_argument(
+        "--dynamodb",
+        action="store_true",
+        help="also report from a DynamoDB table (moto) holding the roll-up",
+    )
     parser.add_argument("--store", type=Path, default=Path("bench/out/report-bench.sqlite3"))
     parser.add_argument("--mapping", type=Path, default=Path("mappings/hubspot.yaml"))
     parser.add_argument("--reuse", action="store_true", help="keep an existing store")

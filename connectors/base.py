@@ -59,8 +59,13 @@ class HistoryUnsupported(ConnectorError):
 class WebhookRejected(Exception):
     """A webhook request that must not be recorded. `status` is the HTTP status to answer."""
 
-    def __init__(self, status: int, reason: str, body: bytes | None = None,
-                 content_type: str = "application/json") -> None:  # fmt: skip
+    def __init__(
+        self,
+        status: int,
+        reason: str,
+        body: bytes | None = None,
+        content_type: str = "application/json",
+    ) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason

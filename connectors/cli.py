@@ -117,9 +117,15 @@ def _parse_time(value: str | None, option: str) -> datetime | None:
 
 def progress_bar(*extra: ProgressColumn) -> Progress:
     return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        *extra, console=err, transient=True, disable=not err.is_terminal,
-    )  # fmt: skip
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        *extra,
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    )
 
 
 def _print_version(value: bool) -> None:
@@ -135,16 +141,21 @@ def main(
     verbose: Annotated[
         bool,
         typer.Option(
-            "--verbose", "-v",
+            "--verbose",
+            "-v",
             help="log each CRM request, retry, checkpoint and batch to stderr (INFO level)",
         ),
     ] = False,
     show_version: Annotated[
         bool | None,
-        typer.Option("--version", callback=_print_version, is_eager=True,
-                     help="print the installed version and exit"),
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="print the installed version and exit",
+        ),
     ] = None,
-) -> None:  # fmt: skip
+) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr)
 
 
@@ -162,15 +173,26 @@ def validate(
         try:
             loaded = check_mapping(mapping)
         except MappingError as exc:
-            sys.stdout.write(json.dumps({"file": str(mapping), "valid": False,
-                                         "problems": exc.problems}) + "\n")  # fmt: skip
+            sys.stdout.write(
+                json.dumps({"file": str(mapping), "valid": False, "problems": exc.problems}) + "\n"
+            )
             raise typer.Exit(2) from None
-        sys.stdout.write(json.dumps({
-            "file": str(mapping), "valid": True, "vendor": loaded.vendor,
-            "program": loaded.program, "policy_version": loaded.policy.version,
-            "fields": len(loaded.fields), "signals": len(loaded.signals),
-            "lists": len(loaded.lists), "problems": [],
-        }) + "\n")  # fmt: skip
+        sys.stdout.write(
+            json.dumps(
+                {
+                    "file": str(mapping),
+                    "valid": True,
+                    "vendor": loaded.vendor,
+                    "program": loaded.program,
+                    "policy_version": loaded.policy.version,
+                    "fields": len(loaded.fields),
+                    "signals": len(loaded.signals),
+                    "lists": len(loaded.lists),
+                    "problems": [],
+                }
+            )
+            + "\n"
+        )
         return
     loaded = _mapping(mapping)
     out.print(
@@ -209,9 +231,12 @@ def provision(
         offline = connector_class(loaded.vendor).offline_plan(loaded) if dry_run else None
         if offline is None:
             _fail(str(exc))
-        err.print(f"not connected ({exc}); showing what provision would create in a CRM that "
-                  "has none of it. Set the credentials to compare with your CRM.",
-                  highlight=False, markup=False)  # fmt: skip
+        err.print(
+            f"not connected ({exc}); showing what provision would create in a CRM that "
+            "has none of it. Set the credentials to compare with your CRM.",
+            highlight=False,
+            markup=False,
+        )
         report = offline
         title = "provisioning plan (offline: nothing read from the CRM)"
     else:
@@ -248,8 +273,9 @@ def sync(
     with progress_bar() as bar:
         task = bar.add_task("syncing contacts", total=None)
         try:
-            summary = runner.sync(at, full=full, dry_run=dry_run,
-                                  progress=lambda n: bar.advance(task, n))  # fmt: skip
+            summary = runner.sync(
+                at, full=full, dry_run=dry_run, progress=lambda n: bar.advance(task, n)
+            )
         except (ConnectorError, StoreError) as exc:
             _fail(f"{exc} (progress is checkpointed; run sync again to resume)")
     if as_json:
@@ -268,8 +294,8 @@ def _sync_summary(summary) -> None:
         f"{_plural(summary.events_polled, 'event')}, {_plural(summary.decisions, 'decision')}"
         + (f" ({moves})" if moves else ""),
         f"dry run: would write {_plural(summary.writes_owed, 'record')}, wrote nothing"
-        if summary.dry_run else
-        f"wrote {_plural(summary.written, 'record')} "
+        if summary.dry_run
+        else f"wrote {_plural(summary.written, 'record')} "
         f"({_plural(summary.write_failures, 'failure')}), "
         f"{_plural(summary.tasks_created, 'hand-off task')} created",
         f"{_plural(summary.api_calls, 'API call')}, {summary.retries:,} retries, "
@@ -288,8 +314,11 @@ def serve(
     host: Annotated[str, typer.Option(help="address to bind")] = "127.0.0.1",
     secrets_file: Annotated[
         Path | None,
-        typer.Option("--secrets-file", help="env file of secrets, read again when it changes "
-                     "or on SIGHUP (rotation without a restart)"),
+        typer.Option(
+            "--secrets-file",
+            help="env file of secrets, read again when it changes "
+            "or on SIGHUP (rotation without a restart)",
+        ),
     ] = None,
     data_dir: DataDirOption = None,
 ) -> None:
@@ -349,8 +378,11 @@ def inbox(
         store = SQLiteStore(path)
         if retry:
             moved = store.quarantine_release()
-            out.print(f"{moved} quarantined event(s) put back in the inbox; the worker "
-                      "decides them again on its next pass.", highlight=False)  # fmt: skip
+            out.print(
+                f"{moved} quarantined event(s) put back in the inbox; the worker "
+                "decides them again on its next pass.",
+                highlight=False,
+            )
             return
         total = store.quarantine_count()
         held = store.quarantined(limit)
@@ -363,18 +395,32 @@ def inbox(
         for row in rows:
             sys.stdout.write(json.dumps(row) + "\n")
         return
-    table = Table("event", "contact", "type", "occurred at", "quarantined at", "reason",
-                  title=f"{total} quarantined event(s)")  # fmt: skip
+    table = Table(
+        "event",
+        "contact",
+        "type",
+        "occurred at",
+        "quarantined at",
+        "reason",
+        title=f"{total} quarantined event(s)",
+    )
     for row in rows:
         reason = row["reason"] + (" (since applied: redelivered)" if row["since_applied"] else "")
-        table.add_row(row["event_id"], row["contact_id"], row["type"], row["occurred_at"],
-                      row["quarantined_at"], reason)  # fmt: skip
+        table.add_row(
+            row["event_id"],
+            row["contact_id"],
+            row["type"],
+            row["occurred_at"],
+            row["quarantined_at"],
+            reason,
+        )
     out.print(table)
     if total > len(rows):
         out.print(f"(showing the oldest {len(rows)}; --limit shows more)", highlight=False)
     if total:
-        out.print("Fix the cause, then `elasticity inbox --retry` to decide them again.",
-                  highlight=False)  # fmt: skip
+        out.print(
+            "Fix the cause, then `elasticity inbox --retry` to decide them again.", highlight=False
+        )
 
 
 def _interrupted(exc: KeyboardInterrupt, saved_in: Path) -> NoReturn:
@@ -382,8 +428,11 @@ def _interrupted(exc: KeyboardInterrupt, saved_in: Path) -> NoReturn:
     from core.publish import InterruptedAfterPublish
 
     if isinstance(exc, InterruptedAfterPublish):  # it came as the run was being saved
-        err.print(f"interrupted; the run was complete and is saved in {saved_in}",
-                  highlight=False, markup=False)  # fmt: skip
+        err.print(
+            f"interrupted; the run was complete and is saved in {saved_in}",
+            highlight=False,
+            markup=False,
+        )
     else:
         err.print("interrupted; nothing written; previous results kept", highlight=False)
     raise typer.Exit(130)
@@ -413,8 +462,10 @@ def bad_line_limit(bad: int, events: int, limit: int | None) -> str | None:
             return f"{_plural(bad, 'bad line')}, more than --max-bad-lines {limit}"
         return None
     if bad and not events:
-        return (f"{_plural(bad, 'bad line')} and no event in the file (without --max-bad-lines, "
-                "a file that gives no event may have no bad line)")  # fmt: skip
+        return (
+            f"{_plural(bad, 'bad line')} and no event in the file (without --max-bad-lines, "
+            "a file that gives no event may have no bad line)"
+        )
     return None
 
 
@@ -427,24 +478,35 @@ def replay(
     strict: Annotated[bool, typer.Option(help="fail on the first bad line")] = False,
     max_bad_lines: Annotated[
         int | None,
-        typer.Option(min=0, help="exit 2, keeping the previous results, when more lines than "
-                     "this are bad (default: no limit while the file gives events; none "
-                     "allowed when it gives none)"),
+        typer.Option(
+            min=0,
+            help="exit 2, keeping the previous results, when more lines than "
+            "this are bad (default: no limit while the file gives events; none "
+            "allowed when it gives none)",
+        ),
     ] = None,
     as_json: Annotated[
-        bool, typer.Option("--json", help="print the summary as one JSON object on stdout "
-                           "(the states then need --out)"),
+        bool,
+        typer.Option(
+            "--json",
+            help="print the summary as one JSON object on stdout (the states then need --out)",
+        ),
     ] = False,
     engine: Annotated[
         str, typer.Option(help="coded (the fast bulk path) or object (the reference pipeline)")
     ] = "coded",
     workers: Annotated[
         int | None,
-        typer.Option(min=1, help="processes for the coded path (default: the machine's cores; "
-                     "one for a file under 16 MB)"),
+        typer.Option(
+            min=1,
+            help="processes for the coded path (default: the machine's cores; "
+            "one for a file under 16 MB)",
+        ),
     ] = None,
-    contacts: Annotated[Path | None, typer.Option(
-        help="JSON lines {contact_id, properties}: consent and segment properties")] = None,
+    contacts: Annotated[
+        Path | None,
+        typer.Option(help="JSON lines {contact_id, properties}: consent and segment properties"),
+    ] = None,
     data_dir: DataDirOption = None,
 ) -> None:
     """Run events through the policy offline; print or write final states as JSON lines.
@@ -486,8 +548,9 @@ def replay(
     counted: dict[str, int] = {}
 
     def before_publish(result: ReplayResult):
-        problem = bad_line_limit(result.bad_lines, result.stats.events_in + result.after_until,
-                                 max_bad_lines)  # fmt: skip
+        problem = bad_line_limit(
+            result.bad_lines, result.stats.events_in + result.after_until, max_bad_lines
+        )
         if problem:
             _replay_summary(result, None, None, as_json, events, problem)
             raise _NotPublished(problem, 2)
@@ -504,14 +567,22 @@ def replay(
     try:
         with RunProgress(err, "replay", size, "bytes", every=_progress_every()) as bar:
             result = replay_file(
-                loaded, events, store_path, until=horizon, strict=strict,
-                on_bad_line=report_bad, progress=bar.update, engine=engine, workers=workers,
-                properties=properties, before_publish=before_publish, phase=bar.phase,
-            )  # fmt: skip
+                loaded,
+                events,
+                store_path,
+                until=horizon,
+                strict=strict,
+                on_bad_line=report_bad,
+                progress=bar.update,
+                engine=engine,
+                workers=workers,
+                properties=properties,
+                before_publish=before_publish,
+                phase=bar.phase,
+            )
     except BadLine as exc:
         report_bad(exc)
-        _fail("--strict: stopped at the first bad line; nothing written, previous results "
-              "kept", 2)  # fmt: skip
+        _fail("--strict: stopped at the first bad line; nothing written, previous results kept", 2)
     except _NotPublished as exc:
         _fail(f"{exc.args[0]}; nothing written, previous results kept", exc.args[1])
     except KeyboardInterrupt as exc:
@@ -529,48 +600,70 @@ def replay(
                     count = result.write_states(sink)
         except KeyboardInterrupt:
             result.store.close()
-            err.print(f"interrupted; the run is saved in {store_path}, the states written are "
-                      "incomplete", highlight=False, markup=False)  # fmt: skip
+            err.print(
+                f"interrupted; the run is saved in {store_path}, the states written are incomplete",
+                highlight=False,
+                markup=False,
+            )
             raise typer.Exit(130) from None
     result.store.close()
     _replay_summary(result, count, out_file, as_json, events, None)
 
 
-def _replay_summary(result, count: int | None, out_file: Path | None, as_json: bool,
-                    events: Path, failed: str | None) -> None:  # fmt: skip
+def _replay_summary(
+    result,
+    count: int | None,
+    out_file: Path | None,
+    as_json: bool,
+    events: Path,
+    failed: str | None,
+) -> None:
     """The replay's counts: a JSON object on stdout with --json, lines on stderr otherwise."""
     stats, unknown = result.stats, result.unknown
     if as_json:
-        sys.stdout.write(json.dumps({
-            "events_file": str(events), "ok": failed is None, "error": failed,
-            "events_applied": stats.applied,
-            "duplicates": stats.duplicates, "bad_lines": result.bad_lines,
-            "after_until": result.after_until,
-            "unknown_key_lines": unknown.lines, "unknown_keys": dict(unknown.top(20)),
-            "decisions": stats.decisions, "contacts": count,
-            "late_events_decided_at_current_time": stats.late_unrevised,
-            "until": result.until.isoformat() if result.until else None,
-            "states_file": str(out_file) if out_file and failed is None else None,
-        }) + "\n")  # fmt: skip
+        sys.stdout.write(
+            json.dumps(
+                {
+                    "events_file": str(events),
+                    "ok": failed is None,
+                    "error": failed,
+                    "events_applied": stats.applied,
+                    "duplicates": stats.duplicates,
+                    "bad_lines": result.bad_lines,
+                    "after_until": result.after_until,
+                    "unknown_key_lines": unknown.lines,
+                    "unknown_keys": dict(unknown.top(20)),
+                    "decisions": stats.decisions,
+                    "contacts": count,
+                    "late_events_decided_at_current_time": stats.late_unrevised,
+                    "until": result.until.isoformat() if result.until else None,
+                    "states_file": str(out_file) if out_file and failed is None else None,
+                }
+            )
+            + "\n"
+        )
         return
     where = f" written to {out_file}" if out_file and count is not None else ""
     contacts = f"; {_plural(count, 'contact')}{where}" if count is not None else ""
     err.print(
         f"{_plural(stats.applied, 'event')} applied, {_plural(stats.duplicates, 'duplicate')}, "
         f"{_plural(result.bad_lines, 'bad line')}, {_plural(stats.decisions, 'decision')}"
-        f"{contacts}", highlight=False,
-    )  # fmt: skip
+        f"{contacts}",
+        highlight=False,
+    )
     if result.after_until:
-        err.print(f"{_plural(result.after_until, 'event')} after --until not applied",
-                  highlight=False)  # fmt: skip
+        err.print(
+            f"{_plural(result.after_until, 'event')} after --until not applied", highlight=False
+        )
     if unknown.lines:
         keys = ", ".join(f"{key} ({n:,})" for key, n in unknown.top())
         more = len(unknown.keys) - len(unknown.top())
         err.print(
             f"{_plural(unknown.lines, 'line')} carried keys the event format does not have "
             f"(ignored): {keys}" + (f" and {more} more" if more > 0 else ""),
-            highlight=False, markup=False,
-        )  # fmt: skip
+            highlight=False,
+            markup=False,
+        )
     if stats.late_unrevised:
         err.print(
             f"warning: {stats.late_unrevised} events came after later events of their contact "
@@ -615,9 +708,14 @@ def simulate(
     try:
         with RunProgress(err, "simulate", days, "days", every=_progress_every()) as bar:
             result = run_simulation(
-                config, policy, directory.simulate, progress=bar.advance,
-                engine=engine, before_publish=before_publish, phase=bar.phase,
-            )  # fmt: skip
+                config,
+                policy,
+                directory.simulate,
+                progress=bar.advance,
+                engine=engine,
+                before_publish=before_publish,
+                phase=bar.phase,
+            )
     except KeyboardInterrupt as exc:
         _interrupted(exc, directory.simulate)
     finally:
@@ -632,8 +730,10 @@ def explain(
     contact_id: Annotated[str, typer.Argument(help="contact id as the CRM knows it")],
     store: Annotated[
         str | None,
-        typer.Option(help="main, replay, simulate, a path or dynamodb://TABLE[?region=R] "
-                     "(default: every local store)"),
+        typer.Option(
+            help="main, replay, simulate, a path or dynamodb://TABLE[?region=R] "
+            "(default: every local store)"
+        ),
     ] = None,
     side_by_side: Annotated[
         bool, typer.Option("--compare", help="the base and candidate histories of `compare`")
@@ -684,8 +784,10 @@ def history(
     ] = None,
     columns: Annotated[
         str | None,
-        typer.Option(help="canonical=CSV column pairs, e.g. contact_id=Email,type=Event,"
-                          "occurred_at=Timestamp (event_id, campaign, variant, url optional)"),
+        typer.Option(
+            help="canonical=CSV column pairs, e.g. contact_id=Email,type=Event,"
+            "occurred_at=Timestamp (event_id, campaign, variant, url optional)"
+        ),
     ] = None,
     types: Annotated[
         str | None, typer.Option(help="CSV word=event type pairs, e.g. Opened=open,Clicked=click")
@@ -703,8 +805,7 @@ def history(
     _import_history_csv(loaded, out_file, csv_file, columns, types, since, until)
 
 
-def _export_history(loaded: Mapping, out_file: Path, since: str | None,
-                    until: str | None) -> None:  # fmt: skip
+def _export_history(loaded: Mapping, out_file: Path, since: str | None, until: str | None) -> None:
     from datetime import UTC
 
     from connectors.base import HistoryUnsupported
@@ -723,16 +824,19 @@ def _export_history(loaded: Mapping, out_file: Path, since: str | None,
         _fail(str(exc))
 
     def report_page(progress: HistoryExport) -> None:
-        err.print(f"page {progress.pages}: {progress.written:,} events appended so far",
-                  highlight=False)  # fmt: skip
+        err.print(
+            f"page {progress.pages}: {progress.written:,} events appended so far", highlight=False
+        )
 
     try:
         result = export_history(connector, out_file, start, end, datetime.now(UTC), report_page)
     except HistoryUnsupported as exc:
         _fail(str(exc), 2)
     except ConnectorError as exc:
-        _fail(f"{exc} (progress is checkpointed in {checkpoint_path(out_file)}; run the same "
-              "command again to resume)")  # fmt: skip
+        _fail(
+            f"{exc} (progress is checkpointed in {checkpoint_path(out_file)}; run the same "
+            "command again to resume)"
+        )
     if result.resumed:
         err.print("resumed from the checkpoint", highlight=False)
     for name, source in result.sources.items():
@@ -743,26 +847,38 @@ def _export_history(loaded: Mapping, out_file: Path, since: str | None,
         skipped = ", ".join(f"{count:,} {why}" for why, count in source.skipped.items())
         err.print(
             f"{name}: {source.read:,} read, {source.written:,} events appended, "
-            f"{source.already_there:,} already there" + (f"; skipped {skipped}" if skipped else "")
-            + (f" ({notes})" if notes else ""), highlight=False, markup=False,
-        )  # fmt: skip
+            f"{source.already_there:,} already there"
+            + (f"; skipped {skipped}" if skipped else "")
+            + (f" ({notes})" if notes else ""),
+            highlight=False,
+            markup=False,
+        )
     kinds = ", ".join(f"{n:,} {kind}" for kind, n in sorted(result.types.items()))
     err.print(
         f"{result.written:,} events appended to {out_file} ({kinds or 'none'}), "
         f"{result.already_there:,} already there, {result.outside_window:,} dated outside the "
         f"window {result.since.isoformat()} to "
-        f"{result.until.isoformat()}", highlight=False,
-    )  # fmt: skip
+        f"{result.until.isoformat()}",
+        highlight=False,
+    )
     if result.stopped:
-        err.print(f"stopped: {result.stopped}; run the same command again to resume",
-                  highlight=False, markup=False)  # fmt: skip
+        err.print(
+            f"stopped: {result.stopped}; run the same command again to resume",
+            highlight=False,
+            markup=False,
+        )
         raise typer.Exit(3)
 
 
 def _import_history_csv(
-    loaded: Mapping, out_file: Path, csv_file: Path, columns: str | None, types: str | None,
-    since: str | None, until: str | None,
-) -> None:  # fmt: skip
+    loaded: Mapping,
+    out_file: Path,
+    csv_file: Path,
+    columns: str | None,
+    types: str | None,
+    since: str | None,
+    until: str | None,
+) -> None:
     from connectors.history import HistoryError, import_csv, parse_pairs
 
     if not csv_file.is_file():
@@ -773,10 +889,15 @@ def _import_history_csv(
 
     try:
         result = import_csv(
-            loaded, csv_file, out_file, parse_pairs(columns, "--columns"),
-            parse_pairs(types, "--types"), _parse_time(since, "--since"),
-            _parse_time(until, "--until"), on_bad_row=report_bad,
-        )  # fmt: skip
+            loaded,
+            csv_file,
+            out_file,
+            parse_pairs(columns, "--columns"),
+            parse_pairs(types, "--types"),
+            _parse_time(since, "--since"),
+            _parse_time(until, "--until"),
+            on_bad_row=report_bad,
+        )
     except HistoryError as exc:
         _fail(str(exc), 2)
     err.print(
@@ -864,14 +985,26 @@ def report(
 @app.command()
 def sandbox(
     vendor: Annotated[str, typer.Argument(help="the CRM to stand in for: hubspot")],
-    keep: Annotated[bool, typer.Option(
-        "--keep", help="leave serve and the stand-in running for curl; Ctrl-C stops them")] = False,
-    mapping: Annotated[Path | None, typer.Option(
-        help="mapping to provision and serve (default: the checkout's mappings/hubspot.yaml)")
+    keep: Annotated[
+        bool,
+        typer.Option(
+            "--keep", help="leave serve and the stand-in running for curl; Ctrl-C stops them"
+        ),
+    ] = False,
+    mapping: Annotated[
+        Path | None,
+        typer.Option(
+            help="mapping to provision and serve (default: the checkout's mappings/hubspot.yaml)"
+        ),
     ] = None,
-    data_dir: Annotated[Path | None, typer.Option(
-        "--data-dir", help="a new directory for the sandbox's store, kept afterwards "
-        "(default: a temporary one, removed)")] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir",
+            help="a new directory for the sandbox's store, kept afterwards "
+            "(default: a temporary one, removed)",
+        ),
+    ] = None,
 ) -> None:
     """Try the connected loop without a CRM: a local HubSpot stand-in, serve, signed webhooks,
     a sync, and what was written back (needs a source checkout)."""
@@ -893,8 +1026,13 @@ def sandbox(
             grid.add_row(*(str(v) for v in row))
         out.print(grid)
 
-    box = Sandbox(path, data_dir, keep, say=lambda text: out.print(
-        text, highlight=False, markup=False), table=table)  # fmt: skip
+    box = Sandbox(
+        path,
+        data_dir,
+        keep,
+        say=lambda text: out.print(text, highlight=False, markup=False),
+        table=table,
+    )
     try:
         code = box.run()
     except SandboxError as exc:

@@ -281,13 +281,22 @@ def _load_checkpoint(path: Path, source: str, since: datetime) -> dict | None:
     return {"until": until, "cursor": {str(k): str(v) for k, v in cursor.items()}}
 
 
-def _save_checkpoint(path: Path, source: str, since: datetime, until: datetime,
-                     cursor: dict[str, str]) -> None:  # fmt: skip
+def _save_checkpoint(
+    path: Path, source: str, since: datetime, until: datetime, cursor: dict[str, str]
+) -> None:
     """Written after the page's events are on disk, and replaced atomically: a crash between
     the two leaves the older cursor, whose page is read again and its events found there."""
     temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps({"source": source, "since": since.isoformat(),
-                                     "until": until.isoformat(), "cursor": cursor}))  # fmt: skip
+    temporary.write_text(
+        json.dumps(
+            {
+                "source": source,
+                "since": since.isoformat(),
+                "until": until.isoformat(),
+                "cursor": cursor,
+            }
+        )
+    )
     os.replace(temporary, path)
 
 

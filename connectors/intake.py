@@ -79,7 +79,7 @@ def retiring_env(env: Mapping[str, str]) -> dict[str, str] | None:
         name.removesuffix(PREVIOUS_SUFFIX): value
         for name, value in env.items()
         if name.endswith(PREVIOUS_SUFFIX) and value and name.removesuffix(PREVIOUS_SUFFIX) in env
-    }  # fmt: skip
+    }
     return {**env, **retiring} if retiring else None
 
 

@@ -18,8 +18,14 @@ from pydantic_core import PydanticUndefined
 from connectors.registry import connector_class, known_vendors
 from core.mapping import Mapping
 
-_CONSTRAINTS = (("gt", ">"), ("ge", "≥"), ("lt", "<"), ("le", "≤"),
-                ("min_length", "at least"), ("max_length", "at most"))  # fmt: skip
+_CONSTRAINTS = (
+    ("gt", ">"),
+    ("ge", "≥"),
+    ("lt", "<"),
+    ("le", "≤"),
+    ("min_length", "at least"),
+    ("max_length", "at most"),
+)
 
 _INTRO = """# Mapping file reference
 
@@ -106,8 +112,9 @@ def _section(model: type[BaseModel], title: str, done: set[type]) -> list[str]:
     for name, info in model.model_fields.items():
         if name == "version" and model.__name__ == "Policy":
             continue  # set by the loader from the file's content, not by the user
-        lines.append(f"| `{name}` | {_type(info.annotation)} | {_default(info)} | "
-                     f"{_meaning(info)} |")  # fmt: skip
+        lines.append(
+            f"| `{name}` | {_type(info.annotation)} | {_default(info)} | {_meaning(info)} |"
+        )
         nested += _models_in(info.annotation)
     lines.append("")
     for sub in nested:

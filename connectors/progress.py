@@ -83,16 +83,23 @@ class RunProgress:
         if self.live:
             amount = DownloadColumn() if self.unit == "bytes" else MofNCompleteColumn()
             self._bar = Progress(
-                TextColumn("{task.description}"), BarColumn(bar_width=20), amount,
-                TextColumn("{task.fields[rate]}"), TextColumn("ETA"), TimeRemainingColumn(),
-                TimeElapsedColumn(), console=self.console, transient=True,
-            )  # fmt: skip
+                TextColumn("{task.description}"),
+                BarColumn(bar_width=20),
+                amount,
+                TextColumn("{task.fields[rate]}"),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                TimeElapsedColumn(),
+                console=self.console,
+                transient=True,
+            )
             self._bar.__enter__()
             self._task = self._bar.add_task(self.command, total=self.total, rate="")
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:  # fmt: skip
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._bar is not None:
             self._bar.__exit__(kind, exc, tb)
             self._bar = None

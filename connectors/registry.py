@@ -74,8 +74,10 @@ def vendor_problems(source: MappingFile) -> list[str]:
     if vendor not in vendors:
         near = difflib.get_close_matches(vendor, vendors, n=1)
         hint = f"did you mean '{near[0]}'? " if near else ""
-        return [f"{source.where(('vendor',))}: unknown vendor '{vendor}'; {hint}"
-                f"known: {', '.join(vendors)}"]  # fmt: skip
+        return [
+            f"{source.where(('vendor',))}: unknown vendor '{vendor}'; {hint}"
+            f"known: {', '.join(vendors)}"
+        ]
     model = connector_class(vendor).options_model
     options = source.data.get("options", {})
     if model is None or not isinstance(options, dict):

@@ -151,8 +151,11 @@ class Runner:
                 except Exception as exc:
                     if not event_at_fault(exc):
                         raise
-                    log.warning("a batch of %d inbox events failed (%s); trying them one by one",
-                                len(events), describe_failure(exc))  # fmt: skip
+                    log.warning(
+                        "a batch of %d inbox events failed (%s); trying them one by one",
+                        len(events),
+                        describe_failure(exc),
+                    )
                     total.add(self._process_alone(events))
                 self.flush()
         return total
@@ -255,14 +258,23 @@ class Runner:
                 keyed = {s.property: Cursors.seen(record.contact_id, s.property) for s in signals}
                 prior = {p: last_seen[k].value for p, k in keyed.items() if k in last_seen}
                 found, quiet = events_from_changes(
-                    self.mapping, record.contact_id, record.signals, prior, now, "poll",
+                    self.mapping,
+                    record.contact_id,
+                    record.signals,
+                    prior,
+                    now,
+                    "poll",
                     complete=True,
                 )
                 events += found
                 # Values that mean no event are remembered here (a later return to a value
                 # that does is a change); the pipeline remembers the ones it counts.
-                remember.update({Cursors.seen(record.contact_id, p): encode_seen(v, None)
-                                 for p, v in quiet.items()})  # fmt: skip
+                remember.update(
+                    {
+                        Cursors.seen(record.contact_id, p): encode_seen(v, None)
+                        for p, v in quiet.items()
+                    }
+                )
             summary.examined += len(page)
             summary.events_polled += len(events)
             if progress:
@@ -367,10 +379,12 @@ class Runner:
         else:
             records = dict(listed)
             stale = [
-                cid for cid, snapshot in snapshots.items()
-                if cid in records and cid not in behind
+                cid
+                for cid, snapshot in snapshots.items()
+                if cid in records
+                and cid not in behind
                 and differing_fields(snapshot, records[cid].values)
-            ]  # fmt: skip
+            ]
             if stale:
                 records.update(self.connector.read_records(stale))
         states: dict[str, ContactState] = {}
@@ -384,8 +398,10 @@ class Runner:
             created = record.created_at if record else None
             # A contact the CRM had before the program joins it in the segment its properties
             # match; after that its segment stays what it joined in.
-            segment = snapshot.segment if snapshot is not None else (
-                pipeline.segment_of(record.properties) if record else None
+            segment = (
+                snapshot.segment
+                if snapshot is not None
+                else (pipeline.segment_of(record.properties) if record else None)
             )
             policy = pipeline.policy.for_contact(segment)
             state = state_from_crm(cid, values, snapshot, policy, now, created)
@@ -409,9 +425,9 @@ class Runner:
         for decision in applied.tasks:
             record = records.get(decision.contact_id)
             task = self._task(decision, record.owner_id if record else None)
-            outbox.append(OwedWrite.task(
-                decision.contact_id, decision.cause, decision.at, json.dumps(task)
-            ))  # fmt: skip
+            outbox.append(
+                OwedWrite.task(decision.contact_id, decision.cause, decision.at, json.dumps(task))
+            )
 
     def _task(self, decision: Decision, owner_id: str | None) -> dict[str, Any]:
         spec = self.mapping.handoff
@@ -508,8 +524,10 @@ class Runner:
             yield deferred
         finally:
             if deferred:
-                log.warning("%d owed write(s) kept for the next flush: still failing for a "
-                            "passing reason", len(deferred))  # fmt: skip
+                log.warning(
+                    "%d owed write(s) kept for the next flush: still failing for a passing reason",
+                    len(deferred),
+                )
                 try:
                     self.store.outbox_release(deferred)
                 except StoreError as exc:
@@ -531,10 +549,14 @@ class Runner:
     @staticmethod
     def _task_from(key: str, data: dict[str, Any]) -> HandoffTask:
         return HandoffTask(
-            key=key, contact_id=data["contact_id"], owner_id=data["owner_id"],
-            subject=data["subject"], body=data["body"], priority=data["priority"],
+            key=key,
+            contact_id=data["contact_id"],
+            owner_id=data["owner_id"],
+            subject=data["subject"],
+            body=data["body"],
+            priority=data["priority"],
             due_at=datetime.fromisoformat(data["due_at"]),
-        )  # fmt: skip
+        )
 
     def _failure_decisions(
         self, failed: dict[str, str], contact_of: dict[str, str], reason: str
@@ -550,9 +572,15 @@ class Runner:
             status = snapshots[cid].campaign_status if cid in snapshots else Status.ACTIVE
             decisions.append(
                 Decision(
-                    contact_id=cid, at=now, rule=Rule.WRITE_BACK, reason=reason,
-                    cause=f"crm:{redact_emails(message)[:500]}", from_status=status,
-                    to_status=status, changes={}, policy_version=self.policy.version,
-                )  # fmt: skip
+                    contact_id=cid,
+                    at=now,
+                    rule=Rule.WRITE_BACK,
+                    reason=reason,
+                    cause=f"crm:{redact_emails(message)[:500]}",
+                    from_status=status,
+                    to_status=status,
+                    changes={},
+                    policy_version=self.policy.version,
+                )
             )
         return decisions

@@ -97,12 +97,18 @@ class Person:
 
 
 PEOPLE = [
-    Person("ada@example.com", "opens, clicks and visits /pricing",
-           [("hs_email_last_open_date", "{ms}"), ("hs_email_last_click_date", "{ms}"),
-            ("hs_analytics_last_url", "https://www.example.com/pricing")]),
+    Person(
+        "ada@example.com",
+        "opens, clicks and visits /pricing",
+        [
+            ("hs_email_last_open_date", "{ms}"),
+            ("hs_email_last_click_date", "{ms}"),
+            ("hs_analytics_last_url", "https://www.example.com/pricing"),
+        ],
+    ),
     Person("ben@example.com", "opens one newsletter", [("hs_email_last_open_date", "{ms}")]),
     Person("cleo@example.com", "unsubscribes", [("hs_email_optout", "true")]),
-]  # fmt: skip
+]
 
 
 def notifications(people: list[Person], changed: datetime) -> list[dict[str, Any]]:
@@ -113,12 +119,21 @@ def notifications(people: list[Person], changed: datetime) -> list[dict[str, Any
     for person in people:
         for prop, value in person.changes:
             at = start + 1000 * len(items)
-            items.append({
-                "eventId": 100 + len(items), "subscriptionId": 25, "portalId": 62515,
-                "appId": 54321, "occurredAt": at, "subscriptionType": "contact.propertyChange",
-                "attemptNumber": 0, "objectId": int(person.contact_id), "changeSource": "CRM",
-                "propertyName": prop, "propertyValue": value.format(ms=at),
-            })  # fmt: skip
+            items.append(
+                {
+                    "eventId": 100 + len(items),
+                    "subscriptionId": 25,
+                    "portalId": 62515,
+                    "appId": 54321,
+                    "occurredAt": at,
+                    "subscriptionType": "contact.propertyChange",
+                    "attemptNumber": 0,
+                    "objectId": int(person.contact_id),
+                    "changeSource": "CRM",
+                    "propertyName": prop,
+                    "propertyValue": value.format(ms=at),
+                }
+            )
     return items
 
 
@@ -188,8 +203,14 @@ def _move(old: Any, new: Any) -> str:
     return new_text if old_text == new_text else f"{old_text} -> {new_text}"
 
 
-def diff(name: str, before: dict[str, dict], after: dict[str, dict], labels: dict[str, str],
-         mapping: Mapping, lists: dict[str, dict | None]) -> Step:  # fmt: skip
+def diff(
+    name: str,
+    before: dict[str, dict],
+    after: dict[str, dict],
+    labels: dict[str, str],
+    mapping: Mapping,
+    lists: dict[str, dict | None],
+) -> Step:
     """What one step wrote to each contact, and which lists it moved contacts in or out of."""
     step = Step(name)
     status, score, reason = (
@@ -198,8 +219,9 @@ def diff(name: str, before: dict[str, dict], after: dict[str, dict], labels: dic
     )
     for cid, values in after.items():
         old = before.get(cid, {})
-        written = sorted(p for p in values if p.startswith(FIELD_PREFIX)
-                         and old.get(p) != values[p])  # fmt: skip
+        written = sorted(
+            p for p in values if p.startswith(FIELD_PREFIX) and old.get(p) != values[p]
+        )
         if not written:
             continue
         others = len([p for p in written if p not in (status, score, reason)])
@@ -213,10 +235,16 @@ def diff(name: str, before: dict[str, dict], after: dict[str, dict], labels: dic
             )
         )
     for list_name, branch in lists.items():
-        joined = [labels[c] for c in after if matches(branch, after[c])
-                  and not matches(branch, before.get(c, {}))]  # fmt: skip
-        left = [labels[c] for c in after if matches(branch, before.get(c, {}))
-                and not matches(branch, after[c])]  # fmt: skip
+        joined = [
+            labels[c]
+            for c in after
+            if matches(branch, after[c]) and not matches(branch, before.get(c, {}))
+        ]
+        left = [
+            labels[c]
+            for c in after
+            if matches(branch, before.get(c, {})) and not matches(branch, after[c])
+        ]
         if joined or left:
             step.lists.append((list_name, ", ".join(joined) or "-", ", ".join(left) or "-"))
     return step
@@ -231,8 +259,19 @@ class Serve:
     def __init__(self, mapping: Path, data_dir: Path, env: dict[str, str]) -> None:
         self.log_path = data_dir / "serve.log"
         self._log = self.log_path.open("w")
-        command = [sys.executable, "-m", "connectors.cli", "serve", str(mapping),
-                   "--host", "127.0.0.1", "--port", "0", "--data-dir", str(data_dir)]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "connectors.cli",
+            "serve",
+            str(mapping),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--data-dir",
+            str(data_dir),
+        ]
         self.proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
             command, env=env, stdout=subprocess.PIPE, stderr=self._log, text=True
         )
@@ -265,8 +304,9 @@ class Serve:
         self._log.flush()
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
-    def request(self, method: str, path: str, body: bytes = b"",
-                headers: dict[str, str] | None = None) -> tuple[int, dict]:  # fmt: skip
+    def request(
+        self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+    ) -> tuple[int, dict]:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
         try:
             conn.request(method, path, body, headers or {})
@@ -324,8 +364,10 @@ def _wait(condition: Callable[[], bool], what: str, serve: Serve) -> None:
         if serve.proc.poll() is not None:
             break
         time.sleep(0.1)
-    raise SandboxError(f"{what} did not happen within {DEADLINE_SECONDS:.0f} s; serve's log "
-                       f"({serve.log_path}):\n{serve.log_tail()}")  # fmt: skip
+    raise SandboxError(
+        f"{what} did not happen within {DEADLINE_SECONDS:.0f} s; serve's log "
+        f"({serve.log_path}):\n{serve.log_tail()}"
+    )
 
 
 # ---- the run -----------------------------------------------------------------------------------
@@ -346,8 +388,11 @@ class Sandbox:
         fake_class, token = load_fake()
         mapping = load_mapping(self.mapping_path)
         if mapping.vendor != "hubspot":
-            raise SandboxError(f"{self.mapping_path}: the HubSpot sandbox needs a HubSpot "
-                               f"mapping, this one is for {mapping.vendor!r}", 2)  # fmt: skip
+            raise SandboxError(
+                f"{self.mapping_path}: the HubSpot sandbox needs a HubSpot "
+                f"mapping, this one is for {mapping.vendor!r}",
+                2,
+            )
         own_dir = self.data_dir is None
         given = self.data_dir
         where = DataDir(given) if given is not None else DataDir.temporary("elasticity-sandbox-")
@@ -366,8 +411,12 @@ class Sandbox:
             with _sigterm_as_stop():
                 base_url = fake.start()
                 secret = "sandbox-" + secrets.token_hex(12)
-                env = {**os.environ, "HUBSPOT_BASE_URL": base_url,
-                       "HUBSPOT_ACCESS_TOKEN": token, "HUBSPOT_CLIENT_SECRET": secret}  # fmt: skip
+                env = {
+                    **os.environ,
+                    "HUBSPOT_BASE_URL": base_url,
+                    "HUBSPOT_ACCESS_TOKEN": token,
+                    "HUBSPOT_CLIENT_SECRET": secret,
+                }
                 for name in ("ELASTICITY_PUBLIC_URL", DATA_DIR_ENV):
                     env.pop(name, None)
                 self.say(f"HubSpot stand-in (tests/fakes) on {base_url}; data dir {data_dir}")
@@ -378,19 +427,36 @@ class Sandbox:
                 self.say(f"serve on {url} (client secret {secret})")
                 before = self._snapshot(fake, labels)
                 self._send_webhooks(serve, secret)
-                _wait(lambda: all(fake.contact(p.contact_id).get(
-                    mapping.fields["campaign_status"].property) for p in PEOPLE)
-                    and serve.request("GET", "/healthz")[1].get("inbox_backlog") == 0,
-                    "the worker's write-back", serve)  # fmt: skip
+                _wait(
+                    lambda: (
+                        all(
+                            fake.contact(p.contact_id).get(
+                                mapping.fields["campaign_status"].property
+                            )
+                            for p in PEOPLE
+                        )
+                        and serve.request("GET", "/healthz")[1].get("inbox_backlog") == 0
+                    ),
+                    "the worker's write-back",
+                    serve,
+                )
                 after_hooks = self._snapshot(fake, labels)
                 lists = {item["name"]: item.get("filterBranch") for item in fake.lists.values()}
-                self.steps.append(diff("webhooks -> serve's worker", before, after_hooks, labels,
-                                       mapping, lists))  # fmt: skip
+                self.steps.append(
+                    diff("webhooks -> serve's worker", before, after_hooks, labels, mapping, lists)
+                )
                 summary = self._sync(mapping, env, data_dir)
                 after_sync = self._snapshot(fake, labels)
-                self.steps.append(diff(f"sync, {DAYS_AGO} days after the changes",
-                                       after_hooks, after_sync, labels, mapping,
-                                       lists))  # fmt: skip
+                self.steps.append(
+                    diff(
+                        f"sync, {DAYS_AGO} days after the changes",
+                        after_hooks,
+                        after_sync,
+                        labels,
+                        mapping,
+                        lists,
+                    )
+                )
                 self._report(fake, summary)
                 if self.keep:
                     self._print_keep(serve, base_url, token, secret, data_dir, labels)
@@ -436,8 +502,9 @@ class Sandbox:
         items = notifications(PEOPLE, now - timedelta(days=DAYS_AGO))
         body = json.dumps(items).encode()
         url = f"https://127.0.0.1:{serve.port}{WEBHOOK_PATH}"
-        status, answer = serve.request("POST", WEBHOOK_PATH, body,
-                                       signed_headers(secret, url, body, now))  # fmt: skip
+        status, answer = serve.request(
+            "POST", WEBHOOK_PATH, body, signed_headers(secret, url, body, now)
+        )
         if status != 200:
             raise SandboxError(f"serve answered {status} to the signed webhooks: {answer}")
         self.say(
@@ -455,9 +522,11 @@ class Sandbox:
             summary = Runner(load_connector(mapping, env), store).sync()
         finally:
             store.close()
-        self.say(f"sync (what `elasticity sync` runs): {summary.examined} contacts examined, "
-                 f"{summary.decisions} decisions, {summary.written} written, "
-                 f"{summary.api_calls} API calls")  # fmt: skip
+        self.say(
+            f"sync (what `elasticity sync` runs): {summary.examined} contacts examined, "
+            f"{summary.decisions} decisions, {summary.written} written, "
+            f"{summary.api_calls} API calls"
+        )
         return summary
 
     @staticmethod
@@ -466,14 +535,21 @@ class Sandbox:
 
     def _report(self, fake: Any, summary: Any) -> None:
         for step in self.steps:
-            self._table(f"written back ({step.name})",
-                        ["contact", "status", "score", "suppression", "others"],
-                        step.rows or [("-", "nothing written", "", "", "")])  # fmt: skip
-            self._table(f"lists changed ({step.name})", ["list", "joined", "left"],
-                        step.lists or [("no list changed", "", "")])  # fmt: skip
+            self._table(
+                f"written back ({step.name})",
+                ["contact", "status", "score", "suppression", "others"],
+                step.rows or [("-", "nothing written", "", "", "")],
+            )
+            self._table(
+                f"lists changed ({step.name})",
+                ["list", "joined", "left"],
+                step.lists or [("no list changed", "", "")],
+            )
         for task in fake.tasks():
-            self.say(f"hand-off task {task['id']} for contact {', '.join(task['contacts'])}: "
-                     f"{task.get('hs_task_subject')}")  # fmt: skip
+            self.say(
+                f"hand-off task {task['id']} for contact {', '.join(task['contacts'])}: "
+                f"{task.get('hs_task_subject')}"
+            )
         self.say(
             "(HubSpot keeps the dynamic lists' membership itself; shown here is each "
             "list's provisioned filter applied to the contacts before and after)"
@@ -487,8 +563,15 @@ class Sandbox:
         for row in rows:
             self.say("  " + " | ".join(str(v) for v in row))
 
-    def _print_keep(self, serve: Serve, base_url: str, token: str, secret: str, data_dir: Path,
-                    labels: dict[str, str]) -> None:  # fmt: skip
+    def _print_keep(
+        self,
+        serve: Serve,
+        base_url: str,
+        token: str,
+        secret: str,
+        data_dir: Path,
+        labels: dict[str, str],
+    ) -> None:
         contact = PEOPLE[1].contact_id  # Dormant after the sync: a click brings it back
         url = f"http://127.0.0.1:{serve.port}{WEBHOOK_PATH}"
         self.say(SEPARATOR)

@@ -192,9 +192,14 @@ class WorkerProcess:
     """The inbox worker in a child process, woken through a pipe. `supervise()`, called
     periodically, respawns it when it has died."""
 
-    def __init__(self, factory: RunnerFactory, idle_seconds: float = 5.0,
-                 inherit_fds: Sequence[int] = (), delay: RespawnDelay | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+    def __init__(
+        self,
+        factory: RunnerFactory,
+        idle_seconds: float = 5.0,
+        inherit_fds: Sequence[int] = (),
+        delay: RespawnDelay | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.factory = factory
         self.idle_seconds = idle_seconds
         self.inherit_fds = tuple(inherit_fds)
@@ -213,10 +218,16 @@ class WorkerProcess:
         self._respawn_at = None
         reader, writer = os.pipe()
         process = self._context.Process(
-            target=_worker_main, name="inbox-worker", daemon=True,
-            args=(self.factory, _InheritedFd(reader), self.idle_seconds,
-                  [_InheritedFd(fd) for fd in self.inherit_fds]),
-        )  # fmt: skip
+            target=_worker_main,
+            name="inbox-worker",
+            daemon=True,
+            args=(
+                self.factory,
+                _InheritedFd(reader),
+                self.idle_seconds,
+                [_InheritedFd(fd) for fd in self.inherit_fds],
+            ),
+        )
         try:
             process.start()
         finally:
@@ -234,8 +245,12 @@ class WorkerProcess:
         now = self.clock()
         if self._respawn_at is None:
             wait = self.delay.after(now - self._started_at)
-            log.error("the inbox worker (pid %s) died (exit code %s); respawning it in %.1f s",
-                      self.process.pid, self.process.exitcode, wait)  # fmt: skip
+            log.error(
+                "the inbox worker (pid %s) died (exit code %s); respawning it in %.1f s",
+                self.process.pid,
+                self.process.exitcode,
+                wait,
+            )
             self.wake.detach()
             self._respawn_at = now + wait
         if now >= self._respawn_at:
@@ -258,8 +273,9 @@ class WorkerProcess:
 EXIT_STORE_REPLACED = 3
 
 
-def _worker_main(factory: RunnerFactory, wake: _InheritedFd, idle_seconds: float,
-                 keep: list[_InheritedFd]) -> None:  # fmt: skip
+def _worker_main(
+    factory: RunnerFactory, wake: _InheritedFd, idle_seconds: float, keep: list[_InheritedFd]
+) -> None:
     """The worker process. `keep`: descriptors held open, unused, for the process's life (the
     data dir's lock: it outlives a killed server until this process follows it)."""
     stopping = threading.Event()
@@ -333,8 +349,13 @@ class DataDirLock:
 
 def lock_data_dirs(runners: Sequence[Runner]) -> list[DataDirLock]:
     """Lock the data dir of every file-backed store of `runners` (once each)."""
-    directories = sorted({Path(r.store.path).resolve().parent for r in runners
-                          if isinstance(r.store, SQLiteStore) and r.store.path != ":memory:"})
+    directories = sorted(
+        {
+            Path(r.store.path).resolve().parent
+            for r in runners
+            if isinstance(r.store, SQLiteStore) and r.store.path != ":memory:"
+        }
+    )
     locks: list[DataDirLock] = []
     try:
         for directory in directories:
@@ -388,7 +409,7 @@ class SecretsFile:
         changed = sorted(
             [n for n, v in values.items() if self.environ.get(n) != v]
             + [n for n in self._names - values.keys() if n in self.environ]
-        )  # fmt: skip
+        )
         for name in self._names - values.keys():
             self.environ.pop(name, None)
         self.environ.update(values)
@@ -405,8 +426,12 @@ class Intake:
     `rebuild` builds fresh runners after the store file was replaced; without it a lost store
     stays lost (503) until `serve` restarts."""
 
-    def __init__(self, runners: list[Runner], worker: InboxWorker | WorkerProcess | None = None,
-                 rebuild: RunnerFactory | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        runners: list[Runner],
+        worker: InboxWorker | WorkerProcess | None = None,
+        rebuild: RunnerFactory | None = None,
+    ) -> None:
         self.worker = worker
         self.rebuild = rebuild
         self._set_runners(runners)
@@ -451,8 +476,12 @@ class Intake:
             return json_answer(404, error=f"no webhook at {request.path}")
         if self.store_lost is not None:
             return json_answer(503, error="the store is unavailable; retry later")
-        answer = handle_rotating(runner.connector, request, partial(self._record, runner),
-                                 partial(self._previous_for, runner))  # fmt: skip
+        answer = handle_rotating(
+            runner.connector,
+            request,
+            partial(self._record, runner),
+            partial(self._previous_for, runner),
+        )
         if answer.recorded and self.worker is not None:
             self.worker.wake.set()
         return answer
@@ -515,8 +544,11 @@ class Intake:
                 backlog = self.backlog()
             except StoreError as exc:
                 store = str(exc)
-        payload: dict[str, Any] = {"worker": None if worker is None else {"alive": alive},
-                                   "inbox_backlog": backlog, "store": store}  # fmt: skip
+        payload: dict[str, Any] = {
+            "worker": None if worker is None else {"alive": alive},
+            "inbox_backlog": backlog,
+            "store": store,
+        }
         if isinstance(worker, WorkerProcess):
             payload["worker"]["respawns"] = worker.respawns
         healthy = alive is not False and store == "ok"
@@ -546,8 +578,11 @@ class WebhookApp:
     def __init__(self, intake: Intake, limits: ServerLimits | None = None) -> None:
         self.intake = intake
         limits = limits or ServerLimits()
-        self.pool = (ThreadPoolExecutor(limits.handler_threads, thread_name_prefix="intake")
-                     if limits.handler_threads else None)  # fmt: skip
+        self.pool = (
+            ThreadPoolExecutor(limits.handler_threads, thread_name_prefix="intake")
+            if limits.handler_threads
+            else None
+        )
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -556,16 +591,25 @@ class WebhookApp:
         answer, close = await self._answer(scope, receive)
         if answer is None:
             return  # the client hung up before its request was whole
-        headers = [(b"content-type", answer.content_type.encode("latin-1")),
-                   (b"content-length", str(len(answer.body)).encode())]  # fmt: skip
+        headers = [
+            (b"content-type", answer.content_type.encode("latin-1")),
+            (b"content-length", str(len(answer.body)).encode()),
+        ]
         if close:
             headers.append((b"connection", b"close"))
         await send({"type": "http.response.start", "status": answer.status, "headers": headers})
         await send({"type": "http.response.body", "body": answer.body})
         client = scope.get("client") or ("-", 0)
         elapsed_ms = (time.perf_counter() - started) * 1000
-        access_log.info('%s "%s %s" %d %d %.1fms', client[0], scope["method"], scope["path"],
-                        answer.status, len(answer.body), elapsed_ms)  # fmt: skip
+        access_log.info(
+            '%s "%s %s" %d %d %.1fms',
+            client[0],
+            scope["method"],
+            scope["path"],
+            answer.status,
+            len(answer.body),
+            elapsed_ms,
+        )
 
     async def _answer(self, scope: dict, receive: Callable) -> tuple[HttpAnswer | None, bool]:
         path = scope["path"]
@@ -589,9 +633,13 @@ class WebhookApp:
             if not message.get("more_body"):
                 break
         request = WebhookRequest(
-            method=scope["method"], path=path, query=scope["query_string"].decode("latin-1"),
-            headers=headers, body=bytes(body), received_at=datetime.now(UTC),
-        )  # fmt: skip
+            method=scope["method"],
+            path=path,
+            query=scope["query_string"].decode("latin-1"),
+            headers=headers,
+            body=bytes(body),
+            received_at=datetime.now(UTC),
+        )
         if self.pool is None:
             return self.intake.answer(request), False
         loop = asyncio.get_running_loop()
@@ -646,21 +694,32 @@ class WebhookServer:
     once, even when 0 was asked). `serve_forever` runs in any thread; `shutdown` stops it
     from another, finishing the requests in progress."""
 
-    def __init__(self, intake: Intake, host: str = "127.0.0.1", port: int = 8080,
-                 limits: ServerLimits | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        intake: Intake,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        limits: ServerLimits | None = None,
+    ) -> None:
         limits = limits or ServerLimits()
         self.intake = intake
         self.socket = socket.create_server((host, port), backlog=limits.max_connections)
         self.server_address = self.socket.getsockname()[:2]
         self.app = WebhookApp(intake, limits)
-        protocol = type("Protocol", (DeadlineH11Protocol,),
-                        {"request_seconds": limits.request_seconds})  # fmt: skip
+        protocol = type(
+            "Protocol", (DeadlineH11Protocol,), {"request_seconds": limits.request_seconds}
+        )
         config = uvicorn.Config(
-            self.app, http=protocol, lifespan="off", access_log=False, log_config=None,
-            server_header=False, timeout_keep_alive=limits.keep_alive_seconds,
+            self.app,
+            http=protocol,
+            lifespan="off",
+            access_log=False,
+            log_config=None,
+            server_header=False,
+            timeout_keep_alive=limits.keep_alive_seconds,
             limit_concurrency=limits.max_connections,
             timeout_graceful_shutdown=limits.shutdown_seconds,
-        )  # fmt: skip
+        )
         self._server = uvicorn.Server(config)
         self._stopped = threading.Event()
 
@@ -761,14 +820,15 @@ def _reread_secrets(
     intake: Intake, worker: InboxWorker | WorkerProcess, secrets: SecretsFile | None
 ) -> None:
     if secrets is None:
-        log.warning("SIGHUP: nothing to read again (start serve with --secrets-file to rotate "
-                    "secrets without a restart)")  # fmt: skip
+        log.warning(
+            "SIGHUP: nothing to read again (start serve with --secrets-file to rotate "
+            "secrets without a restart)"
+        )
         return
     try:
         changed = secrets.load()
     except (OSError, ValueError) as exc:
-        log.error("the secrets file could not be read again (%s); the secrets in use stay",
-                  exc)  # fmt: skip
+        log.error("the secrets file could not be read again (%s); the secrets in use stay", exc)
         return
     if not changed:
         log.info("the secrets file was read again: nothing changed")
@@ -776,11 +836,17 @@ def _reread_secrets(
     try:
         intake.rebuild_connectors()
     except ConnectorError as exc:
-        log.error("the secrets changed (%s) but a connector cannot be built with them: %s; "
-                  "the connectors in use stay", ", ".join(changed), exc)  # fmt: skip
+        log.error(
+            "the secrets changed (%s) but a connector cannot be built with them: %s; "
+            "the connectors in use stay",
+            ", ".join(changed),
+            exc,
+        )
         return
-    log.warning("secrets changed (%s): connectors rebuilt, the worker restarts with them",
-                ", ".join(changed))  # fmt: skip
+    log.warning(
+        "secrets changed (%s): connectors rebuilt, the worker restarts with them",
+        ", ".join(changed),
+    )
     if isinstance(worker, WorkerProcess) and intake.store_lost is None:
         worker.stop()  # after its batch in progress; it reads the environment as it starts
         worker.start()

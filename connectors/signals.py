@@ -67,8 +67,13 @@ def event_from_signal(
         event_id = signal_event_id(mapping.vendor, contact_id, prop, value, seen_in)
         occurred, changed = observed_at, None
     if signal.patterns and len(value) > MAX_URL_CHARS:
-        log.warning("%s of contact %s: %d characters; its event keeps the first %d as url",
-                    signal.property, contact_id, len(value), MAX_URL_CHARS)  # fmt: skip
+        log.warning(
+            "%s of contact %s: %d characters; its event keeps the first %d as url",
+            signal.property,
+            contact_id,
+            len(value),
+            MAX_URL_CHARS,
+        )
     return Event(
         event_id=event_id,
         contact_id=contact_id,
@@ -116,8 +121,9 @@ def events_from_changes(
         for signal in signal_for(mapping, prop):
             if complete and prop not in last_seen and signal.event in LIFTING_EVENTS:
                 continue
-            found = event_from_signal(mapping, signal, contact_id, value, observed_at, source,
-                                      delivery=delivery)  # fmt: skip
+            found = event_from_signal(
+                mapping, signal, contact_id, value, observed_at, source, delivery=delivery
+            )
             if found is not None:
                 events.append(found)
                 break

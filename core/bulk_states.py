@@ -81,6 +81,7 @@ class BulkStates:
 
     def _compact(self) -> None:
         ready = self._ready
-        self._heap = [(at, cid) for cid, (_, at) in self._held.items()
-                      if at is not None and cid not in ready]  # fmt: skip
+        self._heap = [
+            (at, cid) for cid, (_, at) in self._held.items() if at is not None and cid not in ready
+        ]
         heapify(self._heap)

@@ -248,8 +248,7 @@ def _verdict(c: Comparison) -> str:
         return f"No difference: both policies end every one of {c.contacts:,} contacts alike."
     verb = "ends" if c.changed == 1 else "end"
     return (
-        f"{c.changed:,} of {c.contacts:,} contacts {verb} in a different state under the "
-        "candidate."
+        f"{c.changed:,} of {c.contacts:,} contacts {verb} in a different state under the candidate."
     )
 
 

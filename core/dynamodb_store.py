@@ -143,21 +143,31 @@ def table_definition(name: str) -> dict[str, Any]:
             {"AttributeName": a, "AttributeType": "S"}
             for a in ("pk", "sk", "due_pk", "next_due", "seq")
         ],
-        "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"},
-                      {"AttributeName": "sk", "KeyType": "RANGE"}],
-        "GlobalSecondaryIndexes": [{
-            "IndexName": DUE_INDEX,
-            "KeySchema": [{"AttributeName": "due_pk", "KeyType": "HASH"},
-                          {"AttributeName": "next_due", "KeyType": "RANGE"}],
-            "Projection": {"ProjectionType": "KEYS_ONLY"},
-        }],
-        "LocalSecondaryIndexes": [{
-            "IndexName": ORDER_INDEX,
-            "KeySchema": [{"AttributeName": "pk", "KeyType": "HASH"},
-                          {"AttributeName": "seq", "KeyType": "RANGE"}],
-            "Projection": {"ProjectionType": "ALL"},
-        }],
-    }  # fmt: skip
+        "KeySchema": [
+            {"AttributeName": "pk", "KeyType": "HASH"},
+            {"AttributeName": "sk", "KeyType": "RANGE"},
+        ],
+        "GlobalSecondaryIndexes": [
+            {
+                "IndexName": DUE_INDEX,
+                "KeySchema": [
+                    {"AttributeName": "due_pk", "KeyType": "HASH"},
+                    {"AttributeName": "next_due", "KeyType": "RANGE"},
+                ],
+                "Projection": {"ProjectionType": "KEYS_ONLY"},
+            }
+        ],
+        "LocalSecondaryIndexes": [
+            {
+                "IndexName": ORDER_INDEX,
+                "KeySchema": [
+                    {"AttributeName": "pk", "KeyType": "HASH"},
+                    {"AttributeName": "seq", "KeyType": "RANGE"},
+                ],
+                "Projection": {"ProjectionType": "ALL"},
+            }
+        ],
+    }
 
 
 def shard_of(contact_id: str) -> str:
@@ -209,8 +219,10 @@ def _to_json(record: object) -> str:
     """Every dataclass field, so a field the core adds later is stored without a change here."""
     return json.dumps(
         {f.name: getattr(record, f.name) for f in fields(record)},  # type: ignore[arg-type]
-        default=_encode, sort_keys=True, separators=(",", ":"),
-    )  # fmt: skip
+        default=_encode,
+        sort_keys=True,
+        separators=(",", ":"),
+    )
 
 
 def _version_of(item: Item) -> int:
@@ -241,9 +253,10 @@ def contact_from(item: Item) -> ContactState:
 
 def ledger_item(decision: Decision, seq: str) -> Item:
     return {
-        "pk": _s(f"ledger#{decision.contact_id}"), "sk": _s(seq),
+        "pk": _s(f"ledger#{decision.contact_id}"),
+        "sk": _s(seq),
         "decision": _s(_to_json(decision)),
-    }  # fmt: skip
+    }
 
 
 def decision_from(item: Item) -> Decision:
@@ -283,8 +296,14 @@ def _level_moves(
     moves = [(now, 1)]
     first = decisions[0]
     if first.from_status is not None:
-        reason = next((d.changes["suppression_reason"][0] for d in decisions
-                       if "suppression_reason" in d.changes), state.suppression_reason)  # fmt: skip
+        reason = next(
+            (
+                d.changes["suppression_reason"][0]
+                for d in decisions
+                if "suppression_reason" in d.changes
+            ),
+            state.suppression_reason,
+        )
         moves.append((_level(first.from_status, reason), -1))
     return moves
 
@@ -441,7 +460,7 @@ class DynamoDBStore(Store, LedgerReader):
                     ExpressionAttributeValues={
                         ":p": _s(f"contact#{n:02d}"),
                         ":now": _s(sortable(now)),
-                    },  # fmt: skip
+                    },
                 )
             ]
         return sorted(i for i in ids if i > after)[:limit]
@@ -529,9 +548,11 @@ class DynamoDBStore(Store, LedgerReader):
         if since_day is not None:  # the month holding `since_day` on
             condition += " AND sk >= :month"
             values[":month"] = _s(since_day[:7])
-        return self._paged_query(KeyConditionExpression=condition,
-                                 ExpressionAttributeValues=values,
-                                 ProjectionExpression=projection)  # fmt: skip
+        return self._paged_query(
+            KeyConditionExpression=condition,
+            ExpressionAttributeValues=values,
+            ProjectionExpression=projection,
+        )
 
     def _add_packed(self, totals: dict[str, int], since_day: str | None) -> dict[str, int]:
         """Add the packed months' counts (from `since_day` on) to `totals`; their stamps."""
@@ -545,8 +566,10 @@ class DynamoDBStore(Store, LedgerReader):
         return stamps
 
     def _packed_stamps(self, since_day: str | None) -> dict[str, int]:
-        return {item["sk"]["S"]: int(item.get("used_bytes", {"N": "0"})["N"])
-                for item in self._packed_query(since_day, "sk, used_bytes")}  # fmt: skip
+        return {
+            item["sk"]["S"]: int(item.get("used_bytes", {"N": "0"})["N"])
+            for item in self._packed_query(since_day, "sk, used_bytes")
+        }
 
     # ---- roll-up compaction: closed days folded into packed months --------------------------
 
@@ -580,10 +603,14 @@ class DynamoDBStore(Store, LedgerReader):
         return folded
 
     def _fold_month(self, month: str, items: list[Item]) -> int:
-        parts = sorted(item["sk"]["S"] for item in self._paged_query(
-            KeyConditionExpression="pk = :p AND begins_with(sk, :m)",
-            ExpressionAttributeValues={":p": _s(PACKED_PK), ":m": _s(f"{month}#")},
-            ProjectionExpression="sk"))  # fmt: skip
+        parts = sorted(
+            item["sk"]["S"]
+            for item in self._paged_query(
+                KeyConditionExpression="pk = :p AND begins_with(sk, :m)",
+                ExpressionAttributeValues={":p": _s(PACKED_PK), ":m": _s(f"{month}#")},
+                ProjectionExpression="sk",
+            )
+        )
         part = int(parts[-1].rpartition("#")[2]) if parts else 0
         made = set(parts)
         # In key order across the shards: a counter's items on several shards fold together.
@@ -598,8 +625,10 @@ class DynamoDBStore(Store, LedgerReader):
                     break
                 part += 1
                 if part >= MAX_PACK_PARTS:
-                    raise StoreError(f"DynamoDB {self.table}: roll-up month {month} overflows "
-                                     f"{MAX_PACK_PARTS} packed items")  # fmt: skip
+                    raise StoreError(
+                        f"DynamoDB {self.table}: roll-up month {month} overflows "
+                        f"{MAX_PACK_PARTS} packed items"
+                    )
             folded += len(chunk) if outcome == "folded" else 0
         return folded
 
@@ -617,8 +646,9 @@ class DynamoDBStore(Store, LedgerReader):
             # The packed item must exist, with its map, before entries can be set in it.
             empty = {**key, "packed": {"M": {}}, "used_bytes": _n(0)}
             try:
-                self.db.put_item(TableName=self.table, Item=empty,
-                                 ConditionExpression="attribute_not_exists(pk)")  # fmt: skip
+                self.db.put_item(
+                    TableName=self.table, Item=empty, ConditionExpression="attribute_not_exists(pk)"
+                )
             except ClientError as exc:
                 if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
                     raise StoreError(f"DynamoDB {self.table}: {exc}") from exc
@@ -629,18 +659,29 @@ class DynamoDBStore(Store, LedgerReader):
         for i, (dims, n) in enumerate(totals.items()):
             names[f"#k{i}"], values[f":v{i}"] = dims, _n(n)
             sets.append(f"packed.#k{i} = if_not_exists(packed.#k{i}, :z) + :v{i}")
-        ops: list[Op] = [{"Update": {
-            "TableName": self.table, "Key": key,
-            "UpdateExpression": "SET " + ", ".join(sets) + " ADD #b :cost",
-            "ConditionExpression": "#b <= :room",
-            "ExpressionAttributeNames": names, "ExpressionAttributeValues": values,
-        }}]  # fmt: skip
+        ops: list[Op] = [
+            {
+                "Update": {
+                    "TableName": self.table,
+                    "Key": key,
+                    "UpdateExpression": "SET " + ", ".join(sets) + " ADD #b :cost",
+                    "ConditionExpression": "#b <= :room",
+                    "ExpressionAttributeNames": names,
+                    "ExpressionAttributeValues": values,
+                }
+            }
+        ]
         for item in chunk:
-            ops.append({"Delete": {
-                "TableName": self.table, "Key": {"pk": item["pk"], "sk": item["sk"]},
-                "ConditionExpression": "n = :seen",
-                "ExpressionAttributeValues": {":seen": item["n"]},
-            }})  # fmt: skip
+            ops.append(
+                {
+                    "Delete": {
+                        "TableName": self.table,
+                        "Key": {"pk": item["pk"], "sk": item["sk"]},
+                        "ConditionExpression": "n = :seen",
+                        "ExpressionAttributeValues": {":seen": item["n"]},
+                    }
+                }
+            )
         try:
             self.db.transact_write_items(TransactItems=ops)
         except ClientError as exc:
@@ -689,10 +730,11 @@ class DynamoDBStore(Store, LedgerReader):
 
     def quarantined(self, limit: int = 1000) -> list[Quarantined]:
         return [
-            Quarantined(i["sk"]["S"], i["body"]["S"], i["reason"]["S"],
-                        datetime.fromisoformat(i["at"]["S"]))
+            Quarantined(
+                i["sk"]["S"], i["body"]["S"], i["reason"]["S"], datetime.fromisoformat(i["at"]["S"])
+            )
             for i in self._ordered("quarantine", limit)
-        ]  # fmt: skip
+        ]
 
     def quarantine_count(self) -> int:
         return sum(
@@ -732,8 +774,10 @@ class DynamoDBStore(Store, LedgerReader):
         holder = secrets.token_hex(8)
         for _ in range(OUTBOX_ATTEMPTS):
             now = self.clock()
-            free = ("attribute_not_exists(leased_until) OR leased_until <= :now",
-                    {":now": _n(int(now.timestamp()))})  # fmt: skip
+            free = (
+                "attribute_not_exists(leased_until) OR leased_until <= :now",
+                {":now": _n(int(now.timestamp()))},
+            )
             items = self._ordered("outbox", limit, prefix, where=free)
             if not items:
                 return []
@@ -751,14 +795,22 @@ class DynamoDBStore(Store, LedgerReader):
         return []  # others are flushing these; they stay owed
 
     def _lease_op(self, item: Item, holder: str, until: dict[str, str], now: datetime) -> Op:
-        return {"Update": {
-            "TableName": self.table, "Key": {"pk": item["pk"], "sk": item["sk"]},
-            "UpdateExpression": "SET holder = :h, leased_until = :until",
-            "ConditionExpression":
-                "seq = :seq AND (attribute_not_exists(leased_until) OR leased_until <= :now)",
-            "ExpressionAttributeValues": {":h": _s(holder), ":until": until, ":seq": item["seq"],
-                                          ":now": _n(int(now.timestamp()))},
-        }}  # fmt: skip
+        return {
+            "Update": {
+                "TableName": self.table,
+                "Key": {"pk": item["pk"], "sk": item["sk"]},
+                "UpdateExpression": "SET holder = :h, leased_until = :until",
+                "ConditionExpression": (
+                    "seq = :seq AND (attribute_not_exists(leased_until) OR leased_until <= :now)"
+                ),
+                "ExpressionAttributeValues": {
+                    ":h": _s(holder),
+                    ":until": until,
+                    ":seq": item["seq"],
+                    ":now": _n(int(now.timestamp())),
+                },
+            }
+        }
 
     def outbox_release(self, owed: Sequence[ClaimedWrite]) -> None:
         for write in {o.key: o for o in owed}.values():
@@ -771,12 +823,15 @@ class DynamoDBStore(Store, LedgerReader):
                 raise StoreError(f"DynamoDB {self.table}: {exc}") from exc
 
     def _release_op(self, owed: ClaimedWrite) -> Op:
-        return {"Update": {
-            "TableName": self.table, "Key": {"pk": _s("outbox"), "sk": _s(owed.key)},
-            "UpdateExpression": "REMOVE holder, leased_until",
-            "ConditionExpression": "holder = :h",
-            "ExpressionAttributeValues": {":h": _s(owed.holder)},
-        }}  # fmt: skip
+        return {
+            "Update": {
+                "TableName": self.table,
+                "Key": {"pk": _s("outbox"), "sk": _s(owed.key)},
+                "UpdateExpression": "REMOVE holder, leased_until",
+                "ConditionExpression": "holder = :h",
+                "ExpressionAttributeValues": {":h": _s(owed.holder)},
+            }
+        }
 
     def _finish_owed(self, done: Sequence[ClaimedWrite]) -> None:
         """Remove the owed writes a flusher did, each only if no newer write replaced it
@@ -789,10 +844,16 @@ class DynamoDBStore(Store, LedgerReader):
             for item in self._get_many(keys, "sk, seq, holder"):
                 owed = pending[item["sk"]["S"]]
                 if item["seq"]["S"] == owed.version:
-                    ops.append({"Delete": {
-                        "TableName": self.table, "Key": {"pk": _s("outbox"), "sk": item["sk"]},
-                        "ConditionExpression": "seq = :seq",
-                        "ExpressionAttributeValues": {":seq": _s(owed.version)}}})  # fmt: skip
+                    ops.append(
+                        {
+                            "Delete": {
+                                "TableName": self.table,
+                                "Key": {"pk": _s("outbox"), "sk": item["sk"]},
+                                "ConditionExpression": "seq = :seq",
+                                "ExpressionAttributeValues": {":seq": _s(owed.version)},
+                            }
+                        }
+                    )
                 elif item.get("holder", {}).get("S") == owed.holder:
                     ops.append(self._release_op(owed))
             try:
@@ -810,13 +871,27 @@ class DynamoDBStore(Store, LedgerReader):
         recorded = 0
         for event in {e.event_id: e for e in events if e.event_id in new}.values():
             ops = [
-                {"ConditionCheck": {"TableName": self.table, "Key": _claim_key(event.event_id),
-                                    **self._claim_condition()}},
-                {"Put": {"TableName": self.table, "Item": {
-                    "pk": _s("inbox"), "sk": _s(event.event_id), "seq": _s(self._seq.next()),
-                    "body": _s(EVENT.dump_json(event).decode()), "part": _s(partition)},
-                    "ConditionExpression": "attribute_not_exists(pk)"}},
-            ]  # fmt: skip
+                {
+                    "ConditionCheck": {
+                        "TableName": self.table,
+                        "Key": _claim_key(event.event_id),
+                        **self._claim_condition(),
+                    }
+                },
+                {
+                    "Put": {
+                        "TableName": self.table,
+                        "Item": {
+                            "pk": _s("inbox"),
+                            "sk": _s(event.event_id),
+                            "seq": _s(self._seq.next()),
+                            "body": _s(EVENT.dump_json(event).decode()),
+                            "part": _s(partition),
+                        },
+                        "ConditionExpression": "attribute_not_exists(pk)",
+                    }
+                },
+            ]
             try:
                 self._transact(ops)
                 recorded += 1
@@ -830,17 +905,26 @@ class DynamoDBStore(Store, LedgerReader):
         parts = {i["sk"]["S"]: i["part"] for i in self._get_many(keys, "sk, part") if "part" in i}
         for entry in entries:
             item: Item = {
-                "pk": _s("quarantine"), "sk": _s(entry.key), "seq": _s(self._seq.next()),
-                "body": _s(entry.body), "reason": _s(entry.reason[:QUARANTINE_REASON_CHARS]),
+                "pk": _s("quarantine"),
+                "sk": _s(entry.key),
+                "seq": _s(self._seq.next()),
+                "body": _s(entry.body),
+                "reason": _s(entry.reason[:QUARANTINE_REASON_CHARS]),
                 "at": _s(_iso(entry.at)),
-            }  # fmt: skip
+            }
             if entry.key in parts:
                 item["part"] = parts[entry.key]
-            self._transact([
-                {"Delete": {"TableName": self.table,
-                            "Key": {"pk": _s("inbox"), "sk": _s(entry.key)}}},
-                {"Put": {"TableName": self.table, "Item": item}},
-            ])  # fmt: skip
+            self._transact(
+                [
+                    {
+                        "Delete": {
+                            "TableName": self.table,
+                            "Key": {"pk": _s("inbox"), "sk": _s(entry.key)},
+                        }
+                    },
+                    {"Put": {"TableName": self.table, "Item": item}},
+                ]
+            )
 
     def quarantine_release(self, keys: Sequence[str] | None = None) -> int:
         wanted = None if keys is None else set(keys)
@@ -849,15 +933,25 @@ class DynamoDBStore(Store, LedgerReader):
             key = item["sk"]["S"]
             if wanted is not None and key not in wanted:
                 continue
-            inbox: Item = {"pk": _s("inbox"), "sk": _s(key), "seq": _s(self._seq.next()),
-                           "body": item["body"]}  # fmt: skip
+            inbox: Item = {
+                "pk": _s("inbox"),
+                "sk": _s(key),
+                "seq": _s(self._seq.next()),
+                "body": item["body"],
+            }
             if "part" in item:
                 inbox["part"] = item["part"]
-            self._transact([
-                {"Put": {"TableName": self.table, "Item": inbox}},
-                {"Delete": {"TableName": self.table,
-                            "Key": {"pk": _s("quarantine"), "sk": _s(key)}}},
-            ])  # fmt: skip
+            self._transact(
+                [
+                    {"Put": {"TableName": self.table, "Item": inbox}},
+                    {
+                        "Delete": {
+                            "TableName": self.table,
+                            "Key": {"pk": _s("quarantine"), "sk": _s(key)},
+                        }
+                    },
+                ]
+            )
             moved += 1
         return moved
 
@@ -912,17 +1006,25 @@ class DynamoDBStore(Store, LedgerReader):
         }
         orphans, tail = _Group(), _Group()
         for key in keys:
-            op = {"Put": {"TableName": self.table, "Item": {**_claim_key(key),
-                  "expires_at": _n(int((now + self.claim_ttl).timestamp()))},
-                  **self._claim_condition()}}  # fmt: skip
+            op = {
+                "Put": {
+                    "TableName": self.table,
+                    "Item": {
+                        **_claim_key(key),
+                        "expires_at": _n(int((now + self.claim_ttl).timestamp())),
+                    },
+                    **self._claim_condition(),
+                }
+            }
             (per_contact[cause_of[key]] if key in cause_of else orphans).add(op)
         for cid, (state, due) in contacts.items():
-            per_contact[cid].add(self._contact_write(state, due, expected),
-                                 self._level_moves(state, decided.get(cid, []), expected))
+            per_contact[cid].add(
+                self._contact_write(state, due, expected),
+                self._level_moves(state, decided.get(cid, []), expected),
+            )
         for cid in expected.keys() - contacts.keys():
             # Decided on but unchanged: the decision still rests on the version read.
-            check = {"TableName": self.table,
-                     "Key": {"pk": _s(shard_of(cid)), "sk": _s(cid)}}  # fmt: skip
+            check = {"TableName": self.table, "Key": {"pk": _s(shard_of(cid)), "sk": _s(cid)}}
             check.update(_version_condition(expected[cid], {}, {}))
             per_contact[cid].add({"ConditionCheck": check})
         for cid, history in histories.items():
@@ -930,19 +1032,33 @@ class DynamoDBStore(Store, LedgerReader):
             per_contact[cid].add({"Put": {"TableName": self.table, "Item": item}})
         for cid, decisions in decided.items():
             for decision in decisions:
-                per_contact[cid].add({"Put": {
-                    "TableName": self.table, "Item": ledger_item(decision, self._seq.next()),
-                    "ConditionExpression": "attribute_not_exists(pk)"}},
-                    [(rollup_of[id(decision)], 1)])  # fmt: skip
+                per_contact[cid].add(
+                    {
+                        "Put": {
+                            "TableName": self.table,
+                            "Item": ledger_item(decision, self._seq.next()),
+                            "ConditionExpression": "attribute_not_exists(pk)",
+                        }
+                    },
+                    [(rollup_of[id(decision)], 1)],
+                )
         for owed in {o.key: o for o in batch.outbox}.values():
             group = per_contact.get(owed.contact_id, tail)
             # An update, not a put: a flusher's lease on the key stays (see `outbox_claim`).
-            group.add({"Update": {
-                "TableName": self.table, "Key": {"pk": _s("outbox"), "sk": _s(owed.key)},
-                "UpdateExpression": "SET payload = :p, seq = :seq, contact = :c",
-                "ExpressionAttributeValues": {":p": _s(owed.payload), ":seq": _s(self._seq.next()),
-                                              ":c": _s(owed.contact_id)},
-            }})  # fmt: skip
+            group.add(
+                {
+                    "Update": {
+                        "TableName": self.table,
+                        "Key": {"pk": _s("outbox"), "sk": _s(owed.key)},
+                        "UpdateExpression": "SET payload = :p, seq = :seq, contact = :c",
+                        "ExpressionAttributeValues": {
+                            ":p": _s(owed.payload),
+                            ":seq": _s(self._seq.next()),
+                            ":c": _s(owed.contact_id),
+                        },
+                    }
+                }
+            )
         for key in dict.fromkeys(batch.inbox_done):
             tail.add(
                 {"Delete": {"TableName": self.table, "Key": {"pk": _s("inbox"), "sk": _s(key)}}}
@@ -985,9 +1101,10 @@ class DynamoDBStore(Store, LedgerReader):
         else:
             update += " REMOVE due_pk, next_due"
         op: dict[str, Any] = {
-            "TableName": self.table, "Key": {"pk": _s(pk), "sk": _s(state.contact_id)},
+            "TableName": self.table,
+            "Key": {"pk": _s(pk), "sk": _s(state.contact_id)},
             "UpdateExpression": update,
-        }  # fmt: skip
+        }
         if state.contact_id in expected:
             op.update(_version_condition(expected[state.contact_id], names, values))
         op["ExpressionAttributeNames"], op["ExpressionAttributeValues"] = names, values
@@ -1003,8 +1120,10 @@ class DynamoDBStore(Store, LedgerReader):
         size = 0
 
         def fits(n_ops: int, more: set[Counter], more_size: int) -> bool:
-            return (len(ops) + n_ops + len(counters | more) <= TRANSACTION_LIMIT
-                    and size + more_size <= TRANSACTION_BYTES)  # fmt: skip
+            return (
+                len(ops) + n_ops + len(counters | more) <= TRANSACTION_LIMIT
+                and size + more_size <= TRANSACTION_BYTES
+            )
 
         for group in groups:
             mine = group.counters()
@@ -1040,11 +1159,16 @@ class DynamoDBStore(Store, LedgerReader):
         for (kind, dims), delta in totals.items():
             if not delta:
                 continue
-            updates.append({"Update": {
-                "TableName": self.table, "Key": counter_key(kind, dims, shard),
-                "UpdateExpression": "SET dims = :dims ADD n :delta",
-                "ExpressionAttributeValues": {":dims": _s(dims), ":delta": _n(delta)},
-            }})  # fmt: skip
+            updates.append(
+                {
+                    "Update": {
+                        "TableName": self.table,
+                        "Key": counter_key(kind, dims, shard),
+                        "UpdateExpression": "SET dims = :dims ADD n :delta",
+                        "ExpressionAttributeValues": {":dims": _s(dims), ":delta": _n(delta)},
+                    }
+                }
+            )
         return updates
 
     def _claim_condition(self) -> dict[str, Any]:
@@ -1057,11 +1181,12 @@ class DynamoDBStore(Store, LedgerReader):
 
     def _cursor_update(self, name: str, value: str) -> Op:
         update: dict[str, Any] = {
-            "TableName": self.table, "Key": _cursor_key(name),
+            "TableName": self.table,
+            "Key": _cursor_key(name),
             "UpdateExpression": "SET #v = :v, version = if_not_exists(version, :zero) + :one",
             "ExpressionAttributeNames": {"#v": "value"},
             "ExpressionAttributeValues": {":v": _s(value), ":zero": _n(0), ":one": _n(1)},
-        }  # fmt: skip
+        }
         if name in self._versions:
             seen = self._versions[name]
             if seen is None:
@@ -1089,8 +1214,9 @@ class DynamoDBStore(Store, LedgerReader):
                 reasons = [r.get("Code") for r in exc.response.get("CancellationReasons", [])]
                 if not reasons:  # some clients only put the reasons in the message
                     message = str(exc)
-                    reasons = [c for c in ("ConditionalCheckFailed", "TransactionConflict")
-                               if c in message]  # fmt: skip
+                    reasons = [
+                        c for c in ("ConditionalCheckFailed", "TransactionConflict") if c in message
+                    ]
                 if "TransactionConflict" in reasons:  # maybe on a counter: move to another
                     self._counter_shard = secrets.randbelow(ROLLUP_SHARDS)
                 if {"ConditionalCheckFailed", "TransactionConflict"} & set(reasons):
@@ -1119,8 +1245,10 @@ class DynamoDBStore(Store, LedgerReader):
 
     def _get_many(self, keys: list[Item], projection: str | None = None) -> Iterator[Item]:
         for start in range(0, len(keys), BATCH_GET_LIMIT):
-            request: dict[str, Any] = {"Keys": keys[start : start + BATCH_GET_LIMIT],
-                                       "ConsistentRead": True}  # fmt: skip
+            request: dict[str, Any] = {
+                "Keys": keys[start : start + BATCH_GET_LIMIT],
+                "ConsistentRead": True,
+            }
             if projection:
                 request["ProjectionExpression"] = projection
             pending = {self.table: request}
@@ -1158,9 +1286,11 @@ class DynamoDBStore(Store, LedgerReader):
         self, pk: str, limit: int, prefix: str = "", where: tuple[str, Item] | None = None
     ) -> list[Item]:
         query: dict[str, Any] = {
-            "IndexName": ORDER_INDEX, "KeyConditionExpression": "pk = :p",
-            "ExpressionAttributeValues": {":p": _s(pk)}, "Limit": max(limit, 1),
-        }  # fmt: skip
+            "IndexName": ORDER_INDEX,
+            "KeyConditionExpression": "pk = :p",
+            "ExpressionAttributeValues": {":p": _s(pk)},
+            "Limit": max(limit, 1),
+        }
         # Limit counts items before a filter, so keep paging until enough pass it.
         filters = []
         if prefix:

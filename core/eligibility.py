@@ -165,8 +165,10 @@ class Governance:
         if consent is not None and consent in properties and not _consents(spec, properties):
             return NO_CONSENT
         audience = spec.audience
-        if audience and all(k in properties for k in audience) and not matches(
-            audience, properties
+        if (
+            audience
+            and all(k in properties for k in audience)
+            and not matches(audience, properties)
         ):
             return NOT_IN_AUDIENCE
         for rival in self.ahead:
@@ -218,8 +220,9 @@ def check_send(
     return Verdict(True, "eligible")
 
 
-def actionable(mapping: Mapping, state: ContactState, properties: MappingABC[str, Any],
-               kind: str, at: datetime) -> Verdict:  # fmt: skip
+def actionable(
+    mapping: Mapping, state: ContactState, properties: MappingABC[str, Any], kind: str, at: datetime
+) -> Verdict:
     """Gate for a connector about to act on an engine action that makes the CRM send."""
     if kind not in SEND_ACTIONS:
         return Verdict(True, "not_a_send")
@@ -244,9 +247,7 @@ def in_audience(mapping: Mapping, properties: MappingABC[str, Any]) -> bool:
     return not audience or matches(audience, properties)
 
 
-def choose_program(
-    mappings: Sequence[Mapping], properties: MappingABC[str, Any]
-) -> ProgramChoice:
+def choose_program(mappings: Sequence[Mapping], properties: MappingABC[str, Any]) -> ProgramChoice:
     """The program a contact belongs to when several would take it: highest
     `eligibility.priority` wins; equal priorities fall back to the program name so every
     machine decides alike."""
@@ -293,10 +294,12 @@ def earliest_due(mapping: Mapping) -> Policy:
         return mapping.policy
     base = mapping.policy
     decay = base.decay.model_copy(update={"after_days": min(p.decay.after_days for p in policies)})
-    return base.model_copy(update={
-        "dormant_after_days": min(p.dormant_after_days for p in policies),
-        "cooling_days": min(p.cooling_days for p in policies),
-        "step_wait_days": min(p.step_wait_days for p in policies),
-        "reactivation_steps": max(p.reactivation_steps for p in policies),
-        "decay": decay,
-    })  # fmt: skip
+    return base.model_copy(
+        update={
+            "dormant_after_days": min(p.dormant_after_days for p in policies),
+            "cooling_days": min(p.cooling_days for p in policies),
+            "step_wait_days": min(p.step_wait_days for p in policies),
+            "reactivation_steps": max(p.reactivation_steps for p in policies),
+            "decay": decay,
+        }
+    )

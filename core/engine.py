@@ -52,10 +52,12 @@ class TimeRule(StrEnum):
 _DECAY, _INACTIVITY, _COOLING_DONE = TimeRule.DECAY, TimeRule.INACTIVITY, TimeRule.COOLING_DONE
 _NEXT_STEP, _NO_RESPONSE_DUE = TimeRule.NEXT_STEP, TimeRule.NO_RESPONSE
 _DECIDED_AS = {
-    _DECAY: Rule.TIME_DECAY, _INACTIVITY: Rule.TIME_INACTIVITY,
-    _COOLING_DONE: Rule.TIME_COOLING_DONE, _NEXT_STEP: Rule.TIME_NEXT_STEP,
+    _DECAY: Rule.TIME_DECAY,
+    _INACTIVITY: Rule.TIME_INACTIVITY,
+    _COOLING_DONE: Rule.TIME_COOLING_DONE,
+    _NEXT_STEP: Rule.TIME_NEXT_STEP,
     _NO_RESPONSE_DUE: Rule.TIME_NO_RESPONSE,
-}  # fmt: skip
+}
 
 
 class UnknownEventType(ValueError):
@@ -95,8 +97,10 @@ def _due(state: ContactState, c: Compiled) -> tuple[datetime, TimeRule] | None:
     elif status is _DORMANT:
         if state.reactivation_step == 0:
             held = state.reactivation_step_at  # set at step 0 only by a withheld first step
-            due = (state.status_changed_at + c.cooling if held is None else held + c.step_wait,
-                   _COOLING_DONE)  # fmt: skip
+            due = (
+                state.status_changed_at + c.cooling if held is None else held + c.step_wait,
+                _COOLING_DONE,
+            )
             sends = state.reactivation_cycle < c.max_cycles
         else:
             sends = state.reactivation_step < c.steps
@@ -187,12 +191,19 @@ def apply_owned(
         status = state.campaign_status
         decisions.append(
             Decision(
-                contact_id=state.contact_id, at=at, rule=Rule.EXPERIMENTS, reason=Reason.ASSIGNED,
-                cause=event.event_id, from_status=status, to_status=status,
-                changes={"experiments": (old or None, state.experiments)}, policy_version=version,
-                actions=[], event_type=kind,
+                contact_id=state.contact_id,
+                at=at,
+                rule=Rule.EXPERIMENTS,
+                reason=Reason.ASSIGNED,
+                cause=event.event_id,
+                from_status=status,
+                to_status=status,
+                changes={"experiments": (old or None, state.experiments)},
+                policy_version=version,
+                actions=[],
+                event_type=kind,
             )
-        )  # fmt: skip
+        )
         if kind == "enroll":
             return state
     elif kind == "enroll":
@@ -224,11 +235,19 @@ def apply_owned(
     if changes or actions:
         decisions.append(
             Decision(
-                contact_id=state.contact_id, at=at, rule=rule, reason=reason, cause=event.event_id,
-                from_status=before, to_status=state.campaign_status, changes=changes,
-                policy_version=version, actions=actions, event_type=kind,
+                contact_id=state.contact_id,
+                at=at,
+                rule=rule,
+                reason=reason,
+                cause=event.event_id,
+                from_status=before,
+                to_status=state.campaign_status,
+                changes=changes,
+                policy_version=version,
+                actions=actions,
+                event_type=kind,
             )
-        )  # fmt: skip
+        )
     if not late and len(decisions) > made:
         state.as_of = at
     return state
@@ -247,11 +266,19 @@ def _enroll(event: Event, c: Compiled, version: str, decisions: list[Decision]) 
             changes["segment"] = (None, program.segment)
     decisions.append(
         Decision(
-            contact_id=event.contact_id, at=at, rule=Rule.ENROLL, reason=Reason.ENROLLED,
-            cause=event.event_id, from_status=None, to_status=_ACTIVE, changes=changes,
-            policy_version=version, actions=[], event_type=event.type,
+            contact_id=event.contact_id,
+            at=at,
+            rule=Rule.ENROLL,
+            reason=Reason.ENROLLED,
+            cause=event.event_id,
+            from_status=None,
+            to_status=_ACTIVE,
+            changes=changes,
+            policy_version=version,
+            actions=[],
+            event_type=event.type,
         )
-    )  # fmt: skip
+    )
     return state
 
 
@@ -323,9 +350,14 @@ def _engage(
 
 
 def _comeback_handoff(
-    state: ContactState, kind: str, score: float, at: datetime, c: Compiled,
-    changes: Changes, actions: list[Action],
-) -> None:  # fmt: skip
+    state: ContactState,
+    kind: str,
+    score: float,
+    at: datetime,
+    c: Compiled,
+    changes: Changes,
+    actions: list[Action],
+) -> None:
     """A comeback whose score already reaches the threshold is handed on in the same decision
     (rule 2 in the README): waiting for the next engagement would keep a responsive contact in
     the send stream. The ledger keeps the comeback's reason, so reactivations still count it."""
@@ -392,9 +424,13 @@ def _suppress(
 
 
 def _fire(
-    state: ContactState, at: datetime, rule: TimeRule, c: Compiled, version: str,
+    state: ContactState,
+    at: datetime,
+    rule: TimeRule,
+    c: Compiled,
+    version: str,
     decisions: list[Decision],
-) -> None:  # fmt: skip
+) -> None:
     before = state.campaign_status
     changes: Changes = {}
     actions: list[Action] = []
@@ -408,8 +444,10 @@ def _fire(
         _suppress(state, at, _NO_RESPONSE, changes)
         actions.append(Action("alternate_channel_add"))
         reason = Reason.REACTIVATION_CYCLES_EXHAUSTED
-    elif (rule is _COOLING_DONE or rule is _NEXT_STEP) and c.program is not None and (
-        c.program.withhold
+    elif (
+        (rule is _COOLING_DONE or rule is _NEXT_STEP)
+        and c.program is not None
+        and (c.program.withhold)
     ):
         # The program may not email this contact (no consent, out of its audience): nothing is
         # sent and the step does not advance; it is asked again a step's wait later.
@@ -417,8 +455,11 @@ def _fire(
         state.reactivation_step_at = at
         cycle = state.reactivation_cycle + (step == 0)
         reason = c.program.withhold
-        actions.append(Action("reactivation_step_withheld",
-                              {"step": step + 1, "cycle": cycle, "reason": reason}))  # fmt: skip
+        actions.append(
+            Action(
+                "reactivation_step_withheld", {"step": step + 1, "cycle": cycle, "reason": reason}
+            )
+        )
     elif rule is _COOLING_DONE or rule is _NEXT_STEP:
         step = state.reactivation_step
         if step == 0:
@@ -440,12 +481,18 @@ def _fire(
     if changes or actions:
         decisions.append(
             Decision(
-                contact_id=state.contact_id, at=at, rule=_DECIDED_AS[rule], reason=reason,
-                cause=f"{_DECIDED_AS[rule]}@{iso_utc(at)}", from_status=before,
-                to_status=state.campaign_status, changes=changes, policy_version=version,
+                contact_id=state.contact_id,
+                at=at,
+                rule=_DECIDED_AS[rule],
+                reason=reason,
+                cause=f"{_DECIDED_AS[rule]}@{iso_utc(at)}",
+                from_status=before,
+                to_status=state.campaign_status,
+                changes=changes,
+                policy_version=version,
                 actions=actions,
             )
-        )  # fmt: skip
+        )
 
 
 def _step_action(state: ContactState, c: Compiled, planned: datetime, at: datetime) -> Action:

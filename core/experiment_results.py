@@ -131,21 +131,40 @@ class ExperimentResult:
 
 
 def compare(
-    name: str, element: str, stage: str, metric: str, groups: dict[str, Counts],
-    order: list[str], baseline: str, significance: float, min_sample: int,
-) -> ExperimentResult:  # fmt: skip
+    name: str,
+    element: str,
+    stage: str,
+    metric: str,
+    groups: dict[str, Counts],
+    order: list[str],
+    baseline: str,
+    significance: float,
+    min_sample: int,
+) -> ExperimentResult:
     """Rates with Wilson intervals, each arm against the baseline, and a winner only when the
     best arm beats every other at `significance` (Bonferroni-corrected) with enough trials."""
-    result = ExperimentResult(name, element, stage, metric, baseline, significance=significance,
-                              min_sample=min_sample)  # fmt: skip
+    result = ExperimentResult(
+        name, element, stage, metric, baseline, significance=significance, min_sample=min_sample
+    )
     base = groups.get(baseline, Counts())
     bx, bn = base.trial(metric)
     for variant in order:
         c = groups.get(variant, Counts())
         x, n = c.trial(metric)
         ci = wilson(x, n, LEVEL)
-        arm = ArmResult(variant, n, x, x / n if n else 0.0, ci.low, ci.high, c.sends, c.opens,
-                        c.clicks, c.cycles, c.reactivations)  # fmt: skip
+        arm = ArmResult(
+            variant,
+            n,
+            x,
+            x / n if n else 0.0,
+            ci.low,
+            ci.high,
+            c.sends,
+            c.opens,
+            c.clicks,
+            c.cycles,
+            c.reactivations,
+        )
         if variant != baseline and n and bn:
             d = newcombe_difference(x, n, bx, bn, LEVEL)
             arm.diff, arm.diff_low, arm.diff_high = x / n - bx / bn, d.low, d.high
@@ -182,13 +201,21 @@ def experiment_results(
     by_arm: dict[str, Counts] | None = None,
 ) -> ExperimentResult:
     if by_arm is None:
-        by_arm = (counts_by_arm(store) if isinstance(store, LedgerView)
-                  else arm_counts(store, since))  # fmt: skip
+        by_arm = counts_by_arm(store) if isinstance(store, LedgerView) else arm_counts(store, since)
     groups = counts_by_assignment(by_arm, spec.name)
     order = [v.name for v in spec.variants]
     baseline = spec.default or order[0]
-    return compare(spec.name, spec.element, spec.stage, spec.metric, groups, order, baseline,
-                   spec.significance, spec.min_sample)  # fmt: skip
+    return compare(
+        spec.name,
+        spec.element,
+        spec.stage,
+        spec.metric,
+        groups,
+        order,
+        baseline,
+        spec.significance,
+        spec.min_sample,
+    )
 
 
 def holdout_results(
@@ -202,9 +229,17 @@ def holdout_results(
     if spec is None:
         return None
     if by_arm is None:
-        by_arm = (counts_by_arm(store) if isinstance(store, LedgerView)
-                  else arm_counts(store, since))  # fmt: skip
+        by_arm = counts_by_arm(store) if isinstance(store, LedgerView) else arm_counts(store, since)
     groups = counts_by_assignment(by_arm, "holdout")
     order = ["holdout", "treated"]
-    return compare("holdout", "reactivation sends", "reactivation", "reactivation", groups,
-                   order, "holdout", spec.significance, spec.min_sample)  # fmt: skip
+    return compare(
+        "holdout",
+        "reactivation sends",
+        "reactivation",
+        "reactivation",
+        groups,
+        order,
+        "holdout",
+        spec.significance,
+        spec.min_sample,
+    )

@@ -73,10 +73,19 @@ class ProgramRules:
     consults it per enrollment and per reactivation step, never per ordinary event."""
 
     __slots__ = (
-        "experiments", "running", "holdout_share", "holdout_salt", "frequency_cap",
-        "segment", "policies", "snapshot", "n_keys", "_step_experiments", "governance",
+        "experiments",
+        "running",
+        "holdout_share",
+        "holdout_salt",
+        "frequency_cap",
+        "segment",
+        "policies",
+        "snapshot",
+        "n_keys",
+        "_step_experiments",
+        "governance",
         "withhold",
-    )  # fmt: skip
+    )
 
     def __init__(self, mapping: Mapping) -> None:
         self.experiments = [_Experiment(e) for e in mapping.experiments]
@@ -148,8 +157,12 @@ class ProgramRules:
                 fmt = value
         if fmt is None:
             fmt = DEFAULT_FORMATS[(step - 1) % len(DEFAULT_FORMATS)]
-        return {"step": step, "cycle": state.reactivation_cycle, "format": fmt,
-                "variants": variants}  # fmt: skip
+        return {
+            "step": step,
+            "cycle": state.reactivation_cycle,
+            "format": fmt,
+            "variants": variants,
+        }
 
 
 def program_snapshot(mapping: Mapping) -> dict[str, Any]:

@@ -36,8 +36,10 @@ def describe(decision: Decision) -> str:
         line += f"\n    actions: {actions}"
     if decision.reason == REVISED and "decisions" in decision.changes:
         old, new = decision.changes["decisions"]
-        line += (f"\n    revised: a late {decision.event_type} ({decision.cause}) was decided in "
-                 "its place; what was already done in the CRM stays done")  # fmt: skip
+        line += (
+            f"\n    revised: a late {decision.event_type} ({decision.cause}) was decided in "
+            "its place; what was already done in the CRM stays done"
+        )
         line += "".join(f"\n      was: {d}" for d in old)
         line += "".join(f"\n      now: {d}" for d in new)
     return line

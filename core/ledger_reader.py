@@ -30,7 +30,6 @@ RollupRow = tuple[str, str, str, str, str, str, str, str, int, int]
 '', cycle, n): the columns of `core.rollup`'s `ledger_rollup`."""
 
 
-
 class WindowError(ValueError):
     """The store cannot cut the roll-up at the instant asked for."""
 

@@ -54,11 +54,16 @@ class LedgerView:
             levels = reader.contact_levels()
             self._db.executemany(
                 "INSERT INTO contacts VALUES (?,?,?)",
-                [(status, reason, n) for (status, reason), n in sorted(
-                    levels.items(), key=lambda kv: (kv[0][0], kv[0][1] or ""))],
-            )  # fmt: skip
-            self._db.executemany("INSERT INTO cursors VALUES (?,?)",
-                                 sorted(reader.policy_notes().items()))  # fmt: skip
+                [
+                    (status, reason, n)
+                    for (status, reason), n in sorted(
+                        levels.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")
+                    )
+                ],
+            )
+            self._db.executemany(
+                "INSERT INTO cursors VALUES (?,?)", sorted(reader.policy_notes().items())
+            )
             self.quality = reader.quality_counts()
 
     def execute(self, sql: str, params: Sequence = ()) -> list[tuple]:

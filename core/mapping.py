@@ -455,8 +455,7 @@ class MappingFile:
             match = re.match(r"^([\w.\[\]]+): (.*)$", message)
             if match and (not loc or "[" in match.group(1) or "." in match.group(1)):
                 own = tuple(
-                    int(p) if p.isdigit() else p
-                    for p in re.findall(r"[^.\[\]]+", match.group(1))
+                    int(p) if p.isdigit() else p for p in re.findall(r"[^.\[\]]+", match.group(1))
                 )
                 problem = f"{self.where(prefix + own)}: {match.group(2)}"
             else:
@@ -495,15 +494,21 @@ class MappingFile:
             try:
                 other = read_mapping_file(base / name).validate(competing=False)
             except MappingError as exc:
-                problems.append(f"{where}: the competing program's file has problems: "
-                                + "; ".join(exc.problems[:3]))  # fmt: skip
+                problems.append(
+                    f"{where}: the competing program's file has problems: "
+                    + "; ".join(exc.problems[:3])
+                )
                 continue
             if other.vendor != mapping.vendor:
-                problems.append(f"{where}: '{name}' is a {other.vendor} program; only programs "
-                                f"of the same vendor ({mapping.vendor}) share contacts")
+                problems.append(
+                    f"{where}: '{name}' is a {other.vendor} program; only programs "
+                    f"of the same vendor ({mapping.vendor}) share contacts"
+                )
             elif other.program == mapping.program:
-                problems.append(f"{where}: '{name}' is this program ({mapping.program}); "
-                                "competing programs need names of their own")
+                problems.append(
+                    f"{where}: '{name}' is this program ({mapping.program}); "
+                    "competing programs need names of their own"
+                )
             else:
                 rivals.append(Rival(other.program, other.eligibility))
         if problems:

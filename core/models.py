@@ -243,12 +243,25 @@ class ContactState:
 
     def copy(self) -> ContactState:
         return ContactState(
-            self.contact_id, self.campaign_status, self.enrolled_at, self.as_of,
-            self.status_changed_at, self.stream_entered_at, self.engagement_score,
-            self.base_score, self.last_engagement_date, self.decay_steps, self.reactivation_cycle,
-            self.reactivation_step, self.reactivation_step_at, self.unanswered_sends,
-            self.suppression_reason, self.experiments, self.segment, self.send_times,
-        )  # fmt: skip
+            self.contact_id,
+            self.campaign_status,
+            self.enrolled_at,
+            self.as_of,
+            self.status_changed_at,
+            self.stream_entered_at,
+            self.engagement_score,
+            self.base_score,
+            self.last_engagement_date,
+            self.decay_steps,
+            self.reactivation_cycle,
+            self.reactivation_step,
+            self.reactivation_step_at,
+            self.unanswered_sends,
+            self.suppression_reason,
+            self.experiments,
+            self.segment,
+            self.send_times,
+        )
 
     def canonical_values(self) -> dict[str, Any]:
         """The canonical fields as the CRM should hold them."""
@@ -324,9 +337,12 @@ class Reason(StrEnum):
 
 
 _STEP_REASONS = (
-    Reason.REACTIVATION_STEP_1, Reason.REACTIVATION_STEP_2, Reason.REACTIVATION_STEP_3,
-    Reason.REACTIVATION_STEP_4, Reason.REACTIVATION_STEP_5,
-)  # fmt: skip
+    Reason.REACTIVATION_STEP_1,
+    Reason.REACTIVATION_STEP_2,
+    Reason.REACTIVATION_STEP_3,
+    Reason.REACTIVATION_STEP_4,
+    Reason.REACTIVATION_STEP_5,
+)
 
 
 @dataclass(slots=True, kw_only=True)

@@ -56,9 +56,14 @@ is one DynamoDB item, which holds 400 KB."""
 REVISED = Reason.REVISED
 
 _COMPARED = tuple(f.name for f in fields(ContactState) if f.name != "as_of")
-_RULES = {"send": Rule.SEND, "enroll": Rule.ENROLL, "unsubscribe": Rule.COMPLIANCE,
-          "hard_bounce": Rule.COMPLIANCE, "spam_complaint": Rule.COMPLIANCE,
-          "resubscribe": Rule.COMPLIANCE}  # fmt: skip
+_RULES = {
+    "send": Rule.SEND,
+    "enroll": Rule.ENROLL,
+    "unsubscribe": Rule.COMPLIANCE,
+    "hard_bounce": Rule.COMPLIANCE,
+    "spam_complaint": Rule.COMPLIANCE,
+    "resubscribe": Rule.COMPLIANCE,
+}
 
 
 def event_order(event: Event) -> tuple[datetime, str]:
@@ -99,8 +104,9 @@ class ContactHistory:
         ) == (other.contact_id, other.base, other.events, other.floor)
 
     def __repr__(self) -> str:
-        return (f"ContactHistory({self.contact_id!r}, {self.base!r}, {self.events!r}, "
-                f"{self.floor!r})")  # fmt: skip
+        return (
+            f"ContactHistory({self.contact_id!r}, {self.base!r}, {self.events!r}, {self.floor!r})"
+        )
 
     def is_late(self, event: Event, state: ContactState) -> bool:
         """An event is late when a later event or time rule was already decided."""
@@ -146,8 +152,11 @@ class ContactHistory:
         sizes = [_size(e) for e in self.events]
         total = sum(sizes)
         cutoff = self.events[-1].occurred_at - window
-        if (self.events[0].occurred_at >= cutoff - window / 4
-                and len(self.events) <= MAX_EVENTS and total <= MAX_BYTES):  # fmt: skip
+        if (
+            self.events[0].occurred_at >= cutoff - window / 4
+            and len(self.events) <= MAX_EVENTS
+            and total <= MAX_BYTES
+        ):
             return
         fold = next(i for i, e in enumerate(self.events) if e.occurred_at >= cutoff)
         fold = max(fold, len(self.events) - MAX_EVENTS)
@@ -182,10 +191,15 @@ class Revision:
 
 
 def _size(event: Event) -> int:
-    return 80 + len(event.event_id) + sum(
-        len(text) for text in (event.type, event.campaign, event.variant, event.url, event.source)
-        if text
-    )  # fmt: skip
+    return (
+        80
+        + len(event.event_id)
+        + sum(
+            len(text)
+            for text in (event.type, event.campaign, event.variant, event.url, event.source)
+            if text
+        )
+    )
 
 
 def same_state(a: ContactState, b: ContactState) -> bool:
@@ -220,12 +234,18 @@ def revise(
     changes["decisions"] = (_path(old_path), _path(new_path))
     rule = next((d.rule for d in new_path if d.cause == late.event_id), None)
     decision = Decision(
-        contact_id=current.contact_id, at=until,
-        rule=rule or _RULES.get(late.type, Rule.ENGAGEMENT), reason=REVISED, cause=late.event_id,
-        from_status=current.campaign_status, to_status=new_state.campaign_status, changes=changes,
-        policy_version=policy.version, actions=owed_anew(old_decisions, new_decisions),
+        contact_id=current.contact_id,
+        at=until,
+        rule=rule or _RULES.get(late.type, Rule.ENGAGEMENT),
+        reason=REVISED,
+        cause=late.event_id,
+        from_status=current.campaign_status,
+        to_status=new_state.campaign_status,
+        changes=changes,
+        policy_version=policy.version,
+        actions=owed_anew(old_decisions, new_decisions),
         event_type=late.type,
-    )  # fmt: skip
+    )
     return Revision(new_state, decision)
 
 
@@ -282,24 +302,34 @@ def owed_anew(old: list[Decision], new: list[Decision]) -> list[Action]:
 def history_json(history: ContactHistory) -> str:
     base = history.base
     floor = history.floor
-    return orjson.dumps({
-        "base": None if base is None else contact_row(base, None)[:-1],
-        "floor": None if floor is None else (iso_utc(floor[0]), floor[1]),
-        "events": [
-            (e.event_id, e.type, iso_utc(e.occurred_at), e.campaign, e.variant, e.url, e.source)
-            for e in history.events
-        ],
-    }).decode()  # fmt: skip
+    return orjson.dumps(
+        {
+            "base": None if base is None else contact_row(base, None)[:-1],
+            "floor": None if floor is None else (iso_utc(floor[0]), floor[1]),
+            "events": [
+                (e.event_id, e.type, iso_utc(e.occurred_at), e.campaign, e.variant, e.url, e.source)
+                for e in history.events
+            ],
+        }
+    ).decode()
 
 
 def history_from_json(contact_id: str, text: str) -> ContactHistory:
     body = orjson.loads(text)
     base = None if body["base"] is None else contact_from_row(body["base"])
     events = [
-        Event(event_id=i, contact_id=contact_id, type=t, occurred_at=datetime.fromisoformat(at),
-              campaign=c, variant=v, url=u, source=src)
+        Event(
+            event_id=i,
+            contact_id=contact_id,
+            type=t,
+            occurred_at=datetime.fromisoformat(at),
+            campaign=c,
+            variant=v,
+            url=u,
+            source=src,
+        )
         for i, t, at, c, v, u, src in body["events"]
-    ]  # fmt: skip
+    ]
     floor = body.get("floor")
     if floor is not None:
         floor = (datetime.fromisoformat(floor[0]), floor[1])

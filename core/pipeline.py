@@ -35,11 +35,16 @@ retries later: an inbox stays queued, a queue message is redelivered)."""
 def policy_record(policy: Policy, first_decision_at: datetime) -> str:
     """JSON of what a policy version decides by: its numbers and the mapping's program."""
     program = policy.program
-    body = program.snapshot if program is not None else {
-        "policy": policy.model_dump(mode="json", exclude={"version"})
+    body = (
+        program.snapshot
+        if program is not None
+        else {"policy": policy.model_dump(mode="json", exclude={"version"})}
+    )
+    record = {
+        "version": policy.version,
+        "first_decision_at": first_decision_at.isoformat(),
+        "snapshot": body,
     }
-    record = {"version": policy.version, "first_decision_at": first_decision_at.isoformat(),
-              "snapshot": body}  # fmt: skip
     return json.dumps(record, sort_keys=True)
 
 
@@ -108,9 +113,11 @@ def url_truncated(event: Event) -> bool:
     keeps such a value for comparison as its digest)."""
     observed, url = event.observed, event.url
     return (
-        url is not None and observed is not None and len(url) == MAX_URL_CHARS
+        url is not None
+        and observed is not None
+        and len(url) == MAX_URL_CHARS
         and observed.value.startswith("sha256:")
-    )  # fmt: skip
+    )
 
 
 def count_transitions(decisions: Iterable[Decision], into: Counter[Transition]) -> None:
@@ -125,11 +132,13 @@ class Pipeline:
     """Applies events and time rules for one policy against one store."""
 
     def __init__(
-        self, store: ContactStore, policy: Policy,
+        self,
+        store: ContactStore,
+        policy: Policy,
         properties: MappingABC[str, MappingABC[str, Any]] | None = None,
         revision_window: timedelta | None = REVISION_WINDOW,
         writeback: WriteBack | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         """`properties`: contacts' CRM properties for a run that has no CRM to read them from
         (`replay --contacts`); a connector passes what it read with each batch instead.
         `revision_window`: how far back a late event is decided in its place (see
@@ -153,9 +162,11 @@ class Pipeline:
         return self.governance.segment(properties) if self.governance is not None else None
 
     def governed_policy(
-        self, state: ContactState | None, properties: MappingABC[str, Any] | None,
+        self,
+        state: ContactState | None,
+        properties: MappingABC[str, Any] | None,
         segment: str | None = None,
-    ) -> Policy:  # fmt: skip
+    ) -> Policy:
         """The policy for this contact given its CRM properties: its segment's (a contact new
         to the program joins the segment they match), with reactivation steps withheld while
         the program may not email it (no consent, out of the audience)."""
@@ -271,8 +282,11 @@ class Pipeline:
     ) -> tuple[list[Event], dict[str, str]]:
         """Drop events that show again the value last counted for their property (a resent
         snapshot, a redelivery whose claim expired), and the seen records to store."""
-        keys = {e.event_id: Cursors.seen(e.contact_id, e.observed.property)
-                for e in events if e.observed is not None}  # fmt: skip
+        keys = {
+            e.event_id: Cursors.seen(e.contact_id, e.observed.property)
+            for e in events
+            if e.observed is not None
+        }
         stored = self.store.get_cursors(list(dict.fromkeys(keys.values())))
         seen = {key: decode_seen(text) for key, text in stored.items()}
         remembered: dict[str, str] = {}
@@ -326,12 +340,19 @@ class Pipeline:
             status = state.campaign_status
             decisions.append(
                 Decision(
-                    contact_id=state.contact_id, at=max(state.as_of, event.occurred_at),
-                    rule=Rule.ORDER, reason=Reason.DECIDED_LATE, cause=event.event_id,
-                    from_status=status, to_status=status, changes={},
-                    policy_version=policy.version, actions=[], event_type=event.type,
+                    contact_id=state.contact_id,
+                    at=max(state.as_of, event.occurred_at),
+                    rule=Rule.ORDER,
+                    reason=Reason.DECIDED_LATE,
+                    cause=event.event_id,
+                    from_status=status,
+                    to_status=status,
+                    changes={},
+                    policy_version=policy.version,
+                    actions=[],
+                    event_type=event.type,
                 )
-            )  # fmt: skip
+            )
             # What is decided now cannot be re-decided from the old base: start afresh here.
             history.restart(state.copy())
         state = apply_owned(state, event, policy, decisions)
@@ -363,13 +384,20 @@ class Pipeline:
                 if len(decisions) > made:
                     changed[cid] = state
         stats = RunStats()
-        return self._applied(changed, decisions, self._finish(stats, changed, decisions),
-                             self._batch(changed, decisions))  # fmt: skip
+        return self._applied(
+            changed,
+            decisions,
+            self._finish(stats, changed, decisions),
+            self._batch(changed, decisions),
+        )
 
     def _applied(
-        self, changed: dict[str, ContactState], decisions: list[Decision], stats: RunStats,
+        self,
+        changed: dict[str, ContactState],
+        decisions: list[Decision],
+        stats: RunStats,
         batch: Batch,
-    ) -> Applied:  # fmt: skip
+    ) -> Applied:
         """The whole outcome: with a `WriteBack`, also what the CRM is owed."""
         wb = self.writeback
         if wb is None:

@@ -45,11 +45,26 @@ class Compiled:
     """Policy numbers in the units the engine's hot path uses."""
 
     __slots__ = (
-        "points", "threshold", "max_unanswered_sends", "dormant_after", "cooling",
-        "steps", "step_wait", "max_cycles", "decay_factor", "decay_after", "decay_every",
-        "decay_floor", "handoff", "program", "cap_max", "cap_window", "known", "version",
+        "points",
+        "threshold",
+        "max_unanswered_sends",
+        "dormant_after",
+        "cooling",
+        "steps",
+        "step_wait",
+        "max_cycles",
+        "decay_factor",
+        "decay_after",
+        "decay_every",
+        "decay_floor",
+        "handoff",
+        "program",
+        "cap_max",
+        "cap_window",
+        "known",
+        "version",
         "_decay_offsets",
-    )  # fmt: skip
+    )
 
     def __init__(self, policy: Policy) -> None:
         self.points = dict(policy.points)
@@ -73,7 +88,6 @@ class Compiled:
         cap = getattr(self.program, "frequency_cap", None)
         self.cap_max = cap.max_sends if cap is not None else 0
         self.cap_window = timedelta(days=cap.window_days) if cap is not None else timedelta(0)
-
 
     def decay_offset(self, steps: int) -> timedelta:
         """How long after the last engagement decay step `steps` + 1 falls due."""
@@ -104,7 +118,7 @@ class Policy(StrictModel):
         7,
         gt=0,
         le=MAX_POLICY_DAYS,
-        description="days between steps, and after the last one before no_response"
+        description="days between steps, and after the last one before no_response",
     )
     max_reactivation_cycles: int = Field(
         2, ge=0, description="cycles a contact may use; after them, Suppressed (no_response)"

@@ -22,8 +22,10 @@ def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(value, dict):
         for key, item in value.items():
             out.update(flatten(item, f"{prefix}.{key}" if prefix else str(key)))
-    elif isinstance(value, list) and value and all(
-        isinstance(i, dict) and "name" in i for i in value
+    elif (
+        isinstance(value, list)
+        and value
+        and all(isinstance(i, dict) and "name" in i for i in value)
     ):
         for item in value:
             rest = {k: v for k, v in item.items() if k != "name"}
@@ -49,8 +51,12 @@ def diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 def change_log(store: LedgerView) -> list[dict[str, Any]]:
     """Versions in the order they first decided, each with what changed from the one before,
     and promotions where they happened."""
-    versions = [json.loads(v) for (v,) in store.execute(
-        "SELECT value FROM cursors WHERE name LIKE ?", (Cursors.policy_like,))]  # fmt: skip
+    versions = [
+        json.loads(v)
+        for (v,) in store.execute(
+            "SELECT value FROM cursors WHERE name LIKE ?", (Cursors.policy_like,)
+        )
+    ]
     versions.sort(key=lambda v: v.get("first_decision_at", ""))
     entries: list[dict[str, Any]] = []
     previous: dict[str, Any] | None = None
@@ -59,8 +65,14 @@ def change_log(store: LedgerView) -> list[dict[str, Any]]:
         changes = ["first version seen"] if previous is None else diff(previous, snapshot)
         if previous is not None and not changes:
             changes = ["no rule changes (the file changed elsewhere, e.g. comments)"]
-        entries.append({"at": v.get("first_decision_at"), "kind": "version",
-                        "version": v["version"], "changes": changes})  # fmt: skip
+        entries.append(
+            {
+                "at": v.get("first_decision_at"),
+                "kind": "version",
+                "version": v["version"],
+                "changes": changes,
+            }
+        )
         previous = snapshot
     for (value,) in store.execute(
         "SELECT value FROM cursors WHERE name LIKE ?", (Cursors.changelog_like,)
@@ -71,8 +83,14 @@ def change_log(store: LedgerView) -> list[dict[str, Any]]:
             f"{json.dumps(item.get('previous_default'))} -> {json.dumps(item.get('default'))} "
             f"({item.get('verdict')})"
         )
-        entries.append({"at": item.get("at"), "kind": item.get("kind", "change"),
-                        "version": item.get("to_version"), "changes": [change]})  # fmt: skip
+        entries.append(
+            {
+                "at": item.get("at"),
+                "kind": item.get("kind", "change"),
+                "version": item.get("to_version"),
+                "changes": [change],
+            }
+        )
     entries.sort(key=lambda e: e.get("at") or "")
     return entries
 
@@ -82,5 +100,7 @@ def versions_by_transition(store: LedgerView) -> list[dict[str, Any]]:
         "SELECT policy_version, from_status, to_status, SUM(n), MIN(day), MAX(day) "
         "FROM report_rows WHERE from_status <> to_status GROUP BY 1, 2, 3 ORDER BY 1, 4 DESC"
     )
-    return [{"version": v, "from": a or "(new)", "to": b, "count": n, "first_day": d0,
-             "last_day": d1} for v, a, b, n, d0, d1 in rows]  # fmt: skip
+    return [
+        {"version": v, "from": a or "(new)", "to": b, "count": n, "first_day": d0, "last_day": d1}
+        for v, a, b, n, d0, d1 in rows
+    ]

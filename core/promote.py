@@ -52,8 +52,9 @@ def _edit_in_place(text: str, data: Any, index: int, variant: str) -> str | None
         match = re.match(r"^(\s*default:\s*)([^#\n]*?)(\s*#.*)?(\r?\n)?$", lines[number])
         if match is None:
             return None
-        lines[number] = (match.group(1) + _scalar(variant) + (match.group(3) or "")
-                         + (match.group(4) or ""))  # fmt: skip
+        lines[number] = (
+            match.group(1) + _scalar(variant) + (match.group(3) or "") + (match.group(4) or "")
+        )
         return "".join(lines)
     column = item.lc.key("name")[1]
     if index + 1 < len(items):
@@ -84,9 +85,10 @@ def write_default(mapping_path: Path, name: str, variant: str) -> str:
         raise PromotionError(f"{mapping_path}: no experiment named {name!r}")
     index = names.index(name)
     text = _edit_in_place(original, data, index, variant)
-    if text is None or parse_mapping(text.encode(), str(mapping_path)).experiments[
-        index
-    ].default != variant:
+    if (
+        text is None
+        or parse_mapping(text.encode(), str(mapping_path)).experiments[index].default != variant
+    ):
         item = data["experiments"][index]
         if "default" in item:
             item["default"] = variant

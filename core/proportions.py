@@ -52,9 +52,9 @@ def newcombe_difference(x1: int, n1: int, x2: int, n2: int, level: float = 0.95)
     return Interval(low, high)
 
 
-def relative_lift(x1: int, n1: int, x2: int, n2: int, level: float = 0.95) -> tuple[
-    float | None, Interval | None
-]:
+def relative_lift(
+    x1: int, n1: int, x2: int, n2: int, level: float = 0.95
+) -> tuple[float | None, Interval | None]:
     """p1/p2 - 1 with the Katz log interval; None when a rate is zero (no ratio to speak of)."""
     if min(x1, x2, n1, n2) <= 0:
         return None, None

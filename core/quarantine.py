@@ -30,13 +30,15 @@ def quarantine_rows(
         except ValueError:
             body = None
         fields = body if isinstance(body, dict) else {"contact_id": entry.body}
-        rows.append({
-            "event_id": _clip(entry.key),
-            "contact_id": _clip(fields.get("contact_id")),
-            "type": _clip(fields.get("type")),
-            "occurred_at": _clip(fields.get("occurred_at")),
-            "quarantined_at": iso_utc(entry.at) or "",
-            "reason": _clip(entry.reason, 400),
-            "since_applied": entry.key in applied,
-        })  # fmt: skip
+        rows.append(
+            {
+                "event_id": _clip(entry.key),
+                "contact_id": _clip(fields.get("contact_id")),
+                "type": _clip(fields.get("type")),
+                "occurred_at": _clip(fields.get("occurred_at")),
+                "quarantined_at": iso_utc(entry.at) or "",
+                "reason": _clip(entry.reason, 400),
+                "since_applied": entry.key in applied,
+            }
+        )
     return rows

@@ -145,8 +145,17 @@ def replay_file(
     if phase is not None:
         progress = _phased(progress, phase, events_path.stat().st_size)
     if str(store_path) == ":memory:":
-        in_memory = _replay_object(mapping, events_path, SQLiteStore(":memory:"), until, strict,
-                                   on_bad_line, progress, batch_size, properties)  # fmt: skip
+        in_memory = _replay_object(
+            mapping,
+            events_path,
+            SQLiteStore(":memory:"),
+            until,
+            strict,
+            on_bad_line,
+            progress,
+            batch_size,
+            properties,
+        )
         _record_intake(in_memory)
         for written, name in (before_publish(in_memory) or ()) if before_publish else ():
             written.replace(name)
@@ -154,21 +163,39 @@ def replay_file(
     final = Path(store_path)
     partial = partial_path(final)
     remove_store(partial)
-    coded = (engine == "coded" and properties is None
-             and not _has_observations(events_path))  # fmt: skip
+    coded = engine == "coded" and properties is None and not _has_observations(events_path)
     # The coded path writes each final state once: holding them all as objects before
     # writing would cost more memory than the whole run's coded state (and it only
     # appends, in key order: a large page cache would only hold memory).
-    store = SQLiteStore(partial, defer_limit=_STATE_PAGE, cache_mb=8) if coded else \
-        SQLiteStore(partial)  # fmt: skip
+    store = (
+        SQLiteStore(partial, defer_limit=_STATE_PAGE, cache_mb=8) if coded else SQLiteStore(partial)
+    )
     result: ReplayResult | None = None
     try:
         if coded:
-            result = _replay_coded(mapping, events_path, store, until, strict, on_bad_line,
-                                   progress, batch_size, workers)  # fmt: skip
+            result = _replay_coded(
+                mapping,
+                events_path,
+                store,
+                until,
+                strict,
+                on_bad_line,
+                progress,
+                batch_size,
+                workers,
+            )
         else:
-            result = _replay_object(mapping, events_path, store, until, strict, on_bad_line,
-                                    progress, batch_size, properties)  # fmt: skip
+            result = _replay_object(
+                mapping,
+                events_path,
+                store,
+                until,
+                strict,
+                on_bad_line,
+                progress,
+                batch_size,
+                properties,
+            )
         _record_intake(result)
         renames = list(before_publish(result) or ()) if before_publish else []
     except BaseException:
@@ -192,17 +219,21 @@ def replay_file(
 
 
 def intake_record(result: ReplayResult) -> dict[str, Any]:
-    return {"bad_lines": result.bad_lines, "duplicates": result.stats.duplicates,
-            "unknown_key_lines": result.unknown.lines,
-            "unknown_keys": dict(result.unknown.top(10))}  # fmt: skip
+    return {
+        "bad_lines": result.bad_lines,
+        "duplicates": result.stats.duplicates,
+        "unknown_key_lines": result.unknown.lines,
+        "unknown_keys": dict(result.unknown.top(10)),
+    }
 
 
 def _record_intake(result: ReplayResult) -> None:
     result.store.commit(Batch(cursors={Cursors.replay_intake: json.dumps(intake_record(result))}))
 
 
-def _phased(progress: Callable[[int, int], None] | None, phase: Callable[[str], None],
-            size: int) -> Callable[[int, int], None]:  # fmt: skip
+def _phased(
+    progress: Callable[[int, int], None] | None, phase: Callable[[str], None], size: int
+) -> Callable[[int, int], None]:
     """`progress` that also says when reading ends (the last report covers the whole file)."""
     phase("reading")
     read = [False]
@@ -301,15 +332,26 @@ def _replay_coded(
 
     try:
         if workers > 1:
-            run = replay_sharded(mapping.policy, events_path, store, until, strict, bad,
-                                 progress, batch_size, workers)  # fmt: skip
+            run = replay_sharded(
+                mapping.policy,
+                events_path,
+                store,
+                until,
+                strict,
+                bad,
+                progress,
+                batch_size,
+                workers,
+            )
             store = SQLiteStore(store.path)  # the merge wrote the shards in through its own
         else:
-            run = replay_coded(mapping.policy, events_path, store, until, strict, bad,
-                               progress, batch_size)  # fmt: skip
+            run = replay_coded(
+                mapping.policy, events_path, store, until, strict, bad, progress, batch_size
+            )
     except BadEvent as exc:
         raise BadLine(exc.line, exc.problem) from None
     if run.first is not None:
         record_policy(store, mapping.policy, run.first[1])
-    return ReplayResult(store, run.stats, run.bad_lines, run.after_until, until or run.latest,
-                        run.unknown)
+    return ReplayResult(
+        store, run.stats, run.bad_lines, run.after_until, until or run.latest, run.unknown
+    )

@@ -46,17 +46,24 @@ def funnel(store: LedgerView) -> tuple[list[str], dict[str, list[int]], dict[str
     """Contacts in each state at the end of every day, from all-time transitions (a window
     shows levels, and levels need the history before it). Also the day's sends and the
     compliance-suppressed level, for the static-list comparison."""
-    rows = _sql(store, """
+    rows = _sql(
+        store,
+        """
         SELECT day, rule, reason, from_status, to_status, SUM(n) FROM ledger_rollup
         WHERE from_status <> to_status OR rule = 'send'
            OR (rule = 'compliance' AND from_status = 'Suppressed')
-        GROUP BY 1, 2, 3, 4, 5 ORDER BY 1""")
+        GROUP BY 1, 2, 3, 4, 5 ORDER BY 1""",
+    )
     days: list[str] = []
     levels = {s: 0 for s in STATES}
     compliance = 0
     series: dict[str, list[int]] = {s: [] for s in STATES}
-    extra: dict[str, list[int]] = {"compliance_suppressed": [], "stream_sends": [],
-                                   "all_sends": [], "stream_at_start": []}  # fmt: skip
+    extra: dict[str, list[int]] = {
+        "compliance_suppressed": [],
+        "stream_sends": [],
+        "all_sends": [],
+        "stream_at_start": [],
+    }
     current: str | None = None
     sends = stream_sends = 0
     stream_start = 0
@@ -98,8 +105,12 @@ def funnel(store: LedgerView) -> tuple[list[str], dict[str, list[int]], dict[str
     return days, series, extra
 
 
-def sends_saved(days: list[str], series: dict[str, list[int]], extra: dict[str, list[int]],
-                since_day: str | None) -> dict[str, Any]:  # fmt: skip
+def sends_saved(
+    days: list[str],
+    series: dict[str, list[int]],
+    extra: dict[str, list[int]],
+    since_day: str | None,
+) -> dict[str, Any]:
     """Sends a static list would have made: every stream send went, on a static list, to every
     enrolled contact not suppressed for compliance. Saved = that minus what was sent."""
     static = actual = 0.0
@@ -113,9 +124,12 @@ def sends_saved(days: list[str], series: dict[str, list[int]], extra: dict[str, 
             static += extra["stream_sends"][i] * max(listed, stream) / stream
         actual += extra["all_sends"][i]
     saved = static - actual
-    return {"static_list_sends": round(static), "actual_sends": round(actual),
-            "sends_saved": round(saved),
-            "saved_share": round(saved / static, 4) if static else 0.0}  # fmt: skip
+    return {
+        "static_list_sends": round(static),
+        "actual_sends": round(actual),
+        "sends_saved": round(saved),
+        "saved_share": round(saved / static, 4) if static else 0.0,
+    }
 
 
 COMEBACK_REASONS = ("reactivated_from_dormant", "reactivated_from_alternate_channel")
@@ -124,14 +138,20 @@ COMEBACK_REASONS = ("reactivated_from_dormant", "reactivated_from_alternate_chan
 def reactivation(store: LedgerView) -> dict[str, Any]:
     """The reactivation rate, defined once: of the times contacts went Dormant, the share that
     ended in a comeback (from Dormant, or from the alternate channel after `no_response`)."""
-    dormancies, comebacks = _sql(store, f"""
+    dormancies, comebacks = _sql(
+        store,
+        f"""
         SELECT
           SUM(CASE WHEN to_status = 'Dormant' AND from_status <> 'Dormant' THEN n ELSE 0 END),
           SUM(CASE WHEN reason IN {COMEBACK_REASONS} THEN n ELSE 0 END)
-        FROM report_rows""")[0]  # noqa: S608 - constants, not input
+        FROM report_rows""",  # noqa: S608 - constants, not input
+    )[0]
     dormancies, comebacks = int(dormancies or 0), int(comebacks or 0)
-    return {"dormancies": dormancies, "comebacks": comebacks,
-            "rate": round(comebacks / dormancies, 4) if dormancies else 0.0}  # fmt: skip
+    return {
+        "dormancies": dormancies,
+        "comebacks": comebacks,
+        "rate": round(comebacks / dormancies, 4) if dormancies else 0.0,
+    }
 
 
 def headline(reader: LedgerReader, since: datetime | None = None) -> dict[str, Any]:
@@ -147,48 +167,74 @@ def headline(reader: LedgerReader, since: datetime | None = None) -> dict[str, A
 def headline_of(store: LedgerView, since: datetime | None = None) -> dict[str, Any]:
     days, series, extra = funnel(store)
     since_day = iso_utc(since)[:10] if since else None
-    return {"sends_saved": sends_saved(days, series, extra, since_day),
-            "reactivation": reactivation(store)}  # fmt: skip
+    return {
+        "sends_saved": sends_saved(days, series, extra, since_day),
+        "reactivation": reactivation(store),
+    }
 
 
 def transitions_by_reason(store: LedgerView) -> list[dict[str, Any]]:
-    rows = _sql(store, """
+    rows = _sql(
+        store,
+        """
         SELECT rule, reason, from_status, to_status, SUM(n) FROM report_rows
-        WHERE from_status <> to_status GROUP BY 1, 2, 3, 4 ORDER BY 5 DESC""")
-    return [{"rule": r, "reason": why, "from": a or "(new)", "to": b, "count": n}
-            for r, why, a, b, n in rows]  # fmt: skip
+        WHERE from_status <> to_status GROUP BY 1, 2, 3, 4 ORDER BY 5 DESC""",
+    )
+    return [
+        {"rule": r, "reason": why, "from": a or "(new)", "to": b, "count": n}
+        for r, why, a, b, n in rows
+    ]
 
 
 def reactivation_by_cycle(store: LedgerView) -> list[dict[str, Any]]:
     """Per cycle, per holdout group: cycles started (step 1, sent or withheld) and contacts
     who came back before the sequence ended."""
-    rows = _sql(store, """
+    rows = _sql(
+        store,
+        """
         SELECT cycle, CASE WHEN arm = '' THEN '' ELSE json_extract(arm, '$.holdout') END,
           SUM(CASE WHEN reason = 'reactivation_step_1' THEN n ELSE 0 END),
           SUM(CASE WHEN reason = 'reactivated_from_dormant' THEN n ELSE 0 END)
-        FROM report_rows WHERE cycle > 0 GROUP BY 1, 2 ORDER BY 1, 2""")
+        FROM report_rows WHERE cycle > 0 GROUP BY 1, 2 ORDER BY 1, 2""",
+    )
     out = []
     for cycle, grp, started, back in rows:
         ci = wilson(min(back, started), started)
-        out.append({"cycle": cycle, "group": grp or "all", "cycles_started": started,
-                    "reactivated": back, "rate": back / started if started else 0.0,
-                    "low": ci.low, "high": ci.high})  # fmt: skip
+        out.append(
+            {
+                "cycle": cycle,
+                "group": grp or "all",
+                "cycles_started": started,
+                "reactivated": back,
+                "rate": back / started if started else 0.0,
+                "low": ci.low,
+                "high": ci.high,
+            }
+        )
     return out
 
 
 def suppression(store: LedgerView) -> dict[str, Any]:
-    current = _sql(store, """SELECT COALESCE(suppression_reason, 'unknown'), SUM(n)
-        FROM contacts WHERE campaign_status = 'Suppressed' GROUP BY 1 ORDER BY 2 DESC""")
-    new = _sql(store, """
+    current = _sql(
+        store,
+        """SELECT COALESCE(suppression_reason, 'unknown'), SUM(n)
+        FROM contacts WHERE campaign_status = 'Suppressed' GROUP BY 1 ORDER BY 2 DESC""",
+    )
+    new = _sql(
+        store,
+        """
         SELECT CASE WHEN reason IN ('unsubscribe', 'hard_bounce', 'spam_complaint')
                     THEN reason ELSE 'no_response' END, SUM(n)
         FROM report_rows WHERE to_status = 'Suppressed' AND from_status <> 'Suppressed'
-        GROUP BY 1 ORDER BY 2 DESC""")
+        GROUP BY 1 ORDER BY 2 DESC""",
+    )
     return {"now": dict(current), "in_window": dict(new)}
 
 
 def data_quality(store: LedgerView) -> dict[str, Any]:
-    rows = _sql(store, """
+    rows = _sql(
+        store,
+        """
         SELECT
           SUM(CASE WHEN rule = 'enroll' AND event_type NOT IN ('', 'enroll') THEN n ELSE 0 END),
           SUM(CASE WHEN rule = 'intake' THEN n ELSE 0 END),
@@ -198,11 +244,19 @@ def data_quality(store: LedgerView) -> dict[str, Any]:
           SUM(CASE WHEN rule = 'compliance' AND reason = 'already_suppressed' THEN n ELSE 0 END),
           SUM(CASE WHEN reason = 'revised' THEN n ELSE 0 END),
           SUM(CASE WHEN rule = 'order' AND reason = 'decided_late' THEN n ELSE 0 END)
-        FROM report_rows""")
+        FROM report_rows""",
+    )
     values = [int(v or 0) for v in rows[0]]
-    keys = ["events_for_unknown_contacts", "mapping_misses", "failed_writes", "failed_tasks",
-            "late_experiment_assignments", "repeated_compliance_exits",
-            "late_events_revised", "late_events_beyond_history"]  # fmt: skip
+    keys = [
+        "events_for_unknown_contacts",
+        "mapping_misses",
+        "failed_writes",
+        "failed_tasks",
+        "late_experiment_assignments",
+        "repeated_compliance_exits",
+        "late_events_revised",
+        "late_events_beyond_history",
+    ]
     quality = dict(zip(keys, values, strict=True))
     # The store's own counts (quarantined events, events marked as they were decided such as
     # urls cut): not windowed by --since, what sits in quarantine now needs someone's attention.
@@ -218,18 +272,24 @@ def replay_intake(store: LedgerView) -> dict[str, Any]:
         return {}
     intake = json.loads(rows[0][0])
     keys = ", ".join(f"{key} ({n:,})" for key, n in intake.get("unknown_keys", {}).items())
-    return {"replay_bad_lines_skipped": intake["bad_lines"],
-            "replay_duplicate_events": intake["duplicates"],
-            "replay_lines_with_unknown_keys": intake["unknown_key_lines"],
-            **({"replay_unknown_keys_ignored": keys} if keys else {})}  # fmt: skip
+    return {
+        "replay_bad_lines_skipped": intake["bad_lines"],
+        "replay_duplicate_events": intake["duplicates"],
+        "replay_lines_with_unknown_keys": intake["unknown_key_lines"],
+        **({"replay_unknown_keys_ignored": keys} if keys else {}),
+    }
 
 
 def overview(store: LedgerView) -> dict[str, Any]:
     decided = _sql(store, "SELECT COALESCE(SUM(n), 0), MIN(day), MAX(day) FROM report_rows")[0]
     contacts = dict(_sql(store, "SELECT campaign_status, SUM(n) FROM contacts GROUP BY 1"))
-    return {"decisions": decided[0], "first_day": decided[1], "last_day": decided[2],
-            "contacts": sum(contacts.values()),
-            "contacts_by_state": {s: contacts.get(s, 0) for s in STATES}}  # fmt: skip
+    return {
+        "decisions": decided[0],
+        "first_day": decided[1],
+        "last_day": decided[2],
+        "contacts": sum(contacts.values()),
+        "contacts_by_state": {s: contacts.get(s, 0) for s in STATES},
+    }
 
 
 # ---- assembling ----------------------------------------------------------------------------
@@ -256,9 +316,12 @@ def build(
 
 
 def _build(
-    reader: LedgerReader, since: datetime | None, mapping: Mapping | None, label: str,
+    reader: LedgerReader,
+    since: datetime | None,
+    mapping: Mapping | None,
+    label: str,
     now: datetime | None,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     store = LedgerView(reader, since)
     try:
         days, series, extra = funnel(store)
@@ -336,12 +399,22 @@ def _plots(report: dict[str, Any]) -> dict[str, str]:
         x = [datetime.fromisoformat(d) for d in days]
         levels = report["funnel"]["levels"]
         # matplotlib converts datetimes through its units registry; its stubs say floats.
-        ax.stackplot(x, *[levels[s] for s in STATES], labels=STATES, step="post",  # type: ignore[arg-type]
-                     colors=[STATE_COLOURS[s] for s in STATES])  # fmt: skip
+        ax.stackplot(
+            x,  # type: ignore[arg-type]
+            *[levels[s] for s in STATES],
+            labels=STATES,
+            step="post",
+            colors=[STATE_COLOURS[s] for s in STATES],
+        )
         if report["since"]:
             since = datetime.fromisoformat(report["since"][:10])
-            ax.axvline(since, color="k", lw=1, ls="--",  # type: ignore[arg-type]
-                       label="report window starts")  # fmt: skip
+            ax.axvline(
+                since,  # type: ignore[arg-type]
+                color="k",
+                lw=1,
+                ls="--",
+                label="report window starts",
+            )
         ax.set_title("Contacts by state (end of day, UTC)")
         ax.set_xlabel("date (UTC)")
         ax.set_ylabel("contacts")
@@ -352,8 +425,9 @@ def _plots(report: dict[str, Any]) -> dict[str, str]:
     if report["holdout"]:
         rows.append(report["holdout"])
     if rows:
-        fig, axes = plt.subplots(1, len(rows), figsize=(3.2 * len(rows), 3.2), dpi=96,
-                                 squeeze=False)  # fmt: skip
+        fig, axes = plt.subplots(
+            1, len(rows), figsize=(3.2 * len(rows), 3.2), dpi=96, squeeze=False
+        )
         for ax, exp in zip(axes[0], rows, strict=True):
             arms = exp["arms"]
             rates = [a["rate"] for a in arms]

@@ -56,18 +56,41 @@ def _funnel_table(report: dict[str, Any]) -> Table:
 
 
 def experiment_table(exp: dict[str, Any]) -> Table:
-    head = ["variant", "exposures", "sends", "opens", "clicks", "cycles", "reactivated",
-            f"{exp['metric']} rate", "95% CI", f"vs {exp['baseline']}", "diff 95% CI",
-            "relative lift", "lift 95% CI", "p"]  # fmt: skip
+    head = [
+        "variant",
+        "exposures",
+        "sends",
+        "opens",
+        "clicks",
+        "cycles",
+        "reactivated",
+        f"{exp['metric']} rate",
+        "95% CI",
+        f"vs {exp['baseline']}",
+        "diff 95% CI",
+        "relative lift",
+        "lift 95% CI",
+        "p",
+    ]
     rows = [
-        [a["name"], a["exposures"], a["sends"], a["opens"], a["clicks"], a["cycles"],
-         a["reactivations"], _pct(a["rate"]), _ci(a["low"], a["high"]),
-         _vs_baseline(a, exp["baseline"]),
-         _ci_points(a["diff_low"], a["diff_high"]), _pct(a["lift"]),
-         _ci(a["lift_low"], a["lift_high"]),
-         _p(a["p_value"])]
+        [
+            a["name"],
+            a["exposures"],
+            a["sends"],
+            a["opens"],
+            a["clicks"],
+            a["cycles"],
+            a["reactivations"],
+            _pct(a["rate"]),
+            _ci(a["low"], a["high"]),
+            _vs_baseline(a, exp["baseline"]),
+            _ci_points(a["diff_low"], a["diff_high"]),
+            _pct(a["lift"]),
+            _ci(a["lift_low"], a["lift_high"]),
+            _p(a["p_value"]),
+        ]
         for a in exp["arms"]
-    ]  # fmt: skip
+    ]
     return head, rows
 
 
@@ -75,75 +98,146 @@ def sections(report: dict[str, Any]) -> Iterator[tuple[str, str, Table | None, s
     """(title, text, table, plot key) in reading order."""
     o = report["overview"]
     window = f"since {report['since']}" if report["since"] else "all time"
-    span = (f"{window}, {o['first_day']} to {o['last_day']}" if o["first_day"]
-            else f"{window}; nothing decided yet")
+    span = (
+        f"{window}, {o['first_day']} to {o['last_day']}"
+        if o["first_day"]
+        else f"{window}; nothing decided yet"
+    )
     contacts = "1 contact" if o["contacts"] == 1 else f"{o['contacts']:,} contacts"
     decisions = "1 decision" if o["decisions"] == 1 else f"{o['decisions']:,} decisions"
-    yield ("Overview", f"{decisions} ({span}); {contacts} in the store.",
-           (["state", "contacts now"], [[s, n] for s, n in o["contacts_by_state"].items()]),
-           None)  # fmt: skip
-    yield ("Funnel by state over time", "Contacts in each state at the end of the day (UTC).",
-           _funnel_table(report), "funnel")  # fmt: skip
+    yield (
+        "Overview",
+        f"{decisions} ({span}); {contacts} in the store.",
+        (["state", "contacts now"], [[s, n] for s, n in o["contacts_by_state"].items()]),
+        None,
+    )
+    yield (
+        "Funnel by state over time",
+        "Contacts in each state at the end of the day (UTC).",
+        _funnel_table(report),
+        "funnel",
+    )
     t = report["transitions_by_reason"]
     rows = [[r["rule"], r["reason"], r["from"], r["to"], r["count"]] for r in t]
-    yield ("Transitions by reason", "Status changes in the window and the rule that made them.",
-           (["rule", "reason", "from", "to", "count"], rows), None)  # fmt: skip
+    yield (
+        "Transitions by reason",
+        "Status changes in the window and the rule that made them.",
+        (["rule", "reason", "from", "to", "count"], rows),
+        None,
+    )
     back = report["reactivation"]
-    yield ("Reactivation rate", REACTIVATION_RATE_MEANS,
-           (["went dormant", "came back", "reactivation rate"],
-            [[f"{back['dormancies']:,}", f"{back['comebacks']:,}", _pct(back["rate"])]]),
-           None)  # fmt: skip
+    yield (
+        "Reactivation rate",
+        REACTIVATION_RATE_MEANS,
+        (
+            ["went dormant", "came back", "reactivation rate"],
+            [[f"{back['dormancies']:,}", f"{back['comebacks']:,}", _pct(back["rate"])]],
+        ),
+        None,
+    )
     r = report["reactivation_by_cycle"]
-    yield ("Reactivation rate by cycle",
-           "A cycle starts at reactivation step 1 (sent, or withheld for the holdout); it "
-           "counts as reactivated when the contact engages before the sequence ends.",
-           (["cycle", "group", "cycles started", "reactivated", "rate", "95% CI"],
-            [[x["cycle"], x["group"], x["cycles_started"], x["reactivated"], _pct(x["rate"]),
-              _ci(x["low"], x["high"])] for x in r]), None)  # fmt: skip
+    yield (
+        "Reactivation rate by cycle",
+        "A cycle starts at reactivation step 1 (sent, or withheld for the holdout); it "
+        "counts as reactivated when the contact engages before the sequence ends.",
+        (
+            ["cycle", "group", "cycles started", "reactivated", "rate", "95% CI"],
+            [
+                [
+                    x["cycle"],
+                    x["group"],
+                    x["cycles_started"],
+                    x["reactivated"],
+                    _pct(x["rate"]),
+                    _ci(x["low"], x["high"]),
+                ]
+                for x in r
+            ],
+        ),
+        None,
+    )
     s = report["sends_saved"]
-    yield ("Sends saved against a static list", SENDS_SAVED_MEANS,
-           (["static-list sends", "actual sends", "sends saved", "saved share"],
-            [[f"{s['static_list_sends']:,}", f"{s['actual_sends']:,}",
-              f"{s['sends_saved']:,}", _pct(s["saved_share"])]]), None)  # fmt: skip
+    yield (
+        "Sends saved against a static list",
+        SENDS_SAVED_MEANS,
+        (
+            ["static-list sends", "actual sends", "sends saved", "saved share"],
+            [
+                [
+                    f"{s['static_list_sends']:,}",
+                    f"{s['actual_sends']:,}",
+                    f"{s['sends_saved']:,}",
+                    _pct(s["saved_share"]),
+                ]
+            ],
+        ),
+        None,
+    )
     sup = report["suppression"]
     reasons = sorted(set(sup["now"]) | set(sup["in_window"]))
-    yield ("Suppression by reason", "",
-           (["reason", "suppressed now", "suppressed in window"],
-            [[k, sup["now"].get(k, 0), sup["in_window"].get(k, 0)] for k in reasons]),
-           None)  # fmt: skip
+    yield (
+        "Suppression by reason",
+        "",
+        (
+            ["reason", "suppressed now", "suppressed in window"],
+            [[k, sup["now"].get(k, 0), sup["in_window"].get(k, 0)] for k in reasons],
+        ),
+        None,
+    )
     for exp in report["experiments"]:
-        text = (f"Element {exp['element']}, stage {exp['stage']}, metric {exp['metric']}. "
-                f"Verdict: {exp['verdict']}.")  # fmt: skip
+        text = (
+            f"Element {exp['element']}, stage {exp['stage']}, metric {exp['metric']}. "
+            f"Verdict: {exp['verdict']}."
+        )
         yield (f"Experiment: {exp['name']}", text, experiment_table(exp), None)
     if report["holdout"]:
         h = report["holdout"]
-        yield ("Holdout: reactivation sends against none",
-               f"Held-out contacts' reactivation steps are withheld. Verdict: {h['verdict']}.",
-               experiment_table(h), "experiments")  # fmt: skip
+        yield (
+            "Holdout: reactivation sends against none",
+            f"Held-out contacts' reactivation steps are withheld. Verdict: {h['verdict']}.",
+            experiment_table(h),
+            "experiments",
+        )
     elif report["experiments"]:
         yield ("Experiment plot", "", None, "experiments")
     v = report["transitions_by_policy_version"]
-    yield ("Transitions by policy version", "",
-           (["policy version", "from", "to", "count", "first day", "last day"],
-            [[x["version"], x["from"], x["to"], x["count"], x["first_day"], x["last_day"]]
-             for x in v]), None)  # fmt: skip
+    yield (
+        "Transitions by policy version",
+        "",
+        (
+            ["policy version", "from", "to", "count", "first day", "last day"],
+            [
+                [x["version"], x["from"], x["to"], x["count"], x["first_day"], x["last_day"]]
+                for x in v
+            ],
+        ),
+        None,
+    )
     log = report["change_log"]
-    yield ("Policy change log", "",
-           (["when", "kind", "version", "what changed"],
-            [[e["at"], e["kind"], e["version"], "; ".join(e["changes"])] for e in log]),
-           None)  # fmt: skip
+    yield (
+        "Policy change log",
+        "",
+        (
+            ["when", "kind", "version", "what changed"],
+            [[e["at"], e["kind"], e["version"], "; ".join(e["changes"])] for e in log],
+        ),
+        None,
+    )
     dq = report["data_quality"]
-    yield ("Data quality", "Events for contacts the store did not know (they enrolled on "
-           "that event), mapping misses, failed CRM writes recorded by the connectors, late "
-           "events decided in their place (revised) or, older than the contact's kept history, "
-           "at its current time, events the worker set aside because they could not be "
-           "decided (now in quarantine; see `elasticity inbox`), and events whose CRM value was "
-           "longer than a url may be (2,048 characters; the url keeps its start). For a replay, "
-           "also the lines it skipped as bad, the events whose id it had already counted "
-           "(duplicates) and the lines whose keys beyond the event format it ignored (over the "
-           "whole run).",
-           (["measure", "count"], [[k.replace("_", " "), n] for k, n in dq.items()]),
-           None)  # fmt: skip
+    yield (
+        "Data quality",
+        "Events for contacts the store did not know (they enrolled on "
+        "that event), mapping misses, failed CRM writes recorded by the connectors, late "
+        "events decided in their place (revised) or, older than the contact's kept history, "
+        "at its current time, events the worker set aside because they could not be "
+        "decided (now in quarantine; see `elasticity inbox`), and events whose CRM value was "
+        "longer than a url may be (2,048 characters; the url keeps its start). For a replay, "
+        "also the lines it skipped as bad, the events whose id it had already counted "
+        "(duplicates) and the lines whose keys beyond the event format it ignored (over the "
+        "whole run).",
+        (["measure", "count"], [[k.replace("_", " "), n] for k, n in dq.items()]),
+        None,
+    )
 
 
 def _md_cell(value: Any) -> str:
@@ -151,8 +245,12 @@ def _md_cell(value: Any) -> str:
 
 
 def to_markdown(report: dict[str, Any]) -> str:
-    lines = [f"# Elasticity report: {report['store']}", "",
-             f"Generated {report['generated_at']}. Plots: `--format html`.", ""]  # fmt: skip
+    lines = [
+        f"# Elasticity report: {report['store']}",
+        "",
+        f"Generated {report['generated_at']}. Plots: `--format html`.",
+        "",
+    ]
     for title, text, table, _plot in sections(report):
         lines += [f"## {title}", ""]
         if text:
@@ -181,11 +279,14 @@ img{max-width:100%;height:auto}p.note{color:#52606d}
 
 def to_html(report: dict[str, Any], plots: dict[str, str]) -> str:
     esc = html.escape
-    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-           '<meta name="viewport" content="width=device-width, initial-scale=1">',
-           f"<title>Elasticity report</title><style>{_STYLE}</style></head><body>",
-           f"<h1>Elasticity report</h1><p class=\"note\">{esc(report['store'])}, generated "
-           f"{esc(report['generated_at'])}</p>"]  # fmt: skip
+    out = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>Elasticity report</title><style>{_STYLE}</style></head><body>",
+        f'<h1>Elasticity report</h1><p class="note">{esc(report["store"])}, generated '
+        f"{esc(report['generated_at'])}</p>",
+    ]
     for title, text, table, plot in sections(report):
         out.append(f"<section><h2>{esc(title)}</h2>")
         if text:
@@ -194,8 +295,11 @@ def to_html(report: dict[str, Any], plots: dict[str, str]) -> str:
             out.append(f'<img alt="{esc(title)}" src="data:image/png;base64,{plots[plot]}">')
         if table is not None:
             head, rows = table
-            out.append("<table><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head)
-                       + "</tr></thead><tbody>")  # fmt: skip
+            out.append(
+                "<table><thead><tr>"
+                + "".join(f"<th>{esc(h)}</th>" for h in head)
+                + "</tr></thead><tbody>"
+            )
             for row in rows:
                 out.append("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in row) + "</tr>")
             out.append("</tbody></table>")

@@ -95,8 +95,9 @@ def rollup_keys(
             cycled.append(i)
             keys.append(())
             continue
-        keys.append((row[1][:10], row[2], row[3], row[5] or "", row[6], row[9], row[10] or "",
-                     arm, 0))  # fmt: skip
+        keys.append(
+            (row[1][:10], row[2], row[3], row[5] or "", row[6], row[9], row[10] or "", arm, 0)
+        )
     # A reactivation's cycle: the contact's final cycle less the cycles it started later in
     # this batch (only step 1 starts one).
     started_later: dict[str, int] = {}
@@ -113,8 +114,17 @@ def rollup_keys(
             cycle = d.actions[0].detail.get("cycle", 0) if d.actions else 0
             if row[3] == "reactivation_step_1":
                 started_later[cid] = started_later.get(cid, 0) + 1
-        keys[i] = (row[1][:10], row[2], row[3], row[5] or "", row[6], row[9], row[10] or "",
-                   arms[cid], cycle)  # fmt: skip
+        keys[i] = (
+            row[1][:10],
+            row[2],
+            row[3],
+            row[5] or "",
+            row[6],
+            row[9],
+            row[10] or "",
+            arms[cid],
+            cycle,
+        )
     return keys
 
 

@@ -62,9 +62,13 @@ class _Simulation:
             return
         # Validated: pydantic builds it faster than `model_construct` does in Python.
         event = Event(
-            event_id=simulated_event_id(self.serial), contact_id=cid, type=kind, occurred_at=at,
-            campaign=campaign, source="simulate",
-        )  # fmt: skip
+            event_id=simulated_event_id(self.serial),
+            contact_id=cid,
+            type=kind,
+            occurred_at=at,
+            campaign=campaign,
+            source="simulate",
+        )
         self.buckets.setdefault(day, []).append(event)
         self.result.events[kind] += 1
 
@@ -256,8 +260,9 @@ def run_simulation(
     return result
 
 
-def _phased(progress: Callable[[int], None] | None, phase: Callable[[str], None],
-            days: int) -> Callable[[int], None]:  # fmt: skip
+def _phased(
+    progress: Callable[[int], None] | None, phase: Callable[[str], None], days: int
+) -> Callable[[int], None]:
     """`progress` that also says when the last day is decided."""
     phase("deciding")
     done = [0]
@@ -294,15 +299,20 @@ def plot_audience(result: SimulationResult, path: Path) -> None:
     fig, (top, bottom) = plt.subplots(
         2, 1, figsize=(11, 7), dpi=110, sharex=True, gridspec_kw={"height_ratios": [3, 1]}
     )
-    stacks = top.stackplot(dates, [[row.get(key, 0) for row in rows] for key, *_ in layers],
-                           labels=[label for _, label, *_ in layers],
-                           colors=[colour for _, _, colour, _ in layers], alpha=0.9)  # fmt: skip
+    stacks = top.stackplot(
+        dates,
+        [[row.get(key, 0) for row in rows] for key, *_ in layers],
+        labels=[label for _, label, *_ in layers],
+        colors=[colour for _, _, colour, _ in layers],
+        alpha=0.9,
+    )
     for stack, (*_, hatch) in zip(stacks, layers, strict=True):
         if hatch:
             stack.set_hatch(hatch)
     in_stream = [row["Active"] + row["Reactivated"] for row in rows]
-    top.step(dates, in_stream, where="post", color="black", linewidth=1.4,
-             label="in the send stream")  # fmt: skip
+    top.step(
+        dates, in_stream, where="post", color="black", linewidth=1.4, label="in the send stream"
+    )
     top.set_ylabel("contacts (end of day)")
     top.set_title(f"Elastic audience: {result.config.contacts:,} contacts by state")
     top.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=9)
@@ -312,8 +322,14 @@ def plot_audience(result: SimulationResult, path: Path) -> None:
         ("comebacks", "comebacks", STATE_COLOURS["Reactivated"]),
     )
     for key, label, colour in cycle:
-        bottom.step(dates, [row.get(key, 0) for row in rows], where="post", color=colour,
-                    label=label, linewidth=1.3)  # fmt: skip
+        bottom.step(
+            dates,
+            [row.get(key, 0) for row in rows],
+            where="post",
+            color=colour,
+            label=label,
+            linewidth=1.3,
+        )
     bottom.set_ylabel("per day")
     bottom.set_xlabel("date (UTC)")
     bottom.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=9)

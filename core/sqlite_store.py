@@ -86,20 +86,22 @@ _CONTACT_COLUMNS = (
     "segment, send_times"
 )
 _ADDED_COLUMNS = (
-    ("contacts", "segment", "TEXT"), ("contacts", "send_times", "TEXT"),
-    ("ledger", "event_type", "TEXT"), ("contacts", "version", "INTEGER NOT NULL DEFAULT 0"),
-    ("outbox", "holder", "TEXT"), ("outbox", "leased_until", "REAL"),
+    ("contacts", "segment", "TEXT"),
+    ("contacts", "send_times", "TEXT"),
+    ("ledger", "event_type", "TEXT"),
+    ("contacts", "version", "INTEGER NOT NULL DEFAULT 0"),
+    ("outbox", "holder", "TEXT"),
+    ("outbox", "leased_until", "REAL"),
     ("outbox", "contact_id", "TEXT"),
     ("inbox", "part", "TEXT NOT NULL DEFAULT ''"),
     ("quarantine", "part", "TEXT NOT NULL DEFAULT ''"),
-)  # fmt: skip
+)
 """Columns newer than the first release: added in place to a store that predates them."""
 _UPSERT_CONTACT = (
     f"INSERT INTO contacts ({_CONTACT_COLUMNS}, next_due, version) "  # noqa: S608
     f"VALUES ({','.join('?' * 19)}, 1) ON CONFLICT (contact_id) DO UPDATE SET "
     + ", ".join(
-        f"{name} = excluded.{name}"
-        for name in [*_CONTACT_COLUMNS.split(", ")[1:], "next_due"]
+        f"{name} = excluded.{name}" for name in [*_CONTACT_COLUMNS.split(", ")[1:], "next_due"]
     )
     + ", version = contacts.version + 1"
 )
@@ -508,8 +510,10 @@ class SQLiteStore(Store, LedgerReader):
         if not entries:
             return
         # The entry keeps its inbox partition, so a release gives it back to the same runner.
-        rows = [(q.key, q.body, q.reason[:QUARANTINE_REASON_CHARS], iso_utc(q.at), q.key)
-                for q in entries]  # fmt: skip
+        rows = [
+            (q.key, q.body, q.reason[:QUARANTINE_REASON_CHARS], iso_utc(q.at), q.key)
+            for q in entries
+        ]
         try:
             with self._lock, self._db:
                 self._begin_promptly()
@@ -665,9 +669,13 @@ class SQLiteStore(Store, LedgerReader):
         return {(status, reason): n for status, reason, n in rows}
 
     def policy_notes(self) -> dict[str, str]:
-        return dict(self.execute(
-            "SELECT name, value FROM cursors WHERE name LIKE ? OR name LIKE ? OR name LIKE ? "
-            "ORDER BY name", Cursors.note_likes))  # fmt: skip
+        return dict(
+            self.execute(
+                "SELECT name, value FROM cursors WHERE name LIKE ? OR name LIKE ? OR name LIKE ? "
+                "ORDER BY name",
+                Cursors.note_likes,
+            )
+        )
 
     def quality_counts(self) -> dict[str, int]:
         return {"quarantined_events": self.quarantine_count(), **self.marked_counts()}

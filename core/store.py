@@ -135,10 +135,17 @@ class Batch:
 
     def is_empty(self) -> bool:
         return not (
-            self.event_keys or self.contacts or self.decisions or self.cursors
-            or self.inbox_done or self.outbox or self.outbox_done or self.expected_versions
-            or self.histories or self.quality
-        )  # fmt: skip
+            self.event_keys
+            or self.contacts
+            or self.decisions
+            or self.cursors
+            or self.inbox_done
+            or self.outbox
+            or self.outbox_done
+            or self.expected_versions
+            or self.histories
+            or self.quality
+        )
 
 
 class ContactStore(ABC):

@@ -20,9 +20,15 @@ STREAM_START = datetime(2030, 3, 1, tzinfo=UTC)  # the generated stream's first 
 SHUFFLE = timedelta(hours=6)
 REDELIVERED = 0.05
 KINDS = {
-    "send": 36, "open": 20, "click": 10, "high_intent_visit": 9, "unsubscribe": 3,
-    "hard_bounce": 1, "spam_complaint": 1, "resubscribe": 5,
-}  # fmt: skip
+    "send": 36,
+    "open": 20,
+    "click": 10,
+    "high_intent_visit": 9,
+    "unsubscribe": 3,
+    "hard_bounce": 1,
+    "spam_complaint": 1,
+    "resubscribe": 5,
+}
 
 
 def generate(contacts: int, seed: int) -> list[Event]:
@@ -52,8 +58,13 @@ def generate(contacts: int, seed: int) -> list[Event]:
 
 
 def _event(rng: random.Random, cid: str, kind: str, at: datetime, url: str | None = None) -> Event:
-    return Event(event_id=f"{cid}-{rng.getrandbits(40):010x}", contact_id=cid, type=kind,
-                 occurred_at=at, url=url)  # fmt: skip
+    return Event(
+        event_id=f"{cid}-{rng.getrandbits(40):010x}",
+        contact_id=cid,
+        type=kind,
+        occurred_at=at,
+        url=url,
+    )
 
 
 def deliveries(events: list[Event], seed: int) -> list[Event]:
@@ -81,8 +92,13 @@ def requests(delivered: list[Event], seed: int) -> Iterable[list[Event]]:
 
 
 def _as_dict(e: Event) -> dict[str, str]:
-    fields = {"event_id": e.event_id, "contact_id": e.contact_id, "type": e.type,
-              "occurred_at": e.occurred_at.isoformat(), "url": e.url}  # fmt: skip
+    fields = {
+        "event_id": e.event_id,
+        "contact_id": e.contact_id,
+        "type": e.type,
+        "occurred_at": e.occurred_at.isoformat(),
+        "url": e.url,
+    }
     return {k: v for k, v in fields.items() if v is not None}
 
 

@@ -30,8 +30,9 @@ def test_due_matches_a_full_scan(program, limit):
             deferred.put(new_contact(key, T0), value)
             model[key] = value
         else:
-            expected = sorted(c for c, at in model.items()
-                              if at is not None and at <= value and c > key)[:limit]  # fmt: skip
+            expected = sorted(
+                c for c, at in model.items() if at is not None and at <= value and c > key
+            )[:limit]
             assert deferred.due(value, after=key, limit=limit) == expected
     drained = deferred.drain()
     assert [s.contact_id for s, _ in drained] == sorted(model)

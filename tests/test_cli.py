@@ -51,35 +51,58 @@ def test_validate_lists_every_problem_and_exits_2(tmp_path):
 
 
 def test_replay_prints_final_states_applying_time_rules_until(tmp_path):
-    events = write_events(tmp_path / "events.jsonl", [
-        event_line("1", "a", "open", "2026-01-01T00:00:00Z"),
-        event_line("2", "a", "click", "2026-01-02T00:00:00Z"),
-        event_line("3", "a", "high_intent_visit", "2026-01-03T00:00:00Z"),
-        event_line("4", "b", "enroll", "2026-01-01T00:00:00Z"),
-    ])  # fmt: skip
-    result = invoke("replay", "mappings/hubspot.yaml", str(events), "--until",
-                    "2026-04-02T00:00:00Z", data_dir=tmp_path)  # fmt: skip
+    events = write_events(
+        tmp_path / "events.jsonl",
+        [
+            event_line("1", "a", "open", "2026-01-01T00:00:00Z"),
+            event_line("2", "a", "click", "2026-01-02T00:00:00Z"),
+            event_line("3", "a", "high_intent_visit", "2026-01-03T00:00:00Z"),
+            event_line("4", "b", "enroll", "2026-01-01T00:00:00Z"),
+        ],
+    )
+    result = invoke(
+        "replay",
+        "mappings/hubspot.yaml",
+        str(events),
+        "--until",
+        "2026-04-02T00:00:00Z",
+        data_dir=tmp_path,
+    )
     assert result.exit_code == 0, result.output
     states = {s["contact_id"]: s for s in map(json.loads, result.stdout.strip().splitlines())}
     assert states["a"]["campaign_status"] == "Active"  # decayed out of Engaged on Feb 2
     assert states["a"]["engagement_score"] == 7.5  # 30 halved on Feb 2 and Mar 4
     assert states["b"]["campaign_status"] == "Dormant"  # 90 days of silence: Apr 1
-    for key in ("last_engagement_date", "reactivation_cycle", "reactivation_step",
-                "suppression_reason"):  # fmt: skip
+    for key in (
+        "last_engagement_date",
+        "reactivation_cycle",
+        "reactivation_step",
+        "suppression_reason",
+    ):
         assert key in states["a"]
 
 
 def test_replay_reports_bad_lines_with_numbers_and_skips_them(tmp_path):
-    events = write_events(tmp_path / "events.jsonl", [
-        event_line("1", "a", "open", "2026-01-01T00:00:00Z"),
-        "{not json",
-        event_line("2", "a", "teleport", "2026-01-01T00:00:00Z"),
-        json.dumps({"event_id": "3", "contact_id": "a", "type": "open",
-                    "occurred_at": "2026-01-01T00:00:00"}),  # naive time
-    ])  # fmt: skip
+    events = write_events(
+        tmp_path / "events.jsonl",
+        [
+            event_line("1", "a", "open", "2026-01-01T00:00:00Z"),
+            "{not json",
+            event_line("2", "a", "teleport", "2026-01-01T00:00:00Z"),
+            json.dumps(
+                {
+                    "event_id": "3",
+                    "contact_id": "a",
+                    "type": "open",
+                    "occurred_at": "2026-01-01T00:00:00",
+                }
+            ),  # naive time
+        ],
+    )
     out = tmp_path / "states.jsonl"
-    result = invoke("replay", "mappings/hubspot.yaml", str(events), "--out", str(out),
-                    data_dir=tmp_path)  # fmt: skip
+    result = invoke(
+        "replay", "mappings/hubspot.yaml", str(events), "--out", str(out), data_dir=tmp_path
+    )
     assert result.exit_code == 0, result.output
     assert f"{events}:2:" in result.stderr
     assert f"{events}:3: type: unknown event type 'teleport'" in result.stderr
@@ -90,25 +113,41 @@ def test_replay_reports_bad_lines_with_numbers_and_skips_them(tmp_path):
 
 @pytest.mark.parametrize("engine", ["coded", "object"])
 def test_replay_says_how_many_events_lie_after_until(tmp_path, engine):
-    events = write_events(tmp_path / "events.jsonl", [
-        event_line("1", "a", "open", "2026-01-01T00:00:00Z"),
-        event_line("2", "a", "open", "2026-01-03T00:00:00Z"),
-        event_line("3", "b", "click", "2026-01-04T00:00:00Z"),
-    ])  # fmt: skip
-    result = invoke("replay", "mappings/hubspot.yaml", str(events), "--until",
-                    "2026-01-02T00:00:00Z", "--engine", engine, data_dir=tmp_path)  # fmt: skip
+    events = write_events(
+        tmp_path / "events.jsonl",
+        [
+            event_line("1", "a", "open", "2026-01-01T00:00:00Z"),
+            event_line("2", "a", "open", "2026-01-03T00:00:00Z"),
+            event_line("3", "b", "click", "2026-01-04T00:00:00Z"),
+        ],
+    )
+    result = invoke(
+        "replay",
+        "mappings/hubspot.yaml",
+        str(events),
+        "--until",
+        "2026-01-02T00:00:00Z",
+        "--engine",
+        engine,
+        data_dir=tmp_path,
+    )
     assert result.exit_code == 0, result.output
     assert "1 event applied" in result.stderr
     assert "2 events after --until not applied" in result.stderr
-    whole = invoke("replay", "mappings/hubspot.yaml", str(events), "--engine", engine,
-                   data_dir=tmp_path)  # fmt: skip
+    whole = invoke(
+        "replay", "mappings/hubspot.yaml", str(events), "--engine", engine, data_dir=tmp_path
+    )
     assert "after --until" not in whole.stderr
 
 
 def test_replay_strict_fails_on_the_first_bad_line(tmp_path):
-    events = write_events(tmp_path / "events.jsonl", [
-        event_line("1", "a", "open", "2026-01-01T00:00:00Z"), "{oops",
-    ])  # fmt: skip
+    events = write_events(
+        tmp_path / "events.jsonl",
+        [
+            event_line("1", "a", "open", "2026-01-01T00:00:00Z"),
+            "{oops",
+        ],
+    )
     result = invoke("replay", "mappings/hubspot.yaml", str(events), "--strict", data_dir=tmp_path)
     assert result.exit_code == 2
     assert f"{events}:2:" in result.stderr
@@ -116,10 +155,13 @@ def test_replay_strict_fails_on_the_first_bad_line(tmp_path):
 
 
 def test_replay_twice_gives_the_same_states(tmp_path):
-    events = write_events(tmp_path / "events.jsonl", [
-        event_line("1", "a", "open", "2026-01-01T00:00:00Z"),
-        event_line("2", "a", "send", "2026-01-05T00:00:00Z"),
-    ])  # fmt: skip
+    events = write_events(
+        tmp_path / "events.jsonl",
+        [
+            event_line("1", "a", "open", "2026-01-01T00:00:00Z"),
+            event_line("2", "a", "send", "2026-01-05T00:00:00Z"),
+        ],
+    )
     first = invoke("replay", "mappings/hubspot.yaml", str(events), data_dir=tmp_path)
     second = invoke("replay", "mappings/hubspot.yaml", str(events), data_dir=tmp_path)
     assert first.exit_code == second.exit_code == 0
@@ -127,11 +169,14 @@ def test_replay_twice_gives_the_same_states(tmp_path):
 
 
 def test_explain_shows_why_a_contact_is_where_it_is(tmp_path):
-    events = write_events(tmp_path / "events.jsonl", [
-        event_line("e-open", "a", "open", "2026-01-01T00:00:00Z"),
-        event_line("e-click", "a", "click", "2026-01-02T00:00:00Z"),
-        event_line("e-visit", "a", "high_intent_visit", "2026-01-03T00:00:00Z"),
-    ])  # fmt: skip
+    events = write_events(
+        tmp_path / "events.jsonl",
+        [
+            event_line("e-open", "a", "open", "2026-01-01T00:00:00Z"),
+            event_line("e-click", "a", "click", "2026-01-02T00:00:00Z"),
+            event_line("e-visit", "a", "high_intent_visit", "2026-01-03T00:00:00Z"),
+        ],
+    )
     assert invoke("replay", "mappings/hubspot.yaml", str(events), data_dir=tmp_path).exit_code == 0
     result = invoke("explain", "a", data_dir=tmp_path)
     assert result.exit_code == 0, result.output
@@ -188,14 +233,29 @@ def test_an_unknown_store_name_is_a_usage_error(tmp_path, command):
 
 def test_simulate_writes_summary_plot_and_markdown(tmp_path):
     report = tmp_path / "report"
-    result = invoke("simulate", "--contacts", "300", "--days", "60", "--seed", "3",
-                    "--report", str(report), data_dir=tmp_path)  # fmt: skip
+    result = invoke(
+        "simulate",
+        "--contacts",
+        "300",
+        "--days",
+        "60",
+        "--seed",
+        "3",
+        "--report",
+        str(report),
+        data_dir=tmp_path,
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads((report / "summary.json").read_text())
     assert summary["config"]["contacts"] == 300
     assert len(summary["daily"]) == 60
-    assert sum(summary["final"][s] for s in
-               ("Active", "Engaged", "Dormant", "Reactivated", "Suppressed")) == 300  # fmt: skip
+    assert (
+        sum(
+            summary["final"][s]
+            for s in ("Active", "Engaged", "Dormant", "Reactivated", "Suppressed")
+        )
+        == 300
+    )
     saved = summary["sends_saved"]
     assert saved["actual_sends"] < saved["static_list_sends"]
     for row in summary["daily"]:  # the plot's suppression split and reactivation cycle
@@ -207,8 +267,18 @@ def test_simulate_writes_summary_plot_and_markdown(tmp_path):
 
 def test_simulate_and_report_give_the_same_figures_for_the_same_run(tmp_path):
     folder = tmp_path / "sim"
-    result = invoke("simulate", "--contacts", "2000", "--days", "120", "--seed", "5",
-                    "--report", str(folder), data_dir=tmp_path)  # fmt: skip
+    result = invoke(
+        "simulate",
+        "--contacts",
+        "2000",
+        "--days",
+        "120",
+        "--seed",
+        "5",
+        "--report",
+        str(folder),
+        data_dir=tmp_path,
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads((folder / "summary.json").read_text())
     report = invoke("report", "--store", "simulate", "--format", "json", data_dir=tmp_path)
@@ -229,8 +299,16 @@ def test_simulate_is_reproducible_with_a_seed(tmp_path):
     runs = []
     for name in ("one", "two"):
         report = tmp_path / name
-        invoke("simulate", "--contacts", "200", "--days", "40", "--report", str(report),
-               data_dir=tmp_path / name)  # fmt: skip
+        invoke(
+            "simulate",
+            "--contacts",
+            "200",
+            "--days",
+            "40",
+            "--report",
+            str(report),
+            data_dir=tmp_path / name,
+        )
         runs.append(json.loads((report / "summary.json").read_text())["daily"])
     assert runs[0] == runs[1]
 
@@ -265,9 +343,13 @@ def test_serve_worker_process_drains_what_the_server_recorded(tmp_path):
 
 def test_the_readme_example_events_end_where_the_readme_says(tmp_path):
     result = invoke(
-        "replay", "mappings/hubspot.yaml", "examples/events.jsonl",
-        "--until", "2026-05-15T00:00:00Z", data_dir=tmp_path,
-    )  # fmt: skip
+        "replay",
+        "mappings/hubspot.yaml",
+        "examples/events.jsonl",
+        "--until",
+        "2026-05-15T00:00:00Z",
+        data_dir=tmp_path,
+    )
     assert result.exit_code == 0, result.output
     states = {
         row["contact_id"]: (row["campaign_status"], row["suppression_reason"])

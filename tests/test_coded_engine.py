@@ -21,8 +21,21 @@ from tests.experiments.helpers import mapping
 from tests.helpers import T0
 
 CONTACTS = ["c0", "c1", "c2", "c3"]
-KINDS = ["open", "click", "high_intent_visit", "send", "send", "send", "send", "unsubscribe",
-         "hard_bounce", "spam_complaint", "resubscribe", "enroll", "form_submit"]  # fmt: skip
+KINDS = [
+    "open",
+    "click",
+    "high_intent_visit",
+    "send",
+    "send",
+    "send",
+    "send",
+    "unsubscribe",
+    "hard_bounce",
+    "spam_complaint",
+    "resubscribe",
+    "enroll",
+    "form_submit",
+]
 SEGMENTS = """
 segments:
   - name: dach
@@ -43,25 +56,43 @@ def program_policy(name: str) -> Policy:
 policies = st.one_of(
     st.sampled_from(["plain", "capped", "segmented"]).map(program_policy),
     st.builds(
-        lambda threshold, sends, dormant, cooling, steps, wait, cycles, factor, floor, after,
-        handoff: Policy(
-            points={"open": 5, "click": 10, "high_intent_visit": 15, "form_submit": 0},
-            threshold=threshold, max_unanswered_sends=sends, dormant_after_days=dormant,
-            cooling_days=cooling, reactivation_steps=steps, step_wait_days=wait,
-            max_reactivation_cycles=cycles, handoff_on_engaged=handoff, version="prop",
-            decay=Decay(factor=factor, floor=floor, after_days=after, every_days=7.5),
+        lambda threshold, sends, dormant, cooling, steps, wait, cycles, factor, floor, after, handoff: (  # noqa: E501
+            Policy(
+                points={"open": 5, "click": 10, "high_intent_visit": 15, "form_submit": 0},
+                threshold=threshold,
+                max_unanswered_sends=sends,
+                dormant_after_days=dormant,
+                cooling_days=cooling,
+                reactivation_steps=steps,
+                step_wait_days=wait,
+                max_reactivation_cycles=cycles,
+                handoff_on_engaged=handoff,
+                version="prop",
+                decay=Decay(factor=factor, floor=floor, after_days=after, every_days=7.5),
+            )
         ),
-        st.sampled_from([10, 20, 25]), st.integers(1, 4), st.sampled_from([20, 45.5, 90]),
-        st.sampled_from([0, 10, 30]), st.integers(1, 3), st.sampled_from([3, 7]),
-        st.integers(0, 2), st.sampled_from([0.5, 0.9, 1.0]), st.sampled_from([0, 1, 4]),
-        st.sampled_from([0, 10, 30]), st.booleans(),
-    ),  # fmt: skip
+        st.sampled_from([10, 20, 25]),
+        st.integers(1, 4),
+        st.sampled_from([20, 45.5, 90]),
+        st.sampled_from([0, 10, 30]),
+        st.integers(1, 3),
+        st.sampled_from([3, 7]),
+        st.integers(0, 2),
+        st.sampled_from([0.5, 0.9, 1.0]),
+        st.sampled_from([0, 1, 4]),
+        st.sampled_from([0, 10, 30]),
+        st.booleans(),
+    ),
 )
 
 steps = st.lists(
     st.one_of(
-        st.tuples(st.just("event"), st.sampled_from(CONTACTS), st.sampled_from(KINDS),
-                  st.floats(0, 300, allow_nan=False)),  # fmt: skip
+        st.tuples(
+            st.just("event"),
+            st.sampled_from(CONTACTS),
+            st.sampled_from(KINDS),
+            st.floats(0, 300, allow_nan=False),
+        ),
         st.tuples(st.just("tick"), st.just(""), st.just(""), st.floats(0, 300, allow_nan=False)),
     ),
     min_size=1,
@@ -108,8 +139,9 @@ def run_both(policy: Policy, ops, sort: bool):
         p = coded_by_segment[segment if program is not None else None]
         s = coded_states.get(index[cid])
         type_code = p.type_codes[kind]
-        coded_states[index[cid]] = coded.apply(s, index[cid], type_code, to_us(at), f"e{n}", p,
-                                               rows, cid)  # fmt: skip
+        coded_states[index[cid]] = coded.apply(
+            s, index[cid], type_code, to_us(at), f"e{n}", p, rows, cid
+        )
     horizon = T0 + timedelta(days=400)
     for state in object_states.values():
         advance_owned(state, horizon, _object_policy(policy, state.segment), object_decisions)
@@ -132,8 +164,14 @@ def test_coded_engine_matches_the_object_engine(policy, ops, sort):
         cid = CONTACTS[i]
         expected = object_states[cid]
         assert contact_state(cid, s) == expected
-        mine = decisions(cid, [r for r in rows if r[0] == i], texts, policy.version,
-                         expected.experiments, expected.segment)  # fmt: skip
+        mine = decisions(
+            cid,
+            [r for r in rows if r[0] == i],
+            texts,
+            policy.version,
+            expected.experiments,
+            expected.segment,
+        )
         theirs = [d for d in object_decisions if d.contact_id == cid]
         assert mine == theirs
         # The order of the changes is what `explain` prints.
@@ -147,8 +185,14 @@ def _compare(policy, ops, sort):
         cid = CONTACTS[i]
         expected = object_states[cid]
         assert contact_state(cid, s) == expected
-        mine = decisions(cid, [r for r in rows if r[0] == i], texts, policy.version,
-                         expected.experiments, expected.segment)  # fmt: skip
+        mine = decisions(
+            cid,
+            [r for r in rows if r[0] == i],
+            texts,
+            policy.version,
+            expected.experiments,
+            expected.segment,
+        )
         assert mine == [d for d in object_decisions if d.contact_id == cid]
     return rows
 
@@ -161,8 +205,10 @@ def test_long_seeded_streams_agree_through_caps_steps_and_holdout(name):
     rows = []
     for seed in range(60):
         rng = random.Random(seed)
-        ops = [("event", rng.choice(CONTACTS), rng.choice(KINDS), rng.uniform(0, 300))
-               for _ in range(80)]  # fmt: skip
+        ops = [
+            ("event", rng.choice(CONTACTS), rng.choice(KINDS), rng.uniform(0, 300))
+            for _ in range(80)
+        ]
         ops += [("tick", "", "", rng.uniform(0, 300)) for _ in range(5)]
         rows += _compare(policy, ops, sort=seed % 3 != 0)
     assert sum(1 for row in rows if row[12] >= 0) > 50  # reactivation steps decided

@@ -20,14 +20,28 @@ from core.coded.events import (
     settle,
 )
 
-BASE = {"event_id": "e1", "contact_id": "c1", "type": "open",
-        "occurred_at": "2026-01-01T00:00:00Z"}  # fmt: skip
-TIMES = ["2026-01-01T00:00:00Z", "2026-01-01T00:00:00", "2026-01-01T00:00:00.1234567Z",
-         "2026-01-01T00:00:00.9999995+00:00", "2026-01-01 10:00:00+01:00",
-         "2026-01-01T00:00:60Z", "2026-01-01t00:00:00z", "2026-01-01T00:00:00+24:00",
-         "2026-01-01T00:00Z", "2026-01-01T24:00:00Z", "2026-01-01T00:00:00-00:00",
-         "2026-01-01T00:00:00+0100", "2026-02-30T00:00:00Z", "", "yesterday", 1767225600, 1.5,
-         None, True]  # fmt: skip
+BASE = {"event_id": "e1", "contact_id": "c1", "type": "open", "occurred_at": "2026-01-01T00:00:00Z"}
+TIMES = [
+    "2026-01-01T00:00:00Z",
+    "2026-01-01T00:00:00",
+    "2026-01-01T00:00:00.1234567Z",
+    "2026-01-01T00:00:00.9999995+00:00",
+    "2026-01-01 10:00:00+01:00",
+    "2026-01-01T00:00:60Z",
+    "2026-01-01t00:00:00z",
+    "2026-01-01T00:00:00+24:00",
+    "2026-01-01T00:00Z",
+    "2026-01-01T24:00:00Z",
+    "2026-01-01T00:00:00-00:00",
+    "2026-01-01T00:00:00+0100",
+    "2026-02-30T00:00:00Z",
+    "",
+    "yesterday",
+    1767225600,
+    1.5,
+    None,
+    True,
+]
 OUT_OF_RANGE = ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"]
 
 
@@ -38,8 +52,16 @@ def verdict(line: bytes, unknown: UnknownKeys | None = None):
         return "bad", problem_text(exc)
     if extra and unknown is not None:
         unknown.add(extra)
-    return "ok", (event.event_id, event.contact_id, event.type, event.occurred_at,
-                  event.campaign, event.variant, event.url, event.source)  # fmt: skip
+    return "ok", (
+        event.event_id,
+        event.contact_id,
+        event.type,
+        event.occurred_at,
+        event.campaign,
+        event.variant,
+        event.url,
+        event.source,
+    )
 
 
 def decoded(line: bytes, unknown: UnknownKeys | None = None):
@@ -47,8 +69,16 @@ def decoded(line: bytes, unknown: UnknownKeys | None = None):
         e = decode_event(line, unknown)
     except LineProblem as exc:
         return "bad", str(exc)
-    return "ok", (e.event_id, e.contact_id, e.type, e.occurred_at, e.campaign, e.variant,
-                  e.url, e.source)  # fmt: skip
+    return "ok", (
+        e.event_id,
+        e.contact_id,
+        e.type,
+        e.occurred_at,
+        e.campaign,
+        e.variant,
+        e.url,
+        e.source,
+    )
 
 
 @pytest.mark.parametrize("when", TIMES)
@@ -63,10 +93,23 @@ def test_a_time_with_no_utc_instant_is_a_bad_line_not_a_crash(when):
     assert decoded(line) == ("bad", "occurred_at: not a representable instant in UTC")
 
 
-values = st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=600),
-                   st.sampled_from(TIMES))  # fmt: skip
-fields = st.sampled_from(["event_id", "contact_id", "type", "occurred_at", "campaign",
-                          "variant", "url", "source", "extra", "region"])  # fmt: skip
+values = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.text(max_size=600), st.sampled_from(TIMES)
+)
+fields = st.sampled_from(
+    [
+        "event_id",
+        "contact_id",
+        "type",
+        "occurred_at",
+        "campaign",
+        "variant",
+        "url",
+        "source",
+        "extra",
+        "region",
+    ]
+)
 
 
 @given(st.dictionaries(fields, values, max_size=4), st.booleans())
@@ -83,8 +126,12 @@ def test_any_object_gets_the_same_verdict(changes, seen_extra_before):
 
 def test_keys_beyond_the_format_are_ignored_and_counted():
     unknown = UnknownKeys()
-    lines = [{**BASE, "region": "EU", "score": 3}, {**BASE, "region": "US"}, BASE,
-             {**BASE, "observed": {"property": "p", "value": "v"}}]  # fmt: skip
+    lines = [
+        {**BASE, "region": "EU", "score": 3},
+        {**BASE, "region": "US"},
+        BASE,
+        {**BASE, "observed": {"property": "p", "value": "v"}},
+    ]
     for item in lines:
         assert decoded(json.dumps(item).encode(), unknown)[0] == "ok"
     assert unknown.lines == 2
@@ -115,18 +162,42 @@ def chunk_read(lines: list[bytes], unknown: UnknownKeys):
         except LineProblem as exc:
             out.append(("bad", str(exc)))
             continue
-        out.append(("ok", (e.event_id, e.contact_id, e.type, e.occurred_at, e.campaign,
-                           e.variant, e.url, e.source)))  # fmt: skip
+        out.append(
+            (
+                "ok",
+                (
+                    e.event_id,
+                    e.contact_id,
+                    e.type,
+                    e.occurred_at,
+                    e.campaign,
+                    e.variant,
+                    e.url,
+                    e.source,
+                ),
+            )
+        )
     return out
 
 
 line_kinds = st.one_of(
-    st.builds(lambda changes: json.dumps({**BASE, **changes}).encode(),
-              st.dictionaries(fields, values, max_size=2)),
-    st.sampled_from([b"", b"   ", b"[1]", b"{", b"null", b'{"event_id": "e1"} x',
-                     json.dumps(BASE).encode() + b", " + json.dumps(BASE).encode(),
-                     json.dumps(BASE).encode() + b" " + json.dumps(BASE).encode()]),
-)  # fmt: skip
+    st.builds(
+        lambda changes: json.dumps({**BASE, **changes}).encode(),
+        st.dictionaries(fields, values, max_size=2),
+    ),
+    st.sampled_from(
+        [
+            b"",
+            b"   ",
+            b"[1]",
+            b"{",
+            b"null",
+            b'{"event_id": "e1"} x',
+            json.dumps(BASE).encode() + b", " + json.dumps(BASE).encode(),
+            json.dumps(BASE).encode() + b" " + json.dumps(BASE).encode(),
+        ]
+    ),
+)
 
 
 @given(st.lists(line_kinds, max_size=6), st.booleans())
@@ -145,6 +216,10 @@ def test_a_chunk_read_at_once_reads_as_its_lines_one_by_one(lines, seen_extra_be
 def test_a_clean_chunk_is_read_in_one_call_and_a_flawed_one_is_not():
     good = [json.dumps({**BASE, "event_id": f"e{i}"}).encode() + b"\n" for i in range(3)]
     assert decode_chunk(good) is not None and len(decode_chunk(good)) == 3
-    for flaw in (b"\n", b"{\n", json.dumps({**BASE, "region": "EU"}).encode() + b"\n",
-                 json.dumps(BASE).encode() + b"," + json.dumps(BASE).encode() + b"\n"):
+    for flaw in (
+        b"\n",
+        b"{\n",
+        json.dumps({**BASE, "region": "EU"}).encode() + b"\n",
+        json.dumps(BASE).encode() + b"," + json.dumps(BASE).encode() + b"\n",
+    ):
         assert decode_chunk([*good, flaw]) is None

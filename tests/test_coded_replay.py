@@ -20,8 +20,11 @@ from tests.experiments.helpers import mapping
 from tests.helpers import T0
 
 CAPPED = "\neligibility:\n  frequency_cap: {max_sends: 1, window_days: 30}\n"
-KINDS = ["send"] * 6 + ["open"] * 3 + ["click", "high_intent_visit", "unsubscribe",
-                                        "hard_bounce", "resubscribe", "enroll"]  # fmt: skip
+KINDS = (
+    ["send"] * 6
+    + ["open"] * 3
+    + ["click", "high_intent_visit", "unsubscribe", "hard_bounce", "resubscribe", "enroll"]
+)
 
 
 def messy_events(path, seed: int, n: int = 1500, contacts: int = 40) -> None:
@@ -30,9 +33,12 @@ def messy_events(path, seed: int, n: int = 1500, contacts: int = 40) -> None:
     lines = []
     for i in range(n):
         day = rng.uniform(0, 250)
-        item = {"event_id": f"e{i}", "contact_id": f"c{rng.randrange(contacts)}",
-                "type": rng.choice(KINDS),
-                "occurred_at": (T0 + timedelta(days=day)).isoformat()}  # fmt: skip
+        item = {
+            "event_id": f"e{i}",
+            "contact_id": f"c{rng.randrange(contacts)}",
+            "type": rng.choice(KINDS),
+            "occurred_at": (T0 + timedelta(days=day)).isoformat(),
+        }
         roll = rng.random()
         if roll < 0.03:
             item["event_id"] = f"e{rng.randrange(max(i, 1))}"  # a redelivery (or a clash)
@@ -57,8 +63,16 @@ def messy_events(path, seed: int, n: int = 1500, contacts: int = 40) -> None:
 def _run(tmp_path, m, events, engine, workers=1, **kw):
     bad: list[tuple[int, str]] = []
     store_path = tmp_path / f"{engine}.sqlite3"
-    result = replay_file(m, events, store_path, engine=engine, batch_size=97, workers=workers,
-                         on_bad_line=lambda b: bad.append((b.line, b.problem)), **kw)  # fmt: skip
+    result = replay_file(
+        m,
+        events,
+        store_path,
+        engine=engine,
+        batch_size=97,
+        workers=workers,
+        on_bad_line=lambda b: bad.append((b.line, b.problem)),
+        **kw,
+    )
     sink = io.StringIO()
     result.write_states(sink)
     result.store.close()
@@ -73,10 +87,15 @@ def _table(path, sql):
         db.close()
 
 
-@pytest.mark.parametrize(("extra", "seed", "until", "workers"), [
-    ("", 1, None, 1), (CAPPED, 2, None, 1), ("", 3, T0 + timedelta(days=150), 1),
-    (CAPPED, 5, None, 3),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("extra", "seed", "until", "workers"),
+    [
+        ("", 1, None, 1),
+        (CAPPED, 2, None, 1),
+        ("", 3, T0 + timedelta(days=150), 1),
+        (CAPPED, 5, None, 3),
+    ],
+)
 def test_coded_replay_decides_and_shows_what_the_object_replay_does(
     tmp_path, monkeypatch, extra, seed, until, workers
 ):
@@ -86,12 +105,16 @@ def test_coded_replay_decides_and_shows_what_the_object_replay_does(
     events = tmp_path / "events.jsonl"
     messy_events(events, seed)
     old, old_bad, old_out, old_path = _run(tmp_path, m, events, "object", until=until)
-    new, new_bad, new_out, new_path = _run(tmp_path, m, events, "coded", until=until,
-                                           workers=workers)  # fmt: skip
+    new, new_bad, new_out, new_path = _run(
+        tmp_path, m, events, "coded", until=until, workers=workers
+    )
     assert new_bad == old_bad and old_bad
     assert new_out == old_out
-    assert (new.bad_lines, new.after_until, new.until) == (old.bad_lines, old.after_until,
-                                                           old.until)  # fmt: skip
+    assert (new.bad_lines, new.after_until, new.until) == (
+        old.bad_lines,
+        old.after_until,
+        old.until,
+    )
     assert new.unknown == old.unknown and old.unknown.keys["extra"] > 0  # extra columns
     for name in ("applied", "duplicates", "decisions", "events_in", "transitions"):
         assert getattr(new.stats, name) == getattr(old.stats, name), name
@@ -110,7 +133,8 @@ def test_coded_replay_decides_and_shows_what_the_object_replay_does(
     assert coded_decisions(new_path, "nobody") == []
     assert explain_contact(new_path, "nobody") is None
     assert _table(new_path, "SELECT * FROM ledger_rollup") == _table(
-        old_path, "SELECT * FROM ledger_rollup")
+        old_path, "SELECT * FROM ledger_rollup"
+    )
     assert _table(new_path, "SELECT * FROM cursors") == _table(old_path, "SELECT * FROM cursors")
     # The contacts table itself (written straight from the coded states), column for column.
     assert _table(new_path, "SELECT * FROM contacts") == _table(old_path, "SELECT * FROM contacts")
@@ -129,8 +153,14 @@ def test_strict_stops_at_the_first_bad_line_with_the_same_problem(tmp_path):
     problems = []
     for engine, workers in (("object", 1), ("coded", 1), ("coded", 2)):
         with pytest.raises(BadLine) as caught:
-            replay_file(m, events, tmp_path / f"{engine}{workers}.sqlite3", strict=True,
-                        engine=engine, workers=workers)  # fmt: skip
+            replay_file(
+                m,
+                events,
+                tmp_path / f"{engine}{workers}.sqlite3",
+                strict=True,
+                engine=engine,
+                workers=workers,
+            )
         problems.append((caught.value.line, caught.value.problem))
     assert problems[0] == problems[1] == problems[2]
     assert not list(tmp_path.glob("*.shard*"))  # no shard left behind
@@ -140,8 +170,13 @@ def test_progress_reaches_the_whole_file_across_workers(tmp_path):
     events = tmp_path / "events.jsonl"
     messy_events(events, 6, n=25_000)
     seen: list[tuple[int, int]] = []
-    replay_file(mapping(), events, tmp_path / "r.sqlite3", workers=2,
-                progress=lambda done, lines: seen.append((done, lines)))  # fmt: skip
+    replay_file(
+        mapping(),
+        events,
+        tmp_path / "r.sqlite3",
+        workers=2,
+        progress=lambda done, lines: seen.append((done, lines)),
+    )
     assert seen[-1] == (events.stat().st_size, len(events.read_bytes().splitlines()))
     assert [s[0] for s in seen] == sorted(s[0] for s in seen)
 
@@ -166,8 +201,9 @@ def test_a_run_stopped_part_way_keeps_the_previous_store_and_leaves_no_partial_f
         raise RuntimeError("a limit the caller checks")
 
     with pytest.raises(RuntimeError):
-        replay_file(mapping(), events, store_path, engine=engine, workers=workers,
-                    before_publish=refuse)  # fmt: skip
+        replay_file(
+            mapping(), events, store_path, engine=engine, workers=workers, before_publish=refuse
+        )
     assert _table(store_path, "SELECT * FROM contacts") == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["events.jsonl", "replay.sqlite3"]
 
@@ -178,12 +214,21 @@ def test_events_read_from_crm_properties_take_the_object_path(tmp_path):
     m = mapping()
     lines = []
     for n, page in enumerate(["/pricing", "/pricing", "/demo"]):
-        lines.append(json.dumps({
-            "event_id": f"v{n}", "contact_id": "c1", "type": "high_intent_visit",
-            "occurred_at": (T0 + timedelta(days=n)).isoformat(),
-            "observed": {"property": "last_page", "value": page,
-                         "changed_at": (T0 + timedelta(days=0 if n < 2 else 2)).isoformat()},
-        }))  # fmt: skip
+        lines.append(
+            json.dumps(
+                {
+                    "event_id": f"v{n}",
+                    "contact_id": "c1",
+                    "type": "high_intent_visit",
+                    "occurred_at": (T0 + timedelta(days=n)).isoformat(),
+                    "observed": {
+                        "property": "last_page",
+                        "value": page,
+                        "changed_at": (T0 + timedelta(days=0 if n < 2 else 2)).isoformat(),
+                    },
+                }
+            )
+        )
     events = tmp_path / "events.jsonl"
     events.write_text("\n".join(lines) + "\n")
     old, _, old_out, _ = _run(tmp_path, m, events, "object")
@@ -205,17 +250,39 @@ def test_out_lines_are_the_state_json_of_every_stored_contact(tmp_path):
 
     at = T0 + timedelta(microseconds=123_456)
     states = [
-        ContactState('q"uote\\d', Status.SUPPRESSED, T0, at, at, T0, 0.1 + 0.2, 3.0,
-                     suppression_reason=SuppressionReason.HARD_BOUNCE),
-        ContactState("ünïcode ☃", Status.ENGAGED, T0, at, at, T0, 25.0, 25.0,
-                     last_engagement_date=at, reactivation_cycle=2, reactivation_step=1,
-                     unanswered_sends=3, experiments={"subject": "b", "holdout": "héld"}),
+        ContactState(
+            'q"uote\\d',
+            Status.SUPPRESSED,
+            T0,
+            at,
+            at,
+            T0,
+            0.1 + 0.2,
+            3.0,
+            suppression_reason=SuppressionReason.HARD_BOUNCE,
+        ),
+        ContactState(
+            "ünïcode ☃",
+            Status.ENGAGED,
+            T0,
+            at,
+            at,
+            T0,
+            25.0,
+            25.0,
+            last_engagement_date=at,
+            reactivation_cycle=2,
+            reactivation_step=1,
+            unanswered_sends=3,
+            experiments={"subject": "b", "holdout": "héld"},
+        ),
         ContactState("plain", Status.ACTIVE, T0, T0, T0, T0, 1e-7, 1e22),
-    ]  # fmt: skip
+    ]
     store = SQLiteStore(tmp_path / "s.sqlite3")
     store.commit(Batch(contacts=states, next_due=[None] * len(states)))
-    expected = "".join(json.dumps(state_json(s)) + "\n"
-                       for page in store.iter_contacts() for s in page)  # fmt: skip
+    expected = "".join(
+        json.dumps(state_json(s)) + "\n" for page in store.iter_contacts() for s in page
+    )
     store.close()
     sink = io.StringIO()
     assert write_state_lines(str(tmp_path / "s.sqlite3"), sink) == 3
@@ -236,8 +303,11 @@ def test_times_are_formatted_as_iso_utc_formats_them():
 
     whole_seconds = st.integers(earliest // 10**6, latest // 10**6).map(lambda s: s * 10**6)
 
-    @given(st.integers(earliest, latest) | whole_seconds
-           | st.sampled_from([earliest, latest, 1, 10**6 - 1]))
+    @given(
+        st.integers(earliest, latest)
+        | whole_seconds
+        | st.sampled_from([earliest, latest, 1, 10**6 - 1])
+    )
     def check(us):
         assert iso[us] == iso_utc(from_us(us))
 

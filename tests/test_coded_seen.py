@@ -8,8 +8,10 @@ from hypothesis import strategies as st
 from core.coded.seen import SeenIds
 
 
-@given(st.lists(st.lists(st.text("abc", min_size=1, max_size=4), max_size=30), max_size=12),
-       st.sampled_from([hash, len, lambda s: 7]))  # fmt: skip
+@given(
+    st.lists(st.lists(st.text("abc", min_size=1, max_size=4), max_size=30), max_size=12),
+    st.sampled_from([hash, len, lambda s: 7]),
+)
 @settings(max_examples=200, deadline=None)
 def test_first_sightings_are_exactly_the_first_occurrences(batches, hash_of):
     lines: list[str] = []

@@ -40,7 +40,8 @@ def test_coded_simulation_is_the_object_simulation(tmp_path, programmed):
         assert _rows(tmp_path / "new.sqlite3", sql) == _rows(tmp_path / "old.sqlite3", sql)
     for cid in ("c0000000", "c0000123", "c0000399"):
         assert explain_contact(tmp_path / "new.sqlite3", cid) == explain_contact(
-            tmp_path / "old.sqlite3", cid)
+            tmp_path / "old.sqlite3", cid
+        )
     reports = [json.loads(render_report(tmp_path / f"{n}.sqlite3", "json")) for n in ("old", "new")]
     for report in reports:
         report.pop("store"), report.pop("generated_at")

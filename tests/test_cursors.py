@@ -21,10 +21,17 @@ def test_the_stored_names_are_those_of_earlier_releases() -> None:
 
 def test_notes_are_the_policy_changelog_and_replay_cursors_and_no_other() -> None:
     store = SQLiteStore(":memory:")
-    store.commit(Batch(cursors={
-        Cursors.policy("v1"): "{}", Cursors.changelog("t", "e"): "{}",
-        Cursors.replay_intake: "{}", Cursors.due_after: "c1", Cursors.seen("c1", "p"): "{}",
-    }))  # fmt: skip
+    store.commit(
+        Batch(
+            cursors={
+                Cursors.policy("v1"): "{}",
+                Cursors.changelog("t", "e"): "{}",
+                Cursors.replay_intake: "{}",
+                Cursors.due_after: "c1",
+                Cursors.seen("c1", "p"): "{}",
+            }
+        )
+    )
     assert set(store.policy_notes()) == {
         Cursors.policy("v1"),
         Cursors.changelog("t", "e"),

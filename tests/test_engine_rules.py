@@ -257,8 +257,9 @@ def test_resubscribe_without_suppression_changes_nothing(policy, ev):
 
 
 def test_resubscribed_contact_counts_silence_from_resubscribing(policy, ev):
-    _, decisions = run(policy, [ev("enroll", 0), ev("unsubscribe", 1), ev("resubscribe", 200)],
-                       until=300)  # fmt: skip
+    _, decisions = run(
+        policy, [ev("enroll", 0), ev("unsubscribe", 1), ev("resubscribe", 200)], until=300
+    )
     assert [d.at for d in decisions if d.to_status is Status.DORMANT] == [T0 + days(290)]
 
 
@@ -292,18 +293,39 @@ def test_every_rule_and_reason_the_engine_names_is_a_member(policy, ev):
     ledger's text is their value); only event types and compliance reasons are passed on."""
     from core.models import Reason, Rule
 
-    _, decisions = run(policy, [
-        ev("enroll", 0), ev("send", 1), ev("send", 2), ev("send", 3),  # Dormant at the 3rd
-        ev("open", 60), ev("click", 61), ev("high_intent_visit", 62),  # back, then Engaged
-        ev("unsubscribe", 70), ev("hard_bounce", 71), ev("hard_bounce", 72), ev("resubscribe", 73),
-    ], until=400)  # fmt: skip
+    _, decisions = run(
+        policy,
+        [
+            ev("enroll", 0),
+            ev("send", 1),
+            ev("send", 2),
+            ev("send", 3),  # Dormant at the 3rd
+            ev("open", 60),
+            ev("click", 61),
+            ev("high_intent_visit", 62),  # back, then Engaged
+            ev("unsubscribe", 70),
+            ev("hard_bounce", 71),
+            ev("hard_bounce", 72),
+            ev("resubscribe", 73),
+        ],
+        until=400,
+    )
     rules = {d.rule for d in decisions}
     assert all(isinstance(r, Rule) for r in rules)
-    assert {Rule.ENROLL, Rule.SEND, Rule.ENGAGEMENT, Rule.COMPLIANCE, Rule.TIME_DECAY,
-            Rule.TIME_INACTIVITY, Rule.TIME_COOLING_DONE} <= rules  # fmt: skip
+    assert {
+        Rule.ENROLL,
+        Rule.SEND,
+        Rule.ENGAGEMENT,
+        Rule.COMPLIANCE,
+        Rule.TIME_DECAY,
+        Rule.TIME_INACTIVITY,
+        Rule.TIME_COOLING_DONE,
+    } <= rules
     for d in decisions:
         assert isinstance(d.reason, Reason | SuppressionReason) or d.reason in {
-            "open", "click", "high_intent_visit"
+            "open",
+            "click",
+            "high_intent_visit",
         }, d.reason
         assert d.reason == str(d.reason)  # the same text in the ledger as before
     assert Reason.step(2) == "reactivation_step_2"

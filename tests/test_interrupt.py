@@ -25,21 +25,36 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 def events_file(path: Path, n: int, contacts: int) -> Path:
     with path.open("w") as handle:
         for i in range(n):
-            handle.write(json.dumps({
-                "event_id": f"e{i}", "contact_id": f"c{i % contacts}",
-                "type": ("send", "open", "send", "click")[i % 4],
-                "occurred_at": (T0 + timedelta(minutes=i)).isoformat(),
-            }) + "\n")  # fmt: skip
+            handle.write(
+                json.dumps(
+                    {
+                        "event_id": f"e{i}",
+                        "contact_id": f"c{i % contacts}",
+                        "type": ("send", "open", "send", "click")[i % 4],
+                        "occurred_at": (T0 + timedelta(minutes=i)).isoformat(),
+                    }
+                )
+                + "\n"
+            )
     return path
 
 
 def start(args: list[str], data_dir: Path, group: bool = False) -> subprocess.Popen:
-    env = {**os.environ, "ELASTICITY_DATA_DIR": str(data_dir),
-           "ELASTICITY_PROGRESS_SECONDS": "0", "PYTHONPATH": str(ROOT)}  # fmt: skip
+    env = {
+        **os.environ,
+        "ELASTICITY_DATA_DIR": str(data_dir),
+        "ELASTICITY_PROGRESS_SECONDS": "0",
+        "PYTHONPATH": str(ROOT),
+    }
     return subprocess.Popen(  # noqa: S603 - our own interpreter and command line
-        [sys.executable, "-m", "connectors.cli", *args], cwd=ROOT, env=env, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=group,
-    )  # fmt: skip
+        [sys.executable, "-m", "connectors.cli", *args],
+        cwd=ROOT,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=group,
+    )
 
 
 def run(args: list[str], data_dir: Path) -> None:
@@ -76,8 +91,21 @@ def test_ctrl_c_during_replay_keeps_the_previous_results(tmp_path, engine, worke
     run(["replay", MAPPING, str(small), "--out", str(states)], data)
     before = fingerprint(data / "replay.sqlite3", states)
     big = events_file(tmp_path / "big.jsonl", 80_000, 5_000)
-    proc = start(["replay", MAPPING, str(big), "--out", str(states), "--engine", engine,
-                  "--workers", str(workers)], data, group=workers > 1)  # fmt: skip
+    proc = start(
+        [
+            "replay",
+            MAPPING,
+            str(big),
+            "--out",
+            str(states),
+            "--engine",
+            engine,
+            "--workers",
+            str(workers),
+        ],
+        data,
+        group=workers > 1,
+    )
     code, err = interrupt_when(proc, "lines/s", group=workers > 1)
     assert code == 130, err
     assert "interrupted; nothing written; previous results kept" in err
@@ -91,19 +119,23 @@ def test_ctrl_c_during_simulate_keeps_the_previous_store_and_report(tmp_path):
     data = tmp_path / "data"
     report = tmp_path / "report"
     run(["simulate", "--contacts", "200", "--days", "8", "--report", str(report)], data)
-    files = [data / "simulate.sqlite3", *(report / n for n in
-                                          ("summary.json", "audience.png", "summary.md"))]
+    files = [
+        data / "simulate.sqlite3",
+        *(report / n for n in ("summary.json", "audience.png", "summary.md")),
+    ]
     before = fingerprint(*files)
-    proc = start(["simulate", "--contacts", "3000", "--days", "400", "--report", str(report)],
-                 data)  # fmt: skip
+    proc = start(["simulate", "--contacts", "3000", "--days", "400", "--report", str(report)], data)
     code, err = interrupt_when(proc, "days/s")
     assert code == 130, err
     assert "interrupted; nothing written; previous results kept" in err
     assert "Traceback" not in err
     assert fingerprint(*files) == before
     assert sorted(p.name for p in data.iterdir()) == ["simulate.sqlite3"]
-    assert sorted(p.name for p in report.iterdir()) == ["audience.png", "summary.json",
-                                                         "summary.md"]  # fmt: skip
+    assert sorted(p.name for p in report.iterdir()) == [
+        "audience.png",
+        "summary.json",
+        "summary.md",
+    ]
 
 
 def test_ctrl_c_while_publishing_lets_the_renames_finish_then_says_so(tmp_path):

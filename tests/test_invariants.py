@@ -15,8 +15,19 @@ from core.sqlite_store import SQLiteStore
 from tests.helpers import T0, days
 
 POLICY = Policy(version="prop")
-KINDS = ["open", "click", "high_intent_visit", "send", "send", "send", "unsubscribe",
-         "hard_bounce", "spam_complaint", "resubscribe", "enroll"]  # fmt: skip
+KINDS = [
+    "open",
+    "click",
+    "high_intent_visit",
+    "send",
+    "send",
+    "send",
+    "unsubscribe",
+    "hard_bounce",
+    "spam_complaint",
+    "resubscribe",
+    "enroll",
+]
 HORIZON = 420
 
 histories = st.lists(
@@ -29,7 +40,9 @@ def to_events(history, contact="c1"):
     # ids make that the list's order, which `run` below applies (c1-10 would sort before c1-2).
     return [
         Event(
-            event_id=f"{contact}-{i:03d}", contact_id=contact, type=kind,
+            event_id=f"{contact}-{i:03d}",
+            contact_id=contact,
+            type=kind,
             occurred_at=T0 + days(day),
         )
         for i, (kind, day) in enumerate(history)
@@ -135,13 +148,23 @@ def test_pipeline_ticks_are_idempotent_and_match_the_engine(history):
 
 
 TRACKED = (
-    "campaign_status", "engagement_score", "last_engagement_date", "reactivation_cycle",
-    "reactivation_step", "unanswered_sends", "suppression_reason", "status_changed_at",
-)  # fmt: skip
+    "campaign_status",
+    "engagement_score",
+    "last_engagement_date",
+    "reactivation_cycle",
+    "reactivation_step",
+    "unanswered_sends",
+    "suppression_reason",
+    "status_changed_at",
+)
 
 
-@given(histories, st.sampled_from([POLICY, Policy(version="capped", handoff_on_engaged=False,
-                                                  max_reactivation_cycles=0)]))  # fmt: skip
+@given(
+    histories,
+    st.sampled_from(
+        [POLICY, Policy(version="capped", handoff_on_engaged=False, max_reactivation_cycles=0)]
+    ),
+)
 @settings(max_examples=150, deadline=None)
 def test_the_ledger_explains_every_tracked_field(history, policy):
     """Folding the decisions' before/after values from enrolment gives the contact's state:
@@ -156,8 +179,14 @@ def test_the_ledger_explains_every_tracked_field(history, policy):
     first = decisions[0]
     assert first.rule == "enroll"
     held = {name: None for name in TRACKED}
-    held.update(campaign_status=Status.ACTIVE, engagement_score=0.0, reactivation_cycle=0,
-                reactivation_step=0, unanswered_sends=0, status_changed_at=first.at)  # fmt: skip
+    held.update(
+        campaign_status=Status.ACTIVE,
+        engagement_score=0.0,
+        reactivation_cycle=0,
+        reactivation_step=0,
+        unanswered_sends=0,
+        status_changed_at=first.at,
+    )
     for d in decisions[1:]:
         assert d.changes or d.actions, d
         assert d.from_status == held["campaign_status"]

@@ -77,8 +77,17 @@ def problems_of(raw: bytes) -> list[str]:
         (lambda d: d.pop("object"), "broken.yaml: object: required key is missing"),
         (lambda d: d["lists"][1].update(statuses=["Sleeping"]), "lists[1].statuses[0]:"),
     ],
-    ids=["unknown-key", "wrong-type", "missing-field", "negative-wait", "unknown-event",
-         "zero-decay", "bad-field-type", "missing-key", "unknown-status"],  # fmt: skip
+    ids=[
+        "unknown-key",
+        "wrong-type",
+        "missing-field",
+        "negative-wait",
+        "unknown-event",
+        "zero-decay",
+        "bad-field-type",
+        "missing-key",
+        "unknown-status",
+    ],
 )
 def test_each_problem_names_file_key_path_and_expectation(mutate, expected):
     problems = problems_of(broken(mutate))
@@ -186,8 +195,10 @@ def test_alias_expansion_is_counted_without_expanding():
 
 def test_a_few_aliases_still_load():
     text = Path("mappings/hubspot.yaml").read_text()
-    raw = (text + "\nsegments:\n  - {name: eu, where: &eu {country: [FR, DE]}}\n"
-           "  - {name: eu2, where: *eu}\n").encode()  # fmt: skip
+    raw = (
+        text + "\nsegments:\n  - {name: eu, where: &eu {country: [FR, DE]}}\n"
+        "  - {name: eu2, where: *eu}\n"
+    ).encode()
     mapping = parse_mapping(raw, "aliases.yaml")
     assert mapping.segments[0].where == mapping.segments[1].where
 

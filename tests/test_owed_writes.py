@@ -18,10 +18,13 @@ def test_an_outbox_an_earlier_release_wrote_drains_typed(tmp_path: Path) -> None
             "CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL "
             "UNIQUE, payload TEXT NOT NULL, holder TEXT, leased_until REAL)"
         )
-        db.executemany("INSERT INTO outbox (key, payload) VALUES (?, ?)", [
-            ("fields:c1", '{"a": 1}'),
-            ("task:c:2:e1:2025-01-01T00:00:00+00:00", '{"contact_id": "c:2"}'),
-        ])  # fmt: skip
+        db.executemany(
+            "INSERT INTO outbox (key, payload) VALUES (?, ?)",
+            [
+                ("fields:c1", '{"a": 1}'),
+                ("task:c:2:e1:2025-01-01T00:00:00+00:00", '{"contact_id": "c:2"}'),
+            ],
+        )
     store = SQLiteStore(str(path))
     try:
         assert store.outbox_take(10, OwedKind.FIELDS) == [

@@ -30,8 +30,9 @@ def line(eid: str, cid: str, kind: str, when: str) -> str:
 
 
 def ev(eid: str, cid: str, kind: str = "open", minutes: int = 0) -> Event:
-    return Event(event_id=eid, contact_id=cid, type=kind,
-                 occurred_at=T0 + timedelta(minutes=minutes))  # fmt: skip
+    return Event(
+        event_id=eid, contact_id=cid, type=kind, occurred_at=T0 + timedelta(minutes=minutes)
+    )
 
 
 # ---- impossible instants are refused at intake ---------------------------------------------
@@ -96,13 +97,21 @@ def test_a_canonical_json_webhook_event_dated_near_9999_is_answered_400(tmp_path
 
 def test_replay_counts_an_impossible_instant_as_a_bad_line(tmp_path: Path) -> None:
     events = tmp_path / "events.jsonl"
-    events.write_text("\n".join([
-        line("e1", "c1", "enroll", "2026-01-01T00:00:00Z"),
-        line("e2", "c1", "open", NEAR_9999),
-        line("e3", "c1", "open", "2026-01-02T00:00:00Z"),
-    ]) + "\n")  # fmt: skip
-    result = cli.invoke(app, ["replay", "mappings/hubspot.yaml", str(events)],
-                        env={"ELASTICITY_DATA_DIR": str(tmp_path)})  # fmt: skip
+    events.write_text(
+        "\n".join(
+            [
+                line("e1", "c1", "enroll", "2026-01-01T00:00:00Z"),
+                line("e2", "c1", "open", NEAR_9999),
+                line("e3", "c1", "open", "2026-01-02T00:00:00Z"),
+            ]
+        )
+        + "\n"
+    )
+    result = cli.invoke(
+        app,
+        ["replay", "mappings/hubspot.yaml", str(events)],
+        env={"ELASTICITY_DATA_DIR": str(tmp_path)},
+    )
     assert result.exception is None or isinstance(result.exception, SystemExit)
     assert result.exit_code == 0
     assert f"{events}:2: occurred_at:" in result.stderr
@@ -116,8 +125,11 @@ def test_replay_counts_an_impossible_instant_as_a_bad_line(tmp_path: Path) -> No
 def test_replay_refuses_an_until_near_9999(tmp_path: Path) -> None:
     events = tmp_path / "events.jsonl"
     events.write_text(line("e1", "c1", "enroll", "2026-01-01T00:00:00Z") + "\n")
-    result = cli.invoke(app, ["replay", "mappings/hubspot.yaml", str(events), "--until",
-                              NEAR_9999], env={"ELASTICITY_DATA_DIR": str(tmp_path)})  # fmt: skip
+    result = cli.invoke(
+        app,
+        ["replay", "mappings/hubspot.yaml", str(events), "--until", NEAR_9999],
+        env={"ELASTICITY_DATA_DIR": str(tmp_path)},
+    )
     assert result.exit_code == 2
     assert "--until" in result.stderr and "Traceback" not in result.output
 
@@ -259,8 +271,9 @@ def _post(port: int, events: list[Event]) -> int:
     import urllib.request
 
     body = b"[" + b",".join(EVENT.dump_json(e) for e in events) + b"]"
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/webhooks/memory", body,
-                                     {"Content-Type": "application/json"})  # fmt: skip
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/webhooks/memory", body, {"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 - 127.0.0.1 only
         return answer.status
 
@@ -289,12 +302,19 @@ def test_the_serve_worker_survives_poison_events_and_keeps_draining(tmp_path: Pa
     store.execute("INSERT INTO inbox (key, body) VALUES ('old', ?)", (legacy,))
     root = Path(__file__).resolve().parents[1]
     command = [sys.executable, "-c", SERVE, str(tmp_path)]
-    proc = subprocess.Popen(command, cwd=root, stdout=subprocess.PIPE,  # noqa: S603
-                            stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        command,
+        cwd=root,
+        stdout=subprocess.PIPE,  # noqa: S603
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         port, worker = map(int, proc.stdout.readline().split())  # type: ignore[union-attr]
-        assert _post(port, [ev("e1", "c1"), ev("e2", "bad", minutes=1),
-                            ev("e3", "c2", "click", 2)]) == 202  # fmt: skip
+        assert (
+            _post(port, [ev("e1", "c1"), ev("e2", "bad", minutes=1), ev("e3", "c2", "click", 2)])
+            == 202
+        )
         assert _until(lambda: len(store.get_contacts(["c1", "c2"])) == 2)
         assert _until(lambda: store.quarantine_count() == 2)
         assert sorted(q.key for q in store.quarantined()) == ["e2", "old"]

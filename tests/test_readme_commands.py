@@ -15,8 +15,16 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 def _commands(command, path: tuple[str, ...] = ()):
     """(command path, its long option names) for the app and every command under it."""
-    yield path, {o for p in command.params if p.param_type_name == "option"
-                 for o in p.opts if o.startswith("--")}  # fmt: skip
+    yield (
+        path,
+        {
+            o
+            for p in command.params
+            if p.param_type_name == "option"
+            for o in p.opts
+            if o.startswith("--")
+        },
+    )
     for name, sub in (getattr(command, "commands", None) or {}).items():
         yield from _commands(sub, (*path, name))
 
@@ -24,8 +32,8 @@ def _commands(command, path: tuple[str, ...] = ()):
 def _table_rows() -> list[str]:
     """The first cell of each row of the table under `## Command line`."""
     text = README.read_text()
-    section = text[text.index("## Command line"):]
-    section = section[:section.index("\n## ", 1)]
+    section = text[text.index("## Command line") :]
+    section = section[: section.index("\n## ", 1)]
     return [m.group(1) for m in re.finditer(r"^\| `(elasticity[^`]*)` \|", section, re.M)]
 
 

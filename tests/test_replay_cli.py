@@ -21,8 +21,9 @@ def invoke(*args: str, data_dir: Path):
 
 
 def line(event_id: str, contact: str, kind: str, when: str, **extra) -> str:
-    return json.dumps({"event_id": event_id, "contact_id": contact, "type": kind,
-                       "occurred_at": when, **extra})  # fmt: skip
+    return json.dumps(
+        {"event_id": event_id, "contact_id": contact, "type": kind, "occurred_at": when, **extra}
+    )
 
 
 def write(path: Path, lines: list[str]) -> Path:
@@ -40,20 +41,26 @@ def contacts_in(store: Path) -> list[str]:
 
 @pytest.mark.parametrize("engine", ["coded", "object"])
 def test_extra_columns_are_ignored_and_counted(tmp_path, engine):
-    events = write(tmp_path / "export.jsonl", [
-        line("1", "a", "open", "2026-01-01T00:00:00Z", region="EU", list_id=4),
-        line("2", "a", "click", "2026-01-02T00:00:00Z", region="EU"),
-        line("3", "b", "open", "2026-01-02T00:00:00Z"),
-        line("4", "b", "open", "2026-01-03T00:00:00Z", region="US", score="x", owner=None),
-    ])  # fmt: skip
+    events = write(
+        tmp_path / "export.jsonl",
+        [
+            line("1", "a", "open", "2026-01-01T00:00:00Z", region="EU", list_id=4),
+            line("2", "a", "click", "2026-01-02T00:00:00Z", region="EU"),
+            line("3", "b", "open", "2026-01-02T00:00:00Z"),
+            line("4", "b", "open", "2026-01-03T00:00:00Z", region="US", score="x", owner=None),
+        ],
+    )
     out = tmp_path / "states.jsonl"
-    result = invoke("replay", MAPPING, str(events), "--out", str(out), "--engine", engine,
-                    data_dir=tmp_path)  # fmt: skip
+    result = invoke(
+        "replay", MAPPING, str(events), "--out", str(out), "--engine", engine, data_dir=tmp_path
+    )
     assert result.exit_code == 0, result.output
     assert "4 events applied" in result.stderr
     assert "0 bad lines" in result.stderr
-    assert ("3 lines carried keys the event format does not have (ignored): region (3), "
-            "list_id (1), owner (1), score (1)") in result.stderr  # fmt: skip
+    assert (
+        "3 lines carried keys the event format does not have (ignored): region (3), "
+        "list_id (1), owner (1), score (1)"
+    ) in result.stderr
     scores = {s["contact_id"]: s["engagement_score"] for s in map(json.loads, out.open())}
     assert scores == {"a": 15, "b": 10}
 
@@ -64,8 +71,9 @@ def test_a_file_of_bad_lines_fails_and_keeps_the_previous_results(tmp_path, engi
     assert invoke("replay", MAPPING, str(good), data_dir=tmp_path).exit_code == 0
     store = tmp_path / "replay.sqlite3"
     assert contacts_in(store) == ["a"]
-    bad = write(tmp_path / "bad.jsonl", ["{not json", line("2", "b", "teleport",
-                                                           "2026-01-01T00:00:00Z")])  # fmt: skip
+    bad = write(
+        tmp_path / "bad.jsonl", ["{not json", line("2", "b", "teleport", "2026-01-01T00:00:00Z")]
+    )
     result = invoke("replay", MAPPING, str(bad), "--engine", engine, data_dir=tmp_path)
     assert result.exit_code == 2, result.output
     assert "2 bad lines and no event in the file" in result.stderr
@@ -76,9 +84,14 @@ def test_a_file_of_bad_lines_fails_and_keeps_the_previous_results(tmp_path, engi
 
 
 def test_bad_lines_beside_good_ones_pass_unless_over_the_limit(tmp_path):
-    events = write(tmp_path / "events.jsonl", [
-        line("1", "a", "open", "2026-01-01T00:00:00Z"), "{oops", "{oops again",
-    ])  # fmt: skip
+    events = write(
+        tmp_path / "events.jsonl",
+        [
+            line("1", "a", "open", "2026-01-01T00:00:00Z"),
+            "{oops",
+            "{oops again",
+        ],
+    )
     assert invoke("replay", MAPPING, str(events), data_dir=tmp_path).exit_code == 0
     at_limit = invoke("replay", MAPPING, str(events), "--max-bad-lines", "2", data_dir=tmp_path)
     assert at_limit.exit_code == 0, at_limit.output
@@ -96,14 +109,16 @@ def test_the_default_limit():
 
 
 def test_replay_json_summary(tmp_path):
-    events = write(tmp_path / "events.jsonl", [
-        line("1", "a", "open", "2026-01-01T00:00:00Z", region="EU"),
-        line("1", "a", "open", "2026-01-01T00:00:00Z", region="EU"),
-        "{oops",
-    ])  # fmt: skip
+    events = write(
+        tmp_path / "events.jsonl",
+        [
+            line("1", "a", "open", "2026-01-01T00:00:00Z", region="EU"),
+            line("1", "a", "open", "2026-01-01T00:00:00Z", region="EU"),
+            "{oops",
+        ],
+    )
     out = tmp_path / "states.jsonl"
-    result = invoke("replay", MAPPING, str(events), "--json", "--out", str(out),
-                    data_dir=tmp_path)  # fmt: skip
+    result = invoke("replay", MAPPING, str(events), "--json", "--out", str(out), data_dir=tmp_path)
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["ok"] is True
@@ -117,8 +132,7 @@ def test_replay_json_summary(tmp_path):
 def test_replay_json_when_over_the_limit(tmp_path):
     events = write(tmp_path / "events.jsonl", ["{oops"])
     out = tmp_path / "states.jsonl"
-    result = invoke("replay", MAPPING, str(events), "--json", "--out", str(out),
-                    data_dir=tmp_path)  # fmt: skip
+    result = invoke("replay", MAPPING, str(events), "--json", "--out", str(out), data_dir=tmp_path)
     assert result.exit_code == 2
     summary = json.loads(result.stdout)
     assert summary["ok"] is False
@@ -141,15 +155,28 @@ def test_progress_off_a_terminal_is_plain_phase_lines(tmp_path):
     assert result.exit_code == 0, result.output
     phases = [x for x in result.stderr.splitlines() if x.startswith("replay: ")]
     assert [p.split(" (")[0] for p in phases] == [
-        "replay: reading and deciding events", "replay: writing the store",
-        "replay: writing states"]  # fmt: skip
-    simulated = invoke("simulate", "--contacts", "50", "--days", "3", "--report",
-                       str(tmp_path / "report"), data_dir=tmp_path)  # fmt: skip
+        "replay: reading and deciding events",
+        "replay: writing the store",
+        "replay: writing states",
+    ]
+    simulated = invoke(
+        "simulate",
+        "--contacts",
+        "50",
+        "--days",
+        "3",
+        "--report",
+        str(tmp_path / "report"),
+        data_dir=tmp_path,
+    )
     assert simulated.exit_code == 0, simulated.output
-    phases = [x.split(" (")[0] for x in simulated.stderr.splitlines()
-              if x.startswith("simulate: ")]  # fmt: skip
-    assert phases == ["simulate: deciding day by day", "simulate: writing the store",
-                      "simulate: summarising the ledger", "simulate: plotting"]
+    phases = [x.split(" (")[0] for x in simulated.stderr.splitlines() if x.startswith("simulate: ")]
+    assert phases == [
+        "simulate: deciding day by day",
+        "simulate: writing the store",
+        "simulate: summarising the ledger",
+        "simulate: plotting",
+    ]
     assert "\x1b[" not in result.stderr + simulated.stderr  # no terminal control codes
 
 
@@ -163,8 +190,9 @@ def test_periodic_lines_carry_bytes_rate_and_eta():
     sink = io.StringIO()
     now = [0.0]
     console = Console(file=sink, soft_wrap=True)
-    with RunProgress(console, "replay", 4_000_000, "bytes", every=10, clock=lambda: now[0],
-                     live=False) as bar:  # fmt: skip
+    with RunProgress(
+        console, "replay", 4_000_000, "bytes", every=10, clock=lambda: now[0], live=False
+    ) as bar:
         bar.phase("reading")
         now[0] = 4.0
         bar.update(1_000_000, lines=8_000)  # within 10 s of the phase line: quiet
@@ -181,24 +209,36 @@ def test_periodic_lines_carry_bytes_rate_and_eta():
     ]
     days = io.StringIO()
     now[0] = 0.0
-    with RunProgress(Console(file=days, soft_wrap=True), "simulate", 180, "days", every=0,
-                     clock=lambda: now[0], live=False) as bar:  # fmt: skip
+    with RunProgress(
+        Console(file=days, soft_wrap=True),
+        "simulate",
+        180,
+        "days",
+        every=0,
+        clock=lambda: now[0],
+        live=False,
+    ) as bar:
         now[0] = 20.0
         bar.advance(90)
     assert days.getvalue().strip() == (
-        "simulate: 90 days of 180 days (50%), 4.5 days/s, ETA 0:00:20, elapsed 0:00:20")
+        "simulate: 90 days of 180 days (50%), 4.5 days/s, ETA 0:00:20, elapsed 0:00:20"
+    )
 
 
 @pytest.mark.parametrize("engine", ["coded", "object"])
 def test_the_report_counts_what_the_replay_could_not_use(tmp_path, engine):
-    events = write(tmp_path / "events.jsonl", [
-        line("1", "a", "open", "2026-01-01T00:00:00Z", region="EU"),
-        line("1", "a", "open", "2026-01-01T00:00:00Z"),
-        "{oops",
-        line("2", "b", "click", "2026-01-02T00:00:00Z", region="US", crm_id=7),
-    ])  # fmt: skip
-    assert invoke("replay", MAPPING, str(events), "--engine", engine,
-                  data_dir=tmp_path).exit_code == 0  # fmt: skip
+    events = write(
+        tmp_path / "events.jsonl",
+        [
+            line("1", "a", "open", "2026-01-01T00:00:00Z", region="EU"),
+            line("1", "a", "open", "2026-01-01T00:00:00Z"),
+            "{oops",
+            line("2", "b", "click", "2026-01-02T00:00:00Z", region="US", crm_id=7),
+        ],
+    )
+    assert (
+        invoke("replay", MAPPING, str(events), "--engine", engine, data_dir=tmp_path).exit_code == 0
+    )
     result = invoke("report", "--store", "replay", "--format", "json", data_dir=tmp_path)
     assert result.exit_code == 0, result.output
     quality = json.loads(result.stdout)["data_quality"]
@@ -220,7 +260,8 @@ def test_states_to_a_device_are_written_there_not_renamed_onto_it(tmp_path):
     assert "1 event applied" in result.stderr
     assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
     assert not Path(os.devnull + ".partial").exists()
-    missing = invoke("replay", MAPPING, str(events), "--out", str(tmp_path / "no" / "s.jsonl"),
-                     data_dir=tmp_path)  # fmt: skip
+    missing = invoke(
+        "replay", MAPPING, str(events), "--out", str(tmp_path / "no" / "s.jsonl"), data_dir=tmp_path
+    )
     assert missing.exit_code == 2
     assert "--out: no such directory" in missing.stderr

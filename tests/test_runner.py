@@ -42,8 +42,9 @@ def runner(crm: MemoryCrm, clock: Clock) -> Runner:
 
 
 def ev(eid: str, kind: str, cid: str = "c1", minutes: int = 0) -> Event:
-    return Event(event_id=eid, contact_id=cid, type=kind,
-                 occurred_at=T0 + timedelta(minutes=minutes))  # fmt: skip
+    return Event(
+        event_id=eid, contact_id=cid, type=kind, occurred_at=T0 + timedelta(minutes=minutes)
+    )
 
 
 def test_owed_writes_survive_a_crm_outage_and_are_flushed_once(

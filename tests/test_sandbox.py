@@ -31,8 +31,13 @@ DEADLINE = 120.0
 
 def _env() -> dict[str, str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
-    for name in ("HUBSPOT_BASE_URL", "HUBSPOT_ACCESS_TOKEN", "HUBSPOT_CLIENT_SECRET",
-                 "ELASTICITY_DATA_DIR", "ELASTICITY_PUBLIC_URL"):  # fmt: skip
+    for name in (
+        "HUBSPOT_BASE_URL",
+        "HUBSPOT_ACCESS_TOKEN",
+        "HUBSPOT_CLIENT_SECRET",
+        "ELASTICITY_DATA_DIR",
+        "ELASTICITY_PUBLIC_URL",
+    ):
         env.pop(name, None)
     return env
 
@@ -40,8 +45,12 @@ def _env() -> dict[str, str]:
 def _sandbox(*args: str, cwd: Path) -> subprocess.Popen:
     return subprocess.Popen(  # noqa: S603
         [sys.executable, "-m", "connectors.cli", "sandbox", "hubspot", *args],
-        cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        cwd=cwd,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_the_sandbox_writes_back_to_contacts_and_exits_0(tmp_path: Path) -> None:
@@ -94,10 +103,10 @@ def test_keep_leaves_it_running_and_the_printed_curl_recipe_is_accepted(tmp_path
             assert line is not None, "".join(seen)
             seen.append(line)
         text = "".join(seen)
-        recipe = text[text.index("SECRET="):text.index("Then see")]
+        recipe = text[text.index("SECRET=") : text.index("Then see")]
         sent = subprocess.run(  # noqa: S603
             [bash, "-c", recipe], capture_output=True, text=True, timeout=60, check=False
-        )  # fmt: skip
+        )
         assert sent.returncode == 0, sent.stderr
         assert re.search(r"HTTP/1\.1 200", sent.stdout), sent.stdout
         assert '"new": 1' in sent.stdout, sent.stdout
@@ -105,7 +114,7 @@ def test_keep_leaves_it_running_and_the_printed_curl_recipe_is_accepted(tmp_path
         wrong = recipe.replace("SIGNED_URL=https://", "SIGNED_URL=http://")
         refused = subprocess.run(  # noqa: S603
             [bash, "-c", wrong], capture_output=True, text=True, timeout=60, check=False
-        )  # fmt: skip
+        )
         assert re.search(r"HTTP/1\.1 401", refused.stdout), refused.stdout
         assert "signature" in refused.stdout
         # The click comes from the contact the sync made Dormant: it brings it back.
@@ -165,8 +174,9 @@ def _status_becomes(data_dir: Path, contact: str, status: str) -> bool:
     while time.monotonic() < give_up:
         db = sqlite3.connect(data_dir / "elasticity.sqlite3", timeout=30)
         try:
-            row = db.execute("SELECT campaign_status FROM contacts WHERE contact_id = ?",
-                             (contact,)).fetchone()  # fmt: skip
+            row = db.execute(
+                "SELECT campaign_status FROM contacts WHERE contact_id = ?", (contact,)
+            ).fetchone()
         finally:
             db.close()
         if row == (status,):
@@ -190,12 +200,19 @@ def test_an_unknown_vendor_is_a_usage_error() -> None:
 
 
 def test_the_commands_import_no_test_code() -> None:
-    probe = ("import sys, connectors.cli, connectors.sandbox; "
-             "print(sorted(m for m in sys.modules if m == 'tests' or m.startswith('tests.')))")
+    probe = (
+        "import sys, connectors.cli, connectors.sandbox; "
+        "print(sorted(m for m in sys.modules if m == 'tests' or m.startswith('tests.')))"
+    )
     shown = subprocess.run(  # noqa: S603
-        [sys.executable, "-c", probe], cwd=ROOT, env=_env(), capture_output=True, text=True,
-        check=True, timeout=60,
-    )  # fmt: skip
+        [sys.executable, "-c", probe],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
     assert shown.stdout.strip() == "[]"
 
 

@@ -36,9 +36,11 @@ serve_forever(runners, "127.0.0.1", 0, partial(memory_runners, sys.argv[1]), 0.0
 
 def _post(port: int, payload: bytes) -> int:
     request = urllib.request.Request(  # noqa: S310 - a loopback URL built by the test
-        f"http://127.0.0.1:{port}/webhooks/memory", data=payload, method="POST",
+        f"http://127.0.0.1:{port}/webhooks/memory",
+        data=payload,
+        method="POST",
         headers={"Content-Type": "application/json"},
-    )  # fmt: skip
+    )
     with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310
         return answer.status
 
@@ -59,8 +61,12 @@ def test_serve_with_shuffled_and_redelivered_webhooks_ends_where_replay_ends(
     events = generate(CONTACTS, seed=18)
     reference, horizon = replayed(mapping, events, tmp_path)
     data_dir = tmp_path / "serve"
-    proc = subprocess.Popen([sys.executable, "-c", SERVE, str(data_dir)], cwd=ROOT,  # noqa: S603
-                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SERVE, str(data_dir)],
+        cwd=ROOT,  # noqa: S603
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         port = int(proc.stdout.readline())  # type: ignore[union-attr]
         watcher = SQLiteStore.in_data_dir(data_dir)
@@ -80,8 +86,10 @@ def test_serve_with_shuffled_and_redelivered_webhooks_ends_where_replay_ends(
     store.close()
 
     found = differences(reference, got)
-    print(f"serve vs replay: {len(reference)} contacts compared, {len(found)} differences, "
-          f"{revised} revisions, {unrevised} late events beyond the kept history")  # fmt: skip
+    print(
+        f"serve vs replay: {len(reference)} contacts compared, {len(found)} differences, "
+        f"{revised} revisions, {unrevised} late events beyond the kept history"
+    )
     assert len(got) == len(reference) == CONTACTS
     assert found == []
     assert revised > 0 and unrevised == 0

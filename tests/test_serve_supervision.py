@@ -45,14 +45,29 @@ serve_forever(runners, "127.0.0.1", 0, partial(memory_runners, data_dir), 0.05, 
 
 
 class Serve:
-    def __init__(self, data_dir: Path, respawn_after: float = 0.05, request_seconds: float = 10.0,
-                 max_connections: int = 512) -> None:  # fmt: skip
+    def __init__(
+        self,
+        data_dir: Path,
+        respawn_after: float = 0.05,
+        request_seconds: float = 10.0,
+        max_connections: int = 512,
+    ) -> None:
         self.data_dir = data_dir
         self.proc = subprocess.Popen(  # noqa: S603
-            [sys.executable, "-c", SERVE, str(data_dir), str(respawn_after), str(request_seconds),
-             str(max_connections)],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-c",
+                SERVE,
+                str(data_dir),
+                str(respawn_after),
+                str(request_seconds),
+                str(max_connections),
+            ],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         line = self.proc.stdout.readline()  # type: ignore[union-attr]
         if not line:
             raise AssertionError(self.proc.stderr.read())  # type: ignore[union-attr]
@@ -118,8 +133,12 @@ def until(condition: Callable[[], object], what: str) -> object:
 
 
 def event(n: int, contact: str | None = None) -> dict:
-    return {"event_id": f"e{n}", "contact_id": contact or f"c{n}", "type": "open",
-            "occurred_at": "2026-01-01T00:00:00Z"}  # fmt: skip
+    return {
+        "event_id": f"e{n}",
+        "contact_id": contact or f"c{n}",
+        "type": "open",
+        "occurred_at": "2026-01-01T00:00:00Z",
+    }
 
 
 def store_at(data_dir: Path) -> SQLiteStore:
@@ -165,7 +184,7 @@ def test_a_killed_worker_is_respawned_and_drains_what_came_meanwhile(serve) -> N
 
 def test_healthz_answers_the_worker_and_the_backlog_and_503_while_the_worker_is_down(
     serve,
-) -> None:  # fmt: skip
+) -> None:
     server = serve(respawn_after=3600)
     status, health = server.health()
     assert status == 200
@@ -205,10 +224,11 @@ def test_stalled_connections_are_closed_and_hold_no_thread_each(serve) -> None:
 
 def test_connections_beyond_the_limit_are_answered_503_until_the_stalled_ones_are_gone(
     serve,
-) -> None:  # fmt: skip
+) -> None:
     server = serve(request_seconds=1.0, max_connections=20)
-    stalled = [socket.create_connection(("127.0.0.1", server.port), timeout=DEADLINE)
-               for _ in range(20)]  # fmt: skip
+    stalled = [
+        socket.create_connection(("127.0.0.1", server.port), timeout=DEADLINE) for _ in range(20)
+    ]
     try:
         for sock in stalled:
             sock.sendall(b"POST /webhooks/memory HTTP/1.1\r\nHost: x\r\n")  # and no more
@@ -226,9 +246,11 @@ def test_sigterm_finishes_the_request_in_flight_then_exits(serve) -> None:
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=DEADLINE)
     try:
         # `Expect: 100-continue`: the interim answer proves the request is in the server's hands
-        sock.sendall(b"POST /webhooks/memory HTTP/1.1\r\nHost: x\r\nContent-Type: "
-                     b"application/json\r\nExpect: 100-continue\r\n"
-                     b"Content-Length: %d\r\n\r\n" % len(body))
+        sock.sendall(
+            b"POST /webhooks/memory HTTP/1.1\r\nHost: x\r\nContent-Type: "
+            b"application/json\r\nExpect: 100-continue\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body)
+        )
         assert sock.recv(4096).startswith(b"HTTP/1.1 100")
         sock.sendall(body[:10])
         server.proc.send_signal(signal.SIGTERM)
@@ -252,7 +274,8 @@ def test_sigterm_finishes_the_request_in_flight_then_exits(serve) -> None:
     store = store_at(server.data_dir)
     try:
         recorded = [e.event_id for e in store.inbox_take(10)] + (
-            ["e7"] if store.ledger_for("c7") else [])
+            ["e7"] if store.ledger_for("c7") else []
+        )
     finally:
         store.close()
     assert "e7" in recorded
@@ -312,28 +335,58 @@ app()
 """
 
 
-CLI_ENV = {"HUBSPOT_ACCESS_TOKEN": "pat-test", "HUBSPOT_CLIENT_SECRET": "s",
-           "HUBSPOT_BASE_URL": "http://127.0.0.1:9", "COLUMNS": "200"}  # fmt: skip
+CLI_ENV = {
+    "HUBSPOT_ACCESS_TOKEN": "pat-test",
+    "HUBSPOT_CLIENT_SECRET": "s",
+    "HUBSPOT_BASE_URL": "http://127.0.0.1:9",
+    "COLUMNS": "200",
+}
 
 
 def _cli_serve(data_dir: Path) -> subprocess.CompletedProcess:
     return subprocess.run(  # noqa: S603
-        [sys.executable, "-c", CLI, "serve", "mappings/hubspot.yaml", "--port", "0",
-         "--data-dir", str(data_dir)],
-        cwd=ROOT, env={**os.environ, **CLI_ENV}, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-c",
+            CLI,
+            "serve",
+            "mappings/hubspot.yaml",
+            "--port",
+            "0",
+            "--data-dir",
+            str(data_dir),
+        ],
+        cwd=ROOT,
+        env={**os.environ, **CLI_ENV},
+        capture_output=True,
+        text=True,
         timeout=DEADLINE,
-    )  # fmt: skip
+    )
 
 
 def test_elasticity_serve_listens_where_told_answers_healthz_and_stops_on_sigterm(
     tmp_path: Path,
-) -> None:  # fmt: skip
+) -> None:
     proc = subprocess.Popen(  # noqa: S603
-        [sys.executable, "-c", CLI, "serve", "mappings/hubspot.yaml", "--host", "127.0.0.1",
-         "--port", "0", "--data-dir", str(tmp_path)],
-        cwd=ROOT, env={**os.environ, **CLI_ENV}, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            CLI,
+            "serve",
+            "mappings/hubspot.yaml",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--data-dir",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        env={**os.environ, **CLI_ENV},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stdout.readline()  # type: ignore[union-attr]
         assert line.startswith("listening on http://127.0.0.1:"), line
@@ -355,8 +408,9 @@ def test_elasticity_serve_listens_where_told_answers_healthz_and_stops_on_sigter
 
 
 def test_a_second_serve_on_the_same_data_dir_is_refused_until_the_first_is_gone(
-    serve, tmp_path: Path,
-) -> None:  # fmt: skip
+    serve,
+    tmp_path: Path,
+) -> None:
     first = serve()
     second = _cli_serve(tmp_path)
     assert second.returncode != 0
@@ -374,8 +428,9 @@ def test_a_second_serve_on_the_same_data_dir_is_refused_until_the_first_is_gone(
 # ---- in one process: the respawn delay and the access log -------------------------------------
 
 
-def test_a_worker_that_keeps_dying_is_respawned_ever_later_and_soon_again_after_a_long_run(
-) -> None:  # fmt: skip
+def test_a_worker_that_keeps_dying_is_respawned_ever_later_and_soon_again_after_a_long_run() -> (
+    None
+):
     from connectors.server import RespawnDelay
 
     delay = RespawnDelay(first=0.5, most=4.0, stable=60.0)
@@ -385,7 +440,7 @@ def test_a_worker_that_keeps_dying_is_respawned_ever_later_and_soon_again_after_
 
 def test_the_access_log_names_no_query_string_and_no_header(
     caplog: pytest.LogCaptureFixture,
-) -> None:  # fmt: skip
+) -> None:
     import logging
     import threading
 
@@ -393,17 +448,22 @@ def test_the_access_log_names_no_query_string_and_no_header(
     from connectors.server import build_server
     from tests.fakes.memory_crm import MemoryConnector, MemoryCrm, memory_mapping
 
-    runner = Runner(MemoryConnector(memory_mapping(), MemoryCrm(), secret="hook-SECRET-5e1"),
-                    SQLiteStore(":memory:"))  # fmt: skip
+    runner = Runner(
+        MemoryConnector(memory_mapping(), MemoryCrm(), secret="hook-SECRET-5e1"),
+        SQLiteStore(":memory:"),
+    )
     httpd, _ = build_server([runner], port=0, worker=False)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     caplog.set_level(logging.DEBUG)
     thread.start()
     try:
         conn = http.client.HTTPConnection("127.0.0.1", httpd.server_address[1], timeout=DEADLINE)
-        conn.request("POST", f"{PATH}?token=outbound-TOKEN-93a", json.dumps([event(1)]),
-                     {"x-memory-secret": "hook-SECRET-5e1",
-                      "X-HubSpot-Signature-v3": "SIGNATURE-c4d"})  # fmt: skip
+        conn.request(
+            "POST",
+            f"{PATH}?token=outbound-TOKEN-93a",
+            json.dumps([event(1)]),
+            {"x-memory-secret": "hook-SECRET-5e1", "X-HubSpot-Signature-v3": "SIGNATURE-c4d"},
+        )
         assert conn.getresponse().status == 202
         conn.close()
     finally:
@@ -418,15 +478,16 @@ def test_the_access_log_names_no_query_string_and_no_header(
 
 def test_a_store_closed_after_its_file_was_removed_leaves_no_pages_for_the_file_put_back(
     tmp_path: Path,
-) -> None:  # fmt: skip
+) -> None:
     from datetime import UTC, datetime
 
     from core.models import Event
 
     def put(store: SQLiteStore, n: int) -> None:
         when = datetime(2026, 1, 1, tzinfo=UTC)
-        store.inbox_put([Event(event_id=f"e{n}", contact_id=f"c{n}", type="open",
-                               occurred_at=when)])  # fmt: skip
+        store.inbox_put(
+            [Event(event_id=f"e{n}", contact_id=f"c{n}", type="open", occurred_at=when)]
+        )
 
     path = tmp_path / "elasticity.sqlite3"
     old = SQLiteStore(path)

@@ -37,8 +37,13 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="needs pid
 
 
 def _serve(tmp_path: Path, stderr: int | None = None) -> tuple[subprocess.Popen, int, list[int]]:
-    proc = subprocess.Popen([sys.executable, "-c", SERVE, str(tmp_path)], cwd=ROOT,  # noqa: S603
-                            stdout=subprocess.PIPE, stderr=stderr, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SERVE, str(tmp_path)],
+        cwd=ROOT,  # noqa: S603
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+    )
     autocheckpoint, *workers = map(int, proc.stdout.readline().split())  # type: ignore[union-attr]
     return proc, autocheckpoint, workers
 

@@ -22,8 +22,9 @@ def history(ev, contacts=30):
     kinds = ["open", "send", "send", "click", "send", "high_intent_visit", "unsubscribe"]
     return [
         ev(kinds[(i * 7 + c) % len(kinds)], (i * 13 + c) % 200, contact=f"c{c:03d}")
-        for c in range(contacts) for i in range(12)
-    ]  # fmt: skip
+        for c in range(contacts)
+        for i in range(12)
+    ]
 
 
 def run(store, policy, events, bulk):
@@ -49,8 +50,12 @@ def test_a_bulk_run_ends_with_the_rows_of_batch_commits(ev, policy):
     plain, bulk = SQLiteStore(":memory:"), SQLiteStore(":memory:")
     run(plain, policy, events, bulk=False)
     run(bulk, policy, events, bulk=True)
-    tables = (("contacts", "contact_id"), ("ledger", "seq"),
-              ("ledger_rollup", "1,2,3,4,5,6,7,8,9"), ("processed_events", "key"))  # fmt: skip
+    tables = (
+        ("contacts", "contact_id"),
+        ("ledger", "seq"),
+        ("ledger_rollup", "1,2,3,4,5,6,7,8,9"),
+        ("processed_events", "key"),
+    )
     for table, order in tables:
         assert dump(bulk, table, order) == dump(plain, table, order), table
     indexes = {row[0] for row in bulk.execute("SELECT name FROM sqlite_master WHERE type='index'")}
@@ -136,11 +141,15 @@ def test_a_failed_batch_voids_the_run(tmp_path, ev, policy):
 
 
 values = st.one_of(  # what the engine records: 64-bit integers, finite floats, UTC times
-    st.none(), st.integers(-(2**63), 2**63 - 1), st.floats(allow_nan=False, allow_infinity=False),
-    st.booleans(), st.text(max_size=20),
+    st.none(),
+    st.integers(-(2**63), 2**63 - 1),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.booleans(),
+    st.text(max_size=20),
     st.sampled_from(list(Status) + list(SuppressionReason)),
-    st.datetimes(timezones=st.just(UTC)), st.dictionaries(st.text(max_size=5), st.text(max_size=5)),
-)  # fmt: skip
+    st.datetimes(timezones=st.just(UTC)),
+    st.dictionaries(st.text(max_size=5), st.text(max_size=5)),
+)
 
 
 names = st.sampled_from(

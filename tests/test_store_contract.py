@@ -40,9 +40,11 @@ def clock() -> Clock:
 @pytest.fixture
 def aws_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "eu-west-1",
-    }.items():  # fmt: skip
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": "eu-west-1",
+    }.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
@@ -92,16 +94,24 @@ def contact(cid: str, **changes: object) -> ContactState:
 
 def decision(cid: str, cause: str, to: Status = Status.ACTIVE, at: datetime = T0) -> Decision:
     return Decision(
-        contact_id=cid, at=at, rule="engagement", reason="open +5", cause=cause,
-        from_status=None if to is Status.ACTIVE else Status.ACTIVE, to_status=to,
-        changes={"engagement_score": (0, 5)}, policy_version="v1",
-        actions=[Action("handoff_task", {"score": 25})], event_type="open",
-    )  # fmt: skip
+        contact_id=cid,
+        at=at,
+        rule="engagement",
+        reason="open +5",
+        cause=cause,
+        from_status=None if to is Status.ACTIVE else Status.ACTIVE,
+        to_status=to,
+        changes={"engagement_score": (0, 5)},
+        policy_version="v1",
+        actions=[Action("handoff_task", {"score": 25})],
+        event_type="open",
+    )
 
 
 def event(eid: str, cid: str = "c1", minutes: int = 0) -> Event:
-    return Event(event_id=eid, contact_id=cid, type="open",
-                 occurred_at=T0 + timedelta(minutes=minutes))  # fmt: skip
+    return Event(
+        event_id=eid, contact_id=cid, type="open", occurred_at=T0 + timedelta(minutes=minutes)
+    )
 
 
 def test_claimed_event_keys_are_no_longer_unseen(store: Store) -> None:
@@ -116,10 +126,21 @@ def test_a_second_claim_of_an_event_raises_conflict_and_writes_nothing(
     first, second = stores(), stores()
     # Both workers saw e1 as unseen, then raced to commit it.
     assert first.unseen(["e1"]) == second.unseen(["e1"]) == {"e1"}
-    first.commit(Batch(event_keys=["e1"], contacts=[contact("c1")], next_due=[None],
-                       decisions=[decision("c1", "e1")]))  # fmt: skip
-    loser = Batch(event_keys=["e1", "e2"], contacts=[contact("c2")], next_due=[None],
-                  decisions=[decision("c2", "e2")], outbox=[fields("c2", "{}")])  # fmt: skip
+    first.commit(
+        Batch(
+            event_keys=["e1"],
+            contacts=[contact("c1")],
+            next_due=[None],
+            decisions=[decision("c1", "e1")],
+        )
+    )
+    loser = Batch(
+        event_keys=["e1", "e2"],
+        contacts=[contact("c2")],
+        next_due=[None],
+        decisions=[decision("c2", "e2")],
+        outbox=[fields("c2", "{}")],
+    )
     with pytest.raises(ConflictError):
         second.commit(loser)
     assert second.get_contacts(["c2"]) == {}
@@ -130,13 +151,21 @@ def test_a_second_claim_of_an_event_raises_conflict_and_writes_nothing(
 
 def test_contact_state_round_trips_every_field(store: Store) -> None:
     state = contact(
-        "c1", campaign_status=Status.SUPPRESSED, engagement_score=12.5, base_score=25.0,
-        last_engagement_date=T0 + timedelta(days=3, microseconds=250), decay_steps=1,
-        reactivation_cycle=2, reactivation_step=1, reactivation_step_at=T0 + timedelta(days=9),
-        unanswered_sends=4, suppression_reason=SuppressionReason.NO_RESPONSE,
-        experiments={"subject_line": "Value"}, segment="emea",
+        "c1",
+        campaign_status=Status.SUPPRESSED,
+        engagement_score=12.5,
+        base_score=25.0,
+        last_engagement_date=T0 + timedelta(days=3, microseconds=250),
+        decay_steps=1,
+        reactivation_cycle=2,
+        reactivation_step=1,
+        reactivation_step_at=T0 + timedelta(days=9),
+        unanswered_sends=4,
+        suppression_reason=SuppressionReason.NO_RESPONSE,
+        experiments={"subject_line": "Value"},
+        segment="emea",
         send_times=(T0 + timedelta(days=1), T0 + timedelta(days=2)),
-    )  # fmt: skip
+    )
     store.commit(Batch(contacts=[state, contact("c2")], next_due=[None, None]))
     assert store.get_contacts(["c1", "c2", "missing"]) == {"c1": state, "c2": contact("c2")}
     assert store.count_contacts() == 2
@@ -151,8 +180,14 @@ def test_contacts_are_listed_in_id_order_in_pages(store: Store) -> None:
 
 
 def test_due_contacts_are_those_due_by_now_after_the_cursor(store: Store) -> None:
-    dues = {"a": T0, "b": T0 + timedelta(hours=1), "c": T0 - timedelta(days=1), "d": None,
-            "e": T0 - timedelta(seconds=1), "f": T0 + timedelta(microseconds=1)}  # fmt: skip
+    dues = {
+        "a": T0,
+        "b": T0 + timedelta(hours=1),
+        "c": T0 - timedelta(days=1),
+        "d": None,
+        "e": T0 - timedelta(seconds=1),
+        "f": T0 + timedelta(microseconds=1),
+    }
     store.commit(Batch(contacts=[contact(c) for c in dues], next_due=list(dues.values())))
     assert store.due_contacts(T0) == ["a", "c", "e"]
     assert store.due_contacts(T0, after="a") == ["c", "e"]
@@ -235,8 +270,15 @@ def test_an_unreadable_inbox_row_is_quarantined_not_raised(store: Store) -> None
         store.execute("INSERT INTO inbox (key, body) VALUES ('old', ?)", (bad,))
     else:
         client = boto3.client("dynamodb", region_name="eu-west-1")
-        client.put_item(TableName="state", Item={"pk": {"S": "inbox"}, "sk": {"S": "old"},
-                        "seq": {"S": "99999999999999999999"}, "body": {"S": bad}})  # fmt: skip
+        client.put_item(
+            TableName="state",
+            Item={
+                "pk": {"S": "inbox"},
+                "sk": {"S": "old"},
+                "seq": {"S": "99999999999999999999"},
+                "body": {"S": bad},
+            },
+        )
     store.inbox_put([event("e2", minutes=1)])
     assert [e.event_id for e in store.inbox_take(10)] == ["e1", "e2"]
     [held] = store.quarantined()
@@ -256,8 +298,10 @@ def test_outbox_keeps_owed_writes_until_done_and_newest_last(store: Store) -> No
     store.commit(Batch(outbox=[fields("c1", '{"a": 1}'), task("c1")]))
     store.commit(Batch(outbox=[fields("c2", '{"b": 2}')]))
     store.commit(Batch(outbox=[fields("c1", '{"a": 3}')]))  # replaces, goes to the back
-    assert store.outbox_take(10, OwedKind.FIELDS) == [fields("c2", '{"b": 2}'),
-                                                      fields("c1", '{"a": 3}')]  # fmt: skip
+    assert store.outbox_take(10, OwedKind.FIELDS) == [
+        fields("c2", '{"b": 2}'),
+        fields("c1", '{"a": 3}'),
+    ]
     assert store.outbox_take(1, OwedKind.FIELDS) == [fields("c2", '{"b": 2}')]
     assert store.outbox_take(10, OwedKind.TASK) == [task("c1")]
     assert len(store.outbox_take(10)) == 3
@@ -274,7 +318,10 @@ def test_owed_writes_come_back_typed_whatever_their_contact_id_holds(store: Stor
     store.commit(Batch(outbox=[task("a:b", "e:1"), fields("a:b", "{}"), task("a", "b:e")]))
     assert store.outbox_take(10) == [task("a:b", "e:1"), fields("a:b", "{}"), task("a", "b:e")]
     assert [(o.owed.contact_id, o.owed.kind) for o in store.outbox_claim(10)] == [
-        ("a:b", OwedKind.TASK), ("a:b", OwedKind.FIELDS), ("a", OwedKind.TASK)]  # fmt: skip
+        ("a:b", OwedKind.TASK),
+        ("a:b", OwedKind.FIELDS),
+        ("a", OwedKind.TASK),
+    ]
 
 
 def test_a_write_owed_anew_while_the_older_one_is_flushed_stays_owed(store: Store) -> None:
@@ -326,8 +373,13 @@ def test_contacts_are_read_with_a_version_that_every_write_moves(store: Store) -
     states, versions = store.get_versioned(["c1", "missing"])
     assert states == {"c1": contact("c1")}
     assert set(versions) == {"c1"}
-    store.commit(Batch(contacts=[contact("c1", engagement_score=5.0)], next_due=[None],
-                       expected_versions={"c1": versions["c1"]}))  # fmt: skip
+    store.commit(
+        Batch(
+            contacts=[contact("c1", engagement_score=5.0)],
+            next_due=[None],
+            expected_versions={"c1": versions["c1"]},
+        )
+    )
     _, after = store.get_versioned(["c1"])
     assert after["c1"] != versions["c1"]
     store.commit(Batch(contacts=[contact("c1", engagement_score=6.0)], next_due=[None]))
@@ -342,12 +394,23 @@ def test_a_commit_decided_on_a_stale_contact_conflicts_and_writes_nothing(
     worker.commit(Batch(contacts=[contact("c1")], next_due=[None]))
     _, read = sync.get_versioned(["c1"])
     # The worker applies an open after the sync read the contact...
-    worker.commit(Batch(event_keys=["open-1"], contacts=[contact("c1", engagement_score=5.0)],
-                        next_due=[None], decisions=[decision("c1", "open-1")]))  # fmt: skip
-    stale = Batch(event_keys=["tick-1"], contacts=[contact("c1", campaign_status=Status.DORMANT)],
-                  next_due=[None], decisions=[decision("c1", "tick-1", Status.DORMANT)],
-                  outbox=[fields("c1", "{}")], cursors={"due:after": "c1"},
-                  expected_versions={"c1": read["c1"]})  # fmt: skip
+    worker.commit(
+        Batch(
+            event_keys=["open-1"],
+            contacts=[contact("c1", engagement_score=5.0)],
+            next_due=[None],
+            decisions=[decision("c1", "open-1")],
+        )
+    )
+    stale = Batch(
+        event_keys=["tick-1"],
+        contacts=[contact("c1", campaign_status=Status.DORMANT)],
+        next_due=[None],
+        decisions=[decision("c1", "tick-1", Status.DORMANT)],
+        outbox=[fields("c1", "{}")],
+        cursors={"due:after": "c1"},
+        expected_versions={"c1": read["c1"]},
+    )
     # ... so the sync's commit, decided on what it read before, must not land.
     with pytest.raises(ConflictError):
         sync.commit(stale)
@@ -362,15 +425,15 @@ def test_a_contact_expected_absent_or_unchanged_is_checked_too(store: Store) -> 
     store.commit(Batch(contacts=[contact("c1")], next_due=[None]))
     _, read = store.get_versioned(["c1"])
     with pytest.raises(ConflictError):  # another writer created it first
-        store.commit(Batch(contacts=[contact("c1")], next_due=[None],
-                           expected_versions={"c1": None}))  # fmt: skip
+        store.commit(
+            Batch(contacts=[contact("c1")], next_due=[None], expected_versions={"c1": None})
+        )
     store.commit(Batch(contacts=[contact("c1", engagement_score=1.0)], next_due=[None]))
     # An event decided on the old state without changing it is not claimed either.
     with pytest.raises(ConflictError):
         store.commit(Batch(event_keys=["e1"], expected_versions={"c1": read["c1"]}))
     assert store.unseen(["e1"]) == {"e1"}
-    store.commit(Batch(contacts=[contact("c2")], next_due=[None],
-                       expected_versions={"c2": None}))  # fmt: skip
+    store.commit(Batch(contacts=[contact("c2")], next_due=[None], expected_versions={"c2": None}))
     assert set(store.get_contacts(["c2"])) == {"c2"}
 
 
@@ -381,10 +444,13 @@ def test_a_stale_contact_in_a_batch_larger_than_one_transaction_writes_nothing(
     store.commit(Batch(contacts=[contact(c) for c in ids], next_due=[None] * 150))
     _, read = store.get_versioned(ids)
     store.commit(Batch(contacts=[contact("c149", engagement_score=5.0)], next_due=[None]))
-    batch = Batch(event_keys=[f"e-{c}" for c in ids],
-                  contacts=[contact(c, engagement_score=1.0) for c in ids],
-                  next_due=[None] * 150, decisions=[decision(c, f"e-{c}") for c in ids],
-                  expected_versions=read)  # fmt: skip
+    batch = Batch(
+        event_keys=[f"e-{c}" for c in ids],
+        contacts=[contact(c, engagement_score=1.0) for c in ids],
+        next_due=[None] * 150,
+        decisions=[decision(c, f"e-{c}") for c in ids],
+        expected_versions=read,
+    )
     with pytest.raises(ConflictError):
         store.commit(batch)
     assert store.unseen(batch.event_keys) == set(batch.event_keys)
@@ -409,10 +475,12 @@ def test_a_batch_larger_than_one_transaction_is_written_whole(store: Store) -> N
     ids = [f"c{n:03d}" for n in range(150)]
     batch = Batch(
         event_keys=[f"e-{c}" for c in ids] + ["e-orphan"],
-        contacts=[contact(c) for c in ids], next_due=[T0] * 150,
+        contacts=[contact(c) for c in ids],
+        next_due=[T0] * 150,
         decisions=[decision(c, f"e-{c}") for c in ids],
-        outbox=[fields(c, "{}") for c in ids], cursors={"due:after": ids[-1]},
-    )  # fmt: skip
+        outbox=[fields(c, "{}") for c in ids],
+        cursors={"due:after": ids[-1]},
+    )
     store.commit(batch)
     assert store.unseen(batch.event_keys) == set()
     assert len(store.get_contacts(ids)) == 150
@@ -427,15 +495,29 @@ def test_a_batch_larger_than_one_transaction_is_written_whole(store: Store) -> N
 
 
 def test_contact_histories_round_trip_and_replace_the_stored_one(store: Store) -> None:
-    base = contact("c1", engagement_score=12.5, experiments={"subject": "A"},
-                   send_times=(T0, T0 + timedelta(hours=1)), last_engagement_date=T0)  # fmt: skip
+    base = contact(
+        "c1",
+        engagement_score=12.5,
+        experiments={"subject": "A"},
+        send_times=(T0, T0 + timedelta(hours=1)),
+        last_engagement_date=T0,
+    )
     events = [
-        Event(event_id="e2", contact_id="c1", type="click", occurred_at=T0 + timedelta(hours=2),
-              campaign="spring", variant="B", url="https://example.com/p", source="hubspot"),
+        Event(
+            event_id="e2",
+            contact_id="c1",
+            type="click",
+            occurred_at=T0 + timedelta(hours=2),
+            campaign="spring",
+            variant="B",
+            url="https://example.com/p",
+            source="hubspot",
+        ),
         Event(event_id="e3", contact_id="c1", type="send", occurred_at=T0 + timedelta(hours=3)),
-    ]  # fmt: skip
-    fresh = ContactHistory("c2", None, [Event(event_id="e4", contact_id="c2", type="enroll",
-                                              occurred_at=T0)])  # fmt: skip
+    ]
+    fresh = ContactHistory(
+        "c2", None, [Event(event_id="e4", contact_id="c2", type="enroll", occurred_at=T0)]
+    )
     floor = (T0 + timedelta(minutes=90), "e1")
     store.commit(Batch(histories=[ContactHistory("c1", base, list(events), floor), fresh]))
 
@@ -449,8 +531,16 @@ def test_contact_histories_round_trip_and_replace_the_stored_one(store: Store) -
 # ---- the ledger reader (core.ledger_reader): what report, results and explain read ----------
 
 
-def _moved(cid: str, cause: str, src: Status | None, dst: Status, at: datetime, reason: str,
-           changes: dict | None = None, rule: str = "engagement") -> Decision:  # fmt: skip
+def _moved(
+    cid: str,
+    cause: str,
+    src: Status | None,
+    dst: Status,
+    at: datetime,
+    reason: str,
+    changes: dict | None = None,
+    rule: str = "engagement",
+) -> Decision:
     return Decision(
         contact_id=cid,
         at=at,
@@ -472,26 +562,39 @@ def _reader_batches() -> list[Batch]:
     a = contact("a", campaign_status=Status.ENGAGED, experiments={"subject_line": "Value"})
     b = contact("b")
     first = Batch(
-        event_keys=["e1", "e2", "e3"], contacts=[a, b], next_due=[None, None],
+        event_keys=["e1", "e2", "e3"],
+        contacts=[a, b],
+        next_due=[None, None],
         decisions=[
             _moved("a", "e1", None, Status.ACTIVE, T0, "enrolled", rule="enroll"),
             _moved("b", "e2", None, Status.ACTIVE, T0, "enrolled", rule="enroll"),
             _moved("a", "e3", Status.ACTIVE, Status.ENGAGED, T0, "open +5"),
         ],
         cursors={"policy:v1": '{"version": "v1"}', "sync:cursor": "x"},
-    )  # fmt: skip
+    )
     a_engaged = contact("a", campaign_status=Status.ENGAGED, experiments={"subject_line": "Value"})
-    b_gone = contact("b", campaign_status=Status.SUPPRESSED,
-                     suppression_reason=SuppressionReason.UNSUBSCRIBE)  # fmt: skip
+    b_gone = contact(
+        "b", campaign_status=Status.SUPPRESSED, suppression_reason=SuppressionReason.UNSUBSCRIBE
+    )
     second = Batch(
-        event_keys=["e4", "e5"], contacts=[a_engaged, b_gone], next_due=[None, None],
+        event_keys=["e4", "e5"],
+        contacts=[a_engaged, b_gone],
+        next_due=[None, None],
         decisions=[
-            _moved("b", "e4", Status.ACTIVE, Status.SUPPRESSED, day2, "unsubscribe",
-                   {"suppression_reason": (None, "unsubscribe")}, "compliance"),
+            _moved(
+                "b",
+                "e4",
+                Status.ACTIVE,
+                Status.SUPPRESSED,
+                day2,
+                "unsubscribe",
+                {"suppression_reason": (None, "unsubscribe")},
+                "compliance",
+            ),
             _moved("a", "e5", Status.ENGAGED, Status.ENGAGED, day2, "open +5"),
         ],
         cursors={"changelog:2024-03-02:subject_line": '{"kind": "promotion"}'},
-    )  # fmt: skip
+    )
     return [first, second]
 
 
@@ -513,7 +616,7 @@ def test_the_reader_hands_out_decisions_rollup_levels_and_notes(store: Store) ->
         (DAY0, "enroll", "enrolled", "", "Active", "v1", "open", arm, 0, 1),
         (DAY1, "compliance", "unsubscribe", "Active", "Suppressed", "v1", "open", "", 0, 1),
         (DAY1, "engagement", "open +5", "Engaged", "Engaged", "v1", "open", arm, 0, 1),
-    ]  # fmt: skip
+    ]
     assert [r[0] for r in store.rollup(T0 + timedelta(days=1))] == [DAY1] * 2
     assert store.contact_levels() == {("Engaged", None): 1, ("Suppressed", "unsubscribe"): 1}
     assert store.policy_notes() == {
@@ -526,20 +629,61 @@ def test_the_reader_hands_out_decisions_rollup_levels_and_notes(store: Store) ->
 def test_rollup_counters_add_up_across_commits_and_moves(store: Store) -> None:
     for n in range(3):
         state = contact(f"c{n}")
-        store.commit(Batch(event_keys=[f"e{n}"], contacts=[state], next_due=[None],
-                           decisions=[_moved(f"c{n}", f"e{n}", None, Status.ACTIVE, T0,
-                                             "enrolled", rule="enroll")]))  # fmt: skip
+        store.commit(
+            Batch(
+                event_keys=[f"e{n}"],
+                contacts=[state],
+                next_due=[None],
+                decisions=[
+                    _moved(f"c{n}", f"e{n}", None, Status.ACTIVE, T0, "enrolled", rule="enroll")
+                ],
+            )
+        )
     # A suppressed contact's reason replaced by a later exit: the level moves, the status not.
-    gone = contact("c0", campaign_status=Status.SUPPRESSED,
-                   suppression_reason=SuppressionReason.UNSUBSCRIBE)  # fmt: skip
-    store.commit(Batch(event_keys=["x1"], contacts=[gone], next_due=[None], decisions=[
-        _moved("c0", "x1", Status.ACTIVE, Status.SUPPRESSED, T0, "unsubscribe",
-               {"suppression_reason": (None, "unsubscribe")}, "compliance")]))  # fmt: skip
-    bounced = contact("c0", campaign_status=Status.SUPPRESSED,
-                      suppression_reason=SuppressionReason.HARD_BOUNCE)  # fmt: skip
-    store.commit(Batch(event_keys=["x2"], contacts=[bounced], next_due=[None], decisions=[
-        _moved("c0", "x2", Status.SUPPRESSED, Status.SUPPRESSED, T0, "hard_bounce",
-               {"suppression_reason": ("unsubscribe", "hard_bounce")}, "compliance")]))  # fmt: skip
+    gone = contact(
+        "c0", campaign_status=Status.SUPPRESSED, suppression_reason=SuppressionReason.UNSUBSCRIBE
+    )
+    store.commit(
+        Batch(
+            event_keys=["x1"],
+            contacts=[gone],
+            next_due=[None],
+            decisions=[
+                _moved(
+                    "c0",
+                    "x1",
+                    Status.ACTIVE,
+                    Status.SUPPRESSED,
+                    T0,
+                    "unsubscribe",
+                    {"suppression_reason": (None, "unsubscribe")},
+                    "compliance",
+                )
+            ],
+        )
+    )
+    bounced = contact(
+        "c0", campaign_status=Status.SUPPRESSED, suppression_reason=SuppressionReason.HARD_BOUNCE
+    )
+    store.commit(
+        Batch(
+            event_keys=["x2"],
+            contacts=[bounced],
+            next_due=[None],
+            decisions=[
+                _moved(
+                    "c0",
+                    "x2",
+                    Status.SUPPRESSED,
+                    Status.SUPPRESSED,
+                    T0,
+                    "hard_bounce",
+                    {"suppression_reason": ("unsubscribe", "hard_bounce")},
+                    "compliance",
+                )
+            ],
+        )
+    )
     enrolled = [r for r in store.rollup() if r[1] == "enroll"]
     assert enrolled == [(DAY0, "enroll", "enrolled", "", "Active", "v1", "open", "", 0, 3)]
     assert store.contact_levels() == {("Active", None): 2, ("Suppressed", "hard_bounce"): 1}
@@ -549,13 +693,26 @@ def test_the_rollup_of_a_batch_larger_than_one_transaction_counts_every_decision
     store: Store,
 ) -> None:
     states = [contact(f"c{n:03d}") for n in range(150)]
-    store.commit(Batch(
-        event_keys=[f"e{n}" for n in range(150)], contacts=states, next_due=[None] * 150,
-        decisions=[_moved(f"c{n:03d}", f"e{n}", None, Status.ACTIVE, T0 + timedelta(days=n % 3),
-                          "enrolled", rule="enroll") for n in range(150)],
-    ))  # fmt: skip
-    assert [(r[0], r[-1]) for r in store.rollup()] == [
-        (DAY0, 50), (DAY1, 50), (DAY2, 50)]  # fmt: skip
+    store.commit(
+        Batch(
+            event_keys=[f"e{n}" for n in range(150)],
+            contacts=states,
+            next_due=[None] * 150,
+            decisions=[
+                _moved(
+                    f"c{n:03d}",
+                    f"e{n}",
+                    None,
+                    Status.ACTIVE,
+                    T0 + timedelta(days=n % 3),
+                    "enrolled",
+                    rule="enroll",
+                )
+                for n in range(150)
+            ],
+        )
+    )
+    assert [(r[0], r[-1]) for r in store.rollup()] == [(DAY0, 50), (DAY1, 50), (DAY2, 50)]
     assert store.contact_levels() == {("Active", None): 150}
 
 

@@ -17,9 +17,16 @@ AT = datetime(2026, 3, 1, tzinfo=UTC)
 
 def _moved(source: Status | None, target: Status) -> Decision:
     return Decision(
-        contact_id="c1", at=AT, rule="engagement", reason="open", cause="e1",
-        from_status=source, to_status=target, changes={}, policy_version="v1",
-    )  # fmt: skip
+        contact_id="c1",
+        at=AT,
+        rule="engagement",
+        reason="open",
+        cause="e1",
+        from_status=source,
+        to_status=target,
+        changes={},
+        policy_version="v1",
+    )
 
 
 @pytest.mark.parametrize("source", list(Status))
@@ -39,8 +46,14 @@ def test_the_members_are_the_moves_and_enrolled():
 
 def test_counts_serialise_as_the_plain_text_they_always_had():
     counts: Counter[Transition] = Counter()
-    count_transitions([_moved(None, Status.ACTIVE), _moved(Status.ACTIVE, Status.ENGAGED),
-                       _moved(Status.ACTIVE, Status.ACTIVE)], counts)  # fmt: skip
+    count_transitions(
+        [
+            _moved(None, Status.ACTIVE),
+            _moved(Status.ACTIVE, Status.ENGAGED),
+            _moved(Status.ACTIVE, Status.ACTIVE),
+        ],
+        counts,
+    )
     assert json.dumps(dict(counts), sort_keys=True) == '{"Active->Engaged": 1, "enrolled": 1}'
     assert counts["Active->Engaged"] == 1  # plain text finds the member's count
 

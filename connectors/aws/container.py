@@ -79,8 +79,9 @@ class Container:
         # Our own clock decides the age: past it, SSM's answer, not a cached one.
         values = load_secrets(self.env, force=self._secrets is not None)
         if self._secrets is not None and values != self._secrets:
-            changed = sorted(n for n in {*values, *self._secrets}
-                             if values.get(n) != self._secrets.get(n))  # fmt: skip
+            changed = sorted(
+                n for n in {*values, *self._secrets} if values.get(n) != self._secrets.get(n)
+            )
             log.warning("secrets changed (%s): rebuilding the connectors", ", ".join(changed))
             self._drop_built()
         self._secrets, self._secrets_read_at = values, now

@@ -111,7 +111,7 @@ def _intake() -> Response:
             "status": answer.status,
             "recorded": answer.recorded,
             "ignored": answer.ignored,
-        },  # fmt: skip
+        },
     )
     return Response(answer.status, answer.content_type, answer.body.decode("utf-8", "replace"))
 
@@ -145,9 +145,14 @@ def worker(event: dict[str, Any], context: Any) -> PartialItemFailureResponse:
     metrics.add_metric("DlqSends", MetricUnit.Count, outcome.dead_lettered)
     logger.info(
         "batch processed",
-        extra={"records": len(records), "mode": outcome.mode, "failed": outcome.failed,
-               "applied": outcome.stats.applied, "duplicates": outcome.stats.duplicates},
-    )  # fmt: skip
+        extra={
+            "records": len(records),
+            "mode": outcome.mode,
+            "failed": outcome.failed,
+            "applied": outcome.stats.applied,
+            "duplicates": outcome.stats.duplicates,
+        },
+    )
     return response
 
 
@@ -222,15 +227,18 @@ def report(event: dict[str, Any], context: Any) -> dict[str, Any]:
     # Closed days' counters folded into packed months first: the report reads a dozen packed
     # items a year instead of every day's counters.
     folded = store.compact_rollup(now)
-    html = render_report(store, "html", mapping=mapping, label=f"dynamodb://{store.table}",
-                         now=now).encode()  # fmt: skip
+    html = render_report(
+        store, "html", mapping=mapping, label=f"dynamodb://{store.table}", now=now
+    ).encode()
     s3 = boto3.client("s3")
     keys = [f"{prefix}{now.date().isoformat()}.html", f"{prefix}latest.html"]
     for key in keys:
         s3.put_object(Bucket=bucket, Key=key, Body=html, ContentType="text/html; charset=utf-8")
     metrics.add_metric("ReportBytes", MetricUnit.Bytes, len(html))
-    logger.info("report written", extra={"bucket": bucket, "keys": keys, "bytes": len(html),
-                                         "counters_folded": folded})  # fmt: skip
+    logger.info(
+        "report written",
+        extra={"bucket": bucket, "keys": keys, "bytes": len(html), "counters_folded": folded},
+    )
     return {"bucket": bucket, "keys": keys, "bytes": len(html), "counters_folded": folded}
 
 

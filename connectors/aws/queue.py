@@ -134,9 +134,11 @@ class WorkQueue:
         """Move a message as it is (the dead-letter path for a body nobody can read)."""
         try:
             self.sqs.send_message(
-                QueueUrl=self.url, MessageBody=body, MessageGroupId=sqs_id(group_id),
+                QueueUrl=self.url,
+                MessageBody=body,
+                MessageGroupId=sqs_id(group_id),
                 MessageDeduplicationId=sqs_id(deduplication_id),
-            )  # fmt: skip
+            )
         except (ClientError, BotoCoreError) as exc:
             raise StoreError(f"could not send to {self.queue_name}: {exc}") from exc
 
@@ -148,9 +150,12 @@ class WorkQueue:
         while moved < limit:
             try:
                 answer = self.sqs.receive_message(
-                    QueueUrl=self.url, MaxNumberOfMessages=min(10, limit - moved),
-                    AttributeNames=["MessageGroupId"], VisibilityTimeout=60, WaitTimeSeconds=0,
-                )  # fmt: skip
+                    QueueUrl=self.url,
+                    MaxNumberOfMessages=min(10, limit - moved),
+                    AttributeNames=["MessageGroupId"],
+                    VisibilityTimeout=60,
+                    WaitTimeSeconds=0,
+                )
             except (ClientError, BotoCoreError) as exc:
                 raise StoreError(f"could not read {self.queue_name}: {exc}") from exc
             messages = answer.get("Messages", [])

@@ -104,8 +104,11 @@ def process_batch(
         if receives.get(message_id, 1) >= max_receives:
             # SQS moves it on its next receive; this is the last moment we see it.
             outcome.dead_lettered += 1
-            log.error("message %s goes to the dead-letter queue after %d receives",
-                      message_id, receives[message_id])  # fmt: skip
+            log.error(
+                "message %s goes to the dead-letter queue after %d receives",
+                message_id,
+                receives[message_id],
+            )
     return response, outcome
 
 
@@ -124,9 +127,10 @@ def _dead_letter_unreadable(
         attributes = record.get("attributes", {})
         try:
             container.dead_letters.send_raw(
-                record["body"], attributes.get("MessageGroupId") or "unreadable",
+                record["body"],
+                attributes.get("MessageGroupId") or "unreadable",
                 attributes.get("MessageDeduplicationId") or record["messageId"],
-            )  # fmt: skip
+            )
         except StoreError as exc:
             log.warning("could not move unreadable message %s: %s", record["messageId"], exc)
             continue  # it fails in the per-record pass and SQS moves it in the end

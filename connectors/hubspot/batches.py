@@ -47,8 +47,9 @@ def error_message(error: dict[str, Any]) -> str:
 
 
 class BatchWriter:
-    def __init__(self, client: HubSpotClient, max_attempts: int = 3,
-                 retry_in_place: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self, client: HubSpotClient, max_attempts: int = 3, retry_in_place: bool = True
+    ) -> None:
         self.client = client
         self.max_attempts = max_attempts
         self.retry_in_place = retry_in_place
@@ -77,26 +78,37 @@ class BatchWriter:
             if not retry:
                 return written, failed, {}
             if not self.retry_in_place:
-                raise HubSpotError(f"{what}: {len(retry)} record(s) failed for a passing reason "
-                                   f"({next(iter(retry.values()))}); will retry later",
-                                   retriable=True)  # fmt: skip
+                raise HubSpotError(
+                    f"{what}: {len(retry)} record(s) failed for a passing reason "
+                    f"({next(iter(retry.values()))}); will retry later",
+                    retriable=True,
+                )
             if attempt == self.max_attempts:
                 # A passing reason is no reason to drop the write: it stays owed.
-                deferred = {k: f"still failing after {attempt} attempts: {m}"
-                            for k, m in retry.items()}  # fmt: skip
+                deferred = {
+                    k: f"still failing after {attempt} attempts: {m}" for k, m in retry.items()
+                }
                 return written, failed, deferred
             self.client.backoff(attempt)
             pending = [i for i in pending if trace_key(i) in retry]
         return written, failed, {}
 
-    def _bisect(self, pending: list[Input], send: Send, what: str, exc: HubSpotError,
-                written: list[str], failed: dict[str, str]) -> None:  # fmt: skip
+    def _bisect(
+        self,
+        pending: list[Input],
+        send: Send,
+        what: str,
+        exc: HubSpotError,
+        written: list[str],
+        failed: dict[str, str],
+    ) -> None:
         text = str(exc)
         if any(marker in text for marker in MISSING_PROPERTY):
             raise HubSpotError(
                 f"{what}: {text}. A property the mapping names is missing in HubSpot; run "
-                "`elasticity provision` for this mapping first.", status=400,
-            ) from None  # fmt: skip
+                "`elasticity provision` for this mapping first.",
+                status=400,
+            ) from None
         if len(pending) == 1:
             failed[trace_key(pending[0])] = _message_of(exc)
             return
@@ -140,8 +152,9 @@ def _message_of(exc: HubSpotError) -> str:
     return str(exc)[:1000]
 
 
-def outcome(response: Response, pending: list[Input]
-            ) -> tuple[list[str], dict[str, str], dict[str, str]]:  # fmt: skip
+def outcome(
+    response: Response, pending: list[Input]
+) -> tuple[list[str], dict[str, str], dict[str, str]]:
     """Split a 200/207 answer into (written, permanent failures, retriable failures)."""
     data = response.data if isinstance(response.data, dict) else {}
     errors = data.get("errors") or []

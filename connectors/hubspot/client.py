@@ -36,14 +36,21 @@ class EmailEventsApi:
     def __init__(self, api_client: Any) -> None:
         self.api_client = api_client
 
-    def get_page(self, *, _preload_content: bool = False, _request_timeout: Any = None,
-                 **query: Any) -> Any:  # fmt: skip
+    def get_page(
+        self, *, _preload_content: bool = False, _request_timeout: Any = None, **query: Any
+    ) -> Any:
         params = [(name, value) for name, value in query.items() if value is not None]
         return self.api_client.call_api(
-            self.PATH, "GET", query_params=params, header_params={"Accept": "application/json"},
-            auth_settings=["oauth2"], response_types_map={}, _return_http_data_only=False,
-            _preload_content=_preload_content, _request_timeout=_request_timeout,
-        )  # fmt: skip
+            self.PATH,
+            "GET",
+            query_params=params,
+            header_params={"Accept": "application/json"},
+            auth_settings=["oauth2"],
+            response_types_map={},
+            _return_http_data_only=False,
+            _preload_content=_preload_content,
+            _request_timeout=_request_timeout,
+        )
 
 
 # SDK attribute paths of the APIs we use, reached from a `HubSpot` client.
@@ -78,8 +85,15 @@ class Response:
 class HubSpotError(ConnectorError):
     """A request HubSpot answered with an error we do not retry (or stopped retrying)."""
 
-    def __init__(self, message: str, *, status: int | None = None, retriable: bool = False,
-                 category: str | None = None, body: Any = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retriable: bool = False,
+        category: str | None = None,
+        body: Any = None,
+    ) -> None:
         super().__init__(message, status=status, retriable=retriable)
         self.category = category
         self.body = body

@@ -30,10 +30,17 @@ from connectors.hubspot.tasks import Tasks
 from connectors.hubspot.webhooks import parse_body
 from core.mapping import Mapping
 
-KNOWN_OTHER_PROPERTIES = frozenset({
-    "hs_analytics_last_url", "hs_email_optout", "hs_email_hard_bounce_reason_enum",
-    "hs_email_quarantined", "hs_email_bounce", "hs_email_open", "hs_email_click",
-})  # fmt: skip
+KNOWN_OTHER_PROPERTIES = frozenset(
+    {
+        "hs_analytics_last_url",
+        "hs_email_optout",
+        "hs_email_hard_bounce_reason_enum",
+        "hs_email_quarantined",
+        "hs_email_bounce",
+        "hs_email_open",
+        "hs_email_click",
+    }
+)
 
 
 class HubSpotConnector(Connector):
@@ -81,13 +88,20 @@ class HubSpotConnector(Connector):
         secret = self.settings.client_secret
         if secret is None:
             # Our misconfiguration, not a bad request: 503 makes HubSpot retry after the fix.
-            raise WebhookRejected(503, "HUBSPOT_CLIENT_SECRET is not set; cannot verify "
-                                  "HubSpot signatures")  # fmt: skip
+            raise WebhookRejected(
+                503, "HUBSPOT_CLIENT_SECRET is not set; cannot verify HubSpot signatures"
+            )
         uri = signed_uri(request.path, request.query, request.headers, self.settings.public_url)
         try:
-            verify(secret=secret.get_secret_value(), method=request.method, uri=uri,
-                   body=request.body, headers=request.headers, now=request.received_at,
-                   accepted=self.options.webhook_signatures)  # fmt: skip
+            verify(
+                secret=secret.get_secret_value(),
+                method=request.method,
+                uri=uri,
+                body=request.body,
+                headers=request.headers,
+                now=request.received_at,
+                accepted=self.options.webhook_signatures,
+            )
         except SignatureError as exc:
             raise WebhookRejected(401, f"signature rejected: {exc}") from None
         parsed = parse_body(request.body, self.mapping, self.options, request.received_at)
@@ -107,8 +121,9 @@ class HubSpotConnector(Connector):
     # ---- scans -----------------------------------------------------------------------------
 
     def find_due(self, now: datetime, after: str | None) -> Iterator[list[CrmRecord]]:
-        return prefetch(self.contacts.search(due_groups(self.mapping, now), after),
-                        self.prefetch_pages)  # fmt: skip
+        return prefetch(
+            self.contacts.search(due_groups(self.mapping, now), after), self.prefetch_pages
+        )
 
     def find_engaged_since(
         self, since: datetime | None, after: str | None
@@ -136,9 +151,14 @@ class HubSpotConnector(Connector):
             known = KNOWN_DATETIME_PROPERTIES | KNOWN_OTHER_PROPERTIES
             found = names & KNOWN_DATETIME_PROPERTIES
             if names - known:
-                data = self.client.call("properties.core", "get_all", "contacts", archived=False,
-                                        what="read contact property types",
-                                        scope="crm.schemas.contacts.read").data  # fmt: skip
+                data = self.client.call(
+                    "properties.core",
+                    "get_all",
+                    "contacts",
+                    archived=False,
+                    what="read contact property types",
+                    scope="crm.schemas.contacts.read",
+                ).data
                 found |= {
                     p["name"]
                     for p in (data or {}).get("results") or []

@@ -76,9 +76,13 @@ LAST_MS = 253_402_300_799_999
 
 def _well_formed(item: Mapping[str, Any]) -> bool:
     created = item.get("created")
-    return (bool(item.get("id")) and bool(item.get("recipient"))
-            and isinstance(created, int) and not isinstance(created, bool)
-            and 0 <= created <= LAST_MS)  # fmt: skip
+    return (
+        bool(item.get("id"))
+        and bool(item.get("recipient"))
+        and isinstance(created, int)
+        and not isinstance(created, bool)
+        and 0 <= created <= LAST_MS
+    )
 
 
 def _ms(at: datetime) -> int:
@@ -149,16 +153,23 @@ class EmailHistory:
         while True:
             try:
                 response = self.client.call(
-                    "email.events", "get_page", startTimestamp=start, endTimestamp=end,
-                    limit=self.page_size, offset=offset, excludeFilteredEvents="true",
-                    what="email events page", scope=EVENTS_SCOPE,
-                )  # fmt: skip
+                    "email.events",
+                    "get_page",
+                    startTimestamp=start,
+                    endTimestamp=end,
+                    limit=self.page_size,
+                    offset=offset,
+                    excludeFilteredEvents="true",
+                    what="email events page",
+                    scope=EVENTS_SCOPE,
+                )
             except AuthError as exc:
                 if exc.status != 403:
                     raise
                 note = f"not available: the private app lacks the scope {EVENTS_SCOPE!r} ({exc})"
-                yield HistoryPage(SOURCE, available=False, cursor={**views, BEFORE: str(end)},
-                                  note=note)  # fmt: skip
+                yield HistoryPage(
+                    SOURCE, available=False, cursor={**views, BEFORE: str(end)}, note=note
+                )
                 break
             data = response.data or {}
             raw = [e for e in data.get("events") or [] if isinstance(e, dict)]
@@ -173,9 +184,11 @@ class EmailHistory:
             if not following or following == offset:
                 # Ending here would report a partial export as complete; stopping keeps the
                 # checkpoint, so the next run asks again from the oldest event written.
-                raise ConnectorError("email events: HubSpot said there are more events but "
-                                     "gave no new offset to read them; run again to resume",
-                                     retriable=True)  # fmt: skip
+                raise ConnectorError(
+                    "email events: HubSpot said there are more events but "
+                    "gave no new offset to read them; run again to resume",
+                    retriable=True,
+                )
             offset = str(following)
         state = {BEFORE: str(oldest)}
         for page in PageViews(self.client, self.mapping).export(since, until, cursor or {}):
@@ -223,12 +236,20 @@ class EmailHistory:
     def _resolve(self, emails: set[str]) -> None:
         wanted = sorted(e for e in emails if e and e not in self.contacts)
         for chunk in chunks(wanted, BATCH_SIZE):
-            body = {"inputs": [{"id": email} for email in chunk], "idProperty": "email",
-                    "properties": ["email"], "propertiesWithHistory": []}  # fmt: skip
+            body = {
+                "inputs": [{"id": email} for email in chunk],
+                "idProperty": "email",
+                "properties": ["email"],
+                "propertiesWithHistory": [],
+            }
             response = self.client.call(
-                "contacts.batch", "read", body, archived=False,
-                what=f"batch read of {len(chunk)} contacts by email", scope=READ_SCOPE,
-            )  # fmt: skip
+                "contacts.batch",
+                "read",
+                body,
+                archived=False,
+                what=f"batch read of {len(chunk)} contacts by email",
+                scope=READ_SCOPE,
+            )
             for email in chunk:
                 self.contacts[email] = None
             # A 207 names the addresses that are no contact's: they stay None.
@@ -243,16 +264,18 @@ def _iso(at: datetime) -> str:
 
 
 class PageViews:
-    def __init__(self, client: HubSpotClient, mapping: ProgramMapping,
-                 page_size: int = VIEWS_PAGE) -> None:  # fmt: skip
+    def __init__(
+        self, client: HubSpotClient, mapping: ProgramMapping, page_size: int = VIEWS_PAGE
+    ) -> None:
         self.client = client
         self.mapping = mapping
         self.page_size = page_size
         knows = mapping.policy.knows_event
         self.signals = [s for s in mapping.signals if s.property == LAST_URL and knows(s.event)]
 
-    def export(self, since: datetime, until: datetime,
-               cursor: Mapping[str, str]) -> Iterator[HistoryPage]:  # fmt: skip
+    def export(
+        self, since: datetime, until: datetime, cursor: Mapping[str, str]
+    ) -> Iterator[HistoryPage]:
         resumed = parse_instant(cursor.get(VIEWS_AFTER))
         state = {VIEWS_AFTER: cursor[VIEWS_AFTER]} if resumed else {}
         if not self.signals:
@@ -268,17 +291,26 @@ class PageViews:
         while True:
             try:
                 response = self.client.call(
-                    "events", "get_page", object_type="contact", event_type=PAGE_VIEW_EVENT,
-                    occurred_after=_iso(start), occurred_before=_iso(end),
-                    sort=["ASCENDING"], limit=self.page_size, after=after,
-                    what="page views page", scope="the events API",
-                )  # fmt: skip
+                    "events",
+                    "get_page",
+                    object_type="contact",
+                    event_type=PAGE_VIEW_EVENT,
+                    occurred_after=_iso(start),
+                    occurred_before=_iso(end),
+                    sort=["ASCENDING"],
+                    limit=self.page_size,
+                    after=after,
+                    what="page views page",
+                    scope="the events API",
+                )
             except AuthError as exc:
                 if exc.status != 403:
                     raise
-                note = ("not available: HubSpot refused the events API, which needs a "
-                        "Marketing, Sales, Service, Content or Data Hub Enterprise account "
-                        f"({exc})")  # fmt: skip
+                note = (
+                    "not available: HubSpot refused the events API, which needs a "
+                    "Marketing, Sales, Service, Content or Data Hub Enterprise account "
+                    f"({exc})"
+                )
                 yield HistoryPage(PAGE_VIEWS, available=False, note=note, cursor=dict(state))
                 return
             data = response.data or {}
@@ -295,8 +327,10 @@ class PageViews:
             if not following:
                 return
             if following == after:
-                raise ConnectorError("page views: HubSpot gave the same page cursor twice; run "
-                                     "again to resume", retriable=True)  # fmt: skip
+                raise ConnectorError(
+                    "page views: HubSpot gave the same page cursor twice; run again to resume",
+                    retriable=True,
+                )
             after = str(following)
 
     def _add(self, page: HistoryPage, view: dict[str, Any]) -> datetime | None:
@@ -306,9 +340,21 @@ class PageViews:
         if at is None or not view.get("id") or not url or not contact:
             page.skipped[SKIP_BAD_VIEW] = page.skipped.get(SKIP_BAD_VIEW, 0) + 1
             return at
-        kept = [e for signal in self.signals
-                if (e := event_from_signal(self.mapping, signal, str(contact), str(url), at,
-                                           "hubspot_page_views", changed_at=at))]  # fmt: skip
+        kept = [
+            e
+            for signal in self.signals
+            if (
+                e := event_from_signal(
+                    self.mapping,
+                    signal,
+                    str(contact),
+                    str(url),
+                    at,
+                    "hubspot_page_views",
+                    changed_at=at,
+                )
+            )
+        ]
         if not kept:
             page.skipped[SKIP_NO_MATCH] = page.skipped.get(SKIP_NO_MATCH, 0) + 1
         for n, event in enumerate(kept):

@@ -34,7 +34,7 @@ ENUM_OPTIONS = {
     "campaign_status": [(s.value.lower(), s.value) for s in Status],
     "suppression_reason": [
         (r.value, r.value.replace("_", " ").capitalize()) for r in SuppressionReason
-    ],  # fmt: skip
+    ],
 }
 
 
@@ -50,8 +50,13 @@ class Wanted:
 
     def create_body(self, group: str) -> dict[str, Any]:
         hs_type, field_type = FIELD_TYPES[self.type]
-        body: dict[str, Any] = {"name": self.name, "label": self.label, "type": hs_type,
-                                "fieldType": field_type, "groupName": group}  # fmt: skip
+        body: dict[str, Any] = {
+            "name": self.name,
+            "label": self.label,
+            "type": hs_type,
+            "fieldType": field_type,
+            "groupName": group,
+        }
         if hs_type == "enumeration":
             body["options"] = [
                 {"label": label, "value": value, "hidden": False, "displayOrder": i}
@@ -71,40 +76,67 @@ def wanted_properties(mapping: Mapping, options: HubSpotOptions) -> list[Wanted]
         wanted.append(_from_field(name, spec))
     for exp in mapping.experiments:
         variants = [(v.name, v.name) for v in exp.variants]
-        wanted.append(Wanted("contacts", exp.property, f"Experiment: {exp.name}", "enumeration",
-                             variants))  # fmt: skip
+        wanted.append(
+            Wanted("contacts", exp.property, f"Experiment: {exp.name}", "enumeration", variants)
+        )
     if mapping.holdout and mapping.holdout.property:
         wanted.append(Wanted("contacts", mapping.holdout.property, "Reactivation holdout", "bool"))
     if mapping.handoff.enabled:
-        wanted.append(Wanted("tasks", options.handoff_key_property, "Elastic hand-off key",
-                             "string"))  # fmt: skip
+        wanted.append(
+            Wanted("tasks", options.handoff_key_property, "Elastic hand-off key", "string")
+        )
     return wanted
 
 
 def _from_field(name: str, spec: FieldSpec) -> Wanted:
     label = spec.label or name.replace("_", " ").capitalize()
-    return Wanted("contacts", spec.property, label, spec.type, ENUM_OPTIONS.get(name, []),
-                  must_exist_only=spec.read_only)  # fmt: skip
+    return Wanted(
+        "contacts",
+        spec.property,
+        label,
+        spec.type,
+        ENUM_OPTIONS.get(name, []),
+        must_exist_only=spec.read_only,
+    )
 
 
 def list_filter_branch(mapping: Mapping, spec: ListSpec) -> dict[str, Any]:
     """Root OR -> one AND branch -> property filters, the only shape Lists v3 accepts."""
-    filters = [_enum_filter(mapping.property_of("campaign_status"),
-                            [s.value.lower() for s in spec.statuses])]  # fmt: skip
+    filters = [
+        _enum_filter(
+            mapping.property_of("campaign_status"), [s.value.lower() for s in spec.statuses]
+        )
+    ]
     if spec.suppression_reasons:
-        filters.append(_enum_filter(mapping.property_of("suppression_reason"),
-                                    list(spec.suppression_reasons)))  # fmt: skip
+        filters.append(
+            _enum_filter(mapping.property_of("suppression_reason"), list(spec.suppression_reasons))
+        )
     return {
-        "filterBranchType": "OR", "filterBranchOperator": "OR", "filters": [],
-        "filterBranches": [{"filterBranchType": "AND", "filterBranchOperator": "AND",
-                            "filterBranches": [], "filters": filters}],
-    }  # fmt: skip
+        "filterBranchType": "OR",
+        "filterBranchOperator": "OR",
+        "filters": [],
+        "filterBranches": [
+            {
+                "filterBranchType": "AND",
+                "filterBranchOperator": "AND",
+                "filterBranches": [],
+                "filters": filters,
+            }
+        ],
+    }
 
 
 def _enum_filter(prop: str, values: list[str]) -> dict[str, Any]:
-    return {"filterType": "PROPERTY", "property": prop,
-            "operation": {"operationType": "ENUMERATION", "operator": "IS_ANY_OF",
-                          "values": values, "includeObjectsWithNoValueSet": False}}  # fmt: skip
+    return {
+        "filterType": "PROPERTY",
+        "property": prop,
+        "operation": {
+            "operationType": "ENUMERATION",
+            "operator": "IS_ANY_OF",
+            "values": values,
+            "includeObjectsWithNoValueSet": False,
+        },
+    }
 
 
 def branch_meaning(branch: dict[str, Any] | None) -> frozenset:
@@ -117,8 +149,14 @@ def branch_meaning(branch: dict[str, Any] | None) -> frozenset:
         for f in sub.get("filters") or []:
             op = f.get("operation") or {}
             values = op.get("values") or ([op["value"]] if "value" in op else [])
-            terms.append((f.get("property"), op.get("operationType"), op.get("operator"),
-                          tuple(sorted(str(v).lower() for v in values))))  # fmt: skip
+            terms.append(
+                (
+                    f.get("property"),
+                    op.get("operationType"),
+                    op.get("operator"),
+                    tuple(sorted(str(v).lower() for v in values)),
+                )
+            )
         meaning.append(frozenset(terms))
     return frozenset(meaning)
 
@@ -147,36 +185,52 @@ class Provisioner:
     def _plan(self, kind: str, name: str, action: str, detail: str = "") -> None:
         self.items.append(PlanItem(kind, name, action, detail))
 
-    def _call(self, api: str, method: str, *args: Any, what: str, scope: str = SCHEMA_SCOPE,
-              **kwargs: Any) -> Any:  # fmt: skip
+    def _call(
+        self, api: str, method: str, *args: Any, what: str, scope: str = SCHEMA_SCOPE, **kwargs: Any
+    ) -> Any:
         return self.client.call(api, method, *args, what=what, scope=scope, **kwargs).data
 
     # ---- groups and properties -------------------------------------------------------------
 
     def _group(self, object_type: str) -> None:
         name = self.options.property_group
-        data = self._call("properties.groups", "get_all", object_type,
-                          what=f"read {object_type} property groups")  # fmt: skip
+        data = self._call(
+            "properties.groups", "get_all", object_type, what=f"read {object_type} property groups"
+        )
         if any(g.get("name") == name for g in (data or {}).get("results") or []):
             self._plan("group", f"{object_type}.{name}", "unchanged")
             return
         self._plan("group", f"{object_type}.{name}", "create", self.options.property_group_label)
         if not self.dry_run:
             body = {"name": name, "label": self.options.property_group_label}
-            self._call("properties.groups", "create", object_type, body,
-                       what=f"create property group {name}")  # fmt: skip
+            self._call(
+                "properties.groups",
+                "create",
+                object_type,
+                body,
+                what=f"create property group {name}",
+            )
 
     def _properties(self, object_type: str) -> dict[str, dict[str, Any]]:
-        data = self._call("properties.core", "get_all", object_type, archived=False,
-                          what=f"read {object_type} properties")  # fmt: skip
+        data = self._call(
+            "properties.core",
+            "get_all",
+            object_type,
+            archived=False,
+            what=f"read {object_type} properties",
+        )
         return {p["name"]: p for p in (data or {}).get("results") or []}
 
     def _property(self, want: Wanted, have: dict[str, Any] | None) -> None:
         label = f"{want.object_type}.{want.name}"
         hs_type, _ = FIELD_TYPES[want.type]
         if have is None and want.must_exist_only:
-            self._plan("property", label, "drift", "read-only property the mapping reads is "
-                       "missing in HubSpot")  # fmt: skip
+            self._plan(
+                "property",
+                label,
+                "drift",
+                "read-only property the mapping reads is missing in HubSpot",
+            )
             return
         if have is None:
             self._plan("property", label, "create", f"{hs_type}")
@@ -184,12 +238,19 @@ class Provisioner:
                 self._create_property(want)
             return
         if have.get("type") != hs_type:
-            self._plan("property", label, "drift",
-                       f"exists as {have.get('type')}/{have.get('fieldType')}, mapping expects "
-                       f"{hs_type}; left unchanged")  # fmt: skip
+            self._plan(
+                "property",
+                label,
+                "drift",
+                f"exists as {have.get('type')}/{have.get('fieldType')}, mapping expects "
+                f"{hs_type}; left unchanged",
+            )
             return
-        missing = [(v, lbl) for v, lbl in want.options
-                   if v not in {o.get("value") for o in have.get("options") or []}]  # fmt: skip
+        missing = [
+            (v, lbl)
+            for v, lbl in want.options
+            if v not in {o.get("value") for o in have.get("options") or []}
+        ]
         if hs_type != "enumeration" or not missing or want.must_exist_only:
             self._plan("property", label, "unchanged")
             return
@@ -200,8 +261,13 @@ class Provisioner:
     def _create_property(self, want: Wanted) -> None:
         body = want.create_body(self.options.property_group)
         try:
-            self._call("properties.core", "create", want.object_type, body,
-                       what=f"create property {want.name}")  # fmt: skip
+            self._call(
+                "properties.core",
+                "create",
+                want.object_type,
+                body,
+                what=f"create property {want.name}",
+            )
         except HubSpotError as exc:
             if exc.status != 409:
                 raise
@@ -209,13 +275,23 @@ class Provisioner:
             self.items[-1].detail += " (already existed: created concurrently)"
 
     def _add_options(self, want: Wanted, have: dict[str, Any], missing: list) -> None:
-        kept = [{k: o[k] for k in ("label", "value", "hidden", "displayOrder", "description")
-                 if k in o} for o in have.get("options") or []]  # fmt: skip
+        kept = [
+            {k: o[k] for k in ("label", "value", "hidden", "displayOrder", "description") if k in o}
+            for o in have.get("options") or []
+        ]
         start = max((o.get("displayOrder") or 0 for o in kept), default=-1) + 1
-        added = [{"label": lbl, "value": v, "hidden": False, "displayOrder": start + i}
-                 for i, (v, lbl) in enumerate(missing)]  # fmt: skip
-        self._call("properties.core", "update", want.object_type, want.name,
-                   {"options": kept + added}, what=f"add options to {want.name}")  # fmt: skip
+        added = [
+            {"label": lbl, "value": v, "hidden": False, "displayOrder": start + i}
+            for i, (v, lbl) in enumerate(missing)
+        ]
+        self._call(
+            "properties.core",
+            "update",
+            want.object_type,
+            want.name,
+            {"options": kept + added},
+            what=f"add options to {want.name}",
+        )
 
     # ---- lists -----------------------------------------------------------------------------
 
@@ -224,10 +300,15 @@ class Provisioner:
         if existing is None:
             self._plan("list", spec.name, "create", "DYNAMIC, " + _describe(spec))
             if not self.dry_run:
-                body = {"name": spec.name, "objectTypeId": CONTACT_OBJECT_TYPE_ID,
-                        "processingType": "DYNAMIC", "filterBranch": branch}  # fmt: skip
-                self._call("lists", "create", body, what=f"create list {spec.name!r}",
-                           scope=LISTS_SCOPE)  # fmt: skip
+                body = {
+                    "name": spec.name,
+                    "objectTypeId": CONTACT_OBJECT_TYPE_ID,
+                    "processingType": "DYNAMIC",
+                    "filterBranch": branch,
+                }
+                self._call(
+                    "lists", "create", body, what=f"create list {spec.name!r}", scope=LISTS_SCOPE
+                )
             return
         if existing.get("processingType") != "DYNAMIC":
             self._plan(
@@ -245,9 +326,14 @@ class Provisioner:
         # The mapping owns these lists' definitions: bring the filters back in line.
         self._plan("list", spec.name, "update", "filters set to " + _describe(spec))
         if not self.dry_run:
-            self._call("lists", "update_list_filters", str(existing["listId"]),
-                       {"filterBranch": branch}, what=f"update filters of list {spec.name!r}",
-                       scope=LISTS_SCOPE)  # fmt: skip
+            self._call(
+                "lists",
+                "update_list_filters",
+                str(existing["listId"]),
+                {"filterBranch": branch},
+                what=f"update filters of list {spec.name!r}",
+                scope=LISTS_SCOPE,
+            )
 
     def _lists_by_name(self) -> dict[str, dict[str, Any]]:
         """Every contact list, by name, from the lists search paged with an empty query.
@@ -260,10 +346,16 @@ class Provisioner:
         found: dict[str, dict[str, Any]] = {}
         offset = 0
         while True:
-            body = {"query": "", "offset": offset, "count": LIST_SEARCH_PAGE,
-                    "additionalProperties": []}  # fmt: skip
-            data = self._call("lists", "do_search", body, what="search lists",
-                              scope="crm.lists.read") or {}  # fmt: skip
+            body = {
+                "query": "",
+                "offset": offset,
+                "count": LIST_SEARCH_PAGE,
+                "additionalProperties": [],
+            }
+            data = (
+                self._call("lists", "do_search", body, what="search lists", scope="crm.lists.read")
+                or {}
+            )
             for item in data.get("lists") or []:
                 if item.get("objectTypeId") == CONTACT_OBJECT_TYPE_ID and item.get("name"):
                     found.setdefault(item["name"], item)
@@ -274,8 +366,14 @@ class Provisioner:
 
     def _list_definition(self, list_id: str) -> dict[str, Any]:
         """A list with its filters (search results carry no filter definitions)."""
-        data = self._call("lists", "get_by_id", list_id, include_filters="true",
-                          what=f"read list {list_id}", scope="crm.lists.read")  # fmt: skip
+        data = self._call(
+            "lists",
+            "get_by_id",
+            list_id,
+            include_filters="true",
+            what=f"read list {list_id}",
+            scope="crm.lists.read",
+        )
         return (data or {}).get("list") or {}
 
 

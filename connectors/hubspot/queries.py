@@ -20,12 +20,22 @@ from core.models import Status
 IN_STREAM = [Status.ACTIVE.value.lower(), Status.REACTIVATED.value.lower()]
 DORMANT = Status.DORMANT.value.lower()
 
-KNOWN_DATETIME_PROPERTIES = frozenset({
-    "hs_email_last_open_date", "hs_email_last_click_date", "hs_email_last_send_date",
-    "hs_email_last_reply_date", "hs_analytics_last_visit_timestamp", "hs_analytics_last_timestamp",
-    "hs_sales_email_last_opened", "hs_sales_email_last_clicked", "hs_sales_email_last_replied",
-    "hs_last_sales_activity_timestamp", "recent_conversion_date", "notes_last_contacted",
-})  # fmt: skip
+KNOWN_DATETIME_PROPERTIES = frozenset(
+    {
+        "hs_email_last_open_date",
+        "hs_email_last_click_date",
+        "hs_email_last_send_date",
+        "hs_email_last_reply_date",
+        "hs_analytics_last_visit_timestamp",
+        "hs_analytics_last_timestamp",
+        "hs_sales_email_last_opened",
+        "hs_sales_email_last_clicked",
+        "hs_sales_email_last_replied",
+        "hs_last_sales_activity_timestamp",
+        "recent_conversion_date",
+        "notes_last_contacted",
+    }
+)
 
 
 def due_groups(mapping: Mapping, now: datetime) -> list[Group]:
@@ -38,20 +48,31 @@ def due_groups(mapping: Mapping, now: datetime) -> list[Group]:
         # Active/Reactivated, silent for dormant_after since the last engagement ...
         [flt(status, "IN", values=IN_STREAM), flt(last, "LTE", silent_since)],
         # ... or, never engaged, since they entered the stream.
-        [flt(status, "IN", values=IN_STREAM), flt(last, "NOT_HAS_PROPERTY"),
-         flt(changed, "LTE", silent_since)],
+        [
+            flt(status, "IN", values=IN_STREAM),
+            flt(last, "NOT_HAS_PROPERTY"),
+            flt(changed, "LTE", silent_since),
+        ],
         # A score to decay: the first decay is due decay_after past the last engagement.
         [flt(p("engagement_score"), "GT", 0), flt(last, "LTE", epoch_ms(now - c.decay_after))],
         # Dormant with no step yet recorded: cooling over.
-        [flt(status, "EQ", DORMANT), flt(step, "NOT_HAS_PROPERTY"),
-         flt(changed, "LTE", epoch_ms(now - c.cooling))],
-    ]  # fmt: skip
+        [
+            flt(status, "EQ", DORMANT),
+            flt(step, "NOT_HAS_PROPERTY"),
+            flt(changed, "LTE", epoch_ms(now - c.cooling)),
+        ],
+    ]
     # Dormant at step k: the next step (or no_response) is due cooling + k waits after the
     # status changed.
     for k in range(c.steps + 1):
         due_before = now - c.cooling - k * c.step_wait
-        groups.append([flt(status, "EQ", DORMANT), flt(step, "EQ", k),
-                       flt(changed, "LTE", epoch_ms(due_before))])  # fmt: skip
+        groups.append(
+            [
+                flt(status, "EQ", DORMANT),
+                flt(step, "EQ", k),
+                flt(changed, "LTE", epoch_ms(due_before)),
+            ]
+        )
     return groups
 
 

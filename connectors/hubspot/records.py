@@ -25,8 +25,9 @@ class Contacts:
         self.page_size = page_size
         self.properties = read_properties(mapping)
         self.writer = BatchWriter(client)
-        self.scanner = Scanner(client, "contacts.search", self.properties,
-                               "contact search", READ_SCOPE)  # fmt: skip
+        self.scanner = Scanner(
+            client, "contacts.search", self.properties, "contact search", READ_SCOPE
+        )
 
     def _record(self, item: dict[str, Any]) -> CrmRecord:
         return record_from_properties(self.mapping, str(item["id"]), item.get("properties") or {})
@@ -36,12 +37,19 @@ class Contacts:
     def read(self, contact_ids: Sequence[str]) -> dict[str, CrmRecord]:
         found: dict[str, CrmRecord] = {}
         for chunk in chunks(list(dict.fromkeys(contact_ids)), BATCH_SIZE):
-            body = {"inputs": [{"id": cid} for cid in chunk], "properties": self.properties,
-                    "propertiesWithHistory": []}  # fmt: skip
+            body = {
+                "inputs": [{"id": cid} for cid in chunk],
+                "properties": self.properties,
+                "propertiesWithHistory": [],
+            }
             response = self.client.call(
-                "contacts.batch", "read", body, archived=False,
-                what=f"batch read of {len(chunk)} contacts", scope=READ_SCOPE,
-            )  # fmt: skip
+                "contacts.batch",
+                "read",
+                body,
+                archived=False,
+                what=f"batch read of {len(chunk)} contacts",
+                scope=READ_SCOPE,
+            )
             # A 207 names ids HubSpot no longer has (deleted or merged): they are just absent.
             for item in (response.data or {}).get("results") or []:
                 record = self._record(item)
@@ -80,16 +88,17 @@ class Contacts:
         cid = request.contact_id
         return {"id": cid, "properties": properties, "objectWriteTraceId": cid}
 
-    def _write_batch(
-        self, batch: list[Input]
-    ) -> tuple[list[str], dict[str, str], dict[str, str]]:
+    def _write_batch(self, batch: list[Input]) -> tuple[list[str], dict[str, str], dict[str, str]]:
         return self.writer.write(batch, self._send_update, "contact batch update")
 
     def _send_update(self, inputs: list[Input]) -> Response:
         return self.client.call(
-            "contacts.batch", "update", {"inputs": inputs},
-            what=f"batch update of {len(inputs)} contacts", scope=WRITE_SCOPE,
-        )  # fmt: skip
+            "contacts.batch",
+            "update",
+            {"inputs": inputs},
+            what=f"batch update of {len(inputs)} contacts",
+            scope=WRITE_SCOPE,
+        )
 
     # ---- scans -----------------------------------------------------------------------------
 
@@ -105,10 +114,15 @@ class Contacts:
         cursor = after
         while True:
             response = self.client.call(
-                "contacts.basic", "get_page", limit=LIST_PAGE, after=cursor,
-                properties=self.properties, archived=False,
-                what="contact list page", scope=READ_SCOPE,
-            )  # fmt: skip
+                "contacts.basic",
+                "get_page",
+                limit=LIST_PAGE,
+                after=cursor,
+                properties=self.properties,
+                archived=False,
+                what="contact list page",
+                scope=READ_SCOPE,
+            )
             data = response.data or {}
             for item in data.get("results") or []:
                 # HubSpot's `after` is an opaque cursor; resuming from a contact id must not

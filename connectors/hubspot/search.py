@@ -61,8 +61,9 @@ def plan_queries(groups: list[Group]) -> list[list[Group]]:
 class Scanner:
     """Streams search results for a set of filter groups, ascending by id, resumable."""
 
-    def __init__(self, client: HubSpotClient, api: str, properties: list[str], what: str,
-                 scope: str) -> None:  # fmt: skip
+    def __init__(
+        self, client: HubSpotClient, api: str, properties: list[str], what: str, scope: str
+    ) -> None:
         self.client = client
         self.api = api
         self.properties = properties
@@ -104,13 +105,15 @@ class Scanner:
             "properties": self.properties,
             "limit": PAGE_SIZE,
         }
-        response = self.client.call(self.api, "do_search", body, what=self.what,
-                                    scope=self.scope, budget=SEARCH)  # fmt: skip
+        response = self.client.call(
+            self.api, "do_search", body, what=self.what, scope=self.scope, budget=SEARCH
+        )
         return response.data or {}
 
 
-def pages(records: Iterator[dict[str, Any]], size: int, convert: Callable[[dict], Any]
-          ) -> Iterator[list[Any]]:  # fmt: skip
+def pages(
+    records: Iterator[dict[str, Any]], size: int, convert: Callable[[dict], Any]
+) -> Iterator[list[Any]]:
     page: list[Any] = []
     for record in records:
         page.append(convert(record))

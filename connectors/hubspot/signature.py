@@ -18,9 +18,19 @@ MAX_SKEW_MS = 300_000
 more than 5 minutes in the future: a captured request must not stay valid for longer."""
 
 _DECODE = {
-    "%3A": ":", "%2F": "/", "%3F": "?", "%40": "@", "%21": "!", "%24": "$",
-    "%27": "'", "%28": "(", "%29": ")", "%2A": "*", "%2C": ",", "%3B": ";",
-}  # fmt: skip
+    "%3A": ":",
+    "%2F": "/",
+    "%3F": "?",
+    "%40": "@",
+    "%21": "!",
+    "%24": "$",
+    "%27": "'",
+    "%28": "(",
+    "%29": ")",
+    "%2A": "*",
+    "%2C": ",",
+    "%3B": ";",
+}
 """The only percent-encodings HubSpot decodes before signing; `%20` and the rest stay."""
 _DECODE_RE = re.compile("|".join(_DECODE), re.IGNORECASE)
 
@@ -92,8 +102,9 @@ def verify(
     legacy = headers.get("x-hubspot-signature")
     version = (headers.get("x-hubspot-signature-version") or "v1").strip().lower()
     if legacy is None:
-        wanted = " or ".join(f"X-HubSpot-Signature{'-v3' if v == 'v3' else ''} ({v})"
-                             for v in sorted(accepted))  # fmt: skip
+        wanted = " or ".join(
+            f"X-HubSpot-Signature{'-v3' if v == 'v3' else ''} ({v})" for v in sorted(accepted)
+        )
         raise SignatureError(f"missing signature header: expected {wanted}")
     if version not in accepted or version == "v3":
         raise SignatureError(f"signature version {version!r} is not accepted by this mapping")

@@ -31,8 +31,9 @@ class Tasks:
         self.options = options
         self.key_property = options.handoff_key_property
         self.writer = BatchWriter(client, retry_in_place=False)
-        self.scanner = Scanner(client, "tasks.search", [self.key_property],
-                               "task search", TASKS_SCOPE)  # fmt: skip
+        self.scanner = Scanner(
+            client, "tasks.search", [self.key_property], "task search", TASKS_SCOPE
+        )
 
     def create(self, tasks: Sequence[HandoffTask]) -> WriteResult:
         by_hash = {key_hash(t.key): t for t in tasks}
@@ -72,14 +73,25 @@ class Tasks:
             properties["hubspot_owner_id"] = task.owner_id
         association = {
             "to": {"id": task.contact_id},
-            "types": [{"associationCategory": "HUBSPOT_DEFINED",
-                       "associationTypeId": self.options.task_contact_association_type_id}],
-        }  # fmt: skip
-        return {"properties": properties, "associations": [association],
-                "objectWriteTraceId": hashed}  # fmt: skip
+            "types": [
+                {
+                    "associationCategory": "HUBSPOT_DEFINED",
+                    "associationTypeId": self.options.task_contact_association_type_id,
+                }
+            ],
+        }
+        return {
+            "properties": properties,
+            "associations": [association],
+            "objectWriteTraceId": hashed,
+        }
 
     def _send_create(self, inputs: list[Input]) -> Response:
         return self.client.call(
-            "tasks.batch", "create", {"inputs": inputs}, idempotent=False,
-            what=f"batch create of {len(inputs)} tasks", scope=TASKS_SCOPE,
-        )  # fmt: skip
+            "tasks.batch",
+            "create",
+            {"inputs": inputs},
+            idempotent=False,
+            what=f"batch create of {len(inputs)} tasks",
+            scope=TASKS_SCOPE,
+        )

@@ -103,8 +103,11 @@ def normalize_signal(signal: Signal, value: Any) -> str | None:
 
 
 def record_from_properties(mapping: Mapping, contact_id: str, props: dict[str, Any]) -> CrmRecord:
-    values = {name: decode(spec, props.get(spec.property)) for name, spec in mapping.fields.items()
-              if spec.property in props}  # fmt: skip
+    values = {
+        name: decode(spec, props.get(spec.property))
+        for name, spec in mapping.fields.items()
+        if spec.property in props
+    }
     signals: dict[str, str | None] = {}
     for signal in mapping.signals:
         if signal.property in props:

@@ -54,8 +54,9 @@ class _ImpossibleInstant(Exception):  # noqa: N818 - names what the notification
     batch: the other notifications of the delivery must not be lost with it."""
 
 
-def parse_body(body: bytes, mapping: Mapping, options: HubSpotOptions, received_at: datetime
-               ) -> Parsed:  # fmt: skip
+def parse_body(
+    body: bytes, mapping: Mapping, options: HubSpotOptions, received_at: datetime
+) -> Parsed:
     try:
         payload = json.loads(body)
     except (UnicodeDecodeError, ValueError) as exc:
@@ -107,8 +108,11 @@ def parse_notifications(items: list[Any], mapping: Mapping) -> Parsed:
     if parsed.impossible:
         if not parsed.events:
             raise _bad("; ".join(parsed.impossible[:5]))
-        log.warning("left out %d notification(s) with impossible times: %s",
-                    len(parsed.impossible), "; ".join(parsed.impossible[:5]))  # fmt: skip
+        log.warning(
+            "left out %d notification(s) with impossible times: %s",
+            len(parsed.impossible),
+            "; ".join(parsed.impossible[:5]),
+        )
         parsed.ignored += len(parsed.impossible)
     return parsed
 
@@ -143,8 +147,15 @@ def _property_change(item: dict, index: int, mapping: Mapping) -> Event | None:
     value = item.get("propertyValue")
     for signal in signal_for(mapping, prop):
         # occurredAt is when the property changed: it names this occurrence of the value.
-        event = event_from_signal(mapping, signal, contact_id, normalize_signal(signal, value),
-                                  occurred, "hubspot:webhook", changed_at=occurred)  # fmt: skip
+        event = event_from_signal(
+            mapping,
+            signal,
+            contact_id,
+            normalize_signal(signal, value),
+            occurred,
+            "hubspot:webhook",
+            changed_at=occurred,
+        )
         if event is not None:
             return event
     return None
@@ -154,11 +165,22 @@ def _creation(item: dict, index: int) -> Event:
     contact_id = _contact_id(item, index)
     occurred = _occurred_at(item, index)
     # HubSpot says eventId alone is not unique: key on everything that identifies the delivery.
-    parts = [item.get("portalId"), item.get("subscriptionId"), item.get("eventId"), contact_id,
-             "creation", item.get("occurredAt")]  # fmt: skip
+    parts = [
+        item.get("portalId"),
+        item.get("subscriptionId"),
+        item.get("eventId"),
+        contact_id,
+        "creation",
+        item.get("occurredAt"),
+    ]
     event_id = "hubspot:evt:" + ":".join("" if p is None else str(p) for p in parts)
-    return Event(event_id=event_id, contact_id=contact_id, type="enroll", occurred_at=occurred,
-                 source="hubspot:webhook")  # fmt: skip
+    return Event(
+        event_id=event_id,
+        contact_id=contact_id,
+        type="enroll",
+        occurred_at=occurred,
+        source="hubspot:webhook",
+    )
 
 
 def parse_workflow(
@@ -166,15 +188,21 @@ def parse_workflow(
 ) -> Parsed:
     properties = workflow_properties(payload)
     contact_id = next(
-        (str(payload.get(k) or properties.get(k)) for k in options.workflow_id_properties
-         if payload.get(k) or properties.get(k)),
+        (
+            str(payload.get(k) or properties.get(k))
+            for k in options.workflow_id_properties
+            if payload.get(k) or properties.get(k)
+        ),
         None,
-    )  # fmt: skip
+    )
     if contact_id is None:
         wanted = ", ".join(options.workflow_id_properties)
         raise _bad(f"workflow body names no contact: expected one of {wanted}")
-    signals = {s.property: normalize_signal(s, properties.get(s.property))
-               for s in mapping.signals if s.property in properties}  # fmt: skip
+    signals = {
+        s.property: normalize_signal(s, properties.get(s.property))
+        for s in mapping.signals
+        if s.property in properties
+    }
     events, _ = events_from_changes(
         mapping, contact_id, signals, {}, received_at, "hubspot:workflow"
     )

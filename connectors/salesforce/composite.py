@@ -74,9 +74,12 @@ class CollectionWriter:
                 saved.ok.update(found)
                 log.warning(
                     "read back %d %s rows whose create was cut short: %d had been created, "
-                    "%d are sent again", len(ambiguous), sobject, len(found),
+                    "%d are sent again",
+                    len(ambiguous),
+                    sobject,
+                    len(found),
                     len(ambiguous) - len(found),
-                )  # fmt: skip
+                )
                 pending = {key: row for key, row in pending.items() if key not in found}
                 if not pending:
                     return saved

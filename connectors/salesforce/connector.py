@@ -175,9 +175,7 @@ class SalesforceConnector(Connector):
                 problem = exc.errors(include_url=False)[0]
                 where = ".".join(str(p) for p in problem["loc"]) or "event"
                 raise WebhookRejected(400, f"events[{i}].{where}: {problem['msg']}") from None
-            events.append(
-                event if event.source else replace(event, source="salesforce_json")
-            )
+            events.append(event if event.source else replace(event, source="salesforce_json"))
         return WebhookIntake(events)
 
     # ---- reads -----------------------------------------------------------------------------
@@ -274,9 +272,7 @@ class SalesforceConnector(Connector):
         }
         result = WriteResult(written=[by_key[k].key for k in existing])
         if rows:
-            saved = self.collections.save(
-                "Task", rows, create=True, existing=self._existing_tasks
-            )
+            saved = self.collections.save("Task", rows, create=True, existing=self._existing_tasks)
             result.written += [by_key[k].key for k in saved.ok]
             result.failed.update({by_key[k].key: m for k, m in saved.failed.items()})
         return result

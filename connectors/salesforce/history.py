@@ -79,8 +79,9 @@ def _value(raw: Any) -> str | None:
 
 
 class FieldHistory:
-    def __init__(self, client: SalesforceClient, mapping: ProgramMapping, sobject: str,
-                 page_size: int = PAGE) -> None:  # fmt: skip
+    def __init__(
+        self, client: SalesforceClient, mapping: ProgramMapping, sobject: str, page_size: int = PAGE
+    ) -> None:
         self.client = client
         self.mapping = mapping
         self.sobject = sobject
@@ -98,10 +99,14 @@ class FieldHistory:
         resume = {AFTER: after} if after else {}
         tracked, known = self._tracked(sorted(self.signals))
         for name in sorted(set(self.signals) - set(tracked)):
-            note = (NOT_TRACKED.format(sobject=self.sobject) if name in known
-                    else f"not available: {self.sobject} has no field {name}")  # fmt: skip
-            yield HistoryPage(f"{self.history}.{name}", available=False, cursor=dict(resume),
-                              note=note)  # fmt: skip
+            note = (
+                NOT_TRACKED.format(sobject=self.sobject)
+                if name in known
+                else f"not available: {self.sobject} has no field {name}"
+            )
+            yield HistoryPage(
+                f"{self.history}.{name}", available=False, cursor=dict(resume), note=note
+            )
         yield from self._rows(tracked, since, until, after) if tracked else ()
 
     def _tracked(self, fields: list[str]) -> tuple[list[str], set[str]]:
@@ -110,13 +115,16 @@ class FieldHistory:
             "read which signal fields keep history",
             "SELECT Id, QualifiedApiName, IsFieldHistoryTracked FROM FieldDefinition "
             "WHERE EntityDefinition.QualifiedApiName = {sobject} AND QualifiedApiName IN {fields}",
-            fields, "fields", sobject=self.sobject,
-        )  # fmt: skip
+            fields,
+            "fields",
+            sobject=self.sobject,
+        )
         tracked = sorted(r["QualifiedApiName"] for r in rows if r.get("IsFieldHistoryTracked"))
         return tracked, {r["QualifiedApiName"] for r in rows}
 
-    def _rows(self, fields: list[str], since: datetime, until: datetime,
-              after: str | None) -> Iterator[HistoryPage]:  # fmt: skip
+    def _rows(
+        self, fields: list[str], since: datetime, until: datetime, after: str | None
+    ) -> Iterator[HistoryPage]:
         source = f"{self.history} ({', '.join(fields)})"
         window = (
             f"Field IN {quote_soql_value(fields)} AND CreatedDate >= {literal(since)} "
@@ -149,8 +157,9 @@ class FieldHistory:
         kept = []
         if changed_at is not None and record_id:
             for signal in self.signals.get(row.get("Field") or "", []):
-                event = event_from_signal(self.mapping, signal, record_id, value, changed_at,
-                                          "salesforce_field_history")  # fmt: skip
+                event = event_from_signal(
+                    self.mapping, signal, record_id, value, changed_at, "salesforce_field_history"
+                )
                 if event is not None:
                     kept.append(event)
         if not kept:
@@ -165,8 +174,13 @@ class OrgHistory:
     """Every source of the org, one after the other. Each page's cursor carries the progress of
     every source so far, so a checkpoint saved at any page resumes each where it stopped."""
 
-    def __init__(self, client: SalesforceClient, mapping: ProgramMapping, sobject: str,
-                 options: SalesforceOptions) -> None:  # fmt: skip
+    def __init__(
+        self,
+        client: SalesforceClient,
+        mapping: ProgramMapping,
+        sobject: str,
+        options: SalesforceOptions,
+    ) -> None:
         self.sources = (
             FieldHistory(client, mapping, sobject, options.page_size),
             CampaignResponses(client, mapping, sobject, options),
@@ -198,8 +212,13 @@ class CampaignResponses:
     """Responses of the program's campaign members: `options.history_campaigns` names each
     campaign and the event its response means."""
 
-    def __init__(self, client: SalesforceClient, mapping: ProgramMapping, sobject: str,
-                 options: SalesforceOptions) -> None:  # fmt: skip
+    def __init__(
+        self,
+        client: SalesforceClient,
+        mapping: ProgramMapping,
+        sobject: str,
+        options: SalesforceOptions,
+    ) -> None:
         self.client = client
         self.policy = mapping.policy
         self.member = f"{sobject}Id"
@@ -208,8 +227,9 @@ class CampaignResponses:
         mirror = options.campaign_name or mapping.program
         self.mirror = mirror if options.campaign_mirror else None
 
-    def export(self, since: datetime, until: datetime,
-               cursor: Mapping[str, str]) -> Iterator[HistoryPage]:  # fmt: skip
+    def export(
+        self, since: datetime, until: datetime, cursor: Mapping[str, str]
+    ) -> Iterator[HistoryPage]:
         after = cursor.get(MEMBERS_AFTER)
         resume = {MEMBERS_AFTER: after} if after else {}
         if not self.wanted:
@@ -223,8 +243,9 @@ class CampaignResponses:
             elif not self.policy.knows_event(kind):
                 note = f"not read: {kind!r} is not an event the policy knows"
             if note:
-                yield HistoryPage(f"CampaignMember ({name})", available=False, note=note,
-                                  cursor=dict(resume))  # fmt: skip
+                yield HistoryPage(
+                    f"CampaignMember ({name})", available=False, note=note, cursor=dict(resume)
+                )
             else:
                 kinds[name] = kind
         if not kinds:
@@ -232,35 +253,46 @@ class CampaignResponses:
         rows = self.client.lookup_in(
             "find the campaigns to read responses of",
             "SELECT Id, Name FROM Campaign WHERE Name IN {names} ORDER BY Id",
-            sorted(kinds), "names",
-        )  # fmt: skip
+            sorted(kinds),
+            "names",
+        )
         campaigns = {r["Id"]: kinds[r["Name"]] for r in rows if r.get("Name") in kinds}
         found = {r["Name"] for r in rows}
         for name in sorted(set(kinds) - found):
             note = f"not available: the org has no Campaign named {name!r}"
-            yield HistoryPage(f"CampaignMember ({name})", available=False, note=note,
-                              cursor=dict(resume))  # fmt: skip
+            yield HistoryPage(
+                f"CampaignMember ({name})", available=False, note=note, cursor=dict(resume)
+            )
         if campaigns:
             source = f"CampaignMember ({', '.join(sorted(found & set(kinds)))})"
             yield from self._members(source, campaigns, since, until, after)
 
-    def _members(self, source: str, campaigns: dict[str, str], since: datetime,
-                 until: datetime, after: str | None) -> Iterator[HistoryPage]:  # fmt: skip
+    def _members(
+        self,
+        source: str,
+        campaigns: dict[str, str],
+        since: datetime,
+        until: datetime,
+        after: str | None,
+    ) -> Iterator[HistoryPage]:
         where = format_soql(
             "CampaignId IN {ids} AND {member:literal} != null AND HasResponded = true "
             "AND FirstRespondedDate >= {first} AND FirstRespondedDate <= {last}",
-            ids=sorted(campaigns), member=self.member,
-            first=since.astimezone(UTC).date(), last=until.astimezone(UTC).date(),
-        )  # fmt: skip
+            ids=sorted(campaigns),
+            member=self.member,
+            first=since.astimezone(UTC).date(),
+            last=until.astimezone(UTC).date(),
+        )
 
         def soql(last: str | None) -> str:
             return format_soql(
                 "SELECT Id, CampaignId, {member:literal}, Status, HasResponded, "
                 "FirstRespondedDate FROM CampaignMember WHERE {where:literal}{resume:literal} "
                 "ORDER BY Id",
-                member=self.member, where=where,
+                member=self.member,
+                where=where,
                 resume=format_soql(" AND Id > {}", last) if last else "",
-            )  # fmt: skip
+            )
 
         page = HistoryPage(source, cursor={MEMBERS_AFTER: after} if after else {})
         for row in self.client.query("read campaign members' responses", soql, after):
@@ -273,10 +305,15 @@ class CampaignResponses:
             else:
                 # A member responds once (the date of its first response is all it keeps):
                 # the member's id names the event on every export.
-                page.events.append(Event(
-                    event_id=f"salesforce:campaign-response:{row['Id']}", contact_id=contact,
-                    type=kind, occurred_at=at, source="salesforce_campaign_member",
-                ))  # fmt: skip
+                page.events.append(
+                    Event(
+                        event_id=f"salesforce:campaign-response:{row['Id']}",
+                        contact_id=contact,
+                        type=kind,
+                        occurred_at=at,
+                        source="salesforce_campaign_member",
+                    )
+                )
             page.cursor = {MEMBERS_AFTER: row["Id"]}
             if page.read >= self.page_size:
                 yield page
@@ -297,15 +334,17 @@ NO_EMAIL_MESSAGE = (
 class EmailActivity:
     """Opens (and clicks, where the API version has them) of emails sent from Salesforce."""
 
-    def __init__(self, client: SalesforceClient, mapping: ProgramMapping, sobject: str,
-                 page_size: int = PAGE) -> None:  # fmt: skip
+    def __init__(
+        self, client: SalesforceClient, mapping: ProgramMapping, sobject: str, page_size: int = PAGE
+    ) -> None:
         self.client = client
         self.policy = mapping.policy
         self.sobject = sobject
         self.page_size = page_size
 
-    def export(self, since: datetime, until: datetime,
-               cursor: Mapping[str, str]) -> Iterator[HistoryPage]:  # fmt: skip
+    def export(
+        self, since: datetime, until: datetime, cursor: Mapping[str, str]
+    ) -> Iterator[HistoryPage]:
         after = cursor.get(EMAILS_AFTER)
         resume = {EMAILS_AFTER: after} if after else {}
         try:
@@ -315,8 +354,7 @@ class EmailActivity:
         except ConnectorError as exc:
             if exc.status != 404:
                 raise
-            yield HistoryPage("EmailMessage", available=False, note=NO_EMAIL_MESSAGE,
-                              cursor=resume)  # fmt: skip
+            yield HistoryPage("EmailMessage", available=False, note=NO_EMAIL_MESSAGE, cursor=resume)
             return
         have = {f.get("name") for f in (described or {}).get("fields") or []}
         kinds = {
@@ -325,19 +363,32 @@ class EmailActivity:
             if self.policy.knows_event(kind) and any(f in have for f in fields)
         }
         if not kinds:
-            yield HistoryPage("EmailMessage", available=False, cursor=resume,
-                              note="not available: EmailMessage has no open dates the policy "
-                              "uses")  # fmt: skip
+            yield HistoryPage(
+                "EmailMessage",
+                available=False,
+                cursor=resume,
+                note="not available: EmailMessage has no open dates the policy uses",
+            )
             return
         source = f"EmailMessage ({', '.join(k + 's' for k in kinds)})"
         yield from self._messages(source, kinds, since, until, after)
 
-    def _messages(self, source: str, kinds: dict[str, list[str]], since: datetime,
-                  until: datetime, after: str | None) -> Iterator[HistoryPage]:  # fmt: skip
+    def _messages(
+        self,
+        source: str,
+        kinds: dict[str, list[str]],
+        since: datetime,
+        until: datetime,
+        after: str | None,
+    ) -> Iterator[HistoryPage]:
         fields = [f for names in kinds.values() for f in names]
         window = " OR ".join(
-            format_soql("({f:literal} >= {a:literal} AND {f:literal} <= {b:literal})", f=f,
-                        a=literal(since), b=literal(until, round_up=True))  # fmt: skip
+            format_soql(
+                "({f:literal} >= {a:literal} AND {f:literal} <= {b:literal})",
+                f=f,
+                a=literal(since),
+                b=literal(until, round_up=True),
+            )
             for f in fields
         )
 
@@ -345,9 +396,10 @@ class EmailActivity:
             return format_soql(
                 "SELECT Id, {fields:literal} FROM EmailMessage WHERE Incoming = false "
                 "AND ({window:literal}){resume:literal} ORDER BY Id",
-                fields=", ".join(fields), window=window,
+                fields=", ".join(fields),
+                window=window,
                 resume=format_soql(" AND Id > {}", last) if last else "",
-            )  # fmt: skip
+            )
 
         batch: list[dict[str, Any]] = []
         for row in self.client.query("read opens of emails sent from Salesforce", soql, after):
@@ -357,8 +409,13 @@ class EmailActivity:
                 after, batch = row["Id"], []
         yield self._page(source, kinds, batch, after)  # the rest; the source is always reported
 
-    def _page(self, source: str, kinds: dict[str, list[str]], rows: list[dict[str, Any]],
-              after: str | None = None) -> HistoryPage:  # fmt: skip
+    def _page(
+        self,
+        source: str,
+        kinds: dict[str, list[str]],
+        rows: list[dict[str, Any]],
+        after: str | None = None,
+    ) -> HistoryPage:
         last = rows[-1]["Id"] if rows else after
         page = HistoryPage(source, read=len(rows), cursor={EMAILS_AFTER: last} if last else {})
         recipients = self._recipients([r["Id"] for r in rows])
@@ -366,8 +423,14 @@ class EmailActivity:
             to = recipients.get(row["Id"], {})
             who = next(iter(to.values())) if len(to) == 1 else None
             if len(to) != 1:
-                why = ("opens of emails to several recipients (Salesforce records that one of "
-                       "them opened, not which)") if to else "emails with no recipient on record"
+                why = (
+                    (
+                        "opens of emails to several recipients (Salesforce records that one of "
+                        "them opened, not which)"
+                    )
+                    if to
+                    else "emails with no recipient on record"
+                )
             elif who is None or who[1] != self.sobject or not who[0]:
                 why = f"opens of emails to someone who is not a {self.sobject}"
             else:
@@ -380,12 +443,16 @@ class EmailActivity:
                 for at in sorted(instants):
                     # An open is an instant: the email and the instant name it on every export,
                     # and a later export that finds a newer last open adds only that one.
-                    page.events.append(Event(
-                        event_id=f"salesforce:email-{kind}:{row['Id']}:"
-                                 f"{int(at.timestamp() * 1000)}",
-                        contact_id=str(who[0]), type=kind, occurred_at=at,  # type: ignore[index]
-                        source="salesforce_email_message",
-                    ))  # fmt: skip
+                    page.events.append(
+                        Event(
+                            event_id=f"salesforce:email-{kind}:{row['Id']}:"
+                            f"{int(at.timestamp() * 1000)}",
+                            contact_id=str(who[0]),  # type: ignore[index]
+                            type=kind,
+                            occurred_at=at,
+                            source="salesforce_email_message",
+                        )
+                    )
         return page
 
     def _recipients(self, ids: Iterable[str]) -> dict[str, dict[str, tuple[str | None, str]]]:
@@ -399,10 +466,13 @@ class EmailActivity:
             "SELECT Id, EmailMessageId, RelationId, RelationObjectType FROM "
             "EmailMessageRelation WHERE EmailMessageId IN {ids} AND RelationType IN {types} "
             "ORDER BY Id",
-            wanted, "ids", types=list(RECIPIENT_TYPES),
-        )  # fmt: skip
+            wanted,
+            "ids",
+            types=list(RECIPIENT_TYPES),
+        )
         for row in rows:
             found.setdefault(str(row.get("EmailMessageId")), {})[row["Id"]] = (
-                row.get("RelationId"), str(row.get("RelationObjectType") or "")
+                row.get("RelationId"),
+                str(row.get("RelationObjectType") or ""),
             )
         return found

@@ -123,7 +123,12 @@ def events_from_envelope(
         values = {name: signal_text(value) for name, value in note.fields.items()}
         # The notification id names the delivery: Salesforce redelivers it unchanged.
         found, _ = events_from_changes(
-            mapping, note.record_id, values, {}, received_at, "salesforce_outbound_message",
+            mapping,
+            note.record_id,
+            values,
+            {},
+            received_at,
+            "salesforce_outbound_message",
             delivery=note.notification_id or None,
         )
         events += found

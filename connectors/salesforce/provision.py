@@ -323,15 +323,28 @@ def offline_plan(mapping: Mapping, options: SalesforceOptions, sobject: str) -> 
     credentials, no call): the same items and wording `Provisioner` reports for a fresh org."""
     wants = wanted_fields(mapping, options, sobject)
     items = [
-        PlanItem("field", w.full_name, "create",
-                 w.kind + (f" ({', '.join(w.values)})" if w.values else ""))
+        PlanItem(
+            "field",
+            w.full_name,
+            "create",
+            w.kind + (f" ({', '.join(w.values)})" if w.values else ""),
+        )
         for w in wants
-    ]  # fmt: skip
+    ]
     grants = [grant for w in wants for grant in w.permission_names]
-    items.append(PlanItem("permission", options.permission_set, "create",
-                          f"read/edit on {len(grants)} fields"))  # fmt: skip
-    items.append(PlanItem("permission", f"{options.permission_set} -> the integration user",
-                          "create", "assign to the integration user"))  # fmt: skip
+    items.append(
+        PlanItem(
+            "permission", options.permission_set, "create", f"read/edit on {len(grants)} fields"
+        )
+    )
+    items.append(
+        PlanItem(
+            "permission",
+            f"{options.permission_set} -> the integration user",
+            "create",
+            "assign to the integration user",
+        )
+    )
     for view in wanted_list_views(mapping, sobject):
         where = " AND ".join(f"{f} {op} {v}" for f, op, v in view.filters)
         items.append(PlanItem("list", view.full_name, "create", where))

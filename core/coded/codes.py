@@ -26,8 +26,13 @@ STATUSES = (Status.ACTIVE, Status.ENGAGED, Status.DORMANT, Status.REACTIVATED, S
 ACTIVE, ENGAGED, DORMANT, REACTIVATED, SUPPRESSED = range(5)
 STATUS_CODE = {status: code for code, status in enumerate(STATUSES)}
 
-REASONS = (None, SuppressionReason.NO_RESPONSE, SuppressionReason.UNSUBSCRIBE,
-           SuppressionReason.HARD_BOUNCE, SuppressionReason.SPAM_COMPLAINT)  # fmt: skip
+REASONS = (
+    None,
+    SuppressionReason.NO_RESPONSE,
+    SuppressionReason.UNSUBSCRIBE,
+    SuppressionReason.HARD_BOUNCE,
+    SuppressionReason.SPAM_COMPLAINT,
+)
 """Suppression reason codes; a compliance exit event's type code equals its reason's code."""
 NO_RESPONSE = 1
 REASON_CODE = {reason: code for code, reason in enumerate(REASONS)}
@@ -59,24 +64,38 @@ M_ENROLL_SEGMENT = 8192
 M_ENROLL_EXPERIMENTS = 16384
 
 CHANGE_ORDER = {
-    "engagement": ("engagement_score", "last_engagement_date", "unanswered_sends",
-                   "campaign_status", "status_changed_at", "reactivation_step",
-                   "suppression_reason"),
+    "engagement": (
+        "engagement_score",
+        "last_engagement_date",
+        "unanswered_sends",
+        "campaign_status",
+        "status_changed_at",
+        "reactivation_step",
+        "suppression_reason",
+    ),
     "send": ("unanswered_sends", "campaign_status", "status_changed_at", "reactivation_step"),
     "exit": ("campaign_status", "status_changed_at", "suppression_reason", "reactivation_step"),
-    "resubscribe": ("campaign_status", "status_changed_at", "suppression_reason",
-                    "unanswered_sends"),
+    "resubscribe": (
+        "campaign_status",
+        "status_changed_at",
+        "suppression_reason",
+        "unanswered_sends",
+    ),
     "decay": ("engagement_score", "campaign_status", "status_changed_at"),
     "dormant": ("campaign_status", "status_changed_at", "reactivation_step"),
     "step": ("reactivation_cycle", "reactivation_step"),
-}  # fmt: skip
+}
 """The order in which each kind of decision records its changes (what `explain` prints)."""
 FIELD_BIT = {
-    "campaign_status": M_STATUS, "status_changed_at": M_STATUS_AT,
-    "engagement_score": M_SCORE, "last_engagement_date": M_LAST,
-    "unanswered_sends": M_UNANSWERED, "reactivation_step": M_STEP,
-    "reactivation_cycle": M_CYCLE, "suppression_reason": M_REASON,
-}  # fmt: skip
+    "campaign_status": M_STATUS,
+    "status_changed_at": M_STATUS_AT,
+    "engagement_score": M_SCORE,
+    "last_engagement_date": M_LAST,
+    "unanswered_sends": M_UNANSWERED,
+    "reactivation_step": M_STEP,
+    "reactivation_cycle": M_CYCLE,
+    "suppression_reason": M_REASON,
+}
 
 
 def to_us(value: datetime) -> int:
@@ -112,23 +131,60 @@ class Names:
         return self.code("what", json.dumps([rule, reason]))
 
     def rows(self) -> list[tuple[str, int, str]]:
-        return [(kind, code, text) for kind, texts in self.texts.items()
-                for code, text in enumerate(texts)]  # fmt: skip
+        return [
+            (kind, code, text)
+            for kind, texts in self.texts.items()
+            for code, text in enumerate(texts)
+        ]
 
 
 class CodedPolicy:
     """A policy's numbers in microseconds and codes, for one segment of a program."""
 
     __slots__ = (
-        "policy", "points", "threshold", "max_unanswered", "dormant_after", "cooling", "steps",
-        "step_wait", "max_cycles", "decay_factor", "decay_after", "decay_every", "decay_floor",
-        "decay_offsets", "handoff", "program", "cap_max", "cap_window", "version", "segment",
-        "names", "what_enrolled", "what_send", "what_unanswered", "what_exit",
-        "what_already", "what_replaced", "what_resubscribed", "what_engaged",
-        "what_from_dormant", "what_from_alternate", "what_plain", "what_decayed",
-        "what_decayed_below", "what_inactivity", "what_exhausted", "what_step",
-        "what_no_response", "type_codes", "arms", "arm_dicts", "step_actions",
-    )  # fmt: skip
+        "policy",
+        "points",
+        "threshold",
+        "max_unanswered",
+        "dormant_after",
+        "cooling",
+        "steps",
+        "step_wait",
+        "max_cycles",
+        "decay_factor",
+        "decay_after",
+        "decay_every",
+        "decay_floor",
+        "decay_offsets",
+        "handoff",
+        "program",
+        "cap_max",
+        "cap_window",
+        "version",
+        "segment",
+        "names",
+        "what_enrolled",
+        "what_send",
+        "what_unanswered",
+        "what_exit",
+        "what_already",
+        "what_replaced",
+        "what_resubscribed",
+        "what_engaged",
+        "what_from_dormant",
+        "what_from_alternate",
+        "what_plain",
+        "what_decayed",
+        "what_decayed_below",
+        "what_inactivity",
+        "what_exhausted",
+        "what_step",
+        "what_no_response",
+        "type_codes",
+        "arms",
+        "arm_dicts",
+        "step_actions",
+    )
 
     def __init__(self, policy: Policy, names: Names) -> None:
         c = policy.compiled
@@ -175,8 +231,9 @@ class CodedPolicy:
         self.what_exhausted = what("time:cooling_done", "reactivation_cycles_exhausted")
         self.what_step = {
             (rule, n): what("time:" + rule, f"reactivation_step_{n}")
-            for rule in ("cooling_done", "next_step") for n in range(1, self.steps + 1)
-        }  # fmt: skip
+            for rule in ("cooling_done", "next_step")
+            for n in range(1, self.steps + 1)
+        }
         self.what_no_response = what("time:no_response", "no_response")
         self.arms: dict[tuple, int] = {}
         self.arm_dicts: dict[int, dict[str, str]] = {}

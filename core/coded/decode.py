@@ -71,20 +71,40 @@ def decisions(
     out: list[Decision] = []
     values: dict[str, object] = {}
     for row in rows:
-        (_, at_us, what, frm, to, etype, mask, last, unanswered, step, cycle, reason, action,
-         delayed, score, cause) = row  # fmt: skip
+        (
+            _,
+            at_us,
+            what,
+            frm,
+            to,
+            etype,
+            mask,
+            last,
+            unanswered,
+            step,
+            cycle,
+            reason,
+            action,
+            delayed,
+            score,
+            cause,
+        ) = row
         at = from_us(at_us)
         rule, why = texts.what[what]
         to_status = STATUSES[to]
         kind = texts.types.get(etype) if etype != NONE else None
         enrolling = frm == NONE
         new = {
-            "engagement_score": score, "last_engagement_date": _dt(last),
-            "unanswered_sends": unanswered, "reactivation_step": step,
-            "reactivation_cycle": cycle, "suppression_reason": REASONS[reason],
-            "status_changed_at": at if enrolling or mask & M_STATUS_AT
+            "engagement_score": score,
+            "last_engagement_date": _dt(last),
+            "unanswered_sends": unanswered,
+            "reactivation_step": step,
+            "reactivation_cycle": cycle,
+            "suppression_reason": REASONS[reason],
+            "status_changed_at": at
+            if enrolling or mask & M_STATUS_AT
             else values["status_changed_at"],
-        }  # fmt: skip
+        }
         if enrolling:
             from_status = None
             changes: dict[str, tuple] = {"campaign_status": (None, to_status)}
@@ -107,11 +127,21 @@ def decisions(
         actions = _actions(mask, score, kind, action, delayed, texts)
         if cause is None:
             cause = f"{rule}@{iso_utc(at)}"
-        out.append(Decision(
-            contact_id=contact_id, at=at, rule=rule, reason=why, cause=cause,
-            from_status=from_status, to_status=to_status, changes=changes, policy_version=version,
-            actions=actions, event_type=kind,
-        ))  # fmt: skip
+        out.append(
+            Decision(
+                contact_id=contact_id,
+                at=at,
+                rule=rule,
+                reason=why,
+                cause=cause,
+                from_status=from_status,
+                to_status=to_status,
+                changes=changes,
+                policy_version=version,
+                actions=actions,
+                event_type=kind,
+            )
+        )
     return out
 
 
@@ -119,8 +149,9 @@ def _dt(value: int | None):
     return None if value is None or value == NO_TIME else from_us(value)
 
 
-def _actions(mask: int, score: float, kind: str | None, action: int, delayed: int,
-             texts: Texts) -> list[Action]:  # fmt: skip
+def _actions(
+    mask: int, score: float, kind: str | None, action: int, delayed: int, texts: Texts
+) -> list[Action]:
     actions: list[Action] = []
     if mask & M_ALT_REMOVE:
         actions.append(Action("alternate_channel_remove"))
@@ -139,10 +170,22 @@ def _actions(mask: int, score: float, kind: str | None, action: int, delayed: in
 
 def contact_state(contact_id: str, s: CodedState) -> ContactState:
     return ContactState(
-        contact_id, STATUSES[s.status], from_us(s.enrolled_at), from_us(s.as_of),
-        from_us(s.status_changed_at), from_us(s.stream_entered_at), s.score, s.base_score,
-        _dt(s.last_engagement), s.decay_steps, s.cycle, s.step, _dt(s.step_at), s.unanswered,
-        REASONS[s.reason], s.experiments, s.policy.segment,
+        contact_id,
+        STATUSES[s.status],
+        from_us(s.enrolled_at),
+        from_us(s.as_of),
+        from_us(s.status_changed_at),
+        from_us(s.stream_entered_at),
+        s.score,
+        s.base_score,
+        _dt(s.last_engagement),
+        s.decay_steps,
+        s.cycle,
+        s.step,
+        _dt(s.step_at),
+        s.unanswered,
+        REASONS[s.reason],
+        s.experiments,
+        s.policy.segment,
         tuple(from_us(t) for t in s.send_times),
-    )  # fmt: skip
-
+    )

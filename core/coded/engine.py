@@ -57,10 +57,26 @@ class CodedState:
     """One contact's state: the fields of `ContactState`, coded."""
 
     __slots__ = (
-        "contact", "status", "enrolled_at", "as_of", "status_changed_at", "stream_entered_at",
-        "score", "base_score", "last_engagement", "decay_steps", "cycle", "step", "step_at",
-        "unanswered", "reason", "experiments", "arm", "send_times", "policy",
-    )  # fmt: skip
+        "contact",
+        "status",
+        "enrolled_at",
+        "as_of",
+        "status_changed_at",
+        "stream_entered_at",
+        "score",
+        "base_score",
+        "last_engagement",
+        "decay_steps",
+        "cycle",
+        "step",
+        "step_at",
+        "unanswered",
+        "reason",
+        "experiments",
+        "arm",
+        "send_times",
+        "policy",
+    )
 
     def __init__(self, contact: int, at: int, policy: CodedPolicy) -> None:
         self.contact = contact
@@ -123,8 +139,16 @@ def _fire_due(s: CodedState, next_rule: tuple[int, int] | None, now: int, out: l
         next_rule = due(s)
 
 
-def apply(s: CodedState | None, contact: int, kind: int, at: int, cause: str,
-          p: CodedPolicy, out: list, contact_id: str = "") -> CodedState:  # fmt: skip
+def apply(
+    s: CodedState | None,
+    contact: int,
+    kind: int,
+    at: int,
+    cause: str,
+    p: CodedPolicy,
+    out: list,
+    contact_id: str = "",
+) -> CodedState:
     """One event for a contact, as `core.engine.apply_owned`. An unknown contact (`s` None)
     enrolls at the event's time under `p` (its segment's policy); `contact_id` is what its
     experiment assignments hash."""
@@ -184,16 +208,34 @@ def apply(s: CodedState | None, contact: int, kind: int, at: int, cause: str,
     else:
         mask, what = _engage(s, kind, occurred, at, p)
     if mask:
-        out.append((contact, at, what, before, s.status, kind, mask, s.last_engagement,
-                    s.unanswered, s.step, s.cycle, s.reason, NONE, NO_TIME, s.score,
-                    cause))  # fmt: skip
+        out.append(
+            (
+                contact,
+                at,
+                what,
+                before,
+                s.status,
+                kind,
+                mask,
+                s.last_engagement,
+                s.unanswered,
+                s.step,
+                s.cycle,
+                s.reason,
+                NONE,
+                NO_TIME,
+                s.score,
+                cause,
+            )
+        )
     if not late and len(out) > made:
         s.as_of = at
     return s
 
 
-def new_contact(contact: int, contact_id: str, at: int, kind: int, cause: str, p: CodedPolicy,
-                out: list) -> CodedState:  # fmt: skip
+def new_contact(
+    contact: int, contact_id: str, at: int, kind: int, cause: str, p: CodedPolicy, out: list
+) -> CodedState:
     """An unknown contact enrolls at this event's time (with its program's assignments)."""
     s = CodedState(contact, at, p)
     mask = M_STATUS
@@ -204,8 +246,26 @@ def new_contact(contact: int, contact_id: str, at: int, kind: int, cause: str, p
         mask |= M_ENROLL_EXPERIMENTS
         if program.segment is not None:
             mask |= M_ENROLL_SEGMENT
-    out.append((contact, at, p.what_enrolled, NONE, ACTIVE, kind, mask, NO_TIME, 0, 0, 0, 0,
-                NONE, NO_TIME, 0.0, cause))  # fmt: skip
+    out.append(
+        (
+            contact,
+            at,
+            p.what_enrolled,
+            NONE,
+            ACTIVE,
+            kind,
+            mask,
+            NO_TIME,
+            0,
+            0,
+            0,
+            0,
+            NONE,
+            NO_TIME,
+            0.0,
+            cause,
+        )
+    )
     return s
 
 
@@ -328,9 +388,26 @@ def _fire(s: CodedState, at: int, rule: int, out: list) -> None:
         mask = _suppress(s, at, NO_RESPONSE) | M_ALT_ADD
         what = p.what_no_response
     if mask:
-        out.append((s.contact, at, what, before, s.status, NONE, mask, s.last_engagement,
-                    s.unanswered, s.step, s.cycle, s.reason, action, delayed, s.score,
-                    None))  # fmt: skip
+        out.append(
+            (
+                s.contact,
+                at,
+                what,
+                before,
+                s.status,
+                NONE,
+                mask,
+                s.last_engagement,
+                s.unanswered,
+                s.step,
+                s.cycle,
+                s.reason,
+                action,
+                delayed,
+                s.score,
+                None,
+            )
+        )
 
 
 def _step_action(s: CodedState, p: CodedPolicy) -> int:
@@ -359,5 +436,3 @@ class _StepView:
     def __init__(self, s: CodedState) -> None:
         self.experiments = s.experiments
         self.reactivation_cycle = s.cycle
-
-

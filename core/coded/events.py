@@ -112,8 +112,11 @@ def event_from_line(line: bytes | str) -> tuple[Event, list[str]]:
     try:
         return EVENT.validate_json(line), []
     except ValidationError as exc:
-        extra = [str(e["loc"][0]) for e in exc.errors(include_url=False)
-                 if e["type"] in _EXTRA and len(e["loc"]) == 1]  # fmt: skip
+        extra = [
+            str(e["loc"][0])
+            for e in exc.errors(include_url=False)
+            if e["type"] in _EXTRA and len(e["loc"]) == 1
+        ]
         if not extra:
             raise
     data = json.loads(line)  # an object: pydantic found keys in it
@@ -208,6 +211,13 @@ def decode_event(line: bytes, unknown: UnknownKeys | None = None) -> WireEvent:
     if extra and unknown is not None:
         unknown.add(extra)
     at = checked.occurred_at
-    return WireEvent(checked.event_id, checked.contact_id, checked.type,
-                     at if at.tzinfo is UTC else at.astimezone(UTC), checked.campaign,
-                     checked.variant, checked.url, checked.source)  # fmt: skip
+    return WireEvent(
+        checked.event_id,
+        checked.contact_id,
+        checked.type,
+        at if at.tzinfo is UTC else at.astimezone(UTC),
+        checked.campaign,
+        checked.variant,
+        checked.url,
+        checked.source,
+    )

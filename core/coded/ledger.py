@@ -56,12 +56,25 @@ CHUNK_ROWS = 512
 """Rows per chunk. Blob I/O at an offset walks the blob's overflow pages from its start, so
 `explain` reading one contact's rows costs about a chunk per chunk it has rows in."""
 ROW = struct.Struct("<14qd")
-ROW_DTYPE = np.dtype([
-    ("contact", "<i8"), ("at", "<i8"), ("what", "<i8"), ("from_status", "<i8"),
-    ("to_status", "<i8"), ("event_type", "<i8"), ("mask", "<i8"), ("last", "<i8"),
-    ("unanswered", "<i8"), ("step", "<i8"), ("cycle", "<i8"), ("reason", "<i8"),
-    ("action", "<i8"), ("delayed", "<i8"), ("score", "<f8"),
-])  # fmt: skip
+ROW_DTYPE = np.dtype(
+    [
+        ("contact", "<i8"),
+        ("at", "<i8"),
+        ("what", "<i8"),
+        ("from_status", "<i8"),
+        ("to_status", "<i8"),
+        ("event_type", "<i8"),
+        ("mask", "<i8"),
+        ("last", "<i8"),
+        ("unanswered", "<i8"),
+        ("step", "<i8"),
+        ("cycle", "<i8"),
+        ("reason", "<i8"),
+        ("action", "<i8"),
+        ("delayed", "<i8"),
+        ("score", "<f8"),
+    ]
+)
 _DAY_US = 86_400_000_000
 _EPOCH_DAY = datetime(1970, 1, 1, tzinfo=UTC).date()
 
@@ -106,19 +119,25 @@ class ChunkWriter:
             self.db.execute(
                 "INSERT INTO coded_chunks (shard, chunk, n, min_at, max_at, contacts, "
                 "cause_ends, causes, rows) VALUES (?,?,?,?,?,?,?,?,?)",
-                (self.shard, self.chunks, end - start, int(at.min()), int(at.max()),
-                 contacts[start:end].tobytes(),
-                 array("q", accumulate(map(len, causes))).tobytes(), b"".join(causes),
-                 packed[start * ROW.size : end * ROW.size]),
-            )  # fmt: skip
+                (
+                    self.shard,
+                    self.chunks,
+                    end - start,
+                    int(at.min()),
+                    int(at.max()),
+                    contacts[start:end].tobytes(),
+                    array("q", accumulate(map(len, causes))).tobytes(),
+                    b"".join(causes),
+                    packed[start * ROW.size : end * ROW.size],
+                ),
+            )
             self._chunk_contacts.append(np.unique(contacts[start:end]))
             self.chunks += 1
         self.rows += len(rows)
         return decided
 
     def _count(self, r: np.ndarray) -> None:
-        count_rollup(r, self._arm_codes(int(r["contact"].max())), self._from_dormant,
-                     self.rollup)  # fmt: skip
+        count_rollup(r, self._arm_codes(int(r["contact"].max())), self._from_dormant, self.rollup)
 
     def set_arm(self, contact: int, arm: int) -> None:
         """A contact's assignment, set once, when it enrolls."""
@@ -133,8 +152,9 @@ class ChunkWriter:
         """`arms` as a numpy array, converting only what changed since the last call."""
         if self._arms_known < len(self.arms) or self._arm_array.size <= highest:
             known = self._arms_known
-            self._arm_array = np.concatenate([
-                self._arm_array[:known], np.asarray(self.arms[known:], dtype=np.int64)])
+            self._arm_array = np.concatenate(
+                [self._arm_array[:known], np.asarray(self.arms[known:], dtype=np.int64)]
+            )
             self._arms_known = len(self.arms)
         return self._arm_array
 
@@ -148,14 +168,18 @@ class ChunkWriter:
         if not self._chunk_contacts:
             return {}
         contact = np.concatenate(self._chunk_contacts)
-        chunk = np.repeat(np.arange(len(self._chunk_contacts), dtype=np.int32),
-                          [len(c) for c in self._chunk_contacts])  # fmt: skip
+        chunk = np.repeat(
+            np.arange(len(self._chunk_contacts), dtype=np.int32),
+            [len(c) for c in self._chunk_contacts],
+        )
         order = np.argsort(contact, kind="stable")  # chunks stay ascending per contact
         contact, chunk = contact[order], chunk[order]
         starts = np.flatnonzero(np.r_[True, contact[1:] != contact[:-1]])
         ends = np.r_[starts[1:], contact.size]
-        return {int(contact[s]): chunk[s:e].tobytes()
-                for s, e in zip(starts.tolist(), ends.tolist(), strict=True)}
+        return {
+            int(contact[s]): chunk[s:e].tobytes()
+            for s, e in zip(starts.tolist(), ends.tolist(), strict=True)
+        }
 
     def finish(self, contacts: list[tuple[int, str, str | None]], version: str) -> None:
         """Persist the texts and the contacts (index, id, segment)."""
@@ -168,9 +192,18 @@ class ChunkWriter:
         chunks_of = self._chunks_of()
         db.executemany(
             "INSERT INTO coded_contacts VALUES (?,?,?,?,?,?)",
-            [(cid, shard, i, texts[self.arms[i]] if self.arms[i] != NONE else "", segment,
-              chunks_of.get(i, b"")) for i, cid, segment in contacts],
-        )  # fmt: skip
+            [
+                (
+                    cid,
+                    shard,
+                    i,
+                    texts[self.arms[i]] if self.arms[i] != NONE else "",
+                    segment,
+                    chunks_of.get(i, b""),
+                )
+                for i, cid, segment in contacts
+            ],
+        )
         db.execute("INSERT OR REPLACE INTO coded_meta VALUES ('policy_version', ?)", (version,))
 
 
@@ -188,8 +221,15 @@ def count_rollup(r: np.ndarray, arm_of: np.ndarray, from_dormant: int, into: Cou
     first_day = int(day.min())
     # Every part is a small int (-1 for absent): one flat key per decision sorts far
     # faster than unique rows of seven columns.
-    parts = [day - first_day, r["what"], r["from_status"] + 1, r["to_status"],
-             r["event_type"] + 1, arms + 1, cycle]  # fmt: skip
+    parts = [
+        day - first_day,
+        r["what"],
+        r["from_status"] + 1,
+        r["to_status"],
+        r["event_type"] + 1,
+        arms + 1,
+        cycle,
+    ]
     sizes = tuple(int(part.max()) + 1 for part in parts)
     keys: Iterable[tuple[Any, ...]]
     try:
@@ -201,13 +241,25 @@ def count_rollup(r: np.ndarray, arm_of: np.ndarray, from_dormant: int, into: Cou
         unique, counts = np.unique(flat, return_counts=True)
         keys = zip(*np.unravel_index(unique, sizes), strict=True)
     for (d, what, src, dst, etype, arm, cyc), n in zip(keys, counts.tolist(), strict=True):
-        key = (int(d) + first_day, int(what), int(src) - 1, int(dst), int(etype) - 1,
-               int(arm) - 1, int(cyc))  # fmt: skip
+        key = (
+            int(d) + first_day,
+            int(what),
+            int(src) - 1,
+            int(dst),
+            int(etype) - 1,
+            int(arm) - 1,
+            int(cyc),
+        )
         into[key] += n
 
 
-def rollup_texts(rollup: Counter, what_texts: list[str], type_texts: list[str],
-                 arm_texts: list[str], version: str) -> Counter:  # fmt: skip
+def rollup_texts(
+    rollup: Counter,
+    what_texts: list[str],
+    type_texts: list[str],
+    arm_texts: list[str],
+    version: str,
+) -> Counter:
     what = [json.loads(t) for t in what_texts]
     status = [s.value for s in STATUSES]
     days: dict[int, str] = {}
@@ -217,9 +269,17 @@ def rollup_texts(rollup: Counter, what_texts: list[str], type_texts: list[str],
         if date is None:
             date = days[day] = (_EPOCH_DAY + timedelta(days=day)).isoformat()
         rule, reason = what[code]
-        key = (date, rule, reason, status[src] if src != NONE else "", status[dst], version,
-               type_texts[etype] if etype != NONE else "",
-               arm_texts[arm] if arm != NONE else "", cycle)  # fmt: skip
+        key = (
+            date,
+            rule,
+            reason,
+            status[src] if src != NONE else "",
+            status[dst],
+            version,
+            type_texts[etype] if etype != NONE else "",
+            arm_texts[arm] if arm != NONE else "",
+            cycle,
+        )
         out[key] += n
     return out
 
@@ -248,19 +308,30 @@ def window_rollup(path: Path | str, start: int, end: int) -> Counter:
             arm_of = np.full(max((i for i, _ in contacts), default=-1) + 1, NONE, np.int64)
             for idx, arm in contacts:
                 arm_of[idx] = arm_code.get(arm, NONE)
-            from_dormant = next((c for c, t in texts.get("what", {}).items()
-                                 if json.loads(t) == ["engagement", "reactivated_from_dormant"]),
-                                NONE)  # fmt: skip
+            from_dormant = next(
+                (
+                    c
+                    for c, t in texts.get("what", {}).items()
+                    if json.loads(t) == ["engagement", "reactivated_from_dormant"]
+                ),
+                NONE,
+            )
             counts: Counter = Counter()
             for (blob,) in db.execute(
                 "SELECT rows FROM coded_chunks WHERE shard = ? AND max_at >= ? AND min_at < ?",
                 (shard, start, end),
             ):
                 r = np.frombuffer(blob, dtype=ROW_DTYPE)
-                count_rollup(r[(r["at"] >= start) & (r["at"] < end)], arm_of, from_dormant,
-                             counts)  # fmt: skip
-            out.update(rollup_texts(counts, listed.get("what", []), listed.get("type", []),
-                                    listed.get("arm", []), version))  # fmt: skip
+                count_rollup(r[(r["at"] >= start) & (r["at"] < end)], arm_of, from_dormant, counts)
+            out.update(
+                rollup_texts(
+                    counts,
+                    listed.get("what", []),
+                    listed.get("type", []),
+                    listed.get("arm", []),
+                    version,
+                )
+            )
     finally:
         db.close()
     return out
@@ -319,20 +390,20 @@ def coded_decisions(path: Path | str, contact_id: str) -> list[Decision] | None:
         shard, idx, arm, segment, chunk_list, version = contact
         chunks = array("i", chunk_list).tolist()
         me = struct.pack("<i", idx)
-        found = {chunk: rest for chunk, *rest in
-                 db.execute(_CHUNKS, (shard, json.dumps(chunks)))}  # fmt: skip
+        found = {chunk: rest for chunk, *rest in db.execute(_CHUNKS, (shard, json.dumps(chunks)))}
         rows = []
         for chunk in chunks:
             rowid, contacts, cause_ends, causes = found[chunk]
-            rows += _read_rows(db, rowid, _positions(contacts, me), array("q", cause_ends),
-                               causes)  # fmt: skip
+            rows += _read_rows(db, rowid, _positions(contacts, me), array("q", cause_ends), causes)
         texts = Texts(db.execute(_NAMES, (shard,)))
     finally:
         db.close()
     experiments = json.loads(arm) if arm else {}
     # As the text ledger hands them out: changes and action details through their JSON text.
-    return [decision_from_row(decision_row(d))
-            for d in decisions(contact_id, rows, texts, version, experiments, segment)]
+    return [
+        decision_from_row(decision_row(d))
+        for d in decisions(contact_id, rows, texts, version, experiments, segment)
+    ]
 
 
 def _positions(contacts: bytes, me: bytes) -> list[int]:
@@ -349,8 +420,9 @@ def _positions(contacts: bytes, me: bytes) -> list[int]:
     return out
 
 
-def _read_rows(db: sqlite3.Connection, rowid: int, positions: list[int], cause_ends: array,
-               causes: bytes) -> list[tuple]:  # fmt: skip
+def _read_rows(
+    db: sqlite3.Connection, rowid: int, positions: list[int], cause_ends: array, causes: bytes
+) -> list[tuple]:
     out = []
     with db.blobopen("coded_chunks", "rows", rowid, readonly=True) as rows_blob:
         for pos in positions:

@@ -105,9 +105,9 @@ def replay_sharded(
     for k in range(workers):
         feed_out, feed_in = context.Pipe(duplex=False)
         answer_out, answer_in = context.Pipe(duplex=False)
-        proc = context.Process(target=_work, daemon=True,
-                               args=(policy, shard_path(base, k), k, feed_out,
-                                     answer_in))  # fmt: skip
+        proc = context.Process(
+            target=_work, daemon=True, args=(policy, shard_path(base, k), k, feed_out, answer_in)
+        )
         with _ctrl_c_ignored():
             proc.start()
         feed_out.close()
@@ -124,9 +124,19 @@ def replay_sharded(
         try:
             number = 0
             with cyclic_gc_paused():
-                for number, fresh in enumerate(read_batches(
-                        type_codes, events_path, until, strict, on_bad_line, progress,
-                        batch_size, run), 1):  # fmt: skip
+                for number, fresh in enumerate(
+                    read_batches(
+                        type_codes,
+                        events_path,
+                        until,
+                        strict,
+                        on_bad_line,
+                        progress,
+                        batch_size,
+                        run,
+                    ),
+                    1,
+                ):
                     parts: list[list[tuple]] = [[] for _ in range(workers)]
                     for item in fresh:
                         cid = item[1]

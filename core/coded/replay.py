@@ -109,9 +109,19 @@ def replay_coded(
         decider = Decider(policy, db, 0, run)
         number = 0
         with cyclic_gc_paused():
-            for number, fresh in enumerate(read_batches(
-                    decider.p.type_codes, events_path, until, strict, on_bad_line, progress,
-                    batch_size, run), 1):  # fmt: skip
+            for number, fresh in enumerate(
+                read_batches(
+                    decider.p.type_codes,
+                    events_path,
+                    until,
+                    strict,
+                    on_bad_line,
+                    progress,
+                    batch_size,
+                    run,
+                ),
+                1,
+            ):
                 decider.decide(fresh, number)
             end = until or run.latest
             decider.finish(None if end is None else to_us(end), number)
@@ -153,8 +163,11 @@ def read_batches(
             firsts = seen.first_sightings([item[0] for item in batch], offsets)
             repeated = firsts.count(False)
             stats.duplicates += repeated
-            out = [item for item, first in zip(batch, firsts, strict=True) if first] \
-                if repeated else batch.copy()  # fmt: skip
+            out = (
+                [item for item, first in zip(batch, firsts, strict=True) if first]
+                if repeated
+                else batch.copy()
+            )
             out.sort(key=_BY_TIME)
             batch.clear()
             offsets.clear()
@@ -166,7 +179,8 @@ def read_batches(
         unknown = run.unknown
         for lines in iter(partial(handle.readlines, _CHUNK_BYTES), []):
             decoded: Sequence = decode_chunk(lines, unknown) or [
-                _decoded(line, unknown) for line in lines]  # fmt: skip
+                _decoded(line, unknown) for line in lines
+            ]
             starts = list(accumulate(map(len, lines), initial=done))
             for event, start in zip(decoded, starts, strict=False):
                 number += 1
@@ -212,8 +226,7 @@ class Decider:
     then the time rules up to the horizon and the final states. Counts what it decides
     (applied, decisions, transitions, the roll-up, the first decision) into `run`."""
 
-    def __init__(self, policy: Policy, db: sqlite3.Connection, shard: int,
-                 run: CodedRun) -> None:  # fmt: skip
+    def __init__(self, policy: Policy, db: sqlite3.Connection, shard: int, run: CodedRun) -> None:
         self.names = Names()
         self.p = coded_policies(policy, self.names)[None]
         self.db = db
@@ -226,8 +239,14 @@ class Decider:
 
     def decide(self, fresh: list[tuple], number: int) -> None:
         """Batch `number` (counting from 1 over the whole file)."""
-        run, rows, index, ids, states, p = (self.run, self.rows, self.index, self.ids,
-                                            self.states, self.p)  # fmt: skip
+        run, rows, index, ids, states, p = (
+            self.run,
+            self.rows,
+            self.index,
+            self.ids,
+            self.states,
+            self.p,
+        )
         run.stats.applied += len(fresh)
         apply = engine.apply
         made = len(rows)
@@ -261,8 +280,9 @@ class Decider:
                 run.first = (batches + 1, from_us(min(r[1] for r in rows[made:])))
         _flush(self.writer, rows, run)
         ids, states = self.ids, self.states
-        self.writer.finish([(i, cid, states[i].policy.segment) for i, cid in enumerate(ids)],
-                           self.p.version)  # fmt: skip
+        self.writer.finish(
+            [(i, cid, states[i].policy.segment) for i, cid in enumerate(ids)], self.p.version
+        )
         run.rollup = self.writer.rollup_rows(self.p.version)
         write_contacts(self.db, ids, states)
         run.stats.contacts_touched = len(ids)

@@ -43,8 +43,9 @@ class SeenIds:
         for run_hashes, run_offsets in self._runs:
             at = np.searchsorted(run_hashes, hashes)
             inside = at < run_hashes.size
-            hit = np.flatnonzero(inside & (run_hashes[np.minimum(at, run_hashes.size - 1)]
-                                           == hashes))  # fmt: skip
+            hit = np.flatnonzero(
+                inside & (run_hashes[np.minimum(at, run_hashes.size - 1)] == hashes)
+            )
             for i in hit.tolist():
                 if fresh[i] and self._seen_in_run(run_hashes, run_offsets, int(at[i]), ids[i]):
                     fresh[i] = False
@@ -52,8 +53,9 @@ class SeenIds:
         self._add(hashes[keep], np.asarray(offsets, dtype=np.int64)[keep])
         return fresh
 
-    def _seen_in_run(self, run_hashes: np.ndarray, run_offsets: np.ndarray, start: int,
-                     event_id: str) -> bool:  # fmt: skip
+    def _seen_in_run(
+        self, run_hashes: np.ndarray, run_offsets: np.ndarray, start: int, event_id: str
+    ) -> bool:
         wanted = run_hashes[start]
         k = start
         while k < run_hashes.size and run_hashes[k] == wanted:

@@ -50,8 +50,9 @@ _STATUS_TEXT = [s.value for s in STATUSES]
 
 
 class CodedSimulation:
-    def __init__(self, config: SimulationConfig, policy: Policy, store: SQLiteStore,
-                 db: sqlite3.Connection) -> None:  # fmt: skip
+    def __init__(
+        self, config: SimulationConfig, policy: Policy, store: SQLiteStore, db: sqlite3.Connection
+    ) -> None:
         self.config = config
         self.policy = policy
         self.store = store
@@ -76,8 +77,11 @@ class CodedSimulation:
         self.first: datetime | None = None
         t = self.p.type_codes
         self.send, self.open, self.click = t["send"], t["open"], t["click"]
-        self.visit, self.bounce, self.unsub = t["high_intent_visit"], t["hard_bounce"], \
-            t["unsubscribe"]  # fmt: skip
+        self.visit, self.bounce, self.unsub = (
+            t["high_intent_visit"],
+            t["hard_bounce"],
+            t["unsubscribe"],
+        )
         self.type_names = {code: name for name, code in t.items()}
         self.comebacks = {self.p.what_from_dormant, self.p.what_from_alternate}
         self._steps: dict[int, int] = {}
@@ -153,8 +157,7 @@ class CodedSimulation:
                 step = self._step_sent(r[12])
                 if step:
                     today[f"step_{step}_sent"] += 1
-                    self._mail(np.array([i]), from_us(r[1]) + timedelta(hours=1),
-                               "reactivation")  # fmt: skip
+                    self._mail(np.array([i]), from_us(r[1]) + timedelta(hours=1), "reactivation")
         if len(rows) >= _FLUSH_ROWS:
             self.writer.write(rows)
             rows.clear()
@@ -165,7 +168,8 @@ class CodedSimulation:
         if sent is None:
             kind, detail = json.loads(self.names.texts["action"][action])
             sent = self._steps[action] = (
-                detail.get("step", 1) if kind == "reactivation_step_due" else 0)  # fmt: skip
+                detail.get("step", 1) if kind == "reactivation_step_due" else 0
+            )
         return sent
 
     def _moved(self, i: int, status: int, new_reason: int) -> None:
@@ -249,8 +253,9 @@ class CodedSimulation:
     def finish(self) -> None:
         self.writer.write(self.rows)
         self.rows.clear()
-        enrolled = [(i, self.ids[i], s.policy.segment) for i, s in enumerate(self.states)
-                    if s is not None]  # fmt: skip
+        enrolled = [
+            (i, self.ids[i], s.policy.segment) for i, s in enumerate(self.states) if s is not None
+        ]
         self.writer.finish(enrolled, self.p.version)
         ledger.write_rollup(self.writer.db, self.writer.rollup_rows(self.p.version))
 
@@ -259,9 +264,11 @@ _NEVER = np.iinfo(np.int64).max
 
 
 def run_coded_simulation(
-    config: SimulationConfig, policy: Policy, store: SQLiteStore,
+    config: SimulationConfig,
+    policy: Policy,
+    store: SQLiteStore,
     progress: Callable[[int], None] | None,
-) -> SimulationResult:  # fmt: skip
+) -> SimulationResult:
     db = sqlite3.connect(store.path, isolation_level=None)
     try:
         db.execute("PRAGMA busy_timeout=5000")

@@ -70,14 +70,26 @@ def contact_rows(ids: list[str], states: list) -> Iterator[tuple]:
         send_times = s.send_times
         next_due = due(s)
         yield (
-            ids[i], _STATUS_TEXT[s.status], iso[s.enrolled_at], iso[s.as_of],
-            iso[s.status_changed_at], iso[s.stream_entered_at], s.score, s.base_score,
-            None if last == NO_TIME else iso[last], s.decay_steps, s.cycle, s.step,
-            None if step_at is None else iso[step_at], s.unanswered, _REASON_TEXT[s.reason],
-            experiments_json(s.experiments) if s.experiments else None, s.policy.segment,
+            ids[i],
+            _STATUS_TEXT[s.status],
+            iso[s.enrolled_at],
+            iso[s.as_of],
+            iso[s.status_changed_at],
+            iso[s.stream_entered_at],
+            s.score,
+            s.base_score,
+            None if last == NO_TIME else iso[last],
+            s.decay_steps,
+            s.cycle,
+            s.step,
+            None if step_at is None else iso[step_at],
+            s.unanswered,
+            _REASON_TEXT[s.reason],
+            experiments_json(s.experiments) if s.experiments else None,
+            s.policy.segment,
             json.dumps([iso[t] for t in send_times]) if send_times else None,
             None if next_due is None else iso[next_due[0]],
-        )  # fmt: skip
+        )
         if len(iso) > 20_000:
             iso.clear()  # (the days stay: a few hundred)
 
@@ -113,8 +125,7 @@ def write_state_lines(path: str, sink: IO[str]) -> int:
             if not page:
                 return count
             lines = []
-            for (cid, status, score, last, cycle, step, reason, unanswered, changed,
-                 arms) in page:  # fmt: skip
+            for cid, status, score, last, cycle, step, reason, unanswered, changed, arms in page:
                 arm = "{}" if arms is None else experiments.get(arms)
                 if arm is None:
                     arm = experiments[arms] = json.dumps(json.loads(arms))

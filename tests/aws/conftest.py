@@ -20,16 +20,21 @@ from tests.fakes.memory_crm import MAPPING_PATH, MemoryCrm
 @pytest.fixture
 def stack(monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
     env = {
-        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": REGION,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": REGION,
         "STATE_TABLE": "crm-elasticity-test-state",
         "WORK_QUEUE_NAME": "crm-elasticity-test-work.fifo",
         "DEAD_LETTER_QUEUE_NAME": "crm-elasticity-test-work-dlq.fifo",
-        "ELASTICITY_MAPPINGS": str(MAPPING_PATH), "SECRETS_PREFIX": PREFIX,
-        "SECRET_NAMES": "MEMORY_SECRET", "MEMORY_CRM": "deployed",
-        "MAX_RECEIVE_COUNT": str(MAX_RECEIVES), "POWERTOOLS_METRICS_NAMESPACE": "CrmElasticityTest",
+        "ELASTICITY_MAPPINGS": str(MAPPING_PATH),
+        "SECRETS_PREFIX": PREFIX,
+        "SECRET_NAMES": "MEMORY_SECRET",
+        "MEMORY_CRM": "deployed",
+        "MAX_RECEIVE_COUNT": str(MAX_RECEIVES),
+        "POWERTOOLS_METRICS_NAMESPACE": "CrmElasticityTest",
         "POWERTOOLS_SERVICE_NAME": "crm-elasticity",
-    }  # fmt: skip
+    }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_LAMBDA_FUNCTION_NAME"):
@@ -39,8 +44,9 @@ def stack(monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
     parameters.clear_caches()
     # The functions' queue client refuses what SQS refuses and moto does not (size, entries).
     client = boto3.client
-    monkeypatch.setattr("connectors.aws.queue.boto3.client",
-                        lambda name, **kw: SqsWithLimits(client(name, **kw)))  # fmt: skip
+    monkeypatch.setattr(
+        "connectors.aws.queue.boto3.client", lambda name, **kw: SqsWithLimits(client(name, **kw))
+    )
     with mock_aws():
         store = DynamoDBStore(
             env["STATE_TABLE"], client=boto3.client("dynamodb", region_name=REGION)
@@ -61,7 +67,7 @@ def stack(monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
                 "RedrivePolicy": json.dumps(
                     {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": MAX_RECEIVES}
                 ),
-            },  # fmt: skip
+            },
         )["QueueUrl"]
         queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
             "Attributes"

@@ -39,7 +39,7 @@ def api_event(path: str, body: str, headers: dict[str, str] | None = None) -> di
             "host": "abc.execute-api.aws",
             "x-forwarded-proto": "https",
             **(headers or {}),
-        },  # fmt: skip
+        },
         "requestContext": {
             "accountId": "123456789012",
             "apiId": "abc",
@@ -56,7 +56,7 @@ def api_event(path: str, body: str, headers: dict[str, str] | None = None) -> di
             "stage": "$default",
             "time": "01/Mar/2024:09:30:00 +0000",
             "timeEpoch": int(time.time() * 1000),
-        },  # fmt: skip
+        },
         "body": body,
         "isBase64Encoded": False,
     }
@@ -64,20 +64,33 @@ def api_event(path: str, body: str, headers: dict[str, str] | None = None) -> di
 
 def receive(sqs: Any, queue_url: str, limit: int = 10) -> list[dict[str, Any]]:
     answer = sqs.receive_message(
-        QueueUrl=queue_url, MaxNumberOfMessages=limit, AttributeNames=["All"],
-        MessageSystemAttributeNames=["All"], VisibilityTimeout=30,
-    )  # fmt: skip
+        QueueUrl=queue_url,
+        MaxNumberOfMessages=limit,
+        AttributeNames=["All"],
+        MessageSystemAttributeNames=["All"],
+        VisibilityTimeout=30,
+    )
     return answer.get("Messages", [])
 
 
 def sqs_event(messages: list[dict[str, Any]], queue_arn: str) -> dict[str, Any]:
     """The event the Lambda SQS poller builds from received messages."""
-    return {"Records": [{
-        "messageId": m["MessageId"], "receiptHandle": m["ReceiptHandle"], "body": m["Body"],
-        "attributes": m.get("Attributes", {}), "messageAttributes": {},
-        "md5OfBody": m["MD5OfBody"], "eventSource": "aws:sqs", "eventSourceARN": queue_arn,
-        "awsRegion": "eu-west-1",
-    } for m in messages]}  # fmt: skip
+    return {
+        "Records": [
+            {
+                "messageId": m["MessageId"],
+                "receiptHandle": m["ReceiptHandle"],
+                "body": m["Body"],
+                "attributes": m.get("Attributes", {}),
+                "messageAttributes": {},
+                "md5OfBody": m["MD5OfBody"],
+                "eventSource": "aws:sqs",
+                "eventSourceARN": queue_arn,
+                "awsRegion": "eu-west-1",
+            }
+            for m in messages
+        ]
+    }
 
 
 @dataclass
@@ -152,25 +165,35 @@ class SqsWithLimits:
 
     def send_message(self, **kwargs: Any) -> dict[str, Any]:
         if len(kwargs["MessageBody"].encode()) > self.MAX_BYTES:
-            raise self._refuse("InvalidParameterValue", "One or more parameters are invalid. "
-                               "Reason: Message must be shorter than 262144 bytes.",
-                               "SendMessage")  # fmt: skip
+            raise self._refuse(
+                "InvalidParameterValue",
+                "One or more parameters are invalid. "
+                "Reason: Message must be shorter than 262144 bytes.",
+                "SendMessage",
+            )
         return self.client.send_message(**kwargs)
 
     def send_message_batch(self, **kwargs: Any) -> dict[str, Any]:
         entries = kwargs["Entries"]
         if not entries:
-            raise self._refuse("EmptyBatchRequest", "There should be at least one "
-                               "SendMessageBatchRequestEntry in the request.",
-                               "SendMessageBatch")  # fmt: skip
+            raise self._refuse(
+                "EmptyBatchRequest",
+                "There should be at least one SendMessageBatchRequestEntry in the request.",
+                "SendMessageBatch",
+            )
         if len(entries) > self.MAX_ENTRIES:
-            raise self._refuse("TooManyEntriesInBatchRequest",
-                               f"Maximum number of entries per request are {self.MAX_ENTRIES}.",
-                               "SendMessageBatch")  # fmt: skip
+            raise self._refuse(
+                "TooManyEntriesInBatchRequest",
+                f"Maximum number of entries per request are {self.MAX_ENTRIES}.",
+                "SendMessageBatch",
+            )
         sizes = [len(e["MessageBody"].encode()) for e in entries]
         if sum(sizes) > self.MAX_BYTES:
-            raise self._refuse("BatchRequestTooLong", "Batch requests cannot be longer than "
-                               "262144 bytes.", "SendMessageBatch")  # fmt: skip
+            raise self._refuse(
+                "BatchRequestTooLong",
+                "Batch requests cannot be longer than 262144 bytes.",
+                "SendMessageBatch",
+            )
         self.batch_calls.append(sizes)
         return self.client.send_message_batch(**kwargs)
 

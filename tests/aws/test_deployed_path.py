@@ -77,8 +77,14 @@ def test_webhook_with_a_bad_secret_is_refused_and_enqueues_nothing(stack: Stack)
 
 def test_a_poisoned_record_fails_alone_and_ends_in_the_dead_letter_queue(stack: Stack) -> None:
     stack.crm.poisoned = {"bad"}
-    post([canonical("e1", "c1"), canonical("e2", "c2"), canonical("e3", "bad"),
-          canonical("e4", "c3", "click")])  # fmt: skip
+    post(
+        [
+            canonical("e1", "c1"),
+            canonical("e2", "c2"),
+            canonical("e3", "bad"),
+            canonical("e4", "c3", "click"),
+        ]
+    )
     first = stack.poller.deliver()
     assert first is not None
     assert [b["event"]["event_id"] for b in first.bodies(first.failed_ids)] == ["e3"]
@@ -101,8 +107,14 @@ def test_a_poisoned_record_fails_alone_and_ends_in_the_dead_letter_queue(stack: 
 def test_a_crash_after_commit_redelivers_without_double_counting(
     stack: Stack, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    post([canonical("e1", "c1"), canonical("e2", "c1", "click", 1),
-          canonical("e3", "c1", "high_intent_visit", 2), canonical("e4", "c2")])  # fmt: skip
+    post(
+        [
+            canonical("e1", "c1"),
+            canonical("e2", "c1", "click", 1),
+            canonical("e3", "c1", "high_intent_visit", 2),
+            canonical("e4", "c2"),
+        ]
+    )
     stack.poller.deliver(crash_after_invoke=True)  # work done, messages never deleted
     capsys.readouterr()
     redelivered = stack.poller.deliver()
@@ -143,10 +155,11 @@ def test_a_throttled_crm_waits_and_a_dlq_replay_counts_once(
     assert stack.queued(stack.dlq_url) == 0
     for m in dead:  # an operator replays the same dead letters again by mistake
         stack.sqs.send_message(
-            QueueUrl=stack.queue_url, MessageBody=m["Body"],
+            QueueUrl=stack.queue_url,
+            MessageBody=m["Body"],
             MessageGroupId=m["Attributes"]["MessageGroupId"],
             MessageDeduplicationId=f"{m['Attributes']['MessageDeduplicationId']}:again",
-        )  # fmt: skip
+        )
     stack.poller.drain()
     states = stack.store.get_contacts(["c1", "c2"])
     assert [states[c].engagement_score for c in ("c1", "c2")] == [5, 5]
@@ -155,8 +168,17 @@ def test_a_throttled_crm_waits_and_a_dlq_replay_counts_once(
 
 def test_scheduled_sync_runs_through_its_handler(stack: Stack) -> None:
     old = NOW - timedelta(days=100)
-    post([{"event_id": f"enroll-{c}", "contact_id": c, "type": "enroll",
-           "occurred_at": old.isoformat()} for c in ("c1", "c2", "c3")])  # fmt: skip
+    post(
+        [
+            {
+                "event_id": f"enroll-{c}",
+                "contact_id": c,
+                "type": "enroll",
+                "occurred_at": old.isoformat(),
+            }
+            for c in ("c1", "c2", "c3")
+        ]
+    )
     stack.poller.drain()
     assert stack.crm.values["c1"]["campaign_status"] == "Active"
 
@@ -195,9 +217,11 @@ def test_an_unreadable_message_goes_to_the_dlq_at_once_and_blocks_nobody(
     stack: Stack, capsys: pytest.CaptureFixture[str]
 ) -> None:
     stack.sqs.send_message(
-        QueueUrl=stack.queue_url, MessageBody="{not json", MessageGroupId="memory:c1",
+        QueueUrl=stack.queue_url,
+        MessageBody="{not json",
+        MessageGroupId="memory:c1",
         MessageDeduplicationId="garbage-1",
-    )  # fmt: skip
+    )
     post([canonical("e1", "c1"), canonical("e2", "c2")])
     first = stack.poller.deliver()
     assert first is not None

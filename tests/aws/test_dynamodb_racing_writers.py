@@ -29,8 +29,16 @@ def test_a_sync_that_read_a_contact_before_the_worker_committed_decides_again(
     applies an open (Reactivated, score 5) and commits. The sync's commit must not land over
     it: it fails, the sync reads again and decides nothing more."""
     old = NOW - timedelta(days=100)
-    post([{"event_id": "enroll-c1", "contact_id": "c1", "type": "enroll",
-           "occurred_at": old.isoformat()}])  # fmt: skip
+    post(
+        [
+            {
+                "event_id": "enroll-c1",
+                "contact_id": "c1",
+                "type": "enroll",
+                "occurred_at": old.isoformat(),
+            }
+        ]
+    )
     stack.poller.drain()
     assert stack.crm.values["c1"]["campaign_status"] == "Active"
 
@@ -103,8 +111,11 @@ def test_flushers_racing_on_one_outbox_lose_no_write_and_create_each_task_once(
 ) -> None:
     from moto import mock_aws
 
-    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                        "AWS_DEFAULT_REGION": "eu-west-1"}.items():  # fmt: skip
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "eu-west-1",
+    }.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     start = datetime(2026, 3, 2, 9, tzinfo=UTC)
@@ -124,8 +135,12 @@ def test_flushers_racing_on_one_outbox_lose_no_write_and_create_each_task_once(
                 for step, kind in enumerate(["enroll", "click", "click", "click"]):
                     for cid in ids:
                         at = start + timedelta(minutes=step)
-                        event = Event(event_id=f"{kind}-{step}-{cid}", contact_id=cid,
-                                      type=kind, occurred_at=at)  # fmt: skip
+                        event = Event(
+                            event_id=f"{kind}-{step}-{cid}",
+                            contact_id=cid,
+                            type=kind,
+                            occurred_at=at,
+                        )
                         worker.process([event], flush=False)
             except BaseException as exc:  # noqa: BLE001 - reported by the test thread
                 errors.append(exc)
@@ -155,9 +170,11 @@ def test_flushers_racing_on_one_outbox_lose_no_write_and_create_each_task_once(
             assert crm.values[cid]["campaign_status"] == "Engaged", cid
             assert crm.values[cid]["engagement_score"] == states[cid].engagement_score, cid
         engaged = [
-            d for cid in ids for d in worker.store.ledger_for(cid)
+            d
+            for cid in ids
+            for d in worker.store.ledger_for(cid)
             if d.to_status is Status.ENGAGED and d.from_status is not Status.ENGAGED
-        ]  # fmt: skip
+        ]
         created = TaskLog(crm).created()
         assert len(engaged) == len(ids)
         assert len(created) == len(ids)

@@ -294,7 +294,9 @@ def test_owed_writes_an_earlier_release_left_in_the_table_drain_typed(table: str
         client.put_item(TableName=table, Item={k: {"S": v} for k, v in item.items()})
     store = open_store(table)
     taken = store.outbox_claim(10)
-    assert [(o.owed.contact_id, o.owed.kind.value) for o in taken] == [("c1", "fields"),
-                                                                      ("c:2", "task")]  # fmt: skip
+    assert [(o.owed.contact_id, o.owed.kind.value) for o in taken] == [
+        ("c1", "fields"),
+        ("c:2", "task"),
+    ]
     store.commit(Batch(outbox_done=taken))
     assert store.outbox_take(10) == []

@@ -22,8 +22,9 @@ NOW = datetime.now(UTC).replace(microsecond=0)
 def governed(stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Stack:
     data = yaml.safe_load(MAPPING_PATH.read_text())
     data["eligibility"] = {"consent_property": "email_consent", "consent_means": "opt_in"}
-    data["segments"] = [{"name": "fast-market", "where": {"country": "DE"},
-                         "policy": {"dormant_after_days": 30}}]  # fmt: skip
+    data["segments"] = [
+        {"name": "fast-market", "where": {"country": "DE"}, "policy": {"dormant_after_days": 30}}
+    ]
     path = tmp_path / "memory-governed.yaml"
     path.write_text(yaml.safe_dump(data))
     monkeypatch.setenv("ELASTICITY_MAPPINGS", str(path))
@@ -44,14 +45,22 @@ def test_the_worker_withholds_a_due_step_from_a_contact_without_consent(governed
     changed = NOW - timedelta(days=33)
     for cid, consent in (("never", None), ("agreed", "true")):
         governed.crm.values[cid] = {
-            "campaign_status": "Dormant", "status_changed_at": changed, "engagement_score": 0,
-            "reactivation_cycle": 0, "reactivation_step": 0, "unanswered_sends": 3,
+            "campaign_status": "Dormant",
+            "status_changed_at": changed,
+            "engagement_score": 0,
+            "reactivation_cycle": 0,
+            "reactivation_step": 0,
+            "unanswered_sends": 3,
             "last_engagement_date": changed - timedelta(days=90),
-        }  # fmt: skip
+        }
         governed.crm.properties[cid] = {"email_consent": consent}
     # A newsletter send lands after cooling is over: the due step is decided first.
-    post([send("s1", "never", NOW - timedelta(hours=1)),
-          send("s2", "agreed", NOW - timedelta(hours=1))])  # fmt: skip
+    post(
+        [
+            send("s1", "never", NOW - timedelta(hours=1)),
+            send("s2", "agreed", NOW - timedelta(hours=1)),
+        ]
+    )
     governed.poller.drain()
     assert governed.crm.values["never"]["reactivation_step"] == 0
     assert governed.crm.values["agreed"]["reactivation_step"] == 1
@@ -61,8 +70,16 @@ def test_the_worker_withholds_a_due_step_from_a_contact_without_consent(governed
 def test_a_new_contact_joins_its_segment_in_the_worker(governed: Stack):
     governed.crm.values["de"] = {}
     governed.crm.properties["de"] = {"country": "DE", "email_consent": "true"}
-    post([{"event_id": "o1", "contact_id": "de", "type": "open",
-           "occurred_at": (NOW - timedelta(hours=2)).isoformat()}])  # fmt: skip
+    post(
+        [
+            {
+                "event_id": "o1",
+                "contact_id": "de",
+                "type": "open",
+                "occurred_at": (NOW - timedelta(hours=2)).isoformat(),
+            }
+        ]
+    )
     governed.poller.drain()
     state = governed.store.get_contacts(["de"])["de"]
     assert state.segment == "fast-market"
@@ -75,8 +92,11 @@ def competing_programs(directory: Path) -> tuple[Path, Path]:
     low = {**base, "program": "newsletter"}
     low["eligibility"] = {"priority": 1, "competing": ["promo.yaml"]}
     high = {**base, "program": "promo"}
-    high["eligibility"] = {"priority": 5, "audience": {"lifecycle": "lead"},
-                           "competing": ["newsletter.yaml"]}  # fmt: skip
+    high["eligibility"] = {
+        "priority": 5,
+        "audience": {"lifecycle": "lead"},
+        "competing": ["newsletter.yaml"],
+    }
     paths = directory / "newsletter.yaml", directory / "promo.yaml"
     for path, data in zip(paths, (low, high), strict=True):
         path.write_text(yaml.safe_dump(data))
@@ -92,13 +112,21 @@ def test_the_worker_withholds_a_step_from_a_contact_a_higher_priority_program_ta
     changed = NOW - timedelta(days=33)
     for cid, lifecycle in (("lead", "lead"), ("customer", "customer")):
         stack.crm.values[cid] = {
-            "campaign_status": "Dormant", "status_changed_at": changed, "engagement_score": 0,
-            "reactivation_cycle": 0, "reactivation_step": 0, "unanswered_sends": 3,
+            "campaign_status": "Dormant",
+            "status_changed_at": changed,
+            "engagement_score": 0,
+            "reactivation_cycle": 0,
+            "reactivation_step": 0,
+            "unanswered_sends": 3,
             "last_engagement_date": changed - timedelta(days=90),
-        }  # fmt: skip
+        }
         stack.crm.properties[cid] = {"lifecycle": lifecycle}
-    post([send("s1", "lead", NOW - timedelta(hours=1)),
-          send("s2", "customer", NOW - timedelta(hours=1))])  # fmt: skip
+    post(
+        [
+            send("s1", "lead", NOW - timedelta(hours=1)),
+            send("s2", "customer", NOW - timedelta(hours=1)),
+        ]
+    )
     stack.poller.drain()
     assert stack.crm.values["lead"]["reactivation_step"] == 0
     assert stack.crm.values["customer"]["reactivation_step"] == 1

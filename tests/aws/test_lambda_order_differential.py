@@ -37,8 +37,10 @@ def test_the_lambda_worker_with_shuffled_and_redelivered_webhooks_ends_where_rep
     got = stack.store.get_contacts(reference)
     revised = sum(d.reason == "revised" for cid in reference for d in stack.store.ledger_for(cid))
     found = differences(reference, got)
-    print(f"Lambda worker vs replay: {len(reference)} contacts compared, {len(found)} "
-          f"differences, {revised} revisions")  # fmt: skip
+    print(
+        f"Lambda worker vs replay: {len(reference)} contacts compared, {len(found)} "
+        f"differences, {revised} revisions"
+    )
     assert len(got) == len(reference) == CONTACTS
     assert found == []
     assert revised > 0

@@ -21,11 +21,19 @@ from tests.fakes.memory_crm import MemoryConnector, MemoryCrm, memory_mapping
 EVENTS = [
     {"event_id": "p1", "contact_id": "c1", "type": "open", "occurred_at": "2030-01-01T10:00:00Z"},
     {"event_id": "p2", "contact_id": "c1", "type": "click", "occurred_at": "2030-01-01T10:05:00Z"},
-    {"event_id": "p3", "contact_id": "c1", "type": "high_intent_visit",
-     "occurred_at": "2030-01-01T10:06:00Z"},
-    {"event_id": "p4", "contact_id": "c2", "type": "unsubscribe",
-     "occurred_at": "2030-01-01T10:07:00Z"},
-]  # fmt: skip
+    {
+        "event_id": "p3",
+        "contact_id": "c1",
+        "type": "high_intent_visit",
+        "occurred_at": "2030-01-01T10:06:00Z",
+    },
+    {
+        "event_id": "p4",
+        "contact_id": "c2",
+        "type": "unsubscribe",
+        "occurred_at": "2030-01-01T10:07:00Z",
+    },
+]
 
 
 @pytest.fixture
@@ -42,9 +50,11 @@ def local() -> Iterator[tuple[str, Runner, MemoryCrm]]:
 
 def post_local(base: str, body: bytes) -> tuple[int, dict]:
     request = urllib.request.Request(  # noqa: S310 - a loopback URL built by the test
-        f"{base}/webhooks/memory", data=body, method="POST",
+        f"{base}/webhooks/memory",
+        data=body,
+        method="POST",
         headers={"Content-Type": "application/json", "X-Memory-Secret": SECRET},
-    )  # fmt: skip
+    )
     with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310
         return answer.status, json.loads(answer.read())
 

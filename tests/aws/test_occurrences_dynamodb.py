@@ -38,8 +38,11 @@ def clock() -> Clock:
 
 @pytest.fixture
 def store(monkeypatch: pytest.MonkeyPatch, clock: Clock) -> Iterator[DynamoDBStore]:
-    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                        "AWS_DEFAULT_REGION": "eu-west-1"}.items():  # fmt: skip
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "eu-west-1",
+    }.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     with mock_aws():
@@ -51,8 +54,11 @@ def store(monkeypatch: pytest.MonkeyPatch, clock: Clock) -> Iterator[DynamoDBSto
 
 def outbound(note_id: str, at: datetime, **fields: str) -> list:
     mapping = load_mapping("mappings/salesforce.yaml")
-    envelope = Envelope("00D000000000001", "04k000000000001",
-                        [Notification(note_id, "Contact", CONTACT, dict(fields))])  # fmt: skip
+    envelope = Envelope(
+        "00D000000000001",
+        "04k000000000001",
+        [Notification(note_id, "Contact", CONTACT, dict(fields))],
+    )
     return events_from_envelope(envelope, mapping, "Contact", at).events
 
 
@@ -67,8 +73,14 @@ def test_a_resent_value_does_not_count_again_after_its_claim_expired(store, cloc
     assert store.get_contacts([CONTACT])[CONTACT].engagement_score == 5
     # 200 days on, a send stamps another field and the message resends the old open date.
     clock.now = later = T0 + timedelta(days=200)
-    pipeline.process(outbound("04l002", later, Last_Email_Open_Date__c=OPENED,
-                              Last_Email_Send_Date__c=later.strftime(STAMP)))  # fmt: skip
+    pipeline.process(
+        outbound(
+            "04l002",
+            later,
+            Last_Email_Open_Date__c=OPENED,
+            Last_Email_Send_Date__c=later.strftime(STAMP),
+        )
+    )
     # ... and Salesforce redelivers the first message too.
     pipeline.process(outbound("04l001", later, Last_Email_Open_Date__c=OPENED))
     state = store.get_contacts([CONTACT])[CONTACT]
@@ -120,10 +132,19 @@ def test_the_lambda_worker_does_not_recount_a_value_after_its_claim_expired(
     opened = T0 - timedelta(hours=1)
 
     def post(event_id: str) -> None:
-        body = [{"event_id": event_id, "contact_id": "c9", "type": "open",
-                 "occurred_at": opened.isoformat(),
-                 "observed": {"property": "last_open_date", "value": opened.isoformat(),
-                              "changed_at": opened.isoformat()}}]  # fmt: skip
+        body = [
+            {
+                "event_id": event_id,
+                "contact_id": "c9",
+                "type": "open",
+                "occurred_at": opened.isoformat(),
+                "observed": {
+                    "property": "last_open_date",
+                    "value": opened.isoformat(),
+                    "changed_at": opened.isoformat(),
+                },
+            }
+        ]
         request = api_event("/webhooks/memory", json.dumps(body), {"x-memory-secret": SECRET})
         assert handlers.webhook(request, FakeContext())["statusCode"] == 202
         stack.poller.drain()

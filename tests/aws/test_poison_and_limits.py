@@ -42,22 +42,33 @@ def test_a_webhook_event_dated_near_9999_is_answered_400_and_not_queued(stack: S
 def test_a_queued_year_9999_event_goes_to_the_dlq_and_the_rest_are_applied(stack: Stack) -> None:
     """A message an older release queued, which no worker of this one can read."""
     old = {"vendor": "memory", "event": canonical("old", "c1", occurred_at="9999-12-30T00:00Z")}
-    stack.sqs.send_message(QueueUrl=stack.queue_url, MessageBody=json.dumps(old),
-                           MessageGroupId="memory:c1", MessageDeduplicationId="old")  # fmt: skip
+    stack.sqs.send_message(
+        QueueUrl=stack.queue_url,
+        MessageBody=json.dumps(old),
+        MessageGroupId="memory:c1",
+        MessageDeduplicationId="old",
+    )
     post([canonical("e1", "c1"), canonical("e2", "c2")])
     first = stack.poller.deliver()
     assert first is not None and len(first.messages) == 3
     assert first.failed_ids == []
     assert sorted(stack.store.get_contacts(["c1", "c2"])) == ["c1", "c2"]
-    assert [json.loads(m["Body"])["event"]["event_id"]
-            for m in receive(stack.sqs, stack.dlq_url)] == ["old"]  # fmt: skip
+    assert [
+        json.loads(m["Body"])["event"]["event_id"] for m in receive(stack.sqs, stack.dlq_url)
+    ] == ["old"]
 
 
 @pytest.mark.parametrize(
     ("field", "size"),
-    [("url", 300_000), ("url", MAX_URL_CHARS + 1), ("campaign", MAX_LABEL_CHARS + 1),
-     ("variant", 100_000), ("source", 100_000), ("contact_id", 100_000)],
-)  # fmt: skip
+    [
+        ("url", 300_000),
+        ("url", MAX_URL_CHARS + 1),
+        ("campaign", MAX_LABEL_CHARS + 1),
+        ("variant", 100_000),
+        ("source", 100_000),
+        ("contact_id", 100_000),
+    ],
+)
 def test_an_oversized_field_is_refused_at_the_webhook_not_by_the_queue(
     stack: Stack, field: str, size: int
 ) -> None:
@@ -71,11 +82,16 @@ def test_events_at_every_field_limit_are_queued_within_sqs_limits(stack: Stack) 
     # Control characters are the worst case: JSON writes each as six bytes.
     worst = "\x01"
     events = [
-        canonical(f"{i:03d}" + worst * 508, f"c{i}" + worst * 250, url=worst * MAX_URL_CHARS,
-                  campaign=worst * MAX_LABEL_CHARS, variant=worst * MAX_LABEL_CHARS,
-                  source=worst * MAX_LABEL_CHARS)
+        canonical(
+            f"{i:03d}" + worst * 508,
+            f"c{i}" + worst * 250,
+            url=worst * MAX_URL_CHARS,
+            campaign=worst * MAX_LABEL_CHARS,
+            variant=worst * MAX_LABEL_CHARS,
+            source=worst * MAX_LABEL_CHARS,
+        )
         for i in range(25)
-    ]  # fmt: skip
+    ]
     answer = post(events)
     assert answer["statusCode"] == 202, answer["body"]
     assert stack.queued() == 25
@@ -106,11 +122,19 @@ def test_the_queue_stand_in_refuses_what_sqs_refuses(stack: Stack) -> None:
 
     url = stack.queue_url
     with pytest.raises(ClientError, match="TooManyEntriesInBatchRequest"):
-        sqs.send_message_batch(QueueUrl=url, Entries=[
-            {"Id": str(i), "MessageDeduplicationId": str(i), **body(1)} for i in range(11)])
+        sqs.send_message_batch(
+            QueueUrl=url,
+            Entries=[
+                {"Id": str(i), "MessageDeduplicationId": str(i), **body(1)} for i in range(11)
+            ],
+        )
     with pytest.raises(ClientError, match="BatchRequestTooLong"):
-        sqs.send_message_batch(QueueUrl=url, Entries=[
-            {"Id": str(i), "MessageDeduplicationId": str(i), **body(150_000)} for i in range(2)])
+        sqs.send_message_batch(
+            QueueUrl=url,
+            Entries=[
+                {"Id": str(i), "MessageDeduplicationId": str(i), **body(150_000)} for i in range(2)
+            ],
+        )
     with pytest.raises(ClientError, match="InvalidParameterValue"):
         sqs.send_message(QueueUrl=url, MessageDeduplicationId="big", **body(MAX_MESSAGE_BYTES + 1))
     assert stack.queued() == 0
@@ -120,8 +144,16 @@ def test_a_work_queue_sends_large_events_in_calls_sqs_accepts(stack: Stack) -> N
     sqs = SqsWithLimits(boto3.client("sqs", region_name=REGION))
     queue = WorkQueue("crm-elasticity-test-work.fifo", sqs, queue_url=stack.queue_url)
     at = NOW - timedelta(hours=1)
-    events = [Event(event_id=f"e{i}", contact_id="c1", type="open", occurred_at=at,
-                    url="https://acme.io/" + "\x01" * (MAX_URL_CHARS - 16)) for i in range(30)]
+    events = [
+        Event(
+            event_id=f"e{i}",
+            contact_id="c1",
+            type="open",
+            occurred_at=at,
+            url="https://acme.io/" + "\x01" * (MAX_URL_CHARS - 16),
+        )
+        for i in range(30)
+    ]
     assert queue.send("memory", events) == 30
     assert all(len(sizes) <= 10 and sum(sizes) <= MAX_MESSAGE_BYTES for sizes in sqs.batch_calls)
     assert sum(len(sizes) for sizes in sqs.batch_calls) == 30
@@ -147,8 +179,9 @@ def test_the_dynamodb_store_counts_a_cut_url_once(stack: Stack) -> None:
     [signal] = [s for s in mapping.signals if s.patterns]
     at = NOW - timedelta(hours=1)
     long_value = "https://acme.io/pricing?" + "q" * 5000
-    event = event_from_signal(mapping, signal, "101", long_value, at, "hubspot:webhook",
-                              changed_at=at)  # fmt: skip
+    event = event_from_signal(
+        mapping, signal, "101", long_value, at, "hubspot:webhook", changed_at=at
+    )
     pipeline = Pipeline(stack.store, mapping.policy)
     pipeline.process([event])
     pipeline.process([event])  # a redelivery is a duplicate: not counted again

@@ -68,10 +68,15 @@ def test_a_queue_that_keeps_refusing_makes_the_webhook_answer_503() -> None:
 
 @pytest.mark.parametrize(
     ("text", "kept"),
-    [("hubspot:123", True), ("salesforce:003xx000004TmiQAAS", True), ("a b", False),
-     ("x" * 129, False), ("héllo", False)],
+    [
+        ("hubspot:123", True),
+        ("salesforce:003xx000004TmiQAAS", True),
+        ("a b", False),
+        ("x" * 129, False),
+        ("héllo", False),
+    ],
     ids=["numeric-id", "salesforce-id", "space", "too-long", "non-ascii"],
-)  # fmt: skip
+)
 def test_sqs_ids_are_kept_when_valid_and_hashed_stably_otherwise(text: str, kept: bool) -> None:
     result = sqs_id(text)
     assert (result == text) is kept

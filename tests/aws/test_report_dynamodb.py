@@ -99,11 +99,12 @@ def test_local_and_deployed_paths_give_the_same_report_and_histories(
     # Every day folded into packed months (as the scheduled report does once days close):
     # the same report and window, byte for byte.
     assert stack.store.compact_rollup(GENERATED) > 0
-    assert render(build(stack.store, None, None, label="store", now=GENERATED), "json") == (
-        reports[0]
+    assert (
+        render(build(stack.store, None, None, label="store", now=GENERATED), "json") == (reports[0])
     )
-    assert render(build(stack.store, since, None, label="store", now=GENERATED), "json") == (
-        windowed[0]
+    assert (
+        render(build(stack.store, since, None, label="store", now=GENERATED), "json")
+        == (windowed[0])
     )
 
 

@@ -27,8 +27,11 @@ closed (a week's revision window and a day)."""
 
 @pytest.fixture
 def table(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                        "AWS_DEFAULT_REGION": REGION}.items():  # fmt: skip
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": REGION,
+    }.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     with mock_aws():
@@ -37,8 +40,9 @@ def table(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 
 
 def open_store(table: str, client: Any = None, shard: int | None = None) -> DynamoDBStore:
-    store = DynamoDBStore(table, client=client or boto3.client("dynamodb", region_name=REGION),
-                          clock=lambda: FOLD_AT)  # fmt: skip
+    store = DynamoDBStore(
+        table, client=client or boto3.client("dynamodb", region_name=REGION), clock=lambda: FOLD_AT
+    )
     if shard is not None:
         store._counter_shard = shard
     return store
@@ -58,17 +62,29 @@ def report_json(store: DynamoDBStore, since: datetime | None = None) -> str:
 
 def packed_items(table: str) -> list[dict[str, Any]]:
     client = boto3.client("dynamodb", region_name=REGION)
-    return client.query(TableName=table, KeyConditionExpression="pk = :p",
-                        ExpressionAttributeValues={":p": {"S": PACKED_PK}})["Items"]  # fmt: skip
+    return client.query(
+        TableName=table,
+        KeyConditionExpression="pk = :p",
+        ExpressionAttributeValues={":p": {"S": PACKED_PK}},
+    )["Items"]
 
 
 def late_open(cid: str, at: datetime) -> Batch:
     """One more decision counted under a key `fill` uses."""
     state = ContactState(cid, Status.ENGAGED, at, at, at, at, engagement_score=30)
-    decision = Decision(contact_id=cid, at=at, rule="engagement", reason="open +5",
-                        cause=f"{cid}-late", from_status=Status.ACTIVE,
-                        to_status=Status.ENGAGED, changes={"engagement_score": (25, 30)},
-                        policy_version="v1", actions=[], event_type="open")  # fmt: skip
+    decision = Decision(
+        contact_id=cid,
+        at=at,
+        rule="engagement",
+        reason="open +5",
+        cause=f"{cid}-late",
+        from_status=Status.ACTIVE,
+        to_status=Status.ENGAGED,
+        changes={"engagement_score": (25, 30)},
+        policy_version="v1",
+        actions=[],
+        event_type="open",
+    )
     return Batch(contacts=[state], next_due=[None], decisions=[decision])
 
 
@@ -135,8 +151,12 @@ def test_a_counter_moved_while_it_is_folded_is_left_for_the_next_fold(table: str
     store = filled(table)
     writer = open_store(table, shard=0)
     late = late_open("c00001", datetime(2030, 1, 2, 9, tzinfo=UTC))  # c00001 opens on 01-02
-    racing = RacingClient(boto3.client("dynamodb", region_name=REGION), "transact_write_items",
-                          PACKED_PK, lambda: writer.commit(late))  # fmt: skip
+    racing = RacingClient(
+        boto3.client("dynamodb", region_name=REGION),
+        "transact_write_items",
+        PACKED_PK,
+        lambda: writer.commit(late),
+    )
     folding = open_store(table, racing)
     folded = folding.compact_rollup()
     assert folded < 27 * 3 * 2  # the transaction holding the moved counter did not land
@@ -151,8 +171,12 @@ def test_a_report_racing_a_fold_reads_again(table: str) -> None:
     counts: the packed items' stamps moved, so the reader reads again."""
     store = filled(table)
     rows = store.rollup()
-    racing = RacingClient(boto3.client("dynamodb", region_name=REGION), "query", "rollup#00",
-                          lambda: open_store(table).compact_rollup())  # fmt: skip
+    racing = RacingClient(
+        boto3.client("dynamodb", region_name=REGION),
+        "query",
+        "rollup#00",
+        lambda: open_store(table).compact_rollup(),
+    )
     assert open_store(table, racing).rollup() == rows
     assert racing.items["rollpack"] >= 3  # packed read, stamps moved, read again
 

@@ -26,8 +26,16 @@ class Clock:
 
 
 def post(secret: str, eid: str) -> int:
-    body = json.dumps([{"event_id": eid, "contact_id": "c1", "type": "open",
-                        "occurred_at": "2026-03-01T00:00:00Z"}])  # fmt: skip
+    body = json.dumps(
+        [
+            {
+                "event_id": eid,
+                "contact_id": "c1",
+                "type": "open",
+                "occurred_at": "2026-03-01T00:00:00Z",
+            }
+        ]
+    )
     event = api_event("/webhooks/memory", body, {"x-memory-secret": secret})
     return handlers.webhook(event, FakeContext())["statusCode"]
 
@@ -91,13 +99,17 @@ def test_a_hubspot_webhook_signed_with_the_retiring_client_secret_is_accepted(
 ) -> None:
     from tests.hubspot.webhook_helpers import notification, signed
 
-    for name, value in {"HUBSPOT_ACCESS_TOKEN": "pat-test", "HUBSPOT_CLIENT_SECRET": "old-secret"
-                        }.items():  # fmt: skip
+    for name, value in {
+        "HUBSPOT_ACCESS_TOKEN": "pat-test",
+        "HUBSPOT_CLIENT_SECRET": "old-secret",
+    }.items():
         put(name, value)
-    env = {"ELASTICITY_MAPPINGS": "mappings/hubspot.yaml", "SECRETS_PREFIX": PREFIX,
-           "SECRET_NAMES": "HUBSPOT_ACCESS_TOKEN,HUBSPOT_CLIENT_SECRET,"
-                           "HUBSPOT_CLIENT_SECRET_PREVIOUS",
-           "HUBSPOT_BASE_URL": "http://127.0.0.1:9"}  # fmt: skip
+    env = {
+        "ELASTICITY_MAPPINGS": "mappings/hubspot.yaml",
+        "SECRETS_PREFIX": PREFIX,
+        "SECRET_NAMES": "HUBSPOT_ACCESS_TOKEN,HUBSPOT_CLIENT_SECRET,HUBSPOT_CLIENT_SECRET_PREVIOUS",
+        "HUBSPOT_BASE_URL": "http://127.0.0.1:9",
+    }
     clock = Clock()
     box = Container(env=env, clock=clock)
     recorded: list = []

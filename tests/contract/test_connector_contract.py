@@ -29,22 +29,31 @@ SCANS: dict[str, Scan] = {
 
 def _dormant_cooled(vendor: Vendor, n: int) -> list[str]:
     """Dormant, cooling over, no reactivation step yet: a time rule is due."""
-    return vendor.add_contacts(n, {"campaign_status": "Dormant",
-                                   "status_changed_at": NOW - timedelta(days=40)})  # fmt: skip
+    return vendor.add_contacts(
+        n, {"campaign_status": "Dormant", "status_changed_at": NOW - timedelta(days=40)}
+    )
 
 
 def _engaged(vendor: Vendor, n: int) -> list[str]:
-    return vendor.add_contacts(n, {"campaign_status": "Active", "engagement_score": 0,
-                                   "last_engagement_date": NOW - timedelta(days=3),
-                                   "status_changed_at": NOW - timedelta(days=3)},
-                               engaged_at=NOW - timedelta(hours=2))  # fmt: skip
+    return vendor.add_contacts(
+        n,
+        {
+            "campaign_status": "Active",
+            "engagement_score": 0,
+            "last_engagement_date": NOW - timedelta(days=3),
+            "status_changed_at": NOW - timedelta(days=3),
+        },
+        engaged_at=NOW - timedelta(hours=2),
+    )
 
 
 def _quiet(vendor: Vendor, n: int) -> list[str]:
     """Suppressed long ago, nothing new: no time rule, no recent signal."""
-    return vendor.add_contacts(n, {"campaign_status": "Suppressed",
-                                   "status_changed_at": NOW - timedelta(days=400)},
-                               engaged_at=NOW - timedelta(days=300))  # fmt: skip
+    return vendor.add_contacts(
+        n,
+        {"campaign_status": "Suppressed", "status_changed_at": NOW - timedelta(days=400)},
+        engaged_at=NOW - timedelta(days=300),
+    )
 
 
 def _seed_for(scan: str, vendor: Vendor, n: int) -> list[str]:
@@ -70,9 +79,15 @@ def _assert_ascending(vendor: Vendor, ids: list[str]) -> None:
 
 
 def _task(key: str, contact_id: str) -> HandoffTask:
-    return HandoffTask(key=key, contact_id=contact_id, owner_id=None, subject="Follow up",
-                       body="Engaged in the newsletter program", priority="HIGH",
-                       due_at=NOW + timedelta(days=1))  # fmt: skip
+    return HandoffTask(
+        key=key,
+        contact_id=contact_id,
+        owner_id=None,
+        subject="Follow up",
+        body="Engaged in the newsletter program",
+        priority="HIGH",
+        due_at=NOW + timedelta(days=1),
+    )
 
 
 # ---- reads ---------------------------------------------------------------------------------------
@@ -146,8 +161,7 @@ def test_every_record_written_is_either_written_or_failed_with_a_reason(
     rejected = ids[1]
     vendor.reject_writes([rejected])
     missing = vendor.missing_id()
-    values = {"campaign_status": "Active", "engagement_score": 7,
-              "status_changed_at": NOW}  # fmt: skip
+    values = {"campaign_status": "Active", "engagement_score": 7, "status_changed_at": NOW}
     result = vendor.connector.write_records(writes({cid: values for cid in [*ids, missing]}))
     written, failed = set(result.written), set(result.failed)
     assert written | failed == {*ids, missing}, "no record lost"
@@ -156,8 +170,9 @@ def test_every_record_written_is_either_written_or_failed_with_a_reason(
     assert {rejected, missing} <= failed
     assert all(isinstance(m, str) and m.strip() for m in result.failed.values())
     back = vendor.connector.read_records(sorted(written))
-    assert {(r.values["campaign_status"], r.values["engagement_score"])
-            for r in back.values()} == {("Active", 7)}  # fmt: skip
+    assert {(r.values["campaign_status"], r.values["engagement_score"]) for r in back.values()} == {
+        ("Active", 7)
+    }
     assert back[ids[0]].values["status_changed_at"] == NOW
 
 
@@ -217,8 +232,9 @@ def test_a_history_export_has_stable_ids_and_resumes_from_any_page_cursor(vendor
     contacts = vendor.add_contacts(3, {})
     count = 2 * vendor.history_page + 17
     for n, contact in enumerate(contacts):
-        vendor.record_opens(contact, [SINCE + timedelta(seconds=3 * k + n)
-                                      for k in range(count // 3 + 1)])  # fmt: skip
+        vendor.record_opens(
+            contact, [SINCE + timedelta(seconds=3 * k + n) for k in range(count // 3 + 1)]
+        )
     pages = _history(vendor, None)
     whole = [e.event_id for p in pages for e in p.events]
     assert len(whole) == len(set(whole)) >= count

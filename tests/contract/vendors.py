@@ -40,8 +40,9 @@ class Vendor(ABC):
     """A write size that takes the connector's large-write path, if it has one."""
 
     @abstractmethod
-    def add_contacts(self, n: int, values: dict[str, Any],
-                     engaged_at: datetime | None = None) -> list[str]:  # fmt: skip
+    def add_contacts(
+        self, n: int, values: dict[str, Any], engaged_at: datetime | None = None
+    ) -> list[str]:
         """Create `n` contacts holding these canonical values (and, with `engaged_at`, an
         email open at that instant on the first date signal); ids in creation order."""
 
@@ -104,10 +105,13 @@ class HubSpot(Vendor):
         self.connector = make_connector(self.fake, self.mapping, FakeClock())
         self.connector.provision()
 
-    def add_contacts(self, n: int, values: dict[str, Any],
-                     engaged_at: datetime | None = None) -> list[str]:  # fmt: skip
-        props = {self.mapping.fields[k].property: hubspot_encode(self.mapping.fields[k], v)
-                 for k, v in values.items()}  # fmt: skip
+    def add_contacts(
+        self, n: int, values: dict[str, Any], engaged_at: datetime | None = None
+    ) -> list[str]:
+        props = {
+            self.mapping.fields[k].property: hubspot_encode(self.mapping.fields[k], v)
+            for k, v in values.items()
+        }
         if engaged_at is not None:
             props["hs_email_last_open_date"] = engaged_at.isoformat().replace("+00:00", "Z")
         return [self.fake.add_contact(props) for _ in range(n)]
@@ -138,9 +142,14 @@ class HubSpot(Vendor):
         return sum(f.times for f in self.fake.faults)
 
     def reject_writes(self, contact_ids: list[str]) -> None:
-        self.fake.fail_records(RecordFailure(set(contact_ids), category="VALIDATION_ERROR",
-                                             message="Email programs need a valid address",
-                                             times=1000))  # fmt: skip
+        self.fake.fail_records(
+            RecordFailure(
+                set(contact_ids),
+                category="VALIDATION_ERROR",
+                message="Email programs need a valid address",
+                times=1000,
+            )
+        )
 
     history_page = 1000
 
@@ -168,35 +177,46 @@ class Salesforce(Vendor):
         from tests.fakes.salesforce import FakeSalesforce
 
         mapping = load_mapping(MAPPINGS / "salesforce.yaml")
-        self.mapping = mapping.model_copy(update={"options": {
-            **mapping.options, "page_size": self.page_size, "bulk_threshold": 100}})  # fmt: skip
+        self.mapping = mapping.model_copy(
+            update={
+                "options": {**mapping.options, "page_size": self.page_size, "bulk_threshold": 100}
+            }
+        )
         self.fake = FakeSalesforce()
         self.fake.provision_mapping(self.mapping)
         self._after_commit: list[str] = []
         any_host = re.compile(r"https://[^/]+/services/.*")
         for method in ("GET", "POST", "PATCH", "PUT", "DELETE"):
             rsps.add_callback(method, any_host, callback=self._handle)
-        env = {"SALESFORCE_ACCESS_TOKEN": "TOKEN-0",
-               "SALESFORCE_INSTANCE_URL": "https://acme.my.salesforce.com"}  # fmt: skip
-        self.connector = SalesforceConnector(self.mapping, credentials_from_env(env),
-                                             sleep=self.fake.sleep, jitter=lambda: 0.5)  # fmt: skip
+        env = {
+            "SALESFORCE_ACCESS_TOKEN": "TOKEN-0",
+            "SALESFORCE_INSTANCE_URL": "https://acme.my.salesforce.com",
+        }
+        self.connector = SalesforceConnector(
+            self.mapping, credentials_from_env(env), sleep=self.fake.sleep, jitter=lambda: 0.5
+        )
 
     def _handle(self, request: Any) -> tuple:
         body = request.body or b""
         body = body.encode() if isinstance(body, str) else body
-        creates_tasks = (request.method == "POST" and "/composite/sobjects" in request.url
-                         and b'"Task"' in body)  # fmt: skip
+        creates_tasks = (
+            request.method == "POST" and "/composite/sobjects" in request.url and b'"Task"' in body
+        )
         if not (creates_tasks and self._after_commit):
             return self.fake.handle(request)
         how = self._after_commit.pop(0)
         self.fake.handle(request)  # carried out; the answer is lost
         if how == "timeout":
             raise requests.exceptions.ReadTimeout("injected: no answer after the work was done")
-        return 503, {}, json.dumps([{"message": "Server unavailable",
-                                     "errorCode": "SERVER_UNAVAILABLE"}])  # fmt: skip
+        return (
+            503,
+            {},
+            json.dumps([{"message": "Server unavailable", "errorCode": "SERVER_UNAVAILABLE"}]),
+        )
 
-    def add_contacts(self, n: int, values: dict[str, Any],
-                     engaged_at: datetime | None = None) -> list[str]:  # fmt: skip
+    def add_contacts(
+        self, n: int, values: dict[str, Any], engaged_at: datetime | None = None
+    ) -> list[str]:
         fields = {self.mapping.fields[k].property: _sf_value(v) for k, v in values.items()}
         if engaged_at is not None:
             fields["Last_Email_Open_Date__c"] = _sf_value(engaged_at)
@@ -242,8 +262,9 @@ class Salesforce(Vendor):
         self.fake.track_history(self.mapping.object, "Last_Email_Open_Date__c")
         for at in times:
             value = _sf_value(at)
-            self.fake.change(self.mapping.object, contact_id, "Last_Email_Open_Date__c", value,
-                             value)  # fmt: skip
+            self.fake.change(
+                self.mapping.object, contact_id, "Last_Email_Open_Date__c", value, value
+            )
 
 
 def _sf_value(value: Any) -> Any:

@@ -25,5 +25,4 @@ def mapping(extra: str = "", replace: dict[str, str] | None = None) -> Mapping:
 
 
 def event(eid: str, contact: str, kind: str, day: float) -> Event:
-    return Event(event_id=eid, contact_id=contact, type=kind,
-                 occurred_at=T0 + timedelta(days=day))  # fmt: skip
+    return Event(event_id=eid, contact_id=contact, type=kind, occurred_at=T0 + timedelta(days=day))

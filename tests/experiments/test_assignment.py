@@ -31,10 +31,13 @@ def test_two_variants_balance_within_chi_square_tolerance():
 
 
 def test_weighted_variants_follow_their_weights():
-    m = mapping(replace={
-        "variants: [{name: Curiosity}, {name: Value}]":
-        "variants: [{name: Curiosity, weight: 2}, {name: Value}, {name: Urgency}]",
-    })  # fmt: skip
+    m = mapping(
+        replace={
+            "variants: [{name: Curiosity}, {name: Value}]": (
+                "variants: [{name: Curiosity, weight: 2}, {name: Value}, {name: Urgency}]"
+            ),
+        }
+    )
     counts = assignment_counts(m.policy.program, IDS)["subject_line"]
     observed = [counts["Curiosity"], counts["Value"], counts["Urgency"]]
     assert chi_square_uniformity(observed, [2, 1, 1]) < CHI2_2DF_P001
@@ -53,8 +56,13 @@ def test_holdout_takes_its_share_and_experiments_are_independent_of_it():
 def test_salt_reshuffles_and_same_salt_is_sticky_across_loads():
     a, b = mapping().policy.program, mapping().policy.program
     assert [a.assign(c) for c in IDS[:500]] == [b.assign(c) for c in IDS[:500]]
-    salted = mapping(replace={"    stage: main\n    metric: open\n":
-                              "    stage: main\n    metric: open\n    salt: s2\n"})  # fmt: skip
+    salted = mapping(
+        replace={
+            "    stage: main\n    metric: open\n": (
+                "    stage: main\n    metric: open\n    salt: s2\n"
+            )
+        }
+    )
     moved = sum(
         a.assign(c)["subject_line"] != salted.policy.program.assign(c)["subject_line"]
         for c in IDS[:2000]
@@ -66,8 +74,12 @@ def test_enrollment_records_assignment_in_state_decision_and_store(tmp_path):
     m = mapping()
     state, decisions = apply_event(None, event("e1", "c-9", "open", 0), m.policy)
     assert state.experiments == m.policy.program.assign("c-9")
-    assert set(state.experiments) == {"subject_line", "cta_button", "reactivation_format",
-                                      "holdout"}  # fmt: skip
+    assert set(state.experiments) == {
+        "subject_line",
+        "cta_button",
+        "reactivation_format",
+        "holdout",
+    }
     assert decisions[0].rule == "enroll"
     assert decisions[0].changes["experiments"] == (None, state.experiments)
     assert decisions[0].event_type == "open"

@@ -48,8 +48,12 @@ def test_a_segment_is_fixed_at_enrollment_and_governs_the_contact(tmp_path):
     store = SQLiteStore(tmp_path / "s.sqlite3")
     pipeline = Pipeline(store, m.policy)
     # 25 points: Engaged under the base threshold (20), not under dach's (30).
-    events = [event("a1", "de-1", "click", 0), event("a2", "de-1", "high_intent_visit", 0.1),
-              event("b1", "fr-1", "click", 0), event("b2", "fr-1", "high_intent_visit", 0.1)]
+    events = [
+        event("a1", "de-1", "click", 0),
+        event("a2", "de-1", "high_intent_visit", 0.1),
+        event("b1", "fr-1", "click", 0),
+        event("b2", "fr-1", "high_intent_visit", 0.1),
+    ]
     applied = pipeline.prepare_events(events, segments={"de-1": "dach"})
     store.commit(applied.batch)
     states = store.get_contacts(["de-1", "fr-1"])
@@ -92,10 +96,14 @@ def test_consent_opt_out_and_opt_in():
 
 
 def test_check_send_refuses_for_consent_holdout_and_frequency_with_a_time():
-    capped = mapping(replace={"  consent_property: hs_email_optout\n": (
-        "  consent_property: hs_email_optout\n"
-        "  frequency_cap: {max_sends: 2, window_days: 7}\n"
-    )})
+    capped = mapping(
+        replace={
+            "  consent_property: hs_email_optout\n": (
+                "  consent_property: hs_email_optout\n"
+                "  frequency_cap: {max_sends: 2, window_days: 7}\n"
+            )
+        }
+    )
     state = None
     for eid, kind, day in (("e0", "enroll", 0), ("s1", "send", 1), ("s2", "send", 2)):
         state, _ = apply_event(state, event(eid, "c", kind, day), capped.policy)
@@ -108,21 +116,33 @@ def test_check_send_refuses_for_consent_holdout_and_frequency_with_a_time():
     dormant = state.copy()
     dormant.campaign_status = type(state.campaign_status)("Dormant")
     dormant.experiments = {**state.experiments, "holdout": "holdout"}
-    assert check_send(capped, dormant, {}, T0 + timedelta(days=9),
-                      reactivation=True).reason == "holdout"  # fmt: skip
+    assert (
+        check_send(capped, dormant, {}, T0 + timedelta(days=9), reactivation=True).reason
+        == "holdout"
+    )
 
 
 def test_two_programs_matching_one_contact_priority_decides_and_conflicts_count():
-    news = mapping(replace={"program: elastic-newsletter": "program: newsletter",
-                            "eligibility:\n": "eligibility:\n  priority: 1\n"})  # fmt: skip
-    promo = mapping(replace={"program: elastic-newsletter": "program: promo",
-                             "eligibility:\n": "eligibility:\n  priority: 5\n"
-                             "  audience: {lifecycle: [lead, mql]}\n"})  # fmt: skip
+    news = mapping(
+        replace={
+            "program: elastic-newsletter": "program: newsletter",
+            "eligibility:\n": "eligibility:\n  priority: 1\n",
+        }
+    )
+    promo = mapping(
+        replace={
+            "program: elastic-newsletter": "program: promo",
+            "eligibility:\n": "eligibility:\n  priority: 5\n  audience: {lifecycle: [lead, mql]}\n",
+        }
+    )
     assert choose_program([news, promo], {"lifecycle": "lead"}).program == "promo"
     assert choose_program([news, promo], {"lifecycle": "customer"}).program == "newsletter"
     assert choose_program([news, promo], {"hs_email_optout": "true"}).program is None
-    contacts = [("1", {"lifecycle": "lead"}), ("2", {"lifecycle": "customer"}),
-                ("3", {"lifecycle": "mql"})]  # fmt: skip
+    contacts = [
+        ("1", {"lifecycle": "lead"}),
+        ("2", {"lifecycle": "customer"}),
+        ("3", {"lifecycle": "mql"}),
+    ]
     chosen, report = resolve_programs([news, promo], contacts)
     assert chosen == {"1": "promo", "2": "newsletter", "3": "promo"}
     assert report.conflicts[("promo", "newsletter")] == 2

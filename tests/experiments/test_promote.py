@@ -45,8 +45,11 @@ def test_promotion_adds_one_line_and_keeps_comments_and_order(run):
     message = promote_winner(path, load_mapping(path), "subject_line", store_path)
     after = path.read_text()
     assert "promoted 'Value'" in message
-    added = [line for line in difflib.ndiff(before.splitlines(), after.splitlines())
-             if line.startswith(("+ ", "- "))]  # fmt: skip
+    added = [
+        line
+        for line in difflib.ndiff(before.splitlines(), after.splitlines())
+        if line.startswith(("+ ", "- "))
+    ]
     assert added == ["+     default: Value"]
     lines = after.splitlines()
     at = lines.index("    default: Value")
@@ -85,18 +88,21 @@ def test_cli_promote_and_report(run, tmp_path):
 
     path, store_path = run
     runner = CliRunner()
-    result = runner.invoke(app, ["report", "--store", str(store_path), "--format", "json",
-                                 "--mapping", str(path)])  # fmt: skip
+    result = runner.invoke(
+        app, ["report", "--store", str(store_path), "--format", "json", "--mapping", str(path)]
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     subject = next(e for e in report["experiments"] if e["name"] == "subject_line")
     assert subject["winner"] == "Value"
-    result = runner.invoke(app, ["experiments", "promote", str(path), "cta_button",
-                                 "--store", str(store_path)])  # fmt: skip
+    result = runner.invoke(
+        app, ["experiments", "promote", str(path), "cta_button", "--store", str(store_path)]
+    )
     assert result.exit_code == 1
     assert "no winner to promote" in result.output
-    result = runner.invoke(app, ["experiments", "promote", str(path), "subject_line",
-                                 "--store", str(store_path)])  # fmt: skip
+    result = runner.invoke(
+        app, ["experiments", "promote", str(path), "subject_line", "--store", str(store_path)]
+    )
     assert result.exit_code == 0, result.output
     assert load_mapping(path).experiments[0].default == "Value"
 
@@ -110,8 +116,11 @@ def test_write_default_on_the_last_experiment_and_over_an_existing_default(tmp_p
     before = path.read_text()
     write_default(path, "reactivation_format", "Plain-Text")
     first = path.read_text()
-    diff = [line for line in difflib.ndiff(before.splitlines(), first.splitlines())
-            if line.startswith(("+ ", "- "))]  # fmt: skip
+    diff = [
+        line
+        for line in difflib.ndiff(before.splitlines(), first.splitlines())
+        if line.startswith(("+ ", "- "))
+    ]
     assert diff == ["+     default: Plain-Text"]
     assert load_mapping(path).experiments[-1].default == "Plain-Text"
     path.write_text(first.replace("    default: Plain-Text", "    default: Plain-Text  # chosen"))

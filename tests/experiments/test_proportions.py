@@ -18,12 +18,15 @@ def test_critical_value():
     assert z_for(0.95) == pytest.approx(1.959964, abs=1e-6)
 
 
-@pytest.mark.parametrize(("x", "n", "low", "high"), [
-    (5, 10, 0.2366, 0.7634),   # Wilson (1927) / Newcombe (1998) table
-    (0, 10, 0.0, 0.2775),
-    (81, 263, 0.2553, 0.3662),
-    (10, 10, 0.7225, 1.0),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("x", "n", "low", "high"),
+    [
+        (5, 10, 0.2366, 0.7634),  # Wilson (1927) / Newcombe (1998) table
+        (0, 10, 0.0, 0.2775),
+        (81, 263, 0.2553, 0.3662),
+        (10, 10, 0.7225, 1.0),
+    ],
+)
 def test_wilson_interval_matches_published_values(x, n, low, high):
     ci = wilson(x, n)
     assert ci.low == pytest.approx(low, abs=5e-4)
@@ -66,8 +69,11 @@ def test_a_winner_needs_significance_and_the_minimum_sample():
 
 def test_more_variants_need_a_bonferroni_corrected_p_value():
     # B beats A and C at p ~ 0.04 each: enough for one comparison, not for two.
-    groups = {"A": Counts(sends=3000, opens=600), "B": Counts(sends=3000, opens=665),
-              "C": Counts(sends=3000, opens=600)}  # fmt: skip
+    groups = {
+        "A": Counts(sends=3000, opens=600),
+        "B": Counts(sends=3000, opens=665),
+        "C": Counts(sends=3000, opens=600),
+    }
     p = two_proportion_p_value(665, 3000, 600, 3000)
     assert 0.025 < p < 0.05
     result = compare("s", "subject", "main", "open", groups, ["A", "B", "C"], "A", 0.05, 100)

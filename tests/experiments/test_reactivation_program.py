@@ -10,8 +10,15 @@ from core.sqlite_store import SQLiteStore
 
 from .helpers import T0, event, mapping
 
-CAPPED = "\n".join(["", "eligibility:", "  consent_property: hs_email_optout",
-                    "  frequency_cap: {max_sends: 3, window_days: 40}", ""])  # fmt: skip
+CAPPED = "\n".join(
+    [
+        "",
+        "eligibility:",
+        "  consent_property: hs_email_optout",
+        "  frequency_cap: {max_sends: 3, window_days: 40}",
+        "",
+    ]
+)
 
 
 def _go_dormant(pipeline: Pipeline, contacts: list[str]) -> None:
@@ -24,8 +31,12 @@ def _go_dormant(pipeline: Pipeline, contacts: list[str]) -> None:
 
 
 def _step_actions(store: SQLiteStore, cid: str) -> list[tuple[str, dict]]:
-    return [(a.kind, a.detail) for d in store.ledger_for(cid) for a in d.actions
-            if a.kind.startswith("reactivation_step")]  # fmt: skip
+    return [
+        (a.kind, a.detail)
+        for d in store.ledger_for(cid)
+        for a in d.actions
+        if a.kind.startswith("reactivation_step")
+    ]
 
 
 def test_holdout_contacts_never_get_a_reactivation_send_but_their_timeline_advances():
@@ -85,8 +96,12 @@ def test_without_a_format_experiment_steps_still_alternate_formats():
 def test_frequency_cap_delays_a_due_step_instead_of_skipping_it():
     m = mapping(CAPPED, replace={"eligibility:\n  consent_property: hs_email_optout\n": ""})
     state = None
-    for eid, kind, day in (("e0", "enroll", 0), ("s1", "send", 1), ("s2", "send", 2),
-                           ("s3", "send", 3)):  # fmt: skip
+    for eid, kind, day in (
+        ("e0", "enroll", 0),
+        ("s1", "send", 1),
+        ("s2", "send", 2),
+        ("s3", "send", 3),
+    ):
         state, _ = apply_event(state, event(eid, "cap", kind, day), m.policy)
     assert len(state.send_times) == 3
     due = next_due(state, m.policy)
@@ -94,8 +109,12 @@ def test_frequency_cap_delays_a_due_step_instead_of_skipping_it():
     assert due.at == T0 + timedelta(days=41)  # oldest counted send (day 1) + 40-day window
     uncapped = mapping()
     plain = None
-    for eid, kind, day in (("e0", "enroll", 0), ("s1", "send", 1), ("s2", "send", 2),
-                           ("s3", "send", 3)):  # fmt: skip
+    for eid, kind, day in (
+        ("e0", "enroll", 0),
+        ("s1", "send", 1),
+        ("s2", "send", 2),
+        ("s3", "send", 3),
+    ):
         plain, _ = apply_event(plain, event(eid, "cap", kind, day), uncapped.policy)
     assert next_due(plain, uncapped.policy).at == T0 + timedelta(days=33)
 

@@ -30,8 +30,9 @@ def simulated(tmp_path_factory):
     m = load_mapping(HUBSPOT)
     # The object pipeline's text ledger, which these tests count row by row (the coded path's
     # roll-up and report are held to this one in tests/test_coded_simulate.py).
-    run_simulation(SimulationConfig(contacts=1500, days=120, seed=11), m.policy, path,
-                   engine="object")  # fmt: skip
+    run_simulation(
+        SimulationConfig(contacts=1500, days=120, seed=11), m.policy, path, engine="object"
+    )
     return path, m
 
 
@@ -54,8 +55,11 @@ def test_json_report_has_every_section_with_consistent_numbers(simulated):
     assert report["overview"]["decisions"] == total
     levels = report["funnel"]["levels"]
     assert {s: levels[s][-1] for s in levels} == {s: now.get(s, 0) for s in levels}
-    assert {e["name"] for e in report["experiments"]} == {"subject_line", "cta_button",
-                                                         "reactivation_format"}  # fmt: skip
+    assert {e["name"] for e in report["experiments"]} == {
+        "subject_line",
+        "cta_button",
+        "reactivation_format",
+    }
     for exp in report["experiments"]:
         for arm in exp["arms"]:
             assert arm["low"] <= arm["rate"] <= arm["high"]
@@ -63,9 +67,9 @@ def test_json_report_has_every_section_with_consistent_numbers(simulated):
     assert holdout["holdout"]["cycles"] > 0 and holdout["treated"]["cycles"] > 0
     assert report["sends_saved"]["sends_saved"] > 0
     assert report["suppression"]["now"].get("no_response", 0) > 0
-    assert report["transitions_by_reason"][0]["count"] >= report["transitions_by_reason"][-1][
-        "count"
-    ]
+    assert (
+        report["transitions_by_reason"][0]["count"] >= report["transitions_by_reason"][-1]["count"]
+    )
     assert report["change_log"][0]["version"] == m.policy.version
     assert {r["version"] for r in report["transitions_by_policy_version"]} == {m.policy.version}
 
@@ -75,11 +79,14 @@ def test_since_mid_day_counts_exactly_what_the_ledger_holds_after_it(simulated):
     since = datetime(2026, 3, 3, 13, 30, tzinfo=UTC)
     report = build(path, since, m)
     db = sqlite3.connect(path)
-    expected = db.execute("SELECT COUNT(*) FROM ledger WHERE at >= ?",
-                          (since.isoformat(),)).fetchone()[0]  # fmt: skip
-    moves = db.execute("SELECT COUNT(*) FROM ledger WHERE at >= ? AND "
-                       "(from_status IS NULL OR from_status <> to_status)",
-                       (since.isoformat(),)).fetchone()[0]  # fmt: skip
+    expected = db.execute(
+        "SELECT COUNT(*) FROM ledger WHERE at >= ?", (since.isoformat(),)
+    ).fetchone()[0]
+    moves = db.execute(
+        "SELECT COUNT(*) FROM ledger WHERE at >= ? AND "
+        "(from_status IS NULL OR from_status <> to_status)",
+        (since.isoformat(),),
+    ).fetchone()[0]
     db.close()
     assert 0 < report["overview"]["decisions"] == expected
     assert sum(r["count"] for r in report["transitions_by_reason"]) == moves
@@ -89,11 +96,17 @@ def test_since_mid_day_counts_exactly_what_the_ledger_holds_after_it(simulated):
 def test_markdown_report_reads_as_tables(simulated):
     path, m = simulated
     text = render_report(path, "md", None, m)
-    for title in ("## Funnel by state over time", "## Transitions by reason",
-                  "## Reactivation rate by cycle", "## Sends saved against a static list",
-                  "## Suppression by reason", "## Experiment: subject_line",
-                  "## Holdout: reactivation sends against none", "## Policy change log",
-                  "## Data quality"):  # fmt: skip
+    for title in (
+        "## Funnel by state over time",
+        "## Transitions by reason",
+        "## Reactivation rate by cycle",
+        "## Sends saved against a static list",
+        "## Suppression by reason",
+        "## Experiment: subject_line",
+        "## Holdout: reactivation sends against none",
+        "## Policy change log",
+        "## Data quality",
+    ):
         assert title in text
     assert "| variant | exposures |" in text
 
@@ -117,9 +130,17 @@ def test_html_report_renders_in_headless_chromium_without_console_errors(simulat
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "report.png"
     shot.unlink(missing_ok=True)
-    args = [str(CHROMIUM), "--headless=new", "--no-sandbox", "--disable-gpu",
-            "--enable-logging=stderr", "--v=0", "--window-size=1280,4000",
-            f"--screenshot={shot}", page.as_uri()]  # fmt: skip
+    args = [
+        str(CHROMIUM),
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--window-size=1280,4000",
+        f"--screenshot={shot}",
+        page.as_uri(),
+    ]
     done = subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)  # noqa: S603
     assert shot.exists() and shot.stat().st_size > 10_000, done.stderr[-2000:]
     console = [line for line in done.stderr.splitlines() if "CONSOLE" in line]
@@ -131,17 +152,26 @@ def test_policy_versions_show_their_transitions_and_what_changed(tmp_path):
     second = mapping(replace={"  threshold: 20": "  threshold: 25"})
     store = SQLiteStore(tmp_path / "v.sqlite3")
     Pipeline(store, first.policy).process(
-        [event("a1", "a", "click", 0), event("a2", "a", "click", 1)])  # fmt: skip
+        [event("a1", "a", "click", 0), event("a2", "a", "click", 1)]
+    )
     Pipeline(store, second.policy).process(
-        [event("b1", "b", "click", 2), event("b2", "b", "click", 3), event("b3", "b", "open", 4),
-         event("b4", "b", "open", 5)])  # fmt: skip
+        [
+            event("b1", "b", "click", 2),
+            event("b2", "b", "click", 3),
+            event("b3", "b", "open", 4),
+            event("b4", "b", "open", 5),
+        ]
+    )
     store.close()
     report = build(tmp_path / "v.sqlite3", None, None)
     log = report["change_log"]
     assert [e["version"] for e in log] == [first.policy.version, second.policy.version]
     assert log[1]["changes"] == ["policy.threshold: 20.0 -> 25.0"]
-    engaged = {r["version"]: r["count"] for r in report["transitions_by_policy_version"]
-               if r["to"] == "Engaged"}  # fmt: skip
+    engaged = {
+        r["version"]: r["count"]
+        for r in report["transitions_by_policy_version"]
+        if r["to"] == "Engaged"
+    }
     assert engaged == {first.policy.version: 1, second.policy.version: 1}
 
 
@@ -150,15 +180,17 @@ def test_a_store_from_before_the_rollup_gets_it_rebuilt(simulated, tmp_path):
     copy = tmp_path / "old.sqlite3"
     shutil.copy(path, copy)
     db = sqlite3.connect(copy)
-    before = db.execute("SELECT rule, reason, cycle, SUM(n) FROM ledger_rollup "
-                        "GROUP BY 1, 2, 3 ORDER BY 1, 2, 3").fetchall()  # fmt: skip
+    before = db.execute(
+        "SELECT rule, reason, cycle, SUM(n) FROM ledger_rollup GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+    ).fetchall()
     db.execute("DROP TABLE ledger_rollup")
     db.commit()
     db.close()
     SQLiteStore(copy).close()
     db = sqlite3.connect(copy)
-    after = db.execute("SELECT rule, reason, cycle, SUM(n) FROM ledger_rollup "
-                       "GROUP BY 1, 2, 3 ORDER BY 1, 2, 3").fetchall()  # fmt: skip
+    after = db.execute(
+        "SELECT rule, reason, cycle, SUM(n) FROM ledger_rollup GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+    ).fetchall()
     db.close()
     assert after == before
 
@@ -174,18 +206,38 @@ def test_an_empty_store_reads_as_empty_not_none(tmp_path):
 def test_experiment_table_labels_and_units():
     from core.report_render import experiment_table
 
-    arm = {"exposures": 10, "sends": 10, "opens": 1, "clicks": 0, "cycles": 0,
-           "reactivations": 0, "rate": 0.1, "low": 0.01, "high": 0.4, "lift": None,
-           "lift_low": None, "lift_high": None, "p_value": None}  # fmt: skip
-    no_base = {"metric": "open", "baseline": "A", "arms": [
-        {**arm, "name": "A", "exposures": 0, "diff": None, "diff_low": None, "diff_high": None},
-        {**arm, "name": "B", "diff": None, "diff_low": None, "diff_high": None},
-    ]}  # fmt: skip
+    arm = {
+        "exposures": 10,
+        "sends": 10,
+        "opens": 1,
+        "clicks": 0,
+        "cycles": 0,
+        "reactivations": 0,
+        "rate": 0.1,
+        "low": 0.01,
+        "high": 0.4,
+        "lift": None,
+        "lift_low": None,
+        "lift_high": None,
+        "p_value": None,
+    }
+    no_base = {
+        "metric": "open",
+        "baseline": "A",
+        "arms": [
+            {**arm, "name": "A", "exposures": 0, "diff": None, "diff_low": None, "diff_high": None},
+            {**arm, "name": "B", "diff": None, "diff_low": None, "diff_high": None},
+        ],
+    }
     _, rows = experiment_table(no_base)
     assert [r[9] for r in rows] == ["baseline", "- (no baseline exposures)"]
-    with_base = {"metric": "open", "baseline": "A", "arms": [
-        {**arm, "name": "A", "diff": None, "diff_low": None, "diff_high": None},
-        {**arm, "name": "B", "diff": 0.05, "diff_low": -0.02, "diff_high": 0.12},
-    ]}  # fmt: skip
+    with_base = {
+        "metric": "open",
+        "baseline": "A",
+        "arms": [
+            {**arm, "name": "A", "diff": None, "diff_low": None, "diff_high": None},
+            {**arm, "name": "B", "diff": 0.05, "diff_low": -0.02, "diff_high": 0.12},
+        ],
+    }
     _, rows = experiment_table(with_base)
     assert rows[1][9] == "+5.00 pts" and rows[1][10] == "[-2.00, +12.00] pts"

@@ -24,23 +24,36 @@ if TYPE_CHECKING:
 from tests.fakes.hubspot_server import BATCH_LIMIT, ApiError
 
 FIELD_TYPES = {
-    "bool": {"booleancheckbox"}, "enumeration": {"select", "radio", "checkbox", "booleancheckbox"},
-    "date": {"date"}, "datetime": {"date"}, "string": {"text", "textarea", "html", "phonenumber"},
+    "bool": {"booleancheckbox"},
+    "enumeration": {"select", "radio", "checkbox", "booleancheckbox"},
+    "date": {"date"},
+    "datetime": {"date"},
+    "string": {"text", "textarea", "html", "phonenumber"},
     "number": {"number"},
-}  # fmt: skip
+}
 LIST_ENUM_OPERATORS = {"IS_ANY_OF", "IS_NONE_OF", "IS_EXACTLY", "IS_NOT_EXACTLY"}
 DAY_MS = 86_400_000
 PROCESSING_TYPES = ("MANUAL", "SNAPSHOT", "DYNAMIC")
 # ListSearchRequest in HubSpot's Lists v3 spec: field -> JSON type; `offset` and
 # `additionalProperties` are required; `count` defaults to 20 and may not exceed 500.
-LIST_SEARCH_FIELDS = {"listIds": "strings", "offset": "integer", "query": "string",
-                      "count": "integer", "processingTypes": "strings",
-                      "additionalProperties": "strings", "sort": "string"}  # fmt: skip
+LIST_SEARCH_FIELDS = {
+    "listIds": "strings",
+    "offset": "integer",
+    "query": "string",
+    "count": "integer",
+    "processingTypes": "strings",
+    "additionalProperties": "strings",
+    "sort": "string",
+}
 LIST_SEARCH_REQUIRED = ("additionalProperties", "offset")
 LIST_SEARCH_MAX_COUNT, LIST_SEARCH_DEFAULT_COUNT = 500, 20
-LIST_DEFAULT_PROPERTIES = ("hs_list_size", "hs_last_record_added_at",
-                           "hs_last_record_removed_at", "hs_folder_name",
-                           "hs_list_reference_count")  # fmt: skip
+LIST_DEFAULT_PROPERTIES = (
+    "hs_list_size",
+    "hs_last_record_added_at",
+    "hs_last_record_removed_at",
+    "hs_folder_name",
+    "hs_list_reference_count",
+)
 LIST_PROPERTY_VALUES = {"hs_list_size": "0", "hs_list_reference_count": "0"}
 """The fake keeps no memberships; properties it has no value for are left out, as HubSpot
 leaves out empty ones."""
@@ -79,8 +92,12 @@ def create_group(fake, query, body, obj):
         raise ApiError(400, "name and label are required")
     if body["name"] in groups:
         raise ApiError(409, f"A group named {body['name']} already exists", "CONFLICT")
-    groups[body["name"]] = {"name": body["name"], "label": body["label"], "displayOrder": -1,
-                            "archived": False}  # fmt: skip
+    groups[body["name"]] = {
+        "name": body["name"],
+        "label": body["label"],
+        "displayOrder": -1,
+        "archived": False,
+    }
     return 201, groups[body["name"]]
 
 
@@ -147,11 +164,16 @@ def _validate_branch(fake, branch: Any) -> None:
             kind = kinds.get(f.get("property"))
             if kind is None:
                 raise ApiError(400, f"filter: property {f.get('property')!r} does not exist")
-            if kind == "enumeration" and (op.get("operationType") != "ENUMERATION"
-                                          or op.get("operator") not in LIST_ENUM_OPERATORS
-                                          or not isinstance(op.get("values"), list)):  # fmt: skip
-                raise ApiError(400, f"filter on {f['property']}: expected an ENUMERATION "
-                               "operation with an operator and a values list")  # fmt: skip
+            if kind == "enumeration" and (
+                op.get("operationType") != "ENUMERATION"
+                or op.get("operator") not in LIST_ENUM_OPERATORS
+                or not isinstance(op.get("values"), list)
+            ):
+                raise ApiError(
+                    400,
+                    f"filter on {f['property']}: expected an ENUMERATION "
+                    "operation with an operator and a values list",
+                )
             if "includeObjectsWithNoValueSet" not in op:
                 raise ApiError(400, "operation.includeObjectsWithNoValueSet is required")
 
@@ -172,10 +194,15 @@ def create_list(fake, query, body, _slash=None):
     if body["processingType"] == "DYNAMIC":
         _validate_branch(fake, body.get("filterBranch"))
     list_id = str(len(fake.lists) + 1)
-    fake.lists[list_id] = {"listId": list_id, "listVersion": 1, "name": body["name"],
-                           "objectTypeId": body["objectTypeId"],
-                           "processingType": body["processingType"], "processingStatus": "COMPLETE",
-                           "filterBranch": body.get("filterBranch")}  # fmt: skip
+    fake.lists[list_id] = {
+        "listId": list_id,
+        "listVersion": 1,
+        "name": body["name"],
+        "objectTypeId": body["objectTypeId"],
+        "processingType": body["processingType"],
+        "processingStatus": "COMPLETE",
+        "filterBranch": body.get("filterBranch"),
+    }
     return 200, {"list": fake.lists[list_id]}
 
 
@@ -196,13 +223,17 @@ def _check_list_search(body: Any) -> None:
         kind = LIST_SEARCH_FIELDS.get(name)
         if kind is None:
             raise ApiError(400, f"Unrecognized field {name!r}")
-        ok = {"integer": isinstance(value, int) and not isinstance(value, bool),
-              "string": isinstance(value, str),
-              "strings": isinstance(value, list) and all(isinstance(v, str) for v in value),
-              }[kind]  # fmt: skip
+        ok = {
+            "integer": isinstance(value, int) and not isinstance(value, bool),
+            "string": isinstance(value, str),
+            "strings": isinstance(value, list) and all(isinstance(v, str) for v in value),
+        }[kind]
         if not ok:
-            raise ApiError(400, f"{name} must be {'an' if kind == 'integer' else 'a'} "
-                           f"{'list of strings' if kind == 'strings' else kind}")  # fmt: skip
+            raise ApiError(
+                400,
+                f"{name} must be {'an' if kind == 'integer' else 'a'} "
+                f"{'list of strings' if kind == 'strings' else kind}",
+            )
     count = body.get("count", LIST_SEARCH_DEFAULT_COUNT)
     if not 1 <= count <= LIST_SEARCH_MAX_COUNT:
         raise ApiError(400, f"count must be between 1 and {LIST_SEARCH_MAX_COUNT}")
@@ -220,18 +251,29 @@ def search_lists(fake, query, body):
     text = (body.get("query") or "").lower()
     ids = set(body.get("listIds") or [])
     kinds = set(body.get("processingTypes") or [])
-    hits = [item for _, item in sorted(fake.lists.items(), key=lambda kv: int(kv[0]))
-            if text in item["name"].lower() and (not ids or item["listId"] in ids)
-            and (not kinds or item["processingType"] in kinds)]  # fmt: skip
+    hits = [
+        item
+        for _, item in sorted(fake.lists.items(), key=lambda kv: int(kv[0]))
+        if text in item["name"].lower()
+        and (not ids or item["listId"] in ids)
+        and (not kinds or item["processingType"] in kinds)
+    ]
     offset, count = body["offset"], body.get("count", LIST_SEARCH_DEFAULT_COUNT)
     page = hits[offset : offset + count]
     wanted = [*LIST_DEFAULT_PROPERTIES, *body["additionalProperties"]]
-    lists = [{**_public_list(item, with_filters=False),
-              "additionalProperties": {k: v for k, v in LIST_PROPERTY_VALUES.items()
-                                       if k in wanted}}
-             for item in page]  # fmt: skip
-    return 200, {"lists": lists, "offset": offset + len(page), "total": len(hits),
-                 "hasMore": offset + len(page) < len(hits)}  # fmt: skip
+    lists = [
+        {
+            **_public_list(item, with_filters=False),
+            "additionalProperties": {k: v for k, v in LIST_PROPERTY_VALUES.items() if k in wanted},
+        }
+        for item in page
+    ]
+    return 200, {
+        "lists": lists,
+        "offset": offset + len(page),
+        "total": len(hits),
+        "hasMore": offset + len(page) < len(hits),
+    }
 
 
 def list_by_name(fake, query, body, object_type_id, name):
@@ -281,8 +323,9 @@ def _validate_values(fake, obj: str, props: dict[str, Any]) -> None:
         if kind == "number":
             ok = re.fullmatch(r"-?\d+(\.\d+)?([eE][-+]?\d+)?", text) is not None
         elif kind == "date" and (ms := to_ms(text)) is not None and ms % DAY_MS:
-            problems.append((name, f"{text} is at {_time_of_day(ms)} UTC, not midnight!",
-                             "INVALID_DATE"))  # fmt: skip
+            problems.append(
+                (name, f"{text} is at {_time_of_day(ms)} UTC, not midnight!", "INVALID_DATE")
+            )
             continue
         elif kind in ("datetime", "date"):
             ok = to_ms(text) is not None
@@ -293,8 +336,10 @@ def _validate_values(fake, obj: str, props: dict[str, Any]) -> None:
         if not ok:
             problems.append((name, f"{text!r} was not a valid {kind} for {name}", "INVALID_OPTION"))
     if problems:
-        detail = ", ".join(f'{{"isValid":false,"message":"{m}","error":"{e}","name":"{n}"}}'
-                           for n, m, e in problems)  # fmt: skip
+        detail = ", ".join(
+            f'{{"isValid":false,"message":"{m}","error":"{e}","name":"{n}"}}'
+            for n, m, e in problems
+        )
         raise ApiError(400, f"Property values were not valid: [{detail}]")
 
 
@@ -321,14 +366,22 @@ def _public(fake, obj: str, object_id: int, wanted: list[str] | None) -> dict[st
     raw = fake.objects[obj].raw[object_id]
     names = list(dict.fromkeys([*DEFAULT_PROPERTIES, *(wanted or [])]))
     props = {n: raw.get(n) for n in names if n in fake.properties[obj] or n in raw}
-    return {"id": str(object_id), "properties": props, "createdAt": raw.get("createdate"),
-            "updatedAt": raw.get("lastmodifieddate"), "archived": False}  # fmt: skip
+    return {
+        "id": str(object_id),
+        "properties": props,
+        "createdAt": raw.get("createdate"),
+        "updatedAt": raw.get("lastmodifieddate"),
+        "archived": False,
+    }
 
 
 def _batch_answer(results: list, errors: list) -> tuple[int, dict]:
-    payload: dict[str, Any] = {"status": "COMPLETE", "results": results,
-                               "startedAt": "2026-01-01T00:00:00Z",
-                               "completedAt": "2026-01-01T00:00:01Z"}  # fmt: skip
+    payload: dict[str, Any] = {
+        "status": "COMPLETE",
+        "results": results,
+        "startedAt": "2026-01-01T00:00:00Z",
+        "completedAt": "2026-01-01T00:00:01Z",
+    }
     if errors:
         payload.update(numErrors=len(errors), errors=errors)
         return 207, payload
@@ -336,9 +389,13 @@ def _batch_answer(results: list, errors: list) -> tuple[int, dict]:
 
 
 def _not_found(ids: list[str], obj: str) -> dict:
-    return {"status": "error", "category": "OBJECT_NOT_FOUND", "context": {"ids": ids},
-            "message": f"Could not get some {obj.upper()[:-1]} objects, they may be deleted or "
-                       "not exist. Check that ids are valid."}  # fmt: skip
+    return {
+        "status": "error",
+        "category": "OBJECT_NOT_FOUND",
+        "context": {"ids": ids},
+        "message": f"Could not get some {obj.upper()[:-1]} objects, they may be deleted or "
+        "not exist. Check that ids are valid.",
+    }
 
 
 UNIQUE_ID_PROPERTIES = {"contacts": ("email", "hs_object_id"), "tasks": ("hs_object_id",)}
@@ -383,8 +440,14 @@ def batch_update(fake, query, body, obj):
         if failure is not None:
             failure.times -= 1
             context = {"objectWriteTraceId": [trace]} if trace else {"ids": [oid]}
-            errors.append({"status": "error", "category": failure.category,
-                           "message": failure.message, "context": context})  # fmt: skip
+            errors.append(
+                {
+                    "status": "error",
+                    "category": failure.category,
+                    "message": failure.message,
+                    "context": context,
+                }
+            )
             continue
         if not (oid.isdigit() and int(oid) in store.raw):
             missing.append(oid)
@@ -501,8 +564,15 @@ def patch_object(fake, query, body, obj, oid):
 # ---- legacy email events ---------------------------------------------------------------------
 
 EMAIL_EVENTS_MAX_LIMIT, EMAIL_EVENTS_DEFAULT_LIMIT = 1000, 10
-EMAIL_EVENT_FILTERS = ("appId", "campaignId", "recipient", "eventType", "startTimestamp",
-                       "endTimestamp", "excludeFilteredEvents")  # fmt: skip
+EMAIL_EVENT_FILTERS = (
+    "appId",
+    "campaignId",
+    "recipient",
+    "eventType",
+    "startTimestamp",
+    "endTimestamp",
+    "excludeFilteredEvents",
+)
 
 
 def _integer(query: dict, name: str) -> int | None:
@@ -529,17 +599,22 @@ def email_events(fake, query, body):
     if token is not None:
         epoch, _, rest = token.partition(":")
         signature, _, number = rest.rpartition(":")
-        if epoch != str(fake.email_offset_epoch) or signature != _digest(filters) \
-                or not number.isdigit():  # fmt: skip
+        if (
+            epoch != str(fake.email_offset_epoch)
+            or signature != _digest(filters)
+            or not number.isdigit()
+        ):
             raise ApiError(400, "The offset is invalid or has expired")
         position = int(number)
     wanted = [
-        e for e in fake.email_events
-        if (start is None or e["created"] >= start) and (end is None or e["created"] <= end)
+        e
+        for e in fake.email_events
+        if (start is None or e["created"] >= start)
+        and (end is None or e["created"] <= end)
         and (_q(query, "eventType") in (None, e["type"]))
         and (_q(query, "recipient") in (None, e["recipient"]))
         and not (_q(query, "excludeFilteredEvents") == "true" and e.get("filteredEvent"))
-    ]  # fmt: skip
+    ]
     wanted.sort(key=lambda e: (-e["created"], e["id"]))
     page = wanted[position : position + limit]
     more = position + limit < len(wanted)
@@ -548,8 +623,14 @@ def email_events(fake, query, body):
     return 200, {"events": page, "hasMore": more, "offset": next_token}
 
 
-PAGE_VIEW_FILTERS = ("objectType", "objectId", "eventType", "occurredAfter", "occurredBefore",
-                     "sort")  # fmt: skip
+PAGE_VIEW_FILTERS = (
+    "objectType",
+    "objectId",
+    "eventType",
+    "occurredAfter",
+    "occurredBefore",
+    "sort",
+)
 UNIFIED_OBJECT_TYPES = ("contact", "contacts", "0-1")
 
 
@@ -590,12 +671,13 @@ def event_occurrences(fake, query, body):
             raise ApiError(400, "The paging cursor is invalid")
         position = int(number)
     wanted = [
-        e for e in fake.event_occurrences
+        e
+        for e in fake.event_occurrences
         if (_q(query, "eventType") in (None, e["eventType"]))
         and (object_id is None or e["objectId"] == object_id)
         and (after_at is None or _parse_iso(e["occurredAt"]) > after_at)
         and (before_at is None or _parse_iso(e["occurredAt"]) < before_at)
-    ]  # fmt: skip
+    ]
     wanted.sort(key=lambda e: (e["occurredAt"], e["id"]), reverse=sort == "DESCENDING")
     page = wanted[position : position + limit]
     payload: dict[str, Any] = {"results": page}

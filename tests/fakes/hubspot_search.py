@@ -8,8 +8,14 @@ from typing import Any
 
 MAX_LIMIT, MAX_RESULTS = 200, 10_000
 MAX_GROUPS, MAX_PER_GROUP, MAX_TOTAL = 5, 6, 18
-DEFAULT_PROPERTIES = ("createdate", "email", "firstname", "hs_object_id", "lastmodifieddate",
-                      "lastname")  # fmt: skip
+DEFAULT_PROPERTIES = (
+    "createdate",
+    "email",
+    "firstname",
+    "hs_object_id",
+    "lastmodifieddate",
+    "lastname",
+)
 
 
 class SearchError(Exception):
@@ -54,8 +60,7 @@ def compile_filter(f: dict[str, Any], kinds: dict[str, str]) -> tuple[Predicate,
     """A predicate over a record's typed values, and the id it must be above (if any)."""
     prop, op = f.get("propertyName"), f.get("operator")
     if prop not in kinds:
-        raise SearchError(f"There was a problem with the request: property {prop!r} does not "
-                          "exist")  # fmt: skip
+        raise SearchError(f"There was a problem with the request: property {prop!r} does not exist")
     kind = kinds[prop]
     if op in ("HAS_PROPERTY", "NOT_HAS_PROPERTY"):
         want = op == "HAS_PROPERTY"
@@ -74,10 +79,13 @@ def compile_filter(f: dict[str, Any], kinds: dict[str, str]) -> tuple[Predicate,
     if value is None:
         raise SearchError(f"{f['value']!r} is not a valid value for {prop}")
     compare = {
-        "EQ": lambda a: a == value, "NEQ": lambda a: a != value,
-        "LT": lambda a: a < value, "LTE": lambda a: a <= value,
-        "GT": lambda a: a > value, "GTE": lambda a: a >= value,
-    }.get(op)  # fmt: skip
+        "EQ": lambda a: a == value,
+        "NEQ": lambda a: a != value,
+        "LT": lambda a: a < value,
+        "LTE": lambda a: a <= value,
+        "GT": lambda a: a > value,
+        "GTE": lambda a: a >= value,
+    }.get(op)
     if compare is None:
         raise SearchError(f"operator {op!r} is not supported by the fake")
     floor = int(value) if prop == "hs_object_id" and op == "GT" else None
@@ -86,8 +94,9 @@ def compile_filter(f: dict[str, Any], kinds: dict[str, str]) -> tuple[Predicate,
     return (lambda r: (a := r.get(prop)) is not None and compare(a)), floor
 
 
-def compile_request(body: dict[str, Any], kinds: dict[str, str]
-                    ) -> tuple[list[list[Predicate]], int | None]:  # fmt: skip
+def compile_request(
+    body: dict[str, Any], kinds: dict[str, str]
+) -> tuple[list[list[Predicate]], int | None]:
     limit = body.get("limit", 10)
     if not isinstance(limit, int) or limit > MAX_LIMIT or limit < 1:
         raise SearchError(f"limit must be between 1 and {MAX_LIMIT}, got {limit!r}")
@@ -109,8 +118,9 @@ def compile_request(body: dict[str, Any], kinds: dict[str, str]
     for group in groups:
         filters = group.get("filters") or []
         if len(filters) > MAX_PER_GROUP:
-            raise SearchError(f"Too many filters in a group ({len(filters)}); the maximum is "
-                              f"{MAX_PER_GROUP}")  # fmt: skip
+            raise SearchError(
+                f"Too many filters in a group ({len(filters)}); the maximum is {MAX_PER_GROUP}"
+            )
         preds, floor = [], None
         for f in filters:
             pred, f_floor = compile_filter(f, kinds)

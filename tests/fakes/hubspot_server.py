@@ -40,15 +40,21 @@ DROP = -1
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, category: str = "VALIDATION_ERROR",
-                 **extra: Any) -> None:  # fmt: skip
+    def __init__(
+        self, status: int, message: str, category: str = "VALIDATION_ERROR", **extra: Any
+    ) -> None:
         super().__init__(message)
         self.status, self.category, self.extra = status, category, extra
         self.headers: dict[str, str] = {}
 
     def body(self) -> dict[str, Any]:
-        return {"status": "error", "message": str(self), "correlationId": str(uuid.uuid4()),
-                "category": self.category, **self.extra}  # fmt: skip
+        return {
+            "status": "error",
+            "message": str(self),
+            "correlationId": str(uuid.uuid4()),
+            "category": self.category,
+            **self.extra,
+        }
 
 
 @dataclass
@@ -92,20 +98,29 @@ class RecordFailure:
 
 
 def prop(name: str, kind: str, field_type: str, **extra: Any) -> dict[str, Any]:
-    return {"name": name, "label": name, "type": kind, "fieldType": field_type,
-            "groupName": "contactinformation", "options": extra.pop("options", []),
-            "hubspotDefined": True, **extra}  # fmt: skip
+    return {
+        "name": name,
+        "label": name,
+        "type": kind,
+        "fieldType": field_type,
+        "groupName": "contactinformation",
+        "options": extra.pop("options", []),
+        "hubspotDefined": True,
+        **extra,
+    }
 
 
 def _enum_options(*values: str) -> list[dict[str, Any]]:
-    return [{"label": v, "value": v, "hidden": False, "displayOrder": i}
-            for i, v in enumerate(values)]  # fmt: skip
+    return [
+        {"label": v, "value": v, "hidden": False, "displayOrder": i} for i, v in enumerate(values)
+    ]
 
 
 def default_properties() -> dict[str, dict[str, dict[str, Any]]]:
     calculated = {"modificationMetadata": {"readOnlyValue": True, "readOnlyDefinition": True}}
     contacts = [
-        prop("email", "string", "text"), prop("firstname", "string", "text"),
+        prop("email", "string", "text"),
+        prop("firstname", "string", "text"),
         prop("lastname", "string", "text"),
         prop("hs_object_id", "number", "number", **calculated),
         prop("createdate", "datetime", "date", **calculated),
@@ -118,24 +133,39 @@ def default_properties() -> dict[str, dict[str, dict[str, Any]]]:
         prop("hs_analytics_last_timestamp", "datetime", "date", **calculated),
         prop("recent_conversion_date", "datetime", "date", **calculated),
         prop("hs_email_optout", "bool", "booleancheckbox", **calculated),
-        prop("hs_email_hard_bounce_reason_enum", "enumeration", "select", **calculated,
-             options=_enum_options("MAILBOX_FULL", "UNKNOWN_USER", "OTHER")),
+        prop(
+            "hs_email_hard_bounce_reason_enum",
+            "enumeration",
+            "select",
+            **calculated,
+            options=_enum_options("MAILBOX_FULL", "UNKNOWN_USER", "OTHER"),
+        ),
         prop("hs_email_sends_since_last_engagement", "number", "number", **calculated),
-    ]  # fmt: skip
+    ]
     tasks = [
-        prop("hs_task_subject", "string", "text"), prop("hs_task_body", "string", "html"),
-        prop("hs_task_priority", "enumeration", "select",
-             options=_enum_options("LOW", "MEDIUM", "HIGH")),
-        prop("hs_task_status", "enumeration", "select",
-             options=_enum_options("NOT_STARTED", "COMPLETED")),
-        prop("hs_task_type", "enumeration", "select",
-             options=_enum_options("TODO", "CALL", "EMAIL")),
+        prop("hs_task_subject", "string", "text"),
+        prop("hs_task_body", "string", "html"),
+        prop(
+            "hs_task_priority",
+            "enumeration",
+            "select",
+            options=_enum_options("LOW", "MEDIUM", "HIGH"),
+        ),
+        prop(
+            "hs_task_status",
+            "enumeration",
+            "select",
+            options=_enum_options("NOT_STARTED", "COMPLETED"),
+        ),
+        prop(
+            "hs_task_type", "enumeration", "select", options=_enum_options("TODO", "CALL", "EMAIL")
+        ),
         prop("hs_timestamp", "datetime", "date"),
         prop("hubspot_owner_id", "enumeration", "select"),
         prop("hs_object_id", "number", "number", **calculated),
         prop("createdate", "datetime", "date", **calculated),
         prop("lastmodifieddate", "datetime", "date", **calculated),
-    ]  # fmt: skip
+    ]
     return {"contacts": {p["name"]: p for p in contacts}, "tasks": {p["name"]: p for p in tasks}}
 
 
@@ -239,28 +269,42 @@ class FakeHubSpot:
 
     def tasks(self) -> list[dict[str, Any]]:
         store = self.objects["tasks"]
-        return [{"id": str(i), **store.raw[i], "contacts": store.associations.get(i, [])}
-                for i in store.ids]  # fmt: skip
+        return [
+            {"id": str(i), **store.raw[i], "contacts": store.associations.get(i, [])}
+            for i in store.ids
+        ]
 
-    def add_email_event(self, kind: str, recipient: str, created: datetime,
-                        **extra: Any) -> dict[str, Any]:  # fmt: skip
+    def add_email_event(
+        self, kind: str, recipient: str, created: datetime, **extra: Any
+    ) -> dict[str, Any]:
         """Log a marketing email event as HubSpot records one (`created` in epoch ms)."""
         with self.lock:
-            event = {"id": str(uuid.uuid4()), "created": int(created.timestamp() * 1000),
-                     "type": kind, "recipient": recipient, "portalId": 62515,
-                     "appId": 113, "emailCampaignId": 1001, "filteredEvent": False,
-                     **extra}  # fmt: skip
+            event = {
+                "id": str(uuid.uuid4()),
+                "created": int(created.timestamp() * 1000),
+                "type": kind,
+                "recipient": recipient,
+                "portalId": 62515,
+                "appId": 113,
+                "emailCampaignId": 1001,
+                "filteredEvent": False,
+                **extra,
+            }
             self.email_events.append(event)
             return event
 
     def add_page_view(self, contact_id: str, url: str, at: datetime) -> dict[str, Any]:
         """A contact's page view, as the events API returns an `e_visited_page` occurrence."""
         with self.lock:
-            view = {"eventType": "e_visited_page", "id": str(uuid.uuid4()),
-                    "objectId": str(contact_id), "objectType": "CONTACT",
-                    "occurredAt": at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.")
-                    + f"{at.microsecond // 1000:03d}Z",
-                    "properties": {"hs_url": url, "hs_page_title": "A page"}}  # fmt: skip
+            view = {
+                "eventType": "e_visited_page",
+                "id": str(uuid.uuid4()),
+                "objectId": str(contact_id),
+                "objectType": "CONTACT",
+                "occurredAt": at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+                + f"{at.microsecond // 1000:03d}Z",
+                "properties": {"hs_url": url, "hs_page_title": "A page"},
+            }
             self.event_occurrences.append(view)
             return view
 
@@ -289,8 +333,14 @@ class FakeHubSpot:
             self.server.shutdown()
             self.server.server_close()
 
-    def handle(self, method: str, path: str, query: dict[str, list[str]], headers: dict[str, str],
-               body: Any) -> tuple[int, Any, dict[str, str]]:  # fmt: skip
+    def handle(
+        self,
+        method: str,
+        path: str,
+        query: dict[str, list[str]],
+        headers: dict[str, str],
+        body: Any,
+    ) -> tuple[int, Any, dict[str, str]]:
         """One request: (status, JSON body, headers)."""
         if path.startswith("/_fake/"):
             return self._admin(method, path, body)
@@ -327,12 +377,21 @@ class FakeHubSpot:
             )
         for pattern, scope in self.denied_scopes.items():
             if re.search(pattern, path):
-                return 403, ApiError(
-                    403, "This app hasn't been granted all required scopes to make this call.",
-                    "MISSING_SCOPES",
-                    errors=[{"message": "One or more of the following scopes are required.",
-                             "context": {"requiredGranularScopes": [scope]}}],
-                ).body(), {}  # fmt: skip
+                return (
+                    403,
+                    ApiError(
+                        403,
+                        "This app hasn't been granted all required scopes to make this call.",
+                        "MISSING_SCOPES",
+                        errors=[
+                            {
+                                "message": "One or more of the following scopes are required.",
+                                "context": {"requiredGranularScopes": [scope]},
+                            }
+                        ],
+                    ).body(),
+                    {},
+                )
         limited = self._rate_limit(search)
         if limited is not None:
             return limited
@@ -404,8 +463,13 @@ class FakeHubSpot:
                 if len(window) >= limit:
                     self.stats["429"] += 1
                     self.stats["429_search"] += 1
-                    return 429, ApiError(429, "You have reached your secondly limit.",
-                                         "RATE_LIMITS").body(), {}  # fmt: skip
+                    return (
+                        429,
+                        ApiError(
+                            429, "You have reached your secondly limit.", "RATE_LIMITS"
+                        ).body(),
+                        {},
+                    )
                 window.append(now)
             elif not search and self.requests_per_10s:
                 window, limit = self._general, self.requests_per_10s
@@ -425,8 +489,16 @@ class FakeHubSpot:
             if self.daily_remaining is not None and not search:
                 if self.daily_remaining <= 0:
                     self.stats["429"] += 1
-                    return 429, ApiError(429, "You have reached your daily limit.", "RATE_LIMITS",
-                                         policyName="DAILY").body(), {}  # fmt: skip
+                    return (
+                        429,
+                        ApiError(
+                            429,
+                            "You have reached your daily limit.",
+                            "RATE_LIMITS",
+                            policyName="DAILY",
+                        ).body(),
+                        {},
+                    )
                 self.daily_remaining -= 1
         return None
 
@@ -434,17 +506,20 @@ class FakeHubSpot:
         headers: dict[str, str] = {}
         if self.requests_per_10s:
             used = len(self._general)
-            headers = {"x-hubspot-ratelimit-max": str(self.requests_per_10s),
-                       "x-hubspot-ratelimit-remaining": str(max(0, self.requests_per_10s - used)),
-                       "x-hubspot-ratelimit-interval-milliseconds": "10000"}  # fmt: skip
+            headers = {
+                "x-hubspot-ratelimit-max": str(self.requests_per_10s),
+                "x-hubspot-ratelimit-remaining": str(max(0, self.requests_per_10s - used)),
+                "x-hubspot-ratelimit-interval-milliseconds": "10000",
+            }
         if self.daily_remaining is not None:
             headers["x-hubspot-ratelimit-daily-remaining"] = str(self.daily_remaining)
         return headers
 
     # ---- routes ----------------------------------------------------------------------------
 
-    def _route(self, method: str, path: str, query: dict[str, list[str]], body: Any
-               ) -> tuple[int, Any]:  # fmt: skip
+    def _route(
+        self, method: str, path: str, query: dict[str, list[str]], body: Any
+    ) -> tuple[int, Any]:
         from tests.fakes import hubspot_routes
 
         return hubspot_routes.route(self, method, path, query, body)
@@ -468,8 +543,9 @@ def _handler(fake: FakeHubSpot) -> type[BaseHTTPRequestHandler]:
                 with fake.lock:
                     fake.log.append((self.command, url.path, 404))
                     fake.stats["encoded_slash_404"] += 1
-                self._send_raw(404, b"<html><body><h1>404 Not Found</h1></body></html>",
-                               "text/html")  # fmt: skip
+                self._send_raw(
+                    404, b"<html><body><h1>404 Not Found</h1></body></html>", "text/html"
+                )
                 return
             try:
                 body = json.loads(raw) if raw else None
@@ -477,8 +553,9 @@ def _handler(fake: FakeHubSpot) -> type[BaseHTTPRequestHandler]:
                 self._send(400, ApiError(400, "Invalid input JSON", "VALIDATION_ERROR").body(), {})
                 return
             headers = {k.lower(): v for k, v in self.headers.items()}
-            status, payload, extra = fake.handle(self.command, unquote(url.path),
-                                                 parse_qs(url.query), headers, body)  # fmt: skip
+            status, payload, extra = fake.handle(
+                self.command, unquote(url.path), parse_qs(url.query), headers, body
+            )
             if status == DROP:
                 self.close_connection = True
                 return
@@ -509,5 +586,14 @@ def _handler(fake: FakeHubSpot) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-__all__ = ["DROP", "MAX_RESULTS", "TOKEN", "ApiError", "FakeHubSpot", "Fault", "Gate",
-           "RecordFailure", "DEFAULT_PROPERTIES"]  # fmt: skip
+__all__ = [
+    "DROP",
+    "MAX_RESULTS",
+    "TOKEN",
+    "ApiError",
+    "FakeHubSpot",
+    "Fault",
+    "Gate",
+    "RecordFailure",
+    "DEFAULT_PROPERTIES",
+]

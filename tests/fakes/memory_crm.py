@@ -106,9 +106,12 @@ class MemoryConnector(Connector):
     webhook_paths = ("/webhooks/memory",)
 
     def __init__(
-        self, mapping: Mapping, crm: MemoryCrm | None = None, secret: str | None = None,
+        self,
+        mapping: Mapping,
+        crm: MemoryCrm | None = None,
+        secret: str | None = None,
         page_size: int = 2,
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__(mapping)
         self.crm = crm if crm is not None else MemoryCrm()
         self.secret = secret
@@ -203,9 +206,10 @@ class MemoryConnector(Connector):
         self, since: datetime | None, after: str | None
     ) -> Iterator[list[CrmRecord]]:
         ids = sorted(
-            cid for cid, at in self.crm.changed_at.items()
+            cid
+            for cid, at in self.crm.changed_at.items()
             if since is None or at >= since and cid in self.crm.signals
-        )  # fmt: skip
+        )
         return self._pages(ids, after, "find_engaged")
 
     def iter_all(self, after: str | None) -> Iterator[list[CrmRecord]]:
@@ -216,8 +220,12 @@ class MemoryConnector(Connector):
     def _record(self, cid: str) -> CrmRecord:
         held = self.crm.properties.get(cid, {})
         governed = self.mapping.policy.program.governance.properties
-        return CrmRecord(cid, dict(self.crm.values[cid]), dict(self.crm.signals.get(cid, {})),
-                         properties={name: held.get(name) for name in governed})  # fmt: skip
+        return CrmRecord(
+            cid,
+            dict(self.crm.values[cid]),
+            dict(self.crm.signals.get(cid, {})),
+            properties={name: held.get(name) for name in governed},
+        )
 
     def _pages(self, ids: list[str], after: str | None, name: str) -> Iterator[list[CrmRecord]]:
         ids = [cid for cid in ids if after is None or cid > after]

@@ -133,21 +133,67 @@ STANDARD = {
         "AssigneeId",
     ],
     "User": ["Id", "CreatedDate", "SystemModstamp", "Username"],
-    "ContactHistory": ["Id", "ContactId", "Field", "OldValue", "NewValue", "CreatedDate",
-                       "CreatedById", "IsDeleted"],  # fmt: skip
-    "LeadHistory": ["Id", "LeadId", "Field", "OldValue", "NewValue", "CreatedDate",
-                    "CreatedById", "IsDeleted"],  # fmt: skip
-    "FieldDefinition": ["Id", "DurableId", "EntityDefinitionId",
-                        "EntityDefinition.QualifiedApiName", "QualifiedApiName",
-                        "IsFieldHistoryTracked"],  # fmt: skip
+    "ContactHistory": [
+        "Id",
+        "ContactId",
+        "Field",
+        "OldValue",
+        "NewValue",
+        "CreatedDate",
+        "CreatedById",
+        "IsDeleted",
+    ],
+    "LeadHistory": [
+        "Id",
+        "LeadId",
+        "Field",
+        "OldValue",
+        "NewValue",
+        "CreatedDate",
+        "CreatedById",
+        "IsDeleted",
+    ],
+    "FieldDefinition": [
+        "Id",
+        "DurableId",
+        "EntityDefinitionId",
+        "EntityDefinition.QualifiedApiName",
+        "QualifiedApiName",
+        "IsFieldHistoryTracked",
+    ],
     # Enhanced Email (Object Reference: EmailMessage, EmailMessageRelation).
-    "EmailMessage": ["Id", "CreatedDate", "SystemModstamp", "ActivityId", "RelatedToId",
-                     "Subject", "FromAddress", "ToAddress", "Incoming", "Status", "MessageDate",
-                     "IsTracked", "IsOpened", "IsBounced", "FirstOpenedDate", "LastOpenedDate",
-                     "FirstLinkClickedDate", "IsDeleted"],  # fmt: skip
-    "EmailMessageRelation": ["Id", "CreatedDate", "SystemModstamp", "EmailMessageId",
-                             "RelationId", "RelationObjectType", "RelationType",
-                             "RelationAddress", "DeliveryResponse", "IsDeleted"],  # fmt: skip
+    "EmailMessage": [
+        "Id",
+        "CreatedDate",
+        "SystemModstamp",
+        "ActivityId",
+        "RelatedToId",
+        "Subject",
+        "FromAddress",
+        "ToAddress",
+        "Incoming",
+        "Status",
+        "MessageDate",
+        "IsTracked",
+        "IsOpened",
+        "IsBounced",
+        "FirstOpenedDate",
+        "LastOpenedDate",
+        "FirstLinkClickedDate",
+        "IsDeleted",
+    ],
+    "EmailMessageRelation": [
+        "Id",
+        "CreatedDate",
+        "SystemModstamp",
+        "EmailMessageId",
+        "RelationId",
+        "RelationObjectType",
+        "RelationType",
+        "RelationAddress",
+        "DeliveryResponse",
+        "IsDeleted",
+    ],
 }
 DATE_FIELDS = {"CampaignMember": ("FirstRespondedDate",), "Task": ("ActivityDate",)}
 """Standard fields of type `date` (no time): SOQL compares them with date literals only."""
@@ -303,23 +349,46 @@ class FakeSalesforce:
         if responded and not member.get("FirstRespondedDate"):
             member["FirstRespondedDate"] = today
 
-    def add_email(self, to: list[tuple[str, str]], sent: str, *, first_open: str | None = None,
-                  last_open: str | None = None, first_click: str | None = None,
-                  incoming: bool = False) -> str:  # fmt: skip
+    def add_email(
+        self,
+        to: list[tuple[str, str]],
+        sent: str,
+        *,
+        first_open: str | None = None,
+        last_open: str | None = None,
+        first_click: str | None = None,
+        incoming: bool = False,
+    ) -> str:
         """An email sent from Salesforce (Enhanced Email) and its recipients, `(RelationId or
         address, RelationType)`; opens as Salesforce tracks them, for any recipient."""
-        message = self.add("EmailMessage", Subject="Hello", Incoming=incoming, Status="3",
-                           MessageDate=sent, IsTracked=True, IsOpened=first_open is not None,
-                           IsBounced=False, FirstOpenedDate=first_open, IsDeleted=False,
-                           LastOpenedDate=last_open or first_open,
-                           FirstLinkClickedDate=first_click, CreatedDate=sent)  # fmt: skip
+        message = self.add(
+            "EmailMessage",
+            Subject="Hello",
+            Incoming=incoming,
+            Status="3",
+            MessageDate=sent,
+            IsTracked=True,
+            IsOpened=first_open is not None,
+            IsBounced=False,
+            FirstOpenedDate=first_open,
+            IsDeleted=False,
+            LastOpenedDate=last_open or first_open,
+            FirstLinkClickedDate=first_click,
+            CreatedDate=sent,
+        )
         for who, kind in to:
             linked = who[:3] in (PREFIX["Contact"], PREFIX["Lead"], PREFIX["User"])
             sobject = next((o for o in ("Contact", "Lead", "User") if who[:3] == PREFIX[o]), None)
-            self.add("EmailMessageRelation", EmailMessageId=message, RelationType=kind,
-                     RelationId=who if linked else None, RelationObjectType=sobject,
-                     RelationAddress=None if linked else who, IsDeleted=False,
-                     CreatedDate=sent)  # fmt: skip
+            self.add(
+                "EmailMessageRelation",
+                EmailMessageId=message,
+                RelationType=kind,
+                RelationId=who if linked else None,
+                RelationObjectType=sobject,
+                RelationAddress=None if linked else who,
+                IsDeleted=False,
+                CreatedDate=sent,
+            )
         return message
 
     def track_history(self, sobject: str, *names: str) -> None:
@@ -336,23 +405,31 @@ class FakeSalesforce:
             history = f"{sobject}History"
             row_id = self.new_id(history)
             self.records[history][row_id] = {
-                "Id": row_id, f"{sobject}Id": record_id, "Field": name, "OldValue": old,
-                "NewValue": sf_time(value), "CreatedDate": sf_time(at), "CreatedById": USER_ID,
+                "Id": row_id,
+                f"{sobject}Id": record_id,
+                "Field": name,
+                "OldValue": old,
+                "NewValue": sf_time(value),
+                "CreatedDate": sf_time(at),
+                "CreatedById": USER_ID,
                 "IsDeleted": False,
-            }  # fmt: skip
+            }
 
     def _field_definitions(self) -> None:
         """`FieldDefinition` rows for the fields of Contact and Lead, as the org has them now."""
         self.records["FieldDefinition"] = {
             f"{obj}.{name}": {
-                "Id": f"{obj}.{name}", "DurableId": f"{obj}.{name}", "EntityDefinitionId": obj,
-                "EntityDefinition.QualifiedApiName": obj, "QualifiedApiName": name,
+                "Id": f"{obj}.{name}",
+                "DurableId": f"{obj}.{name}",
+                "EntityDefinitionId": obj,
+                "EntityDefinition.QualifiedApiName": obj,
+                "QualifiedApiName": name,
                 "IsFieldHistoryTracked": name in self.history_tracked[obj],
             }
             for obj in ("Contact", "Lead")
             for name in self.fields[obj]
             if self.visible(obj, name)
-        }  # fmt: skip
+        }
 
     def fail(
         self,
@@ -698,11 +775,14 @@ class FakeSalesforce:
             if not self.visible(sobject, name):
                 return _failure("INVALID_FIELD", f"No such column '{name}'", record_id, [name])
             if name in READ_ONLY.get(sobject, ()):
-                return _failure("INVALID_FIELD_FOR_INSERT_UPDATE",
-                                f"Unable to create/update fields: {name}. Please check the "
-                                "security settings of this field and verify that it is "
-                                "read/write for your profile or permission set.",
-                                record_id, [name])  # fmt: skip
+                return _failure(
+                    "INVALID_FIELD_FOR_INSERT_UPDATE",
+                    f"Unable to create/update fields: {name}. Please check the "
+                    "security settings of this field and verify that it is "
+                    "read/write for your profile or permission set.",
+                    record_id,
+                    [name],
+                )
             allowed = self.fields[sobject][name].get("values")
             if allowed and value is not None and value not in allowed:
                 return _failure(

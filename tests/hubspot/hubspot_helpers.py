@@ -29,14 +29,24 @@ class FakeClock:
 
 
 def make_settings(fake: FakeHubSpot, **overrides) -> HubSpotSettings:
-    values = {"access_token": TOKEN, "client_secret": SECRET, "base_url": fake.url,
-              "timeout_seconds": 5, **overrides}  # fmt: skip
+    values = {
+        "access_token": TOKEN,
+        "client_secret": SECRET,
+        "base_url": fake.url,
+        "timeout_seconds": 5,
+        **overrides,
+    }
     return HubSpotSettings(**values)
 
 
 def make_connector(fake, mapping, clock, prefetch_pages: int = 0, **overrides) -> HubSpotConnector:
-    return HubSpotConnector(mapping, make_settings(fake, **overrides), sleep=clock.sleep,
-                            clock=clock, prefetch_pages=prefetch_pages)  # fmt: skip
+    return HubSpotConnector(
+        mapping,
+        make_settings(fake, **overrides),
+        sleep=clock.sleep,
+        clock=clock,
+        prefetch_pages=prefetch_pages,
+    )
 
 
 def with_options(mapping: Mapping, **options) -> Mapping:

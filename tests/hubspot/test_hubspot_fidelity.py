@@ -25,8 +25,12 @@ SLASHED = "Elastic – Suppressed / ads audience"
 def _request(fake: FakeHubSpot, method: str, path: str, body: Any = None) -> tuple[int, Any]:
     data = None if body is None else json.dumps(body).encode()
     headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
-    request = urllib.request.Request(fake.url + path, data=data, method=method,  # noqa: S310
-                                     headers=headers)  # fmt: skip
+    request = urllib.request.Request(
+        fake.url + path,
+        data=data,
+        method=method,  # noqa: S310
+        headers=headers,
+    )
     try:
         with urllib.request.urlopen(request, timeout=5) as answer:  # noqa: S310 - loopback fake
             return answer.status, json.loads(answer.read() or b"null")
@@ -62,9 +66,14 @@ def test_a_list_named_with_a_slash_is_found_again_and_never_created_twice(fake, 
 
 def test_lists_are_found_past_the_first_search_page(fake, connector, mapping):
     for n in range(620):  # more than one 500-list search page of other lists first
-        fake.lists[str(n + 1)] = {"listId": str(n + 1), "listVersion": 1, "name": f"Other {n}",
-                                  "objectTypeId": "0-1", "processingType": "MANUAL",
-                                  "processingStatus": "COMPLETE"}  # fmt: skip
+        fake.lists[str(n + 1)] = {
+            "listId": str(n + 1),
+            "listVersion": 1,
+            "name": f"Other {n}",
+            "objectTypeId": "0-1",
+            "processingType": "MANUAL",
+            "processingStatus": "COMPLETE",
+        }
     connector.provision()
     before = len(fake.lists)
     report = connector.provision()
@@ -83,9 +92,14 @@ def test_a_list_whose_name_differs_only_in_case_is_the_same_list(fake, connector
 
 
 def test_a_list_of_another_object_type_with_the_same_name_is_not_ours(fake, connector):
-    fake.lists["900"] = {"listId": "900", "listVersion": 1, "name": "Elastic – Dormant",
-                         "objectTypeId": "0-2", "processingType": "MANUAL",
-                         "processingStatus": "COMPLETE"}  # fmt: skip
+    fake.lists["900"] = {
+        "listId": "900",
+        "listVersion": 1,
+        "name": "Elastic – Dormant",
+        "objectTypeId": "0-2",
+        "processingType": "MANUAL",
+        "processingStatus": "COMPLETE",
+    }
     report = connector.provision(dry_run=True)
     assert {i.name: i.action for i in report.items}["Elastic – Dormant"] == "create"
 
@@ -106,24 +120,31 @@ def test_fake_refuses_an_encoded_slash_in_a_path_segment(fake, provisioned):
 def test_fake_answers_update_list_filters_with_updated_list(fake, provisioned, mapping):
     dormant = _lists_named(fake, "Elastic – Dormant")[0]
     branch = dormant["filterBranch"]
-    status, body = _request(fake, "PUT", f"/crm/v3/lists/{dormant['listId']}/update-list-filters",
-                            {"filterBranch": branch})  # fmt: skip
+    status, body = _request(
+        fake,
+        "PUT",
+        f"/crm/v3/lists/{dormant['listId']}/update-list-filters",
+        {"filterBranch": branch},
+    )
     assert status == 200
     assert set(body) == {"updatedList"}
     assert body["updatedList"]["listId"] == dormant["listId"]
     assert body["updatedList"]["listVersion"] == 2
 
 
-@pytest.mark.parametrize(("body", "problem"), [
-    ({"query": "x", "additionalProperties": []}, "offset"),
-    ({"query": "x", "offset": 0}, "additionalProperties"),
-    ({"offset": 0, "additionalProperties": [], "count": 501}, "count"),
-    ({"offset": 0, "additionalProperties": [], "count": "10"}, "count"),
-    ({"offset": "0", "additionalProperties": []}, "offset"),
-    ({"offset": 0, "additionalProperties": [], "processingTypes": ["LIVE"]}, "processingTypes"),
-    ({"offset": 0, "additionalProperties": [], "name": "x"}, "name"),
-    ([], "ListSearchRequest"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        ({"query": "x", "additionalProperties": []}, "offset"),
+        ({"query": "x", "offset": 0}, "additionalProperties"),
+        ({"offset": 0, "additionalProperties": [], "count": 501}, "count"),
+        ({"offset": 0, "additionalProperties": [], "count": "10"}, "count"),
+        ({"offset": "0", "additionalProperties": []}, "offset"),
+        ({"offset": 0, "additionalProperties": [], "processingTypes": ["LIVE"]}, "processingTypes"),
+        ({"offset": 0, "additionalProperties": [], "name": "x"}, "name"),
+        ([], "ListSearchRequest"),
+    ],
+)
 def test_fake_validates_the_list_search_body_against_the_spec(fake, body, problem):
     status, answer = _request(fake, "POST", "/crm/v3/lists/search", body)
     assert status == 400
@@ -135,9 +156,12 @@ def test_fake_list_search_pages_by_offset_and_omits_filters(fake, provisioned):
     seen: list[dict] = []
     offset = 0
     while True:
-        status, body = _request(fake, "POST", "/crm/v3/lists/search",
-                                {"query": "elastic", "offset": offset, "count": 3,
-                                 "additionalProperties": []})  # fmt: skip
+        status, body = _request(
+            fake,
+            "POST",
+            "/crm/v3/lists/search",
+            {"query": "elastic", "offset": offset, "count": 3, "additionalProperties": []},
+        )
         assert status == 200
         assert set(body) == {"lists", "offset", "hasMore", "total"}
         assert body["total"] == 4
@@ -174,8 +198,9 @@ def test_a_date_field_is_provisioned_as_a_date_and_written_as_midnight_utc(fake,
     late_evening_in_new_york = datetime(2026, 3, 4, 23, 30, tzinfo=UTC).astimezone(
         ZoneInfo("America/New_York")
     )
-    result = connector.write_records(writes({cid: {"status_changed_at": late_evening_in_new_york,
-                                            "engagement_score": 3}}))  # fmt: skip
+    result = connector.write_records(
+        writes({cid: {"status_changed_at": late_evening_in_new_york, "engagement_score": 3}})
+    )
     assert result.written == [cid] and result.failed == {}
     assert fake.contact(cid)["elastic_status_changed_at"] == "2026-03-04"
     record = connector.read_records([cid])[cid]
@@ -186,12 +211,14 @@ def test_a_date_field_accepts_a_plain_date_and_an_iso_string(fake, mapping, cloc
     connector = make_connector(fake, _with_date_field(mapping), clock)
     connector.provision()
     first, second = fake.add_contact({}), fake.add_contact({})
-    result = connector.write_records(writes(
-        {
-            first: {"status_changed_at": date(2026, 1, 31)},
-            second: {"status_changed_at": "2026-02-01T18:45:00Z"},
-        }
-    ))
+    result = connector.write_records(
+        writes(
+            {
+                first: {"status_changed_at": date(2026, 1, 31)},
+                second: {"status_changed_at": "2026-02-01T18:45:00Z"},
+            }
+        )
+    )
     assert sorted(result.written) == sorted([first, second])
     assert fake.contact(first)["elastic_status_changed_at"] == "2026-01-31"
     assert fake.contact(second)["elastic_status_changed_at"] == "2026-02-01"
@@ -208,24 +235,36 @@ def test_fake_refuses_a_date_with_a_time_of_day_as_hubspot_does(fake, mapping, c
     make_connector(fake, _with_date_field(mapping), clock).provision()
     cid = fake.add_contact({})
     noon = str(int(datetime(2026, 3, 4, 12, 5, 7, 123000, tzinfo=UTC).timestamp() * 1000))
-    status, body = _request(fake, "POST", "/crm/v3/objects/contacts/batch/update", {"inputs": [
-        {"id": cid, "properties": {"elastic_status_changed_at": noon}}]})  # fmt: skip
+    status, body = _request(
+        fake,
+        "POST",
+        "/crm/v3/objects/contacts/batch/update",
+        {"inputs": [{"id": cid, "properties": {"elastic_status_changed_at": noon}}]},
+    )
     assert status == 400
     assert body["category"] == "VALIDATION_ERROR"
     assert body["message"].startswith("Property values were not valid: [")
     detail = json.loads(body["message"].removeprefix("Property values were not valid: "))
-    assert detail == [{"isValid": False, "error": "INVALID_DATE",
-                       "name": "elastic_status_changed_at",
-                       "message": f"{noon} is at 12:05:07.123 UTC, not midnight!"}]  # fmt: skip
+    assert detail == [
+        {
+            "isValid": False,
+            "error": "INVALID_DATE",
+            "name": "elastic_status_changed_at",
+            "message": f"{noon} is at 12:05:07.123 UTC, not midnight!",
+        }
+    ]
     midnight = str(int(datetime(2026, 3, 4, tzinfo=UTC).timestamp() * 1000))
     for accepted in (midnight, "2026-03-04"):
-        status, _ = _request(fake, "POST", "/crm/v3/objects/contacts/batch/update", {"inputs": [
-            {"id": cid, "properties": {"elastic_status_changed_at": accepted}}]})  # fmt: skip
+        status, _ = _request(
+            fake,
+            "POST",
+            "/crm/v3/objects/contacts/batch/update",
+            {"inputs": [{"id": cid, "properties": {"elastic_status_changed_at": accepted}}]},
+        )
         assert status == 200
 
 
-def test_old_style_write_of_a_time_to_a_date_property_is_a_per_record_failure(fake, mapping,
-                                                                                clock):  # fmt: skip
+def test_old_style_write_of_a_time_to_a_date_property_is_a_per_record_failure(fake, mapping, clock):
     """What HubSpot does to a connector that sends the time: the write fails, and says why."""
     connector = make_connector(fake, _with_date_field(mapping), clock)
     connector.provision()

@@ -23,12 +23,17 @@ def iso(at: datetime) -> str:
 def dormant(fake, **extra) -> str:
     """Dormant for 33 days: cooling (30) is over, reactivation step 1 is due."""
     changed = NOW - timedelta(days=33)
-    return fake.add_contact({
-        "elastic_campaign_status": "dormant", "elastic_engagement_score": "0",
-        "elastic_reactivation_cycle": "0", "elastic_unanswered_sends": "3",
-        "elastic_status_changed_at": iso(changed),
-        "elastic_last_engagement_date": iso(changed - timedelta(days=90)), **extra,
-    })  # fmt: skip
+    return fake.add_contact(
+        {
+            "elastic_campaign_status": "dormant",
+            "elastic_engagement_score": "0",
+            "elastic_reactivation_cycle": "0",
+            "elastic_unanswered_sends": "3",
+            "elastic_status_changed_at": iso(changed),
+            "elastic_last_engagement_date": iso(changed - timedelta(days=90)),
+            **extra,
+        }
+    )
 
 
 def test_sync_withholds_reactivation_from_contacts_who_never_consented(fake, clock):
@@ -59,9 +64,14 @@ def test_sync_runs_a_segment_on_its_own_numbers(fake, clock):
     connector = make_connector(fake, governed_mapping("hubspot", segment_on="country"), clock)
     connector.provision()
     last = NOW - timedelta(days=40)
-    common = {"elastic_campaign_status": "active", "elastic_engagement_score": "0",
-              "elastic_reactivation_cycle": "0", "elastic_unanswered_sends": "0",
-              "elastic_status_changed_at": iso(last), "elastic_last_engagement_date": iso(last)}
+    common = {
+        "elastic_campaign_status": "active",
+        "elastic_engagement_score": "0",
+        "elastic_reactivation_cycle": "0",
+        "elastic_unanswered_sends": "0",
+        "elastic_status_changed_at": iso(last),
+        "elastic_last_engagement_date": iso(last),
+    }
     german = [fake.add_contact({**common, "country": "DE"}) for _ in range(3)]
     french = fake.add_contact({**common, "country": "FR"})
     store = SQLiteStore(":memory:")
@@ -82,9 +92,17 @@ def test_a_step_held_back_by_the_frequency_cap_says_so_in_the_ledger(fake, clock
     cid = dormant(fake)  # step 1 due three days ago ...
     store = SQLiteStore(":memory:")
     sent = NOW - timedelta(days=5)  # ... but a newsletter went out two days before that
-    request = signed([notification(objectId=int(cid), propertyName="hs_email_last_send_date",
-                                   propertyValue=str(ms(sent)), occurredAt=ms(sent))],
-                     received_at=NOW)  # fmt: skip
+    request = signed(
+        [
+            notification(
+                objectId=int(cid),
+                propertyName="hs_email_last_send_date",
+                propertyValue=str(ms(sent)),
+                occurredAt=ms(sent),
+            )
+        ],
+        received_at=NOW,
+    )
     runner = Runner(connector, store, clock=lambda: NOW)
     runner.process(connector.parse_webhook(request).events)
     runner.sync(NOW)
@@ -92,7 +110,8 @@ def test_a_step_held_back_by_the_frequency_cap_says_so_in_the_ledger(fake, clock
     later = NOW + timedelta(days=10)  # the window has room from sent + 14 days
     Runner(connector, store, clock=lambda: later).sync(later)
     assert fake.contact(cid)["elastic_reactivation_step"] == "1"
-    (step,) = [a for d in store.ledger_for(cid) for a in d.actions
-               if a.kind == "reactivation_step_due"]  # fmt: skip
+    (step,) = [
+        a for d in store.ledger_for(cid) for a in d.actions if a.kind == "reactivation_step_due"
+    ]
     assert step.detail["delay_reason"] == "frequency_cap"
     assert step.detail["delayed_from"] == (NOW - timedelta(days=3)).isoformat()

@@ -54,11 +54,20 @@ def test_every_event_type_is_mapped_and_recipients_become_contacts(fake, connect
     fake.add_email_event("BOUNCE", "bob@example.com", at(3), category="MAILBOX_FULL")
     fake.add_email_event("BOUNCE", "bob@example.com", at(4), category="UNKNOWN_USER")
     fake.add_email_event("SPAMREPORT", "ada@example.com", at(5))
-    fake.add_email_event("STATUSCHANGE", "ada@example.com", at(6),
-                         portalSubscriptionStatus="UNSUBSCRIBED", subscriptions=[])  # fmt: skip
-    fake.add_email_event("STATUSCHANGE", "ada@example.com", at(7),
-                         portalSubscriptionStatus="SUBSCRIBED",
-                         subscriptions=[{"id": 1, "status": "SUBSCRIBED"}])  # fmt: skip
+    fake.add_email_event(
+        "STATUSCHANGE",
+        "ada@example.com",
+        at(6),
+        portalSubscriptionStatus="UNSUBSCRIBED",
+        subscriptions=[],
+    )
+    fake.add_email_event(
+        "STATUSCHANGE",
+        "ada@example.com",
+        at(7),
+        portalSubscriptionStatus="SUBSCRIBED",
+        subscriptions=[{"id": 1, "status": "SUBSCRIBED"}],
+    )
     fake.add_email_event("DEFERRED", "ada@example.com", at(8))
     fake.add_email_event("OPEN", "stranger@example.com", at(9))
     fake.add_email_event("OPEN", "ada@example.com", UNTIL + timedelta(days=1))  # after --until
@@ -91,13 +100,19 @@ def test_every_event_type_is_mapped_and_recipients_become_contacts(fake, connect
     assert not checkpoint_path(out).exists()  # finished: nothing to resume
 
 
-def test_pages_of_a_thousand_through_429s_and_a_rerun_appends_nothing(fake, connector, clock,
-                                                                        tmp_path):  # fmt: skip
+def test_pages_of_a_thousand_through_429s_and_a_rerun_appends_nothing(
+    fake, connector, clock, tmp_path
+):
     seed_many(fake, contacts=150, per_contact=17)  # 2,550 events, 150 recipients
-    throttled = ApiError(429, "You have reached your ten_secondly_rolling limit.", "RATE_LIMITS",
-                         policyName="TEN_SECONDLY_ROLLING").body()  # fmt: skip
-    fake.inject(Fault(path="^/email/public/v1/events$", status=429, times=2, skip=1,
-                      body=throttled))  # fmt: skip
+    throttled = ApiError(
+        429,
+        "You have reached your ten_secondly_rolling limit.",
+        "RATE_LIMITS",
+        policyName="TEN_SECONDLY_ROLLING",
+    ).body()
+    fake.inject(
+        Fault(path="^/email/public/v1/events$", status=429, times=2, skip=1, body=throttled)
+    )
     out = tmp_path / "events.jsonl"
 
     first = export_history(connector, out, SINCE, UNTIL, NOW)
@@ -114,8 +129,9 @@ def test_pages_of_a_thousand_through_429s_and_a_rerun_appends_nothing(fake, conn
     assert out.read_text() == before
 
 
-def test_an_export_cut_off_mid_way_resumes_after_the_last_page_written(fake, mapping, clock,
-                                                                      tmp_path):  # fmt: skip
+def test_an_export_cut_off_mid_way_resumes_after_the_last_page_written(
+    fake, mapping, clock, tmp_path
+):
     seed_many(fake, contacts=100, per_contact=30)  # 3,000 events: three pages
     fake.inject(Fault(path="^/email/public/v1/events$", status=503, times=50, skip=2))
     connector = make_connector(fake, mapping, clock, max_attempts=2)
@@ -150,16 +166,30 @@ def test_the_fake_refuses_a_limit_over_1000_and_a_stale_offset(fake):
     assert len(first["events"]) == 2 and first["hasMore"]
     assert first["events"][0]["created"] > first["events"][1]["created"]  # newest first
     fake.email_offset_epoch += 1
-    stale = requests.get(url, params={"limit": 2, "offset": first["offset"]}, headers=headers,
-                         timeout=5)  # fmt: skip
+    stale = requests.get(
+        url, params={"limit": 2, "offset": first["offset"]}, headers=headers, timeout=5
+    )
     assert stale.status_code == 400
 
 
 def cli(fake, tmp_path: Path, *extra: str, reserve: int = 0):
-    env = {"HUBSPOT_ACCESS_TOKEN": TOKEN, "HUBSPOT_BASE_URL": fake.url,
-           "HUBSPOT_DAILY_RESERVE": str(reserve), "HUBSPOT_CLIENT_SECRET": "s"}  # fmt: skip
-    args = ["history", str(MAPPING), "--out", str(tmp_path / "events.jsonl"),
-            "--since", SINCE.isoformat(), "--until", UNTIL.isoformat(), *extra]  # fmt: skip
+    env = {
+        "HUBSPOT_ACCESS_TOKEN": TOKEN,
+        "HUBSPOT_BASE_URL": fake.url,
+        "HUBSPOT_DAILY_RESERVE": str(reserve),
+        "HUBSPOT_CLIENT_SECRET": "s",
+    }
+    args = [
+        "history",
+        str(MAPPING),
+        "--out",
+        str(tmp_path / "events.jsonl"),
+        "--since",
+        SINCE.isoformat(),
+        "--until",
+        UNTIL.isoformat(),
+        *extra,
+    ]
     return CliRunner().invoke(app, args, env=env)
 
 
@@ -197,14 +227,16 @@ def test_a_missing_scope_is_reported_as_history_not_available(fake, tmp_path):
     assert "0 events appended" in result.output
 
 
-def test_without_until_a_resumed_export_keeps_the_end_it_started_with(fake, mapping, clock,
-                                                                     tmp_path):  # fmt: skip
+def test_without_until_a_resumed_export_keeps_the_end_it_started_with(
+    fake, mapping, clock, tmp_path
+):
     seed_many(fake, contacts=40, per_contact=50)  # 2,000 events: two pages
     fake.inject(Fault(path="^/email/public/v1/events$", status=503, times=50, skip=1))
     out = tmp_path / "events.jsonl"
     with pytest.raises(ConnectorError):
-        export_history(make_connector(fake, mapping, clock, max_attempts=1), out, SINCE, None,
-                       at(60))  # fmt: skip
+        export_history(
+            make_connector(fake, mapping, clock, max_attempts=1), out, SINCE, None, at(60)
+        )
     fake.faults.clear()
     later = fake.add_contact({"email": "late@example.com"})
     fake.add_email_event("OPEN", "late@example.com", at(70))  # after the first run's "now"
@@ -221,8 +253,7 @@ def test_a_checkpoint_whose_output_file_was_removed_starts_over(fake, mapping, c
     fake.inject(Fault(path="^/email/public/v1/events$", status=503, times=50, skip=1))
     out = tmp_path / "events.jsonl"
     with pytest.raises(ConnectorError):
-        export_history(make_connector(fake, mapping, clock, max_attempts=1), out, SINCE, UNTIL,
-                       NOW)  # fmt: skip
+        export_history(make_connector(fake, mapping, clock, max_attempts=1), out, SINCE, UNTIL, NOW)
     fake.faults.clear()
     out.unlink()
 
@@ -237,12 +268,33 @@ def test_an_export_killed_mid_way_resumes_without_duplicates(fake, tmp_path):
     fake.gates.append(held)
     out = tmp_path / "events.jsonl"
     root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "PYTHONPATH": str(root), "HUBSPOT_ACCESS_TOKEN": TOKEN,
-           "HUBSPOT_BASE_URL": fake.url, "HUBSPOT_CLIENT_SECRET": "s"}  # fmt: skip
-    command = [sys.executable, "-m", "connectors.cli", "history", str(MAPPING), "--out",
-               str(out), "--since", SINCE.isoformat(), "--until", UNTIL.isoformat()]  # fmt: skip
-    process = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.DEVNULL,  # noqa: S603
-                               stderr=subprocess.DEVNULL)  # fmt: skip
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(root),
+        "HUBSPOT_ACCESS_TOKEN": TOKEN,
+        "HUBSPOT_BASE_URL": fake.url,
+        "HUBSPOT_CLIENT_SECRET": "s",
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "connectors.cli",
+        "history",
+        str(MAPPING),
+        "--out",
+        str(out),
+        "--since",
+        SINCE.isoformat(),
+        "--until",
+        UNTIL.isoformat(),
+    ]
+    process = subprocess.Popen(
+        command,
+        cwd=root,
+        env=env,
+        stdout=subprocess.DEVNULL,  # noqa: S603
+        stderr=subprocess.DEVNULL,
+    )
     try:
         assert held.arrived.wait(60), "the export never asked for its third page"
         process.kill()
@@ -266,8 +318,7 @@ def test_a_checkpoint_of_another_window_is_not_resumed(fake, mapping, clock, tmp
     fake.inject(Fault(path="^/email/public/v1/events$", status=503, times=50, skip=1))
     out = tmp_path / "events.jsonl"
     with pytest.raises(ConnectorError):
-        export_history(make_connector(fake, mapping, clock, max_attempts=1), out, SINCE, UNTIL,
-                       NOW)  # fmt: skip
+        export_history(make_connector(fake, mapping, clock, max_attempts=1), out, SINCE, UNTIL, NOW)
     fake.faults.clear()
 
     later_start = export_history(make_connector(fake, mapping, clock), out, at(10), UNTIL, NOW)
@@ -281,8 +332,9 @@ def test_a_checkpoint_of_another_window_is_not_resumed(fake, mapping, clock, tmp
     )
 
 
-def test_more_events_without_an_offset_to_read_them_is_not_a_finished_export(fake, connector,
-                                                                             tmp_path):  # fmt: skip
+def test_more_events_without_an_offset_to_read_them_is_not_a_finished_export(
+    fake, connector, tmp_path
+):
     seed_many(fake, contacts=20, per_contact=100)  # 2,000 events: two pages
     broken = {"events": [], "hasMore": True}
     fake.inject(Fault(path="^/email/public/v1/events$", status=200, skip=1, body=broken))
@@ -309,8 +361,9 @@ def test_page_views_become_what_the_last_url_signal_says(fake, connector, tmp_pa
 
     result = export_history(connector, out, SINCE, UNTIL, NOW)
 
-    events = [(e["event_id"], e["contact_id"], e["type"], e["occurred_at"][:16])
-              for e in read_events(out)]  # fmt: skip
+    events = [
+        (e["event_id"], e["contact_id"], e["type"], e["occurred_at"][:16]) for e in read_events(out)
+    ]
     assert events == [
         (f"hubspot:pageview:{pricing['id']}", ada, "high_intent_visit", "2026-01-02T00:00"),
         (f"hubspot:pageview:{demo['id']}", bob, "high_intent_visit", "2026-01-04T00:00"),
@@ -371,8 +424,9 @@ def test_without_a_last_url_signal_page_views_are_not_read(fake, mapping, clock,
     )
     fake.add_page_view(fake.add_contact({"email": "a@example.com"}), "https://x/demo", at(1))
 
-    result = export_history(make_connector(fake, plain, clock), tmp_path / "e.jsonl", SINCE,
-                            UNTIL, NOW)  # fmt: skip
+    result = export_history(
+        make_connector(fake, plain, clock), tmp_path / "e.jsonl", SINCE, UNTIL, NOW
+    )
 
     assert result.sources["HubSpot page views"].notes == [
         "not read: the mapping has no signal on hs_analytics_last_url (the page a view sets) for "
@@ -384,6 +438,10 @@ def test_without_a_last_url_signal_page_views_are_not_read(fake, mapping, clock,
 def test_the_fake_events_api_refuses_an_object_id_without_a_type_and_a_bad_cursor(fake):
     url = f"{fake.url}/events/v3/events/"
     headers = {"Authorization": f"Bearer {TOKEN}"}
-    for params in ({"objectId": "1"}, {"after": "forged:1"}, {"sort": "SIDEWAYS"},
-                   {"occurredAfter": "2026-01-01 00:00"}):  # fmt: skip
+    for params in (
+        {"objectId": "1"},
+        {"after": "forged:1"},
+        {"sort": "SIDEWAYS"},
+        {"occurredAfter": "2026-01-01 00:00"},
+    ):
         assert requests.get(url, params=params, headers=headers, timeout=5).status_code == 400

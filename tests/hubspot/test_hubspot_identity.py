@@ -14,8 +14,13 @@ PRICING = "https://www.acme.example/pricing"
 
 
 def change(contact: int, prop: str, value: str, at, event_id: int) -> dict:
-    return notification(objectId=contact, propertyName=prop, propertyValue=value,
-                        occurredAt=ms(at), eventId=event_id)  # fmt: skip
+    return notification(
+        objectId=contact,
+        propertyName=prop,
+        propertyValue=value,
+        occurredAt=ms(at),
+        eventId=event_id,
+    )
 
 
 def deliver(connector, runner: Runner, *items: dict, received=RECEIVED) -> None:
@@ -30,17 +35,28 @@ def test_a_second_visit_to_pricing_weeks_later_counts_again(fake, provisioned):
     cid = fake.add_contact({"email": "a@example.com"})
     store = SQLiteStore(":memory:")
     first = RECEIVED - timedelta(days=40)
-    deliver(provisioned, runner_at(provisioned, store, RECEIVED), change(
-        int(cid), "hs_analytics_last_url", PRICING, first, 1), received=RECEIVED)
+    deliver(
+        provisioned,
+        runner_at(provisioned, store, RECEIVED),
+        change(int(cid), "hs_analytics_last_url", PRICING, first, 1),
+        received=RECEIVED,
+    )
     assert store.get_contacts([cid])[cid].engagement_score == 15
     # HubSpot retries the same notification: one occurrence.
-    deliver(provisioned, runner_at(provisioned, store, RECEIVED),
-            change(int(cid), "hs_analytics_last_url", PRICING, first, 1))
+    deliver(
+        provisioned,
+        runner_at(provisioned, store, RECEIVED),
+        change(int(cid), "hs_analytics_last_url", PRICING, first, 1),
+    )
     assert store.get_contacts([cid])[cid].engagement_score == 15
     # Weeks later the same page again: a new occurrence.
     later = RECEIVED + timedelta(days=20)
-    deliver(provisioned, runner_at(provisioned, store, later),
-            change(int(cid), "hs_analytics_last_url", PRICING, later, 2), received=later)
+    deliver(
+        provisioned,
+        runner_at(provisioned, store, later),
+        change(int(cid), "hs_analytics_last_url", PRICING, later, 2),
+        received=later,
+    )
     state = store.get_contacts([cid])[cid]
     assert state.engagement_score > 15
     assert state.last_engagement_date == later.replace(microsecond=later.microsecond // 1000 * 1000)
@@ -53,11 +69,13 @@ def test_unsubscribe_resubscribe_unsubscribe_ends_suppressed(fake, provisioned):
     t1 = RECEIVED - timedelta(days=3)
     deliver(provisioned, runner, change(int(cid), "hs_email_optout", "true", t1, 1))
     assert store.get_contacts([cid])[cid].campaign_status is Status.SUPPRESSED
-    deliver(provisioned, runner, change(int(cid), "hs_email_optout", "false",
-                                         t1 + timedelta(days=1), 2))  # fmt: skip
+    deliver(
+        provisioned, runner, change(int(cid), "hs_email_optout", "false", t1 + timedelta(days=1), 2)
+    )
     assert store.get_contacts([cid])[cid].campaign_status is Status.ACTIVE
-    deliver(provisioned, runner, change(int(cid), "hs_email_optout", "true",
-                                         t1 + timedelta(days=2), 3))  # fmt: skip
+    deliver(
+        provisioned, runner, change(int(cid), "hs_email_optout", "true", t1 + timedelta(days=2), 3)
+    )
     state = store.get_contacts([cid])[cid]
     assert state.campaign_status is Status.SUPPRESSED
     assert state.suppression_reason.value == "unsubscribe"

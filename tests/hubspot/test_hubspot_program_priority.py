@@ -33,13 +33,20 @@ def write_programs(directory: Path, news_priority: int = 1, promo_priority: int 
     base = yaml.safe_load(MAPPING.read_text())
     base.pop("holdout", None)  # no contact is held out by chance here
     news = {**base, "program": "newsletter"}
-    news["eligibility"] = {"consent_property": "hs_email_optout", "priority": news_priority,
-                           "competing": ["promo.yaml"]}  # fmt: skip
+    news["eligibility"] = {
+        "consent_property": "hs_email_optout",
+        "priority": news_priority,
+        "competing": ["promo.yaml"],
+    }
     (directory / "newsletter.yaml").write_text(yaml.safe_dump(news, sort_keys=False))
     promo = {**base, "program": "promo"}
-    promo["eligibility"] = {"consent_property": "promo_consent", "consent_means": "opt_in",
-                            "priority": promo_priority, "audience": PROMO_AUDIENCE,
-                            "competing": ["newsletter.yaml"]}  # fmt: skip
+    promo["eligibility"] = {
+        "consent_property": "promo_consent",
+        "consent_means": "opt_in",
+        "priority": promo_priority,
+        "audience": PROMO_AUDIENCE,
+        "competing": ["newsletter.yaml"],
+    }
     text = yaml.safe_dump(promo, sort_keys=False).replace("elastic_", "promo_")
     (directory / "promo.yaml").write_text(text.replace("Elastic", "Promo"))
 
@@ -49,12 +56,16 @@ def dormant(fake, **extra) -> str:
     changed = NOW - timedelta(days=33)
     values = {}
     for prefix in ("elastic_", "promo_"):
-        values.update({
-            f"{prefix}campaign_status": "dormant", f"{prefix}engagement_score": "0",
-            f"{prefix}reactivation_cycle": "0", f"{prefix}unanswered_sends": "3",
-            f"{prefix}status_changed_at": iso(changed),
-            f"{prefix}last_engagement_date": iso(changed - timedelta(days=90)),
-        })  # fmt: skip
+        values.update(
+            {
+                f"{prefix}campaign_status": "dormant",
+                f"{prefix}engagement_score": "0",
+                f"{prefix}reactivation_cycle": "0",
+                f"{prefix}unanswered_sends": "3",
+                f"{prefix}status_changed_at": iso(changed),
+                f"{prefix}last_engagement_date": iso(changed - timedelta(days=90)),
+            }
+        )
     return fake.add_contact({**values, **extra})
 
 
@@ -64,10 +75,8 @@ def step(fake, cid: str, prefix: str) -> str | None:
 
 @pytest.fixture
 def programs(fake, clock, tmp_path):
-    fake.properties["contacts"]["promo_consent"] = prop("promo_consent", "bool",
-                                                         "booleancheckbox")  # fmt: skip
-    fake.properties["contacts"]["lifecyclestage"] = prop("lifecyclestage", "enumeration",
-                                                          "select")  # fmt: skip
+    fake.properties["contacts"]["promo_consent"] = prop("promo_consent", "bool", "booleancheckbox")
+    fake.properties["contacts"]["lifecyclestage"] = prop("lifecyclestage", "enumeration", "select")
     write_programs(tmp_path)
     built = {}
     for name in ("newsletter", "promo"):
@@ -96,8 +105,10 @@ def test_a_contact_both_programs_may_email_gets_only_the_higher_prioritys_steps(
     assert not withheld_for(news_store.ledger_for(customer), "other_program:promo")
     # The promo program never withholds for the newsletter (it ranks first).
     promo_store = programs["promo"][1]
-    assert all(not d.actions or d.actions[0].kind != "reactivation_step_withheld"
-               for d in promo_store.ledger_for(both))  # fmt: skip
+    assert all(
+        not d.actions or d.actions[0].kind != "reactivation_step_withheld"
+        for d in promo_store.ledger_for(both)
+    )
     text = explain_contact(Path(news_store.path), both)
     assert text is not None and "other_program:promo" in text
 
@@ -151,9 +162,10 @@ def test_serve_refuses_two_programs_of_one_vendor_and_names_the_way(tmp_path):
 
     write_programs(tmp_path)
     result = CliRunner().invoke(
-        app, ["serve", str(tmp_path / "newsletter.yaml"), str(tmp_path / "promo.yaml")],
+        app,
+        ["serve", str(tmp_path / "newsletter.yaml"), str(tmp_path / "promo.yaml")],
         env={"ELASTICITY_DATA_DIR": str(tmp_path / "data")},
-    )  # fmt: skip
+    )
     assert result.exit_code == 1, result.output
     assert "both hubspot programs" in result.output
     assert "eligibility.competing" in result.output

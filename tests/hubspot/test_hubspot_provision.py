@@ -9,8 +9,9 @@ def _by_name(report) -> dict[str, tuple[str, str]]:
 
 def _writes(fake: FakeHubSpot) -> int:
     """Requests that may change something (a search is a POST that only reads)."""
-    return sum(1 for method, path, _ in fake.log
-               if method != "GET" and not path.endswith("/search"))  # fmt: skip
+    return sum(
+        1 for method, path, _ in fake.log if method != "GET" and not path.endswith("/search")
+    )
 
 
 def test_first_run_creates_everything_second_run_changes_nothing(fake, connector, mapping):

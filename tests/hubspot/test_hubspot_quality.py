@@ -17,8 +17,13 @@ LONG = "https://acme.io/pricing?" + "q" * 5000
 
 
 def visit(object_id: int, value: str, at: datetime, event_id: int) -> dict:
-    return notification(objectId=object_id, propertyName="hs_analytics_last_url",
-                        propertyValue=value, occurredAt=ms(at), eventId=event_id)  # fmt: skip
+    return notification(
+        objectId=object_id,
+        propertyName="hs_analytics_last_url",
+        propertyValue=value,
+        occurredAt=ms(at),
+        eventId=event_id,
+    )
 
 
 def test_serve_counts_each_cut_url_once_and_the_report_shows_it(fake, clock, tmp_path):
@@ -31,9 +36,13 @@ def test_serve_counts_each_cut_url_once_and_the_report_shows_it(fake, clock, tmp
     long_visit = signed([visit(cid, LONG, at, 1)], received_at=RECEIVED)
     for _ in range(2):  # HubSpot delivers it again: still one event, one cut
         runner.process(connector.parse_webhook(long_visit).events)
-    later = signed([visit(cid, LONG + "x", at + timedelta(minutes=1), 2),
-                    visit(cid, "https://acme.io/pricing", at + timedelta(minutes=2), 3)],
-                   received_at=RECEIVED)  # fmt: skip
+    later = signed(
+        [
+            visit(cid, LONG + "x", at + timedelta(minutes=1), 2),
+            visit(cid, "https://acme.io/pricing", at + timedelta(minutes=2), 3),
+        ],
+        received_at=RECEIVED,
+    )
     runner.process(connector.parse_webhook(later).events)
     assert runner.store.marked_counts() == {URLS_TRUNCATED: 2}
     report = build(path, None, None)

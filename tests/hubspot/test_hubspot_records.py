@@ -21,10 +21,15 @@ def _bodies(fake, path: str) -> int:
 
 
 def test_read_decodes_values_in_batches_of_100_and_skips_missing_ids(fake, provisioned):
-    ids = _contacts(fake, 250, elastic_engagement_score="12.5",
-                    elastic_last_engagement_date="2026-02-01T10:00:00.000Z",
-                    elastic_reactivation_cycle="1", hubspot_owner_id="77",
-                    hs_email_last_open_date="2026-02-01T10:00:00.000Z")  # fmt: skip
+    ids = _contacts(
+        fake,
+        250,
+        elastic_engagement_score="12.5",
+        elastic_last_engagement_date="2026-02-01T10:00:00.000Z",
+        elastic_reactivation_cycle="1",
+        hubspot_owner_id="77",
+        hs_email_last_open_date="2026-02-01T10:00:00.000Z",
+    )
     before = fake.calls("batch/read")
     records = provisioned.read_records([*ids, "999999"])
     assert fake.calls("batch/read") - before == 3
@@ -118,8 +123,12 @@ def test_writing_before_provisioning_says_to_provision(fake, connector):
 
 def test_429_honours_retry_after_and_policy(fake, provisioned, clock):
     ids = _contacts(fake, 3)
-    body = {"status": "error", "message": "You have reached your ten_secondly_rolling limit.",
-            "errorType": "RATE_LIMIT", "policyName": "TEN_SECONDLY_ROLLING"}  # fmt: skip
+    body = {
+        "status": "error",
+        "message": "You have reached your ten_secondly_rolling limit.",
+        "errorType": "RATE_LIMIT",
+        "policyName": "TEN_SECONDLY_ROLLING",
+    }
     fake.inject(Fault("batch/update", 429, body=body, headers={"Retry-After": "3"}))
     fake.inject(Fault("batch/update", 429, body=body))
     result = provisioned.write_records(writes({cid: {"engagement_score": 5} for cid in ids}))
@@ -131,8 +140,12 @@ def test_429_honours_retry_after_and_policy(fake, provisioned, clock):
 
 def test_daily_limit_stops_resumably(fake, provisioned):
     ids = _contacts(fake, 3)
-    body = {"status": "error", "message": "You have reached your daily limit.",
-            "policyName": "DAILY", "errorType": "RATE_LIMIT"}  # fmt: skip
+    body = {
+        "status": "error",
+        "message": "You have reached your daily limit.",
+        "policyName": "DAILY",
+        "errorType": "RATE_LIMIT",
+    }
     fake.inject(Fault("batch/update", 429, body=body, times=5))
     with pytest.raises(QuotaExhausted):
         provisioned.write_records(writes({cid: {"engagement_score": 5} for cid in ids}))
@@ -185,15 +198,27 @@ def test_auth_failures_explain_themselves_without_secrets(fake, provisioned, sta
 
 
 def test_403_without_a_scope_in_the_body_names_the_scope_we_needed(fake, provisioned):
-    fake.inject(Fault("properties/contacts/groups", 403, body={"status": "error",
-                "message": "forbidden", "category": "MISSING_SCOPES"}))  # fmt: skip
+    fake.inject(
+        Fault(
+            "properties/contacts/groups",
+            403,
+            body={"status": "error", "message": "forbidden", "category": "MISSING_SCOPES"},
+        )
+    )
     with pytest.raises(AuthError, match="crm.schemas.contacts.write"):
         provisioned.provision()
 
 
 def _task(key: str, contact: str, owner: str | None = "77") -> HandoffTask:
-    return HandoffTask(key=key, contact_id=contact, owner_id=owner, subject="Follow up",
-                       body="Score 25", priority="HIGH", due_at=AT)  # fmt: skip
+    return HandoffTask(
+        key=key,
+        contact_id=contact,
+        owner_id=owner,
+        subject="Follow up",
+        body="Score 25",
+        priority="HIGH",
+        due_at=AT,
+    )
 
 
 def test_one_task_per_key_assigned_and_associated(fake, provisioned):

@@ -22,13 +22,26 @@ def iso(at: datetime | None) -> str | None:
     return None if at is None else at.strftime("%Y-%m-%dT%H:%M:%S.000Z")
 
 
-def seed(fake, n: int, *, status: str = "active", last: datetime | None = None,
-         score: float = 0, changed: datetime | None = None, **extra) -> list[str]:  # fmt: skip
-    props = {"elastic_campaign_status": status, "elastic_engagement_score": str(score),
-             "elastic_reactivation_cycle": "0", "elastic_unanswered_sends": "0",
-             "elastic_reactivation_step": "0",
-             "elastic_status_changed_at": iso(changed or NOW - timedelta(days=200)),
-             "elastic_last_engagement_date": iso(last), **extra}  # fmt: skip
+def seed(
+    fake,
+    n: int,
+    *,
+    status: str = "active",
+    last: datetime | None = None,
+    score: float = 0,
+    changed: datetime | None = None,
+    **extra,
+) -> list[str]:
+    props = {
+        "elastic_campaign_status": status,
+        "elastic_engagement_score": str(score),
+        "elastic_reactivation_cycle": "0",
+        "elastic_unanswered_sends": "0",
+        "elastic_reactivation_step": "0",
+        "elastic_status_changed_at": iso(changed or NOW - timedelta(days=200)),
+        "elastic_last_engagement_date": iso(last),
+        **extra,
+    }
     return [fake.add_contact(props) for _ in range(n)]
 
 
@@ -63,9 +76,14 @@ def test_writes_during_a_scan_do_not_make_it_skip_records(fake, provisioned):
     for page in provisioned.find_due(NOW, None):
         found += [r.contact_id for r in page]
         # the page's contacts stop matching the due filter, as after a real write-back
-        provisioned.write_records(writes(
-            {r.contact_id: {"campaign_status": "Dormant", "status_changed_at": NOW} for r in page}
-        ))
+        provisioned.write_records(
+            writes(
+                {
+                    r.contact_id: {"campaign_status": "Dormant", "status_changed_at": NOW}
+                    for r in page
+                }
+            )
+        )
     assert found == due
 
 
@@ -159,17 +177,32 @@ def test_poll_finds_engagement_webhooks_missed_and_counts_it_once(fake, provisio
     assert summary.events_polled == 1
     assert fake.contact(cid)["elastic_engagement_score"] == "5"
     # the same open then arrives by webhook: same event id, no second 5 points
-    intake = provisioned.parse_webhook(signed([notification(
-        propertyName="hs_email_last_open_date", propertyValue=str(ms(opened)), object_id=int(cid))],
-        received_at=NOW))  # fmt: skip
+    intake = provisioned.parse_webhook(
+        signed(
+            [
+                notification(
+                    propertyName="hs_email_last_open_date",
+                    propertyValue=str(ms(opened)),
+                    object_id=int(cid),
+                )
+            ],
+            received_at=NOW,
+        )
+    )
     runner.record(intake.events)
     runner.drain_inbox()
     assert fake.contact(cid)["elastic_engagement_score"] == "5"
 
 
 def test_webhook_to_engaged_creates_exactly_one_task_under_redelivery(fake, provisioned):
-    (cid,) = seed(fake, 1, score=15, last=NOW - timedelta(days=2), changed=NOW - timedelta(days=2),
-                  hubspot_owner_id="77")  # fmt: skip
+    (cid,) = seed(
+        fake,
+        1,
+        score=15,
+        last=NOW - timedelta(days=2),
+        changed=NOW - timedelta(days=2),
+        hubspot_owner_id="77",
+    )
     runner = runner_for(provisioned)
     click = notification(
         propertyName="hs_email_last_click_date",
@@ -177,8 +210,9 @@ def test_webhook_to_engaged_creates_exactly_one_task_under_redelivery(fake, prov
         object_id=int(cid),
     )
     for attempt in range(3):
-        intake = provisioned.parse_webhook(signed([{**click, "attemptNumber": attempt}],
-                                                  received_at=NOW))  # fmt: skip
+        intake = provisioned.parse_webhook(
+            signed([{**click, "attemptNumber": attempt}], received_at=NOW)
+        )
         runner.record(intake.events)
         runner.drain_inbox()
     runner.sync(NOW)
@@ -258,8 +292,14 @@ def test_a_thousand_hand_offs_in_one_flush_are_created_once_though_an_answer_is_
     fourth task batch is lost after HubSpot created its tasks. The next flush looks the keys
     up first and creates only what is missing."""
     two_days_ago, opened = NOW - timedelta(days=2), NOW - timedelta(hours=1)
-    engaged = seed(fake, 1000, score=15, last=two_days_ago, changed=two_days_ago,
-                   hs_email_last_open_date=iso(opened))  # fmt: skip
+    engaged = seed(
+        fake,
+        1000,
+        score=15,
+        last=two_days_ago,
+        changed=two_days_ago,
+        hs_email_last_open_date=iso(opened),
+    )
     fake.inject(Fault("/tasks/batch/create", DROP, method="POST", skip=3, after_commit=True))
     runner = runner_for(provisioned)
     runner.sync(NOW)

@@ -69,10 +69,17 @@ def test_creation_enrolls_with_a_composite_event_id(connector):
 
 
 def test_unknown_subscription_types_are_ignored_and_counted(connector):
-    batch = [notification("contact.deletion"), notification("contact.merge"),
-             notification("company.creation"), notification("contact.creation"),
-             {**notification("object.propertyChange", objectTypeId="0-2"),
-              "propertyName": "hs_email_last_open_date", "propertyValue": "1"}]  # fmt: skip
+    batch = [
+        notification("contact.deletion"),
+        notification("contact.merge"),
+        notification("company.creation"),
+        notification("contact.creation"),
+        {
+            **notification("object.propertyChange", objectTypeId="0-2"),
+            "propertyName": "hs_email_last_open_date",
+            "propertyValue": "1",
+        },
+    ]
     intake = connector.parse_webhook(signed(batch))
     assert [e.type for e in intake.events] == ["enroll"]
     assert intake.ignored == 4
@@ -137,11 +144,14 @@ def test_workflow_webhook_bodies_give_the_same_event_as_the_webhook_and_poll(
 
 def test_redeliveries_are_recorded_once_through_the_store(connector):
     store = SQLiteStore(":memory:")
-    batch = [change("hs_email_last_open_date", str(ms(OPEN_AT))),
-             notification("contact.creation", object_id=102)]  # fmt: skip
+    batch = [
+        change("hs_email_last_open_date", str(ms(OPEN_AT))),
+        notification("contact.creation", object_id=102),
+    ]
     first = handle_webhook(connector, signed(batch), store.inbox_put)
-    again = handle_webhook(connector, signed([{**n, "attemptNumber": 1} for n in batch]),
-                           store.inbox_put)  # fmt: skip
+    again = handle_webhook(
+        connector, signed([{**n, "attemptNumber": 1} for n in batch]), store.inbox_put
+    )
     assert (first.status, first.recorded) == (200, 2)
     assert (again.status, again.recorded) == (200, 0)
     assert len(store.inbox_take(10)) == 2
@@ -149,8 +159,10 @@ def test_redeliveries_are_recorded_once_through_the_store(connector):
 
 def test_a_full_batch_of_100_is_verified_and_parsed(connector):
     """Its parse time is measured by bench/webhook_parse.py (no wall clock in tests)."""
-    batch = [change("hs_email_last_open_date", str(ms(OPEN_AT) + i), object_id=1000 + i)
-             for i in range(100)]  # fmt: skip
+    batch = [
+        change("hs_email_last_open_date", str(ms(OPEN_AT) + i), object_id=1000 + i)
+        for i in range(100)
+    ]
     intake = connector.parse_webhook(signed(batch))
     assert len(intake.events) == 100
     assert len({e.contact_id for e in intake.events}) == 100
@@ -161,9 +173,11 @@ def test_a_notification_with_an_impossible_time_cannot_sink_its_batch(connector)
     beside an impossible one are recorded, the impossible one is left out and counted."""
     store = SQLiteStore(":memory:")
     year_9999 = ms(datetime(9999, 12, 30, tzinfo=UTC))
-    batch = [change("hs_email_last_open_date", str(ms(OPEN_AT))),
-             notification("contact.creation", object_id=102, occurredAt=year_9999),
-             notification("contact.creation", object_id=103, occurredAt=10**20)]  # fmt: skip
+    batch = [
+        change("hs_email_last_open_date", str(ms(OPEN_AT))),
+        notification("contact.creation", object_id=102, occurredAt=year_9999),
+        notification("contact.creation", object_id=103, occurredAt=10**20),
+    ]
     answer = handle_webhook(connector, signed(batch), store.inbox_put)
     assert (answer.status, answer.recorded, answer.ignored) == (200, 1, 2)
     assert [e.contact_id for e in store.inbox_take(10)] == ["101"]

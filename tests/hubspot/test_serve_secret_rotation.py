@@ -45,15 +45,33 @@ def write_secrets(path: Path, **values: str) -> None:
 
 class Served:
     def __init__(self, fake, tmp_path: Path, secrets: Path) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "ELASTICITY_DATA_DIR": str(tmp_path),
-               "HUBSPOT_BASE_URL": fake.url, "ELASTICITY_PUBLIC_URL": f"https://{HOST}"}
+        env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "ELASTICITY_DATA_DIR": str(tmp_path),
+            "HUBSPOT_BASE_URL": fake.url,
+            "ELASTICITY_PUBLIC_URL": f"https://{HOST}",
+        }
         for name in ("HUBSPOT_ACCESS_TOKEN", "HUBSPOT_CLIENT_SECRET"):
             env.pop(name, None)  # only the file holds them
         self.proc = subprocess.Popen(  # noqa: S603
-            [sys.executable, "-c", "from connectors.cli import app; app()", "serve",
-             str(MAPPING), "--port", "0", "--secrets-file", str(secrets)],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-c",
+                "from connectors.cli import app; app()",
+                "serve",
+                str(MAPPING),
+                "--port",
+                "0",
+                "--secrets-file",
+                str(secrets),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         line = self.proc.stdout.readline()  # type: ignore[union-attr]
         found = re.search(r":(\d+) for", line)
         if found is None:
@@ -65,8 +83,13 @@ class Served:
     def post(self, secret: str, contact: str) -> int:
         self.sent += 1
         at = datetime.now(UTC) - timedelta(minutes=1)
-        note = notification(objectId=int(contact), propertyName="hs_email_last_open_date",
-                            propertyValue=str(ms(at)), occurredAt=ms(at), eventId=self.sent)
+        note = notification(
+            objectId=int(contact),
+            propertyName="hs_email_last_open_date",
+            propertyValue=str(ms(at)),
+            occurredAt=ms(at),
+            eventId=self.sent,
+        )
         now = datetime.now(UTC)
         request = signed([note], secret=secret, timestamp=now, received_at=now)
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=DEADLINE)
@@ -101,8 +124,12 @@ def test_secrets_rotate_under_a_running_serve_without_a_restart(fake, clock, tmp
         until(lambda: fake.contact(first).get("elastic_campaign_status"), "the first write")
         # Rotate: HubSpot now takes only the new token; the old client secret is retiring.
         fake.token = NEW_TOKEN
-        write_secrets(secrets, HUBSPOT_ACCESS_TOKEN=NEW_TOKEN, HUBSPOT_CLIENT_SECRET=NEW_SECRET,
-                      HUBSPOT_CLIENT_SECRET_PREVIOUS=OLD_SECRET)  # fmt: skip
+        write_secrets(
+            secrets,
+            HUBSPOT_ACCESS_TOKEN=NEW_TOKEN,
+            HUBSPOT_CLIENT_SECRET=NEW_SECRET,
+            HUBSPOT_CLIENT_SECRET_PREVIOUS=OLD_SECRET,
+        )
         until(lambda: served.post(NEW_SECRET, second) == 200, "the new secret accepted")
         assert served.post(OLD_SECRET, second) == 200  # still, during the window
         # The worker restarted with the new token: the second contact is written.
@@ -123,10 +150,22 @@ def test_secrets_rotate_under_a_running_serve_without_a_restart(fake, clock, tmp
 
 def test_an_unreadable_secrets_file_stops_serve_before_it_starts(tmp_path):
     result = subprocess.run(  # noqa: S603
-        [sys.executable, "-c", "from connectors.cli import app; app()", "serve", str(MAPPING),
-         "--port", "0", "--secrets-file", str(tmp_path / "missing.env")],
-        cwd=ROOT, capture_output=True, text=True, timeout=DEADLINE,
+        [
+            sys.executable,
+            "-c",
+            "from connectors.cli import app; app()",
+            "serve",
+            str(MAPPING),
+            "--port",
+            "0",
+            "--secrets-file",
+            str(tmp_path / "missing.env"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
         env={**os.environ, "ELASTICITY_DATA_DIR": str(tmp_path)},
-    )  # fmt: skip
+    )
     assert result.returncode == 2
     assert "--secrets-file" in result.stderr and "missing.env" in result.stderr

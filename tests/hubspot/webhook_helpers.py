@@ -20,9 +20,17 @@ def ms(at: datetime) -> int:
 
 
 def notification(kind: str = "contact.propertyChange", object_id: int = 101, **extra: Any) -> dict:
-    base = {"eventId": 1, "subscriptionId": 25, "portalId": 62515, "appId": 54321,
-            "occurredAt": ms(RECEIVED) - 1000, "subscriptionType": kind, "attemptNumber": 0,
-            "objectId": object_id, "changeSource": "CRM"}  # fmt: skip
+    base = {
+        "eventId": 1,
+        "subscriptionId": 25,
+        "portalId": 62515,
+        "appId": 54321,
+        "occurredAt": ms(RECEIVED) - 1000,
+        "subscriptionType": kind,
+        "attemptNumber": 0,
+        "objectId": object_id,
+        "changeSource": "CRM",
+    }
     return {**base, **extra}
 
 

@@ -93,8 +93,11 @@ class FaultPlan:
             return None
         with self.lock:
             x = self.rng.random()
-        for name, rate in (("429", self.rate_429), ("5xx", self.rate_5xx),
-                           ("timeout", self.rate_timeout)):  # fmt: skip
+        for name, rate in (
+            ("429", self.rate_429),
+            ("5xx", self.rate_5xx),
+            ("timeout", self.rate_timeout),
+        ):
             if x < rate:
                 return name
             x -= rate
@@ -131,14 +134,19 @@ class ChaosHubSpot(FakeHubSpot):
         self.server.handle_error = lambda request, address: None  # type: ignore[union-attr]
         return url
 
-    def handle(self, method: str, path: str, query: dict, headers: dict, body: Any
-               ) -> tuple[int, Any, dict[str, str]]:  # fmt: skip
+    def handle(
+        self, method: str, path: str, query: dict, headers: dict, body: Any
+    ) -> tuple[int, Any, dict[str, str]]:
         plan = self.plan
         fault = plan.http_fault()
         if fault == "429":
             plan.count("http_429")
-            error = ApiError(429, "You have reached your ten_secondly_rolling limit.",
-                             "RATE_LIMITS", policyName="TEN_SECONDLY_ROLLING")  # fmt: skip
+            error = ApiError(
+                429,
+                "You have reached your ten_secondly_rolling limit.",
+                "RATE_LIMITS",
+                policyName="TEN_SECONDLY_ROLLING",
+            )
             return 429, error.body(), {"Retry-After": "1"}
         if fault == "5xx":
             plan.count("http_5xx")

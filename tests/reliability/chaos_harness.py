@@ -129,9 +129,14 @@ class ChaosRun:
     # ---- the worker process ----------------------------------------------------------------
 
     def _connector(self) -> ChaosHubSpotConnector:
-        connector = ChaosHubSpotConnector(self.mapping, self._settings(), self.options,
-                                          sleep=self.clock.sleep, clock=self.clock,
-                                          prefetch_pages=0)  # fmt: skip
+        connector = ChaosHubSpotConnector(
+            self.mapping,
+            self._settings(),
+            self.options,
+            sleep=self.clock.sleep,
+            clock=self.clock,
+            prefetch_pages=0,
+        )
         connector.plan = self.plan
         return connector
 
@@ -191,18 +196,26 @@ class ChaosRun:
 
     def _settings(self) -> HubSpotSettings:
         return HubSpotSettings(
-            access_token=TOKEN, client_secret=SECRET, base_url=self.url,
+            access_token=TOKEN,
+            client_secret=SECRET,
+            base_url=self.url,
             timeout_seconds=self.plan.client_timeout,
-            write_concurrency=1, requests_per_10s=1000,
-        )  # fmt: skip
+            write_concurrency=1,
+            requests_per_10s=1000,
+        )
 
     def _rival_flush(self) -> None:
         """Another flusher on the same file (its own connection and connector, which never
         dies here) flushes while the worker's CRM call is in flight."""
         if self.rival is None:
-            connector = HubSpotConnector(self.mapping, self._settings(), self.options,
-                                         sleep=self.clock.sleep, clock=self.clock,
-                                         prefetch_pages=0)  # fmt: skip
+            connector = HubSpotConnector(
+                self.mapping,
+                self._settings(),
+                self.options,
+                sleep=self.clock.sleep,
+                clock=self.clock,
+                prefetch_pages=0,
+            )
             store = SQLiteStore(self.path, clock=self.lease_clock)
             self.rival = Runner(connector, store, clock=lambda: self.now)
         self.rival.flush()
@@ -302,8 +315,9 @@ class ChaosRun:
                 self._supervise()
                 queue.append(body)
             elif answer.status >= 300:
-                raise AssertionError(f"a genuine delivery was refused: {answer.status} "
-                                     f"{answer.body[:200]!r}")  # fmt: skip
+                raise AssertionError(
+                    f"a genuine delivery was refused: {answer.status} {answer.body[:200]!r}"
+                )
             else:
                 received = json.loads(answer.body)["received"]
                 self.report.duplicates_absorbed += received - answer.recorded
@@ -314,8 +328,11 @@ class ChaosRun:
         nothing), and return the genuine batch with another one inside it (it must be left
         out while the batch's genuine notifications are recorded)."""
         notifications = json.loads(body)
-        poison = {**notifications[0], "eventId": 10**9 + self.plan.counts["poison"],
-                  "occurredAt": POISON_MS}  # fmt: skip
+        poison = {
+            **notifications[0],
+            "eventId": 10**9 + self.plan.counts["poison"],
+            "occurredAt": POISON_MS,
+        }
         alone = self.intake.answer(signed_request(json.dumps([poison]).encode(), SECRET, sent_at))
         if alone.status != 400:
             raise AssertionError(f"a poison notification was not refused: {alone.status}")
@@ -358,8 +375,9 @@ class ChaosRun:
         """Park the failing batch as SQS would after `MAX_RECEIVES`, then redrive it."""
         store = self.runner.store
         parked = self.survive(lambda: store.inbox_take(100_000))
-        self.survive(lambda: self.runner.store.commit(
-            Batch(inbox_done=[e.event_id for e in parked])))  # fmt: skip
+        self.survive(
+            lambda: self.runner.store.commit(Batch(inbox_done=[e.event_id for e in parked]))
+        )
         self.report.dead_lettered += len(parked)
         self.survive(lambda: self.runner.record(parked))
         self.report.replayed += len(parked)
@@ -395,9 +413,7 @@ def crm_state(fake: ChaosHubSpot) -> dict[str, dict[str, Any]]:
 
 def crm_tasks(fake: ChaosHubSpot) -> Counter:
     keep = ("hs_task_subject", "hs_task_body", "hs_timestamp", "elastic_handoff_key")
-    return Counter(
-        (tuple(t["contacts"]), *(t.get(k) for k in keep)) for t in fake.tasks()
-    )
+    return Counter((tuple(t["contacts"]), *(t.get(k) for k in keep)) for t in fake.tasks())
 
 
 def ledger(store: SQLiteStore) -> dict[str, list[tuple]]:
@@ -405,12 +421,20 @@ def ledger(store: SQLiteStore) -> dict[str, list[tuple]]:
     for page in store.iter_contacts():
         for state in page:
             out[state.contact_id] = [
-                (d.at, d.rule, d.reason, d.cause, d.from_status, d.to_status,
-                 json.dumps(d.changes, default=str, sort_keys=True),
-                 json.dumps([(a.kind, a.detail) for a in d.actions], default=str),
-                 d.policy_version, d.event_type)
+                (
+                    d.at,
+                    d.rule,
+                    d.reason,
+                    d.cause,
+                    d.from_status,
+                    d.to_status,
+                    json.dumps(d.changes, default=str, sort_keys=True),
+                    json.dumps([(a.kind, a.detail) for a in d.actions], default=str),
+                    d.policy_version,
+                    d.event_type,
+                )
                 for d in store.ledger_for(state.contact_id)
-            ]  # fmt: skip
+            ]
     return out
 
 
@@ -424,26 +448,38 @@ def differences(clean: ChaosRun, chaos: ChaosRun) -> list[str]:
     a, b = crm_state(clean.hubspot), crm_state(chaos.hubspot)
     for cid in sorted(a.keys() | b.keys()):
         pa, pb = a.get(cid, {}), b.get(cid, {})
-        diffs += [f"crm {cid}.{k}: {pa.get(k)!r} != {pb.get(k)!r}"
-                  for k in sorted(pa.keys() | pb.keys()) if pa.get(k) != pb.get(k)]  # fmt: skip
+        diffs += [
+            f"crm {cid}.{k}: {pa.get(k)!r} != {pb.get(k)!r}"
+            for k in sorted(pa.keys() | pb.keys())
+            if pa.get(k) != pb.get(k)
+        ]
     ta, tb = crm_tasks(clean.hubspot), crm_tasks(chaos.hubspot)
-    diffs += [f"task {t}: {ta[t]} != {tb[t]}" for t in sorted(ta.keys() | tb.keys(), key=str)
-              if ta[t] != tb[t]]  # fmt: skip
+    diffs += [
+        f"task {t}: {ta[t]} != {tb[t]}"
+        for t in sorted(ta.keys() | tb.keys(), key=str)
+        if ta[t] != tb[t]
+    ]
     sa, sb = SQLiteStore(clean.path), SQLiteStore(chaos.path)
     try:
         la, lb = ledger(sa), ledger(sb)
         for cid in sorted(la.keys() | lb.keys()):
             da, db = la.get(cid, []), lb.get(cid, [])
             if da != db:
-                first = next((i for i, (x, y) in enumerate(zip(da, db, strict=False)) if x != y),
-                             min(len(da), len(db)))  # fmt: skip
-                diffs.append(f"ledger {cid}: {len(da)} vs {len(db)} decisions, first "
-                             f"difference at #{first}: {da[first:first + 1]} != "
-                             f"{db[first:first + 1]}")  # fmt: skip
+                first = next(
+                    (i for i, (x, y) in enumerate(zip(da, db, strict=False)) if x != y),
+                    min(len(da), len(db)),
+                )
+                diffs.append(
+                    f"ledger {cid}: {len(da)} vs {len(db)} decisions, first "
+                    f"difference at #{first}: {da[first : first + 1]} != "
+                    f"{db[first : first + 1]}"
+                )
         na, nb = snapshots(sa), snapshots(sb)
-        diffs += [f"snapshot {cid}: {na.get(cid)} != {nb.get(cid)}"
-                  for cid in sorted(na.keys() | nb.keys())
-                  if na.get(cid) != nb.get(cid)]  # fmt: skip
+        diffs += [
+            f"snapshot {cid}: {na.get(cid)} != {nb.get(cid)}"
+            for cid in sorted(na.keys() | nb.keys())
+            if na.get(cid) != nb.get(cid)
+        ]
     finally:
         sa.close()
         sb.close()
@@ -460,8 +496,9 @@ class ChaosResult:
     tasks: int
 
 
-def run_chaos(workdir: Path, events: int, contacts: int, days: int, seed: int,
-              plan: FaultPlan | None = None) -> ChaosResult:  # fmt: skip
+def run_chaos(
+    workdir: Path, events: int, contacts: int, days: int, seed: int, plan: FaultPlan | None = None
+) -> ChaosResult:
     windows = generate(events, contacts, days, seed)
     runs = []
     for chaotic in (False, True):
@@ -477,8 +514,14 @@ def run_chaos(workdir: Path, events: int, contacts: int, days: int, seed: int,
         store = SQLiteStore(clean.path)
         entries = sum(len(v) for v in ledger(store).values())
         store.close()
-        return ChaosResult(clean.report, chaos.report, diffs, entries,
-                           len(crm_state(clean.hubspot)), sum(crm_tasks(clean.hubspot).values()))
+        return ChaosResult(
+            clean.report,
+            chaos.report,
+            diffs,
+            entries,
+            len(crm_state(clean.hubspot)),
+            sum(crm_tasks(clean.hubspot).values()),
+        )
     finally:
         for run in runs:
             run.close()

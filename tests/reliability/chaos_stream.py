@@ -45,11 +45,18 @@ class Change:
 
     def notification(self, portal: int = 4242) -> dict:
         return {
-            "eventId": self.seq, "subscriptionId": 77, "portalId": portal, "appId": 99,
-            "occurredAt": ms(self.at), "subscriptionType": "contact.propertyChange",
-            "attemptNumber": 0, "objectId": int(self.contact_id), "propertyName": self.prop,
-            "propertyValue": self.value, "changeSource": "EMAIL",
-        }  # fmt: skip
+            "eventId": self.seq,
+            "subscriptionId": 77,
+            "portalId": portal,
+            "appId": 99,
+            "occurredAt": ms(self.at),
+            "subscriptionType": "contact.propertyChange",
+            "attemptNumber": 0,
+            "objectId": int(self.contact_id),
+            "propertyName": self.prop,
+            "propertyValue": self.value,
+            "changeSource": "EMAIL",
+        }
 
     def crm_properties(self) -> dict[str, str]:
         props = {self.prop: self.value}
@@ -121,8 +128,9 @@ def signed_request(body: bytes, secret: str, sent_at: datetime) -> WebhookReques
     timestamp = str(ms(sent_at))
     uri = f"https://{HOST}{PATH}"
     headers = {
-        "host": HOST, "content-type": "application/json",
+        "host": HOST,
+        "content-type": "application/json",
         "x-hubspot-signature-v3": v3_signature(secret, "POST", uri, body, timestamp),
         "x-hubspot-request-timestamp": timestamp,
-    }  # fmt: skip
+    }
     return WebhookRequest("POST", PATH, "", headers, body, sent_at + timedelta(seconds=1))

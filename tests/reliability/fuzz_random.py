@@ -14,19 +14,56 @@ from connectors.salesforce.signature import sign
 from tests.reliability import fuzz_cases as f
 
 SEEDS_JSON = [
-    [{"subscriptionType": "contact.propertyChange", "objectId": 101, "occurredAt": 1772625600000,
-      "propertyName": "hs_email_last_open_date", "propertyValue": "1772625500000",
-      "eventId": 1, "portalId": 7, "subscriptionId": 3}],
+    [
+        {
+            "subscriptionType": "contact.propertyChange",
+            "objectId": 101,
+            "occurredAt": 1772625600000,
+            "propertyName": "hs_email_last_open_date",
+            "propertyValue": "1772625500000",
+            "eventId": 1,
+            "portalId": 7,
+            "subscriptionId": 3,
+        }
+    ],
     [{"subscriptionType": "contact.creation", "objectId": "102", "occurredAt": 1772625600000}],
-    {"properties": {"hs_object_id": {"value": "103"}, "hs_analytics_last_url": "https://x/pricing"}},
+    {
+        "properties": {
+            "hs_object_id": {"value": "103"},
+            "hs_analytics_last_url": "https://x/pricing",
+        }
+    },
     {"vid": 104, "hs_email_optout": True},
-    {"events": [{"event_id": "e1", "contact_id": "c1", "type": "open",
-                 "occurred_at": "2026-03-04T11:00:00Z"}]},
-]  # fmt: skip
+    {
+        "events": [
+            {
+                "event_id": "e1",
+                "contact_id": "c1",
+                "type": "open",
+                "occurred_at": "2026-03-04T11:00:00Z",
+            }
+        ]
+    },
+]
 CAP = 1_200_000
 """Just past the intake's 1 MiB limit, so the 413 path is exercised too."""
-WEIRD = [b"\x00", b"\xff\xfe", b"\xef\xbb\xbf", b"NaN", b"1e999999", b"-0", b'"\\ud800"', b"{",
-         b"]", b"null", b"[" * 3000, b'{"a":' * 3000, b"\\u0000", "é€😀".encode(), b"9" * 400]
+WEIRD = [
+    b"\x00",
+    b"\xff\xfe",
+    b"\xef\xbb\xbf",
+    b"NaN",
+    b"1e999999",
+    b"-0",
+    b'"\\ud800"',
+    b"{",
+    b"]",
+    b"null",
+    b"[" * 3000,
+    b'{"a":' * 3000,
+    b"\\u0000",
+    "é€😀".encode(),
+    b"9" * 400,
+]
 
 
 def mutate(rng: random.Random, body: bytes) -> bytes:
@@ -60,8 +97,23 @@ def json_seed(rng: random.Random) -> bytes:
     items = value if isinstance(value, list) else [value]
     for item in items:
         for key in list(item)[: rng.randint(0, len(item))]:
-            item[key] = rng.choice([None, True, -1, 2**64, 1e308, "", "x" * 600, [], {}, "1" * 20,
-                                    253402300800000, "2026-13-45", item[key]])  # fmt: skip
+            item[key] = rng.choice(
+                [
+                    None,
+                    True,
+                    -1,
+                    2**64,
+                    1e308,
+                    "",
+                    "x" * 600,
+                    [],
+                    {},
+                    "1" * 20,
+                    253402300800000,
+                    "2026-13-45",
+                    item[key],
+                ]
+            )
     return json.dumps(value).encode()
 
 
@@ -72,20 +124,35 @@ def body(rng: random.Random) -> bytes:
 
 def hubspot_forged(rng, t, o) -> None:
     raw = body(rng)
-    headers = {"x-hubspot-signature-v3": rng.choice(["", "AAAA", "=" * 44, "x" * 5000]),
-               "x-hubspot-request-timestamp": rng.choice(["", "-1", "1e3", str(2**70),
-                                                          str(f._ms(f.NOW))])}  # fmt: skip
+    headers = {
+        "x-hubspot-signature-v3": rng.choice(["", "AAAA", "=" * 44, "x" * 5000]),
+        "x-hubspot-request-timestamp": rng.choice(["", "-1", "1e3", str(2**70), str(f._ms(f.NOW))]),
+    }
     if rng.random() < 0.3:
-        headers = {"x-hubspot-signature": "0" * 64, "x-hubspot-signature-version":
-                   rng.choice(["v1", "v2", "V3", "v9", ""])}  # fmt: skip
-    f.check(t, o, "hubspot_forged", rng.choice([t.hubspot, t.hubspot_legacy]),
-            f.hs_request(raw, headers), "reject")  # fmt: skip
+        headers = {
+            "x-hubspot-signature": "0" * 64,
+            "x-hubspot-signature-version": rng.choice(["v1", "v2", "V3", "v9", ""]),
+        }
+    f.check(
+        t,
+        o,
+        "hubspot_forged",
+        rng.choice([t.hubspot, t.hubspot_legacy]),
+        f.hs_request(raw, headers),
+        "reject",
+    )
 
 
 def hubspot_signed(rng, t, o) -> None:
     raw = body(rng)
-    f.check(t, o, "hubspot_signed", t.hubspot,
-            f.hs_request(raw, f.hs_v3(raw, rng.randint(-290_000, 290_000))), "no_5xx")  # fmt: skip
+    f.check(
+        t,
+        o,
+        "hubspot_signed",
+        t.hubspot,
+        f.hs_request(raw, f.hs_v3(raw, rng.randint(-290_000, 290_000))),
+        "no_5xx",
+    )
 
 
 def hubspot_stale(rng, t, o) -> None:
@@ -105,12 +172,20 @@ def hubspot_tampered(rng, t, o) -> None:
 
 def salesforce_outbound(rng, t, o) -> None:
     notes = [("", {"Last_Email_Open_Date__c": "2026-03-02T09:15:00Z", "Email": "a@b.c"})]
-    raw = rng.choice([f.envelope(f.ORG_ID, notes), f.envelope("00DWRONGORG0001", notes),
-                      f.ENTITY_BOMB, f.EXTERNAL, f.PARAMETER])  # fmt: skip
+    raw = rng.choice(
+        [
+            f.envelope(f.ORG_ID, notes),
+            f.envelope("00DWRONGORG0001", notes),
+            f.ENTITY_BOMB,
+            f.EXTERNAL,
+            f.PARAMETER,
+        ]
+    )
     if rng.random() < 0.6:
         raw = mutate(rng, raw)
-    request = WebhookRequest("POST", f.SF_PATH, f.SF_QUERY, {"content-type": "text/xml"}, raw,
-                             f.NOW)  # fmt: skip
+    request = WebhookRequest(
+        "POST", f.SF_PATH, f.SF_QUERY, {"content-type": "text/xml"}, raw, f.NOW
+    )
     forged = f.ORG_ID.encode() not in raw or b"DOCTYPE" in raw
     f.check(t, o, "salesforce_outbound", t.salesforce, request, "reject" if forged else "no_5xx")
 
@@ -118,20 +193,31 @@ def salesforce_outbound(rng, t, o) -> None:
 def salesforce_events(rng, t, o) -> None:
     raw = body(rng)
     how = rng.choice(["signed", "forged", "stale", "tampered"])
-    stamp = int(f.NOW.timestamp()) + (rng.choice([-1, 1]) * rng.randint(301, 10**9)
-                                      if how == "stale" else rng.randint(-290, 290))  # fmt: skip
+    stamp = int(f.NOW.timestamp()) + (
+        rng.choice([-1, 1]) * rng.randint(301, 10**9) if how == "stale" else rng.randint(-290, 290)
+    )
     header = sign(f.SF_SECRET, raw, stamp)
     if how == "forged":
         header = rng.choice(["", "t=1,v1=00", header.replace("v1=", "v1=0"), "v1=" + "a" * 64])
     sent = raw + b" " if how == "tampered" else raw
-    request = WebhookRequest("POST", f.SF_EVENTS, "", {"x-elasticity-signature": header}, sent,
-                             f.NOW)  # fmt: skip
-    f.check(t, o, f"salesforce_events_{how}", t.salesforce, request,
-            "no_5xx" if how == "signed" else "reject")  # fmt: skip
+    request = WebhookRequest(
+        "POST", f.SF_EVENTS, "", {"x-elasticity-signature": header}, sent, f.NOW
+    )
+    f.check(
+        t,
+        o,
+        f"salesforce_events_{how}",
+        t.salesforce,
+        request,
+        "no_5xx" if how == "signed" else "reject",
+    )
 
 
 CASES: dict[str, Callable[[random.Random, f.Targets, f.Outcomes], None]] = {
-    "hubspot_forged": hubspot_forged, "hubspot_signed": hubspot_signed,
-    "hubspot_stale": hubspot_stale, "hubspot_tampered": hubspot_tampered,
-    "salesforce_outbound": salesforce_outbound, "salesforce_events": salesforce_events,
-}  # fmt: skip
+    "hubspot_forged": hubspot_forged,
+    "hubspot_signed": hubspot_signed,
+    "hubspot_stale": hubspot_stale,
+    "hubspot_tampered": hubspot_tampered,
+    "salesforce_outbound": salesforce_outbound,
+    "salesforce_events": salesforce_events,
+}

@@ -25,8 +25,9 @@ def test_intake_survives_fuzzing(name: str, targets: Targets) -> None:
     outcomes = Outcomes()
     case = CASES[name]
 
-    @settings(max_examples=EXAMPLES, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))  # fmt: skip
+    @settings(
+        max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    )
     @given(st.data())
     def run(data: st.DataObject) -> None:
         case(targets, outcomes, data)

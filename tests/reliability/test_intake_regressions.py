@@ -22,14 +22,26 @@ def _hubspot(targets: f.Targets, body: bytes) -> int:
     return handle_webhook(targets.hubspot, f.hs_request(body, f.hs_v3(body)), targets.record).status
 
 
-@pytest.mark.parametrize("body", [
-    b"[" * 5000 + b"]" * 5000,  # json.loads: RecursionError
-    json.dumps([{"subscriptionType": "contact.creation", "objectId": 1, "occurredAt": 1,
-                 "eventId": "x" * 600}]).encode(),  # an event id past its 512-character limit
-    json.dumps([{"subscriptionType": "contact.creation", "objectId": "9" * 300,
-                 "occurredAt": 1}]).encode(),  # a contact id past its limit
-    json.dumps({"vid": 5, "hs_email_last_click_date": 253402300800000}).encode(),  # year 10000
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 5000 + b"]" * 5000,  # json.loads: RecursionError
+        json.dumps(
+            [
+                {
+                    "subscriptionType": "contact.creation",
+                    "objectId": 1,
+                    "occurredAt": 1,
+                    "eventId": "x" * 600,
+                }
+            ]
+        ).encode(),  # an event id past its 512-character limit
+        json.dumps(
+            [{"subscriptionType": "contact.creation", "objectId": "9" * 300, "occurredAt": 1}]
+        ).encode(),  # a contact id past its limit
+        json.dumps({"vid": 5, "hs_email_last_click_date": 253402300800000}).encode(),  # year 10000
+    ],
+)
 def test_hubspot_bodies_that_once_crashed_the_parser_are_client_errors(
     targets: f.Targets, body: bytes
 ) -> None:
@@ -39,13 +51,15 @@ def test_hubspot_bodies_that_once_crashed_the_parser_are_client_errors(
 def test_a_deep_salesforce_json_body_is_a_400(targets: f.Targets) -> None:
     body = b"[" * 5000 + b"]" * 5000
     header = sign(f.SF_SECRET, body, int(f.NOW.timestamp()))
-    request = WebhookRequest("POST", f.SF_EVENTS, "", {"x-elasticity-signature": header}, body,
-                             f.NOW)  # fmt: skip
+    request = WebhookRequest(
+        "POST", f.SF_EVENTS, "", {"x-elasticity-signature": header}, body, f.NOW
+    )
     assert handle_webhook(targets.salesforce, request, targets.record).status == 400
 
 
 def test_an_outbound_message_in_an_unknown_encoding_is_a_400(targets: f.Targets) -> None:
     body = f.envelope(f.ORG_ID, []).replace(b"UTF-8", b"U-0TF-8")
-    request = WebhookRequest("POST", f.SF_PATH, f.SF_QUERY, {"content-type": "text/xml"}, body,
-                             f.NOW)  # fmt: skip
+    request = WebhookRequest(
+        "POST", f.SF_PATH, f.SF_QUERY, {"content-type": "text/xml"}, body, f.NOW
+    )
     assert handle_webhook(targets.salesforce, request, targets.record).status == 400

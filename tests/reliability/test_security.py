@@ -32,9 +32,11 @@ from tests.fakes.memory_crm import MemoryConnector, MemoryCrm, memory_mapping
 from tests.reliability import fuzz_cases as f
 
 ROOT = Path(__file__).resolve().parents[2]
-SIGNATURE_MODULES = [ROOT / "connectors/hubspot/signature.py",
-                     ROOT / "connectors/salesforce/signature.py",
-                     ROOT / "connectors/salesforce/outbound.py"]  # fmt: skip
+SIGNATURE_MODULES = [
+    ROOT / "connectors/hubspot/signature.py",
+    ROOT / "connectors/salesforce/signature.py",
+    ROOT / "connectors/salesforce/outbound.py",
+]
 EMAIL = "jane.doe+vip@example.com"
 
 
@@ -76,10 +78,14 @@ def test_hubspot_signatures_are_compared_in_constant_time(
         request = _v3(body, 0)
     else:
         uri = f"https://{f.HOST}{f.HS_PATH}"
-        sig = (f.v1_signature(f.HS_SECRET, body) if version == "v1"
-               else f.v2_signature(f.HS_SECRET, "POST", uri, body))  # fmt: skip
-        request = f.hs_request(body, {"x-hubspot-signature": sig,
-                                      "x-hubspot-signature-version": version})  # fmt: skip
+        sig = (
+            f.v1_signature(f.HS_SECRET, body)
+            if version == "v1"
+            else f.v2_signature(f.HS_SECRET, "POST", uri, body)
+        )
+        request = f.hs_request(
+            body, {"x-hubspot-signature": sig, "x-hubspot-signature-version": version}
+        )
     answer = handle_webhook(targets.hubspot_legacy, request, targets.record)
     assert answer.status == 200
     assert compare_spy.calls == 1
@@ -90,12 +96,14 @@ def test_salesforce_signature_outbound_token_and_org_id_are_compared_in_constant
 ) -> None:
     body = b'{"events": []}'
     header = sign(f.SF_SECRET, body, int(f.NOW.timestamp()))
-    request = WebhookRequest("POST", f.SF_EVENTS, "", {"x-elasticity-signature": header},
-                             body, f.NOW)  # fmt: skip
+    request = WebhookRequest(
+        "POST", f.SF_EVENTS, "", {"x-elasticity-signature": header}, body, f.NOW
+    )
     assert handle_webhook(targets.salesforce, request, targets.record).status == 200
     assert compare_spy.calls == 1
-    outbound = WebhookRequest("POST", f.SF_PATH, f.SF_QUERY, {"content-type": "text/xml"},
-                              f.envelope(f.ORG_ID, []), f.NOW)  # fmt: skip
+    outbound = WebhookRequest(
+        "POST", f.SF_PATH, f.SF_QUERY, {"content-type": "text/xml"}, f.envelope(f.ORG_ID, []), f.NOW
+    )
     assert handle_webhook(targets.salesforce, outbound, targets.record).status == 200
     assert compare_spy.calls == 3  # the endpoint URL's token, then the org id
 
@@ -110,18 +118,28 @@ def test_no_signature_module_compares_secrets_with_equality() -> None:
     suspects = ("sig", "digest", "expected", "secret", "candidate", "org")
     for path in SIGNATURE_MODULES:
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Compare) and any(
-                isinstance(op, ast.Eq | ast.NotEq) for op in node.ops
-            ) and not _is_length_check(node):
+            if (
+                isinstance(node, ast.Compare)
+                and any(isinstance(op, ast.Eq | ast.NotEq) for op in node.ops)
+                and not _is_length_check(node)
+            ):
                 names = {n.id.lower() for n in ast.walk(node) if isinstance(n, ast.Name)}
                 assert not any(s in n for n in names for s in suspects), (
                     f"{path.name}:{node.lineno} compares {names} with =="
                 )
 
 
-@pytest.mark.parametrize(("skew_s", "status"), [
-    (0, 200), (299, 200), (-299, 200), (301, 401), (-301, 401), (86_400, 401),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("skew_s", "status"),
+    [
+        (0, 200),
+        (299, 200),
+        (-299, 200),
+        (301, 401),
+        (-301, 401),
+        (86_400, 401),
+    ],
+)
 def test_hubspot_v3_replay_window_is_five_minutes_either_way(
     targets: f.Targets, skew_s: float, status: int
 ) -> None:
@@ -134,8 +152,9 @@ def test_salesforce_json_replay_window_is_five_minutes_either_way(
 ) -> None:
     body = b'{"events": []}'
     header = sign(f.SF_SECRET, body, int(f.NOW.timestamp()) - skew_s)
-    request = WebhookRequest("POST", f.SF_EVENTS, "", {"x-elasticity-signature": header},
-                             body, f.NOW)  # fmt: skip
+    request = WebhookRequest(
+        "POST", f.SF_EVENTS, "", {"x-elasticity-signature": header}, body, f.NOW
+    )
     assert handle_webhook(targets.salesforce, request, targets.record).status == status
 
 
@@ -150,8 +169,9 @@ def test_an_oversized_body_is_refused_with_413_before_parsing(targets: f.Targets
 
 @pytest.fixture
 def server() -> Iterator[int]:
-    runner = Runner(MemoryConnector(memory_mapping(), MemoryCrm(), secret="s"),
-                    SQLiteStore(":memory:"))  # fmt: skip
+    runner = Runner(
+        MemoryConnector(memory_mapping(), MemoryCrm(), secret="s"), SQLiteStore(":memory:")
+    )
     httpd, _ = build_server([runner], port=0, worker=False)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     yield httpd.server_address[1]
@@ -186,15 +206,17 @@ def hubspot_fake() -> Iterator[FakeHubSpot]:
 
 def _hubspot(fake: FakeHubSpot, token: str) -> HubSpotConnector:
     mapping = load_mapping(ROOT / "mappings" / "hubspot.yaml")
-    settings = HubSpotSettings(access_token=token, client_secret=CANARY_SECRET,
-                               base_url=fake.url, max_attempts=2)  # fmt: skip
+    settings = HubSpotSettings(
+        access_token=token, client_secret=CANARY_SECRET, base_url=fake.url, max_attempts=2
+    )
     return HubSpotConnector(mapping, settings, load_options(mapping), sleep=lambda s: None)
 
 
 def test_secrets_never_reach_logs_or_answers(
-    hubspot_fake: FakeHubSpot, caplog: pytest.LogCaptureFixture,
+    hubspot_fake: FakeHubSpot,
+    caplog: pytest.LogCaptureFixture,
     capsys: pytest.CaptureFixture[str],
-) -> None:  # fmt: skip
+) -> None:
     caplog.set_level(logging.DEBUG)  # urllib3 and the SDK log requests at DEBUG
     texts: list[str] = []
     store = SQLiteStore(":memory:")
@@ -205,8 +227,11 @@ def test_secrets_never_reach_logs_or_answers(
         revoked.read_records(["101"])
     texts.append(str(refused.value))
     # 2. CRM errors whose body echoes the credentials back (a proxy or vendor bug)
-    echo = {"status": "error", "category": "VALIDATION_ERROR",
-            "message": f"bad request with Bearer {CANARY_TOKEN} signed {CANARY_SECRET}"}
+    echo = {
+        "status": "error",
+        "category": "VALIDATION_ERROR",
+        "message": f"bad request with Bearer {CANARY_TOKEN} signed {CANARY_SECRET}",
+    }
     hubspot_fake.inject(Fault(path="/batch/read", status=400, body=echo))
     with pytest.raises(ConnectorError) as echoed:
         good.read_records(["101"])
@@ -214,8 +239,16 @@ def test_secrets_never_reach_logs_or_answers(
     hubspot_fake.inject(Fault(path="/batch/update", status=503, times=10, body=echo))
     runner = Runner(good, store, clock=lambda: datetime(2026, 3, 1, tzinfo=UTC))
     hubspot_fake.add_contact({}, contact_id=101)
-    runner.process([Event(event_id="e1", contact_id="101", type="open",
-                          occurred_at=datetime(2026, 3, 1, tzinfo=UTC))])  # fmt: skip
+    runner.process(
+        [
+            Event(
+                event_id="e1",
+                contact_id="101",
+                type="open",
+                occurred_at=datetime(2026, 3, 1, tzinfo=UTC),
+            )
+        ]
+    )
     # 3. bad signatures: forged, stale and signed with the wrong secret
     body = b"[]"
     for request in (
@@ -223,8 +256,9 @@ def test_secrets_never_reach_logs_or_answers(
         f.hs_request(body, f.hs_v3(body, skew_ms=10**7, secret=CANARY_SECRET)),
         f.hs_request(body, f.hs_v3(body, secret="wrong")),
     ):
-        request = WebhookRequest(request.method, request.path, "", request.headers, body,
-                                 request.received_at)  # fmt: skip
+        request = WebhookRequest(
+            request.method, request.path, "", request.headers, body, request.received_at
+        )
         answer = handle_webhook(good, request, store.inbox_put)
         assert answer.status == 401
         texts.append(answer.body.decode())
@@ -245,12 +279,20 @@ def test_the_store_holds_no_email_addresses_even_from_vendor_error_messages(
     crm = MemoryCrm()
     crm.write_failures["c1"] = f"INVALID_EMAIL: {EMAIL} is not a valid email address"
     store = SQLiteStore(tmp_path / "s.sqlite3")
-    runner = Runner(MemoryConnector(memory_mapping(), crm), store,
-                    clock=lambda: datetime(2026, 3, 1, tzinfo=UTC))  # fmt: skip
+    runner = Runner(
+        MemoryConnector(memory_mapping(), crm),
+        store,
+        clock=lambda: datetime(2026, 3, 1, tzinfo=UTC),
+    )
     at = datetime(2026, 2, 1, tzinfo=UTC)
-    runner.process([Event(event_id=f"e{i}", contact_id=cid, type="open",
-                          occurred_at=at + timedelta(hours=i))
-                    for i, cid in enumerate(["c1", "c2"])])  # fmt: skip
+    runner.process(
+        [
+            Event(
+                event_id=f"e{i}", contact_id=cid, type="open", occurred_at=at + timedelta(hours=i)
+            )
+            for i, cid in enumerate(["c1", "c2"])
+        ]
+    )
     assert [d.reason for d in store.ledger_for("c1")][-1] == "write_failed"
     store.close()
     db = sqlite3.connect(tmp_path / "s.sqlite3")

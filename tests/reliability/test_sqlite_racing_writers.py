@@ -77,15 +77,18 @@ def test_a_rival_writer_on_the_same_store_loses_no_update_and_makes_no_extra_tas
     assert {s.engagement_score for s in states.values()} == {30}
     crm = runner.connector.read_records(contacts)
     stale = [
-        cid for cid in contacts
+        cid
+        for cid in contacts
         if (crm[cid].values["campaign_status"], crm[cid].values["engagement_score"])
         != ("Engaged", 30)
-    ]  # fmt: skip
+    ]
     assert stale == []
     engaged = [
-        d for cid in contacts for d in runner.store.ledger_for(cid)
+        d
+        for cid in contacts
+        for d in runner.store.ledger_for(cid)
         if d.to_status is Status.ENGAGED and d.from_status is not Status.ENGAGED
-    ]  # fmt: skip
+    ]
     assert len(engaged) == CONTACTS
     assert len(hubspot.tasks()) == CONTACTS
     assert runner.store.outbox_take(10) == []
@@ -104,30 +107,43 @@ def test_a_sync_deciding_dormancy_beside_the_worker_applying_opens_loses_no_open
     runner.connector.provision()
     now = datetime.now(UTC).replace(microsecond=0)
     silent_since = (now - timedelta(days=100)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
-    props = {"elastic_campaign_status": "active", "elastic_engagement_score": "0",
-             "elastic_reactivation_cycle": "0", "elastic_unanswered_sends": "0",
-             "elastic_reactivation_step": "0", "elastic_status_changed_at": silent_since,
-             "elastic_last_engagement_date": silent_since}  # fmt: skip
+    props = {
+        "elastic_campaign_status": "active",
+        "elastic_engagement_score": "0",
+        "elastic_reactivation_cycle": "0",
+        "elastic_unanswered_sends": "0",
+        "elastic_reactivation_step": "0",
+        "elastic_status_changed_at": silent_since,
+        "elastic_last_engagement_date": silent_since,
+    }
     hubspot.now = lambda: now - timedelta(days=200)  # when HubSpot created them
     contacts = [hubspot.add_contact(props) for _ in range(CONTACTS)]
     context = multiprocessing.get_context("spawn")
     done, stop, go = context.Event(), context.Event(), context.Barrier(2, timeout=BOUND_S)
     processes = [start(sync_main, hubspot.url, db, False, stop, go)]
-    processes.append(start(worker_main, hubspot.url, db, contacts, now - timedelta(hours=1), 2,
-                           ("open",), done, go))  # fmt: skip
+    processes.append(
+        start(
+            worker_main, hubspot.url, db, contacts, now - timedelta(hours=1), 2, ("open",), done, go
+        )
+    )
     race(processes, done, stop)
     runner.flush()
 
     states = runner.store.get_contacts(contacts)
-    lost = [c for c in contacts if states[c].engagement_score != 5
-            or states[c].campaign_status not in (Status.ACTIVE, Status.REACTIVATED)]  # fmt: skip
+    lost = [
+        c
+        for c in contacts
+        if states[c].engagement_score != 5
+        or states[c].campaign_status not in (Status.ACTIVE, Status.REACTIVATED)
+    ]
     assert lost == []
     crm = runner.connector.read_records(contacts)
     stale = [
-        c for c in contacts
+        c
+        for c in contacts
         if (crm[c].values["campaign_status"], crm[c].values["engagement_score"])
         != (states[c].campaign_status.value, 5)
-    ]  # fmt: skip
+    ]
     assert stale == []
     for cid in contacts:
         assert f"open-0-{cid}" in {d.cause for d in runner.store.ledger_for(cid)}

@@ -75,7 +75,8 @@ def test_a_stalled_body_is_retried_for_an_idempotent_call(stalling: str) -> None
 def test_a_stalled_body_fails_a_create_as_retriable_connector_error(stalling: str) -> None:
     client = _client(stalling)
     with pytest.raises(ConnectorError) as caught:
-        client.call("tasks.batch", "create", {"inputs": []}, idempotent=False,
-                    what="task create", scope="s")  # fmt: skip
+        client.call(
+            "tasks.batch", "create", {"inputs": []}, idempotent=False, what="task create", scope="s"
+        )
     assert caught.value.retriable
     assert StallingHandler.served == 1

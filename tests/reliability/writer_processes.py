@@ -26,9 +26,14 @@ STEPS = ("enroll", "click", "click", "click")
 def hubspot_runner(url: str, db_path: str) -> Runner:
     mapping = load_mapping(MAPPING)
     settings = HubSpotSettings(
-        access_token=TOKEN, client_secret=SECRET, base_url=url, timeout_seconds=10,
-        requests_per_10s=10_000, search_per_second=1000, write_concurrency=1,
-    )  # fmt: skip
+        access_token=TOKEN,
+        client_secret=SECRET,
+        base_url=url,
+        timeout_seconds=10,
+        requests_per_10s=10_000,
+        search_per_second=1000,
+        write_concurrency=1,
+    )
     connector = HubSpotConnector(mapping, settings, load_options(mapping), prefetch_pages=0)
     return Runner(connector, SQLiteStore(db_path), write_page=5)
 
@@ -36,14 +41,29 @@ def hubspot_runner(url: str, db_path: str) -> Runner:
 def events_for(contacts: list[str], start: datetime, steps: tuple[str, ...]) -> list[list[Event]]:
     """One list per step, every contact's event for that step."""
     return [
-        [Event(event_id=f"{kind}-{step}-{cid}", contact_id=cid, type=kind,
-               occurred_at=start + timedelta(minutes=step)) for cid in contacts]  # fmt: skip
+        [
+            Event(
+                event_id=f"{kind}-{step}-{cid}",
+                contact_id=cid,
+                type=kind,
+                occurred_at=start + timedelta(minutes=step),
+            )
+            for cid in contacts
+        ]
         for step, kind in enumerate(steps)
     ]
 
 
-def worker_main(url: str, db_path: str, contacts: list[str], start: datetime, batch: int,
-                steps: tuple[str, ...], done: Any, go: Any = None) -> None:  # fmt: skip
+def worker_main(
+    url: str,
+    db_path: str,
+    contacts: list[str],
+    start: datetime,
+    batch: int,
+    steps: tuple[str, ...],
+    done: Any,
+    go: Any = None,
+) -> None:
     """`serve`'s worker: record a step's events, drain them a few at a time (each batch
     flushes before and after), then the next step. With `go` (a barrier), it starts with its
     rival rather than a process start-up later."""

@@ -47,8 +47,13 @@ def test_sync_prints_the_summary(environment: None, fake: FakeSalesforce, mappin
 
 def test_sync_json_prints_one_object(environment: None, fake: FakeSalesforce, mapping) -> None:  # noqa: ANN001
     fake.provision_mapping(mapping)
-    fake.add("Contact", LastName="s", Campaign_Status__c="Active",
-             Last_Engagement_Date__c="2026-01-01T00:00:00Z", CreatedDate="2025-12-01T00:00:00Z")
+    fake.add(
+        "Contact",
+        LastName="s",
+        Campaign_Status__c="Active",
+        Last_Engagement_Date__c="2026-01-01T00:00:00Z",
+        CreatedDate="2025-12-01T00:00:00Z",
+    )
     result = CliRunner().invoke(app, ["sync", MAPPING, "--now", "2026-06-01T00:00:00Z", "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)

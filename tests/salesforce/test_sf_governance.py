@@ -21,11 +21,18 @@ def iso(at: datetime) -> str:
 def dormant(fake: FakeSalesforce, **extra) -> str:
     """Dormant for 33 days: cooling (30) is over, reactivation step 1 is due."""
     changed = NOW - timedelta(days=33)
-    return fake.add("Contact", LastName="d", Campaign_Status__c="Dormant", Engagement_Score__c=0,
-                    Reactivation_Cycle__c=0, Elastic_Unanswered_Sends__c=3,
-                    Elastic_Status_Changed_At__c=iso(changed),
-                    Last_Engagement_Date__c=iso(changed - timedelta(days=90)),
-                    CreatedDate=iso(changed - timedelta(days=200)), **extra)  # fmt: skip
+    return fake.add(
+        "Contact",
+        LastName="d",
+        Campaign_Status__c="Dormant",
+        Engagement_Score__c=0,
+        Reactivation_Cycle__c=0,
+        Elastic_Unanswered_Sends__c=3,
+        Elastic_Status_Changed_At__c=iso(changed),
+        Last_Engagement_Date__c=iso(changed - timedelta(days=90)),
+        CreatedDate=iso(changed - timedelta(days=200)),
+        **extra,
+    )
 
 
 def test_sync_withholds_reactivation_from_contacts_who_never_consented(env, fake):
@@ -51,9 +58,14 @@ def test_sync_runs_a_segment_on_its_own_numbers(env, fake):
     fake.define("Contact", "MailingCountry", "string")
     connector = build(mapping, env, fake)
     last = NOW - timedelta(days=40)
-    common = {"LastName": "s", "Campaign_Status__c": "Active", "Engagement_Score__c": 0,
-              "Last_Engagement_Date__c": iso(last), "Elastic_Status_Changed_At__c": iso(last),
-              "CreatedDate": iso(last - timedelta(days=100))}  # fmt: skip
+    common = {
+        "LastName": "s",
+        "Campaign_Status__c": "Active",
+        "Engagement_Score__c": 0,
+        "Last_Engagement_Date__c": iso(last),
+        "Elastic_Status_Changed_At__c": iso(last),
+        "CreatedDate": iso(last - timedelta(days=100)),
+    }
     german = [fake.add("Contact", MailingCountry="DE", **common) for _ in range(3)]
     french = fake.add("Contact", MailingCountry="FR", **common)
     store = SQLiteStore(":memory:")
@@ -69,8 +81,12 @@ def test_the_first_poll_makes_no_resubscribe_of_opt_outs_that_were_never_set(env
     fake.provision_mapping(mapping)
     connector = build(mapping, env, fake)
     for i in range(4):
-        fake.add("Contact", LastName=f"n{i}", HasOptedOutOfEmail=False,
-                 SystemModstamp=iso(NOW - timedelta(hours=1)))  # fmt: skip
+        fake.add(
+            "Contact",
+            LastName=f"n{i}",
+            HasOptedOutOfEmail=False,
+            SystemModstamp=iso(NOW - timedelta(hours=1)),
+        )
     summary = Runner(connector, SQLiteStore(":memory:"), clock=lambda: NOW).sync(NOW)
     assert summary.events_polled == 0
 
@@ -79,8 +95,12 @@ def test_the_poll_follows_unsubscribe_resubscribe_unsubscribe(env, fake):
     mapping = governed_mapping("salesforce")
     fake.provision_mapping(mapping)
     connector = build(mapping, env, fake)
-    cid = fake.add("Contact", LastName="u", HasOptedOutOfEmail=True,
-                   SystemModstamp=iso(NOW - timedelta(hours=1)))  # fmt: skip
+    cid = fake.add(
+        "Contact",
+        LastName="u",
+        HasOptedOutOfEmail=True,
+        SystemModstamp=iso(NOW - timedelta(hours=1)),
+    )
     store = SQLiteStore(":memory:")
     statuses = []
     for day, opted_out in enumerate((True, False, True)):

@@ -24,8 +24,12 @@ from tests.salesforce.sf_helpers import ROOT, build
 SINCE = datetime(2026, 1, 1, tzinfo=UTC)
 UNTIL = datetime(2026, 3, 1, tzinfo=UTC)
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
-TRACKED = ("Last_Email_Open_Date__c", "Last_Email_Click_Date__c", "HasOptedOutOfEmail",
-           "EmailBouncedReason")  # fmt: skip
+TRACKED = (
+    "Last_Email_Open_Date__c",
+    "Last_Email_Click_Date__c",
+    "HasOptedOutOfEmail",
+    "EmailBouncedReason",
+)
 
 
 def read_events(path: Path) -> list[dict]:
@@ -36,19 +40,24 @@ def seed(fake: FakeSalesforce) -> tuple[str, str]:
     fake.track_history("Contact", *TRACKED)
     ada = fake.add("Contact", LastName="Lovelace", Email="ada@example.com")
     bob = fake.add("Contact", LastName="Byron", Email="bob@example.com")
-    fake.change("Contact", ada, "Last_Email_Open_Date__c", "2026-01-05T09:59:00Z",
-                "2026-01-05T10:00:00Z")  # fmt: skip
-    fake.change("Contact", ada, "Last_Email_Click_Date__c", "2026-01-06T08:00:00Z",
-                "2026-01-06T08:01:00Z")  # fmt: skip
-    fake.change("Contact", ada, "Last_Email_Send_Date__c", "2026-01-04T08:00:00Z",
-                "2026-01-04T08:00:00Z")  # fmt: skip  (not tracked: no history)
+    fake.change(
+        "Contact", ada, "Last_Email_Open_Date__c", "2026-01-05T09:59:00Z", "2026-01-05T10:00:00Z"
+    )
+    fake.change(
+        "Contact", ada, "Last_Email_Click_Date__c", "2026-01-06T08:00:00Z", "2026-01-06T08:01:00Z"
+    )
+    fake.change(
+        "Contact", ada, "Last_Email_Send_Date__c", "2026-01-04T08:00:00Z", "2026-01-04T08:00:00Z"
+    )  # (not tracked: no history)
     fake.change("Contact", bob, "HasOptedOutOfEmail", True, "2026-01-07T12:00:00Z")
     fake.change("Contact", bob, "HasOptedOutOfEmail", False, "2026-01-08T12:00:00Z")
-    fake.change("Contact", bob, "EmailBouncedReason", "550 5.1.1 user unknown",
-                "2026-01-09T12:00:00Z")  # fmt: skip
+    fake.change(
+        "Contact", bob, "EmailBouncedReason", "550 5.1.1 user unknown", "2026-01-09T12:00:00Z"
+    )
     fake.change("Contact", bob, "EmailBouncedReason", None, "2026-01-10T12:00:00Z")  # cleared
-    fake.change("Contact", ada, "Last_Email_Open_Date__c", "2026-04-01T00:00:00Z",
-                "2026-04-01T00:00:00Z")  # fmt: skip  (after --until)
+    fake.change(
+        "Contact", ada, "Last_Email_Open_Date__c", "2026-04-01T00:00:00Z", "2026-04-01T00:00:00Z"
+    )  # (after --until)
     return ada, bob
 
 
@@ -87,8 +96,16 @@ def test_the_command_reports_each_source_and_a_rerun_appends_nothing(
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     out = tmp_path / "events.jsonl"
-    args = ["history", str(ROOT / "mappings" / "salesforce.yaml"), "--out", str(out),
-            "--since", "2026-01-01T00:00:00Z", "--until", "2026-03-01T00:00:00Z"]  # fmt: skip
+    args = [
+        "history",
+        str(ROOT / "mappings" / "salesforce.yaml"),
+        "--out",
+        str(out),
+        "--since",
+        "2026-01-01T00:00:00Z",
+        "--until",
+        "2026-03-01T00:00:00Z",
+    ]
 
     first = CliRunner().invoke(app, args)
 
@@ -107,8 +124,9 @@ def test_the_command_reports_each_source_and_a_rerun_appends_nothing(
     assert out.read_text() == before
 
 
-def test_an_export_stopped_by_the_api_reserve_resumes_without_duplicates(env, fake, mapping,
-                                                                         tmp_path):  # fmt: skip
+def test_an_export_stopped_by_the_api_reserve_resumes_without_duplicates(
+    env, fake, mapping, tmp_path
+):
     fake.provision_mapping(mapping)
     fake.track_history("Contact", "Last_Email_Open_Date__c")
     contacts = [fake.add("Contact", LastName=f"R{n}") for n in range(50)]
@@ -138,8 +156,9 @@ def test_an_export_stopped_by_the_api_reserve_resumes_without_duplicates(env, fa
     assert not checkpoint_path(out).exists()
 
 
-def test_an_export_broken_by_an_outage_resumes_after_the_last_page_written(env, fake, mapping,
-                                                                          tmp_path):  # fmt: skip
+def test_an_export_broken_by_an_outage_resumes_after_the_last_page_written(
+    env, fake, mapping, tmp_path
+):
     fake.provision_mapping(mapping)
     fake.track_history("Contact", "Last_Email_Open_Date__c")
     contacts = [fake.add("Contact", LastName=f"R{n}") for n in range(50)]
@@ -184,8 +203,9 @@ def test_a_lead_program_reads_lead_history(env, fake, mapping, tmp_path):
     fake.provision_mapping(leads)
     fake.track_history("Lead", "Last_Email_Click_Date__c")
     lead = fake.add("Lead", LastName="Lee", Company="Acme")
-    fake.change("Lead", lead, "Last_Email_Click_Date__c", "2026-02-02T02:02:00Z",
-                "2026-02-02T02:03:00Z")  # fmt: skip
+    fake.change(
+        "Lead", lead, "Last_Email_Click_Date__c", "2026-02-02T02:02:00Z", "2026-02-02T02:03:00Z"
+    )
     connector = build(leads, env, fake)
 
     pages = list(FieldHistory(connector.client, leads, "Lead").export(SINCE, UNTIL, None))
@@ -197,8 +217,14 @@ def test_a_lead_program_reads_lead_history(env, fake, mapping, tmp_path):
 def test_a_signal_field_the_org_does_not_have_is_named_as_such(env, fake, mapping, tmp_path):
     from core.mapping import Signal
 
-    extra = mapping.model_copy(update={"signals": [
-        *mapping.signals, Signal(property="Web_Visit__c", event="high_intent_visit")]})  # fmt: skip
+    extra = mapping.model_copy(
+        update={
+            "signals": [
+                *mapping.signals,
+                Signal(property="Web_Visit__c", event="high_intent_visit"),
+            ]
+        }
+    )
     fake.provision_mapping(mapping)
     seed(fake)
 
@@ -223,8 +249,14 @@ def with_campaigns(mapping, campaigns: dict[str, str]):  # noqa: ANN001, ANN201
 def campaign(fake: FakeSalesforce, name: str) -> str:
     campaign_id = fake.add("Campaign", Name=name, IsActive=True, Type="Webinar")
     for label, responded in (("Sent", False), ("Registered", True), ("Attended", True)):
-        fake.add("CampaignMemberStatus", CampaignId=campaign_id, Label=label,
-                 HasResponded=responded, SortOrder=1, IsDefault=label == "Sent")  # fmt: skip
+        fake.add(
+            "CampaignMemberStatus",
+            CampaignId=campaign_id,
+            Label=label,
+            HasResponded=responded,
+            SortOrder=1,
+            IsDefault=label == "Sent",
+        )
     return campaign_id
 
 
@@ -240,8 +272,9 @@ def member(fake: FakeSalesforce, campaign_id: str, who: str, *moves: tuple[str, 
 def test_responses_to_the_program_campaigns_become_the_events_the_option_names(
     env, fake, mapping, tmp_path
 ):
-    program = with_campaigns(mapping, {"Spring webinar": "form_submit", "Gone": "form_submit",
-                                       "Typo": "form_submitted"})  # fmt: skip
+    program = with_campaigns(
+        mapping, {"Spring webinar": "form_submit", "Gone": "form_submit", "Typo": "form_submitted"}
+    )
     fake.provision_mapping(program)
     webinar, other = campaign(fake, "Spring webinar"), campaign(fake, "Not the program's")
     ada = fake.add("Contact", LastName="Lovelace")
@@ -265,8 +298,9 @@ def test_responses_to_the_program_campaigns_become_the_events_the_option_names(
     assert result.sources["CampaignMember (Gone)"].notes == [
         "not available: the org has no Campaign named 'Gone'"
     ]
-    assert "'form_submitted' is not an event the policy knows" in (
-        result.sources["CampaignMember (Typo)"].notes[0]
+    assert (
+        "'form_submitted' is not an event the policy knows"
+        in (result.sources["CampaignMember (Typo)"].notes[0])
     )
 
     again = export_history(build(program, env, fake), out, SINCE, UNTIL, NOW)
@@ -274,8 +308,7 @@ def test_responses_to_the_program_campaigns_become_the_events_the_option_names(
     assert again.written == 0 and again.already_there == 1 and len(read_events(out)) == 1
 
 
-def test_without_program_campaigns_the_export_says_how_to_name_them(env, fake, connector,
-                                                                    tmp_path):  # fmt: skip
+def test_without_program_campaigns_the_export_says_how_to_name_them(env, fake, connector, tmp_path):
     result = export_history(connector, tmp_path / "e.jsonl", SINCE, UNTIL, NOW)
 
     assert "options.history_campaigns" in result.sources["CampaignMember"].notes[0]
@@ -315,29 +348,42 @@ def test_the_fake_refuses_to_set_a_member_response_directly(fake, connector):
 # ---- opens of emails sent from Salesforce ------------------------------------------------------
 
 
-def test_opens_and_clicks_of_an_email_to_one_contact_are_its_events(env, fake, connector,
-                                                                    tmp_path):  # fmt: skip
+def test_opens_and_clicks_of_an_email_to_one_contact_are_its_events(env, fake, connector, tmp_path):
     ada = fake.add("Contact", LastName="Lovelace")
     bob = fake.add("Contact", LastName="Byron")
     lead = fake.add("Lead", LastName="Lee", Company="Acme")
-    one = fake.add_email([(ada, "ToAddress")], "2026-01-10T09:00:00Z",
-                         first_open="2026-01-10T10:00:00Z", last_open="2026-01-12T09:30:00Z",
-                         first_click="2026-01-10T10:01:00Z")  # fmt: skip
-    fake.add_email([(ada, "ToAddress"), (bob, "CcAddress")], "2026-01-11T09:00:00Z",
-                   first_open="2026-01-11T10:00:00Z")  # fmt: skip  (who opened it?)
-    fake.add_email([(lead, "ToAddress")], "2026-01-11T09:00:00Z",
-                   first_open="2026-01-11T10:00:00Z")  # fmt: skip  (not a Contact)
+    one = fake.add_email(
+        [(ada, "ToAddress")],
+        "2026-01-10T09:00:00Z",
+        first_open="2026-01-10T10:00:00Z",
+        last_open="2026-01-12T09:30:00Z",
+        first_click="2026-01-10T10:01:00Z",
+    )
+    fake.add_email(
+        [(ada, "ToAddress"), (bob, "CcAddress")],
+        "2026-01-11T09:00:00Z",
+        first_open="2026-01-11T10:00:00Z",
+    )  # (who opened it?)
+    fake.add_email(
+        [(lead, "ToAddress")], "2026-01-11T09:00:00Z", first_open="2026-01-11T10:00:00Z"
+    )  # (not a Contact)
     fake.add_email([(ada, "ToAddress")], "2026-01-13T09:00:00Z")  # never opened
-    fake.add_email([(ada, "FromAddress")], "2026-01-13T09:00:00Z",
-                   first_open="2026-01-13T10:00:00Z", incoming=True)  # fmt: skip  (received)
-    fake.add_email([(ada, "ToAddress")], "2025-11-01T09:00:00Z",
-                   first_open="2025-11-02T10:00:00Z")  # fmt: skip  (before --since)
+    fake.add_email(
+        [(ada, "FromAddress")],
+        "2026-01-13T09:00:00Z",
+        first_open="2026-01-13T10:00:00Z",
+        incoming=True,
+    )  # (received)
+    fake.add_email(
+        [(ada, "ToAddress")], "2025-11-01T09:00:00Z", first_open="2025-11-02T10:00:00Z"
+    )  # (before --since)
     out = tmp_path / "events.jsonl"
 
     result = export_history(connector, out, SINCE, UNTIL, NOW)
 
-    events = [(e["event_id"], e["contact_id"], e["type"], e["occurred_at"])
-              for e in read_events(out)]  # fmt: skip
+    events = [
+        (e["event_id"], e["contact_id"], e["type"], e["occurred_at"]) for e in read_events(out)
+    ]
     assert events == [
         (f"salesforce:email-open:{one}:1768039200000", ada, "open", "2026-01-10T10:00:00Z"),
         (f"salesforce:email-open:{one}:1768210200000", ada, "open", "2026-01-12T09:30:00Z"),
@@ -371,21 +417,24 @@ def test_an_org_without_enhanced_email_says_so(env, fake, connector, tmp_path):
 def test_an_api_version_without_click_dates_exports_opens_only(env, fake, connector, tmp_path):
     del fake.fields["EmailMessage"]["FirstLinkClickedDate"]
     ada = fake.add("Contact", LastName="Lovelace")
-    fake.add_email([(ada, "ToAddress")], "2026-01-10T09:00:00Z",
-                   first_open="2026-01-10T10:00:00Z")  # fmt: skip
+    fake.add_email([(ada, "ToAddress")], "2026-01-10T09:00:00Z", first_open="2026-01-10T10:00:00Z")
 
     result = export_history(connector, tmp_path / "e.jsonl", SINCE, UNTIL, NOW)
 
     assert result.types == {"open": 1} and "EmailMessage (opens)" in result.sources
 
 
-def test_an_email_export_broken_by_an_outage_resumes_without_duplicates(env, fake, mapping,
-                                                                       tmp_path):  # fmt: skip
+def test_an_email_export_broken_by_an_outage_resumes_without_duplicates(
+    env, fake, mapping, tmp_path
+):
     fake.provision_mapping(mapping)
     contacts = [fake.add("Contact", LastName=f"R{n}") for n in range(45)]
     for n in range(450):
-        fake.add_email([(contacts[n % 45], "ToAddress")], "2026-01-10T09:00:00Z",
-                       first_open=f"2026-01-{10 + n % 9:02d}T10:{n % 60:02d}:00Z")  # fmt: skip
+        fake.add_email(
+            [(contacts[n % 45], "ToAddress")],
+            "2026-01-10T09:00:00Z",
+            first_open=f"2026-01-{10 + n % 9:02d}T10:{n % 60:02d}:00Z",
+        )
     small_pages = mapping.model_copy(update={"options": {**mapping.options, "page_size": 200}})
     route, state = fake.route, {"down": False}
 

@@ -95,9 +95,14 @@ def test_the_task_field_is_granted_per_sobject_and_hand_offs_work_after_provisio
     assert not any(name.startswith("Activity.") for name in fake.granted)
     cid = fake.add("Contact", LastName="x")
     task = HandoffTask(
-        key="handoff:x", contact_id=cid, owner_id=None, subject="Call", body="b",
-        priority="HIGH", due_at=datetime(2026, 3, 1, tzinfo=UTC),
-    )  # fmt: skip
+        key="handoff:x",
+        contact_id=cid,
+        owner_id=None,
+        subject="Call",
+        body="b",
+        priority="HIGH",
+        due_at=datetime(2026, 3, 1, tzinfo=UTC),
+    )
     assert fresh.create_tasks([task]).written == ["handoff:x"]
     assert len(fake.records["Task"]) == 1
     again = {i.name: i.action for i in fresh.provision().items if i.kind == "permission"}

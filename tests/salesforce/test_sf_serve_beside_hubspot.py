@@ -38,9 +38,12 @@ def test_a_salesforce_unsubscribe_is_decided_and_written_by_the_salesforce_runne
 ) -> None:
     now = datetime.now(UTC).replace(microsecond=0)
     contact = fake.add(
-        "Contact", LastName="u", Campaign_Status__c="Active", Engagement_Score__c=5,
+        "Contact",
+        LastName="u",
+        Campaign_Status__c="Active",
+        Engagement_Score__c=5,
         Last_Engagement_Date__c=(now - timedelta(days=3)).isoformat().replace("+00:00", "Z"),
-    )  # fmt: skip
+    )
     hubspot_connector = make_connector(hubspot, load_mapping(HUBSPOT_MAPPING), FakeClock())
     hubspot_connector.provision()
     store = SQLiteStore.in_data_dir(tmp_path)
@@ -51,12 +54,17 @@ def test_a_salesforce_unsubscribe_is_decided_and_written_by_the_salesforce_runne
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        body = events_body(event_id="sf-unsub-1", contact_id=contact, type="unsubscribe",
-                           occurred_at=(now - timedelta(minutes=1)).isoformat())  # fmt: skip
+        body = events_body(
+            event_id="sf-unsub-1",
+            contact_id=contact,
+            type="unsubscribe",
+            occurred_at=(now - timedelta(minutes=1)).isoformat(),
+        )
         request = urllib.request.Request(
             f"http://127.0.0.1:{server.server_address[1]}/webhooks/salesforce/events",
-            data=body, headers=signed(body, at=now),
-        )  # fmt: skip
+            data=body,
+            headers=signed(body, at=now),
+        )
         with urllib.request.urlopen(request, timeout=5) as answer:  # noqa: S310 - loopback
             assert json.loads(answer.read())["new"] == 1
     finally:

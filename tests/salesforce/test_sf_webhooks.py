@@ -381,7 +381,10 @@ def test_the_token_is_compared_in_constant_time(
 
 
 def test_without_a_token_configured_every_message_is_refused_and_said_once(
-    mapping: Mapping, env: dict[str, str], fake, caplog: pytest.LogCaptureFixture  # noqa: ANN001
+    mapping: Mapping,
+    env: dict[str, str],
+    fake,
+    caplog: pytest.LogCaptureFixture,  # noqa: ANN001
 ) -> None:
     env = {k: v for k, v in env.items() if k != "SALESFORCE_OUTBOUND_TOKEN"}
     connector = build(mapping, env, fake)  # builds: sync and the JSON intake still work

@@ -250,9 +250,12 @@ def test_nothing_to_write_costs_no_call(
 
 
 def test_json_encoding_of_values(connector: SalesforceConnector) -> None:
-    row = connector.codec.fields_for(WriteRequest("003000000000001AAA", {
-        "unanswered_sends": 3.0, "last_engagement_date": AT, "campaign_status": "Engaged"
-    }))  # fmt: skip
+    row = connector.codec.fields_for(
+        WriteRequest(
+            "003000000000001AAA",
+            {"unanswered_sends": 3.0, "last_engagement_date": AT, "campaign_status": "Engaged"},
+        )
+    )
     assert json.loads(json.dumps(row)) == {
         "Elastic_Unanswered_Sends__c": 3,
         "Last_Engagement_Date__c": "2026-03-01T12:30:00.000Z",
