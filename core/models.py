@@ -343,6 +343,8 @@ _STEP_REASONS = (
     Reason.REACTIVATION_STEP_4,
     Reason.REACTIVATION_STEP_5,
 )
+STEP_REASONS = frozenset(_STEP_REASONS)
+"""The reasons of a reactivation step's decision (`Reason.step(n)`)."""
 
 
 @dataclass(slots=True, kw_only=True)

@@ -17,18 +17,20 @@ from pathlib import Path
 import numpy as np
 
 from core.gcpause import cyclic_gc_paused
-from core.models import STATE_COLOURS, Event
+from core.models import STATE_COLOURS, Event, Status, SuppressionReason
 from core.order import event_order
 from core.pipeline import Applied, Pipeline
 from core.policy import Policy
 from core.publish import Renames, partial_path, publish, remove_store
 from core.sqlite_store import SQLiteStore
 from core.synthetic import (
+    IN_SEND_STREAM_LEVELS,
     START,
     STATUSES,
+    ListLevel,
+    Population,
     SimulationConfig,
     SimulationResult,
-    _Population,
     day_row,
     fresh_day,
     simulated_event_id,
@@ -45,13 +47,13 @@ class _Simulation:
         self.store = store
         # Generated day by day in time order: no event arrives late, so no history is kept.
         self.pipeline = Pipeline(store, policy, revision_window=None)
-        self.people = _Population(config)
+        self.people = Population(config)
         self.result = SimulationResult(config, policy.version, store.path)
         self.buckets: dict[int, list[Event]] = {}
         self.serial = 0
         self.ever: dict[str, set[str]] = {s: set() for s in STATUSES}
         # What the CRM's dynamic lists would show, kept from the decisions as they commit.
-        self.status: dict[str, str] = {}
+        self.status: dict[str, ListLevel] = {}
         self.counts: Counter = Counter()
         self.today: Counter = fresh_day()
 
@@ -114,7 +116,7 @@ class _Simulation:
         today = self.today
         for d in applied.decisions:
             if d.from_status != d.to_status or "suppression_reason" in d.changes:
-                self._moved(d.contact_id, d.to_status.value, d.changes)
+                self._moved(d.contact_id, d.to_status, d.changes)
             if d.reason in _COMEBACKS:
                 today["comebacks"] += 1
             for action in d.actions:
@@ -123,22 +125,21 @@ class _Simulation:
                     idx = np.array([self.people.index[d.contact_id]])
                     self._mail(idx, d.at + timedelta(hours=1), "reactivation")
 
-    def _moved(self, cid: str, status: str, changes: dict) -> None:
+    def _moved(self, cid: str, status: Status, changes: dict) -> None:
         before = self.status.get(cid)
         if before is not None:
             self.counts[before] -= 1
-        if status == "Suppressed":
-            reason = changes.get("suppression_reason", (None, None))[1]
-            status = f"Suppressed:{'no_response' if reason == 'no_response' else 'compliance'}"
-        self.status[cid] = status
-        self.counts[status] += 1
-        self.ever[status.split(":")[0]].add(cid)
+        reason = changes.get("suppression_reason", (None, None))[1]
+        level = ListLevel.of(status, no_response=reason == SuppressionReason.NO_RESPONSE)
+        self.status[cid] = level
+        self.counts[level] += 1
+        self.ever[status.value].add(cid)
 
     def _in_stream(self) -> np.ndarray:
         index = self.people.index
-        wanted = ("Active", "Reactivated")
         return np.fromiter(
-            (index[cid] for cid, s in self.status.items() if s in wanted), dtype=np.int64
+            (index[cid] for cid, s in self.status.items() if s in IN_SEND_STREAM_LEVELS),
+            dtype=np.int64,
         )
 
     def run(self, progress: Callable[[int], None] | None) -> SimulationResult:

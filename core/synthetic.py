@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,34 @@ from core.models import Status
 
 STATUSES = [s.value for s in Status]
 START = datetime(2026, 1, 5, tzinfo=UTC)
+
+
+class ListLevel(StrEnum):
+    """Where a contact stands in what the CRM's dynamic lists would show on a day: its state,
+    with suppressed contacts split by why (the values are `SimulationResult.daily`'s keys)."""
+
+    ACTIVE = "Active"
+    ENGAGED = "Engaged"
+    DORMANT = "Dormant"
+    REACTIVATED = "Reactivated"
+    SUPPRESSED_NO_RESPONSE = "suppressed_no_response"
+    SUPPRESSED_COMPLIANCE = "suppressed_compliance"
+
+    @classmethod
+    def of(cls, status: Status, no_response: bool) -> ListLevel:
+        """The level of a contact in `status`; `no_response` says a suppression was for not
+        responding (any other reason is a compliance one)."""
+        if status is Status.SUPPRESSED:
+            return cls.SUPPRESSED_NO_RESPONSE if no_response else cls.SUPPRESSED_COMPLIANCE
+        return cls(status.value)
+
+    @property
+    def status(self) -> Status:
+        return Status.SUPPRESSED if self.value.startswith("suppressed_") else Status(self.value)
+
+
+SUPPRESSED = Status.SUPPRESSED
+IN_SEND_STREAM_LEVELS = frozenset({ListLevel.ACTIVE, ListLevel.REACTIVATED})
 
 
 @dataclass(frozen=True)
@@ -96,7 +125,7 @@ class SimulationResult:
         )
 
 
-class _Population:
+class Population:
     """Propensities and warm/cold spells, vectorised: one array entry per contact."""
 
     def __init__(self, config: SimulationConfig) -> None:
@@ -124,15 +153,15 @@ def fresh_day() -> Counter:
     return Counter({"step_1_sent": 0, "step_2_sent": 0, "comebacks": 0})
 
 
-def day_row(levels: Counter, today: Counter, day: int) -> dict[str, int]:
+def day_row(levels: Counter[ListLevel], today: Counter, day: int) -> dict[str, int]:
     """One row of `SimulationResult.daily` (both simulation paths build it here): contacts per
-    state at the day's end, suppression split by reason, and the day's cycle counts. `levels`
-    counts suppressed contacts as `Suppressed:no_response` / `Suppressed:compliance`."""
-    row = {s: levels[s] for s in STATUSES if s != "Suppressed"}
-    split = {r: levels[f"Suppressed:{r}"] for r in ("no_response", "compliance")}
-    row["Suppressed"] = sum(split.values())
-    row["suppressed_no_response"] = split["no_response"]
-    row["suppressed_compliance"] = split["compliance"]
+    state at the day's end, suppression split by reason, and the day's cycle counts."""
+    no_response = levels[ListLevel.SUPPRESSED_NO_RESPONSE]
+    compliance = levels[ListLevel.SUPPRESSED_COMPLIANCE]
+    row = {level.value: levels[level] for level in ListLevel if level.status is not SUPPRESSED}
+    row["Suppressed"] = no_response + compliance
+    row[ListLevel.SUPPRESSED_NO_RESPONSE.value] = no_response
+    row[ListLevel.SUPPRESSED_COMPLIANCE.value] = compliance
     row.update(today)
     row["day"] = day
     return row

@@ -12,7 +12,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from core.models import COMPLIANCE_EVENTS, Status, SuppressionReason
+from core.models import COMPLIANCE_EVENTS, Reason, Rule, Status, SuppressionReason
 from core.policy import Policy
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -44,7 +44,13 @@ assert set(FIXED_TYPES) >= COMPLIANCE_EVENTS
 
 # Time rules, by code.
 DECAY, INACTIVITY, COOLING_DONE, NEXT_STEP, NO_RESPONSE_RULE = range(5)
-TIME_RULES = ("decay", "inactivity", "cooling_done", "next_step", "no_response")
+TIME_RULES = (
+    Rule.TIME_DECAY,
+    Rule.TIME_INACTIVITY,
+    Rule.TIME_COOLING_DONE,
+    Rule.TIME_NEXT_STEP,
+    Rule.TIME_NO_RESPONSE,
+)
 
 # Bits of a decision's `mask`: which fields it changed, and which actions it carries.
 M_STATUS = 1
@@ -127,7 +133,9 @@ class Names:
             self.texts[kind].append(text)
         return found
 
-    def what(self, rule: str, reason: str) -> int:
+    def what(self, rule: Rule, reason: str) -> int:
+        """The code of a (rule, reason) pair; `reason` is a `Reason` or data (an event type, a
+        suppression reason)."""
         return self.code("what", json.dumps([rule, reason]))
 
     def rows(self) -> list[tuple[str, int, str]]:
@@ -214,27 +222,27 @@ class CodedPolicy:
         self.cap_window = _us(c.cap_window)
         self.segment = self.program.segment if self.program is not None else None
         what = names.what
-        self.what_enrolled = what("enroll", "enrolled")
-        self.what_send = what("send", "sent")
-        self.what_unanswered = what("send", "unanswered_sends")
-        self.what_exit = [what("compliance", r.value) if r else -1 for r in REASONS]
-        self.what_already = what("compliance", "already_suppressed")
-        self.what_replaced = what("compliance", "suppression_reason_replaced")
-        self.what_resubscribed = what("compliance", "resubscribed")
-        self.what_engaged = what("engagement", "score_reached_threshold")
-        self.what_from_dormant = what("engagement", "reactivated_from_dormant")
-        self.what_from_alternate = what("engagement", "reactivated_from_alternate_channel")
-        self.what_plain = [what("engagement", name) for name in types]
-        self.what_decayed = what("time:decay", "score_decayed")
-        self.what_decayed_below = what("time:decay", "score_decayed_below_threshold")
-        self.what_inactivity = what("time:inactivity", "inactivity")
-        self.what_exhausted = what("time:cooling_done", "reactivation_cycles_exhausted")
+        self.what_enrolled = what(Rule.ENROLL, Reason.ENROLLED)
+        self.what_send = what(Rule.SEND, Reason.SENT)
+        self.what_unanswered = what(Rule.SEND, Reason.UNANSWERED_SENDS)
+        self.what_exit = [what(Rule.COMPLIANCE, r.value) if r else -1 for r in REASONS]
+        self.what_already = what(Rule.COMPLIANCE, Reason.ALREADY_SUPPRESSED)
+        self.what_replaced = what(Rule.COMPLIANCE, Reason.SUPPRESSION_REASON_REPLACED)
+        self.what_resubscribed = what(Rule.COMPLIANCE, Reason.RESUBSCRIBED)
+        self.what_engaged = what(Rule.ENGAGEMENT, Reason.SCORE_REACHED_THRESHOLD)
+        self.what_from_dormant = what(Rule.ENGAGEMENT, Reason.REACTIVATED_FROM_DORMANT)
+        self.what_from_alternate = what(Rule.ENGAGEMENT, Reason.REACTIVATED_FROM_ALTERNATE_CHANNEL)
+        self.what_plain = [what(Rule.ENGAGEMENT, name) for name in types]
+        self.what_decayed = what(Rule.TIME_DECAY, Reason.SCORE_DECAYED)
+        self.what_decayed_below = what(Rule.TIME_DECAY, Reason.SCORE_DECAYED_BELOW_THRESHOLD)
+        self.what_inactivity = what(Rule.TIME_INACTIVITY, Reason.INACTIVITY)
+        self.what_exhausted = what(Rule.TIME_COOLING_DONE, Reason.REACTIVATION_CYCLES_EXHAUSTED)
         self.what_step = {
-            (rule, n): what("time:" + rule, f"reactivation_step_{n}")
-            for rule in ("cooling_done", "next_step")
+            (rule, n): what(rule, Reason.step(n))
+            for rule in (Rule.TIME_COOLING_DONE, Rule.TIME_NEXT_STEP)
             for n in range(1, self.steps + 1)
         }
-        self.what_no_response = what("time:no_response", "no_response")
+        self.what_no_response = what(Rule.TIME_NO_RESPONSE, Reason.NO_RESPONSE)
         self.arms: dict[tuple, int] = {}
         self.arm_dicts: dict[int, dict[str, str]] = {}
         """One dict per distinct assignment, shared by its contacts (never changed in place)."""

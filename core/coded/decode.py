@@ -28,7 +28,7 @@ from core.coded.codes import (
     from_us,
 )
 from core.coded.engine import CodedState
-from core.models import Action, ContactState, Decision, iso_utc
+from core.models import STEP_REASONS, Action, ContactState, Decision, Reason, Rule, iso_utc
 
 
 class Texts:
@@ -47,16 +47,24 @@ class Texts:
         return self._order[what]
 
 
+_ORDER_OF_RULE = {
+    Rule.ENGAGEMENT: CHANGE_ORDER["engagement"],
+    Rule.SEND: CHANGE_ORDER["send"],
+    Rule.TIME_DECAY: CHANGE_ORDER["decay"],
+    Rule.TIME_INACTIVITY: CHANGE_ORDER["dormant"],
+}
+
+
 def _order_of(rule: str, reason: str) -> tuple[str, ...]:
-    if rule in ("engagement", "send", "time:decay"):
-        return CHANGE_ORDER[rule.removeprefix("time:")]
-    if rule == "compliance":
-        return CHANGE_ORDER["resubscribe" if reason == "resubscribed" else "exit"]
-    if rule == "time:inactivity":
-        return CHANGE_ORDER["dormant"]
-    if reason.startswith("reactivation_step_"):
+    """The order a decision of this (rule, reason) records its changes in (`core.engine`)."""
+    order = _ORDER_OF_RULE.get(Rule(rule))
+    if order is not None:
+        return order
+    if rule == Rule.COMPLIANCE:
+        return CHANGE_ORDER["resubscribe" if reason == Reason.RESUBSCRIBED else "exit"]
+    if reason in STEP_REASONS:
         return CHANGE_ORDER["step"]
-    return CHANGE_ORDER["exit"]  # suppressed for no response
+    return CHANGE_ORDER["exit"]  # suppressed for no response, or cycles exhausted
 
 
 def decisions(

@@ -31,7 +31,7 @@ import numpy as np
 
 from core.coded.codes import M_STEP, NONE, STATUSES, Names
 from core.coded.decode import Texts, decisions
-from core.models import Decision
+from core.models import Decision, Reason, Rule
 from core.rollup import UPSERT
 from core.sqlite_rows import decision_from_row, decision_row
 
@@ -100,7 +100,7 @@ class ChunkWriter:
         """Per chunk, the contact indices with rows in it."""
         self.rollup: Counter = Counter()
         """(day, what, from, to, event type, arm, cycle) codes -> decisions."""
-        self._from_dormant = names.what("engagement", "reactivated_from_dormant")
+        self._from_dormant = names.what(Rule.ENGAGEMENT, Reason.REACTIVATED_FROM_DORMANT)
 
     def write(self, rows: list[tuple]) -> np.ndarray | None:
         """Pack and count the rows at once (numpy's per-call cost is per batch, not per

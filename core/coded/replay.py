@@ -47,7 +47,7 @@ from core.coded.seen import SeenIds
 from core.coded.states import write_contacts
 from core.cursors import Cursors
 from core.gcpause import cyclic_gc_paused
-from core.models import EARLIEST_INSTANT, LATEST_INSTANT
+from core.models import EARLIEST_INSTANT, LATEST_INSTANT, Transition
 from core.pipeline import RunStats, policy_record
 from core.policy import Policy
 from core.sqlite_store import SQLiteStore
@@ -83,7 +83,7 @@ class CodedRun:
     first: tuple[int, datetime] | None = None
     """(batch number, earliest decision time) of the first batch that decided anything: the
     policy version's record says when it first decided."""
-    transitions: Counter = field(default_factory=Counter)
+    transitions: Counter[Transition] = field(default_factory=Counter)
     rollup: Counter = field(default_factory=Counter)
     unknown: UnknownKeys = field(default_factory=UnknownKeys)
     """Lines with keys the event format does not have (ignored), and which keys."""
@@ -325,9 +325,9 @@ def _flush(writer: ledger.ChunkWriter, rows: list, run: CodedRun) -> None:
         src, dst = divmod(pair, len(STATUSES))
         src -= 1
         if src == NONE:
-            moved["enrolled"] += n
+            moved[Transition.ENROLLED] += n
         elif src != dst:
-            moved[f"{STATUSES[src].value}->{STATUSES[dst].value}"] += n
+            moved[Transition.between(STATUSES[src], STATUSES[dst])] += n
     rows.clear()
 
 

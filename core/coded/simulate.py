@@ -22,7 +22,6 @@ from core.coded.codes import (
     NO_RESPONSE,
     NONE,
     STATUSES,
-    SUPPRESSED,
     Names,
     coded_policies,
     from_us,
@@ -30,13 +29,16 @@ from core.coded.codes import (
 )
 from core.coded.replay import record_policy
 from core.coded.states import write_contacts
+from core.models import Transition
 from core.policy import Policy
 from core.sqlite_store import SQLiteStore
 from core.synthetic import (
+    IN_SEND_STREAM_LEVELS,
     START,
+    ListLevel,
+    Population,
     SimulationConfig,
     SimulationResult,
-    _Population,
     day_row,
     fresh_day,
     simulated_event_id,
@@ -47,6 +49,12 @@ _FLUSH_ROWS = 50_000
 _START_US = to_us(START)
 _BY_TIME = itemgetter(0, 3)  # time, then serial: the object path sorts by time, then id
 _STATUS_TEXT = [s.value for s in STATUSES]
+_LEVELS = {
+    (code, no_response): ListLevel.of(status, no_response)
+    for code, status in enumerate(STATUSES)
+    for no_response in (False, True)
+}
+"""A status code and whether a suppression was for no response -> the contact's list level."""
 
 
 class CodedSimulation:
@@ -58,7 +66,7 @@ class CodedSimulation:
         self.store = store
         self.names = Names()
         self.p = coded_policies(policy, self.names)[None]
-        self.people = _Population(config)
+        self.people = Population(config)
         n = config.contacts
         self.ids = self.people.ids.tolist()
         self.result = SimulationResult(config, policy.version, store.path)
@@ -67,9 +75,8 @@ class CodedSimulation:
         self.states: list[engine.CodedState | None] = [None] * n
         self.next_due = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
         self.ever: list[set[int]] = [set() for _ in STATUSES]
-        # What the CRM's dynamic lists would show, in the order contacts first appeared;
-        # suppressed contacts split by reason ("Suppressed:no_response" / ":compliance").
-        self.status: dict[int, str] = {}
+        # What the CRM's dynamic lists would show, in the order contacts first appeared.
+        self.status: dict[int, ListLevel] = {}
         self.counts: Counter = Counter()
         self.today: Counter = fresh_day()
         self.rows: list[tuple] = []
@@ -145,9 +152,9 @@ class CodedSimulation:
         for r in rows[made:]:
             i, src, dst = r[0], r[3], r[4]
             if src == NONE:
-                result.transitions["enrolled"] += 1
+                result.transitions[Transition.ENROLLED] += 1
             elif src != dst:
-                result.transitions[f"{_STATUS_TEXT[src]}->{_STATUS_TEXT[dst]}"] += 1
+                result.transitions[Transition.between(STATUSES[src], STATUSES[dst])] += 1
             reason_changed = r[6] & M_REASON
             if src != dst or reason_changed:
                 self._moved(i, dst, r[11] if reason_changed else 0)
@@ -176,16 +183,15 @@ class CodedSimulation:
         before = self.status.get(i)
         if before is not None:
             self.counts[before] -= 1
-        text = _STATUS_TEXT[status]
+        level = _LEVELS[status, new_reason == NO_RESPONSE]
         self.ever[status].add(i)
-        if status == SUPPRESSED:
-            text += ":no_response" if new_reason == NO_RESPONSE else ":compliance"
-        self.status[i] = text
-        self.counts[text] += 1
+        self.status[i] = level
+        self.counts[level] += 1
 
     def _in_stream(self) -> np.ndarray:
-        wanted = ("Active", "Reactivated")
-        return np.fromiter((i for i, s in self.status.items() if s in wanted), dtype=np.int64)
+        return np.fromiter(
+            (i for i, s in self.status.items() if s in IN_SEND_STREAM_LEVELS), dtype=np.int64
+        )
 
     def run(self, progress: Callable[[int], None] | None) -> SimulationResult:
         c = self.config
