@@ -14,7 +14,6 @@ import multiprocessing
 import signal
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import datetime
@@ -66,7 +65,6 @@ def _work(policy: Policy, path: Path, shard: int, feed: Any, answer: Any) -> Non
                 decider.finish(end_us, batches)
         finally:
             db.close()
-        run.worker_cpu = [time.process_time()]
         answer.send(("ok", run))
     except EOFError:  # the reader stopped (a bad line under --strict, or it failed)
         answer.send(("stopped", None))
@@ -269,7 +267,6 @@ def _combined(run: CodedRun, runs: list[CodedRun]) -> CodedRun:
     for r in runs:
         stats.transitions.update(r.transitions)
     run.transitions = stats.transitions
-    run.worker_cpu = [seconds for r in runs for seconds in r.worker_cpu]
     firsts = [r.first for r in runs if r.first is not None]
     run.first = min(firsts) if firsts else None
     return run

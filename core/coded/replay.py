@@ -88,9 +88,6 @@ class CodedRun:
     rollup: Counter = field(default_factory=Counter)
     unknown: UnknownKeys = field(default_factory=UnknownKeys)
     """Lines with keys the event format does not have (ignored), and which keys."""
-    worker_cpu: list[float] = field(default_factory=list)
-    """CPU seconds (user + sys) of each worker process of `replay --workers N`, in shard
-    order (for the benchmark's accounting; empty for a run in one process)."""
 
 
 def replay_coded(
