@@ -1,11 +1,13 @@
 """`replay --workers N`: one process per shard of contacts (a stable hash of `contact_id`,
 `core.coded.replay.shard_of`). This process reads the file once, as one process would (so
 batches, duplicates, bad lines and the horizon are the same), and hands each worker only its
-contacts' events, batch by batch; the workers decide. Every worker writes its chunks,
-contacts and texts straight into the run's store under its shard number, where readers take
-the union, each write a short transaction of its own (the store is in WAL mode: a worker
-waits for the other's write, never for its deciding); only the small daily roll-up is added
-up here at the end. Nothing is copied after the workers end, and there is no file per shard.
+contacts' events, batch by batch, through pipes deep enough that neither waits on the other
+batch by batch; the workers decide. Every worker writes its chunks, contacts and texts
+straight into the run's store under its shard number, where readers take the union, each
+write a short transaction of its own (the store is in WAL mode: a worker waits for the
+other's inserts, never for its deciding or packing); each shard's daily roll-up is added in
+as its answer comes. Nothing is copied after the workers end, and there is no file per
+shard: a failed run leaves only the partial store, which the caller removes.
 """
 
 from __future__ import annotations
@@ -189,8 +191,7 @@ def _create_ledger(path: Path) -> None:
 def _ctrl_c_ignored() -> Iterator[None]:
     """Start a worker with Ctrl-C ignored (an ignored signal stays ignored across exec): a
     terminal's Ctrl-C reaches the whole process group, and a worker still starting its
-    interpreter would print a traceback. The parent handles it: it closes the feeds, and each
-    worker stops at the end of its feed."""
+    interpreter would print a traceback. The parent handles it: it stops the workers."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
