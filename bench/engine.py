@@ -100,11 +100,16 @@ def bench_coded_engine(events: list, policy) -> float:
     return len(events) / elapsed
 
 
-def run_child(args: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MB, the largest of the child and its workers). The peak is
-    read by `/usr/bin/time` (GNU time), not from this process's rusage: a child forked from
-    this large process starts with its pages counted."""
-    timer = ["/usr/bin/time", "-f", "peak-rss-kb %M"] if Path("/usr/bin/time").exists() else []
+def run_child(args: list[str]) -> tuple[float, float, float]:
+    """Wall seconds, peak RSS (MB, the largest of the child and its workers) and CPU seconds
+    (user + sys of the child and its workers: what a loaded machine does not change). Both
+    are read by `/usr/bin/time` (GNU time), not from this process's rusage: a child forked
+    from this large process starts with its pages counted."""
+    timer = (
+        ["/usr/bin/time", "-f", "peak-rss-kb %M cpu-s %U %S"]
+        if Path("/usr/bin/time").exists()
+        else []
+    )
     started = time.perf_counter()
     proc = subprocess.run(
         [*timer, *args],
@@ -117,8 +122,10 @@ def run_child(args: list[str]) -> tuple[float, float]:
     seconds = time.perf_counter() - started
     if proc.returncode:
         raise SystemExit(f"{' '.join(args)} failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    marks = [line for line in proc.stderr.splitlines() if line.startswith("peak-rss-kb ")]
-    return seconds, int(marks[-1].split()[1]) / 1024 if marks else float("nan")
+    marks = [line.split() for line in proc.stderr.splitlines() if line.startswith("peak-rss-kb ")]
+    if not marks:
+        return seconds, float("nan"), float("nan")
+    return seconds, int(marks[-1][1]) / 1024, float(marks[-1][3]) + float(marks[-1][4])
 
 
 def timed(call) -> float:
@@ -177,20 +184,25 @@ def main() -> None:
         if not args.skip_object:
             runs.insert(1, ("object", ["--engine", "object"]))
         seconds: dict[str, float] = {}
+        cpu: dict[str, float] = {}
         stores: dict[str, Path] = {}
         for name, extra in runs:
             data = Path(tmp) / name.replace(" ", "_").replace(",", "")
-            took, rss = run_child([*replay, *extra, "--data-dir", str(data)])
+            took, rss, cpu[name] = run_child([*replay, *extra, "--data-dir", str(data)])
             seconds[name] = took
             stores[name] = DataDir(data).replay
             rate = args.events / took
             print(
                 f"replay {name + ':':<20} {rate:>10,.0f} events/s  ({took:.1f} s incl. start-up, "
-                f"peak RSS {rss:,.0f} MB; target <= 250 MB: {rss / 250:.2f}x)"
+                f"peak RSS {rss:,.0f} MB; target <= 250 MB: {rss / 250:.2f}x; "
+                f"CPU {cpu[name]:.1f} s)"
             )
         one = seconds["coded, 1 worker"]
         n = seconds[f"coded, {args.workers} workers"]
-        print(f"  {args.workers} workers vs 1: {one / n:.2f}x (target >= 1.4x)")
+        print(
+            f"  {args.workers} workers vs 1: {one / n:.2f}x (target >= 1.4x); CPU of all their "
+            f"processes {cpu[f'coded, {args.workers} workers'] / cpu['coded, 1 worker']:.2f}x"
+        )
         if "object" in seconds:
             print(
                 f"  coded 1 worker vs object: {seconds['object'] / one:.2f}x (target >= 4x); "
@@ -233,13 +245,13 @@ def main() -> None:
             "--data-dir",
             tmp,
         ]
-        took, rss = run_child(simulate)
+        took, rss, _ = run_child(simulate)
         print(
             f"simulate {args.sim_contacts:,} x {args.sim_days} d, coded: {took:>6.1f} s "
             f"(target <= 20 s; peak RSS {rss:,.0f} MB)"
         )
         if not args.skip_object:
-            env_took, _ = run_child([*simulate, "--engine", "object"])
+            env_took, _, _ = run_child([*simulate, "--engine", "object"])
             print(
                 f"simulate {args.sim_contacts:,} x {args.sim_days} d, object: {env_took:>5.1f} s "
                 f"({env_took / took:.2f}x the coded run's time)"

@@ -203,11 +203,6 @@ def replay_file(
         if result is not None:
             result.store.close()
         remove_store(partial)
-        if coded and workers > 1:
-            from core.coded.parallel import shard_path
-
-            for k in range(workers):
-                remove_store(shard_path(partial, k))
         raise
     # It writes in several transactions (ledger, states, the policy record): the store
     # takes its name only once all of them landed, so a run lands whole or not at all, and
@@ -343,7 +338,6 @@ def _replay_coded(
                 batch_size,
                 workers,
             )
-            store = SQLiteStore(store.path)  # the merge wrote the shards in through its own
         else:
             run = replay_coded(
                 mapping.policy, events_path, store, until, strict, bad, progress, batch_size

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import multiprocessing
 import random
 import sqlite3
 from datetime import timedelta
@@ -333,3 +334,54 @@ def test_a_contacts_positions_in_a_chunk_are_found_by_their_packed_index():
         assert found == np.flatnonzero(packed == me).tolist()
 
     check()
+
+
+@pytest.mark.parametrize(
+    ("stand_in", "problem"),
+    [
+        ("work_raising_on_shard_1", "RuntimeError('the disk went away')"),
+        ("work_killed_on_shard_1", "worker 1 ended without an answer"),
+    ],
+)
+def test_a_worker_that_fails_or_is_killed_fails_the_run_and_leaves_no_file_behind(
+    tmp_path, monkeypatch, stand_in, problem
+):
+    from tests import coded_workers
+
+    events = tmp_path / "events.jsonl"
+    messy_events(events, 8, n=3000)
+    store_path = tmp_path / "replay.sqlite3"
+    replay_file(mapping(), events, store_path).store.close()  # a complete earlier run
+    before = _table(store_path, "SELECT * FROM contacts")
+    monkeypatch.setattr("core.coded.parallel._work", getattr(coded_workers, stand_in))
+    with pytest.raises(RuntimeError) as caught:
+        replay_file(mapping(), events, store_path, workers=3, batch_size=97)
+    assert str(caught.value) == f"replay worker 1 failed: {problem}"
+    assert not multiprocessing.active_children()  # the other workers were stopped
+    assert _table(store_path, "SELECT * FROM contacts") == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["events.jsonl", "replay.sqlite3"]
+
+
+def test_workers_write_one_store_whatever_their_number(tmp_path):
+    """Shards write their chunks, contacts and roll-ups into the same file, each write its
+    own transaction: any number of them leaves the store one worker leaves."""
+    events = tmp_path / "events.jsonl"
+    messy_events(events, 9, n=4000, contacts=300)
+    tables = (
+        "SELECT * FROM contacts",
+        "SELECT * FROM ledger_rollup",
+        "SELECT * FROM cursors",
+        "SELECT contact_id, shard, arm, segment FROM coded_contacts",
+    )
+    found = {}
+    for workers in (1, 2, 5):
+        path = tmp_path / f"w{workers}.sqlite3"
+        replay_file(mapping(), events, path, workers=workers, batch_size=101).store.close()
+        found[workers] = (
+            [_table(path, sql) for sql in tables[:3]],
+            [coded_ledger_for(path, f"c{n}") for n in range(300)],
+        )
+        shards = {row[1] for row in _table(path, tables[3])}
+        assert shards == set(range(workers))
+    assert found[1] == found[2] == found[5]
+    assert not [p.name for p in tmp_path.iterdir() if "shard" in p.name or "partial" in p.name]

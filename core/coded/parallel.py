@@ -1,10 +1,13 @@
 """`replay --workers N`: one process per shard of contacts (a stable hash of `contact_id`,
 `core.coded.replay.shard_of`). This process reads the file once, as one process would (so
 batches, duplicates, bad lines and the horizon are the same), and hands each worker only its
-contacts' events, batch by batch; the workers decide. Shard 0 writes straight into the run's
-store; every other shard into its own file, whose chunks, contacts and texts are then copied
-whole into the run's store under their shard numbers, where readers take the union; only the
-small daily roll-up is added up.
+contacts' events, batch by batch, through pipes deep enough that neither waits on the other
+batch by batch; the workers decide. Every worker writes its chunks, contacts and texts
+straight into the run's store under its shard number, where readers take the union, each
+write a short transaction of its own (the store is in WAL mode: a worker waits for the
+other's inserts, never for its deciding or packing); each shard's daily roll-up is added in
+as its answer comes. Nothing is copied after the workers end, and there is no file per
+shard: a failed run leaves only the partial store, which the caller removes.
 """
 
 from __future__ import annotations
@@ -13,10 +16,11 @@ import multiprocessing
 import signal
 import sqlite3
 import threading
-from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime
+from functools import partial
+from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
@@ -28,36 +32,31 @@ from core.pipeline import RunStats
 from core.policy import Policy
 from core.sqlite_store import SQLiteStore
 
-_COPY_SHARD = (
-    "INSERT INTO main.coded_chunks SELECT * FROM shard.coded_chunks",
-    "INSERT INTO main.coded_contacts SELECT * FROM shard.coded_contacts",
-    "INSERT INTO main.coded_names SELECT * FROM shard.coded_names",
-    "INSERT INTO main.contacts SELECT * FROM shard.contacts",
-    "INSERT OR REPLACE INTO main.coded_meta SELECT * FROM shard.coded_meta",
-)
-"""A shard's tables copied into the run's store (written out: no SQL is built from names)."""
+try:
+    import fcntl
+except ImportError:  # (not on Windows)
+    fcntl = None  # type: ignore[assignment]
 
-
-def shard_path(store_path: Path, shard: int) -> Path:
-    """Where shard `shard` writes: the run's store itself for shard 0 (nothing to copy)."""
-    return store_path if shard == 0 else store_path.with_name(f"{store_path.name}.shard{shard}")
+_PIPE_BYTES = 1 << 20
+"""Each feed's pipe buffer (Linux lets a process raise it to 1 MB; the default is 64 KB): a
+few batches for a worker in flight, so this process keeps reading while a worker finishes
+a batch, and a worker always has its next batch waiting, rather than the two taking turns."""
+_WRITE_WAIT_MS = 600_000
+"""How long a worker waits for the store's write lock: the other workers hold it for one
+write at a time (a second or so at most), and a worker that dies releases it (SQLite's locks
+are the OS's)."""
 
 
 def _work(policy: Policy, path: Path, shard: int, feed: Any, answer: Any) -> None:
     """One shard, in its own process: decides the batches `feed` brings (batch number, fresh
-    events) until ("end", horizon, batches); its outcome or its exception goes to `answer`."""
+    events) until ("end", horizon, batches), writing into the run's store at `path`; its
+    outcome or its exception goes to `answer`."""
     try:
-        if shard:  # (shard 0 writes into the run's fresh store)
-            for suffix in ("", "-wal", "-shm"):
-                Path(f"{path}{suffix}").unlink(missing_ok=True)
-        SQLiteStore(path, cache_mb=8).close()  # the store's tables, for the final states
         run = CodedRun(RunStats())
         db = sqlite3.connect(path, isolation_level=None)
         try:
-            db.execute("PRAGMA busy_timeout=5000")
-            ledger.create(db)
-            db.execute("BEGIN IMMEDIATE")
-            decider = Decider(policy, db, shard, run)
+            db.execute(f"PRAGMA busy_timeout={_WRITE_WAIT_MS}")
+            decider = Decider(policy, db, shard, run, shared_file=True)
             with cyclic_gc_paused():
                 while True:
                     number, fresh = feed.recv()
@@ -66,10 +65,7 @@ def _work(policy: Policy, path: Path, shard: int, feed: Any, answer: Any) -> Non
                         break
                     decider.decide(fresh, number)
                 decider.finish(end_us, batches)
-            db.execute("COMMIT")
         finally:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
             db.close()
         answer.send(("ok", run))
     except EOFError:  # the reader stopped (a bad line under --strict, or it failed)
@@ -98,15 +94,18 @@ def replay_sharded(
     """Replay over `workers` processes into `store` (fresh); the same outcome as one. This
     process reads the file once (lines, duplicates, batches, bad lines, the horizon) and
     sends each worker its contacts' fresh events, batch by batch; a worker waiting on a full
-    pipe holds the reader back, so memory stays bounded."""
+    pipe holds the reader back, so memory stays bounded. A worker that fails (or is killed)
+    stops the others; the caller removes the store, as after any failed run."""
     context = multiprocessing.get_context("spawn")  # no fork of a process with threads
-    base = Path(store.path)
+    path = Path(store.path)
+    _create_ledger(path)  # before the workers: they only add rows
     procs, feeds, answers_in = [], [], []
     for k in range(workers):
         feed_out, feed_in = context.Pipe(duplex=False)
+        _widen(feed_in)
         answer_out, answer_in = context.Pipe(duplex=False)
         proc = context.Process(
-            target=_work, daemon=True, args=(policy, shard_path(base, k), k, feed_out, answer_in)
+            target=_work, daemon=True, args=(policy, path, k, feed_out, answer_in)
         )
         with _ctrl_c_ignored():
             proc.start()
@@ -155,30 +154,44 @@ def replay_sharded(
         finally:
             for feed in feeds:
                 feed.close()
-        answers = [_answer(k, pipe) for k, pipe in enumerate(answers_in)]
+        answers = _answers(procs, answers_in, partial(_add_rollup, path))
     except BaseException:
-        _stop(procs)
-        _remove_shards(base, workers)
+        _stop(procs, failed=True)
         raise
     finally:
         for pipe in answers_in:
             pipe.close()
-    _stop(procs)
-    for k, (status, value) in enumerate(answers):
-        if status != "ok":
-            _remove_shards(base, workers)
-            raise RuntimeError(f"replay worker {k} failed: {value}")
-    runs: list[CodedRun] = [value for _, value in answers]
-    _merge(store, base, workers, runs)
-    return _combined(run, runs)
+    failures = [(k, value) for k, (status, value) in enumerate(answers) if status == "error"]
+    _stop(procs, failed=bool(failures))
+    if failures or any(status != "ok" for status, _ in answers):
+        k, problem = failures[0] if failures else (0, "stopped before the end of its events")
+        raise RuntimeError(f"replay worker {k} failed: {problem}")
+    return _combined(run, [value for _, value in answers])
+
+
+def _widen(pipe: Any) -> None:
+    """Raise the pipe's buffer to `_PIPE_BYTES` where the system allows it (Linux)."""
+    set_size = getattr(fcntl, "F_SETPIPE_SZ", None) if fcntl is not None else None
+    if set_size is None:
+        return
+    with suppress(OSError):  # (a lower system limit: the default buffer stays)
+        fcntl.fcntl(pipe.fileno(), set_size, _PIPE_BYTES)
+
+
+def _create_ledger(path: Path) -> None:
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute(f"PRAGMA busy_timeout={_WRITE_WAIT_MS}")
+        ledger.create(db)
+    finally:
+        db.close()
 
 
 @contextmanager
 def _ctrl_c_ignored() -> Iterator[None]:
     """Start a worker with Ctrl-C ignored (an ignored signal stays ignored across exec): a
     terminal's Ctrl-C reaches the whole process group, and a worker still starting its
-    interpreter would print a traceback. The parent handles it: it closes the feeds, and each
-    worker stops at the end of its feed."""
+    interpreter would print a traceback. The parent handles it: it stops the workers."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -189,6 +202,30 @@ def _ctrl_c_ignored() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
+def _answers(
+    procs: list, pipes: list, on_done: Callable[[CodedRun], None]
+) -> list[tuple[str, Any]]:
+    """Each worker's answer, in shard order; `on_done(run)` for each shard that succeeded as
+    its answer comes (while the others may still be writing). An error (or a worker that
+    ended without an answer: killed, out of memory) ends the wait at once: the caller stops
+    the others rather than let them decide for a run that has failed."""
+    answers: dict[int, tuple[str, Any]] = {}
+    pending = dict(enumerate(pipes))
+    while pending:
+        ready = set(wait([*pending.values(), *(procs[k].sentinel for k in pending)]))
+        for k, pipe in list(pending.items()):
+            if pipe in ready or procs[k].sentinel in ready:
+                # (an ended worker's pipe holds its answer, or says it sent none)
+                answers[k] = _answer(k, pipe)
+                del pending[k]
+                status, value = answers[k]
+                if status == "error":
+                    return [answers.get(j, ("stopped", None)) for j in range(len(pipes))]
+                if status == "ok":
+                    on_done(value)
+    return [answers[k] for k in range(len(pipes))]
+
+
 def _answer(k: int, pipe: Any) -> tuple[str, Any]:
     try:
         return pipe.recv()
@@ -196,45 +233,29 @@ def _answer(k: int, pipe: Any) -> tuple[str, Any]:
         return ("error", f"worker {k} ended without an answer")
 
 
-def _stop(procs: list) -> None:
+def _stop(procs: list, failed: bool) -> None:
+    """Wait for the workers to exit (they have answered, or their feeds are closed); when the
+    run failed, kill them instead: their writes go to a store the caller removes."""
     for proc in procs:
+        if failed:
+            proc.kill()
         proc.join(timeout=30)
         if proc.is_alive():
             proc.kill()
             proc.join()
 
 
-def _merge(store: SQLiteStore, base: Path, workers: int, runs: list[CodedRun]) -> None:
-    """Copy every other shard's tables into the run's store (shard 0's are there)."""
-    store.close()
-    db = sqlite3.connect(base, isolation_level=None)
+def _add_rollup(path: Path, run: CodedRun) -> None:
+    """A shard's daily roll-up added into the run's store (each row's count adds to what the
+    shards before it wrote)."""
+    db = sqlite3.connect(path, isolation_level=None)
     try:
-        db.execute("PRAGMA busy_timeout=5000")
-        ledger.create(db)
-        for k in range(1, workers):
-            db.execute("ATTACH DATABASE ? AS shard", (str(shard_path(base, k)),))
-            db.execute("BEGIN IMMEDIATE")
-            for statement in _COPY_SHARD:
-                db.execute(statement)
-            db.execute("COMMIT")
-            db.execute("DETACH DATABASE shard")
+        db.execute(f"PRAGMA busy_timeout={_WRITE_WAIT_MS}")
         db.execute("BEGIN IMMEDIATE")
-        rollup: Counter = Counter()
-        for run in runs:
-            rollup.update(run.rollup)
-        ledger.write_rollup(db, rollup)
+        ledger.write_rollup(db, run.rollup)
         db.execute("COMMIT")
     finally:
         db.close()
-    _remove_shards(base, workers)
-
-
-def _remove_shards(base: Path, workers: int) -> None:
-    """The other shards' files (shard 0's store is the run's, which the caller removes on
-    failure)."""
-    for k in range(1, workers):
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{shard_path(base, k)}{suffix}").unlink(missing_ok=True)
 
 
 def _combined(run: CodedRun, runs: list[CodedRun]) -> CodedRun:

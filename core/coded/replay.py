@@ -13,14 +13,15 @@ from __future__ import annotations
 import sqlite3
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from itertools import accumulate
 from operator import itemgetter
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import numpy as np
 
@@ -44,7 +45,7 @@ from core.coded.events import (
     settle,
 )
 from core.coded.seen import SeenIds
-from core.coded.states import write_contacts
+from core.coded.states import INSERT_CONTACT, contact_rows, write_contacts
 from core.cursors import Cursors
 from core.gcpause import cyclic_gc_paused
 from core.models import EARLIEST_INSTANT, LATEST_INSTANT, Transition
@@ -226,16 +227,32 @@ class Decider:
     then the time rules up to the horizon and the final states. Counts what it decides
     (applied, decisions, transitions, the roll-up, the first decision) into `run`."""
 
-    def __init__(self, policy: Policy, db: sqlite3.Connection, shard: int, run: CodedRun) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        db: sqlite3.Connection,
+        shard: int,
+        run: CodedRun,
+        shared_file: bool = False,
+    ) -> None:
         self.names = Names()
         self.p = coded_policies(policy, self.names)[None]
         self.db = db
         self.run = run
+        self.shared_file = shared_file
+        """Other processes write the same file (`replay --workers N`): each write is its own
+        short transaction, taken once its rows are packed and counted, so they wait on each
+        other only while SQLite inserts, never while one decides or packs. Otherwise the
+        caller's transaction holds the whole run."""
+        self.pending = _PendingWrites()
+        """With `shared_file`: what the chunk writer wrote since the last transaction."""
         self.index: dict[str, int] = {}
         self.ids: list[str] = []
         self.states: list = []
         self.rows: list = []
-        self.writer = ledger.ChunkWriter(db, shard, self.names)
+        # (the writer only inserts: with `shared_file` its statements wait for the lock)
+        writes_to = cast(sqlite3.Connection, self.pending) if shared_file else db
+        self.writer = ledger.ChunkWriter(writes_to, shard, self.names)
 
     def decide(self, fresh: list[tuple], number: int) -> None:
         """Batch `number` (counting from 1 over the whole file)."""
@@ -262,7 +279,7 @@ class Decider:
         if run.first is None and len(rows) > made:
             run.first = (number, from_us(min(r[1] for r in rows[made:])))
         if len(rows) >= _FLUSH_ROWS:
-            _flush(self.writer, rows, run)
+            self._flush()
 
     def finish(self, end_us: int | None, batches: int) -> None:
         """The time rules up to `end_us` (after the file's `batches` batches), the texts,
@@ -274,19 +291,66 @@ class Decider:
             for s in self.states:
                 advance(s, end_us, rows)
                 if len(rows) >= _FLUSH_ROWS:
-                    _flush(self.writer, rows, run)
+                    self._flush()
                     made = 0
             if run.first is None and len(rows) > made:
                 run.first = (batches + 1, from_us(min(r[1] for r in rows[made:])))
-        _flush(self.writer, rows, run)
+        self._flush()
         ids, states = self.ids, self.states
-        self.writer.finish(
-            [(i, cid, states[i].policy.segment) for i, cid in enumerate(ids)], self.p.version
-        )
+        segments = [(i, cid, states[i].policy.segment) for i, cid in enumerate(ids)]
+        self.writer.finish(segments, self.p.version)
+        if self.shared_file:
+            contacts = list(contact_rows(ids, states))
+            with _write_transaction(self.db):
+                self.pending.run_on(self.db)
+                self.db.executemany(INSERT_CONTACT, contacts)
+        else:
+            write_contacts(self.db, ids, states)
         run.rollup = self.writer.rollup_rows(self.p.version)
-        write_contacts(self.db, ids, states)
         run.stats.contacts_touched = len(ids)
         run.stats.transitions = run.transitions
+
+    def _flush(self) -> None:
+        if not self.rows:
+            return
+        _flush(self.writer, self.rows, self.run)
+        if self.shared_file:
+            with _write_transaction(self.db):
+                self.pending.run_on(self.db)
+
+
+class _PendingWrites:
+    """Stands in for the connection a `ChunkWriter` inserts through: keeps its statements
+    (consecutive ones of the same SQL as one `executemany`) for `run_on` to run on the real
+    connection, in a transaction taken only then."""
+
+    def __init__(self) -> None:
+        self.statements: list[tuple[str, list]] = []
+
+    def execute(self, sql: str, params: Sequence = ()) -> None:
+        if self.statements and self.statements[-1][0] == sql:
+            self.statements[-1][1].append(params)
+        else:
+            self.statements.append((sql, [params]))
+
+    def executemany(self, sql: str, many: Iterable[Sequence]) -> None:
+        self.statements.append((sql, list(many)))
+
+    def run_on(self, db: sqlite3.Connection) -> None:
+        for sql, many in self.statements:
+            db.executemany(sql, many)
+        self.statements.clear()
+
+
+@contextmanager
+def _write_transaction(db: sqlite3.Connection) -> Iterator[None]:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 def _decoded(line: bytes, unknown: UnknownKeys) -> WireEvent | str | None:
