@@ -52,15 +52,13 @@ def _read(
     (its text ledger, or the coded ledger of a replay or simulation on the coded path)."""
     if isinstance(source, LedgerReader):
         return source.contact_decisions(contact_id), source.contact_now(contact_id)
-    # Imported here: the coded ledger needs numpy, which the Lambda package leaves out.
-    from core.coded.ledger import coded_decisions
     from core.sqlite_store import SQLiteStore
 
-    coded = coded_decisions(source, contact_id)  # a direct read of a coded ledger, or None
+    # One connection for both: a store's decisions are in its text or its coded ledger, and
+    # finding out which on a second connection would cost more than reading them.
     store = SQLiteStore(source)
     try:
-        decisions = coded if coded is not None else store.contact_decisions(contact_id)
-        return decisions, store.contact_now(contact_id)
+        return store.contact_decisions(contact_id), store.contact_now(contact_id)
     finally:
         store.close()
 

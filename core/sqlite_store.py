@@ -627,14 +627,17 @@ class SQLiteStore(Store, LedgerReader):
     # ---- the ledger reader (core.ledger_reader) -------------------------------------------
 
     def contact_decisions(self, contact_id: str) -> list[Decision]:
-        """The text ledger's decisions, or the coded ledger's of a replay or simulation."""
+        """The text ledger's decisions, or the coded ledger's of a replay or simulation, read
+        on this connection (a second one would parse the schema again)."""
         decisions = self.ledger_for(contact_id)
         if not decisions and self.path != ":memory:":
-            from core.coded.ledger import has_coded_ledger
-            from core.coded.ledger import ledger_for as coded_ledger_for
+            from core.coded.contact_ledger import coded_contact_decisions
 
-            if has_coded_ledger(self.path):
-                decisions = coded_ledger_for(self.path, contact_id)
+            with self._lock:
+                try:
+                    decisions = coded_contact_decisions(self._db, contact_id) or []
+                except sqlite3.Error as exc:
+                    raise StoreError(f"could not read from {self.path}: {exc}") from exc
         return decisions
 
     def contact_now(self, contact_id: str) -> ContactState | None:

@@ -322,7 +322,7 @@ def test_a_contacts_positions_in_a_chunk_are_found_by_their_packed_index():
     from hypothesis import given
     from hypothesis import strategies as st
 
-    from core.coded.ledger import _positions
+    from core.coded.contact_ledger import positions_in_chunk
 
     # Values whose bytes straddle their neighbours' (256, 1 << 24 ...) included.
     value = st.sampled_from([0, 1, 256, 65536, 1 << 24, (1 << 24) | 1]) | st.integers(0, 2**31 - 1)
@@ -330,7 +330,7 @@ def test_a_contacts_positions_in_a_chunk_are_found_by_their_packed_index():
     @given(st.lists(value, max_size=60), value)
     def check(contacts, me):
         packed = np.array(contacts, dtype=np.int32)
-        found = _positions(packed.tobytes(), struct.pack("<i", me))
+        found = positions_in_chunk(packed.tobytes(), struct.pack("<i", me))
         assert found == np.flatnonzero(packed == me).tolist()
 
     check()

@@ -7,8 +7,8 @@ int64 and the score as a float64, in decision order), the large rows blob last s
 columns are read without walking its pages. Packing a row costs a tenth of binding it
 as SQLite columns. The daily roll-up `report` reads is counted per chunk with numpy as the
 chunks are written. `explain` finds a contact's chunks from `coded_contacts` and reads just its
-rows through incremental blob I/O, then decodes them (`core.coded.decode`), so it shows
-exactly what the text ledger would.
+rows through incremental blob I/O (`core.coded.contact_ledger`), then decodes them
+(`core.coded.decode`), so it shows exactly what the text ledger would.
 
 A run split over worker processes keeps each worker's chunks, contacts and texts under its
 shard number; readers take the union.
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import struct
 from array import array
 from collections import Counter
 from collections.abc import Iterable
@@ -30,10 +29,10 @@ from typing import Any
 import numpy as np
 
 from core.coded.codes import M_STEP, NONE, STATUSES, Names
-from core.coded.decode import Texts, decisions
+from core.coded.contact_ledger import coded_contact_decisions
+from core.coded.row import ROW
 from core.models import Decision, Reason, Rule
 from core.rollup import UPSERT
-from core.sqlite_rows import decision_from_row, decision_row
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS coded_chunks (
@@ -55,7 +54,6 @@ CREATE TABLE IF NOT EXISTS coded_meta (name TEXT PRIMARY KEY, value TEXT NOT NUL
 CHUNK_ROWS = 512
 """Rows per chunk. Blob I/O at an offset walks the blob's overflow pages from its start, so
 `explain` reading one contact's rows costs about a chunk per chunk it has rows in."""
-ROW = struct.Struct("<14qd")
 ROW_DTYPE = np.dtype(
     [
         ("contact", "<i8"),
@@ -357,78 +355,12 @@ def ledger_for(path: Path | str, contact_id: str) -> list[Decision]:
     return coded_decisions(path, contact_id) or []
 
 
-_CONTACT = (
-    "SELECT c.shard, c.idx, c.arm, c.segment, c.chunks, m.value FROM coded_contacts AS c "
-    "JOIN coded_meta AS m ON m.name = 'policy_version' WHERE c.contact_id = ?"
-)
-_CHUNKS = (
-    "SELECT chunk, rowid, contacts, cause_ends, causes FROM coded_chunks "
-    "WHERE shard = ? AND chunk IN (SELECT value FROM json_each(?))"
-)
-_NAMES = (
-    "SELECT kind, code, text FROM coded_names WHERE shard = ? AND kind IN ('what', 'type', "
-    "'action')"
-)
-
-
 def coded_decisions(path: Path | str, contact_id: str) -> list[Decision] | None:
     """The contact's decisions from the coded ledger of the store at `path`, oldest first,
-    or None when the store has no coded ledger (its decisions are in the text ledger).
-
-    A direct read: the contact's row names its chunks; one statement fetches those chunks'
-    contact indices and causes (stored before the rows, so no row is read for them), and each
-    chunk's rows blob is read only at the contact's positions, through incremental blob I/O.
-    (A ledger written with the causes after the rows reads the same, walking past the rows.)"""
+    or None when the store has no coded ledger (its decisions are in the text ledger). A
+    store already open reads them on its own connection (`core.coded.contact_ledger`)."""
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        try:
-            contact = db.execute(_CONTACT, (contact_id,)).fetchone()
-        except sqlite3.OperationalError:  # no such table: not a coded store
-            return None
-        if contact is None:
-            return [] if has_coded_ledger(path) else None
-        shard, idx, arm, segment, chunk_list, version = contact
-        chunks = array("i", chunk_list).tolist()
-        me = struct.pack("<i", idx)
-        found = {chunk: rest for chunk, *rest in db.execute(_CHUNKS, (shard, json.dumps(chunks)))}
-        rows = []
-        for chunk in chunks:
-            rowid, contacts, cause_ends, causes = found[chunk]
-            rows += _read_rows(db, rowid, _positions(contacts, me), array("q", cause_ends), causes)
-        texts = Texts(db.execute(_NAMES, (shard,)))
+        return coded_contact_decisions(db, contact_id)
     finally:
         db.close()
-    experiments = json.loads(arm) if arm else {}
-    # As the text ledger hands them out: changes and action details through their JSON text.
-    return [
-        decision_from_row(decision_row(d))
-        for d in decisions(contact_id, rows, texts, version, experiments, segment)
-    ]
-
-
-def _positions(contacts: bytes, me: bytes) -> list[int]:
-    """Where the int32 `me` (packed) occurs in the packed int32 `contacts` (a contact has a
-    row or two in a chunk: a byte search finds them faster than numpy is set up)."""
-    out = []
-    at = contacts.find(me)
-    while at >= 0:
-        if at % 4 == 0:
-            out.append(at // 4)
-            at = contacts.find(me, at + 4)
-        else:  # (straddling two values)
-            at = contacts.find(me, at + 1)
-    return out
-
-
-def _read_rows(
-    db: sqlite3.Connection, rowid: int, positions: list[int], cause_ends: array, causes: bytes
-) -> list[tuple]:
-    out = []
-    with db.blobopen("coded_chunks", "rows", rowid, readonly=True) as rows_blob:
-        for pos in positions:
-            rows_blob.seek(pos * ROW.size)
-            row = ROW.unpack(rows_blob.read(ROW.size))
-            start = cause_ends[pos - 1] if pos else 0
-            end = cause_ends[pos]
-            out.append((*row, causes[start:end].decode() if end > start else None))
-    return out

@@ -1,0 +1,141 @@
+"""`explain`'s read of one contact from the coded ledger (`core.coded.contact_ledger`): on the
+store's own connection, without numpy, and decisions exactly as the text ledger hands them out."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core.coded.contact_ledger import as_text_ledger_hands_it_out, coded_contact_decisions
+from core.explain import explain_contact
+from core.models import Action, Decision, Status
+from core.replay import replay_file
+from core.sqlite_rows import decision_from_row, decision_row
+from core.sqlite_store import SQLiteStore
+from tests.experiments.helpers import mapping
+from tests.helpers import T0, days
+from tests.test_coded_replay import messy_events
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _replay(tmp_path: Path, engine: str) -> Path:
+    events = tmp_path / "events.jsonl"
+    if not events.exists():
+        messy_events(events, seed=4, n=600, contacts=12)
+    path = tmp_path / f"{engine}.sqlite3"
+    result = replay_file(mapping(), events, path, engine=engine, batch_size=97)
+    result.store.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory) -> tuple[Path, Path]:
+    tmp = tmp_path_factory.mktemp("stores")
+    return _replay(tmp, "object"), _replay(tmp, "coded")
+
+
+def test_a_decision_reads_as_the_text_ledger_hands_it_out():
+    at = T0 + days(3)
+    decisions = [
+        Decision(
+            contact_id="c1",
+            at=at,
+            rule="engagement",
+            reason="reactivated_from_dormant",
+            cause="e7",
+            from_status=Status("Dormant"),
+            to_status=Status("Reactivated"),
+            changes={
+                "campaign_status": (Status("Dormant"), Status("Reactivated")),
+                "engagement_score": (0.25, 3.5),
+                "last_engagement_date": (None, at),
+                "experiments": (None, {"subject": "b"}),
+                "decisions": (["a (x)", "b"], ("c",)),
+            },
+            policy_version="v2",
+            actions=[
+                Action("reactivation_step_due", {"step": 1, "cycle": 2, "variants": ["a", "b"]}),
+                Action("handoff_task", {"score": 3.5, "trigger": None}),
+                Action("alternate_channel_add"),
+            ],
+            event_type="open",
+        ),
+        Decision(
+            contact_id="c1",
+            at=at,
+            rule="time:decay",
+            reason="decayed",
+            cause="time:decay@2026-01-04T00:00:00+00:00",
+            from_status=None,
+            to_status=Status("Active"),
+            changes={},
+            policy_version="v2",
+        ),
+    ]
+    for d in decisions:
+        assert as_text_ledger_hands_it_out(d) == decision_from_row(decision_row(d))
+
+
+def test_a_coded_store_reads_on_its_own_connection_as_the_text_store_does(stores, monkeypatch):
+    text_path, coded_path = stores
+    text = SQLiteStore(text_path)
+    coded = SQLiteStore(coded_path)
+    try:
+        opened: list[object] = []
+        real_connect = sqlite3.connect
+        monkeypatch.setattr(
+            sqlite3, "connect", lambda *a, **k: opened.append(a) or real_connect(*a, **k)
+        )
+        for n in range(12):
+            cid = f"c{n}"
+            assert coded.contact_decisions(cid) == text.contact_decisions(cid)
+            assert coded.contact_decisions(cid), cid
+        assert opened == []  # no second connection to the file
+        assert coded.contact_decisions("nobody") == []
+    finally:
+        text.close()
+        coded.close()
+    db = sqlite3.connect(text_path)
+    try:
+        assert coded_contact_decisions(db, "c1") is None  # no coded ledger: the text one holds it
+    finally:
+        db.close()
+
+
+def test_explain_opens_the_file_once(stores, monkeypatch):
+    text_path, coded_path = stores
+    expected = explain_contact(text_path, "c3")
+    opened: list[object] = []
+    real_connect = sqlite3.connect
+    monkeypatch.setattr(
+        sqlite3, "connect", lambda *a, **k: opened.append(a) or real_connect(*a, **k)
+    )
+    assert explain_contact(coded_path, "c3") == expected
+    assert len(opened) == 1
+    opened.clear()
+    explain_contact(text_path, "c3")
+    assert len(opened) == 1
+
+
+def test_explain_of_a_coded_store_leaves_numpy_unloaded(stores):
+    """numpy is the coded writer's; the CLI's `explain` pays its import for nothing."""
+    text_path, coded_path = stores
+    check = (
+        "import sys\n"
+        "from core.explain import explain_contact\n"
+        f"text = explain_contact({str(coded_path)!r}, 'c3')\n"
+        "assert text, 'no decisions read'\n"
+        "print('numpy' in sys.modules)\n"
+        "print(text)\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", check], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    loaded, shown = run.stdout.split("\n", 1)
+    assert loaded == "False"
+    assert shown.rstrip("\n") == explain_contact(text_path, "c3")
