@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from core.coded.codes import (
     CHANGE_ORDER,
@@ -27,8 +28,10 @@ from core.coded.codes import (
     STATUSES,
     from_us,
 )
-from core.coded.engine import CodedState
 from core.models import STEP_REASONS, Action, ContactState, Decision, Reason, Rule, iso_utc
+
+if TYPE_CHECKING:  # `explain` decodes rows without loading the engine
+    from core.coded.engine import CodedState
 
 
 class Texts:
