@@ -419,17 +419,27 @@ class SQLiteStore(Store, LedgerReader):
             after = rows[-1][0]
 
     def due_contacts(self, now: datetime, after: str = "", limit: int = 5000) -> list[str]:
-        rows = self._query(
+        sql = (
             "SELECT contact_id FROM contacts WHERE next_due IS NOT NULL AND next_due <= ? "
-            "AND contact_id > ? ORDER BY contact_id LIMIT ?",
-            (iso_utc(now), after, limit),
+            "AND contact_id > ? ORDER BY contact_id LIMIT ?"
         )
         deferred = self._bulk
         if not deferred:
-            return [row[0] for row in rows]
-        # The deferred states are newer than their rows.
-        ids = [row[0] for row in rows if row[0] not in deferred]
-        ids += deferred.due(now, after, limit)
+            return [row[0] for row in self._query(sql, (iso_utc(now), after, limit))]
+        # The deferred states are newer than their rows: a deferred contact's row is stale,
+        # so read rows until `limit` fresh ones are found or the table ends. Where it did not
+        # end, held contacts past the last row read wait for a later page: the rows between
+        # were not read, and a page is the first `limit` due contacts after `after`.
+        ids: list[str] = []
+        read_to, ended = after, False
+        while len(ids) < limit and not ended:
+            rows = self._query(sql, (iso_utc(now), read_to, limit))
+            ids += [row[0] for row in rows if row[0] not in deferred]
+            ended = len(rows) < limit
+            if rows:
+                read_to = rows[-1][0]
+        held = deferred.due(now, after, limit)
+        ids += held if ended else [cid for cid in held if cid <= read_to]
         ids.sort()
         return ids[:limit]
 

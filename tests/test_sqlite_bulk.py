@@ -167,3 +167,38 @@ def test_changes_json_reads_back_like_json_dumps(changes):
 def test_changes_json_keeps_times_in_utc_iso():
     at = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
     assert json.loads(changes_json({"t": (None, at)})) == {"t": [None, "2026-03-01T09:30:00+00:00"]}
+
+
+def _state(cid: str):
+    from core.models import ContactState
+
+    return ContactState(
+        contact_id=cid,
+        campaign_status=Status.ACTIVE,
+        enrolled_at=T0,
+        as_of=T0,
+        status_changed_at=T0,
+        stream_entered_at=T0,
+    )
+
+
+def test_due_pages_of_a_run_over_its_memory_limit_skip_no_written_contact():
+    """Contacts written early (the run held more than its limit) and held again with a later
+    due time leave stale due rows: a page must neither return them nor skip the written
+    contacts past them (a replay of 300K contacts lost time rules that way)."""
+    store = SQLiteStore(":memory:", defer_limit=4)
+    ids = [f"c{i:03d}" for i in range(40)]
+    soon, later, now = T0 + days(1), T0 + days(100), T0 + days(2)
+    with store.bulk():
+        for cid in ids:  # every fifth commit writes the held states out
+            store.commit(Batch(contacts=[_state(cid)], next_due=[soon]))
+        for cid in ("c001", "c002", "c003"):  # held again, no longer due by `now`
+            store.commit(Batch(contacts=[_state(cid)], next_due=[later]))
+        store.commit(Batch(contacts=[_state("c030")], next_due=[soon]))  # held again, due
+        pages, after = [], ""
+        while page := store.due_contacts(now, after=after, limit=5):
+            pages.append(page)
+            after = page[-1]
+    found = [cid for page in pages for cid in page]
+    assert found == [cid for cid in ids if cid not in ("c001", "c002", "c003")]
+    assert all(len(page) <= 5 for page in pages)
