@@ -153,11 +153,13 @@ def apply(
     """One event for a contact, as `core.engine.apply_owned`. An unknown contact (`s` None)
     enrolls at the event's time under `p` (its segment's policy); `contact_id` is what its
     experiment assignments hash."""
-    made = len(out)
+    decided = False
+    """Whether a row was made: the contact's clock then moves to the event's time."""
     if s is None:
         s = new_contact(contact, contact_id, at, kind, cause, p, out)
         if kind == ENROLL:
             return s
+        decided = True
     elif kind == ENROLL:
         return s
     p = s.policy
@@ -165,7 +167,9 @@ def apply(
     if status == DORMANT:
         next_rule = due(s)
         if next_rule is not None and next_rule[0] <= at:
+            made = len(out)
             _fire_due(s, next_rule, at, out)
+            decided = decided or len(out) > made
     else:
         # `due` inlined for the statuses most events meet (one call and one tuple an event
         # less): only the due time, the rule is asked of `due` when one fires.
@@ -184,11 +188,14 @@ def apply(
             if due_at is None or decay_at <= due_at:
                 due_at = decay_at
         if due_at is not None and due_at <= at:
+            made = len(out)
             _fire_due(s, due(s), at, out)
+            decided = decided or len(out) > made
     occurred = at
-    late = at <= s.as_of
+    as_of = s.as_of
+    late = at <= as_of
     if late:
-        at = s.as_of  # a late event cannot rewind time rules already fired
+        at = as_of  # a late event cannot rewind time rules already fired
     before = s.status
     mask = 0
     if kind == SEND:
@@ -250,7 +257,8 @@ def apply(
                 cause,
             )
         )
-    if not late and len(out) > made:
+        decided = True
+    if decided and not late:
         s.as_of = at
     return s
 
