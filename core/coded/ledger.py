@@ -23,7 +23,6 @@ from collections import Counter
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from itertools import accumulate
-from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +73,6 @@ ROW_DTYPE = np.dtype(
         ("score", "<f8"),
     ]
 )
-_CAUSE = itemgetter(15)
 _DAY_US = 86_400_000_000
 _EPOCH_DAY = datetime(1970, 1, 1, tzinfo=UTC).date()
 
@@ -107,54 +105,33 @@ class ChunkWriter:
         chunk), then store them chunk by chunk. Returns them packed (`ROW_DTYPE`)."""
         if not rows:
             return None
-        n = len(rows)
         pack = ROW.pack
         packed = b"".join([pack(*r[:15]) for r in rows])
         decided = np.frombuffer(packed, dtype=ROW_DTYPE)
         self._count(decided)
         contacts = decided["contact"].astype(np.int32)
-        causes = [b"" if cause is None else cause.encode() for cause in map(_CAUSE, rows)]
-        cause_ends = np.fromiter(accumulate(map(len, causes)), dtype=np.int64, count=n)
-        starts = np.arange(0, n, CHUNK_ROWS)
-        at = decided["at"]
-        lows = np.minimum.reduceat(at, starts).tolist()
-        highs = np.maximum.reduceat(at, starts).tolist()
-        chunk = self.chunks
-        params = []
-        for start, low, high in zip(starts.tolist(), lows, highs, strict=True):
-            end = min(start + CHUNK_ROWS, n)
-            ends = cause_ends[start:end]
-            if start:
-                ends = ends - cause_ends[start - 1]
-            params.append(
+        for start in range(0, len(rows), CHUNK_ROWS):
+            end = min(start + CHUNK_ROWS, len(rows))
+            causes = [b"" if r[15] is None else r[15].encode() for r in rows[start:end]]
+            at = decided["at"][start:end]
+            self.db.execute(
+                "INSERT INTO coded_chunks (shard, chunk, n, min_at, max_at, contacts, "
+                "cause_ends, causes, rows) VALUES (?,?,?,?,?,?,?,?,?)",
                 (
                     self.shard,
-                    chunk,
+                    self.chunks,
                     end - start,
-                    low,
-                    high,
+                    int(at.min()),
+                    int(at.max()),
                     contacts[start:end].tobytes(),
-                    ends.tobytes(),
-                    b"".join(causes[start:end]),
+                    array("q", accumulate(map(len, causes))).tobytes(),
+                    b"".join(causes),
                     packed[start * ROW.size : end * ROW.size],
-                )
+                ),
             )
-            chunk += 1
-        self.db.executemany(
-            "INSERT INTO coded_chunks (shard, chunk, n, min_at, max_at, contacts, "
-            "cause_ends, causes, rows) VALUES (?,?,?,?,?,?,?,?,?)",
-            params,
-        )
-        # Each chunk's distinct contacts, sorted, in one np.unique of (chunk, contact) keys.
-        span = int(contacts.max()) + 1
-        keys = np.unique((np.arange(n, dtype=np.int64) // CHUNK_ROWS) * span + contacts)
-        of_chunk = keys // span
-        self._chunk_contacts += np.split(
-            (keys - of_chunk * span).astype(np.int32),
-            np.searchsorted(of_chunk, np.arange(1, starts.size)),
-        )
-        self.chunks = chunk
-        self.rows += n
+            self._chunk_contacts.append(np.unique(contacts[start:end]))
+            self.chunks += 1
+        self.rows += len(rows)
         return decided
 
     def _count(self, r: np.ndarray) -> None:
