@@ -315,6 +315,32 @@ def test_times_are_formatted_as_iso_utc_formats_them():
     check()
 
 
+def test_times_formatted_at_once_match_iso_utc():
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from core.coded.codes import from_us, to_us
+    from core.coded.states import iso_texts
+    from core.models import EARLIEST_INSTANT, LATEST_INSTANT, iso_utc
+
+    earliest = to_us(EARLIEST_INSTANT)
+    latest = to_us(LATEST_INSTANT) - 1
+    year_one = -62_135_596_800_000_000  # before the epoch: formatted one by one
+    whole_seconds = st.integers(earliest // 10**6, latest // 10**6).map(lambda s: s * 10**6)
+    times = (
+        st.integers(earliest, latest)
+        | whole_seconds
+        | st.integers(year_one, -1)
+        | st.sampled_from([earliest, latest, 1, 10**6 - 1, year_one])
+    )
+
+    @given(st.lists(times, max_size=12))
+    def check(us):
+        assert iso_texts(us) == [iso_utc(from_us(t)) for t in us]
+
+    check()
+
+
 def test_a_contacts_positions_in_a_chunk_are_found_by_their_packed_index():
     import struct
 

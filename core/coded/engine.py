@@ -93,7 +93,8 @@ class CodedState:
 
 
 def due(s: CodedState) -> tuple[int, int] | None:
-    """(due time, time rule code) of the earliest time rule, as `core.engine._due`."""
+    """(due time, time rule code) of the earliest time rule, as `core.engine._due`. (`apply`
+    inlines the due time for every status but dormant: a change here changes it there.)"""
     p = s.policy
     status = s.status
     last = s.last_engagement
@@ -152,21 +153,49 @@ def apply(
     """One event for a contact, as `core.engine.apply_owned`. An unknown contact (`s` None)
     enrolls at the event's time under `p` (its segment's policy); `contact_id` is what its
     experiment assignments hash."""
-    made = len(out)
+    decided = False
+    """Whether a row was made: the contact's clock then moves to the event's time."""
     if s is None:
         s = new_contact(contact, contact_id, at, kind, cause, p, out)
         if kind == ENROLL:
             return s
+        decided = True
     elif kind == ENROLL:
         return s
     p = s.policy
-    next_rule = due(s)
-    if next_rule is not None and next_rule[0] <= at:
-        _fire_due(s, next_rule, at, out)
+    status = s.status
+    if status == DORMANT:
+        next_rule = due(s)
+        if next_rule is not None and next_rule[0] <= at:
+            made = len(out)
+            _fire_due(s, next_rule, at, out)
+            decided = decided or len(out) > made
+    else:
+        # `due` inlined for the statuses most events meet (one call and one tuple an event
+        # less): only the due time, the rule is asked of `due` when one fires.
+        last = s.last_engagement
+        due_at = None
+        if status in (ACTIVE, REACTIVATED):
+            anchor = s.stream_entered_at
+            if last > anchor:
+                anchor = last
+            due_at = anchor + p.dormant_after
+            if due_at < 0:
+                due_at = None
+        if last != NO_TIME and s.score > 0:
+            steps = s.decay_steps
+            decay_at = last + (p.decay_offsets[steps] if steps < 64 else p.decay_offset(steps))
+            if due_at is None or decay_at <= due_at:
+                due_at = decay_at
+        if due_at is not None and due_at <= at:
+            made = len(out)
+            _fire_due(s, due(s), at, out)
+            decided = decided or len(out) > made
     occurred = at
-    late = at <= s.as_of
+    as_of = s.as_of
+    late = at <= as_of
     if late:
-        at = s.as_of  # a late event cannot rewind time rules already fired
+        at = as_of  # a late event cannot rewind time rules already fired
     before = s.status
     mask = 0
     if kind == SEND:
@@ -228,7 +257,8 @@ def apply(
                 cause,
             )
         )
-    if not late and len(out) > made:
+        decided = True
+    if decided and not late:
         s.as_of = at
     return s
 

@@ -266,16 +266,19 @@ class Decider:
         )
         run.stats.applied += len(fresh)
         apply = engine.apply
+        set_arm = self.writer.set_arm
+        known = index.get
         made = len(rows)
         for eid, cid, at, kind in fresh:
-            i = index.get(cid)
+            i = known(cid)
             if i is None:
                 i = index[cid] = len(ids)
                 ids.append(cid)
-                states.append(apply(None, i, kind, at, eid, p, rows, cid))
-                self.writer.set_arm(i, states[i].arm)
-            else:
-                states[i] = apply(states[i], i, kind, at, eid, p, rows, cid)
+                s = apply(None, i, kind, at, eid, p, rows, cid)
+                states.append(s)
+                set_arm(i, s.arm)
+            else:  # (a known contact's state is updated in place)
+                apply(states[i], i, kind, at, eid, p, rows, cid)
         if run.first is None and len(rows) > made:
             run.first = (number, from_us(min(r[1] for r in rows[made:])))
         if len(rows) >= _FLUSH_ROWS:

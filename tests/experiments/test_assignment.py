@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from core.engine import apply_event
-from core.experiments import assignment_counts, unit_hash
+from core.experiments import assignment_counts, unit_hash, unit_hash_after, unit_prefix
 from core.policy import Policy
 from core.proportions import chi_square_uniformity
 from core.sqlite_store import SQLiteStore
@@ -20,6 +20,11 @@ def test_unit_hash_is_pinned_so_every_machine_assigns_alike():
     # A changed hash would silently reshuffle every running experiment.
     assert f"{unit_hash('a', 'b', 'c'):.10f}" == "0.6335432637"
     assert f"{unit_hash('', 'subject_line', 'contact-1'):.10f}" == "0.4251728385"
+    # What assignment computes: the salt and name hashed once, then each contact id.
+    assert f"{unit_hash_after(unit_prefix('a', 'b'), 'c'):.10f}" == "0.6335432637"
+    subject_line = unit_prefix("", "subject_line")
+    assert f"{unit_hash_after(subject_line, 'contact-1'):.10f}" == "0.4251728385"
+    assert unit_hash_after(subject_line, "contact-1") == unit_hash_after(subject_line, "contact-1")
 
 
 def test_two_variants_balance_within_chi_square_tolerance():
