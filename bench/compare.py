@@ -38,7 +38,7 @@ def run(args: list[str], data_dir: Path) -> tuple[float, int, str]:
     """Wall seconds, exit code and stdout of one `elasticity` command in its own process."""
     started = time.perf_counter()
     done = subprocess.run(  # noqa: S603 - our own CLI with arguments built here
-        [sys.executable, "-m", "connectors.cli", *args],
+        [sys.executable, "-m", "crm_elasticity.connectors.cli", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,

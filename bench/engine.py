@@ -27,13 +27,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from core.coded import engine as coded  # noqa: E402
-from core.coded.codes import Names, coded_policies, to_us  # noqa: E402
-from core.data_dir import DataDir  # noqa: E402
-from core.engine import apply_owned  # noqa: E402
-from core.gcpause import cyclic_gc_paused  # noqa: E402
-from core.mapping import load_mapping  # noqa: E402
-from core.models import EVENT  # noqa: E402
+from crm_elasticity.core.coded import engine as coded  # noqa: E402
+from crm_elasticity.core.coded.codes import Names, coded_policies, to_us  # noqa: E402
+from crm_elasticity.core.data_dir import DataDir  # noqa: E402
+from crm_elasticity.core.engine import apply_owned  # noqa: E402
+from crm_elasticity.core.gcpause import cyclic_gc_paused  # noqa: E402
+from crm_elasticity.core.mapping import load_mapping  # noqa: E402
+from crm_elasticity.core.models import EVENT  # noqa: E402
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 KINDS = (
@@ -151,7 +151,7 @@ def main() -> None:
     if args.quick:
         args.events, args.contacts, args.sim_contacts, args.sim_days = 100_000, 10_000, 10_000, 60
     mapping = load_mapping(ROOT / "mappings" / "hubspot.yaml")
-    exe = [sys.executable, "-m", "connectors.cli"]
+    exe = [sys.executable, "-m", "crm_elasticity.connectors.cli"]
     print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
     sample = min(args.events, 300_000)
@@ -208,8 +208,8 @@ def main() -> None:
                 f"  coded 1 worker vs object: {seconds['object'] / one:.2f}x (target >= 4x); "
                 f"target >= 100,000 events/s: {args.events / one / 100_000:.2f}x"
             )
-            from core.explain import explain_contact
-            from core.report import render_report
+            from crm_elasticity.core.explain import explain_contact
+            from crm_elasticity.core.report import render_report
 
             reads: dict[str, tuple[float, float]] = {}
             for _ in range(3):  # interleaved, best of three each

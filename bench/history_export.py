@@ -24,10 +24,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from connectors.history import export_history  # noqa: E402
-from connectors.hubspot import HubSpotConnector  # noqa: E402
-from connectors.hubspot.config import HubSpotSettings  # noqa: E402
-from core.mapping import load_mapping  # noqa: E402
+from crm_elasticity.connectors.history import export_history  # noqa: E402
+from crm_elasticity.connectors.hubspot import HubSpotConnector  # noqa: E402
+from crm_elasticity.connectors.hubspot.config import HubSpotSettings  # noqa: E402
+from crm_elasticity.core.mapping import load_mapping  # noqa: E402
 from tests.fakes.hubspot_server import TOKEN, FakeHubSpot  # noqa: E402
 
 SINCE = datetime(2025, 6, 1, tzinfo=UTC)

@@ -28,17 +28,17 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from connectors.hubspot import HubSpotConnector  # noqa: E402
-from connectors.hubspot.client import HubSpotClient  # noqa: E402
-from connectors.hubspot.config import HubSpotSettings  # noqa: E402
-from connectors.hubspot.values import read_properties, record_from_properties  # noqa: E402
-from connectors.runner import Runner  # noqa: E402
-from core.cursors import Cursors  # noqa: E402
-from core.engine import advance  # noqa: E402
-from core.mapping import load_mapping  # noqa: E402
-from core.reconcile import state_from_crm  # noqa: E402
-from core.sqlite_store import SQLiteStore  # noqa: E402
-from core.store import Batch  # noqa: E402
+from crm_elasticity.connectors.hubspot import HubSpotConnector  # noqa: E402
+from crm_elasticity.connectors.hubspot.client import HubSpotClient  # noqa: E402
+from crm_elasticity.connectors.hubspot.config import HubSpotSettings  # noqa: E402
+from crm_elasticity.connectors.hubspot.values import read_properties, record_from_properties  # noqa: E402
+from crm_elasticity.connectors.runner import Runner  # noqa: E402
+from crm_elasticity.core.cursors import Cursors  # noqa: E402
+from crm_elasticity.core.engine import advance  # noqa: E402
+from crm_elasticity.core.mapping import load_mapping  # noqa: E402
+from crm_elasticity.core.reconcile import state_from_crm  # noqa: E402
+from crm_elasticity.core.sqlite_store import SQLiteStore  # noqa: E402
+from crm_elasticity.core.store import Batch  # noqa: E402
 from tests.fakes.hubspot_server import TOKEN, FakeHubSpot  # noqa: E402
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)

@@ -43,7 +43,7 @@ COLD_START = """
 import time, json
 started, cpu_started = time.perf_counter(), time.process_time()
 {prelude}
-from connectors.aws import handlers
+from crm_elasticity.connectors.aws import handlers
 imported = time.perf_counter()
 box = handlers.container()
 connector = box.connector({vendor!r})
@@ -94,10 +94,10 @@ def worker_batch(store_kind: str, runs: int) -> dict[str, float]:
     sys.path.insert(0, str(ROOT))
     from moto import mock_aws
 
-    from connectors.aws import handlers
-    from connectors.aws.container import Container
-    from core.dynamodb_store import DynamoDBStore
-    from core.sqlite_store import SQLiteStore
+    from crm_elasticity.connectors.aws import handlers
+    from crm_elasticity.connectors.aws.container import Container
+    from crm_elasticity.core.dynamodb_store import DynamoDBStore
+    from crm_elasticity.core.sqlite_store import SQLiteStore
     from tests.aws.harness import FakeContext
     from tests.fakes.memory_crm import MAPPING_PATH, MemoryConnector, MemoryCrm
 

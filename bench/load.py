@@ -60,11 +60,11 @@ def serve_fake() -> None:
 def bench_runners(workdir: str, crm_url: str, cache_mb: int | None) -> list:
     """The server's runner: HubSpot connector on the fake CRM, SQLite in `workdir`. Module
     level so the worker process can build its own."""
-    from connectors.hubspot import HubSpotConnector
-    from connectors.hubspot.config import HubSpotSettings, load_options
-    from connectors.runner import Runner
-    from core.mapping import load_mapping
-    from core.sqlite_store import SQLiteStore
+    from crm_elasticity.connectors.hubspot import HubSpotConnector
+    from crm_elasticity.connectors.hubspot.config import HubSpotSettings, load_options
+    from crm_elasticity.connectors.runner import Runner
+    from crm_elasticity.core.mapping import load_mapping
+    from crm_elasticity.core.sqlite_store import SQLiteStore
     from tests.fakes.hubspot_server import TOKEN
 
     mapping = load_mapping(ROOT / "mappings" / "hubspot.yaml")
@@ -99,7 +99,12 @@ def serve(
     import logging
     from functools import partial
 
-    from connectors.server import InboxWorker, ServerLimits, WorkerProcess, serve_forever
+    from crm_elasticity.connectors.server import (
+        InboxWorker,
+        ServerLimits,
+        WorkerProcess,
+        serve_forever,
+    )
 
     if switch_ms is not None:
         sys.setswitchinterval(switch_ms / 1000)
@@ -143,7 +148,7 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def serve_with(server: str, runners: list, factory, worker) -> None:
-    from connectors.server import Intake
+    from crm_elasticity.connectors.server import Intake
 
     if server == "gunicorn":
         del runners  # each gunicorn worker builds its own, after the fork
@@ -151,7 +156,7 @@ def serve_with(server: str, runners: list, factory, worker) -> None:
         return
     intake = Intake(runners, worker)
     if server == "uvicorn":
-        from connectors.server import WebhookServer
+        from crm_elasticity.connectors.server import WebhookServer
 
         web = WebhookServer(intake, HOST, 0)
         print(web.server_address[1], flush=True)
@@ -179,7 +184,7 @@ def stdlib_handler(intake):
     from http.server import BaseHTTPRequestHandler
     from urllib.parse import urlsplit
 
-    from connectors.base import WebhookRequest
+    from crm_elasticity.connectors.base import WebhookRequest
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802 - http.server's naming
@@ -212,7 +217,7 @@ def wsgi_app(intake):
     from datetime import UTC, datetime
     from http import HTTPStatus
 
-    from connectors.base import WebhookRequest
+    from crm_elasticity.connectors.base import WebhookRequest
 
     def app(environ, start_response):
         headers = {
@@ -247,7 +252,7 @@ def serve_gunicorn(factory, worker) -> None:
 
     from gunicorn.app.base import BaseApplication
 
-    from connectors.server import Intake, WebhookApp
+    from crm_elasticity.connectors.server import Intake, WebhookApp
 
     listener = socket.create_server((HOST, 0))
     listener.set_inheritable(True)
@@ -302,7 +307,7 @@ def body_for(n: int, per_request: int) -> bytes:
 
 
 def send(port: int, body: bytes) -> tuple[int, float]:
-    from connectors.hubspot.signature import v3_signature
+    from crm_elasticity.connectors.hubspot.signature import v3_signature
 
     host = f"{HOST}:{port}"
     stamp = str(round(time.time() * 1000))

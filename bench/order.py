@@ -29,10 +29,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from connectors.runner import Runner  # noqa: E402
-from core.order import REVISION_WINDOW  # noqa: E402
-from core.pipeline import Pipeline  # noqa: E402
-from core.sqlite_store import SQLiteStore  # noqa: E402
+from crm_elasticity.connectors.runner import Runner  # noqa: E402
+from crm_elasticity.core.order import REVISION_WINDOW  # noqa: E402
+from crm_elasticity.core.pipeline import Pipeline  # noqa: E402
+from crm_elasticity.core.sqlite_store import SQLiteStore  # noqa: E402
 from tests import order_stream  # noqa: E402
 from tests.fakes.memory_crm import MemoryConnector, MemoryCrm, memory_mapping  # noqa: E402
 

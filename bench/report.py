@@ -27,10 +27,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.mapping import load_mapping  # noqa: E402
-from core.models import Action, ContactState, Decision, Status  # noqa: E402
-from core.sqlite_store import SQLiteStore  # noqa: E402
-from core.store import Batch  # noqa: E402
+from crm_elasticity.core.mapping import load_mapping  # noqa: E402
+from crm_elasticity.core.models import Action, ContactState, Decision, Status  # noqa: E402
+from crm_elasticity.core.sqlite_store import SQLiteStore  # noqa: E402
+from crm_elasticity.core.store import Batch  # noqa: E402
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 A, E, D, R, S = (
@@ -265,8 +265,8 @@ def dynamodb_run(store_path: Path, mapping_path: Path) -> None:
     import boto3
     from moto import mock_aws
 
-    from core.dynamodb_store import ROLLUP_SHARDS, DynamoDBStore, counter_key
-    from core.report import build, render
+    from crm_elasticity.core.dynamodb_store import ROLLUP_SHARDS, DynamoDBStore, counter_key
+    from crm_elasticity.core.report import build, render
 
     mapping = load_mapping(mapping_path)
     now = datetime(2030, 1, 1, tzinfo=UTC)
@@ -378,7 +378,7 @@ def main() -> None:
         build(args.store, args.decisions, args.mapping)
         print(f"built ledger in {time.perf_counter() - t:.1f}s: {args.store}")
 
-    from core.report import render_report
+    from crm_elasticity.core.report import render_report
 
     mapping = load_mapping(args.mapping)
     runs = [("md", None), ("html", None), ("json", None)]

@@ -30,12 +30,12 @@ sys.path.insert(0, str(ROOT))
 
 import responses  # noqa: E402
 
-from connectors.base import WriteRequest, WriteResult  # noqa: E402
-from connectors.runner import Runner  # noqa: E402
-from connectors.salesforce import SalesforceConnector  # noqa: E402
-from connectors.salesforce.config import credentials_from_env  # noqa: E402
-from core.mapping import Mapping, load_mapping  # noqa: E402
-from core.sqlite_store import SQLiteStore  # noqa: E402
+from crm_elasticity.connectors.base import WriteRequest, WriteResult  # noqa: E402
+from crm_elasticity.connectors.runner import Runner  # noqa: E402
+from crm_elasticity.connectors.salesforce import SalesforceConnector  # noqa: E402
+from crm_elasticity.connectors.salesforce.config import credentials_from_env  # noqa: E402
+from crm_elasticity.core.mapping import Mapping, load_mapping  # noqa: E402
+from crm_elasticity.core.sqlite_store import SQLiteStore  # noqa: E402
 from tests.fakes.salesforce import INSTANCE, FakeSalesforce  # noqa: E402
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)

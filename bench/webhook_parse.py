@@ -23,12 +23,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from connectors.base import WebhookRequest  # noqa: E402
-from connectors.hubspot import HubSpotConnector  # noqa: E402
-from connectors.hubspot.config import HubSpotSettings  # noqa: E402
-from connectors.salesforce import SalesforceConnector  # noqa: E402
-from connectors.salesforce.config import credentials_from_env  # noqa: E402
-from core.mapping import load_mapping  # noqa: E402
+from crm_elasticity.connectors.base import WebhookRequest  # noqa: E402
+from crm_elasticity.connectors.hubspot import HubSpotConnector  # noqa: E402
+from crm_elasticity.connectors.hubspot.config import HubSpotSettings  # noqa: E402
+from crm_elasticity.connectors.salesforce import SalesforceConnector  # noqa: E402
+from crm_elasticity.connectors.salesforce.config import credentials_from_env  # noqa: E402
+from crm_elasticity.core.mapping import load_mapping  # noqa: E402
 from tests.fakes.hubspot_server import TOKEN  # noqa: E402
 from tests.hubspot.hubspot_helpers import SECRET as HUBSPOT_SECRET  # noqa: E402
 from tests.hubspot.webhook_helpers import ms, notification, signed  # noqa: E402

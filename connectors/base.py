@@ -18,8 +18,8 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
-from core.mapping import Mapping
-from core.models import Event
+from crm_elasticity.core.mapping import Mapping
+from crm_elasticity.core.models import Event
 
 
 @dataclass(frozen=True)

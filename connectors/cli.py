@@ -23,12 +23,12 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from connectors.base import ConnectorError
-from core.data_dir import COMPARE_SIDES, STORES, DataDir
-from core.data_dir import ENV as DATA_DIR_ENV
-from core.mapping import Mapping, MappingError
-from core.models import EARLIEST_INSTANT, LATEST_INSTANT
-from core.store import StoreError
+from crm_elasticity.connectors.base import ConnectorError
+from crm_elasticity.core.data_dir import COMPARE_SIDES, STORES, DataDir
+from crm_elasticity.core.data_dir import ENV as DATA_DIR_ENV
+from crm_elasticity.core.mapping import Mapping, MappingError
+from crm_elasticity.core.models import EARLIEST_INSTANT, LATEST_INSTANT
+from crm_elasticity.core.store import StoreError
 
 app = typer.Typer(
     help="Keep a CRM's email audience elastic: engagement in, dormancy out, reactivation back.",
@@ -60,7 +60,7 @@ def _plural(count: int, noun: str) -> str:
 
 
 def _mapping(path: Path) -> Mapping:
-    from connectors.registry import check_mapping
+    from crm_elasticity.connectors.registry import check_mapping
 
     try:
         return check_mapping(path)
@@ -81,7 +81,7 @@ DYNAMODB_URL = "dynamodb://"
 def _dynamodb(url: str):  # noqa: ANN202 - DynamoDBStore, imported only when asked for
     """The DynamoDB store a `--store dynamodb://TABLE[?region=...]` names (exit 2 on a bad
     URL, 1 when it cannot be opened)."""
-    from core.dynamodb_store import DynamoDBStore
+    from crm_elasticity.core.dynamodb_store import DynamoDBStore
 
     try:
         return DynamoDBStore.from_url(url)
@@ -103,7 +103,7 @@ def _store_paths(data_dir: Path | None, name: str | None) -> list[tuple[str, Pat
 def _parse_time(value: str | None, option: str) -> datetime | None:
     if value is None:
         return None
-    from connectors.instants import parse_instant
+    from crm_elasticity.connectors.instants import parse_instant
 
     parsed = parse_instant(value)
     if parsed is None:
@@ -168,7 +168,7 @@ def validate(
 ) -> None:
     """Check a mapping file: exit 0, or 2 with every problem listed."""
     if as_json:
-        from connectors.registry import check_mapping
+        from crm_elasticity.connectors.registry import check_mapping
 
         try:
             loaded = check_mapping(mapping)
@@ -204,7 +204,7 @@ def validate(
 
 
 def _connected(mapping_path: Path, data_dir: Path | None):
-    from connectors.local_runners import build_runner
+    from crm_elasticity.connectors.local_runners import build_runner
 
     mapping = _mapping(mapping_path)
     try:
@@ -221,7 +221,7 @@ def provision(
     ] = False,
 ) -> None:
     """Create or update the CRM properties/fields and dynamic lists; idempotent; reports drift."""
-    from connectors.registry import connector_class, load_connector
+    from crm_elasticity.connectors.registry import connector_class, load_connector
 
     loaded = _mapping(mapping)
     title = "provisioning plan" if dry_run else None
@@ -325,9 +325,9 @@ def serve(
     """Local webhook server: POST /webhooks/hubspot, /webhooks/salesforce(/events)."""
     from functools import partial
 
-    from connectors.local_runners import runners_for
-    from connectors.registry import one_program_per_vendor
-    from connectors.server import DataDirUnavailable, SecretsFile, serve_forever
+    from crm_elasticity.connectors.local_runners import runners_for
+    from crm_elasticity.connectors.registry import one_program_per_vendor
+    from crm_elasticity.connectors.server import DataDirUnavailable, SecretsFile, serve_forever
 
     secrets = None
     if secrets_file is not None:
@@ -349,7 +349,9 @@ def serve(
         out.print(f"listening on http://{host}:{bound} for {', '.join(paths)}", highlight=False)
 
     worker = partial(runners_for, [str(m) for m in mappings], str(_data_dir(data_dir).root))
-    logging.getLogger("connectors.server.access").setLevel(logging.INFO)  # even without -v
+    logging.getLogger("crm_elasticity.connectors.server.access").setLevel(
+        logging.INFO
+    )  # even without -v
     try:
         serve_forever(runners, host, port, worker_factory=worker, ready=ready, secrets=secrets)
     except DataDirUnavailable as exc:
@@ -368,8 +370,8 @@ def inbox(
     data_dir: DataDirOption = None,
 ) -> None:
     """Events the worker quarantined (it could not decide them) and why; --retry re-queues them."""
-    from core.quarantine import quarantine_rows
-    from core.sqlite_store import SQLiteStore
+    from crm_elasticity.core.quarantine import quarantine_rows
+    from crm_elasticity.core.sqlite_store import SQLiteStore
 
     path = _data_dir(data_dir).main
     if not path.is_file():
@@ -425,7 +427,7 @@ def inbox(
 
 def _interrupted(exc: KeyboardInterrupt, saved_in: Path) -> NoReturn:
     """Ctrl-C during a run: say what was kept, exit 130."""
-    from core.publish import InterruptedAfterPublish
+    from crm_elasticity.core.publish import InterruptedAfterPublish
 
     if isinstance(exc, InterruptedAfterPublish):  # it came as the run was being saved
         err.print(
@@ -511,9 +513,14 @@ def replay(
 ) -> None:
     """Run events through the policy offline; print or write final states as JSON lines.
     Keys a line has beyond the event format are ignored and counted."""
-    from connectors.progress import RunProgress
-    from core.publish import partial_path
-    from core.replay import BadLine, ReplayResult, load_contact_properties, replay_file
+    from crm_elasticity.connectors.progress import RunProgress
+    from crm_elasticity.core.publish import partial_path
+    from crm_elasticity.core.replay import (
+        BadLine,
+        ReplayResult,
+        load_contact_properties,
+        replay_file,
+    )
 
     loaded = _mapping(mapping)
     if not events.is_file():
@@ -686,10 +693,15 @@ def simulate(
     data_dir: DataDirOption = None,
 ) -> None:
     """Synthetic population on the embedded store, with a report and a plot."""
-    from connectors.progress import RunProgress
-    from core.policy import Policy
-    from core.publish import partial_path
-    from core.simulate import REPORT_FILES, SimulationConfig, run_simulation, write_report
+    from crm_elasticity.connectors.progress import RunProgress
+    from crm_elasticity.core.policy import Policy
+    from crm_elasticity.core.publish import partial_path
+    from crm_elasticity.core.simulate import (
+        REPORT_FILES,
+        SimulationConfig,
+        run_simulation,
+        write_report,
+    )
 
     policy = _mapping(mapping).policy if mapping else Policy()
     directory = _data_dir(data_dir)
@@ -741,7 +753,7 @@ def explain(
     data_dir: DataDirOption = None,
 ) -> None:
     """The contact's decision history from the ledger: why it is where it is."""
-    from core.explain import explain_contact, side_by_side_history
+    from crm_elasticity.core.explain import explain_contact, side_by_side_history
 
     if side_by_side:
         stores = {side: _data_dir(data_dir).compare(side) for side in COMPARE_SIDES}
@@ -808,9 +820,9 @@ def history(
 def _export_history(loaded: Mapping, out_file: Path, since: str | None, until: str | None) -> None:
     from datetime import UTC
 
-    from connectors.base import HistoryUnsupported
-    from connectors.history import HistoryExport, checkpoint_path, export_history
-    from connectors.registry import load_connector
+    from crm_elasticity.connectors.base import HistoryUnsupported
+    from crm_elasticity.connectors.history import HistoryExport, checkpoint_path, export_history
+    from crm_elasticity.connectors.registry import load_connector
 
     start = _parse_time(since, "--since")
     if start is None:
@@ -879,7 +891,7 @@ def _import_history_csv(
     since: str | None,
     until: str | None,
 ) -> None:
-    from connectors.history import HistoryError, import_csv, parse_pairs
+    from crm_elasticity.connectors.history import HistoryError, import_csv, parse_pairs
 
     if not csv_file.is_file():
         _fail(f"{csv_file}: no such file", 2)
@@ -922,7 +934,7 @@ def compare(
 ) -> None:
     """Replay two mappings on the same events and report what the candidate would change.
     Exit 0 when both end every contact alike with the same figures, 1 when they differ."""
-    from core.compare import compare_policies, render
+    from crm_elasticity.core.compare import compare_policies, render
 
     if fmt not in ("md", "html", "json"):
         _fail(f"--format: expected md, html or json, got {fmt!r}", 2)
@@ -954,8 +966,8 @@ def report(
     data_dir: DataDirOption = None,
 ) -> None:
     """Funnel, transitions by reason, reactivation rate, experiments, data quality."""
-    from core.ledger_reader import WindowError
-    from core.report import render_report
+    from crm_elasticity.core.ledger_reader import WindowError
+    from crm_elasticity.core.report import render_report
 
     if fmt not in ("md", "html", "json"):
         _fail(f"--format: expected md, html or json, got {fmt!r}", 2)
@@ -1008,7 +1020,7 @@ def sandbox(
 ) -> None:
     """Try the connected loop without a CRM: a local HubSpot stand-in, serve, signed webhooks,
     a sync, and what was written back (needs a source checkout)."""
-    from connectors.sandbox import Sandbox, SandboxError, checkout_root
+    from crm_elasticity.connectors.sandbox import Sandbox, SandboxError, checkout_root
 
     if vendor != "hubspot":
         _fail(f"sandbox: expected hubspot, got {vendor!r} (the only stand-in shipped so far)", 2)
@@ -1050,7 +1062,7 @@ def promote(
     data_dir: DataDirOption = None,
 ) -> None:
     """Write a significant winner into the mapping file as the experiment's default."""
-    from core.promote import PromotionError, promote_winner
+    from crm_elasticity.core.promote import PromotionError, promote_winner
 
     loaded = _mapping(mapping)
     if store.startswith(DYNAMODB_URL):

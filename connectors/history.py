@@ -22,9 +22,9 @@ from typing import IO
 
 from pydantic import ValidationError
 
-from connectors.base import Connector, HistoryPage, QuotaExhausted
-from core.mapping import Mapping
-from core.models import EVENT, Event
+from crm_elasticity.connectors.base import Connector, HistoryPage, QuotaExhausted
+from crm_elasticity.core.mapping import Mapping
+from crm_elasticity.core.models import EVENT, Event
 
 CANONICAL_COLUMNS = ("event_id", "contact_id", "type", "occurred_at", "campaign", "variant", "url")
 REQUIRED_COLUMNS = ("contact_id", "type", "occurred_at")

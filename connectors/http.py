@@ -20,7 +20,7 @@ from typing import TypeVar
 
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 
-from connectors.base import CallStats, ConnectorError
+from crm_elasticity.connectors.base import CallStats, ConnectorError
 
 T = TypeVar("T")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from core.models import instant_problem
+from crm_elasticity.core.models import instant_problem
 
 
 def parse_instant(value: str | None) -> datetime | None:

@@ -9,9 +9,9 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from connectors.base import Connector, WebhookRejected, WebhookRequest
-from core.models import Event
-from core.store import StoreError
+from crm_elasticity.connectors.base import Connector, WebhookRejected, WebhookRequest
+from crm_elasticity.core.models import Event
+from crm_elasticity.core.store import StoreError
 
 log = logging.getLogger(__name__)
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from connectors.registry import load_connector
-from connectors.runner import Runner
-from core.mapping import Mapping, load_mapping
-from core.sqlite_store import SQLiteStore
+from crm_elasticity.connectors.registry import load_connector
+from crm_elasticity.connectors.runner import Runner
+from crm_elasticity.core.mapping import Mapping, load_mapping
+from crm_elasticity.core.sqlite_store import SQLiteStore
 
 
 def build_runner(mapping: Mapping, data_dir: Path) -> Runner:

@@ -2,7 +2,7 @@
 documentation cannot drift from what `validate` accepts. `docs/mapping-reference.md` is this
 module's output (a test compares them); regenerate it with
 
-    python -m connectors.mapping_reference > docs/mapping-reference.md
+    python -m crm_elasticity.connectors.mapping_reference > docs/mapping-reference.md
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from connectors.registry import connector_class, known_vendors
-from core.mapping import Mapping
+from crm_elasticity.connectors.registry import connector_class, known_vendors
+from crm_elasticity.core.mapping import Mapping
 
 _CONSTRAINTS = (
     ("gt", ">"),
@@ -33,7 +33,7 @@ One YAML file per deployed program. `elasticity validate MAPPING` checks it agai
 (and the vendor's own `options:` schema) and lists every problem with its line and column.
 Unknown keys are refused, so a misspelt key cannot be silently ignored.
 
-This page is generated from the schema (`python -m connectors.mapping_reference`); a test keeps
+This page is generated from the schema (`python -m crm_elasticity.connectors.mapping_reference`); a test keeps
 it in step with the code.
 """
 

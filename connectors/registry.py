@@ -11,9 +11,9 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-import connectors
-from connectors.base import Connector, ConnectorError
-from core.mapping import Mapping, MappingError, MappingFile, read_mapping_file
+from crm_elasticity import connectors
+from crm_elasticity.connectors.base import Connector, ConnectorError
+from crm_elasticity.core.mapping import Mapping, MappingError, MappingFile, read_mapping_file
 
 _REGISTERED: dict[str, type[Connector]] = {}
 """Connectors that live outside `connectors/` (test fakes, private vendors)."""
@@ -29,9 +29,9 @@ def connector_class(vendor: str) -> type[Connector]:
     if vendor in _REGISTERED:
         return _REGISTERED[vendor]
     try:
-        module = importlib.import_module(f"connectors.{vendor}")
+        module = importlib.import_module(f"crm_elasticity.connectors.{vendor}")
     except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith(f"connectors.{vendor}"):
+        if exc.name and exc.name.startswith(f"crm_elasticity.connectors.{vendor}"):
             raise ConnectorError(f"no connector for vendor '{vendor}'") from None
         raise
     return module.CONNECTOR

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from connectors.base import (
+from crm_elasticity.connectors.base import (
     AuthError,
     Connector,
     ConnectorError,
@@ -27,15 +27,15 @@ from connectors.base import (
     QuotaExhausted,
     WriteRequest,
 )
-from connectors.redact import redact_emails
-from connectors.signals import events_from_changes
-from core.cursors import Cursors
-from core.models import EVENT, ContactState, Decision, Event, Rule, Status
-from core.occurrences import decode_seen, encode_seen
-from core.owed import OwedKind, OwedWrite, fields_key
-from core.pipeline import Applied, Pipeline, RunStats, decide_and_commit
-from core.reconcile import differing_fields, state_from_crm
-from core.store import (
+from crm_elasticity.connectors.redact import redact_emails
+from crm_elasticity.connectors.signals import events_from_changes
+from crm_elasticity.core.cursors import Cursors
+from crm_elasticity.core.models import EVENT, ContactState, Decision, Event, Rule, Status
+from crm_elasticity.core.occurrences import decode_seen, encode_seen
+from crm_elasticity.core.owed import OwedKind, OwedWrite, fields_key
+from crm_elasticity.core.pipeline import Applied, Pipeline, RunStats, decide_and_commit
+from crm_elasticity.core.reconcile import differing_fields, state_from_crm
+from crm_elasticity.core.store import (
     QUARANTINE_REASON_CHARS,
     Batch,
     ClaimedWrite,
@@ -43,7 +43,7 @@ from core.store import (
     Store,
     StoreError,
 )
-from core.writeback import WriteBack
+from crm_elasticity.core.writeback import WriteBack
 
 log = logging.getLogger(__name__)
 

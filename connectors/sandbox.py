@@ -27,11 +27,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import connectors
-from connectors.hubspot.signature import v3_signature
-from core.data_dir import ENV as DATA_DIR_ENV
-from core.data_dir import DataDir
-from core.mapping import Mapping
+from crm_elasticity import connectors
+from crm_elasticity.connectors.hubspot.signature import v3_signature
+from crm_elasticity.core.data_dir import ENV as DATA_DIR_ENV
+from crm_elasticity.core.data_dir import DataDir
+from crm_elasticity.core.mapping import Mapping
 
 WEBHOOK_PATH = "/webhooks/hubspot"
 DEADLINE_SECONDS = 60.0
@@ -262,7 +262,7 @@ class Serve:
         command = [
             sys.executable,
             "-m",
-            "connectors.cli",
+            "crm_elasticity.connectors.cli",
             "serve",
             str(mapping),
             "--host",
@@ -383,7 +383,7 @@ class Sandbox:
     steps: list[Step] = field(default_factory=list)
 
     def run(self) -> int:
-        from core.mapping import load_mapping
+        from crm_elasticity.core.mapping import load_mapping
 
         fake_class, token = load_fake()
         mapping = load_mapping(self.mapping_path)
@@ -481,7 +481,7 @@ class Sandbox:
         return 0
 
     def _provision(self, mapping: Mapping, env: dict[str, str]) -> None:
-        from connectors.registry import load_connector
+        from crm_elasticity.connectors.registry import load_connector
 
         report = load_connector(mapping, env).provision()
         kinds: dict[str, int] = {}
@@ -513,9 +513,9 @@ class Sandbox:
         )
 
     def _sync(self, mapping: Mapping, env: dict[str, str], data_dir: Path) -> Any:
-        from connectors.registry import load_connector
-        from connectors.runner import Runner
-        from core.sqlite_store import SQLiteStore
+        from crm_elasticity.connectors.registry import load_connector
+        from crm_elasticity.connectors.runner import Runner
+        from crm_elasticity.core.sqlite_store import SQLiteStore
 
         store = SQLiteStore.in_data_dir(data_dir)
         try:

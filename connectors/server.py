@@ -38,16 +38,22 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from connectors.base import Connector, ConnectorError, WebhookRequest
-from connectors.intake import MAX_BODY_BYTES, HttpAnswer, handle_rotating, json_answer, retiring_env
-from connectors.registry import load_connector
-from connectors.runner import Runner
-from core.models import Event
-from core.sqlite_store import SQLiteStore
-from core.store import StoreError
+from crm_elasticity.connectors.base import Connector, ConnectorError, WebhookRequest
+from crm_elasticity.connectors.intake import (
+    MAX_BODY_BYTES,
+    HttpAnswer,
+    handle_rotating,
+    json_answer,
+    retiring_env,
+)
+from crm_elasticity.connectors.registry import load_connector
+from crm_elasticity.connectors.runner import Runner
+from crm_elasticity.core.models import Event
+from crm_elasticity.core.sqlite_store import SQLiteStore
+from crm_elasticity.core.store import StoreError
 
 log = logging.getLogger(__name__)
-access_log = logging.getLogger("connectors.server.access")
+access_log = logging.getLogger("crm_elasticity.connectors.server.access")
 
 DRAIN_BATCH = 100
 """Events a worker transaction commits (still one CRM batch read). Intake's insert waits for

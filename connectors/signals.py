@@ -15,10 +15,10 @@ import logging
 from collections.abc import Mapping as MappingABC
 from datetime import datetime
 
-from connectors.instants import parse_instant
-from core.mapping import Mapping, Signal
-from core.models import MAX_URL_CHARS, Event, Observation, iso_utc
-from core.occurrences import LIFTING_EVENTS
+from crm_elasticity.connectors.instants import parse_instant
+from crm_elasticity.core.mapping import Mapping, Signal
+from crm_elasticity.core.models import MAX_URL_CHARS, Event, Observation, iso_utc
+from crm_elasticity.core.occurrences import LIFTING_EVENTS
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from heapq import heapify, heappop, heappush
 
-from core.models import ContactState
+from crm_elasticity.core.models import ContactState
 
 
 class BulkStates:

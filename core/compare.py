@@ -18,13 +18,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from core.data_dir import COMPARE_SIDES, DataDir
-from core.experiment_results import counts_by_arm, counts_by_assignment
-from core.ledger_view import LedgerView
-from core.mapping import Mapping, load_mapping
-from core.models import STATE_COLOURS, ContactState
-from core.report import funnel, headline_of, suppression
-from core.sqlite_store import SQLiteStore
+from crm_elasticity.core.data_dir import COMPARE_SIDES, DataDir
+from crm_elasticity.core.experiment_results import counts_by_arm, counts_by_assignment
+from crm_elasticity.core.ledger_view import LedgerView
+from crm_elasticity.core.mapping import Mapping, load_mapping
+from crm_elasticity.core.models import STATE_COLOURS, ContactState
+from crm_elasticity.core.report import funnel, headline_of, suppression
+from crm_elasticity.core.sqlite_store import SQLiteStore
 
 SIDES = COMPARE_SIDES
 SAMPLE_IDS = 5
@@ -36,7 +36,7 @@ def _replay_side(
 ) -> dict[str, int]:
     """One side's replay, in its own process (the mapping is read there: nothing unpicklable
     crosses the process boundary)."""
-    from core.replay import replay_file
+    from crm_elasticity.core.replay import replay_file
 
     mapping = load_mapping(mapping_path)
     horizon = datetime.fromisoformat(until) if until else None

@@ -83,14 +83,19 @@ from urllib.parse import parse_qs, urlsplit
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
 
-from core.cursors import Cursors
-from core.ledger_reader import LedgerReader, RollupRow, WindowError
-from core.models import CONTACT_STATE, DECISION, EVENT, ContactState, Decision, Event
-from core.order import REVISION_WINDOW, ContactHistory, history_from_json, history_json
-from core.owed import OwedKind, OwedWrite
-from core.rollup import rollup_keys
-from core.sqlite_rows import decision_row
-from core.store import (
+from crm_elasticity.core.cursors import Cursors
+from crm_elasticity.core.ledger_reader import LedgerReader, RollupRow, WindowError
+from crm_elasticity.core.models import CONTACT_STATE, DECISION, EVENT, ContactState, Decision, Event
+from crm_elasticity.core.order import (
+    REVISION_WINDOW,
+    ContactHistory,
+    history_from_json,
+    history_json,
+)
+from crm_elasticity.core.owed import OwedKind, OwedWrite
+from crm_elasticity.core.rollup import rollup_keys
+from crm_elasticity.core.sqlite_rows import decision_row
+from crm_elasticity.core.store import (
     OUTBOX_LEASE,
     QUALITY_MEASURES,
     QUARANTINE_REASON_CHARS,

@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from core.models import IN_SEND_STREAM, ContactState, Status
-from core.policy import Policy
+from crm_elasticity.core.models import IN_SEND_STREAM, ContactState, Status
+from crm_elasticity.core.policy import Policy
 
 if TYPE_CHECKING:
-    from core.mapping import EligibilitySpec, Mapping, SegmentSpec
+    from crm_elasticity.core.mapping import EligibilitySpec, Mapping, SegmentSpec
 
 TRUE_VALUES = frozenset({"true", "1", "yes", "y", "on", "opted_out", "opt-out"})
 SEND_ACTIONS = frozenset({"reactivation_step_due"})

@@ -17,7 +17,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, NamedTuple
 
-from core.models import (
+from crm_elasticity.core.models import (
     COMPLIANCE_REASONS,
     Action,
     ContactState,
@@ -29,7 +29,7 @@ from core.models import (
     SuppressionReason,
     iso_utc,
 )
-from core.policy import Compiled, Policy
+from crm_elasticity.core.policy import Compiled, Policy
 
 _ACTIVE, _ENGAGED, _DORMANT = Status.ACTIVE, Status.ENGAGED, Status.DORMANT
 _REACTIVATED, _SUPPRESSED = Status.REACTIVATED, Status.SUPPRESSED

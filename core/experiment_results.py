@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from core.ledger_view import LedgerView
-from core.proportions import (
+from crm_elasticity.core.ledger_view import LedgerView
+from crm_elasticity.core.proportions import (
     newcombe_difference,
     relative_lift,
     two_proportion_p_value,
@@ -23,8 +23,8 @@ from core.proportions import (
 )
 
 if TYPE_CHECKING:
-    from core.ledger_reader import LedgerReader
-    from core.mapping import ExperimentSpec, Mapping
+    from crm_elasticity.core.ledger_reader import LedgerReader
+    from crm_elasticity.core.mapping import ExperimentSpec, Mapping
 
 LEVEL = 0.95
 SOURCE = "report_rows"

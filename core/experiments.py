@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import ValidationError
 
-from core.eligibility import Governance
-from core.models import ContactState, Status
-from core.policy import Policy
+from crm_elasticity.core.eligibility import Governance
+from crm_elasticity.core.models import ContactState, Status
+from crm_elasticity.core.policy import Policy
 
 if TYPE_CHECKING:
-    from core.mapping import ExperimentSpec, FrequencyCap, Mapping
+    from crm_elasticity.core.mapping import ExperimentSpec, FrequencyCap, Mapping
 
 HOLDOUT = "holdout"
 HELD_OUT, TREATED = "holdout", "treated"

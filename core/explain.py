@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core.ledger_reader import LedgerReader
-from core.models import ContactState, Decision
-from core.order import REVISED
+from crm_elasticity.core.ledger_reader import LedgerReader
+from crm_elasticity.core.models import ContactState, Decision
+from crm_elasticity.core.order import REVISED
 
 
 def _value(value: object) -> str:
@@ -52,7 +52,7 @@ def _read(
     (its text ledger, or the coded ledger of a replay or simulation on the coded path)."""
     if isinstance(source, LedgerReader):
         return source.contact_decisions(contact_id), source.contact_now(contact_id)
-    from core.sqlite_store import SQLiteStore
+    from crm_elasticity.core.sqlite_store import SQLiteStore
 
     # One connection for both: a store's decisions are in its text or its coded ledger, and
     # finding out which on a second connection would cost more than reading them.

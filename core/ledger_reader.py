@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from core.models import ContactState, Decision
+    from crm_elasticity.core.models import ContactState, Decision
 
 RollupRow = tuple[str, str, str, str, str, str, str, str, int, int]
 """(day, rule, reason, from_status or '', to_status, policy_version, event_type or '', arm or

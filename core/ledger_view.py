@@ -17,10 +17,10 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from core.rollup import SCHEMA as ROLLUP_SCHEMA
+from crm_elasticity.core.rollup import SCHEMA as ROLLUP_SCHEMA
 
 if TYPE_CHECKING:
-    from core.ledger_reader import LedgerReader
+    from crm_elasticity.core.ledger_reader import LedgerReader
 
 _TABLES = """
 CREATE TABLE report_rows (

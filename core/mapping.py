@@ -18,9 +18,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from core.experiments import compile_program, segment_policy
-from core.models import CANONICAL_FIELDS, Status
-from core.policy import MAX_POLICY_DAYS, Policy, StrictModel
+from crm_elasticity.core.experiments import compile_program, segment_policy
+from crm_elasticity.core.models import CANONICAL_FIELDS, Status
+from crm_elasticity.core.policy import MAX_POLICY_DAYS, Policy, StrictModel
 
 FieldType = Literal["enumeration", "datetime", "date", "number", "string", "bool"]
 
@@ -484,7 +484,7 @@ class MappingFile:
     def _attach_competing(self, mapping: Mapping) -> None:
         """Read the programs named in `eligibility.competing` (their own `competing` is not
         followed) and give their eligibility to this program's governance."""
-        from core.eligibility import Rival
+        from crm_elasticity.core.eligibility import Rival
 
         rivals: list[Rival] = []
         problems: list[str] = []

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import overload
 
-from core.models import Event, Observation, iso_utc
+from crm_elasticity.core.models import Event, Observation, iso_utc
 
 LIFTING_EVENTS = frozenset({"resubscribe"})
 """Events that lift something. Seen for the first time in a snapshot (no change time), such a

@@ -31,8 +31,8 @@ from typing import Any
 
 import orjson
 
-from core.engine import advance_owned, apply_owned
-from core.models import (
+from crm_elasticity.core.engine import advance_owned, apply_owned
+from crm_elasticity.core.models import (
     CANONICAL_FIELDS,
     Action,
     ContactState,
@@ -42,8 +42,8 @@ from core.models import (
     Rule,
     iso_utc,
 )
-from core.policy import Policy
-from core.sqlite_rows import contact_from_row, contact_row
+from crm_elasticity.core.policy import Policy
+from crm_elasticity.core.sqlite_rows import contact_from_row, contact_row
 
 REVISION_WINDOW = timedelta(days=7)
 """How far back a late event can still be decided in order: HubSpot retries a webhook for up to

@@ -17,15 +17,23 @@ from datetime import datetime, timedelta
 from itertools import islice
 from typing import Any
 
-from core.cursors import Cursors
-from core.engine import advance_owned, apply_owned, next_due
-from core.gcpause import cyclic_gc_paused
-from core.models import MAX_URL_CHARS, ContactState, Decision, Event, Reason, Rule, Transition
-from core.occurrences import Seen, counts, decode_seen, encode_seen, newer
-from core.order import REVISION_WINDOW, ContactHistory, event_order, revise
-from core.policy import Policy
-from core.store import URLS_TRUNCATED, Batch, ConflictError, ContactStore
-from core.writeback import ContactWrite, WriteBack
+from crm_elasticity.core.cursors import Cursors
+from crm_elasticity.core.engine import advance_owned, apply_owned, next_due
+from crm_elasticity.core.gcpause import cyclic_gc_paused
+from crm_elasticity.core.models import (
+    MAX_URL_CHARS,
+    ContactState,
+    Decision,
+    Event,
+    Reason,
+    Rule,
+    Transition,
+)
+from crm_elasticity.core.occurrences import Seen, counts, decode_seen, encode_seen, newer
+from crm_elasticity.core.order import REVISION_WINDOW, ContactHistory, event_order, revise
+from crm_elasticity.core.policy import Policy
+from crm_elasticity.core.store import URLS_TRUNCATED, Batch, ConflictError, ContactStore
+from crm_elasticity.core.writeback import ContactWrite, WriteBack
 
 CONFLICT_ATTEMPTS = 5
 """Decisions made again after another writer got there first, before giving up (the caller

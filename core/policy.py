@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
-from core.models import ENGAGEMENT_EVENTS, NON_ENGAGEMENT_EVENTS
+from crm_elasticity.core.models import ENGAGEMENT_EVENTS, NON_ENGAGEMENT_EVENTS
 
 if TYPE_CHECKING:
-    from core.experiments import ProgramRules
-    from core.models import ContactState
+    from crm_elasticity.core.experiments import ProgramRules
+    from crm_elasticity.core.models import ContactState
 
 MAX_POLICY_DAYS = 36_500
 """Every duration a policy sets is at most a century: with event times before 2200

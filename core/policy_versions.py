@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from core.cursors import Cursors
+from crm_elasticity.core.cursors import Cursors
 
 if TYPE_CHECKING:
-    from core.ledger_view import LedgerView
+    from crm_elasticity.core.ledger_view import LedgerView
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:

@@ -10,11 +10,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from core.cursors import Cursors
-from core.experiment_results import experiment_results
-from core.mapping import Mapping, parse_mapping, policy_version
-from core.sqlite_store import SQLiteStore
-from core.store import Batch, Store
+from crm_elasticity.core.cursors import Cursors
+from crm_elasticity.core.experiment_results import experiment_results
+from crm_elasticity.core.mapping import Mapping, parse_mapping, policy_version
+from crm_elasticity.core.sqlite_store import SQLiteStore
+from crm_elasticity.core.store import Batch, Store
 
 
 class PromotionError(Exception):

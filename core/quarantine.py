@@ -7,8 +7,8 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from core.models import iso_utc
-from core.store import Quarantined
+from crm_elasticity.core.models import iso_utc
+from crm_elasticity.core.store import Quarantined
 
 SHOWN_CHARS = 120
 

@@ -13,8 +13,8 @@ import math
 from datetime import datetime
 from typing import Any
 
-from core.models import CANONICAL_FIELDS, ContactState, Status, SuppressionReason
-from core.policy import Policy
+from crm_elasticity.core.models import CANONICAL_FIELDS, ContactState, Status, SuppressionReason
+from crm_elasticity.core.policy import Policy
 
 
 def _same(a: Any, b: Any) -> bool:

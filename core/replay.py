@@ -11,15 +11,15 @@ from typing import IO, Any
 
 from pydantic import ValidationError
 
-from core.coded.events import UnknownKeys, event_from_line, problem_text
-from core.cursors import Cursors
-from core.gcpause import cyclic_gc_paused
-from core.mapping import Mapping
-from core.models import ContactState, Event, iso_utc
-from core.pipeline import Pipeline, RunStats
-from core.publish import Renames, partial_path, publish, remove_store
-from core.sqlite_store import SQLiteStore
-from core.store import Batch
+from crm_elasticity.core.coded.events import UnknownKeys, event_from_line, problem_text
+from crm_elasticity.core.cursors import Cursors
+from crm_elasticity.core.gcpause import cyclic_gc_paused
+from crm_elasticity.core.mapping import Mapping
+from crm_elasticity.core.models import ContactState, Event, iso_utc
+from crm_elasticity.core.pipeline import Pipeline, RunStats
+from crm_elasticity.core.publish import Renames, partial_path, publish, remove_store
+from crm_elasticity.core.sqlite_store import SQLiteStore
+from crm_elasticity.core.store import Batch
 
 REPLAY_BATCH = 20_000
 """The run's intake counts (bad lines, duplicates, lines with unknown keys) in the store's
@@ -61,7 +61,7 @@ class ReplayResult:
 
     def write_states(self, sink: IO[str]) -> int:
         if str(self.store.path) != ":memory:":  # the rows as text, without a state object each
-            from core.coded.states import write_state_lines
+            from crm_elasticity.core.coded.states import write_state_lines
 
             return write_state_lines(self.store.path, sink)
         count = 0
@@ -318,8 +318,8 @@ def _replay_coded(
     batch_size: int,
     workers: int,
 ) -> ReplayResult:
-    from core.coded.parallel import replay_sharded
-    from core.coded.replay import BadEvent, record_policy, replay_coded
+    from crm_elasticity.core.coded.parallel import replay_sharded
+    from crm_elasticity.core.coded.replay import BadEvent, record_policy, replay_coded
 
     def bad(number: int, problem: str) -> None:
         if on_bad_line:

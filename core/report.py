@@ -16,20 +16,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core.cursors import Cursors
-from core.experiment_results import (
+from crm_elasticity.core.cursors import Cursors
+from crm_elasticity.core.experiment_results import (
     counts_by_arm,
     experiment_results,
     holdout_results,
 )
-from core.ledger_reader import LedgerReader
-from core.ledger_view import LedgerView
-from core.models import COMPLIANCE_REASONS, STATE_COLOURS, Status, iso_utc
-from core.policy_versions import change_log, versions_by_transition
-from core.proportions import wilson
+from crm_elasticity.core.ledger_reader import LedgerReader
+from crm_elasticity.core.ledger_view import LedgerView
+from crm_elasticity.core.models import COMPLIANCE_REASONS, STATE_COLOURS, Status, iso_utc
+from crm_elasticity.core.policy_versions import change_log, versions_by_transition
+from crm_elasticity.core.proportions import wilson
 
 if TYPE_CHECKING:
-    from core.mapping import Mapping
+    from crm_elasticity.core.mapping import Mapping
 
 STATES = [s.value for s in Status]
 _COMPLIANCE = {r.value for r in COMPLIANCE_REASONS}
@@ -306,7 +306,7 @@ def build(
     store in the report (default: the file's path), `now` is its `generated_at`."""
     if isinstance(source, LedgerReader):
         return _build(source, since, mapping, label or "", now)
-    from core.sqlite_store import SQLiteStore
+    from crm_elasticity.core.sqlite_store import SQLiteStore
 
     store = SQLiteStore(source)
     try:
@@ -373,10 +373,10 @@ def render(report: dict[str, Any], fmt: str) -> str:
     if fmt == "json":
         return json.dumps(report, indent=2, default=str) + "\n"
     if fmt == "html":
-        from core.report_render import to_html
+        from crm_elasticity.core.report_render import to_html
 
         return to_html(report, _plots(report))
-    from core.report_render import to_markdown
+    from crm_elasticity.core.report_render import to_markdown
 
     return to_markdown(report)
 

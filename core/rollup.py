@@ -17,7 +17,7 @@ import json
 import sqlite3
 from collections.abc import Sequence
 
-from core.models import ContactState, Decision
+from crm_elasticity.core.models import ContactState, Decision
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS ledger_rollup (

@@ -16,14 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-from core.gcpause import cyclic_gc_paused
-from core.models import STATE_COLOURS, Event, Status, SuppressionReason
-from core.order import event_order
-from core.pipeline import Applied, Pipeline
-from core.policy import Policy
-from core.publish import Renames, partial_path, publish, remove_store
-from core.sqlite_store import SQLiteStore
-from core.synthetic import (
+from crm_elasticity.core.gcpause import cyclic_gc_paused
+from crm_elasticity.core.models import STATE_COLOURS, Event, Status, SuppressionReason
+from crm_elasticity.core.order import event_order
+from crm_elasticity.core.pipeline import Applied, Pipeline
+from crm_elasticity.core.policy import Policy
+from crm_elasticity.core.publish import Renames, partial_path, publish, remove_store
+from crm_elasticity.core.sqlite_store import SQLiteStore
+from crm_elasticity.core.synthetic import (
     IN_SEND_STREAM_LEVELS,
     START,
     STATUSES,
@@ -209,7 +209,7 @@ def run_simulation(
     store, once the last day is decided), "summarising" (the headline from the ledger)."""
     if engine not in ("coded", "object"):
         raise ValueError(f"engine: expected 'coded' or 'object', got {engine!r}")
-    from core.report import headline
+    from crm_elasticity.core.report import headline
 
     if phase is not None:
         progress = _phased(progress, phase, config.days)
@@ -229,7 +229,7 @@ def run_simulation(
     remove_store(partial)
     try:
         if engine == "coded":
-            from core.coded.simulate import run_coded_simulation
+            from crm_elasticity.core.coded.simulate import run_coded_simulation
 
             # Written in several transactions: the store takes its name once all have landed.
             store = SQLiteStore(partial, defer_limit=5_000, cache_mb=8)

@@ -8,7 +8,14 @@ from datetime import datetime
 
 import orjson
 
-from core.models import Action, ContactState, Decision, Status, SuppressionReason, iso_utc
+from crm_elasticity.core.models import (
+    Action,
+    ContactState,
+    Decision,
+    Status,
+    SuppressionReason,
+    iso_utc,
+)
 
 
 def _dt(value: str | None) -> datetime | None:

@@ -13,17 +13,22 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from core.bulk_states import BulkStates
-from core.cursors import Cursors
-from core.data_dir import DataDir
-from core.gcpause import cyclic_gc_paused
-from core.ledger_reader import LedgerReader, RollupRow
-from core.models import EVENT, ContactState, Decision, Event, iso_utc
-from core.order import ContactHistory, history_from_json, history_json
-from core.owed import OwedKind, OwedWrite
-from core.rollup import UPSERT, ensure_rollup, rollup_rows
-from core.sqlite_rows import contact_from_row, contact_row, decision_from_row, decision_row
-from core.store import (
+from crm_elasticity.core.bulk_states import BulkStates
+from crm_elasticity.core.cursors import Cursors
+from crm_elasticity.core.data_dir import DataDir
+from crm_elasticity.core.gcpause import cyclic_gc_paused
+from crm_elasticity.core.ledger_reader import LedgerReader, RollupRow
+from crm_elasticity.core.models import EVENT, ContactState, Decision, Event, iso_utc
+from crm_elasticity.core.order import ContactHistory, history_from_json, history_json
+from crm_elasticity.core.owed import OwedKind, OwedWrite
+from crm_elasticity.core.rollup import UPSERT, ensure_rollup, rollup_rows
+from crm_elasticity.core.sqlite_rows import (
+    contact_from_row,
+    contact_row,
+    decision_from_row,
+    decision_row,
+)
+from crm_elasticity.core.store import (
     OUTBOX_LEASE,
     QUALITY_MEASURES,
     QUARANTINE_REASON_CHARS,
@@ -641,7 +646,7 @@ class SQLiteStore(Store, LedgerReader):
         on this connection (a second one would parse the schema again)."""
         decisions = self.ledger_for(contact_id)
         if not decisions and self.path != ":memory:":
-            from core.coded.contact_ledger import coded_contact_decisions
+            from crm_elasticity.core.coded.contact_ledger import coded_contact_decisions
 
             with self._lock:
                 try:
@@ -666,8 +671,8 @@ class SQLiteStore(Store, LedgerReader):
         rows = self.execute("SELECT * FROM ledger_rollup WHERE day >= ?", (next_day,))
         rows += self.execute(_PARTIAL_DAY, (start, next_day))
         if self.path != ":memory:":
-            from core.coded.codes import to_us
-            from core.coded.ledger import has_coded_ledger, window_rollup
+            from crm_elasticity.core.coded.codes import to_us
+            from crm_elasticity.core.coded.ledger import has_coded_ledger, window_rollup
 
             if has_coded_ledger(self.path):  # a replay or simulate on the coded path
                 end = since.replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)

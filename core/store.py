@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from pydantic import ValidationError
 
-from core.ledger_reader import LedgerReader
-from core.models import EVENT, ContactState, Decision, Event
-from core.owed import OwedKind, OwedWrite
+from crm_elasticity.core.ledger_reader import LedgerReader
+from crm_elasticity.core.models import EVENT, ContactState, Decision, Event
+from crm_elasticity.core.owed import OwedKind, OwedWrite
 
 if TYPE_CHECKING:
-    from core.order import ContactHistory
+    from crm_elasticity.core.order import ContactHistory
 
 
 class StoreError(Exception):

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from core.models import Status
+from crm_elasticity.core.models import Status
 
 STATUSES = [s.value for s in Status]
 START = datetime(2026, 1, 5, tzinfo=UTC)

@@ -10,11 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from core.experiments import experiment_property_values
-from core.models import ContactState, Decision
+from crm_elasticity.core.experiments import experiment_property_values
+from crm_elasticity.core.models import ContactState, Decision
 
 if TYPE_CHECKING:
-    from core.mapping import Mapping
+    from crm_elasticity.core.mapping import Mapping
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import os
 import signal
 from typing import Any
 
-from core.coded import parallel
+from crm_elasticity.core.coded import parallel
 
 
 class _FailingFeed:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.policy import Policy
+from crm_elasticity.core.policy import Policy
 from tests.helpers import EventFactory
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from core.mapping import Mapping, parse_mapping
+from crm_elasticity.core.mapping import Mapping, parse_mapping
 
 ROOT = Path(__file__).resolve().parents[1]
 

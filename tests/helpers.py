@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 from itertools import count
 from typing import Any
 
-from connectors.base import WriteRequest
-from core.models import Event
+from crm_elasticity.connectors.base import WriteRequest
+from crm_elasticity.core.models import Event
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 """The tests' epoch: events and clocks are offsets from it."""

@@ -12,9 +12,9 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from core.mapping import Mapping
-from core.models import ContactState, Event
-from core.replay import replay_file, state_json
+from crm_elasticity.core.mapping import Mapping
+from crm_elasticity.core.models import ContactState, Event
+from crm_elasticity.core.replay import replay_file, state_json
 
 STREAM_START = datetime(2030, 3, 1, tzinfo=UTC)  # the generated stream's first instant
 SHUFFLE = timedelta(hours=6)

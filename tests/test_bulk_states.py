@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.bulk_states import BulkStates
-from core.engine import new_contact
+from crm_elasticity.core.bulk_states import BulkStates
+from crm_elasticity.core.engine import new_contact
 from tests.helpers import T0, days
 
 ids = st.sampled_from([f"c{i}" for i in range(12)])

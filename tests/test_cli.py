@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from connectors.cli import app
+from crm_elasticity.connectors.cli import app
 
 runner = CliRunner()
 
@@ -319,9 +319,9 @@ def test_serve_worker_process_drains_what_the_server_recorded(tmp_path):
     from datetime import UTC, datetime
     from functools import partial
 
-    from connectors.server import WorkerProcess
-    from core.models import Event
-    from core.sqlite_store import SQLiteStore
+    from crm_elasticity.connectors.server import WorkerProcess
+    from crm_elasticity.core.models import Event
+    from crm_elasticity.core.sqlite_store import SQLiteStore
     from tests.fakes.memory_crm import memory_runners
 
     store = SQLiteStore.in_data_dir(tmp_path)

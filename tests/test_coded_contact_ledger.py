@@ -10,12 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from core.coded.contact_ledger import as_text_ledger_hands_it_out, coded_contact_decisions
-from core.explain import explain_contact
-from core.models import Action, Decision, Status
-from core.replay import replay_file
-from core.sqlite_rows import decision_from_row, decision_row
-from core.sqlite_store import SQLiteStore
+from crm_elasticity.core.coded.contact_ledger import (
+    as_text_ledger_hands_it_out,
+    coded_contact_decisions,
+)
+from crm_elasticity.core.explain import explain_contact
+from crm_elasticity.core.models import Action, Decision, Status
+from crm_elasticity.core.replay import replay_file
+from crm_elasticity.core.sqlite_rows import decision_from_row, decision_row
+from crm_elasticity.core.sqlite_store import SQLiteStore
 from tests.experiments.helpers import mapping
 from tests.helpers import T0, days
 from tests.test_coded_replay import messy_events
@@ -127,7 +130,7 @@ def test_explain_of_a_coded_store_leaves_numpy_unloaded(stores):
     text_path, coded_path = stores
     check = (
         "import sys\n"
-        "from core.explain import explain_contact\n"
+        "from crm_elasticity.core.explain import explain_contact\n"
         f"text = explain_contact({str(coded_path)!r}, 'c3')\n"
         "assert text, 'no decisions read'\n"
         "print('numpy' in sys.modules)\n"

@@ -11,12 +11,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core.coded import engine as coded
-from core.coded.codes import NO_TIME, Names, coded_policies, to_us
-from core.coded.decode import Texts, contact_state, decisions
-from core.engine import advance_owned, apply_owned
-from core.models import Event
-from core.policy import Decay, Policy
+from crm_elasticity.core.coded import engine as coded
+from crm_elasticity.core.coded.codes import NO_TIME, Names, coded_policies, to_us
+from crm_elasticity.core.coded.decode import Texts, contact_state, decisions
+from crm_elasticity.core.engine import advance_owned, apply_owned
+from crm_elasticity.core.models import Event
+from crm_elasticity.core.policy import Decay, Policy
 from tests.experiments.helpers import mapping
 from tests.helpers import T0
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from core.coded.events import (
+from crm_elasticity.core.coded.events import (
     LineProblem,
     UnknownKeys,
     decode_chunk,

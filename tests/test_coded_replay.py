@@ -12,11 +12,11 @@ from datetime import timedelta
 
 import pytest
 
-from core.coded.ledger import coded_decisions
-from core.coded.ledger import ledger_for as coded_ledger_for
-from core.explain import explain_contact
-from core.replay import BadLine, replay_file
-from core.report import render_report
+from crm_elasticity.core.coded.ledger import coded_decisions
+from crm_elasticity.core.coded.ledger import ledger_for as coded_ledger_for
+from crm_elasticity.core.explain import explain_contact
+from crm_elasticity.core.replay import BadLine, replay_file
+from crm_elasticity.core.report import render_report
 from tests.experiments.helpers import mapping
 from tests.helpers import T0
 
@@ -101,7 +101,9 @@ def test_coded_replay_decides_and_shows_what_the_object_replay_does(
     tmp_path, monkeypatch, extra, seed, until, workers
 ):
     if seed == 2:
-        monkeypatch.setattr("core.coded.ledger.CHUNK_ROWS", 64)  # a contact over many chunks
+        monkeypatch.setattr(
+            "crm_elasticity.core.coded.ledger.CHUNK_ROWS", 64
+        )  # a contact over many chunks
     m = mapping(extra)
     events = tmp_path / "events.jsonl"
     messy_events(events, seed)
@@ -122,7 +124,7 @@ def test_coded_replay_decides_and_shows_what_the_object_replay_does(
     assert old.stats.duplicates > 0
     for n in range(40):
         cid = f"c{n}"
-        from core.sqlite_store import SQLiteStore
+        from crm_elasticity.core.sqlite_store import SQLiteStore
 
         store = SQLiteStore(old_path)
         expected = store.ledger_for(cid)
@@ -243,11 +245,11 @@ def test_events_read_from_crm_properties_take_the_object_path(tmp_path):
 def test_out_lines_are_the_state_json_of_every_stored_contact(tmp_path):
     """`--out` formats the contacts table's rows directly: the same bytes as `json.dumps` of
     `state_json` of each state read back, for awkward ids, reasons, scores and experiments."""
-    from core.coded.states import write_state_lines
-    from core.models import ContactState, Status, SuppressionReason
-    from core.replay import state_json
-    from core.sqlite_store import SQLiteStore
-    from core.store import Batch
+    from crm_elasticity.core.coded.states import write_state_lines
+    from crm_elasticity.core.models import ContactState, Status, SuppressionReason
+    from crm_elasticity.core.replay import state_json
+    from crm_elasticity.core.sqlite_store import SQLiteStore
+    from crm_elasticity.core.store import Batch
 
     at = T0 + timedelta(microseconds=123_456)
     states = [
@@ -294,9 +296,9 @@ def test_times_are_formatted_as_iso_utc_formats_them():
     from hypothesis import given
     from hypothesis import strategies as st
 
-    from core.coded.codes import from_us, to_us
-    from core.coded.states import _IsoText
-    from core.models import EARLIEST_INSTANT, LATEST_INSTANT, iso_utc
+    from crm_elasticity.core.coded.codes import from_us, to_us
+    from crm_elasticity.core.coded.states import _IsoText
+    from crm_elasticity.core.models import EARLIEST_INSTANT, LATEST_INSTANT, iso_utc
 
     iso = _IsoText()
     earliest = to_us(EARLIEST_INSTANT)
@@ -319,9 +321,9 @@ def test_times_formatted_at_once_match_iso_utc():
     from hypothesis import given
     from hypothesis import strategies as st
 
-    from core.coded.codes import from_us, to_us
-    from core.coded.states import iso_texts
-    from core.models import EARLIEST_INSTANT, LATEST_INSTANT, iso_utc
+    from crm_elasticity.core.coded.codes import from_us, to_us
+    from crm_elasticity.core.coded.states import iso_texts
+    from crm_elasticity.core.models import EARLIEST_INSTANT, LATEST_INSTANT, iso_utc
 
     earliest = to_us(EARLIEST_INSTANT)
     latest = to_us(LATEST_INSTANT) - 1
@@ -348,7 +350,7 @@ def test_a_contacts_positions_in_a_chunk_are_found_by_their_packed_index():
     from hypothesis import given
     from hypothesis import strategies as st
 
-    from core.coded.contact_ledger import positions_in_chunk
+    from crm_elasticity.core.coded.contact_ledger import positions_in_chunk
 
     # Values whose bytes straddle their neighbours' (256, 1 << 24 ...) included.
     value = st.sampled_from([0, 1, 256, 65536, 1 << 24, (1 << 24) | 1]) | st.integers(0, 2**31 - 1)
@@ -379,7 +381,9 @@ def test_a_worker_that_fails_or_is_killed_fails_the_run_and_leaves_no_file_behin
     store_path = tmp_path / "replay.sqlite3"
     replay_file(mapping(), events, store_path).store.close()  # a complete earlier run
     before = _table(store_path, "SELECT * FROM contacts")
-    monkeypatch.setattr("core.coded.parallel._work", getattr(coded_workers, stand_in))
+    monkeypatch.setattr(
+        "crm_elasticity.core.coded.parallel._work", getattr(coded_workers, stand_in)
+    )
     with pytest.raises(RuntimeError) as caught:
         replay_file(mapping(), events, store_path, workers=3, batch_size=97)
     assert str(caught.value) == f"replay worker 1 failed: {problem}"

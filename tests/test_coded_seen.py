@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.coded.seen import SeenIds
+from crm_elasticity.core.coded.seen import SeenIds
 
 
 @given(

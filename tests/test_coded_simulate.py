@@ -7,9 +7,9 @@ import sqlite3
 
 import pytest
 
-from core.explain import explain_contact
-from core.report import render_report
-from core.simulate import SimulationConfig, run_simulation
+from crm_elasticity.core.explain import explain_contact
+from crm_elasticity.core.report import render_report
+from crm_elasticity.core.simulate import SimulationConfig, run_simulation
 from tests.experiments.helpers import mapping
 
 
@@ -23,7 +23,7 @@ def _rows(path, sql):
 
 @pytest.mark.parametrize("programmed", [False, True])
 def test_coded_simulation_is_the_object_simulation(tmp_path, programmed):
-    from core.policy import Policy
+    from crm_elasticity.core.policy import Policy
 
     points = {"open": 5, "click": 10, "high_intent_visit": 15, "form_submit": 12}
     policy = mapping().policy if programmed else Policy(version="sim", points=points)

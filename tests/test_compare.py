@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from connectors.cli import app
+from crm_elasticity.connectors.cli import app
 
 HUBSPOT = Path("mappings/hubspot.yaml")
 CHROMIUM = Path("/usr/bin/chromium")

@@ -3,9 +3,9 @@ a store written before keeps its sync positions, seen values and report notes.""
 
 from __future__ import annotations
 
-from core.cursors import Cursors
-from core.sqlite_store import SQLiteStore
-from core.store import Batch
+from crm_elasticity.core.cursors import Cursors
+from crm_elasticity.core.sqlite_store import SQLiteStore
+from crm_elasticity.core.store import Batch
 
 
 def test_the_stored_names_are_those_of_earlier_releases() -> None:

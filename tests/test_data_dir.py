@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from core.data_dir import DataDir
+from crm_elasticity.core.data_dir import DataDir
 
 
 def test_the_dir_given_wins_over_the_environment_which_wins_over_the_default(tmp_path):

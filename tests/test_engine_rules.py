@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from core.engine import UnknownEventType, advance, apply_event, next_due
-from core.models import Status, SuppressionReason
-from core.policy import Policy
+from crm_elasticity.core.engine import UnknownEventType, advance, apply_event, next_due
+from crm_elasticity.core.models import Status, SuppressionReason
+from crm_elasticity.core.policy import Policy
 from tests.helpers import T0, days
 
 
@@ -291,7 +291,7 @@ def test_decisions_carry_policy_version_and_before_after(policy, ev):
 def test_every_rule_and_reason_the_engine_names_is_a_member(policy, ev):
     """Rules and the reasons the rules give themselves are `Rule` / `Reason` members (the
     ledger's text is their value); only event types and compliance reasons are passed on."""
-    from core.models import Reason, Rule
+    from crm_elasticity.core.models import Reason, Rule
 
     _, decisions = run(
         policy,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from core.mapping import load_mapping
-from core.simulate import SimulationConfig, run_simulation
+from crm_elasticity.core.mapping import load_mapping
+from crm_elasticity.core.simulate import SimulationConfig, run_simulation
 
 SHIPPED = sorted(Path("mappings").glob("*.yaml"))
 

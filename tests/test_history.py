@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from connectors.cli import app
-from connectors.history import export_history
+from crm_elasticity.connectors.cli import app
+from crm_elasticity.connectors.history import export_history
 
 runner = CliRunner()
 COLUMNS = "contact_id=Email,type=Activity,occurred_at=When,url=Link,campaign=Email Name"
@@ -115,8 +115,8 @@ def test_exporting_from_the_crm_needs_since(tmp_path):
 
 
 def test_a_connector_without_an_export_says_to_import_a_csv(tmp_path):
-    from connectors.base import HistoryUnsupported
-    from core.mapping import load_mapping
+    from crm_elasticity.connectors.base import HistoryUnsupported
+    from crm_elasticity.core.mapping import load_mapping
     from tests.fakes.memory_crm import MemoryConnector
 
     connector = MemoryConnector(load_mapping("tests/fakes/memory.yaml"))

@@ -47,7 +47,7 @@ def start(args: list[str], data_dir: Path, group: bool = False) -> subprocess.Po
         "PYTHONPATH": str(ROOT),
     }
     return subprocess.Popen(  # noqa: S603 - our own interpreter and command line
-        [sys.executable, "-m", "connectors.cli", *args],
+        [sys.executable, "-m", "crm_elasticity.connectors.cli", *args],
         cwd=ROOT,
         env=env,
         text=True,
@@ -139,7 +139,7 @@ def test_ctrl_c_during_simulate_keeps_the_previous_store_and_report(tmp_path):
 
 
 def test_ctrl_c_while_publishing_lets_the_renames_finish_then_says_so(tmp_path):
-    from core.publish import InterruptedAfterPublish, publish
+    from crm_elasticity.core.publish import InterruptedAfterPublish, publish
 
     partial, final = tmp_path / "s.sqlite3.partial", tmp_path / "s.sqlite3"
     written, name = tmp_path / "out.partial", tmp_path / "out"

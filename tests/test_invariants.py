@@ -7,11 +7,11 @@ from dataclasses import replace
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from core.engine import advance, advance_owned, apply_event, apply_owned
-from core.models import COMPLIANCE_REASONS, Event, Status
-from core.pipeline import Pipeline
-from core.policy import Policy
-from core.sqlite_store import SQLiteStore
+from crm_elasticity.core.engine import advance, advance_owned, apply_event, apply_owned
+from crm_elasticity.core.models import COMPLIANCE_REASONS, Event, Status
+from crm_elasticity.core.pipeline import Pipeline
+from crm_elasticity.core.policy import Policy
+from crm_elasticity.core.sqlite_store import SQLiteStore
 from tests.helpers import T0, days
 
 POLICY = Policy(version="prop")

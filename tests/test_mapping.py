@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from core.mapping import MappingError, load_mapping, parse_mapping
-from core.models import CANONICAL_FIELDS
+from crm_elasticity.core.mapping import MappingError, load_mapping, parse_mapping
+from crm_elasticity.core.models import CANONICAL_FIELDS
 
 SHIPPED = sorted(Path("mappings").glob("*.yaml"))
 
@@ -181,7 +181,7 @@ def test_an_alias_bomb_is_refused_with_a_short_message():
 
 
 def test_alias_expansion_is_counted_without_expanding():
-    from core.mapping import AliasBombError, expanded_size
+    from crm_elasticity.core.mapping import AliasBombError, expanded_size
 
     small = yaml.compose("a: &a [1, 2, 3]\nb: [*a, *a]\n")
     # the map, key a, [1, 2, 3], key b, and b's list holding the three-item list twice
@@ -222,7 +222,7 @@ def test_a_validator_quoting_a_huge_value_prints_one_short_line():
 def test_validate_refuses_an_alias_bomb_with_a_short_message(tmp_path):
     from typer.testing import CliRunner
 
-    from connectors.cli import app
+    from crm_elasticity.connectors.cli import app
 
     bomb = tmp_path / "bomb.yaml"
     bomb.write_bytes(alias_bomb(7))  # 4.8 million strings once expanded

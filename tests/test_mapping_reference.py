@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from connectors.mapping_reference import render
+from crm_elasticity.connectors.mapping_reference import render
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "mapping-reference.md"
 
@@ -12,13 +12,13 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "mapping-reference.md"
 def test_the_checked_in_reference_matches_the_schema():
     assert DOC.read_text() == render(), (
         "docs/mapping-reference.md is stale: "
-        "python -m connectors.mapping_reference > docs/mapping-reference.md"
+        "python -m crm_elasticity.connectors.mapping_reference > docs/mapping-reference.md"
     )
 
 
 def test_the_reference_lists_every_key_of_every_section():
-    from core.mapping import FrequencyCap, Mapping
-    from core.policy import Decay
+    from crm_elasticity.core.mapping import FrequencyCap, Mapping
+    from crm_elasticity.core.policy import Decay
 
     text = render()
     for model in (Mapping, Decay, FrequencyCap):

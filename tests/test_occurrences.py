@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from core.models import Event, Observation
-from core.occurrences import Seen, counts, decode_seen, encode_seen, newer
+from crm_elasticity.core.models import Event, Observation
+from crm_elasticity.core.occurrences import Seen, counts, decode_seen, encode_seen, newer
 
 T = datetime(2026, 3, 1, tzinfo=UTC)
 URL = "https://www.acme.example/pricing"

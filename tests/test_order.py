@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from connectors.runner import Runner
-from core.explain import explain_contact
-from core.models import Event, Status
-from core.order import MAX_EVENTS, REVISED
-from core.pipeline import Pipeline
-from core.policy import Policy
-from core.sqlite_store import SQLiteStore
+from crm_elasticity.connectors.runner import Runner
+from crm_elasticity.core.explain import explain_contact
+from crm_elasticity.core.models import Event, Status
+from crm_elasticity.core.order import MAX_EVENTS, REVISED
+from crm_elasticity.core.pipeline import Pipeline
+from crm_elasticity.core.policy import Policy
+from crm_elasticity.core.sqlite_store import SQLiteStore
 from tests.fakes.memory_crm import MemoryConnector, MemoryCrm, memory_mapping
 from tests.helpers import T0, days
 
@@ -216,7 +216,7 @@ def test_explain_shows_the_revision_with_both_paths(tmp_path: Path) -> None:
 
 
 def test_the_report_counts_revised_and_beyond_history_late_events(tmp_path: Path) -> None:
-    from core.report import build
+    from crm_elasticity.core.report import build
 
     path = tmp_path / "elasticity.sqlite3"
     store = SQLiteStore(path)

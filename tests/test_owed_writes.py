@@ -6,9 +6,9 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from core.owed import OwedKind, OwedWrite
-from core.sqlite_store import SQLiteStore
-from core.store import Batch
+from crm_elasticity.core.owed import OwedKind, OwedWrite
+from crm_elasticity.core.sqlite_store import SQLiteStore
+from crm_elasticity.core.store import Batch
 
 
 def test_an_outbox_an_earlier_release_wrote_drains_typed(tmp_path: Path) -> None:

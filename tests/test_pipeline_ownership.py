@@ -6,10 +6,10 @@ from __future__ import annotations
 import gc
 import threading
 
-from core.engine import advance, apply_event
-from core.gcpause import cyclic_gc_paused
-from core.pipeline import Pipeline
-from core.sqlite_store import SQLiteStore
+from crm_elasticity.core.engine import advance, apply_event
+from crm_elasticity.core.gcpause import cyclic_gc_paused
+from crm_elasticity.core.pipeline import Pipeline
+from crm_elasticity.core.sqlite_store import SQLiteStore
 from tests.helpers import T0, days
 
 

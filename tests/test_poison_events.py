@@ -11,13 +11,13 @@ import pytest
 from pydantic import ValidationError
 from typer.testing import CliRunner
 
-from connectors.cli import app
-from connectors.instants import parse_instant
-from connectors.intake import handle_webhook
-from connectors.runner import Runner
-from core.mapping import MappingError, parse_mapping
-from core.models import EVENT, Event
-from core.sqlite_store import SQLiteStore
+from crm_elasticity.connectors.cli import app
+from crm_elasticity.connectors.instants import parse_instant
+from crm_elasticity.connectors.intake import handle_webhook
+from crm_elasticity.connectors.runner import Runner
+from crm_elasticity.core.mapping import MappingError, parse_mapping
+from crm_elasticity.core.models import EVENT, Event
+from crm_elasticity.core.sqlite_store import SQLiteStore
 from tests.fakes.memory_crm import MemoryConnector, MemoryCrm, memory_mapping
 from tests.helpers import T0
 
@@ -66,7 +66,7 @@ def test_a_signal_value_with_an_impossible_date_counts_when_observed() -> None:
 
 
 def test_a_signed_hubspot_webhook_dated_near_9999_is_answered_400(tmp_path: Path) -> None:
-    from core.mapping import load_mapping
+    from crm_elasticity.core.mapping import load_mapping
     from tests.fakes.hubspot_server import FakeHubSpot
     from tests.hubspot.hubspot_helpers import MAPPING, FakeClock, make_connector
     from tests.hubspot.webhook_helpers import notification, signed
@@ -86,7 +86,7 @@ def test_a_canonical_json_webhook_event_dated_near_9999_is_answered_400(tmp_path
     from tests.fakes.memory_crm import SECRET_HEADER
 
     connector = MemoryConnector(memory_mapping(), MemoryCrm(), secret="s")
-    from connectors.base import WebhookRequest
+    from crm_elasticity.connectors.base import WebhookRequest
 
     body = json.dumps([json.loads(line("e1", "c1", "open", NEAR_9999))]).encode()
     request = WebhookRequest("POST", "/webhooks/memory", "", {SECRET_HEADER: "s"}, body, T0)
@@ -196,7 +196,7 @@ def test_a_quarantined_event_applied_on_redelivery_is_listed_as_such(
 def test_an_unavailable_crm_leaves_every_event_queued_not_quarantined(
     poisoned_runner: Runner,
 ) -> None:
-    from connectors.base import ConnectorError
+    from crm_elasticity.connectors.base import ConnectorError
 
     runner = poisoned_runner
     runner.connector.crm.down = True
@@ -255,7 +255,7 @@ def test_a_failure_writing_to_the_crm_quarantines_nothing(
 SERVE = """
 import multiprocessing, sys
 from functools import partial
-from connectors.server import serve_forever
+from crm_elasticity.connectors.server import serve_forever
 from tests.fakes.memory_crm import memory_runners
 
 def ready(server):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer.main
 
-from connectors.cli import app
+from crm_elasticity.connectors.cli import app
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from connectors.cli import app, bad_line_limit
+from crm_elasticity.connectors.cli import app, bad_line_limit
 
 runner = CliRunner()
 MAPPING = "mappings/hubspot.yaml"
@@ -185,7 +185,7 @@ def test_periodic_lines_carry_bytes_rate_and_eta():
 
     from rich.console import Console
 
-    from connectors.progress import RunProgress
+    from crm_elasticity.connectors.progress import RunProgress
 
     sink = io.StringIO()
     now = [0.0]

@@ -10,8 +10,8 @@ from pathlib import Path
 import yaml
 from typer.testing import CliRunner
 
-from connectors.cli import app
-from core.replay import replay_file
+from crm_elasticity.connectors.cli import app
+from crm_elasticity.core.replay import replay_file
 from tests.helpers import T0
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +34,7 @@ def write_lines(path: Path, rows: list[dict]) -> Path:
 
 
 def test_replay_with_contact_properties_withholds_and_segments(tmp_path):
-    from core.mapping import load_mapping
+    from crm_elasticity.core.mapping import load_mapping
 
     mapping = load_mapping(governed_mapping_file(tmp_path))
     events = write_lines(

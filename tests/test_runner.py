@@ -7,13 +7,13 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from connectors.base import ConnectorError
-from connectors.runner import Runner
-from core.cursors import Cursors
-from core.models import Event, Status
-from core.pipeline import CONFLICT_ATTEMPTS
-from core.sqlite_store import SQLiteStore
-from core.store import Batch, ConflictError
+from crm_elasticity.connectors.base import ConnectorError
+from crm_elasticity.connectors.runner import Runner
+from crm_elasticity.core.cursors import Cursors
+from crm_elasticity.core.models import Event, Status
+from crm_elasticity.core.pipeline import CONFLICT_ATTEMPTS
+from crm_elasticity.core.sqlite_store import SQLiteStore
+from crm_elasticity.core.store import Batch, ConflictError
 from tests.fakes.memory_crm import MemoryConnector, MemoryCrm, memory_mapping
 from tests.helpers import T0
 

@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from connectors import sandbox
-from connectors.cli import app
-from connectors.hubspot.provision import list_filter_branch
-from core.mapping import load_mapping
-from core.models import Status
+from crm_elasticity.connectors import sandbox
+from crm_elasticity.connectors.cli import app
+from crm_elasticity.connectors.hubspot.provision import list_filter_branch
+from crm_elasticity.core.mapping import load_mapping
+from crm_elasticity.core.models import Status
 
 ROOT = Path(__file__).resolve().parents[1]
 MAPPING = ROOT / "mappings" / "hubspot.yaml"
@@ -44,7 +44,7 @@ def _env() -> dict[str, str]:
 
 def _sandbox(*args: str, cwd: Path) -> subprocess.Popen:
     return subprocess.Popen(  # noqa: S603
-        [sys.executable, "-m", "connectors.cli", "sandbox", "hubspot", *args],
+        [sys.executable, "-m", "crm_elasticity.connectors.cli", "sandbox", "hubspot", *args],
         cwd=cwd,
         env=_env(),
         stdout=subprocess.PIPE,
@@ -201,7 +201,7 @@ def test_an_unknown_vendor_is_a_usage_error() -> None:
 
 def test_the_commands_import_no_test_code() -> None:
     probe = (
-        "import sys, connectors.cli, connectors.sandbox; "
+        "import sys, crm_elasticity.connectors.cli, crm_elasticity.connectors.sandbox; "
         "print(sorted(m for m in sys.modules if m == 'tests' or m.startswith('tests.')))"
     )
     shown = subprocess.run(  # noqa: S603

@@ -10,8 +10,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from core.pipeline import Pipeline
-from core.sqlite_store import SQLiteStore
+from crm_elasticity.core.pipeline import Pipeline
+from crm_elasticity.core.sqlite_store import SQLiteStore
 from tests.fakes.memory_crm import memory_mapping
 from tests.order_stream import body, deliveries, differences, generate, replayed, requests
 
@@ -22,7 +22,7 @@ DRAIN_DEADLINE = 60.0
 SERVE = """
 import sys
 from functools import partial
-from connectors.server import serve_forever
+from crm_elasticity.connectors.server import serve_forever
 from tests.fakes.memory_crm import memory_runners
 
 runners = memory_runners(sys.argv[1])

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from core.sqlite_store import SQLiteStore
+from crm_elasticity.core.sqlite_store import SQLiteStore
 
 ROOT = Path(__file__).resolve().parents[1]
 DEADLINE = 30.0
@@ -27,7 +27,7 @@ PATH = "/webhooks/memory"
 SERVE = """
 import multiprocessing, sys
 from functools import partial
-from connectors.server import RespawnDelay, ServerLimits, serve_forever
+from crm_elasticity.connectors.server import RespawnDelay, ServerLimits, serve_forever
 from tests.fakes.memory_crm import memory_runners
 
 data_dir, first_delay, request_seconds = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
@@ -329,7 +329,7 @@ def test_a_store_replaced_under_serve_takes_the_writes_that_follow(serve) -> Non
 
 CLI = """
 import sys
-from connectors.cli import app
+from crm_elasticity.connectors.cli import app
 sys.argv = ["elasticity", *sys.argv[1:]]
 app()
 """
@@ -431,7 +431,7 @@ def test_a_second_serve_on_the_same_data_dir_is_refused_until_the_first_is_gone(
 def test_a_worker_that_keeps_dying_is_respawned_ever_later_and_soon_again_after_a_long_run() -> (
     None
 ):
-    from connectors.server import RespawnDelay
+    from crm_elasticity.connectors.server import RespawnDelay
 
     delay = RespawnDelay(first=0.5, most=4.0, stable=60.0)
     assert [delay.after(1.0) for _ in range(6)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
@@ -444,8 +444,8 @@ def test_the_access_log_names_no_query_string_and_no_header(
     import logging
     import threading
 
-    from connectors.runner import Runner
-    from connectors.server import build_server
+    from crm_elasticity.connectors.runner import Runner
+    from crm_elasticity.connectors.server import build_server
     from tests.fakes.memory_crm import MemoryConnector, MemoryCrm, memory_mapping
 
     runner = Runner(
@@ -469,7 +469,11 @@ def test_the_access_log_names_no_query_string_and_no_header(
     finally:
         httpd.shutdown()
         httpd.server_close()
-    lines = [r.getMessage() for r in caplog.records if r.name == "connectors.server.access"]
+    lines = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "crm_elasticity.connectors.server.access"
+    ]
     assert len(lines) == 1 and f'"POST {PATH}" 202' in lines[0]
     text = "\n".join(r.getMessage() for r in caplog.records)
     for secret in ("outbound-TOKEN-93a", "hook-SECRET-5e1", "SIGNATURE-c4d"):
@@ -481,7 +485,7 @@ def test_a_store_closed_after_its_file_was_removed_leaves_no_pages_for_the_file_
 ) -> None:
     from datetime import UTC, datetime
 
-    from core.models import Event
+    from crm_elasticity.core.models import Event
 
     def put(store: SQLiteStore, n: int) -> None:
         when = datetime(2026, 1, 1, tzinfo=UTC)

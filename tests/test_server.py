@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from connectors.server import INTAKE_CHECKPOINT_PAGES
+from crm_elasticity.connectors.server import INTAKE_CHECKPOINT_PAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 
 SERVE = """
 import multiprocessing, sys
 from functools import partial
-from connectors.server import serve_forever
+from crm_elasticity.connectors.server import serve_forever
 from tests.fakes.memory_crm import memory_runners
 
 runners = memory_runners(sys.argv[1])
@@ -91,7 +91,7 @@ def test_the_worker_process_ends_when_the_server_is_killed(tmp_path: Path) -> No
 
 
 def test_a_secrets_file_sets_changes_and_removes_names_and_reports_only_names(tmp_path):
-    from connectors.server import SecretsFile
+    from crm_elasticity.connectors.server import SecretsFile
 
     path = tmp_path / "secrets.env"
     path.write_text("# rotated 2026-06-01\nexport A_TOKEN='one'\nB_SECRET=\"two\"\n\nC=3\n")

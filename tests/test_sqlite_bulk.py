@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from core.models import Status, SuppressionReason, iso_utc
-from core.pipeline import Pipeline
-from core.sqlite_rows import changes_json
-from core.sqlite_store import SQLiteStore
-from core.store import Batch, ConflictError, StoreError
+from crm_elasticity.core.models import Status, SuppressionReason, iso_utc
+from crm_elasticity.core.pipeline import Pipeline
+from crm_elasticity.core.sqlite_rows import changes_json
+from crm_elasticity.core.sqlite_store import SQLiteStore
+from crm_elasticity.core.store import Batch, ConflictError, StoreError
 from tests.helpers import T0, days
 
 
@@ -170,7 +170,7 @@ def test_changes_json_keeps_times_in_utc_iso():
 
 
 def _state(cid: str):
-    from core.models import ContactState
+    from crm_elasticity.core.models import ContactState
 
     return ContactState(
         contact_id=cid,

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from core.models import Event
-from core.sqlite_store import SQLiteStore
+from crm_elasticity.core.models import Event
+from crm_elasticity.core.sqlite_store import SQLiteStore
 
 WHEN = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -10,13 +10,28 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from core.dynamodb_store import DynamoDBStore
-from core.ledger_reader import LedgerReader
-from core.models import EVENT, Action, ContactState, Decision, Event, Status, SuppressionReason
-from core.order import ContactHistory
-from core.owed import OwedKind, OwedWrite
-from core.sqlite_store import SQLiteStore
-from core.store import Batch, ConflictError, ContactStore, EventQueue, Quarantined, Store
+from crm_elasticity.core.dynamodb_store import DynamoDBStore
+from crm_elasticity.core.ledger_reader import LedgerReader
+from crm_elasticity.core.models import (
+    EVENT,
+    Action,
+    ContactState,
+    Decision,
+    Event,
+    Status,
+    SuppressionReason,
+)
+from crm_elasticity.core.order import ContactHistory
+from crm_elasticity.core.owed import OwedKind, OwedWrite
+from crm_elasticity.core.sqlite_store import SQLiteStore
+from crm_elasticity.core.store import (
+    Batch,
+    ConflictError,
+    ContactStore,
+    EventQueue,
+    Quarantined,
+    Store,
+)
 from tests.helpers import T0
 
 DAY0, DAY1, DAY2 = (str((T0 + timedelta(days=n)).date()) for n in range(3))
@@ -599,7 +614,7 @@ def _reader_batches() -> list[Batch]:
 
 
 def test_the_reader_hands_out_decisions_rollup_levels_and_notes(store: Store) -> None:
-    from core.ledger_reader import LedgerReader
+    from crm_elasticity.core.ledger_reader import LedgerReader
 
     assert isinstance(store, LedgerReader)
     batches = _reader_batches()

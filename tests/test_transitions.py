@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from core.models import Decision, Status, Transition
-from core.pipeline import count_transitions
+from crm_elasticity.core.models import Decision, Status, Transition
+from crm_elasticity.core.pipeline import count_transitions
 
 AT = datetime(2026, 3, 1, tzinfo=UTC)
 
@@ -59,7 +59,7 @@ def test_counts_serialise_as_the_plain_text_they_always_had():
 
 
 def test_the_lambda_metric_name_comes_from_the_member():
-    handlers = pytest.importorskip("connectors.aws.handlers")
+    handlers = pytest.importorskip("crm_elasticity.connectors.aws.handlers")
     assert handlers._transition_metric(Transition.DORMANT_REACTIVATED) == (
         "Transition_Dormant_Reactivated"
     )

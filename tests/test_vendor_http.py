@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from connectors.base import AuthError, CallStats, ConnectorError, QuotaExhausted
-from connectors.http import RetryPolicy, VendorHttp, Verdict, backoff_delay
+from crm_elasticity.connectors.base import AuthError, CallStats, ConnectorError, QuotaExhausted
+from crm_elasticity.connectors.http import RetryPolicy, VendorHttp, Verdict, backoff_delay
 
 
 class Boom(Exception):

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import yaml
 
-from core.mapping import Mapping, parse_mapping
-from core.models import Event
-from core.pipeline import Pipeline
-from core.sqlite_store import SQLiteStore
+from crm_elasticity.core.mapping import Mapping, parse_mapping
+from crm_elasticity.core.models import Event
+from crm_elasticity.core.pipeline import Pipeline
+from crm_elasticity.core.sqlite_store import SQLiteStore
 from tests.helpers import T0
 
 

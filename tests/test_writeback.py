@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core.mapping import load_mapping
-from core.pipeline import Pipeline
-from core.sqlite_store import SQLiteStore
-from core.writeback import WriteBack
+from crm_elasticity.core.mapping import load_mapping
+from crm_elasticity.core.pipeline import Pipeline
+from crm_elasticity.core.sqlite_store import SQLiteStore
+from crm_elasticity.core.writeback import WriteBack
 
 MAPPING = load_mapping(Path(__file__).resolve().parents[1] / "mappings" / "hubspot.yaml")
 

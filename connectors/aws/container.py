@@ -19,16 +19,16 @@ from collections.abc import Callable, Sequence
 from collections.abc import Mapping as MappingABC
 from pathlib import Path
 
-from connectors.aws.queue import WorkQueue
-from connectors.aws.secrets import MAX_AGE_SECONDS, load_secrets
-from connectors.base import Connector, ConnectorError, WebhookRequest
-from connectors.intake import HttpAnswer, handle_rotating, retiring_env
-from connectors.registry import load_connector, one_program_per_vendor
-from connectors.runner import Runner
-from core.dynamodb_store import DynamoDBStore
-from core.mapping import Mapping, load_mapping
-from core.models import Event
-from core.store import Store, StoreError
+from crm_elasticity.connectors.aws.queue import WorkQueue
+from crm_elasticity.connectors.aws.secrets import MAX_AGE_SECONDS, load_secrets
+from crm_elasticity.connectors.base import Connector, ConnectorError, WebhookRequest
+from crm_elasticity.connectors.intake import HttpAnswer, handle_rotating, retiring_env
+from crm_elasticity.connectors.registry import load_connector, one_program_per_vendor
+from crm_elasticity.connectors.runner import Runner
+from crm_elasticity.core.dynamodb_store import DynamoDBStore
+from crm_elasticity.core.mapping import Mapping, load_mapping
+from crm_elasticity.core.models import Event
+from crm_elasticity.core.store import Store, StoreError
 
 
 def mapping_paths(env: MappingABC[str, str]) -> list[Path]:

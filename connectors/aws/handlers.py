@@ -23,11 +23,11 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
 
-from connectors.aws.container import Container, mapping_paths
-from connectors.base import AuthError, CallStats, WebhookRequest
-from core.dynamodb_store import DynamoDBStore
-from core.models import Transition
-from core.pipeline import RunStats
+from crm_elasticity.connectors.aws.container import Container, mapping_paths
+from crm_elasticity.connectors.base import AuthError, CallStats, WebhookRequest
+from crm_elasticity.core.dynamodb_store import DynamoDBStore
+from crm_elasticity.core.models import Transition
+from crm_elasticity.core.pipeline import RunStats
 
 logger = Logger(service=os.environ.get("POWERTOOLS_SERVICE_NAME", "crm-elasticity"))
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "CrmElasticity"))
@@ -129,7 +129,7 @@ def webhook(event: dict[str, Any], context: Any) -> dict[str, Any]:
 @metrics.log_metrics(capture_cold_start_metric=True)
 def worker(event: dict[str, Any], context: Any) -> PartialItemFailureResponse:
     # Imported here: the webhook and sync functions never need the batch utilities.
-    from connectors.aws.worker import process_batch
+    from crm_elasticity.connectors.aws.worker import process_batch
 
     box = container()
     before = box_calls(box)
@@ -213,8 +213,8 @@ def report(event: dict[str, Any], context: Any) -> dict[str, Any]:
     experiment tables come from the first mapping of `ELASTICITY_MAPPINGS`, if set."""
     import boto3
 
-    from core.mapping import load_mapping
-    from core.report import render_report
+    from crm_elasticity.core.mapping import load_mapping
+    from crm_elasticity.core.report import render_report
 
     bucket = os.environ.get("REPORT_BUCKET")
     if not bucket:

@@ -18,8 +18,8 @@ import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, ConfigDict
 
-from core.models import Event
-from core.store import StoreError
+from crm_elasticity.core.models import Event
+from crm_elasticity.core.store import StoreError
 
 SEND_BATCH = 10  # SendMessageBatch's limit
 MAX_MESSAGE_BYTES = 262_144

@@ -23,7 +23,7 @@ from typing import Any
 
 from aws_lambda_powertools.utilities import parameters
 
-from connectors.intake import PREVIOUS_SUFFIX
+from crm_elasticity.connectors.intake import PREVIOUS_SUFFIX
 
 log = logging.getLogger(__name__)
 

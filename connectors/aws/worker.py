@@ -20,11 +20,11 @@ from aws_lambda_powertools.utilities.batch import (
 from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
-from connectors.aws.container import Container
-from connectors.aws.queue import QueueMessage, parse_message
-from connectors.base import AuthError, ConnectorError
-from core.pipeline import RunStats
-from core.store import StoreError
+from crm_elasticity.connectors.aws.container import Container
+from crm_elasticity.connectors.aws.queue import QueueMessage, parse_message
+from crm_elasticity.connectors.base import AuthError, ConnectorError
+from crm_elasticity.core.pipeline import RunStats
+from crm_elasticity.core.store import StoreError
 
 # A child of the handlers' logger: JSON lines with the batch's correlation id.
 log = Logger(service=os.environ.get("POWERTOOLS_SERVICE_NAME", "crm-elasticity"), child=True)

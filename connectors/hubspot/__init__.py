@@ -3,7 +3,7 @@ CRM v3 APIs through `hubspot-api-client`."""
 
 from __future__ import annotations
 
-from connectors.hubspot.connector import HubSpotConnector
+from crm_elasticity.connectors.hubspot.connector import HubSpotConnector
 
 CONNECTOR = HubSpotConnector
 

@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from connectors.hubspot.client import HubSpotClient, HubSpotError, Response
+from crm_elasticity.connectors.hubspot.client import HubSpotClient, HubSpotError, Response
 
 BATCH_SIZE = 100
 RETRIABLE_CATEGORIES = frozenset(

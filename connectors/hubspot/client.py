@@ -21,10 +21,10 @@ from typing import Any
 import urllib3
 from hubspot import HubSpot
 
-from connectors.base import AuthError, CallStats, ConnectorError, QuotaExhausted
-from connectors.http import RetryPolicy, VendorHttp, Verdict, backoff_delay
-from connectors.hubspot.config import HubSpotSettings
-from connectors.hubspot.limits import GENERAL, SEARCH, RateLimits
+from crm_elasticity.connectors.base import AuthError, CallStats, ConnectorError, QuotaExhausted
+from crm_elasticity.connectors.http import RetryPolicy, VendorHttp, Verdict, backoff_delay
+from crm_elasticity.connectors.hubspot.config import HubSpotSettings
+from crm_elasticity.connectors.hubspot.limits import GENERAL, SEARCH, RateLimits
 
 
 class EmailEventsApi:

@@ -10,8 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
-from connectors.base import ConnectorError
-from core.mapping import Mapping, format_validation_error
+from crm_elasticity.connectors.base import ConnectorError
+from crm_elasticity.core.mapping import Mapping, format_validation_error
 
 DEFAULT_BASE_URL = "https://api.hubapi.com"
 

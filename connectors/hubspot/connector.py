@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator, Sequence
 from collections.abc import Mapping as MappingABC
 from datetime import datetime
 
-from connectors.base import (
+from crm_elasticity.connectors.base import (
     Connector,
     CrmRecord,
     HandoffTask,
@@ -19,16 +19,20 @@ from connectors.base import (
     WriteRequest,
     WriteResult,
 )
-from connectors.hubspot.client import HubSpotClient
-from connectors.hubspot.config import HubSpotOptions, HubSpotSettings, load_options
-from connectors.hubspot.provision import Provisioner
-from connectors.hubspot.queries import KNOWN_DATETIME_PROPERTIES, due_groups, engaged_groups
-from connectors.hubspot.records import Contacts
-from connectors.hubspot.search import prefetch
-from connectors.hubspot.signature import SignatureError, signed_uri, verify
-from connectors.hubspot.tasks import Tasks
-from connectors.hubspot.webhooks import parse_body
-from core.mapping import Mapping
+from crm_elasticity.connectors.hubspot.client import HubSpotClient
+from crm_elasticity.connectors.hubspot.config import HubSpotOptions, HubSpotSettings, load_options
+from crm_elasticity.connectors.hubspot.provision import Provisioner
+from crm_elasticity.connectors.hubspot.queries import (
+    KNOWN_DATETIME_PROPERTIES,
+    due_groups,
+    engaged_groups,
+)
+from crm_elasticity.connectors.hubspot.records import Contacts
+from crm_elasticity.connectors.hubspot.search import prefetch
+from crm_elasticity.connectors.hubspot.signature import SignatureError, signed_uri, verify
+from crm_elasticity.connectors.hubspot.tasks import Tasks
+from crm_elasticity.connectors.hubspot.webhooks import parse_body
+from crm_elasticity.core.mapping import Mapping
 
 KNOWN_OTHER_PROPERTIES = frozenset(
     {
@@ -75,7 +79,7 @@ class HubSpotConnector(Connector):
 
     @classmethod
     def offline_plan(cls, mapping: Mapping) -> ProvisionReport:
-        from connectors.hubspot.provision import offline_plan
+        from crm_elasticity.connectors.hubspot.provision import offline_plan
 
         return ProvisionReport(offline_plan(mapping, load_options(mapping)), dry_run=True)
 
@@ -139,7 +143,7 @@ class HubSpotConnector(Connector):
     def export_history(
         self, since: datetime, until: datetime, cursor: MappingABC[str, str] | None
     ) -> Iterator[HistoryPage]:
-        from connectors.hubspot.history import EmailHistory
+        from crm_elasticity.connectors.hubspot.history import EmailHistory
 
         return EmailHistory(self.client, self.mapping).export(since, until, cursor)
 

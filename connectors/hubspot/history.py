@@ -29,14 +29,14 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from connectors.base import AuthError, ConnectorError, HistoryPage
-from connectors.hubspot.batches import BATCH_SIZE, chunks
-from connectors.hubspot.client import HubSpotClient
-from connectors.hubspot.records import READ_SCOPE
-from connectors.instants import parse_instant
-from connectors.signals import event_from_signal
-from core.mapping import Mapping as ProgramMapping
-from core.models import Event
+from crm_elasticity.connectors.base import AuthError, ConnectorError, HistoryPage
+from crm_elasticity.connectors.hubspot.batches import BATCH_SIZE, chunks
+from crm_elasticity.connectors.hubspot.client import HubSpotClient
+from crm_elasticity.connectors.hubspot.records import READ_SCOPE
+from crm_elasticity.connectors.instants import parse_instant
+from crm_elasticity.connectors.signals import event_from_signal
+from crm_elasticity.core.mapping import Mapping as ProgramMapping
+from crm_elasticity.core.models import Event
 
 SOURCE = "HubSpot email events"
 EVENTS_SCOPE = "content"

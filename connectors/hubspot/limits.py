@@ -6,7 +6,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Mapping
 
-from connectors.base import QuotaExhausted
+from crm_elasticity.connectors.base import QuotaExhausted
 
 SEARCH = "search"
 GENERAL = "general"

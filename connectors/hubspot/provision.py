@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from connectors.base import PlanItem, ProvisionReport
-from connectors.hubspot.client import HubSpotClient, HubSpotError
-from connectors.hubspot.config import HubSpotOptions
-from core.mapping import FieldSpec, ListSpec, Mapping
-from core.models import Status, SuppressionReason
+from crm_elasticity.connectors.base import PlanItem, ProvisionReport
+from crm_elasticity.connectors.hubspot.client import HubSpotClient, HubSpotError
+from crm_elasticity.connectors.hubspot.config import HubSpotOptions
+from crm_elasticity.core.mapping import FieldSpec, ListSpec, Mapping
+from crm_elasticity.core.models import Status, SuppressionReason
 
 CONTACT_OBJECT_TYPE_ID = "0-1"
 LIST_SEARCH_PAGE = 500

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from connectors.hubspot.config import HubSpotOptions
-from connectors.hubspot.search import Group, flt
-from connectors.hubspot.values import epoch_ms
-from core.eligibility import earliest_due
-from core.mapping import Mapping, Signal
-from core.models import Status
+from crm_elasticity.connectors.hubspot.config import HubSpotOptions
+from crm_elasticity.connectors.hubspot.search import Group, flt
+from crm_elasticity.connectors.hubspot.values import epoch_ms
+from crm_elasticity.core.eligibility import earliest_due
+from crm_elasticity.core.mapping import Mapping, Signal
+from crm_elasticity.core.models import Status
 
 IN_STREAM = [Status.ACTIVE.value.lower(), Status.REACTIVATED.value.lower()]
 DORMANT = Status.DORMANT.value.lower()

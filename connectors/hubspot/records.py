@@ -6,12 +6,17 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from connectors.base import CrmRecord, WriteRequest, WriteResult
-from connectors.hubspot.batches import BATCH_SIZE, BatchWriter, Input, chunks
-from connectors.hubspot.client import HubSpotClient, Response
-from connectors.hubspot.search import Group, Scanner, pages
-from connectors.hubspot.values import encode, encode_raw, read_properties, record_from_properties
-from core.mapping import Mapping
+from crm_elasticity.connectors.base import CrmRecord, WriteRequest, WriteResult
+from crm_elasticity.connectors.hubspot.batches import BATCH_SIZE, BatchWriter, Input, chunks
+from crm_elasticity.connectors.hubspot.client import HubSpotClient, Response
+from crm_elasticity.connectors.hubspot.search import Group, Scanner, pages
+from crm_elasticity.connectors.hubspot.values import (
+    encode,
+    encode_raw,
+    read_properties,
+    record_from_properties,
+)
+from crm_elasticity.core.mapping import Mapping
 
 READ_SCOPE = "crm.objects.contacts.read"
 WRITE_SCOPE = "crm.objects.contacts.write"

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from connectors.hubspot.client import SEARCH, HubSpotClient
+from crm_elasticity.connectors.hubspot.client import SEARCH, HubSpotClient
 
 PAGE_SIZE = 200
 MAX_GROUPS, MAX_FILTERS_PER_GROUP, MAX_FILTERS = 5, 6, 18

@@ -10,12 +10,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-from connectors.base import HandoffTask, WriteResult
-from connectors.hubspot.batches import BATCH_SIZE, BatchWriter, Input, chunks
-from connectors.hubspot.client import HubSpotClient, Response
-from connectors.hubspot.config import HubSpotOptions
-from connectors.hubspot.search import Scanner, flt
-from connectors.hubspot.values import iso_ms
+from crm_elasticity.connectors.base import HandoffTask, WriteResult
+from crm_elasticity.connectors.hubspot.batches import BATCH_SIZE, BatchWriter, Input, chunks
+from crm_elasticity.connectors.hubspot.client import HubSpotClient, Response
+from crm_elasticity.connectors.hubspot.config import HubSpotOptions
+from crm_elasticity.connectors.hubspot.search import Scanner, flt
+from crm_elasticity.connectors.hubspot.values import iso_ms
 
 TASKS_SCOPE = "crm.objects.contacts.write"
 

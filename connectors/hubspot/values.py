@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, time
 from typing import Any
 
-from connectors.base import CrmRecord
-from connectors.instants import parse_instant
-from core.mapping import FieldSpec, Mapping, Signal
-from core.models import Status
+from crm_elasticity.connectors.base import CrmRecord
+from crm_elasticity.connectors.instants import parse_instant
+from crm_elasticity.core.mapping import FieldSpec, Mapping, Signal
+from crm_elasticity.core.models import Status
 
 _STATUS_BY_LOWER = {s.value.lower(): s.value for s in Status}
 

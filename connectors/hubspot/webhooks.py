@@ -21,12 +21,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from connectors.base import WebhookRejected
-from connectors.hubspot.config import HubSpotOptions
-from connectors.hubspot.values import normalize_signal
-from connectors.signals import event_from_signal, events_from_changes, signal_for
-from core.mapping import Mapping
-from core.models import Event, instant_problem
+from crm_elasticity.connectors.base import WebhookRejected
+from crm_elasticity.connectors.hubspot.config import HubSpotOptions
+from crm_elasticity.connectors.hubspot.values import normalize_signal
+from crm_elasticity.connectors.signals import event_from_signal, events_from_changes, signal_for
+from crm_elasticity.core.mapping import Mapping
+from crm_elasticity.core.models import Event, instant_problem
 
 log = logging.getLogger(__name__)
 

@@ -11,10 +11,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from connectors.base import ConnectorError
-from connectors.http import backoff_delay
-from connectors.salesforce.api_facts import BULK_MAX_BYTES, BULK_NULL, LOCK_ERROR
-from connectors.salesforce.client import AmbiguousWrite, SalesforceClient
+from crm_elasticity.connectors.base import ConnectorError
+from crm_elasticity.connectors.http import backoff_delay
+from crm_elasticity.connectors.salesforce.api_facts import BULK_MAX_BYTES, BULK_NULL, LOCK_ERROR
+from crm_elasticity.connectors.salesforce.client import AmbiguousWrite, SalesforceClient
 
 log = logging.getLogger(__name__)
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from connectors.base import ConnectorError, PlanItem
-from connectors.salesforce.client import SalesforceClient
-from connectors.salesforce.composite import CollectionWriter
-from connectors.salesforce.config import SalesforceOptions
-from core.mapping import Mapping
-from core.models import Status
+from crm_elasticity.connectors.base import ConnectorError, PlanItem
+from crm_elasticity.connectors.salesforce.client import SalesforceClient
+from crm_elasticity.connectors.salesforce.composite import CollectionWriter
+from crm_elasticity.connectors.salesforce.config import SalesforceOptions
+from crm_elasticity.core.mapping import Mapping
+from crm_elasticity.core.models import Status
 
 RESPONDED = {Status.ENGAGED.value, Status.REACTIVATED.value}
 

@@ -24,13 +24,13 @@ from simple_salesforce.exceptions import SalesforceAuthenticationFailed, Salesfo
 from simple_salesforce.format import format_soql
 from simple_salesforce.util import exception_handler
 
-from connectors.base import AuthError, CallStats, ConnectorError, QuotaExhausted
-from connectors.http import Outcome, RetryPolicy, VendorHttp, Verdict
-from connectors.salesforce.api_facts import QUERY_LINE_BUDGET
-from connectors.salesforce.config import Credentials, SalesforceOptions
-from connectors.salesforce.errors import SOAP_ERRORS, classify, describe
-from connectors.salesforce.http import ApiUsage, SalesforceSession
-from connectors.salesforce.soql import in_chunks, request_line_bytes
+from crm_elasticity.connectors.base import AuthError, CallStats, ConnectorError, QuotaExhausted
+from crm_elasticity.connectors.http import Outcome, RetryPolicy, VendorHttp, Verdict
+from crm_elasticity.connectors.salesforce.api_facts import QUERY_LINE_BUDGET
+from crm_elasticity.connectors.salesforce.config import Credentials, SalesforceOptions
+from crm_elasticity.connectors.salesforce.errors import SOAP_ERRORS, classify, describe
+from crm_elasticity.connectors.salesforce.http import ApiUsage, SalesforceSession
+from crm_elasticity.connectors.salesforce.soql import in_chunks, request_line_bytes
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

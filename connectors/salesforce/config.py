@@ -14,9 +14,9 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
-from connectors.base import ConnectorError
-from connectors.salesforce.api_facts import QUERY_BATCH
-from core.mapping import Mapping, format_validation_error
+from crm_elasticity.connectors.base import ConnectorError
+from crm_elasticity.connectors.salesforce.api_facts import QUERY_BATCH
+from crm_elasticity.core.mapping import Mapping, format_validation_error
 
 
 class SalesforceOptions(BaseModel):

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 from pydantic import ValidationError
 
-from connectors.base import (
+from crm_elasticity.connectors.base import (
     Connector,
     ConnectorError,
     CrmRecord,
@@ -29,28 +29,28 @@ from connectors.base import (
     WriteRequest,
     WriteResult,
 )
-from connectors.salesforce import outbound, signature
-from connectors.salesforce.api_facts import (
+from crm_elasticity.connectors.salesforce import outbound, signature
+from crm_elasticity.connectors.salesforce.api_facts import (
     OUTBOUND_ACK,
     RESUME_ID,
     SIGNATURE_HEADER,
     TASK_PRIORITY,
     USER_ID_PREFIX,
 )
-from connectors.salesforce.bulk import BulkUpdater
-from connectors.salesforce.campaign import CampaignMirror
-from connectors.salesforce.client import SalesforceClient
-from connectors.salesforce.composite import CollectionWriter
-from connectors.salesforce.config import (
+from crm_elasticity.connectors.salesforce.bulk import BulkUpdater
+from crm_elasticity.connectors.salesforce.campaign import CampaignMirror
+from crm_elasticity.connectors.salesforce.client import SalesforceClient
+from crm_elasticity.connectors.salesforce.composite import CollectionWriter
+from crm_elasticity.connectors.salesforce.config import (
     Credentials,
     SalesforceOptions,
     credentials_from_env,
     load_options,
 )
-from connectors.salesforce.records import Codec
-from connectors.salesforce.soql import Queries, SoqlAfter, in_chunks
-from core.mapping import Mapping
-from core.models import EVENT, Event
+from crm_elasticity.connectors.salesforce.records import Codec
+from crm_elasticity.connectors.salesforce.soql import Queries, SoqlAfter, in_chunks
+from crm_elasticity.core.mapping import Mapping
+from crm_elasticity.core.models import EVENT, Event
 
 log = logging.getLogger(__name__)
 
@@ -99,13 +99,13 @@ class SalesforceConnector(Connector):
 
     @classmethod
     def offline_plan(cls, mapping: Mapping) -> ProvisionReport:
-        from connectors.salesforce.provision import offline_plan
+        from crm_elasticity.connectors.salesforce.provision import offline_plan
 
         plan = offline_plan(mapping, load_options(mapping), mapping.object)
         return ProvisionReport(plan, dry_run=True)
 
     def provision(self, dry_run: bool = False) -> ProvisionReport:
-        from connectors.salesforce.provision import Provisioner
+        from crm_elasticity.connectors.salesforce.provision import Provisioner
 
         return Provisioner(self.client, self.mapping, self.options, self.sobject).run(dry_run)
 
@@ -219,7 +219,7 @@ class SalesforceConnector(Connector):
     def export_history(
         self, since: datetime, until: datetime, cursor: MappingABC[str, str] | None
     ) -> Iterator[HistoryPage]:
-        from connectors.salesforce.history import OrgHistory
+        from crm_elasticity.connectors.salesforce.history import OrgHistory
 
         return OrgHistory(self.client, self.mapping, self.sobject, self.options).export(
             since, until, cursor

@@ -14,9 +14,9 @@ from simple_salesforce.exceptions import (
 )
 from zeep.exceptions import Fault, TransportError
 
-from connectors.http import Outcome
-from connectors.salesforce.api_facts import LIMIT_ERROR, LOCK_ERROR, SESSION_ERROR
-from connectors.salesforce.http import ApiUsage
+from crm_elasticity.connectors.http import Outcome
+from crm_elasticity.connectors.salesforce.api_facts import LIMIT_ERROR, LOCK_ERROR, SESSION_ERROR
+from crm_elasticity.connectors.salesforce.http import ApiUsage
 
 
 def error_code(content: Any) -> str | None:

@@ -35,15 +35,15 @@ from typing import Any
 
 from simple_salesforce.format import format_soql, quote_soql_value
 
-from connectors.base import ConnectorError, HistoryPage
-from connectors.instants import parse_instant
-from connectors.salesforce.client import SalesforceClient
-from connectors.salesforce.config import SalesforceOptions
-from connectors.salesforce.soql import literal
-from connectors.signals import event_from_signal
-from core.mapping import Mapping as ProgramMapping
-from core.mapping import Signal
-from core.models import Event
+from crm_elasticity.connectors.base import ConnectorError, HistoryPage
+from crm_elasticity.connectors.instants import parse_instant
+from crm_elasticity.connectors.salesforce.client import SalesforceClient
+from crm_elasticity.connectors.salesforce.config import SalesforceOptions
+from crm_elasticity.connectors.salesforce.soql import literal
+from crm_elasticity.connectors.signals import event_from_signal
+from crm_elasticity.core.mapping import Mapping as ProgramMapping
+from crm_elasticity.core.mapping import Signal
+from crm_elasticity.core.models import Event
 
 AFTER = "field_history_after_id"
 PAGE = 2000

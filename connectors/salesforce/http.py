@@ -16,7 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
-from connectors.salesforce.api_facts import NOT_API_CALLS
+from crm_elasticity.connectors.salesforce.api_facts import NOT_API_CALLS
 
 _USAGE = re.compile(r"api-usage=(\d+)/(\d+)")
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from connectors.salesforce.config import SalesforceOptions
-from core.mapping import ListSpec, Mapping
-from core.models import Status, SuppressionReason
+from crm_elasticity.connectors.salesforce.config import SalesforceOptions
+from crm_elasticity.core.mapping import ListSpec, Mapping
+from crm_elasticity.core.models import Status, SuppressionReason
 
 PICKLISTS = {
     "campaign_status": [s.value for s in Status],

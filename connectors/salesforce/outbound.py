@@ -17,12 +17,17 @@ from xml.etree.ElementTree import Element  # noqa: S405 - type only; parsing use
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import ParseError, fromstring
 
-from connectors.base import WebhookRejected
-from connectors.salesforce.api_facts import ORG_ID_SHORT, OUTBOUND_NS, SOAP_ENV_NS, XSI_NS
-from connectors.salesforce.records import signal_text
-from connectors.signals import events_from_changes
-from core.mapping import Mapping
-from core.models import Event
+from crm_elasticity.connectors.base import WebhookRejected
+from crm_elasticity.connectors.salesforce.api_facts import (
+    ORG_ID_SHORT,
+    OUTBOUND_NS,
+    SOAP_ENV_NS,
+    XSI_NS,
+)
+from crm_elasticity.connectors.salesforce.records import signal_text
+from crm_elasticity.connectors.signals import events_from_changes
+from crm_elasticity.core.mapping import Mapping
+from crm_elasticity.core.models import Event
 
 TOKEN_PARAM = "token"  # noqa: S105 - the query parameter's name, not a secret
 _O = f"{{{OUTBOUND_NS}}}"

@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from connectors.base import ConnectorError, PlanItem, ProvisionReport
-from connectors.salesforce.api_facts import METADATA_BATCH
-from connectors.salesforce.client import SalesforceClient
-from connectors.salesforce.config import SalesforceOptions
-from connectors.salesforce.metadata_specs import (
+from crm_elasticity.connectors.base import ConnectorError, PlanItem, ProvisionReport
+from crm_elasticity.connectors.salesforce.api_facts import METADATA_BATCH
+from crm_elasticity.connectors.salesforce.client import SalesforceClient
+from crm_elasticity.connectors.salesforce.config import SalesforceOptions
+from crm_elasticity.connectors.salesforce.metadata_specs import (
     ACTIVITY,
     MANAGED,
     FieldWant,
@@ -23,7 +23,7 @@ from connectors.salesforce.metadata_specs import (
     wanted_fields,
     wanted_list_views,
 )
-from core.mapping import Mapping
+from crm_elasticity.core.mapping import Mapping
 
 
 def _chunks(items: Sequence[Any], size: int = METADATA_BATCH) -> list[Sequence[Any]]:
@@ -57,7 +57,7 @@ class Provisioner:
         self._list_views(wanted_list_views(self.mapping, self.sobject), dry_run)
         self._signal_fields()
         if self.options.campaign_mirror:
-            from connectors.salesforce.campaign import CampaignMirror
+            from crm_elasticity.connectors.salesforce.campaign import CampaignMirror
 
             self.items += CampaignMirror(
                 self.client, self.mapping, self.options, self.sobject

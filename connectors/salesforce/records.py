@@ -6,9 +6,9 @@ import re
 from datetime import UTC, date, datetime
 from typing import Any
 
-from connectors.base import CrmRecord, WriteRequest
-from connectors.instants import parse_instant
-from core.mapping import Mapping
+from crm_elasticity.connectors.base import CrmRecord, WriteRequest
+from crm_elasticity.connectors.instants import parse_instant
+from crm_elasticity.core.mapping import Mapping
 
 INTEGER_FIELDS = frozenset({"reactivation_cycle", "unanswered_sends", "reactivation_step"})
 

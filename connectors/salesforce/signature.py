@@ -11,7 +11,7 @@ import hashlib
 import hmac
 from datetime import datetime
 
-from connectors.salesforce.api_facts import SIGNATURE_TOLERANCE_SECONDS
+from crm_elasticity.connectors.salesforce.api_facts import SIGNATURE_TOLERANCE_SECONDS
 
 
 class SignatureError(Exception):

@@ -9,12 +9,12 @@ from urllib.parse import quote_plus
 
 from simple_salesforce.format import quote_soql_value
 
-from connectors.base import ConnectorError
-from connectors.salesforce.api_facts import QUERY_LINE_BUDGET
-from connectors.salesforce.records import Codec
-from core.eligibility import earliest_due
-from core.mapping import Mapping, Signal
-from core.models import Status
+from crm_elasticity.connectors.base import ConnectorError
+from crm_elasticity.connectors.salesforce.api_facts import QUERY_LINE_BUDGET
+from crm_elasticity.connectors.salesforce.records import Codec
+from crm_elasticity.core.eligibility import earliest_due
+from crm_elasticity.core.mapping import Mapping, Signal
+from crm_elasticity.core.models import Status
 
 SoqlAfter = Callable[[str | None], str]
 

@@ -12,8 +12,8 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from core.models import COMPLIANCE_EVENTS, Reason, Rule, Status, SuppressionReason
-from core.policy import Policy
+from crm_elasticity.core.models import COMPLIANCE_EVENTS, Reason, Rule, Status, SuppressionReason
+from crm_elasticity.core.policy import Policy
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 NO_TIME = -(1 << 63)

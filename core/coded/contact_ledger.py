@@ -21,10 +21,10 @@ from collections.abc import Iterable
 
 import orjson
 
-from core.coded.decode import Texts, decisions
-from core.coded.row import ROW
-from core.models import Action, Decision
-from core.sqlite_rows import changes_json
+from crm_elasticity.core.coded.decode import Texts, decisions
+from crm_elasticity.core.coded.row import ROW
+from crm_elasticity.core.models import Action, Decision
+from crm_elasticity.core.sqlite_rows import changes_json
 
 _CONTACT = (
     "SELECT c.shard, c.idx, c.arm, c.segment, c.chunks, m.value FROM coded_contacts AS c "

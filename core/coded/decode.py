@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
-from core.coded.codes import (
+from crm_elasticity.core.coded.codes import (
     CHANGE_ORDER,
     FIELD_BIT,
     M_ALT_ADD,
@@ -28,10 +28,18 @@ from core.coded.codes import (
     STATUSES,
     from_us,
 )
-from core.models import STEP_REASONS, Action, ContactState, Decision, Reason, Rule, iso_utc
+from crm_elasticity.core.models import (
+    STEP_REASONS,
+    Action,
+    ContactState,
+    Decision,
+    Reason,
+    Rule,
+    iso_utc,
+)
 
 if TYPE_CHECKING:  # `explain` decodes rows without loading the engine
-    from core.coded.engine import CodedState
+    from crm_elasticity.core.coded.engine import CodedState
 
 
 class Texts:

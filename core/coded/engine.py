@@ -9,7 +9,7 @@ ones are the previous row's (`core.coded.decode` folds them back into `Decision`
 
 from __future__ import annotations
 
-from core.coded.codes import (
+from crm_elasticity.core.coded.codes import (
     ACTIVE,
     COOLING_DONE,
     DECAY,
@@ -43,7 +43,7 @@ from core.coded.codes import (
     TIME_RULES,
     CodedPolicy,
 )
-from core.experiments import HELD_OUT, HOLDOUT
+from crm_elasticity.core.experiments import HELD_OUT, HOLDOUT
 
 Row = tuple
 """(contact, at, what, from_status, to_status, event_type, mask, last_engagement, unanswered,

@@ -23,7 +23,7 @@ from typing import Annotated
 import msgspec
 from pydantic import ValidationError
 
-from core.models import (
+from crm_elasticity.core.models import (
     EARLIEST_INSTANT,
     EVENT,
     LATEST_INSTANT,

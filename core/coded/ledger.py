@@ -28,11 +28,11 @@ from typing import Any
 
 import numpy as np
 
-from core.coded.codes import M_STEP, NONE, STATUSES, Names
-from core.coded.contact_ledger import coded_contact_decisions
-from core.coded.row import ROW
-from core.models import Decision, Reason, Rule
-from core.rollup import UPSERT
+from crm_elasticity.core.coded.codes import M_STEP, NONE, STATUSES, Names
+from crm_elasticity.core.coded.contact_ledger import coded_contact_decisions
+from crm_elasticity.core.coded.row import ROW
+from crm_elasticity.core.models import Decision, Reason, Rule
+from crm_elasticity.core.rollup import UPSERT
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS coded_chunks (

@@ -24,13 +24,13 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
-from core.coded import ledger
-from core.coded.codes import Names, coded_policies, to_us
-from core.coded.replay import CodedRun, Decider, read_batches, shard_of
-from core.gcpause import cyclic_gc_paused
-from core.pipeline import RunStats
-from core.policy import Policy
-from core.sqlite_store import SQLiteStore
+from crm_elasticity.core.coded import ledger
+from crm_elasticity.core.coded.codes import Names, coded_policies, to_us
+from crm_elasticity.core.coded.replay import CodedRun, Decider, read_batches, shard_of
+from crm_elasticity.core.gcpause import cyclic_gc_paused
+from crm_elasticity.core.pipeline import RunStats
+from crm_elasticity.core.policy import Policy
+from crm_elasticity.core.sqlite_store import SQLiteStore
 
 try:
     import fcntl

@@ -25,8 +25,8 @@ from typing import BinaryIO, cast
 
 import numpy as np
 
-from core.coded import engine, ledger
-from core.coded.codes import (
+from crm_elasticity.core.coded import engine, ledger
+from crm_elasticity.core.coded.codes import (
     EPOCH,
     NONE,
     ONE_US,
@@ -36,7 +36,7 @@ from core.coded.codes import (
     from_us,
     to_us,
 )
-from core.coded.events import (
+from crm_elasticity.core.coded.events import (
     LineProblem,
     UnknownKeys,
     WireEvent,
@@ -44,15 +44,15 @@ from core.coded.events import (
     decode_event,
     settle,
 )
-from core.coded.seen import SeenIds
-from core.coded.states import INSERT_CONTACT, contact_rows, write_contacts
-from core.cursors import Cursors
-from core.gcpause import cyclic_gc_paused
-from core.models import EARLIEST_INSTANT, LATEST_INSTANT, Transition
-from core.pipeline import RunStats, policy_record
-from core.policy import Policy
-from core.sqlite_store import SQLiteStore
-from core.store import Batch
+from crm_elasticity.core.coded.seen import SeenIds
+from crm_elasticity.core.coded.states import INSERT_CONTACT, contact_rows, write_contacts
+from crm_elasticity.core.cursors import Cursors
+from crm_elasticity.core.gcpause import cyclic_gc_paused
+from crm_elasticity.core.models import EARLIEST_INSTANT, LATEST_INSTANT, Transition
+from crm_elasticity.core.pipeline import RunStats, policy_record
+from crm_elasticity.core.policy import Policy
+from crm_elasticity.core.sqlite_store import SQLiteStore
+from crm_elasticity.core.store import Batch
 
 _BY_TIME = itemgetter(2)
 _FLUSH_ROWS = 50_000

@@ -16,8 +16,8 @@ from operator import itemgetter
 
 import numpy as np
 
-from core.coded import engine, ledger
-from core.coded.codes import (
+from crm_elasticity.core.coded import engine, ledger
+from crm_elasticity.core.coded.codes import (
     M_REASON,
     NO_RESPONSE,
     NONE,
@@ -27,12 +27,12 @@ from core.coded.codes import (
     from_us,
     to_us,
 )
-from core.coded.replay import record_policy
-from core.coded.states import write_contacts
-from core.models import Transition
-from core.policy import Policy
-from core.sqlite_store import SQLiteStore
-from core.synthetic import (
+from crm_elasticity.core.coded.replay import record_policy
+from crm_elasticity.core.coded.states import write_contacts
+from crm_elasticity.core.models import Transition
+from crm_elasticity.core.policy import Policy
+from crm_elasticity.core.sqlite_store import SQLiteStore
+from crm_elasticity.core.synthetic import (
     IN_SEND_STREAM_LEVELS,
     START,
     ListLevel,

@@ -12,10 +12,10 @@ from typing import IO
 
 import numpy as np
 
-from core.coded import engine
-from core.coded.codes import NO_TIME, REASONS, STATUSES, from_us
-from core.models import iso_utc
-from core.sqlite_rows import experiments_json
+from crm_elasticity.core.coded import engine
+from crm_elasticity.core.coded.codes import NO_TIME, REASONS, STATUSES, from_us
+from crm_elasticity.core.models import iso_utc
+from crm_elasticity.core.sqlite_rows import experiments_json
 
 INSERT_CONTACT = (
     "INSERT OR REPLACE INTO contacts (contact_id, campaign_status, enrolled_at, as_of, "

@@ -11,8 +11,8 @@ import pytest
 from aws_lambda_powertools.utilities import parameters
 from moto import mock_aws
 
-from connectors.aws import handlers
-from core.dynamodb_store import DynamoDBStore
+from crm_elasticity.connectors.aws import handlers
+from crm_elasticity.core.dynamodb_store import DynamoDBStore
 from tests.aws.harness import MAX_RECEIVES, PREFIX, REGION, SECRET, Poller, SqsWithLimits, Stack
 from tests.fakes.memory_crm import MAPPING_PATH, MemoryCrm
 
@@ -45,7 +45,8 @@ def stack(monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
     # The functions' queue client refuses what SQS refuses and moto does not (size, entries).
     client = boto3.client
     monkeypatch.setattr(
-        "connectors.aws.queue.boto3.client", lambda name, **kw: SqsWithLimits(client(name, **kw))
+        "crm_elasticity.connectors.aws.queue.boto3.client",
+        lambda name, **kw: SqsWithLimits(client(name, **kw)),
     )
     with mock_aws():
         store = DynamoDBStore(

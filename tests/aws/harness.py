@@ -10,7 +10,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.dynamodb_store import DynamoDBStore
+from crm_elasticity.core.dynamodb_store import DynamoDBStore
 from tests.fakes.memory_crm import MemoryCrm
 
 MAX_RECEIVES = 3

@@ -10,8 +10,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from connectors.aws import handlers
-from core.models import Status
+from crm_elasticity.connectors.aws import handlers
+from crm_elasticity.core.models import Status
 from tests.aws.harness import MAX_RECEIVES, SECRET, FakeContext, Stack, api_event, receive
 
 NOW = datetime.now(UTC).replace(microsecond=0)

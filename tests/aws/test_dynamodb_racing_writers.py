@@ -12,11 +12,11 @@ from typing import Any
 import boto3
 import pytest
 
-from connectors.aws import handlers
-from connectors.runner import Runner
-from core.dynamodb_store import DynamoDBStore
-from core.models import Event, Status
-from core.store import Batch
+from crm_elasticity.connectors.aws import handlers
+from crm_elasticity.connectors.runner import Runner
+from crm_elasticity.core.dynamodb_store import DynamoDBStore
+from crm_elasticity.core.models import Event, Status
+from crm_elasticity.core.store import Batch
 from tests.aws.harness import FakeContext, Stack
 from tests.aws.test_deployed_path import NOW, canonical, post
 from tests.fakes.memory_crm import MemoryConnector, MemoryCrm, memory_mapping

@@ -13,10 +13,10 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from core.dynamodb_store import TRANSACTION_LIMIT, DynamoDBStore
-from core.models import ContactState, Decision, Status
-from core.owed import OwedWrite
-from core.store import Batch, ConflictError, StoreError
+from crm_elasticity.core.dynamodb_store import TRANSACTION_LIMIT, DynamoDBStore
+from crm_elasticity.core.models import ContactState, Decision, Status
+from crm_elasticity.core.owed import OwedWrite
+from crm_elasticity.core.store import Batch, ConflictError, StoreError
 from tests.helpers import T0
 
 
@@ -277,7 +277,7 @@ def test_rollup_counters_travel_in_the_transactions_of_their_decisions(table: st
 
 
 def test_a_mid_day_since_is_refused_with_the_reason(table: str) -> None:
-    from core.ledger_reader import WindowError
+    from crm_elasticity.core.ledger_reader import WindowError
 
     store = open_store(table)
     assert store.rollup(datetime(2024, 3, 2, tzinfo=UTC)) == []

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from connectors.aws import handlers
+from crm_elasticity.connectors.aws import handlers
 from tests.aws.harness import SECRET, FakeContext, Stack, api_event
 from tests.fakes.memory_crm import MAPPING_PATH
 from tests.governance_helpers import withheld_for
@@ -137,8 +137,8 @@ def test_the_worker_withholds_a_step_from_a_contact_a_higher_priority_program_ta
 def test_a_stage_refuses_two_programs_of_one_vendor(
     stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    from connectors.aws.container import Container
-    from connectors.base import ConnectorError
+    from crm_elasticity.connectors.aws.container import Container
+    from crm_elasticity.connectors.base import ConnectorError
 
     paths = competing_programs(tmp_path)
     env = {"ELASTICITY_MAPPINGS": ",".join(str(p) for p in paths)}

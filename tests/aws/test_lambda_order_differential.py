@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from connectors.aws import handlers
-from core.pipeline import Pipeline
+from crm_elasticity.connectors.aws import handlers
+from crm_elasticity.core.pipeline import Pipeline
 from tests.aws.harness import SECRET, FakeContext, Stack, api_event
 from tests.fakes.memory_crm import memory_mapping
 from tests.order_stream import body, deliveries, differences, generate, replayed, requests

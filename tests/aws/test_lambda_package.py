@@ -17,7 +17,7 @@ MODULES = {"ruamel.yaml": "ruamel", "python-dotenv": "dotenv"}
 def test_the_functions_import_nothing_the_package_leaves_out() -> None:
     code = (
         "import json, sys\n"
-        "import connectors.aws.handlers, connectors.aws.worker, core.report, core.explain\n"
+        "import crm_elasticity.connectors.aws.handlers, crm_elasticity.connectors.aws.worker, crm_elasticity.core.report, crm_elasticity.core.explain\n"
         "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))\n"
     )
     done = subprocess.run(  # noqa: S603 - this interpreter, a fixed script

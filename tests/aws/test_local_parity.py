@@ -11,10 +11,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from connectors.aws import handlers
-from connectors.runner import Runner
-from connectors.server import build_server
-from core.sqlite_store import SQLiteStore
+from crm_elasticity.connectors.aws import handlers
+from crm_elasticity.connectors.runner import Runner
+from crm_elasticity.connectors.server import build_server
+from crm_elasticity.core.sqlite_store import SQLiteStore
 from tests.aws.harness import SECRET, FakeContext, Stack, api_event
 from tests.fakes.memory_crm import MemoryConnector, MemoryCrm, memory_mapping
 

@@ -11,11 +11,15 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from connectors.salesforce.outbound import Envelope, Notification, events_from_envelope
-from core.dynamodb_store import DynamoDBStore
-from core.mapping import load_mapping
-from core.models import Status
-from core.pipeline import Pipeline
+from crm_elasticity.connectors.salesforce.outbound import (
+    Envelope,
+    Notification,
+    events_from_envelope,
+)
+from crm_elasticity.core.dynamodb_store import DynamoDBStore
+from crm_elasticity.core.mapping import load_mapping
+from crm_elasticity.core.models import Status
+from crm_elasticity.core.pipeline import Pipeline
 from tests.helpers import T0
 
 CONTACT = "003000000000777AAA"
@@ -115,7 +119,7 @@ def test_the_lambda_worker_does_not_recount_a_value_after_its_claim_expired(
     that moves past the 90-day claim expiry."""
     import json
 
-    from connectors.aws import handlers
+    from crm_elasticity.connectors.aws import handlers
     from tests.aws.harness import SECRET, FakeContext, api_event
 
     clock = Clock()

@@ -11,12 +11,17 @@ from typing import Any
 import boto3
 import pytest
 
-from connectors.aws import handlers
-from connectors.aws.queue import MAX_MESSAGE_BYTES, WorkQueue, message_entry, send_batches
-from connectors.signals import event_from_signal
-from core.mapping import load_mapping
-from core.models import MAX_LABEL_CHARS, MAX_URL_CHARS, Event
-from core.store import StoreError
+from crm_elasticity.connectors.aws import handlers
+from crm_elasticity.connectors.aws.queue import (
+    MAX_MESSAGE_BYTES,
+    WorkQueue,
+    message_entry,
+    send_batches,
+)
+from crm_elasticity.connectors.signals import event_from_signal
+from crm_elasticity.core.mapping import load_mapping
+from crm_elasticity.core.models import MAX_LABEL_CHARS, MAX_URL_CHARS, Event
+from crm_elasticity.core.store import StoreError
 from tests.aws.harness import REGION, SECRET, FakeContext, SqsWithLimits, Stack, api_event, receive
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -172,8 +177,8 @@ def test_a_crm_value_longer_than_a_url_keeps_its_event_with_the_url_cut() -> Non
 
 
 def test_the_dynamodb_store_counts_a_cut_url_once(stack: Stack) -> None:
-    from core.pipeline import Pipeline
-    from core.store import URLS_TRUNCATED
+    from crm_elasticity.core.pipeline import Pipeline
+    from crm_elasticity.core.store import URLS_TRUNCATED
 
     mapping = load_mapping("mappings/hubspot.yaml")
     [signal] = [s for s in mapping.signals if s.patterns]

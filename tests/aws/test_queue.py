@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from connectors.aws.queue import WorkQueue, parse_message, sqs_id
-from connectors.base import WebhookRequest
-from connectors.intake import handle_webhook
-from core.models import EVENT, Event
-from core.store import StoreError
+from crm_elasticity.connectors.aws.queue import WorkQueue, parse_message, sqs_id
+from crm_elasticity.connectors.base import WebhookRequest
+from crm_elasticity.connectors.intake import handle_webhook
+from crm_elasticity.core.models import EVENT, Event
+from crm_elasticity.core.store import StoreError
 from tests.fakes.memory_crm import MemoryConnector, memory_mapping
 from tests.helpers import T0
 

@@ -15,10 +15,10 @@ import pytest
 from moto import mock_aws
 from typer.testing import CliRunner
 
-from connectors.cli import app
-from core.dynamodb_store import DynamoDBStore, counter_key
-from core.models import ContactState, Decision, Status
-from core.store import Batch
+from crm_elasticity.connectors.cli import app
+from crm_elasticity.core.dynamodb_store import DynamoDBStore, counter_key
+from crm_elasticity.core.models import ContactState, Decision, Status
+from crm_elasticity.core.store import Batch
 
 REGION = "eu-west-1"
 URL = f"dynamodb://state?region={REGION}"

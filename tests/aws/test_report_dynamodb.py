@@ -14,15 +14,15 @@ from typing import Any
 import boto3
 import pytest
 
-from connectors.aws import handlers
-from connectors.runner import Runner
-from connectors.server import build_server
-from core.dynamodb_store import DynamoDBStore
-from core.explain import explain_contact
-from core.models import ContactState, Decision, Status
-from core.report import build, render
-from core.sqlite_store import SQLiteStore
-from core.store import Batch
+from crm_elasticity.connectors.aws import handlers
+from crm_elasticity.connectors.runner import Runner
+from crm_elasticity.connectors.server import build_server
+from crm_elasticity.core.dynamodb_store import DynamoDBStore
+from crm_elasticity.core.explain import explain_contact
+from crm_elasticity.core.models import ContactState, Decision, Status
+from crm_elasticity.core.report import build, render
+from crm_elasticity.core.sqlite_store import SQLiteStore
+from crm_elasticity.core.store import Batch
 from tests.aws.conftest import REGION, SECRET, Stack
 from tests.aws.harness import FakeContext, api_event
 from tests.aws.test_local_parity import post_local

@@ -12,11 +12,11 @@ import boto3
 import pytest
 from moto import mock_aws
 
-import core.dynamodb_store as dynamodb_store
-from core.dynamodb_store import PACKED_PK, DynamoDBStore
-from core.models import ContactState, Decision, Status
-from core.report import build, render
-from core.store import Batch
+import crm_elasticity.core.dynamodb_store as dynamodb_store
+from crm_elasticity.core.dynamodb_store import PACKED_PK, DynamoDBStore
+from crm_elasticity.core.models import ContactState, Decision, Status
+from crm_elasticity.core.report import build, render
+from crm_elasticity.core.store import Batch
 from tests.aws.test_report_dynamodb import GENERATED, CountingClient, fill
 
 REGION = "eu-west-1"

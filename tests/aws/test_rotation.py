@@ -9,9 +9,9 @@ import json
 import boto3
 import pytest
 
-from connectors.aws import handlers
-from connectors.aws.container import Container
-from connectors.aws.secrets import MAX_AGE_SECONDS
+from crm_elasticity.connectors.aws import handlers
+from crm_elasticity.connectors.aws.container import Container
+from crm_elasticity.connectors.aws.secrets import MAX_AGE_SECONDS
 from tests.aws.harness import PREFIX, REGION, SECRET, FakeContext, Stack, api_event
 
 NEW = "n3w-webhook-value"

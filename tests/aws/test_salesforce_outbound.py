@@ -8,8 +8,8 @@ from pathlib import Path
 import boto3
 import pytest
 
-from connectors.aws import handlers
-from connectors.salesforce.api_facts import OUTBOUND_ACK
+from crm_elasticity.connectors.aws import handlers
+from crm_elasticity.connectors.salesforce.api_facts import OUTBOUND_ACK
 from tests.aws.harness import PREFIX, REGION, FakeContext, Stack, api_event, receive
 from tests.fakes.memory_crm import MAPPING_PATH
 

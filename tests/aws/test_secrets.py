@@ -16,7 +16,7 @@ import pytest
 from aws_lambda_powertools.utilities import parameters
 from moto import mock_aws
 
-from connectors.aws.secrets import load_secrets
+from crm_elasticity.connectors.aws.secrets import load_secrets
 
 KEY = "-----BEGIN PRIVATE KEY-----\nMIIEvQ...\n-----END PRIVATE KEY-----\n"
 
@@ -77,8 +77,8 @@ def test_no_names_means_no_ssm_call() -> None:
 def test_in_lambda_the_shared_modules_log_json_lines() -> None:
     code = (
         "import logging, tests.fakes.memory_crm\n"
-        "from connectors.aws import handlers\n"
-        "logging.getLogger('connectors.runner').warning('CRM writes stay owed: %s', 'down')\n"
+        "from crm_elasticity.connectors.aws import handlers\n"
+        "logging.getLogger('crm_elasticity.connectors.runner').warning('CRM writes stay owed: %s', 'down')\n"
     )
     env = {
         **os.environ,
@@ -99,4 +99,4 @@ def test_in_lambda_the_shared_modules_log_json_lines() -> None:
     line = json.loads(done.stdout.strip().splitlines()[-1])
     assert line["message"] == "CRM writes stay owed: down"
     assert line["level"] == "WARNING"
-    assert line["name"] == "connectors.runner"
+    assert line["name"] == "crm_elasticity.connectors.runner"

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from connectors.base import ConnectorError, CrmRecord, HandoffTask, HistoryPage
+from crm_elasticity.connectors.base import ConnectorError, CrmRecord, HandoffTask, HistoryPage
 from tests.contract.vendors import AFTER_COMMIT, Vendor
 from tests.helpers import writes
 

@@ -18,9 +18,9 @@ from typing import Any
 import requests
 import responses
 
-from connectors.base import Connector
-from connectors.hubspot.values import encode as hubspot_encode
-from core.mapping import Mapping, load_mapping
+from crm_elasticity.connectors.base import Connector
+from crm_elasticity.connectors.hubspot.values import encode as hubspot_encode
+from crm_elasticity.core.mapping import Mapping, load_mapping
 from tests.fakes.hubspot_server import DROP, FakeHubSpot, Fault, RecordFailure
 from tests.hubspot.hubspot_helpers import FakeClock, make_connector
 
@@ -172,8 +172,8 @@ class Salesforce(Vendor):
     write_many = 150  # over the bulk threshold set below: one Bulk 2.0 job
 
     def __init__(self, rsps: responses.RequestsMock) -> None:
-        from connectors.salesforce import SalesforceConnector
-        from connectors.salesforce.config import credentials_from_env
+        from crm_elasticity.connectors.salesforce import SalesforceConnector
+        from crm_elasticity.connectors.salesforce.config import credentials_from_env
         from tests.fakes.salesforce import FakeSalesforce
 
         mapping = load_mapping(MAPPINGS / "salesforce.yaml")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-from core.mapping import Mapping, parse_mapping
-from core.models import Event
+from crm_elasticity.core.mapping import Mapping, parse_mapping
+from crm_elasticity.core.models import Event
 from tests.helpers import T0
 
 HUBSPOT = Path(__file__).resolve().parents[2] / "mappings" / "hubspot.yaml"

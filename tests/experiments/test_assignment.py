@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from core.engine import apply_event
-from core.experiments import assignment_counts, unit_hash, unit_hash_after, unit_prefix
-from core.policy import Policy
-from core.proportions import chi_square_uniformity
-from core.sqlite_store import SQLiteStore
-from core.store import Batch
+from crm_elasticity.core.engine import apply_event
+from crm_elasticity.core.experiments import (
+    assignment_counts,
+    unit_hash,
+    unit_hash_after,
+    unit_prefix,
+)
+from crm_elasticity.core.policy import Policy
+from crm_elasticity.core.proportions import chi_square_uniformity
+from crm_elasticity.core.sqlite_store import SQLiteStore
+from crm_elasticity.core.store import Batch
 
 from .helpers import event, mapping
 
@@ -105,7 +110,7 @@ def test_a_contact_known_before_the_program_is_assigned_on_its_next_event():
 
 
 def test_a_promoted_experiment_stops_assigning_and_writes_its_default():
-    from core.experiments import experiment_property_values
+    from crm_elasticity.core.experiments import experiment_property_values
 
     variants = "variants: [{name: Curiosity}, {name: Value}]"
     m = mapping(replace={variants: variants + "\n    default: Value"})

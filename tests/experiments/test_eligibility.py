@@ -6,17 +6,17 @@ from datetime import timedelta
 
 import pytest
 
-from core.eligibility import (
+from crm_elasticity.core.eligibility import (
     check_send,
     choose_program,
     has_consent,
     resolve_programs,
     segment_of,
 )
-from core.engine import apply_event
-from core.mapping import MappingError, parse_mapping
-from core.pipeline import Pipeline
-from core.sqlite_store import SQLiteStore
+from crm_elasticity.core.engine import apply_event
+from crm_elasticity.core.mapping import MappingError, parse_mapping
+from crm_elasticity.core.pipeline import Pipeline
+from crm_elasticity.core.sqlite_store import SQLiteStore
 
 from .helpers import T0, event, hubspot_text, mapping
 

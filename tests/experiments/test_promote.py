@@ -8,11 +8,11 @@ import shutil
 
 import pytest
 
-from core.mapping import load_mapping
-from core.pipeline import Pipeline
-from core.policy_versions import change_log
-from core.promote import PromotionError, promote_winner
-from core.sqlite_store import SQLiteStore
+from crm_elasticity.core.mapping import load_mapping
+from crm_elasticity.core.pipeline import Pipeline
+from crm_elasticity.core.policy_versions import change_log
+from crm_elasticity.core.promote import PromotionError, promote_winner
+from crm_elasticity.core.sqlite_store import SQLiteStore
 
 from .helpers import HUBSPOT, event
 
@@ -84,7 +84,7 @@ def test_no_winner_means_no_change_and_a_reason(run):
 def test_cli_promote_and_report(run, tmp_path):
     from typer.testing import CliRunner
 
-    from connectors.cli import app
+    from crm_elasticity.connectors.cli import app
 
     path, store_path = run
     runner = CliRunner()
@@ -109,7 +109,7 @@ def test_cli_promote_and_report(run, tmp_path):
 
 @pytest.mark.parametrize("source", ["hubspot.yaml", "salesforce.yaml"])
 def test_write_default_on_the_last_experiment_and_over_an_existing_default(tmp_path, source):
-    from core.promote import write_default
+    from crm_elasticity.core.promote import write_default
 
     path = tmp_path / source
     shutil.copy(HUBSPOT.parent / source, path)

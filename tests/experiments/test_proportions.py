@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from core.experiment_results import Counts, compare
-from core.proportions import (
+from crm_elasticity.core.experiment_results import Counts, compare
+from crm_elasticity.core.proportions import (
     newcombe_difference,
     relative_lift,
     two_proportion_p_value,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from core.engine import apply_event, next_due
-from core.pipeline import Pipeline
-from core.sqlite_store import SQLiteStore
+from crm_elasticity.core.engine import apply_event, next_due
+from crm_elasticity.core.pipeline import Pipeline
+from crm_elasticity.core.sqlite_store import SQLiteStore
 
 from .helpers import T0, event, mapping
 
@@ -86,7 +86,7 @@ def test_without_a_format_experiment_steps_still_alternate_formats():
     state, _ = apply_event(None, event("e0", "x", "enroll", 0), m.policy)
     for n, day in enumerate((1, 2, 3)):
         state, _ = apply_event(state, event(f"s{n}", "x", "send", day), m.policy)
-    from core.engine import advance
+    from crm_elasticity.core.engine import advance
 
     _, decisions = advance(state, T0 + timedelta(days=41), m.policy)
     formats = [a.detail["format"] for d in decisions for a in d.actions]
@@ -118,7 +118,7 @@ def test_frequency_cap_delays_a_due_step_instead_of_skipping_it():
         plain, _ = apply_event(plain, event(eid, "cap", kind, day), uncapped.policy)
     assert next_due(plain, uncapped.policy).at == T0 + timedelta(days=33)
 
-    from core.engine import advance
+    from crm_elasticity.core.engine import advance
 
     _, decisions = advance(state, T0 + timedelta(days=60), m.policy)
     steps = [(d.at, a.detail) for d in decisions for a in d.actions]

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from core.mapping import load_mapping
-from core.pipeline import Pipeline
-from core.report import build, render_report
-from core.simulate import SimulationConfig, run_simulation
-from core.sqlite_store import SQLiteStore
+from crm_elasticity.core.mapping import load_mapping
+from crm_elasticity.core.pipeline import Pipeline
+from crm_elasticity.core.report import build, render_report
+from crm_elasticity.core.simulate import SimulationConfig, run_simulation
+from crm_elasticity.core.sqlite_store import SQLiteStore
 
 from .helpers import HUBSPOT, event, mapping
 
@@ -204,7 +204,7 @@ def test_an_empty_store_reads_as_empty_not_none(tmp_path):
 
 
 def test_experiment_table_labels_and_units():
-    from core.report_render import experiment_table
+    from crm_elasticity.core.report_render import experiment_table
 
     arm = {
         "exposures": 10,

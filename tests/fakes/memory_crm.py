@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 from pydantic import ValidationError
 
-from connectors.base import (
+from crm_elasticity.connectors.base import (
     Connector,
     ConnectorError,
     CrmRecord,
@@ -32,9 +32,9 @@ from connectors.base import (
     WriteRequest,
     WriteResult,
 )
-from connectors.registry import register_connector
-from core.mapping import Mapping, load_mapping
-from core.models import EVENT
+from crm_elasticity.connectors.registry import register_connector
+from crm_elasticity.core.mapping import Mapping, load_mapping
+from crm_elasticity.core.models import EVENT
 
 MAPPING_PATH = Path(__file__).with_name("memory.yaml")
 SECRET_HEADER = "x-memory-secret"
@@ -237,8 +237,8 @@ class MemoryConnector(Connector):
 def memory_runners(data_dir: str, poisoned: tuple[str, ...] = ()) -> list:
     """Runners a worker process builds for itself: the fake CRM on the data dir's store, with
     the `poisoned` contacts' records unreadable."""
-    from connectors.runner import Runner
-    from core.sqlite_store import SQLiteStore
+    from crm_elasticity.connectors.runner import Runner
+    from crm_elasticity.core.sqlite_store import SQLiteStore
 
     connector = MemoryConnector(memory_mapping(), MemoryCrm(poisoned=set(poisoned)))
     return [Runner(connector, SQLiteStore.in_data_dir(Path(data_dir)))]

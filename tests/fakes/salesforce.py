@@ -300,8 +300,8 @@ class FakeSalesforce:
         self, mapping: Any, handoff_field: str = "Elastic_Handoff_Key__c"
     ) -> None:
         """Seed the org as if `elasticity provision` had run (fields exist and are granted)."""
-        from connectors.salesforce.config import SalesforceOptions
-        from connectors.salesforce.metadata_specs import wanted_fields
+        from crm_elasticity.connectors.salesforce.config import SalesforceOptions
+        from crm_elasticity.connectors.salesforce.metadata_specs import wanted_fields
 
         options = SalesforceOptions(handoff_key_field=handoff_field)
         for want in wanted_fields(mapping, options, mapping.object):

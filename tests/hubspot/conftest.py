@@ -5,8 +5,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from connectors.hubspot import HubSpotConnector
-from core.mapping import Mapping, load_mapping
+from crm_elasticity.connectors.hubspot import HubSpotConnector
+from crm_elasticity.core.mapping import Mapping, load_mapping
 from tests.fakes.hubspot_server import FakeHubSpot
 from tests.hubspot.hubspot_helpers import MAPPING, FakeClock, make_connector
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from connectors.hubspot import HubSpotConnector
-from connectors.hubspot.config import HubSpotSettings
-from core.mapping import Mapping
+from crm_elasticity.connectors.hubspot import HubSpotConnector
+from crm_elasticity.connectors.hubspot.config import HubSpotSettings
+from crm_elasticity.core.mapping import Mapping
 from tests.fakes.hubspot_server import TOKEN, FakeHubSpot
 
 MAPPING = Path(__file__).resolve().parents[2] / "mappings" / "hubspot.yaml"

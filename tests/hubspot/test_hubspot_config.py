@@ -2,10 +2,10 @@ from __future__ import annotations
 
 import pytest
 
-from connectors.base import ConnectorError
-from connectors.hubspot import HubSpotConnector
-from connectors.hubspot.search import plan_queries
-from connectors.registry import connector_class
+from crm_elasticity.connectors.base import ConnectorError
+from crm_elasticity.connectors.hubspot import HubSpotConnector
+from crm_elasticity.connectors.hubspot.search import plan_queries
+from crm_elasticity.connectors.registry import connector_class
 from tests.hubspot.hubspot_helpers import with_options
 
 

@@ -13,8 +13,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from connectors.base import WriteRequest
-from core.mapping import Mapping
+from crm_elasticity.connectors.base import WriteRequest
+from crm_elasticity.core.mapping import Mapping
 from tests.fakes.hubspot_server import TOKEN, FakeHubSpot
 from tests.helpers import writes
 from tests.hubspot.hubspot_helpers import make_connector

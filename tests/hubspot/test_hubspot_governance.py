@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from connectors.runner import Runner
-from core.models import Status
-from core.sqlite_store import SQLiteStore
+from crm_elasticity.connectors.runner import Runner
+from crm_elasticity.core.models import Status
+from crm_elasticity.core.sqlite_store import SQLiteStore
 from tests.fakes.hubspot_server import prop
 from tests.governance_helpers import governed_mapping, withheld_for
 from tests.hubspot.hubspot_helpers import make_connector

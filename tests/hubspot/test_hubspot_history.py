@@ -15,9 +15,9 @@ import pytest
 import requests
 from typer.testing import CliRunner
 
-from connectors.base import ConnectorError
-from connectors.cli import app
-from connectors.history import checkpoint_path, export_history
+from crm_elasticity.connectors.base import ConnectorError
+from crm_elasticity.connectors.cli import app
+from crm_elasticity.connectors.history import checkpoint_path, export_history
 from tests.fakes.hubspot_server import TOKEN, ApiError, Fault, Gate
 from tests.hubspot.hubspot_helpers import MAPPING, make_connector
 
@@ -278,7 +278,7 @@ def test_an_export_killed_mid_way_resumes_without_duplicates(fake, tmp_path):
     command = [
         sys.executable,
         "-m",
-        "connectors.cli",
+        "crm_elasticity.connectors.cli",
         "history",
         str(MAPPING),
         "--out",

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from connectors.runner import Runner
-from core.models import Status
-from core.sqlite_store import SQLiteStore
+from crm_elasticity.connectors.runner import Runner
+from crm_elasticity.core.models import Status
+from crm_elasticity.core.sqlite_store import SQLiteStore
 from tests.hubspot.webhook_helpers import RECEIVED, ms, notification, signed
 
 PRICING = "https://www.acme.example/pricing"

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from connectors.runner import Runner
-from core.eligibility import Rival
-from core.explain import explain_contact
-from core.mapping import MappingError, load_mapping
-from core.sqlite_store import SQLiteStore
+from crm_elasticity.connectors.runner import Runner
+from crm_elasticity.core.eligibility import Rival
+from crm_elasticity.core.explain import explain_contact
+from crm_elasticity.core.mapping import MappingError, load_mapping
+from crm_elasticity.core.sqlite_store import SQLiteStore
 from tests.fakes.hubspot_server import prop
 from tests.governance_helpers import withheld_for
 from tests.hubspot.hubspot_helpers import MAPPING, make_connector
@@ -158,7 +158,7 @@ def test_a_competing_file_that_cannot_compete_is_named(tmp_path):
 def test_serve_refuses_two_programs_of_one_vendor_and_names_the_way(tmp_path):
     from typer.testing import CliRunner
 
-    from connectors.cli import app
+    from crm_elasticity.connectors.cli import app
 
     write_programs(tmp_path)
     result = CliRunner().invoke(

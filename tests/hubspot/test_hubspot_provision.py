@@ -138,7 +138,7 @@ def test_read_only_native_property_must_exist(fake, connector, mapping):
 
 def test_the_offline_plan_is_what_a_dry_run_on_an_empty_portal_reports(connector, mapping):
     """`provision --dry-run` without credentials shows the plan a fresh portal would get."""
-    from connectors.hubspot import HubSpotConnector
+    from crm_elasticity.connectors.hubspot import HubSpotConnector
 
     offline = HubSpotConnector.offline_plan(mapping)
     online = connector.provision(dry_run=True)

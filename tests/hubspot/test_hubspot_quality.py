@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from connectors.runner import Runner
-from core.mapping import load_mapping
-from core.report import build
-from core.sqlite_store import SQLiteStore
-from core.store import URLS_TRUNCATED
+from crm_elasticity.connectors.runner import Runner
+from crm_elasticity.core.mapping import load_mapping
+from crm_elasticity.core.report import build
+from crm_elasticity.core.sqlite_store import SQLiteStore
+from crm_elasticity.core.store import URLS_TRUNCATED
 from tests.hubspot.hubspot_helpers import MAPPING, make_connector
 from tests.hubspot.webhook_helpers import RECEIVED, ms, notification, signed
 

@@ -4,7 +4,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from connectors.base import AuthError, ConnectorError, HandoffTask, QuotaExhausted
+from crm_elasticity.connectors.base import AuthError, ConnectorError, HandoffTask, QuotaExhausted
 from tests.fakes.hubspot_server import TOKEN, Fault, RecordFailure
 from tests.helpers import writes
 from tests.hubspot.hubspot_helpers import make_connector

@@ -5,8 +5,8 @@ from datetime import timedelta
 
 import pytest
 
-from connectors.base import WebhookRejected
-from connectors.hubspot.signature import (
+from crm_elasticity.connectors.base import WebhookRejected
+from crm_elasticity.connectors.hubspot.signature import (
     SignatureError,
     decode_uri,
     signed_uri,

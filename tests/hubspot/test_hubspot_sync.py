@@ -5,11 +5,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from connectors.base import ConnectorError
-from connectors.runner import Runner
-from core.cursors import Cursors
-from core.models import Event
-from core.sqlite_store import SQLiteStore
+from crm_elasticity.connectors.base import ConnectorError
+from crm_elasticity.connectors.runner import Runner
+from crm_elasticity.core.cursors import Cursors
+from crm_elasticity.core.models import Event
+from crm_elasticity.core.sqlite_store import SQLiteStore
 from tests.fakes.hubspot_server import DROP, Fault
 from tests.helpers import writes
 from tests.hubspot.hubspot_helpers import make_connector
@@ -168,7 +168,7 @@ def test_poll_finds_engagement_webhooks_missed_and_counts_it_once(fake, provisio
     opened = NOW - timedelta(hours=2)
     runner = runner_for(provisioned)
     runner.store.commit(
-        __import__("core.store", fromlist=["Batch"]).Batch(
+        __import__("crm_elasticity.core.store", fromlist=["Batch"]).Batch(
             cursors={Cursors.poll_since: (NOW - timedelta(days=1)).isoformat()}
         )
     )

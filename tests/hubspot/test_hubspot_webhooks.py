@@ -5,10 +5,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from connectors.base import WebhookRejected
-from connectors.intake import handle_webhook
-from connectors.signals import signal_event_id
-from core.sqlite_store import SQLiteStore
+from crm_elasticity.connectors.base import WebhookRejected
+from crm_elasticity.connectors.intake import handle_webhook
+from crm_elasticity.connectors.signals import signal_event_id
+from crm_elasticity.core.sqlite_store import SQLiteStore
 from tests.hubspot.hubspot_helpers import make_connector, with_options
 from tests.hubspot.webhook_helpers import ms, notification, signed
 

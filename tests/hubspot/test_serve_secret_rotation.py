@@ -16,7 +16,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from core.mapping import load_mapping
+from crm_elasticity.core.mapping import load_mapping
 from tests.hubspot.hubspot_helpers import MAPPING, make_connector
 from tests.hubspot.webhook_helpers import HOST, ms, notification, signed
 
@@ -58,7 +58,7 @@ class Served:
             [
                 sys.executable,
                 "-c",
-                "from connectors.cli import app; app()",
+                "from crm_elasticity.connectors.cli import app; app()",
                 "serve",
                 str(MAPPING),
                 "--port",
@@ -153,7 +153,7 @@ def test_an_unreadable_secrets_file_stops_serve_before_it_starts(tmp_path):
         [
             sys.executable,
             "-c",
-            "from connectors.cli import app; app()",
+            "from crm_elasticity.connectors.cli import app; app()",
             "serve",
             str(MAPPING),
             "--port",

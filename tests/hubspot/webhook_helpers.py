@@ -6,8 +6,8 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from connectors.base import WebhookRequest
-from connectors.hubspot.signature import v1_signature, v2_signature, v3_signature
+from crm_elasticity.connectors.base import WebhookRequest
+from crm_elasticity.connectors.hubspot.signature import v1_signature, v2_signature, v3_signature
 from tests.hubspot.hubspot_helpers import SECRET
 
 RECEIVED = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from connectors.base import CrmRecord, HandoffTask, WriteRequest, WriteResult
-from connectors.hubspot import HubSpotConnector
-from core.ledger_reader import RollupRow
-from core.models import ContactState, Decision, Event
-from core.owed import OwedKind, OwedWrite
-from core.store import OUTBOX_LEASE, Batch, ClaimedWrite, Quarantined, Store
+from crm_elasticity.connectors.base import CrmRecord, HandoffTask, WriteRequest, WriteResult
+from crm_elasticity.connectors.hubspot import HubSpotConnector
+from crm_elasticity.core.ledger_reader import RollupRow
+from crm_elasticity.core.models import ContactState, Decision, Event
+from crm_elasticity.core.owed import OwedKind, OwedWrite
+from crm_elasticity.core.store import OUTBOX_LEASE, Batch, ClaimedWrite, Quarantined, Store
 from tests.fakes.hubspot_server import ApiError, FakeHubSpot, RecordFailure
 
 CONTACT_UPDATE = re.compile(r"/crm/v3/objects/contacts/batch/update$")

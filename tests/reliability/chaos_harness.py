@@ -37,14 +37,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from connectors.base import ConnectorError
-from connectors.hubspot import HubSpotConnector
-from connectors.hubspot.config import HubSpotSettings, load_options
-from connectors.runner import Runner
-from connectors.server import Intake
-from core.mapping import Mapping, load_mapping
-from core.sqlite_store import SQLiteStore
-from core.store import OUTBOX_LEASE, Batch, StoreError
+from crm_elasticity.connectors.base import ConnectorError
+from crm_elasticity.connectors.hubspot import HubSpotConnector
+from crm_elasticity.connectors.hubspot.config import HubSpotSettings, load_options
+from crm_elasticity.connectors.runner import Runner
+from crm_elasticity.connectors.server import Intake
+from crm_elasticity.core.mapping import Mapping, load_mapping
+from crm_elasticity.core.sqlite_store import SQLiteStore
+from crm_elasticity.core.store import OUTBOX_LEASE, Batch, StoreError
 from tests.fakes.hubspot_server import TOKEN
 from tests.reliability.chaos_faults import (
     ChaosHubSpot,

@@ -12,8 +12,8 @@ import random
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from connectors.base import WebhookRequest
-from connectors.hubspot.signature import v3_signature
+from crm_elasticity.connectors.base import WebhookRequest
+from crm_elasticity.connectors.hubspot.signature import v3_signature
 
 STREAM_START = datetime(2026, 1, 5, tzinfo=UTC)  # the generated stream's first day
 HOST = "hooks.chaos.test"

@@ -21,16 +21,21 @@ from pathlib import Path
 
 from hypothesis import strategies as st
 
-from connectors.base import WebhookRequest
-from connectors.hubspot import HubSpotConnector
-from connectors.hubspot.config import HubSpotSettings, load_options
-from connectors.hubspot.signature import MAX_SKEW_MS, v1_signature, v2_signature, v3_signature
-from connectors.intake import handle_webhook
-from connectors.salesforce import SalesforceConnector
-from connectors.salesforce.api_facts import OUTBOUND_NS, SOAP_ENV_NS
-from connectors.salesforce.config import credentials_from_env
-from connectors.salesforce.signature import sign
-from core.mapping import load_mapping
+from crm_elasticity.connectors.base import WebhookRequest
+from crm_elasticity.connectors.hubspot import HubSpotConnector
+from crm_elasticity.connectors.hubspot.config import HubSpotSettings, load_options
+from crm_elasticity.connectors.hubspot.signature import (
+    MAX_SKEW_MS,
+    v1_signature,
+    v2_signature,
+    v3_signature,
+)
+from crm_elasticity.connectors.intake import handle_webhook
+from crm_elasticity.connectors.salesforce import SalesforceConnector
+from crm_elasticity.connectors.salesforce.api_facts import OUTBOUND_NS, SOAP_ENV_NS
+from crm_elasticity.connectors.salesforce.config import credentials_from_env
+from crm_elasticity.connectors.salesforce.signature import sign
+from crm_elasticity.core.mapping import load_mapping
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 3, 4, 12, 0, tzinfo=UTC)

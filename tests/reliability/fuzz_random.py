@@ -9,8 +9,8 @@ import json
 import random
 from collections.abc import Callable
 
-from connectors.base import WebhookRequest
-from connectors.salesforce.signature import sign
+from crm_elasticity.connectors.base import WebhookRequest
+from crm_elasticity.connectors.salesforce.signature import sign
 from tests.reliability import fuzz_cases as f
 
 SEEDS_JSON = [

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from connectors.base import WebhookRequest
-from connectors.intake import handle_webhook
-from connectors.salesforce.signature import sign
+from crm_elasticity.connectors.base import WebhookRequest
+from crm_elasticity.connectors.intake import handle_webhook
+from crm_elasticity.connectors.salesforce.signature import sign
 from tests.reliability import fuzz_cases as f
 
 

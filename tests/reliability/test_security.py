@@ -17,16 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from connectors.base import ConnectorError, WebhookRequest
-from connectors.hubspot import HubSpotConnector
-from connectors.hubspot.config import HubSpotSettings, load_options
-from connectors.intake import MAX_BODY_BYTES, handle_webhook
-from connectors.runner import Runner
-from connectors.salesforce.signature import sign
-from connectors.server import build_server
-from core.mapping import load_mapping
-from core.models import Event
-from core.sqlite_store import SQLiteStore
+from crm_elasticity.connectors.base import ConnectorError, WebhookRequest
+from crm_elasticity.connectors.hubspot import HubSpotConnector
+from crm_elasticity.connectors.hubspot.config import HubSpotSettings, load_options
+from crm_elasticity.connectors.intake import MAX_BODY_BYTES, handle_webhook
+from crm_elasticity.connectors.runner import Runner
+from crm_elasticity.connectors.salesforce.signature import sign
+from crm_elasticity.connectors.server import build_server
+from crm_elasticity.core.mapping import load_mapping
+from crm_elasticity.core.models import Event
+from crm_elasticity.core.sqlite_store import SQLiteStore
 from tests.fakes.hubspot_server import FakeHubSpot, Fault
 from tests.fakes.memory_crm import MemoryConnector, MemoryCrm, memory_mapping
 from tests.reliability import fuzz_cases as f

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from core.models import Status
+from crm_elasticity.core.models import Status
 from tests.fakes.hubspot_server import FakeHubSpot
 from tests.reliability.writer_processes import (
     STEPS,

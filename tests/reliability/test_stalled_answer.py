@@ -13,9 +13,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from connectors.base import ConnectorError
-from connectors.hubspot.client import HubSpotClient
-from connectors.hubspot.config import HubSpotSettings
+from crm_elasticity.connectors.base import ConnectorError
+from crm_elasticity.connectors.hubspot.client import HubSpotClient
+from crm_elasticity.connectors.hubspot.config import HubSpotSettings
 from tests.hubspot.hubspot_helpers import FakeClock
 
 STALL_SECONDS = 0.3

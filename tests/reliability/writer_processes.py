@@ -9,12 +9,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from connectors.hubspot import HubSpotConnector
-from connectors.hubspot.config import HubSpotSettings, load_options
-from connectors.runner import Runner
-from core.mapping import load_mapping
-from core.models import Event
-from core.sqlite_store import SQLiteStore
+from crm_elasticity.connectors.hubspot import HubSpotConnector
+from crm_elasticity.connectors.hubspot.config import HubSpotSettings, load_options
+from crm_elasticity.connectors.runner import Runner
+from crm_elasticity.core.mapping import load_mapping
+from crm_elasticity.core.models import Event
+from crm_elasticity.core.sqlite_store import SQLiteStore
 from tests.fakes.hubspot_server import TOKEN
 
 MAPPING = Path(__file__).resolve().parents[2] / "mappings" / "hubspot.yaml"

@@ -8,8 +8,8 @@ import responses
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from connectors.salesforce import SalesforceConnector
-from core.mapping import Mapping, load_mapping
+from crm_elasticity.connectors.salesforce import SalesforceConnector
+from crm_elasticity.core.mapping import Mapping, load_mapping
 from tests.fakes.salesforce import ORG_ID, FakeSalesforce
 from tests.salesforce.sf_helpers import OUTBOUND_TOKEN, ROOT, SECRET, build
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from connectors.salesforce import SalesforceConnector
-from connectors.salesforce.config import credentials_from_env
-from core.mapping import Mapping
+from crm_elasticity.connectors.salesforce import SalesforceConnector
+from crm_elasticity.connectors.salesforce.config import credentials_from_env
+from crm_elasticity.core.mapping import Mapping
 from tests.fakes.salesforce import FakeSalesforce
 
 ROOT = Path(__file__).resolve().parents[2]

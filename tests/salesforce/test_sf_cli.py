@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from connectors.cli import app
+from crm_elasticity.connectors.cli import app
 from tests.fakes.salesforce import FakeSalesforce
 from tests.salesforce.sf_helpers import ROOT
 

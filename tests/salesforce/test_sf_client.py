@@ -6,11 +6,11 @@ import pytest
 import requests
 import responses
 
-from connectors.base import AuthError, ConnectorError, QuotaExhausted
-from connectors.salesforce import SalesforceConnector
-from connectors.salesforce.config import credentials_from_env
-from connectors.salesforce.http import SalesforceSession, parse_limit_info
-from core.mapping import Mapping
+from crm_elasticity.connectors.base import AuthError, ConnectorError, QuotaExhausted
+from crm_elasticity.connectors.salesforce import SalesforceConnector
+from crm_elasticity.connectors.salesforce.config import credentials_from_env
+from crm_elasticity.connectors.salesforce.http import SalesforceSession, parse_limit_info
+from crm_elasticity.core.mapping import Mapping
 from tests.fakes.salesforce import INSTANCE, FakeSalesforce, error
 from tests.salesforce.sf_helpers import build
 
@@ -70,7 +70,7 @@ def test_password_login_works_and_warns_that_soap_login_is_retiring(
         "SALESFORCE_SECURITY_TOKEN": "sectok",
     }
     ids = contacts(fake)
-    with caplog.at_level("WARNING", logger="connectors.salesforce.client"):
+    with caplog.at_level("WARNING", logger="crm_elasticity.connectors.salesforce.client"):
         assert set(build(mapping, env, fake).read_records(ids)) == set(ids)
     assert "JWT" in caplog.text
     assert fake.password not in caplog.text

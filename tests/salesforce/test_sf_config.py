@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from connectors.base import ConnectorError
-from connectors.salesforce import SalesforceConnector
-from connectors.salesforce.config import credentials_from_env, load_options
-from core.mapping import Mapping
+from crm_elasticity.connectors.base import ConnectorError
+from crm_elasticity.connectors.salesforce import SalesforceConnector
+from crm_elasticity.connectors.salesforce.config import credentials_from_env, load_options
+from crm_elasticity.core.mapping import Mapping
 
 
 def test_jwt_is_chosen_when_its_three_variables_are_set(env: dict[str, str]) -> None:
@@ -98,7 +98,7 @@ def test_object_must_be_contact_or_lead(mapping: Mapping, env: dict[str, str]) -
 
 
 def test_registry_finds_the_connector(mapping: Mapping, env: dict[str, str]) -> None:
-    from connectors.registry import load_connector
+    from crm_elasticity.connectors.registry import load_connector
 
     connector = load_connector(mapping, env)
     assert isinstance(connector, SalesforceConnector)

@@ -12,11 +12,11 @@ import requests
 from simple_salesforce.exceptions import SalesforceMalformedRequest
 from simple_salesforce.format import format_soql
 
-from connectors.base import ConnectorError, HandoffTask
-from connectors.salesforce import SalesforceConnector, bulk
-from connectors.salesforce.api_facts import QUERY_LINE_BUDGET
-from connectors.salesforce.soql import in_chunks, request_line_bytes
-from core.mapping import Mapping
+from crm_elasticity.connectors.base import ConnectorError, HandoffTask
+from crm_elasticity.connectors.salesforce import SalesforceConnector, bulk
+from crm_elasticity.connectors.salesforce.api_facts import QUERY_LINE_BUDGET
+from crm_elasticity.connectors.salesforce.soql import in_chunks, request_line_bytes
+from crm_elasticity.core.mapping import Mapping
 from tests.fakes.salesforce import DATA, FakeSalesforce
 from tests.helpers import writes
 from tests.salesforce.sf_helpers import build
@@ -247,8 +247,8 @@ def test_uploads_are_split_by_utf8_bytes(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_provision_sync_and_a_thousand_hand_offs_create_each_task_once(
     mapping: Mapping, env: dict, fake: FakeSalesforce, timeouts: int
 ) -> None:
-    from connectors.runner import Runner
-    from core.sqlite_store import SQLiteStore
+    from crm_elasticity.connectors.runner import Runner
+    from crm_elasticity.core.sqlite_store import SQLiteStore
 
     fake.provisioned_all = False  # a new org: provisioning creates and grants everything
     connector = build(mapping, env, fake)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from connectors.runner import Runner
-from core.sqlite_store import SQLiteStore
+from crm_elasticity.connectors.runner import Runner
+from crm_elasticity.core.sqlite_store import SQLiteStore
 from tests.fakes.salesforce import FakeSalesforce
 from tests.governance_helpers import governed_mapping, withheld_for
 from tests.salesforce.sf_helpers import build

@@ -14,10 +14,10 @@ from urllib.parse import parse_qs
 import pytest
 from typer.testing import CliRunner
 
-from connectors.base import ConnectorError
-from connectors.cli import app
-from connectors.history import checkpoint_path, export_history
-from connectors.salesforce.history import FieldHistory
+from crm_elasticity.connectors.base import ConnectorError
+from crm_elasticity.connectors.cli import app
+from crm_elasticity.connectors.history import checkpoint_path, export_history
+from crm_elasticity.connectors.salesforce.history import FieldHistory
 from tests.fakes.salesforce import FakeSalesforce, error
 from tests.salesforce.sf_helpers import ROOT, build
 
@@ -215,7 +215,7 @@ def test_a_lead_program_reads_lead_history(env, fake, mapping, tmp_path):
 
 
 def test_a_signal_field_the_org_does_not_have_is_named_as_such(env, fake, mapping, tmp_path):
-    from core.mapping import Signal
+    from crm_elasticity.core.mapping import Signal
 
     extra = mapping.model_copy(
         update={

@@ -7,9 +7,9 @@ from xml.etree import ElementTree as ET  # noqa: S405 - builds test input
 
 import pytest
 
-from connectors.base import ConnectorError, HandoffTask
-from connectors.salesforce import SalesforceConnector
-from core.mapping import Mapping
+from crm_elasticity.connectors.base import ConnectorError, HandoffTask
+from crm_elasticity.connectors.salesforce import SalesforceConnector
+from crm_elasticity.core.mapping import Mapping
 from tests.fakes.salesforce import MD_NS, XSI, FakeSalesforce
 from tests.helpers import writes
 from tests.salesforce.sf_helpers import build

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from connectors.runner import Runner
-from connectors.salesforce import SalesforceConnector
-from connectors.server import build_server
-from core.mapping import load_mapping
-from core.models import Status
-from core.sqlite_store import SQLiteStore
+from crm_elasticity.connectors.runner import Runner
+from crm_elasticity.connectors.salesforce import SalesforceConnector
+from crm_elasticity.connectors.server import build_server
+from crm_elasticity.core.mapping import load_mapping
+from crm_elasticity.core.models import Status
+from crm_elasticity.core.sqlite_store import SQLiteStore
 from tests.fakes.hubspot_server import FakeHubSpot
 from tests.fakes.salesforce import FakeSalesforce
 from tests.hubspot.hubspot_helpers import MAPPING as HUBSPOT_MAPPING

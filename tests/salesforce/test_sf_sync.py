@@ -6,14 +6,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from connectors.base import WebhookRequest
-from connectors.intake import handle_webhook
-from connectors.runner import Runner
-from connectors.salesforce import SalesforceConnector
-from core.cursors import Cursors
-from core.mapping import Mapping
-from core.models import Event
-from core.sqlite_store import SQLiteStore
+from crm_elasticity.connectors.base import WebhookRequest
+from crm_elasticity.connectors.intake import handle_webhook
+from crm_elasticity.connectors.runner import Runner
+from crm_elasticity.connectors.salesforce import SalesforceConnector
+from crm_elasticity.core.cursors import Cursors
+from crm_elasticity.core.mapping import Mapping
+from crm_elasticity.core.models import Event
+from crm_elasticity.core.sqlite_store import SQLiteStore
 from tests.fakes.salesforce import FakeSalesforce
 from tests.salesforce.sf_helpers import FIXTURES, OUTBOUND_QUERY, build
 

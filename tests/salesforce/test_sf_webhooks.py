@@ -7,15 +7,15 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from connectors.base import WebhookRequest
-from connectors.intake import handle_webhook
-from connectors.salesforce import SalesforceConnector
-from connectors.salesforce.api_facts import OUTBOUND_ACK
-from connectors.salesforce.outbound import same_org
-from connectors.salesforce.signature import sign
-from core.mapping import Mapping
-from core.sqlite_store import SQLiteStore
-from core.store import StoreError
+from crm_elasticity.connectors.base import WebhookRequest
+from crm_elasticity.connectors.intake import handle_webhook
+from crm_elasticity.connectors.salesforce import SalesforceConnector
+from crm_elasticity.connectors.salesforce.api_facts import OUTBOUND_ACK
+from crm_elasticity.connectors.salesforce.outbound import same_org
+from crm_elasticity.connectors.salesforce.signature import sign
+from crm_elasticity.core.mapping import Mapping
+from crm_elasticity.core.sqlite_store import SQLiteStore
+from crm_elasticity.core.store import StoreError
 from tests.salesforce.sf_helpers import FIXTURES, OUTBOUND_QUERY, SECRET, build, envelope_of
 
 NOW = datetime(2026, 3, 4, 12, 0, tzinfo=UTC)
@@ -313,8 +313,8 @@ def test_outbound_message_over_the_local_server(connector: SalesforceConnector) 
     import threading
     import urllib.request
 
-    from connectors.runner import Runner
-    from connectors.server import build_server
+    from crm_elasticity.connectors.runner import Runner
+    from crm_elasticity.connectors.server import build_server
 
     runner = Runner(connector, SQLiteStore(":memory:"), clock=lambda: NOW)
     server, _ = build_server([runner], port=0, worker=False)
@@ -366,7 +366,7 @@ def test_the_token_is_compared_in_constant_time(
 ) -> None:
     import hmac
 
-    from connectors.salesforce import outbound as outbound_module
+    from crm_elasticity.connectors.salesforce import outbound as outbound_module
 
     compared: list[bytes] = []
     real = hmac.compare_digest
@@ -389,7 +389,7 @@ def test_without_a_token_configured_every_message_is_refused_and_said_once(
     env = {k: v for k, v in env.items() if k != "SALESFORCE_OUTBOUND_TOKEN"}
     connector = build(mapping, env, fake)  # builds: sync and the JSON intake still work
     store = SQLiteStore(":memory:")
-    with caplog.at_level("WARNING", logger="connectors.salesforce.connector"):
+    with caplog.at_level("WARNING", logger="crm_elasticity.connectors.salesforce.connector"):
         answers = [handle_webhook(connector, outbound(), store.inbox_put) for _ in range(3)]
     assert {a.status for a in answers} == {403}
     assert all(b"<Ack>" not in a.body for a in answers)
@@ -405,8 +405,8 @@ def test_over_the_local_server_a_forged_message_gets_no_ack_and_the_token_is_not
     import urllib.error
     import urllib.request
 
-    from connectors.runner import Runner
-    from connectors.server import build_server
+    from crm_elasticity.connectors.runner import Runner
+    from crm_elasticity.connectors.server import build_server
 
     runner = Runner(connector, SQLiteStore(":memory:"), clock=lambda: NOW)
     server, _ = build_server([runner], port=0, worker=False)
@@ -422,7 +422,7 @@ def test_over_the_local_server_a_forged_message_gets_no_ack_and_the_token_is_not
         assert refused.value.code == 401
         assert b"<Ack>" not in refused.value.read()
         assert runner.store.inbox_take(100) == []
-        with caplog.at_level("INFO", logger="connectors.server"):
+        with caplog.at_level("INFO", logger="crm_elasticity.connectors.server"):
             url = f"{base}?{OUTBOUND_QUERY}"
             tokened = urllib.request.Request(url, data=body, headers=headers)  # noqa: S310
             with urllib.request.urlopen(tokened, timeout=5) as response:  # noqa: S310 - loopback

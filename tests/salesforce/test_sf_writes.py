@@ -9,10 +9,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from connectors.base import ConnectorError, HandoffTask, WriteRequest
-from connectors.salesforce import SalesforceConnector
-from connectors.salesforce.bulk import poll_delays
-from core.mapping import Mapping
+from crm_elasticity.connectors.base import ConnectorError, HandoffTask, WriteRequest
+from crm_elasticity.connectors.salesforce import SalesforceConnector
+from crm_elasticity.connectors.salesforce.bulk import poll_delays
+from crm_elasticity.core.mapping import Mapping
 from tests.fakes.salesforce import FakeSalesforce
 from tests.helpers import writes
 from tests.salesforce.sf_helpers import build
