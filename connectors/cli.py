@@ -349,9 +349,8 @@ def serve(
         out.print(f"listening on http://{host}:{bound} for {', '.join(paths)}", highlight=False)
 
     worker = partial(runners_for, [str(m) for m in mappings], str(_data_dir(data_dir).root))
-    logging.getLogger("crm_elasticity.connectors.server.access").setLevel(
-        logging.INFO
-    )  # even without -v
+    # The access log at INFO even without -v.
+    logging.getLogger("crm_elasticity.connectors.server.access").setLevel(logging.INFO)
     try:
         serve_forever(runners, host, port, worker_factory=worker, ready=ready, secrets=secrets)
     except DataDirUnavailable as exc:

@@ -33,8 +33,8 @@ One YAML file per deployed program. `elasticity validate MAPPING` checks it agai
 (and the vendor's own `options:` schema) and lists every problem with its line and column.
 Unknown keys are refused, so a misspelt key cannot be silently ignored.
 
-This page is generated from the schema (`python -m crm_elasticity.connectors.mapping_reference`); a test keeps
-it in step with the code.
+This page is generated from the schema
+(`python -m crm_elasticity.connectors.mapping_reference`); a test keeps it in step with the code.
 """
 
 

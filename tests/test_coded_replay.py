@@ -101,9 +101,8 @@ def test_coded_replay_decides_and_shows_what_the_object_replay_does(
     tmp_path, monkeypatch, extra, seed, until, workers
 ):
     if seed == 2:
-        monkeypatch.setattr(
-            "crm_elasticity.core.coded.ledger.CHUNK_ROWS", 64
-        )  # a contact over many chunks
+        # A contact over many chunks.
+        monkeypatch.setattr("crm_elasticity.core.coded.ledger.CHUNK_ROWS", 64)
     m = mapping(extra)
     events = tmp_path / "events.jsonl"
     messy_events(events, seed)

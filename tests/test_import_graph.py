@@ -16,13 +16,21 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("core", "connectors")
+# The folders install under one namespace (pyproject.toml): core/engine.py is
+# crm_elasticity.core.engine.
+NAMESPACE = "crm_elasticity"
 
 
 def module_name(path: Path) -> str:
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    parts = [NAMESPACE, *path.relative_to(ROOT).with_suffix("").parts]
     if parts[-1] == "__init__":
         parts.pop()
     return ".".join(parts)
+
+
+def room(name: str) -> str:
+    """`core` or `connectors` for a module name under the namespace."""
+    return name.split(".")[1]
 
 
 def _type_checking(test: ast.expr) -> bool:
@@ -130,11 +138,26 @@ def test_core_and_connectors_import_without_a_cycle():
 def test_core_never_imports_connectors():
     graph = import_graph()
     backwards = {
-        name: sorted(d for d in deps if d.split(".")[0] == "connectors")
+        name: sorted(d for d in deps if room(d) == "connectors")
         for name, deps in graph.items()
-        if name.split(".")[0] == "core"
+        if room(name) == "core"
     }
     assert {name: deps for name, deps in backwards.items() if deps} == {}
+
+
+def test_no_module_imports_the_folders_by_their_bare_names():
+    """`import core...` would find another distribution's `core`, or nothing, once installed."""
+    bare = {}
+    for name in PACKAGES:
+        for path in sorted((ROOT / name).rglob("*.py")):
+            package = module_name(path).rpartition(".")[0]
+            targets = {
+                t.partition("\0")[0] for t in imported_names(ast.parse(path.read_text()), package)
+            }
+            found = sorted(t for t in targets if t.split(".")[0] in PACKAGES)
+            if found:
+                bare[module_name(path)] = found
+    assert bare == {}
 
 
 @pytest.mark.parametrize(
@@ -155,11 +178,10 @@ def test_the_graph_sees_lazy_imports_and_skips_type_checking_ones():
         "if TYPE_CHECKING:\n    from crm_elasticity.core.mapping import Mapping\n"
         "def f():\n    from crm_elasticity.core.engine import apply_event\n"
     )
-    names = imported_names(tree, "core")
+    names = imported_names(tree, "crm_elasticity.core")
     assert "crm_elasticity.core.engine\0apply_event" in names
     assert not any(n.startswith("crm_elasticity.core.mapping") for n in names)
     graph = import_graph()
-    assert (
-        "crm_elasticity.core.experiments" in graph["crm_elasticity.core.mapping"]
-    )  # the loader compiles the program
+    # The loader compiles the program.
+    assert "crm_elasticity.core.experiments" in graph["crm_elasticity.core.mapping"]
     assert "crm_elasticity.core.mapping" not in graph["crm_elasticity.core.experiments"]

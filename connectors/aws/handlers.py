@@ -33,12 +33,11 @@ logger = Logger(service=os.environ.get("POWERTOOLS_SERVICE_NAME", "crm-elasticit
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "CrmElasticity"))
 app = APIGatewayHttpResolver()
 if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
-    # The shared modules log through `logging`: their parents get the JSON handler (and its
-    # correlation id), so every `connectors.*` / `core.*` logger, even one imported later,
-    # uses it. Only in Lambda: it stops propagation, which a test's log capture relies on.
-    for _parent in ("connectors", "core"):
-        logging.getLogger(_parent)
-    copy_config_to_registered_loggers(source_logger=logger, include={"connectors", "core"})
+    # The shared modules log through `logging`: their parent gets the JSON handler (and its
+    # correlation id), so every `crm_elasticity.*` logger, even one imported later, uses it.
+    # Only in Lambda: it stops propagation, which a test's log capture relies on.
+    logging.getLogger("crm_elasticity")
+    copy_config_to_registered_loggers(source_logger=logger, include={"crm_elasticity"})
 
 _container: Container | None = None
 

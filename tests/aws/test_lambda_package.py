@@ -17,7 +17,8 @@ MODULES = {"ruamel.yaml": "ruamel", "python-dotenv": "dotenv"}
 def test_the_functions_import_nothing_the_package_leaves_out() -> None:
     code = (
         "import json, sys\n"
-        "import crm_elasticity.connectors.aws.handlers, crm_elasticity.connectors.aws.worker, crm_elasticity.core.report, crm_elasticity.core.explain\n"
+        "import crm_elasticity.connectors.aws.handlers, crm_elasticity.connectors.aws.worker\n"
+        "import crm_elasticity.core.report, crm_elasticity.core.explain\n"
         "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))\n"
     )
     done = subprocess.run(  # noqa: S603 - this interpreter, a fixed script
@@ -25,5 +26,5 @@ def test_the_functions_import_nothing_the_package_leaves_out() -> None:
     )
     imported = set(json.loads(done.stdout))
     left_out = {MODULES.get(name, name) for name in LEFT_OUT}
-    assert "connectors" in imported
+    assert "crm_elasticity" in imported
     assert imported & left_out == set()

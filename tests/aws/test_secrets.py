@@ -78,7 +78,8 @@ def test_in_lambda_the_shared_modules_log_json_lines() -> None:
     code = (
         "import logging, tests.fakes.memory_crm\n"
         "from crm_elasticity.connectors.aws import handlers\n"
-        "logging.getLogger('crm_elasticity.connectors.runner').warning('CRM writes stay owed: %s', 'down')\n"
+        "runner_log = logging.getLogger('crm_elasticity.connectors.runner')\n"
+        "runner_log.warning('CRM writes stay owed: %s', 'down')\n"
     )
     env = {
         **os.environ,
