@@ -85,7 +85,11 @@ class InstallProject {
         python,
         ['-m', 'pip', 'install', '--quiet', '--no-deps', '--no-compile', '--target', installed,
          source],
-        { stdio: ['ignore', 'inherit', 'inherit'] }
+        {
+          stdio: ['ignore', 'inherit', 'inherit'],
+          // CI and deploy hosts often run as root; pip's warning about it is noise here.
+          env: { ...process.env, PIP_ROOT_USER_ACTION: 'ignore' },
+        }
       );
       const added = execFileSync(python, ['-c', APPEND, artifact, installed, ...excluded], {
         encoding: 'utf8',
