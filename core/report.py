@@ -237,7 +237,6 @@ def data_quality(store: LedgerView) -> dict[str, Any]:
         """
         SELECT
           SUM(CASE WHEN rule = 'enroll' AND event_type NOT IN ('', 'enroll') THEN n ELSE 0 END),
-          SUM(CASE WHEN rule = 'intake' THEN n ELSE 0 END),
           SUM(CASE WHEN rule = 'write_back' AND reason = 'write_failed' THEN n ELSE 0 END),
           SUM(CASE WHEN rule = 'write_back' AND reason = 'task_failed' THEN n ELSE 0 END),
           SUM(CASE WHEN rule = 'experiments' THEN n ELSE 0 END),
@@ -249,7 +248,6 @@ def data_quality(store: LedgerView) -> dict[str, Any]:
     values = [int(v or 0) for v in rows[0]]
     keys = [
         "events_for_unknown_contacts",
-        "mapping_misses",
         "failed_writes",
         "failed_tasks",
         "late_experiment_assignments",

@@ -227,7 +227,7 @@ def sections(report: dict[str, Any]) -> Iterator[tuple[str, str, Table | None, s
     yield (
         "Data quality",
         "Events for contacts the store did not know (they enrolled on "
-        "that event), mapping misses, failed CRM writes recorded by the connectors, late "
+        "that event), failed CRM writes recorded by the connectors, late "
         "events decided in their place (revised) or, older than the contact's kept history, "
         "at its current time, events the worker set aside because they could not be "
         "decided (now in quarantine; see `elasticity inbox`), and events whose CRM value was "
