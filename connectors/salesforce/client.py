@@ -245,9 +245,13 @@ class SalesforceClient:
         return response
 
     def lookup(self, what: str, soql: str, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
-        """A small query (one page) with its values quoted by `format_soql`."""
+        """A small query with its values quoted by `format_soql`. It cannot resume from an
+        id, so a page that fails re-reads it whole: the rows read before are dropped."""
         text = format_soql(soql, *args, **kwargs)
-        return list(self.query(what, lambda _: text, None))
+        rows: list[dict[str, Any]] = []
+        for row in self.query(what, lambda _: text, None, on_restart=rows.clear):
+            rows.append(row)
+        return rows
 
     def lookup_in(
         self, what: str, soql: str, values: Sequence[str], name: str, **kwargs: Any
@@ -264,11 +268,16 @@ class SalesforceClient:
         return rows
 
     def query(
-        self, what: str, soql_after: Callable[[str | None], str], after: str | None
+        self,
+        what: str,
+        soql_after: Callable[[str | None], str],
+        after: str | None,
+        on_restart: Callable[[], None] | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Records of an `ORDER BY Id` query through `query_all_iter` (paged by
         `nextRecordsUrl`). A failed page re-issues the query from the last id seen, under the
-        retry policy, so no record is read twice or skipped."""
+        retry policy, so no record is read twice or skipped; `on_restart` is called before
+        each issue of the query (for a caller whose query starts over)."""
         headers = {"Sforce-Query-Options": f"batchSize={self.options.page_size}"}
         last = after
         records: Iterator[dict[str, Any]] | None = None
@@ -283,6 +292,8 @@ class SalesforceClient:
                     "this connector sends (Salesforce refuses a URI plus headers over 16,384 "
                     "bytes); the mapping selects too many or too long fields or values"
                 )
+            if on_restart is not None:
+                on_restart()
             records = sf.query_all_iter(soql, headers=headers)
             return next(records, _END)
 

@@ -226,3 +226,13 @@ def test_a_failed_page_resumes_after_the_last_record_read(
     assert seen == ids  # every record once, in order, despite the lost second page
     queries = [p for m, p in fake.api_calls if m == "GET" and p.rstrip("/").endswith("/query")]
     assert len(queries) == 2  # the first query, then one re-issued from the last id seen
+
+
+def test_a_lookup_whose_page_fails_returns_each_row_once(
+    connector: SalesforceConnector, fake: FakeSalesforce
+) -> None:
+    ids = sorted(contacts(fake, 4500))
+    fake.fail(1, (503, {}, "Service Unavailable"), lambda m, p: "/query/01gFAKE" in p)
+    rows = connector.client.lookup("contacts", "SELECT Id FROM Contact ORDER BY Id")
+    # The lookup's query cannot resume from an id: it is read again whole, not appended to.
+    assert [row["Id"] for row in rows] == ids
