@@ -112,7 +112,10 @@ class FaultPlan:
             self.counts[name] += n
 
     def rival_flush(self) -> None:
-        if self.rival is not None and self.roll(self.rival_flush_rate):
+        # The first CRM call always meets a rival: a short run makes few calls, and with
+        # draws shared across threads, a rate alone left some runs with none to check.
+        first = not self.counts["rival_flushes"]
+        if self.rival is not None and (first or self.roll(self.rival_flush_rate)):
             self.count("rival_flushes")
             self.rival()
 
