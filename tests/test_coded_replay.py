@@ -414,3 +414,19 @@ def test_workers_write_one_store_whatever_their_number(tmp_path):
         assert shards == set(range(workers))
     assert found[1] == found[2] == found[5]
     assert not [p.name for p in tmp_path.iterdir() if "shard" in p.name or "partial" in p.name]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_coded_run_written_without_a_journal_leaves_a_whole_store_in_wal_mode(tmp_path, workers):
+    events = tmp_path / "events.jsonl"
+    messy_events(events, 7)
+    _, _, _, path = _run(tmp_path, mapping(""), events, "coded", workers=workers)
+    db = sqlite3.connect(path)
+    try:
+        # Readers beside a writer (`serve`, a later sync) need WAL; the run wrote with none.
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert db.execute("SELECT COUNT(*) FROM coded_chunks").fetchone()[0] > 0
+    finally:
+        db.close()
+    assert not path.with_name(f"{path.name}-journal").exists()

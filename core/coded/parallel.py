@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import multiprocessing
 import signal
-import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -30,7 +29,7 @@ from crm_elasticity.core.coded.replay import CodedRun, Decider, read_batches, sh
 from crm_elasticity.core.gcpause import cyclic_gc_paused
 from crm_elasticity.core.pipeline import RunStats
 from crm_elasticity.core.policy import Policy
-from crm_elasticity.core.sqlite_store import SQLiteStore
+from crm_elasticity.core.sqlite_store import SQLiteStore, unjournaled_writer
 
 try:
     import fcntl
@@ -53,9 +52,8 @@ def _work(policy: Policy, path: Path, shard: int, feed: Any, answer: Any) -> Non
     outcome or its exception goes to `answer`."""
     try:
         run = CodedRun(RunStats())
-        db = sqlite3.connect(path, isolation_level=None)
+        db = unjournaled_writer(path, busy_ms=_WRITE_WAIT_MS)
         try:
-            db.execute(f"PRAGMA busy_timeout={_WRITE_WAIT_MS}")
             decider = Decider(policy, db, shard, run, shared_file=True)
             with cyclic_gc_paused():
                 while True:
@@ -96,8 +94,32 @@ def replay_sharded(
     sends each worker its contacts' fresh events, batch by batch; a worker waiting on a full
     pipe holds the reader back, so memory stays bounded. A worker that fails (or is killed)
     stops the others; the caller removes the store, as after any failed run."""
+    with store.written_alone():
+        return _replay_sharded(
+            policy,
+            events_path,
+            Path(store.path),
+            until,
+            strict,
+            on_bad_line,
+            progress,
+            batch_size,
+            workers,
+        )
+
+
+def _replay_sharded(
+    policy: Policy,
+    events_path: Path,
+    path: Path,
+    until: datetime | None,
+    strict: bool,
+    on_bad_line: Callable[[int, str], None] | None,
+    progress: Callable[[int, int], None] | None,
+    batch_size: int,
+    workers: int,
+) -> CodedRun:
     context = multiprocessing.get_context("spawn")  # no fork of a process with threads
-    path = Path(store.path)
     _create_ledger(path)  # before the workers: they only add rows
     procs, feeds, answers_in = [], [], []
     for k in range(workers):
@@ -179,9 +201,8 @@ def _widen(pipe: Any) -> None:
 
 
 def _create_ledger(path: Path) -> None:
-    db = sqlite3.connect(path, isolation_level=None)
+    db = unjournaled_writer(path, busy_ms=_WRITE_WAIT_MS)
     try:
-        db.execute(f"PRAGMA busy_timeout={_WRITE_WAIT_MS}")
         ledger.create(db)
     finally:
         db.close()
@@ -248,9 +269,8 @@ def _stop(procs: list, failed: bool) -> None:
 def _add_rollup(path: Path, run: CodedRun) -> None:
     """A shard's daily roll-up added into the run's store (each row's count adds to what the
     shards before it wrote)."""
-    db = sqlite3.connect(path, isolation_level=None)
+    db = unjournaled_writer(path, busy_ms=_WRITE_WAIT_MS)
     try:
-        db.execute(f"PRAGMA busy_timeout={_WRITE_WAIT_MS}")
         db.execute("BEGIN IMMEDIATE")
         ledger.write_rollup(db, run.rollup)
         db.execute("COMMIT")

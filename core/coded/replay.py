@@ -51,7 +51,7 @@ from crm_elasticity.core.gcpause import cyclic_gc_paused
 from crm_elasticity.core.models import EARLIEST_INSTANT, LATEST_INSTANT, Transition
 from crm_elasticity.core.pipeline import RunStats, policy_record
 from crm_elasticity.core.policy import Policy
-from crm_elasticity.core.sqlite_store import SQLiteStore
+from crm_elasticity.core.sqlite_store import SQLiteStore, unjournaled_writer
 from crm_elasticity.core.store import Batch
 
 _BY_TIME = itemgetter(2)
@@ -102,9 +102,29 @@ def replay_coded(
 ) -> CodedRun:
     """Replay into `store` (fresh), in this process."""
     run = CodedRun(RunStats())
-    db = sqlite3.connect(store.path, isolation_level=None)
+    with store.written_alone():
+        db = unjournaled_writer(store.path)
+        try:
+            _replay_into(
+                db, policy, events_path, until, strict, on_bad_line, progress, batch_size, run
+            )
+        finally:
+            db.close()
+    return run
+
+
+def _replay_into(
+    db: sqlite3.Connection,
+    policy: Policy,
+    events_path: Path,
+    until: datetime | None,
+    strict: bool,
+    on_bad_line: Callable[[int, str], None] | None,
+    progress: Callable[[int, int], None] | None,
+    batch_size: int,
+    run: CodedRun,
+) -> None:
     try:
-        db.execute("PRAGMA busy_timeout=5000")
         ledger.create(db)  # (executescript commits: before the run's transaction)
         db.execute("BEGIN IMMEDIATE")
         decider = Decider(policy, db, 0, run)
@@ -132,9 +152,6 @@ def replay_coded(
         if db.in_transaction:
             db.execute("ROLLBACK")
         raise
-    finally:
-        db.close()
-    return run
 
 
 def read_batches(
