@@ -95,100 +95,77 @@ def replay_sharded(
     pipe holds the reader back, so memory stays bounded. A worker that fails (or is killed)
     stops the others; the caller removes the store, as after any failed run."""
     with store.written_alone():
-        return _replay_sharded(
-            policy,
-            events_path,
-            Path(store.path),
-            until,
-            strict,
-            on_bad_line,
-            progress,
-            batch_size,
-            workers,
-        )
-
-
-def _replay_sharded(
-    policy: Policy,
-    events_path: Path,
-    path: Path,
-    until: datetime | None,
-    strict: bool,
-    on_bad_line: Callable[[int, str], None] | None,
-    progress: Callable[[int, int], None] | None,
-    batch_size: int,
-    workers: int,
-) -> CodedRun:
-    context = multiprocessing.get_context("spawn")  # no fork of a process with threads
-    _create_ledger(path)  # before the workers: they only add rows
-    procs, feeds, answers_in = [], [], []
-    for k in range(workers):
-        feed_out, feed_in = context.Pipe(duplex=False)
-        _widen(feed_in)
-        answer_out, answer_in = context.Pipe(duplex=False)
-        proc = context.Process(
-            target=_work, daemon=True, args=(policy, path, k, feed_out, answer_in)
-        )
-        with _ctrl_c_ignored():
-            proc.start()
-        feed_out.close()
-        answer_in.close()
-        procs.append(proc)
-        feeds.append(feed_in)
-        answers_in.append(answer_out)
-    run = CodedRun(RunStats())
-    type_codes = coded_policies(policy, Names())[None].type_codes
-    shards: dict[str, int] = {}
-    """Each contact's shard, hashed once (a contact has events in many batches)."""
-    shard_known = shards.get
-    try:
+        path = Path(store.path)
+        context = multiprocessing.get_context("spawn")  # no fork of a process with threads
+        _create_ledger(path)  # before the workers: they only add rows
+        procs, feeds, answers_in = [], [], []
+        for k in range(workers):
+            feed_out, feed_in = context.Pipe(duplex=False)
+            _widen(feed_in)
+            answer_out, answer_in = context.Pipe(duplex=False)
+            proc = context.Process(
+                target=_work, daemon=True, args=(policy, path, k, feed_out, answer_in)
+            )
+            with _ctrl_c_ignored():
+                proc.start()
+            feed_out.close()
+            answer_in.close()
+            procs.append(proc)
+            feeds.append(feed_in)
+            answers_in.append(answer_out)
+        run = CodedRun(RunStats())
+        type_codes = coded_policies(policy, Names())[None].type_codes
+        shards: dict[str, int] = {}
+        """Each contact's shard, hashed once (a contact has events in many batches)."""
+        shard_known = shards.get
         try:
-            number = 0
-            with cyclic_gc_paused():
-                for number, fresh in enumerate(
-                    read_batches(
-                        type_codes,
-                        events_path,
-                        until,
-                        strict,
-                        on_bad_line,
-                        progress,
-                        batch_size,
-                        run,
-                    ),
-                    1,
-                ):
-                    parts: list[list[tuple]] = [[] for _ in range(workers)]
-                    for item in fresh:
-                        cid = item[1]
-                        shard = shard_known(cid)
-                        if shard is None:
-                            shard = shards[cid] = shard_of(cid, workers)
-                        parts[shard].append(item)
-                    for feed, part in zip(feeds, parts, strict=True):
-                        if part:
-                            feed.send((number, part))
-            end = until or run.latest
-            for feed in feeds:
-                feed.send((_END, (None if end is None else to_us(end), number)))
-        except BrokenPipeError:
-            pass  # a worker ended: its answer says why
+            try:
+                number = 0
+                with cyclic_gc_paused():
+                    for number, fresh in enumerate(
+                        read_batches(
+                            type_codes,
+                            events_path,
+                            until,
+                            strict,
+                            on_bad_line,
+                            progress,
+                            batch_size,
+                            run,
+                        ),
+                        1,
+                    ):
+                        parts: list[list[tuple]] = [[] for _ in range(workers)]
+                        for item in fresh:
+                            cid = item[1]
+                            shard = shard_known(cid)
+                            if shard is None:
+                                shard = shards[cid] = shard_of(cid, workers)
+                            parts[shard].append(item)
+                        for feed, part in zip(feeds, parts, strict=True):
+                            if part:
+                                feed.send((number, part))
+                end = until or run.latest
+                for feed in feeds:
+                    feed.send((_END, (None if end is None else to_us(end), number)))
+            except BrokenPipeError:
+                pass  # a worker ended: its answer says why
+            finally:
+                for feed in feeds:
+                    feed.close()
+            answers = _answers(procs, answers_in, partial(_add_rollup, path))
+        except BaseException:
+            _stop(procs, failed=True)
+            raise
         finally:
-            for feed in feeds:
-                feed.close()
-        answers = _answers(procs, answers_in, partial(_add_rollup, path))
-    except BaseException:
-        _stop(procs, failed=True)
-        raise
-    finally:
-        for pipe in answers_in:
-            pipe.close()
-    failures = [(k, value) for k, (status, value) in enumerate(answers) if status == "error"]
-    _stop(procs, failed=bool(failures))
-    if failures or any(status != "ok" for status, _ in answers):
-        k, problem = failures[0] if failures else (0, "stopped before the end of its events")
-        raise RuntimeError(f"replay worker {k} failed: {problem}")
-    return _combined(run, [value for _, value in answers])
+            for pipe in answers_in:
+                pipe.close()
+        failures = [(k, value) for k, (status, value) in enumerate(answers) if status == "error"]
+        _stop(procs, failed=bool(failures))
+        if failures or any(status != "ok" for status, _ in answers):
+            k, problem = failures[0] if failures else (0, "stopped before the end of its events")
+            raise RuntimeError(f"replay worker {k} failed: {problem}")
+        return _combined(run, [value for _, value in answers])
 
 
 def _widen(pipe: Any) -> None:

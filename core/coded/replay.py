@@ -105,53 +105,32 @@ def replay_coded(
     with store.written_alone():
         db = unjournaled_writer(store.path)
         try:
-            _replay_into(
-                db, policy, events_path, until, strict, on_bad_line, progress, batch_size, run
-            )
+            ledger.create(db)  # (executescript commits: before the run's transaction)
+            db.execute("BEGIN IMMEDIATE")
+            decider = Decider(policy, db, 0, run)
+            number = 0
+            with cyclic_gc_paused():
+                for number, fresh in enumerate(
+                    read_batches(
+                        decider.p.type_codes,
+                        events_path,
+                        until,
+                        strict,
+                        on_bad_line,
+                        progress,
+                        batch_size,
+                        run,
+                    ),
+                    1,
+                ):
+                    decider.decide(fresh, number)
+                end = until or run.latest
+                decider.finish(None if end is None else to_us(end), number)
+                ledger.write_rollup(db, run.rollup)
+            db.execute("COMMIT")
         finally:
-            db.close()
+            db.close()  # (a failed run is removed whole, unjournaled: nothing to roll back)
     return run
-
-
-def _replay_into(
-    db: sqlite3.Connection,
-    policy: Policy,
-    events_path: Path,
-    until: datetime | None,
-    strict: bool,
-    on_bad_line: Callable[[int, str], None] | None,
-    progress: Callable[[int, int], None] | None,
-    batch_size: int,
-    run: CodedRun,
-) -> None:
-    try:
-        ledger.create(db)  # (executescript commits: before the run's transaction)
-        db.execute("BEGIN IMMEDIATE")
-        decider = Decider(policy, db, 0, run)
-        number = 0
-        with cyclic_gc_paused():
-            for number, fresh in enumerate(
-                read_batches(
-                    decider.p.type_codes,
-                    events_path,
-                    until,
-                    strict,
-                    on_bad_line,
-                    progress,
-                    batch_size,
-                    run,
-                ),
-                1,
-            ):
-                decider.decide(fresh, number)
-            end = until or run.latest
-            decider.finish(None if end is None else to_us(end), number)
-            ledger.write_rollup(db, run.rollup)
-        db.execute("COMMIT")
-    except BaseException:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        raise
 
 
 def read_batches(
