@@ -10,17 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from crm_elasticity.core.coded.contact_ledger import (
-    as_text_ledger_hands_it_out,
-    coded_contact_decisions,
-)
+from crm_elasticity.core.coded.contact_ledger import coded_contact_decisions
 from crm_elasticity.core.explain import explain_contact
-from crm_elasticity.core.models import Action, Decision, Status
 from crm_elasticity.core.replay import replay_file
 from crm_elasticity.core.sqlite_rows import decision_from_row, decision_row
 from crm_elasticity.core.sqlite_store import SQLiteStore
 from tests.experiments.helpers import mapping
-from tests.helpers import T0, days
 from tests.test_coded_replay import messy_events
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,46 +37,23 @@ def stores(tmp_path_factory) -> tuple[Path, Path]:
     return _replay(tmp, "object"), _replay(tmp, "coded")
 
 
-def test_a_decision_reads_as_the_text_ledger_hands_it_out():
-    at = T0 + days(3)
-    decisions = [
-        Decision(
-            contact_id="c1",
-            at=at,
-            rule="engagement",
-            reason="reactivated_from_dormant",
-            cause="e7",
-            from_status=Status("Dormant"),
-            to_status=Status("Reactivated"),
-            changes={
-                "campaign_status": (Status("Dormant"), Status("Reactivated")),
-                "engagement_score": (0.25, 3.5),
-                "last_engagement_date": (None, at),
-                "experiments": (None, {"subject": "b"}),
-                "decisions": (["a (x)", "b"], ("c",)),
-            },
-            policy_version="v2",
-            actions=[
-                Action("reactivation_step_due", {"step": 1, "cycle": 2, "variants": ["a", "b"]}),
-                Action("handoff_task", {"score": 3.5, "trigger": None}),
-                Action("alternate_channel_add"),
-            ],
-            event_type="open",
-        ),
-        Decision(
-            contact_id="c1",
-            at=at,
-            rule="time:decay",
-            reason="decayed",
-            cause="time:decay@2026-01-04T00:00:00+00:00",
-            from_status=None,
-            to_status=Status("Active"),
-            changes={},
-            policy_version="v2",
-        ),
-    ]
+def test_decisions_decode_as_the_text_ledger_hands_them_out(stores):
+    """Decoded straight into the text ledger's form: through its row and back, unchanged
+    (times as ISO text and statuses as their values inside `changes`)."""
+    _, coded_path = stores
+    db = sqlite3.connect(coded_path)
+    try:
+        decisions = [d for n in range(12) for d in coded_contact_decisions(db, f"c{n}") or []]
+    finally:
+        db.close()
+    assert any(d.actions for d in decisions) and any(d.from_status for d in decisions)
     for d in decisions:
-        assert as_text_ledger_hands_it_out(d) == decision_from_row(decision_row(d))
+        assert d == decision_from_row(decision_row(d))
+        assert all(
+            type(v) in (str, int, float, dict, type(None))
+            for pair in d.changes.values()
+            for v in pair
+        )
 
 
 def test_a_coded_store_reads_on_its_own_connection_as_the_text_store_does(stores, monkeypatch):

@@ -15,12 +15,20 @@ from crm_elasticity.core.coded import engine as coded
 from crm_elasticity.core.coded.codes import NO_TIME, Names, coded_policies, to_us
 from crm_elasticity.core.coded.decode import Texts, contact_state, decisions
 from crm_elasticity.core.engine import advance_owned, apply_owned
-from crm_elasticity.core.models import Event
+from crm_elasticity.core.models import Decision, Event
 from crm_elasticity.core.policy import Decay, Policy
+from crm_elasticity.core.sqlite_rows import decision_from_row, decision_row
 from tests.experiments.helpers import mapping
 from tests.helpers import T0
 
 CONTACTS = ["c0", "c1", "c2", "c3"]
+
+
+def as_stored(d: Decision) -> Decision:
+    """A decision as the text ledger hands it out: through its row and back."""
+    return decision_from_row(decision_row(d))
+
+
 KINDS = [
     "open",
     "click",
@@ -172,7 +180,8 @@ def test_coded_engine_matches_the_object_engine(policy, ops, sort):
             expected.experiments,
             expected.segment,
         )
-        theirs = [d for d in object_decisions if d.contact_id == cid]
+        # (decoded as the text ledger hands them out: `explain` reads no other form)
+        theirs = [as_stored(d) for d in object_decisions if d.contact_id == cid]
         assert mine == theirs
         # The order of the changes is what `explain` prints.
         assert [list(d.changes) for d in mine] == [list(d.changes) for d in theirs]
@@ -193,7 +202,7 @@ def _compare(policy, ops, sort):
             expected.experiments,
             expected.segment,
         )
-        assert mine == [d for d in object_decisions if d.contact_id == cid]
+        assert mine == [as_stored(d) for d in object_decisions if d.contact_id == cid]
     return rows
 
 

@@ -342,27 +342,6 @@ def test_times_formatted_at_once_match_iso_utc():
     check()
 
 
-def test_a_contacts_positions_in_a_chunk_are_found_by_their_packed_index():
-    import struct
-
-    import numpy as np
-    from hypothesis import given
-    from hypothesis import strategies as st
-
-    from crm_elasticity.core.coded.contact_ledger import positions_in_chunk
-
-    # Values whose bytes straddle their neighbours' (256, 1 << 24 ...) included.
-    value = st.sampled_from([0, 1, 256, 65536, 1 << 24, (1 << 24) | 1]) | st.integers(0, 2**31 - 1)
-
-    @given(st.lists(value, max_size=60), value)
-    def check(contacts, me):
-        packed = np.array(contacts, dtype=np.int32)
-        found = positions_in_chunk(packed.tobytes(), struct.pack("<i", me))
-        assert found == np.flatnonzero(packed == me).tolist()
-
-    check()
-
-
 @pytest.mark.parametrize(
     ("stand_in", "problem"),
     [

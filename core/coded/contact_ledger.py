@@ -5,10 +5,11 @@ explaining a contact opens the file once, parses its schema once, and neither th
 coded ledger pays for a second connection to find out which one the store holds. No numpy
 here (the writer's `core.coded.ledger` needs it): the CLI's `explain` does not load it.
 
-A contact's row in `coded_contacts` names its chunks; one statement fetches those chunks'
-contact indices and causes (stored before the rows, so no row is read for them), and each
-chunk's rows blob is read only at the contact's positions, through incremental blob I/O. Only
-the names the contact's rows use are decoded.
+A contact's row in `coded_contacts` says where each of its rows is: its part and its position
+in the part (`POSITION_BITS`). A part is a record that fits one page, so one statement reads
+the few pages the contact's rows are on, and nothing else: no other contact's index, no chain
+of overflow pages. Only the names those rows use are read and decoded, and the rows decode
+straight into what the text ledger hands out (`core.coded.decode`).
 """
 
 from __future__ import annotations
@@ -17,29 +18,26 @@ import json
 import sqlite3
 import struct
 from array import array
-from collections.abc import Iterable
-
-import orjson
 
 from crm_elasticity.core.coded.decode import Texts, decisions
 from crm_elasticity.core.coded.row import ROW
-from crm_elasticity.core.models import Action, Decision
-from crm_elasticity.core.sqlite_rows import changes_json
+from crm_elasticity.core.models import Decision
 
-_CONTACT = (
-    "SELECT c.shard, c.idx, c.arm, c.segment, c.chunks, m.value FROM coded_contacts AS c "
-    "JOIN coded_meta AS m ON m.name = 'policy_version' WHERE c.contact_id = ?"
-)
-_CHUNKS = (
-    "SELECT chunk, rowid, contacts, cause_ends, causes FROM coded_chunks "
-    "WHERE shard = ? AND chunk IN (SELECT value FROM json_each(?))"
-)
-_NAMES = (
-    "SELECT kind, code, text FROM coded_names WHERE shard = ? AND kind IN ('what', 'type', "
-    "'action')"
-)
+_CONTACT = "SELECT shard, arm, segment, rows FROM coded_contacts WHERE contact_id = ?"
+_PARTS = "SELECT id, rows, cause_ends, causes FROM coded_parts WHERE id IN ({})"
+_NAMES = "SELECT kind, code, text FROM coded_names WHERE shard = ?"
+_LISTED = 500
+"""At most this many part ids listed in a statement (under SQLite's bound-parameter limit on
+every build). They are listed, not passed as one JSON array: `json_each` costs more the first
+time a connection uses it than reading a contact's rows."""
 _KIND_COLUMN = {"what": 2, "type": 5, "action": 12}
 """Where each kind of name's code sits in a row."""
+POSITION_BITS = 6
+"""Where a row is, in `coded_contacts.rows` (int64): its part's number in the shard shifted
+left by this many bits, or'ed with its position in the part (a part holds at most 33 rows)."""
+_POSITION = (1 << POSITION_BITS) - 1
+_END = struct.Struct("<I")
+"""A cause's end in its part's causes (`core.coded.ledger`)."""
 
 
 def coded_contact_decisions(db: sqlite3.Connection, contact_id: str) -> list[Decision] | None:
@@ -54,83 +52,36 @@ def coded_contact_decisions(db: sqlite3.Connection, contact_id: str) -> list[Dec
         raise
     if contact is None:
         return []
-    shard, idx, arm, segment, chunk_list, version = contact
-    chunks = array("i", chunk_list).tolist()
-    me = struct.pack("<i", idx)
-    found = {chunk: rest for chunk, *rest in db.execute(_CHUNKS, (shard, json.dumps(chunks)))}
-    rows: list[tuple] = []
-    for chunk in chunks:
-        rowid, contacts, cause_ends, causes = found[chunk]
-        positions = positions_in_chunk(contacts, me)
-        rows += _read_rows(db, rowid, positions, array("q", cause_ends), causes)
-    texts = Texts(_names_used(db.execute(_NAMES, (shard,)), rows))
-    experiments = json.loads(arm) if arm else {}
-    return [
-        as_text_ledger_hands_it_out(d)
-        for d in decisions(contact_id, rows, texts, version, experiments, segment)
-    ]
-
-
-def _names_used(
-    names: Iterable[tuple[str, int, str]], rows: list[tuple]
-) -> list[tuple[str, int, str]]:
-    # A run's names are few, but decoding each `what` (JSON) costs more than reading them all.
+    shard, arm, segment, located = contact
+    rows = _read_rows(db, shard << 32, array("q", located).tolist())
+    # A run's names are few: reading them all costs less than a statement listing the codes
+    # the rows use, but decoding each `what` (JSON) costs more, so only those are kept.
     used = {kind: {row[column] for row in rows} for kind, column in _KIND_COLUMN.items()}
-    return [(kind, code, text) for kind, code, text in names if code in used[kind]]
+    used["version"] = {0}
+    names = [
+        (kind, code, text)
+        for kind, code, text in db.execute(_NAMES, (shard,))
+        if code in used.get(kind, ())
+    ]
+    version = next(text for kind, _, text in names if kind == "version")
+    experiments = json.loads(arm) if arm else {}
+    return decisions(contact_id, rows, Texts(names), version, experiments, segment)
 
 
-def as_text_ledger_hands_it_out(d: Decision) -> Decision:
-    """`d` with its changes and action details through their JSON text, as the text ledger
-    stores and returns them (times as ISO text, statuses as their values, tuples as lists):
-    the same as `decision_from_row(decision_row(d))`, without formatting and parsing the
-    fields JSON leaves as they are."""
-    changes = {name: tuple(pair) for name, pair in orjson.loads(changes_json(d.changes)).items()}
-    actions = (
-        [
-            Action(kind, detail)
-            for kind, detail in orjson.loads(orjson.dumps([[a.kind, a.detail] for a in d.actions]))
-        ]
-        if d.actions
-        else []
-    )
-    return Decision(
-        contact_id=d.contact_id,
-        at=d.at,
-        rule=d.rule,
-        reason=d.reason,
-        cause=d.cause,
-        from_status=d.from_status,
-        to_status=d.to_status,
-        changes=changes,
-        policy_version=d.policy_version,
-        actions=actions,
-        event_type=d.event_type,
-    )
-
-
-def positions_in_chunk(contacts: bytes, me: bytes) -> list[int]:
-    """Where the int32 `me` (packed) occurs in the packed int32 `contacts` (a contact has a
-    row or two in a chunk: a byte search finds them faster than numpy is set up)."""
+def _read_rows(db: sqlite3.Connection, base: int, located: list[int]) -> list[tuple]:
+    """The rows at `located` (in order), from the parts of id `base` + their number."""
+    ids = sorted({base + (at >> POSITION_BITS) for at in located})
+    parts = {}
+    for start in range(0, len(ids), _LISTED):
+        some = ids[start : start + _LISTED]
+        found = db.execute(_PARTS.format(",".join("?" * len(some))), some)
+        parts.update((i, rest) for i, *rest in found)
+    unpack, size, end_at = ROW.unpack_from, ROW.size, _END.unpack_from
     out = []
-    at = contacts.find(me)
-    while at >= 0:
-        if at % 4 == 0:
-            out.append(at // 4)
-            at = contacts.find(me, at + 4)
-        else:  # (straddling two values)
-            at = contacts.find(me, at + 1)
-    return out
-
-
-def _read_rows(
-    db: sqlite3.Connection, rowid: int, positions: list[int], cause_ends: array, causes: bytes
-) -> list[tuple]:
-    out = []
-    with db.blobopen("coded_chunks", "rows", rowid, readonly=True) as rows_blob:
-        for pos in positions:
-            rows_blob.seek(pos * ROW.size)
-            row = ROW.unpack(rows_blob.read(ROW.size))
-            start = cause_ends[pos - 1] if pos else 0
-            end = cause_ends[pos]
-            out.append((*row, causes[start:end].decode() if end > start else None))
+    for at in located:
+        rows, cause_ends, causes = parts[base + (at >> POSITION_BITS)]
+        pos = at & _POSITION
+        start = end_at(cause_ends, (pos - 1) * _END.size)[0] if pos else 0
+        end = end_at(cause_ends, pos * _END.size)[0]
+        out.append((*unpack(rows, pos * size), causes[start:end].decode() if end > start else None))
     return out

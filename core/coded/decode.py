@@ -78,6 +78,10 @@ def _order_of(rule: str, reason: str) -> tuple[str, ...]:
     return CHANGE_ORDER["exit"]  # suppressed for no response, or cycles exhausted
 
 
+_STATUS_TEXT = tuple(status.value for status in STATUSES)
+_REASON_TEXT = tuple(reason.value if reason else None for reason in REASONS)
+
+
 def decisions(
     contact_id: str,
     rows: Sequence[Sequence],
@@ -86,7 +90,9 @@ def decisions(
     experiments: dict[str, str],
     segment: str | None,
 ) -> list[Decision]:
-    """One contact's rows (oldest first, starting with its enrollment) as `Decision`s."""
+    """One contact's rows (oldest first, starting with its enrollment) as `Decision`s, as the
+    text ledger hands them out: the values in `changes` as their JSON text decodes (times as
+    ISO text, statuses and reasons as their values), so `explain` shows the same either way."""
     out: list[Decision] = []
     values: dict[str, object] = {}
     for row in rows:
@@ -109,24 +115,25 @@ def decisions(
             cause,
         ) = row
         at = from_us(at_us)
+        at_text = iso_utc(at)
         rule, why = texts.what[what]
         to_status = STATUSES[to]
         kind = texts.types.get(etype) if etype != NONE else None
         enrolling = frm == NONE
         new = {
             "engagement_score": score,
-            "last_engagement_date": _dt(last),
+            "last_engagement_date": None if last == NO_TIME else iso_utc(from_us(last)),
             "unanswered_sends": unanswered,
             "reactivation_step": step,
             "reactivation_cycle": cycle,
-            "suppression_reason": REASONS[reason],
-            "status_changed_at": at
+            "suppression_reason": _REASON_TEXT[reason],
+            "status_changed_at": at_text
             if enrolling or mask & M_STATUS_AT
             else values["status_changed_at"],
         }
         if enrolling:
             from_status = None
-            changes: dict[str, tuple] = {"campaign_status": (None, to_status)}
+            changes: dict[str, tuple] = {"campaign_status": (None, _STATUS_TEXT[to])}
             if mask & M_ENROLL_EXPERIMENTS:
                 changes["experiments"] = (None, experiments)
             if mask & M_ENROLL_SEGMENT:
@@ -139,13 +146,13 @@ def decisions(
                     continue
                 if name == "campaign_status":
                     # A decision that moves twice records where it started.
-                    changes[name] = (from_status, to_status)
+                    changes[name] = (_STATUS_TEXT[frm], _STATUS_TEXT[to])
                 else:
                     changes[name] = (values[name], new[name])
         values = new
         actions = _actions(mask, score, kind, action, delayed, texts)
         if cause is None:
-            cause = f"{rule}@{iso_utc(at)}"
+            cause = f"{rule}@{at_text}"
         out.append(
             Decision(
                 contact_id=contact_id,

@@ -18,42 +18,46 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from array import array
 from collections import Counter
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
-from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from crm_elasticity.core.coded.codes import M_STEP, NONE, STATUSES, Names
-from crm_elasticity.core.coded.contact_ledger import coded_contact_decisions
+from crm_elasticity.core.coded.contact_ledger import POSITION_BITS, coded_contact_decisions
 from crm_elasticity.core.coded.row import ROW
 from crm_elasticity.core.models import Decision, Reason, Rule
 from crm_elasticity.core.rollup import UPSERT
 
 SCHEMA = """
+CREATE TABLE IF NOT EXISTS coded_parts (
+    id INTEGER PRIMARY KEY, rows BLOB NOT NULL, cause_ends BLOB NOT NULL, causes BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS coded_chunks (
     shard INTEGER NOT NULL, chunk INTEGER NOT NULL, n INTEGER NOT NULL,
-    min_at INTEGER NOT NULL, max_at INTEGER NOT NULL, contacts BLOB NOT NULL,
-    cause_ends BLOB NOT NULL, causes BLOB NOT NULL, rows BLOB NOT NULL, PRIMARY KEY (shard, chunk)
-);
+    min_at INTEGER NOT NULL, max_at INTEGER NOT NULL, parts_from INTEGER NOT NULL,
+    parts_to INTEGER NOT NULL, PRIMARY KEY (shard, chunk)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS coded_contacts (
     contact_id TEXT PRIMARY KEY, shard INTEGER NOT NULL, idx INTEGER NOT NULL,
-    arm TEXT NOT NULL, segment TEXT, chunks BLOB NOT NULL
+    arm TEXT NOT NULL, segment TEXT, rows BLOB NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS coded_names (
     shard INTEGER NOT NULL, kind TEXT NOT NULL, code INTEGER NOT NULL, text TEXT NOT NULL,
     PRIMARY KEY (shard, kind, code)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS coded_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)
-    WITHOUT ROWID;
 """
 CHUNK_ROWS = 512
-"""Rows per chunk. Blob I/O at an offset walks the blob's overflow pages from its start, so
-`explain` reading one contact's rows costs about a chunk per chunk it has rows in."""
+"""Rows per chunk: the time range `report` picks rows by."""
+PART_BYTES = 4040
+"""At most this many bytes of rows, cause ends and causes per part (unless one row alone is
+larger): a part's record then fits a 4 KB page whole (SQLite keeps up to 4061 bytes of a
+record on its page), so reading a row reads one page, not a chain of overflow pages."""
+_END = np.dtype("<u4")
+"""A cause's end in its part's causes."""
 ROW_DTYPE = np.dtype(
     [
         ("contact", "<i8"),
@@ -89,49 +93,89 @@ class ChunkWriter:
         self.shard = shard
         self.names = names
         self.chunks = 0
+        self.parts = 0
         self.rows = 0
         self.arms: list[int] = []
         self._arm_array = np.zeros(0, dtype=np.int64)
         self._arms_known = 0
         """The assignment (an `arm` code of `names`) of each contact index."""
-        self._chunk_contacts: list[np.ndarray] = []
-        """Per chunk, the contact indices with rows in it."""
+        self._contacts: list[np.ndarray] = []
+        self._located: list[np.ndarray] = []
+        """Per `write`, each row's contact index and where it is (`locate`)."""
         self.rollup: Counter = Counter()
         """(day, what, from, to, event type, arm, cycle) codes -> decisions."""
         self._from_dormant = names.what(Rule.ENGAGEMENT, Reason.REACTIVATED_FROM_DORMANT)
 
     def write(self, rows: list[tuple]) -> np.ndarray | None:
         """Pack and count the rows at once (numpy's per-call cost is per batch, not per
-        chunk), then store them chunk by chunk. Returns them packed (`ROW_DTYPE`)."""
+        chunk), then store them in parts, chunk by chunk. Returns them packed (`ROW_DTYPE`)."""
         if not rows:
             return None
         pack = ROW.pack
         packed = b"".join([pack(*r[:15]) for r in rows])
         decided = np.frombuffer(packed, dtype=ROW_DTYPE)
         self._count(decided)
-        contacts = decided["contact"].astype(np.int32)
-        for start in range(0, len(rows), CHUNK_ROWS):
-            end = min(start + CHUNK_ROWS, len(rows))
-            causes = [b"" if r[15] is None else r[15].encode() for r in rows[start:end]]
-            at = decided["at"][start:end]
-            self.db.execute(
-                "INSERT INTO coded_chunks (shard, chunk, n, min_at, max_at, contacts, "
-                "cause_ends, causes, rows) VALUES (?,?,?,?,?,?,?,?,?)",
+        n = len(rows)
+        causes = [b"" if r[15] is None else r[15].encode() for r in rows]
+        cause_len = np.fromiter(map(len, causes), dtype=np.int64, count=n)
+        chunk = np.arange(n) // CHUNK_ROWS
+        chunk_start = np.arange(0, n, CHUNK_ROWS)
+        # Parts: cut where a chunk's bytes so far cross a multiple of the budget less the
+        # largest row, so none exceeds `PART_BYTES` and a cut needs no loop over the rows.
+        size = cause_len + (ROW.size + _END.itemsize)
+        in_chunk = np.cumsum(size)
+        in_chunk -= (in_chunk - size)[chunk_start][chunk]
+        label = (in_chunk - 1) // max(PART_BYTES - int(size.max()) + 1, 1)
+        first = np.r_[True, (label[1:] != label[:-1]) | (chunk[1:] != chunk[:-1])]
+        starts = np.flatnonzero(first)
+        stops = np.r_[starts[1:], n]
+        part = np.cumsum(first) - 1
+        cause_ends = np.cumsum(cause_len)
+        cause_from = (cause_ends - cause_len)[starts]
+        ends_in_part = (cause_ends - cause_from[part]).astype(_END).tobytes()
+        self._contacts.append(decided["contact"].astype(np.int32))
+        self._located.append(((part + self.parts) << POSITION_BITS) | (np.arange(n) - starts[part]))
+        all_causes = b"".join(causes)
+        row_size, end_size = ROW.size, _END.itemsize
+        base = (self.shard << 32) + self.parts
+        self.db.executemany(
+            "INSERT INTO coded_parts VALUES (?,?,?,?)",
+            [
                 (
-                    self.shard,
-                    self.chunks,
-                    end - start,
-                    int(at.min()),
-                    int(at.max()),
-                    contacts[start:end].tobytes(),
-                    array("q", accumulate(map(len, causes))).tobytes(),
-                    b"".join(causes),
-                    packed[start * ROW.size : end * ROW.size],
-                ),
-            )
-            self._chunk_contacts.append(np.unique(contacts[start:end]))
-            self.chunks += 1
-        self.rows += len(rows)
+                    base + k,
+                    packed[a * row_size : b * row_size],
+                    ends_in_part[a * end_size : b * end_size],
+                    all_causes[c:d],
+                )
+                for k, (a, b, c, d) in enumerate(
+                    zip(
+                        starts.tolist(),
+                        stops.tolist(),
+                        cause_from.tolist(),
+                        cause_ends[stops - 1].tolist(),
+                        strict=True,
+                    )
+                )
+            ],
+        )
+        at = decided["at"]
+        chunk_end = np.r_[chunk_start[1:], n]
+        self.db.executemany(
+            "INSERT INTO coded_chunks VALUES (?,?,?,?,?,?,?)",
+            zip(
+                [self.shard] * len(chunk_start),
+                range(self.chunks, self.chunks + len(chunk_start)),
+                (chunk_end - chunk_start).tolist(),
+                np.minimum.reduceat(at, chunk_start).tolist(),
+                np.maximum.reduceat(at, chunk_start).tolist(),
+                (base + part[chunk_start]).tolist(),
+                (base + part[chunk_end - 1] + 1).tolist(),
+                strict=True,
+            ),
+        )
+        self.chunks += len(chunk_start)
+        self.parts += len(starts)
+        self.rows += n
         return decided
 
     def _count(self, r: np.ndarray) -> None:
@@ -161,21 +205,19 @@ class ChunkWriter:
         texts = self.names.texts
         return rollup_texts(self.rollup, texts["what"], texts["type"], texts["arm"], version)
 
-    def _chunks_of(self) -> dict[int, bytes]:
-        """Each contact's chunks, as the int32 list `coded_contacts` keeps."""
-        if not self._chunk_contacts:
+    def _rows_of(self) -> dict[int, bytes]:
+        """Each contact's rows, where they are (`contact_ledger.locate`), in order, as the
+        int64 list `coded_contacts` keeps."""
+        if not self._contacts:
             return {}
-        contact = np.concatenate(self._chunk_contacts)
-        chunk = np.repeat(
-            np.arange(len(self._chunk_contacts), dtype=np.int32),
-            [len(c) for c in self._chunk_contacts],
-        )
-        order = np.argsort(contact, kind="stable")  # chunks stay ascending per contact
-        contact, chunk = contact[order], chunk[order]
+        contact = np.concatenate(self._contacts)
+        located = np.concatenate(self._located)
+        order = np.argsort(contact, kind="stable")  # rows stay in decision order per contact
+        contact, located = contact[order], located[order]
         starts = np.flatnonzero(np.r_[True, contact[1:] != contact[:-1]])
         ends = np.r_[starts[1:], contact.size]
         return {
-            int(contact[s]): chunk[s:e].tobytes()
+            int(contact[s]): located[s:e].tobytes()
             for s, e in zip(starts.tolist(), ends.tolist(), strict=True)
         }
 
@@ -186,8 +228,9 @@ class ChunkWriter:
             "INSERT INTO coded_names VALUES (?,?,?,?)",
             [(shard, kind, code, text) for kind, code, text in self.names.rows()],
         )
+        db.execute("INSERT INTO coded_names VALUES (?, 'version', 0, ?)", (shard, version))
         texts = self.names.texts["arm"]
-        chunks_of = self._chunks_of()
+        rows_of = self._rows_of()
         db.executemany(
             "INSERT INTO coded_contacts VALUES (?,?,?,?,?,?)",
             [
@@ -197,12 +240,11 @@ class ChunkWriter:
                     i,
                     texts[self.arms[i]] if self.arms[i] != NONE else "",
                     segment,
-                    chunks_of.get(i, b""),
+                    rows_of.get(i, b""),
                 )
                 for i, cid, segment in contacts
             ],
         )
-        db.execute("INSERT OR REPLACE INTO coded_meta VALUES ('policy_version', ?)", (version,))
 
 
 def count_rollup(r: np.ndarray, arm_of: np.ndarray, from_dormant: int, into: Counter) -> None:
@@ -288,9 +330,6 @@ def window_rollup(path: Path | str, start: int, end: int) -> Counter:
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     out: Counter = Counter()
     try:
-        version = db.execute(
-            "SELECT value FROM coded_meta WHERE name = 'policy_version'"
-        ).fetchone()[0]
         shards = [row[0] for row in db.execute("SELECT DISTINCT shard FROM coded_names")]
         for shard in shards:
             texts: dict[str, dict[int, str]] = {}
@@ -298,6 +337,7 @@ def window_rollup(path: Path | str, start: int, end: int) -> Counter:
                 "SELECT kind, code, text FROM coded_names WHERE shard = ?", (shard,)
             ):
                 texts.setdefault(kind, {})[code] = text
+            version = texts.pop("version")[0]
             listed = {k: [v[c] for c in range(len(v))] for k, v in texts.items()}
             arm_code = {text: code for code, text in texts.get("arm", {}).items()}
             contacts = db.execute(
@@ -315,11 +355,16 @@ def window_rollup(path: Path | str, start: int, end: int) -> Counter:
                 NONE,
             )
             counts: Counter = Counter()
-            for (blob,) in db.execute(
-                "SELECT rows FROM coded_chunks WHERE shard = ? AND max_at >= ? AND min_at < ?",
+            for parts_from, parts_to in db.execute(
+                "SELECT parts_from, parts_to FROM coded_chunks "
+                "WHERE shard = ? AND max_at >= ? AND min_at < ?",
                 (shard, start, end),
-            ):
-                r = np.frombuffer(blob, dtype=ROW_DTYPE)
+            ).fetchall():
+                blobs = db.execute(
+                    "SELECT rows FROM coded_parts WHERE id >= ? AND id < ? ORDER BY id",
+                    (parts_from, parts_to),
+                )
+                r = np.frombuffer(b"".join(blob for (blob,) in blobs), dtype=ROW_DTYPE)
                 count_rollup(r[(r["at"] >= start) & (r["at"] < end)], arm_of, from_dormant, counts)
             out.update(
                 rollup_texts(
