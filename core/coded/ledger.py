@@ -21,6 +21,7 @@ import sqlite3
 from collections import Counter
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,18 @@ PART_BYTES = 4040
 """At most this many bytes of rows, cause ends and causes per part (unless one row alone is
 larger): a part's record then fits a 4 KB page whole (SQLite keeps up to 4061 bytes of a
 record on its page), so reading a row reads one page, not a chain of overflow pages."""
+_INSERT_PARTS = f"""
+INSERT INTO coded_parts
+SELECT ?1 + k,
+    substr(?2, (s >> 32) * {ROW.size} + 1, ((e >> 32) - (s >> 32)) * {ROW.size}),
+    substr(?3, (s >> 32) * 4 + 1, ((e >> 32) - (s >> 32)) * 4),
+    ifnull(substr(?4, (s & 4294967295) + 1, (e & 4294967295) - (s & 4294967295)), x'')
+FROM (SELECT key AS k, value AS s, lead(value) OVER (ORDER BY key) AS e FROM json_each(?5))
+WHERE e IS NOT NULL
+"""  # noqa: S608 (the row size, a constant)
+"""Parts cut from a batch's packed rows (?2), cause ends (?3) and causes (?4) at the bounds
+listed in ?5 (a part's first row << 32 | the offset of its first cause; then the batch's end),
+numbered on from ?1. (substr of an empty blob is NULL: a batch of time rules has no causes.)"""
 _END = np.dtype("<u4")
 """A cause's end in its part's causes."""
 ROW_DTYPE = np.dtype(
@@ -128,36 +141,39 @@ class ChunkWriter:
         label = (in_chunk - 1) // max(PART_BYTES - int(size.max()) + 1, 1)
         first = np.r_[True, (label[1:] != label[:-1]) | (chunk[1:] != chunk[:-1])]
         starts = np.flatnonzero(first)
-        stops = np.r_[starts[1:], n]
         part = np.cumsum(first) - 1
         cause_ends = np.cumsum(cause_len)
         cause_from = (cause_ends - cause_len)[starts]
         ends_in_part = (cause_ends - cause_from[part]).astype(_END).tobytes()
         self._contacts.append(decided["contact"].astype(np.int32))
         self._located.append(((part + self.parts) << POSITION_BITS) | (np.arange(n) - starts[part]))
-        all_causes = b"".join(causes)
-        row_size, end_size = ROW.size, _END.itemsize
-        base = (self.shard << 32) + self.parts
-        self.db.executemany(
-            "INSERT INTO coded_parts VALUES (?,?,?,?)",
-            [
-                (
-                    base + k,
-                    packed[a * row_size : b * row_size],
-                    ends_in_part[a * end_size : b * end_size],
-                    all_causes[c:d],
-                )
-                for k, (a, b, c, d) in enumerate(
-                    zip(
-                        starts.tolist(),
-                        stops.tolist(),
-                        cause_from.tolist(),
-                        cause_ends[stops - 1].tolist(),
-                        strict=True,
-                    )
-                )
-            ],
+        # One statement per chunk cuts its bytes into its parts: binding each part's slices
+        # from Python cost as much again as inserting them. A part's bounds are its first
+        # row and the offset of its first cause (packed as one integer), the next part's
+        # first the end of it.
+        rows_view, ends_view, causes_view = (
+            memoryview(packed),
+            memoryview(ends_in_part),
+            memoryview(b"".join(causes)),
         )
+        chunk_parts = np.r_[part[chunk_start], len(starts)].tolist()
+        first_cause = np.r_[cause_from, cause_ends[-1]]
+        bounds = np.r_[starts, n] << 32 | first_cause
+        row_size, end_size = ROW.size, _END.itemsize
+        for c, (p, q) in enumerate(pairwise(chunk_parts)):
+            r0, r1 = c * CHUNK_ROWS, min((c + 1) * CHUNK_ROWS, n)
+            c0, c1 = int(first_cause[p]), int(first_cause[q])
+            self.db.execute(
+                _INSERT_PARTS,
+                (
+                    (self.shard << 32) + self.parts + p,
+                    rows_view[r0 * row_size : r1 * row_size],
+                    ends_view[r0 * end_size : r1 * end_size],
+                    causes_view[c0:c1],
+                    json.dumps((bounds[p : q + 1] - ((r0 << 32) | c0)).tolist()),
+                ),
+            )
+        base = (self.shard << 32) + self.parts
         at = decided["at"]
         chunk_end = np.r_[chunk_start[1:], n]
         self.db.executemany(
