@@ -114,3 +114,31 @@ def test_explain_of_a_coded_store_leaves_numpy_unloaded(stores):
     loaded, shown = run.stdout.split("\n", 1)
     assert loaded == "False"
     assert shown.rstrip("\n") == explain_contact(text_path, "c3")
+
+
+@pytest.mark.parametrize(
+    ("part_bytes", "most_rows"),
+    [
+        (400, 3),  # parts of up to three rows
+        (100, 1),  # a row larger than a part: each row is a part of its own
+    ],
+)
+def test_a_contact_over_many_parts_and_chunks_explains_as_the_object_path(
+    tmp_path, monkeypatch, part_bytes, most_rows
+):
+    monkeypatch.setattr("crm_elasticity.core.coded.ledger.CHUNK_ROWS", 16)
+    monkeypatch.setattr("crm_elasticity.core.coded.ledger.PART_BYTES", part_bytes)
+    text_path, coded_path = _replay(tmp_path, "object"), _replay(tmp_path, "coded")
+    db = sqlite3.connect(coded_path)
+    try:
+        sizes = [n for (n,) in db.execute("SELECT length(rows) / 120 FROM coded_parts")]
+        spans = db.execute("SELECT max(length(rows) / 8) FROM coded_contacts").fetchone()[
+            0
+        ]  # (8 bytes a row)
+        chunks = db.execute("SELECT count(*) FROM coded_chunks").fetchone()[0]
+    finally:
+        db.close()
+    assert max(sizes) == most_rows and spans > 20 and chunks > 10
+    for n in range(12):
+        cid = f"c{n}"
+        assert explain_contact(coded_path, cid) == explain_contact(text_path, cid), cid

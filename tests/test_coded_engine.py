@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from crm_elasticity.core.coded import engine as coded
 from crm_elasticity.core.coded.codes import NO_TIME, Names, coded_policies, to_us
-from crm_elasticity.core.coded.decode import Texts, contact_state, decisions
+from crm_elasticity.core.coded.decode import Texts, contact_state, decisions, stored_names
 from crm_elasticity.core.engine import advance_owned, apply_owned
 from crm_elasticity.core.models import Decision, Event
 from crm_elasticity.core.policy import Decay, Policy
@@ -166,7 +166,7 @@ def _object_policy(policy: Policy, segment: str | None) -> Policy:
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_coded_engine_matches_the_object_engine(policy, ops, sort):
     object_states, object_decisions, coded_states, rows, names = run_both(policy, ops, sort)
-    texts = Texts(names.rows())
+    texts = Texts.of(stored_names(names.texts))
     assert sorted(object_states) == sorted(CONTACTS[i] for i in coded_states)
     for i, s in coded_states.items():
         cid = CONTACTS[i]
@@ -189,7 +189,7 @@ def test_coded_engine_matches_the_object_engine(policy, ops, sort):
 
 def _compare(policy, ops, sort):
     object_states, object_decisions, coded_states, rows, names = run_both(policy, ops, sort)
-    texts = Texts(names.rows())
+    texts = Texts.of(stored_names(names.texts))
     for i, s in coded_states.items():
         cid = CONTACTS[i]
         expected = object_states[cid]

@@ -138,13 +138,6 @@ class Names:
         suppression reason)."""
         return self.code("what", json.dumps([rule, reason]))
 
-    def rows(self) -> list[tuple[str, int, str]]:
-        return [
-            (kind, code, text)
-            for kind, texts in self.texts.items()
-            for code, text in enumerate(texts)
-        ]
-
 
 class CodedPolicy:
     """A policy's numbers in microseconds and codes, for one segment of a program."""

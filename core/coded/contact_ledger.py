@@ -19,22 +19,26 @@ import sqlite3
 import struct
 from array import array
 
+import orjson
+
 from crm_elasticity.core.coded.decode import Texts, decisions
 from crm_elasticity.core.coded.row import ROW
 from crm_elasticity.core.models import Decision
 
-_CONTACT = "SELECT shard, arm, segment, rows FROM coded_contacts WHERE contact_id = ?"
+_CONTACT = (
+    "SELECT c.shard, c.arm, c.segment, c.rows, s.version, s.names FROM coded_contacts AS c "
+    "JOIN coded_shards AS s ON s.shard = c.shard WHERE c.contact_id = ?"
+)
 _PARTS = "SELECT id, rows, cause_ends, causes FROM coded_parts WHERE id IN ({})"
-_NAMES = "SELECT kind, code, text FROM coded_names WHERE shard = ?"
 _LISTED = 500
 """At most this many part ids listed in a statement (under SQLite's bound-parameter limit on
 every build). They are listed, not passed as one JSON array: `json_each` costs more the first
 time a connection uses it than reading a contact's rows."""
-_KIND_COLUMN = {"what": 2, "type": 5, "action": 12}
-"""Where each kind of name's code sits in a row."""
+
 POSITION_BITS = 6
 """Where a row is, in `coded_contacts.rows` (int64): its part's number in the shard shifted
-left by this many bits, or'ed with its position in the part (a part holds at most 33 rows)."""
+left by this many bits, or'ed with its position in the part (a part holds at most 32 rows, of
+124 bytes or more each in `ledger.PART_BYTES`)."""
 _POSITION = (1 << POSITION_BITS) - 1
 _END = struct.Struct("<I")
 """A cause's end in its part's causes (`core.coded.ledger`)."""
@@ -52,20 +56,11 @@ def coded_contact_decisions(db: sqlite3.Connection, contact_id: str) -> list[Dec
         raise
     if contact is None:
         return []
-    shard, arm, segment, located = contact
+    shard, arm, segment, located, version, names = contact
     rows = _read_rows(db, shard << 32, array("q", located).tolist())
-    # A run's names are few: reading them all costs less than a statement listing the codes
-    # the rows use, but decoding each `what` (JSON) costs more, so only those are kept.
-    used = {kind: {row[column] for row in rows} for kind, column in _KIND_COLUMN.items()}
-    used["version"] = {0}
-    names = [
-        (kind, code, text)
-        for kind, code, text in db.execute(_NAMES, (shard,))
-        if code in used.get(kind, ())
-    ]
-    version = next(text for kind, _, text in names if kind == "version")
     experiments = json.loads(arm) if arm else {}
-    return decisions(contact_id, rows, Texts(names), version, experiments, segment)
+    texts = Texts.of(orjson.loads(names))
+    return decisions(contact_id, rows, texts, version, experiments, segment)
 
 
 def _read_rows(db: sqlite3.Connection, base: int, located: list[int]) -> list[tuple]:
@@ -74,8 +69,10 @@ def _read_rows(db: sqlite3.Connection, base: int, located: list[int]) -> list[tu
     parts = {}
     for start in range(0, len(ids), _LISTED):
         some = ids[start : start + _LISTED]
-        found = db.execute(_PARTS.format(",".join("?" * len(some))), some)
-        parts.update((i, rest) for i, *rest in found)
+        for i, rows, cause_ends, causes in db.execute(
+            _PARTS.format(",".join("?" * len(some))), some
+        ):
+            parts[i] = (rows, cause_ends, causes)
     unpack, size, end_at = ROW.unpack_from, ROW.size, _END.unpack_from
     out = []
     for at in located:

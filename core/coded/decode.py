@@ -9,7 +9,7 @@ previous row's, so a contact's rows decode in order, from its enrollment.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from crm_elasticity.core.coded.codes import (
@@ -43,19 +43,34 @@ if TYPE_CHECKING:  # `explain` decodes rows without loading the engine
 
 
 class Texts:
-    """The interned texts a run's rows refer to, by kind and code."""
+    """The interned texts a run's rows refer to, by code: (rule, reason) pairs, event types
+    and reactivation-step actions (JSON)."""
 
-    def __init__(self, rows: Iterable[tuple[str, int, str]]) -> None:
-        by_kind: dict[str, dict[int, str]] = {}
-        for kind, code, text in rows:
-            by_kind.setdefault(kind, {})[code] = text
-        self.what = {code: tuple(json.loads(t)) for code, t in by_kind.get("what", {}).items()}
-        self.types = by_kind.get("type", {})
-        self.actions = by_kind.get("action", {})
-        self._order = {code: _order_of(*pair) for code, pair in self.what.items()}
+    def __init__(
+        self, what: Sequence[Sequence[str]], types: Sequence[str], actions: Sequence[str]
+    ) -> None:
+        self.what = [tuple(pair) for pair in what]
+        self.types = types
+        self.actions = actions
+        self._order: dict[int, tuple[str, ...]] = {}
+
+    @classmethod
+    def of(cls, names: dict[str, list]) -> Texts:
+        """From the texts as `core.coded.ledger` stores them (`stored_names`)."""
+        return cls(names.get("what", []), names.get("type", []), names.get("action", []))
 
     def order(self, what: int) -> tuple[str, ...]:
-        return self._order[what]
+        order = self._order.get(what)
+        if order is None:
+            order = self._order[what] = _order_of(*self.what[what])
+        return order
+
+
+def stored_names(texts: dict[str, list[str]]) -> dict[str, list]:
+    """A run's interned texts (`Names.texts`) as stored: each (rule, reason) pair decoded,
+    so a reader decodes the whole once; actions stay JSON text (each use takes a fresh copy
+    of its detail, which a delayed step adds to)."""
+    return {kind: [json.loads(t) for t in v] if kind == "what" else v for kind, v in texts.items()}
 
 
 _ORDER_OF_RULE = {
@@ -118,7 +133,7 @@ def decisions(
         at_text = iso_utc(at)
         rule, why = texts.what[what]
         to_status = STATUSES[to]
-        kind = texts.types.get(etype) if etype != NONE else None
+        kind = texts.types[etype] if etype != NONE else None
         enrolling = frm == NONE
         new = {
             "engagement_score": score,

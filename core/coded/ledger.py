@@ -1,17 +1,21 @@
-"""The coded ledger: decisions packed as fixed-width binary rows, in chunks, in the run's
-SQLite file beside the tables the rest of the program reads.
+"""The coded ledger: decisions packed as fixed-width binary rows in the run's SQLite file,
+beside the tables the rest of the program reads.
 
-A chunk holds up to `CHUNK_ROWS` decisions: their contact indices (int32, to find a
-contact's rows), their causes (event ids, UTF-8, with offsets) and their rows (`ROW`: 14
-int64 and the score as a float64, in decision order), the large rows blob last so the small
-columns are read without walking its pages. Packing a row costs a tenth of binding it
-as SQLite columns. The daily roll-up `report` reads is counted per chunk with numpy as the
-chunks are written. `explain` finds a contact's chunks from `coded_contacts` and reads just its
-rows through incremental blob I/O (`core.coded.contact_ledger`), then decodes them
-(`core.coded.decode`), so it shows exactly what the text ledger would.
+Rows (`ROW`: 14 int64 and the score as a float64, in decision order) are stored in parts
+(`coded_parts`): each holds a run of consecutive rows, their causes' ends (uint32) and their
+causes (event ids, UTF-8), up to `PART_BYTES` in all, so a part's record fits one 4 KB page and
+reading a row reads that page, never a chain of overflow pages. A part's id is its shard
+<< 32 | its number in the shard. Packing a row costs a tenth of binding it as SQLite columns,
+and one statement per chunk cuts the packed bytes into parts. A chunk (`coded_chunks`) is
+`CHUNK_ROWS` consecutive rows: its time range and its parts, which `report --since` reads
+(`window_rollup`); the daily roll-up is counted with numpy as rows are written.
+`coded_contacts` lists where each of a contact's rows is (its part and its position in it),
+so `explain` reads just the pages its rows are on (`core.coded.contact_ledger`) and decodes
+them (`core.coded.decode`), showing exactly what the text ledger would. `coded_shards` holds
+each shard's policy version and interned texts, in one record.
 
-A run split over worker processes keeps each worker's chunks, contacts and texts under its
-shard number; readers take the union.
+A run split over worker processes keeps each worker's parts, chunks, contacts and texts under
+its shard number; readers take the union.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import numpy as np
 
 from crm_elasticity.core.coded.codes import M_STEP, NONE, STATUSES, Names
 from crm_elasticity.core.coded.contact_ledger import POSITION_BITS, coded_contact_decisions
+from crm_elasticity.core.coded.decode import stored_names
 from crm_elasticity.core.coded.row import ROW
 from crm_elasticity.core.models import Decision, Reason, Rule
 from crm_elasticity.core.rollup import UPSERT
@@ -46,13 +51,12 @@ CREATE TABLE IF NOT EXISTS coded_contacts (
     contact_id TEXT PRIMARY KEY, shard INTEGER NOT NULL, idx INTEGER NOT NULL,
     arm TEXT NOT NULL, segment TEXT, rows BLOB NOT NULL
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS coded_names (
-    shard INTEGER NOT NULL, kind TEXT NOT NULL, code INTEGER NOT NULL, text TEXT NOT NULL,
-    PRIMARY KEY (shard, kind, code)
-) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS coded_shards (
+    shard INTEGER PRIMARY KEY, version TEXT NOT NULL, names TEXT NOT NULL
+);
 """
 CHUNK_ROWS = 512
-"""Rows per chunk: the time range `report` picks rows by."""
+"""Rows per chunk: the unit of time range `report --since` picks rows by."""
 PART_BYTES = 4040
 """At most this many bytes of rows, cause ends and causes per part (unless one row alone is
 larger): a part's record then fits a 4 KB page whole (SQLite keeps up to 4061 bytes of a
@@ -66,9 +70,10 @@ SELECT ?1 + k,
 FROM (SELECT key AS k, value AS s, lead(value) OVER (ORDER BY key) AS e FROM json_each(?5))
 WHERE e IS NOT NULL
 """  # noqa: S608 (the row size, a constant)
-"""Parts cut from a batch's packed rows (?2), cause ends (?3) and causes (?4) at the bounds
-listed in ?5 (a part's first row << 32 | the offset of its first cause; then the batch's end),
-numbered on from ?1. (substr of an empty blob is NULL: a batch of time rules has no causes.)"""
+"""Parts cut from a chunk's packed rows (?2), cause ends (?3) and causes (?4) at the bounds
+listed in ?5 (a part's first row << 32 | the offset of its first cause, both in the chunk; then
+the chunk's end), numbered on from ?1. (substr of an empty blob is NULL: a chunk of time rules
+has no causes.)"""
 _END = np.dtype("<u4")
 """A cause's end in its part's causes."""
 ROW_DTYPE = np.dtype(
@@ -240,11 +245,10 @@ class ChunkWriter:
     def finish(self, contacts: list[tuple[int, str, str | None]], version: str) -> None:
         """Persist the texts and the contacts (index, id, segment)."""
         db, shard = self.db, self.shard
-        db.executemany(
-            "INSERT INTO coded_names VALUES (?,?,?,?)",
-            [(shard, kind, code, text) for kind, code, text in self.names.rows()],
+        db.execute(
+            "INSERT INTO coded_shards VALUES (?,?,?)",
+            (shard, version, json.dumps(stored_names(self.names.texts))),
         )
-        db.execute("INSERT INTO coded_names VALUES (?, 'version', 0, ?)", (shard, version))
         texts = self.names.texts["arm"]
         rows_of = self._rows_of()
         db.executemany(
@@ -346,16 +350,11 @@ def window_rollup(path: Path | str, start: int, end: int) -> Counter:
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     out: Counter = Counter()
     try:
-        shards = [row[0] for row in db.execute("SELECT DISTINCT shard FROM coded_names")]
-        for shard in shards:
-            texts: dict[str, dict[int, str]] = {}
-            for kind, code, text in db.execute(
-                "SELECT kind, code, text FROM coded_names WHERE shard = ?", (shard,)
-            ):
-                texts.setdefault(kind, {})[code] = text
-            version = texts.pop("version")[0]
-            listed = {k: [v[c] for c in range(len(v))] for k, v in texts.items()}
-            arm_code = {text: code for code, text in texts.get("arm", {}).items()}
+        for shard, version, stored in db.execute(
+            "SELECT shard, version, names FROM coded_shards"
+        ).fetchall():
+            names = json.loads(stored)
+            arm_code = {text: code for code, text in enumerate(names.get("arm", []))}
             contacts = db.execute(
                 "SELECT idx, arm FROM coded_contacts WHERE shard = ?", (shard,)
             ).fetchall()
@@ -365,8 +364,8 @@ def window_rollup(path: Path | str, start: int, end: int) -> Counter:
             from_dormant = next(
                 (
                     c
-                    for c, t in texts.get("what", {}).items()
-                    if json.loads(t) == ["engagement", "reactivated_from_dormant"]
+                    for c, pair in enumerate(names.get("what", []))
+                    if pair == ["engagement", "reactivated_from_dormant"]
                 ),
                 NONE,
             )
@@ -385,9 +384,9 @@ def window_rollup(path: Path | str, start: int, end: int) -> Counter:
             out.update(
                 rollup_texts(
                     counts,
-                    listed.get("what", []),
-                    listed.get("type", []),
-                    listed.get("arm", []),
+                    [json.dumps(pair) for pair in names.get("what", [])],
+                    names.get("type", []),
+                    names.get("arm", []),
                     version,
                 )
             )
