@@ -36,7 +36,7 @@ every build). They are listed, not passed as one JSON array: `json_each` costs m
 time a connection uses it than reading a contact's rows."""
 
 POSITION_BITS = 6
-"""Where a row is, in `coded_contacts.rows` (int64): its part's number in the shard shifted
+"""Where a row is, in `coded_contacts.rows` (int32): its part's number in the shard shifted
 left by this many bits, or'ed with its position in the part (a part holds at most 32 rows, of
 124 bytes or more each in `ledger.PART_BYTES`)."""
 _POSITION = (1 << POSITION_BITS) - 1
@@ -57,7 +57,7 @@ def coded_contact_decisions(db: sqlite3.Connection, contact_id: str) -> list[Dec
     if contact is None:
         return []
     shard, arm, segment, located, version, names = contact
-    rows = _read_rows(db, shard << 32, array("q", located).tolist())
+    rows = _read_rows(db, shard << 32, array("i", located).tolist())
     experiments = json.loads(arm) if arm else {}
     texts = Texts.of(orjson.loads(names))
     return decisions(contact_id, rows, texts, version, experiments, segment)

@@ -74,6 +74,9 @@ WHERE e IS NOT NULL
 listed in ?5 (a part's first row << 32 | the offset of its first cause, both in the chunk; then
 the chunk's end), numbered on from ?1. (substr of an empty blob is NULL: a chunk of time rules
 has no causes.)"""
+_MOST_PARTS = (1 << (31 - POSITION_BITS)) - 1
+"""Where a row is fits an int32 (`coded_contacts.rows`): a shard's parts are this many at
+most (about a billion decisions)."""
 _END = np.dtype("<u4")
 """A cause's end in its part's causes."""
 ROW_DTYPE = np.dtype(
@@ -117,9 +120,8 @@ class ChunkWriter:
         self._arm_array = np.zeros(0, dtype=np.int64)
         self._arms_known = 0
         """The assignment (an `arm` code of `names`) of each contact index."""
-        self._contacts: list[np.ndarray] = []
         self._located: list[np.ndarray] = []
-        """Per `write`, each row's contact index and where it is (`locate`)."""
+        """Per `write`, each row's contact index << 32 | where it is (`POSITION_BITS`)."""
         self.rollup: Counter = Counter()
         """(day, what, from, to, event type, arm, cycle) codes -> decisions."""
         self._from_dormant = names.what(Rule.ENGAGEMENT, Reason.REACTIVATED_FROM_DORMANT)
@@ -150,8 +152,12 @@ class ChunkWriter:
         cause_ends = np.cumsum(cause_len)
         cause_from = (cause_ends - cause_len)[starts]
         ends_in_part = (cause_ends - cause_from[part]).astype(_END).tobytes()
-        self._contacts.append(decided["contact"].astype(np.int32))
-        self._located.append(((part + self.parts) << POSITION_BITS) | (np.arange(n) - starts[part]))
+        if self.parts + len(starts) > _MOST_PARTS:
+            raise OverflowError(f"a coded ledger shard holds at most {_MOST_PARTS} parts")
+        located = (part + self.parts) << POSITION_BITS
+        located |= np.arange(n) - starts[part]
+        located |= decided["contact"] << 32
+        self._located.append(located)
         # One statement per chunk cuts its bytes into its parts: binding each part's slices
         # from Python cost as much again as inserting them. A part's bounds are its first
         # row and the offset of its first cause (packed as one integer), the next part's
@@ -227,18 +233,21 @@ class ChunkWriter:
         return rollup_texts(self.rollup, texts["what"], texts["type"], texts["arm"], version)
 
     def _rows_of(self) -> dict[int, bytes]:
-        """Each contact's rows, where they are (`contact_ledger.locate`), in order, as the
-        int64 list `coded_contacts` keeps."""
-        if not self._contacts:
+        """Each contact's rows, where they are (`contact_ledger.POSITION_BITS`), in order, as
+        the int32 list `coded_contacts` keeps."""
+        if not self._located:
             return {}
-        contact = np.concatenate(self._contacts)
-        located = np.concatenate(self._located)
-        order = np.argsort(contact, kind="stable")  # rows stay in decision order per contact
-        contact, located = contact[order], located[order]
-        starts = np.flatnonzero(np.r_[True, contact[1:] != contact[:-1]])
-        ends = np.r_[starts[1:], contact.size]
+        # One array of (contact, where) keys, sorted in place: where grows with the decision
+        # order, so each contact's rows stay in it.
+        keys = np.concatenate(self._located)
+        self._located.clear()
+        keys.sort()
+        located = keys.astype(np.int32)  # (the low 32 bits: where)
+        keys >>= 32
+        starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+        ends = np.r_[starts[1:], keys.size]
         return {
-            int(contact[s]): located[s:e].tobytes()
+            int(keys[s]): located[s:e].tobytes()
             for s, e in zip(starts.tolist(), ends.tolist(), strict=True)
         }
 
