@@ -132,9 +132,8 @@ def test_a_contact_over_many_parts_and_chunks_explains_as_the_object_path(
     db = sqlite3.connect(coded_path)
     try:
         sizes = [n for (n,) in db.execute("SELECT length(rows) / 120 FROM coded_parts")]
-        spans = db.execute("SELECT max(length(rows) / 4) FROM coded_contacts").fetchone()[
-            0
-        ]  # (4 bytes a row)
+        # (a contact's rows: 4 bytes of location each)
+        (spans,) = db.execute("SELECT max(length(rows) / 4) FROM coded_contacts").fetchone()
         chunks = db.execute("SELECT count(*) FROM coded_chunks").fetchone()[0]
     finally:
         db.close()
